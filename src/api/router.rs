@@ -1,0 +1,111 @@
+//! A route table: every (method, path pattern) a dialect serves, in one place, so that the
+//! OpenAPI and auth tests can walk it.
+
+use hyper::Method;
+use percent_encoding::percent_decode_str;
+
+pub struct Routes<H> {
+    router: matchit::Router<usize>,
+    entries: Vec<(&'static str, Vec<(Method, H)>)>,
+}
+
+pub enum Found<'a, H> {
+    Route {
+        handler: &'a H,
+        /// Captured segments, percent-decoded after matching (hyper leaves paths encoded, so an
+        /// encoded `/` stays inside its segment).
+        params: Vec<(String, String)>,
+    },
+    NotFound,
+    MethodNotAllowed(Vec<Method>),
+}
+
+impl<H> Default for Routes<H> {
+    fn default() -> Self {
+        Self {
+            router: matchit::Router::new(),
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<H> Routes<H> {
+    /// Adds a route. Conflicting patterns are a programming error and panic at start-up.
+    pub fn add(&mut self, method: Method, pattern: &'static str, handler: H) -> &mut Self {
+        if let Some(i) = self.entries.iter().position(|(p, _)| *p == pattern) {
+            let methods = &mut self.entries[i].1;
+            assert!(
+                !methods.iter().any(|(m, _)| *m == method),
+                "duplicate route {method} {pattern}"
+            );
+            methods.push((method, handler));
+        } else {
+            self.router
+                .insert(pattern, self.entries.len())
+                .unwrap_or_else(|e| panic!("route {pattern}: {e}"));
+            self.entries.push((pattern, vec![(method, handler)]));
+        }
+        self
+    }
+
+    pub fn find(&self, method: &Method, path: &str) -> Found<'_, H> {
+        let Ok(m) = self.router.at(path) else {
+            return Found::NotFound;
+        };
+        let methods = &self.entries[*m.value].1;
+        match methods.iter().find(|(mm, _)| mm == method) {
+            Some((_, handler)) => Found::Route {
+                handler,
+                params: m
+                    .params
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            percent_decode_str(v).decode_utf8_lossy().into_owned(),
+                        )
+                    })
+                    .collect(),
+            },
+            None => Found::MethodNotAllowed(methods.iter().map(|(m, _)| m.clone()).collect()),
+        }
+    }
+
+    /// Every (method, pattern) pair, in registration order.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn iter(&self) -> impl Iterator<Item = (&Method, &'static str)> {
+        self.entries
+            .iter()
+            .flat_map(|(p, ms)| ms.iter().map(move |(m, _)| (m, *p)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_decodes_and_reports_methods() {
+        let mut r = Routes::default();
+        r.add(Method::GET, "/images/{id}", 1)
+            .add(Method::DELETE, "/images/{id}", 2)
+            .add(Method::GET, "/images/{id}/export", 3);
+        match r.find(&Method::DELETE, "/images/a%2Fb%3Alatest") {
+            Found::Route { handler, params } => {
+                assert_eq!(*handler, 2);
+                assert_eq!(params, vec![("id".to_string(), "a/b:latest".to_string())]);
+            }
+            _ => panic!("no route"),
+        }
+        assert!(matches!(
+            r.find(&Method::GET, "/images/x/export"),
+            Found::Route { handler: 3, .. }
+        ));
+        match r.find(&Method::PUT, "/images/x") {
+            Found::MethodNotAllowed(ms) => assert_eq!(ms, vec![Method::GET, Method::DELETE]),
+            _ => panic!("expected 405"),
+        }
+        assert!(matches!(r.find(&Method::GET, "/nope"), Found::NotFound));
+        assert_eq!(r.iter().count(), 3);
+    }
+}

@@ -1,0 +1,234 @@
+//! The SCALE it Transfer App dialect: `[prefix]/api[/{version}]/...`, PascalCase JSON and
+//! RFC 7807 problem details for errors.
+
+mod system;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW};
+use hyper::{Method, Request, StatusCode};
+use serde::Serialize;
+
+use super::http::{self, Query, Response};
+use super::router::{Found, Routes};
+use crate::config::HttpLimits;
+use crate::core::{Core, CoreError};
+
+/// A request as handlers see it: already routed, parameters decoded.
+pub struct Call {
+    pub core: Arc<Core>,
+    pub req: Request<Incoming>,
+    pub params: Vec<(String, String)>,
+    pub query: Query,
+    pub limits: HttpLimits,
+}
+
+impl Call {
+    pub fn param(&self, name: &str) -> &str {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    }
+
+    pub fn bool(&self, name: &str, default: bool) -> Result<bool, Problem> {
+        self.query.bool(name, default).map_err(Problem::bad_request)
+    }
+}
+
+pub type Reply = Result<Response, Problem>;
+pub type Handler = fn(Call) -> Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+/// An error answer; rendered as `application/problem+json` with the request path as instance.
+#[derive(Debug)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub detail: String,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, detail)
+    }
+
+    pub fn render(&self, instance: &str) -> Response {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            r#type: &'static str,
+            title: &'a str,
+            status: u16,
+            detail: &'a str,
+            instance: &'a str,
+        }
+        let body = Body {
+            r#type: "about:blank",
+            title: self.status.canonical_reason().unwrap_or("Error"),
+            status: self.status.as_u16(),
+            detail: &self.detail,
+            instance,
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        http::with_type(self.status, "application/problem+json", http::full(bytes))
+    }
+}
+
+impl From<CoreError> for Problem {
+    fn from(e: CoreError) -> Self {
+        let status = match &e {
+            CoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+            CoreError::NotFound(_) => StatusCode::NOT_FOUND,
+            CoreError::Conflict(_) => StatusCode::CONFLICT,
+            CoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CoreError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Problem::new(status, e.to_string())
+    }
+}
+
+/// API versions this server implements; `/api/1/...` resolves to the highest 1.x.
+pub const VERSIONS: &[&str] = &["1.0"];
+
+fn routes() -> &'static Routes<Handler> {
+    static ROUTES: OnceLock<Routes<Handler>> = OnceLock::new();
+    ROUTES.get_or_init(|| {
+        let mut r = Routes::default();
+        system::register(&mut r);
+        r
+    })
+}
+
+/// Every REST route of this dialect, for documentation and coverage tests.
+#[cfg_attr(not(test), allow(dead_code))]
+pub fn route_list() -> Vec<(Method, &'static str)> {
+    routes().iter().map(|(m, p)| (m.clone(), p)).collect()
+}
+
+/// Strips `/api` and an optional version segment; `Err` names an unsupported version.
+fn api_path(path: &str) -> Option<Result<&str, String>> {
+    let rest = path.strip_prefix("/api")?;
+    if !rest.starts_with('/') {
+        return None;
+    }
+    let seg_end = rest[1..].find('/').map_or(rest.len(), |i| i + 1);
+    let seg = &rest[1..seg_end];
+    let is_version = !seg.is_empty() && seg.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if !is_version {
+        return Some(Ok(rest));
+    }
+    let major = seg.split('.').next().unwrap_or("");
+    let supported = VERSIONS.iter().any(|v| {
+        let mut vp = v.split('.');
+        let mut sp = seg.split('.');
+        vp.next() == Some(major) && sp.next() == Some(major) && sp.all(|s| Some(s) == vp.next())
+    });
+    if supported {
+        Some(Ok(&rest[seg_end..]))
+    } else {
+        Some(Err(format!(
+            "API version {seg} is not supported (supported: {})",
+            VERSIONS.join(", ")
+        )))
+    }
+}
+
+pub async fn handle(req: Request<Incoming>, core: Arc<Core>, limits: HttpLimits) -> Response {
+    let path = req.uri().path().to_string();
+    let inner = match api_path(&path) {
+        Some(Ok(p)) => p.to_string(),
+        Some(Err(msg)) => return Problem::new(StatusCode::NOT_FOUND, msg).render(&path),
+        None => return not_found(&path),
+    };
+    match routes().find(req.method(), &inner) {
+        Found::Route { handler, params } => {
+            let query = Query::parse(req.uri().query());
+            let call = Call {
+                core,
+                req,
+                params,
+                query,
+                limits,
+            };
+            match handler(call).await {
+                Ok(resp) => resp,
+                Err(p) => p.render(&path),
+            }
+        }
+        Found::NotFound => not_found(&path),
+        Found::MethodNotAllowed(methods) => {
+            let allow = methods
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut resp = Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{path} does not support this method; allowed: {allow}"),
+            )
+            .render(&path);
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                resp.headers_mut().insert(ALLOW, v);
+            }
+            resp
+        }
+    }
+}
+
+pub fn not_found(path: &str) -> Response {
+    Problem::new(StatusCode::NOT_FOUND, format!("no route for {path}")).render(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_prefixes_resolve() {
+        assert_eq!(api_path("/api/1/system/images"), Some(Ok("/system/images")));
+        assert_eq!(
+            api_path("/api/1.0/system/images"),
+            Some(Ok("/system/images"))
+        );
+        assert_eq!(api_path("/api/system/images"), Some(Ok("/system/images")));
+        assert!(matches!(api_path("/api/2/system/images"), Some(Err(_))));
+        assert!(matches!(api_path("/api/1.7/system"), Some(Err(_))));
+        assert_eq!(api_path("/apix/system"), None);
+        assert_eq!(api_path("/system/images"), None);
+    }
+
+    #[test]
+    fn every_system_route_is_registered() {
+        let list = route_list();
+        for (m, p) in [
+            (Method::GET, "/system/images"),
+            (Method::POST, "/system/images"),
+            (Method::GET, "/system/images/{id}"),
+            (Method::GET, "/system/images/{id}/export"),
+            (Method::DELETE, "/system/images/{id}"),
+            (Method::DELETE, "/system/prune/images"),
+            (Method::GET, "/system/containers"),
+            (Method::GET, "/system/containers/{id}"),
+            (Method::PUT, "/system/containers/{id}/start"),
+            (Method::PUT, "/system/containers/{id}/stop"),
+            (Method::PUT, "/system/containers/{id}/restart"),
+            (Method::DELETE, "/system/containers/{id}"),
+            (Method::DELETE, "/system/prune/containers"),
+            (Method::GET, "/system/volumes"),
+            (Method::GET, "/system/volumes/{name}"),
+            (Method::DELETE, "/system/volumes/{name}"),
+            (Method::DELETE, "/system/prune/volumes"),
+        ] {
+            assert!(list.contains(&(m.clone(), p)), "{m} {p} missing");
+        }
+    }
+}

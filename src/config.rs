@@ -1,0 +1,510 @@
+//! Daemon configuration: a TOML file where every key is optional, then environment overrides.
+//!
+//! Validation happens here, before anything binds or connects, so that a broken config exits
+//! with [`crate::EXIT_BAD_CONFIG`] and systemd does not restart-loop on it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/gantry/gantry.toml";
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// The API dialects gantry can speak on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    Transfer,
+}
+
+impl Dialect {
+    fn parse(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "transfer" => Ok(Dialect::Transfer),
+            "intervirt" | "flowmanager" | "duxcore" | "distillery" => Err(bad(format!(
+                "dialect \"{s}\" is not available in this build of gantry"
+            ))),
+            other => Err(bad(format!(
+                "unknown dialect \"{other}\" (known: transfer)"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Transfer => "transfer",
+        }
+    }
+
+    fn default_address(self) -> SocketAddr {
+        match self {
+            Dialect::Transfer => SocketAddr::from(([127, 0, 0, 1], 54169)),
+        }
+    }
+}
+
+impl fmt::Display for Dialect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a listener authenticates its clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// Bound to a loopback address: only local processes can connect.
+    Loopback,
+    /// `Authorization: Bearer <token>`, token read from a key file at start.
+    Token { token: String },
+    /// Explicit opt-out for networks where the client cannot authenticate.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub dialect: Dialect,
+    pub address: SocketAddr,
+    pub auth: Auth,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub header_read_timeout: Duration,
+    /// For routes that read a JSON body; none of the system module's routes do.
+    #[allow(dead_code)]
+    pub max_body_bytes: u64,
+    pub max_upload_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub docker_host: String,
+    pub log_level: tracing::Level,
+    pub shutdown_timeout: Duration,
+    pub docker_timeout: Duration,
+    pub docker_transfer_timeout: Duration,
+    pub docker_probe_interval: Duration,
+    pub http: HttpLimits,
+    pub listeners: Vec<Listener>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<PathBuf>,
+    docker_host: Option<String>,
+    log_level: Option<String>,
+    shutdown_timeout_secs: Option<u64>,
+    docker_timeout_secs: Option<u64>,
+    docker_transfer_timeout_secs: Option<u64>,
+    docker_probe_interval_secs: Option<u64>,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    listeners: Vec<RawListener>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    header_read_timeout_secs: Option<u64>,
+    max_body_bytes: Option<u64>,
+    max_upload_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    dialect: String,
+    address: Option<String>,
+    auth: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+/// Where the configuration comes from.
+pub enum Source<'a> {
+    /// `--config PATH` was given: the file must exist.
+    Explicit(&'a Path),
+    /// No `--config`: use the default path if it exists, else built-in defaults.
+    Default,
+}
+
+/// Reads environment variables; a seam so tests can pass a map.
+pub trait Env {
+    fn var(&self, key: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Config {
+    pub fn load(source: Source<'_>, env: &dyn Env) -> Result<Config, ConfigError> {
+        let (text, origin) = match source {
+            Source::Explicit(path) => (
+                std::fs::read_to_string(path)
+                    .map_err(|e| bad(format!("cannot read config {}: {e}", path.display())))?,
+                path.display().to_string(),
+            ),
+            Source::Default => match std::fs::read_to_string(DEFAULT_CONFIG_PATH) {
+                Ok(text) => (text, DEFAULT_CONFIG_PATH.to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    (String::new(), "built-in defaults".to_string())
+                }
+                Err(e) => return Err(bad(format!("cannot read {DEFAULT_CONFIG_PATH}: {e}"))),
+            },
+        };
+        Self::parse(&text, env).map_err(|e| bad(format!("{origin}: {e}")))
+    }
+
+    pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        Self::from_raw(raw, env)
+    }
+
+    fn from_raw(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
+        let secs = |key: &str, file: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
+            let v = match env.var(&format!("GANTRY_{}", key.to_uppercase())) {
+                Some(s) => s.parse::<u64>().map_err(|_| {
+                    bad(format!("GANTRY_{}: not a number: {s}", key.to_uppercase()))
+                })?,
+                None => file.unwrap_or(default),
+            };
+            if v == 0 {
+                return Err(bad(format!("{key} must be at least 1")));
+            }
+            Ok(Duration::from_secs(v))
+        };
+
+        let state_dir = env
+            .var("GANTRY_STATE_DIR")
+            .map(PathBuf::from)
+            .or(raw.state_dir)
+            .unwrap_or_else(|| default_state_dir(env));
+
+        let docker_host = env
+            .var("GANTRY_DOCKER_HOST")
+            .or(raw.docker_host)
+            .or_else(|| env.var("DOCKER_HOST"))
+            .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_string());
+        validate_docker_host(&docker_host)?;
+
+        let level = env
+            .var("GANTRY_LOG_LEVEL")
+            .or(raw.log_level)
+            .unwrap_or_else(|| "info".into());
+        let log_level = level
+            .parse::<tracing::Level>()
+            .map_err(|_| bad(format!("log_level: unknown level \"{level}\"")))?;
+
+        let http = HttpLimits {
+            header_read_timeout: secs(
+                "header_read_timeout_secs",
+                raw.http.header_read_timeout_secs,
+                10,
+            )?,
+            max_body_bytes: raw.http.max_body_bytes.unwrap_or(1 << 20),
+            max_upload_bytes: raw.http.max_upload_bytes.unwrap_or(16 << 30),
+        };
+
+        let mut raws = raw.listeners;
+        apply_listener_env(&mut raws, env)?;
+        if raws.is_empty() {
+            raws.push(RawListener {
+                dialect: "transfer".into(),
+                ..RawListener::default()
+            });
+        }
+        let listeners = raws
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| build_listener(l).map_err(|e| bad(format!("listeners[{i}]: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, a) in listeners.iter().enumerate() {
+            if listeners[..i].iter().any(|b| b.address == a.address) {
+                return Err(bad(format!("two listeners on {}", a.address)));
+            }
+        }
+
+        Ok(Config {
+            state_dir,
+            docker_host,
+            log_level,
+            shutdown_timeout: secs("shutdown_timeout_secs", raw.shutdown_timeout_secs, 10)?,
+            docker_timeout: secs("docker_timeout_secs", raw.docker_timeout_secs, 60)?,
+            docker_transfer_timeout: secs(
+                "docker_transfer_timeout_secs",
+                raw.docker_transfer_timeout_secs,
+                3600,
+            )?,
+            docker_probe_interval: secs(
+                "docker_probe_interval_secs",
+                raw.docker_probe_interval_secs,
+                2,
+            )?,
+            http,
+            listeners,
+        })
+    }
+}
+
+/// `GANTRY_<DIALECT>_{ADDRESS,AUTH,TOKEN_FILE}` apply to every listener of that dialect,
+/// creating one when the file has none.
+fn apply_listener_env(raws: &mut Vec<RawListener>, env: &dyn Env) -> Result<(), ConfigError> {
+    for dialect in ["transfer"] {
+        let prefix = format!("GANTRY_{}_", dialect.to_uppercase());
+        let address = env.var(&format!("{prefix}ADDRESS"));
+        let auth = env.var(&format!("{prefix}AUTH"));
+        let token_file = env.var(&format!("{prefix}TOKEN_FILE"));
+        if address.is_none() && auth.is_none() && token_file.is_none() {
+            continue;
+        }
+        if !raws.iter().any(|l| l.dialect == dialect) {
+            raws.push(RawListener {
+                dialect: dialect.into(),
+                ..RawListener::default()
+            });
+        }
+        for l in raws.iter_mut().filter(|l| l.dialect == dialect) {
+            if address.is_some() {
+                l.address.clone_from(&address);
+            }
+            if auth.is_some() {
+                l.auth.clone_from(&auth);
+            }
+            if let Some(t) = &token_file {
+                l.token_file = Some(PathBuf::from(t));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
+    let dialect = Dialect::parse(&raw.dialect)?;
+    let address = match &raw.address {
+        Some(a) => a
+            .parse::<SocketAddr>()
+            .map_err(|_| bad(format!("address \"{a}\" is not IP:PORT")))?,
+        None => dialect.default_address(),
+    };
+    let loopback = address.ip().is_loopback();
+    let auth = match raw.auth.as_deref() {
+        None if loopback => Auth::Loopback,
+        None => {
+            return Err(bad(format!(
+                "{address} is not a loopback address and no auth is set: set auth = \"token\" \
+                 with a token_file, or auth = \"none\" to serve it without authentication"
+            )))
+        }
+        Some("loopback") if loopback => Auth::Loopback,
+        Some("loopback") => {
+            return Err(bad(format!(
+                "auth = \"loopback\" needs a loopback address, not {address}"
+            )))
+        }
+        Some("token") => {
+            let path = raw
+                .token_file
+                .as_ref()
+                .ok_or_else(|| bad("auth = \"token\" needs token_file"))?;
+            let token = std::fs::read_to_string(path)
+                .map_err(|e| bad(format!("token_file {}: {e}", path.display())))?
+                .trim()
+                .to_string();
+            if token.len() < 16 {
+                return Err(bad(format!(
+                    "token_file {}: the token must be at least 16 characters",
+                    path.display()
+                )));
+            }
+            Auth::Token { token }
+        }
+        Some("none") => Auth::None,
+        Some(other) => {
+            return Err(bad(format!(
+                "unknown auth \"{other}\" (loopback, token or none)"
+            )))
+        }
+    };
+    if raw.token_file.is_some() && !matches!(auth, Auth::Token { .. }) {
+        return Err(bad("token_file is set but auth is not \"token\""));
+    }
+    Ok(Listener {
+        dialect,
+        address,
+        auth,
+    })
+}
+
+fn validate_docker_host(host: &str) -> Result<(), ConfigError> {
+    if let Some(path) = host.strip_prefix("unix://") {
+        if path.starts_with('/') {
+            return Ok(());
+        }
+        return Err(bad(format!(
+            "docker_host \"{host}\": unix:// needs an absolute path"
+        )));
+    }
+    if host.starts_with("tcp://") || host.starts_with("http://") {
+        return Ok(());
+    }
+    Err(bad(format!(
+        "docker_host \"{host}\": expected unix:///path or tcp://host:port"
+    )))
+}
+
+/// systemd's `StateDirectory=` first, then the FHS place when we may write there, then the
+/// user's XDG state directory.
+fn default_state_dir(env: &dyn Env) -> PathBuf {
+    if let Some(dir) = env.var("STATE_DIRECTORY") {
+        // systemd may pass several, colon-separated; the first is ours.
+        return PathBuf::from(dir.split(':').next().unwrap_or(&dir));
+    }
+    let system = Path::new("/var/lib/gantry");
+    if is_writable_or_creatable(system) {
+        return system.to_path_buf();
+    }
+    if let Some(xdg) = env.var("XDG_STATE_HOME") {
+        return PathBuf::from(xdg).join("gantry");
+    }
+    if let Some(home) = env.var("HOME") {
+        return PathBuf::from(home).join(".local/state/gantry");
+    }
+    std::env::temp_dir().join(format!("gantry-{}", current_uid()))
+}
+
+fn is_writable_or_creatable(dir: &Path) -> bool {
+    let probe = if dir.exists() {
+        dir
+    } else {
+        match dir.parent() {
+            Some(p) => p,
+            None => return false,
+        }
+    };
+    nix_access_w(probe)
+}
+
+fn nix_access_w(path: &Path) -> bool {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct MapEnv(HashMap<&'static str, String>);
+    impl Env for MapEnv {
+        fn var(&self, key: &str) -> Option<String> {
+            self.0.get(key).cloned()
+        }
+    }
+    fn env(pairs: &[(&'static str, &str)]) -> MapEnv {
+        MapEnv(pairs.iter().map(|(k, v)| (*k, v.to_string())).collect())
+    }
+
+    #[test]
+    fn empty_config_serves_transfer_on_loopback() {
+        let c = Config::parse("", &env(&[("STATE_DIRECTORY", "/tmp/x")])).unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:54169");
+        assert_eq!(c.listeners[0].auth, Auth::Loopback);
+        assert_eq!(c.docker_host, DEFAULT_DOCKER_HOST);
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn docker_host_precedence() {
+        let file = "docker_host = \"unix:///file.sock\"";
+        let c = Config::parse(file, &env(&[("DOCKER_HOST", "unix:///env.sock")])).unwrap();
+        assert_eq!(c.docker_host, "unix:///file.sock");
+        let c = Config::parse("", &env(&[("DOCKER_HOST", "unix:///env.sock")])).unwrap();
+        assert_eq!(c.docker_host, "unix:///env.sock");
+        let c = Config::parse(file, &env(&[("GANTRY_DOCKER_HOST", "unix:///g.sock")])).unwrap();
+        assert_eq!(c.docker_host, "unix:///g.sock");
+        assert!(Config::parse("docker_host = \"ftp://x\"", &env(&[])).is_err());
+    }
+
+    #[test]
+    fn non_loopback_needs_explicit_auth() {
+        let t = "[[listeners]]\ndialect = \"transfer\"\naddress = \"0.0.0.0:1\"\n";
+        let e = Config::parse(t, &env(&[])).unwrap_err().to_string();
+        assert!(e.contains("no auth"), "{e}");
+        let c = Config::parse(&format!("{t}auth = \"none\"\n"), &env(&[])).unwrap();
+        assert_eq!(c.listeners[0].auth, Auth::None);
+        let e = Config::parse(&format!("{t}auth = \"loopback\"\n"), &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("loopback"));
+    }
+
+    #[test]
+    fn env_overrides_listener() {
+        let c = Config::parse(
+            "",
+            &env(&[
+                ("GANTRY_TRANSFER_ADDRESS", "127.0.0.2:9"),
+                ("GANTRY_SHUTDOWN_TIMEOUT_SECS", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listeners[0].address.to_string(), "127.0.0.2:9");
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_dialects() {
+        assert!(Config::parse("bogus = 1", &env(&[])).is_err());
+        let e = Config::parse("[[listeners]]\ndialect = \"gopher\"\n", &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("unknown dialect"));
+        let e = Config::parse("shutdown_timeout_secs = 0", &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("at least 1"));
+    }
+
+    #[test]
+    fn token_auth_reads_and_checks_the_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "  0123456789abcdef0123\n").unwrap();
+        let t = format!(
+            "[[listeners]]\ndialect = \"transfer\"\naddress = \"0.0.0.0:1\"\nauth = \"token\"\ntoken_file = \"{}\"\n",
+            path.display()
+        );
+        let c = Config::parse(&t, &env(&[])).unwrap();
+        assert_eq!(
+            c.listeners[0].auth,
+            Auth::Token {
+                token: "0123456789abcdef0123".into()
+            }
+        );
+        std::fs::write(&path, "short").unwrap();
+        assert!(Config::parse(&t, &env(&[])).is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! The narrow seam between gantry's core and a container engine.
+//!
+//! Production uses [`super::docker::DockerEngine`] (bollard over the local socket); tests can
+//! substitute a fake. The models are Docker's own (bollard's generated types), because the
+//! system module's contract is "Docker's data, lightly wrapped".
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bollard::models::{
+    ContainerInspectResponse, ContainerSummary, ImageDeleteResponseItem, ImageInspect,
+    ImageSummary, Volume,
+};
+use bytes::Bytes;
+use futures_util::Stream;
+
+/// A stream of bytes flowing to or from the engine (image tarballs).
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// What went wrong talking to the engine, in terms the core can act on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The engine rejected what we sent (bad tar, bad parameter).
+    #[error("{0}")]
+    Rejected(String),
+    /// The engine could not be reached or did not answer in time.
+    #[error("Docker is unreachable: {0}")]
+    Unavailable(String),
+    #[error("Docker failed: {0}")]
+    Failed(String),
+}
+
+pub type EngineResult<T> = Result<T, EngineError>;
+
+/// Whether an operation changed anything (the API answers 304 when it did not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Changed,
+    NoEffect,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineVersion {
+    pub version: String,
+    pub api_version: String,
+}
+
+/// Result of loading a `docker save` archive.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadedImages {
+    /// `name:tag` references the archive carried.
+    pub references: Vec<String>,
+    /// Image ids (`sha256:...`) for archives that carried untagged images.
+    pub ids: Vec<String>,
+}
+
+#[async_trait]
+pub trait ContainerEngine: Send + Sync + 'static {
+    async fn version(&self) -> EngineResult<EngineVersion>;
+
+    async fn list_images(&self) -> EngineResult<Vec<ImageSummary>>;
+    async fn inspect_image(&self, id: &str) -> EngineResult<ImageInspect>;
+    /// Loads a `docker save` tarball, streaming it to the engine.
+    async fn load_images(&self, tar: ByteStream) -> EngineResult<LoadedImages>;
+    /// Streams an image as a `docker save` tarball. The caller checks existence first.
+    fn export_image(&self, id: &str) -> ByteStream;
+    async fn remove_image(
+        &self,
+        id: &str,
+        force: bool,
+    ) -> EngineResult<Vec<ImageDeleteResponseItem>>;
+    /// Removes dangling images, or every unused one with `all`; returns the deleted ids.
+    async fn prune_images(&self, all: bool) -> EngineResult<Vec<String>>;
+
+    async fn list_containers(&self) -> EngineResult<Vec<ContainerSummary>>;
+    async fn inspect_container(&self, id: &str) -> EngineResult<ContainerInspectResponse>;
+    async fn start_container(&self, id: &str) -> EngineResult<()>;
+    async fn stop_container(&self, id: &str) -> EngineResult<()>;
+    async fn restart_container(&self, id: &str) -> EngineResult<()>;
+    async fn remove_container(&self, id: &str, force: bool, volumes: bool) -> EngineResult<()>;
+    async fn prune_containers(&self) -> EngineResult<Vec<String>>;
+
+    async fn list_volumes(&self) -> EngineResult<Vec<Volume>>;
+    async fn inspect_volume(&self, name: &str) -> EngineResult<Volume>;
+    async fn remove_volume(&self, name: &str, force: bool) -> EngineResult<()>;
+    async fn prune_volumes(&self) -> EngineResult<Vec<String>>;
+}

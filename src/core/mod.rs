@@ -1,0 +1,57 @@
+//! gantry's core: behaviour and state, with no knowledge of HTTP or any wire format.
+
+pub mod docker;
+pub mod engine;
+pub mod health;
+pub mod system;
+
+use std::sync::Arc;
+
+use engine::{ContainerEngine, EngineError};
+
+/// Errors the core reports to the API dialects, which map them to their own formats.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CoreError {
+    /// The caller sent something unusable (bad id, not a tar, ...).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The operation conflicts with current state (image in use, container running, ...).
+    #[error("{0}")]
+    Conflict(String),
+    /// A dependency (Docker) cannot be reached right now; retrying later may work.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<EngineError> for CoreError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::NotFound(m) => CoreError::NotFound(m),
+            EngineError::Conflict(m) => CoreError::Conflict(m),
+            EngineError::Rejected(m) => CoreError::Invalid(m),
+            e @ EngineError::Unavailable(_) => CoreError::Unavailable(e.to_string()),
+            e @ EngineError::Failed(_) => CoreError::Failed(e.to_string()),
+        }
+    }
+}
+
+pub type CoreResult<T> = Result<T, CoreError>;
+
+/// Everything the dialects call into, built once at start.
+pub struct Core {
+    pub system: system::SystemModule,
+    pub engine_health: health::EngineHealth,
+}
+
+impl Core {
+    pub fn new(engine: Arc<dyn ContainerEngine>, engine_health: health::EngineHealth) -> Self {
+        Self {
+            system: system::SystemModule::new(engine),
+            engine_health,
+        }
+    }
+}

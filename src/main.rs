@@ -1,0 +1,187 @@
+//! gantry: one lean daemon for Docker apps, container networking and power on IoT gateways.
+
+mod api;
+mod config;
+mod core;
+mod server;
+mod service;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ProcessEnv, Source};
+use crate::core::docker::DockerEngine;
+use crate::core::engine::ContainerEngine;
+use crate::core::health::EngineHealth;
+use crate::core::Core;
+
+/// Exit code for a configuration error; the unit's RestartPreventExitStatus= names it.
+pub const EXIT_BAD_CONFIG: u8 = 78;
+const EXIT_FAILURE: u8 = 1;
+
+#[derive(Parser)]
+#[command(name = "gantry", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// Configuration file (default: /etc/gantry/gantry.toml when it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration and print what it resolves to.
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
+    let source = match path {
+        Some(p) => Source::Explicit(p),
+        None => Source::Default,
+    };
+    Config::load(source, &ProcessEnv).map_err(|e| {
+        eprintln!("gantry: configuration error: {e}");
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match load(config.as_ref()) {
+            Ok(c) => {
+                println!("configuration OK");
+                println!("state_dir = {}", c.state_dir.display());
+                println!("docker_host = {}", c.docker_host);
+                for l in &c.listeners {
+                    println!(
+                        "listener {} on {} (auth: {:?})",
+                        l.dialect,
+                        l.address,
+                        auth_name(&l.auth)
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Serve { config } => {
+            let config = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            service::init_logging(config.log_level);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .max_blocking_threads(16)
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the async runtime");
+                    return ExitCode::from(EXIT_FAILURE);
+                }
+            };
+            let code = runtime.block_on(serve(config));
+            // Connections still open after the grace period are dropped with the runtime.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            code
+        }
+    }
+}
+
+fn auth_name(auth: &config::Auth) -> &'static str {
+    match auth {
+        config::Auth::Loopback => "loopback",
+        config::Auth::Token { .. } => "token",
+        config::Auth::None => "none",
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    if let Err(e) = std::fs::create_dir_all(&config.state_dir) {
+        tracing::error!(dir = %config.state_dir.display(), error = %e, "cannot create the state directory");
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
+    let engine: Arc<dyn ContainerEngine> = match DockerEngine::new(
+        &config.docker_host,
+        config.docker_timeout,
+        config.docker_transfer_timeout,
+    ) {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up the Docker client");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let stop = CancellationToken::new();
+    let health = EngineHealth::spawn(engine.clone(), config.docker_probe_interval, stop.clone());
+    let core = Arc::new(Core::new(engine, health.clone()));
+
+    let bound = match server::bind(&config.listeners).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let addrs: Vec<_> = bound.iter().map(|b| b.local_addr).collect();
+    let listening = format!(
+        "serving {}",
+        bound
+            .iter()
+            .map(|b| format!("{} on {}", b.config.dialect, b.local_addr))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut servers = tokio::task::JoinSet::new();
+    for b in bound {
+        servers.spawn(server::serve(
+            b,
+            core.clone(),
+            config.http.clone(),
+            stop.clone(),
+            config.shutdown_timeout,
+        ));
+    }
+    service::notify_ready(&listening);
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), docker = %config.docker_host, state = %config.state_dir.display(), "gantry ready");
+    service::spawn_status_updates(health.subscribe(), listening, stop.clone());
+    service::spawn_watchdog(addrs, stop.clone());
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    service::notify_stopping();
+    stop.cancel();
+    while servers.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; waiting for ctrl-c");
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
