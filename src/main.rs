@@ -115,17 +115,11 @@ async fn serve(config: Config) -> ExitCode {
         tracing::error!(dir = %config.state_dir.display(), error = %e, "cannot create the state directory");
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
-    let engine: Arc<dyn ContainerEngine> = match DockerEngine::new(
+    let engine: Arc<dyn ContainerEngine> = Arc::new(DockerEngine::new(
         &config.docker_host,
         config.docker_timeout,
         config.docker_transfer_timeout,
-    ) {
-        Ok(e) => Arc::new(e),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot set up the Docker client");
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
-    };
+    ));
     let stop = CancellationToken::new();
     let health = EngineHealth::spawn(engine.clone(), config.docker_probe_interval, stop.clone());
     let core = Arc::new(Core::new(engine, health.clone()));

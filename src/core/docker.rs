@@ -1,6 +1,7 @@
 //! [`ContainerEngine`] over Docker's HTTP API on the local socket, through bollard.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,6 +23,14 @@ use super::engine::{
 };
 
 pub struct DockerEngine {
+    host: String,
+    timeout: Duration,
+    transfer_timeout: Duration,
+    clients: Mutex<Option<Clients>>,
+}
+
+#[derive(Clone)]
+struct Clients {
     /// For ordinary calls: the timeout bounds every call until the response headers.
     docker: Docker,
     /// For image load/export, which legitimately take long before headers arrive.
@@ -29,18 +38,41 @@ pub struct DockerEngine {
 }
 
 impl DockerEngine {
-    /// Builds the client. Nothing is connected yet: bollard opens a connection per request,
-    /// so a dockerd that is down at start, or restarts later, is simply reached on the next call.
-    pub fn new(host: &str, timeout: Duration, transfer_timeout: Duration) -> EngineResult<Self> {
-        let secs = timeout.as_secs().max(1);
-        let docker = if let Some(path) = host.strip_prefix("unix://") {
+    /// Nothing is connected here. bollard refuses to build a unix-socket client while the
+    /// socket file is missing, so the client is built on first use and retried until dockerd
+    /// is there; after that bollard opens a connection per request, so a dockerd restart is
+    /// simply reached on the next call.
+    pub fn new(host: &str, timeout: Duration, transfer_timeout: Duration) -> Self {
+        Self {
+            host: host.to_string(),
+            timeout,
+            transfer_timeout,
+            clients: Mutex::new(None),
+        }
+    }
+
+    fn clients(&self) -> EngineResult<Clients> {
+        let mut slot = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let secs = self.timeout.as_secs().max(1);
+        let docker = if let Some(path) = self.host.strip_prefix("unix://") {
             Docker::connect_with_unix(path, secs, API_DEFAULT_VERSION)
         } else {
-            Docker::connect_with_http(host, secs, API_DEFAULT_VERSION)
+            Docker::connect_with_http(&self.host, secs, API_DEFAULT_VERSION)
         }
-        .map_err(|e| EngineError::Failed(format!("docker_host {host}: {e}")))?;
-        let transfer = docker.clone().with_timeout(transfer_timeout);
-        Ok(Self { docker, transfer })
+        .map_err(map_error)?;
+        let c = Clients {
+            transfer: docker.clone().with_timeout(self.transfer_timeout),
+            docker,
+        };
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    fn docker(&self) -> EngineResult<Docker> {
+        Ok(self.clients()?.docker)
     }
 }
 
@@ -80,7 +112,7 @@ fn filters(pairs: &[(&'static str, &'static str)]) -> HashMap<&'static str, Vec<
 #[async_trait]
 impl ContainerEngine for DockerEngine {
     async fn version(&self) -> EngineResult<EngineVersion> {
-        let v = self.docker.version().await.map_err(map_error)?;
+        let v = self.docker()?.version().await.map_err(map_error)?;
         Ok(EngineVersion {
             version: v.version.unwrap_or_default(),
             api_version: v.api_version.unwrap_or_default(),
@@ -89,16 +121,22 @@ impl ContainerEngine for DockerEngine {
 
     async fn list_images(&self) -> EngineResult<Vec<ImageSummary>> {
         let opts = ListImagesOptionsBuilder::default().build();
-        self.docker.list_images(Some(opts)).await.map_err(map_error)
+        self.docker()?
+            .list_images(Some(opts))
+            .await
+            .map_err(map_error)
     }
 
     async fn inspect_image(&self, id: &str) -> EngineResult<ImageInspect> {
-        self.docker.inspect_image(id).await.map_err(map_error)
+        self.docker()?.inspect_image(id).await.map_err(map_error)
     }
 
     async fn load_images(&self, tar: ByteStream) -> EngineResult<LoadedImages> {
         let opts = ImportImageOptionsBuilder::default().quiet(false).build();
-        let mut progress = self.transfer.import_image_stream(opts, tar, None);
+        let mut progress = self
+            .clients()?
+            .transfer
+            .import_image_stream(opts, tar, None);
         let mut loaded = LoadedImages::default();
         while let Some(item) = progress.next().await {
             let info = item.map_err(map_error)?;
@@ -122,7 +160,12 @@ impl ContainerEngine for DockerEngine {
     }
 
     fn export_image(&self, id: &str) -> ByteStream {
-        Box::pin(self.transfer.export_image(id).map_err(io_error))
+        match self.clients() {
+            Ok(c) => Box::pin(c.transfer.export_image(id).map_err(io_error)),
+            Err(e) => Box::pin(futures_util::stream::once(async move {
+                Err(std::io::Error::other(e))
+            })),
+        }
     }
 
     async fn remove_image(
@@ -131,7 +174,7 @@ impl ContainerEngine for DockerEngine {
         force: bool,
     ) -> EngineResult<Vec<ImageDeleteResponseItem>> {
         let opts = RemoveImageOptionsBuilder::default().force(force).build();
-        self.docker
+        self.docker()?
             .remove_image(id, Some(opts), None)
             .await
             .map_err(map_error)
@@ -141,7 +184,7 @@ impl ContainerEngine for DockerEngine {
         let f = filters(&[("dangling", if all { "false" } else { "true" })]);
         let opts = PruneImagesOptionsBuilder::default().filters(&f).build();
         let res = self
-            .docker
+            .docker()?
             .prune_images(Some(opts))
             .await
             .map_err(map_error)?;
@@ -155,35 +198,35 @@ impl ContainerEngine for DockerEngine {
 
     async fn list_containers(&self) -> EngineResult<Vec<ContainerSummary>> {
         let opts = ListContainersOptionsBuilder::default().all(true).build();
-        self.docker
+        self.docker()?
             .list_containers(Some(opts))
             .await
             .map_err(map_error)
     }
 
     async fn inspect_container(&self, id: &str) -> EngineResult<ContainerInspectResponse> {
-        self.docker
+        self.docker()?
             .inspect_container(id, None)
             .await
             .map_err(map_error)
     }
 
     async fn start_container(&self, id: &str) -> EngineResult<()> {
-        self.docker
+        self.docker()?
             .start_container(id, None)
             .await
             .map_err(map_error)
     }
 
     async fn stop_container(&self, id: &str) -> EngineResult<()> {
-        self.docker
+        self.docker()?
             .stop_container(id, None)
             .await
             .map_err(map_error)
     }
 
     async fn restart_container(&self, id: &str) -> EngineResult<()> {
-        self.docker
+        self.docker()?
             .restart_container(id, None)
             .await
             .map_err(map_error)
@@ -194,7 +237,7 @@ impl ContainerEngine for DockerEngine {
             .force(force)
             .v(volumes)
             .build();
-        self.docker
+        self.docker()?
             .remove_container(id, Some(opts))
             .await
             .map_err(map_error)
@@ -203,7 +246,7 @@ impl ContainerEngine for DockerEngine {
     async fn prune_containers(&self) -> EngineResult<Vec<String>> {
         let opts = PruneContainersOptionsBuilder::default().build();
         let res = self
-            .docker
+            .docker()?
             .prune_containers(Some(opts))
             .await
             .map_err(map_error)?;
@@ -212,7 +255,7 @@ impl ContainerEngine for DockerEngine {
 
     async fn list_volumes(&self) -> EngineResult<Vec<Volume>> {
         let res = self
-            .docker
+            .docker()?
             .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
             .await
             .map_err(map_error)?;
@@ -220,12 +263,12 @@ impl ContainerEngine for DockerEngine {
     }
 
     async fn inspect_volume(&self, name: &str) -> EngineResult<Volume> {
-        self.docker.inspect_volume(name).await.map_err(map_error)
+        self.docker()?.inspect_volume(name).await.map_err(map_error)
     }
 
     async fn remove_volume(&self, name: &str, force: bool) -> EngineResult<()> {
         let opts = RemoveVolumeOptionsBuilder::default().force(force).build();
-        self.docker
+        self.docker()?
             .remove_volume(name, Some(opts))
             .await
             .map_err(map_error)
@@ -245,7 +288,7 @@ impl ContainerEngine for DockerEngine {
             PruneVolumesOptionsBuilder::default().build()
         };
         let res = self
-            .docker
+            .docker()?
             .prune_volumes(Some(opts))
             .await
             .map_err(map_error)?;

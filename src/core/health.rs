@@ -30,7 +30,7 @@ impl EngineStatus {
         match self {
             EngineStatus::Unknown => "docker: not probed yet".to_string(),
             EngineStatus::Reachable(v) => format!("docker {} reachable", v.version),
-            EngineStatus::Unreachable(e) => format!("docker unreachable: {e}"),
+            EngineStatus::Unreachable(e) => e.clone(),
         }
     }
 }
