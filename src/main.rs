@@ -5,6 +5,8 @@ mod config;
 mod core;
 mod server;
 mod service;
+#[cfg(test)]
+mod testutil;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

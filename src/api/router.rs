@@ -9,7 +9,7 @@ pub struct Routes<H> {
     entries: Vec<(&'static str, Vec<(Method, H)>)>,
 }
 
-pub enum Found<'a, H> {
+pub enum Lookup<'a, H> {
     Route {
         handler: &'a H,
         /// Captured segments, percent-decoded after matching (hyper leaves paths encoded, so an
@@ -48,13 +48,13 @@ impl<H> Routes<H> {
         self
     }
 
-    pub fn find(&self, method: &Method, path: &str) -> Found<'_, H> {
+    pub fn find(&self, method: &Method, path: &str) -> Lookup<'_, H> {
         let Ok(m) = self.router.at(path) else {
-            return Found::NotFound;
+            return Lookup::NotFound;
         };
         let methods = &self.entries[*m.value].1;
         match methods.iter().find(|(mm, _)| mm == method) {
-            Some((_, handler)) => Found::Route {
+            Some((_, handler)) => Lookup::Route {
                 handler,
                 params: m
                     .params
@@ -67,7 +67,7 @@ impl<H> Routes<H> {
                     })
                     .collect(),
             },
-            None => Found::MethodNotAllowed(methods.iter().map(|(m, _)| m.clone()).collect()),
+            None => Lookup::MethodNotAllowed(methods.iter().map(|(m, _)| m.clone()).collect()),
         }
     }
 
@@ -91,7 +91,7 @@ mod tests {
             .add(Method::DELETE, "/images/{id}", 2)
             .add(Method::GET, "/images/{id}/export", 3);
         match r.find(&Method::DELETE, "/images/a%2Fb%3Alatest") {
-            Found::Route { handler, params } => {
+            Lookup::Route { handler, params } => {
                 assert_eq!(*handler, 2);
                 assert_eq!(params, vec![("id".to_string(), "a/b:latest".to_string())]);
             }
@@ -99,13 +99,13 @@ mod tests {
         }
         assert!(matches!(
             r.find(&Method::GET, "/images/x/export"),
-            Found::Route { handler: 3, .. }
+            Lookup::Route { handler: 3, .. }
         ));
         match r.find(&Method::PUT, "/images/x") {
-            Found::MethodNotAllowed(ms) => assert_eq!(ms, vec![Method::GET, Method::DELETE]),
+            Lookup::MethodNotAllowed(ms) => assert_eq!(ms, vec![Method::GET, Method::DELETE]),
             _ => panic!("expected 405"),
         }
-        assert!(matches!(r.find(&Method::GET, "/nope"), Found::NotFound));
+        assert!(matches!(r.find(&Method::GET, "/nope"), Lookup::NotFound));
         assert_eq!(r.iter().count(), 3);
     }
 }

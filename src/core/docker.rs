@@ -7,19 +7,22 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerInspectResponse, ContainerSummary, ImageDeleteResponseItem, ImageInspect,
-    ImageSummary, Volume,
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, EndpointSettings,
+    ImageDeleteResponseItem, ImageInspect, ImageSummary, Network, NetworkConnectRequest,
+    NetworkCreateRequest, Volume, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    ImportImageOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
-    PruneContainersOptionsBuilder, PruneImagesOptionsBuilder, PruneVolumesOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RemoveVolumeOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ImportImageOptionsBuilder,
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
+    ListVolumesOptionsBuilder, PruneContainersOptionsBuilder, PruneImagesOptionsBuilder,
+    PruneVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::engine::{
-    ByteStream, ContainerEngine, EngineError, EngineResult, EngineVersion, LoadedImages,
+    ByteStream, ContainerEngine, EngineError, EngineResult, EngineVersion, Filter, LoadedImages,
 };
 
 pub struct DockerEngine {
@@ -107,6 +110,28 @@ fn io_error(e: BollardError) -> std::io::Error {
 
 fn filters(pairs: &[(&'static str, &'static str)]) -> HashMap<&'static str, Vec<&'static str>> {
     pairs.iter().map(|(k, v)| (*k, vec![*v])).collect()
+}
+
+/// Groups filters by key, as Docker's `filters` parameter wants them. Docker requires every
+/// `label` value to match, and any one of the values of the other keys.
+fn filter_map(filters: &[Filter]) -> HashMap<String, Vec<String>> {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    for f in filters {
+        map.entry(f.key().to_string())
+            .or_default()
+            .push(f.value().to_string());
+    }
+    map
+}
+
+/// `name` -> `name:latest`: without a tag the pull API fetches every tag of the repository.
+fn with_default_tag(reference: &str) -> String {
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    if reference.contains('@') || last.contains(':') {
+        reference.to_string()
+    } else {
+        format!("{reference}:latest")
+    }
 }
 
 #[async_trait]
@@ -294,6 +319,119 @@ impl ContainerEngine for DockerEngine {
             .map_err(map_error)?;
         Ok(res.volumes_deleted.unwrap_or_default())
     }
+
+    async fn list_containers_filtered(
+        &self,
+        filters: &[Filter],
+    ) -> EngineResult<Vec<ContainerSummary>> {
+        let f = filter_map(filters);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&f)
+            .build();
+        self.docker()?
+            .list_containers(Some(opts))
+            .await
+            .map_err(map_error)
+    }
+
+    async fn create_container(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> EngineResult<String> {
+        let opts = CreateContainerOptionsBuilder::default().name(name).build();
+        let res = self
+            .docker()?
+            .create_container(Some(opts), body)
+            .await
+            .map_err(map_error)?;
+        Ok(res.id)
+    }
+
+    async fn stop_container_with_timeout(&self, id: &str, timeout_secs: u32) -> EngineResult<()> {
+        let t = i32::try_from(timeout_secs).unwrap_or(i32::MAX);
+        let opts = StopContainerOptionsBuilder::default().t(t).build();
+        // The request lasts as long as the container takes to stop: allow for that.
+        let docker = self
+            .docker()?
+            .with_timeout(self.timeout + Duration::from_secs(u64::from(timeout_secs)));
+        docker
+            .stop_container(id, Some(opts))
+            .await
+            .map_err(map_error)
+    }
+
+    async fn list_networks(&self, filters: &[Filter]) -> EngineResult<Vec<Network>> {
+        let f = filter_map(filters);
+        let opts = ListNetworksOptionsBuilder::default().filters(&f).build();
+        self.docker()?
+            .list_networks(Some(opts))
+            .await
+            .map_err(map_error)
+    }
+
+    async fn create_network(&self, request: NetworkCreateRequest) -> EngineResult<String> {
+        let res = self
+            .docker()?
+            .create_network(request)
+            .await
+            .map_err(map_error)?;
+        Ok(res.id)
+    }
+
+    async fn remove_network(&self, id: &str) -> EngineResult<()> {
+        self.docker()?.remove_network(id).await.map_err(map_error)
+    }
+
+    async fn connect_network(
+        &self,
+        network: &str,
+        container: &str,
+        endpoint: EndpointSettings,
+    ) -> EngineResult<()> {
+        let req = NetworkConnectRequest {
+            container: container.to_string(),
+            endpoint_config: Some(endpoint),
+        };
+        self.docker()?
+            .connect_network(network, req)
+            .await
+            .map_err(map_error)
+    }
+
+    async fn list_volumes_filtered(&self, filters: &[Filter]) -> EngineResult<Vec<Volume>> {
+        let f = filter_map(filters);
+        let opts = ListVolumesOptionsBuilder::default().filters(&f).build();
+        let res = self
+            .docker()?
+            .list_volumes(Some(opts))
+            .await
+            .map_err(map_error)?;
+        Ok(res.volumes.unwrap_or_default())
+    }
+
+    async fn create_volume(&self, request: VolumeCreateRequest) -> EngineResult<Volume> {
+        self.docker()?
+            .create_volume(request)
+            .await
+            .map_err(map_error)
+    }
+
+    async fn pull_image(&self, reference: &str) -> EngineResult<()> {
+        let reference = with_default_tag(reference);
+        let opts = CreateImageOptionsBuilder::default()
+            .from_image(&reference)
+            .build();
+        let mut progress = self
+            .clients()?
+            .transfer
+            .create_image(Some(opts), None, None);
+        while let Some(item) = progress.next().await {
+            item.map_err(map_error)?;
+        }
+        Ok(())
+    }
 }
 
 fn api_at_least(v: &str, major: u32, minor: u32) -> bool {
@@ -305,6 +443,28 @@ fn api_at_least(v: &str, major: u32, minor: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pull_reference_gets_a_tag() {
+        assert_eq!(with_default_tag("busybox"), "busybox:latest");
+        assert_eq!(with_default_tag("busybox:1.36"), "busybox:1.36");
+        assert_eq!(
+            with_default_tag("registry.local:5000/app"),
+            "registry.local:5000/app:latest"
+        );
+        assert_eq!(with_default_tag("a/b@sha256:00"), "a/b@sha256:00");
+    }
+
+    #[test]
+    fn filters_group_by_key() {
+        let m = filter_map(&[
+            Filter::Label("a=b".into()),
+            Filter::Label("c".into()),
+            Filter::Name("x".into()),
+        ]);
+        assert_eq!(m["label"], vec!["a=b", "c"]);
+        assert_eq!(m["name"], vec!["x"]);
+    }
 
     #[test]
     fn api_version_compare() {

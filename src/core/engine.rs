@@ -8,8 +8,9 @@ use std::pin::Pin;
 
 use async_trait::async_trait;
 use bollard::models::{
-    ContainerInspectResponse, ContainerSummary, ImageDeleteResponseItem, ImageInspect,
-    ImageSummary, Volume,
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, EndpointSettings,
+    ImageDeleteResponseItem, ImageInspect, ImageSummary, Network, NetworkCreateRequest, Volume,
+    VolumeCreateRequest,
 };
 use bytes::Bytes;
 use futures_util::Stream;
@@ -58,6 +59,43 @@ pub struct LoadedImages {
     pub ids: Vec<String>,
 }
 
+/// One filter of a list call, as Docker's `filters` query parameter spells it. Label filters
+/// must all match; several filters of another kind match any of their values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    /// `key=value` or just `key`.
+    Label(String),
+    /// Exact or partial name (Docker matches substrings of names).
+    Name(String),
+    /// Containers that mount this volume (name or mount point).
+    Volume(String),
+    /// Containers created from this image (or a descendant).
+    Ancestor(String),
+}
+
+impl Filter {
+    pub fn key(&self) -> &'static str {
+        match self {
+            Filter::Label(_) => "label",
+            Filter::Name(_) => "name",
+            Filter::Volume(_) => "volume",
+            Filter::Ancestor(_) => "ancestor",
+        }
+    }
+
+    pub fn value(&self) -> &str {
+        match self {
+            Filter::Label(v) | Filter::Name(v) | Filter::Volume(v) | Filter::Ancestor(v) => v,
+        }
+    }
+}
+
+fn unsupported<T>(what: &str) -> EngineResult<T> {
+    Err(EngineError::Failed(format!(
+        "{what} is not supported by this engine"
+    )))
+}
+
 #[async_trait]
 pub trait ContainerEngine: Send + Sync + 'static {
     async fn version(&self) -> EngineResult<EngineVersion>;
@@ -88,4 +126,61 @@ pub trait ContainerEngine: Send + Sync + 'static {
     async fn inspect_volume(&self, name: &str) -> EngineResult<Volume>;
     async fn remove_volume(&self, name: &str, force: bool) -> EngineResult<()>;
     async fn prune_volumes(&self) -> EngineResult<Vec<String>>;
+
+    // The calls below serve the compose engine (src/core/compose). They have default bodies
+    // so that a test fake only implements what its test uses.
+
+    /// Containers (running or not) matching the filters.
+    async fn list_containers_filtered(
+        &self,
+        _filters: &[Filter],
+    ) -> EngineResult<Vec<ContainerSummary>> {
+        unsupported("listing containers by filter")
+    }
+    /// Creates a container named `name`; returns its id.
+    async fn create_container(
+        &self,
+        _name: &str,
+        _body: ContainerCreateBody,
+    ) -> EngineResult<String> {
+        unsupported("creating containers")
+    }
+    /// Stops a container, killing it after `timeout_secs`. A stopped container is no error.
+    async fn stop_container_with_timeout(&self, _id: &str, _timeout_secs: u32) -> EngineResult<()> {
+        unsupported("stopping with a timeout")
+    }
+
+    /// Networks matching the filters.
+    async fn list_networks(&self, _filters: &[Filter]) -> EngineResult<Vec<Network>> {
+        unsupported("listing networks")
+    }
+    /// Creates a network; returns its id.
+    async fn create_network(&self, _request: NetworkCreateRequest) -> EngineResult<String> {
+        unsupported("creating networks")
+    }
+    async fn remove_network(&self, _id: &str) -> EngineResult<()> {
+        unsupported("removing networks")
+    }
+    /// Connects a (created, not yet started) container to a network.
+    async fn connect_network(
+        &self,
+        _network: &str,
+        _container: &str,
+        _endpoint: EndpointSettings,
+    ) -> EngineResult<()> {
+        unsupported("connecting networks")
+    }
+
+    /// Volumes matching the filters.
+    async fn list_volumes_filtered(&self, _filters: &[Filter]) -> EngineResult<Vec<Volume>> {
+        unsupported("listing volumes by filter")
+    }
+    async fn create_volume(&self, _request: VolumeCreateRequest) -> EngineResult<Volume> {
+        unsupported("creating volumes")
+    }
+
+    /// Pulls `reference` (`name[:tag]` or `name@digest`) from its registry.
+    async fn pull_image(&self, _reference: &str) -> EngineResult<()> {
+        unsupported("pulling images")
+    }
 }

@@ -1,8 +1,11 @@
 //! gantry's core: behaviour and state, with no knowledge of HTTP or any wire format.
 
+pub mod apps;
+pub mod compose;
 pub mod docker;
 pub mod engine;
 pub mod health;
+pub mod network;
 pub mod system;
 
 use std::sync::Arc;
@@ -25,6 +28,9 @@ pub enum CoreError {
     Unavailable(String),
     #[error("{0}")]
     Failed(String),
+    /// The caller cancelled the operation; it was rolled back.
+    #[error("{0}")]
+    Cancelled(String),
 }
 
 impl From<EngineError> for CoreError {

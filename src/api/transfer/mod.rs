@@ -13,7 +13,7 @@ use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 
 use super::http::{self, Query, Response};
-use super::router::{Found, Routes};
+use super::router::{Lookup, Routes};
 use crate::config::HttpLimits;
 use crate::core::{Core, CoreError};
 
@@ -91,6 +91,7 @@ impl From<CoreError> for Problem {
             CoreError::Conflict(_) => StatusCode::CONFLICT,
             CoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             CoreError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            CoreError::Cancelled(_) => StatusCode::CONFLICT,
         };
         Problem::new(status, e.to_string())
     }
@@ -150,7 +151,7 @@ pub async fn handle(req: Request<Incoming>, core: Arc<Core>, limits: HttpLimits)
         None => return not_found(&path),
     };
     match routes().find(req.method(), &inner) {
-        Found::Route { handler, params } => {
+        Lookup::Route { handler, params } => {
             let query = Query::parse(req.uri().query());
             let call = Call {
                 core,
@@ -164,8 +165,8 @@ pub async fn handle(req: Request<Incoming>, core: Arc<Core>, limits: HttpLimits)
                 Err(p) => p.render(&path),
             }
         }
-        Found::NotFound => not_found(&path),
-        Found::MethodNotAllowed(methods) => {
+        Lookup::NotFound => not_found(&path),
+        Lookup::MethodNotAllowed(methods) => {
             let allow = methods
                 .iter()
                 .map(Method::as_str)

@@ -1,0 +1,638 @@
+//! The import pipeline: an app ZIP in a temp file becomes a stored app with its images
+//! loaded into Docker, or nothing at all.
+//!
+//! Each step is named ([`ImportStep`]) and reported as it completes, so the dialects can show
+//! progress. A failure or cancellation anywhere rolls back: the staged directory disappears
+//! with its guard, and images this import loaded (and that were not there before) are
+//! removed again.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::Path;
+#[cfg(test)]
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use tokio_util::sync::CancellationToken;
+
+use super::bundle::{Bundle, BundleError, BundleLimits, ByteSize};
+use super::store::{AppStore, ImageRecord, StoredApp};
+use crate::core::compose::{interpolate, ComposePolicy, ComposeProject};
+use crate::core::engine::{ByteStream, ContainerEngine};
+use crate::core::{CoreError, CoreResult};
+
+/// The named steps of an import, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportStep {
+    CheckZip,
+    ParseConfig,
+    ParseCompose,
+    CheckDiskSpace,
+    LoadImages,
+    StoreInstance,
+}
+
+/// What the pipeline reports while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportProgress {
+    /// A step finished successfully.
+    Done { step: ImportStep, message: String },
+    /// A step failed; the import is being rolled back.
+    Failed { step: ImportStep, message: String },
+    /// An image tarball started loading.
+    ImageStarted { file: String, size: u64 },
+    /// Bytes of the current image tarball streamed to Docker so far.
+    ImageBytes { file: String, done: u64, size: u64 },
+    /// An image tarball was loaded.
+    ImageLoaded { file: String, references: Vec<String> },
+}
+
+#[derive(Debug, Clone)]
+pub struct ImportSettings {
+    pub limits: BundleLimits,
+    pub policy: ComposePolicy,
+    /// Free space that must remain after the import.
+    pub reserve_bytes: u64,
+}
+
+impl Default for ImportSettings {
+    fn default() -> Self {
+        Self {
+            limits: BundleLimits::default(),
+            policy: ComposePolicy::default(),
+            reserve_bytes: 256 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImportOptions {
+    /// Replace an app with the same id instead of refusing with a conflict.
+    pub replace: bool,
+}
+
+pub type ProgressFn<'a> = &'a (dyn Fn(ImportProgress) + Send + Sync);
+
+/// Imports the ZIP at `zip` (a temp file the caller owns and deletes afterwards).
+pub async fn import(
+    engine: &dyn ContainerEngine,
+    store: &Arc<AppStore>,
+    zip: &Path,
+    settings: &ImportSettings,
+    options: ImportOptions,
+    cancel: &CancellationToken,
+    progress: ProgressFn<'_>,
+) -> CoreResult<StoredApp> {
+    let mut current = ImportStep::CheckZip;
+    let mut loaded_ids: Vec<String> = Vec::new();
+    let result = run(
+        engine,
+        store,
+        zip,
+        settings,
+        options,
+        cancel,
+        progress,
+        &mut current,
+        &mut loaded_ids,
+    )
+    .await;
+    if let Err(e) = &result {
+        progress(ImportProgress::Failed {
+            step: current,
+            message: e.to_string(),
+        });
+        for id in loaded_ids.iter().rev() {
+            if let Err(err) = engine.remove_image(id, false).await {
+                tracing::warn!(image = %id, error = %err, "import rollback: cannot remove an image it loaded");
+            }
+        }
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    engine: &dyn ContainerEngine,
+    store: &Arc<AppStore>,
+    zip: &Path,
+    settings: &ImportSettings,
+    options: ImportOptions,
+    cancel: &CancellationToken,
+    progress: ProgressFn<'_>,
+    current: &mut ImportStep,
+    loaded_ids: &mut Vec<String>,
+) -> CoreResult<StoredApp> {
+    let cancelled = || CoreError::Cancelled("the import was cancelled".into());
+    let step_done = |step, message: String| progress(ImportProgress::Done { step, message });
+
+    *current = ImportStep::CheckZip;
+    let path = zip.to_path_buf();
+    let limits = settings.limits.clone();
+    let bundle = blocking(move || Bundle::open(&path, &limits)).await??;
+    step_done(ImportStep::CheckZip, "ZIP format valid".into());
+
+    *current = ImportStep::ParseConfig;
+    let id = bundle.id();
+    if store.contains(&id) && !options.replace {
+        return Err(CoreError::Conflict(format!(
+            "app {id} is already imported; remove it first or import with replace"
+        )));
+    }
+    step_done(ImportStep::ParseConfig, format!("app {id}"));
+
+    *current = ImportStep::ParseCompose;
+    let app_dir = store.app_dir(&id);
+    let vars: HashMap<String, String> = bundle
+        .env_file()
+        .map(|text| {
+            interpolate::parse_env_file(text, &HashMap::new(), true)
+                .into_iter()
+                .collect()
+        })
+        .unwrap_or_default();
+    let project = ComposeProject::from_text(
+        &app_dir,
+        &app_dir.join(bundle.compose_name()),
+        bundle.compose_yaml(),
+        &id.slug(),
+        id.as_str(),
+        &vars,
+        &settings.policy,
+    )
+    .map_err(|e| CoreError::Invalid(format!("{}: {e}", bundle.compose_name())))?;
+    step_done(
+        ImportStep::ParseCompose,
+        format!("{} services", project.services().len()),
+    );
+
+    *current = ImportStep::CheckDiskSpace;
+    let need = space_needed(&bundle, settings.reserve_bytes);
+    let free = free_space(store.root())?;
+    if free < need {
+        return Err(CoreError::Invalid(format!(
+            "not enough disk space: the import needs {} (images, files and a reserve of {}), {} is free",
+            ByteSize(need),
+            ByteSize(settings.reserve_bytes),
+            ByteSize(free)
+        )));
+    }
+    step_done(
+        ImportStep::CheckDiskSpace,
+        format!("{} needed, {} free", ByteSize(need), ByteSize(free)),
+    );
+
+    *current = ImportStep::LoadImages;
+    let before: HashSet<String> = engine
+        .list_images()
+        .await?
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    let files: Vec<(String, u64)> = bundle
+        .images()
+        .iter()
+        .map(|e| (e.name.clone(), e.size))
+        .collect();
+    let bundle = Arc::new(Mutex::new(bundle));
+    let mut records = Vec::with_capacity(files.len());
+    for (file, size) in files {
+        if cancel.is_cancelled() {
+            return Err(cancelled());
+        }
+        progress(ImportProgress::ImageStarted {
+            file: file.clone(),
+            size,
+        });
+        let references = load_one(engine, &bundle, &file, size, cancel, progress).await?;
+        let mut image_id = String::new();
+        for r in &references {
+            if let Ok(inspect) = engine.inspect_image(r).await {
+                image_id = inspect.id.unwrap_or_default();
+                if !before.contains(&image_id) && !loaded_ids.contains(&image_id) {
+                    loaded_ids.push(image_id.clone());
+                }
+            }
+        }
+        progress(ImportProgress::ImageLoaded {
+            file: file.clone(),
+            references: references.clone(),
+        });
+        records.push(ImageRecord {
+            file,
+            id: image_id,
+            references,
+        });
+    }
+    step_done(
+        ImportStep::LoadImages,
+        format!("{} image archives loaded", records.len()),
+    );
+
+    *current = ImportStep::StoreInstance;
+    if cancel.is_cancelled() {
+        return Err(cancelled());
+    }
+    let store2 = store.clone();
+    let config = lock(&bundle).config().clone();
+    let stored = blocking(move || -> CoreResult<StoredApp> {
+        let mut staged = store2.stage(config)?;
+        lock(&bundle).extract_metadata(staged.dir())?;
+        staged.images = records;
+        Ok(store2.insert(staged, options.replace)?)
+    })
+    .await??;
+    step_done(ImportStep::StoreInstance, "Successfully stored App".into());
+    Ok(stored)
+}
+
+fn lock(bundle: &Mutex<Bundle>) -> std::sync::MutexGuard<'_, Bundle> {
+    bundle.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> CoreResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CoreError::Failed(format!("import worker failed: {e}")))
+}
+
+const CHUNK: usize = 64 * 1024;
+
+/// Streams one tarball from the ZIP into Docker: a blocking thread reads the entry and feeds
+/// a small bounded channel, so memory stays at a few chunks whatever the image size.
+async fn load_one(
+    engine: &dyn ContainerEngine,
+    bundle: &Arc<Mutex<Bundle>>,
+    file: &str,
+    size: u64,
+    cancel: &CancellationToken,
+    progress: ProgressFn<'_>,
+) -> CoreResult<Vec<String>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    let sent = Arc::new(AtomicU64::new(0));
+    let pump = {
+        let bundle = bundle.clone();
+        let file = file.to_string();
+        let sent = sent.clone();
+        let cancel = cancel.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), BundleError> {
+            let mut guard = lock(&bundle);
+            let mut reader = guard.entry_reader(&file)?;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                if cancel.is_cancelled() {
+                    let _ = tx.blocking_send(Err(std::io::Error::other("cancelled")));
+                    return Ok(());
+                }
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => n,
+                    Err(e) => {
+                        let err: BundleError = e.into();
+                        let _ = tx.blocking_send(Err(std::io::Error::other(err.to_string())));
+                        return Err(err);
+                    }
+                };
+                sent.fetch_add(n as u64, Ordering::Relaxed);
+                if tx
+                    .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                    .is_err()
+                {
+                    // Docker stopped reading; its error says why.
+                    return Ok(());
+                }
+            }
+        })
+    };
+    let body: ByteStream = Box::pin(stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    let load = engine.load_images(body);
+    tokio::pin!(load);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let loaded = loop {
+        tokio::select! {
+            r = &mut load => break r,
+            _ = tick.tick() => progress(ImportProgress::ImageBytes {
+                file: file.to_string(),
+                done: sent.load(Ordering::Relaxed),
+                size,
+            }),
+        }
+    };
+    let pumped = pump
+        .await
+        .map_err(|e| CoreError::Failed(format!("image reader failed: {e}")))?;
+    if cancel.is_cancelled() {
+        return Err(CoreError::Cancelled("the import was cancelled".into()));
+    }
+    // A damaged entry explains a Docker failure better than Docker's "unexpected EOF".
+    pumped.map_err(|e| CoreError::Invalid(format!("{file}: {e}")))?;
+    let loaded = loaded.map_err(|e| match CoreError::from(e) {
+        CoreError::Invalid(m) => CoreError::Invalid(format!("{file}: Docker cannot load it: {m}")),
+        other => other,
+    })?;
+    progress(ImportProgress::ImageBytes {
+        file: file.to_string(),
+        done: sent.load(Ordering::Relaxed),
+        size,
+    });
+    let mut refs = loaded.references;
+    refs.extend(loaded.ids);
+    Ok(refs)
+}
+
+/// Image tarballs land in Docker's storage roughly at their size; compressed ones expand,
+/// so they count three times. Plus the bundle's other files and the reserve.
+fn space_needed(bundle: &Bundle, reserve: u64) -> u64 {
+    let images: u64 = bundle
+        .images()
+        .iter()
+        .map(|e| {
+            if e.name.ends_with(".tar") {
+                e.size
+            } else {
+                e.size.saturating_mul(3)
+            }
+        })
+        .sum();
+    images
+        .saturating_add(bundle.metadata_size())
+        .saturating_add(reserve)
+}
+
+fn free_space(dir: &Path) -> CoreResult<u64> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| CoreError::Failed(format!("bad path {}", dir.display())))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid C string and `st` a properly sized out-parameter.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(CoreError::Failed(format!(
+            "cannot read free space of {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: statvfs succeeded and filled the struct.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)]
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::apps::bundle::build_zip;
+    use crate::testutil::{docker, docker_host, docker_ok, engine, image, unique};
+
+    /// A new image with its own id (so rollback may remove it), saved as a tarball.
+    fn fresh_image_tar(host: &str, reference: &str) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("marker"), reference).unwrap();
+        let script = format!(
+            "tar -C {} -c . | docker -H {host} import - {reference} >/dev/null",
+            dir.path().display()
+        );
+        let st = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .status()
+            .unwrap();
+        assert!(st.success(), "docker import failed");
+        let out = std::process::Command::new("docker")
+            .args(["-H", host, "save", reference])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        docker_ok(host, &["rmi", reference]);
+        out.stdout
+    }
+
+    fn bundle(name: &str, images: &[(&str, &[u8])], compose: &str) -> Vec<u8> {
+        let config = format!("Name: {name}\nVersion: 1.0\nDescription: test app\n");
+        let mut entries: Vec<(String, Vec<u8>)> = vec![
+            ("config.yml".into(), config.into_bytes()),
+            ("compose.yaml".into(), compose.as_bytes().to_vec()),
+            ("README.md".into(), b"# hello".to_vec()),
+        ];
+        for (n, data) in images {
+            entries.push((format!("docker/{n}"), data.to_vec()));
+        }
+        let refs: Vec<(&str, &[u8])> = entries
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.as_slice()))
+            .collect();
+        build_zip(&refs)
+    }
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        store: Arc<AppStore>,
+        zip: PathBuf,
+    }
+
+    fn setup(zip_bytes: &[u8]) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(AppStore::open(&dir.path().join("apps")).unwrap());
+        let zip = dir.path().join("upload.zip");
+        std::fs::write(&zip, zip_bytes).unwrap();
+        Setup {
+            _dir: dir,
+            store,
+            zip,
+        }
+    }
+
+    fn collect() -> (
+        Arc<Mutex<Vec<ImportProgress>>>,
+        impl Fn(ImportProgress) + Send + Sync,
+    ) {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        (events, move |p| sink.lock().unwrap().push(p))
+    }
+
+    fn image_exists(host: &str, reference: &str) -> bool {
+        docker(host, &["image", "inspect", reference]).0
+    }
+
+    #[tokio::test]
+    async fn import_loads_images_and_stores_the_app() {
+        let Some(host) = docker_host("apps::import::import_loads_images_and_stores_the_app")
+        else {
+            return;
+        };
+        let reference = format!("{}:1", unique("gantry-imp-ok"));
+        let tar = fresh_image_tar(&host, &reference);
+        let compose = format!("services:\n  web:\n    image: {reference}\n    command: sleep 5\n");
+        let s = setup(&bundle(&unique("ImpOk"), &[("web.tar", &tar)], &compose));
+        let (events, sink) = collect();
+        let eng = engine(&host);
+        let stored = import(
+            &eng,
+            &s.store,
+            &s.zip,
+            &ImportSettings::default(),
+            ImportOptions::default(),
+            &CancellationToken::new(),
+            &sink,
+        )
+        .await
+        .expect("import");
+        assert!(image_exists(&host, &reference), "image was not loaded");
+        assert_eq!(stored.record.images.len(), 1);
+        assert_eq!(stored.record.images[0].file, "docker/web.tar");
+        assert!(stored.record.images[0].references.contains(&reference));
+        assert!(stored.record.images[0].id.starts_with("sha256:"));
+        assert!(stored.dir.join("compose.yaml").is_file());
+        assert!(stored.readme().is_some());
+        assert!(!stored.dir.join("docker").exists(), "image tarballs are not stored");
+        assert_eq!(s.store.list().unwrap().len(), 1);
+        let steps: Vec<ImportStep> = events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                ImportProgress::Done { step, .. } => Some(*step),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            vec![
+                ImportStep::CheckZip,
+                ImportStep::ParseConfig,
+                ImportStep::ParseCompose,
+                ImportStep::CheckDiskSpace,
+                ImportStep::LoadImages,
+                ImportStep::StoreInstance
+            ]
+        );
+        // The same id again is a conflict, unless replacing.
+        let err = import(
+            &eng,
+            &s.store,
+            &s.zip,
+            &ImportSettings::default(),
+            ImportOptions::default(),
+            &CancellationToken::new(),
+            &|_| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, CoreError::Conflict(_)), "{err:?}");
+        import(
+            &eng,
+            &s.store,
+            &s.zip,
+            &ImportSettings::default(),
+            ImportOptions { replace: true },
+            &CancellationToken::new(),
+            &|_| {},
+        )
+        .await
+        .expect("replace");
+        assert_eq!(s.store.list().unwrap().len(), 1);
+        docker_ok(&host, &["rmi", &reference]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_import_leaves_nothing_behind() {
+        let Some(host) = docker_host("apps::import::a_failed_import_leaves_nothing_behind") else {
+            return;
+        };
+        let reference = format!("{}:1", unique("gantry-imp-rb"));
+        let tar = fresh_image_tar(&host, &reference);
+        let compose = format!("services:\n  web:\n    image: {reference}\n");
+        // a.tar loads fine, b.tar is not an image: the import fails after loading a.tar.
+        let zip = bundle(
+            &unique("ImpRb"),
+            &[("a.tar", &tar), ("b.tar", b"this is not a tarball at all")],
+            &compose,
+        );
+        let s = setup(&zip);
+        let (events, sink) = collect();
+        let err = import(
+            &engine(&host),
+            &s.store,
+            &s.zip,
+            &ImportSettings::default(),
+            ImportOptions::default(),
+            &CancellationToken::new(),
+            &sink,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, CoreError::Invalid(_)), "{err:?}");
+        assert!(err.to_string().contains("b.tar"), "{err}");
+        assert!(
+            !image_exists(&host, &reference),
+            "the image the failed import loaded is still there"
+        );
+        assert!(s.store.list().unwrap().is_empty());
+        let leftovers: Vec<_> = std::fs::read_dir(s.store.root()).unwrap().collect();
+        assert!(leftovers.is_empty(), "store not empty: {leftovers:?}");
+        assert!(events.lock().unwrap().iter().any(|e| matches!(
+            e,
+            ImportProgress::Failed {
+                step: ImportStep::LoadImages,
+                ..
+            }
+        )));
+    }
+
+    #[tokio::test]
+    async fn bad_compose_and_cancel_are_refused_before_docker() {
+        let Some(host) = docker_host("apps::import::bad_compose_and_cancel") else {
+            return;
+        };
+        let compose = format!("services:\n  web:\n    image: {}\n    bogus_key: 1\n", image());
+        let s = setup(&bundle(&unique("ImpBad"), &[], &compose));
+        let err = import(
+            &engine(&host),
+            &s.store,
+            &s.zip,
+            &ImportSettings::default(),
+            ImportOptions::default(),
+            &CancellationToken::new(),
+            &|_| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("bogus_key"), "{err}");
+        assert!(err.to_string().contains("web"), "{err}");
+        assert!(s.store.list().unwrap().is_empty());
+
+        let reference = format!("{}:1", unique("gantry-imp-cx"));
+        let tar = fresh_image_tar(&host, &reference);
+        let compose = format!("services:\n  web:\n    image: {reference}\n");
+        let s = setup(&bundle(&unique("ImpCx"), &[("a.tar", &tar)], &compose));
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let err = import(
+            &engine(&host),
+            &s.store,
+            &s.zip,
+            &ImportSettings::default(),
+            ImportOptions::default(),
+            &cancel,
+            &|_| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, CoreError::Cancelled(_)), "{err:?}");
+        assert!(!image_exists(&host, &reference));
+        assert!(s.store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn free_space_reads_the_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(free_space(dir.path()).unwrap() > 0);
+        assert!(free_space(Path::new("/no/such/dir")).is_err());
+    }
+}

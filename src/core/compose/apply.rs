@@ -1,0 +1,1213 @@
+//! Applying a plan over the [`ContainerEngine`]: `up` (idempotent by config hash), `down`
+//! and `status`, with compose-like output lines sent as the operations happen.
+//!
+//! Services whose dependencies are satisfied are converged concurrently; `down` stops in
+//! reverse dependency order, concurrently within a level, and keeps going past errors so a
+//! half-failed teardown still removes as much as it can.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bollard::models::{
+    ContainerStateStatusEnum, ContainerSummary, ContainerSummaryStateEnum, HealthStatusEnum,
+};
+use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use super::plan::{
+    config_hash, Condition, ServicePlan, DEFAULT_STOP_TIMEOUT, LABEL_CONFIG_HASH, LABEL_ONEOFF,
+    LABEL_PROJECT, LABEL_SERVICE,
+};
+use super::{ComposeError, ComposeProject};
+use crate::core::engine::{ContainerEngine, EngineError, Filter};
+
+/// What `up` did, for the API's `DockerComposeUpResult`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpResult {
+    /// Names of the project's containers running when `up` finished.
+    pub running_containers: Vec<String>,
+    /// Images `up` had to pull.
+    pub pulled_images: Vec<String>,
+    /// Every output line, in the order sent.
+    pub lines: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DownOptions {
+    /// Remove the project's images when no container (of any app) uses them.
+    pub remove_images: bool,
+    /// Remove the project's named volumes (and its containers' anonymous ones) when no
+    /// other container uses them.
+    pub remove_volumes: bool,
+    /// Images other apps need even though no container uses them now; never removed.
+    pub protected_images: Vec<String>,
+    /// Stop timeout for every container, instead of each service's `stop_grace_period`.
+    pub timeout: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DownResult {
+    pub lines: Vec<String>,
+    pub removed_containers: Vec<String>,
+    pub removed_networks: Vec<String>,
+    pub removed_volumes: Vec<String>,
+    pub removed_images: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceStatus {
+    pub service: String,
+    /// False for containers of services no longer in the compose file.
+    pub defined: bool,
+    pub containers: Vec<ContainerStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub id: String,
+    pub image: String,
+    /// Docker's state word: created, running, exited, restarting, ...
+    pub state: String,
+    /// Docker's human status, e.g. `Up 3 minutes (healthy)`.
+    pub status: String,
+    pub running: bool,
+}
+
+/// Collects lines and forwards each to the caller as it is produced.
+struct Output<'a> {
+    on_line: &'a (dyn Fn(&str) + Send + Sync),
+    lines: Mutex<Vec<String>>,
+    /// Names are padded to this width, as compose aligns its `... done` columns.
+    width: usize,
+}
+
+impl<'a> Output<'a> {
+    fn new(on_line: &'a (dyn Fn(&str) + Send + Sync), width: usize) -> Self {
+        Self {
+            on_line,
+            lines: Mutex::new(Vec::new()),
+            width,
+        }
+    }
+
+    fn line(&self, s: impl Into<String>) {
+        let s = s.into();
+        (self.on_line)(&s);
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+    }
+
+    /// `Creating x_web_1 ... ` now, then `Creating x_web_1 ... done` (or `error`) after `op`.
+    async fn step<T>(
+        &self,
+        verb: &str,
+        name: &str,
+        op: impl std::future::Future<Output = Result<T, ComposeError>>,
+    ) -> Result<T, ComposeError> {
+        let head = format!("{verb} {name:<width$} ...", width = self.width);
+        self.line(head.clone());
+        let res = op.await;
+        self.line(format!(
+            "{head} {}",
+            if res.is_ok() { "done" } else { "error" }
+        ));
+        res
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.lines.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+fn project_label(p: &ComposeProject) -> Filter {
+    Filter::Label(format!("{LABEL_PROJECT}={}", p.name()))
+}
+
+fn container_name(c: &ContainerSummary) -> String {
+    c.names
+        .as_ref()
+        .and_then(|n| n.first())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .unwrap_or_else(|| c.id.clone().unwrap_or_default())
+}
+
+fn label<'c>(c: &'c ContainerSummary, key: &str) -> Option<&'c str> {
+    c.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+fn is_running(c: &ContainerSummary) -> bool {
+    matches!(
+        c.state,
+        Some(ContainerSummaryStateEnum::RUNNING | ContainerSummaryStateEnum::RESTARTING)
+    )
+}
+
+fn width(p: &ComposeProject, extra: &[ContainerSummary]) -> usize {
+    p.plan()
+        .services
+        .iter()
+        .map(|s| s.container_name.len())
+        .chain(extra.iter().map(|c| container_name(c).len()))
+        .max()
+        .unwrap_or(0)
+}
+
+pub async fn up(
+    p: &ComposeProject,
+    engine: &dyn ContainerEngine,
+    on_line: &(dyn Fn(&str) + Send + Sync),
+) -> Result<UpResult, ComposeError> {
+    let out = Output::new(on_line, width(p, &[]));
+    for w in p.warnings() {
+        out.line(w.clone());
+    }
+    match up_inner(p, engine, &out).await {
+        Ok((running_containers, pulled_images)) => Ok(UpResult {
+            running_containers,
+            pulled_images,
+            lines: out.take(),
+        }),
+        Err(e) => {
+            out.line(format!("ERROR: {e}"));
+            Err(e)
+        }
+    }
+}
+
+async fn up_inner(
+    p: &ComposeProject,
+    engine: &dyn ContainerEngine,
+    out: &Output<'_>,
+) -> Result<(Vec<String>, Vec<String>), ComposeError> {
+    let plan = p.plan();
+    let (image_ids, pulled) = ensure_images(p, engine, out).await?;
+    for n in &plan.networks {
+        ensure_network(p, engine, out, n).await?;
+    }
+    for v in &plan.volumes {
+        ensure_volume(p, engine, out, v).await?;
+    }
+
+    let existing = engine
+        .list_containers_filtered(&[
+            project_label(p),
+            Filter::Label(format!("{LABEL_ONEOFF}=False")),
+        ])
+        .await
+        .map_err(ComposeError::engine("listing the project's containers"))?;
+    let mut by_service: HashMap<String, Vec<ContainerSummary>> = HashMap::new();
+    let mut orphans = Vec::new();
+    for c in existing {
+        match label(&c, LABEL_SERVICE) {
+            Some(s) if plan.service(s).is_some() => {
+                by_service.entry(s.to_string()).or_default().push(c)
+            }
+            _ => orphans.push(c),
+        }
+    }
+    for c in orphans {
+        let name = container_name(&c);
+        out.line(format!("Removing orphan container \"{name}\""));
+        remove_container(engine, &c, DEFAULT_STOP_TIMEOUT).await?;
+    }
+
+    // Converge services as their dependencies become ready.
+    let mut pending: Vec<&ServicePlan> = plan.services.iter().collect();
+    let mut ids: HashMap<String, String> = HashMap::new();
+    let mut running = FuturesUnordered::new();
+    let mut errors = Vec::new();
+    loop {
+        if errors.is_empty() {
+            let (ready, wait): (Vec<&ServicePlan>, Vec<&ServicePlan>) = pending
+                .into_iter()
+                .partition(|s| s.all_deps().all(|d| ids.contains_key(d)));
+            pending = wait;
+            for s in ready {
+                let deps: HashMap<String, String> = s
+                    .all_deps()
+                    .filter_map(|d| ids.get(d).map(|id| (d.to_string(), id.clone())))
+                    .collect();
+                let image_id = image_ids.get(&s.image).cloned().unwrap_or_default();
+                let current = by_service.remove(&s.name).unwrap_or_default();
+                running.push(async move {
+                    let res =
+                        converge(s, engine, out, image_id, deps, current, p.wait_timeout).await;
+                    (s.name.clone(), res)
+                });
+            }
+        }
+        match running.next().await {
+            Some((name, Ok(id))) => {
+                ids.insert(name, id);
+            }
+            Some((_, Err(e))) => errors.push(e),
+            None => break,
+        }
+    }
+    if !errors.is_empty() {
+        return Err(if errors.len() == 1 {
+            errors.remove(0)
+        } else {
+            ComposeError::Several(errors)
+        });
+    }
+
+    let now = engine
+        .list_containers_filtered(&[project_label(p)])
+        .await
+        .map_err(ComposeError::engine("listing the project's containers"))?;
+    let mut running_names: Vec<String> = now
+        .iter()
+        .filter(|c| is_running(c))
+        .map(container_name)
+        .collect();
+    running_names.sort();
+    Ok((running_names, pulled))
+}
+
+/// Inspects every image, pulling the missing ones; returns image ids by reference.
+async fn ensure_images(
+    p: &ComposeProject,
+    engine: &dyn ContainerEngine,
+    out: &Output<'_>,
+) -> Result<(HashMap<String, String>, Vec<String>), ComposeError> {
+    let plan = p.plan();
+    let jobs = p.images().into_iter().map(|image| async move {
+        match engine.inspect_image(&image).await {
+            Ok(i) => Ok((image, i.id.unwrap_or_default(), false)),
+            Err(EngineError::NotFound(_)) => {
+                let service = plan
+                    .services
+                    .iter()
+                    .find(|s| s.image == image)
+                    .map(|s| s.name.as_str())
+                    .unwrap_or_default();
+                out.line(format!("Pulling {service} ({image})..."));
+                match tokio::time::timeout(p.pull_timeout, engine.pull_image(&image)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        return Err(ComposeError::Image {
+                            image: image.clone(),
+                            message: e.to_string(),
+                        })
+                    }
+                    Err(_) => {
+                        return Err(ComposeError::Image {
+                            image: image.clone(),
+                            message: format!(
+                                "the pull did not finish within {}s",
+                                p.pull_timeout.as_secs()
+                            ),
+                        })
+                    }
+                }
+                let i = engine
+                    .inspect_image(&image)
+                    .await
+                    .map_err(|e| ComposeError::Image {
+                        image: image.clone(),
+                        message: format!("pulled, but then: {e}"),
+                    })?;
+                Ok((image, i.id.unwrap_or_default(), true))
+            }
+            Err(e) => Err(ComposeError::Engine {
+                action: format!("inspecting image {image}"),
+                source: e,
+            }),
+        }
+    });
+    let mut ids = HashMap::new();
+    let mut pulled = Vec::new();
+    let mut errors = Vec::new();
+    for r in join_all(jobs).await {
+        match r {
+            Ok((image, id, was_pulled)) => {
+                if was_pulled {
+                    pulled.push(image.clone());
+                }
+                ids.insert(image, id);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    match errors.len() {
+        0 => Ok((ids, pulled)),
+        1 => Err(errors.remove(0)),
+        _ => Err(ComposeError::Several(errors)),
+    }
+}
+
+async fn ensure_network(
+    p: &ComposeProject,
+    engine: &dyn ContainerEngine,
+    out: &Output<'_>,
+    n: &super::plan::NetworkPlan,
+) -> Result<(), ComposeError> {
+    let found = engine
+        .list_networks(&[Filter::Name(n.name.clone())])
+        .await
+        .map_err(ComposeError::engine(format!(
+            "looking up network {}",
+            n.name
+        )))?;
+    let existing = found
+        .iter()
+        .find(|x| x.name.as_deref() == Some(n.name.as_str()));
+    if n.external {
+        return match existing {
+            Some(_) => Ok(()),
+            None => Err(ComposeError::Invalid {
+                scope: format!("network \"{}\"", n.key),
+                message: format!(
+                    "declared as external, but network \"{}\" does not exist",
+                    n.name
+                ),
+            }),
+        };
+    }
+    if let Some(x) = existing {
+        let owner = x
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_PROJECT))
+            .map(String::as_str);
+        if owner != Some(p.name()) {
+            return Err(ComposeError::Invalid {
+                scope: format!("network \"{}\"", n.key),
+                message: format!(
+                    "network \"{}\" already exists and does not belong to project \"{}\"",
+                    n.name,
+                    p.name()
+                ),
+            });
+        }
+        return Ok(());
+    }
+    let driver = match &n.request.driver {
+        Some(d) => format!("driver \"{d}\""),
+        None => "the default driver".to_string(),
+    };
+    out.line(format!("Creating network \"{}\" with {driver}", n.name));
+    engine
+        .create_network(n.request.clone())
+        .await
+        .map_err(ComposeError::engine(format!("creating network {}", n.name)))?;
+    Ok(())
+}
+
+async fn ensure_volume(
+    p: &ComposeProject,
+    engine: &dyn ContainerEngine,
+    out: &Output<'_>,
+    v: &super::plan::VolumePlan,
+) -> Result<(), ComposeError> {
+    let _ = p;
+    let found = engine
+        .list_volumes_filtered(&[Filter::Name(v.name.clone())])
+        .await
+        .map_err(ComposeError::engine(format!(
+            "looking up volume {}",
+            v.name
+        )))?;
+    let exists = found.iter().any(|x| x.name == v.name);
+    if v.external {
+        if exists {
+            return Ok(());
+        }
+        return Err(ComposeError::Invalid {
+            scope: format!("volume \"{}\"", v.key),
+            message: format!(
+                "declared as external, but volume \"{}\" does not exist",
+                v.name
+            ),
+        });
+    }
+    if exists {
+        // An existing volume keeps its data, whoever created it (compose does the same).
+        return Ok(());
+    }
+    out.line(format!(
+        "Creating volume \"{}\" with {} driver",
+        v.name,
+        v.request.driver.as_deref().unwrap_or("default")
+    ));
+    engine
+        .create_volume(v.request.clone())
+        .await
+        .map_err(ComposeError::engine(format!("creating volume {}", v.name)))?;
+    Ok(())
+}
+
+/// Brings one service to its planned state; returns its container id.
+async fn converge(
+    s: &ServicePlan,
+    engine: &dyn ContainerEngine,
+    out: &Output<'_>,
+    image_id: String,
+    deps: HashMap<String, String>,
+    current: Vec<ContainerSummary>,
+    wait_timeout: Duration,
+) -> Result<String, ComposeError> {
+    let waits = s.depends_on.iter().filter_map(|d| {
+        let id = deps.get(&d.service)?;
+        (d.condition != Condition::Started)
+            .then(|| wait_for(engine, &s.name, &d.service, id, d.condition, wait_timeout))
+    });
+    for r in join_all(waits).await {
+        r?;
+    }
+
+    let mut body = s.body.clone();
+    if let Some(other) = &s.network_of {
+        let id = deps.get(other).cloned().unwrap_or_default();
+        body.host_config
+            .get_or_insert_with(Default::default)
+            .network_mode = Some(format!("container:{id}"));
+    }
+    let hash = config_hash(&serde_json::json!({
+        "name": &s.container_name,
+        "container": &body,
+        "networks": &s.extra_networks,
+        "image_id": image_id,
+    }));
+    body.labels
+        .get_or_insert_with(HashMap::new)
+        .insert(LABEL_CONFIG_HASH.to_string(), hash.clone());
+
+    let up_to_date = current
+        .iter()
+        .filter(|c| label(c, LABEL_CONFIG_HASH) == Some(hash.as_str()))
+        .max_by_key(|c| container_name(c) == s.container_name);
+    if let Some(keep) = up_to_date {
+        let keep_id = keep.id.clone().unwrap_or_default();
+        for c in current.iter().filter(|c| c.id != keep.id) {
+            let name = container_name(c);
+            out.step(
+                "Removing",
+                &name,
+                remove_container(engine, c, s.stop_timeout),
+            )
+            .await?;
+        }
+        let name = container_name(keep);
+        if is_running(keep) {
+            out.line(format!("{name} is up-to-date"));
+        } else {
+            out.step("Starting", &name, async {
+                engine
+                    .start_container(&keep_id)
+                    .await
+                    .map_err(ComposeError::engine(format!("starting {name}")))
+            })
+            .await?;
+        }
+        return Ok(keep_id);
+    }
+
+    let verb = if current.is_empty() {
+        "Creating"
+    } else {
+        "Recreating"
+    };
+    let shown = current
+        .first()
+        .map(container_name)
+        .unwrap_or_else(|| s.container_name.clone());
+    out.step(verb, &shown, async {
+        for c in &current {
+            remove_container(engine, c, s.stop_timeout).await?;
+        }
+        let name = &s.container_name;
+        let id = engine
+            .create_container(name, body)
+            .await
+            .map_err(ComposeError::engine(format!("creating container {name}")))?;
+        for (net, endpoint) in &s.extra_networks {
+            engine
+                .connect_network(net, &id, endpoint.clone())
+                .await
+                .map_err(ComposeError::engine(format!(
+                    "connecting {name} to network {net}"
+                )))?;
+        }
+        engine
+            .start_container(&id)
+            .await
+            .map_err(ComposeError::engine(format!("starting {name}")))?;
+        Ok(id)
+    })
+    .await
+}
+
+async fn remove_container(
+    engine: &dyn ContainerEngine,
+    c: &ContainerSummary,
+    timeout: u32,
+) -> Result<(), ComposeError> {
+    let id = c.id.clone().unwrap_or_default();
+    let name = container_name(c);
+    if is_running(c) {
+        engine
+            .stop_container_with_timeout(&id, timeout)
+            .await
+            .map_err(ComposeError::engine(format!("stopping {name}")))?;
+    }
+    match engine.remove_container(&id, true, false).await {
+        Ok(()) | Err(EngineError::NotFound(_)) => Ok(()),
+        Err(e) => Err(ComposeError::Engine {
+            action: format!("removing {name}"),
+            source: e,
+        }),
+    }
+}
+
+/// Waits until the dependency `dep` (container `id`) meets `cond`, polling, bounded by
+/// `timeout`.
+async fn wait_for(
+    engine: &dyn ContainerEngine,
+    service: &str,
+    dep: &str,
+    id: &str,
+    cond: Condition,
+    timeout: Duration,
+) -> Result<(), ComposeError> {
+    let fail = |message: String| ComposeError::Dependency {
+        service: service.to_string(),
+        dependency: dep.to_string(),
+        message,
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let info = engine
+            .inspect_container(id)
+            .await
+            .map_err(ComposeError::engine(format!(
+                "inspecting the container of {dep}"
+            )))?;
+        let state = info.state.unwrap_or_default();
+        let exited = matches!(
+            state.status,
+            Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD)
+        );
+        let code = state.exit_code.unwrap_or_default();
+        match cond {
+            Condition::Started => return Ok(()),
+            Condition::Healthy => {
+                let health = state.health.as_ref().and_then(|h| h.status);
+                match health {
+                    Some(HealthStatusEnum::HEALTHY) => return Ok(()),
+                    Some(HealthStatusEnum::UNHEALTHY) => return Err(fail("is unhealthy".into())),
+                    None | Some(HealthStatusEnum::NONE | HealthStatusEnum::EMPTY) => {
+                        return Err(fail(
+                            "has no healthcheck, so it can never become healthy".into(),
+                        ))
+                    }
+                    Some(HealthStatusEnum::STARTING) => {}
+                }
+                if exited {
+                    return Err(fail(format!(
+                        "exited with code {code} before becoming healthy"
+                    )));
+                }
+            }
+            Condition::CompletedSuccessfully => {
+                if exited {
+                    return if code == 0 {
+                        Ok(())
+                    } else {
+                        Err(fail(format!(
+                            "did not complete successfully: exit code {code}"
+                        )))
+                    };
+                }
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let what = match cond {
+                Condition::Healthy => "become healthy",
+                _ => "complete",
+            };
+            return Err(fail(format!(
+                "did not {what} within {}s",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep((deadline - now).min(Duration::from_millis(500))).await;
+    }
+}
+
+pub async fn down(
+    p: &ComposeProject,
+    engine: &dyn ContainerEngine,
+    opts: &DownOptions,
+    on_line: &(dyn Fn(&str) + Send + Sync),
+) -> Result<DownResult, ComposeError> {
+    let containers = engine
+        .list_containers_filtered(&[project_label(p)])
+        .await
+        .map_err(ComposeError::engine("listing the project's containers"));
+    let containers = match containers {
+        Ok(c) => c,
+        Err(e) => {
+            on_line(&format!("ERROR: {e}"));
+            return Err(e);
+        }
+    };
+    let out = Output::new(on_line, width(p, &containers));
+    for w in p.warnings() {
+        out.line(w.clone());
+    }
+    let plan = p.plan();
+    let mut result = DownResult::default();
+    let mut errors: Vec<ComposeError> = Vec::new();
+
+    // Stop: dependents first. Containers of unknown services go with the first group.
+    let mut groups: Vec<Vec<&ContainerSummary>> = Vec::new();
+    let levels = plan.levels();
+    let known: HashSet<&str> = plan.services.iter().map(|s| s.name.as_str()).collect();
+    groups.push(
+        containers
+            .iter()
+            .filter(|c| !label(c, LABEL_SERVICE).is_some_and(|s| known.contains(s)))
+            .collect(),
+    );
+    for level in levels.iter().rev() {
+        groups.push(
+            containers
+                .iter()
+                .filter(|c| label(c, LABEL_SERVICE).is_some_and(|s| level.iter().any(|l| l == s)))
+                .collect(),
+        );
+    }
+    let timeout_of = |c: &ContainerSummary| {
+        opts.timeout.unwrap_or_else(|| {
+            label(c, LABEL_SERVICE)
+                .and_then(|s| plan.service(s))
+                .map_or(DEFAULT_STOP_TIMEOUT, |s| s.stop_timeout)
+        })
+    };
+    for group in &groups {
+        let stops = group.iter().filter(|c| is_running(c)).map(|c| {
+            let name = container_name(c);
+            let id = c.id.clone().unwrap_or_default();
+            let out = &out;
+            async move {
+                out.step("Stopping", &name, async {
+                    engine
+                        .stop_container_with_timeout(&id, timeout_of(c))
+                        .await
+                        .map_err(ComposeError::engine(format!("stopping {name}")))
+                })
+                .await
+            }
+        });
+        for r in join_all(stops).await {
+            if let Err(e) = r {
+                errors.push(e);
+            }
+        }
+    }
+
+    let removals = containers.iter().map(|c| {
+        let name = container_name(c);
+        let id = c.id.clone().unwrap_or_default();
+        let out = &out;
+        async move {
+            let r = out
+                .step("Removing", &name, async {
+                    match engine
+                        .remove_container(&id, true, opts.remove_volumes)
+                        .await
+                    {
+                        Ok(()) | Err(EngineError::NotFound(_)) => Ok(()),
+                        Err(e) => Err(ComposeError::Engine {
+                            action: format!("removing {name}"),
+                            source: e,
+                        }),
+                    }
+                })
+                .await;
+            (name, r)
+        }
+    });
+    for (name, r) in join_all(removals).await {
+        match r {
+            Ok(()) => result.removed_containers.push(name),
+            Err(e) => errors.push(e),
+        }
+    }
+
+    match engine.list_networks(&[project_label(p)]).await {
+        Ok(nets) => {
+            for n in nets {
+                let name = n.name.clone().unwrap_or_default();
+                out.line(format!("Removing network {name}"));
+                match engine
+                    .remove_network(n.id.as_deref().unwrap_or(&name))
+                    .await
+                {
+                    Ok(()) | Err(EngineError::NotFound(_)) => result.removed_networks.push(name),
+                    Err(e) => errors.push(ComposeError::Engine {
+                        action: format!("removing network {name}"),
+                        source: e,
+                    }),
+                }
+            }
+        }
+        Err(e) => errors.push(ComposeError::Engine {
+            action: "listing the project's networks".into(),
+            source: e,
+        }),
+    }
+
+    if opts.remove_volumes {
+        match engine.list_volumes_filtered(&[project_label(p)]).await {
+            Ok(vols) => {
+                for v in vols {
+                    let users = engine
+                        .list_containers_filtered(&[Filter::Volume(v.name.clone())])
+                        .await;
+                    match users {
+                        Ok(u) if !u.is_empty() => {
+                            let names: Vec<String> = u.iter().map(container_name).collect();
+                            out.line(format!(
+                                "Volume {} is in use by {}, kept",
+                                v.name,
+                                names.join(", ")
+                            ));
+                            continue;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            errors.push(ComposeError::Engine {
+                                action: format!("checking who uses volume {}", v.name),
+                                source: e,
+                            });
+                            continue;
+                        }
+                    }
+                    out.line(format!("Removing volume {}", v.name));
+                    match engine.remove_volume(&v.name, false).await {
+                        Ok(()) | Err(EngineError::NotFound(_)) => {
+                            result.removed_volumes.push(v.name.clone())
+                        }
+                        Err(e) => errors.push(ComposeError::Engine {
+                            action: format!("removing volume {}", v.name),
+                            source: e,
+                        }),
+                    }
+                }
+            }
+            Err(e) => errors.push(ComposeError::Engine {
+                action: "listing the project's volumes".into(),
+                source: e,
+            }),
+        }
+    }
+
+    if opts.remove_images {
+        let mut images: Vec<String> = p.images();
+        for c in &containers {
+            if let Some(i) = &c.image {
+                if !images.contains(i) {
+                    images.push(i.clone());
+                }
+            }
+        }
+        for image in images {
+            if opts.protected_images.contains(&image) {
+                out.line(format!("Image {image} is needed by another app, kept"));
+                continue;
+            }
+            match engine
+                .list_containers_filtered(&[Filter::Ancestor(image.clone())])
+                .await
+            {
+                Ok(u) if !u.is_empty() => {
+                    let names: Vec<String> = u.iter().map(container_name).collect();
+                    out.line(format!(
+                        "Image {image} is in use by {}, kept",
+                        names.join(", ")
+                    ));
+                    continue;
+                }
+                Ok(_) => {}
+                // An image that is gone cannot be filtered on: nothing to remove.
+                Err(EngineError::NotFound(_)) | Err(EngineError::Rejected(_)) => {
+                    out.line(format!("Image {image} not found."));
+                    continue;
+                }
+                Err(e) => {
+                    errors.push(ComposeError::Engine {
+                        action: format!("checking who uses image {image}"),
+                        source: e,
+                    });
+                    continue;
+                }
+            }
+            out.line(format!("Removing image {image}"));
+            match engine.remove_image(&image, false).await {
+                Ok(_) => result.removed_images.push(image),
+                Err(EngineError::NotFound(_)) => out.line(format!("Image {image} not found.")),
+                Err(EngineError::Conflict(m)) => {
+                    out.line(format!("Image {image} is still needed, kept: {m}"))
+                }
+                Err(e) => errors.push(ComposeError::Engine {
+                    action: format!("removing image {image}"),
+                    source: e,
+                }),
+            }
+        }
+    }
+
+    if errors.is_empty() {
+        result.lines = out.take();
+        Ok(result)
+    } else {
+        let e = if errors.len() == 1 {
+            errors.remove(0)
+        } else {
+            ComposeError::Several(errors)
+        };
+        out.line(format!("ERROR: {e}"));
+        Err(e)
+    }
+}
+
+pub async fn status(
+    p: &ComposeProject,
+    engine: &dyn ContainerEngine,
+) -> Result<Vec<ServiceStatus>, ComposeError> {
+    let containers = engine
+        .list_containers_filtered(&[
+            project_label(p),
+            Filter::Label(format!("{LABEL_ONEOFF}=False")),
+        ])
+        .await
+        .map_err(ComposeError::engine("listing the project's containers"))?;
+    let to_status = |c: &ContainerSummary| ContainerStatus {
+        name: container_name(c),
+        id: c.id.clone().unwrap_or_default(),
+        image: c.image.clone().unwrap_or_default(),
+        state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+        status: c.status.clone().unwrap_or_default(),
+        running: is_running(c),
+    };
+    let mut out: Vec<ServiceStatus> = p
+        .plan()
+        .services
+        .iter()
+        .map(|s| ServiceStatus {
+            service: s.name.clone(),
+            defined: true,
+            containers: containers
+                .iter()
+                .filter(|c| label(c, LABEL_SERVICE) == Some(s.name.as_str()))
+                .map(to_status)
+                .collect(),
+        })
+        .collect();
+    for c in &containers {
+        let service = label(c, LABEL_SERVICE).unwrap_or_default();
+        if p.plan().service(service).is_some() {
+            continue;
+        }
+        match out.iter_mut().find(|s| s.service == service) {
+            Some(s) => s.containers.push(to_status(c)),
+            None => out.push(ServiceStatus {
+                service: service.to_string(),
+                defined: false,
+                containers: vec![to_status(c)],
+            }),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The scheduler against a fake engine: concurrency within a level, order across levels.
+
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use bollard::models::{
+        ContainerCreateBody, ContainerInspectResponse, ContainerState, ContainerSummary,
+        EndpointSettings, Health, ImageDeleteResponseItem, ImageInspect, ImageSummary, Network,
+        NetworkCreateRequest, Volume, VolumeCreateRequest,
+    };
+
+    use super::*;
+    use crate::core::compose::ComposePolicy;
+    use crate::core::engine::{ByteStream, EngineResult, EngineVersion, LoadedImages};
+
+    #[derive(Default)]
+    struct Fake {
+        containers: Mutex<Vec<ContainerSummary>>,
+        /// (operation, service) in call order; `+x`/`-x` mark the start/end of a slow call.
+        log: Mutex<Vec<String>>,
+        in_flight: Mutex<(usize, usize)>,
+    }
+
+    impl Fake {
+        fn service_of(&self, id: &str) -> String {
+            let cs = self.containers.lock().unwrap();
+            let c = cs.iter().find(|c| c.id.as_deref() == Some(id)).unwrap();
+            c.labels.as_ref().unwrap()[LABEL_SERVICE].clone()
+        }
+
+        async fn slow(&self, what: String) {
+            {
+                let mut f = self.in_flight.lock().unwrap();
+                f.0 += 1;
+                f.1 = f.1.max(f.0);
+                self.log.lock().unwrap().push(format!("+{what}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.in_flight.lock().unwrap().0 -= 1;
+            self.log.lock().unwrap().push(format!("-{what}"));
+        }
+
+        fn max_in_flight(&self) -> usize {
+            std::mem::take(&mut *self.in_flight.lock().unwrap()).1
+        }
+
+        fn position(&self, entry: &str) -> usize {
+            let log = self.log.lock().unwrap();
+            log.iter()
+                .position(|l| l == entry)
+                .unwrap_or_else(|| panic!("{entry} not in {log:?}"))
+        }
+    }
+
+    fn no<T>() -> EngineResult<T> {
+        Err(EngineError::Failed("not in the fake".into()))
+    }
+
+    #[async_trait]
+    impl ContainerEngine for Fake {
+        async fn version(&self) -> EngineResult<EngineVersion> {
+            no()
+        }
+        async fn list_images(&self) -> EngineResult<Vec<ImageSummary>> {
+            no()
+        }
+        async fn inspect_image(&self, id: &str) -> EngineResult<ImageInspect> {
+            Ok(ImageInspect {
+                id: Some(format!("sha256:{id}")),
+                ..Default::default()
+            })
+        }
+        async fn load_images(&self, _tar: ByteStream) -> EngineResult<LoadedImages> {
+            no()
+        }
+        fn export_image(&self, _id: &str) -> ByteStream {
+            Box::pin(futures_util::stream::empty())
+        }
+        async fn remove_image(
+            &self,
+            _id: &str,
+            _force: bool,
+        ) -> EngineResult<Vec<ImageDeleteResponseItem>> {
+            no()
+        }
+        async fn prune_images(&self, _all: bool) -> EngineResult<Vec<String>> {
+            no()
+        }
+        async fn list_containers(&self) -> EngineResult<Vec<ContainerSummary>> {
+            no()
+        }
+        async fn inspect_container(&self, _id: &str) -> EngineResult<ContainerInspectResponse> {
+            Ok(ContainerInspectResponse {
+                state: Some(ContainerState {
+                    status: Some(ContainerStateStatusEnum::RUNNING),
+                    health: Some(Health {
+                        status: Some(HealthStatusEnum::HEALTHY),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        }
+        async fn start_container(&self, id: &str) -> EngineResult<()> {
+            let svc = self.service_of(id);
+            self.slow(format!("start {svc}")).await;
+            for c in self.containers.lock().unwrap().iter_mut() {
+                if c.id.as_deref() == Some(id) {
+                    c.state = Some(ContainerSummaryStateEnum::RUNNING);
+                }
+            }
+            Ok(())
+        }
+        async fn stop_container(&self, _id: &str) -> EngineResult<()> {
+            no()
+        }
+        async fn restart_container(&self, _id: &str) -> EngineResult<()> {
+            no()
+        }
+        async fn remove_container(&self, id: &str, _force: bool, _v: bool) -> EngineResult<()> {
+            self.containers
+                .lock()
+                .unwrap()
+                .retain(|c| c.id.as_deref() != Some(id));
+            Ok(())
+        }
+        async fn prune_containers(&self) -> EngineResult<Vec<String>> {
+            no()
+        }
+        async fn list_volumes(&self) -> EngineResult<Vec<Volume>> {
+            no()
+        }
+        async fn inspect_volume(&self, _name: &str) -> EngineResult<Volume> {
+            no()
+        }
+        async fn remove_volume(&self, _name: &str, _force: bool) -> EngineResult<()> {
+            no()
+        }
+        async fn prune_volumes(&self) -> EngineResult<Vec<String>> {
+            no()
+        }
+        async fn list_containers_filtered(
+            &self,
+            filters: &[Filter],
+        ) -> EngineResult<Vec<ContainerSummary>> {
+            let cs = self.containers.lock().unwrap();
+            Ok(cs
+                .iter()
+                .filter(|c| {
+                    filters.iter().all(|f| match f {
+                        Filter::Label(l) => {
+                            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+                            c.labels.as_ref().unwrap().get(k).map(String::as_str) == Some(v)
+                        }
+                        _ => false,
+                    })
+                })
+                .cloned()
+                .collect())
+        }
+        async fn create_container(
+            &self,
+            name: &str,
+            body: ContainerCreateBody,
+        ) -> EngineResult<String> {
+            let svc = body.labels.as_ref().unwrap()[LABEL_SERVICE].clone();
+            self.slow(format!("create {svc}")).await;
+            let id = format!("id-{name}");
+            self.containers.lock().unwrap().push(ContainerSummary {
+                id: Some(id.clone()),
+                names: Some(vec![format!("/{name}")]),
+                labels: body.labels,
+                state: Some(ContainerSummaryStateEnum::CREATED),
+                ..Default::default()
+            });
+            Ok(id)
+        }
+        async fn stop_container_with_timeout(&self, id: &str, _t: u32) -> EngineResult<()> {
+            let svc = self.service_of(id);
+            self.slow(format!("stop {svc}")).await;
+            Ok(())
+        }
+        async fn list_networks(&self, _filters: &[Filter]) -> EngineResult<Vec<Network>> {
+            Ok(Vec::new())
+        }
+        async fn create_network(&self, _request: NetworkCreateRequest) -> EngineResult<String> {
+            Ok("net".into())
+        }
+        async fn connect_network(
+            &self,
+            _network: &str,
+            _container: &str,
+            _endpoint: EndpointSettings,
+        ) -> EngineResult<()> {
+            Ok(())
+        }
+        async fn list_volumes_filtered(&self, _filters: &[Filter]) -> EngineResult<Vec<Volume>> {
+            Ok(Vec::new())
+        }
+        async fn create_volume(&self, _request: VolumeCreateRequest) -> EngineResult<Volume> {
+            Ok(Volume::default())
+        }
+    }
+
+    fn project(yaml: &str) -> ComposeProject {
+        ComposeProject::from_text(
+            Path::new("/tmp/app"),
+            Path::new("/tmp/app/compose.yaml"),
+            yaml,
+            "p",
+            "p",
+            &HashMap::new(),
+            &ComposePolicy::default(),
+        )
+        .unwrap()
+    }
+
+    const YAML: &str = r#"
+services:
+  a: {image: x}
+  b: {image: x}
+  c: {image: x}
+  d: {image: x, depends_on: {a: {condition: service_healthy}, b: {condition: service_started}}}
+"#;
+
+    #[tokio::test]
+    async fn independent_services_run_concurrently_dependents_after() {
+        let fake = Fake::default();
+        let p = project(YAML);
+        let res = p.up(&fake, &|_| {}).await.unwrap();
+        assert_eq!(fake.max_in_flight(), 3, "{:?}", fake.log.lock().unwrap());
+        assert!(fake.position("-start a") < fake.position("+create d"));
+        assert!(fake.position("-start b") < fake.position("+create d"));
+        assert_eq!(res.running_containers, ["p_a_1", "p_b_1", "p_c_1", "p_d_1"]);
+
+        // Unchanged: nothing is created again.
+        fake.log.lock().unwrap().clear();
+        let res = p.up(&fake, &|_| {}).await.unwrap();
+        assert!(fake.log.lock().unwrap().is_empty(), "{:?}", res.lines);
+        assert!(res.lines.contains(&"p_d_1 is up-to-date".to_string()));
+
+        // Down: d stops first, then a, b and c together.
+        fake.log.lock().unwrap().clear();
+        let res = p
+            .down(&fake, &DownOptions::default(), &|_| {})
+            .await
+            .unwrap();
+        assert_eq!(fake.max_in_flight(), 3);
+        let d_done = fake.position("-stop d");
+        for s in ["a", "b", "c"] {
+            assert!(d_done < fake.position(&format!("+stop {s}")));
+        }
+        assert_eq!(res.removed_containers.len(), 4);
+        assert!(fake.containers.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failing_service_stops_the_rollout_and_says_so() {
+        let fake = Fake::default();
+        // The fake's containers run forever: a completion wait can only time out.
+        let p = project(
+            "services: {a: {image: x, depends_on: {b: {condition: service_completed_successfully}}}, b: {image: x}}",
+        );
+        let lines = Mutex::new(Vec::new());
+        let mut p = p;
+        p.set_wait_timeout(Duration::from_millis(300));
+        let e = p
+            .up(&fake, &|l| lines.lock().unwrap().push(l.to_string()))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("did not complete within 0s"), "{e}");
+        let lines = lines.into_inner().unwrap();
+        assert!(lines
+            .last()
+            .unwrap()
+            .starts_with("ERROR: service \"a\": dependency \"b\""));
+        assert!(!lines.iter().any(|l| l.contains("p_a_1")), "{lines:?}");
+    }
+}

@@ -1,0 +1,525 @@
+//! The native compose engine: an app's compose file, planned and applied over the
+//! [`ContainerEngine`] seam the way docker-compose 1.29.2 would, so that `docker ps` and
+//! `docker-compose -p <project> ps` see the same containers, networks and volumes.
+//!
+//! Pipeline: [`parse`] (YAML, the allowed-keys check of [`validate`], [`interpolate`]) ->
+//! [`plan`] (create bodies, labels) -> [`apply`] (up / down / status).
+
+// Wired into the apps lifecycle (src/core/apps) by the import/start/stop work of issue 5.
+#![allow(dead_code)]
+
+mod apply;
+pub mod interpolate;
+mod parse;
+pub mod plan;
+pub mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::engine::{ContainerEngine, EngineError};
+use super::CoreError;
+
+#[allow(unused_imports)] // ContainerStatus is for callers reading ServiceStatus
+pub use apply::{ContainerStatus, DownOptions, DownResult, ServiceStatus, UpResult};
+
+/// The compose files gantry looks for, in this order (first match wins).
+pub const COMPOSE_FILE_NAMES: &[&str] = &[
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yml",
+    "docker-compose.yaml",
+];
+
+/// Compose files larger than this are refused.
+pub const MAX_COMPOSE_FILE_BYTES: u64 = 1024 * 1024;
+
+/// How long `up` waits for a dependency to become healthy or to complete, by default.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How long `up` lets one image pull take, by default (the engine's own timeout only
+/// covers the wait for the response headers, not a stalled download).
+pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// What the gateway's configuration allows apps to ask for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ComposePolicy {
+    pub allow_privileged: bool,
+    pub allow_devices: bool,
+    /// Governs `cap_add`; `cap_drop` only takes rights away and is always allowed.
+    pub allow_capabilities: bool,
+    /// Host paths (besides the app's own directory) bind mounts may use.
+    pub allowed_bind_paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    #[error("cannot read {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("no compose file found in {dir} (looked for {})", COMPOSE_FILE_NAMES.join(", "))]
+    NoComposeFile { dir: PathBuf },
+    #[error("invalid YAML: {message}")]
+    Yaml { message: String },
+    /// A key gantry does not implement; `scope` is e.g. `service "web"` or `top level`.
+    #[error("{scope}: unsupported key \"{key}\"{hint}")]
+    UnsupportedKey {
+        scope: String,
+        key: String,
+        hint: String,
+    },
+    #[error("{scope}: \"{key}\": {message}")]
+    Interpolation {
+        scope: String,
+        key: String,
+        message: String,
+    },
+    #[error("{scope}: {message}")]
+    Invalid { scope: String, message: String },
+    /// Refused by the gateway's [`ComposePolicy`].
+    #[error("{scope}: {message}")]
+    Policy { scope: String, message: String },
+    #[error("image \"{image}\" is not present and could not be pulled: {message}")]
+    Image { image: String, message: String },
+    #[error("service \"{service}\": dependency \"{dependency}\" {message}")]
+    Dependency {
+        service: String,
+        dependency: String,
+        message: String,
+    },
+    #[error("{action}: {source}")]
+    Engine {
+        action: String,
+        #[source]
+        source: EngineError,
+    },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Several(Vec<ComposeError>),
+}
+
+impl ComposeError {
+    fn engine(action: impl Into<String>) -> impl FnOnce(EngineError) -> ComposeError {
+        let action = action.into();
+        move |source| ComposeError::Engine { action, source }
+    }
+}
+
+impl From<ComposeError> for CoreError {
+    fn from(e: ComposeError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ComposeError::Engine { source, .. } => match source {
+                EngineError::NotFound(_) => CoreError::NotFound(msg),
+                EngineError::Conflict(_) => CoreError::Conflict(msg),
+                EngineError::Unavailable(_) => CoreError::Unavailable(msg),
+                EngineError::Rejected(_) | EngineError::Failed(_) => CoreError::Failed(msg),
+            },
+            ComposeError::Read { .. } | ComposeError::Image { .. } => CoreError::Failed(msg),
+            ComposeError::Dependency { .. } => CoreError::Failed(msg),
+            ComposeError::Several(errors) => {
+                if errors.iter().any(|e| {
+                    matches!(
+                        e,
+                        ComposeError::Engine {
+                            source: EngineError::Unavailable(_),
+                            ..
+                        }
+                    )
+                }) {
+                    CoreError::Unavailable(msg)
+                } else {
+                    CoreError::Failed(msg)
+                }
+            }
+            ComposeError::NoComposeFile { .. }
+            | ComposeError::Yaml { .. }
+            | ComposeError::UnsupportedKey { .. }
+            | ComposeError::Interpolation { .. }
+            | ComposeError::Invalid { .. }
+            | ComposeError::Policy { .. } => CoreError::Invalid(msg),
+        }
+    }
+}
+
+/// The compose project name for an app id, as docker-compose 1.29 normalises `-p`:
+/// lowercase, every character outside `[a-z0-9_-]` dropped. Fails when nothing is left.
+pub fn project_slug(app_id: &str) -> Result<String, ComposeError> {
+    let slug: String = app_id
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
+        .collect();
+    if slug.is_empty() {
+        return Err(ComposeError::Invalid {
+            scope: format!("app \"{app_id}\""),
+            message: "the id gives an empty compose project name".into(),
+        });
+    }
+    Ok(slug)
+}
+
+fn valid_project_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// An app's compose file, checked and planned, ready to apply.
+#[derive(Debug, Clone)]
+pub struct ComposeProject {
+    name: String,
+    app_id: String,
+    dir: PathBuf,
+    compose_file: PathBuf,
+    plan: plan::Plan,
+    warnings: Vec<String>,
+    wait_timeout: Duration,
+    pull_timeout: Duration,
+}
+
+impl ComposeProject {
+    /// Loads the compose file of the app in `dir` (the first of [`COMPOSE_FILE_NAMES`]).
+    /// Interpolation variables come from `dir/.env` (if present), overridden by `env`;
+    /// gantry's own process environment is deliberately not used.
+    pub fn load(
+        dir: &Path,
+        project_name: &str,
+        app_id: &str,
+        env: &HashMap<String, String>,
+        policy: &ComposePolicy,
+    ) -> Result<ComposeProject, ComposeError> {
+        let file = COMPOSE_FILE_NAMES
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.is_file())
+            .ok_or_else(|| ComposeError::NoComposeFile {
+                dir: dir.to_path_buf(),
+            })?;
+        let text = read_limited(&file)?;
+        let env_path = dir.join(".env");
+        let mut vars: HashMap<String, String> = HashMap::new();
+        if env_path.is_file() {
+            let env_text = read_limited(&env_path)?;
+            vars.extend(interpolate::parse_env_file(&env_text, env, true));
+        }
+        vars.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Self::from_text(dir, &file, &text, project_name, app_id, &vars, policy)
+    }
+
+    /// Plans `text` as if it were `compose_file` inside `dir`, with exactly `vars`.
+    pub fn from_text(
+        dir: &Path,
+        compose_file: &Path,
+        text: &str,
+        project_name: &str,
+        app_id: &str,
+        vars: &HashMap<String, String>,
+        policy: &ComposePolicy,
+    ) -> Result<ComposeProject, ComposeError> {
+        if !valid_project_name(project_name) {
+            return Err(ComposeError::Invalid {
+                scope: format!("project \"{project_name}\""),
+                message: "a project name must be non-empty and use only [a-z0-9_-]".into(),
+            });
+        }
+        let dir = absolute(dir)?;
+        let compose_file = absolute(compose_file)?;
+        let model = parse::parse(text, vars)?;
+        let warnings = model
+            .missing_vars
+            .iter()
+            .map(|v| format!("WARNING: The {v} variable is not set. Defaulting to a blank string."))
+            .collect();
+        let ctx = plan::PlanContext {
+            project: project_name,
+            app_id,
+            dir: &dir,
+            compose_file: &compose_file,
+            vars,
+            policy,
+        };
+        let plan = plan::plan(&model, &ctx)?;
+        Ok(ComposeProject {
+            name: project_name.to_string(),
+            app_id: app_id.to_string(),
+            dir,
+            compose_file,
+            plan,
+            warnings,
+            wait_timeout: DEFAULT_WAIT_TIMEOUT,
+            pull_timeout: DEFAULT_PULL_TIMEOUT,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn app_id(&self) -> &str {
+        &self.app_id
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn compose_file(&self) -> &Path {
+        &self.compose_file
+    }
+
+    /// Service names in file order.
+    pub fn services(&self) -> Vec<&str> {
+        self.plan.services.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// The container name each service gets, in file order.
+    pub fn container_names(&self) -> Vec<(&str, &str)> {
+        self.plan
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), s.container_name.as_str()))
+            .collect()
+    }
+
+    /// Distinct image references, in file order.
+    pub fn images(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for s in &self.plan.services {
+            if !out.contains(&s.image) {
+                out.push(s.image.clone());
+            }
+        }
+        out
+    }
+
+    /// Warnings found while loading (unset variables), also sent as the first lines of
+    /// every `up` and `down`.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Bounds each wait for a dependency's health or completion (default
+    /// [`DEFAULT_WAIT_TIMEOUT`]).
+    pub fn set_wait_timeout(&mut self, timeout: Duration) {
+        self.wait_timeout = timeout;
+    }
+
+    /// Bounds each image pull (default [`DEFAULT_PULL_TIMEOUT`]).
+    pub fn set_pull_timeout(&mut self, timeout: Duration) {
+        self.pull_timeout = timeout;
+    }
+
+    pub(crate) fn plan(&self) -> &plan::Plan {
+        &self.plan
+    }
+
+    /// Creates what is missing, recreates what changed, starts everything, pulling images
+    /// that are not present. Each output line goes to `on_line` as it happens; on failure
+    /// the last line is `ERROR: ...`.
+    pub async fn up(
+        &self,
+        engine: &dyn ContainerEngine,
+        on_line: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<UpResult, ComposeError> {
+        apply::up(self, engine, on_line).await
+    }
+
+    /// Stops and removes the project's containers and networks; volumes and images only
+    /// when asked and not used by any other container.
+    pub async fn down(
+        &self,
+        engine: &dyn ContainerEngine,
+        options: &DownOptions,
+        on_line: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<DownResult, ComposeError> {
+        apply::down(self, engine, options, on_line).await
+    }
+
+    /// The state of each service's containers (services without one have none).
+    pub async fn status(
+        &self,
+        engine: &dyn ContainerEngine,
+    ) -> Result<Vec<ServiceStatus>, ComposeError> {
+        apply::status(self, engine).await
+    }
+}
+
+fn read_limited(path: &Path) -> Result<String, ComposeError> {
+    let err = |message: String| ComposeError::Read {
+        path: path.to_path_buf(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if meta.len() > MAX_COMPOSE_FILE_BYTES {
+        return Err(err(format!(
+            "the file is larger than {MAX_COMPOSE_FILE_BYTES} bytes"
+        )));
+    }
+    std::fs::read_to_string(path).map_err(|e| err(e.to_string()))
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, ComposeError> {
+    std::path::absolute(p).map_err(|e| ComposeError::Read {
+        path: p.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    #[test]
+    fn slugs() {
+        assert_eq!(
+            project_slug("Simple Webserver:1.0.0").unwrap(),
+            "simplewebserver100"
+        );
+        assert_eq!(
+            project_slug("ScaleIT node-red:2.2.2").unwrap(),
+            "scaleitnode-red222"
+        );
+        assert_eq!(project_slug("My_App:1-rc.2").unwrap(), "my_app1-rc2");
+        assert_eq!(project_slug("Ünïcode:1").unwrap(), "ncode1");
+        assert!(project_slug(":.+ ").is_err());
+        assert!(project_slug("").is_err());
+    }
+
+    #[test]
+    fn load_finds_the_file_and_reads_dot_env() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("docker-compose.yml"),
+            "services: {web: {image: \"busybox:${TAG}\", environment: [\"X=${X:-dx}\", \"Y=$Y\"]}}",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join(".env"), "TAG=1.36\nX=fromfile\n").unwrap();
+        let env = HashMap::from([("X".to_string(), "override".to_string())]);
+        let p = ComposeProject::load(
+            dir.path(),
+            "demo",
+            "Demo:1",
+            &env,
+            &ComposePolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(p.images(), vec!["busybox:1.36"]);
+        let body = &p.plan().service("web").unwrap().body;
+        assert_eq!(body.env.clone().unwrap(), vec!["X=override", "Y="]);
+        assert_eq!(
+            p.warnings(),
+            ["WARNING: The Y variable is not set. Defaulting to a blank string."]
+        );
+        // compose.yaml wins over docker-compose.yml.
+        std::fs::write(
+            dir.path().join("compose.yaml"),
+            "services: {other: {image: a}}",
+        )
+        .unwrap();
+        let p = ComposeProject::load(
+            dir.path(),
+            "demo",
+            "Demo:1",
+            &env,
+            &ComposePolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(p.services(), vec!["other"]);
+        assert!(p.compose_file().ends_with("compose.yaml"));
+    }
+
+    #[test]
+    fn load_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let pol = ComposePolicy::default();
+        let env = HashMap::new();
+        assert!(matches!(
+            ComposeProject::load(dir.path(), "demo", "d", &env, &pol),
+            Err(ComposeError::NoComposeFile { .. })
+        ));
+        std::fs::write(dir.path().join("compose.yaml"), "services: [oops").unwrap();
+        assert!(matches!(
+            ComposeProject::load(dir.path(), "demo", "d", &env, &pol),
+            Err(ComposeError::Yaml { .. })
+        ));
+        std::fs::write(
+            dir.path().join("compose.yaml"),
+            "services: {web: {image: \"${IMG:?set IMG please}\"}}",
+        )
+        .unwrap();
+        match ComposeProject::load(dir.path(), "demo", "d", &env, &pol) {
+            Err(ComposeError::Interpolation {
+                scope,
+                key,
+                message,
+            }) => {
+                assert_eq!(scope, "service \"web\"");
+                assert_eq!(key, "image");
+                assert!(message.contains("set IMG please"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(
+            dir.path().join("compose.yaml"),
+            "services: {web: {image: a}}",
+        )
+        .unwrap();
+        assert!(ComposeProject::load(dir.path(), "Bad Name", "d", &env, &pol).is_err());
+        let e: CoreError = ComposeError::UnsupportedKey {
+            scope: "service \"web\"".into(),
+            key: "build".into(),
+            hint: String::new(),
+        }
+        .into();
+        assert!(matches!(e, CoreError::Invalid(_)));
+    }
+
+    #[test]
+    fn merges_anchors_and_extensions() {
+        let yaml = r#"
+x-base: &base
+  image: busybox
+  restart: always
+  x-private: 1
+services:
+  a:
+    <<: *base
+    command: ["true"]
+  b:
+    <<: *base
+    restart: "no"
+"#;
+        let p = ComposeProject::from_text(
+            Path::new("/tmp/app"),
+            Path::new("/tmp/app/compose.yaml"),
+            yaml,
+            "demo",
+            "d",
+            &HashMap::new(),
+            &ComposePolicy::default(),
+        )
+        .unwrap();
+        let a = p.plan().service("a").unwrap();
+        let b = p.plan().service("b").unwrap();
+        assert_eq!(a.image, "busybox");
+        let name = |s: &plan::ServicePlan| {
+            s.body
+                .host_config
+                .as_ref()
+                .unwrap()
+                .restart_policy
+                .as_ref()
+                .unwrap()
+                .name
+        };
+        assert_eq!(
+            name(a),
+            Some(bollard::models::RestartPolicyNameEnum::ALWAYS)
+        );
+        assert_eq!(name(b), Some(bollard::models::RestartPolicyNameEnum::NO));
+    }
+}
