@@ -28,6 +28,9 @@ pub enum CoreError {
     Unavailable(String),
     #[error("{0}")]
     Failed(String),
+    /// Another operation on the same object is in flight.
+    #[error("{0}")]
+    Busy(String),
     /// The caller cancelled the operation; it was rolled back.
     #[error("{0}")]
     Cancelled(String),

@@ -92,6 +92,7 @@ impl From<CoreError> for Problem {
             CoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             CoreError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             CoreError::Cancelled(_) => StatusCode::CONFLICT,
+            CoreError::Busy(_) => StatusCode::BAD_REQUEST,
         };
         Problem::new(status, e.to_string())
     }

@@ -48,7 +48,10 @@ pub enum ImportProgress {
     /// Bytes of the current image tarball streamed to Docker so far.
     ImageBytes { file: String, done: u64, size: u64 },
     /// An image tarball was loaded.
-    ImageLoaded { file: String, references: Vec<String> },
+    ImageLoaded {
+        file: String,
+        references: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -462,8 +465,7 @@ mod tests {
 
     #[tokio::test]
     async fn import_loads_images_and_stores_the_app() {
-        let Some(host) = docker_host("apps::import::import_loads_images_and_stores_the_app")
-        else {
+        let Some(host) = docker_host("apps::import::import_loads_images_and_stores_the_app") else {
             return;
         };
         let reference = format!("{}:1", unique("gantry-imp-ok"));
@@ -490,7 +492,10 @@ mod tests {
         assert!(stored.record.images[0].id.starts_with("sha256:"));
         assert!(stored.dir.join("compose.yaml").is_file());
         assert!(stored.readme().is_some());
-        assert!(!stored.dir.join("docker").exists(), "image tarballs are not stored");
+        assert!(
+            !stored.dir.join("docker").exists(),
+            "image tarballs are not stored"
+        );
         assert_eq!(s.store.list().unwrap().len(), 1);
         let steps: Vec<ImportStep> = events
             .lock()
@@ -590,7 +595,10 @@ mod tests {
         let Some(host) = docker_host("apps::import::bad_compose_and_cancel") else {
             return;
         };
-        let compose = format!("services:\n  web:\n    image: {}\n    bogus_key: 1\n", image());
+        let compose = format!(
+            "services:\n  web:\n    image: {}\n    bogus_key: 1\n",
+            image()
+        );
         let s = setup(&bundle(&unique("ImpBad"), &[], &compose));
         let err = import(
             &engine(&host),

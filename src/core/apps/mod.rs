@@ -8,6 +8,7 @@
 
 pub mod bundle;
 pub mod import;
+pub mod lifecycle;
 pub mod store;
 
 use std::fmt;

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Measures gantry on the build host (x86_64): stripped release binary size,
+# idle RSS of `gantry serve`, and time from process start to the first
+# successful GET /healthz. It prints figures; it does not judge them.
+# Docker is deliberately unreachable (a socket path that does not exist): the
+# daemon must start and idle without it, and that is the figure we want.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+command -v curl >/dev/null 2>&1 || { echo "size-report: curl is required" >&2; exit 1; }
+
+echo "size-report: cargo build --release --locked"
+cargo build --release --locked
+
+target_dir=$(cargo metadata --format-version 1 --no-deps \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+bin="$target_dir/release/gantry"
+
+tmp=$(mktemp -d)
+pid=
+cleanup() {
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# --- size ----------------------------------------------------------------
+cp "$bin" "$tmp/gantry-stripped"
+strip "$tmp/gantry-stripped"
+size=$(stat -c %s "$tmp/gantry-stripped")
+awk -v s="$size" -v a="$(uname -m)" \
+    'BEGIN { printf "size-report: %s stripped size: %d bytes (%.2f MiB)\n", a, s, s / 1048576 }'
+
+# --- idle RSS and start-up time -----------------------------------------
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p "$tmp/state"
+cat > "$tmp/gantry.toml" <<TOML
+state_dir = "$tmp/state"
+docker_host = "unix://$tmp/no-docker.sock"
+log_level = "warn"
+
+[[listeners]]
+dialect = "transfer"
+address = "127.0.0.1:$port"
+TOML
+
+# No GANTRY_* overrides or systemd notify/watchdog from the caller's
+# environment: measure exactly the config above.
+start_ns=$(date +%s%N)
+env -u GANTRY_STATE_DIR -u GANTRY_DOCKER_HOST -u GANTRY_LOG_LEVEL \
+    -u GANTRY_SHUTDOWN_TIMEOUT_SECS -u GANTRY_TRANSFER_ADDRESS \
+    -u GANTRY_TRANSFER_AUTH -u GANTRY_TRANSFER_TOKEN_FILE \
+    -u NOTIFY_SOCKET -u WATCHDOG_USEC -u WATCHDOG_PID \
+    "$bin" serve --config "$tmp/gantry.toml" >"$tmp/gantry.log" 2>&1 &
+pid=$!
+
+ready_ns=
+deadline=$((start_ns + 30 * 1000000000))
+while :; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/healthz" || true)
+    now=$(date +%s%N)
+    if [ "$code" = 200 ]; then
+        ready_ns=$now
+        break
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+        echo "size-report: gantry exited before answering /healthz; its output:" >&2
+        cat "$tmp/gantry.log" >&2
+        exit 1
+    fi
+    if [ "$now" -gt "$deadline" ]; then
+        echo "size-report: no 200 from /healthz within 30 s; gantry output:" >&2
+        cat "$tmp/gantry.log" >&2
+        exit 1
+    fi
+    sleep 0.005
+done
+awk -v ns="$((ready_ns - start_ns))" \
+    'BEGIN { printf "size-report: start to first /healthz 200: %.1f ms (includes curl polling, 5 ms steps)\n", ns / 1e6 }'
+
+sleep 2
+rss_kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")
+hwm_kb=$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status")
+threads=$(awk '/^Threads:/ { print $2 }' "/proc/$pid/status")
+awk -v r="$rss_kb" -v h="$hwm_kb" -v t="$threads" 'BEGIN {
+    printf "size-report: idle VmRSS after 2 s: %d kB (%.2f MiB); peak VmHWM %d kB; %d threads\n", r, r / 1024, h, t
+}'
+echo "size-report: /healthz said: $(curl -s --max-time 1 "http://127.0.0.1:$port/healthz")"

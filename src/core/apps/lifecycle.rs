@@ -1,0 +1,413 @@
+//! The apps service: imported apps and what can be done with them (start, stop, remove,
+//! status), over the store, the compose engine and the container engine.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::import::{self, ImportOptions, ImportSettings, ProgressFn};
+use super::store::{AppStore, StoredApp};
+use super::AppId;
+use crate::core::compose::{ComposeProject, ContainerStatus, DownOptions};
+use crate::core::engine::ContainerEngine;
+use crate::core::{CoreError, CoreResult};
+
+/// An app's overall state, from its containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppStatus {
+    Running,
+    PartiallyRunning,
+    Stopped,
+    /// Docker could not be asked.
+    Unknown,
+}
+
+/// An image an app uses, as far as Docker knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppImage {
+    pub name: String,
+    pub id: Option<String>,
+    pub created: Option<String>,
+    pub platform: Option<String>,
+    pub size: Option<i64>,
+}
+
+/// An app with its live state.
+#[derive(Debug, Clone)]
+pub struct AppView {
+    pub app: StoredApp,
+    pub status: AppStatus,
+    pub busy: bool,
+    pub containers: Vec<ContainerStatus>,
+    pub images: Vec<AppImage>,
+}
+
+/// What a compose-like operation did, for the dialects' ProcessResult.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessOutcome {
+    /// The docker-compose command line this corresponds to (for clients that show it).
+    pub command: String,
+    pub lines: Vec<String>,
+    pub success: bool,
+    pub duration: Duration,
+    pub running_containers: Vec<String>,
+    pub pulled_images: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StopOptions {
+    pub remove_images: bool,
+    pub remove_volumes: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RemoveOptions {
+    pub force: bool,
+    pub remove_images: bool,
+    pub remove_volumes: bool,
+}
+
+pub struct Apps {
+    engine: Arc<dyn ContainerEngine>,
+    store: Arc<AppStore>,
+    uploads: PathBuf,
+    settings: ImportSettings,
+    /// Apps with an operation in flight, and which.
+    busy: Mutex<HashMap<AppId, &'static str>>,
+}
+
+/// Marks an app busy until dropped.
+pub struct BusyGuard<'a> {
+    apps: &'a Apps,
+    id: AppId,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.apps.busy_map().remove(&self.id);
+    }
+}
+
+pub type LineFn<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
+impl Apps {
+    /// Opens the store under `state_dir/apps` and the upload area `state_dir/uploads`
+    /// (emptied: uploads of a previous run are never resumed).
+    pub fn open(
+        engine: Arc<dyn ContainerEngine>,
+        state_dir: &Path,
+        settings: ImportSettings,
+    ) -> CoreResult<Self> {
+        let store = Arc::new(AppStore::open(&state_dir.join("apps"))?);
+        let uploads = state_dir.join("uploads");
+        let _ = std::fs::remove_dir_all(&uploads);
+        std::fs::create_dir_all(&uploads)
+            .map_err(|e| CoreError::Failed(format!("cannot create {}: {e}", uploads.display())))?;
+        Ok(Self {
+            engine,
+            store,
+            uploads,
+            settings,
+            busy: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn busy_map(&self) -> std::sync::MutexGuard<'_, HashMap<AppId, &'static str>> {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims an app for an operation; `Busy` when another one runs.
+    pub fn claim(&self, id: &AppId, what: &'static str) -> CoreResult<BusyGuard<'_>> {
+        let mut busy = self.busy_map();
+        if let Some(other) = busy.get(id) {
+            return Err(CoreError::Busy(format!(
+                "app is busy: {id} is being {other}"
+            )));
+        }
+        busy.insert(id.clone(), what);
+        Ok(BusyGuard {
+            apps: self,
+            id: id.clone(),
+        })
+    }
+
+    pub fn is_busy(&self, id: &AppId) -> bool {
+        self.busy_map().contains_key(id)
+    }
+
+    /// A fresh temp file in the upload area, deleted when dropped.
+    pub fn upload_file(&self) -> CoreResult<tempfile::NamedTempFile> {
+        tempfile::Builder::new()
+            .prefix("upload-")
+            .suffix(".zip")
+            .tempfile_in(&self.uploads)
+            .map_err(|e| CoreError::Failed(format!("cannot create an upload file: {e}")))
+    }
+
+    pub fn max_upload_bytes(&self) -> u64 {
+        self.settings.limits.max_zip_bytes
+    }
+
+    pub async fn import(
+        &self,
+        zip: &Path,
+        options: ImportOptions,
+        cancel: &CancellationToken,
+        progress: ProgressFn<'_>,
+    ) -> CoreResult<StoredApp> {
+        import::import(
+            self.engine.as_ref(),
+            &self.store,
+            zip,
+            &self.settings,
+            options,
+            cancel,
+            progress,
+        )
+        .await
+    }
+
+    fn stored(&self, id: &AppId) -> CoreResult<StoredApp> {
+        Ok(self.store.get(id)?)
+    }
+
+    fn project(&self, app: &StoredApp) -> CoreResult<ComposeProject> {
+        ComposeProject::load(
+            &app.dir,
+            &app.id().slug(),
+            app.id().as_str(),
+            &HashMap::new(),
+            &self.settings.policy,
+        )
+        .map_err(|e| CoreError::Failed(format!("{}: {e}", app.id())))
+    }
+
+    pub async fn list(&self) -> CoreResult<Vec<AppView>> {
+        let apps = self.store.list()?;
+        let mut out = Vec::with_capacity(apps.len());
+        for app in apps {
+            out.push(self.view(app).await);
+        }
+        Ok(out)
+    }
+
+    pub async fn get(&self, id: &AppId) -> CoreResult<AppView> {
+        let app = self.stored(id)?;
+        Ok(self.view(app).await)
+    }
+
+    /// The app with its live state; Docker being unreachable gives status Unknown.
+    async fn view(&self, app: StoredApp) -> AppView {
+        let busy = self.is_busy(app.id());
+        let (status, containers) = match self.containers(&app).await {
+            Ok(containers) => {
+                let running = containers.iter().filter(|c| c.running).count();
+                let expected = self
+                    .project(&app)
+                    .map(|p| p.services().len())
+                    .unwrap_or(containers.len());
+                let status = if running == 0 {
+                    AppStatus::Stopped
+                } else if running >= expected {
+                    AppStatus::Running
+                } else {
+                    AppStatus::PartiallyRunning
+                };
+                (status, containers)
+            }
+            Err(_) => (AppStatus::Unknown, Vec::new()),
+        };
+        let mut images = Vec::new();
+        for record in &app.record.images {
+            let name = record
+                .references
+                .first()
+                .cloned()
+                .unwrap_or_else(|| record.id.clone());
+            let inspect = self.engine.inspect_image(&name).await.ok();
+            images.push(AppImage {
+                name,
+                id: inspect
+                    .as_ref()
+                    .and_then(|i| i.id.clone())
+                    .or(Some(record.id.clone())),
+                created: inspect.as_ref().and_then(|i| i.created.clone()),
+                platform: inspect.as_ref().map(|i| {
+                    format!(
+                        "{}-{}",
+                        i.os.clone().unwrap_or_default(),
+                        i.architecture.clone().unwrap_or_default()
+                    )
+                }),
+                size: inspect.as_ref().and_then(|i| i.size),
+            });
+        }
+        AppView {
+            app,
+            status,
+            busy,
+            containers,
+            images,
+        }
+    }
+
+    async fn containers(&self, app: &StoredApp) -> CoreResult<Vec<ContainerStatus>> {
+        let project = self.project(app)?;
+        let services = project
+            .status(self.engine.as_ref())
+            .await
+            .map_err(compose_error)?;
+        Ok(services.into_iter().flat_map(|s| s.containers).collect())
+    }
+
+    /// `docker-compose up -d`, natively.
+    pub async fn start(&self, id: &AppId, on_line: LineFn<'_>) -> CoreResult<ProcessOutcome> {
+        let app = self.stored(id)?;
+        let _busy = self.claim(id, "started")?;
+        let project = self.project(&app)?;
+        let started = Instant::now();
+        let command = format!(
+            "docker-compose -p {} -f {} up -d",
+            project.name(),
+            project.compose_file().display()
+        );
+        match project.up(self.engine.as_ref(), on_line).await {
+            Ok(up) => Ok(ProcessOutcome {
+                command,
+                lines: up.lines,
+                success: true,
+                duration: started.elapsed(),
+                running_containers: up.running_containers,
+                pulled_images: up.pulled_images,
+            }),
+            Err(e) => Err(compose_error(e)),
+        }
+    }
+
+    /// `docker-compose down`, natively; images and volumes only when asked and unused.
+    pub async fn stop(
+        &self,
+        id: &AppId,
+        options: StopOptions,
+        on_line: LineFn<'_>,
+    ) -> CoreResult<ProcessOutcome> {
+        let app = self.stored(id)?;
+        let _busy = self.claim(id, "stopped")?;
+        self.down(&app, options.remove_images, options.remove_volumes, on_line)
+            .await
+    }
+
+    async fn down(
+        &self,
+        app: &StoredApp,
+        remove_images: bool,
+        remove_volumes: bool,
+        on_line: LineFn<'_>,
+    ) -> CoreResult<ProcessOutcome> {
+        let project = self.project(app)?;
+        let started = Instant::now();
+        let mut command = format!(
+            "docker-compose -p {} -f {} down -t 1",
+            project.name(),
+            project.compose_file().display()
+        );
+        if remove_volumes {
+            command.push_str(" -v");
+        }
+        if remove_images {
+            command.push_str(" --rmi all");
+        }
+        let options = DownOptions {
+            remove_images,
+            remove_volumes,
+            protected_images: self.images_of_other_apps(app.id())?,
+            timeout: None,
+        };
+        let down = project
+            .down(self.engine.as_ref(), &options, on_line)
+            .await
+            .map_err(compose_error)?;
+        Ok(ProcessOutcome {
+            command,
+            lines: down.lines,
+            success: true,
+            duration: started.elapsed(),
+            ..ProcessOutcome::default()
+        })
+    }
+
+    /// Image references other stored apps brought along; never removed with this app.
+    fn images_of_other_apps(&self, id: &AppId) -> CoreResult<Vec<String>> {
+        Ok(self
+            .store
+            .list()?
+            .into_iter()
+            .filter(|a| a.id() != id)
+            .flat_map(|a| {
+                a.record
+                    .images
+                    .into_iter()
+                    .flat_map(|i| i.references.into_iter().chain(std::iter::once(i.id)))
+            })
+            .collect())
+    }
+
+    /// Removes an app: refuses while it runs unless forced (then stops it first).
+    pub async fn remove(&self, id: &AppId, options: RemoveOptions) -> CoreResult<()> {
+        let app = self.stored(id)?;
+        let _busy = self.claim(id, "removed")?;
+        let containers = self.containers(&app).await?;
+        if containers.iter().any(|c| c.running) && !options.force {
+            return Err(CoreError::Conflict(format!(
+                "app {id} is running; stop it first or remove with force=true"
+            )));
+        }
+        self.down(&app, false, options.remove_volumes, &|_| {})
+            .await?;
+        if options.remove_images {
+            let protected = self.images_of_other_apps(id)?;
+            for image in &app.record.images {
+                if protected.contains(&image.id) {
+                    continue;
+                }
+                for reference in &image.references {
+                    if protected.contains(reference) {
+                        continue;
+                    }
+                    match self.engine.remove_image(reference, false).await {
+                        Ok(_) => {}
+                        Err(crate::core::engine::EngineError::NotFound(_)) => {}
+                        Err(crate::core::engine::EngineError::Conflict(m)) => {
+                            return Err(CoreError::Conflict(format!(
+                                "image {reference} is still needed: {m}"
+                            )))
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        self.store.remove(id)?;
+        Ok(())
+    }
+
+    pub fn icon(&self, id: &AppId) -> CoreResult<Option<PathBuf>> {
+        Ok(self.stored(id)?.icon())
+    }
+
+    pub fn readme(&self, id: &AppId) -> CoreResult<Option<PathBuf>> {
+        Ok(self.stored(id)?.readme())
+    }
+}
+
+fn compose_error(e: crate::core::compose::ComposeError) -> CoreError {
+    let message = e.to_string();
+    if message.contains("unreachable") {
+        CoreError::Unavailable(message)
+    } else {
+        CoreError::Failed(message)
+    }
+}
