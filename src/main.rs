@@ -16,6 +16,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ProcessEnv, Source};
+use crate::core::apps::import::ImportSettings;
+use crate::core::apps::lifecycle::Apps;
 use crate::core::docker::DockerEngine;
 use crate::core::engine::ContainerEngine;
 use crate::core::health::EngineHealth;
@@ -124,7 +126,14 @@ async fn serve(config: Config) -> ExitCode {
     ));
     let stop = CancellationToken::new();
     let health = EngineHealth::spawn(engine.clone(), config.docker_probe_interval, stop.clone());
-    let core = Arc::new(Core::new(engine, health.clone()));
+    let apps = match Apps::open(engine.clone(), &config.state_dir, ImportSettings::default()) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the app store");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let core = Arc::new(Core::new(engine, health.clone(), apps));
 
     let bound = match server::bind(&config.listeners).await {
         Ok(b) => b,

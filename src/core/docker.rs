@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerSummary, EndpointSettings,
@@ -14,15 +15,16 @@ use bollard::models::{
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ImportImageOptionsBuilder,
     ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
-    ListVolumesOptionsBuilder, PruneContainersOptionsBuilder, PruneImagesOptionsBuilder,
-    PruneVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
-    RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
+    ListVolumesOptionsBuilder, LogsOptionsBuilder, PruneContainersOptionsBuilder,
+    PruneImagesOptionsBuilder, PruneVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder, RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::engine::{
     ByteStream, ContainerEngine, EngineError, EngineResult, EngineVersion, Filter, LoadedImages,
+    LogLine,
 };
 
 pub struct DockerEngine {
@@ -431,6 +433,44 @@ impl ContainerEngine for DockerEngine {
             item.map_err(map_error)?;
         }
         Ok(())
+    }
+
+    async fn container_logs(&self, id: &str, tail: Option<u64>) -> EngineResult<Vec<LogLine>> {
+        let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
+        let opts = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&tail)
+            .build();
+        let mut stream = self.docker()?.logs(id, Some(opts));
+        let mut out = Vec::new();
+        let mut partial: [String; 2] = Default::default();
+        while let Some(item) = stream.next().await {
+            let (stdout, message) = match item.map_err(map_error)? {
+                LogOutput::StdErr { message } => (false, message),
+                LogOutput::StdOut { message } | LogOutput::Console { message } => (true, message),
+                LogOutput::StdIn { .. } => continue,
+            };
+            // Frames need not end at line ends: keep the rest for the next frame.
+            let buf = &mut partial[usize::from(stdout)];
+            buf.push_str(&String::from_utf8_lossy(&message));
+            while let Some(pos) = buf.find('\n') {
+                let line: String = buf.drain(..=pos).collect();
+                out.push(LogLine {
+                    stdout,
+                    text: line.trim_end_matches(['\n', '\r']).to_string(),
+                });
+            }
+        }
+        for (i, rest) in partial.into_iter().enumerate() {
+            if !rest.is_empty() {
+                out.push(LogLine {
+                    stdout: i == 1,
+                    text: rest,
+                });
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -50,6 +50,14 @@ pub struct EngineVersion {
     pub api_version: String,
 }
 
+/// One line of a container's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// False for stderr.
+    pub stdout: bool,
+    pub text: String,
+}
+
 /// Result of loading a `docker save` archive.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadedImages {
@@ -182,5 +190,10 @@ pub trait ContainerEngine: Send + Sync + 'static {
     /// Pulls `reference` (`name[:tag]` or `name@digest`) from its registry.
     async fn pull_image(&self, _reference: &str) -> EngineResult<()> {
         unsupported("pulling images")
+    }
+
+    /// The last `tail` lines (all with None) a container wrote, in order.
+    async fn container_logs(&self, _id: &str, _tail: Option<u64>) -> EngineResult<Vec<LogLine>> {
+        unsupported("reading logs")
     }
 }

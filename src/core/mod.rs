@@ -53,13 +53,19 @@ pub type CoreResult<T> = Result<T, CoreError>;
 /// Everything the dialects call into, built once at start.
 pub struct Core {
     pub system: system::SystemModule,
+    pub apps: apps::lifecycle::Apps,
     pub engine_health: health::EngineHealth,
 }
 
 impl Core {
-    pub fn new(engine: Arc<dyn ContainerEngine>, engine_health: health::EngineHealth) -> Self {
+    pub fn new(
+        engine: Arc<dyn ContainerEngine>,
+        engine_health: health::EngineHealth,
+        apps: apps::lifecycle::Apps,
+    ) -> Self {
         Self {
             system: system::SystemModule::new(engine),
+            apps,
             engine_health,
         }
     }

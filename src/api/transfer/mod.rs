@@ -1,6 +1,7 @@
 //! The SCALE it Transfer App dialect: `[prefix]/api[/{version}]/...`, PascalCase JSON and
 //! RFC 7807 problem details for errors.
 
+mod apps;
 mod system;
 
 use std::future::Future;
@@ -106,6 +107,7 @@ fn routes() -> &'static Routes<Handler> {
     ROUTES.get_or_init(|| {
         let mut r = Routes::default();
         system::register(&mut r);
+        apps::register(&mut r);
         r
     })
 }

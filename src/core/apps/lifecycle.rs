@@ -12,7 +12,7 @@ use super::import::{self, ImportOptions, ImportSettings, ProgressFn};
 use super::store::{AppStore, StoredApp};
 use super::AppId;
 use crate::core::compose::{ComposeProject, ContainerStatus, DownOptions};
-use crate::core::engine::ContainerEngine;
+use crate::core::engine::{ContainerEngine, LogLine};
 use crate::core::{CoreError, CoreResult};
 
 /// An app's overall state, from its containers.
@@ -263,7 +263,9 @@ impl Apps {
         Ok(services.into_iter().flat_map(|s| s.containers).collect())
     }
 
-    /// `docker-compose up -d`, natively.
+    /// `docker-compose up -d`, natively. A compose failure is an outcome with
+    /// `success: false` and the lines up to the error, as docker-compose's exit code would be;
+    /// only "no such app", "busy" and "Docker unreachable" are errors.
     pub async fn start(&self, id: &AppId, on_line: LineFn<'_>) -> CoreResult<ProcessOutcome> {
         let app = self.stored(id)?;
         let _busy = self.claim(id, "started")?;
@@ -274,17 +276,52 @@ impl Apps {
             project.name(),
             project.compose_file().display()
         );
-        match project.up(self.engine.as_ref(), on_line).await {
+        let seen = Mutex::new(Vec::new());
+        let collect = |line: &str| {
+            seen.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(line.to_string());
+            on_line(line);
+        };
+        let result = project.up(self.engine.as_ref(), &collect).await;
+        let lines = seen.into_inner().unwrap_or_else(|p| p.into_inner());
+        match result {
             Ok(up) => Ok(ProcessOutcome {
                 command,
-                lines: up.lines,
+                lines,
                 success: true,
                 duration: started.elapsed(),
                 running_containers: up.running_containers,
                 pulled_images: up.pulled_images,
             }),
-            Err(e) => Err(compose_error(e)),
+            Err(e) => match compose_error(e) {
+                e @ CoreError::Unavailable(_) => Err(e),
+                _ => Ok(ProcessOutcome {
+                    command,
+                    lines,
+                    success: false,
+                    duration: started.elapsed(),
+                    running_containers: Vec::new(),
+                    pulled_images: Vec::new(),
+                }),
+            },
         }
+    }
+
+    /// The last `lines` lines (all with None) of each of the app's containers, prefixed
+    /// `name | ` as `docker-compose logs` does.
+    pub async fn logs(&self, id: &AppId, lines: Option<u64>) -> CoreResult<Vec<LogLine>> {
+        let app = self.stored(id)?;
+        let mut out = Vec::new();
+        for c in self.containers(&app).await? {
+            for l in self.engine.container_logs(&c.id, lines).await? {
+                out.push(LogLine {
+                    stdout: l.stdout,
+                    text: format!("{} | {}", c.name, l.text),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// `docker-compose down`, natively; images and volumes only when asked and unused.
@@ -310,7 +347,7 @@ impl Apps {
         let project = self.project(app)?;
         let started = Instant::now();
         let mut command = format!(
-            "docker-compose -p {} -f {} down -t 1",
+            "docker-compose -p {} -f {} down",
             project.name(),
             project.compose_file().display()
         );

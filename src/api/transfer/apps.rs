@@ -1,0 +1,442 @@
+//! "Transfer Technology - Main Transfer API": importing, listing, starting, stopping and
+//! removing app instances. PascalCase JSON per COMPAT-NOTES section 1.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
+use hyper::{Method, StatusCode};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{Call, Handler, Problem, Reply};
+use crate::api::http::{self, declared_too_large};
+use crate::api::router::Routes;
+use crate::core::apps::import::ImportOptions;
+use crate::core::apps::lifecycle::{
+    AppStatus, AppView, ProcessOutcome, RemoveOptions, StopOptions,
+};
+use crate::core::apps::{AppConfig, AppId};
+use crate::core::CoreError;
+
+pub fn register(r: &mut Routes<Handler>) {
+    r.add(Method::POST, "/transfer/import", |c| Box::pin(import(c)))
+        .add(Method::GET, "/transfer/apps", |c| Box::pin(list(c)))
+        .add(Method::GET, "/transfer/apps/{id}", |c| Box::pin(get(c)))
+        .add(Method::DELETE, "/transfer/apps/{id}", |c| {
+            Box::pin(remove(c))
+        })
+        .add(Method::GET, "/transfer/apps/{id}/icon", |c| {
+            Box::pin(icon(c))
+        })
+        .add(Method::GET, "/transfer/apps/{id}/readme", |c| {
+            Box::pin(readme(c))
+        })
+        .add(Method::PUT, "/transfer/apps/{id}/start", |c| {
+            Box::pin(start(c))
+        })
+        .add(Method::PUT, "/transfer/apps/{id}/stop", |c| {
+            Box::pin(stop(c))
+        })
+        .add(Method::GET, "/transfer/apps/{id}/logs", |c| {
+            Box::pin(logs(c))
+        });
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct AppInstance<'a> {
+    id: &'a str,
+    app: AppJson<'a>,
+    instance_number: u32,
+    busy: bool,
+    status: &'static str,
+    images: Vec<ContainerImage<'a>>,
+    containers: Vec<Container<'a>>,
+    last_modified: &'a str,
+}
+
+/// AppConfig plus the import time, which older clients read as `Imported`.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct AppJson<'a> {
+    #[serde(flatten)]
+    config: &'a AppConfig,
+    imported: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ContainerImage<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    platform: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<i64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Container<'a> {
+    name: &'a str,
+    id: &'a str,
+    image_name: &'a str,
+    status: &'a str,
+    running: bool,
+    started: bool,
+    port_mappings: Vec<String>,
+}
+
+fn status_word(s: AppStatus) -> &'static str {
+    match s {
+        AppStatus::Running => "Running",
+        AppStatus::PartiallyRunning => "Partially Running",
+        AppStatus::Stopped => "Stopped",
+        AppStatus::Unknown => "Unknown",
+    }
+}
+
+fn instance(v: &AppView) -> AppInstance<'_> {
+    AppInstance {
+        id: v.app.id().as_str(),
+        app: AppJson {
+            config: v.app.config(),
+            imported: &v.app.record.imported,
+        },
+        instance_number: 1,
+        busy: v.busy,
+        status: status_word(v.status),
+        images: v
+            .images
+            .iter()
+            .map(|i| ContainerImage {
+                name: &i.name,
+                id: i.id.as_deref(),
+                created: i.created.as_deref(),
+                platform: i.platform.as_deref(),
+                size: i.size,
+            })
+            .collect(),
+        containers: v
+            .containers
+            .iter()
+            .map(|c| Container {
+                name: &c.name,
+                id: &c.id,
+                image_name: &c.image,
+                status: &c.status,
+                running: c.running,
+                started: c.running,
+                port_mappings: Vec::new(),
+            })
+            .collect(),
+        last_modified: &v.app.record.imported,
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ProcessLine<'a> {
+    line: &'a str,
+    raw_line: &'a str,
+    is_stdout: bool,
+    is_stderr: bool,
+}
+
+/// docker-compose writes its progress to stderr; the lines say so as the original did.
+fn process_lines(lines: &[String]) -> Vec<ProcessLine<'_>> {
+    lines
+        .iter()
+        .map(|l| ProcessLine {
+            line: l.trim_end(),
+            raw_line: l,
+            is_stdout: false,
+            is_stderr: true,
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ProcessResult<'a> {
+    exit_code: i32,
+    command: &'a str,
+    lines: Vec<ProcessLine<'a>>,
+    success_estimate: bool,
+    duration_ms: u128,
+    raw_output: String,
+}
+
+fn process_result(o: &ProcessOutcome) -> ProcessResult<'_> {
+    let mut raw_output = String::new();
+    for l in &o.lines {
+        raw_output.push_str(l);
+        raw_output.push('\n');
+    }
+    ProcessResult {
+        exit_code: if o.success { 0 } else { 1 },
+        command: &o.command,
+        lines: process_lines(&o.lines),
+        success_estimate: o.success,
+        duration_ms: o.duration.as_millis(),
+        raw_output,
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct UpResult<'a> {
+    running_containers: &'a [String],
+    pulled_images: &'a [String],
+    #[serde(flatten)]
+    process: ProcessResult<'a>,
+}
+
+fn app_id(c: &Call) -> Result<AppId, Problem> {
+    let id = c.param("id");
+    if id.trim().is_empty() {
+        return Err(Problem::bad_request("app id not given"));
+    }
+    Ok(AppId::from(id))
+}
+
+async fn list(c: Call) -> Reply {
+    let views = c.core.apps.list().await?;
+    if views.is_empty() {
+        return Ok(http::empty(StatusCode::NO_CONTENT));
+    }
+    let body: Vec<_> = views.iter().map(instance).collect();
+    Ok(http::json(StatusCode::OK, &body))
+}
+
+async fn get(c: Call) -> Reply {
+    let view = c.core.apps.get(&app_id(&c)?).await?;
+    Ok(http::json(StatusCode::OK, &instance(&view)))
+}
+
+/// `POST /transfer/import`: multipart/form-data with the ZIP in the field `app`. The file
+/// streams to a temp file (size-capped), then runs through the import pipeline.
+/// `?replace=true` replaces an app with the same id instead of answering 409.
+async fn import(c: Call) -> Reply {
+    let replace = c.bool("replace", false)?;
+    let limit = c
+        .limits
+        .max_upload_bytes
+        .min(c.core.apps.max_upload_bytes());
+    if declared_too_large(c.req.headers(), limit) {
+        return Err(too_large(limit));
+    }
+    let content_type = c
+        .req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let boundary = multer::parse_boundary(content_type).map_err(|_| {
+        Problem::bad_request(
+            "expected multipart/form-data with the app ZIP in the form field \"app\"",
+        )
+    })?;
+    let upload = c.core.apps.upload_file()?;
+    let constraints = multer::Constraints::new()
+        .allowed_fields(vec!["app"])
+        .size_limit(multer::SizeLimit::new().whole_stream(limit.saturating_add(64 << 10)));
+    let body = http_body_util::BodyStream::new(c.req.into_body()).filter_map(|frame| async {
+        match frame {
+            Ok(f) => f.into_data().ok().map(Ok::<Bytes, hyper::Error>),
+            Err(e) => Some(Err(e)),
+        }
+    });
+    let mut multipart = multer::Multipart::with_constraints(body, boundary, constraints);
+    let mut found = false;
+    let mut file = upload.as_file();
+    let mut written: u64 = 0;
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(multer::Error::StreamSizeExceeded { .. }) => return Err(too_large(limit)),
+            Err(e) => return Err(Problem::bad_request(format!("bad multipart body: {e}"))),
+        };
+        if field.name() != Some("app") {
+            continue;
+        }
+        found = true;
+        let mut field = field;
+        loop {
+            match field.chunk().await {
+                Ok(Some(chunk)) => {
+                    written += chunk.len() as u64;
+                    if written > limit {
+                        return Err(too_large(limit));
+                    }
+                    // A local temp file: blocking writes of 64 KiB chunks are short.
+                    file.write_all(&chunk).map_err(|e| {
+                        Problem::from(CoreError::Failed(format!("cannot store the upload: {e}")))
+                    })?;
+                }
+                Ok(None) => break,
+                Err(multer::Error::StreamSizeExceeded { .. })
+                | Err(multer::Error::FieldSizeExceeded { .. }) => return Err(too_large(limit)),
+                Err(e) => return Err(Problem::bad_request(format!("upload interrupted: {e}"))),
+            }
+        }
+    }
+    if !found {
+        return Err(Problem::bad_request(
+            "the multipart body has no form field \"app\" with the app ZIP",
+        ));
+    }
+    file.flush()
+        .map_err(|e| Problem::from(CoreError::Failed(e.to_string())))?;
+    let stored = c
+        .core
+        .apps
+        .import(
+            upload.path(),
+            ImportOptions { replace },
+            &CancellationToken::new(),
+            &|_| {},
+        )
+        .await?;
+    let view = c.core.apps.get(stored.id()).await?;
+    Ok(http::json(StatusCode::OK, &instance(&view)))
+}
+
+fn too_large(limit: u64) -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the upload exceeds the limit of {limit} bytes"),
+    )
+}
+
+async fn remove(c: Call) -> Reply {
+    let id = app_id(&c)?;
+    let options = RemoveOptions {
+        force: c.bool("force", false)?,
+        remove_images: c.bool("remove_images", true)?,
+        remove_volumes: c.bool("remove_volumes", false)?,
+    };
+    c.core.apps.remove(&id, options).await?;
+    Ok(http::empty(StatusCode::OK))
+}
+
+async fn icon(c: Call) -> Reply {
+    let Some(path) = c.core.apps.icon(&app_id(&c)?)? else {
+        return Ok(http::empty(StatusCode::NO_CONTENT));
+    };
+    let content_type = match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        _ => "image/jpeg",
+    };
+    let bytes = read_file(&path).await?;
+    Ok(http::with_type(
+        StatusCode::OK,
+        content_type,
+        http::full(bytes),
+    ))
+}
+
+async fn read_file(path: &std::path::Path) -> Result<Vec<u8>, Problem> {
+    tokio::fs::read(path).await.map_err(|e| {
+        Problem::from(CoreError::Failed(format!(
+            "cannot read {}: {e}",
+            path.display()
+        )))
+    })
+}
+
+/// The readme as text/plain, or as a JSON string when the client asks for
+/// application/json.
+async fn readme(c: Call) -> Reply {
+    let wants_json = c
+        .req
+        .headers()
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    let Some(path) = c.core.apps.readme(&app_id(&c)?)? else {
+        return Ok(http::empty(StatusCode::NO_CONTENT));
+    };
+    let text = String::from_utf8_lossy(&read_file(&path).await?).into_owned();
+    if wants_json {
+        Ok(http::json(StatusCode::OK, &text))
+    } else {
+        let mut resp = http::with_type(StatusCode::OK, "text/plain", http::full(text));
+        resp.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        Ok(resp)
+    }
+}
+
+async fn start(c: Call) -> Reply {
+    let outcome = c.core.apps.start(&app_id(&c)?, &|_| {}).await?;
+    Ok(http::json(
+        StatusCode::OK,
+        &UpResult {
+            running_containers: &outcome.running_containers,
+            pulled_images: &outcome.pulled_images,
+            process: process_result(&outcome),
+        },
+    ))
+}
+
+async fn stop(c: Call) -> Reply {
+    let id = app_id(&c)?;
+    let options = StopOptions {
+        remove_images: c.bool("remove_images", false)?,
+        remove_volumes: c.bool("remove_volumes", false)?,
+    };
+    let outcome = c.core.apps.stop(&id, options, &|_| {}).await?;
+    Ok(http::json(StatusCode::OK, &process_result(&outcome)))
+}
+
+/// `?lines=N` (default -1 = all); 0 and values below -1 are 400.
+async fn logs(c: Call) -> Reply {
+    let id = app_id(&c)?;
+    let lines = match c.query.get("lines") {
+        None => None,
+        Some(v) => match v.parse::<i64>() {
+            Ok(-1) => None,
+            Ok(n) if n > 0 => Some(n as u64),
+            _ => {
+                return Err(Problem::bad_request(format!(
+                    "query parameter 'lines' must be -1 or a positive number, not \"{v}\""
+                )))
+            }
+        },
+    };
+    let started = std::time::Instant::now();
+    let log = c.core.apps.logs(&id, lines).await?;
+    let texts: Vec<String> = log.iter().map(|l| l.text.clone()).collect();
+    let result = ProcessResult {
+        exit_code: 0,
+        command: "docker-compose logs",
+        lines: log
+            .iter()
+            .map(|l| ProcessLine {
+                line: &l.text,
+                raw_line: &l.text,
+                is_stdout: l.stdout,
+                is_stderr: !l.stdout,
+            })
+            .collect(),
+        success_estimate: true,
+        duration_ms: started.elapsed().as_millis(),
+        raw_output: texts.join("\n"),
+    };
+    Ok(http::json(StatusCode::OK, &result))
+}
