@@ -243,8 +243,8 @@ async fn import(c: Call) -> Reply {
         )
     })?;
     let upload = c.core.apps.upload_file()?;
+    // Other fields are skipped unread (multer discards them), so no field allow-list.
     let constraints = multer::Constraints::new()
-        .allowed_fields(vec!["app"])
         .size_limit(multer::SizeLimit::new().whole_stream(limit.saturating_add(64 << 10)));
     let body = http_body_util::BodyStream::new(c.req.into_body()).filter_map(|frame| async {
         match frame {

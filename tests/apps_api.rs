@@ -1,0 +1,355 @@
+//! The Transfer App's main API end to end: ZIP bundles built here (images from `docker save`
+//! of locally built images) are imported, started, inspected, stopped and removed by the
+//! real gantry binary against the test dockerd.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{docker, docker_ok, enc, free_port, test_image, unique, wait_for, Gantry, Resp};
+use serde_json::Value;
+
+/// A ZIP with the given entries (names ending in `/` are directories).
+fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default();
+    for (name, data) in entries {
+        if name.ends_with('/') {
+            w.add_directory(*name, opts).unwrap();
+        } else {
+            w.start_file(*name, opts).unwrap();
+            w.write_all(data).unwrap();
+        }
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// `docker save` of the test image under a new unique reference, which is then untagged, so
+/// that importing the bundle really loads it.
+fn saved_image(label: &str) -> (String, Vec<u8>) {
+    let reference = format!("{}:1", unique(label));
+    docker_ok(&["tag", &test_image(), &reference]);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    docker_ok(&["save", "-o", file.path().to_str().unwrap(), &reference]);
+    docker_ok(&["rmi", &reference]);
+    let mut tar = Vec::new();
+    std::fs::File::open(file.path())
+        .unwrap()
+        .read_to_end(&mut tar)
+        .unwrap();
+    (reference, tar)
+}
+
+fn multipart(field: &str, file: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "----gantrytestboundary7MA4YWxkTrZu0gW";
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"app.zip\"\r\nContent-Type: application/zip\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn import(g: &Gantry, zip: &[u8], query: &str) -> Resp {
+    let (ct, body) = multipart("app", zip);
+    g.post(&format!("/api/1/transfer/import{query}"), &ct, body)
+}
+
+fn http_get_status(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+#[test]
+fn app_lifecycle_end_to_end() {
+    let host = require_docker!();
+    let g = Gantry::builder().docker_host(&host).start();
+    g.get("/api/1/transfer/apps").expect_empty(204);
+
+    let (reference, tar) = saved_image("app-web");
+    let port = free_port();
+    let name = unique("Web App");
+    let compose = format!(
+        "services:\n  web:\n    image: {reference}\n    command: [\"sh\", \"-c\", \"echo hello from web; mkdir -p /www; echo hi > /www/index.html; exec httpd -f -p 8080 -h /www\"]\n    ports:\n      - \"127.0.0.1:{port}:8080\"\n    stop_grace_period: 1s\n"
+    );
+    let config = format!("Name: {name}\nVersion: 1.0\nDescription: end to end\nFrontends:\n  - Port: {port}\n    Protocol: http\n");
+    let svg = b"<svg xmlns=\"http://www.w3.org/2000/svg\"/>";
+    let zip = zip_of(&[
+        ("config.yml", config.as_bytes()),
+        ("docker-compose.yml", compose.as_bytes()),
+        ("README.md", b"# Web App\nServes hi."),
+        ("icon.svg", svg),
+        ("docker/", b""),
+        ("docker/web.tar", &tar),
+    ]);
+    let id = format!("{name}:1.0");
+    let path = format!("/api/1/transfer/apps/{}", enc(&id));
+
+    let app = import(&g, &zip, "").expect_json(200);
+    assert_eq!(app["Id"], id.as_str());
+    assert_eq!(app["App"]["Name"], name.as_str());
+    assert_eq!(app["App"]["Frontends"][0]["Port"], port);
+    assert_eq!(app["Status"], "Stopped");
+    assert_eq!(app["Busy"], false);
+    assert_eq!(app["Images"][0]["Name"], reference.as_str());
+    assert!(docker(&["image", "inspect", &reference]).status.success());
+
+    let list = g.get("/api/1/transfer/apps").expect_json(200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    // The version-less path reaches the same route.
+    g.get(&format!("/api/transfer/apps/{}", enc(&id)))
+        .expect_json(200);
+
+    let icon = g.get(&format!("{path}/icon"));
+    assert_eq!(icon.status, 200);
+    assert_eq!(icon.content_type(), "image/svg+xml");
+    assert_eq!(icon.body, svg);
+    let readme = g.get(&format!("{path}/readme"));
+    assert_eq!(readme.status, 200);
+    assert!(readme.content_type().starts_with("text/plain"));
+    assert!(readme.text().contains("Serves hi."));
+    let readme = g.request(
+        "GET",
+        &format!("{path}/readme"),
+        &[("Accept", "application/json")],
+        None,
+    );
+    assert_eq!(
+        readme.expect_json(200),
+        Value::from("# Web App\nServes hi.")
+    );
+
+    let up = g.put(&format!("{path}/start")).expect_json(200);
+    assert_eq!(up["ExitCode"], 0, "{up}");
+    assert_eq!(up["SuccessEstimate"], true);
+    let running: Vec<&str> = up["RunningContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(running.len(), 1, "{up}");
+    assert!(running[0].ends_with("_web_1"), "{up}");
+    let lines: Vec<&str> = up["Lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["Line"].as_str())
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("Creating network")),
+        "{up}"
+    );
+    assert!(lines.iter().any(|l| l.ends_with("... done")), "{up}");
+    assert!(up["RawOutput"].as_str().unwrap().contains("Creating"));
+
+    let answer = wait_for(Duration::from_secs(20), Duration::from_millis(200), || {
+        http_get_status(port).filter(|s| s.starts_with("HTTP/1."))
+    });
+    let answer = answer.expect("the published port never answered");
+    assert!(answer.ends_with("200"), "{answer}");
+    // docker-compose (and docker ps) see the project through the standard labels.
+    let ps = docker_ok(&[
+        "ps",
+        "--filter",
+        "label=com.docker.compose.service=web",
+        "--format",
+        "{{.Names}} {{.Label \"io.gantry.app-id\"}}",
+    ]);
+    assert!(ps.contains(running[0]) && ps.contains(&id), "{ps}");
+
+    let app = g.get(&path).expect_json(200);
+    assert_eq!(app["Status"], "Running", "{app}");
+    assert_eq!(app["Containers"][0]["Running"], true);
+
+    g.get(&format!("{path}/logs?lines=0"))
+        .expect_problem(400, &format!("{path}/logs"));
+    g.get(&format!("{path}/logs?lines=-2"))
+        .expect_problem(400, &format!("{path}/logs"));
+    let logs = wait_for(Duration::from_secs(10), Duration::from_millis(200), || {
+        let l = g.get(&format!("{path}/logs?lines=5")).expect_json(200);
+        l["RawOutput"]
+            .as_str()
+            .filter(|o| o.contains("hello from web"))
+            .map(|_| l.clone())
+    })
+    .expect("logs never showed the container's output");
+    assert_eq!(logs["Lines"][0]["IsStdout"], true);
+
+    // Running: removal without force is a conflict.
+    let detail = g.delete(&path).expect_problem(409, &path);
+    assert!(detail.contains("running"), "{detail}");
+
+    let down = g.put(&format!("{path}/stop")).expect_json(200);
+    assert_eq!(down["ExitCode"], 0, "{down}");
+    assert!(down["RawOutput"].as_str().unwrap().contains("Removing"));
+    assert_eq!(g.get(&path).expect_json(200)["Status"], "Stopped");
+    assert!(
+        http_get_status(port).is_none(),
+        "port still answers after stop"
+    );
+
+    g.delete(&format!("{path}?remove_images=true"))
+        .expect_empty(200);
+    g.get(&path).expect_problem(404, &path);
+    g.get("/api/1/transfer/apps").expect_empty(204);
+    assert!(
+        !docker(&["image", "inspect", &reference]).status.success(),
+        "remove_images=true left the image"
+    );
+}
+
+#[test]
+fn reimport_is_a_conflict_unless_replacing() {
+    let host = require_docker!();
+    let g = Gantry::builder().docker_host(&host).start();
+    let name = unique("Twice");
+    let compose = format!("services:\n  a:\n    image: {}\n", test_image());
+    let zip = zip_of(&[
+        (
+            "config.yml",
+            format!("Name: {name}\nVersion: 2\n").as_bytes(),
+        ),
+        ("compose.yaml", compose.as_bytes()),
+    ]);
+    import(&g, &zip, "").expect_json(200);
+    let detail = import(&g, &zip, "").expect_problem(409, "/api/1/transfer/import");
+    assert!(detail.contains("already imported"), "{detail}");
+    import(&g, &zip, "?replace=true").expect_json(200);
+    let list = g.get("/api/1/transfer/apps").expect_json(200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let path = format!("/api/1/transfer/apps/{}", enc(&format!("{name}:2")));
+    // remove_images defaults to true, but the test image belongs to no bundle: it stays.
+    g.delete(&path).expect_empty(200);
+    assert!(docker(&["image", "inspect", &test_image()])
+        .status
+        .success());
+}
+
+#[test]
+fn hostile_and_broken_bundles_are_refused() {
+    let host = require_docker!();
+    let g = Gantry::builder().docker_host(&host).start();
+    let good_compose = format!("services:\n  a:\n    image: {}\n", test_image());
+    let config = b"Name: Hostile\nVersion: 1\n".as_slice();
+    let full = zip_of(&[
+        ("config.yml", config),
+        ("compose.yaml", good_compose.as_bytes()),
+    ]);
+    let truncated = full[..full.len() / 2].to_vec();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "zip-slip",
+            zip_of(&[
+                ("config.yml", config),
+                ("compose.yaml", good_compose.as_bytes()),
+                ("../evil.txt", b"x"),
+            ]),
+            "escapes",
+        ),
+        (
+            "absolute path",
+            zip_of(&[
+                ("config.yml", config),
+                ("compose.yaml", good_compose.as_bytes()),
+                ("/etc/evil", b"x"),
+            ]),
+            "",
+        ),
+        ("truncated", truncated, "ZIP"),
+        (
+            "missing config.yml",
+            zip_of(&[("compose.yaml", good_compose.as_bytes())]),
+            "config.yml",
+        ),
+        (
+            "bad YAML",
+            zip_of(&[
+                ("config.yml", b"Name: [unclosed\n"),
+                ("compose.yaml", good_compose.as_bytes()),
+            ]),
+            "config.yml",
+        ),
+        (
+            "unknown compose key",
+            zip_of(&[
+                ("config.yml", config),
+                (
+                    "compose.yaml",
+                    format!(
+                        "services:\n  web:\n    image: {}\n    frobnicate: 1\n",
+                        test_image()
+                    )
+                    .as_bytes(),
+                ),
+            ]),
+            "frobnicate",
+        ),
+        (
+            "build in an instance",
+            zip_of(&[
+                ("config.yml", config),
+                ("compose.yaml", b"services:\n  web:\n    build: .\n"),
+            ]),
+            "build",
+        ),
+        ("not a zip", b"definitely not a zip file".to_vec(), "ZIP"),
+    ];
+    for (what, zip, hint) in cases {
+        let detail = import(&g, &zip, "").expect_problem(400, "/api/1/transfer/import");
+        assert!(
+            detail.contains(hint),
+            "{what}: the message does not mention {hint:?}: {detail}"
+        );
+    }
+    // A symlink entry (unix mode 0o120777).
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default();
+    w.start_file("config.yml", opts).unwrap();
+    w.write_all(config).unwrap();
+    w.start_file("compose.yaml", opts).unwrap();
+    w.write_all(good_compose.as_bytes()).unwrap();
+    w.add_symlink("link", "/etc/passwd", opts).unwrap();
+    let zip = w.finish().unwrap().into_inner();
+    let detail = import(&g, &zip, "").expect_problem(400, "/api/1/transfer/import");
+    assert!(detail.contains("symbolic link"), "{detail}");
+
+    // Not multipart, and multipart without the field.
+    g.post("/api/1/transfer/import", "application/zip", full.clone())
+        .expect_problem(400, "/api/1/transfer/import");
+    let (ct, body) = multipart("file", &full);
+    let detail = g
+        .post("/api/1/transfer/import", &ct, body)
+        .expect_problem(400, "/api/1/transfer/import");
+    assert!(detail.contains("\"app\""), "{detail}");
+
+    // Nothing of all that reached the store.
+    g.get("/api/1/transfer/apps").expect_empty(204);
+}
+
+#[test]
+fn unknown_apps_and_bad_parameters() {
+    let host = require_docker!();
+    let g = Gantry::builder().docker_host(&host).start();
+    let path = "/api/1/transfer/apps/no%20such%3A1";
+    g.get(path).expect_problem(404, path);
+    g.put(&format!("{path}/start"))
+        .expect_problem(404, &format!("{path}/start"));
+    g.put(&format!("{path}/stop"))
+        .expect_problem(404, &format!("{path}/stop"));
+    g.delete(path).expect_problem(404, path);
+    g.delete(&format!("{path}?force=maybe"))
+        .expect_problem(400, path);
+    g.get(&format!("{path}/icon"))
+        .expect_problem(404, &format!("{path}/icon"));
+}
