@@ -133,6 +133,9 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    if let Err(e) = apps.recover().await {
+        tracing::warn!(error = %e, "cannot clean up after interrupted imports");
+    }
     let core = Arc::new(Core::new(engine, health.clone(), apps));
 
     let bound = match server::bind(&config.listeners).await {

@@ -353,3 +353,121 @@ fn unknown_apps_and_bad_parameters() {
     g.get(&format!("{path}/icon"))
         .expect_problem(404, &format!("{path}/icon"));
 }
+
+/// A new image (its own id) carrying `mib` MiB of random bytes, saved and then removed, so
+/// that loading it takes a noticeable moment.
+fn fresh_big_image(label: &str, mib: usize) -> (String, Vec<u8>) {
+    let reference = format!("{}:1", unique(label));
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = vec![0u8; mib << 20];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut data)
+        .unwrap();
+    std::fs::write(dir.path().join("blob"), &data).unwrap();
+    let tar = std::process::Command::new("tar")
+        .args(["-C", dir.path().to_str().unwrap(), "-c", "."])
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    let mut import = std::process::Command::new(common::docker_cli())
+        .args([
+            "-H",
+            &common::docker_host().unwrap(),
+            "import",
+            "-",
+            &reference,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    import.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+    assert!(import.wait().unwrap().success());
+    let file = tempfile::NamedTempFile::new().unwrap();
+    docker_ok(&["save", "-o", file.path().to_str().unwrap(), &reference]);
+    docker_ok(&["rmi", &reference]);
+    (reference, std::fs::read(file.path()).unwrap())
+}
+
+#[test]
+fn an_import_killed_midway_leaves_nothing_after_restart() {
+    let host = require_docker!();
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_str().unwrap().to_string();
+    let images: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| fresh_big_image(&format!("killed{i}"), 12))
+        .collect();
+    let mut compose = String::from("services:\n");
+    for (i, (r, _)) in images.iter().enumerate() {
+        compose += &format!("  s{i}:\n    image: {r}\n");
+    }
+    let mut entries: Vec<(String, Vec<u8>)> = vec![
+        ("config.yml".into(), b"Name: Killed\nVersion: 1\n".to_vec()),
+        ("compose.yaml".into(), compose.into_bytes()),
+    ];
+    for (i, (_, tar)) in images.iter().enumerate() {
+        entries.push((format!("docker/{i}.tar"), tar.clone()));
+    }
+    let refs: Vec<(&str, &[u8])> = entries
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
+    let zip = zip_of(&refs);
+
+    let mut g = Gantry::builder()
+        .docker_host(&host)
+        .env("GANTRY_STATE_DIR", &state_dir)
+        .start();
+    let url = g.url("/api/1/transfer/import");
+    let uploader = std::thread::spawn(move || {
+        let (ct, body) = multipart("app", &zip);
+        // The daemon dies under this request: any outcome but success is expected.
+        common::agent()
+            .post(&url)
+            .header("Content-Type", &ct)
+            .send(&body[..])
+            .map(|r| r.status().as_u16())
+            .ok()
+    });
+    let first = &images[0].0;
+    let loaded = wait_for(Duration::from_secs(60), Duration::from_millis(5), || {
+        docker(&["image", "inspect", first])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(loaded.is_some(), "the import never loaded its first image");
+    g.signal(libc::SIGKILL);
+    g.wait_exit(Duration::from_secs(10))
+        .expect("gantry did not die");
+    let status = uploader.join().unwrap();
+    assert_ne!(status, Some(200), "the import finished before the kill");
+    assert!(
+        !docker(&["image", "inspect", &images[4].0]).status.success(),
+        "the last image was loaded before the kill: the test did not interrupt the import"
+    );
+
+    // Restart on the same state: the half import is cleaned up.
+    let g = Gantry::builder()
+        .docker_host(&host)
+        .env("GANTRY_STATE_DIR", &state_dir)
+        .start();
+    g.get("/api/1/transfer/apps").expect_empty(204);
+    for (r, _) in &images {
+        assert!(
+            !docker(&["image", "inspect", r]).status.success(),
+            "image {r} of the interrupted import is still there"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(state.path().join("apps"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "store leftovers: {leftovers:?}");
+    let journals = std::fs::read_dir(state.path().join("import-journal"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(journals, 0, "import journals left behind");
+}

@@ -8,9 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
-use std::path::Path;
-#[cfg(test)]
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,6 +58,9 @@ pub struct ImportSettings {
     pub policy: ComposePolicy,
     /// Free space that must remain after the import.
     pub reserve_bytes: u64,
+    /// Where in-flight imports note the images they loaded, so that images of an import
+    /// killed midway (power cut, SIGKILL) are removed at the next start. None: no journal.
+    pub journal_dir: Option<PathBuf>,
 }
 
 impl Default for ImportSettings {
@@ -68,6 +69,7 @@ impl Default for ImportSettings {
             limits: BundleLimits::default(),
             policy: ComposePolicy::default(),
             reserve_bytes: 256 << 20,
+            journal_dir: None,
         }
     }
 }
@@ -202,6 +204,10 @@ async fn run(
         .map(|e| (e.name.clone(), e.size))
         .collect();
     let bundle = Arc::new(Mutex::new(bundle));
+    let journal = match &settings.journal_dir {
+        Some(dir) => Some(Journal::create(dir)?),
+        None => None,
+    };
     let mut records = Vec::with_capacity(files.len());
     for (file, size) in files {
         if cancel.is_cancelled() {
@@ -220,6 +226,9 @@ async fn run(
                     loaded_ids.push(image_id.clone());
                 }
             }
+        }
+        if let Some(j) = &journal {
+            j.write(loaded_ids)?;
         }
         progress(ImportProgress::ImageLoaded {
             file: file.clone(),
@@ -249,8 +258,94 @@ async fn run(
         Ok(store2.insert(staged, options.replace)?)
     })
     .await??;
+    // Stored: the images now belong to the app, the journal has done its job.
+    loaded_ids.clear();
+    drop(journal);
     step_done(ImportStep::StoreInstance, "Successfully stored App".into());
     Ok(stored)
+}
+
+/// An in-flight import's list of the images it loaded: `<dir>/<random>.json`, rewritten
+/// atomically after each image and deleted when the import ends either way (on drop).
+struct Journal {
+    path: PathBuf,
+}
+
+impl Journal {
+    fn create(dir: &Path) -> CoreResult<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| CoreError::Failed(format!("cannot create {}: {e}", dir.display())))?;
+        let file = tempfile::Builder::new()
+            .prefix("import-")
+            .suffix(".json")
+            .tempfile_in(dir)
+            .map_err(|e| CoreError::Failed(format!("cannot create an import journal: {e}")))?;
+        let (_, path) = file
+            .keep()
+            .map_err(|e| CoreError::Failed(format!("cannot keep the import journal: {e}")))?;
+        let j = Journal { path };
+        j.write(&[])?;
+        Ok(j)
+    }
+
+    fn write(&self, images: &[String]) -> CoreResult<()> {
+        let fail = |e: std::io::Error| CoreError::Failed(format!("import journal: {e}"));
+        let tmp = self.path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(fail)?;
+        std::io::Write::write_all(
+            &mut f,
+            serde_json::to_string(images).unwrap_or_default().as_bytes(),
+        )
+        .map_err(fail)?;
+        f.sync_all().map_err(fail)?;
+        std::fs::rename(&tmp, &self.path).map_err(fail)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(fail)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Removes the images of imports that never finished (their journals survived a crash),
+/// except images a stored app uses. Returns the images removed.
+pub async fn recover_journals(
+    engine: &dyn ContainerEngine,
+    dir: &Path,
+    in_use: &HashSet<String>,
+) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let images: Vec<String> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        for id in images.iter().rev() {
+            if in_use.contains(id) {
+                continue;
+            }
+            match engine.remove_image(id, false).await {
+                Ok(_) => removed.push(id.clone()),
+                Err(e) => {
+                    tracing::warn!(image = %id, error = %e, "cannot remove an image of an interrupted import")
+                }
+            }
+        }
+        tracing::info!(journal = %path.display(), images = images.len(), "cleaned up an interrupted import");
+        let _ = std::fs::remove_file(&path);
+    }
+    removed
 }
 
 fn lock(bundle: &Mutex<Bundle>) -> std::sync::MutexGuard<'_, Bundle> {

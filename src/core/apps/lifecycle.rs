@@ -106,6 +106,8 @@ impl Apps {
         let _ = std::fs::remove_dir_all(&uploads);
         std::fs::create_dir_all(&uploads)
             .map_err(|e| CoreError::Failed(format!("cannot create {}: {e}", uploads.display())))?;
+        let mut settings = settings;
+        settings.journal_dir = Some(state_dir.join("import-journal"));
         Ok(Self {
             engine,
             store,
@@ -113,6 +115,26 @@ impl Apps {
             settings,
             busy: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Start-up reconciliation: images loaded by imports that a crash interrupted are
+    /// removed (unless a stored app uses them). Docker being down postpones it to the next
+    /// start; the journals stay until then.
+    pub async fn recover(&self) -> CoreResult<()> {
+        let Some(dir) = &self.settings.journal_dir else {
+            return Ok(());
+        };
+        if self.engine.version().await.is_err() {
+            return Ok(());
+        }
+        let in_use: std::collections::HashSet<String> = self
+            .store
+            .list()?
+            .into_iter()
+            .flat_map(|a| a.record.images.into_iter().map(|i| i.id))
+            .collect();
+        import::recover_journals(self.engine.as_ref(), dir, &in_use).await;
+        Ok(())
     }
 
     fn busy_map(&self) -> std::sync::MutexGuard<'_, HashMap<AppId, &'static str>> {
