@@ -471,3 +471,84 @@ fn an_import_killed_midway_leaves_nothing_after_restart() {
         .unwrap_or(0);
     assert_eq!(journals, 0, "import journals left behind");
 }
+
+#[test]
+fn export_and_reimport_on_a_clean_store() {
+    let host = require_docker!();
+    let (reference, tar) = saved_image("export");
+    let name = unique("Exported");
+    let compose = format!("services:\n  a:\n    image: {reference}\n    command: sleep 30\n");
+    let zip = zip_of(&[
+        (
+            "config.yml",
+            format!("Name: {name}\nVersion: 3\n").as_bytes(),
+        ),
+        ("compose.yaml", compose.as_bytes()),
+        ("README.md", b"exported readme"),
+        ("screenshots/", b""),
+        ("screenshots/one.png", b"\x89PNG fake"),
+        ("docker/a.tgz", &tar),
+    ]);
+    let g = Gantry::builder().docker_host(&host).start();
+    import(&g, &zip, "").expect_json(200);
+    let id = enc(&format!("{name}:3"));
+
+    let plain = g.get(&format!("/api/1/transfer/export/{id}"));
+    assert_eq!(plain.status, 200, "{plain}");
+    assert_eq!(plain.content_type(), "application/zip");
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(plain.body.clone())).unwrap();
+    let mut names: Vec<String> = archive
+        .file_names()
+        .map(|n| n.unwrap().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            "README.md",
+            "compose.yaml",
+            "config.yml",
+            "screenshots/one.png"
+        ]
+    );
+    let mut readme = String::new();
+    archive
+        .by_name("README.md")
+        .unwrap()
+        .read_to_string(&mut readme)
+        .unwrap();
+    assert_eq!(readme, "exported readme");
+
+    let full = g.get(&format!("/api/1/transfer/export/{id}?with_images=true"));
+    assert_eq!(full.status, 200, "{full}");
+    let archive = zip::ZipArchive::new(std::io::Cursor::new(full.body.clone())).unwrap();
+    assert!(
+        archive
+            .file_names()
+            .any(|n| n.is_ok_and(|n| n == "docker/a.tar")),
+        "no image in the export"
+    );
+    g.get("/api/1/transfer/export/no%20such%3A1")
+        .expect_problem(404, "/api/1/transfer/export/no%20such%3A1");
+    g.get(&format!("/api/1/transfer/export/{id}?with_images=perhaps"))
+        .expect_problem(400, &format!("/api/1/transfer/export/{id}"));
+
+    // Remove app and image, then import the export on a fresh daemon with a clean store.
+    g.delete(&format!("/api/1/transfer/apps/{id}?remove_images=true"))
+        .expect_empty(200);
+    assert!(!docker(&["image", "inspect", &reference]).status.success());
+    drop(g);
+    let g = Gantry::builder().docker_host(&host).start();
+    let app = import(&g, &full.body, "").expect_json(200);
+    assert_eq!(app["Id"], format!("{name}:3"));
+    assert!(docker(&["image", "inspect", &reference]).status.success());
+    let up = g
+        .put(&format!("/api/1/transfer/apps/{id}/start"))
+        .expect_json(200);
+    assert_eq!(up["ExitCode"], 0, "{up}");
+    g.delete(&format!(
+        "/api/1/transfer/apps/{id}?force=true&remove_images=true"
+    ))
+    .expect_empty(200);
+    assert!(!docker(&["image", "inspect", &reference]).status.success());
+}

@@ -41,6 +41,9 @@ pub fn register(r: &mut Routes<Handler>) {
         })
         .add(Method::GET, "/transfer/apps/{id}/logs", |c| {
             Box::pin(logs(c))
+        })
+        .add(Method::GET, "/transfer/export/{id}", |c| {
+            Box::pin(export(c))
         });
 }
 
@@ -439,4 +442,28 @@ async fn logs(c: Call) -> Reply {
         raw_output: texts.join("\n"),
     };
     Ok(http::json(StatusCode::OK, &result))
+}
+
+/// `GET /transfer/export/{id}?with_images=bool`: the bundle as a streamed ZIP.
+async fn export(c: Call) -> Reply {
+    let id = app_id(&c)?;
+    let with_images = c.bool("with_images", false)?;
+    let stream = c.core.apps.export(&id, with_images).await?;
+    let mut resp = http::with_type(StatusCode::OK, "application/zip", http::stream_body(stream));
+    let file: String = id
+        .as_str()
+        .chars()
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() || ch == '.' || ch == '-' {
+                ch
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file}.zip\"")) {
+        resp.headers_mut()
+            .insert(hyper::header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
 }

@@ -470,3 +470,151 @@ fn compose_error(e: crate::core::compose::ComposeError) -> CoreError {
         CoreError::Failed(message)
     }
 }
+
+/// A `Write` that hands 64 KiB chunks to an async consumer through a bounded channel; used
+/// on a blocking thread, so the ZIP writer never holds more than a few chunks.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+}
+
+const EXPORT_CHUNK: usize = 64 * 1024;
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = bytes::Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(EXPORT_CHUNK),
+        ));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+        })
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= EXPORT_CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+impl Apps {
+    /// The app as a ZIP bundle, streamed: its files as imported and, with `with_images`,
+    /// each image it brought as `docker/<name>.tar` straight from `docker save`. Memory stays
+    /// at a few chunks whatever the size.
+    pub async fn export(
+        &self,
+        id: &AppId,
+        with_images: bool,
+    ) -> CoreResult<crate::core::engine::ByteStream> {
+        use futures_util::StreamExt;
+        let app = self.stored(id)?;
+        let mut images = Vec::new();
+        if with_images {
+            for record in &app.record.images {
+                let reference = record
+                    .references
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| record.id.clone());
+                // Fail before the first byte when an image is gone.
+                self.engine.inspect_image(&reference).await.map_err(|e| {
+                    CoreError::Conflict(format!(
+                        "image {reference} of {id} is not in Docker any more: {e}"
+                    ))
+                })?;
+                let stem = record
+                    .file
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("image")
+                    .trim_end_matches(".tar.gz")
+                    .trim_end_matches(".tgz")
+                    .trim_end_matches(".tar")
+                    .to_string();
+                images.push((
+                    format!("docker/{stem}.tar"),
+                    self.engine.export_image(&reference),
+                ));
+            }
+        }
+        let files = list_files(&app.dir)?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+        let handle = tokio::runtime::Handle::current();
+        let dir = app.dir.clone();
+        let err_tx = tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = (|| -> std::io::Result<()> {
+                let out = ChannelWriter {
+                    tx,
+                    buf: Vec::with_capacity(EXPORT_CHUNK),
+                };
+                let mut zip = zip::ZipWriter::new_stream(out).set_auto_large_file();
+                let deflate = zip::write::SimpleFileOptions::default()
+                    .compression_method(zip::CompressionMethod::Deflated);
+                for rel in files {
+                    zip.start_file(rel.as_str(), deflate)?;
+                    let mut f = std::fs::File::open(dir.join(&rel))?;
+                    std::io::copy(&mut f, &mut zip)?;
+                }
+                let stored = zip::write::SimpleFileOptions::default()
+                    .compression_method(zip::CompressionMethod::Stored)
+                    .large_file(true);
+                for (name, mut stream) in images {
+                    zip.start_file(name.as_str(), stored)?;
+                    while let Some(chunk) = handle.block_on(stream.next()) {
+                        std::io::Write::write_all(&mut zip, &chunk?)?;
+                    }
+                }
+                let mut out = zip.finish()?.into_inner();
+                std::io::Write::flush(&mut out)
+            })();
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "export aborted");
+                // The client sees a broken transfer rather than a short, valid-looking ZIP.
+                let _ = err_tx.blocking_send(Err(e));
+            }
+        });
+        Ok(Box::pin(futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        })))
+    }
+}
+
+/// The app's files relative to its directory, sorted, without gantry's own metadata.
+fn list_files(dir: &Path) -> CoreResult<Vec<String>> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                walk(base, &path, out)?;
+            } else if kind.is_file() {
+                if let Ok(rel) = path.strip_prefix(base) {
+                    let rel = rel.to_string_lossy().into_owned();
+                    if rel != super::store::RECORD_FILE {
+                        out.push(rel);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)
+        .map_err(|e| CoreError::Failed(format!("cannot read {}: {e}", dir.display())))?;
+    out.sort();
+    Ok(out)
+}
