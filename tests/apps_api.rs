@@ -552,3 +552,46 @@ fn export_and_reimport_on_a_clean_store() {
     .expect_empty(200);
     assert!(!docker(&["image", "inspect", &reference]).status.success());
 }
+
+#[test]
+fn refresh_and_recognize() {
+    let host = require_docker!();
+    let g = Gantry::builder().docker_host(&host).start();
+    assert_eq!(
+        g.get("/api/1/transfer/refresh/apps").expect_json(200),
+        Value::Bool(false)
+    );
+    g.put("/api/1/transfer/refresh/apps").expect_empty(202);
+    let done = wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+        (g.get("/api/1/transfer/refresh/apps").expect_json(200) == Value::Bool(false)).then_some(())
+    });
+    assert!(done.is_some(), "the refresh never finished");
+
+    let name = unique("Recognized");
+    let compose = format!(
+        "services:\n  a:\n    image: {}\n    command: sleep 60\n    stop_grace_period: 1s\n",
+        test_image()
+    );
+    let zip = zip_of(&[
+        (
+            "config.yml",
+            format!("Name: {name}\nVersion: 1\n").as_bytes(),
+        ),
+        ("compose.yaml", compose.as_bytes()),
+    ]);
+    import(&g, &zip, "").expect_json(200);
+    let path = format!("/api/1/transfer/apps/{}", enc(&format!("{name}:1")));
+    let app = g.put(&format!("{path}/refresh")).expect_json(200);
+    assert_eq!(app["Status"], "Stopped");
+    g.put("/api/1/transfer/apps/nope%3A1/refresh")
+        .expect_problem(404, "/api/1/transfer/apps/nope%3A1/refresh");
+    g.put(&format!("{path}/start")).expect_json(200);
+    let projects = g.get("/api/1/transfer/recognize/apps").expect_json(200);
+    let ours =
+        projects.as_array().unwrap().iter().find(|c| {
+            c["Labels"]["io.gantry.app-id"].as_str() == Some(format!("{name}:1").as_str())
+        });
+    let ours = ours.expect("the running app's container is not recognized");
+    assert_eq!(ours["Labels"]["com.docker.compose.service"], "a");
+    g.delete(&format!("{path}?force=true")).expect_empty(200);
+}

@@ -44,6 +44,18 @@ pub fn register(r: &mut Routes<Handler>) {
         })
         .add(Method::GET, "/transfer/export/{id}", |c| {
             Box::pin(export(c))
+        })
+        .add(Method::PUT, "/transfer/refresh/apps", |c| {
+            Box::pin(refresh_all(c))
+        })
+        .add(Method::GET, "/transfer/refresh/apps", |c| {
+            Box::pin(refreshing(c))
+        })
+        .add(Method::PUT, "/transfer/apps/{id}/refresh", |c| {
+            Box::pin(refresh(c))
+        })
+        .add(Method::GET, "/transfer/recognize/apps", |c| {
+            Box::pin(recognize(c))
         });
 }
 
@@ -466,4 +478,45 @@ async fn export(c: Call) -> Reply {
             .insert(hyper::header::CONTENT_DISPOSITION, v);
     }
     Ok(resp)
+}
+
+/// 202 and the refresh runs in the background; 409 while one already runs.
+async fn refresh_all(c: Call) -> Reply {
+    if !c.core.apps.begin_refresh_all() {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "the transfer app is already busy refreshing",
+        ));
+    }
+    let core = c.core.clone();
+    tokio::spawn(async move {
+        core.apps.refresh_all().await;
+    });
+    Ok(http::empty(StatusCode::ACCEPTED))
+}
+
+async fn refreshing(c: Call) -> Reply {
+    Ok(http::json(StatusCode::OK, &c.core.apps.is_refreshing_all()))
+}
+
+async fn refresh(c: Call) -> Reply {
+    let view = c
+        .core
+        .apps
+        .refresh(&app_id(&c)?)
+        .await
+        .map_err(|e| match e {
+            CoreError::Busy(m) => Problem::bad_request(m),
+            other => other.into(),
+        })?;
+    Ok(http::json(StatusCode::OK, &instance(&view)))
+}
+
+/// Containers of compose projects on the host (Docker's ContainerSummary); 204 when none.
+async fn recognize(c: Call) -> Reply {
+    let containers = c.core.apps.recognize().await?;
+    if containers.is_empty() {
+        return Ok(http::empty(StatusCode::NO_CONTENT));
+    }
+    Ok(http::json(StatusCode::OK, &containers))
 }

@@ -77,6 +77,8 @@ pub struct Apps {
     settings: ImportSettings,
     /// Apps with an operation in flight, and which.
     busy: Mutex<HashMap<AppId, &'static str>>,
+    /// A refresh of all apps is running.
+    refreshing: std::sync::atomic::AtomicBool,
 }
 
 /// Marks an app busy until dropped.
@@ -114,7 +116,45 @@ impl Apps {
             uploads,
             settings,
             busy: Mutex::new(HashMap::new()),
+            refreshing: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Claims the "refresh all" slot; false when a refresh already runs.
+    pub fn begin_refresh_all(&self) -> bool {
+        !self
+            .refreshing
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn is_refreshing_all(&self) -> bool {
+        self.refreshing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Re-reads every app's state from Docker (after [`Apps::begin_refresh_all`]).
+    pub async fn refresh_all(&self) -> Vec<AppView> {
+        let views = self.list().await.unwrap_or_default();
+        self.refreshing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        views
+    }
+
+    /// Re-reads one app from its store directory and Docker; `Busy` while another operation
+    /// (or refresh) on it runs.
+    pub async fn refresh(&self, id: &AppId) -> CoreResult<AppView> {
+        let app = self.stored(id)?;
+        let _busy = self.claim(id, "refreshed")?;
+        self.project(&app)?;
+        Ok(self.view(app).await)
+    }
+
+    /// Compose projects whose containers exist on this host, gantry's or not.
+    pub async fn recognize(&self) -> CoreResult<Vec<bollard::models::ContainerSummary>> {
+        use crate::core::engine::Filter;
+        Ok(self
+            .engine
+            .list_containers_filtered(&[Filter::Label("com.docker.compose.project".into())])
+            .await?)
     }
 
     /// Start-up reconciliation: images loaded by imports that a crash interrupted are
