@@ -171,6 +171,11 @@ fn app_lifecycle_end_to_end() {
     let app = g.get(&path).expect_json(200);
     assert_eq!(app["Status"], "Running", "{app}");
     assert_eq!(app["Containers"][0]["Running"], true);
+    assert_eq!(
+        app["Containers"][0]["PortMappings"][0],
+        format!("127.0.0.1:{port}->8080/tcp").as_str(),
+        "{app}"
+    );
 
     g.get(&format!("{path}/logs?lines=0"))
         .expect_problem(400, &format!("{path}/logs"));

@@ -100,11 +100,14 @@ struct ContainerImage<'a> {
 struct Container<'a> {
     name: &'a str,
     id: &'a str,
+    image_id: &'a str,
     image_name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<i64>,
     status: &'a str,
     running: bool,
     started: bool,
-    port_mappings: Vec<String>,
+    port_mappings: &'a [String],
 }
 
 fn status_word(s: AppStatus) -> &'static str {
@@ -143,11 +146,13 @@ fn instance(v: &AppView) -> AppInstance<'_> {
             .map(|c| Container {
                 name: &c.name,
                 id: &c.id,
+                image_id: &c.image_id,
                 image_name: &c.image,
+                created: c.created,
                 status: &c.status,
                 running: c.running,
                 started: c.running,
-                port_mappings: Vec::new(),
+                port_mappings: &c.ports,
             })
             .collect(),
         last_modified: &v.app.record.imported,

@@ -73,6 +73,33 @@ pub struct ContainerStatus {
     /// Docker's human status, e.g. `Up 3 minutes (healthy)`.
     pub status: String,
     pub running: bool,
+    pub image_id: String,
+    /// Unix seconds.
+    pub created: Option<i64>,
+    /// As `docker ps` shows them: `127.0.0.1:8080->80/tcp`, or `80/tcp` when unpublished.
+    pub ports: Vec<String>,
+}
+
+fn port_mappings(c: &ContainerSummary) -> Vec<String> {
+    let mut out: Vec<String> = c
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            let proto = p.typ.map(|t| t.to_string()).unwrap_or_else(|| "tcp".into());
+            match (p.ip.as_deref(), p.public_port) {
+                (Some(ip), Some(public)) if ip.contains(':') => {
+                    format!("[{ip}]:{public}->{}/{proto}", p.private_port)
+                }
+                (Some(ip), Some(public)) => format!("{ip}:{public}->{}/{proto}", p.private_port),
+                (None, Some(public)) => format!("{public}->{}/{proto}", p.private_port),
+                _ => format!("{}/{proto}", p.private_port),
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Collects lines and forwards each to the caller as it is produced.
@@ -894,6 +921,9 @@ pub async fn status(
         state: c.state.map(|s| s.to_string()).unwrap_or_default(),
         status: c.status.clone().unwrap_or_default(),
         running: is_running(c),
+        image_id: c.image_id.clone().unwrap_or_default(),
+        created: c.created,
+        ports: port_mappings(c),
     };
     let mut out: Vec<ServiceStatus> = p
         .plan()
