@@ -600,3 +600,109 @@ fn refresh_and_recognize() {
     assert_eq!(ours["Labels"]["com.docker.compose.service"], "a");
     g.delete(&format!("{path}?force=true")).expect_empty(200);
 }
+
+/// A two-service app whose second service waits for the first to become healthy, which
+/// takes a few seconds: long enough to act while `start` runs.
+fn slow_app(name: &str) -> Vec<u8> {
+    let compose = format!(
+        "services:\n  db:\n    image: {img}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 3; touch /ready; sleep 600 & wait\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"[ -f /ready ]\"]\n      interval: 1s\n      retries: 30\n    stop_grace_period: 1s\n  web:\n    image: {img}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 600 & wait\"]\n    depends_on:\n      db:\n        condition: service_healthy\n    stop_grace_period: 1s\n",
+        img = test_image()
+    );
+    zip_of(&[
+        (
+            "config.yml",
+            format!("Name: {name}\nVersion: 1\n").as_bytes(),
+        ),
+        ("compose.yaml", compose.as_bytes()),
+    ])
+}
+
+#[test]
+fn operations_on_a_busy_app_answer_400() {
+    let host = require_docker!();
+    let g = Gantry::builder().docker_host(&host).start();
+    let name = unique("Busy");
+    import(&g, &slow_app(&name), "").expect_json(200);
+    let path = format!("/api/1/transfer/apps/{}", enc(&format!("{name}:1")));
+    let url = g.url(&format!("{path}/start"));
+    let starter = std::thread::spawn(move || {
+        common::agent()
+            .put(&url)
+            .send_empty()
+            .map(|r| r.status().as_u16())
+    });
+    let busy = wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+        (g.get(&path).expect_json(200)["Busy"] == true).then_some(())
+    });
+    assert!(busy.is_some(), "the app never showed Busy while starting");
+    let detail = g
+        .put(&format!("{path}/stop"))
+        .expect_problem(400, &format!("{path}/stop"));
+    assert!(detail.contains("app is busy"), "{detail}");
+    let detail = g
+        .delete(&format!("{path}?force=true"))
+        .expect_problem(400, &path);
+    assert!(detail.contains("app is busy"), "{detail}");
+    assert_eq!(starter.join().unwrap().unwrap(), 200);
+    let app = g.get(&path).expect_json(200);
+    assert_eq!(app["Busy"], false);
+    assert_eq!(app["Status"], "Running", "{app}");
+    g.delete(&format!("{path}?force=true")).expect_empty(200);
+}
+
+#[test]
+fn a_start_killed_midway_is_consistent_after_restart() {
+    let host = require_docker!();
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_str().unwrap().to_string();
+    let name = unique("KilledStart");
+    let mut g = Gantry::builder()
+        .docker_host(&host)
+        .env("GANTRY_STATE_DIR", &state_dir)
+        .start();
+    import(&g, &slow_app(&name), "").expect_json(200);
+    let id = format!("{name}:1");
+    let path = format!("/api/1/transfer/apps/{}", enc(&id));
+    let url = g.url(&format!("{path}/start"));
+    let starter = std::thread::spawn(move || common::agent().put(&url).send_empty().is_ok());
+    // Kill once the first container exists but before the second can (db needs ~3 s).
+    let label = format!("label=io.gantry.app-id={id}");
+    let created = wait_for(Duration::from_secs(20), Duration::from_millis(20), || {
+        let ids = docker_ok(&["ps", "-aq", "--filter", &label]);
+        (!ids.is_empty()).then_some(())
+    });
+    assert!(created.is_some(), "start never created a container");
+    g.signal(libc::SIGKILL);
+    g.wait_exit(Duration::from_secs(10))
+        .expect("gantry did not die");
+    let _ = starter.join();
+
+    let g = Gantry::builder()
+        .docker_host(&host)
+        .env("GANTRY_STATE_DIR", &state_dir)
+        .start();
+    let app = g.get(&path).expect_json(200);
+    assert_eq!(app["Busy"], false, "{app}");
+    let running = docker_ok(&["ps", "-q", "--filter", &label]);
+    let listed = app["Containers"].as_array().unwrap().len();
+    assert_eq!(
+        listed,
+        docker_ok(&["ps", "-aq", "--filter", &label])
+            .lines()
+            .count(),
+        "{app}"
+    );
+    let expected = if running.is_empty() {
+        "Stopped"
+    } else {
+        "Partially Running"
+    };
+    assert_eq!(app["Status"], expected, "{app}");
+    // The interrupted start can be completed, and then everything stops cleanly.
+    let up = g.put(&format!("{path}/start")).expect_json(200);
+    assert_eq!(up["ExitCode"], 0, "{up}");
+    assert_eq!(g.get(&path).expect_json(200)["Status"], "Running");
+    g.put(&format!("{path}/stop")).expect_json(200);
+    assert!(docker_ok(&["ps", "-aq", "--filter", &label]).is_empty());
+    g.delete(&path).expect_empty(200);
+}
