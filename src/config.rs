@@ -87,6 +87,20 @@ pub struct HttpLimits {
     pub max_upload_bytes: u64,
 }
 
+/// What apps may ask for, and how large bundles may be (`[apps]`).
+#[derive(Debug, Clone, Default)]
+pub struct AppsPolicy {
+    pub allow_privileged: bool,
+    pub allow_devices: bool,
+    pub allow_capabilities: bool,
+    /// Host paths bind mounts may use besides the app's own directory.
+    pub allowed_bind_paths: Vec<PathBuf>,
+    /// Largest app ZIP accepted (None: the bundle checker's default).
+    pub max_bundle_bytes: Option<u64>,
+    /// Disk space that must stay free after an import (None: the default).
+    pub reserve_bytes: Option<u64>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub state_dir: PathBuf,
@@ -98,6 +112,7 @@ pub struct Config {
     pub docker_probe_interval: Duration,
     pub http: HttpLimits,
     pub listeners: Vec<Listener>,
+    pub apps: AppsPolicy,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,6 +129,23 @@ struct RawConfig {
     http: RawHttp,
     #[serde(default)]
     listeners: Vec<RawListener>,
+    #[serde(default)]
+    apps: RawApps,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApps {
+    #[serde(default)]
+    allow_privileged: bool,
+    #[serde(default)]
+    allow_devices: bool,
+    #[serde(default)]
+    allow_capabilities: bool,
+    #[serde(default)]
+    allowed_bind_paths: Vec<PathBuf>,
+    max_bundle_bytes: Option<u64>,
+    reserve_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -260,6 +292,23 @@ impl Config {
             )?,
             http,
             listeners,
+            apps: {
+                let a = raw.apps;
+                if let Some(p) = a.allowed_bind_paths.iter().find(|p| !p.is_absolute()) {
+                    return Err(bad(format!(
+                        "apps.allowed_bind_paths: \"{}\" is not an absolute path",
+                        p.display()
+                    )));
+                }
+                AppsPolicy {
+                    allow_privileged: a.allow_privileged,
+                    allow_devices: a.allow_devices,
+                    allow_capabilities: a.allow_capabilities,
+                    allowed_bind_paths: a.allowed_bind_paths,
+                    max_bundle_bytes: a.max_bundle_bytes,
+                    reserve_bytes: a.reserve_bytes,
+                }
+            },
         })
     }
 }
@@ -477,6 +526,20 @@ mod tests {
         .unwrap();
         assert_eq!(c.listeners[0].address.to_string(), "127.0.0.2:9");
         assert_eq!(c.shutdown_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn apps_policy() {
+        let c = Config::parse(
+            "[apps]\nallow_privileged = true\nallowed_bind_paths = [\"/srv/data\"]\nmax_bundle_bytes = 1000\n",
+            &env(&[]),
+        )
+        .unwrap();
+        assert!(c.apps.allow_privileged && !c.apps.allow_devices);
+        assert_eq!(c.apps.allowed_bind_paths, vec![PathBuf::from("/srv/data")]);
+        assert_eq!(c.apps.max_bundle_bytes, Some(1000));
+        assert!(Config::parse("[apps]\nallowed_bind_paths = [\"rel\"]\n", &env(&[])).is_err());
+        assert!(Config::parse("[apps]\nbogus = 1\n", &env(&[])).is_err());
     }
 
     #[test]

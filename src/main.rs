@@ -126,7 +126,7 @@ async fn serve(config: Config) -> ExitCode {
     ));
     let stop = CancellationToken::new();
     let health = EngineHealth::spawn(engine.clone(), config.docker_probe_interval, stop.clone());
-    let apps = match Apps::open(engine.clone(), &config.state_dir, ImportSettings::default()) {
+    let apps = match Apps::open(engine.clone(), &config.state_dir, import_settings(&config)) {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(error = %e, "cannot open the app store");
@@ -176,6 +176,24 @@ async fn serve(config: Config) -> ExitCode {
     while servers.join_next().await.is_some() {}
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+fn import_settings(config: &Config) -> ImportSettings {
+    let mut s = ImportSettings::default();
+    let a = &config.apps;
+    s.policy.allow_privileged = a.allow_privileged;
+    s.policy.allow_devices = a.allow_devices;
+    s.policy.allow_capabilities = a.allow_capabilities;
+    s.policy
+        .allowed_bind_paths
+        .clone_from(&a.allowed_bind_paths);
+    if let Some(n) = a.max_bundle_bytes {
+        s.limits.max_zip_bytes = n;
+    }
+    if let Some(n) = a.reserve_bytes {
+        s.reserve_bytes = n;
+    }
+    s
 }
 
 async fn wait_for_signal() {
