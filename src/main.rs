@@ -70,7 +70,7 @@ fn main() -> ExitCode {
                 println!("docker_host = {}", c.docker_host);
                 for l in &c.listeners {
                     println!(
-                        "listener {} on {} (auth: {:?})",
+                        "listener {} on {} (auth: {})",
                         l.dialect,
                         l.address,
                         auth_name(&l.auth)
