@@ -161,10 +161,12 @@ impl SystemModule {
     }
 
     /// Streams an image as a tar archive; fails up front when the image does not exist.
-    pub async fn export_image(&self, id: &str) -> CoreResult<ByteStream> {
-        let image = self.image(id).await?;
-        let id = image.id.unwrap_or_else(|| id.to_string());
-        Ok(self.engine.export_image(&id))
+    ///
+    /// The caller's reference is passed on as given: `docker save` records repository tags
+    /// only for the names it was asked for, so saving by the resolved id would lose them.
+    pub async fn export_image(&self, reference: &str) -> CoreResult<ByteStream> {
+        self.image(reference).await?;
+        Ok(self.engine.export_image(reference))
     }
 
     pub async fn remove_image(

@@ -1,0 +1,464 @@
+#!/usr/bin/env bash
+# The one test command for gantry (README: `bash scripts/test.sh`; `.ci/run` calls exactly it).
+#
+# As root on Debian 12 it:
+#   1. installs what is missing (docker.io, busybox-static, nftables, iproute2, curl,
+#      docker-compose), without letting the packages start their services on the host;
+#   2. builds everything, checks formatting and runs clippy (host network: cargo may fetch);
+#   3. creates a private network namespace and starts a private containerd + dockerd in it,
+#      with their own sockets, data and exec roots under a temp dir and addresses from
+#      198.18.0.0/15, so docker0 and Docker's firewall rules live in that namespace only;
+#   4. builds the test image gantry-test/busybox:latest from busybox-static (no registry);
+#   5. runs `cargo test` inside the namespace (127.0.0.1 is the namespace's loopback), with
+#      GANTRY_TEST_DOCKER_HOST and GANTRY_TEST_IMAGE pointing at the private daemon;
+#   6. tears the daemon and namespace down (also on failure or a signal), then runs
+#      scripts/check-yocto.sh and scripts/cross-aarch64.sh when they exist.
+# Exit status: 0 only if every step passed.
+#
+# Without root and outside CI it runs the cargo steps only; the Docker-backed tests then skip
+# loudly. Under CI=true, no root or no dockerd is a failure.
+
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO" || exit 1
+
+TEST_TIMEOUT_SECS="${GANTRY_TEST_TIMEOUT_SECS:-1500}"
+DOCKERD_WAIT_SECS=30
+IMAGE="gantry-test/busybox:latest"
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+warn() { printf 'test.sh: WARNING: %s\n' "$*" >&2; }
+die() {
+    printf 'test.sh: FAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+in_ci() {
+    case "${CI:-}" in
+    [Tt][Rr][Uu][Ee] | 1 | [Yy][Ee][Ss]) return 0 ;;
+    *) return 1 ;;
+    esac
+}
+
+is_root() { [[ "$(id -u)" -eq 0 ]]; }
+
+# ---------------------------------------------------------------------------------------------
+# Steps run as child process groups, so that a signal to this script can end them as a whole.
+
+FAILED=()
+CHILD=""
+
+run() {
+    setsid "$@" &
+    CHILD=$!
+    wait "$CHILD"
+    local rc=$?
+    CHILD=""
+    return "$rc"
+}
+
+step() {
+    local name=$1
+    shift
+    log "$name"
+    local start=$SECONDS rc=0
+    run "$@" || rc=$?
+    if [[ $rc -eq 0 ]]; then
+        printf '    ok: %s (%ds)\n' "$name" "$((SECONDS - start))" >&2
+        return 0
+    fi
+    printf '    FAILED: %s (exit %d, %ds)\n' "$name" "$rc" "$((SECONDS - start))" >&2
+    FAILED+=("$name (exit $rc)")
+    return "$rc"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Private Docker daemon state; all of it is undone by teardown().
+
+TMPD=""
+NETNS=""
+CONTAINERD_PID=""
+DOCKERD_PID=""
+DOCKER_SOCK=""
+DOCKER_CLI=""
+
+pid_alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
+
+# SIGTERM, wait up to $2 seconds, then SIGKILL.
+stop_pid() {
+    local pid=$1 secs=$2 i
+    pid_alive "$pid" || return 0
+    kill -TERM "$pid" 2>/dev/null
+    for ((i = 0; i < secs * 10; i++)); do
+        pid_alive "$pid" || return 0
+        sleep 0.1
+    done
+    warn "pid $pid did not stop within ${secs}s; killing it"
+    kill -KILL "$pid" 2>/dev/null
+    for ((i = 0; i < 50; i++)); do
+        pid_alive "$pid" || return 0
+        sleep 0.1
+    done
+}
+
+# Every process that belongs to the test daemon: inside the namespace (containerd, dockerd,
+# the test binaries and gantry), mentioning the temp dir (shims), or rooted below it
+# (container processes).
+leftover_pids() {
+    local p pid root
+    if [[ -n "$NETNS" ]]; then
+        ip netns pids "$NETNS" 2>/dev/null
+    fi
+    [[ -n "$TMPD" ]] || return 0
+    for p in /proc/[0-9]*; do
+        pid=${p#/proc/}
+        [[ "$pid" == "$$" ]] && continue
+        root=$(readlink "$p/root" 2>/dev/null) || continue
+        if [[ "$root" == "$TMPD"/* ]]; then
+            echo "$pid"
+            continue
+        fi
+        if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "$TMPD/"; then
+            echo "$pid"
+        fi
+    done
+}
+
+teardown() {
+    local pid m i
+    if [[ -z "$DOCKERD_PID" && -n "$TMPD" && -f "$TMPD/docker.pid" ]]; then
+        DOCKERD_PID=$(cat "$TMPD/docker.pid" 2>/dev/null)
+    fi
+    if [[ -n "$DOCKER_SOCK" && -S "$DOCKER_SOCK" ]] && pid_alive "$DOCKERD_PID"; then
+        local ids
+        ids=$(timeout 20 "$DOCKER_CLI" -H "unix://$DOCKER_SOCK" ps -aq 2>/dev/null)
+        if [[ -n "$ids" ]]; then
+            # shellcheck disable=SC2086
+            timeout 60 "$DOCKER_CLI" -H "unix://$DOCKER_SOCK" rm -f $ids >/dev/null 2>&1
+        fi
+    fi
+    stop_pid "$DOCKERD_PID" 20
+    DOCKERD_PID=""
+    stop_pid "$CONTAINERD_PID" 10
+    CONTAINERD_PID=""
+    # Two rounds: a killed shim can leave a container process behind for a moment.
+    for i in 1 2; do
+        for pid in $(leftover_pids | sort -u); do
+            [[ "$pid" == "$$" ]] && continue
+            kill -KILL "$pid" 2>/dev/null
+        done
+        sleep 0.5
+    done
+    if [[ -n "$TMPD" && -d "$TMPD" ]]; then
+        # Deepest first; lazily if a mount is still busy.
+        awk -v d="$TMPD/" 'index($5, d) == 1 { print length($5) " " $5 }' /proc/self/mountinfo |
+            sort -rn | cut -d' ' -f2- | while read -r m; do
+            umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || warn "cannot unmount $m"
+        done
+        rm -rf --one-file-system "$TMPD" 2>/dev/null || warn "could not remove all of $TMPD"
+    fi
+    TMPD=""
+    DOCKER_SOCK=""
+    if [[ -n "$NETNS" ]]; then
+        ip netns del "$NETNS" 2>/dev/null || warn "cannot delete network namespace $NETNS"
+        NETNS=""
+    fi
+}
+
+# A run killed with SIGKILL (or a machine stopped mid-run) cannot clean up after itself: its
+# namespace, daemon and temp dir are removed by the next run, once their owner is gone.
+owner_alive() {
+    [[ -r "/proc/$1/cmdline" ]] && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q 'test\.sh'
+}
+
+sweep_stale() {
+    local ns d pid
+    local -A stale=()
+    for ns in $(ip netns list 2>/dev/null | awk '{ print $1 }'); do
+        [[ "$ns" =~ ^gantry-test-([0-9]+)$ ]] && stale[${BASH_REMATCH[1]}]=1
+    done
+    for d in /tmp/gantry-test-*.*; do
+        [[ -d "$d" && "$d" =~ ^/tmp/gantry-test-([0-9]+)\.[A-Za-z0-9]+$ ]] && stale[${BASH_REMATCH[1]}]=1
+    done
+    for pid in "${!stale[@]}"; do
+        [[ "$pid" == "$$" ]] && continue
+        owner_alive "$pid" && continue
+        warn "removing what an interrupted run (pid $pid) left behind"
+        NETNS=""
+        TMPD=""
+        ip netns list 2>/dev/null | awk '{ print $1 }' | grep -qx "gantry-test-$pid" && NETNS="gantry-test-$pid"
+        for d in /tmp/gantry-test-"$pid".*; do
+            [[ -d "$d" ]] && TMPD="$d"
+        done
+        DOCKER_SOCK="${TMPD:+$TMPD/docker.sock}"
+        teardown
+    done
+}
+
+# shellcheck disable=SC2317 # invoked by the trap
+on_exit() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ $rc -ne 0 && ( -n "$CHILD" || -n "$TMPD" || -n "$NETNS" ) ]]; then
+        printf '\ntest.sh: exiting with %d; cleaning up\n' "$rc" >&2
+    fi
+    if [[ -n "$CHILD" ]]; then
+        kill -TERM -- "-$CHILD" 2>/dev/null
+        for ((i = 0; i < 100; i++)); do
+            pid_alive "$CHILD" || break
+            sleep 0.1
+        done
+        kill -KILL -- "-$CHILD" 2>/dev/null
+    fi
+    teardown
+    exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------------------------------------
+# 0. Preconditions
+
+if in_ci && ! is_root; then
+    die "CI=true but not running as root: the Docker-backed tests need root (network namespace, dockerd)"
+fi
+
+# 1. System packages
+
+pkg_installed() {
+    [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" == "installed" ]]
+}
+
+missing_packages() {
+    local -a missing=()
+    command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+    # The test image needs the static busybox (the image has no libc).
+    pkg_installed busybox-static || missing+=(busybox-static)
+    command -v nft >/dev/null 2>&1 || missing+=(nftables)
+    command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+    echo "${missing[@]}"
+}
+
+install_packages() {
+    local -a pkgs=("$@")
+    local policy=/usr/sbin/policy-rc.d created_policy=0 rc=0
+    # Installing docker.io must not start the host's dockerd/containerd: they would create
+    # docker0 and firewall rules in the host's network.
+    if [[ ! -e "$policy" ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && created_policy=1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    run apt-get update -q || rc=$?
+    if [[ $rc -eq 0 ]]; then
+        run apt-get install -y -q --no-install-recommends "${pkgs[@]}" || rc=$?
+    fi
+    [[ $created_policy -eq 1 ]] && rm -f "$policy"
+    return "$rc"
+}
+
+if command -v dpkg-query >/dev/null 2>&1; then
+    read -r -a MISSING <<<"$(missing_packages)"
+    if [[ ${#MISSING[@]} -gt 0 ]]; then
+        if is_root; then
+            log "installing ${MISSING[*]}"
+            install_packages "${MISSING[@]}" || die "apt-get install ${MISSING[*]} failed"
+        elif in_ci; then
+            die "missing packages ${MISSING[*]} and not root"
+        else
+            warn "missing packages: ${MISSING[*]} (not root, not installing)"
+        fi
+    fi
+else
+    warn "not a Debian system: not installing packages"
+fi
+
+command -v cargo >/dev/null 2>&1 || die "cargo is not on PATH: install the Rust toolchain (rustup) first"
+if command -v rustup >/dev/null 2>&1; then
+    cargo fmt --version >/dev/null 2>&1 || run rustup component add rustfmt || true
+    cargo clippy --version >/dev/null 2>&1 || run rustup component add clippy || true
+fi
+
+# 2. Build, format, lint (host network namespace: cargo may need the registry)
+
+BUILD_OK=1
+step "cargo build --all-targets" cargo build --locked --all-targets || BUILD_OK=0
+if [[ $BUILD_OK -eq 1 ]]; then
+    step "cargo test --no-run" cargo test --locked --no-run || BUILD_OK=0
+fi
+step "cargo fmt --check" cargo fmt --all --check || true
+step "cargo clippy" cargo clippy --locked --all-targets -- -D warnings || true
+
+# 3.-5. Private dockerd and the test run
+
+docker_cli() { "$DOCKER_CLI" -H "unix://$DOCKER_SOCK" "$@"; }
+
+start_private_docker() {
+    local i
+    NETNS="gantry-test-$$"
+    TMPD=$(mktemp -d "/tmp/gantry-test-$$.XXXXXX") || return 1
+    chmod 711 "$TMPD"
+    DOCKER_SOCK="$TMPD/docker.sock"
+
+    ip netns add "$NETNS" || {
+        NETNS=""
+        return 1
+    }
+    ip -n "$NETNS" link set lo up || return 1
+
+    # Our own containerd, so that dockerd never attaches to a system containerd that may be
+    # running on the host.
+    mkdir -p "$TMPD/containerd" "$TMPD/data" "$TMPD/exec"
+    cat >"$TMPD/containerd/config.toml" <<EOF
+version = 2
+root = "$TMPD/containerd/root"
+state = "$TMPD/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "$TMPD/containerd/containerd.sock"
+
+[debug]
+  address = "$TMPD/containerd/debug.sock"
+  level = "warn"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$TMPD/containerd/opt"
+EOF
+    echo '{}' >"$TMPD/daemon.json"
+
+    # nsenter, not `ip netns exec`: the latter remounts /sys and dockerd then fails with
+    # "Devices cgroup isn't mounted".
+    setsid nsenter --net="/run/netns/$NETNS" \
+        containerd --config "$TMPD/containerd/config.toml" \
+        >"$TMPD/containerd.log" 2>&1 </dev/null &
+    CONTAINERD_PID=$!
+    for ((i = 0; i < 100; i++)); do
+        [[ -S "$TMPD/containerd/containerd.sock" ]] && break
+        pid_alive "$CONTAINERD_PID" || break
+        sleep 0.1
+    done
+    if [[ ! -S "$TMPD/containerd/containerd.sock" ]]; then
+        warn "containerd did not come up; its log:"
+        tail -n 40 "$TMPD/containerd.log" >&2
+        return 1
+    fi
+
+    setsid nsenter --net="/run/netns/$NETNS" \
+        dockerd \
+        --host "unix://$DOCKER_SOCK" \
+        --containerd "$TMPD/containerd/containerd.sock" \
+        --data-root "$TMPD/data" \
+        --exec-root "$TMPD/exec" \
+        --pidfile "$TMPD/docker.pid" \
+        --config-file "$TMPD/daemon.json" \
+        --bip 198.18.0.1/24 \
+        --default-address-pool base=198.18.64.0/18,size=24 \
+        >"$TMPD/dockerd.log" 2>&1 </dev/null &
+    DOCKERD_PID=$!
+
+    local deadline=$((SECONDS + DOCKERD_WAIT_SECS))
+    while ((SECONDS < deadline)); do
+        if ! pid_alive "$DOCKERD_PID"; then
+            warn "dockerd exited during start-up; its log:"
+            tail -n 40 "$TMPD/dockerd.log" >&2
+            return 1
+        fi
+        if [[ -S "$DOCKER_SOCK" ]] && timeout 5 "$DOCKER_CLI" -H "unix://$DOCKER_SOCK" version >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.5
+    done
+    warn "dockerd did not answer within ${DOCKERD_WAIT_SECS}s; its log:"
+    tail -n 40 "$TMPD/dockerd.log" >&2
+    return 1
+}
+
+build_test_image() {
+    local root="$TMPD/rootfs" a
+    local busybox=/bin/busybox
+    [[ -x "$busybox" ]] || busybox=$(command -v busybox) || return 1
+    mkdir -p "$root/bin" "$root/tmp" "$root/etc" "$root/root" "$root/proc" "$root/sys" "$root/dev"
+    chmod 1777 "$root/tmp"
+    cp "$busybox" "$root/bin/busybox"
+    for a in sh ls cat echo sleep nc httpd wget ping ip env true false id mkdir rm touch head \
+        tail grep sed printf; do
+        ln -s busybox "$root/bin/$a"
+    done
+    printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
+    printf 'root:x:0:\n' >"$root/etc/group"
+    tar --numeric-owner -C "$root" -cf - . |
+        docker_cli import -c 'CMD ["/bin/sh"]' -c 'ENV PATH=/bin' - "$IMAGE" >/dev/null || return 1
+    # Prove the image runs before the tests rely on it.
+    [[ "$(docker_cli run --rm --network none "$IMAGE" echo image-ok)" == "image-ok" ]]
+}
+
+test_command_in_netns() {
+    TEST_CMD=(
+        env
+        GANTRY_TEST_DOCKER_HOST="unix://$DOCKER_SOCK"
+        GANTRY_TEST_IMAGE="$IMAGE"
+        GANTRY_TEST_DOCKER_CLI="$DOCKER_CLI"
+        DOCKER_CONFIG="$TMPD/docker-cli-config"
+        CARGO_NET_OFFLINE=true
+        RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
+        timeout --kill-after=30 "$TEST_TIMEOUT_SECS"
+        nsenter --net="/run/netns/$NETNS"
+        cargo test --locked --no-fail-fast
+    )
+}
+
+if [[ $BUILD_OK -eq 0 ]]; then
+    warn "the build failed: not running the tests"
+    FAILED+=("cargo test (not run: build failed)")
+elif is_root && command -v dockerd >/dev/null 2>&1; then
+    if [[ -x /usr/local/bin/docker ]]; then
+        DOCKER_CLI=/usr/local/bin/docker
+    else
+        DOCKER_CLI=$(command -v docker) || DOCKER_CLI=docker
+    fi
+    sweep_stale
+    log "starting a private dockerd in network namespace gantry-test-$$"
+    if start_private_docker && { log "building $IMAGE"; build_test_image; }; then
+        test_command_in_netns
+        if ! step "cargo test (in network namespace $NETNS, dockerd at $DOCKER_SOCK)" "${TEST_CMD[@]}"; then
+            printf '\n--- last lines of the test dockerd log:\n' >&2
+            tail -n 30 "$TMPD/dockerd.log" >&2
+        fi
+    else
+        FAILED+=("private dockerd / test image")
+    fi
+    log "stopping the private dockerd"
+    teardown
+else
+    if in_ci; then
+        die "CI=true but dockerd is not available: the Docker-backed tests cannot run"
+    fi
+    printf '\n' >&2
+    printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n' >&2
+    printf '!!! Not root or no dockerd: the Docker-backed tests will SKIP (they say so below). !!!\n' >&2
+    printf '!!! Run as root on Debian 12 for the full suite.                                    !!!\n' >&2
+    printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n' >&2
+    step "cargo test (without Docker)" env -u GANTRY_TEST_DOCKER_HOST cargo test --locked --no-fail-fast || true
+fi
+
+# 6. Yocto and cross checks (the other scripts own them)
+
+for s in check-yocto.sh cross-aarch64.sh; do
+    if [[ -f "$REPO/scripts/$s" ]]; then
+        step "scripts/$s" bash "$REPO/scripts/$s" || true
+    else
+        warn "scripts/$s not present; skipped"
+    fi
+done
+
+if [[ ${#FAILED[@]} -gt 0 ]]; then
+    printf '\ntest.sh: %d step(s) FAILED:\n' "${#FAILED[@]}" >&2
+    printf '  - %s\n' "${FAILED[@]}" >&2
+    exit 1
+fi
+printf '\ntest.sh: all steps passed\n' >&2
+exit 0

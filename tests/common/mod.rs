@@ -1,0 +1,1064 @@
+//! Shared harness for the integration tests: runs the real `gantry` binary against the real
+//! test dockerd that `scripts/test.sh` starts in a private network namespace.
+//!
+//! Environment (set by `scripts/test.sh`):
+//! - `GANTRY_TEST_DOCKER_HOST`: `unix:///...` of a DISPOSABLE dockerd. The prune tests remove
+//!   every unused image, stopped container and unused volume there: never point it at a
+//!   daemon whose state matters.
+//! - `GANTRY_TEST_IMAGE`: a local image with busybox (default `gantry-test/busybox:latest`).
+//! - `GANTRY_TEST_DOCKER_CLI`: the docker CLI to use (default `/usr/local/bin/docker` when it
+//!   exists, else `docker` on PATH).
+//!
+//! Without `GANTRY_TEST_DOCKER_HOST` the Docker-backed tests skip loudly, except under
+//! `CI=true`, where that is a failure.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const DEFAULT_TEST_IMAGE: &str = "gantry-test/busybox:latest";
+
+// ---------------------------------------------------------------------------------------------
+// Environment and skipping
+
+pub fn in_ci() -> bool {
+    matches!(
+        std::env::var("CI")
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .as_str(),
+        "true" | "1" | "yes"
+    )
+}
+
+/// The test dockerd, `unix:///...`, when the test script started one.
+pub fn docker_host() -> Option<String> {
+    std::env::var("GANTRY_TEST_DOCKER_HOST")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+}
+
+/// The filesystem path of the test dockerd's socket.
+pub fn docker_socket_path() -> PathBuf {
+    let host = docker_host().expect("GANTRY_TEST_DOCKER_HOST is not set");
+    PathBuf::from(
+        host.strip_prefix("unix://")
+            .unwrap_or_else(|| panic!("GANTRY_TEST_DOCKER_HOST={host} is not unix:///path")),
+    )
+}
+
+pub fn test_image() -> String {
+    std::env::var("GANTRY_TEST_IMAGE")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_TEST_IMAGE.to_string())
+}
+
+/// `Some(host)` when the test dockerd is there. Otherwise panics under CI (a skipped
+/// Docker-backed test is a failure there) or prints a loud skip notice and returns `None`.
+pub fn docker_host_or_skip(test: &str) -> Option<String> {
+    if let Some(h) = docker_host() {
+        return Some(h);
+    }
+    if in_ci() {
+        panic!(
+            "{test}: GANTRY_TEST_DOCKER_HOST is not set but CI=true: Docker-backed tests must \
+             not be skipped in CI (run them with `bash scripts/test.sh` as root)"
+        );
+    }
+    // Straight to the process's stderr: libtest captures eprintln! of passing tests.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!!!! SKIPPED {test}: GANTRY_TEST_DOCKER_HOST is not set; run \
+         `bash scripts/test.sh` as root to run the Docker-backed tests !!!!!!!!!!\n"
+    );
+    None
+}
+
+#[doc(hidden)]
+pub fn type_name_of<T>(_: T) -> &'static str {
+    std::any::type_name::<T>()
+}
+
+/// Yields the test dockerd's host, or returns from the calling test (loudly; panics in CI).
+#[macro_export]
+macro_rules! require_docker {
+    () => {{
+        fn here() {}
+        let name = $crate::common::type_name_of(here);
+        let name = name.strip_suffix("::here").unwrap_or(name);
+        match $crate::common::docker_host_or_skip(name) {
+            Some(h) => h,
+            None => return,
+        }
+    }};
+}
+
+/// A name no other test (nor another run) uses: `gt-<pid>-<n>-<label>`. Lowercase, so it is
+/// valid as a container, volume and image repository name.
+pub fn unique(label: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "gt-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst),
+        label
+    )
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("cannot find a free port on 127.0.0.1")
+}
+
+/// Polls `f` every `every` until it returns `Some` or `limit` passed.
+pub fn wait_for<T>(
+    limit: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gantry process
+
+/// Variables a developer's or CI's environment might carry that would change what gantry does.
+const SCRUBBED_ENV: &[&str] = &[
+    "GANTRY_STATE_DIR",
+    "GANTRY_DOCKER_HOST",
+    "GANTRY_LOG_LEVEL",
+    "GANTRY_SHUTDOWN_TIMEOUT_SECS",
+    "GANTRY_TRANSFER_ADDRESS",
+    "GANTRY_TRANSFER_AUTH",
+    "GANTRY_TRANSFER_TOKEN_FILE",
+    "GANTRY_DOCKER_TIMEOUT_SECS",
+    "GANTRY_DOCKER_TRANSFER_TIMEOUT_SECS",
+    "GANTRY_DOCKER_PROBE_INTERVAL_SECS",
+    "GANTRY_HEADER_READ_TIMEOUT_SECS",
+    "DOCKER_HOST",
+    "STATE_DIRECTORY",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "JOURNAL_STREAM",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
+
+pub fn gantry_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gantry")
+}
+
+/// A `Command` for the gantry binary with a clean environment for the variables it reads.
+pub fn gantry_command() -> Command {
+    let mut c = Command::new(gantry_bin());
+    for k in SCRUBBED_ENV {
+        c.env_remove(k);
+    }
+    c.stdin(Stdio::null());
+    c
+}
+
+/// Runs `gantry <args>` to completion (bounded) and returns its output.
+pub fn run_gantry(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = gantry_command();
+    c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let child = c.spawn().expect("cannot run the gantry binary");
+    wait_output(child, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("gantry {args:?} did not finish within 30 s"))
+}
+
+/// Collects a child's output while waiting (bounded) for it: the pipes are drained on their
+/// own threads so a chatty child never blocks on a full pipe.
+fn wait_output(mut child: Child, limit: Duration) -> Option<Output> {
+    fn drain(r: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    status.map(|status| Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// How to start a gantry daemon for one test.
+pub struct GantryBuilder {
+    docker_host: String,
+    shutdown_timeout_secs: u64,
+    probe_interval_secs: u64,
+    top: Vec<String>,
+    http: Vec<String>,
+    listener: Vec<String>,
+    env: Vec<(String, String)>,
+    port: Option<u16>,
+}
+
+impl GantryBuilder {
+    /// Docker at `host` (`unix:///...`).
+    pub fn docker_host(mut self, host: &str) -> Self {
+        self.docker_host = host.to_string();
+        self
+    }
+    pub fn shutdown_timeout_secs(mut self, secs: u64) -> Self {
+        self.shutdown_timeout_secs = secs;
+        self
+    }
+    pub fn probe_interval_secs(mut self, secs: u64) -> Self {
+        self.probe_interval_secs = secs;
+        self
+    }
+    /// Extra top-level config lines (`key = value`).
+    pub fn config(mut self, line: &str) -> Self {
+        self.top.push(line.to_string());
+        self
+    }
+    /// Extra lines inside `[http]`.
+    pub fn http(mut self, line: &str) -> Self {
+        self.http.push(line.to_string());
+        self
+    }
+    /// Extra lines inside the one `[[listeners]]` table (e.g. `auth = "token"`).
+    pub fn listener(mut self, line: &str) -> Self {
+        self.listener.push(line.to_string());
+        self
+    }
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+    /// A fixed port instead of a free one picked at random.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    fn config_text(&self, state_dir: &Path, port: u16) -> String {
+        let mut t = String::new();
+        t += &format!("state_dir = {:?}\n", state_dir.display().to_string());
+        t += &format!("docker_host = {:?}\n", self.docker_host);
+        t += "log_level = \"debug\"\n";
+        t += &format!("shutdown_timeout_secs = {}\n", self.shutdown_timeout_secs);
+        t += &format!(
+            "docker_probe_interval_secs = {}\n",
+            self.probe_interval_secs
+        );
+        for l in &self.top {
+            t += l;
+            t += "\n";
+        }
+        t += "\n[http]\n";
+        for l in &self.http {
+            t += l;
+            t += "\n";
+        }
+        t += "\n[[listeners]]\ndialect = \"transfer\"\n";
+        t += &format!("address = \"127.0.0.1:{port}\"\n");
+        for l in &self.listener {
+            t += l;
+            t += "\n";
+        }
+        t
+    }
+
+    /// Starts gantry and waits (up to 15 s) until `/healthz` answers 200.
+    pub fn start(self) -> Gantry {
+        let dir = tempfile::Builder::new()
+            .prefix("gantry-it-")
+            .tempdir()
+            .expect("cannot create a temp dir");
+        // A port picked free can be taken by a parallel test before gantry binds it: retry.
+        let mut last_err = String::new();
+        for _attempt in 0..5 {
+            let port = self.port.unwrap_or_else(free_port);
+            match self.try_start(dir.path(), port) {
+                Ok(mut g) => {
+                    g.dir = Some(dir);
+                    return g;
+                }
+                Err((err, retry)) => {
+                    last_err = err;
+                    if !retry || self.port.is_some() {
+                        break;
+                    }
+                }
+            }
+        }
+        panic!("gantry did not start: {last_err}");
+    }
+
+    /// Starts gantry without waiting for it (for tests where it serves elsewhere or not at
+    /// all). The config's listener port is picked free.
+    pub fn spawn(self) -> Gantry {
+        let dir = tempfile::Builder::new()
+            .prefix("gantry-it-")
+            .tempdir()
+            .expect("cannot create a temp dir");
+        let port = self.port.unwrap_or_else(free_port);
+        let mut g = self.spawn_in(dir.path(), port);
+        g.dir = Some(dir);
+        g
+    }
+
+    fn spawn_in(&self, dir: &Path, port: u16) -> Gantry {
+        let state_dir = dir.join("state");
+        let config_path = dir.join("gantry.toml");
+        let config = self.config_text(&state_dir, port);
+        fs::write(&config_path, &config).expect("cannot write the config");
+        let stderr_path = dir.join(format!("gantry-{port}.stderr"));
+        let stderr = fs::File::create(&stderr_path).expect("cannot create the stderr file");
+        let stdout = stderr.try_clone().expect("cannot clone a file handle");
+        let mut c = gantry_command();
+        c.arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(stdout)
+            .stderr(stderr);
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        let child = c.spawn().expect("cannot spawn the gantry binary");
+        Gantry {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            config_path,
+            config,
+            stderr_path,
+            dir: None,
+            token: None,
+            agent: agent(),
+        }
+    }
+
+    fn try_start(&self, dir: &Path, port: u16) -> Result<Gantry, (String, bool)> {
+        let mut g = self.spawn_in(dir, port);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = g.try_wait() {
+                let log = g.stderr();
+                let retry = log.contains("in use");
+                return Err((
+                    format!("gantry exited with {status} during start-up; its output:\n{log}"),
+                    retry,
+                ));
+            }
+            if let Ok(r) = g.try_get("/healthz") {
+                if r.status == 200 {
+                    return Ok(g);
+                }
+            }
+            if Instant::now() >= deadline {
+                let log = g.stderr();
+                return Err((
+                    format!("/healthz did not answer 200 within 15 s; gantry's output:\n{log}"),
+                    false,
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A running gantry daemon, killed on drop. Its output is printed when the test failed.
+pub struct Gantry {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub config_path: PathBuf,
+    pub config: String,
+    stderr_path: PathBuf,
+    dir: Option<tempfile::TempDir>,
+    /// Sent as `Authorization: Bearer` with every request when set.
+    pub token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Gantry {
+    /// Defaults: Docker at the test dockerd when there is one (else a socket that does not
+    /// exist), shutdown timeout 2 s, Docker probe every 1 s, one transfer listener on
+    /// 127.0.0.1:<free port> with the default (loopback) auth.
+    pub fn builder() -> GantryBuilder {
+        GantryBuilder {
+            docker_host: docker_host()
+                .unwrap_or_else(|| "unix:///nonexistent/gantry-test/docker.sock".to_string()),
+            shutdown_timeout_secs: 2,
+            probe_interval_secs: 1,
+            top: Vec::new(),
+            http: Vec::new(),
+            listener: Vec::new(),
+            env: Vec::new(),
+            port: None,
+        }
+    }
+
+    pub fn start() -> Gantry {
+        Self::builder().start()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(-1)
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Sends `sig` (e.g. `libc::SIGTERM`) to the daemon.
+    pub fn signal(&self, sig: i32) {
+        let pid = self.pid();
+        assert!(pid > 0, "gantry is not running");
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+    }
+
+    /// Waits up to `limit` for the daemon to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        wait_for(limit, Duration::from_millis(20), || self.try_wait())
+    }
+
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_string());
+        self
+    }
+
+    // HTTP
+
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Resp, ureq::Error> {
+        let mut b = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path));
+        if let Some(t) = &self.token {
+            b = b.header("Authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let resp = match body {
+            Some(bytes) => self.agent.run(b.body(bytes).expect("bad request")),
+            None => self.agent.run(b.body(()).expect("bad request")),
+        }?;
+        Resp::read(resp)
+    }
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Resp {
+        self.try_request(method, path, headers, body)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{method} {path} failed: {e}\ngantry's output:\n{}",
+                    self.stderr()
+                )
+            })
+    }
+
+    fn try_get(&self, path: &str) -> Result<Resp, ureq::Error> {
+        self.try_request("GET", path, &[], None)
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        self.request("GET", path, &[], None)
+    }
+    pub fn put(&self, path: &str) -> Resp {
+        self.request("PUT", path, &[], None)
+    }
+    pub fn delete(&self, path: &str) -> Resp {
+        self.request("DELETE", path, &[], None)
+    }
+    pub fn post(&self, path: &str, content_type: &str, body: Vec<u8>) -> Resp {
+        self.request("POST", path, &[("Content-Type", content_type)], Some(body))
+    }
+
+    /// GET `path` and stream the body into `file`; returns the response without its body.
+    pub fn download(&self, path: &str, file: &Path) -> Resp {
+        let mut b = ureq::http::Request::builder()
+            .method("GET")
+            .uri(self.url(path));
+        if let Some(t) = &self.token {
+            b = b.header("Authorization", format!("Bearer {t}"));
+        }
+        let mut resp = self
+            .agent
+            .run(b.body(()).expect("bad request"))
+            .unwrap_or_else(|e| panic!("GET {path} failed: {e}"));
+        let status = resp.status().as_u16();
+        let headers = headers_of(resp.headers());
+        let mut out = fs::File::create(file).expect("cannot create the download file");
+        let mut reader = resp.body_mut().as_reader();
+        std::io::copy(&mut reader, &mut out).expect("download failed");
+        Resp {
+            status,
+            headers,
+            body: Vec::new(),
+        }
+    }
+
+    /// The parsed `/healthz` document.
+    pub fn health(&self) -> Value {
+        let r = self.get("/healthz");
+        assert_eq!(r.status, 200, "/healthz: {r}");
+        r.json()
+    }
+
+    /// A raw TCP connection to the listener, for requests a client library will not send.
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).expect("cannot connect to gantry");
+        s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+        s.set_write_timeout(Some(Duration::from_secs(60))).ok();
+        s
+    }
+}
+
+impl Drop for Gantry {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "----- gantry on {} (config {}):\n{}\n----- its output:\n{}\n----- end of gantry output",
+                self.addr,
+                self.config_path.display(),
+                self.config,
+                self.stderr()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(300)))
+        .build()
+        .into()
+}
+
+fn headers_of(h: &ureq::http::HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A response: status, headers (names lowercase) and the whole body.
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    fn read(mut resp: ureq::http::Response<ureq::Body>) -> Result<Resp, ureq::Error> {
+        let status = resp.status().as_u16();
+        let headers = headers_of(resp.headers());
+        let body = resp.body_mut().with_config().limit(1 << 30).read_to_vec()?;
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn content_type(&self) -> &str {
+        self.header("content-type").unwrap_or("")
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("response body is not JSON ({e}): {self}"))
+    }
+
+    /// Asserts status `status` with an `application/json` body, and returns it.
+    pub fn expect_json(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "unexpected status: {self}");
+        assert!(
+            self.content_type().starts_with("application/json"),
+            "expected application/json: {self}"
+        );
+        self.json()
+    }
+
+    /// Asserts status `status` with no body (204, 304).
+    pub fn expect_empty(&self, status: u16) {
+        assert_eq!(self.status, status, "unexpected status: {self}");
+        assert!(self.body.is_empty(), "expected no body: {self}");
+    }
+
+    /// Asserts an RFC 7807 problem (transfer dialect): status, content type, and the members
+    /// type "about:blank", title, status, detail, instance (the request path). Returns the
+    /// detail.
+    pub fn expect_problem(&self, status: u16, instance: &str) -> String {
+        assert_eq!(self.status, status, "unexpected status: {self}");
+        assert!(
+            self.content_type().starts_with("application/problem+json"),
+            "expected application/problem+json: {self}"
+        );
+        let v = self.json();
+        assert_eq!(v["type"], "about:blank", "problem type: {self}");
+        assert_eq!(v["status"], status, "problem status member: {self}");
+        let title = v["title"].as_str().unwrap_or("");
+        let reason = reason_phrase(status);
+        assert!(
+            title.eq_ignore_ascii_case(reason),
+            "problem title {title:?}, expected {reason:?}: {self}"
+        );
+        assert_eq!(
+            v["instance"].as_str(),
+            Some(instance.split('?').next().unwrap_or(instance)),
+            "problem instance: {self}"
+        );
+        let detail = v["detail"].as_str().unwrap_or("").to_string();
+        assert!(!detail.is_empty(), "problem without detail: {self}");
+        detail
+    }
+}
+
+impl std::fmt::Display for Resp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let body = self.text();
+        let body = if body.len() > 2000 {
+            format!("{}... ({} bytes)", &body[..2000], self.body.len())
+        } else {
+            body
+        };
+        write!(f, "HTTP {} {:?} {}", self.status, self.headers, body)
+    }
+}
+
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        426 => "Upgrade Required",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// Percent-encodes every byte that is not alphanumeric, for ids and names in paths.
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Reads an HTTP/1.1 response from a raw connection (until EOF or the headers plus
+/// Content-Length bytes); returns the status and the whole raw text.
+pub fn read_raw_response(s: &mut TcpStream) -> (u16, String) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => {
+                if buf.is_empty() {
+                    panic!("reading the response failed: {e}");
+                }
+                break;
+            }
+        }
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if let Some(len) = len {
+                if buf.len() >= end + 4 + len {
+                    break;
+                }
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status line in {text:?}"));
+    (status, text)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+pub fn write_all(s: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    s.write_all(bytes)?;
+    s.flush()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The docker CLI, against the test dockerd
+
+pub fn docker_cli() -> String {
+    if let Ok(c) = std::env::var("GANTRY_TEST_DOCKER_CLI") {
+        if !c.trim().is_empty() {
+            return c;
+        }
+    }
+    if Path::new("/usr/local/bin/docker").exists() {
+        "/usr/local/bin/docker".to_string()
+    } else {
+        "docker".to_string()
+    }
+}
+
+/// Runs `docker -H $GANTRY_TEST_DOCKER_HOST <args>` (bounded to 120 s).
+pub fn docker(args: &[&str]) -> Output {
+    let host = docker_host().expect("GANTRY_TEST_DOCKER_HOST is not set");
+    let child = Command::new(docker_cli())
+        .arg("-H")
+        .arg(&host)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", docker_cli()));
+    wait_output(child, Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("docker {args:?} did not finish within 120 s"))
+}
+
+/// Runs docker and returns its trimmed stdout; panics with its stderr when it fails.
+pub fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs docker with `stdin` as its input (bounded to 120 s).
+pub fn docker_with_input(args: &[&str], stdin: &[u8]) -> Output {
+    let host = docker_host().expect("GANTRY_TEST_DOCKER_HOST is not set");
+    let mut child = Command::new(docker_cli())
+        .arg("-H")
+        .arg(&host)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", docker_cli()));
+    {
+        let mut input = child.stdin.take().expect("no stdin");
+        input.write_all(stdin).expect("cannot feed docker");
+    }
+    wait_output(child, Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("docker {args:?} did not finish within 120 s"))
+}
+
+pub fn docker_exists(kind: &str, name: &str) -> bool {
+    docker(&[kind, "inspect", name]).status.success()
+}
+
+/// Full id (`sha256:...` for images, 64 hex for containers) of `name`.
+pub fn docker_id(kind: &str, name: &str) -> String {
+    docker_ok(&[kind, "inspect", "--format", "{{.Id}}", name])
+}
+
+/// Removes, on drop, what a test created in the test dockerd: containers (with their
+/// anonymous volumes), then volumes, then images. Errors (already gone) are ignored.
+#[derive(Default)]
+pub struct Cleanup {
+    containers: Vec<String>,
+    volumes: Vec<String>,
+    images: Vec<String>,
+}
+
+impl Cleanup {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn container(&mut self, name: &str) -> &mut Self {
+        self.containers.push(name.to_string());
+        self
+    }
+    pub fn volume(&mut self, name: &str) -> &mut Self {
+        self.volumes.push(name.to_string());
+        self
+    }
+    pub fn image(&mut self, name: &str) -> &mut Self {
+        self.images.push(name.to_string());
+        self
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if docker_host().is_none() {
+            return;
+        }
+        for c in self.containers.iter().rev() {
+            let _ = docker(&["rm", "-f", "-v", c]);
+        }
+        for v in self.volumes.iter().rev() {
+            let _ = docker(&["volume", "rm", "-f", v]);
+        }
+        for i in self.images.iter().rev() {
+            let _ = docker(&["rmi", "-f", i]);
+        }
+    }
+}
+
+/// Creates (not starts) a container from the test image running `cmd`; registered for
+/// cleanup.
+pub fn create_container(
+    cleanup: &mut Cleanup,
+    label: &str,
+    extra: &[&str],
+    cmd: &[&str],
+) -> String {
+    let name = unique(label);
+    cleanup.container(&name);
+    let image = test_image();
+    let mut args = vec!["create", "--name", name.as_str(), "--network", "none"];
+    args.extend_from_slice(extra);
+    args.push(image.as_str());
+    args.extend_from_slice(cmd);
+    docker_ok(&args);
+    name
+}
+
+/// A shell command for a container that exits promptly on SIGTERM (busybox `sleep` as PID 1
+/// ignores it, so a plain `sleep` would make every stop wait 10 s).
+pub const STOPPABLE: &[&str] = &["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"];
+
+/// A new image of its own (own id, one tag `tag`) derived from the test image, holding
+/// /marker with `marker` in it; registered for cleanup.
+pub fn unique_image(cleanup: &mut Cleanup, tag: &str, marker: &str) -> String {
+    cleanup.image(tag);
+    let builder = unique("builder");
+    let image = test_image();
+    let script = format!("echo {marker} > /marker");
+    docker_ok(&[
+        "run",
+        "--name",
+        &builder,
+        "--network",
+        "none",
+        &image,
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let out = docker(&["commit", &builder, tag]);
+    let _ = docker(&["rm", "-f", &builder]);
+    assert!(
+        out.status.success(),
+        "docker commit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    docker_id("image", tag)
+}
+
+/// A dangling image (no tag) derived from the test image; returns its id.
+pub fn dangling_image(cleanup: &mut Cleanup) -> String {
+    let builder = unique("dangling");
+    let image = test_image();
+    docker_ok(&[
+        "run",
+        "--name",
+        &builder,
+        "--network",
+        "none",
+        &image,
+        "sh",
+        "-c",
+        "echo x > /x",
+    ]);
+    let out = docker(&["commit", &builder]);
+    let _ = docker(&["rm", "-f", &builder]);
+    assert!(
+        out.status.success(),
+        "docker commit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    cleanup.image(&id);
+    id
+}
+
+/// The test image's `docker save` output.
+pub fn saved_test_image() -> Vec<u8> {
+    let out = docker(&["save", &test_image()]);
+    assert!(
+        out.status.success(),
+        "docker save failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Whether `bytes` look like a tar archive: the `ustar` magic of the first header.
+pub fn is_tar(bytes: &[u8]) -> bool {
+    bytes.len() >= 512 && &bytes[257..262] == b"ustar"
+}
+
+/// Finds `needle` in a JSON array of strings.
+pub fn json_strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("expected a JSON array: {v}"))
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("expected strings in {v}"))
+                .to_string()
+        })
+        .collect()
+}
+
+/// The entries of a tar archive: (name, contents). Enough of ustar/GNU for `docker save`.
+pub fn tar_entries(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    fn field(b: &[u8]) -> String {
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        String::from_utf8_lossy(&b[..end]).into_owned()
+    }
+    let mut out = Vec::new();
+    let mut off = 0usize;
+    let mut long_name: Option<String> = None;
+    while off + 512 <= bytes.len() {
+        let h = &bytes[off..off + 512];
+        if h.iter().all(|&b| b == 0) {
+            break;
+        }
+        let size_text = field(&h[124..136]);
+        let size = u64::from_str_radix(size_text.trim().trim_matches('\0'), 8)
+            .unwrap_or_else(|_| panic!("bad tar size field {size_text:?} at offset {off}"))
+            as usize;
+        let data_start = off + 512;
+        let data_end = (data_start + size).min(bytes.len());
+        let data = bytes[data_start..data_end].to_vec();
+        let typeflag = h[156];
+        let mut name = field(&h[0..100]);
+        if &h[257..262] == b"ustar" {
+            let prefix = field(&h[345..500]);
+            if !prefix.is_empty() {
+                name = format!("{prefix}/{name}");
+            }
+        }
+        match typeflag {
+            b'L' => long_name = Some(field(&data)),
+            b'x' | b'g' => {
+                // PAX header: a `path=` record overrides the next entry's name.
+                let text = String::from_utf8_lossy(&data).into_owned();
+                if let Some(p) = text
+                    .lines()
+                    .find_map(|l| l.split_once(" path=").map(|(_, p)| p.to_string()))
+                {
+                    long_name = Some(p);
+                }
+            }
+            _ => out.push((long_name.take().unwrap_or(name), data)),
+        }
+        off = data_start + size.div_ceil(512) * 512;
+    }
+    out
+}
