@@ -161,7 +161,7 @@ fn instance(v: &AppView) -> AppInstance<'_> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct ProcessLine<'a> {
+pub(super) struct ProcessLine<'a> {
     line: &'a str,
     raw_line: &'a str,
     is_stdout: bool,
@@ -169,7 +169,7 @@ struct ProcessLine<'a> {
 }
 
 /// docker-compose writes its progress to stderr; the lines say so as the original did.
-fn process_lines(lines: &[String]) -> Vec<ProcessLine<'_>> {
+pub(super) fn process_lines(lines: &[String]) -> Vec<ProcessLine<'_>> {
     lines
         .iter()
         .map(|l| ProcessLine {
@@ -183,7 +183,7 @@ fn process_lines(lines: &[String]) -> Vec<ProcessLine<'_>> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct ProcessResult<'a> {
+pub(super) struct ProcessResult<'a> {
     exit_code: i32,
     command: &'a str,
     lines: Vec<ProcessLine<'a>>,
@@ -192,7 +192,7 @@ struct ProcessResult<'a> {
     raw_output: String,
 }
 
-fn process_result(o: &ProcessOutcome) -> ProcessResult<'_> {
+pub(super) fn process_result(o: &ProcessOutcome) -> ProcessResult<'_> {
     let mut raw_output = String::new();
     for l in &o.lines {
         raw_output.push_str(l);
@@ -210,11 +210,11 @@ fn process_result(o: &ProcessOutcome) -> ProcessResult<'_> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct UpResult<'a> {
-    running_containers: &'a [String],
-    pulled_images: &'a [String],
+pub(super) struct UpResult<'a> {
+    pub running_containers: &'a [String],
+    pub pulled_images: &'a [String],
     #[serde(flatten)]
-    process: ProcessResult<'a>,
+    pub process: ProcessResult<'a>,
 }
 
 fn app_id(c: &Call) -> Result<AppId, Problem> {
@@ -403,7 +403,11 @@ async fn readme(c: Call) -> Reply {
 }
 
 async fn start(c: Call) -> Reply {
-    let outcome = c.core.apps.start(&app_id(&c)?, &|_| {}).await?;
+    let outcome = c
+        .core
+        .apps
+        .start(&app_id(&c)?, &CancellationToken::new(), &|_| {})
+        .await?;
     Ok(http::json(
         StatusCode::OK,
         &UpResult {

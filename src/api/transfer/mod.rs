@@ -2,6 +2,7 @@
 //! RFC 7807 problem details for errors.
 
 mod apps;
+mod events;
 mod system;
 
 use std::future::Future;
@@ -108,6 +109,17 @@ fn routes() -> &'static Routes<Handler> {
         let mut r = Routes::default();
         system::register(&mut r);
         apps::register(&mut r);
+        events::register(&mut r);
+        r
+    })
+}
+
+/// Websocket routes, under `[prefix]/events` (no `/api`, no version).
+fn ws_routes() -> &'static Routes<Handler> {
+    static ROUTES: OnceLock<Routes<Handler>> = OnceLock::new();
+    ROUTES.get_or_init(|| {
+        let mut r = Routes::default();
+        events::register_ws(&mut r);
         r
     })
 }
@@ -148,12 +160,15 @@ fn api_path(path: &str) -> Option<Result<&str, String>> {
 
 pub async fn handle(req: Request<Incoming>, core: Arc<Core>, limits: HttpLimits) -> Response {
     let path = req.uri().path().to_string();
-    let inner = match api_path(&path) {
-        Some(Ok(p)) => p.to_string(),
-        Some(Err(msg)) => return Problem::new(StatusCode::NOT_FOUND, msg).render(&path),
-        None => return not_found(&path),
+    let (table, inner) = match path.strip_prefix("/events") {
+        Some(rest) if rest.starts_with('/') => (ws_routes(), rest.to_string()),
+        _ => match api_path(&path) {
+            Some(Ok(p)) => (routes(), p.to_string()),
+            Some(Err(msg)) => return Problem::new(StatusCode::NOT_FOUND, msg).render(&path),
+            None => return not_found(&path),
+        },
     };
-    match routes().find(req.method(), &inner) {
+    match table.find(req.method(), &inner) {
         Lookup::Route { handler, params } => {
             let query = Query::parse(req.uri().query());
             let call = Call {

@@ -423,7 +423,9 @@ async fn load_one(
     let pumped = pump
         .await
         .map_err(|e| CoreError::Failed(format!("image reader failed: {e}")))?;
-    if cancel.is_cancelled() {
+    // Cancelled midway, Docker's load fails. A load that completed anyway returns its
+    // references, so the caller records the images for the rollback.
+    if cancel.is_cancelled() && loaded.is_err() {
         return Err(CoreError::Cancelled("the import was cancelled".into()));
     }
     // A damaged entry explains a Docker failure better than Docker's "unexpected EOF".

@@ -327,8 +327,16 @@ impl Apps {
 
     /// `docker-compose up -d`, natively. A compose failure is an outcome with
     /// `success: false` and the lines up to the error, as docker-compose's exit code would be;
-    /// only "no such app", "busy" and "Docker unreachable" are errors.
-    pub async fn start(&self, id: &AppId, on_line: LineFn<'_>) -> CoreResult<ProcessOutcome> {
+    /// only "no such app", "busy", "Docker unreachable" and "cancelled" are errors.
+    ///
+    /// Cancelling stops what was started so far (`down`, reported through `on_line` too) and
+    /// answers `Cancelled`: the app ends stopped.
+    pub async fn start(
+        &self,
+        id: &AppId,
+        cancel: &CancellationToken,
+        on_line: LineFn<'_>,
+    ) -> CoreResult<ProcessOutcome> {
         let app = self.stored(id)?;
         let _busy = self.claim(id, "started")?;
         let project = self.project(&app)?;
@@ -345,7 +353,17 @@ impl Apps {
                 .push(line.to_string());
             on_line(line);
         };
-        let result = project.up(self.engine.as_ref(), &collect).await;
+        let result = tokio::select! {
+            r = project.up(self.engine.as_ref(), &collect) => Some(r),
+            _ = cancel.cancelled() => None,
+        };
+        let Some(result) = result else {
+            collect("Cancelled: stopping what was started");
+            self.undo_start(&app, &collect).await?;
+            return Err(CoreError::Cancelled(format!(
+                "the start of {id} was cancelled; the app was stopped"
+            )));
+        };
         let lines = seen.into_inner().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(up) => Ok(ProcessOutcome {
@@ -368,6 +386,25 @@ impl Apps {
                 }),
             },
         }
+    }
+
+    /// After a cancelled `up`: `down` until no container of the app is left. A create request
+    /// dropped mid-flight may still complete in Docker after the first `down` listed the
+    /// containers, hence a few (bounded) rounds.
+    async fn undo_start(&self, app: &StoredApp, on_line: LineFn<'_>) -> CoreResult<()> {
+        for round in 0..3 {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            self.down(app, false, false, on_line).await?;
+            if self.containers(app).await?.is_empty() {
+                return Ok(());
+            }
+        }
+        Err(CoreError::Failed(format!(
+            "{} still has containers after the cancelled start was undone",
+            app.id()
+        )))
     }
 
     /// The last `lines` lines (all with None) of each of the app's containers, prefixed
