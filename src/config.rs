@@ -26,17 +26,19 @@ fn bad(msg: impl Into<String>) -> ConfigError {
 #[serde(rename_all = "lowercase")]
 pub enum Dialect {
     Transfer,
+    Intervirt,
 }
 
 impl Dialect {
     fn parse(s: &str) -> Result<Self, ConfigError> {
         match s {
             "transfer" => Ok(Dialect::Transfer),
-            "intervirt" | "flowmanager" | "duxcore" | "distillery" => Err(bad(format!(
+            "intervirt" => Ok(Dialect::Intervirt),
+            "flowmanager" | "duxcore" | "distillery" => Err(bad(format!(
                 "dialect \"{s}\" is not available in this build of gantry"
             ))),
             other => Err(bad(format!(
-                "unknown dialect \"{other}\" (known: transfer)"
+                "unknown dialect \"{other}\" (known: transfer, intervirt)"
             ))),
         }
     }
@@ -44,12 +46,16 @@ impl Dialect {
     pub fn name(self) -> &'static str {
         match self {
             Dialect::Transfer => "transfer",
+            Dialect::Intervirt => "intervirt",
         }
     }
 
     fn default_address(self) -> SocketAddr {
         match self {
             Dialect::Transfer => SocketAddr::from(([127, 0, 0, 1], 54169)),
+            // The guest's port that the Intervirt host forwards to: all interfaces, so its
+            // listener needs an explicit auth setting (the client sends no credentials).
+            Dialect::Intervirt => SocketAddr::from(([0, 0, 0, 0], 55436)),
         }
     }
 }
@@ -101,6 +107,39 @@ pub struct AppsPolicy {
     pub reserve_bytes: Option<u64>,
 }
 
+/// Which power backend the Intervirt shutdown and reboot commands use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerBackend {
+    /// systemd-logind over D-Bus, falling back to `sync()` + `reboot(2)`.
+    Logind,
+    /// `sync()` + `reboot(2)` directly.
+    Reboot,
+    /// Refuse (the default: nothing powers off unless the configuration says so).
+    None,
+    /// Append the request to `<state_dir>/intervirt/power-requests.log`; for tests.
+    Record,
+}
+
+/// The Intervirt guest agent (`[intervirt]`).
+#[derive(Debug, Clone)]
+pub struct IntervirtConfig {
+    /// Drop the document's `"status": -1` from progress messages (the real client decodes
+    /// strictly and knows no such key).
+    pub strict_client: bool,
+    pub power: PowerBackend,
+    pub upgrade_command: crate::core::intervirt::UpgradeCommand,
+    pub upgrade_timeout: Duration,
+    /// `update` pulls each container's image again (when a registry answers).
+    pub pull_on_update: bool,
+    pub stop_timeout_secs: u32,
+    /// Run the dataplane in this network namespace (`/run/netns/NAME`) instead of gantry's.
+    pub netns: Option<PathBuf>,
+}
+
+/// Set (to anything) in the environment of test runs: the real power backends are then a
+/// configuration error, so no test can power off or reboot its machine by accident.
+pub const FORBID_POWER_ENV: &str = "GANTRY_FORBID_REAL_POWER";
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub state_dir: PathBuf,
@@ -113,6 +152,7 @@ pub struct Config {
     pub http: HttpLimits,
     pub listeners: Vec<Listener>,
     pub apps: AppsPolicy,
+    pub intervirt: IntervirtConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +171,8 @@ struct RawConfig {
     listeners: Vec<RawListener>,
     #[serde(default)]
     apps: RawApps,
+    #[serde(default)]
+    intervirt: RawIntervirt,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,6 +188,87 @@ struct RawApps {
     allowed_bind_paths: Vec<PathBuf>,
     max_bundle_bytes: Option<u64>,
     reserve_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntervirt {
+    strict_client: Option<bool>,
+    power: Option<String>,
+    upgrade_command: Option<RawUpgrade>,
+    upgrade_timeout_secs: Option<u64>,
+    pull_on_update: Option<bool>,
+    stop_timeout_secs: Option<u32>,
+    netns: Option<PathBuf>,
+}
+
+/// A preset name or a program with arguments.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawUpgrade {
+    Preset(String),
+    Argv(Vec<String>),
+}
+
+fn build_intervirt(raw: RawIntervirt, env: &dyn Env) -> Result<IntervirtConfig, ConfigError> {
+    use crate::core::intervirt::UpgradeCommand;
+    let power_name = env
+        .var("GANTRY_INTERVIRT_POWER")
+        .or(raw.power)
+        .unwrap_or_else(|| "none".into());
+    let power = match power_name.as_str() {
+        "logind" => PowerBackend::Logind,
+        "reboot" => PowerBackend::Reboot,
+        "none" => PowerBackend::None,
+        "record" => PowerBackend::Record,
+        other => {
+            return Err(bad(format!(
+                "intervirt.power: unknown backend \"{other}\" (logind, reboot, none or record)"
+            )))
+        }
+    };
+    if matches!(power, PowerBackend::Logind | PowerBackend::Reboot)
+        && env.var(FORBID_POWER_ENV).is_some()
+    {
+        return Err(bad(format!(
+            "intervirt.power = \"{power_name}\" is refused while {FORBID_POWER_ENV} is set \
+             (test runs must use \"record\" or \"none\")"
+        )));
+    }
+    let upgrade_command = match raw.upgrade_command {
+        None => UpgradeCommand::Auto,
+        Some(RawUpgrade::Preset(name)) => UpgradeCommand::preset(&name).ok_or_else(|| {
+            bad(format!(
+                "intervirt.upgrade_command: unknown preset \"{name}\" (auto, none, apt, apk, \
+                 opkg, or a list: [\"program\", \"arg\", ...])"
+            ))
+        })?,
+        Some(RawUpgrade::Argv(argv)) if argv.is_empty() || argv[0].is_empty() => {
+            return Err(bad("intervirt.upgrade_command: the list names no program"))
+        }
+        Some(RawUpgrade::Argv(argv)) => UpgradeCommand::Argv(argv),
+    };
+    let upgrade_timeout_secs = raw.upgrade_timeout_secs.unwrap_or(3600);
+    if upgrade_timeout_secs == 0 {
+        return Err(bad("intervirt.upgrade_timeout_secs must be at least 1"));
+    }
+    if let Some(ns) = &raw.netns {
+        if !ns.is_absolute() {
+            return Err(bad(format!(
+                "intervirt.netns: \"{}\" is not an absolute path",
+                ns.display()
+            )));
+        }
+    }
+    Ok(IntervirtConfig {
+        strict_client: raw.strict_client.unwrap_or(false),
+        power,
+        upgrade_command,
+        upgrade_timeout: Duration::from_secs(upgrade_timeout_secs),
+        pull_on_update: raw.pull_on_update.unwrap_or(true),
+        stop_timeout_secs: raw.stop_timeout_secs.unwrap_or(10),
+        netns: raw.netns,
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -309,6 +432,7 @@ impl Config {
                     reserve_bytes: a.reserve_bytes,
                 }
             },
+            intervirt: build_intervirt(raw.intervirt, env)?,
         })
     }
 }
@@ -316,7 +440,7 @@ impl Config {
 /// `GANTRY_<DIALECT>_{ADDRESS,AUTH,TOKEN_FILE}` apply to every listener of that dialect,
 /// creating one when the file has none.
 fn apply_listener_env(raws: &mut Vec<RawListener>, env: &dyn Env) -> Result<(), ConfigError> {
-    for dialect in ["transfer"] {
+    for dialect in ["transfer", "intervirt"] {
         let prefix = format!("GANTRY_{}_", dialect.to_uppercase());
         let address = env.var(&format!("{prefix}ADDRESS"));
         let auth = env.var(&format!("{prefix}AUTH"));
@@ -549,6 +673,81 @@ mod tests {
         assert!(e.to_string().contains("unknown dialect"));
         let e = Config::parse("shutdown_timeout_secs = 0", &env(&[])).unwrap_err();
         assert!(e.to_string().contains("at least 1"));
+    }
+
+    #[test]
+    fn intervirt_listener_and_section() {
+        // The default address is 0.0.0.0:55436, which needs an explicit auth setting.
+        let t = "[[listeners]]\ndialect = \"intervirt\"\n";
+        let e = Config::parse(t, &env(&[])).unwrap_err().to_string();
+        assert!(e.contains("0.0.0.0:55436") && e.contains("no auth"), "{e}");
+        let c = Config::parse(&format!("{t}auth = \"none\"\n"), &env(&[])).unwrap();
+        assert_eq!(c.listeners[0].dialect, Dialect::Intervirt);
+        assert_eq!(c.listeners[0].address.to_string(), "0.0.0.0:55436");
+        assert_eq!(c.listeners[0].auth, Auth::None);
+        // Defaults: no power control, auto upgrade, pulls on update, document's status key.
+        assert_eq!(c.intervirt.power, PowerBackend::None);
+        assert!(!c.intervirt.strict_client && c.intervirt.pull_on_update);
+        assert_eq!(
+            c.intervirt.upgrade_command,
+            crate::core::intervirt::UpgradeCommand::Auto
+        );
+
+        let c = Config::parse(
+            "[intervirt]\nstrict_client = true\npower = \"record\"\nupgrade_command = [\"sh\", \"-c\", \"true\"]\n",
+            &env(&[]),
+        )
+        .unwrap();
+        assert!(c.intervirt.strict_client);
+        assert_eq!(c.intervirt.power, PowerBackend::Record);
+        assert_eq!(
+            c.intervirt.upgrade_command,
+            crate::core::intervirt::UpgradeCommand::Argv(vec![
+                "sh".into(),
+                "-c".into(),
+                "true".into()
+            ])
+        );
+        assert!(Config::parse("[intervirt]\npower = \"halt\"\n", &env(&[])).is_err());
+        assert!(Config::parse("[intervirt]\nupgrade_command = \"yum\"\n", &env(&[])).is_err());
+        assert!(Config::parse("[intervirt]\nupgrade_command = []\n", &env(&[])).is_err());
+        assert!(Config::parse("[intervirt]\nnetns = \"rel\"\n", &env(&[])).is_err());
+
+        // The real backends are refused in test runs.
+        let real = "[intervirt]\npower = \"logind\"\n";
+        assert_eq!(
+            Config::parse(real, &env(&[])).unwrap().intervirt.power,
+            PowerBackend::Logind
+        );
+        let e = Config::parse(real, &env(&[(FORBID_POWER_ENV, "1")])).unwrap_err();
+        assert!(e.to_string().contains(FORBID_POWER_ENV));
+        let e = Config::parse(
+            "",
+            &env(&[
+                (FORBID_POWER_ENV, "1"),
+                ("GANTRY_INTERVIRT_POWER", "reboot"),
+            ]),
+        );
+        assert!(e.is_err());
+
+        // Environment: GANTRY_INTERVIRT_ADDRESS creates the listener.
+        let c = Config::parse("", &env(&[("GANTRY_INTERVIRT_ADDRESS", "127.0.0.1:9")])).unwrap();
+        assert!(c
+            .listeners
+            .iter()
+            .any(|l| l.dialect == Dialect::Intervirt && l.auth == Auth::Loopback));
+    }
+
+    #[test]
+    fn shipped_guest_config_is_valid() {
+        let text = include_str!("../systemd/gantry-guest.toml.example");
+        let c = Config::parse(text, &env(&[])).unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].dialect, Dialect::Intervirt);
+        assert_eq!(c.listeners[0].address.to_string(), "0.0.0.0:55436");
+        assert_eq!(c.listeners[0].auth, Auth::None);
+        assert_eq!(c.intervirt.power, PowerBackend::Logind);
+        assert!(Config::parse(text, &env(&[(FORBID_POWER_ENV, "1")])).is_err());
     }
 
     #[test]

@@ -15,12 +15,14 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ProcessEnv, Source};
+use crate::config::{Config, PowerBackend, ProcessEnv, Source};
 use crate::core::apps::import::ImportSettings;
 use crate::core::apps::lifecycle::Apps;
 use crate::core::docker::DockerEngine;
 use crate::core::engine::ContainerEngine;
 use crate::core::health::EngineHealth;
+use crate::core::intervirt::{AgentSettings, IntervirtAgent};
+use crate::core::power::{LogindPower, NoPower, Power, RecordingPower, SyscallPower};
 use crate::core::Core;
 
 /// Exit code for a configuration error; the unit's RestartPreventExitStatus= names it.
@@ -74,6 +76,15 @@ fn main() -> ExitCode {
                         l.dialect,
                         l.address,
                         auth_name(&l.auth)
+                    );
+                }
+                if c.listeners
+                    .iter()
+                    .any(|l| l.dialect == config::Dialect::Intervirt)
+                {
+                    println!(
+                        "intervirt: power {:?}, upgrade {:?}, strict_client {}",
+                        c.intervirt.power, c.intervirt.upgrade_command, c.intervirt.strict_client
                     );
                 }
                 ExitCode::SUCCESS
@@ -136,7 +147,11 @@ async fn serve(config: Config) -> ExitCode {
     if let Err(e) = apps.recover().await {
         tracing::warn!(error = %e, "cannot clean up after interrupted imports");
     }
-    let core = Arc::new(Core::new(engine, health.clone(), apps));
+    let intervirt = match start_intervirt(&config, engine.clone(), stop.clone()).await {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let core = Arc::new(Core::new(engine, health.clone(), apps).with_intervirt(intervirt));
 
     let bound = match server::bind(&config.listeners).await {
         Ok(b) => b,
@@ -176,6 +191,51 @@ async fn serve(config: Config) -> ExitCode {
     while servers.join_next().await.is_some() {}
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// The Intervirt agent, when a listener speaks its dialect: the dataplane is started and
+/// the stored topology re-applied before anything is served.
+async fn start_intervirt(
+    config: &Config,
+    engine: Arc<dyn ContainerEngine>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<Option<Arc<IntervirtAgent>>, ExitCode> {
+    if !config
+        .listeners
+        .iter()
+        .any(|l| l.dialect == config::Dialect::Intervirt)
+    {
+        return Ok(None);
+    }
+    let c = &config.intervirt;
+    let state_dir = config.state_dir.join("intervirt");
+    let power: Arc<dyn Power> = match c.power {
+        PowerBackend::Logind => Arc::new(LogindPower),
+        PowerBackend::Reboot => Arc::new(SyscallPower),
+        PowerBackend::None => Arc::new(NoPower),
+        PowerBackend::Record => Arc::new(RecordingPower {
+            file: state_dir.join("power-requests.log"),
+        }),
+    };
+    let settings = AgentSettings {
+        state_dir,
+        netns: c.netns.clone(),
+        upgrade_command: c.upgrade_command.clone(),
+        upgrade_timeout: c.upgrade_timeout,
+        pull_on_update: c.pull_on_update,
+        stop_timeout_secs: c.stop_timeout_secs,
+        strict_client: c.strict_client,
+    };
+    let agent = match IntervirtAgent::open(settings, engine, power) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the Intervirt network dataplane");
+            return Err(ExitCode::from(EXIT_FAILURE));
+        }
+    };
+    agent.start_up(stop).await;
+    tracing::info!(power = ?c.power, "Intervirt agent ready");
+    Ok(Some(agent))
 }
 
 fn import_settings(config: &Config) -> ImportSettings {

@@ -2,5 +2,7 @@
 //! onto core calls. Shared HTTP plumbing lives in `http` and `router`.
 
 pub mod http;
+pub mod intervirt;
 pub mod router;
 pub mod transfer;
+pub mod upgrade;

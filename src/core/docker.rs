@@ -472,6 +472,39 @@ impl ContainerEngine for DockerEngine {
         }
         Ok(out)
     }
+
+    fn container_events(&self, filters: &[Filter]) -> super::engine::EventStream {
+        let docker = match self.docker() {
+            Ok(d) => d,
+            Err(e) => return Box::pin(futures_util::stream::once(async move { Err(e) })),
+        };
+        let mut f = filter_map(filters);
+        f.insert("type".to_string(), vec!["container".to_string()]);
+        let opts = bollard::query_parameters::EventsOptionsBuilder::default()
+            .filters(&f)
+            .build();
+        // The client timeout covers the wait for the response headers only, which dockerd
+        // sends at once; the event body then streams for as long as the daemon lives.
+        let events = docker.events(Some(opts)).filter_map(|item| async move {
+            let message = match item {
+                Ok(m) => m,
+                Err(e) => return Some(Err(map_error(e))),
+            };
+            let action = message.action?;
+            let actor = message.actor?;
+            let id = actor.id.unwrap_or_default();
+            let name = actor
+                .attributes
+                .and_then(|mut a| a.remove("name"))
+                .unwrap_or_default();
+            Some(Ok(super::engine::ContainerEvent {
+                id,
+                name: name.trim_start_matches('/').to_string(),
+                action,
+            }))
+        });
+        Box::pin(events)
+    }
 }
 
 fn api_at_least(v: &str, major: u32, minor: u32) -> bool {

@@ -196,4 +196,27 @@ pub trait ContainerEngine: Send + Sync + 'static {
     async fn container_logs(&self, _id: &str, _tail: Option<u64>) -> EngineResult<Vec<LogLine>> {
         unsupported("reading logs")
     }
+
+    // The Intervirt agent (src/core/intervirt) watches its containers through this.
+
+    /// Container lifecycle events (`start`, `die`, `destroy`, ...) of the containers matching
+    /// the filters, from now on. The stream ends when the engine closes it; the caller
+    /// resubscribes (and resynchronises, since events in between are lost).
+    fn container_events(&self, _filters: &[Filter]) -> EventStream {
+        Box::pin(futures_util::stream::once(async {
+            unsupported("watching container events")
+        }))
+    }
 }
+
+/// One container lifecycle event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub id: String,
+    /// The container's name, without Docker's leading `/`.
+    pub name: String,
+    /// Docker's action: `create`, `start`, `die`, `stop`, `destroy`, ...
+    pub action: String,
+}
+
+pub type EventStream = Pin<Box<dyn Stream<Item = EngineResult<ContainerEvent>> + Send>>;

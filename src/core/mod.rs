@@ -5,8 +5,11 @@ pub mod compose;
 pub mod docker;
 pub mod engine;
 pub mod health;
+pub mod intervirt;
 pub mod network;
+pub mod power;
 pub mod system;
+pub mod tasks;
 
 use std::sync::Arc;
 
@@ -55,6 +58,10 @@ pub struct Core {
     pub system: system::SystemModule,
     pub apps: apps::lifecycle::Apps,
     pub engine_health: health::EngineHealth,
+    /// The Intervirt guest agent, when an Intervirt listener is configured.
+    pub intervirt: Option<Arc<intervirt::IntervirtAgent>>,
+    /// Long operations in flight, cancellable by id (`PUT /api/cancel/{id}`).
+    pub tasks: tasks::TaskRegistry,
 }
 
 impl Core {
@@ -67,6 +74,13 @@ impl Core {
             system: system::SystemModule::new(engine),
             apps,
             engine_health,
+            intervirt: None,
+            tasks: tasks::TaskRegistry::default(),
         }
+    }
+
+    pub fn with_intervirt(mut self, agent: Option<Arc<intervirt::IntervirtAgent>>) -> Self {
+        self.intervirt = agent;
+        self
     }
 }

@@ -19,7 +19,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::http::{self, Response};
-use crate::api::transfer;
+use crate::api::upgrade::Upgrades;
+use crate::api::{intervirt, transfer};
 use crate::config::{Auth, Dialect, HttpLimits, Listener};
 use crate::core::health::EngineStatus;
 use crate::core::Core;
@@ -53,6 +54,8 @@ struct ListenerCtx {
     auth: Auth,
     core: Arc<Core>,
     limits: HttpLimits,
+    /// Websocket connections, tracked past hyper's connection task.
+    upgrades: Upgrades,
 }
 
 /// Serves one listener until `stop` fires, then lets open requests finish for `grace`, then
@@ -69,6 +72,7 @@ pub async fn serve(
         auth: bound.config.auth.clone(),
         core,
         limits: limits.clone(),
+        upgrades: Upgrades::new(stop.clone()),
     });
     let mut conns = JoinSet::new();
     let mut http = http1::Builder::new();
@@ -113,14 +117,25 @@ pub async fn serve(
         });
     }
     drop(bound.socket);
+    let deadline = tokio::time::Instant::now() + grace;
     let drain = async { while conns.join_next().await.is_some() {} };
-    if tokio::time::timeout(grace, drain).await.is_err() {
+    if tokio::time::timeout_at(deadline, drain).await.is_err() {
         tracing::warn!(
             open = conns.len(),
             "shutdown grace period over; dropping open connections"
         );
     }
     conns.shutdown().await;
+    // Upgraded connections only start from requests, and none are served any more.
+    let mut sockets = ctx.upgrades.take();
+    let drain = async { while sockets.join_next().await.is_some() {} };
+    if tokio::time::timeout_at(deadline, drain).await.is_err() {
+        tracing::warn!(
+            open = sockets.len(),
+            "shutdown grace period over; dropping open websocket connections"
+        );
+    }
+    sockets.shutdown().await;
 }
 
 async fn dispatch(req: Request<Incoming>, ctx: Arc<ListenerCtx>) -> Result<Response, Infallible> {
@@ -134,6 +149,7 @@ async fn dispatch(req: Request<Incoming>, ctx: Arc<ListenerCtx>) -> Result<Respo
     }
     Ok(match ctx.dialect {
         Dialect::Transfer => transfer::handle(req, ctx.core.clone(), ctx.limits.clone()).await,
+        Dialect::Intervirt => intervirt::handle(req, ctx.core.intervirt.clone(), &ctx.upgrades),
     })
 }
 
@@ -156,6 +172,11 @@ fn unauthorized(dialect: Dialect, path: &str) -> Response {
             "this listener requires Authorization: Bearer <token>",
         )
         .render(path),
+        Dialect::Intervirt => http::json(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({"type": "General", "refID": "", "code": 1,
+                "error": "this listener requires Authorization: Bearer <token>"}),
+        ),
     };
     resp.headers_mut()
         .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
