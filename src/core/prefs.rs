@@ -174,7 +174,9 @@ pub fn validate_device_name(name: &str) -> CoreResult<()> {
 
 fn validate_key(key: &str) -> CoreResult<()> {
     if key.trim().is_empty() {
-        return Err(CoreError::Invalid("a setting's key must not be empty".into()));
+        return Err(CoreError::Invalid(
+            "a setting's key must not be empty".into(),
+        ));
     }
     if key.chars().count() > MAX_KEY_CHARS {
         return Err(CoreError::Invalid(format!(
@@ -213,8 +215,12 @@ fn set_aside(path: &Path, why: &str) {
     let mut aside = path.as_os_str().to_owned();
     aside.push(".corrupt");
     match fs::rename(path, &aside) {
-        Ok(()) => tracing::warn!(file = %path.display(), reason = why, "moved an unreadable file aside to .corrupt; using the default"),
-        Err(e) => tracing::warn!(file = %path.display(), reason = why, error = %e, "ignoring an unreadable file"),
+        Ok(()) => {
+            tracing::warn!(file = %path.display(), reason = why, "moved an unreadable file aside to .corrupt; using the default")
+        }
+        Err(e) => {
+            tracing::warn!(file = %path.display(), reason = why, error = %e, "ignoring an unreadable file")
+        }
     }
 }
 
@@ -291,7 +297,10 @@ mod tests {
         }
         p.set_device_name(&"ä".repeat(MAX_DEVICE_NAME_CHARS))
             .unwrap();
-        assert_eq!(p.device_name().unwrap().chars().count(), MAX_DEVICE_NAME_CHARS);
+        assert_eq!(
+            p.device_name().unwrap().chars().count(),
+            MAX_DEVICE_NAME_CHARS
+        );
     }
 
     #[test]
@@ -302,11 +311,17 @@ mod tests {
         let s = p
             .merge_settings(obj(json!({"a": 1, "b": {"x": [true]}, "c": "s"})))
             .unwrap();
-        assert_eq!(Value::Object(s), json!({"a": 1, "b": {"x": [true]}, "c": "s"}));
+        assert_eq!(
+            Value::Object(s),
+            json!({"a": 1, "b": {"x": [true]}, "c": "s"})
+        );
         let s = p.merge_settings(obj(json!({"a": null, "c": 2}))).unwrap();
         assert_eq!(Value::Object(s), json!({"b": {"x": [true]}, "c": 2}));
         let p = Prefs::open(dir.path()).unwrap();
-        assert_eq!(Value::Object(p.settings()), json!({"b": {"x": [true]}, "c": 2}));
+        assert_eq!(
+            Value::Object(p.settings()),
+            json!({"b": {"x": [true]}, "c": 2})
+        );
     }
 
     #[test]
@@ -324,7 +339,10 @@ mod tests {
             json!({"ok": 1, "big": big}),
         ] {
             assert!(
-                matches!(p.merge_settings(obj(bad.clone())), Err(CoreError::Invalid(_))),
+                matches!(
+                    p.merge_settings(obj(bad.clone())),
+                    Err(CoreError::Invalid(_))
+                ),
                 "{bad} accepted"
             );
         }

@@ -223,8 +223,8 @@ pub fn mime_type(name: &str) -> &'static str {
     }
     let ext = lower.rsplit_once('.').map_or("", |(_, e)| e);
     match ext {
-        "yml" | "yaml" | "txt" | "env" | "cfg" | "conf" | "ini" | "sh" | "log" | "csv"
-        | "lic" | "crt" | "pem" | "toml" => "text/plain",
+        "yml" | "yaml" | "txt" | "env" | "cfg" | "conf" | "ini" | "sh" | "log" | "csv" | "lic"
+        | "crt" | "pem" | "toml" => "text/plain",
         "md" => "text/markdown",
         "html" | "htm" => "text/html",
         "css" => "text/css",

@@ -138,7 +138,12 @@ mod tests {
     fn parts_are_picked_by_service_name() {
         let apps = recognize(&[
             c("3", "shop", "db", &[(5432, None)]),
-            c("1", "shop", "Frontend", &[(80, Some(54180)), (80, Some(54180))]),
+            c(
+                "1",
+                "shop",
+                "Frontend",
+                &[(80, Some(54180)), (80, Some(54180))],
+            ),
             c("2", "shop", "backend-api", &[(8080, Some(54179))]),
             c("4", "plain", "web", &[(8080, None)]),
             ContainerSummary {
