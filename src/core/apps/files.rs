@@ -65,7 +65,7 @@ pub enum FileLookup {
 /// App names may themselves contain `//`, so each `//` is tried from the left and the first
 /// split whose left side is a stored app wins; when none is, the first `//` splits (and the
 /// lookup answers "no such app").
-pub fn split_id<'a>(id: &'a str, is_app: impl Fn(&AppId) -> bool) -> (AppId, Option<&'a str>) {
+pub fn split_id(id: &str, is_app: impl Fn(&AppId) -> bool) -> (AppId, Option<&str>) {
     if is_app(&AppId::from(id)) {
         return (AppId::from(id), None);
     }
