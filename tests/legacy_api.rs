@@ -545,3 +545,63 @@ fn devicename_and_settings_persist_across_a_restart() {
         "temp files left over"
     );
 }
+
+#[test]
+fn compose_routes_answer_busy_while_an_app_starts() {
+    let host = require_docker!();
+    let g = Gantry::builder().docker_host(&host).start();
+    let name = unique("Busy App");
+    let id = format!("{name}:1");
+    // `web` waits for `db` to be healthy, which it becomes only once the test says so.
+    let compose = format!(
+        "services:\n  db:\n    image: {img}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 600 & wait\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"[ -f /ready ]\"]\n      interval: 1s\n      retries: 600\n    stop_grace_period: 1s\n  web:\n    image: {img}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 600 & wait\"]\n    depends_on:\n      db:\n        condition: service_healthy\n    stop_grace_period: 1s\n",
+        img = test_image()
+    );
+    let zip = zip_of(&[
+        (
+            "config.yml",
+            format!("Name: {name}\nVersion: 1\n").as_bytes(),
+        ),
+        ("compose.yaml", compose.as_bytes()),
+    ]);
+    let (ct, body) = multipart("app", &zip);
+    g.post("/api/transfer/import", &ct, body).expect_json(200);
+    let _cleanup = AppCleanup(&g, id.clone());
+
+    let query = format!("?name={}&version=1", enc(&name));
+    let url = g.url(&format!("/api/compose/start{query}"));
+    let starter = std::thread::spawn(move || {
+        let mut r = common::agent().put(&url).send_empty().unwrap();
+        let status = r.status().as_u16();
+        (status, r.body_mut().read_to_string().unwrap())
+    });
+    // The db container exists: the start is waiting for its health.
+    let db = wait_for(Duration::from_secs(60), Duration::from_millis(50), || {
+        let names = docker_ok(&[
+            "ps",
+            "--filter",
+            &format!("label=io.gantry.app-id={id}"),
+            "--filter",
+            "label=com.docker.compose.service=db",
+            "--format",
+            "{{.Names}}",
+        ]);
+        let name = names.trim().to_string();
+        (!name.is_empty()).then_some(name)
+    })
+    .expect("the db container never started");
+    let list = g.get("/api/transfer/apps").expect_json(200);
+    assert_eq!(list[0]["Busy"], true, "{list}");
+    for verb in ["start", "stop"] {
+        let path = format!("/api/compose/{verb}{query}");
+        let detail = g.put(&path).expect_problem(400, &path);
+        assert!(detail.contains("busy"), "{detail}");
+    }
+    docker_ok(&["exec", &db, "touch", "/ready"]);
+    let (status, body) = starter.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    let up: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(up["RunningContainers"].as_array().unwrap().len(), 2, "{up}");
+    g.put(&format!("/api/compose/stop{query}")).expect_json(200);
+    assert!(running_containers(&id).is_empty());
+}
