@@ -247,13 +247,6 @@ fn files_api_browses_and_downloads_an_imported_bundle() {
     }
 }
 
-/// A PUT without a body, sent with `Content-Length: 0`. (The harness's `Gantry::put` sends
-/// an empty chunked body, after which hyper may close the connection without reading it;
-/// ureq then sometimes reuses the closed pooled connection: "Peer disconnected".)
-fn put(g: &Gantry, path: &str) -> Resp {
-    g.request("PUT", path, &[], Some(Vec::new()))
-}
-
 /// Removes the app (stopping it) when the test ends, pass or fail.
 struct AppCleanup<'a>(&'a Gantry, String);
 
@@ -342,24 +335,22 @@ fn legacy_v222_and_v31_routes() {
     ] {
         for verb in ["start", "stop"] {
             let path = format!("/api/compose/{verb}{bad}");
-            let detail = put(&g, &path).expect_problem(400, &path);
+            let detail = g.put(&path).expect_problem(400, &path);
             assert!(detail.contains("not given"), "{detail}");
         }
     }
     for verb in ["start", "stop"] {
         let path = format!("/api/compose/{verb}{}", q(&name, "9.9.9"));
-        put(&g, &path).expect_problem(404, &path);
+        g.put(&path).expect_problem(404, &path);
     }
 
     // compose/start really starts the app (form encoding: `+` is a space).
-    let up = put(
-        &g,
-        &format!(
+    let up = g
+        .put(&format!(
             "/api/compose/start?name={}&version={version}",
             name.replace(' ', "+")
-        ),
-    )
-    .expect_json(200);
+        ))
+        .expect_json(200);
     assert_eq!(up["ExitCode"], 0, "{up}");
     assert_eq!(up["SuccessEstimate"], true, "{up}");
     assert_eq!(up["RunningContainers"].as_array().unwrap().len(), 2, "{up}");
@@ -414,7 +405,9 @@ fn legacy_v222_and_v31_routes() {
     assert!(v1[0]["Id"].is_string(), "{v1}");
 
     // compose/stop really stops it: ProcessResult.
-    let down = put(&g, &format!("/api/compose/stop{}", q(&name, version))).expect_json(200);
+    let down = g
+        .put(&format!("/api/compose/stop{}", q(&name, version)))
+        .expect_json(200);
     assert_eq!(down["ExitCode"], 0, "{down}");
     assert!(
         down["Lines"].is_array() && down["RawOutput"].is_string(),
@@ -477,15 +470,12 @@ fn devicename_and_settings_persist_across_a_restart() {
         format!("?name={long}"),
     ] {
         let path = format!("/api/1/devicename{bad}");
-        put(&g, &path).expect_problem(400, &path);
+        g.put(&path).expect_problem(400, &path);
     }
     let name = "IoT Gateway Server 10:5-dev";
     assert_eq!(
-        put(
-            &g,
-            "/api/1/devicename?name=IoT%20Gateway%20Server%2010%3A5-dev"
-        )
-        .expect_json(200),
+        g.put("/api/1/devicename?name=IoT%20Gateway%20Server%2010%3A5-dev")
+            .expect_json(200),
         Value::from(name)
     );
     assert_eq!(g.get("/api/devicename").expect_json(200), Value::from(name));
@@ -604,7 +594,7 @@ fn compose_routes_answer_busy_while_an_app_starts() {
     assert_eq!(list[0]["Busy"], true, "{list}");
     for verb in ["start", "stop"] {
         let path = format!("/api/compose/{verb}{query}");
-        let detail = put(&g, &path).expect_problem(400, &path);
+        let detail = g.put(&path).expect_problem(400, &path);
         assert!(detail.contains("busy"), "{detail}");
     }
     docker_ok(&["exec", &db, "touch", "/ready"]);
@@ -612,6 +602,6 @@ fn compose_routes_answer_busy_while_an_app_starts() {
     assert_eq!(status, 200, "{body}");
     let up: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(up["RunningContainers"].as_array().unwrap().len(), 2, "{up}");
-    put(&g, &format!("/api/compose/stop{query}")).expect_json(200);
+    g.put(&format!("/api/compose/stop{query}")).expect_json(200);
     assert!(running_containers(&id).is_empty());
 }
