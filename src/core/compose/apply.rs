@@ -307,19 +307,43 @@ async fn up_inner(
         .await,
     )?;
 
-    // Converge each service as soon as its dependencies are converged (a dependency's
-    // condition, healthy or completed, is awaited by the dependent before it takes a slot).
+    // A fresh service (no container yet, no `network_mode: service:x`) has its container
+    // created right away, whatever it depends on: only its start waits for the dependencies.
+    // Each service is then started (or converged: kept, started, recreated) as soon as every
+    // service it depends on is up; a dependency's healthy/completed condition is awaited by
+    // the dependent before it takes a slot. The `Creating x ... done` lines still frame the
+    // start, in dependency order.
     let slots = tokio::sync::Semaphore::new(limit);
     let slots = &slots;
+    enum Ev {
+        Created(String, Result<String, ComposeError>),
+        Up(String, Result<String, ComposeError>),
+    }
+    let mut tasks: FuturesUnordered<BoxFuture<'_, Ev>> = FuturesUnordered::new();
+    // Services being created ahead, and those created ahead (name -> id) not yet started.
+    let mut creating: HashSet<&str> = HashSet::new();
+    let mut precreated: HashMap<String, String> = HashMap::new();
+    for s in &plan.services {
+        if s.network_of.is_some() || by_service.contains_key(&s.name) {
+            continue;
+        }
+        creating.insert(s.name.as_str());
+        let image_id = image_ids.get(&s.image).cloned().unwrap_or_default();
+        tasks.push(Box::pin(async move {
+            let _slot = slots.acquire().await;
+            let (body, _) = create_body(s, &image_id, None);
+            Ev::Created(s.name.clone(), create(s, engine, body).await)
+        }));
+    }
     let mut pending: Vec<&ServicePlan> = plan.services.iter().collect();
     let mut ids: HashMap<String, String> = HashMap::new();
-    let mut running = FuturesUnordered::new();
     let mut errors = Vec::new();
     loop {
         if errors.is_empty() {
-            let (ready, wait): (Vec<&ServicePlan>, Vec<&ServicePlan>) = pending
-                .into_iter()
-                .partition(|s| s.all_deps().all(|d| ids.contains_key(d)));
+            let (ready, wait): (Vec<&ServicePlan>, Vec<&ServicePlan>) =
+                pending.into_iter().partition(|s| {
+                    !creating.contains(s.name.as_str()) && s.all_deps().all(|d| ids.contains_key(d))
+                });
             pending = wait;
             for s in ready {
                 let deps: HashMap<String, String> = s
@@ -328,7 +352,8 @@ async fn up_inner(
                     .collect();
                 let image_id = image_ids.get(&s.image).cloned().unwrap_or_default();
                 let current = by_service.remove(&s.name).unwrap_or_default();
-                running.push(async move {
+                let ahead = precreated.remove(&s.name);
+                tasks.push(Box::pin(async move {
                     let res = converge(
                         s,
                         engine,
@@ -337,22 +362,50 @@ async fn up_inner(
                         image_id,
                         deps,
                         current,
+                        ahead,
                         p.wait_timeout,
                     )
                     .await;
-                    (s.name.clone(), res)
-                });
+                    Ev::Up(s.name.clone(), res)
+                }));
             }
         }
-        match running.next().await {
-            Some((name, Ok(id))) => {
+        match tasks.next().await {
+            Some(Ev::Created(name, Ok(id))) => {
+                creating.remove(name.as_str());
+                precreated.insert(name, id);
+            }
+            Some(Ev::Created(name, Err(e))) => {
+                creating.remove(name.as_str());
+                let shown = plan
+                    .service(&name)
+                    .map_or(name.as_str(), |s| &s.container_name);
+                let head = format!("Creating {shown:<width$} ...", width = out.width);
+                out.line(head.clone());
+                out.line(format!("{head} error"));
+                errors.push(e);
+            }
+            Some(Ev::Up(name, Ok(id))) => {
                 ids.insert(name, id);
             }
-            Some((_, Err(e))) => errors.push(e),
+            Some(Ev::Up(_, Err(e))) => errors.push(e),
             None => break,
         }
     }
+    drop(tasks);
     if !errors.is_empty() {
+        // Containers created ahead for services that never got their turn: gone again, as
+        // if they had never been created (best effort; `down` removes them anyway).
+        let leftovers: Vec<BoxFuture<'_, ()>> = precreated
+            .values()
+            .map(|id| {
+                async move {
+                    let _ = engine.remove_container(id, true, false).await;
+                }
+                .boxed()
+            })
+            .collect();
+        bounded(limit, leftovers).await;
         return Err(if errors.len() == 1 {
             errors.remove(0)
         } else {
@@ -554,6 +607,7 @@ async fn converge(
     image_id: String,
     deps: HashMap<String, String>,
     current: Vec<ContainerSummary>,
+    precreated: Option<String>,
     wait_timeout: Duration,
 ) -> Result<String, ComposeError> {
     let waits = s.depends_on.iter().filter_map(|d| {
@@ -562,7 +616,13 @@ async fn converge(
             .then(|| wait_for(engine, &s.name, &d.service, id, d.condition, wait_timeout))
     });
     for r in join_all(waits).await {
-        r?;
+        if let Err(e) = r {
+            if let Some(id) = &precreated {
+                // Created ahead, never to be started: gone again (best effort).
+                let _ = engine.remove_container(id, true, false).await;
+            }
+            return Err(e);
+        }
     }
     // Waiting for a condition takes no slot; the engine work does. The semaphore is never
     // closed, so acquiring only fails if it were.
@@ -571,22 +631,24 @@ async fn converge(
         message: "the operation was shut down".into(),
     })?;
 
-    let mut body = s.body.clone();
-    if let Some(other) = &s.network_of {
-        let id = deps.get(other).cloned().unwrap_or_default();
-        body.host_config
-            .get_or_insert_with(Default::default)
-            .network_mode = Some(format!("container:{id}"));
+    if let Some(id) = precreated {
+        // Created ahead (a fresh service): only the start was waiting for the dependencies.
+        let name = &s.container_name;
+        out.step("Creating", name, async {
+            engine
+                .start_container(&id)
+                .await
+                .map_err(ComposeError::engine(format!("starting {name}")))
+        })
+        .await?;
+        return Ok(id);
     }
-    let hash = config_hash(&serde_json::json!({
-        "name": &s.container_name,
-        "container": &body,
-        "networks": &s.extra_networks,
-        "image_id": image_id,
-    }));
-    body.labels
-        .get_or_insert_with(HashMap::new)
-        .insert(LABEL_CONFIG_HASH.to_string(), hash.clone());
+
+    let (body, hash) = create_body(
+        s,
+        &image_id,
+        s.network_of.as_ref().and_then(|o| deps.get(o)),
+    );
 
     let up_to_date = current
         .iter()
@@ -632,18 +694,7 @@ async fn converge(
             remove_container(engine, c, s.stop_timeout).await?;
         }
         let name = &s.container_name;
-        let id = engine
-            .create_container(name, body)
-            .await
-            .map_err(ComposeError::engine(format!("creating container {name}")))?;
-        for (net, endpoint) in &s.extra_networks {
-            engine
-                .connect_network(net, &id, endpoint.clone())
-                .await
-                .map_err(ComposeError::engine(format!(
-                    "connecting {name} to network {net}"
-                )))?;
-        }
+        let id = create(s, engine, body).await?;
         engine
             .start_container(&id)
             .await
@@ -651,6 +702,54 @@ async fn converge(
         Ok(id)
     })
     .await
+}
+
+/// The service's create body with its config-hash label, and the hash. `network_of` is the
+/// container id of the service named by `network_mode: service:x`.
+fn create_body(
+    s: &ServicePlan,
+    image_id: &str,
+    network_of: Option<&String>,
+) -> (bollard::models::ContainerCreateBody, String) {
+    let mut body = s.body.clone();
+    if s.network_of.is_some() {
+        let id = network_of.cloned().unwrap_or_default();
+        body.host_config
+            .get_or_insert_with(Default::default)
+            .network_mode = Some(format!("container:{id}"));
+    }
+    let hash = config_hash(&serde_json::json!({
+        "name": &s.container_name,
+        "container": &body,
+        "networks": &s.extra_networks,
+        "image_id": image_id,
+    }));
+    body.labels
+        .get_or_insert_with(HashMap::new)
+        .insert(LABEL_CONFIG_HASH.to_string(), hash.clone());
+    (body, hash)
+}
+
+/// Creates the service's container and connects its extra networks; returns the id.
+async fn create(
+    s: &ServicePlan,
+    engine: &dyn ContainerEngine,
+    body: bollard::models::ContainerCreateBody,
+) -> Result<String, ComposeError> {
+    let name = &s.container_name;
+    let id = engine
+        .create_container(name, body)
+        .await
+        .map_err(ComposeError::engine(format!("creating container {name}")))?;
+    for (net, endpoint) in &s.extra_networks {
+        engine
+            .connect_network(net, &id, endpoint.clone())
+            .await
+            .map_err(ComposeError::engine(format!(
+                "connecting {name} to network {net}"
+            )))?;
+    }
+    Ok(id)
 }
 
 async fn remove_container(
@@ -1432,9 +1531,10 @@ services:
         let fake = Fake::default();
         let p = project(YAML);
         let res = p.up(&fake, &|_| {}).await.unwrap();
-        assert_eq!(fake.max_in_flight(), 3, "{:?}", fake.log.lock().unwrap());
-        assert!(fake.position("-start a") < fake.position("+create d"));
-        assert!(fake.position("-start b") < fake.position("+create d"));
+        // All four are fresh: created together; d (needs a healthy, b started) starts last.
+        assert_eq!(fake.max_in_flight(), 4, "{:?}", fake.log.lock().unwrap());
+        assert!(fake.position("-start a") < fake.position("+start d"));
+        assert!(fake.position("-start b") < fake.position("+start d"));
         assert_eq!(res.running_containers, ["p_a_1", "p_b_1", "p_c_1", "p_d_1"]);
 
         // Unchanged: nothing is created again.
@@ -1480,6 +1580,15 @@ services:
             .unwrap()
             .starts_with("ERROR: service \"a\": dependency \"b\""));
         assert!(!lines.iter().any(|l| l.contains("p_a_1")), "{lines:?}");
+        // a's container, created ahead of b's completion, went again with the failure.
+        let left: Vec<String> = fake
+            .containers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(container_name)
+            .collect();
+        assert_eq!(left, ["p_b_1"]);
     }
 
     const FORK: &str = r#"
@@ -1497,9 +1606,9 @@ volumes:
   data: {}
 "#;
 
-    /// up: the network and the volume are created together; a and b (independent) are created
-    /// and started together; c (needs a) and d (needs a, b healthy) only after their
-    /// dependencies started, and together. down: the reverse, c and d together first, each
+    /// up: the network and the volume are created together; then all four containers (all
+    /// fresh) are created together; a and b (independent) start together; c (needs a) and d
+    /// (needs a, b healthy) start only after their dependencies started, and together. down: the reverse, c and d together first, each
     /// container removed once stopped, the network after all containers. The gates make
     /// this deterministic: run in sequence, a gated call would wait for its partner forever.
     #[tokio::test]
@@ -1507,9 +1616,9 @@ volumes:
         let fake = Fake::default();
         let p = project(FORK);
         fake.gate(&["network p_n", "volume p_data"]);
-        fake.gate(&["create a", "create b"]);
+        fake.gate(&["create a", "create b", "create c", "create d"]);
         fake.gate(&["start a", "start b"]);
-        fake.gate(&["create c", "create d"]);
+        fake.gate(&["start c", "start d"]);
         let lines = Mutex::new(Vec::new());
         let res = p
             .up(&fake, &|l| lines.lock().unwrap().push(l.to_string()))
@@ -1518,13 +1627,15 @@ volumes:
         let pos = |e: &str| fake.position(e);
         for (dep, dependent) in [("a", "c"), ("a", "d"), ("b", "d")] {
             assert!(
-                pos(&format!("-start {dep}")) < pos(&format!("+create {dependent}")),
-                "{dependent} created before {dep} started: {:?}",
+                pos(&format!("-start {dep}")) < pos(&format!("+start {dependent}")),
+                "{dependent} started before {dep} started: {:?}",
                 fake.log.lock().unwrap()
             );
         }
-        assert!(pos("-network p_n") < pos("+create a"));
-        assert!(pos("-volume p_data") < pos("+create a"));
+        for s in ["a", "b", "c", "d"] {
+            assert!(pos("-network p_n") < pos(&format!("+create {s}")));
+            assert!(pos("-volume p_data") < pos(&format!("+create {s}")));
+        }
         assert_eq!(res.running_containers, ["p_a_1", "p_b_1", "p_c_1", "p_d_1"]);
         // Network and volume lines come first, in plan order; every service says done.
         let lines = lines.into_inner().unwrap();
