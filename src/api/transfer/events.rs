@@ -202,6 +202,9 @@ struct Peer {
     /// Bytes may stall this long before an upload fails (`http.header_read_timeout_secs`).
     idle: Duration,
     gone: bool,
+    /// The server is stopping: waits for the client end as if cancelled, operations in
+    /// flight (import, image load) are cancelled and roll back; a start completes.
+    stop: CancellationToken,
 }
 
 enum Incoming {
@@ -244,6 +247,7 @@ impl Peer {
         loop {
             let msg = tokio::select! {
                 _ = cancel.cancelled() => return Incoming::Cancelled,
+                _ = self.stop.cancelled() => return Incoming::Cancelled,
                 m = self.ws.next() => m,
                 _ = tick.tick() => {
                     if self.idle_for() >= self.idle {
@@ -328,7 +332,9 @@ where
     let on_upgrade = hyper::upgrade::on(&mut c.req);
     let core = c.core.clone();
     let idle = c.limits.header_read_timeout;
-    tokio::spawn(async move {
+    let stop = c.upgrades.stop.clone();
+    // Tracked, so that a graceful shutdown waits for (and then ends) the session.
+    c.upgrades.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -350,6 +356,7 @@ where
             last_read,
             idle,
             gone: false,
+            stop,
         };
         session(core, peer).await;
     });
@@ -611,6 +618,7 @@ async fn import_session(core: Arc<Core>, mut peer: Peer, limit: u64, replace: bo
             let _ = tx.send(step);
         }
     };
+    let stop = peer.stop.clone();
     let result = {
         let op = core
             .apps
@@ -619,6 +627,10 @@ async fn import_session(core: Arc<Core>, mut peer: Peer, limit: u64, replace: bo
         loop {
             tokio::select! {
                 biased;
+                _ = stop.cancelled(), if !cancel.is_cancelled() => {
+                    tracing::info!(task = %task.id, "server stopping; cancelling the import");
+                    cancel.cancel();
+                }
                 Some(step) = rx.recv() => {
                     peer.send(&step).await;
                     if peer.gone && !cancel.is_cancelled() {
@@ -834,6 +846,7 @@ async fn load_image_session(core: Arc<Core>, mut peer: Peer, limit: u64) {
             return peer.close(CloseCode::Error, "server error").await;
         }
     };
+    let stop = peer.stop.clone();
     let sent = Arc::new(AtomicU64::new(0));
     let counter = sent.clone();
     let stream: ByteStream = Box::pin(
@@ -864,6 +877,7 @@ async fn load_image_session(core: Arc<Core>, mut peer: Peer, limit: u64) {
                     }
                 }
                 gone = client_gone(&mut peer) => if gone { cancel.cancel(); },
+                _ = stop.cancelled(), if !cancel.is_cancelled() => cancel.cancel(),
             }
         }
     };
