@@ -48,6 +48,9 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// How long one message may take to reach a client before it counts as gone.
 const SEND_GUARD: Duration = Duration::from_secs(60);
 
+/// How long a closing session waits for the client's close frame while the server stops.
+const CLOSE_WAIT_STOPPING: Duration = Duration::from_secs(1);
+
 /// REST routes under `/api`.
 pub fn register(r: &mut Routes<Handler>) {
     r.add(Method::PUT, "/cancel/{id}", |c| Box::pin(cancel(c)))
@@ -212,6 +215,8 @@ enum Incoming {
     /// The client closed or the connection broke.
     Gone,
     Cancelled,
+    /// The server is stopping.
+    Stopping,
     /// No bytes arrived for `idle`.
     Stalled,
     /// A protocol violation the client should hear about.
@@ -247,7 +252,7 @@ impl Peer {
         loop {
             let msg = tokio::select! {
                 _ = cancel.cancelled() => return Incoming::Cancelled,
-                _ = self.stop.cancelled() => return Incoming::Cancelled,
+                _ = self.stop.cancelled() => return Incoming::Stopping,
                 m = self.ws.next() => m,
                 _ = tick.tick() => {
                     if self.idle_for() >= self.idle {
@@ -290,7 +295,14 @@ impl Peer {
         if self.ws.close(Some(frame)).await.is_err() {
             return;
         }
-        let _ = tokio::time::timeout(self.idle, async {
+        // While the server stops, a client that does not answer must not use up the grace
+        // period of everyone else.
+        let wait = if self.stop.is_cancelled() {
+            self.idle.min(CLOSE_WAIT_STOPPING)
+        } else {
+            self.idle
+        };
+        let _ = tokio::time::timeout(wait, async {
             while let Some(Ok(_)) = self.ws.next().await {}
         })
         .await;
@@ -385,6 +397,8 @@ enum Upload {
     Done,
     Failed(String),
     Cancelled,
+    /// The server is stopping.
+    Stopping,
     Gone,
 }
 
@@ -442,6 +456,7 @@ async fn receive_upload(
         Incoming::Invalid(m) => return Upload::Failed(m),
         Incoming::Gone => return Upload::Gone,
         Incoming::Cancelled => return Upload::Cancelled,
+        Incoming::Stopping => return Upload::Stopping,
     };
     if length == 0 {
         return Upload::Failed("Length is 0: nothing to upload".into());
@@ -469,6 +484,7 @@ async fn receive_upload(
             Incoming::Invalid(m) => return Upload::Failed(m),
             Incoming::Gone => return Upload::Gone,
             Incoming::Cancelled => return Upload::Cancelled,
+            Incoming::Stopping => return Upload::Stopping,
         };
         got += data.len() as u64;
         if got > length {
@@ -504,6 +520,15 @@ async fn upload_outcome(peer: &mut Peer, end: Upload, what: &str) -> Result<(), 
             ))
             .await;
             Err(CloseCode::Normal)
+        }
+        Upload::Stopping => {
+            peer.send(&Step::fail(
+                "CANCEL",
+                None,
+                format!("the server is shutting down; the {what} was not done: try again later"),
+            ))
+            .await;
+            Err(CloseCode::Away)
         }
         Upload::Gone => Err(CloseCode::Away),
     }
