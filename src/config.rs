@@ -651,6 +651,22 @@ mod tests {
     }
 
     #[test]
+    fn sse_keys() {
+        let c = Config::parse("", &env(&[])).unwrap();
+        assert_eq!(c.http.sse_keepalive, Duration::from_secs(15));
+        assert_eq!(c.http.sse_queue_events, 256);
+        let c = Config::parse(
+            "[http]\nsse_keepalive_secs = 2\nsse_queue_events = 8",
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.http.sse_keepalive, Duration::from_secs(2));
+        assert_eq!(c.http.sse_queue_events, 8);
+        assert!(Config::parse("[http]\nsse_queue_events = 0", &env(&[])).is_err());
+        assert!(Config::parse("[http]\nsse_keepalive_secs = 0", &env(&[])).is_err());
+    }
+
+    #[test]
     fn env_overrides_listener() {
         let c = Config::parse(
             "",

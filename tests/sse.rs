@@ -21,10 +21,15 @@ const GUARD: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 enum Item {
-    Event { name: String, data: String },
+    Event {
+        name: String,
+        data: String,
+    },
     Comment(String),
     /// The stream ended: `clean` when the chunked body was properly terminated.
-    End { clean: bool },
+    End {
+        clean: bool,
+    },
 }
 
 /// An SSE client: a thread reads the chunked body and parses it into items.
@@ -301,12 +306,16 @@ fn sse_reports_imports_status_changes_refreshes_and_removals() {
 
     // Stopped behind gantry's back with the Docker CLI: gantry sees it through Docker's events.
     docker_ok(&["stop", "-t", "1", &container]);
-    let stopped = sse.wait_for("App", |v| v["Id"] == id.as_str() && v["Status"] == "Stopped");
+    let stopped = sse.wait_for("App", |v| {
+        v["Id"] == id.as_str() && v["Status"] == "Stopped"
+    });
     assert_eq!(stopped["Containers"][0]["Running"], false, "{stopped}");
     versioned.wait_for("App", |v| v["Status"] == "Stopped");
     // And started again the same way.
     docker_ok(&["start", &container]);
-    let again = sse.wait_for("App", |v| v["Id"] == id.as_str() && v["Status"] == "Running");
+    let again = sse.wait_for("App", |v| {
+        v["Id"] == id.as_str() && v["Status"] == "Running"
+    });
     assert_eq!(again["Busy"], false, "{again}");
 
     // Stopped by gantry.
@@ -402,15 +411,24 @@ fn a_client_that_never_reads_is_dropped_without_holding_others_up() {
         g.put("/api/1/transfer/refresh/apps").expect_empty(202);
         // The reader sees every round completely and in order, whatever the laggard does.
         let (n, d) = reader.next_event();
-        assert_eq!((n.as_str(), d.as_str()), ("Refresh", "true"), "round {rounds}");
+        assert_eq!(
+            (n.as_str(), d.as_str()),
+            ("Refresh", "true"),
+            "round {rounds}"
+        );
         let (n, d) = reader.next_event();
         assert_eq!(n, "App", "round {rounds}");
         received += d.len();
         let v: Value = serde_json::from_str(&d).unwrap();
         assert_eq!(v["Id"], id.as_str());
         let (n, d) = reader.next_event();
-        assert_eq!((n.as_str(), d.as_str()), ("Refresh", "false"), "round {rounds}");
+        assert_eq!(
+            (n.as_str(), d.as_str()),
+            ("Refresh", "false"),
+            "round {rounds}"
+        );
     }
+    eprintln!("the laggard was dropped after {rounds} rounds ({received} bytes of App events)");
     assert!(
         g.stderr().contains("dropping an event subscriber"),
         "the laggard was not dropped after {rounds} rounds ({received} bytes of App events)"
