@@ -11,7 +11,7 @@
 use std::ops::Deref;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::lifecycle::Apps;
@@ -21,8 +21,11 @@ use crate::core::engine::{ContainerEngine, Filter};
 
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Events taken together at most, before their apps are re-read.
+const MAX_BATCH: usize = 256;
 
-/// Container actions that can change an app's status or container list.
+/// Container actions that can change an app's status or container list. (`kill` only
+/// sends a signal; the `die` that follows is the change.)
 fn relevant(action: &str) -> bool {
     matches!(
         action,
@@ -31,7 +34,6 @@ fn relevant(action: &str) -> bool {
             | "restart"
             | "die"
             | "stop"
-            | "kill"
             | "oom"
             | "pause"
             | "unpause"
@@ -70,26 +72,53 @@ where
                 _ = stop.cancelled() => return,
                 n = events.next() => n,
             };
-            let event = match next {
-                Some(Ok(e)) => e,
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "Docker event stream failed");
+            let mut ended = false;
+            let mut changed: Vec<AppId> = Vec::new();
+            let mut next = next;
+            let mut batch = 0;
+            // Events already waiting are taken together: one re-read per app, not per event
+            // (a `docker stop` alone sends kill, die and stop).
+            loop {
+                match next {
+                    Some(Ok(event)) => {
+                        received = true;
+                        if relevant(&event.action) {
+                            if let Some(id) = event.labels.get(LABEL_APP_ID) {
+                                tracing::debug!(app = %id, container = %event.name, action = %event.action, "app container event");
+                                let id = AppId::from(id.as_str());
+                                if !changed.contains(&id) {
+                                    changed.push(id);
+                                }
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "Docker event stream failed");
+                        ended = true;
+                        break;
+                    }
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                }
+                batch += 1;
+                if batch >= MAX_BATCH {
                     break;
                 }
-                None => break,
-            };
-            received = true;
-            if !relevant(&event.action) {
-                continue;
+                match events.next().now_or_never() {
+                    Some(n) => next = n,
+                    None => break,
+                }
             }
-            let Some(id) = event.labels.get(LABEL_APP_ID) else {
-                continue;
-            };
-            let id = AppId::from(id.as_str());
-            tracing::debug!(app = %id, container = %event.name, action = %event.action, "app container event");
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = apps.publish_app(&id, false) => {}
+            for id in &changed {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = apps.publish_app(id, false) => {}
+                }
+            }
+            if ended {
+                break;
             }
         }
         // A stream that worked is retried at once; a failing Docker with growing pauses.
