@@ -45,6 +45,9 @@ use crate::core::{Core, CoreError};
 /// Largest single websocket message (and frame); a ZIP may come in several.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// Read buffer of a websocket session (tungstenite's default is 128 KiB, all of it touched).
+const WS_READ_BUFFER_BYTES: usize = 16 << 10;
+
 /// How long one message may take to reach a client before it counts as gone.
 const SEND_GUARD: Duration = Duration::from_secs(60);
 
@@ -359,7 +362,10 @@ where
             inner: TokioIo::new(upgraded),
             last_read: last_read.clone(),
         };
+        // tungstenite zero-fills its whole read buffer (128 KiB by default) on the first
+        // read: 16 KiB keeps an idle session small and is plenty per read call.
         let config = WebSocketConfig::default()
+            .read_buffer_size(WS_READ_BUFFER_BYTES)
             .max_message_size(Some(MAX_MESSAGE_BYTES))
             .max_frame_size(Some(MAX_MESSAGE_BYTES));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;

@@ -176,6 +176,7 @@ impl Apps {
         let view = self.view(app).await;
         let print = Fingerprint::of(&view);
         if force || published.get(id) != Some(&print) {
+            tracing::debug!(app = %id, status = ?view.status, busy = view.busy, "app event");
             published.insert(id.clone(), print);
             self.events.publish(AppEvent::App(view));
         }

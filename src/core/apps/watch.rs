@@ -29,15 +29,7 @@ const MAX_BATCH: usize = 256;
 fn relevant(action: &str) -> bool {
     matches!(
         action,
-        "create"
-            | "start"
-            | "restart"
-            | "die"
-            | "stop"
-            | "oom"
-            | "pause"
-            | "unpause"
-            | "destroy"
+        "create" | "start" | "restart" | "die" | "stop" | "oom" | "pause" | "unpause" | "destroy"
     )
 }
 
@@ -74,6 +66,7 @@ where
             };
             let mut ended = false;
             let mut changed: Vec<AppId> = Vec::new();
+            let mut died: Vec<String> = Vec::new();
             let mut next = next;
             let mut batch = 0;
             // Events already waiting are taken together: one re-read per app, not per event
@@ -88,6 +81,9 @@ where
                                 let id = AppId::from(id.as_str());
                                 if !changed.contains(&id) {
                                     changed.push(id);
+                                }
+                                if event.action == "die" && !died.contains(&event.id) {
+                                    died.push(event.id.clone());
                                 }
                             }
                         }
@@ -109,6 +105,14 @@ where
                 match events.next().now_or_never() {
                     Some(n) => next = n,
                     None => break,
+                }
+            }
+            // dockerd sends `die` before its container list says so; an inspect waits for
+            // the container's lock, i.e. until dockerd has recorded the exit.
+            for container in &died {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = engine.inspect_container(container) => {}
                 }
             }
             for id in &changed {
