@@ -168,6 +168,45 @@ mod tests {
         );
     }
 
+    fn feed(bus: &crate::core::events::EventBus, stop: &CancellationToken) -> Feed {
+        let period = std::time::Duration::from_millis(50);
+        Feed {
+            first: Some(Bytes::from_static(b"first")),
+            events: bus.subscribe(CancellationToken::new()),
+            keepalive: tokio::time::interval_at(tokio::time::Instant::now() + period, period),
+            stop: stop.clone(),
+            done: false,
+        }
+    }
+
+    async fn chunk(f: Feed) -> Option<(Bytes, Feed)> {
+        let (frame, f) = next_chunk(f).await?;
+        Some((frame.unwrap().into_data().unwrap(), f))
+    }
+
+    #[tokio::test]
+    async fn events_then_keepalives_then_a_last_status_on_stop() {
+        let bus = crate::core::events::EventBus::new(4);
+        let stop = CancellationToken::new();
+        let f = feed(&bus, &stop);
+        let (b, f) = chunk(f).await.unwrap();
+        assert_eq!(&b[..], b"first");
+        bus.publish(AppEvent::Refresh(true));
+        let (b, f) = chunk(f).await.unwrap();
+        assert_eq!(&b[..], b"event: Refresh\ndata: true\n\n");
+        // Nothing happens until the keep-alive is due.
+        let (b, f) = chunk(f).await.unwrap();
+        assert_eq!(&b[..], b": keep-alive\n\n");
+        stop.cancel();
+        bus.publish(AppEvent::Refresh(false));
+        let (b, f) = chunk(f).await.unwrap();
+        assert_eq!(
+            &b[..],
+            b"event: status\ndata: {\"Status\":\"ShuttingDown\"}\n\n"
+        );
+        assert!(chunk(f).await.is_none());
+    }
+
     #[test]
     fn renderings_are_shared_per_event() {
         let e = Arc::new(AppEvent::Refresh(false));
