@@ -137,3 +137,244 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+    use bollard::models::{
+        ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum,
+        ImageDeleteResponseItem, ImageInspect, ImageSummary, Volume,
+    };
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::core::apps::import::ImportSettings;
+    use crate::core::apps::lifecycle::AppStatus;
+    use crate::core::apps::store::AppStore;
+    use crate::core::apps::AppConfig;
+    use crate::core::engine::{
+        ByteStream, ContainerEvent, EngineError, EngineResult, EngineVersion, EventStream,
+        LoadedImages,
+    };
+    use crate::core::events::AppEvent;
+
+    /// Docker as far as the watcher sees it: one app container whose state the test sets,
+    /// and event streams the test feeds (one per subscription).
+    #[derive(Default)]
+    struct FakeDocker {
+        running: Mutex<bool>,
+        streams: Mutex<Vec<mpsc::UnboundedReceiver<EngineResult<ContainerEvent>>>>,
+        subscriptions: Mutex<usize>,
+    }
+
+    fn no<T>() -> EngineResult<T> {
+        Err(EngineError::Failed("not in this fake".into()))
+    }
+
+    #[async_trait]
+    impl ContainerEngine for FakeDocker {
+        async fn version(&self) -> EngineResult<EngineVersion> {
+            no()
+        }
+        async fn list_images(&self) -> EngineResult<Vec<ImageSummary>> {
+            no()
+        }
+        async fn inspect_image(&self, _: &str) -> EngineResult<ImageInspect> {
+            no()
+        }
+        async fn load_images(&self, _: ByteStream) -> EngineResult<LoadedImages> {
+            no()
+        }
+        fn export_image(&self, _: &str) -> ByteStream {
+            Box::pin(futures_util::stream::empty())
+        }
+        async fn remove_image(
+            &self,
+            _: &str,
+            _: bool,
+        ) -> EngineResult<Vec<ImageDeleteResponseItem>> {
+            no()
+        }
+        async fn prune_images(&self, _: bool) -> EngineResult<Vec<String>> {
+            no()
+        }
+        async fn list_containers(&self) -> EngineResult<Vec<ContainerSummary>> {
+            no()
+        }
+        async fn inspect_container(&self, _: &str) -> EngineResult<ContainerInspectResponse> {
+            Ok(ContainerInspectResponse::default())
+        }
+        async fn start_container(&self, _: &str) -> EngineResult<()> {
+            no()
+        }
+        async fn stop_container(&self, _: &str) -> EngineResult<()> {
+            no()
+        }
+        async fn restart_container(&self, _: &str) -> EngineResult<()> {
+            no()
+        }
+        async fn remove_container(&self, _: &str, _: bool, _: bool) -> EngineResult<()> {
+            no()
+        }
+        async fn prune_containers(&self) -> EngineResult<Vec<String>> {
+            no()
+        }
+        async fn list_volumes(&self) -> EngineResult<Vec<Volume>> {
+            no()
+        }
+        async fn inspect_volume(&self, _: &str) -> EngineResult<Volume> {
+            no()
+        }
+        async fn remove_volume(&self, _: &str, _: bool) -> EngineResult<()> {
+            no()
+        }
+        async fn prune_volumes(&self) -> EngineResult<Vec<String>> {
+            no()
+        }
+
+        async fn list_containers_filtered(
+            &self,
+            _: &[Filter],
+        ) -> EngineResult<Vec<ContainerSummary>> {
+            let running = *self.running.lock().unwrap();
+            let labels = HashMap::from([
+                ("com.docker.compose.service".to_string(), "main".to_string()),
+                (LABEL_APP_ID.to_string(), "web:1".to_string()),
+            ]);
+            Ok(vec![ContainerSummary {
+                id: Some("c1".into()),
+                names: Some(vec!["/web1_main_1".into()]),
+                state: Some(if running {
+                    ContainerSummaryStateEnum::RUNNING
+                } else {
+                    ContainerSummaryStateEnum::EXITED
+                }),
+                labels: Some(labels),
+                ..Default::default()
+            }])
+        }
+
+        fn container_events(&self, filters: &[Filter]) -> EventStream {
+            assert_eq!(filters, &[Filter::Label(LABEL_APP_ID.to_string())]);
+            *self.subscriptions.lock().unwrap() += 1;
+            match self.streams.lock().unwrap().pop() {
+                Some(mut rx) => Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))),
+                None => Box::pin(futures_util::stream::pending()),
+            }
+        }
+    }
+
+    fn event(action: &str, app: Option<&str>) -> EngineResult<ContainerEvent> {
+        let mut labels = BTreeMap::new();
+        if let Some(app) = app {
+            labels.insert(LABEL_APP_ID.to_string(), app.to_string());
+        }
+        Ok(ContainerEvent {
+            id: "c1".into(),
+            name: "web1_main_1".into(),
+            action: action.into(),
+            labels,
+        })
+    }
+
+    struct Shared(Arc<Apps>);
+    impl Deref for Shared {
+        type Target = Apps;
+        fn deref(&self) -> &Apps {
+            &self.0
+        }
+    }
+
+    async fn next_status(s: &mut crate::core::events::Subscription) -> AppStatus {
+        let e = tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .expect("no event")
+            .expect("subscription ended");
+        match &*e {
+            AppEvent::App(v) => v.status,
+            other => panic!("expected App, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn container_events_become_app_events_and_reconnects_resync() {
+        let state = tempfile::tempdir().unwrap();
+        // One stored app with one service.
+        let store = AppStore::open(&state.path().join("apps")).unwrap();
+        let staged = store
+            .stage(AppConfig {
+                name: "web".into(),
+                version: "1".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        std::fs::write(
+            staged.dir().join("compose.yaml"),
+            "services:\n  main:\n    image: busybox\n",
+        )
+        .unwrap();
+        store.insert(staged, false).unwrap();
+        drop(store);
+
+        let docker = Arc::new(FakeDocker::default());
+        *docker.running.lock().unwrap() = true;
+        let (first_tx, first_rx) = mpsc::unbounded_channel();
+        let (second_tx, second_rx) = mpsc::unbounded_channel();
+        // Popped from the end: the first subscription gets `first_rx`.
+        docker.streams.lock().unwrap().extend([second_rx, first_rx]);
+        let apps =
+            Arc::new(Apps::open(docker.clone(), state.path(), ImportSettings::default()).unwrap());
+        let mut sub = apps.events().subscribe(CancellationToken::new());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (apps, docker, stop) = (apps.clone(), docker.clone(), stop.clone());
+            async move { run(Shared(apps), docker.as_ref(), stop).await }
+        });
+
+        // The first resync publishes the app's state.
+        assert_eq!(next_status(&mut sub).await, AppStatus::Running);
+
+        // Stopped behind gantry's back.
+        *docker.running.lock().unwrap() = false;
+        first_tx.send(event("die", Some("web:1"))).unwrap();
+        assert_eq!(next_status(&mut sub).await, AppStatus::Stopped);
+
+        // The stream breaks while the container starts again, unseen: the resync after the
+        // resubscription publishes it.
+        *docker.running.lock().unwrap() = true;
+        first_tx
+            .send(Err(EngineError::Unavailable("dockerd went away".into())))
+            .unwrap();
+        assert_eq!(next_status(&mut sub).await, AppStatus::Running);
+        assert_eq!(*docker.subscriptions.lock().unwrap(), 2);
+
+        // On the second stream: a stop (kill, die, stop) gives one App event; events of other
+        // containers and events that change nothing give none, so the next event is the
+        // start after them.
+        *docker.running.lock().unwrap() = false;
+        for a in ["kill", "die", "stop"] {
+            second_tx.send(event(a, Some("web:1"))).unwrap();
+        }
+        assert_eq!(next_status(&mut sub).await, AppStatus::Stopped);
+        second_tx.send(event("die", None)).unwrap();
+        second_tx.send(event("stop", Some("web:1"))).unwrap();
+        second_tx.send(event("destroy", Some("web:1"))).unwrap();
+        // Let those be handled before the state changes.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        *docker.running.lock().unwrap() = true;
+        second_tx.send(event("start", Some("web:1"))).unwrap();
+        assert_eq!(next_status(&mut sub).await, AppStatus::Running);
+
+        // Stop ends the watcher promptly, even while it waits for events.
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the watcher did not stop")
+            .unwrap();
+        drop(first_tx);
+    }
+}
