@@ -6,6 +6,7 @@ mod events;
 mod files;
 mod legacy;
 mod settings;
+mod sse;
 mod system;
 
 use std::future::Future;
@@ -19,6 +20,7 @@ use serde::Serialize;
 
 use super::http::{self, Query, Response};
 use super::router::{Lookup, Routes};
+use super::upgrade::Upgrades;
 use crate::config::HttpLimits;
 use crate::core::{Core, CoreError};
 
@@ -29,6 +31,8 @@ pub struct Call {
     pub params: Vec<(String, String)>,
     pub query: Query,
     pub limits: HttpLimits,
+    /// Upgraded connections (websockets) of this listener, and its stop signal.
+    pub upgrades: Upgrades,
 }
 
 impl Call {
@@ -116,6 +120,7 @@ fn routes() -> &'static Routes<Handler> {
         files::register(&mut r);
         legacy::register(&mut r);
         settings::register(&mut r);
+        sse::register(&mut r);
         r
     })
 }
@@ -164,10 +169,17 @@ fn api_path(path: &str) -> Option<Result<&str, String>> {
     }
 }
 
-pub async fn handle(req: Request<Incoming>, core: Arc<Core>, limits: HttpLimits) -> Response {
+pub async fn handle(
+    req: Request<Incoming>,
+    core: Arc<Core>,
+    limits: HttpLimits,
+    upgrades: &Upgrades,
+) -> Response {
     let path = req.uri().path().to_string();
     let (table, inner) = match path.strip_prefix("/events") {
         Some(rest) if rest.starts_with('/') => (ws_routes(), rest.to_string()),
+        // Legacy SSE: exactly `/events` is the stream `/api/events` serves.
+        Some("") => (routes(), path.clone()),
         _ => match api_path(&path) {
             Some(Ok(p)) => (routes(), p.to_string()),
             Some(Err(msg)) => return Problem::new(StatusCode::NOT_FOUND, msg).render(&path),
@@ -183,6 +195,7 @@ pub async fn handle(req: Request<Incoming>, core: Arc<Core>, limits: HttpLimits)
                 params,
                 query,
                 limits,
+                upgrades: upgrades.clone(),
             };
             match handler(call).await {
                 Ok(resp) => resp,
