@@ -5,7 +5,7 @@ use std::io::Write;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, StatusCode};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +14,7 @@ use super::{Call, Handler, Problem, Reply};
 use crate::api::http::{self, declared_too_large};
 use crate::api::router::Routes;
 use crate::core::apps::import::ImportOptions;
+use crate::core::apps::stream::UploadFeed;
 use crate::core::apps::lifecycle::{
     AppStatus, AppView, ProcessOutcome, RemoveOptions, StopOptions,
 };
@@ -262,11 +263,77 @@ async fn import(c: Call) -> Reply {
             "expected multipart/form-data with the app ZIP in the form field \"app\"",
         )
     })?;
+    let expected = c
+        .req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let upload = c.core.apps.upload_file()?;
+    // The import follows the upload file as it grows: image tarballs load into Docker while
+    // the rest of the upload still arrives (docs/DESIGN-apps.md, "Streaming import").
+    let feed = UploadFeed::new();
+    let importer = {
+        let core = c.core.clone();
+        let path = upload.path().to_path_buf();
+        let feed = feed.clone();
+        tokio::spawn(async move {
+            core.apps
+                .import_upload(
+                    &path,
+                    feed,
+                    expected,
+                    ImportOptions { replace },
+                    &CancellationToken::new(),
+                    &|_| {},
+                )
+                .await
+        })
+    };
+    // Should this handler be dropped midway (the client went away), the import hears of it.
+    let ended = FinishOnDrop(feed.clone());
+    let received = receive_app(c.req.into_body(), boundary, limit, upload.as_file(), &feed).await;
+    feed.finish(match &received {
+        Ok(()) => Ok(()),
+        Err(p) => Err(format!("{p:?}")),
+    });
+    drop(ended);
+    // The import rolls back by itself when the upload failed; answer once it has.
+    let imported = importer
+        .await
+        .map_err(|e| Problem::from(CoreError::Failed(format!("the import failed: {e}"))));
+    drop(upload);
+    received?;
+    let stored = imported??;
+    let view = c.core.apps.get(stored.id()).await?;
+    Ok(http::json(StatusCode::OK, &instance(&view)))
+}
+
+struct FinishOnDrop(std::sync::Arc<UploadFeed>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.finish(Err("the request ended before the upload".into()));
+    }
+}
+
+/// Writes to the upload file in pieces of about this size: few syscalls, little memory.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// Receives the form field `app` of a multipart body into `file`, telling `feed` how far the
+/// file is written. Chunks are gathered (without copying) and written with one `writev` per
+/// [`WRITE_BATCH`].
+async fn receive_app(
+    body: hyper::body::Incoming,
+    boundary: String,
+    limit: u64,
+    file: &std::fs::File,
+    feed: &UploadFeed,
+) -> Result<(), Problem> {
     // Other fields are skipped unread (multer discards them), so no field allow-list.
     let constraints = multer::Constraints::new()
         .size_limit(multer::SizeLimit::new().whole_stream(limit.saturating_add(64 << 10)));
-    let body = http_body_util::BodyStream::new(c.req.into_body()).filter_map(|frame| async {
+    let body = http_body_util::BodyStream::new(body).filter_map(|frame| async {
         match frame {
             Ok(f) => f.into_data().ok().map(Ok::<Bytes, hyper::Error>),
             Err(e) => Some(Err(e)),
@@ -274,8 +341,10 @@ async fn import(c: Call) -> Reply {
     });
     let mut multipart = multer::Multipart::with_constraints(body, boundary, constraints);
     let mut found = false;
-    let mut file = upload.as_file();
-    let mut written: u64 = 0;
+    let mut pending = Pending::default();
+    let mut received: u64 = 0;
+    let store_failed =
+        |e: std::io::Error| Problem::from(CoreError::Failed(format!("cannot store the upload: {e}")));
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(f)) => f,
@@ -291,14 +360,16 @@ async fn import(c: Call) -> Reply {
         loop {
             match field.chunk().await {
                 Ok(Some(chunk)) => {
-                    written += chunk.len() as u64;
-                    if written > limit {
+                    received += chunk.len() as u64;
+                    if received > limit {
                         return Err(too_large(limit));
                     }
-                    // A local temp file: blocking writes of 64 KiB chunks are short.
-                    file.write_all(&chunk).map_err(|e| {
-                        Problem::from(CoreError::Failed(format!("cannot store the upload: {e}")))
-                    })?;
+                    pending.push(chunk);
+                    if pending.len >= WRITE_BATCH {
+                        // A local temp file: blocking writes of a MiB are short.
+                        pending.write_to(file).map_err(store_failed)?;
+                        feed.advance(received);
+                    }
                 }
                 Ok(None) => break,
                 Err(multer::Error::StreamSizeExceeded { .. })
@@ -306,26 +377,46 @@ async fn import(c: Call) -> Reply {
                 Err(e) => return Err(Problem::bad_request(format!("upload interrupted: {e}"))),
             }
         }
+        pending.write_to(file).map_err(store_failed)?;
+        feed.advance(received);
     }
     if !found {
         return Err(Problem::bad_request(
             "the multipart body has no form field \"app\" with the app ZIP",
         ));
     }
-    file.flush()
-        .map_err(|e| Problem::from(CoreError::Failed(e.to_string())))?;
-    let stored = c
-        .core
-        .apps
-        .import(
-            upload.path(),
-            ImportOptions { replace },
-            &CancellationToken::new(),
-            &|_| {},
-        )
-        .await?;
-    let view = c.core.apps.get(stored.id()).await?;
-    Ok(http::json(StatusCode::OK, &instance(&view)))
+    Ok(())
+}
+
+/// Received chunks not yet written.
+#[derive(Default)]
+struct Pending {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl Pending {
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        self.chunks.push(chunk);
+    }
+
+    fn write_to(&mut self, mut file: &std::fs::File) -> std::io::Result<()> {
+        let mut slices: Vec<std::io::IoSlice<'_>> =
+            self.chunks.iter().map(|c| std::io::IoSlice::new(c)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            let n = file.write_vectored(rest)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            std::io::IoSlice::advance_slices(&mut rest, n);
+        }
+        drop(slices);
+        self.chunks.clear();
+        self.len = 0;
+        Ok(())
+    }
 }
 
 fn too_large(limit: u64) -> Problem {

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::import::{self, ImportOptions, ImportSettings, ProgressFn};
 use super::store::{AppStore, StoredApp};
+use super::stream::UploadFeed;
 use super::AppId;
 use crate::core::compose::{ComposeProject, ContainerStatus, DownOptions};
 use crate::core::engine::{ContainerEngine, LogLine};
@@ -224,6 +225,31 @@ impl Apps {
             self.engine.as_ref(),
             &self.store,
             zip,
+            &self.settings,
+            options,
+            cancel,
+            progress,
+        )
+        .await
+    }
+
+    /// Imports an upload that is still arriving at `zip` (see [`import::import_upload`]):
+    /// the caller writes it, tells `feed` how far, and finishes `feed` when it ended.
+    pub async fn import_upload(
+        &self,
+        zip: &Path,
+        feed: Arc<UploadFeed>,
+        expected: Option<u64>,
+        options: ImportOptions,
+        cancel: &CancellationToken,
+        progress: ProgressFn<'_>,
+    ) -> CoreResult<StoredApp> {
+        import::import_upload(
+            self.engine.as_ref(),
+            &self.store,
+            zip,
+            feed,
+            expected,
             &self.settings,
             options,
             cancel,

@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod import;
 pub mod lifecycle;
 pub mod store;
+pub mod stream;
 
 use std::fmt;
 
