@@ -1,8 +1,6 @@
 //! "Transfer Technology - Main Transfer API": importing, listing, starting, stopping and
 //! removing app instances. PascalCase JSON per COMPAT-NOTES section 1.
 
-use std::io::Write;
-
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hyper::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
@@ -14,7 +12,7 @@ use super::{Call, Handler, Problem, Reply};
 use crate::api::http::{self, declared_too_large};
 use crate::api::router::Routes;
 use crate::core::apps::import::ImportOptions;
-use crate::core::apps::stream::UploadFeed;
+use crate::core::apps::stream::{upload_pipe, UploadSender};
 use crate::core::apps::lifecycle::{
     AppStatus, AppView, ProcessOutcome, RemoveOptions, StopOptions,
 };
@@ -270,18 +268,22 @@ async fn import(c: Call) -> Reply {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let upload = c.core.apps.upload_file()?;
-    // The import follows the upload file as it grows: image tarballs load into Docker while
-    // the rest of the upload still arrives (docs/DESIGN-apps.md, "Streaming import").
-    let feed = UploadFeed::new();
+    let file = upload
+        .as_file()
+        .try_clone()
+        .map_err(|e| Problem::from(CoreError::Failed(format!("cannot store the upload: {e}"))))?;
+    // The import reads the upload as it arrives: image tarballs load into Docker while the
+    // rest still comes (docs/DESIGN-apps.md, stream.rs). Should this handler be dropped
+    // midway (the client went away), the pipe tells the import, which rolls back.
+    let (sender, reader) = upload_pipe(file);
     let importer = {
         let core = c.core.clone();
         let path = upload.path().to_path_buf();
-        let feed = feed.clone();
         tokio::spawn(async move {
             core.apps
                 .import_upload(
                     &path,
-                    feed,
+                    reader,
                     expected,
                     ImportOptions { replace },
                     &CancellationToken::new(),
@@ -290,14 +292,11 @@ async fn import(c: Call) -> Reply {
                 .await
         })
     };
-    // Should this handler be dropped midway (the client went away), the import hears of it.
-    let ended = FinishOnDrop(feed.clone());
-    let received = receive_app(c.req.into_body(), boundary, limit, upload.as_file(), &feed).await;
-    feed.finish(match &received {
+    let received = receive_app(c.req.into_body(), boundary, limit, &sender).await;
+    sender.finish(match &received {
         Ok(()) => Ok(()),
         Err(p) => Err(format!("{p:?}")),
     });
-    drop(ended);
     // The import rolls back by itself when the upload failed; answer once it has.
     let imported = importer
         .await
@@ -309,26 +308,13 @@ async fn import(c: Call) -> Reply {
     Ok(http::json(StatusCode::OK, &instance(&view)))
 }
 
-struct FinishOnDrop(std::sync::Arc<UploadFeed>);
-
-impl Drop for FinishOnDrop {
-    fn drop(&mut self) {
-        self.0.finish(Err("the request ended before the upload".into()));
-    }
-}
-
-/// Writes to the upload file in pieces of about this size: few syscalls, little memory.
-const WRITE_BATCH: usize = 1 << 20;
-
-/// Receives the form field `app` of a multipart body into `file`, telling `feed` how far the
-/// file is written. Chunks are gathered (without copying) and written with one `writev` per
-/// [`WRITE_BATCH`].
+/// Receives the form field `app` of a multipart body into the import's pipe. Stops early
+/// (Ok) when the import stopped reading: it failed, and its error is the answer.
 async fn receive_app(
     body: hyper::body::Incoming,
     boundary: String,
     limit: u64,
-    file: &std::fs::File,
-    feed: &UploadFeed,
+    sender: &UploadSender,
 ) -> Result<(), Problem> {
     // Other fields are skipped unread (multer discards them), so no field allow-list.
     let constraints = multer::Constraints::new()
@@ -341,10 +327,7 @@ async fn receive_app(
     });
     let mut multipart = multer::Multipart::with_constraints(body, boundary, constraints);
     let mut found = false;
-    let mut pending = Pending::default();
     let mut received: u64 = 0;
-    let store_failed =
-        |e: std::io::Error| Problem::from(CoreError::Failed(format!("cannot store the upload: {e}")));
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(f)) => f,
@@ -364,11 +347,8 @@ async fn receive_app(
                     if received > limit {
                         return Err(too_large(limit));
                     }
-                    pending.push(chunk);
-                    if pending.len >= WRITE_BATCH {
-                        // A local temp file: blocking writes of a MiB are short.
-                        pending.write_to(file).map_err(store_failed)?;
-                        feed.advance(received);
+                    if !sender.send(chunk).await {
+                        return Ok(());
                     }
                 }
                 Ok(None) => break,
@@ -377,8 +357,6 @@ async fn receive_app(
                 Err(e) => return Err(Problem::bad_request(format!("upload interrupted: {e}"))),
             }
         }
-        pending.write_to(file).map_err(store_failed)?;
-        feed.advance(received);
     }
     if !found {
         return Err(Problem::bad_request(
@@ -386,37 +364,6 @@ async fn receive_app(
         ));
     }
     Ok(())
-}
-
-/// Received chunks not yet written.
-#[derive(Default)]
-struct Pending {
-    chunks: Vec<Bytes>,
-    len: usize,
-}
-
-impl Pending {
-    fn push(&mut self, chunk: Bytes) {
-        self.len += chunk.len();
-        self.chunks.push(chunk);
-    }
-
-    fn write_to(&mut self, mut file: &std::fs::File) -> std::io::Result<()> {
-        let mut slices: Vec<std::io::IoSlice<'_>> =
-            self.chunks.iter().map(|c| std::io::IoSlice::new(c)).collect();
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            let n = file.write_vectored(rest)?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            std::io::IoSlice::advance_slices(&mut rest, n);
-        }
-        drop(slices);
-        self.chunks.clear();
-        self.len = 0;
-        Ok(())
-    }
 }
 
 fn too_large(limit: u64) -> Problem {

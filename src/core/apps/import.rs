@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::bundle::{Bundle, BundleError, BundleLimits, ByteSize};
 use super::store::{AppStore, ImageRecord, StoredApp};
-use super::stream::{follow, FoundImage, GrowingReader, LocalEntry, TarWatch, UploadFeed, WalkEnd};
+use super::stream::{follow, FoundImage, LocalEntry, TarWatch, UploadReader, WalkEnd};
 use crate::core::compose::{interpolate, ComposePolicy, ComposeProject};
 use crate::core::engine::{ByteStream, ContainerEngine};
 use crate::core::{CoreError, CoreResult};
@@ -111,18 +111,19 @@ pub async fn import(
     finish(engine, result, current, &loaded, progress).await
 }
 
-/// Imports the ZIP that is still arriving at `zip` (`feed` says how far): image tarballs
-/// stream into Docker as soon as their bytes arrive (see [`super::stream`]); when the upload
-/// has ended, the whole pipeline runs as in [`import`] over the complete file, checks every
-/// streamed entry against the central directory and loads only the images not streamed yet.
-/// Any failure, the upload's included, rolls back every image loaded. `expected` is the
-/// upload's announced length, if known (for the disk-space check of streamed images).
+/// Imports the ZIP that is still arriving through `upload` into the upload file at `zip`:
+/// image tarballs stream into Docker as soon as their bytes arrive (see [`super::stream`]);
+/// when the upload has ended, the whole pipeline runs as in [`import`] over the complete
+/// file, checks every streamed entry against the central directory and loads only the
+/// images not streamed yet. Any failure, the upload's included, rolls back every image
+/// loaded. `expected` is the upload's announced length, if known (for the disk-space check
+/// of streamed images).
 #[allow(clippy::too_many_arguments)]
 pub async fn import_upload(
     engine: &dyn ContainerEngine,
     store: &Arc<AppStore>,
     zip: &Path,
-    feed: Arc<UploadFeed>,
+    upload: UploadReader,
     expected: Option<u64>,
     settings: &ImportSettings,
     options: ImportOptions,
@@ -132,13 +133,10 @@ pub async fn import_upload(
     let mut current = ImportStep::LoadImages;
     let loaded = Loaded::shared(settings);
     let result = async {
-        let pre = stream_images(
-            engine, zip, &feed, expected, store, settings, cancel, progress, &loaded,
+        let (pre, upload) = stream_images(
+            engine, upload, expected, store, settings, cancel, progress, &loaded,
         )
-        .await;
-        // Whatever happened, the verdict waits for the end of the upload.
-        let upload = feed.finished().await;
-        let pre = pre?;
+        .await?;
         upload.map_err(|e| CoreError::Invalid(format!("the upload did not complete: {e}")))?;
         current = ImportStep::CheckZip;
         run(
@@ -256,20 +254,19 @@ struct Preloaded {
     error: Option<(ImportStep, CoreError)>,
 }
 
-/// The streaming phase: follows the growing upload and loads each image tarball the walk
-/// finds, one after the other, while the rest of the upload arrives.
+/// The streaming phase: follows the upload as it arrives and loads each image tarball the
+/// walk finds, one after the other. Ends when the upload has ended (how: the second value).
 #[allow(clippy::too_many_arguments)]
 async fn stream_images(
     engine: &dyn ContainerEngine,
-    zip: &Path,
-    feed: &Arc<UploadFeed>,
+    mut upload: UploadReader,
     expected: Option<u64>,
     store: &Arc<AppStore>,
     settings: &ImportSettings,
     cancel: &CancellationToken,
     progress: ProgressFn<'_>,
     loaded: &SharedLoaded,
-) -> CoreResult<Preloaded> {
+) -> CoreResult<(Preloaded, Result<(), String>)> {
     let before: HashSet<String> = engine
         .list_images()
         .await?
@@ -277,8 +274,6 @@ async fn stream_images(
         .map(|i| i.id)
         .collect();
     lock(loaded).before = Some(before);
-    let mut reader = GrowingReader::open(zip, feed.clone(), cancel.clone())
-        .map_err(|e| CoreError::Failed(format!("cannot read the upload: {e}")))?;
     let (found_tx, mut found_rx) = tokio::sync::mpsc::channel::<FoundImage>(1);
     let follower = {
         let limits = settings.limits.clone();
@@ -289,7 +284,10 @@ async fn stream_images(
                     tracing::warn!(error = %e, "import journal: cannot note the images a manifest names");
                 }
             };
-            follow(&mut reader, &limits, &found_tx, &hook)
+            let (streamed, end) = follow(&mut upload, &limits, &found_tx, &hook);
+            drop(found_tx);
+            // The rest of the upload goes to the file; it decides how the upload ended.
+            (streamed, end, upload.drain())
         })
     };
     let mut pre = Preloaded::default();
@@ -301,11 +299,14 @@ async fn stream_images(
             ));
             break;
         }
-        let LocalEntry { name, size, .. } = image.entry.clone();
+        let LocalEntry {
+            name,
+            size,
+            header_start,
+            ..
+        } = image.entry.clone();
         // Room for this image as it lands in Docker, the rest of the upload, the reserve.
-        let rest = expected
-            .unwrap_or(0)
-            .saturating_sub(feed.written());
+        let rest = expected.unwrap_or(0).saturating_sub(header_start);
         let need = image_space(&name, size)
             .saturating_add(rest)
             .saturating_add(settings.reserve_bytes);
@@ -360,7 +361,7 @@ async fn stream_images(
     }
     // Dropping the receiver tells the walk to stop streaming.
     drop(found_rx);
-    let (streamed, end) = follower
+    let (streamed, end, upload) = follower
         .await
         .map_err(|e| CoreError::Failed(format!("the upload reader failed: {e}")))?;
     match end {
@@ -375,7 +376,7 @@ async fn stream_images(
         .into_iter()
         .filter(|e| pre.records.iter().any(|r| r.file == e.name))
         .collect();
-    Ok(pre)
+    Ok((pre, upload))
 }
 
 /// After a load: the image ids behind the references, noted for the rollback.
@@ -1083,25 +1084,19 @@ mod tests {
             ..ImportSettings::default()
         };
         let upload = dir.path().join("upload.zip");
-        let mut file = std::fs::File::create(&upload).unwrap();
-        std::io::Write::write_all(&mut file, &zip[..first]).unwrap();
-        let feed = UploadFeed::new();
-        feed.advance(first as u64);
+        let (sender, reader) =
+            crate::core::apps::stream::upload_pipe(std::fs::File::create(&upload).unwrap());
+        assert!(sender.send(Bytes::copy_from_slice(&zip[..first])).await);
         let eng = Arc::new(engine(&host));
         let task = {
-            let (eng, store, upload, feed, settings) = (
-                eng.clone(),
-                store.clone(),
-                upload.clone(),
-                feed.clone(),
-                settings.clone(),
-            );
+            let (eng, store, upload, settings) =
+                (eng.clone(), store.clone(), upload.clone(), settings.clone());
             tokio::spawn(async move {
                 import_upload(
                     eng.as_ref(),
                     &store,
                     &upload,
-                    feed,
+                    reader,
                     None,
                     &settings,
                     ImportOptions::default(),
@@ -1143,9 +1138,8 @@ mod tests {
         )
         .unwrap();
 
-        std::io::Write::write_all(&mut file, &zip[first..]).unwrap();
-        feed.advance(zip.len() as u64);
-        feed.finish(Ok(()));
+        assert!(sender.send(Bytes::copy_from_slice(&zip[first..])).await);
+        sender.finish(Ok(()));
         let stored = task.await.unwrap().expect("import");
         assert_eq!(stored.record.images[0].id, noted[0], "the journal named another id");
         assert!(image_exists(&host, &reference));

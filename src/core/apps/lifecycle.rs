@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::import::{self, ImportOptions, ImportSettings, ProgressFn};
 use super::store::{AppStore, StoredApp};
-use super::stream::UploadFeed;
+use super::stream::UploadReader;
 use super::AppId;
 use crate::core::compose::{ComposeProject, ContainerStatus, DownOptions};
 use crate::core::engine::{ContainerEngine, LogLine};
@@ -233,12 +233,12 @@ impl Apps {
         .await
     }
 
-    /// Imports an upload that is still arriving at `zip` (see [`import::import_upload`]):
-    /// the caller writes it, tells `feed` how far, and finishes `feed` when it ended.
+    /// Imports an upload that is still arriving (see [`import::import_upload`]): the caller
+    /// pushes its bytes into the pipe whose reading end is `upload`, writing into `zip`.
     pub async fn import_upload(
         &self,
         zip: &Path,
-        feed: Arc<UploadFeed>,
+        upload: UploadReader,
         expected: Option<u64>,
         options: ImportOptions,
         cancel: &CancellationToken,
@@ -248,7 +248,7 @@ impl Apps {
             self.engine.as_ref(),
             &self.store,
             zip,
-            feed,
+            upload,
             expected,
             &self.settings,
             options,

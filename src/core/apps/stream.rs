@@ -1,7 +1,8 @@
-//! Importing while the upload still arrives: the upload file grows ([`UploadFeed`],
-//! [`GrowingReader`]), a follower walks the ZIP's local headers in order ([`follow`]) and
-//! hands each image tarball it meets to the import, which streams it into Docker's load
-//! endpoint at once. Nothing here is trusted yet: the complete checks of
+//! Importing while the upload still arrives: the route pushes the upload's bytes into a
+//! pipe ([`upload_pipe`]); a follower walks the ZIP's local headers in order ([`follow`]),
+//! writes the bytes into the upload file, and hands each image tarball it meets to the
+//! import, which streams it into Docker's load endpoint at once (its data is not written:
+//! a hole in a sparse file). Nothing here is trusted yet: the complete checks of
 //! [`super::bundle::Bundle::open`] run when the upload has ended, every streamed entry must
 //! then match the central directory (offset, sizes, method, CRC), and any failure rolls back
 //! every image loaded so far. [`TarWatch`] finds `manifest.json` inside a tarball while it
@@ -11,149 +12,146 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
 
-use super::bundle::{check_name, is_image_path, BundleError, BundleLimits, Bounded};
+use super::bundle::{check_name, is_image_path, Bounded, BundleError, BundleLimits, ByteSize};
 
-/// How far an upload file has been written, and how the upload ended.
-#[derive(Debug, Default)]
-pub struct UploadFeed {
-    state: Mutex<FeedState>,
-    cond: Condvar,
-    notify: tokio::sync::Notify,
+/// The sending end of an upload: the receiving route pushes the bytes of the ZIP as they
+/// arrive and says how the upload ended. Dropped without [`UploadSender::finish`], the
+/// upload counts as broken off.
+pub struct UploadSender {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    end: Arc<Mutex<Option<Result<(), String>>>>,
 }
 
-#[derive(Debug, Default, Clone)]
-struct FeedState {
-    written: u64,
-    end: Option<Result<(), String>>,
+/// The import's end of an upload: reads the ZIP's bytes as they arrive and writes them into
+/// the upload file, except where told not to (the data of image tarballs streamed straight
+/// to Docker: those ranges stay holes in a sparse file, which no later step reads).
+pub struct UploadReader {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    end: Arc<Mutex<Option<Result<(), String>>>>,
+    current: Bytes,
+    ended: Option<Result<(), String>>,
+    file: File,
+    pos: u64,
+    write: bool,
 }
 
-impl UploadFeed {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+/// A pipe for one upload into `file` (an empty upload file). Holds at most a few chunks.
+pub fn upload_pipe(file: File) -> (UploadSender, UploadReader) {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let end = Arc::new(Mutex::new(None));
+    (
+        UploadSender {
+            tx,
+            end: end.clone(),
+        },
+        UploadReader {
+            rx,
+            end,
+            current: Bytes::new(),
+            ended: None,
+            file,
+            pos: 0,
+            write: true,
+        },
+    )
+}
+
+impl UploadSender {
+    /// Hands on the next bytes; false when the import no longer reads them.
+    pub async fn send(&self, bytes: Bytes) -> bool {
+        self.tx.send(bytes).await.is_ok()
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, FeedState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// The upload ended: completely (Ok) or not (the reason).
+    pub fn finish(self, end: Result<(), String>) {
+        *self.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
     }
+}
 
-    /// The first `written` bytes of the file are in place.
-    pub fn advance(&self, written: u64) {
-        self.state().written = written;
-        self.cond.notify_all();
-        self.notify.notify_waiters();
-    }
-
-    /// The upload ended: completely (Ok) or not (the reason). The first call wins.
-    pub fn finish(&self, end: Result<(), String>) {
-        {
-            let mut s = self.state();
-            if s.end.is_none() {
-                s.end = Some(end);
-            }
-        }
-        self.cond.notify_all();
-        self.notify.notify_waiters();
-    }
-
-    pub fn written(&self) -> u64 {
-        self.state().written
-    }
-
-    /// Waits (async) until the upload ended.
-    pub async fn finished(&self) -> Result<(), String> {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(end) = self.state().end.clone() {
-                return end;
-            }
-            notified.await;
-        }
-    }
-
-    /// Blocks until bytes past `pos` exist or the upload ended; the end of the readable
-    /// bytes. An upload that failed, or a cancel, is an error.
-    fn wait_past(&self, pos: u64, cancel: &CancellationToken) -> io::Result<u64> {
-        let mut s = self.state();
-        loop {
-            if s.written > pos {
-                return Ok(s.written);
-            }
-            match &s.end {
-                Some(Ok(())) => return Ok(s.written),
+impl UploadReader {
+    /// True when bytes are at hand; false at the end of a complete upload.
+    fn fill(&mut self) -> io::Result<bool> {
+        while self.current.is_empty() {
+            match &self.ended {
+                Some(Ok(())) => return Ok(false),
                 Some(Err(e)) => return Err(io::Error::other(format!("the upload failed: {e}"))),
                 None => {}
             }
-            if cancel.is_cancelled() {
-                return Err(io::Error::other("cancelled"));
+            match self.rx.blocking_recv() {
+                Some(b) => self.current = b,
+                None => {
+                    let end = self.end.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    self.ended = Some(end.unwrap_or_else(|| {
+                        Err("the request ended before the upload did".into())
+                    }));
+                }
             }
-            s = self
-                .cond
-                .wait_timeout(s, Duration::from_millis(250))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
         }
+        Ok(true)
     }
-}
 
-/// Reads an upload file as it grows; ends where the upload ended.
-pub struct GrowingReader {
-    file: File,
-    pos: u64,
-    feed: Arc<UploadFeed>,
-    cancel: CancellationToken,
-}
-
-impl GrowingReader {
-    pub fn open(path: &Path, feed: Arc<UploadFeed>, cancel: CancellationToken) -> io::Result<Self> {
-        Ok(Self {
-            file: File::open(path)?,
-            pos: 0,
-            feed,
-            cancel,
-        })
+    /// Up to `max` of the next bytes (without copying), or None at the end.
+    fn next_bytes(&mut self, max: usize) -> io::Result<Option<Bytes>> {
+        if !self.fill()? {
+            return Ok(None);
+        }
+        let n = max.min(self.current.len());
+        let b = self.current.split_to(n);
+        if self.write {
+            self.file.write_all_at(&b, self.pos)?;
+        }
+        self.pos += n as u64;
+        Ok(Some(b))
     }
 
     pub fn position(&self) -> u64 {
         self.pos
     }
 
-    /// Skips `n` bytes (they must arrive first).
+    /// Skips `n` bytes (they must arrive, and are written).
     fn skip(&mut self, mut n: u64) -> io::Result<()> {
         while n > 0 {
-            let end = self.feed.wait_past(self.pos, &self.cancel)?;
-            if end <= self.pos {
-                return Err(io::ErrorKind::UnexpectedEof.into());
+            match self.next_bytes(n.min(usize::MAX as u64) as usize)? {
+                Some(b) => n -= b.len() as u64,
+                None => return Err(io::ErrorKind::UnexpectedEof.into()),
             }
-            let step = n.min(end - self.pos);
-            self.pos += step;
-            n -= step;
         }
         Ok(())
     }
+
+    /// Reads (and writes) the rest of the upload; how the upload ended. The file then has
+    /// the upload's length.
+    pub fn drain(&mut self) -> Result<(), String> {
+        self.write = true;
+        loop {
+            match self.next_bytes(usize::MAX) {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        self.file
+            .set_len(self.pos)
+            .map_err(|e| format!("cannot store the upload: {e}"))
+    }
 }
 
-impl Read for GrowingReader {
+impl Read for UploadReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
-        let end = self.feed.wait_past(self.pos, &self.cancel)?;
-        let n = (buf.len() as u64).min(end - self.pos) as usize;
-        if n == 0 {
-            return Ok(0);
+        match self.next_bytes(buf.len())? {
+            Some(b) => {
+                buf[..b.len()].copy_from_slice(&b);
+                Ok(b.len())
+            }
+            None => Ok(0),
         }
-        let n = self.file.read_at(&mut buf[..n], self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
     }
 }
 
@@ -207,7 +205,7 @@ pub type ManifestHook<'a> = &'a (dyn Fn(&[String]) + Send + Sync);
 /// and streamed; every other entry is skipped. Returns the streamed entries (CRCs verified)
 /// and why the walk ended. Blocking: run it in `spawn_blocking`.
 pub fn follow(
-    reader: &mut GrowingReader,
+    reader: &mut UploadReader,
     limits: &BundleLimits,
     found: &tokio::sync::mpsc::Sender<FoundImage>,
     manifest: ManifestHook<'_>,
@@ -322,48 +320,74 @@ pub fn follow(
     (streamed, WalkEnd::Stopped("too many entries".into()))
 }
 
-/// Streams one entry's uncompressed bytes to `tx`; false when the receiver went away.
+/// Streams one entry's uncompressed bytes to `tx`; false when the receiver went away. The
+/// entry's data is not written to the upload file (it stays a hole).
 fn stream_entry(
-    reader: &mut GrowingReader,
+    reader: &mut UploadReader,
     entry: &LocalEntry,
     tx: &tokio::sync::mpsc::Sender<io::Result<Bytes>>,
     manifest: ManifestHook<'_>,
 ) -> Result<bool, BundleError> {
-    let data = (&mut *reader).take(entry.compressed);
-    let inner: Box<dyn Read + '_> = if entry.method == DEFLATED {
-        Box::new(flate2::read::DeflateDecoder::new_with_buf(
-            data,
-            vec![0u8; 64 * 1024],
-        ))
-    } else {
-        Box::new(data)
-    };
-    let mut src = Bounded::new(inner, entry.name.clone(), entry.size);
+    reader.write = false;
+    let r = stream_data(reader, entry, tx, manifest);
+    reader.write = true;
+    r
+}
+
+fn stream_data(
+    reader: &mut UploadReader,
+    entry: &LocalEntry,
+    tx: &tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+    manifest: ManifestHook<'_>,
+) -> Result<bool, BundleError> {
     let mut crc = crc32fast::Hasher::new();
     let mut watch = TarWatch::for_name(&entry.name);
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let mut filled = 0;
-        while filled < buf.len() {
-            match src.read(&mut buf[filled..])? {
-                0 => break,
-                n => filled += n,
+    let mut pass = |bytes: Bytes| -> bool {
+        crc.update(&bytes);
+        if let Some(ids) = watch.as_mut().and_then(|w| w.feed(&bytes)) {
+            manifest(&ids);
+        }
+        tx.blocking_send(Ok(bytes)).is_ok()
+    };
+    if entry.method == STORED {
+        // Passed on as received: no copy.
+        let mut left = entry.size;
+        while left > 0 {
+            let chunk = reader
+                .next_bytes(left.min(CHUNK as u64) as usize)
+                .map_err(BundleError::from)?
+                .ok_or_else(|| BundleError::Corrupt {
+                    name: entry.name.clone(),
+                    detail: format!(
+                        "it ends after {} of the {} its header declares",
+                        ByteSize(entry.size - left),
+                        ByteSize(entry.size)
+                    ),
+                })?;
+            left -= chunk.len() as u64;
+            if !pass(chunk) {
+                return Ok(false);
             }
         }
-        if filled == 0 {
-            break;
-        }
-        crc.update(&buf[..filled]);
-        if let Some(w) = watch.as_mut() {
-            if let Some(ids) = w.feed(&buf[..filled]) {
-                manifest(&ids);
+    } else {
+        let data = (&mut *reader).take(entry.compressed);
+        let inflate = flate2::read::DeflateDecoder::new_with_buf(data, vec![0u8; 64 * 1024]);
+        let mut src = Bounded::new(inflate, entry.name.clone(), entry.size);
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let mut filled = 0;
+            while filled < buf.len() {
+                match src.read(&mut buf[filled..])? {
+                    0 => break,
+                    n => filled += n,
+                }
             }
-        }
-        if tx
-            .blocking_send(Ok(Bytes::copy_from_slice(&buf[..filled])))
-            .is_err()
-        {
-            return Ok(false);
+            if filled == 0 {
+                break;
+            }
+            if !pass(Bytes::copy_from_slice(&buf[..filled])) {
+                return Ok(false);
+            }
         }
     }
     let crc = crc.finalize();
@@ -682,18 +706,20 @@ mod tests {
         assert!(w.feed(&[0xffu8; 3000]).is_none());
     }
 
-    fn feed_file(bytes: &[u8]) -> (tempfile::NamedTempFile, Arc<UploadFeed>) {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(bytes).unwrap();
-        let feed = UploadFeed::new();
-        feed.advance(bytes.len() as u64);
-        feed.finish(Ok(()));
-        (f, feed)
-    }
-
-    fn walk(zip: &[u8]) -> (Vec<(LocalEntry, Vec<u8>)>, WalkEnd) {
-        let (f, feed) = feed_file(zip);
-        let mut r = GrowingReader::open(f.path(), feed, CancellationToken::new()).unwrap();
+    /// Sends `bytes` through a pipe in small pieces; the walk's result, the streamed
+    /// images with their bytes, and the upload file as written.
+    fn walk(zip: &[u8]) -> (Vec<(LocalEntry, Vec<u8>)>, WalkEnd, Vec<u8>) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let (sender, mut r) = upload_pipe(file.reopen().unwrap());
+        let bytes = zip.to_vec();
+        let feeder = std::thread::spawn(move || {
+            for c in bytes.chunks(1000) {
+                if sender.tx.blocking_send(Bytes::copy_from_slice(c)).is_err() {
+                    break;
+                }
+            }
+            sender.finish(Ok(()));
+        });
         let (tx, mut rx) = tokio::sync::mpsc::channel::<FoundImage>(1);
         let collector = std::thread::spawn(move || {
             let mut out: Vec<(LocalEntry, Vec<u8>)> = Vec::new();
@@ -711,6 +737,8 @@ mod tests {
         });
         let (entries, end) = follow(&mut r, &BundleLimits::default(), &tx, &|_| {});
         drop(tx);
+        r.drain().unwrap();
+        feeder.join().unwrap();
         let got = collector.join().unwrap();
         if end == WalkEnd::Complete {
             assert_eq!(
@@ -718,7 +746,7 @@ mod tests {
                 got.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>()
             );
         }
-        (got, end)
+        (got, end, std::fs::read(file.path()).unwrap())
     }
 
     #[test]
@@ -740,8 +768,11 @@ mod tests {
         w.start_file("../docker/c.tar", stored).unwrap();
         w.write_all(b"zip slip").unwrap();
         let zip = w.finish().unwrap().into_inner();
-        let (got, end) = walk(&zip);
+        let (got, end, written) = walk(&zip);
         assert_eq!(end, WalkEnd::Complete);
+        // The upload file is the ZIP, except the streamed data, which is left out.
+        assert_eq!(written.len(), zip.len());
+        let mut expected = zip.clone();
         let names: Vec<&str> = got.iter().map(|(e, _)| e.name.as_str()).collect();
         assert_eq!(names, ["docker/a.tar", "docker/b.tar.gz"]);
         assert_eq!(got[0].1, big);
@@ -754,7 +785,10 @@ mod tests {
             let f = archive.by_name(&e.name).unwrap();
             assert_eq!(f.header_start(), e.header_start);
             assert_eq!(f.crc32(), e.crc);
+            let start = f.data_start().unwrap() as usize;
+            expected[start..start + e.compressed as usize].fill(0);
         }
+        assert!(written == expected, "the upload file differs from the ZIP");
     }
 
     #[test]
@@ -768,44 +802,36 @@ mod tests {
         // A flipped data byte: the CRC check fails, the body ends with an error.
         let at = 30 + "docker/a.tar".len() + 100;
         zip[at] ^= 1;
-        let (got, end) = walk(&zip);
+        let (got, end, _) = walk(&zip);
         assert!(matches!(end, WalkEnd::Damaged(ref e) if e.to_string().contains("CRC")), "{end:?}");
         assert!(got[0].1.ends_with(b"<error>"));
         // A truncated upload ends the walk without a panic.
-        let (_, end) = walk(&zip[..zip.len() / 2]);
+        let (_, end, _) = walk(&zip[..zip.len() / 2]);
         assert!(matches!(end, WalkEnd::Damaged(_)), "{end:?}");
         // Sizes after the data (a streamed ZIP): the walk stops, nothing is streamed.
         let mut w = zip::ZipWriter::new_stream(Vec::new());
         w.start_file("docker/a.tar", stored).unwrap();
         w.write_all(&[5u8; 1000]).unwrap();
         let zip = w.finish().unwrap().into_inner();
-        let (got, end) = walk(&zip);
+        let (got, end, written) = walk(&zip);
         assert!(got.is_empty());
+        assert!(written == zip, "a walk that stopped still writes everything");
         assert!(matches!(end, WalkEnd::Stopped(_)), "{end:?}");
     }
 
     #[test]
-    fn a_growing_reader_waits_for_bytes_and_sees_a_failed_upload() {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        let feed = UploadFeed::new();
-        let mut r =
-            GrowingReader::open(f.path(), feed.clone(), CancellationToken::new()).unwrap();
-        let writer = {
-            let mut file = f.reopen().unwrap();
-            let feed = feed.clone();
-            std::thread::spawn(move || {
-                for i in 0..5u8 {
-                    std::thread::sleep(Duration::from_millis(20));
-                    file.write_all(&[i; 10]).unwrap();
-                    feed.advance(u64::from(i + 1) * 10);
-                }
-                feed.finish(Err("client went away".into()));
-            })
-        };
-        let mut got = Vec::new();
-        let err = r.read_to_end(&mut got).unwrap_err();
-        writer.join().unwrap();
-        assert_eq!(got.len(), 50);
-        assert!(err.to_string().contains("client went away"), "{err}");
+    fn an_upload_broken_off_is_an_error() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let (sender, mut r) = upload_pipe(file.reopen().unwrap());
+        let t = std::thread::spawn(move || {
+            sender.tx.blocking_send(Bytes::from_static(b"PK")).unwrap();
+            drop(sender); // no finish: the request went away
+        });
+        let err = r.drain().unwrap_err();
+        t.join().unwrap();
+        assert!(err.contains("ended before"), "{err}");
+        let (sender, mut r) = upload_pipe(file.reopen().unwrap());
+        sender.finish(Err("too large".into()));
+        assert!(r.drain().unwrap_err().contains("too large"));
     }
 }
