@@ -308,8 +308,9 @@ async fn import(c: Call) -> Reply {
     Ok(http::json(StatusCode::OK, &instance(&view)))
 }
 
-/// Receives the form field `app` of a multipart body into the import's pipe. Stops early
-/// (Ok) when the import stopped reading: it failed, and its error is the answer.
+/// Receives the form field `app` of a multipart body into the import's pipe. When the import
+/// stops reading (it failed: its error is the answer), the rest of the body is read and
+/// dropped, so that the client hears the answer after its upload, as before.
 async fn receive_app(
     body: hyper::body::Incoming,
     boundary: String,
@@ -328,6 +329,7 @@ async fn receive_app(
     let mut multipart = multer::Multipart::with_constraints(body, boundary, constraints);
     let mut found = false;
     let mut received: u64 = 0;
+    let mut importing = true;
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(f)) => f,
@@ -347,8 +349,8 @@ async fn receive_app(
                     if received > limit {
                         return Err(too_large(limit));
                     }
-                    if !sender.send(chunk).await {
-                        return Ok(());
+                    if importing && !sender.send(chunk).await {
+                        importing = false;
                     }
                 }
                 Ok(None) => break,
