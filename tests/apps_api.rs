@@ -351,11 +351,12 @@ fn images_streamed_during_the_upload_are_rolled_back_when_the_bundle_is_refused(
     let (r1, tar1) = fresh_big_image("streamed-a", 2);
     let (r2, tar2) = fresh_big_image("streamed-b", 2);
     let compose = format!("services:\n  a:\n    image: {r1}\n  b:\n    image: {r2}\n");
-    let stored = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     let deflated = zip::write::SimpleFileOptions::default();
     // Images first (loaded before config.yml even arrived), then `tail` adds the rest.
-    let bundle = |tail: &dyn Fn(&mut zip::ZipWriter<std::io::Cursor<Vec<u8>>>)| {
+    type Writer = zip::ZipWriter<std::io::Cursor<Vec<u8>>>;
+    let bundle = |tail: &dyn Fn(&mut Writer)| {
         let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
         w.start_file("docker/a.tar", stored).unwrap();
         w.write_all(&tar1).unwrap();
@@ -426,7 +427,10 @@ fn images_streamed_during_the_upload_are_rolled_back_when_the_bundle_is_refused(
     let detail = import(&g, &cut, "").expect_problem(400, "/api/1/transfer/import");
     assert!(detail.contains("ZIP"), "{detail}");
     for r in [&r1, &r2] {
-        assert!(!docker(&["image", "inspect", r]).status.success(), "truncated: {r} left");
+        assert!(
+            !docker(&["image", "inspect", r]).status.success(),
+            "truncated: {r} left"
+        );
     }
     g.get("/api/1/transfer/apps").expect_empty(204);
 
@@ -440,12 +444,18 @@ fn images_streamed_during_the_upload_are_rolled_back_when_the_bundle_is_refused(
         .collect();
     assert_eq!(names, [r1.as_str(), r2.as_str()], "{body}");
     for r in [&r1, &r2] {
-        assert!(docker(&["image", "inspect", r]).status.success(), "{r} missing");
+        assert!(
+            docker(&["image", "inspect", r]).status.success(),
+            "{r} missing"
+        );
     }
     let path = "/api/1/transfer/apps/Streamed%3A1?force=true&remove_images=true";
     g.delete(path).expect_empty(200);
     for r in [&r1, &r2] {
-        assert!(!docker(&["image", "inspect", r]).status.success(), "{r} not removed");
+        assert!(
+            !docker(&["image", "inspect", r]).status.success(),
+            "{r} not removed"
+        );
     }
 }
 

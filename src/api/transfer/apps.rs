@@ -12,10 +12,10 @@ use super::{Call, Handler, Problem, Reply};
 use crate::api::http::{self, declared_too_large};
 use crate::api::router::Routes;
 use crate::core::apps::import::ImportOptions;
-use crate::core::apps::stream::{upload_pipe, UploadSender};
 use crate::core::apps::lifecycle::{
     AppStatus, AppView, ProcessOutcome, RemoveOptions, StopOptions,
 };
+use crate::core::apps::stream::{upload_pipe, UploadSender};
 use crate::core::apps::{AppConfig, AppId};
 use crate::core::CoreError;
 

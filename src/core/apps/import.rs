@@ -345,14 +345,15 @@ async fn stream_images(
             }))
         };
         match load_body(engine, counted, &name, size, &sent, progress).await {
-            Ok(references) => match record_image(engine, loaded, name, references, progress).await
-            {
-                Ok(record) => pre.records.push(record),
-                Err(e) => {
-                    pre.error = Some((ImportStep::LoadImages, e));
-                    break;
+            Ok(references) => {
+                match record_image(engine, loaded, name, references, progress).await {
+                    Ok(record) => pre.records.push(record),
+                    Err(e) => {
+                        pre.error = Some((ImportStep::LoadImages, e));
+                        break;
+                    }
                 }
-            },
+            }
             Err(e) => {
                 pre.error = Some((ImportStep::LoadImages, e));
                 break;
@@ -1141,7 +1142,10 @@ mod tests {
         assert!(sender.send(Bytes::copy_from_slice(&zip[first..])).await);
         sender.finish(Ok(()));
         let stored = task.await.unwrap().expect("import");
-        assert_eq!(stored.record.images[0].id, noted[0], "the journal named another id");
+        assert_eq!(
+            stored.record.images[0].id, noted[0],
+            "the journal named another id"
+        );
         assert!(image_exists(&host, &reference));
         assert!(journal_ids().is_empty(), "journal left after the import");
 

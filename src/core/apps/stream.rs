@@ -85,9 +85,10 @@ impl UploadReader {
                 Some(b) => self.current = b,
                 None => {
                     let end = self.end.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    self.ended = Some(end.unwrap_or_else(|| {
-                        Err("the request ended before the upload did".into())
-                    }));
+                    self.ended =
+                        Some(end.unwrap_or_else(|| {
+                            Err("the request ended before the upload did".into())
+                        }));
                 }
             }
         }
@@ -394,10 +395,7 @@ fn stream_data(
     if crc != entry.crc {
         return Err(BundleError::Corrupt {
             name: entry.name.clone(),
-            detail: format!(
-                "its CRC-32 is {crc:08x}, its header says {:08x}",
-                entry.crc
-            ),
+            detail: format!("its CRC-32 is {crc:08x}, its header says {:08x}", entry.crc),
         });
     }
     Ok(true)
@@ -708,7 +706,9 @@ mod tests {
 
     /// Sends `bytes` through a pipe in small pieces; the walk's result, the streamed
     /// images with their bytes, and the upload file as written.
-    fn walk(zip: &[u8]) -> (Vec<(LocalEntry, Vec<u8>)>, WalkEnd, Vec<u8>) {
+    type Streamed = Vec<(LocalEntry, Vec<u8>)>;
+
+    fn walk(zip: &[u8]) -> (Streamed, WalkEnd, Vec<u8>) {
         let file = tempfile::NamedTempFile::new().unwrap();
         let (sender, mut r) = upload_pipe(file.reopen().unwrap());
         let bytes = zip.to_vec();
@@ -722,7 +722,7 @@ mod tests {
         });
         let (tx, mut rx) = tokio::sync::mpsc::channel::<FoundImage>(1);
         let collector = std::thread::spawn(move || {
-            let mut out: Vec<(LocalEntry, Vec<u8>)> = Vec::new();
+            let mut out: Streamed = Vec::new();
             while let Some(mut img) = rx.blocking_recv() {
                 let mut data = Vec::new();
                 while let Some(chunk) = img.body.blocking_recv() {
@@ -754,7 +754,8 @@ mod tests {
         use zip::write::SimpleFileOptions;
         let big: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
         let mut w = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
-        let stored = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        let stored =
+            SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
         let deflated =
             SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
         w.start_file("config.yml", deflated).unwrap();
@@ -794,7 +795,8 @@ mod tests {
     #[test]
     fn the_walk_refuses_damage_and_stops_at_data_descriptors() {
         use zip::write::SimpleFileOptions;
-        let stored = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        let stored =
+            SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
         let mut w = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
         w.start_file("docker/a.tar", stored).unwrap();
         w.write_all(&[5u8; 10_000]).unwrap();
@@ -803,7 +805,10 @@ mod tests {
         let at = 30 + "docker/a.tar".len() + 100;
         zip[at] ^= 1;
         let (got, end, _) = walk(&zip);
-        assert!(matches!(end, WalkEnd::Damaged(ref e) if e.to_string().contains("CRC")), "{end:?}");
+        assert!(
+            matches!(end, WalkEnd::Damaged(ref e) if e.to_string().contains("CRC")),
+            "{end:?}"
+        );
         assert!(got[0].1.ends_with(b"<error>"));
         // A truncated upload ends the walk without a panic.
         let (_, end, _) = walk(&zip[..zip.len() / 2]);
@@ -815,7 +820,10 @@ mod tests {
         let zip = w.finish().unwrap().into_inner();
         let (got, end, written) = walk(&zip);
         assert!(got.is_empty());
-        assert!(written == zip, "a walk that stopped still writes everything");
+        assert!(
+            written == zip,
+            "a walk that stopped still writes everything"
+        );
         assert!(matches!(end, WalkEnd::Stopped(_)), "{end:?}");
     }
 
