@@ -291,62 +291,73 @@ async fn stream_images(
         })
     };
     let mut pre = Preloaded::default();
-    // Loads in flight: the one receiving bytes, and the one before it that Docker may still
-    // be registering (its layers written into the image store) meanwhile.
-    let mut inflight = futures_util::stream::FuturesUnordered::new();
-    let mut taking = true;
-    loop {
-        tokio::select! {
-            found = found_rx.recv(), if taking && inflight.len() < LOADS_IN_FLIGHT => {
-                let Some(image) = found else {
-                    taking = false;
-                    continue;
-                };
-                match start_streamed_load(&image, expected, store, settings, cancel, loaded) {
-                    Ok(()) => {}
-                    Err(e) => {
-                        pre.error.get_or_insert(e);
-                        taking = false;
-                        continue;
-                    }
+    while let Some(image) = found_rx.recv().await {
+        if cancel.is_cancelled() {
+            pre.error = Some((
+                ImportStep::LoadImages,
+                CoreError::Cancelled("the import was cancelled".into()),
+            ));
+            break;
+        }
+        let LocalEntry {
+            name,
+            size,
+            header_start,
+            ..
+        } = image.entry.clone();
+        // Room for this image as it lands in Docker, the rest of the upload, the reserve.
+        let rest = expected.unwrap_or(0).saturating_sub(header_start);
+        let need = image_space(&name, size)
+            .saturating_add(rest)
+            .saturating_add(settings.reserve_bytes);
+        let free = free_space(store.root())?;
+        if free < need {
+            pre.error = Some((
+                ImportStep::CheckDiskSpace,
+                CoreError::Invalid(format!(
+                    "not enough disk space: loading {name} needs {} (the image, the rest of the upload and a reserve of {}), {} is free",
+                    ByteSize(need),
+                    ByteSize(settings.reserve_bytes),
+                    ByteSize(free)
+                )),
+            ));
+            break;
+        }
+        let journal = lock(loaded).ensure_journal();
+        if let Err(e) = journal {
+            pre.error = Some((ImportStep::LoadImages, e));
+            break;
+        }
+        progress(ImportProgress::ImageStarted {
+            file: name.clone(),
+            size,
+        });
+        let mut body = image.body;
+        let sent = Arc::new(AtomicU64::new(0));
+        let counted = {
+            let sent = sent.clone();
+            Box::pin(stream::poll_fn(move |cx| {
+                let next = body.poll_recv(cx);
+                if let std::task::Poll::Ready(Some(Ok(b))) = &next {
+                    sent.fetch_add(b.len() as u64, Ordering::Relaxed);
                 }
-                let LocalEntry { name, size, .. } = image.entry;
-                progress(ImportProgress::ImageStarted {
-                    file: name.clone(),
-                    size,
-                });
-                let mut body = image.body;
-                let sent = Arc::new(AtomicU64::new(0));
-                let counted = {
-                    let sent = sent.clone();
-                    Box::pin(stream::poll_fn(move |cx| {
-                        let next = body.poll_recv(cx);
-                        if let std::task::Poll::Ready(Some(Ok(b))) = &next {
-                            sent.fetch_add(b.len() as u64, Ordering::Relaxed);
-                        }
-                        next
-                    }))
-                };
-                inflight.push(async move {
-                    let r = load_body(engine, counted, &name, size, &sent, progress).await;
-                    (name, r)
-                });
-            }
-            Some((name, result)) = futures_util::StreamExt::next(&mut inflight), if !inflight.is_empty() => {
-                let recorded = match result {
-                    Ok(references) => record_image(engine, loaded, name, references, progress).await,
-                    Err(e) => Err(e),
-                };
-                match recorded {
+                next
+            }))
+        };
+        match load_body(engine, counted, &name, size, &sent, progress).await {
+            Ok(references) => {
+                match record_image(engine, loaded, name, references, progress).await {
                     Ok(record) => pre.records.push(record),
                     Err(e) => {
-                        // Loads in flight finish (and are noted for the rollback).
-                        pre.error.get_or_insert((ImportStep::LoadImages, e));
-                        taking = false;
+                        pre.error = Some((ImportStep::LoadImages, e));
+                        break;
                     }
                 }
             }
-            else => break,
+            Err(e) => {
+                pre.error = Some((ImportStep::LoadImages, e));
+                break;
+            }
         }
     }
     // Dropping the receiver tells the walk to stop streaming.
@@ -367,52 +378,6 @@ async fn stream_images(
         .filter(|e| pre.records.iter().any(|r| r.file == e.name))
         .collect();
     Ok((pre, upload))
-}
-
-/// Two loads at a time: Docker registers one image while the next one's bytes arrive.
-const LOADS_IN_FLIGHT: usize = 2;
-
-/// Before a streamed image loads: not cancelled, room for it on disk (the image as it lands
-/// in Docker, the rest of the upload, the reserve), the journal in place.
-fn start_streamed_load(
-    image: &FoundImage,
-    expected: Option<u64>,
-    store: &Arc<AppStore>,
-    settings: &ImportSettings,
-    cancel: &CancellationToken,
-    loaded: &SharedLoaded,
-) -> Result<(), (ImportStep, CoreError)> {
-    if cancel.is_cancelled() {
-        return Err((
-            ImportStep::LoadImages,
-            CoreError::Cancelled("the import was cancelled".into()),
-        ));
-    }
-    let LocalEntry {
-        name,
-        size,
-        header_start,
-        ..
-    } = &image.entry;
-    let rest = expected.unwrap_or(0).saturating_sub(*header_start);
-    let need = image_space(name, *size)
-        .saturating_add(rest)
-        .saturating_add(settings.reserve_bytes);
-    let free = free_space(store.root()).map_err(|e| (ImportStep::CheckDiskSpace, e))?;
-    if free < need {
-        return Err((
-            ImportStep::CheckDiskSpace,
-            CoreError::Invalid(format!(
-                "not enough disk space: loading {name} needs {} (the image, the rest of the upload and a reserve of {}), {} is free",
-                ByteSize(need),
-                ByteSize(settings.reserve_bytes),
-                ByteSize(free)
-            )),
-        ));
-    }
-    lock(loaded)
-        .ensure_journal()
-        .map_err(|e| (ImportStep::LoadImages, e))
 }
 
 /// After a load: the image ids behind the references, noted for the rollback.
