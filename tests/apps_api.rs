@@ -798,23 +798,33 @@ fn a_start_killed_midway_is_consistent_after_restart() {
         .docker_host(&host)
         .env("GANTRY_STATE_DIR", &state_dir)
         .start();
-    let app = g.get(&path).expect_json(200);
-    assert_eq!(app["Busy"], false, "{app}");
-    let running = docker_ok(&["ps", "-q", "--filter", &label]);
-    let listed = app["Containers"].as_array().unwrap().len();
-    assert_eq!(
-        listed,
-        docker_ok(&["ps", "-aq", "--filter", &label])
-            .lines()
-            .count(),
-        "{app}"
-    );
-    let expected = if running.is_empty() {
-        "Stopped"
-    } else {
-        "Partially Running"
-    };
-    assert_eq!(app["Status"], expected, "{app}");
+    // A start request the killed gantry had already sent may still be finishing inside
+    // dockerd, so read Docker before and after gantry's answer and judge only an answer
+    // given while Docker's view held still (bounded retries).
+    let mut judged = false;
+    for _ in 0..50 {
+        let running_before = docker_ok(&["ps", "-q", "--filter", &label]);
+        let all_before = docker_ok(&["ps", "-aq", "--filter", &label]);
+        let app = g.get(&path).expect_json(200);
+        let running = docker_ok(&["ps", "-q", "--filter", &label]);
+        let all = docker_ok(&["ps", "-aq", "--filter", &label]);
+        if running != running_before || all != all_before {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        assert_eq!(app["Busy"], false, "{app}");
+        let listed = app["Containers"].as_array().unwrap().len();
+        assert_eq!(listed, all.lines().count(), "{app}");
+        let expected = if running.is_empty() {
+            "Stopped"
+        } else {
+            "Partially Running"
+        };
+        assert_eq!(app["Status"], expected, "{app}");
+        judged = true;
+        break;
+    }
+    assert!(judged, "Docker's view of the app never held still");
     // The interrupted start can be completed, and then everything stops cleanly.
     let up = g.put(&format!("{path}/start")).expect_json(200);
     assert_eq!(up["ExitCode"], 0, "{up}");
