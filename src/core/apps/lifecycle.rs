@@ -316,13 +316,16 @@ impl Apps {
             progress,
         )
         .await?;
-        {
-            let mut published = self.published.lock().await;
-            let view = self.view(stored.clone()).await;
-            published.insert(stored.id().clone(), Fingerprint::of(&view));
-            self.events.publish(AppEvent::Import(view));
-        }
+        self.publish_import(&stored).await;
         Ok(stored)
+    }
+
+    /// Tells subscribers of a new app, whichever import path stored it.
+    async fn publish_import(&self, stored: &StoredApp) {
+        let mut published = self.published.lock().await;
+        let view = self.view(stored.clone()).await;
+        published.insert(stored.id().clone(), Fingerprint::of(&view));
+        self.events.publish(AppEvent::Import(view));
     }
 
     /// Imports an upload that is still arriving (see [`import::import_upload`]): the caller
@@ -336,7 +339,7 @@ impl Apps {
         cancel: &CancellationToken,
         progress: ProgressFn<'_>,
     ) -> CoreResult<StoredApp> {
-        import::import_upload(
+        let stored = import::import_upload(
             self.engine.as_ref(),
             &self.store,
             zip,
@@ -347,7 +350,9 @@ impl Apps {
             cancel,
             progress,
         )
-        .await
+        .await?;
+        self.publish_import(&stored).await;
+        Ok(stored)
     }
 
     fn stored(&self, id: &AppId) -> CoreResult<StoredApp> {
