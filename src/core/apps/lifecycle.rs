@@ -208,12 +208,22 @@ impl Apps {
 
     /// Re-reads every app's state from Docker (after [`Apps::begin_refresh_all`]) and
     /// publishes an App event for each (whether changed or not: the client asked for a
-    /// fresh picture), between Refresh(true) and Refresh(false).
-    pub async fn refresh_all(&self) {
+    /// fresh picture), between Refresh(true) and Refresh(false). Cancelling skips the apps
+    /// not yet refreshed; Refresh(false) comes either way and the slot is free again.
+    pub async fn refresh_all(&self, cancel: &CancellationToken) {
         if let Ok(apps) = self.store.list() {
             for app in apps {
-                self.publish_app(app.id(), true).await;
+                if cancel.is_cancelled() {
+                    break;
+                }
+                tokio::select! {
+                    _ = self.publish_app(app.id(), true) => {}
+                    _ = cancel.cancelled() => break,
+                }
             }
+        }
+        if cancel.is_cancelled() {
+            tracing::info!("refresh of all apps cancelled");
         }
         self.refreshing
             .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -221,13 +231,19 @@ impl Apps {
     }
 
     /// Re-reads one app from its store directory and Docker; `Busy` while another operation
-    /// (or refresh) on it runs.
-    pub async fn refresh(&self, id: &AppId) -> CoreResult<AppView> {
+    /// (or refresh) on it runs; `Cancelled` when cancelled (nothing to roll back: a refresh
+    /// only reads).
+    pub async fn refresh(&self, id: &AppId, cancel: &CancellationToken) -> CoreResult<AppView> {
         let app = self.stored(id)?;
         let view = {
             let _busy = self.claim(id, "refreshed")?;
             self.project(&app)?;
-            self.view(app).await
+            tokio::select! {
+                v = self.view(app) => v,
+                _ = cancel.cancelled() => {
+                    return Err(CoreError::Cancelled(format!("the refresh of {id} was cancelled")))
+                }
+            }
         };
         self.publish_app(id, false).await;
         Ok(view)
@@ -530,21 +546,126 @@ impl Apps {
     }
 
     /// `docker-compose down`, natively; images and volumes only when asked and unused.
+    ///
+    /// Cancelling rolls back to the state before: the stop of a container Docker is already
+    /// performing is finished at once (Docker does not take a stop request back, it would
+    /// kill the container at the end of its grace period), then, when any container of the
+    /// app was running before, `up` starts the app again (all its services) and the answer
+    /// is `Cancelled`. The rollback's lines go through `on_line` too.
     pub async fn stop(
         &self,
         id: &AppId,
         options: StopOptions,
+        cancel: &CancellationToken,
         on_line: LineFn<'_>,
     ) -> CoreResult<ProcessOutcome> {
         let app = self.stored(id)?;
         let result = {
             let _busy = self.claim(id, "stopped")?;
             self.publish_app(id, false).await;
-            self.down(&app, options.remove_images, options.remove_volumes, on_line)
-                .await
+            self.stop_claimed(&app, options, cancel, on_line).await
         };
         self.publish_app(id, false).await;
         result
+    }
+
+    async fn stop_claimed(
+        &self,
+        app: &StoredApp,
+        options: StopOptions,
+        cancel: &CancellationToken,
+        on_line: LineFn<'_>,
+    ) -> CoreResult<ProcessOutcome> {
+        let was_running = self
+            .containers(app)
+            .await
+            .map(|cs| cs.iter().any(|c| c.running))
+            .unwrap_or(false);
+        // Containers whose stop request is out (the compose engine's "Stopping <name> ..."
+        // line without its "done"/"error" yet).
+        let stopping: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        let track = |line: &str| {
+            if let Some(rest) = line.strip_prefix("Stopping ") {
+                let mut s = stopping.lock().unwrap_or_else(|p| p.into_inner());
+                let name = rest.split_whitespace().next().unwrap_or("").to_string();
+                if line.ends_with(" ...") {
+                    s.push(name);
+                } else {
+                    s.retain(|n| *n != name);
+                }
+            }
+            on_line(line);
+        };
+        let result = tokio::select! {
+            r = self.down(app, options.remove_images, options.remove_volumes, &track) => Some(r),
+            _ = cancel.cancelled() => None,
+        };
+        if let Some(result) = result {
+            return result;
+        }
+        let id = app.id();
+        let stopping = stopping.into_inner().unwrap_or_else(|p| p.into_inner());
+        self.undo_stop(app, was_running, &stopping, on_line).await?;
+        Err(CoreError::Cancelled(if was_running {
+            format!("the stop of {id} was cancelled; the app was started again")
+        } else {
+            format!("the stop of {id} was cancelled; it was not running before")
+        }))
+    }
+
+    /// After a cancelled `down`: finishes the stops Docker already performs, then `up` when
+    /// the app ran before, until its services run again (a removal Docker still completes
+    /// may race the first `up`, hence a few bounded rounds).
+    async fn undo_stop(
+        &self,
+        app: &StoredApp,
+        was_running: bool,
+        stopping: &[String],
+        on_line: LineFn<'_>,
+    ) -> CoreResult<()> {
+        if was_running {
+            on_line("Cancelled: starting again what was stopped");
+        } else {
+            on_line("Cancelled: the app was not running before");
+        }
+        for name in stopping {
+            on_line(&format!("Finishing the stop Docker started for {name}"));
+            match self.engine.stop_container_with_timeout(name, 0).await {
+                Ok(()) | Err(crate::core::engine::EngineError::NotFound(_)) => {}
+                Err(e) => on_line(&format!("Stopping {name} failed: {e}")),
+            }
+        }
+        if !was_running {
+            return Ok(());
+        }
+        let project = self.project(app)?;
+        let expected = project.services().len();
+        let mut last = String::new();
+        for round in 0..3 {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            match project.up(self.engine.as_ref(), on_line).await {
+                Ok(_) => {}
+                Err(e) => match compose_error(e) {
+                    e @ CoreError::Unavailable(_) => return Err(e),
+                    e => last = e.to_string(),
+                },
+            }
+            let running = self
+                .containers(app)
+                .await?
+                .iter()
+                .filter(|c| c.running)
+                .count();
+            if running >= expected {
+                return Ok(());
+            }
+        }
+        Err(CoreError::Failed(format!(
+            "{} could not be started again after the cancelled stop: {last}",
+            app.id()
+        )))
     }
 
     async fn down(
