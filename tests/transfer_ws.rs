@@ -1,5 +1,6 @@
 //! The Transfer App's websockets end to end (`/events/transfer/import`, `/events/import`,
-//! `/events/transfer/apps/{id}/start`, `/events/start`, `/events/system/loadimage`) and
+//! `/events/transfer/apps/{id}/start`, `/events/start`, `/events/transfer/apps/{id}/stop`,
+//! `/events/system/loadimage`) and
 //! `PUT /api/cancel/{id}`, with a real websocket client against the gantry binary and the
 //! test dockerd.
 
@@ -810,11 +811,11 @@ fn cancel_mid_stop_starts_the_app_again() {
         let s = ws.recv().expect("the stop ended before it was cancelled");
         if let Some(l) = s["ProcessLine"]["Line"].as_str() {
             quick_removed |=
-                l.starts_with("Removing") && l.contains("quick") && l.ends_with("done");
+                l.starts_with("Removing") && l.contains("_quick_") && l.ends_with("done");
             stubborn_stopping |=
-                l.starts_with("Stopping") && l.contains("stubborn") && l.ends_with("...");
+                l.starts_with("Stopping") && l.contains("_stubborn_") && l.ends_with("...");
             assert!(
-                !(l.starts_with("Stopping") && l.contains("stubborn") && l.ends_with("done")),
+                !(l.starts_with("Stopping") && l.contains("_stubborn_") && l.ends_with("done")),
                 "stubborn stopped before the cancel: {l}"
             );
         }
@@ -841,7 +842,7 @@ fn cancel_mid_stop_starts_the_app_again() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("Finishing the stop") && l.contains("stubborn")),
+            .any(|l| l.starts_with("Finishing the stop") && l.contains("_stubborn_")),
         "{lines:#?}"
     );
     wait_task_ended(&g, &cancel_id);
