@@ -833,3 +833,35 @@ fn a_start_killed_midway_is_consistent_after_restart() {
     assert!(docker_ok(&["ps", "-aq", "--filter", &label]).is_empty());
     g.delete(&path).expect_empty(200);
 }
+
+#[test]
+fn refresh_all_is_a_cancellable_task() {
+    let host = require_docker!();
+    let g = Gantry::builder().docker_host(&host).start();
+    let resp = g.put("/api/1/transfer/refresh/apps");
+    assert_eq!(resp.status, 202);
+    let id = resp
+        .header("x-cancel-id")
+        .expect("the 202 carries X-Cancel-Id")
+        .to_string();
+    assert_eq!(id.len(), 36, "{id}");
+    // While it runs the id is cancellable; once it ended it is unknown.
+    let cancel = g.put(&format!("/api/cancel/{id}"));
+    assert!(
+        cancel.status == 200 || cancel.status == 404,
+        "cancel answered {}",
+        cancel.status
+    );
+    let done = wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+        (g.get("/api/1/transfer/refresh/apps").expect_json(200) == Value::Bool(false)).then_some(())
+    });
+    assert!(done.is_some(), "the refresh never finished");
+    let ended = wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+        (g.put(&format!("/api/cancel/{id}")).status == 404).then_some(())
+    });
+    assert!(ended.is_some(), "the refresh task {id} is still listed");
+    // A cancelled or finished refresh leaves the slot free: the next one is accepted.
+    let again = g.put("/api/1/transfer/refresh/apps");
+    assert_eq!(again.status, 202);
+    assert_ne!(again.header("x-cancel-id"), Some(id.as_str()));
+}

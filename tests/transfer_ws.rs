@@ -1,5 +1,6 @@
 //! The Transfer App's websockets end to end (`/events/transfer/import`, `/events/import`,
-//! `/events/transfer/apps/{id}/start`, `/events/start`, `/events/system/loadimage`) and
+//! `/events/transfer/apps/{id}/start`, `/events/start`, `/events/transfer/apps/{id}/stop`,
+//! `/events/system/loadimage`) and
 //! `PUT /api/cancel/{id}`, with a real websocket client against the gantry binary and the
 //! test dockerd.
 
@@ -706,5 +707,161 @@ fn malformed_uploads_fail_cleanly_and_others_are_served() {
     g.put("/api/cancel/").expect_problem(400, "/api/cancel/");
     g.put("/api/1/cancel").expect_problem(400, "/api/1/cancel");
     g.delete(&app_path(&format!("{name}:1.0")))
+        .expect_empty(200);
+}
+
+#[test]
+fn stop_over_websocket_streams_lines_and_the_result() {
+    let host = require_docker!();
+    let g = Gantry::builder().docker_host(&host).start();
+    let name = unique("WsStop");
+    let id = format!("{name}:1.0");
+    rest_import(&g, &bundle(&name, &sleeper_compose(&[&test_image()]), &[]));
+    g.put(&format!("{}/start", app_path(&id))).expect_json(200);
+    assert_eq!(g.get(&app_path(&id)).expect_json(200)["Status"], "Running");
+
+    let mut ws = Ws::connect(&g, &format!("/events/transfer/apps/{}/stop", enc(&id)));
+    let cancel_id = ws.cancel_id();
+    let steps = ws.rest();
+    assert!(ws.closed);
+    assert_eq!(steps[0]["StepType"], "ANNOUNCEMENT", "{steps:#?}");
+    assert_eq!(
+        steps[0]["Message"],
+        format!("Stopping App instance {id}").as_str()
+    );
+    let lines: Vec<&str> = steps
+        .iter()
+        .filter_map(|s| s["ProcessLine"]["Line"].as_str())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("Stopping") && l.ends_with("... done")),
+        "{steps:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("Removing network")),
+        "{steps:#?}"
+    );
+    let n = steps.len();
+    assert_eq!(steps[n - 2]["StepType"], "ANNOUNCEMENT");
+    assert_eq!(
+        steps[n - 2]["Message"],
+        format!("Successfully stopped App {id}").as_str()
+    );
+    let last = &steps[n - 1];
+    assert_eq!(last["StepType"], "PROCESS_PROGRESS");
+    assert_eq!(last["Success"], true);
+    assert_eq!(last["ProcessResult"]["ExitCode"], 0, "{last}");
+    assert!(
+        last["ProcessResult"]["Command"]
+            .as_str()
+            .unwrap()
+            .ends_with(" down"),
+        "{last}"
+    );
+    assert_eq!(
+        last["ProcessResult"]["Lines"].as_array().unwrap().len(),
+        lines.len()
+    );
+    wait_task_ended(&g, &cancel_id);
+    let app = g.get(&app_path(&id)).expect_json(200);
+    assert_eq!(app["Status"], "Stopped", "{app}");
+    assert_eq!(app["Busy"], false, "{app}");
+    // Unknown apps are refused before the upgrade.
+    g.get("/events/transfer/apps/nope%3A1/stop")
+        .expect_problem(404, "/events/transfer/apps/nope%3A1/stop");
+    g.delete(&app_path(&id)).expect_empty(200);
+}
+
+/// Two services: `quick` stops at once; `stubborn` ignores SIGTERM and has a grace period of
+/// ten minutes, so a stop of the app is held on it until cancelled.
+fn stubborn_app(name: &str) -> Vec<u8> {
+    let compose = format!(
+        "services:\n  quick:\n    image: {img}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 600 & wait\"]\n    stop_grace_period: 1s\n  stubborn:\n    image: {img}\n    command: [\"sh\", \"-c\", \"trap '' TERM; sleep 3600 & wait\"]\n    stop_grace_period: 10m\n",
+        img = test_image()
+    );
+    zip_of(&[
+        (
+            "config.yml",
+            format!("Name: {name}\nVersion: 1\n").as_bytes(),
+        ),
+        ("compose.yaml", compose.as_bytes()),
+    ])
+}
+
+#[test]
+fn cancel_mid_stop_starts_the_app_again() {
+    let host = require_docker!();
+    let g = Gantry::builder().docker_host(&host).start();
+    let name = unique("WsStubborn");
+    let id = format!("{name}:1");
+    rest_import(&g, &stubborn_app(&name));
+    g.put(&format!("{}/start", app_path(&id))).expect_json(200);
+    let before = g.get(&app_path(&id)).expect_json(200);
+    assert_eq!(before["Status"], "Running", "{before}");
+    assert_eq!(before["Containers"].as_array().unwrap().len(), 2);
+
+    let mut ws = Ws::connect(&g, &format!("/events/transfer/apps/{}/stop", enc(&id)));
+    let cancel_id = ws.cancel_id();
+    let mut steps = Vec::new();
+    // Cancel once `quick` is gone while `stubborn` is still being stopped (for ten minutes).
+    let (mut quick_removed, mut stubborn_stopping) = (false, false);
+    while !(quick_removed && stubborn_stopping) {
+        let s = ws.recv().expect("the stop ended before it was cancelled");
+        if let Some(l) = s["ProcessLine"]["Line"].as_str() {
+            quick_removed |=
+                l.starts_with("Removing") && l.contains("_quick_") && l.ends_with("done");
+            stubborn_stopping |=
+                l.starts_with("Stopping") && l.contains("_stubborn_") && l.ends_with("...");
+            assert!(
+                !(l.starts_with("Stopping") && l.contains("_stubborn_") && l.ends_with("done")),
+                "stubborn stopped before the cancel: {l}"
+            );
+        }
+        steps.push(s);
+    }
+    assert_eq!(
+        g.get(&app_path(&id)).expect_json(200)["Busy"],
+        true,
+        "the app is not busy while it is being stopped"
+    );
+    g.put(&format!("/api/cancel/{cancel_id}")).expect_empty(200);
+    steps.extend(ws.rest());
+    assert!(ws.closed);
+    let f = failure(&steps);
+    assert_eq!(f["StepType"], "CANCEL", "{steps:#?}");
+    assert!(
+        f["Message"].as_str().unwrap().contains("started again"),
+        "{f}"
+    );
+    let lines: Vec<&str> = steps
+        .iter()
+        .filter_map(|s| s["ProcessLine"]["Line"].as_str())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("Finishing the stop") && l.contains("_stubborn_")),
+        "{lines:#?}"
+    );
+    wait_task_ended(&g, &cancel_id);
+    let app = g.get(&app_path(&id)).expect_json(200);
+    assert_eq!(app["Status"], "Running", "{app}");
+    assert_eq!(app["Busy"], false, "{app}");
+    let containers = app["Containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 2, "{app}");
+    assert!(containers.iter().all(|c| c["Running"] == true), "{app}");
+    // Cleanup without waiting ten minutes for `stubborn`: kill it first.
+    let ps = docker_ok(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=io.gantry.app-id={id}"),
+    ]);
+    for c in ps.split_whitespace() {
+        docker_ok(&["kill", c]);
+    }
+    g.delete(&format!("{}?force=true", app_path(&id)))
         .expect_empty(200);
 }

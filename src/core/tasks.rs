@@ -1,4 +1,4 @@
-//! Long operations (import, start, image load, ...) as tasks: each has an id that a client
+//! Long operations (import, start, image load, stop, refresh) as tasks: each has an id that a client
 //! can cancel it by and a cancel handle the operation watches. A task is listed from
 //! [`TaskRegistry::start`] until its [`TaskHandle`] is dropped, i.e. until the operation ended
 //! either way, so an id names only operations still running.
@@ -16,11 +16,7 @@ pub enum TaskKind {
     Import,
     Start,
     LoadImage,
-    // Stop and refresh run as plain REST calls so far; their kinds are ready for when
-    // they get a cancellable form.
-    #[allow(dead_code)]
     Stop,
-    #[allow(dead_code)]
     Refresh,
 }
 

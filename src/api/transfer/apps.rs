@@ -17,6 +17,7 @@ use crate::core::apps::lifecycle::{
 };
 use crate::core::apps::stream::{upload_pipe, UploadSender};
 use crate::core::apps::{AppConfig, AppId};
+use crate::core::tasks::TaskKind;
 use crate::core::CoreError;
 
 pub fn register(r: &mut Routes<Handler>) {
@@ -458,13 +459,21 @@ async fn start(c: Call) -> Reply {
     ))
 }
 
+/// Runs as a task (listed, cancellable by id) on a task of its own: a client going away
+/// does not interrupt the stop, it completes as it would have.
 async fn stop(c: Call) -> Reply {
     let id = app_id(&c)?;
     let options = StopOptions {
         remove_images: c.bool("remove_images", false)?,
         remove_volumes: c.bool("remove_volumes", false)?,
     };
-    let outcome = c.core.apps.stop(&id, options, &|_| {}).await?;
+    let core = c.core.clone();
+    let outcome = tokio::spawn(async move {
+        let task = core.tasks.start(TaskKind::Stop);
+        core.apps.stop(&id, options, &task.cancel, &|_| {}).await
+    })
+    .await
+    .map_err(|e| Problem::from(CoreError::Failed(format!("the stop failed: {e}"))))??;
     Ok(http::json(StatusCode::OK, &process_result(&outcome)))
 }
 
@@ -529,7 +538,12 @@ async fn export(c: Call) -> Reply {
     Ok(resp)
 }
 
-/// 202 and the refresh runs in the background; 409 while one already runs.
+/// The response header naming the task of an operation answered before it ended, for
+/// `PUT /api/cancel/{id}`.
+pub const CANCEL_ID_HEADER: &str = "x-cancel-id";
+
+/// 202 and the refresh runs in the background as a task whose id is in `X-Cancel-Id`; 409
+/// while one already runs.
 async fn refresh_all(c: Call) -> Reply {
     if !c.core.apps.begin_refresh_all() {
         return Err(Problem::new(
@@ -538,26 +552,37 @@ async fn refresh_all(c: Call) -> Reply {
         ));
     }
     let core = c.core.clone();
+    let task = core.tasks.start(TaskKind::Refresh);
+    let task_id = task.id.clone();
     tokio::spawn(async move {
-        core.apps.refresh_all().await;
+        core.apps.refresh_all(&task.cancel).await;
+        drop(task);
     });
-    Ok(http::empty(StatusCode::ACCEPTED))
+    let mut resp = http::empty(StatusCode::ACCEPTED);
+    if let Ok(v) = HeaderValue::from_str(&task_id) {
+        resp.headers_mut().insert(CANCEL_ID_HEADER, v);
+    }
+    Ok(resp)
 }
 
 async fn refreshing(c: Call) -> Reply {
     Ok(http::json(StatusCode::OK, &c.core.apps.is_refreshing_all()))
 }
 
+/// A short task: listed (and cancellable) while it reads the app.
 async fn refresh(c: Call) -> Reply {
+    let id = app_id(&c)?;
+    let task = c.core.tasks.start(TaskKind::Refresh);
     let view = c
         .core
         .apps
-        .refresh(&app_id(&c)?)
+        .refresh(&id, &task.cancel)
         .await
         .map_err(|e| match e {
             CoreError::Busy(m) => Problem::bad_request(m),
             other => other.into(),
         })?;
+    drop(task);
     Ok(http::json(StatusCode::OK, &instance(&view)))
 }
 

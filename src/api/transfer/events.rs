@@ -37,6 +37,7 @@ use super::{Call, Handler, Problem, Reply};
 use crate::api::http;
 use crate::api::router::Routes;
 use crate::core::apps::import::{ImportOptions, ImportProgress, ImportStep};
+use crate::core::apps::lifecycle::StopOptions;
 use crate::core::apps::AppId;
 use crate::core::engine::ByteStream;
 use crate::core::tasks::{TaskHandle, TaskKind};
@@ -69,6 +70,9 @@ pub fn register_ws(r: &mut Routes<Handler>) {
             Box::pin(ws_start(c))
         })
         .add(Method::GET, "/start", |c| Box::pin(ws_start(c)))
+        .add(Method::GET, "/transfer/apps/{id}/stop", |c| {
+            Box::pin(ws_stop(c))
+        })
         .add(Method::GET, "/system/loadimage", |c| {
             Box::pin(ws_load_image(c))
         });
@@ -828,6 +832,100 @@ async fn start_session(core: Arc<Core>, mut peer: Peer, id: AppId) {
                 "ANNOUNCEMENT",
                 None,
                 format!("Starting App {id} failed: {e}"),
+            ))
+            .await
+        }
+    }
+    drop(task);
+    peer.close(CloseCode::Normal, "").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Stop
+
+/// A PROCESS_PROGRESS step (Required false) carrying one output line.
+fn line_step(l: String) -> Step {
+    let lines = [l];
+    let pl = process_lines(&lines);
+    let mut s = Step::ok("PROCESS_PROGRESS", None, "").optional();
+    s.process_line = pl.first().and_then(|p| serde_json::to_value(p).ok());
+    s.message = lines[0].trim_end().to_string();
+    s
+}
+
+/// `/events/transfer/apps/{id}/stop?remove_images=&remove_volumes=` (as the REST stop).
+async fn ws_stop(c: Call) -> Reply {
+    let id = c.param("id");
+    if id.trim().is_empty() {
+        return Err(Problem::bad_request("app id not given"));
+    }
+    let id = AppId::from(id);
+    let options = StopOptions {
+        remove_images: c.bool("remove_images", false)?,
+        remove_volumes: c.bool("remove_volumes", false)?,
+    };
+    c.core.apps.get(&id).await?;
+    upgrade(c, move |core, peer| stop_session(core, peer, id, options))
+}
+
+async fn stop_session(core: Arc<Core>, mut peer: Peer, id: AppId, options: StopOptions) {
+    let task = core.tasks.start(TaskKind::Stop);
+    announce_task(&mut peer, &task).await;
+    peer.send(&Step::ok(
+        "ANNOUNCEMENT",
+        None,
+        format!("Stopping App instance {id}"),
+    ))
+    .await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let on_line = move |l: &str| {
+        let _ = tx.send(l.to_string());
+    };
+    let result = {
+        let op = core.apps.stop(&id, options, &task.cancel, &on_line);
+        tokio::pin!(op);
+        loop {
+            tokio::select! {
+                biased;
+                Some(line) = rx.recv() => peer.send(&line_step(line)).await,
+                r = &mut op => break r,
+                // As for start: a client going away does not interrupt the stop, it
+                // completes as a REST stop would; only an explicit cancel rolls it back.
+                _ = client_gone(&mut peer) => {},
+            }
+        }
+    };
+    drop(on_line);
+    while let Some(line) = rx.recv().await {
+        peer.send(&line_step(line)).await;
+    }
+    match result {
+        Ok(outcome) => {
+            peer.send(
+                &Step::ok(
+                    "ANNOUNCEMENT",
+                    None,
+                    format!("Successfully stopped App {id}"),
+                )
+                .optional(),
+            )
+            .await;
+            let mut last = Step::ok(
+                "PROCESS_PROGRESS",
+                None,
+                "Process result of docker-compose down",
+            )
+            .optional();
+            last.success = outcome.success;
+            last.process_result = serde_json::to_value(process_result(&outcome)).ok();
+            peer.send(&last).await;
+        }
+        Err(CoreError::Cancelled(m)) => peer.send(&Step::fail("CANCEL", None, m)).await,
+        Err(e) => {
+            peer.send(&Step::fail(
+                "ANNOUNCEMENT",
+                None,
+                format!("Stopping App {id} failed: {e}"),
             ))
             .await
         }

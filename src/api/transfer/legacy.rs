@@ -61,10 +61,11 @@ async fn compose_start(c: Call) -> Reply {
 /// v2.2.2 `PUT /compose/stop?name=&version=`: ProcessResult (`down`, images and volumes kept).
 async fn compose_stop(c: Call) -> Reply {
     let id = named_app(&c)?;
+    let task = c.core.tasks.start(crate::core::tasks::TaskKind::Stop);
     let outcome = c
         .core
         .apps
-        .stop(&id, StopOptions::default(), &|_| {})
+        .stop(&id, StopOptions::default(), &task.cancel, &|_| {})
         .await?;
     Ok(http::json(StatusCode::OK, &process_result(&outcome)))
 }

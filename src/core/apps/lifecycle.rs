@@ -209,12 +209,22 @@ impl Apps {
 
     /// Re-reads every app's state from Docker (after [`Apps::begin_refresh_all`]) and
     /// publishes an App event for each (whether changed or not: the client asked for a
-    /// fresh picture), between Refresh(true) and Refresh(false).
-    pub async fn refresh_all(&self) {
+    /// fresh picture), between Refresh(true) and Refresh(false). Cancelling skips the apps
+    /// not yet refreshed; Refresh(false) comes either way and the slot is free again.
+    pub async fn refresh_all(&self, cancel: &CancellationToken) {
         if let Ok(apps) = self.store.list() {
             for app in apps {
-                self.publish_app(app.id(), true).await;
+                if cancel.is_cancelled() {
+                    break;
+                }
+                tokio::select! {
+                    _ = self.publish_app(app.id(), true) => {}
+                    _ = cancel.cancelled() => break,
+                }
             }
+        }
+        if cancel.is_cancelled() {
+            tracing::info!("refresh of all apps cancelled");
         }
         self.refreshing
             .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -222,13 +232,19 @@ impl Apps {
     }
 
     /// Re-reads one app from its store directory and Docker; `Busy` while another operation
-    /// (or refresh) on it runs.
-    pub async fn refresh(&self, id: &AppId) -> CoreResult<AppView> {
+    /// (or refresh) on it runs; `Cancelled` when cancelled (nothing to roll back: a refresh
+    /// only reads).
+    pub async fn refresh(&self, id: &AppId, cancel: &CancellationToken) -> CoreResult<AppView> {
         let app = self.stored(id)?;
         let view = {
             let _busy = self.claim(id, "refreshed")?;
             self.project(&app)?;
-            self.view(app).await
+            tokio::select! {
+                v = self.view(app) => v,
+                _ = cancel.cancelled() => {
+                    return Err(CoreError::Cancelled(format!("the refresh of {id} was cancelled")))
+                }
+            }
         };
         self.publish_app(id, false).await;
         Ok(view)
@@ -561,21 +577,127 @@ impl Apps {
     }
 
     /// `docker-compose down`, natively; images and volumes only when asked and unused.
+    ///
+    /// Cancelling rolls back to the state before: the stop of a container Docker is already
+    /// performing is finished at once (Docker does not take a stop request back, it would
+    /// kill the container at the end of its grace period), then, when any container of the
+    /// app was running before, `up` starts the app again (all its services) and the answer
+    /// is `Cancelled`. The rollback's lines go through `on_line` too.
     pub async fn stop(
         &self,
         id: &AppId,
         options: StopOptions,
+        cancel: &CancellationToken,
         on_line: LineFn<'_>,
     ) -> CoreResult<ProcessOutcome> {
         let app = self.stored(id)?;
         let result = {
             let _busy = self.claim(id, "stopped")?;
             self.publish_app(id, false).await;
-            self.down(&app, options.remove_images, options.remove_volumes, on_line)
-                .await
+            self.stop_claimed(&app, options, cancel, on_line).await
         };
         self.publish_app(id, false).await;
         result
+    }
+
+    async fn stop_claimed(
+        &self,
+        app: &StoredApp,
+        options: StopOptions,
+        cancel: &CancellationToken,
+        on_line: LineFn<'_>,
+    ) -> CoreResult<ProcessOutcome> {
+        let was_running = self
+            .containers(app)
+            .await
+            .map(|cs| cs.iter().any(|c| c.running))
+            .unwrap_or(false);
+        // Containers whose stop request is out (the compose engine's "Stopping <name> ..."
+        // line without its "done"/"error" yet).
+        let stopping: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        let track = |line: &str| {
+            if let Some(rest) = line.strip_prefix("Stopping ") {
+                let mut s = stopping.lock().unwrap_or_else(|p| p.into_inner());
+                let name = rest.split_whitespace().next().unwrap_or("").to_string();
+                if line.ends_with(" ...") {
+                    s.push(name);
+                } else {
+                    s.retain(|n| *n != name);
+                }
+            }
+            on_line(line);
+        };
+        let result = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            r = self.down(app, options.remove_images, options.remove_volumes, &track) => Some(r),
+        };
+        if let Some(result) = result {
+            return result;
+        }
+        let id = app.id();
+        let stopping = stopping.into_inner().unwrap_or_else(|p| p.into_inner());
+        self.undo_stop(app, was_running, &stopping, on_line).await?;
+        Err(CoreError::Cancelled(if was_running {
+            format!("the stop of {id} was cancelled; the app was started again")
+        } else {
+            format!("the stop of {id} was cancelled; it was not running before")
+        }))
+    }
+
+    /// After a cancelled `down`: finishes the stops Docker already performs, then `up` when
+    /// the app ran before, until its services run again (a removal Docker still completes
+    /// may race the first `up`, hence a few bounded rounds).
+    async fn undo_stop(
+        &self,
+        app: &StoredApp,
+        was_running: bool,
+        stopping: &[String],
+        on_line: LineFn<'_>,
+    ) -> CoreResult<()> {
+        if was_running {
+            on_line("Cancelled: starting again what was stopped");
+        } else {
+            on_line("Cancelled: the app was not running before");
+        }
+        for name in stopping {
+            on_line(&format!("Finishing the stop Docker started for {name}"));
+            match self.engine.stop_container_with_timeout(name, 0).await {
+                Ok(()) | Err(crate::core::engine::EngineError::NotFound(_)) => {}
+                Err(e) => on_line(&format!("Stopping {name} failed: {e}")),
+            }
+        }
+        if !was_running {
+            return Ok(());
+        }
+        let project = self.project(app)?;
+        let expected = project.services().len();
+        let mut last = String::new();
+        for round in 0..3 {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            match project.up(self.engine.as_ref(), on_line).await {
+                Ok(_) => {}
+                Err(e) => match compose_error(e) {
+                    e @ CoreError::Unavailable(_) => return Err(e),
+                    e => last = e.to_string(),
+                },
+            }
+            let running = self
+                .containers(app)
+                .await?
+                .iter()
+                .filter(|c| c.running)
+                .count();
+            if running >= expected {
+                return Ok(());
+            }
+        }
+        Err(CoreError::Failed(format!(
+            "{} could not be started again after the cancelled stop: {last}",
+            app.id()
+        )))
     }
 
     async fn down(
@@ -862,4 +984,287 @@ fn list_files(dir: &Path) -> CoreResult<Vec<String>> {
         .map_err(|e| CoreError::Failed(format!("cannot read {}: {e}", dir.display())))?;
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use bollard::models::{
+        ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum,
+        ImageDeleteResponseItem, ImageInspect, ImageSummary, Volume,
+    };
+    use tokio::sync::Notify;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::core::apps::AppConfig;
+    use crate::core::compose::plan::LABEL_APP_ID;
+    use crate::core::engine::{
+        ByteStream, EngineError, EngineResult, EngineVersion, Filter, LoadedImages,
+    };
+
+    /// Docker with one app container `web1_main_1`: a stop with a grace period is held
+    /// (as for a container ignoring SIGTERM) until a stop without one comes; listing is
+    /// held while `hold_list` is set. Whatever else is asked fails.
+    #[derive(Default)]
+    struct Fake {
+        running: Mutex<bool>,
+        hold_list: Mutex<bool>,
+        log: Mutex<Vec<String>>,
+        called: Notify,
+    }
+
+    fn no<T>() -> EngineResult<T> {
+        Err(EngineError::Failed("not in this fake".into()))
+    }
+
+    #[async_trait]
+    impl ContainerEngine for Fake {
+        async fn version(&self) -> EngineResult<EngineVersion> {
+            no()
+        }
+        async fn list_images(&self) -> EngineResult<Vec<ImageSummary>> {
+            no()
+        }
+        async fn inspect_image(&self, _: &str) -> EngineResult<ImageInspect> {
+            no()
+        }
+        async fn load_images(&self, _: ByteStream) -> EngineResult<LoadedImages> {
+            no()
+        }
+        fn export_image(&self, _: &str) -> ByteStream {
+            Box::pin(futures_util::stream::empty())
+        }
+        async fn remove_image(
+            &self,
+            _: &str,
+            _: bool,
+        ) -> EngineResult<Vec<ImageDeleteResponseItem>> {
+            no()
+        }
+        async fn prune_images(&self, _: bool) -> EngineResult<Vec<String>> {
+            no()
+        }
+        async fn list_containers(&self) -> EngineResult<Vec<ContainerSummary>> {
+            no()
+        }
+        async fn inspect_container(&self, _: &str) -> EngineResult<ContainerInspectResponse> {
+            no()
+        }
+        async fn start_container(&self, _: &str) -> EngineResult<()> {
+            no()
+        }
+        async fn stop_container(&self, _: &str) -> EngineResult<()> {
+            no()
+        }
+        async fn restart_container(&self, _: &str) -> EngineResult<()> {
+            no()
+        }
+        async fn remove_container(&self, id: &str, _: bool, _: bool) -> EngineResult<()> {
+            self.log.lock().unwrap().push(format!("remove {id}"));
+            Ok(())
+        }
+        async fn prune_containers(&self) -> EngineResult<Vec<String>> {
+            no()
+        }
+        async fn list_volumes(&self) -> EngineResult<Vec<Volume>> {
+            no()
+        }
+        async fn inspect_volume(&self, _: &str) -> EngineResult<Volume> {
+            no()
+        }
+        async fn remove_volume(&self, _: &str, _: bool) -> EngineResult<()> {
+            no()
+        }
+        async fn prune_volumes(&self) -> EngineResult<Vec<String>> {
+            no()
+        }
+        async fn list_containers_filtered(
+            &self,
+            _: &[Filter],
+        ) -> EngineResult<Vec<ContainerSummary>> {
+            if *self.hold_list.lock().unwrap() {
+                self.called.notify_one();
+                std::future::pending::<()>().await;
+            }
+            let running = *self.running.lock().unwrap();
+            let labels = HashMap::from([
+                ("com.docker.compose.service".to_string(), "main".to_string()),
+                ("com.docker.compose.project".to_string(), "web1".to_string()),
+                (LABEL_APP_ID.to_string(), "web:1".to_string()),
+            ]);
+            Ok(vec![ContainerSummary {
+                id: Some("c1".into()),
+                names: Some(vec!["/web1_main_1".into()]),
+                state: Some(if running {
+                    ContainerSummaryStateEnum::RUNNING
+                } else {
+                    ContainerSummaryStateEnum::EXITED
+                }),
+                labels: Some(labels),
+                ..Default::default()
+            }])
+        }
+        async fn stop_container_with_timeout(&self, id: &str, t: u32) -> EngineResult<()> {
+            self.log.lock().unwrap().push(format!("stop {id} {t}"));
+            if t == 0 {
+                *self.running.lock().unwrap() = false;
+                return Ok(());
+            }
+            self.called.notify_one();
+            std::future::pending().await
+        }
+    }
+
+    fn apps_with_one_app(state: &Path, fake: Arc<Fake>) -> Arc<Apps> {
+        let store = AppStore::open(&state.join("apps")).unwrap();
+        let staged = store
+            .stage(AppConfig {
+                name: "web".into(),
+                version: "1".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        std::fs::write(
+            staged.dir().join("compose.yaml"),
+            "services:\n  main:\n    image: busybox\n    stop_grace_period: 10m\n",
+        )
+        .unwrap();
+        store.insert(staged, false).unwrap();
+        drop(store);
+        Arc::new(Apps::open(fake, state, ImportSettings::default()).unwrap())
+    }
+
+    /// A guard against a hang, not a timing assertion.
+    const GUARD: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn a_cancelled_stop_finishes_dockers_stop_and_never_leaves_the_app_busy() {
+        let state = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        *fake.running.lock().unwrap() = true;
+        let apps = apps_with_one_app(state.path(), fake.clone());
+        let id = AppId::from("web:1");
+        let cancel = CancellationToken::new();
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let op = {
+            let (apps, id, cancel, lines) =
+                (apps.clone(), id.clone(), cancel.clone(), lines.clone());
+            tokio::spawn(async move {
+                let on_line = move |l: &str| lines.lock().unwrap().push(l.to_string());
+                apps.stop(&id, StopOptions::default(), &cancel, &on_line)
+                    .await
+            })
+        };
+        // Held in the stop of the container (its grace period is ten minutes).
+        tokio::time::timeout(GUARD, fake.called.notified())
+            .await
+            .expect("the stop never reached the container");
+        assert!(apps.is_busy(&id));
+        assert!(matches!(
+            apps.stop(
+                &id,
+                StopOptions::default(),
+                &CancellationToken::new(),
+                &|_| {}
+            )
+            .await,
+            Err(CoreError::Busy(_))
+        ));
+        cancel.cancel();
+        let result = tokio::time::timeout(GUARD, op).await.unwrap().unwrap();
+        // The stop Docker had begun is finished at once, so it cannot kill the container
+        // after the rollback; `up` then fails in this fake, which is reported, not hidden.
+        let log = fake.log.lock().unwrap().clone();
+        assert_eq!(log, ["stop c1 600", "stop web1_main_1 0"], "{log:?}");
+        let lines = lines.lock().unwrap().clone();
+        assert!(
+            lines.contains(&"Cancelled: starting again what was stopped".to_string()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"Finishing the stop Docker started for web1_main_1".to_string()),
+            "{lines:?}"
+        );
+        match result {
+            Err(CoreError::Failed(m)) => assert!(m.contains("could not be started again"), "{m}"),
+            other => panic!("expected the failed restart, got {other:?}"),
+        }
+        assert!(!apps.is_busy(&id));
+    }
+
+    #[tokio::test]
+    async fn a_stop_of_a_stopped_app_cancelled_restarts_nothing() {
+        let state = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let apps = apps_with_one_app(state.path(), fake.clone());
+        let id = AppId::from("web:1");
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let lines = Mutex::new(Vec::<String>::new());
+        let on_line = |l: &str| lines.lock().unwrap().push(l.to_string());
+        let result = apps
+            .stop(&id, StopOptions::default(), &cancel, &on_line)
+            .await;
+        match result {
+            Err(CoreError::Cancelled(m)) => assert!(m.contains("not running before"), "{m}"),
+            other => panic!("expected Cancelled, got {other:?}"),
+        }
+        assert_eq!(
+            *lines.lock().unwrap(),
+            ["Cancelled: the app was not running before"]
+        );
+        assert!(!apps.is_busy(&id));
+        assert!(!fake
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("stop")));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_refresh_of_all_apps_ends_with_refresh_false_and_frees_the_slot() {
+        let state = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        *fake.hold_list.lock().unwrap() = true;
+        let apps = apps_with_one_app(state.path(), fake.clone());
+        let mut events = apps.events().subscribe(CancellationToken::new());
+        assert!(apps.begin_refresh_all());
+        assert!(
+            !apps.begin_refresh_all(),
+            "a second refresh-all was accepted"
+        );
+        let cancel = CancellationToken::new();
+        let op = {
+            let (apps, cancel) = (apps.clone(), cancel.clone());
+            tokio::spawn(async move { apps.refresh_all(&cancel).await })
+        };
+        // Held reading the app's containers.
+        tokio::time::timeout(GUARD, fake.called.notified())
+            .await
+            .expect("the refresh never asked Docker");
+        assert!(apps.is_refreshing_all());
+        cancel.cancel();
+        tokio::time::timeout(GUARD, op).await.unwrap().unwrap();
+        assert!(!apps.is_refreshing_all());
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let e = tokio::time::timeout(GUARD, events.next())
+                .await
+                .expect("no event")
+                .expect("subscription ended");
+            match &*e {
+                AppEvent::Refresh(b) => seen.push(*b),
+                other => panic!("no App event expected from a cancelled refresh: {other:?}"),
+            }
+        }
+        assert_eq!(seen, [true, false]);
+        assert!(!apps.is_busy(&AppId::from("web:1")));
+        assert!(apps.begin_refresh_all());
+    }
 }
