@@ -453,8 +453,7 @@ fn apply_listener_env(raws: &mut Vec<RawListener>, env: &dyn Env) -> Result<(), 
             "transfer" => env.var(&format!("{prefix}PREFIX")),
             _ => None,
         };
-        if address.is_none() && auth.is_none() && token_file.is_none() && path_prefix.is_none()
-        {
+        if address.is_none() && auth.is_none() && token_file.is_none() && path_prefix.is_none() {
             continue;
         }
         if !raws.iter().any(|l| l.dialect == dialect) {
@@ -815,11 +814,27 @@ mod tests {
         assert_eq!(c.listeners[0].prefix, "/scaleit");
         let c = Config::parse(&t("/gw/apps-1.x"), &env(&[])).unwrap();
         assert_eq!(c.listeners[0].prefix, "/gw/apps-1.x");
-        assert_eq!(Config::parse(&t(""), &env(&[])).unwrap().listeners[0].prefix, "");
-        assert_eq!(Config::parse("", &env(&[])).unwrap().listeners[0].prefix, "");
+        assert_eq!(
+            Config::parse(&t(""), &env(&[])).unwrap().listeners[0].prefix,
+            ""
+        );
+        assert_eq!(
+            Config::parse("", &env(&[])).unwrap().listeners[0].prefix,
+            ""
+        );
         for bad in [
-            "scaleit", "/", "/scaleit/", "/a//b", "/a/../b", "/..", "/./x", "/a b", "/a?b",
-            "/a#b", "/a%2Fb", "/ä",
+            "scaleit",
+            "/",
+            "/scaleit/",
+            "/a//b",
+            "/a/../b",
+            "/..",
+            "/./x",
+            "/a b",
+            "/a?b",
+            "/a#b",
+            "/a%2Fb",
+            "/ä",
         ] {
             let e = Config::parse(&t(bad), &env(&[])).unwrap_err().to_string();
             assert!(e.contains("prefix"), "{bad}: {e}");

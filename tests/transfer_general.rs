@@ -32,7 +32,9 @@ fn every_version_form_reaches_the_same_route_and_unknown_versions_are_404() {
     let g = Gantry::start();
     for prefix in ["/api", "/api/1", "/api/1.0"] {
         // A route that needs no Docker: whether a refresh of all apps runs.
-        let v = g.get(&format!("{prefix}/transfer/refresh/apps")).expect_json(200);
+        let v = g
+            .get(&format!("{prefix}/transfer/refresh/apps"))
+            .expect_json(200);
         assert_eq!(v, Value::Bool(false), "{prefix}");
         // A route's own 404 (unknown task), not the version's.
         let path = format!("{prefix}/cancel/no-such-task");
@@ -116,7 +118,9 @@ fn a_prefix_moves_api_events_and_apidoc_and_the_bare_paths_are_404() {
     }
     let doc = g.get("/scaleit/apidoc/1/openapi.json").expect_json(200);
     check_document(&doc, "/scaleit/api/1.0");
-    let v = g.get("/scaleit/api/1.0/transfer/refresh/apps").expect_json(200);
+    let v = g
+        .get("/scaleit/api/1.0/transfer/refresh/apps")
+        .expect_json(200);
     assert_eq!(v, Value::Bool(false));
     // The websocket routes moved too: a plain GET reaches them and is told to upgrade.
     let r = g.get("/scaleit/events/transfer/import");

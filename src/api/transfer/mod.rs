@@ -191,7 +191,8 @@ fn strip_listener_prefix<'a>(full: &'a str, prefix: &str) -> Option<&'a str> {
     if prefix.is_empty() {
         return Some(full);
     }
-    full.strip_prefix(prefix).filter(|rest| rest.starts_with('/'))
+    full.strip_prefix(prefix)
+        .filter(|rest| rest.starts_with('/'))
 }
 
 pub async fn handle(

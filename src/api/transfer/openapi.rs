@@ -107,7 +107,9 @@ mod tests {
                     continue;
                 }
                 let what = format!("{} {path}", method.to_uppercase());
-                let id = op["operationId"].as_str().unwrap_or_else(|| panic!("{what}: no id"));
+                let id = op["operationId"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{what}: no id"));
                 assert!(ids.insert(id.to_string()), "{what}: duplicate id {id}");
                 let responses = op["responses"].as_object().expect("responses");
                 assert!(!responses.is_empty(), "{what}: no responses");
@@ -120,7 +122,10 @@ mod tests {
                         Some(r) => resolve(&doc, r).unwrap(),
                         None => resp,
                     };
-                    assert!(resp["description"].is_string(), "{what} {code}: description");
+                    assert!(
+                        resp["description"].is_string(),
+                        "{what} {code}: description"
+                    );
                     // Errors are problem details; 204 and 304 have no body.
                     if code.starts_with('4') || code.starts_with('5') {
                         assert!(
