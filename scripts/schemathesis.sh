@@ -10,7 +10,7 @@
 # Environment (all required): GANTRY_BIN, ST (the schemathesis `st` executable),
 # DOCKER_HOST_URI (unix:///...), DOCKER_CLI, IMAGE (the busybox test image), WORKDIR (an
 # empty directory this script may fill).
-# Optional: ST_MAX_EXAMPLES (default 15), ST_TIME_LIMIT_SECS (default 150), ST_CHECKS
+# Optional: ST_MAX_EXAMPLES (default 12), ST_TIME_LIMIT_SECS (default 150), ST_CHECKS
 # (replaces the list of checks below, for experiments). Exit status: schemathesis's.
 # The generated requests go to this private dockerd only: DELETE and prune routes remove
 # whatever is unused there, which is why this runs after the cargo tests.
@@ -18,7 +18,7 @@
 set -uo pipefail
 
 : "${GANTRY_BIN:?}" "${ST:?}" "${DOCKER_HOST_URI:?}" "${DOCKER_CLI:?}" "${IMAGE:?}" "${WORKDIR:?}"
-MAX_EXAMPLES="${ST_MAX_EXAMPLES:-15}"
+MAX_EXAMPLES="${ST_MAX_EXAMPLES:-12}"
 TIME_LIMIT="${ST_TIME_LIMIT_SECS:-150}"
 PREFIX=/scaleit
 # Every check that applies to a stateless run on an unauthenticated listener, except:
