@@ -105,7 +105,7 @@ fi
 APP_ID="Schemathesis Probe:1.0.0"
 cat >"$WORKDIR/schemathesis.toml" <<EOF
 [dictionaries.ids]
-values = ["$SEEDED_CONTAINER", "$APP_ID", "$IMAGE"]
+values = ["$SEEDED_CONTAINER", "$APP_ID", "$IMAGE", "$APP_ID//README.md"]
 
 [dictionaries.names]
 values = ["gantry-st-vol-$$"]

@@ -128,6 +128,14 @@ fn auth_name(auth: &config::Auth) -> &'static str {
     }
 }
 
+/// The device name and settings, in `<state_dir>/prefs/`.
+fn gantry_prefs(config: &Config) -> Result<crate::core::prefs::Prefs, ExitCode> {
+    crate::core::prefs::Prefs::open(&config.state_dir.join("prefs")).map_err(|e| {
+        tracing::error!(error = %e, "cannot open the settings");
+        ExitCode::from(EXIT_FAILURE)
+    })
+}
+
 async fn serve(config: Config) -> ExitCode {
     if let Err(e) = std::fs::create_dir_all(&config.state_dir) {
         tracing::error!(dir = %config.state_dir.display(), error = %e, "cannot create the state directory");
@@ -154,7 +162,15 @@ async fn serve(config: Config) -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    let core = Arc::new(Core::new(engine, health.clone(), apps).with_intervirt(intervirt));
+    let prefs = match gantry_prefs(&config) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let core = Arc::new(
+        Core::new(engine, health.clone(), apps)
+            .with_intervirt(intervirt)
+            .with_prefs(prefs),
+    );
 
     let bound = match server::bind(&config.listeners).await {
         Ok(b) => b,

@@ -757,13 +757,13 @@ fn every_request_kind_and_error_code() {
     assert_eq!(c.code(command("shutdown")), 0);
     assert!(!docker.running(&a));
     assert_eq!(
-        std::fs::read_to_string(agent.state("power-requests.log")).unwrap(),
+        power_log_when(&agent.state("power-requests.log"), "poweroff\n"),
         "poweroff\n"
     );
     assert_eq!(c.code(id("StartContainer", &a)), 0);
     assert_eq!(c.code(command("reboot")), 0);
     assert_eq!(
-        std::fs::read_to_string(agent.state("power-requests.log")).unwrap(),
+        power_log_when(&agent.state("power-requests.log"), "poweroff\nreboot\n"),
         "poweroff\nreboot\n"
     );
 
@@ -932,4 +932,18 @@ fn containers_talk_exactly_while_connected_across_restarts() {
             .unwrap();
     let text = topology.to_string();
     assert!(!text.contains(&a) && !text.contains(a4), "{text}");
+}
+
+/// The power request is carried out after the reply has gone out (the client must get its
+/// answer before the machine goes down), so the recording may land a moment after the
+/// reply: read the log until it holds `expected`, for at most 10 s, and return what it holds.
+fn power_log_when(path: &std::path::Path, expected: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text == expected || std::time::Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

@@ -8,6 +8,7 @@ pub mod health;
 pub mod intervirt;
 pub mod network;
 pub mod power;
+pub mod prefs;
 pub mod system;
 pub mod tasks;
 
@@ -62,6 +63,8 @@ pub struct Core {
     pub intervirt: Option<Arc<intervirt::IntervirtAgent>>,
     /// Long operations in flight, cancellable by id (`PUT /api/cancel/{id}`).
     pub tasks: tasks::TaskRegistry,
+    /// The device name and key/value settings (persisted in the state directory).
+    pub prefs: prefs::Prefs,
 }
 
 impl Core {
@@ -76,7 +79,13 @@ impl Core {
             engine_health,
             intervirt: None,
             tasks: tasks::TaskRegistry::default(),
+            prefs: prefs::Prefs::in_memory(),
         }
+    }
+
+    pub fn with_prefs(mut self, prefs: prefs::Prefs) -> Self {
+        self.prefs = prefs;
+        self
     }
 
     pub fn with_intervirt(mut self, agent: Option<Arc<intervirt::IntervirtAgent>>) -> Self {

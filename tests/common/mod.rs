@@ -496,6 +496,13 @@ impl Gantry {
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
+        // Without a body, PUT/POST/DELETE go out with `Content-Length: 0`: ureq would send
+        // an empty chunked body, which hyper may leave unread and then close the connection,
+        // and ureq sometimes reuses that closed pooled connection ("Peer disconnected").
+        let body = match body {
+            None if !matches!(method, "GET" | "HEAD") => Some(Vec::new()),
+            other => other,
+        };
         let resp = match body {
             Some(bytes) => self.agent.run(b.body(bytes).expect("bad request")),
             None => self.agent.run(b.body(()).expect("bad request")),

@@ -3,8 +3,11 @@
 
 mod apps;
 mod events;
+mod files;
 mod general;
+mod legacy;
 mod openapi;
+mod settings;
 mod system;
 
 use std::future::Future;
@@ -114,6 +117,9 @@ fn routes() -> &'static Routes<Handler> {
         system::register(&mut r);
         apps::register(&mut r);
         events::register(&mut r);
+        files::register(&mut r);
+        legacy::register(&mut r);
+        settings::register(&mut r);
         general::register(&mut r);
         r
     })
@@ -322,5 +328,34 @@ mod tests {
         ] {
             assert!(list.contains(&(m.clone(), p)), "{m} {p} missing");
         }
+    }
+
+    #[test]
+    fn every_files_legacy_and_settings_route_is_registered() {
+        let list = route_list();
+        for (m, p) in [
+            (Method::GET, "/files"),
+            (Method::GET, "/files/{id}"),
+            (Method::PUT, "/compose/start"),
+            (Method::PUT, "/compose/stop"),
+            (Method::GET, "/devicename"),
+            (Method::PUT, "/devicename"),
+            (Method::GET, "/transfer/recognize"),
+            (Method::GET, "/settings"),
+            (Method::PUT, "/settings"),
+            // v2.2.2's import and app list are the v1 routes, reached version-less.
+            (Method::POST, "/transfer/import"),
+            (Method::GET, "/transfer/apps"),
+        ] {
+            assert!(list.contains(&(m.clone(), p)), "{m} {p} missing");
+        }
+        assert!(matches!(
+            api_path("/api/compose/start"),
+            Some(Ok("/compose/start"))
+        ));
+        assert!(matches!(
+            api_path("/api/1/devicename"),
+            Some(Ok("/devicename"))
+        ));
     }
 }

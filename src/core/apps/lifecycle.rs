@@ -530,6 +530,11 @@ impl Apps {
         Ok(())
     }
 
+    /// The store, for the Files API (`files.rs`).
+    pub(super) fn store(&self) -> &Arc<AppStore> {
+        &self.store
+    }
+
     pub fn icon(&self, id: &AppId) -> CoreResult<Option<PathBuf>> {
         Ok(self.stored(id)?.icon())
     }

@@ -7,8 +7,10 @@
 #![cfg_attr(not(test), allow(dead_code))]
 
 pub mod bundle;
+pub mod files;
 pub mod import;
 pub mod lifecycle;
+pub mod recognize;
 pub mod store;
 
 use std::fmt;

@@ -1,0 +1,63 @@
+//! General Interfaces `GET /settings` and `PUT /settings`: key/value settings (the App Pool
+//! reuses them), persisted by the core (`core::prefs`).
+//!
+//! The body is a JSON object of setting name to any JSON value. `PUT` merges (a shallow JSON
+//! merge patch): named keys are set, a `null` value removes its key, other keys stay; it
+//! answers the settings as stored. `GET` answers the object, `{}` when nothing is set.
+
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::{Method, StatusCode};
+use serde_json::Value;
+
+use super::{Call, Handler, Problem, Reply};
+use crate::api::http::{self, declared_too_large};
+use crate::api::router::Routes;
+
+/// A request body larger than this is 413.
+const MAX_BODY_BYTES: u64 = 64 * 1024;
+
+pub fn register(r: &mut Routes<Handler>) {
+    r.add(Method::GET, "/settings", |c| Box::pin(get(c)))
+        .add(Method::PUT, "/settings", |c| Box::pin(put(c)));
+}
+
+async fn get(c: Call) -> Reply {
+    Ok(http::json(StatusCode::OK, &c.core.prefs.settings()))
+}
+
+fn too_large() -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the settings body exceeds the limit of {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+async fn put(c: Call) -> Reply {
+    if declared_too_large(c.req.headers(), MAX_BODY_BYTES) {
+        return Err(too_large());
+    }
+    let body = Limited::new(c.req.into_body(), MAX_BODY_BYTES as usize)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                too_large()
+            } else {
+                Problem::bad_request(format!("cannot read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        Problem::bad_request(format!("the body must be a JSON object of settings: {e}"))
+    })?;
+    let Value::Object(changes) = value else {
+        return Err(Problem::bad_request(
+            "the body must be a JSON object of settings (name to value)",
+        ));
+    };
+    let core = c.core.clone();
+    let stored = tokio::task::spawn_blocking(move || core.prefs.merge_settings(changes))
+        .await
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(http::json(StatusCode::OK, &stored))
+}
