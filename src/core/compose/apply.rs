@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bollard::models::{
     ContainerStateStatusEnum, ContainerSummary, ContainerSummaryStateEnum, HealthStatusEnum,
 };
-use futures_util::future::join_all;
+use futures_util::future::{join_all, BoxFuture, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use super::plan::{
@@ -208,21 +208,78 @@ async fn up_inner(
     out: &Output<'_>,
 ) -> Result<(Vec<String>, Vec<String>), ComposeError> {
     let plan = p.plan();
-    let (image_ids, pulled) = ensure_images(p, engine, out).await?;
-    for n in &plan.networks {
-        ensure_network(p, engine, out, n).await?;
-    }
-    for v in &plan.volumes {
-        ensure_volume(p, engine, out, v).await?;
-    }
+    let limit = p.parallel_limit.max(1);
 
-    let existing = engine
-        .list_containers_filtered(&[
-            project_label(p),
-            Filter::Label(format!("{LABEL_ONEOFF}=False")),
-        ])
-        .await
-        .map_err(ComposeError::engine("listing the project's containers"))?;
+    // Images, the lookups of networks and volumes, and the project's containers: all at once.
+    let filters = [
+        project_label(p),
+        Filter::Label(format!("{LABEL_ONEOFF}=False")),
+    ];
+    let (images, networks, volumes, existing) = tokio::join!(
+        ensure_images(p, engine, out),
+        bounded(
+            limit,
+            plan.networks
+                .iter()
+                .map(|n| check_network(p, engine, n).boxed())
+                .collect()
+        ),
+        bounded(
+            limit,
+            plan.volumes
+                .iter()
+                .map(|v| check_volume(engine, v).boxed())
+                .collect()
+        ),
+        engine.list_containers_filtered(&filters),
+    );
+    let (image_ids, pulled) = images?;
+    let networks = first_error(networks)?;
+    let volumes = first_error(volumes)?;
+    let existing = existing.map_err(ComposeError::engine("listing the project's containers"))?;
+
+    // Then the missing networks and volumes, announced in plan order, created concurrently.
+    let mut creates: Vec<BoxFuture<'_, Result<(), ComposeError>>> = Vec::new();
+    for n in plan
+        .networks
+        .iter()
+        .zip(networks)
+        .filter_map(|(n, new)| new.then_some(n))
+    {
+        let driver = match &n.request.driver {
+            Some(d) => format!("driver \"{d}\""),
+            None => "the default driver".to_string(),
+        };
+        out.line(format!("Creating network \"{}\" with {driver}", n.name));
+        creates.push(Box::pin(async move {
+            engine
+                .create_network(n.request.clone())
+                .await
+                .map(|_| ())
+                .map_err(ComposeError::engine(format!("creating network {}", n.name)))
+        }));
+    }
+    for v in plan
+        .volumes
+        .iter()
+        .zip(volumes)
+        .filter_map(|(v, new)| new.then_some(v))
+    {
+        out.line(format!(
+            "Creating volume \"{}\" with {} driver",
+            v.name,
+            v.request.driver.as_deref().unwrap_or("default")
+        ));
+        creates.push(Box::pin(async move {
+            engine
+                .create_volume(v.request.clone())
+                .await
+                .map(|_| ())
+                .map_err(ComposeError::engine(format!("creating volume {}", v.name)))
+        }));
+    }
+    first_error(bounded(limit, creates).await)?;
+
     let mut by_service: HashMap<String, Vec<ContainerSummary>> = HashMap::new();
     let mut orphans = Vec::new();
     for c in existing {
@@ -233,22 +290,60 @@ async fn up_inner(
             _ => orphans.push(c),
         }
     }
-    for c in orphans {
-        let name = container_name(&c);
-        out.line(format!("Removing orphan container \"{name}\""));
-        remove_container(engine, &c, DEFAULT_STOP_TIMEOUT).await?;
+    for c in &orphans {
+        out.line(format!(
+            "Removing orphan container \"{}\"",
+            container_name(c)
+        ));
     }
+    first_error(
+        bounded(
+            limit,
+            orphans
+                .iter()
+                .map(|c| remove_container(engine, c, DEFAULT_STOP_TIMEOUT).boxed())
+                .collect(),
+        )
+        .await,
+    )?;
 
-    // Converge services as their dependencies become ready.
+    // A fresh service (no container yet, no `network_mode: service:x`) has its container
+    // created right away, whatever it depends on: only its start waits for the dependencies.
+    // Each service is then started (or converged: kept, started, recreated) as soon as every
+    // service it depends on is up; a dependency's healthy/completed condition is awaited by
+    // the dependent before it takes a slot. The `Creating x ... done` lines still frame the
+    // start, in dependency order.
+    let slots = tokio::sync::Semaphore::new(limit);
+    let slots = &slots;
+    enum Ev {
+        Created(String, Result<String, ComposeError>),
+        Up(String, Result<String, ComposeError>),
+    }
+    let mut tasks: FuturesUnordered<BoxFuture<'_, Ev>> = FuturesUnordered::new();
+    // Services being created ahead, and those created ahead (name -> id) not yet started.
+    let mut creating: HashSet<&str> = HashSet::new();
+    let mut precreated: HashMap<String, String> = HashMap::new();
+    for s in &plan.services {
+        if s.network_of.is_some() || by_service.contains_key(&s.name) {
+            continue;
+        }
+        creating.insert(s.name.as_str());
+        let image_id = image_ids.get(&s.image).cloned().unwrap_or_default();
+        tasks.push(Box::pin(async move {
+            let _slot = slots.acquire().await;
+            let (body, _) = create_body(s, &image_id, None);
+            Ev::Created(s.name.clone(), create(s, engine, body).await)
+        }));
+    }
     let mut pending: Vec<&ServicePlan> = plan.services.iter().collect();
     let mut ids: HashMap<String, String> = HashMap::new();
-    let mut running = FuturesUnordered::new();
     let mut errors = Vec::new();
     loop {
         if errors.is_empty() {
-            let (ready, wait): (Vec<&ServicePlan>, Vec<&ServicePlan>) = pending
-                .into_iter()
-                .partition(|s| s.all_deps().all(|d| ids.contains_key(d)));
+            let (ready, wait): (Vec<&ServicePlan>, Vec<&ServicePlan>) =
+                pending.into_iter().partition(|s| {
+                    !creating.contains(s.name.as_str()) && s.all_deps().all(|d| ids.contains_key(d))
+                });
             pending = wait;
             for s in ready {
                 let deps: HashMap<String, String> = s
@@ -257,22 +352,60 @@ async fn up_inner(
                     .collect();
                 let image_id = image_ids.get(&s.image).cloned().unwrap_or_default();
                 let current = by_service.remove(&s.name).unwrap_or_default();
-                running.push(async move {
-                    let res =
-                        converge(s, engine, out, image_id, deps, current, p.wait_timeout).await;
-                    (s.name.clone(), res)
-                });
+                let ahead = precreated.remove(&s.name);
+                tasks.push(Box::pin(async move {
+                    let res = converge(
+                        s,
+                        engine,
+                        out,
+                        slots,
+                        image_id,
+                        deps,
+                        current,
+                        ahead,
+                        p.wait_timeout,
+                    )
+                    .await;
+                    Ev::Up(s.name.clone(), res)
+                }));
             }
         }
-        match running.next().await {
-            Some((name, Ok(id))) => {
+        match tasks.next().await {
+            Some(Ev::Created(name, Ok(id))) => {
+                creating.remove(name.as_str());
+                precreated.insert(name, id);
+            }
+            Some(Ev::Created(name, Err(e))) => {
+                creating.remove(name.as_str());
+                let shown = plan
+                    .service(&name)
+                    .map_or(name.as_str(), |s| &s.container_name);
+                let head = format!("Creating {shown:<width$} ...", width = out.width);
+                out.line(head.clone());
+                out.line(format!("{head} error"));
+                errors.push(e);
+            }
+            Some(Ev::Up(name, Ok(id))) => {
                 ids.insert(name, id);
             }
-            Some((_, Err(e))) => errors.push(e),
+            Some(Ev::Up(_, Err(e))) => errors.push(e),
             None => break,
         }
     }
+    drop(tasks);
     if !errors.is_empty() {
+        // Containers created ahead for services that never got their turn: gone again, as
+        // if they had never been created (best effort; `down` removes them anyway).
+        let leftovers: Vec<BoxFuture<'_, ()>> = precreated
+            .values()
+            .map(|id| {
+                async move {
+                    let _ = engine.remove_container(id, true, false).await;
+                }
+                .boxed()
+            })
+            .collect();
+        bounded(limit, leftovers).await;
         return Err(if errors.len() == 1 {
             errors.remove(0)
         } else {
@@ -293,6 +426,21 @@ async fn up_inner(
     Ok((running_names, pulled))
 }
 
+/// Runs `jobs` at most `limit` at a time; the results in the jobs' order. (Boxed futures in
+/// a Vec, not a lazy iterator of closures: the latter trips the compiler's `Send` inference
+/// for the spawned tasks that call `up`.)
+async fn bounded<T>(limit: usize, jobs: Vec<BoxFuture<'_, T>>) -> Vec<T> {
+    futures_util::stream::iter(jobs)
+        .buffered(limit.max(1))
+        .collect()
+        .await
+}
+
+/// The values, or the first error (in the jobs' order).
+fn first_error<T>(results: Vec<Result<T, ComposeError>>) -> Result<Vec<T>, ComposeError> {
+    results.into_iter().collect()
+}
+
 /// Inspects every image, pulling the missing ones; returns image ids by reference.
 async fn ensure_images(
     p: &ComposeProject,
@@ -300,54 +448,58 @@ async fn ensure_images(
     out: &Output<'_>,
 ) -> Result<(HashMap<String, String>, Vec<String>), ComposeError> {
     let plan = p.plan();
-    let jobs = p.images().into_iter().map(|image| async move {
-        match engine.inspect_image(&image).await {
-            Ok(i) => Ok((image, i.id.unwrap_or_default(), false)),
-            Err(EngineError::NotFound(_)) => {
-                let service = plan
-                    .services
-                    .iter()
-                    .find(|s| s.image == image)
-                    .map(|s| s.name.as_str())
-                    .unwrap_or_default();
-                out.line(format!("Pulling {service} ({image})..."));
-                match tokio::time::timeout(p.pull_timeout, engine.pull_image(&image)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        return Err(ComposeError::Image {
-                            image: image.clone(),
-                            message: e.to_string(),
-                        })
+    let jobs = p.images().into_iter().map(|image| {
+        async move {
+            match engine.inspect_image(&image).await {
+                Ok(i) => Ok((image, i.id.unwrap_or_default(), false)),
+                Err(EngineError::NotFound(_)) => {
+                    let service = plan
+                        .services
+                        .iter()
+                        .find(|s| s.image == image)
+                        .map(|s| s.name.as_str())
+                        .unwrap_or_default();
+                    out.line(format!("Pulling {service} ({image})..."));
+                    match tokio::time::timeout(p.pull_timeout, engine.pull_image(&image)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            return Err(ComposeError::Image {
+                                image: image.clone(),
+                                message: e.to_string(),
+                            })
+                        }
+                        Err(_) => {
+                            return Err(ComposeError::Image {
+                                image: image.clone(),
+                                message: format!(
+                                    "the pull did not finish within {}s",
+                                    p.pull_timeout.as_secs()
+                                ),
+                            })
+                        }
                     }
-                    Err(_) => {
-                        return Err(ComposeError::Image {
-                            image: image.clone(),
-                            message: format!(
-                                "the pull did not finish within {}s",
-                                p.pull_timeout.as_secs()
-                            ),
-                        })
-                    }
+                    let i =
+                        engine
+                            .inspect_image(&image)
+                            .await
+                            .map_err(|e| ComposeError::Image {
+                                image: image.clone(),
+                                message: format!("pulled, but then: {e}"),
+                            })?;
+                    Ok((image, i.id.unwrap_or_default(), true))
                 }
-                let i = engine
-                    .inspect_image(&image)
-                    .await
-                    .map_err(|e| ComposeError::Image {
-                        image: image.clone(),
-                        message: format!("pulled, but then: {e}"),
-                    })?;
-                Ok((image, i.id.unwrap_or_default(), true))
+                Err(e) => Err(ComposeError::Engine {
+                    action: format!("inspecting image {image}"),
+                    source: e,
+                }),
             }
-            Err(e) => Err(ComposeError::Engine {
-                action: format!("inspecting image {image}"),
-                source: e,
-            }),
         }
+        .boxed()
     });
     let mut ids = HashMap::new();
     let mut pulled = Vec::new();
     let mut errors = Vec::new();
-    for r in join_all(jobs).await {
+    for r in bounded(p.parallel_limit, jobs.collect()).await {
         match r {
             Ok((image, id, was_pulled)) => {
                 if was_pulled {
@@ -365,12 +517,13 @@ async fn ensure_images(
     }
 }
 
-async fn ensure_network(
+/// Checks the network `n`: true when it has to be created; an error when it cannot be used
+/// (external and missing, or owned by another project).
+async fn check_network(
     p: &ComposeProject,
     engine: &dyn ContainerEngine,
-    out: &Output<'_>,
     n: &super::plan::NetworkPlan,
-) -> Result<(), ComposeError> {
+) -> Result<bool, ComposeError> {
     let found = engine
         .list_networks(&[Filter::Name(n.name.clone())])
         .await
@@ -383,7 +536,7 @@ async fn ensure_network(
         .find(|x| x.name.as_deref() == Some(n.name.as_str()));
     if n.external {
         return match existing {
-            Some(_) => Ok(()),
+            Some(_) => Ok(false),
             None => Err(ComposeError::Invalid {
                 scope: format!("network \"{}\"", n.key),
                 message: format!(
@@ -409,27 +562,17 @@ async fn ensure_network(
                 ),
             });
         }
-        return Ok(());
+        return Ok(false);
     }
-    let driver = match &n.request.driver {
-        Some(d) => format!("driver \"{d}\""),
-        None => "the default driver".to_string(),
-    };
-    out.line(format!("Creating network \"{}\" with {driver}", n.name));
-    engine
-        .create_network(n.request.clone())
-        .await
-        .map_err(ComposeError::engine(format!("creating network {}", n.name)))?;
-    Ok(())
+    Ok(true)
 }
 
-async fn ensure_volume(
-    p: &ComposeProject,
+/// Checks the volume `v`: true when it has to be created; an error when it is external and
+/// missing.
+async fn check_volume(
     engine: &dyn ContainerEngine,
-    out: &Output<'_>,
     v: &super::plan::VolumePlan,
-) -> Result<(), ComposeError> {
-    let _ = p;
+) -> Result<bool, ComposeError> {
     let found = engine
         .list_volumes_filtered(&[Filter::Name(v.name.clone())])
         .await
@@ -440,7 +583,7 @@ async fn ensure_volume(
     let exists = found.iter().any(|x| x.name == v.name);
     if v.external {
         if exists {
-            return Ok(());
+            return Ok(false);
         }
         return Err(ComposeError::Invalid {
             scope: format!("volume \"{}\"", v.key),
@@ -450,30 +593,21 @@ async fn ensure_volume(
             ),
         });
     }
-    if exists {
-        // An existing volume keeps its data, whoever created it (compose does the same).
-        return Ok(());
-    }
-    out.line(format!(
-        "Creating volume \"{}\" with {} driver",
-        v.name,
-        v.request.driver.as_deref().unwrap_or("default")
-    ));
-    engine
-        .create_volume(v.request.clone())
-        .await
-        .map_err(ComposeError::engine(format!("creating volume {}", v.name)))?;
-    Ok(())
+    // An existing volume keeps its data, whoever created it (compose does the same).
+    Ok(!exists)
 }
 
 /// Brings one service to its planned state; returns its container id.
+#[allow(clippy::too_many_arguments)]
 async fn converge(
     s: &ServicePlan,
     engine: &dyn ContainerEngine,
     out: &Output<'_>,
+    slots: &tokio::sync::Semaphore,
     image_id: String,
     deps: HashMap<String, String>,
     current: Vec<ContainerSummary>,
+    precreated: Option<String>,
     wait_timeout: Duration,
 ) -> Result<String, ComposeError> {
     let waits = s.depends_on.iter().filter_map(|d| {
@@ -482,25 +616,39 @@ async fn converge(
             .then(|| wait_for(engine, &s.name, &d.service, id, d.condition, wait_timeout))
     });
     for r in join_all(waits).await {
-        r?;
+        if let Err(e) = r {
+            if let Some(id) = &precreated {
+                // Created ahead, never to be started: gone again (best effort).
+                let _ = engine.remove_container(id, true, false).await;
+            }
+            return Err(e);
+        }
+    }
+    // Waiting for a condition takes no slot; the engine work does. The semaphore is never
+    // closed, so acquiring only fails if it were.
+    let _slot = slots.acquire().await.map_err(|_| ComposeError::Invalid {
+        scope: format!("service \"{}\"", s.name),
+        message: "the operation was shut down".into(),
+    })?;
+
+    if let Some(id) = precreated {
+        // Created ahead (a fresh service): only the start was waiting for the dependencies.
+        let name = &s.container_name;
+        out.step("Creating", name, async {
+            engine
+                .start_container(&id)
+                .await
+                .map_err(ComposeError::engine(format!("starting {name}")))
+        })
+        .await?;
+        return Ok(id);
     }
 
-    let mut body = s.body.clone();
-    if let Some(other) = &s.network_of {
-        let id = deps.get(other).cloned().unwrap_or_default();
-        body.host_config
-            .get_or_insert_with(Default::default)
-            .network_mode = Some(format!("container:{id}"));
-    }
-    let hash = config_hash(&serde_json::json!({
-        "name": &s.container_name,
-        "container": &body,
-        "networks": &s.extra_networks,
-        "image_id": image_id,
-    }));
-    body.labels
-        .get_or_insert_with(HashMap::new)
-        .insert(LABEL_CONFIG_HASH.to_string(), hash.clone());
+    let (body, hash) = create_body(
+        s,
+        &image_id,
+        s.network_of.as_ref().and_then(|o| deps.get(o)),
+    );
 
     let up_to_date = current
         .iter()
@@ -546,18 +694,7 @@ async fn converge(
             remove_container(engine, c, s.stop_timeout).await?;
         }
         let name = &s.container_name;
-        let id = engine
-            .create_container(name, body)
-            .await
-            .map_err(ComposeError::engine(format!("creating container {name}")))?;
-        for (net, endpoint) in &s.extra_networks {
-            engine
-                .connect_network(net, &id, endpoint.clone())
-                .await
-                .map_err(ComposeError::engine(format!(
-                    "connecting {name} to network {net}"
-                )))?;
-        }
+        let id = create(s, engine, body).await?;
         engine
             .start_container(&id)
             .await
@@ -565,6 +702,54 @@ async fn converge(
         Ok(id)
     })
     .await
+}
+
+/// The service's create body with its config-hash label, and the hash. `network_of` is the
+/// container id of the service named by `network_mode: service:x`.
+fn create_body(
+    s: &ServicePlan,
+    image_id: &str,
+    network_of: Option<&String>,
+) -> (bollard::models::ContainerCreateBody, String) {
+    let mut body = s.body.clone();
+    if s.network_of.is_some() {
+        let id = network_of.cloned().unwrap_or_default();
+        body.host_config
+            .get_or_insert_with(Default::default)
+            .network_mode = Some(format!("container:{id}"));
+    }
+    let hash = config_hash(&serde_json::json!({
+        "name": &s.container_name,
+        "container": &body,
+        "networks": &s.extra_networks,
+        "image_id": image_id,
+    }));
+    body.labels
+        .get_or_insert_with(HashMap::new)
+        .insert(LABEL_CONFIG_HASH.to_string(), hash.clone());
+    (body, hash)
+}
+
+/// Creates the service's container and connects its extra networks; returns the id.
+async fn create(
+    s: &ServicePlan,
+    engine: &dyn ContainerEngine,
+    body: bollard::models::ContainerCreateBody,
+) -> Result<String, ComposeError> {
+    let name = &s.container_name;
+    let id = engine
+        .create_container(name, body)
+        .await
+        .map_err(ComposeError::engine(format!("creating container {name}")))?;
+    for (net, endpoint) in &s.extra_networks {
+        engine
+            .connect_network(net, &id, endpoint.clone())
+            .await
+            .map_err(ComposeError::engine(format!(
+                "connecting {name} to network {net}"
+            )))?;
+    }
+    Ok(id)
 }
 
 async fn remove_container(
@@ -671,10 +856,14 @@ pub async fn down(
     opts: &DownOptions,
     on_line: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<DownResult, ComposeError> {
-    let containers = engine
-        .list_containers_filtered(&[project_label(p)])
-        .await
-        .map_err(ComposeError::engine("listing the project's containers"));
+    // The project's networks are listed together with its containers (no container of the
+    // project creates one), and removed after the containers.
+    let filter = [project_label(p)];
+    let (containers, networks) = tokio::join!(
+        engine.list_containers_filtered(&filter),
+        engine.list_networks(&filter)
+    );
+    let containers = containers.map_err(ComposeError::engine("listing the project's containers"));
     let containers = match containers {
         Ok(c) => c,
         Err(e) => {
@@ -690,24 +879,38 @@ pub async fn down(
     let mut result = DownResult::default();
     let mut errors: Vec<ComposeError> = Vec::new();
 
-    // Stop: dependents first. Containers of unknown services go with the first group.
-    let mut groups: Vec<Vec<&ContainerSummary>> = Vec::new();
-    let levels = plan.levels();
+    // Stop and remove, dependents first. A service's containers are stopped once every
+    // service depending on it has its containers stopped; containers of services no longer in
+    // the file go first (they count as dependents of every service). Each container is
+    // removed as soon as it has stopped, so removals overlap the remaining stops.
+    // Independent services go concurrently, at most `parallel_limit` engine calls at once.
+    let limit = p.parallel_limit.max(1);
+    let slots = tokio::sync::Semaphore::new(limit);
+    let slots = &slots;
     let known: HashSet<&str> = plan.services.iter().map(|s| s.name.as_str()).collect();
-    groups.push(
-        containers
-            .iter()
-            .filter(|c| !label(c, LABEL_SERVICE).is_some_and(|s| known.contains(s)))
-            .collect(),
-    );
-    for level in levels.iter().rev() {
-        groups.push(
-            containers
-                .iter()
-                .filter(|c| label(c, LABEL_SERVICE).is_some_and(|s| level.iter().any(|l| l == s)))
-                .collect(),
-        );
+    let group_of: Vec<Option<&str>> = containers
+        .iter()
+        .map(|c| label(c, LABEL_SERVICE).filter(|s| known.contains(s)))
+        .collect();
+    let mut dependents: HashMap<&str, Vec<&str>> = HashMap::new();
+    for s in &plan.services {
+        for d in s.all_deps() {
+            dependents.entry(d).or_default().push(s.name.as_str());
+        }
     }
+    // Containers not yet stopped, by group (None: services no longer in the file).
+    let mut left: HashMap<Option<&str>, usize> = HashMap::new();
+    left.insert(None, 0);
+    for s in &plan.services {
+        left.insert(Some(s.name.as_str()), 0);
+    }
+    for g in &group_of {
+        *left.entry(*g).or_default() += 1;
+    }
+    let groups: Vec<Option<&str>> = std::iter::once(None)
+        .chain(plan.services.iter().map(|s| Some(s.name.as_str())))
+        .collect();
+    let mut launched: HashSet<Option<&str>> = HashSet::new();
     let timeout_of = |c: &ContainerSummary| {
         opts.timeout.unwrap_or_else(|| {
             label(c, LABEL_SERVICE)
@@ -715,34 +918,38 @@ pub async fn down(
                 .map_or(DEFAULT_STOP_TIMEOUT, |s| s.stop_timeout)
         })
     };
-    for group in &groups {
-        let stops = group.iter().filter(|c| is_running(c)).map(|c| {
+    enum Done {
+        Stopped(usize, Result<(), ComposeError>),
+        Removed(usize, Result<(), ComposeError>),
+    }
+    let out_ref = &out;
+    let stop = |i: usize| -> BoxFuture<'_, Done> {
+        let c = &containers[i];
+        Box::pin(async move {
+            if !is_running(c) {
+                return Done::Stopped(i, Ok(()));
+            }
             let name = container_name(c);
             let id = c.id.clone().unwrap_or_default();
-            let out = &out;
-            async move {
-                out.step("Stopping", &name, async {
+            let _slot = slots.acquire().await;
+            let r = out_ref
+                .step("Stopping", &name, async {
                     engine
                         .stop_container_with_timeout(&id, timeout_of(c))
                         .await
                         .map_err(ComposeError::engine(format!("stopping {name}")))
                 })
-                .await
-            }
-        });
-        for r in join_all(stops).await {
-            if let Err(e) = r {
-                errors.push(e);
-            }
-        }
-    }
-
-    let removals = containers.iter().map(|c| {
-        let name = container_name(c);
-        let id = c.id.clone().unwrap_or_default();
-        let out = &out;
-        async move {
-            let r = out
+                .await;
+            Done::Stopped(i, r)
+        })
+    };
+    let remove = |i: usize| -> BoxFuture<'_, Done> {
+        let c = &containers[i];
+        Box::pin(async move {
+            let name = container_name(c);
+            let id = c.id.clone().unwrap_or_default();
+            let _slot = slots.acquire().await;
+            let r = out_ref
                 .step("Removing", &name, async {
                     match engine
                         .remove_container(&id, true, opts.remove_volumes)
@@ -756,30 +963,91 @@ pub async fn down(
                     }
                 })
                 .await;
-            (name, r)
+            Done::Removed(i, r)
+        })
+    };
+    let mut removed: Vec<bool> = vec![false; containers.len()];
+    let mut tasks = FuturesUnordered::new();
+    loop {
+        // Launching changes no count, so one pass finds every group that is ready now.
+        for g in &groups {
+            if launched.contains(g) {
+                continue;
+            }
+            let ready = match g {
+                None => true,
+                Some(s) => {
+                    left[&None] == 0
+                        && dependents
+                            .get(s)
+                            .is_none_or(|ds| ds.iter().all(|d| left[&Some(*d)] == 0))
+                }
+            };
+            if ready {
+                launched.insert(*g);
+                for (i, cg) in group_of.iter().enumerate() {
+                    if cg == g {
+                        tasks.push(stop(i));
+                    }
+                }
+            }
         }
-    });
-    for (name, r) in join_all(removals).await {
-        match r {
-            Ok(()) => result.removed_containers.push(name),
-            Err(e) => errors.push(e),
+        match tasks.next().await {
+            Some(Done::Stopped(i, r)) => {
+                if let Some(n) = left.get_mut(&group_of[i]) {
+                    *n -= 1;
+                }
+                if let Err(e) = r {
+                    errors.push(e);
+                }
+                // Removed even when the stop failed (force), as before.
+                tasks.push(remove(i));
+            }
+            Some(Done::Removed(i, r)) => match r {
+                Ok(()) => removed[i] = true,
+                Err(e) => errors.push(e),
+            },
+            None => break,
         }
     }
+    drop(tasks);
+    result.removed_containers = containers
+        .iter()
+        .zip(&removed)
+        .filter(|(_, r)| **r)
+        .map(|(c, _)| container_name(c))
+        .collect();
 
-    match engine.list_networks(&[project_label(p)]).await {
+    // Networks last, announced in the engine's order, removed concurrently.
+    match networks {
         Ok(nets) => {
-            for n in nets {
-                let name = n.name.clone().unwrap_or_default();
+            let names: Vec<String> = nets
+                .iter()
+                .map(|n| n.name.clone().unwrap_or_default())
+                .collect();
+            for name in &names {
                 out.line(format!("Removing network {name}"));
-                match engine
-                    .remove_network(n.id.as_deref().unwrap_or(&name))
-                    .await
-                {
-                    Ok(()) | Err(EngineError::NotFound(_)) => result.removed_networks.push(name),
-                    Err(e) => errors.push(ComposeError::Engine {
-                        action: format!("removing network {name}"),
-                        source: e,
-                    }),
+            }
+            let removals = nets
+                .iter()
+                .zip(&names)
+                .map(|(n, name)| {
+                    async move {
+                        match engine.remove_network(n.id.as_deref().unwrap_or(name)).await {
+                            Ok(()) | Err(EngineError::NotFound(_)) => Ok(name.clone()),
+                            Err(e) => Err(ComposeError::Engine {
+                                action: format!("removing network {name}"),
+                                source: e,
+                            }),
+                        }
+                    }
+                    .boxed()
+                })
+                .collect();
+            for r in bounded(limit, removals).await {
+                match r {
+                    Ok(name) => result.removed_networks.push(name),
+                    Err(e) => errors.push(e),
                 }
             }
         }
@@ -962,8 +1230,10 @@ mod tests {
 
     use std::collections::HashMap;
     use std::path::Path;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
+
+    use tokio::sync::Barrier;
 
     use async_trait::async_trait;
     use bollard::models::{
@@ -979,9 +1249,14 @@ mod tests {
     #[derive(Default)]
     struct Fake {
         containers: Mutex<Vec<ContainerSummary>>,
+        networks: Mutex<Vec<Network>>,
         /// (operation, service) in call order; `+x`/`-x` mark the start/end of a slow call.
         log: Mutex<Vec<String>>,
         in_flight: Mutex<(usize, usize)>,
+        /// Calls (`create a`, `stop b`, `network n`, ...) that wait at a shared barrier until
+        /// all of its members are in flight: run one after the other they never meet, and
+        /// the guard below fails the test instead of timing anything.
+        gates: Mutex<HashMap<String, Arc<Barrier>>>,
     }
 
     impl Fake {
@@ -991,7 +1266,36 @@ mod tests {
             c.labels.as_ref().unwrap()[LABEL_SERVICE].clone()
         }
 
+        /// Makes every call in `calls` wait until all of them are in flight together. `verb *`
+        /// gates every call of that kind, in groups of `calls.len()`.
+        fn gate(&self, calls: &[&str]) {
+            let barrier = Arc::new(Barrier::new(calls.len()));
+            let mut gates = self.gates.lock().unwrap();
+            for c in calls {
+                gates.insert(c.to_string(), barrier.clone());
+            }
+        }
+
         async fn slow(&self, what: String) {
+            let gate = {
+                let gates = self.gates.lock().unwrap();
+                let verb = what.split(' ').next().unwrap_or_default();
+                gates
+                    .get(&what)
+                    .or_else(|| gates.get(&format!("{verb} *")))
+                    .cloned()
+            };
+            if let Some(barrier) = gate {
+                // A guard against a hang, not a timing assertion.
+                tokio::time::timeout(Duration::from_secs(30), barrier.wait())
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!(
+                            "{what} never ran together with the rest of its gate: {:?}",
+                            self.log.lock().unwrap()
+                        )
+                    });
+            }
             {
                 let mut f = self.in_flight.lock().unwrap();
                 f.0 += 1;
@@ -1082,6 +1386,8 @@ mod tests {
             no()
         }
         async fn remove_container(&self, id: &str, _force: bool, _v: bool) -> EngineResult<()> {
+            let svc = self.service_of(id);
+            self.log.lock().unwrap().push(format!("remove {svc}"));
             self.containers
                 .lock()
                 .unwrap()
@@ -1144,11 +1450,39 @@ mod tests {
             self.slow(format!("stop {svc}")).await;
             Ok(())
         }
-        async fn list_networks(&self, _filters: &[Filter]) -> EngineResult<Vec<Network>> {
-            Ok(Vec::new())
+        async fn list_networks(&self, filters: &[Filter]) -> EngineResult<Vec<Network>> {
+            let nets = self.networks.lock().unwrap();
+            Ok(nets
+                .iter()
+                .filter(|n| {
+                    filters.iter().all(|f| match f {
+                        Filter::Name(x) => n.name.as_ref() == Some(x),
+                        _ => true,
+                    })
+                })
+                .cloned()
+                .collect())
         }
-        async fn create_network(&self, _request: NetworkCreateRequest) -> EngineResult<String> {
-            Ok("net".into())
+        async fn remove_network(&self, id: &str) -> EngineResult<()> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("remove network {id}"));
+            self.networks
+                .lock()
+                .unwrap()
+                .retain(|n| n.id.as_deref() != Some(id));
+            Ok(())
+        }
+        async fn create_network(&self, request: NetworkCreateRequest) -> EngineResult<String> {
+            self.slow(format!("network {}", request.name)).await;
+            self.networks.lock().unwrap().push(Network {
+                id: Some(request.name.clone()),
+                name: Some(request.name.clone()),
+                labels: request.labels.clone(),
+                ..Default::default()
+            });
+            Ok(request.name)
         }
         async fn connect_network(
             &self,
@@ -1161,8 +1495,13 @@ mod tests {
         async fn list_volumes_filtered(&self, _filters: &[Filter]) -> EngineResult<Vec<Volume>> {
             Ok(Vec::new())
         }
-        async fn create_volume(&self, _request: VolumeCreateRequest) -> EngineResult<Volume> {
-            Ok(Volume::default())
+        async fn create_volume(&self, request: VolumeCreateRequest) -> EngineResult<Volume> {
+            let name = request.name.unwrap_or_default();
+            self.slow(format!("volume {name}")).await;
+            Ok(Volume {
+                name,
+                ..Default::default()
+            })
         }
     }
 
@@ -1192,9 +1531,10 @@ services:
         let fake = Fake::default();
         let p = project(YAML);
         let res = p.up(&fake, &|_| {}).await.unwrap();
-        assert_eq!(fake.max_in_flight(), 3, "{:?}", fake.log.lock().unwrap());
-        assert!(fake.position("-start a") < fake.position("+create d"));
-        assert!(fake.position("-start b") < fake.position("+create d"));
+        // All four are fresh: created together; d (needs a healthy, b started) starts last.
+        assert_eq!(fake.max_in_flight(), 4, "{:?}", fake.log.lock().unwrap());
+        assert!(fake.position("-start a") < fake.position("+start d"));
+        assert!(fake.position("-start b") < fake.position("+start d"));
         assert_eq!(res.running_containers, ["p_a_1", "p_b_1", "p_c_1", "p_d_1"]);
 
         // Unchanged: nothing is created again.
@@ -1203,15 +1543,16 @@ services:
         assert!(fake.log.lock().unwrap().is_empty(), "{:?}", res.lines);
         assert!(res.lines.contains(&"p_d_1 is up-to-date".to_string()));
 
-        // Down: d stops first, then a, b and c together.
+        // Down: d (a dependent) and c (nobody depends on it) stop first, together; a and b
+        // only after d has stopped.
         fake.log.lock().unwrap().clear();
+        fake.gate(&["stop c", "stop d"]);
         let res = p
             .down(&fake, &DownOptions::default(), &|_| {})
             .await
             .unwrap();
-        assert_eq!(fake.max_in_flight(), 3);
         let d_done = fake.position("-stop d");
-        for s in ["a", "b", "c"] {
+        for s in ["a", "b"] {
             assert!(d_done < fake.position(&format!("+stop {s}")));
         }
         assert_eq!(res.removed_containers.len(), 4);
@@ -1239,5 +1580,121 @@ services:
             .unwrap()
             .starts_with("ERROR: service \"a\": dependency \"b\""));
         assert!(!lines.iter().any(|l| l.contains("p_a_1")), "{lines:?}");
+        // a's container, created ahead of b's completion, went again with the failure.
+        let left: Vec<String> = fake
+            .containers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(container_name)
+            .collect();
+        assert_eq!(left, ["p_b_1"]);
+    }
+
+    const FORK: &str = r#"
+services:
+  a: {image: x, volumes: ["data:/data"], networks: [n]}
+  b: {image: x, networks: [n]}
+  c: {image: x, networks: [n], depends_on: [a]}
+  d:
+    image: x
+    networks: [n]
+    depends_on: {a: {condition: service_started}, b: {condition: service_healthy}}
+networks:
+  n: {}
+volumes:
+  data: {}
+"#;
+
+    /// up: the network and the volume are created together; then all four containers (all
+    /// fresh) are created together; a and b (independent) start together; c (needs a) and d
+    /// (needs a, b healthy) start only after their dependencies started, and together. down: the reverse, c and d together first, each
+    /// container removed once stopped, the network after all containers. The gates make
+    /// this deterministic: run in sequence, a gated call would wait for its partner forever.
+    #[tokio::test]
+    async fn independent_work_overlaps_and_dependency_order_holds() {
+        let fake = Fake::default();
+        let p = project(FORK);
+        fake.gate(&["network p_n", "volume p_data"]);
+        fake.gate(&["create a", "create b", "create c", "create d"]);
+        fake.gate(&["start a", "start b"]);
+        fake.gate(&["start c", "start d"]);
+        let lines = Mutex::new(Vec::new());
+        let res = p
+            .up(&fake, &|l| lines.lock().unwrap().push(l.to_string()))
+            .await
+            .unwrap();
+        let pos = |e: &str| fake.position(e);
+        for (dep, dependent) in [("a", "c"), ("a", "d"), ("b", "d")] {
+            assert!(
+                pos(&format!("-start {dep}")) < pos(&format!("+start {dependent}")),
+                "{dependent} started before {dep} started: {:?}",
+                fake.log.lock().unwrap()
+            );
+        }
+        for s in ["a", "b", "c", "d"] {
+            assert!(pos("-network p_n") < pos(&format!("+create {s}")));
+            assert!(pos("-volume p_data") < pos(&format!("+create {s}")));
+        }
+        assert_eq!(res.running_containers, ["p_a_1", "p_b_1", "p_c_1", "p_d_1"]);
+        // Network and volume lines come first, in plan order; every service says done.
+        let lines = lines.into_inner().unwrap();
+        assert_eq!(lines, res.lines);
+        assert_eq!(
+            lines[..2],
+            [
+                "Creating network \"p_n\" with the default driver",
+                "Creating volume \"p_data\" with default driver",
+            ]
+        );
+        for s in ["a", "b", "c", "d"] {
+            assert!(
+                lines.contains(&format!("Creating p_{s}_1 ... done")),
+                "{lines:?}"
+            );
+        }
+
+        fake.log.lock().unwrap().clear();
+        fake.gate(&["stop c", "stop d"]);
+        let res = p
+            .down(&fake, &DownOptions::default(), &|_| {})
+            .await
+            .unwrap();
+        for (dependent, dep) in [("c", "a"), ("d", "a"), ("d", "b")] {
+            assert!(
+                pos(&format!("-stop {dependent}")) < pos(&format!("+stop {dep}")),
+                "{dep} stopped before {dependent}: {:?}",
+                fake.log.lock().unwrap()
+            );
+        }
+        for s in ["a", "b", "c", "d"] {
+            assert!(pos(&format!("-stop {s}")) < pos(&format!("remove {s}")));
+            assert!(pos(&format!("remove {s}")) < pos("remove network p_n"));
+        }
+        assert_eq!(res.removed_networks, ["p_n"]);
+        let mut removed = res.removed_containers.clone();
+        removed.sort();
+        assert_eq!(removed, ["p_a_1", "p_b_1", "p_c_1", "p_d_1"]);
+        assert!(fake.containers.lock().unwrap().is_empty());
+    }
+
+    /// Six independent services with a limit of 2: never more than two engine calls at once.
+    #[tokio::test]
+    async fn concurrency_is_bounded() {
+        let fake = Fake::default();
+        let mut p = project(
+            "services: {a: {image: x}, b: {image: x}, c: {image: x}, d: {image: x}, e: {image: x}, f: {image: x}}",
+        );
+        p.set_parallel_limit(2);
+        // Creates meet in pairs (so two do run at once); more than two would show below.
+        fake.gate(&["create *", "create *"]);
+        p.up(&fake, &|_| {}).await.unwrap();
+        assert_eq!(fake.max_in_flight(), 2, "{:?}", fake.log.lock().unwrap());
+        let res = p
+            .down(&fake, &DownOptions::default(), &|_| {})
+            .await
+            .unwrap();
+        assert_eq!(res.removed_containers.len(), 6);
+        assert_eq!(fake.max_in_flight(), 2, "{:?}", fake.log.lock().unwrap());
     }
 }

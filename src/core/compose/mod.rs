@@ -41,6 +41,11 @@ pub const MAX_COMPOSE_FILE_BYTES: u64 = 1024 * 1024;
 /// How long `up` waits for a dependency to become healthy or to complete, by default.
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// How many engine operations (create+start of a service, stop, remove, network and volume
+/// creation, image checks) `up` and `down` run at once, by default. Independent work runs
+/// concurrently up to this bound; dependency order is kept regardless.
+pub const DEFAULT_PARALLEL_LIMIT: usize = 8;
+
 /// How long `up` lets one image pull take, by default (the engine's own timeout only
 /// covers the wait for the response headers, not a stalled download).
 pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -179,6 +184,7 @@ pub struct ComposeProject {
     warnings: Vec<String>,
     wait_timeout: Duration,
     pull_timeout: Duration,
+    parallel_limit: usize,
 }
 
 impl ComposeProject {
@@ -252,6 +258,7 @@ impl ComposeProject {
             warnings,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
             pull_timeout: DEFAULT_PULL_TIMEOUT,
+            parallel_limit: DEFAULT_PARALLEL_LIMIT,
         })
     }
 
@@ -309,6 +316,11 @@ impl ComposeProject {
     }
 
     /// Bounds each image pull (default [`DEFAULT_PULL_TIMEOUT`]).
+    /// Bounds how many engine operations run at once (at least 1).
+    pub fn set_parallel_limit(&mut self, limit: usize) {
+        self.parallel_limit = limit.max(1);
+    }
+
     pub fn set_pull_timeout(&mut self, timeout: Duration) {
         self.pull_timeout = timeout;
     }
