@@ -117,6 +117,8 @@ EOF
 
 cd "$WORKDIR" || exit 1
 rc=0
+# GET /events (SSE) is excluded: the stream never ends, so every request would run into the
+# request timeout; tests/sse.rs covers it with a streaming client.
 # One worker: with two, schemathesis' threads race in CPython 3.11's ast.parse
 # ("SystemError: AST constructor recursion depth mismatch"), a flaky tool error.
 timeout --kill-after=10 "$TIME_LIMIT" "$ST" --config-file "$WORKDIR/schemathesis.toml" \
@@ -128,7 +130,8 @@ timeout --kill-after=10 "$TIME_LIMIT" "$ST" --config-file "$WORKDIR/schemathesis
     --seed 20261130 \
     --workers 1 \
     --request-timeout 60 \
-    --max-failures 50 || rc=$?
+    --max-failures 50 \
+    --exclude-path /events || rc=$?
 if [[ $rc -eq 124 || $rc -eq 137 ]]; then
     echo "schemathesis.sh: schemathesis did not finish within ${TIME_LIMIT}s" >&2
 fi

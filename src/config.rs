@@ -93,6 +93,10 @@ pub struct HttpLimits {
     #[allow(dead_code)]
     pub max_body_bytes: u64,
     pub max_upload_bytes: u64,
+    /// How often an idle SSE stream (`/api/events`) sends a `: keep-alive` comment.
+    pub sse_keepalive: Duration,
+    /// Events the SSE bus keeps; a client further behind than this is disconnected.
+    pub sse_queue_events: usize,
 }
 
 /// What apps may ask for, and how large bundles may be (`[apps]`).
@@ -279,6 +283,8 @@ struct RawHttp {
     header_read_timeout_secs: Option<u64>,
     max_body_bytes: Option<u64>,
     max_upload_bytes: Option<u64>,
+    sse_keepalive_secs: Option<u64>,
+    sse_queue_events: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -379,6 +385,12 @@ impl Config {
             )?,
             max_body_bytes: raw.http.max_body_bytes.unwrap_or(1 << 20),
             max_upload_bytes: raw.http.max_upload_bytes.unwrap_or(16 << 30),
+            sse_keepalive: secs("sse_keepalive_secs", raw.http.sse_keepalive_secs, 15)?,
+            sse_queue_events: match raw.http.sse_queue_events {
+                Some(0) => return Err(bad("http.sse_queue_events must be at least 1")),
+                Some(n) => n,
+                None => crate::core::events::DEFAULT_CAPACITY,
+            },
         };
 
         let mut raws = raw.listeners;
@@ -693,6 +705,22 @@ mod tests {
         assert_eq!(c.listeners[0].auth, Auth::None);
         let e = Config::parse(&format!("{t}auth = \"loopback\"\n"), &env(&[])).unwrap_err();
         assert!(e.to_string().contains("loopback"));
+    }
+
+    #[test]
+    fn sse_keys() {
+        let c = Config::parse("", &env(&[])).unwrap();
+        assert_eq!(c.http.sse_keepalive, Duration::from_secs(15));
+        assert_eq!(c.http.sse_queue_events, 256);
+        let c = Config::parse(
+            "[http]\nsse_keepalive_secs = 2\nsse_queue_events = 8",
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.http.sse_keepalive, Duration::from_secs(2));
+        assert_eq!(c.http.sse_queue_events, 8);
+        assert!(Config::parse("[http]\nsse_queue_events = 0", &env(&[])).is_err());
+        assert!(Config::parse("[http]\nsse_keepalive_secs = 0", &env(&[])).is_err());
     }
 
     #[test]

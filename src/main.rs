@@ -149,7 +149,7 @@ async fn serve(config: Config) -> ExitCode {
     let stop = CancellationToken::new();
     let health = EngineHealth::spawn(engine.clone(), config.docker_probe_interval, stop.clone());
     let apps = match Apps::open(engine.clone(), &config.state_dir, import_settings(&config)) {
-        Ok(a) => a,
+        Ok(a) => a.with_events(gantry_events(&config)),
         Err(e) => {
             tracing::error!(error = %e, "cannot open the app store");
             return ExitCode::from(EXIT_FAILURE);
@@ -166,11 +166,20 @@ async fn serve(config: Config) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
+    let watch_engine = engine.clone();
     let core = Arc::new(
         Core::new(engine, health.clone(), apps)
             .with_intervirt(intervirt)
             .with_prefs(prefs),
     );
+    {
+        // App status changes made outside gantry reach the event bus through Docker's events.
+        let apps = crate::core::apps::watch::CoreApps(core.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            crate::core::apps::watch::run(apps, watch_engine.as_ref(), stop).await;
+        });
+    }
 
     let bound = match server::bind(&config.listeners).await {
         Ok(b) => b,
@@ -210,6 +219,11 @@ async fn serve(config: Config) -> ExitCode {
     while servers.join_next().await.is_some() {}
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// The apps event bus, sized by `http.sse_queue_events`.
+fn gantry_events(config: &Config) -> crate::core::events::EventBus {
+    crate::core::events::EventBus::new(config.http.sse_queue_events)
 }
 
 /// The Intervirt agent, when a listener speaks its dialect: the dataplane is started and

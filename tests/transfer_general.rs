@@ -131,6 +131,7 @@ fn a_prefix_moves_api_events_and_apidoc_and_the_bare_paths_are_404() {
         "/api/1.0/transfer/refresh/apps",
         "/apidoc/1.0/openapi.json",
         "/events/transfer/import",
+        "/events",
         "/scaleitx/api/versions",
         "/scaleit",
         "/scaleit/",

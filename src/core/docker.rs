@@ -493,14 +493,16 @@ impl ContainerEngine for DockerEngine {
             let action = message.action?;
             let actor = message.actor?;
             let id = actor.id.unwrap_or_default();
-            let name = actor
-                .attributes
-                .and_then(|mut a| a.remove("name"))
-                .unwrap_or_default();
+            // Attributes are the container's labels plus `name`, `image` and, for `die`,
+            // `exitCode`.
+            let mut labels: std::collections::BTreeMap<String, String> =
+                actor.attributes.unwrap_or_default().into_iter().collect();
+            let name = labels.remove("name").unwrap_or_default();
             Some(Ok(super::engine::ContainerEvent {
                 id,
                 name: name.trim_start_matches('/').to_string(),
                 action,
+                labels,
             }))
         });
         Box::pin(events)

@@ -217,6 +217,8 @@ pub struct ContainerEvent {
     pub name: String,
     /// Docker's action: `create`, `start`, `die`, `stop`, `destroy`, ...
     pub action: String,
+    /// The container's labels (Docker sends them with every container event).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 pub type EventStream = Pin<Box<dyn Stream<Item = EngineResult<ContainerEvent>> + Send>>;

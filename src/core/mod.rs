@@ -4,6 +4,7 @@ pub mod apps;
 pub mod compose;
 pub mod docker;
 pub mod engine;
+pub mod events;
 pub mod health;
 pub mod intervirt;
 pub mod network;

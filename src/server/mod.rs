@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::http::{self, Response};
-use crate::api::upgrade::Upgrades;
+use crate::api::upgrade::{ConnectionAbort, Upgrades};
 use crate::api::{intervirt, transfer};
 use crate::config::{Auth, Dialect, HttpLimits, Listener};
 use crate::core::health::EngineStatus;
@@ -99,7 +99,12 @@ pub async fn serve(
             }
         };
         let ctx = ctx.clone();
-        let svc = service_fn(move |req| dispatch(req, ctx.clone()));
+        let abort = CancellationToken::new();
+        let conn_abort = ConnectionAbort(abort.clone());
+        let svc = service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(conn_abort.clone());
+            dispatch(req, ctx.clone())
+        });
         let conn = http
             .serve_connection(TokioIo::new(stream), svc)
             .with_upgrades();
@@ -107,11 +112,17 @@ pub async fn serve(
         conns.spawn(async move {
             let mut conn = std::pin::pin!(conn);
             // On shutdown, finish the request in flight, then close instead of keeping alive.
+            // An aborted connection (a client that stopped reading an event stream) is
+            // dropped, which closes its socket.
             let res = tokio::select! {
                 r = conn.as_mut() => r,
+                _ = abort.cancelled() => return,
                 _ = stop.cancelled() => {
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    tokio::select! {
+                        r = conn => r,
+                        _ = abort.cancelled() => return,
+                    }
                 }
             };
             if let Err(e) = res {
@@ -152,7 +163,14 @@ async fn dispatch(req: Request<Incoming>, ctx: Arc<ListenerCtx>) -> Result<Respo
     }
     Ok(match ctx.dialect {
         Dialect::Transfer => {
-            transfer::handle(req, ctx.core.clone(), ctx.limits.clone(), &ctx.prefix).await
+            transfer::handle(
+                req,
+                ctx.core.clone(),
+                ctx.limits.clone(),
+                &ctx.upgrades,
+                &ctx.prefix,
+            )
+            .await
         }
         Dialect::Intervirt => intervirt::handle(req, ctx.core.intervirt.clone(), &ctx.upgrades),
     })

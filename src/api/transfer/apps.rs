@@ -61,7 +61,7 @@ pub fn register(r: &mut Routes<Handler>) {
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct AppInstance<'a> {
+pub(super) struct AppInstance<'a> {
     id: &'a str,
     app: AppJson<'a>,
     instance_number: u32,
@@ -119,7 +119,7 @@ fn status_word(s: AppStatus) -> &'static str {
     }
 }
 
-fn instance(v: &AppView) -> AppInstance<'_> {
+pub(super) fn instance(v: &AppView) -> AppInstance<'_> {
     AppInstance {
         id: v.app.id().as_str(),
         app: AppJson {

@@ -45,8 +45,14 @@ use crate::core::{Core, CoreError};
 /// Largest single websocket message (and frame); a ZIP may come in several.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// Read buffer of a websocket session (tungstenite's default is 128 KiB, all of it touched).
+const WS_READ_BUFFER_BYTES: usize = 16 << 10;
+
 /// How long one message may take to reach a client before it counts as gone.
 const SEND_GUARD: Duration = Duration::from_secs(60);
+
+/// How long a closing session waits for the client's close frame while the server stops.
+const CLOSE_WAIT_STOPPING: Duration = Duration::from_secs(1);
 
 /// REST routes under `/api`.
 pub fn register(r: &mut Routes<Handler>) {
@@ -202,6 +208,9 @@ struct Peer {
     /// Bytes may stall this long before an upload fails (`http.header_read_timeout_secs`).
     idle: Duration,
     gone: bool,
+    /// The server is stopping: waits for the client end as if cancelled, operations in
+    /// flight (import, image load) are cancelled and roll back; a start completes.
+    stop: CancellationToken,
 }
 
 enum Incoming {
@@ -209,6 +218,8 @@ enum Incoming {
     /// The client closed or the connection broke.
     Gone,
     Cancelled,
+    /// The server is stopping.
+    Stopping,
     /// No bytes arrived for `idle`.
     Stalled,
     /// A protocol violation the client should hear about.
@@ -244,6 +255,7 @@ impl Peer {
         loop {
             let msg = tokio::select! {
                 _ = cancel.cancelled() => return Incoming::Cancelled,
+                _ = self.stop.cancelled() => return Incoming::Stopping,
                 m = self.ws.next() => m,
                 _ = tick.tick() => {
                     if self.idle_for() >= self.idle {
@@ -286,7 +298,14 @@ impl Peer {
         if self.ws.close(Some(frame)).await.is_err() {
             return;
         }
-        let _ = tokio::time::timeout(self.idle, async {
+        // While the server stops, a client that does not answer must not use up the grace
+        // period of everyone else.
+        let wait = if self.stop.is_cancelled() {
+            self.idle.min(CLOSE_WAIT_STOPPING)
+        } else {
+            self.idle
+        };
+        let _ = tokio::time::timeout(wait, async {
             while let Some(Ok(_)) = self.ws.next().await {}
         })
         .await;
@@ -328,7 +347,9 @@ where
     let on_upgrade = hyper::upgrade::on(&mut c.req);
     let core = c.core.clone();
     let idle = c.limits.header_read_timeout;
-    tokio::spawn(async move {
+    let stop = c.upgrades.stop.clone();
+    // Tracked, so that a graceful shutdown waits for (and then ends) the session.
+    c.upgrades.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -341,7 +362,10 @@ where
             inner: TokioIo::new(upgraded),
             last_read: last_read.clone(),
         };
+        // tungstenite zero-fills its whole read buffer (128 KiB by default) on the first
+        // read: 16 KiB keeps an idle session small and is plenty per read call.
         let config = WebSocketConfig::default()
+            .read_buffer_size(WS_READ_BUFFER_BYTES)
             .max_message_size(Some(MAX_MESSAGE_BYTES))
             .max_frame_size(Some(MAX_MESSAGE_BYTES));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
@@ -350,6 +374,7 @@ where
             last_read,
             idle,
             gone: false,
+            stop,
         };
         session(core, peer).await;
     });
@@ -378,6 +403,8 @@ enum Upload {
     Done,
     Failed(String),
     Cancelled,
+    /// The server is stopping.
+    Stopping,
     Gone,
 }
 
@@ -435,6 +462,7 @@ async fn receive_upload(
         Incoming::Invalid(m) => return Upload::Failed(m),
         Incoming::Gone => return Upload::Gone,
         Incoming::Cancelled => return Upload::Cancelled,
+        Incoming::Stopping => return Upload::Stopping,
     };
     if length == 0 {
         return Upload::Failed("Length is 0: nothing to upload".into());
@@ -462,6 +490,7 @@ async fn receive_upload(
             Incoming::Invalid(m) => return Upload::Failed(m),
             Incoming::Gone => return Upload::Gone,
             Incoming::Cancelled => return Upload::Cancelled,
+            Incoming::Stopping => return Upload::Stopping,
         };
         got += data.len() as u64;
         if got > length {
@@ -497,6 +526,15 @@ async fn upload_outcome(peer: &mut Peer, end: Upload, what: &str) -> Result<(), 
             ))
             .await;
             Err(CloseCode::Normal)
+        }
+        Upload::Stopping => {
+            peer.send(&Step::fail(
+                "CANCEL",
+                None,
+                format!("the server is shutting down; the {what} was not done: try again later"),
+            ))
+            .await;
+            Err(CloseCode::Away)
         }
         Upload::Gone => Err(CloseCode::Away),
     }
@@ -611,6 +649,7 @@ async fn import_session(core: Arc<Core>, mut peer: Peer, limit: u64, replace: bo
             let _ = tx.send(step);
         }
     };
+    let stop = peer.stop.clone();
     let result = {
         let op = core
             .apps
@@ -619,6 +658,10 @@ async fn import_session(core: Arc<Core>, mut peer: Peer, limit: u64, replace: bo
         loop {
             tokio::select! {
                 biased;
+                _ = stop.cancelled(), if !cancel.is_cancelled() => {
+                    tracing::info!(task = %task.id, "server stopping; cancelling the import");
+                    cancel.cancel();
+                }
                 Some(step) = rx.recv() => {
                     peer.send(&step).await;
                     if peer.gone && !cancel.is_cancelled() {
@@ -834,6 +877,7 @@ async fn load_image_session(core: Arc<Core>, mut peer: Peer, limit: u64) {
             return peer.close(CloseCode::Error, "server error").await;
         }
     };
+    let stop = peer.stop.clone();
     let sent = Arc::new(AtomicU64::new(0));
     let counter = sent.clone();
     let stream: ByteStream = Box::pin(
@@ -864,6 +908,7 @@ async fn load_image_session(core: Arc<Core>, mut peer: Peer, limit: u64) {
                     }
                 }
                 gone = client_gone(&mut peer) => if gone { cancel.cancel(); },
+                _ = stop.cancelled(), if !cancel.is_cancelled() => cancel.cancel(),
             }
         }
     };

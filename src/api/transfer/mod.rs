@@ -8,6 +8,7 @@ mod general;
 mod legacy;
 mod openapi;
 mod settings;
+mod sse;
 mod system;
 
 use std::future::Future;
@@ -21,6 +22,7 @@ use serde::Serialize;
 
 use super::http::{self, Query, Response};
 use super::router::{Lookup, Routes};
+use super::upgrade::Upgrades;
 use crate::config::HttpLimits;
 use crate::core::{Core, CoreError};
 
@@ -33,6 +35,8 @@ pub struct Call {
     pub limits: HttpLimits,
     /// The listener's path prefix before `/api` ("" = none), for links in answers.
     pub prefix: String,
+    /// Upgraded connections (websockets) of this listener, and its stop signal.
+    pub upgrades: Upgrades,
 }
 
 impl Call {
@@ -120,6 +124,7 @@ fn routes() -> &'static Routes<Handler> {
         files::register(&mut r);
         legacy::register(&mut r);
         settings::register(&mut r);
+        sse::register(&mut r);
         general::register(&mut r);
         r
     })
@@ -205,6 +210,7 @@ pub async fn handle(
     req: Request<Incoming>,
     core: Arc<Core>,
     limits: HttpLimits,
+    upgrades: &Upgrades,
     prefix: &str,
 ) -> Response {
     let path = req.uri().path().to_string();
@@ -216,6 +222,8 @@ pub async fn handle(
     }
     let (table, inner) = match local.strip_prefix("/events") {
         Some(rest) if rest.starts_with('/') => (ws_routes(), rest.to_string()),
+        // Legacy SSE: exactly `[prefix]/events` is the stream `/api/events` serves.
+        Some("") => (routes(), local.to_string()),
         _ => match api_path(local) {
             Some(Ok(p)) => (routes(), p.to_string()),
             Some(Err(problem)) => return problem.render(&path),
@@ -231,6 +239,7 @@ pub async fn handle(
                 params,
                 query,
                 limits,
+                upgrades: upgrades.clone(),
                 prefix: prefix.to_string(),
             };
             match handler(call).await {

@@ -13,6 +13,7 @@ use super::store::{AppStore, StoredApp};
 use super::AppId;
 use crate::core::compose::{ComposeProject, ContainerStatus, DownOptions};
 use crate::core::engine::{ContainerEngine, LogLine};
+use crate::core::events::{AppEvent, EventBus};
 use crate::core::{CoreError, CoreResult};
 
 /// An app's overall state, from its containers.
@@ -79,6 +80,37 @@ pub struct Apps {
     busy: Mutex<HashMap<AppId, &'static str>>,
     /// A refresh of all apps is running.
     refreshing: std::sync::atomic::AtomicBool,
+    /// Where app events go (the SSE stream).
+    events: EventBus,
+    /// What each app looked like when last published, to publish App only on a change.
+    /// The async lock also orders concurrent publishers, so a stale view never follows a
+    /// newer one.
+    published: tokio::sync::Mutex<HashMap<AppId, Fingerprint>>,
+}
+
+/// The part of an app's state whose change is an App event: not e.g. Docker's "Up 3
+/// seconds" text, which changes all the time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    status: AppStatus,
+    busy: bool,
+    containers: Vec<(String, bool)>,
+}
+
+impl Fingerprint {
+    fn of(v: &AppView) -> Self {
+        let mut containers: Vec<_> = v
+            .containers
+            .iter()
+            .map(|c| (c.id.clone(), c.running))
+            .collect();
+        containers.sort();
+        Self {
+            status: v.status,
+            busy: v.busy,
+            containers,
+        }
+    }
 }
 
 /// Marks an app busy until dropped.
@@ -117,35 +149,88 @@ impl Apps {
             settings,
             busy: Mutex::new(HashMap::new()),
             refreshing: std::sync::atomic::AtomicBool::new(false),
+            events: EventBus::default(),
+            published: tokio::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Replaces the event bus (before anything subscribed), e.g. with a configured capacity.
+    pub fn with_events(mut self, events: EventBus) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// App events: status changes, imports, removals, refreshes.
+    pub fn events(&self) -> &EventBus {
+        &self.events
+    }
+
+    /// Re-reads an app and publishes an App event when its state differs from the last one
+    /// published (always with `force`). A removed app is forgotten quietly.
+    pub async fn publish_app(&self, id: &AppId, force: bool) {
+        let mut published = self.published.lock().await;
+        let Ok(app) = self.stored(id) else {
+            published.remove(id);
+            return;
+        };
+        let view = self.view(app).await;
+        let print = Fingerprint::of(&view);
+        if force || published.get(id) != Some(&print) {
+            tracing::debug!(app = %id, status = ?view.status, busy = view.busy, "app event");
+            published.insert(id.clone(), print);
+            self.events.publish(AppEvent::App(view));
+        }
+    }
+
+    /// Publishes App for every app whose state changed since it was last published (after
+    /// the Docker event stream was (re)connected, when events in between are lost).
+    pub async fn publish_changes(&self) -> CoreResult<()> {
+        for app in self.store.list()? {
+            self.publish_app(app.id(), false).await;
+        }
+        Ok(())
     }
 
     /// Claims the "refresh all" slot; false when a refresh already runs.
     pub fn begin_refresh_all(&self) -> bool {
-        !self
+        let claimed = !self
             .refreshing
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
+            .swap(true, std::sync::atomic::Ordering::SeqCst);
+        if claimed {
+            self.events.publish(AppEvent::Refresh(true));
+        }
+        claimed
     }
 
     pub fn is_refreshing_all(&self) -> bool {
         self.refreshing.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Re-reads every app's state from Docker (after [`Apps::begin_refresh_all`]).
-    pub async fn refresh_all(&self) -> Vec<AppView> {
-        let views = self.list().await.unwrap_or_default();
+    /// Re-reads every app's state from Docker (after [`Apps::begin_refresh_all`]) and
+    /// publishes an App event for each (whether changed or not: the client asked for a
+    /// fresh picture), between Refresh(true) and Refresh(false).
+    pub async fn refresh_all(&self) {
+        if let Ok(apps) = self.store.list() {
+            for app in apps {
+                self.publish_app(app.id(), true).await;
+            }
+        }
         self.refreshing
             .store(false, std::sync::atomic::Ordering::SeqCst);
-        views
+        self.events.publish(AppEvent::Refresh(false));
     }
 
     /// Re-reads one app from its store directory and Docker; `Busy` while another operation
     /// (or refresh) on it runs.
     pub async fn refresh(&self, id: &AppId) -> CoreResult<AppView> {
         let app = self.stored(id)?;
-        let _busy = self.claim(id, "refreshed")?;
-        self.project(&app)?;
-        Ok(self.view(app).await)
+        let view = {
+            let _busy = self.claim(id, "refreshed")?;
+            self.project(&app)?;
+            self.view(app).await
+        };
+        self.publish_app(id, false).await;
+        Ok(view)
     }
 
     /// Compose projects whose containers exist on this host, gantry's or not.
@@ -220,7 +305,7 @@ impl Apps {
         cancel: &CancellationToken,
         progress: ProgressFn<'_>,
     ) -> CoreResult<StoredApp> {
-        import::import(
+        let stored = import::import(
             self.engine.as_ref(),
             &self.store,
             zip,
@@ -229,7 +314,14 @@ impl Apps {
             cancel,
             progress,
         )
-        .await
+        .await?;
+        {
+            let mut published = self.published.lock().await;
+            let view = self.view(stored.clone()).await;
+            published.insert(stored.id().clone(), Fingerprint::of(&view));
+            self.events.publish(AppEvent::Import(view));
+        }
+        Ok(stored)
     }
 
     fn stored(&self, id: &AppId) -> CoreResult<StoredApp> {
@@ -337,8 +429,22 @@ impl Apps {
         cancel: &CancellationToken,
         on_line: LineFn<'_>,
     ) -> CoreResult<ProcessOutcome> {
+        let result = self.start_claimed(id, cancel, on_line).await;
+        if !matches!(result, Err(CoreError::NotFound(_) | CoreError::Busy(_))) {
+            self.publish_app(id, false).await;
+        }
+        result
+    }
+
+    async fn start_claimed(
+        &self,
+        id: &AppId,
+        cancel: &CancellationToken,
+        on_line: LineFn<'_>,
+    ) -> CoreResult<ProcessOutcome> {
         let app = self.stored(id)?;
         let _busy = self.claim(id, "started")?;
+        self.publish_app(id, false).await;
         let project = self.project(&app)?;
         let started = Instant::now();
         let command = format!(
@@ -431,9 +537,14 @@ impl Apps {
         on_line: LineFn<'_>,
     ) -> CoreResult<ProcessOutcome> {
         let app = self.stored(id)?;
-        let _busy = self.claim(id, "stopped")?;
-        self.down(&app, options.remove_images, options.remove_volumes, on_line)
-            .await
+        let result = {
+            let _busy = self.claim(id, "stopped")?;
+            self.publish_app(id, false).await;
+            self.down(&app, options.remove_images, options.remove_volumes, on_line)
+                .await
+        };
+        self.publish_app(id, false).await;
+        result
     }
 
     async fn down(
@@ -493,8 +604,27 @@ impl Apps {
 
     /// Removes an app: refuses while it runs unless forced (then stops it first).
     pub async fn remove(&self, id: &AppId, options: RemoveOptions) -> CoreResult<()> {
+        let result = self.remove_claimed(id, options).await;
+        match result {
+            Ok(last) => {
+                self.published.lock().await.remove(id);
+                self.events.publish(AppEvent::Remove(last));
+                Ok(())
+            }
+            Err(e) => {
+                if !matches!(e, CoreError::NotFound(_) | CoreError::Busy(_)) {
+                    self.publish_app(id, false).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the app; answers its last view (not busy, stopped) for the Remove event.
+    async fn remove_claimed(&self, id: &AppId, options: RemoveOptions) -> CoreResult<AppView> {
         let app = self.stored(id)?;
         let _busy = self.claim(id, "removed")?;
+        self.publish_app(id, false).await;
         let containers = self.containers(&app).await?;
         if containers.iter().any(|c| c.running) && !options.force {
             return Err(CoreError::Conflict(format!(
@@ -526,8 +656,10 @@ impl Apps {
                 }
             }
         }
+        let mut last = self.view(app).await;
+        last.busy = false;
         self.store.remove(id)?;
-        Ok(())
+        Ok(last)
     }
 
     /// The store, for the Files API (`files.rs`).
