@@ -342,6 +342,123 @@ fn hostile_and_broken_bundles_are_refused() {
     g.get("/api/1/transfer/apps").expect_empty(204);
 }
 
+/// Image tarballs load while the upload still arrives (stored and deflated ones): a bundle
+/// that the checks at the end refuse takes them back out of Docker, a good one keeps them.
+#[test]
+fn images_streamed_during_the_upload_are_rolled_back_when_the_bundle_is_refused() {
+    let host = require_docker!();
+    let g = Gantry::builder().docker_host(&host).start();
+    let (r1, tar1) = fresh_big_image("streamed-a", 2);
+    let (r2, tar2) = fresh_big_image("streamed-b", 2);
+    let compose = format!("services:\n  a:\n    image: {r1}\n  b:\n    image: {r2}\n");
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let deflated = zip::write::SimpleFileOptions::default();
+    // Images first (loaded before config.yml even arrived), then `tail` adds the rest.
+    type Writer = zip::ZipWriter<std::io::Cursor<Vec<u8>>>;
+    let bundle = |tail: &dyn Fn(&mut Writer)| {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        w.start_file("docker/a.tar", stored).unwrap();
+        w.write_all(&tar1).unwrap();
+        w.start_file("docker/b.tar", deflated).unwrap();
+        w.write_all(&tar2).unwrap();
+        tail(&mut w);
+        w.finish().unwrap().into_inner()
+    };
+    let config = b"Name: Streamed\nVersion: 1\n".as_slice();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "symlink after the images",
+            bundle(&|w| {
+                w.start_file("config.yml", deflated).unwrap();
+                w.write_all(config).unwrap();
+                w.start_file("compose.yaml", deflated).unwrap();
+                w.write_all(compose.as_bytes()).unwrap();
+                w.add_symlink("link", "/etc/passwd", deflated).unwrap();
+            }),
+            "symbolic link",
+        ),
+        (
+            "zip-slip after the images",
+            bundle(&|w| {
+                w.start_file("config.yml", deflated).unwrap();
+                w.write_all(config).unwrap();
+                w.start_file("compose.yaml", deflated).unwrap();
+                w.write_all(compose.as_bytes()).unwrap();
+                w.start_file("../evil.txt", deflated).unwrap();
+                w.write_all(b"x").unwrap();
+            }),
+            "escapes",
+        ),
+        (
+            "unknown compose key",
+            bundle(&|w| {
+                w.start_file("config.yml", deflated).unwrap();
+                w.write_all(config).unwrap();
+                w.start_file("compose.yaml", deflated).unwrap();
+                w.write_all(format!("{compose}    frobnicate: 1\n").as_bytes())
+                    .unwrap();
+            }),
+            "frobnicate",
+        ),
+        ("missing config.yml", bundle(&|_| {}), "config.yml"),
+    ];
+    for (what, zip, hint) in cases {
+        let detail = import(&g, &zip, "").expect_problem(400, "/api/1/transfer/import");
+        assert!(
+            detail.contains(hint),
+            "{what}: the message does not mention {hint:?}: {detail}"
+        );
+        for r in [&r1, &r2] {
+            assert!(
+                !docker(&["image", "inspect", r]).status.success(),
+                "{what}: image {r} was left behind"
+            );
+        }
+    }
+    // Truncated: the central directory never arrives.
+    let good = bundle(&|w| {
+        w.start_file("config.yml", deflated).unwrap();
+        w.write_all(config).unwrap();
+        w.start_file("compose.yaml", deflated).unwrap();
+        w.write_all(compose.as_bytes()).unwrap();
+    });
+    let cut = good[..good.len() - 60].to_vec();
+    let detail = import(&g, &cut, "").expect_problem(400, "/api/1/transfer/import");
+    assert!(detail.contains("ZIP"), "{detail}");
+    for r in [&r1, &r2] {
+        assert!(
+            !docker(&["image", "inspect", r]).status.success(),
+            "truncated: {r} left"
+        );
+    }
+    g.get("/api/1/transfer/apps").expect_empty(204);
+
+    // The good bundle: both images loaded and recorded.
+    let body = import(&g, &good, "").expect_json(200);
+    let names: Vec<&str> = body["Images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [r1.as_str(), r2.as_str()], "{body}");
+    for r in [&r1, &r2] {
+        assert!(
+            docker(&["image", "inspect", r]).status.success(),
+            "{r} missing"
+        );
+    }
+    let path = "/api/1/transfer/apps/Streamed%3A1?force=true&remove_images=true";
+    g.delete(path).expect_empty(200);
+    for r in [&r1, &r2] {
+        assert!(
+            !docker(&["image", "inspect", r]).status.success(),
+            "{r} not removed"
+        );
+    }
+}
+
 #[test]
 fn unknown_apps_and_bad_parameters() {
     let host = require_docker!();
@@ -681,23 +798,33 @@ fn a_start_killed_midway_is_consistent_after_restart() {
         .docker_host(&host)
         .env("GANTRY_STATE_DIR", &state_dir)
         .start();
-    let app = g.get(&path).expect_json(200);
-    assert_eq!(app["Busy"], false, "{app}");
-    let running = docker_ok(&["ps", "-q", "--filter", &label]);
-    let listed = app["Containers"].as_array().unwrap().len();
-    assert_eq!(
-        listed,
-        docker_ok(&["ps", "-aq", "--filter", &label])
-            .lines()
-            .count(),
-        "{app}"
-    );
-    let expected = if running.is_empty() {
-        "Stopped"
-    } else {
-        "Partially Running"
-    };
-    assert_eq!(app["Status"], expected, "{app}");
+    // A start request the killed gantry had already sent may still be finishing inside
+    // dockerd, so read Docker before and after gantry's answer and judge only an answer
+    // given while Docker's view held still (bounded retries).
+    let mut judged = false;
+    for _ in 0..50 {
+        let running_before = docker_ok(&["ps", "-q", "--filter", &label]);
+        let all_before = docker_ok(&["ps", "-aq", "--filter", &label]);
+        let app = g.get(&path).expect_json(200);
+        let running = docker_ok(&["ps", "-q", "--filter", &label]);
+        let all = docker_ok(&["ps", "-aq", "--filter", &label]);
+        if running != running_before || all != all_before {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        assert_eq!(app["Busy"], false, "{app}");
+        let listed = app["Containers"].as_array().unwrap().len();
+        assert_eq!(listed, all.lines().count(), "{app}");
+        let expected = if running.is_empty() {
+            "Stopped"
+        } else {
+            "Partially Running"
+        };
+        assert_eq!(app["Status"], expected, "{app}");
+        judged = true;
+        break;
+    }
+    assert!(judged, "Docker's view of the app never held still");
     // The interrupted start can be completed, and then everything stops cleanly.
     let up = g.put(&format!("{path}/start")).expect_json(200);
     assert_eq!(up["ExitCode"], 0, "{up}");

@@ -1,11 +1,9 @@
 //! "Transfer Technology - Main Transfer API": importing, listing, starting, stopping and
 //! removing app instances. PascalCase JSON per COMPAT-NOTES section 1.
 
-use std::io::Write;
-
 use bytes::Bytes;
 use futures_util::StreamExt;
-use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, StatusCode};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +15,7 @@ use crate::core::apps::import::ImportOptions;
 use crate::core::apps::lifecycle::{
     AppStatus, AppView, ProcessOutcome, RemoveOptions, StopOptions,
 };
+use crate::core::apps::stream::{upload_pipe, UploadSender};
 use crate::core::apps::{AppConfig, AppId};
 use crate::core::CoreError;
 
@@ -262,11 +261,66 @@ async fn import(c: Call) -> Reply {
             "expected multipart/form-data with the app ZIP in the form field \"app\"",
         )
     })?;
+    let expected = c
+        .req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let upload = c.core.apps.upload_file()?;
+    let file = upload
+        .as_file()
+        .try_clone()
+        .map_err(|e| Problem::from(CoreError::Failed(format!("cannot store the upload: {e}"))))?;
+    // The import reads the upload as it arrives: image tarballs load into Docker while the
+    // rest still comes (docs/DESIGN-apps.md, stream.rs). Should this handler be dropped
+    // midway (the client went away), the pipe tells the import, which rolls back.
+    let (sender, reader) = upload_pipe(file);
+    let importer = {
+        let core = c.core.clone();
+        let path = upload.path().to_path_buf();
+        tokio::spawn(async move {
+            core.apps
+                .import_upload(
+                    &path,
+                    reader,
+                    expected,
+                    ImportOptions { replace },
+                    &CancellationToken::new(),
+                    &|_| {},
+                )
+                .await
+        })
+    };
+    let received = receive_app(c.req.into_body(), boundary, limit, &sender).await;
+    sender.finish(match &received {
+        Ok(()) => Ok(()),
+        Err(p) => Err(format!("{p:?}")),
+    });
+    // The import rolls back by itself when the upload failed; answer once it has.
+    let imported = importer
+        .await
+        .map_err(|e| Problem::from(CoreError::Failed(format!("the import failed: {e}"))));
+    drop(upload);
+    received?;
+    let stored = imported??;
+    let view = c.core.apps.get(stored.id()).await?;
+    Ok(http::json(StatusCode::OK, &instance(&view)))
+}
+
+/// Receives the form field `app` of a multipart body into the import's pipe. When the import
+/// stops reading (it failed: its error is the answer), the rest of the body is read and
+/// dropped, so that the client hears the answer after its upload, as before.
+async fn receive_app(
+    body: hyper::body::Incoming,
+    boundary: String,
+    limit: u64,
+    sender: &UploadSender,
+) -> Result<(), Problem> {
     // Other fields are skipped unread (multer discards them), so no field allow-list.
     let constraints = multer::Constraints::new()
         .size_limit(multer::SizeLimit::new().whole_stream(limit.saturating_add(64 << 10)));
-    let body = http_body_util::BodyStream::new(c.req.into_body()).filter_map(|frame| async {
+    let body = http_body_util::BodyStream::new(body).filter_map(|frame| async {
         match frame {
             Ok(f) => f.into_data().ok().map(Ok::<Bytes, hyper::Error>),
             Err(e) => Some(Err(e)),
@@ -274,8 +328,8 @@ async fn import(c: Call) -> Reply {
     });
     let mut multipart = multer::Multipart::with_constraints(body, boundary, constraints);
     let mut found = false;
-    let mut file = upload.as_file();
-    let mut written: u64 = 0;
+    let mut received: u64 = 0;
+    let mut importing = true;
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(f)) => f,
@@ -291,14 +345,13 @@ async fn import(c: Call) -> Reply {
         loop {
             match field.chunk().await {
                 Ok(Some(chunk)) => {
-                    written += chunk.len() as u64;
-                    if written > limit {
+                    received += chunk.len() as u64;
+                    if received > limit {
                         return Err(too_large(limit));
                     }
-                    // A local temp file: blocking writes of 64 KiB chunks are short.
-                    file.write_all(&chunk).map_err(|e| {
-                        Problem::from(CoreError::Failed(format!("cannot store the upload: {e}")))
-                    })?;
+                    if importing && !sender.send(chunk).await {
+                        importing = false;
+                    }
                 }
                 Ok(None) => break,
                 Err(multer::Error::StreamSizeExceeded { .. })
@@ -312,20 +365,7 @@ async fn import(c: Call) -> Reply {
             "the multipart body has no form field \"app\" with the app ZIP",
         ));
     }
-    file.flush()
-        .map_err(|e| Problem::from(CoreError::Failed(e.to_string())))?;
-    let stored = c
-        .core
-        .apps
-        .import(
-            upload.path(),
-            ImportOptions { replace },
-            &CancellationToken::new(),
-            &|_| {},
-        )
-        .await?;
-    let view = c.core.apps.get(stored.id()).await?;
-    Ok(http::json(StatusCode::OK, &instance(&view)))
+    Ok(())
 }
 
 fn too_large(limit: u64) -> Problem {

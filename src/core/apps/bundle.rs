@@ -17,6 +17,7 @@ use std::path::Path;
 use zip::read::ZipFile;
 use zip::{CompressionMethod, ZipArchive};
 
+use super::stream::LocalEntry;
 use super::{AppConfig, AppId};
 use crate::core::CoreError;
 
@@ -393,6 +394,42 @@ impl Bundle {
         Ok(())
     }
 
+    /// Checks that an entry streamed from its local header while the upload arrived is the
+    /// entry the central directory lists under that name: same local header, sizes, method
+    /// and CRC-32 (the streamed data's CRC was checked against the local header).
+    pub fn verify_streamed(&mut self, local: &LocalEntry) -> Result<(), BundleError> {
+        let mismatch = |what: &str| BundleError::Corrupt {
+            name: local.name.clone(),
+            detail: format!("its local header and the central directory disagree ({what})"),
+        };
+        let i = self
+            .file_index(&local.name)
+            .filter(|&i| self.images.iter().any(|e| e.name == self.entries[i].name))
+            .ok_or_else(|| mismatch("the central directory lists no such image"))?;
+        let file = self
+            .archive
+            .by_index_raw(self.entries[i].index)
+            .map_err(|e| BundleError::NotZip(e.to_string()))?;
+        let method: u16 = match file.compression() {
+            CompressionMethod::Stored => 0,
+            CompressionMethod::Deflated => 8,
+            _ => u16::MAX,
+        };
+        if file.header_start() != local.header_start {
+            return Err(mismatch("offset"));
+        }
+        if file.size() != local.size || file.compressed_size() != local.compressed {
+            return Err(mismatch("size"));
+        }
+        if method != local.method {
+            return Err(mismatch("compression method"));
+        }
+        if file.crc32() != local.crc {
+            return Err(mismatch("CRC-32"));
+        }
+        Ok(())
+    }
+
     fn file_index(&self, name: &str) -> Option<usize> {
         self.by_name
             .get(name)
@@ -493,7 +530,7 @@ pub struct Bounded<R> {
 pub type EntryReader<'a> = Bounded<ZipFile<'a, File>>;
 
 impl<R: Read> Bounded<R> {
-    fn new(inner: R, name: String, declared: u64) -> Self {
+    pub(super) fn new(inner: R, name: String, declared: u64) -> Self {
         Self {
             inner: inner.take(declared.saturating_add(1)),
             name,
@@ -543,7 +580,7 @@ fn at(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
 }
 
 /// Checks an entry name and returns it normalised, or why it is refused.
-fn check_name(raw: &str) -> Result<String, &'static str> {
+pub(super) fn check_name(raw: &str) -> Result<String, &'static str> {
     let bytes = raw.as_bytes();
     if raw.contains('\0') {
         return Err("has a NUL byte in its name");
@@ -571,6 +608,13 @@ fn check_name(raw: &str) -> Result<String, &'static str> {
         return Err("has an empty name");
     }
     Ok(parts.join("/"))
+}
+
+/// An image tarball's (normalised) name: `docker/...` ending in `.tar`, `.tgz`, `.tar.gz`.
+pub(super) fn is_image_path(name: &str) -> bool {
+    name.strip_prefix(IMAGE_DIR)
+        .is_some_and(|rest| rest.starts_with('/'))
+        && is_image_name(name)
 }
 
 fn is_image_name(name: &str) -> bool {

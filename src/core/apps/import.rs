@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::bundle::{Bundle, BundleError, BundleLimits, ByteSize};
 use super::store::{AppStore, ImageRecord, StoredApp};
+use super::stream::{follow, FoundImage, LocalEntry, TarWatch, UploadReader, WalkEnd};
 use crate::core::compose::{interpolate, ComposePolicy, ComposeProject};
 use crate::core::engine::{ByteStream, ContainerEngine};
 use crate::core::{CoreError, CoreResult};
@@ -93,7 +94,7 @@ pub async fn import(
     progress: ProgressFn<'_>,
 ) -> CoreResult<StoredApp> {
     let mut current = ImportStep::CheckZip;
-    let mut loaded_ids: Vec<String> = Vec::new();
+    let loaded = Loaded::shared(settings);
     let result = run(
         engine,
         store,
@@ -103,21 +104,306 @@ pub async fn import(
         cancel,
         progress,
         &mut current,
-        &mut loaded_ids,
+        &loaded,
+        Preloaded::default(),
     )
     .await;
+    finish(engine, result, current, &loaded, progress).await
+}
+
+/// Imports the ZIP that is still arriving through `upload` into the upload file at `zip`:
+/// image tarballs stream into Docker as soon as their bytes arrive (see [`super::stream`]);
+/// when the upload has ended, the whole pipeline runs as in [`import`] over the complete
+/// file, checks every streamed entry against the central directory and loads only the
+/// images not streamed yet. Any failure, the upload's included, rolls back every image
+/// loaded. `expected` is the upload's announced length, if known (for the disk-space check
+/// of streamed images).
+#[allow(clippy::too_many_arguments)]
+pub async fn import_upload(
+    engine: &dyn ContainerEngine,
+    store: &Arc<AppStore>,
+    zip: &Path,
+    upload: UploadReader,
+    expected: Option<u64>,
+    settings: &ImportSettings,
+    options: ImportOptions,
+    cancel: &CancellationToken,
+    progress: ProgressFn<'_>,
+) -> CoreResult<StoredApp> {
+    let mut current = ImportStep::LoadImages;
+    let loaded = Loaded::shared(settings);
+    let result = async {
+        let (pre, upload) = stream_images(
+            engine, upload, expected, store, settings, cancel, progress, &loaded,
+        )
+        .await?;
+        upload.map_err(|e| CoreError::Invalid(format!("the upload did not complete: {e}")))?;
+        current = ImportStep::CheckZip;
+        run(
+            engine,
+            store,
+            zip,
+            settings,
+            options,
+            cancel,
+            progress,
+            &mut current,
+            &loaded,
+            pre,
+        )
+        .await
+    }
+    .await;
+    finish(engine, result, current, &loaded, progress).await
+}
+
+/// Reports a failure and rolls back: every image this import loaded (or was about to load)
+/// and that was not there before is removed again.
+async fn finish(
+    engine: &dyn ContainerEngine,
+    result: CoreResult<StoredApp>,
+    current: ImportStep,
+    loaded: &SharedLoaded,
+    progress: ProgressFn<'_>,
+) -> CoreResult<StoredApp> {
     if let Err(e) = &result {
         progress(ImportProgress::Failed {
             step: current,
             message: e.to_string(),
         });
-        for id in loaded_ids.iter().rev() {
-            if let Err(err) = engine.remove_image(id, false).await {
-                tracing::warn!(image = %id, error = %err, "import rollback: cannot remove an image it loaded");
+        let ids = lock(loaded).ids.clone();
+        for id in ids.iter().rev() {
+            match engine.remove_image(id, false).await {
+                Ok(_) => {}
+                // Named by a manifest but never created (the load did not get that far).
+                Err(e) if matches!(CoreError::from(e.clone()), CoreError::NotFound(_)) => {}
+                Err(err) => {
+                    tracing::warn!(image = %id, error = %err, "import rollback: cannot remove an image it loaded")
+                }
             }
         }
     }
+    // Stored or rolled back: the journal has done its job (deleted on drop).
+    lock(loaded).journal = None;
     result
+}
+
+/// The images an import loaded or is about to load (ids that were not in Docker before it
+/// started), and the journal on disk that names them for a restart after a crash.
+struct Loaded {
+    ids: Vec<String>,
+    before: Option<HashSet<String>>,
+    journal_dir: Option<PathBuf>,
+    journal: Option<Journal>,
+}
+
+type SharedLoaded = Arc<Mutex<Loaded>>;
+
+impl Loaded {
+    fn shared(settings: &ImportSettings) -> SharedLoaded {
+        Arc::new(Mutex::new(Loaded {
+            ids: Vec::new(),
+            before: None,
+            journal_dir: settings.journal_dir.clone(),
+            journal: None,
+        }))
+    }
+
+    /// The journal exists (before anything is loaded).
+    fn ensure_journal(&mut self) -> CoreResult<()> {
+        if self.journal.is_none() {
+            if let Some(dir) = &self.journal_dir {
+                self.journal = Some(Journal::create(dir)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes images (new ones only) and rewrites the journal when the list grew.
+    fn add(&mut self, ids: &[String]) -> CoreResult<()> {
+        let before = self.ids.len();
+        for id in ids {
+            let known = self.before.as_ref().is_some_and(|b| b.contains(id));
+            if !id.is_empty() && !known && !self.ids.contains(id) {
+                self.ids.push(id.clone());
+            }
+        }
+        if self.ids.len() > before {
+            self.ensure_journal()?;
+            if let Some(j) = &self.journal {
+                j.write(&self.ids)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the streaming phase of [`import_upload`] leaves for the pipeline.
+#[derive(Default)]
+struct Preloaded {
+    /// Images loaded while the upload arrived.
+    records: Vec<ImageRecord>,
+    /// Their entries as the local headers said, to check against the central directory.
+    streamed: Vec<LocalEntry>,
+    /// The first failure while streaming (reported after the ZIP checks, which explain a
+    /// hostile bundle better), with its step.
+    error: Option<(ImportStep, CoreError)>,
+}
+
+/// The streaming phase: follows the upload as it arrives and loads each image tarball the
+/// walk finds, one after the other. Ends when the upload has ended (how: the second value).
+#[allow(clippy::too_many_arguments)]
+async fn stream_images(
+    engine: &dyn ContainerEngine,
+    mut upload: UploadReader,
+    expected: Option<u64>,
+    store: &Arc<AppStore>,
+    settings: &ImportSettings,
+    cancel: &CancellationToken,
+    progress: ProgressFn<'_>,
+    loaded: &SharedLoaded,
+) -> CoreResult<(Preloaded, Result<(), String>)> {
+    let before: HashSet<String> = engine
+        .list_images()
+        .await?
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    lock(loaded).before = Some(before);
+    let (found_tx, mut found_rx) = tokio::sync::mpsc::channel::<FoundImage>(1);
+    let follower = {
+        let limits = settings.limits.clone();
+        let loaded = loaded.clone();
+        tokio::task::spawn_blocking(move || {
+            let hook = |ids: &[String]| {
+                if let Err(e) = lock(&loaded).add(ids) {
+                    tracing::warn!(error = %e, "import journal: cannot note the images a manifest names");
+                }
+            };
+            let (streamed, end) = follow(&mut upload, &limits, &found_tx, &hook);
+            drop(found_tx);
+            // The rest of the upload goes to the file; it decides how the upload ended.
+            (streamed, end, upload.drain())
+        })
+    };
+    let mut pre = Preloaded::default();
+    while let Some(image) = found_rx.recv().await {
+        if cancel.is_cancelled() {
+            pre.error = Some((
+                ImportStep::LoadImages,
+                CoreError::Cancelled("the import was cancelled".into()),
+            ));
+            break;
+        }
+        let LocalEntry {
+            name,
+            size,
+            header_start,
+            ..
+        } = image.entry.clone();
+        // Room for this image as it lands in Docker, the rest of the upload, the reserve.
+        let rest = expected.unwrap_or(0).saturating_sub(header_start);
+        let need = image_space(&name, size)
+            .saturating_add(rest)
+            .saturating_add(settings.reserve_bytes);
+        let free = free_space(store.root())?;
+        if free < need {
+            pre.error = Some((
+                ImportStep::CheckDiskSpace,
+                CoreError::Invalid(format!(
+                    "not enough disk space: loading {name} needs {} (the image, the rest of the upload and a reserve of {}), {} is free",
+                    ByteSize(need),
+                    ByteSize(settings.reserve_bytes),
+                    ByteSize(free)
+                )),
+            ));
+            break;
+        }
+        let journal = lock(loaded).ensure_journal();
+        if let Err(e) = journal {
+            pre.error = Some((ImportStep::LoadImages, e));
+            break;
+        }
+        progress(ImportProgress::ImageStarted {
+            file: name.clone(),
+            size,
+        });
+        let mut body = image.body;
+        let sent = Arc::new(AtomicU64::new(0));
+        let counted = {
+            let sent = sent.clone();
+            Box::pin(stream::poll_fn(move |cx| {
+                let next = body.poll_recv(cx);
+                if let std::task::Poll::Ready(Some(Ok(b))) = &next {
+                    sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+                }
+                next
+            }))
+        };
+        match load_body(engine, counted, &name, size, &sent, progress).await {
+            Ok(references) => {
+                match record_image(engine, loaded, name, references, progress).await {
+                    Ok(record) => pre.records.push(record),
+                    Err(e) => {
+                        pre.error = Some((ImportStep::LoadImages, e));
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                pre.error = Some((ImportStep::LoadImages, e));
+                break;
+            }
+        }
+    }
+    // Dropping the receiver tells the walk to stop streaming.
+    drop(found_rx);
+    let (streamed, end, upload) = follower
+        .await
+        .map_err(|e| CoreError::Failed(format!("the upload reader failed: {e}")))?;
+    match end {
+        // Damage explains a failed load better than Docker's "unexpected EOF".
+        WalkEnd::Damaged(e) => pre.error = Some((ImportStep::LoadImages, e.into())),
+        WalkEnd::Stopped(why) => {
+            tracing::debug!(reason = %why, "import: the remaining images load after the upload")
+        }
+        WalkEnd::Complete | WalkEnd::Abandoned => {}
+    }
+    pre.streamed = streamed
+        .into_iter()
+        .filter(|e| pre.records.iter().any(|r| r.file == e.name))
+        .collect();
+    Ok((pre, upload))
+}
+
+/// After a load: the image ids behind the references, noted for the rollback.
+async fn record_image(
+    engine: &dyn ContainerEngine,
+    loaded: &SharedLoaded,
+    file: String,
+    references: Vec<String>,
+    progress: ProgressFn<'_>,
+) -> CoreResult<ImageRecord> {
+    let mut image_id = String::new();
+    for r in &references {
+        if let Ok(inspect) = engine.inspect_image(r).await {
+            image_id = inspect.id.unwrap_or_default();
+            lock(loaded).add(std::slice::from_ref(&image_id))?;
+        }
+    }
+    progress(ImportProgress::ImageLoaded {
+        file: file.clone(),
+        references: references.clone(),
+    });
+    Ok(ImageRecord {
+        file,
+        id: image_id,
+        references,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -130,7 +416,8 @@ async fn run(
     cancel: &CancellationToken,
     progress: ProgressFn<'_>,
     current: &mut ImportStep,
-    loaded_ids: &mut Vec<String>,
+    loaded: &SharedLoaded,
+    pre: Preloaded,
 ) -> CoreResult<StoredApp> {
     let cancelled = || CoreError::Cancelled("the import was cancelled".into());
     let step_done = |step, message: String| progress(ImportProgress::Done { step, message });
@@ -138,7 +425,15 @@ async fn run(
     *current = ImportStep::CheckZip;
     let path = zip.to_path_buf();
     let limits = settings.limits.clone();
-    let bundle = blocking(move || Bundle::open(&path, &limits)).await??;
+    let streamed = pre.streamed;
+    let bundle = blocking(move || -> Result<Bundle, BundleError> {
+        let mut bundle = Bundle::open(&path, &limits)?;
+        for entry in &streamed {
+            bundle.verify_streamed(entry)?;
+        }
+        Ok(bundle)
+    })
+    .await??;
     step_done(ImportStep::CheckZip, "ZIP format valid".into());
 
     *current = ImportStep::ParseConfig;
@@ -175,8 +470,16 @@ async fn run(
         format!("{} services", project.services().len()),
     );
 
+    // A failure while streaming, now that the bundle itself is known good.
+    if let Some((step, e)) = pre.error {
+        *current = step;
+        return Err(e);
+    }
+
     *current = ImportStep::CheckDiskSpace;
-    let need = space_needed(&bundle, settings.reserve_bytes);
+    let mut records = pre.records;
+    let done: HashSet<String> = records.iter().map(|r| r.file.clone()).collect();
+    let need = space_needed(&bundle, &done, settings.reserve_bytes);
     let free = free_space(store.root())?;
     if free < need {
         return Err(CoreError::Invalid(format!(
@@ -192,54 +495,35 @@ async fn run(
     );
 
     *current = ImportStep::LoadImages;
-    let before: HashSet<String> = engine
-        .list_images()
-        .await?
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
     let files: Vec<(String, u64)> = bundle
         .images()
         .iter()
+        .filter(|e| !done.contains(&e.name))
         .map(|e| (e.name.clone(), e.size))
         .collect();
+    if !files.is_empty() && lock(loaded).before.is_none() {
+        let before: HashSet<String> = engine
+            .list_images()
+            .await?
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        lock(loaded).before = Some(before);
+    }
     let bundle = Arc::new(Mutex::new(bundle));
-    let journal = match &settings.journal_dir {
-        Some(dir) => Some(Journal::create(dir)?),
-        None => None,
-    };
-    let mut records = Vec::with_capacity(files.len());
     for (file, size) in files {
         if cancel.is_cancelled() {
             return Err(cancelled());
         }
+        lock(loaded).ensure_journal()?;
         progress(ImportProgress::ImageStarted {
             file: file.clone(),
             size,
         });
-        let references = load_one(engine, &bundle, &file, size, cancel, progress).await?;
-        let mut image_id = String::new();
-        for r in &references {
-            if let Ok(inspect) = engine.inspect_image(r).await {
-                image_id = inspect.id.unwrap_or_default();
-                if !before.contains(&image_id) && !loaded_ids.contains(&image_id) {
-                    loaded_ids.push(image_id.clone());
-                }
-            }
-        }
-        if let Some(j) = &journal {
-            j.write(loaded_ids)?;
-        }
-        progress(ImportProgress::ImageLoaded {
-            file: file.clone(),
-            references: references.clone(),
-        });
-        records.push(ImageRecord {
-            file,
-            id: image_id,
-            references,
-        });
+        let references = load_one(engine, &bundle, &file, size, loaded, cancel, progress).await?;
+        records.push(record_image(engine, loaded, file, references, progress).await?);
     }
+    records.sort_by(|a, b| a.file.cmp(&b.file));
     step_done(
         ImportStep::LoadImages,
         format!("{} image archives loaded", records.len()),
@@ -258,9 +542,8 @@ async fn run(
         Ok(store2.insert(staged, options.replace)?)
     })
     .await??;
-    // Stored: the images now belong to the app, the journal has done its job.
-    loaded_ids.clear();
-    drop(journal);
+    // Stored: the images now belong to the app.
+    lock(loaded).ids.clear();
     step_done(ImportStep::StoreInstance, "Successfully stored App".into());
     Ok(stored)
 }
@@ -348,25 +631,25 @@ pub async fn recover_journals(
     removed
 }
 
-fn lock(bundle: &Mutex<Bundle>) -> std::sync::MutexGuard<'_, Bundle> {
-    bundle.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> CoreResult<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| CoreError::Failed(format!("import worker failed: {e}")))
 }
 
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
 
 /// Streams one tarball from the ZIP into Docker: a blocking thread reads the entry and feeds
-/// a small bounded channel, so memory stays at a few chunks whatever the image size.
+/// a small bounded channel, so memory stays at a few chunks whatever the image size. The
+/// images its `manifest.json` names go into the journal before the bytes that complete it
+/// go to Docker.
+#[allow(clippy::too_many_arguments)]
 async fn load_one(
     engine: &dyn ContainerEngine,
     bundle: &Arc<Mutex<Bundle>>,
     file: &str,
     size: u64,
+    loaded: &SharedLoaded,
     cancel: &CancellationToken,
     progress: ProgressFn<'_>,
 ) -> CoreResult<Vec<String>> {
@@ -377,9 +660,11 @@ async fn load_one(
         let file = file.to_string();
         let sent = sent.clone();
         let cancel = cancel.clone();
+        let loaded = loaded.clone();
         tokio::task::spawn_blocking(move || -> Result<(), BundleError> {
             let mut guard = lock(&bundle);
             let mut reader = guard.entry_reader(&file)?;
+            let mut watch = TarWatch::for_name(&file);
             let mut buf = vec![0u8; CHUNK];
             loop {
                 if cancel.is_cancelled() {
@@ -395,6 +680,11 @@ async fn load_one(
                         return Err(err);
                     }
                 };
+                if let Some(ids) = watch.as_mut().and_then(|w| w.feed(&buf[..n])) {
+                    if let Err(e) = lock(&loaded).add(&ids) {
+                        tracing::warn!(error = %e, "import journal: cannot note the images a manifest names");
+                    }
+                }
                 sent.fetch_add(n as u64, Ordering::Relaxed);
                 if tx
                     .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
@@ -407,6 +697,30 @@ async fn load_one(
         })
     };
     let body: ByteStream = Box::pin(stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    let loaded = load_body(engine, body, file, size, &sent, progress).await;
+    let pumped = pump
+        .await
+        .map_err(|e| CoreError::Failed(format!("image reader failed: {e}")))?;
+    // Cancelled midway, Docker's load fails. A load that completed anyway returns its
+    // references, so the caller records the images for the rollback.
+    if cancel.is_cancelled() && loaded.is_err() {
+        return Err(CoreError::Cancelled("the import was cancelled".into()));
+    }
+    // A damaged entry explains a Docker failure better than Docker's "unexpected EOF".
+    pumped.map_err(|e| CoreError::Invalid(format!("{file}: {e}")))?;
+    loaded
+}
+
+/// Runs Docker's load over `body`, reporting the bytes sent so far every 250 ms; the
+/// references and ids Docker reports.
+async fn load_body(
+    engine: &dyn ContainerEngine,
+    body: ByteStream,
+    file: &str,
+    size: u64,
+    sent: &AtomicU64,
+    progress: ProgressFn<'_>,
+) -> CoreResult<Vec<String>> {
     let load = engine.load_images(body);
     tokio::pin!(load);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -420,16 +734,6 @@ async fn load_one(
             }),
         }
     };
-    let pumped = pump
-        .await
-        .map_err(|e| CoreError::Failed(format!("image reader failed: {e}")))?;
-    // Cancelled midway, Docker's load fails. A load that completed anyway returns its
-    // references, so the caller records the images for the rollback.
-    if cancel.is_cancelled() && loaded.is_err() {
-        return Err(CoreError::Cancelled("the import was cancelled".into()));
-    }
-    // A damaged entry explains a Docker failure better than Docker's "unexpected EOF".
-    pumped.map_err(|e| CoreError::Invalid(format!("{file}: {e}")))?;
     let loaded = loaded.map_err(|e| match CoreError::from(e) {
         CoreError::Invalid(m) => CoreError::Invalid(format!("{file}: Docker cannot load it: {m}")),
         other => other,
@@ -445,18 +749,22 @@ async fn load_one(
 }
 
 /// Image tarballs land in Docker's storage roughly at their size; compressed ones expand,
-/// so they count three times. Plus the bundle's other files and the reserve.
-fn space_needed(bundle: &Bundle, reserve: u64) -> u64 {
+/// so they count three times.
+fn image_space(name: &str, size: u64) -> u64 {
+    if name.ends_with(".tar") {
+        size
+    } else {
+        size.saturating_mul(3)
+    }
+}
+
+/// The images not loaded yet (`done`), the bundle's other files and the reserve.
+fn space_needed(bundle: &Bundle, done: &HashSet<String>, reserve: u64) -> u64 {
     let images: u64 = bundle
         .images()
         .iter()
-        .map(|e| {
-            if e.name.ends_with(".tar") {
-                e.size
-            } else {
-                e.size.saturating_mul(3)
-            }
-        })
+        .filter(|e| !done.contains(&e.name))
+        .map(|e| image_space(&e.name, e.size))
         .sum();
     images
         .saturating_add(bundle.metadata_size())
@@ -732,6 +1040,119 @@ mod tests {
         assert!(matches!(err, CoreError::Cancelled(_)), "{err:?}");
         assert!(!image_exists(&host, &reference));
         assert!(s.store.list().unwrap().is_empty());
+    }
+
+    /// The race of a kill between Docker creating an image and the journal noting it: the
+    /// journal names the image as soon as the tarball's manifest has gone by, while Docker
+    /// cannot have created it yet (its tarball is incomplete), and that journal alone lets
+    /// the recovery remove the image.
+    #[tokio::test]
+    async fn the_journal_names_images_before_docker_can_create_them() {
+        let Some(host) = docker_host("apps::import::the_journal_names_images_before") else {
+            return;
+        };
+        let reference = format!("{}:1", unique("gantry-imp-jn"));
+        let tar = fresh_image_tar(&host, &reference);
+        let compose = format!("services:\n  web:\n    image: {reference}\n");
+        let name = unique("ImpJournal");
+        let zip = {
+            use std::io::Write;
+            let stored = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored);
+            let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+            w.start_file("config.yml", stored).unwrap();
+            w.write_all(format!("Name: {name}\nVersion: 1\n").as_bytes())
+                .unwrap();
+            w.start_file("compose.yaml", stored).unwrap();
+            w.write_all(compose.as_bytes()).unwrap();
+            w.start_file("docker/web.tar", stored).unwrap();
+            w.write_all(&tar).unwrap();
+            w.finish().unwrap().into_inner()
+        };
+        let data_start = zip::ZipArchive::new(std::io::Cursor::new(&zip))
+            .unwrap()
+            .by_name("docker/web.tar")
+            .unwrap()
+            .data_start()
+            .unwrap() as usize;
+        // Everything but the tarball's end-of-archive blocks.
+        let first = data_start + tar.len() - 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(AppStore::open(&dir.path().join("apps")).unwrap());
+        let journals = dir.path().join("journal");
+        let settings = ImportSettings {
+            journal_dir: Some(journals.clone()),
+            ..ImportSettings::default()
+        };
+        let upload = dir.path().join("upload.zip");
+        let (sender, reader) =
+            crate::core::apps::stream::upload_pipe(std::fs::File::create(&upload).unwrap());
+        assert!(sender.send(Bytes::copy_from_slice(&zip[..first])).await);
+        let eng = Arc::new(engine(&host));
+        let task = {
+            let (eng, store, upload, settings) =
+                (eng.clone(), store.clone(), upload.clone(), settings.clone());
+            tokio::spawn(async move {
+                import_upload(
+                    eng.as_ref(),
+                    &store,
+                    &upload,
+                    reader,
+                    None,
+                    &settings,
+                    ImportOptions::default(),
+                    &CancellationToken::new(),
+                    &|_| {},
+                )
+                .await
+            })
+        };
+        let journal_ids = || -> Vec<String> {
+            std::fs::read_dir(&journals)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .filter_map(|b| serde_json::from_slice::<Vec<String>>(&b).ok())
+                .flatten()
+                .collect()
+        };
+        let mut noted = Vec::new();
+        for _ in 0..300 {
+            noted = journal_ids();
+            if !noted.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(noted.len(), 1, "the journal never named the image");
+        assert!(
+            !image_exists(&host, &reference),
+            "Docker has the image although its tarball is incomplete"
+        );
+        // What a kill from here on leaves on disk.
+        let crash = tempfile::tempdir().unwrap();
+        std::fs::write(
+            crash.path().join("import-x.json"),
+            serde_json::to_vec(&noted).unwrap(),
+        )
+        .unwrap();
+
+        assert!(sender.send(Bytes::copy_from_slice(&zip[first..])).await);
+        sender.finish(Ok(()));
+        let stored = task.await.unwrap().expect("import");
+        assert_eq!(
+            stored.record.images[0].id, noted[0],
+            "the journal named another id"
+        );
+        assert!(image_exists(&host, &reference));
+        assert!(journal_ids().is_empty(), "journal left after the import");
+
+        // Had gantry died after Docker created the image: the recovery removes it.
+        let removed = recover_journals(eng.as_ref(), crash.path(), &HashSet::new()).await;
+        assert_eq!(removed, noted);
+        assert!(!image_exists(&host, &reference));
     }
 
     #[test]

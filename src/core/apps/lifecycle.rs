@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::import::{self, ImportOptions, ImportSettings, ProgressFn};
 use super::store::{AppStore, StoredApp};
+use super::stream::UploadReader;
 use super::AppId;
 use crate::core::compose::{ComposeProject, ContainerStatus, DownOptions};
 use crate::core::engine::{ContainerEngine, LogLine};
@@ -322,6 +323,31 @@ impl Apps {
             self.events.publish(AppEvent::Import(view));
         }
         Ok(stored)
+    }
+
+    /// Imports an upload that is still arriving (see [`import::import_upload`]): the caller
+    /// pushes its bytes into the pipe whose reading end is `upload`, writing into `zip`.
+    pub async fn import_upload(
+        &self,
+        zip: &Path,
+        upload: UploadReader,
+        expected: Option<u64>,
+        options: ImportOptions,
+        cancel: &CancellationToken,
+        progress: ProgressFn<'_>,
+    ) -> CoreResult<StoredApp> {
+        import::import_upload(
+            self.engine.as_ref(),
+            &self.store,
+            zip,
+            upload,
+            expected,
+            &self.settings,
+            options,
+            cancel,
+            progress,
+        )
+        .await
     }
 
     fn stored(&self, id: &AppId) -> CoreResult<StoredApp> {

@@ -12,6 +12,7 @@ pub mod import;
 pub mod lifecycle;
 pub mod recognize;
 pub mod store;
+pub mod stream;
 pub mod watch;
 
 use std::fmt;

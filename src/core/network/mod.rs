@@ -31,7 +31,7 @@ use netlink::{KernelNetlink, Netlink, NetlinkError, Netns, Route, GATEWAY_V4, GA
 pub use nft::Protocol;
 use nft::{Delta, Element, Elements, Firewall, FirewallError, NftFirewall};
 use state::StateStore;
-pub use state::{ContainerNet, ForwardTarget, MacAddr, PortForward, State};
+pub use state::{Change, ContainerNet, MacAddr, PortForward, State};
 
 use super::CoreError;
 
@@ -187,6 +187,39 @@ fn elements_for(state: &State, names: &[&str]) -> Elements {
     out
 }
 
+/// What a change can touch in the firewall.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// Everything that mentions these containers.
+    Containers(&'a [&'a str]),
+    /// Only the connection between two containers.
+    Pair(&'a str, &'a str),
+}
+
+fn elements_in(state: &State, scope: Scope) -> Elements {
+    match scope {
+        Scope::Containers(names) => elements_for(state, names),
+        Scope::Pair(a, b) => {
+            let mut out = Elements::new();
+            let (Some(x), Some(y)) = (state.containers.get(a), state.containers.get(b)) else {
+                return out;
+            };
+            if !state.is_connected(a, b) {
+                return out;
+            }
+            if let (Some(p), Some(q)) = (x.ipv4, y.ipv4) {
+                out.insert(Element::Link4(p, q));
+                out.insert(Element::Link4(q, p));
+            }
+            if let (Some(p), Some(q)) = (x.ipv6, y.ipv6) {
+                out.insert(Element::Link6(p, q));
+                out.insert(Element::Link6(q, p));
+            }
+            out
+        }
+    }
+}
+
 fn elements_all(state: &State) -> Elements {
     let names: Vec<&str> = state.containers.keys().map(String::as_str).collect();
     elements_for(state, &names)
@@ -221,7 +254,7 @@ impl Dataplane {
         netlink: Box<dyn Netlink>,
         firewall: Box<dyn Firewall>,
     ) -> NetResult<Self> {
-        let store = StateStore::new(state_dir);
+        let mut store = StateStore::new(state_dir);
         let state = store
             .load()
             .map_err(|e| NetworkError::Storage(e.to_string()))?;
@@ -276,26 +309,32 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Makes `next` the state: updates the firewall for what changed around `affected`,
-    /// then stores it. On failure nothing changes (the firewall is put back).
-    fn commit(&mut self, next: State, affected: &[&str]) -> NetResult<()> {
-        let before = elements_for(&self.state, affected);
-        let after = elements_for(&next, affected);
+    /// Applies `change`: to the state in memory, to the firewall (only the elements in
+    /// `scope`, before and after), then records it durably. On failure nothing changes (the
+    /// state and the firewall are put back). Costs nothing proportional to the topology.
+    fn commit(&mut self, change: Change, scope: Scope) -> NetResult<()> {
+        let before = elements_in(&self.state, scope);
+        let undo = self.state.apply(&change);
+        let after = elements_in(&self.state, scope);
         let delta = Delta::between(&before, &after);
-        self.apply_firewall(&delta, &next)?;
-        if let Err(e) = self.store.save(&next) {
-            let undo = Delta::between(&after, &before);
-            let current = self.state.clone();
-            if let Err(undo_err) = self.apply_firewall(&undo, &current) {
+        if let Err(e) = self.apply_firewall(&delta) {
+            self.state.revert(undo);
+            return Err(e);
+        }
+        let recorded = self.store.record(&change, &self.state);
+        if let Err(e) = recorded {
+            self.state.revert(undo);
+            let back = Delta::between(&after, &before);
+            if let Err(undo_err) = self.apply_firewall(&back) {
                 tracing::warn!("could not restore the firewall after a failed save: {undo_err}");
             }
             return Err(NetworkError::Storage(e.to_string()));
         }
-        self.state = next;
         Ok(())
     }
 
-    fn apply_firewall(&mut self, delta: &Delta, full: &State) -> NetResult<()> {
+    /// Applies `delta` to the table, or rebuilds the table from the state in memory.
+    fn apply_firewall(&mut self, delta: &Delta) -> NetResult<()> {
         if self.table_applied {
             match self.firewall.apply_delta(delta) {
                 Ok(()) => return Ok(()),
@@ -304,7 +343,7 @@ impl Dataplane {
             }
         }
         self.table_applied = false;
-        self.firewall.apply_all(&elements_all(full))?;
+        self.firewall.apply_all(&elements_all(&self.state))?;
         self.table_applied = true;
         Ok(())
     }
@@ -327,39 +366,30 @@ impl Dataplane {
             check_ipv6(a)?;
         }
         self.check_unique_addresses(&spec.name, spec.ipv4, spec.ipv6)?;
-        let mut next = self.state.clone();
-        let link = next.next_link.max(1);
-        next.next_link = link + 1;
-        next.containers.insert(
-            spec.name.clone(),
-            ContainerNet {
-                mac: spec.mac,
-                ipv4: spec.ipv4,
-                ipv6: spec.ipv6,
-                internet: spec.internet,
-                link,
+        let net = ContainerNet {
+            mac: spec.mac,
+            ipv4: spec.ipv4,
+            ipv6: spec.ipv6,
+            internet: spec.internet,
+            link: self.state.next_link.max(1),
+        };
+        let name = spec.name;
+        self.commit(
+            Change::Put {
+                name: name.clone(),
+                net,
             },
-        );
-        self.commit(next, &[&spec.name])
+            Scope::Containers(&[&name]),
+        )
     }
 
     /// Forgets a container with its connections and port forwards, and removes its link.
     pub fn remove_container(&mut self, name: &str) -> NetResult<()> {
         let link = self.container(name)?.link;
-        let mut next = self.state.clone();
-        next.containers.remove(name);
-        if let Some(peers) = next.connections.remove(name) {
-            for peer in peers {
-                if let Some(p) = next.connections.get_mut(&peer) {
-                    p.remove(name);
-                    if p.is_empty() {
-                        next.connections.remove(&peer);
-                    }
-                }
-            }
-        }
-        next.forwards.retain(|_, t| t.container != name);
-        self.commit(next, &[name])?;
+        self.commit(
+            Change::Remove { name: name.into() },
+            Scope::Containers(&[name]),
+        )?;
         self.pids.remove(name);
         // A leftover link is harmless and swept by the next reapply.
         if let Err(e) = self.netlink.delete_link(Netns::Current, &link_name(link)) {
@@ -429,15 +459,17 @@ impl Dataplane {
         if new == old {
             return Ok(());
         }
-        let mut next = self.state.clone();
-        next.containers.insert(name.to_string(), new.clone());
         let pid = self.pids.get(name).copied();
         if let Some(pid) = pid {
             let result = self.readdress(pid, &old, &new);
             self.netlink.release();
             result?;
         }
-        if let Err(e) = self.commit(next, &[name]) {
+        let change = Change::Put {
+            name: name.into(),
+            net: new.clone(),
+        };
+        if let Err(e) = self.commit(change, Scope::Containers(&[name])) {
             if let Some(pid) = pid {
                 if let Err(undo) = self.readdress(pid, &new, &old) {
                     tracing::warn!("could not restore the addresses of {name}: {undo}");
@@ -456,16 +488,13 @@ impl Dataplane {
                 "Containers {a} and {b} are already connected"
             )));
         }
-        let mut next = self.state.clone();
-        next.connections
-            .entry(a.into())
-            .or_default()
-            .insert(b.into());
-        next.connections
-            .entry(b.into())
-            .or_default()
-            .insert(a.into());
-        self.commit(next, &[a, b])
+        self.commit(
+            Change::Connect {
+                a: a.into(),
+                b: b.into(),
+            },
+            Scope::Pair(a, b),
+        )
     }
 
     pub fn disconnect(&mut self, a: &str, b: &str) -> NetResult<()> {
@@ -475,16 +504,13 @@ impl Dataplane {
                 "Containers {a} and {b} are not connected"
             )));
         }
-        let mut next = self.state.clone();
-        for (x, y) in [(a, b), (b, a)] {
-            if let Some(peers) = next.connections.get_mut(x) {
-                peers.remove(y);
-                if peers.is_empty() {
-                    next.connections.remove(x);
-                }
-            }
-        }
-        self.commit(next, &[a, b])
+        self.commit(
+            Change::Disconnect {
+                a: a.into(),
+                b: b.into(),
+            },
+            Scope::Pair(a, b),
+        )
     }
 
     fn check_pair(&self, a: &str, b: &str) -> NetResult<()> {
@@ -507,15 +533,18 @@ impl Dataplane {
     }
 
     pub fn set_internet(&mut self, name: &str, enabled: bool) -> NetResult<()> {
-        if self.container(name)?.internet == enabled {
+        let mut net = self.container(name)?.clone();
+        if net.internet == enabled {
             return Ok(());
         }
-        let mut next = self.state.clone();
-        next.containers
-            .get_mut(name)
-            .expect("checked above")
-            .internet = enabled;
-        self.commit(next, &[name])
+        net.internet = enabled;
+        self.commit(
+            Change::Put {
+                name: name.into(),
+                net,
+            },
+            Scope::Containers(&[name]),
+        )
     }
 
     pub fn add_forward(&mut self, forward: PortForward) -> NetResult<()> {
@@ -530,15 +559,11 @@ impl Dataplane {
                 forward.external_port, forward.protocol, existing.container
             )));
         }
-        let mut next = self.state.clone();
-        next.forwards.insert(
-            key,
-            ForwardTarget {
-                container: forward.container.clone(),
-                internal_port: forward.internal_port,
-            },
-        );
-        self.commit(next, &[&forward.container])
+        let container = forward.container.clone();
+        self.commit(
+            Change::AddForward { forward },
+            Scope::Containers(&[&container]),
+        )
     }
 
     pub fn remove_forward(&mut self, external_port: u16, protocol: Protocol) -> NetResult<()> {
@@ -548,9 +573,13 @@ impl Dataplane {
             )));
         };
         let container = target.container.clone();
-        let mut next = self.state.clone();
-        next.forwards.remove(&(protocol, external_port));
-        self.commit(next, &[&container])
+        self.commit(
+            Change::RemoveForward {
+                protocol,
+                external_port,
+            },
+            Scope::Containers(&[&container]),
+        )
     }
 
     /// Makes the kernel match the stored topology: the whole table in one transaction, host
@@ -633,23 +662,30 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Whether `host` and the container's `eth0` are the two ends of one veth.
-    fn pair_intact(&mut self, host: &str, ns: Netns) -> NetResult<bool> {
+    /// Whether `host` exists, and whether it and the container's `eth0` are the two ends of
+    /// one veth.
+    fn pair_intact(&mut self, host: &str, ns: Netns) -> NetResult<(bool, bool)> {
         let Some(h) = self.netlink.link(Netns::Current, host)? else {
-            return Ok(false);
+            return Ok((false, false));
         };
         let Some(c) = self.netlink.link(ns, CONTAINER_IF)? else {
-            return Ok(false);
+            return Ok((true, false));
         };
-        Ok(h.peer_index == Some(c.index) && c.peer_index == Some(h.index))
+        Ok((
+            true,
+            h.peer_index == Some(c.index) && c.peer_index == Some(h.index),
+        ))
     }
 
     fn plumb(&mut self, c: &ContainerNet, pid: u32) -> NetResult<()> {
         let host = link_name(c.link);
         let ns = Netns::Pid(pid);
-        if !self.pair_intact(&host, ns)? {
+        let (host_exists, intact) = self.pair_intact(&host, ns)?;
+        if !intact {
             // Whatever is left of an earlier namespace goes; a foreign eth0 stops us.
-            self.netlink.delete_link(Netns::Current, &host)?;
+            if host_exists {
+                self.netlink.delete_link(Netns::Current, &host)?;
+            }
             if self.netlink.link(ns, CONTAINER_IF)?.is_some() {
                 return Err(NetworkError::Kernel(format!(
                     "process {pid} already has an {CONTAINER_IF} that gantry did not create"

@@ -764,10 +764,14 @@ pub mod fake {
         pub table: Arc<Mutex<Option<Elements>>>,
         pub full_applies: Arc<Mutex<usize>>,
         pub fail_deltas: Arc<Mutex<bool>>,
+        pub fail_all: Arc<Mutex<bool>>,
     }
 
     impl Firewall for FakeFirewall {
         fn apply_all(&mut self, elements: &Elements) -> FwResult<()> {
+            if *self.fail_all.lock().unwrap() {
+                return Err(FirewallError::Nft("injected".into()));
+            }
             *self.table.lock().unwrap() = Some(elements.clone());
             *self.full_applies.lock().unwrap() += 1;
             Ok(())

@@ -320,6 +320,55 @@ fn state_survives_a_restart_and_a_drifted_table_is_rebuilt() {
 }
 
 #[test]
+fn operations_are_journaled_and_a_failed_one_changes_nothing() {
+    let mut r = rig();
+    r.dataplane.reapply().unwrap();
+    r.dataplane.add_container(spec("a", 2)).unwrap();
+    r.dataplane.add_container(spec("b", 3)).unwrap();
+    r.dataplane.add_container(spec("c", 4)).unwrap();
+    r.dataplane.connect("a", "b").unwrap();
+    r.dataplane.set_internet("c", true).unwrap();
+    r.dataplane
+        .add_forward(PortForward {
+            external_port: 8080,
+            protocol: Protocol::Tcp,
+            container: "c".into(),
+            internal_port: 80,
+        })
+        .unwrap();
+    // One appended line per operation; the snapshot is not rewritten per operation.
+    let journal = r.dir.path().join("network.journal");
+    let lines = || std::fs::read_to_string(&journal).unwrap().lines().count();
+    assert_eq!(lines(), 6);
+    assert!(!r.dir.path().join("network.json").exists());
+    let state = r.dataplane.state().clone();
+    let table = r.table();
+
+    // The firewall refuses everything: the operation fails and leaves no trace.
+    *r.firewall.fail_deltas.lock().unwrap() = true;
+    *r.firewall.fail_all.lock().unwrap() = true;
+    assert!(matches!(
+        r.dataplane.connect("a", "c"),
+        Err(NetworkError::Kernel(_))
+    ));
+    assert!(r.dataplane.remove_container("a").is_err());
+    assert_eq!(r.dataplane.state(), &state);
+    assert_eq!(lines(), 6);
+    *r.firewall.fail_deltas.lock().unwrap() = false;
+    *r.firewall.fail_all.lock().unwrap() = false;
+
+    r.reopen();
+    assert_eq!(r.dataplane.state(), &state);
+    r.dataplane.reapply().unwrap();
+    assert_eq!(r.table(), table);
+    // Disconnect touches only the pair's elements.
+    r.dataplane.disconnect("a", "b").unwrap();
+    assert!(!r.table().contains(&Element::Link4(v4(2), v4(3))));
+    assert!(r.table().contains(&Element::Source4("gv-1".into(), v4(2))));
+    assert_eq!(r.table(), elements_all(r.dataplane.state()));
+}
+
+#[test]
 fn remove_container_drops_its_connections_forwards_and_link() {
     let mut r = rig();
     r.live(7);
