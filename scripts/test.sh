@@ -10,14 +10,17 @@
 #      198.18.0.0/15, so docker0 and Docker's firewall rules live in that namespace only;
 #   4. builds the test image gantry-test/busybox:latest from busybox-static (no registry);
 #   5. runs `cargo test` inside the namespace (127.0.0.1 is the namespace's loopback), with
-#      GANTRY_TEST_DOCKER_HOST and GANTRY_TEST_IMAGE pointing at the private daemon;
+#      GANTRY_TEST_DOCKER_HOST and GANTRY_TEST_IMAGE pointing at the private daemon, then
+#      scripts/schemathesis.sh there: schemathesis (PyPI, pinned, installed into a virtualenv
+#      under ~/.cache/gantry-test) against the OpenAPI document the real gantry serves;
 #   6. tears the daemon and namespace down (also on failure or a signal), then runs
 #      scripts/check-yocto.sh and scripts/cross-aarch64.sh when they exist.
 # Exit status: 0 only if every step passed.
 #
 # Arguments are passed on to `cargo test` (e.g. `bash scripts/test.sh --test apps_api`), and
 # GANTRY_TEST_QUICK=1 skips fmt, clippy and the Yocto/cross checks: both are for developers'
-# inner loop; `.ci/run` passes neither.
+# inner loop; `.ci/run` passes neither. The schemathesis run happens when no arguments are
+# given, or when GANTRY_TEST_SCHEMATHESIS=1 (GANTRY_TEST_SCHEMATHESIS=0 skips it).
 #
 # Without root and outside CI it runs the cargo steps only; the Docker-backed tests then skip
 # loudly. Under CI=true, no root or no dockerd is a failure.
@@ -33,6 +36,8 @@ cd "$REPO" || exit 1
 TEST_TIMEOUT_SECS="${GANTRY_TEST_TIMEOUT_SECS:-1500}"
 DOCKERD_WAIT_SECS=30
 IMAGE="gantry-test/busybox:latest"
+SCHEMATHESIS_VERSION=4.32.5
+ST_VENV="${GANTRY_TEST_VENV_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gantry-test}/schemathesis-$SCHEMATHESIS_VERSION"
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 warn() { printf 'test.sh: WARNING: %s\n' "$*" >&2; }
@@ -247,6 +252,9 @@ missing_packages() {
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+    # schemathesis goes into a virtualenv (Debian's python3 is externally managed).
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
     echo "${missing[@]}"
 }
 
@@ -287,6 +295,37 @@ command -v cargo >/dev/null 2>&1 || die "cargo is not on PATH: install the Rust 
 if command -v rustup >/dev/null 2>&1; then
     cargo fmt --version >/dev/null 2>&1 || run rustup component add rustfmt || true
     cargo clippy --version >/dev/null 2>&1 || run rustup component add clippy || true
+fi
+
+# schemathesis, pinned, in its own virtualenv (host network namespace: pip needs PyPI).
+want_schemathesis() {
+    case "${GANTRY_TEST_SCHEMATHESIS:-}" in
+    1) return 0 ;;
+    0) return 1 ;;
+    esac
+    [[ ${#CARGO_TEST_ARGS[@]} -eq 0 ]]
+}
+
+install_schemathesis() {
+    if [[ "$("$ST_VENV/bin/st" --version 2>/dev/null)" == *" $SCHEMATHESIS_VERSION" ]]; then
+        return 0
+    fi
+    rm -rf "$ST_VENV"
+    mkdir -p "$(dirname "$ST_VENV")" &&
+        python3 -m venv "$ST_VENV" &&
+        "$ST_VENV/bin/pip" install -q --disable-pip-version-check \
+            "schemathesis==$SCHEMATHESIS_VERSION" &&
+        "$ST_VENV/bin/st" --version >/dev/null
+}
+
+ST_OK=0
+if want_schemathesis; then
+    log "schemathesis $SCHEMATHESIS_VERSION (virtualenv $ST_VENV)"
+    if install_schemathesis; then
+        ST_OK=1
+    else
+        FAILED+=("install schemathesis $SCHEMATHESIS_VERSION (pip)")
+    fi
 fi
 
 # 2. Build, format, lint (host network namespace: cargo may need the registry)
@@ -420,6 +459,24 @@ test_command_in_netns() {
     )
 }
 
+# Bounded: schemathesis.sh limits schemathesis itself to 150 s; this is the outer bound.
+schemathesis_command_in_netns() {
+    mkdir -p "$TMPD/schemathesis"
+    ST_CMD=(
+        env
+        GANTRY_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/gantry"
+        ST="$ST_VENV/bin/st"
+        DOCKER_HOST_URI="unix://$DOCKER_SOCK"
+        DOCKER_CLI="$DOCKER_CLI"
+        DOCKER_CONFIG="$TMPD/docker-cli-config"
+        IMAGE="$IMAGE"
+        WORKDIR="$TMPD/schemathesis"
+        timeout --kill-after=10 200
+        nsenter --net="/run/netns/$NETNS"
+        bash "$REPO/scripts/schemathesis.sh"
+    )
+}
+
 if [[ $BUILD_OK -eq 0 ]]; then
     warn "the build failed: not running the tests"
     FAILED+=("cargo test (not run: build failed)")
@@ -436,6 +493,14 @@ elif is_root && command -v dockerd >/dev/null 2>&1; then
         if ! step "cargo test (in network namespace $NETNS, dockerd at $DOCKER_SOCK)" "${TEST_CMD[@]}"; then
             printf '\n--- last lines of the test dockerd log:\n' >&2
             tail -n 30 "$TMPD/dockerd.log" >&2
+        fi
+        if [[ $ST_OK -eq 1 ]]; then
+            schemathesis_command_in_netns
+            step "schemathesis against the served OpenAPI document (in $NETNS)" "${ST_CMD[@]}"
+        elif want_schemathesis; then
+            warn "schemathesis is not installed: the OpenAPI conformance run did not happen"
+        else
+            warn "schemathesis run skipped (cargo test arguments given; GANTRY_TEST_SCHEMATHESIS=1 runs it)"
         fi
     else
         FAILED+=("private dockerd / test image")

@@ -82,6 +82,8 @@ pub struct Listener {
     pub dialect: Dialect,
     pub address: SocketAddr,
     pub auth: Auth,
+    /// Path prefix before `/api`, `/events` and `/apidoc` (transfer only; "" = none).
+    pub prefix: String,
 }
 
 #[derive(Debug, Clone)]
@@ -292,6 +294,7 @@ struct RawListener {
     address: Option<String>,
     auth: Option<String>,
     token_file: Option<PathBuf>,
+    prefix: Option<String>,
 }
 
 /// Where the configuration comes from.
@@ -457,7 +460,12 @@ fn apply_listener_env(raws: &mut Vec<RawListener>, env: &dyn Env) -> Result<(), 
         let address = env.var(&format!("{prefix}ADDRESS"));
         let auth = env.var(&format!("{prefix}AUTH"));
         let token_file = env.var(&format!("{prefix}TOKEN_FILE"));
-        if address.is_none() && auth.is_none() && token_file.is_none() {
+        // Only the transfer dialect has a path prefix.
+        let path_prefix = match dialect {
+            "transfer" => env.var(&format!("{prefix}PREFIX")),
+            _ => None,
+        };
+        if address.is_none() && auth.is_none() && token_file.is_none() && path_prefix.is_none() {
             continue;
         }
         if !raws.iter().any(|l| l.dialect == dialect) {
@@ -475,6 +483,9 @@ fn apply_listener_env(raws: &mut Vec<RawListener>, env: &dyn Env) -> Result<(), 
             }
             if let Some(t) = &token_file {
                 l.token_file = Some(PathBuf::from(t));
+            }
+            if path_prefix.is_some() {
+                l.prefix.clone_from(&path_prefix);
             }
         }
     }
@@ -531,11 +542,57 @@ fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
     if raw.token_file.is_some() && !matches!(auth, Auth::Token { .. }) {
         return Err(bad("token_file is set but auth is not \"token\""));
     }
+    let prefix = match raw.prefix {
+        Some(p) if dialect != Dialect::Transfer => {
+            return Err(bad(format!(
+                "prefix \"{p}\": only transfer listeners have a path prefix"
+            )))
+        }
+        Some(p) => validate_prefix(&p)?,
+        None => String::new(),
+    };
     Ok(Listener {
         dialect,
         address,
         auth,
+        prefix,
     })
+}
+
+/// A path prefix such as `/scaleit` or `/gw/apps`: absolute, no trailing `/`, segments of
+/// URL-safe characters (letters, digits, `-`, `_`, `.`, `~`), no `.` or `..` segments.
+/// `""` means no prefix.
+fn validate_prefix(p: &str) -> Result<String, ConfigError> {
+    if p.is_empty() {
+        return Ok(String::new());
+    }
+    let fail = |why: &str| Err(bad(format!("prefix \"{p}\": {why}")));
+    if !p.starts_with('/') {
+        return fail("must start with '/' (e.g. \"/scaleit\")");
+    }
+    if p.len() > 256 {
+        return fail("longer than 256 characters");
+    }
+    if p.ends_with('/') {
+        return fail("must not end with '/' (use \"\" for no prefix)");
+    }
+    for seg in p[1..].split('/') {
+        if seg.is_empty() {
+            return fail("has an empty segment (\"//\")");
+        }
+        if seg == "." || seg == ".." {
+            return fail("must not contain \".\" or \"..\" segments");
+        }
+        if let Some(c) = seg
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~')))
+        {
+            return fail(&format!(
+                "character {c:?} is not allowed (letters, digits, '-', '_', '.', '~' and '/')"
+            ));
+        }
+    }
+    Ok(p.to_string())
 }
 
 fn validate_docker_host(host: &str) -> Result<(), ConfigError> {
@@ -776,6 +833,54 @@ mod tests {
         assert_eq!(c.listeners[0].auth, Auth::None);
         assert_eq!(c.intervirt.power, PowerBackend::Logind);
         assert!(Config::parse(text, &env(&[(FORBID_POWER_ENV, "1")])).is_err());
+    }
+
+    #[test]
+    fn transfer_prefix_is_validated() {
+        let t = |p: &str| format!("[[listeners]]\ndialect = \"transfer\"\nprefix = {p:?}\n");
+        let c = Config::parse(&t("/scaleit"), &env(&[])).unwrap();
+        assert_eq!(c.listeners[0].prefix, "/scaleit");
+        let c = Config::parse(&t("/gw/apps-1.x"), &env(&[])).unwrap();
+        assert_eq!(c.listeners[0].prefix, "/gw/apps-1.x");
+        assert_eq!(
+            Config::parse(&t(""), &env(&[])).unwrap().listeners[0].prefix,
+            ""
+        );
+        assert_eq!(
+            Config::parse("", &env(&[])).unwrap().listeners[0].prefix,
+            ""
+        );
+        for bad in [
+            "scaleit",
+            "/",
+            "/scaleit/",
+            "/a//b",
+            "/a/../b",
+            "/..",
+            "/./x",
+            "/a b",
+            "/a?b",
+            "/a#b",
+            "/a%2Fb",
+            "/ä",
+        ] {
+            let e = Config::parse(&t(bad), &env(&[])).unwrap_err().to_string();
+            assert!(e.contains("prefix"), "{bad}: {e}");
+        }
+        let long = format!("/{}", "a".repeat(300));
+        assert!(Config::parse(&t(&long), &env(&[])).is_err());
+        // Environment override, and only for transfer listeners.
+        let c = Config::parse(&t("/a"), &env(&[("GANTRY_TRANSFER_PREFIX", "/b")])).unwrap();
+        assert_eq!(c.listeners[0].prefix, "/b");
+        let c = Config::parse("", &env(&[("GANTRY_TRANSFER_PREFIX", "/env")])).unwrap();
+        assert_eq!(c.listeners[0].prefix, "/env");
+        assert!(Config::parse("", &env(&[("GANTRY_TRANSFER_PREFIX", "env/")])).is_err());
+        let e = Config::parse(
+            "[[listeners]]\ndialect = \"intervirt\"\nauth = \"none\"\nprefix = \"/x\"\n",
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("only transfer"), "{e}");
     }
 
     #[test]

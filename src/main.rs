@@ -77,6 +77,9 @@ fn main() -> ExitCode {
                         l.address,
                         auth_name(&l.auth)
                     );
+                    if !l.prefix.is_empty() {
+                        println!("  path prefix {}", l.prefix);
+                    }
                 }
                 if c.listeners
                     .iter()

@@ -54,6 +54,8 @@ struct ListenerCtx {
     auth: Auth,
     core: Arc<Core>,
     limits: HttpLimits,
+    /// Path prefix of the transfer dialect ("" = none).
+    prefix: String,
     /// Websocket connections, tracked past hyper's connection task.
     upgrades: Upgrades,
 }
@@ -72,6 +74,7 @@ pub async fn serve(
         auth: bound.config.auth.clone(),
         core,
         limits: limits.clone(),
+        prefix: bound.config.prefix.clone(),
         upgrades: Upgrades::new(stop.clone()),
     });
     let mut conns = JoinSet::new();
@@ -160,7 +163,14 @@ async fn dispatch(req: Request<Incoming>, ctx: Arc<ListenerCtx>) -> Result<Respo
     }
     Ok(match ctx.dialect {
         Dialect::Transfer => {
-            transfer::handle(req, ctx.core.clone(), ctx.limits.clone(), &ctx.upgrades).await
+            transfer::handle(
+                req,
+                ctx.core.clone(),
+                ctx.limits.clone(),
+                &ctx.upgrades,
+                &ctx.prefix,
+            )
+            .await
         }
         Dialect::Intervirt => intervirt::handle(req, ctx.core.intervirt.clone(), &ctx.upgrades),
     })

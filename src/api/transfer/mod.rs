@@ -4,7 +4,9 @@
 mod apps;
 mod events;
 mod files;
+mod general;
 mod legacy;
+mod openapi;
 mod settings;
 mod sse;
 mod system;
@@ -31,6 +33,8 @@ pub struct Call {
     pub params: Vec<(String, String)>,
     pub query: Query,
     pub limits: HttpLimits,
+    /// The listener's path prefix before `/api` ("" = none), for links in answers.
+    pub prefix: String,
     /// Upgraded connections (websockets) of this listener, and its stop signal.
     pub upgrades: Upgrades,
 }
@@ -121,6 +125,7 @@ fn routes() -> &'static Routes<Handler> {
         legacy::register(&mut r);
         settings::register(&mut r);
         sse::register(&mut r);
+        general::register(&mut r);
         r
     })
 }
@@ -141,32 +146,64 @@ pub fn route_list() -> Vec<(Method, &'static str)> {
     routes().iter().map(|(m, p)| (m.clone(), p)).collect()
 }
 
+/// A version segment as a client writes it: digits and dots (`1`, `1.0`).
+fn looks_like_version(seg: &str) -> bool {
+    !seg.is_empty() && seg.chars().all(|c| c.is_ascii_digit() || c == '.')
+}
+
+/// The highest supported version that `seg` names: `1` is the highest 1.x, `1.0` is 1.0.
+fn resolve_version(seg: &str) -> Option<&'static str> {
+    let parts: Vec<&str> = seg.split('.').collect();
+    VERSIONS
+        .iter()
+        .copied()
+        .filter(|v| {
+            let vp: Vec<&str> = v.split('.').collect();
+            parts.len() <= vp.len() && parts.iter().zip(&vp).all(|(a, b)| a == b)
+        })
+        .max_by_key(|v| version_key(v))
+}
+
+/// Numeric sort key of a version (`1.10` after `1.9`).
+fn version_key(v: &str) -> Vec<u64> {
+    v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
+}
+
+fn unsupported_version(seg: &str) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "API version {seg} is not supported (supported: {}; see GET /api/versions)",
+            VERSIONS.join(", ")
+        ),
+    )
+}
+
 /// Strips `/api` and an optional version segment; `Err` names an unsupported version.
-fn api_path(path: &str) -> Option<Result<&str, String>> {
+fn api_path(path: &str) -> Option<Result<&str, Problem>> {
     let rest = path.strip_prefix("/api")?;
     if !rest.starts_with('/') {
         return None;
     }
     let seg_end = rest[1..].find('/').map_or(rest.len(), |i| i + 1);
     let seg = &rest[1..seg_end];
-    let is_version = !seg.is_empty() && seg.chars().all(|c| c.is_ascii_digit() || c == '.');
-    if !is_version {
+    if !looks_like_version(seg) {
         return Some(Ok(rest));
     }
-    let major = seg.split('.').next().unwrap_or("");
-    let supported = VERSIONS.iter().any(|v| {
-        let mut vp = v.split('.');
-        let mut sp = seg.split('.');
-        vp.next() == Some(major) && sp.next() == Some(major) && sp.all(|s| Some(s) == vp.next())
-    });
-    if supported {
-        Some(Ok(&rest[seg_end..]))
-    } else {
-        Some(Err(format!(
-            "API version {seg} is not supported (supported: {})",
-            VERSIONS.join(", ")
-        )))
+    match resolve_version(seg) {
+        Some(_) => Some(Ok(&rest[seg_end..])),
+        None => Some(Err(unsupported_version(seg))),
     }
+}
+
+/// The part of `full` after the listener's prefix, starting with `/`; `None` when the path
+/// does not start with the prefix (such paths answer 404).
+fn strip_listener_prefix<'a>(full: &'a str, prefix: &str) -> Option<&'a str> {
+    if prefix.is_empty() {
+        return Some(full);
+    }
+    full.strip_prefix(prefix)
+        .filter(|rest| rest.starts_with('/'))
 }
 
 pub async fn handle(
@@ -174,15 +211,22 @@ pub async fn handle(
     core: Arc<Core>,
     limits: HttpLimits,
     upgrades: &Upgrades,
+    prefix: &str,
 ) -> Response {
     let path = req.uri().path().to_string();
-    let (table, inner) = match path.strip_prefix("/events") {
+    let Some(local) = strip_listener_prefix(&path, prefix) else {
+        return not_found(&path);
+    };
+    if let Some(rest) = local.strip_prefix("/apidoc/") {
+        return general::apidoc(req.method(), rest, prefix, &path);
+    }
+    let (table, inner) = match local.strip_prefix("/events") {
         Some(rest) if rest.starts_with('/') => (ws_routes(), rest.to_string()),
-        // Legacy SSE: exactly `/events` is the stream `/api/events` serves.
-        Some("") => (routes(), path.clone()),
-        _ => match api_path(&path) {
+        // Legacy SSE: exactly `[prefix]/events` is the stream `/api/events` serves.
+        Some("") => (routes(), local.to_string()),
+        _ => match api_path(local) {
             Some(Ok(p)) => (routes(), p.to_string()),
-            Some(Err(msg)) => return Problem::new(StatusCode::NOT_FOUND, msg).render(&path),
+            Some(Err(problem)) => return problem.render(&path),
             None => return not_found(&path),
         },
     };
@@ -196,6 +240,7 @@ pub async fn handle(
                 query,
                 limits,
                 upgrades: upgrades.clone(),
+                prefix: prefix.to_string(),
             };
             match handler(call).await {
                 Ok(resp) => resp,
@@ -232,16 +277,40 @@ mod tests {
 
     #[test]
     fn version_prefixes_resolve() {
-        assert_eq!(api_path("/api/1/system/images"), Some(Ok("/system/images")));
-        assert_eq!(
-            api_path("/api/1.0/system/images"),
-            Some(Ok("/system/images"))
-        );
-        assert_eq!(api_path("/api/system/images"), Some(Ok("/system/images")));
+        let ok = |p| match api_path(p) {
+            Some(Ok(rest)) => Some(rest),
+            _ => None,
+        };
+        assert_eq!(ok("/api/1/system/images"), Some("/system/images"));
+        assert_eq!(ok("/api/1.0/system/images"), Some("/system/images"));
+        assert_eq!(ok("/api/system/images"), Some("/system/images"));
+        assert_eq!(ok("/api/versions"), Some("/versions"));
+        assert_eq!(ok("/api/1/versions"), Some("/versions"));
         assert!(matches!(api_path("/api/2/system/images"), Some(Err(_))));
         assert!(matches!(api_path("/api/1.7/system"), Some(Err(_))));
-        assert_eq!(api_path("/apix/system"), None);
-        assert_eq!(api_path("/system/images"), None);
+        assert!(matches!(api_path("/api/1.0.0/system"), Some(Err(_))));
+        assert!(matches!(api_path("/api/10/system"), Some(Err(_))));
+        assert!(api_path("/apix/system").is_none());
+        assert!(api_path("/system/images").is_none());
+    }
+
+    #[test]
+    fn versions_resolve_to_the_highest_match() {
+        assert_eq!(resolve_version("1"), Some("1.0"));
+        assert_eq!(resolve_version("1.0"), Some("1.0"));
+        assert_eq!(resolve_version("1."), None);
+        assert_eq!(resolve_version("0"), None);
+        assert_eq!(resolve_version("2"), None);
+        assert!(version_key("1.10") > version_key("1.9"));
+    }
+
+    #[test]
+    fn listener_prefix_is_stripped_exactly() {
+        assert_eq!(strip_listener_prefix("/api/x", ""), Some("/api/x"));
+        assert_eq!(strip_listener_prefix("/s/api/x", "/s"), Some("/api/x"));
+        assert_eq!(strip_listener_prefix("/api/x", "/s"), None);
+        assert_eq!(strip_listener_prefix("/sx/api/x", "/s"), None);
+        assert_eq!(strip_listener_prefix("/s", "/s"), None);
     }
 
     #[test]
@@ -289,7 +358,13 @@ mod tests {
         ] {
             assert!(list.contains(&(m.clone(), p)), "{m} {p} missing");
         }
-        assert_eq!(api_path("/api/compose/start"), Some(Ok("/compose/start")));
-        assert_eq!(api_path("/api/1/devicename"), Some(Ok("/devicename")));
+        assert!(matches!(
+            api_path("/api/compose/start"),
+            Some(Ok("/compose/start"))
+        ));
+        assert!(matches!(
+            api_path("/api/1/devicename"),
+            Some(Ok("/devicename"))
+        ));
     }
 }

@@ -135,7 +135,8 @@ async fn upload_image(c: Call) -> Reply {
         },
     );
     let location = format!(
-        "/api/1/system/images/{}",
+        "{}/api/1/system/images/{}",
+        c.prefix,
         utf8_percent_encode(&loaded.id, NON_ALPHANUMERIC)
     );
     if let Ok(v) = HeaderValue::from_str(&location) {
