@@ -5,7 +5,7 @@
 //! merge patch): named keys are set, a `null` value removes its key, other keys stay; it
 //! answers the settings as stored. `GET` answers the object, `{}` when nothing is set.
 
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
@@ -32,21 +32,38 @@ fn too_large() -> Problem {
     )
 }
 
+/// An oversize body that is still small enough is read to its end (and dropped) before the
+/// 413 goes out: a client that is still writing would otherwise see the connection reset
+/// instead of the answer. Anything bigger, or slower than this, is cut off.
+const DRAIN_BYTES: usize = 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn drain_then_too_large(body: hyper::body::Incoming) -> Problem {
+    let _ = tokio::time::timeout(DRAIN_TIME, Limited::new(body, DRAIN_BYTES).collect()).await;
+    too_large()
+}
+
 async fn put(c: Call) -> Reply {
-    if declared_too_large(c.req.headers(), MAX_BODY_BYTES) {
+    if declared_too_large(c.req.headers(), DRAIN_BYTES as u64) {
         return Err(too_large());
     }
-    let body = Limited::new(c.req.into_body(), MAX_BODY_BYTES as usize)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<LengthLimitError>().is_some() {
-                too_large()
-            } else {
-                Problem::bad_request(format!("cannot read the request body: {e}"))
+    let declared_over = declared_too_large(c.req.headers(), MAX_BODY_BYTES);
+    let mut body = c.req.into_body();
+    if declared_over {
+        return Err(drain_then_too_large(body).await);
+    }
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| Problem::bad_request(format!("cannot read the request body: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            buf.extend_from_slice(data);
+            if buf.len() as u64 > MAX_BODY_BYTES {
+                return Err(drain_then_too_large(body).await);
             }
-        })?
-        .to_bytes();
+        }
+    }
+    let body = buf;
     let value: Value = serde_json::from_slice(&body).map_err(|e| {
         Problem::bad_request(format!("the body must be a JSON object of settings: {e}"))
     })?;
