@@ -35,6 +35,7 @@ awk -v s="$size" -v a="$(uname -m)" \
     'BEGIN { printf "size-report: %s stripped size: %d bytes (%.2f MiB)\n", a, s, s / 1048576 }'
 
 # --- idle RSS and start-up time -----------------------------------------
+# Measured on the stripped copy: that is what packages and Yocto images install.
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p "$tmp/state"
 cat > "$tmp/gantry.toml" <<TOML
@@ -54,7 +55,7 @@ env -u GANTRY_STATE_DIR -u GANTRY_DOCKER_HOST -u GANTRY_LOG_LEVEL \
     -u GANTRY_SHUTDOWN_TIMEOUT_SECS -u GANTRY_TRANSFER_ADDRESS \
     -u GANTRY_TRANSFER_AUTH -u GANTRY_TRANSFER_TOKEN_FILE \
     -u NOTIFY_SOCKET -u WATCHDOG_USEC -u WATCHDOG_PID \
-    "$bin" serve --config "$tmp/gantry.toml" >"$tmp/gantry.log" 2>&1 &
+    "$tmp/gantry-stripped" serve --config "$tmp/gantry.toml" >"$tmp/gantry.log" 2>&1 &
 pid=$!
 
 ready_ns=
@@ -96,7 +97,7 @@ echo "size-report: /healthz said: $(curl -s --max-time 1 "http://127.0.0.1:$port
 kill -TERM "$pid" 2>/dev/null || true
 wait "$pid" 2>/dev/null || true
 pid=
-python3 - "$bin" "$tmp/gantry.toml" <<'PY'
+python3 - "$tmp/gantry-stripped" "$tmp/gantry.toml" <<'PY'
 import os, socket, statistics, subprocess, sys, tempfile, time
 binary, config = sys.argv[1], sys.argv[2]
 times = []
