@@ -98,6 +98,9 @@ pub fn handle(
         let mut config = WebSocketConfig::default();
         config.max_message_size = Some(MAX_MESSAGE);
         config.max_frame_size = Some(MAX_MESSAGE);
+        // tungstenite zero-fills its whole read buffer (128 KiB by default) on the first read;
+        // the agent's JSON requests are small, so 16 KiB keeps every client's session small.
+        config.read_buffer_size = 16 << 10;
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(config)).await;
         serve_socket(ws, agent, stop).await;
