@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::bundle::{Bundle, BundleError, BundleLimits, ByteSize};
 use super::store::{AppStore, ImageRecord, StoredApp};
 use super::stream::{follow, FoundImage, LocalEntry, TarWatch, UploadReader, WalkEnd};
+use super::AppConfig;
 use crate::core::compose::{interpolate, ComposePolicy, ComposeProject};
 use crate::core::engine::{ByteStream, ContainerEngine};
 use crate::core::{CoreError, CoreResult};
@@ -134,7 +135,15 @@ pub async fn import_upload(
     let loaded = Loaded::shared(settings);
     let result = async {
         let (pre, upload) = stream_images(
-            engine, upload, expected, store, settings, cancel, progress, &loaded,
+            engine,
+            upload,
+            expected,
+            store,
+            settings,
+            options.replace,
+            cancel,
+            progress,
+            &loaded,
         )
         .await?;
         upload.map_err(|e| CoreError::Invalid(format!("the upload did not complete: {e}")))?;
@@ -263,6 +272,7 @@ async fn stream_images(
     expected: Option<u64>,
     store: &Arc<AppStore>,
     settings: &ImportSettings,
+    replace: bool,
     cancel: &CancellationToken,
     progress: ProgressFn<'_>,
     loaded: &SharedLoaded,
@@ -278,13 +288,22 @@ async fn stream_images(
     let follower = {
         let limits = settings.limits.clone();
         let loaded = loaded.clone();
+        let store_for_walk = store.clone();
         tokio::task::spawn_blocking(move || {
             let hook = |ids: &[String]| {
                 if let Err(e) = lock(&loaded).add(ids) {
                     tracing::warn!(error = %e, "import journal: cannot note the images a manifest names");
                 }
             };
-            let (streamed, end) = follow(&mut upload, &limits, &found_tx, &hook);
+            let fresh = |text: &[u8]| {
+                // Only a config the checks would accept and whose app exists stops the walk;
+                // anything else is for the checks to judge later.
+                let parsed = std::str::from_utf8(text)
+                    .ok()
+                    .and_then(|t| serde_norway::from_str::<AppConfig>(t).ok());
+                !matches!(parsed, Some(c) if !replace && store_for_walk.contains(&c.id()))
+            };
+            let (streamed, end) = follow(&mut upload, &limits, &found_tx, &hook, &fresh);
             drop(found_tx);
             // The rest of the upload goes to the file; it decides how the upload ended.
             (streamed, end, upload.drain())

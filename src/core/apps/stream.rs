@@ -201,6 +201,14 @@ const DEFLATED: u16 = 8;
 /// complete it go to Docker (so before Docker can have created the images).
 pub type ManifestHook<'a> = &'a (dyn Fn(&[String]) + Send + Sync);
 
+/// Called with the bytes of a top-level `config.yml` met before the walk ends; false stops
+/// streaming images (e.g. the app exists already and no replace was asked for: the checks
+/// will refuse the import anyway, so loading its images would be wasted work).
+pub type ConfigHook<'a> = &'a (dyn Fn(&[u8]) -> bool + Send + Sync);
+
+/// A config.yml larger than this is not looked at during the walk (the checks read it later).
+const CONFIG_PEEK_BYTES: u64 = 64 * 1024;
+
 /// Walks the local headers of the growing ZIP in order. Image tarballs under `docker/` with
 /// sizes in their local header, stored or deflated, within the limits, are sent to `found`
 /// and streamed; every other entry is skipped. Returns the streamed entries (CRCs verified)
@@ -210,6 +218,7 @@ pub fn follow(
     limits: &BundleLimits,
     found: &tokio::sync::mpsc::Sender<FoundImage>,
     manifest: ManifestHook<'_>,
+    config: ConfigHook<'_>,
 ) -> (Vec<LocalEntry>, WalkEnd) {
     let mut streamed = Vec::new();
     let mut total: u64 = 0;
@@ -257,6 +266,35 @@ pub fn follow(
             );
         }
         let name = String::from_utf8_lossy(raw_name).into_owned();
+        if name == super::bundle::CONFIG_FILE
+            && flags & FLAG_ENCRYPTED == 0
+            && matches!(method, STORED | DEFLATED)
+            && compressed <= CONFIG_PEEK_BYTES
+            && size <= CONFIG_PEEK_BYTES
+        {
+            let mut data = vec![0u8; compressed as usize];
+            if let Err(e) = reader.read_exact(&mut data) {
+                return (streamed, WalkEnd::Stopped(e.to_string()));
+            }
+            let text = if method == DEFLATED {
+                let mut out = Vec::new();
+                let inflated = flate2::read::DeflateDecoder::new(&data[..])
+                    .take(CONFIG_PEEK_BYTES)
+                    .read_to_end(&mut out);
+                inflated.ok().map(|_| out)
+            } else {
+                Some(data)
+            };
+            if let Some(text) = text {
+                if !config(&text) {
+                    return (
+                        streamed,
+                        WalkEnd::Stopped("config.yml names an app that is already there".into()),
+                    );
+                }
+            }
+            continue;
+        }
         let image = match check_name(&name) {
             Ok(n) if is_image_path(&n) && !raw_name.ends_with(b"/") => Some(n),
             _ => None,
@@ -709,6 +747,10 @@ mod tests {
     type Streamed = Vec<(LocalEntry, Vec<u8>)>;
 
     fn walk(zip: &[u8]) -> (Streamed, WalkEnd, Vec<u8>) {
+        walk_with(zip, &|_| true)
+    }
+
+    fn walk_with(zip: &[u8], config: ConfigHook<'_>) -> (Streamed, WalkEnd, Vec<u8>) {
         let file = tempfile::NamedTempFile::new().unwrap();
         let (sender, mut r) = upload_pipe(file.reopen().unwrap());
         let bytes = zip.to_vec();
@@ -735,7 +777,7 @@ mod tests {
             }
             out
         });
-        let (entries, end) = follow(&mut r, &BundleLimits::default(), &tx, &|_| {});
+        let (entries, end) = follow(&mut r, &BundleLimits::default(), &tx, &|_| {}, config);
         drop(tx);
         r.drain().unwrap();
         feeder.join().unwrap();
@@ -747,6 +789,48 @@ mod tests {
             );
         }
         (got, end, std::fs::read(file.path()).unwrap())
+    }
+
+    #[test]
+    fn a_config_the_hook_refuses_stops_streaming_images() {
+        use zip::write::SimpleFileOptions;
+        let big: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let deflated =
+            SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        let stored =
+            SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        let mut w = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+        w.start_file("docker/first.tar", stored).unwrap();
+        w.write_all(&big[..5000]).unwrap();
+        w.start_file("config.yml", deflated).unwrap();
+        w.write_all(b"Name: a\nVersion: 1\n").unwrap();
+        w.start_file("docker/a.tar", stored).unwrap();
+        w.write_all(&big).unwrap();
+        let zip = w.finish().unwrap().into_inner();
+
+        let seen = Mutex::new(Vec::new());
+        let refuse = |text: &[u8]| {
+            seen.lock().unwrap().push(text.to_vec());
+            false
+        };
+        let (got, end, written) = walk_with(&zip, &refuse);
+        // The config was read (inflated) as the upload arrived; the image before it had
+        // streamed already, the one after it did not, and the file holds all of the rest.
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![b"Name: a\nVersion: 1\n".to_vec()]
+        );
+        let names: Vec<&str> = got.iter().map(|(e, _)| e.name.as_str()).collect();
+        assert_eq!(names, ["docker/first.tar"]);
+        assert!(matches!(end, WalkEnd::Stopped(_)), "{end:?}");
+        assert_eq!(written.len(), zip.len());
+        let tail = zip.len() - 2000;
+        assert_eq!(written[tail..], zip[tail..]);
+
+        // Accepted: every image streams.
+        let (got, end, _) = walk_with(&zip, &|_| true);
+        assert_eq!(end, WalkEnd::Complete);
+        assert_eq!(got.len(), 2);
     }
 
     #[test]
