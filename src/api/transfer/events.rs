@@ -761,32 +761,12 @@ async fn start_session(core: Arc<Core>, mut peer: Peer, id: AppId) {
     let on_line = move |l: &str| {
         let _ = tx.send(l.to_string());
     };
-    let line_step = |l: String| {
-        let lines = [l];
-        let pl = process_lines(&lines);
-        let mut s = Step::ok("PROCESS_PROGRESS", None, "").optional();
-        s.process_line = pl.first().and_then(|p| serde_json::to_value(p).ok());
-        s.message = lines[0].trim_end().to_string();
-        s
-    };
-    let result = {
-        let op = core.apps.start(&id, &task.cancel, &on_line);
-        tokio::pin!(op);
-        loop {
-            tokio::select! {
-                biased;
-                Some(line) = rx.recv() => peer.send(&line_step(line)).await,
-                r = &mut op => break r,
-                // A client going away does not stop the start: it completes (and frees the
-                // app) as it would have; only an explicit cancel undoes it.
-                _ = client_gone(&mut peer) => {},
-            }
-        }
-    };
-    drop(on_line);
-    while let Some(line) = rx.recv().await {
-        peer.send(&line_step(line)).await;
-    }
+    let result = relay_lines(
+        &mut peer,
+        &mut rx,
+        core.apps.start(&id, &task.cancel, &on_line),
+    )
+    .await;
     match result {
         Ok(outcome) => {
             let announcement = if outcome.success {
@@ -843,6 +823,30 @@ async fn start_session(core: Arc<Core>, mut peer: Peer, id: AppId) {
 // ---------------------------------------------------------------------------------------
 // Stop
 
+/// Runs `op` (a start or a stop), sending each output line it reports on `rx` to the peer as
+/// a PROCESS_PROGRESS step as it happens. A client going away does not interrupt it: it
+/// completes (and frees the app) as its REST form would; only an explicit cancel undoes it.
+async fn relay_lines<T>(
+    peer: &mut Peer,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    op: impl Future<Output = T>,
+) -> T {
+    tokio::pin!(op);
+    let result = loop {
+        tokio::select! {
+            biased;
+            Some(line) = rx.recv() => peer.send(&line_step(line)).await,
+            r = &mut op => break r,
+            _ = client_gone(peer) => {},
+        }
+    };
+    // The operation has ended, so every line it reported is queued already.
+    while let Ok(line) = rx.try_recv() {
+        peer.send(&line_step(line)).await;
+    }
+    result
+}
+
 /// A PROCESS_PROGRESS step (Required false) carrying one output line.
 fn line_step(l: String) -> Step {
     let lines = [l];
@@ -881,24 +885,12 @@ async fn stop_session(core: Arc<Core>, mut peer: Peer, id: AppId, options: StopO
     let on_line = move |l: &str| {
         let _ = tx.send(l.to_string());
     };
-    let result = {
-        let op = core.apps.stop(&id, options, &task.cancel, &on_line);
-        tokio::pin!(op);
-        loop {
-            tokio::select! {
-                biased;
-                Some(line) = rx.recv() => peer.send(&line_step(line)).await,
-                r = &mut op => break r,
-                // As for start: a client going away does not interrupt the stop, it
-                // completes as a REST stop would; only an explicit cancel rolls it back.
-                _ = client_gone(&mut peer) => {},
-            }
-        }
-    };
-    drop(on_line);
-    while let Some(line) = rx.recv().await {
-        peer.send(&line_step(line)).await;
-    }
+    let result = relay_lines(
+        &mut peer,
+        &mut rx,
+        core.apps.stop(&id, options, &task.cancel, &on_line),
+    )
+    .await;
     match result {
         Ok(outcome) => {
             peer.send(
