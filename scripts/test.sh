@@ -19,7 +19,8 @@
 #
 # Arguments are passed on to `cargo test` (e.g. `bash scripts/test.sh --test apps_api`), and
 # GANTRY_TEST_QUICK=1 skips fmt, clippy and the Yocto/cross checks: both are for developers'
-# inner loop; `.ci/run` passes neither. The schemathesis run happens when no arguments are
+# inner loop; `.ci/run` passes neither. GANTRY_TEST_DOCKERD=/path/to/dockerd runs the suite
+# against another dockerd than Debian's (a compatibility check; CI uses Debian's). The schemathesis run happens when no arguments are
 # given, or when GANTRY_TEST_SCHEMATHESIS=1 (GANTRY_TEST_SCHEMATHESIS=0 skips it).
 #
 # Without root and outside CI it runs the cargo steps only; the Docker-backed tests then skip
@@ -395,8 +396,15 @@ EOF
         return 1
     fi
 
-    setsid nsenter --net="/run/netns/$NETNS" \
-        dockerd \
+    # GANTRY_TEST_DOCKERD: another dockerd binary to test against (e.g. a newer release
+    # unpacked from its package); its directory comes first on PATH, for its docker-proxy.
+    local dockerd_bin=dockerd dockerd_path=$PATH
+    if [[ -n "${GANTRY_TEST_DOCKERD:-}" ]]; then
+        dockerd_bin=$GANTRY_TEST_DOCKERD
+        dockerd_path="$(dirname "$dockerd_bin"):$PATH"
+    fi
+    PATH=$dockerd_path setsid nsenter --net="/run/netns/$NETNS" \
+        "$dockerd_bin" \
         --host "unix://$DOCKER_SOCK" \
         --containerd "$TMPD/containerd/containerd.sock" \
         --data-root "$TMPD/data" \
