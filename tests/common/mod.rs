@@ -943,33 +943,21 @@ pub const STOPPABLE: &[&str] = &["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wa
 /// /marker with `marker` in it; registered for cleanup.
 pub fn unique_image(cleanup: &mut Cleanup, tag: &str, marker: &str) -> String {
     cleanup.image(tag);
-    let builder = unique("builder");
-    let image = test_image();
-    let script = format!("echo {marker} > /marker");
-    docker_ok(&[
-        "run",
-        "--name",
-        &builder,
-        "--network",
-        "none",
-        &image,
-        "sh",
-        "-c",
-        &script,
-    ]);
-    let out = docker(&["commit", &builder, tag]);
-    let _ = docker(&["rm", "-f", &builder]);
-    assert!(
-        out.status.success(),
-        "docker commit failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    commit_derived_image("builder", &format!("echo {marker} > /marker"), Some(tag));
     docker_id("image", tag)
 }
 
 /// A dangling image (no tag) derived from the test image; returns its id.
 pub fn dangling_image(cleanup: &mut Cleanup) -> String {
-    let builder = unique("dangling");
+    let id = commit_derived_image("dangling", "echo x > /x", None);
+    cleanup.image(&id);
+    id
+}
+
+/// Runs `script` in a container of the test image and commits the result, tagged `tag` when
+/// given; returns the new image's id as `docker commit` printed it.
+fn commit_derived_image(label: &str, script: &str, tag: Option<&str>) -> String {
+    let builder = unique(label);
     let image = test_image();
     docker_ok(&[
         "run",
@@ -980,18 +968,18 @@ pub fn dangling_image(cleanup: &mut Cleanup) -> String {
         &image,
         "sh",
         "-c",
-        "echo x > /x",
+        script,
     ]);
-    let out = docker(&["commit", &builder]);
+    let mut commit = vec!["commit", builder.as_str()];
+    commit.extend(tag);
+    let out = docker(&commit);
     let _ = docker(&["rm", "-f", &builder]);
     assert!(
         out.status.success(),
         "docker commit failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    cleanup.image(&id);
-    id
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// The test image's `docker save` output.
