@@ -8,58 +8,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{docker, docker_ok, enc, free_port, test_image, unique, wait_for, Gantry, Resp};
+use common::bundle::{
+    app_zip, fresh_big_image, import, multipart, saved_image, slow_app, upload_bundle, zip_of,
+    IMPORT,
+};
+use common::{docker, docker_ok, enc, free_port, test_image, unique, wait_for, Gantry};
 use serde_json::Value;
-
-/// A ZIP with the given entries (names ending in `/` are directories).
-fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default();
-    for (name, data) in entries {
-        if name.ends_with('/') {
-            w.add_directory(*name, opts).unwrap();
-        } else {
-            w.start_file(*name, opts).unwrap();
-            w.write_all(data).unwrap();
-        }
-    }
-    w.finish().unwrap().into_inner()
-}
-
-/// `docker save` of the test image under a new unique reference, which is then untagged, so
-/// that importing the bundle really loads it.
-fn saved_image(label: &str) -> (String, Vec<u8>) {
-    let reference = format!("{}:1", unique(label));
-    docker_ok(&["tag", &test_image(), &reference]);
-    let file = tempfile::NamedTempFile::new().unwrap();
-    docker_ok(&["save", "-o", file.path().to_str().unwrap(), &reference]);
-    docker_ok(&["rmi", &reference]);
-    let mut tar = Vec::new();
-    std::fs::File::open(file.path())
-        .unwrap()
-        .read_to_end(&mut tar)
-        .unwrap();
-    (reference, tar)
-}
-
-fn multipart(field: &str, file: &[u8]) -> (String, Vec<u8>) {
-    let boundary = "----gantrytestboundary7MA4YWxkTrZu0gW";
-    let mut body = Vec::new();
-    body.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"app.zip\"\r\nContent-Type: application/zip\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    body.extend_from_slice(file);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
-}
-
-fn import(g: &Gantry, zip: &[u8], query: &str) -> Resp {
-    let (ct, body) = multipart("app", zip);
-    g.post(&format!("/api/1/transfer/import{query}"), &ct, body)
-}
 
 fn http_get_status(port: u16) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -95,7 +49,7 @@ fn app_lifecycle_end_to_end() {
     let id = format!("{name}:1.0");
     let path = format!("/api/1/transfer/apps/{}", enc(&id));
 
-    let app = import(&g, &zip, "").expect_json(200);
+    let app = import(&g, &zip).expect_json(200);
     assert_eq!(app["Id"], id.as_str());
     assert_eq!(app["App"]["Name"], name.as_str());
     assert_eq!(app["App"]["Frontends"][0]["Port"], port);
@@ -220,17 +174,11 @@ fn reimport_is_a_conflict_unless_replacing() {
     let g = Gantry::builder().docker_host(&host).start();
     let name = unique("Twice");
     let compose = format!("services:\n  a:\n    image: {}\n", test_image());
-    let zip = zip_of(&[
-        (
-            "config.yml",
-            format!("Name: {name}\nVersion: 2\n").as_bytes(),
-        ),
-        ("compose.yaml", compose.as_bytes()),
-    ]);
-    import(&g, &zip, "").expect_json(200);
-    let detail = import(&g, &zip, "").expect_problem(409, "/api/1/transfer/import");
+    let zip = app_zip(&name, "2", &compose);
+    import(&g, &zip).expect_json(200);
+    let detail = import(&g, &zip).expect_problem(409, "/api/1/transfer/import");
     assert!(detail.contains("already imported"), "{detail}");
-    import(&g, &zip, "?replace=true").expect_json(200);
+    upload_bundle(&g, &format!("{IMPORT}?replace=true"), &zip).expect_json(200);
     let list = g.get("/api/1/transfer/apps").expect_json(200);
     assert_eq!(list.as_array().unwrap().len(), 1);
     let path = format!("/api/1/transfer/apps/{}", enc(&format!("{name}:2")));
@@ -311,7 +259,7 @@ fn hostile_and_broken_bundles_are_refused() {
         ("not a zip", b"definitely not a zip file".to_vec(), "ZIP"),
     ];
     for (what, zip, hint) in cases {
-        let detail = import(&g, &zip, "").expect_problem(400, "/api/1/transfer/import");
+        let detail = import(&g, &zip).expect_problem(400, "/api/1/transfer/import");
         assert!(
             detail.contains(hint),
             "{what}: the message does not mention {hint:?}: {detail}"
@@ -326,7 +274,7 @@ fn hostile_and_broken_bundles_are_refused() {
     w.write_all(good_compose.as_bytes()).unwrap();
     w.add_symlink("link", "/etc/passwd", opts).unwrap();
     let zip = w.finish().unwrap().into_inner();
-    let detail = import(&g, &zip, "").expect_problem(400, "/api/1/transfer/import");
+    let detail = import(&g, &zip).expect_problem(400, "/api/1/transfer/import");
     assert!(detail.contains("symbolic link"), "{detail}");
 
     // Not multipart, and multipart without the field.
@@ -366,14 +314,19 @@ fn images_streamed_during_the_upload_are_rolled_back_when_the_bundle_is_refused(
         w.finish().unwrap().into_inner()
     };
     let config = b"Name: Streamed\nVersion: 1\n".as_slice();
+    // config.yml and compose.yaml (with `compose_tail` appended), deflated.
+    let config_and_compose = |w: &mut Writer, compose_tail: &str| {
+        w.start_file("config.yml", deflated).unwrap();
+        w.write_all(config).unwrap();
+        w.start_file("compose.yaml", deflated).unwrap();
+        w.write_all(format!("{compose}{compose_tail}").as_bytes())
+            .unwrap();
+    };
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "symlink after the images",
             bundle(&|w| {
-                w.start_file("config.yml", deflated).unwrap();
-                w.write_all(config).unwrap();
-                w.start_file("compose.yaml", deflated).unwrap();
-                w.write_all(compose.as_bytes()).unwrap();
+                config_and_compose(w, "");
                 w.add_symlink("link", "/etc/passwd", deflated).unwrap();
             }),
             "symbolic link",
@@ -381,10 +334,7 @@ fn images_streamed_during_the_upload_are_rolled_back_when_the_bundle_is_refused(
         (
             "zip-slip after the images",
             bundle(&|w| {
-                w.start_file("config.yml", deflated).unwrap();
-                w.write_all(config).unwrap();
-                w.start_file("compose.yaml", deflated).unwrap();
-                w.write_all(compose.as_bytes()).unwrap();
+                config_and_compose(w, "");
                 w.start_file("../evil.txt", deflated).unwrap();
                 w.write_all(b"x").unwrap();
             }),
@@ -393,18 +343,14 @@ fn images_streamed_during_the_upload_are_rolled_back_when_the_bundle_is_refused(
         (
             "unknown compose key",
             bundle(&|w| {
-                w.start_file("config.yml", deflated).unwrap();
-                w.write_all(config).unwrap();
-                w.start_file("compose.yaml", deflated).unwrap();
-                w.write_all(format!("{compose}    frobnicate: 1\n").as_bytes())
-                    .unwrap();
+                config_and_compose(w, "    frobnicate: 1\n");
             }),
             "frobnicate",
         ),
         ("missing config.yml", bundle(&|_| {}), "config.yml"),
     ];
     for (what, zip, hint) in cases {
-        let detail = import(&g, &zip, "").expect_problem(400, "/api/1/transfer/import");
+        let detail = import(&g, &zip).expect_problem(400, "/api/1/transfer/import");
         assert!(
             detail.contains(hint),
             "{what}: the message does not mention {hint:?}: {detail}"
@@ -417,14 +363,9 @@ fn images_streamed_during_the_upload_are_rolled_back_when_the_bundle_is_refused(
         }
     }
     // Truncated: the central directory never arrives.
-    let good = bundle(&|w| {
-        w.start_file("config.yml", deflated).unwrap();
-        w.write_all(config).unwrap();
-        w.start_file("compose.yaml", deflated).unwrap();
-        w.write_all(compose.as_bytes()).unwrap();
-    });
+    let good = bundle(&|w| config_and_compose(w, ""));
     let cut = good[..good.len() - 60].to_vec();
-    let detail = import(&g, &cut, "").expect_problem(400, "/api/1/transfer/import");
+    let detail = import(&g, &cut).expect_problem(400, "/api/1/transfer/import");
     assert!(detail.contains("ZIP"), "{detail}");
     for r in [&r1, &r2] {
         assert!(
@@ -435,7 +376,7 @@ fn images_streamed_during_the_upload_are_rolled_back_when_the_bundle_is_refused(
     g.get("/api/1/transfer/apps").expect_empty(204);
 
     // The good bundle: both images loaded and recorded.
-    let body = import(&g, &good, "").expect_json(200);
+    let body = import(&g, &good).expect_json(200);
     let names: Vec<&str> = body["Images"]
         .as_array()
         .unwrap()
@@ -474,42 +415,6 @@ fn unknown_apps_and_bad_parameters() {
         .expect_problem(400, path);
     g.get(&format!("{path}/icon"))
         .expect_problem(404, &format!("{path}/icon"));
-}
-
-/// A new image (its own id) carrying `mib` MiB of random bytes, saved and then removed, so
-/// that loading it takes a noticeable moment.
-fn fresh_big_image(label: &str, mib: usize) -> (String, Vec<u8>) {
-    let reference = format!("{}:1", unique(label));
-    let dir = tempfile::tempdir().unwrap();
-    let mut data = vec![0u8; mib << 20];
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut data)
-        .unwrap();
-    std::fs::write(dir.path().join("blob"), &data).unwrap();
-    let tar = std::process::Command::new("tar")
-        .args(["-C", dir.path().to_str().unwrap(), "-c", "."])
-        .output()
-        .unwrap();
-    assert!(tar.status.success());
-    let mut import = std::process::Command::new(common::docker_cli())
-        .args([
-            "-H",
-            &common::docker_host().unwrap(),
-            "import",
-            "-",
-            &reference,
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    import.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
-    assert!(import.wait().unwrap().success());
-    let file = tempfile::NamedTempFile::new().unwrap();
-    docker_ok(&["save", "-o", file.path().to_str().unwrap(), &reference]);
-    docker_ok(&["rmi", &reference]);
-    (reference, std::fs::read(file.path()).unwrap())
 }
 
 #[test]
@@ -612,7 +517,7 @@ fn export_and_reimport_on_a_clean_store() {
         ("docker/a.tgz", &tar),
     ]);
     let g = Gantry::builder().docker_host(&host).start();
-    import(&g, &zip, "").expect_json(200);
+    import(&g, &zip).expect_json(200);
     let id = enc(&format!("{name}:3"));
 
     let plain = g.get(&format!("/api/1/transfer/export/{id}"));
@@ -661,7 +566,7 @@ fn export_and_reimport_on_a_clean_store() {
     assert!(!docker(&["image", "inspect", &reference]).status.success());
     drop(g);
     let g = Gantry::builder().docker_host(&host).start();
-    let app = import(&g, &full.body, "").expect_json(200);
+    let app = import(&g, &full.body).expect_json(200);
     assert_eq!(app["Id"], format!("{name}:3"));
     assert!(docker(&["image", "inspect", &reference]).status.success());
     let up = g
@@ -694,14 +599,8 @@ fn refresh_and_recognize() {
         "services:\n  a:\n    image: {}\n    command: sleep 60\n    stop_grace_period: 1s\n",
         test_image()
     );
-    let zip = zip_of(&[
-        (
-            "config.yml",
-            format!("Name: {name}\nVersion: 1\n").as_bytes(),
-        ),
-        ("compose.yaml", compose.as_bytes()),
-    ]);
-    import(&g, &zip, "").expect_json(200);
+    let zip = app_zip(&name, "1", &compose);
+    import(&g, &zip).expect_json(200);
     let path = format!("/api/1/transfer/apps/{}", enc(&format!("{name}:1")));
     let app = g.put(&format!("{path}/refresh")).expect_json(200);
     assert_eq!(app["Status"], "Stopped");
@@ -718,28 +617,12 @@ fn refresh_and_recognize() {
     g.delete(&format!("{path}?force=true")).expect_empty(200);
 }
 
-/// A two-service app whose second service waits for the first to become healthy, which
-/// takes a few seconds: long enough to act while `start` runs.
-fn slow_app(name: &str) -> Vec<u8> {
-    let compose = format!(
-        "services:\n  db:\n    image: {img}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 3; touch /ready; sleep 600 & wait\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"[ -f /ready ]\"]\n      interval: 1s\n      retries: 30\n    stop_grace_period: 1s\n  web:\n    image: {img}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 600 & wait\"]\n    depends_on:\n      db:\n        condition: service_healthy\n    stop_grace_period: 1s\n",
-        img = test_image()
-    );
-    zip_of(&[
-        (
-            "config.yml",
-            format!("Name: {name}\nVersion: 1\n").as_bytes(),
-        ),
-        ("compose.yaml", compose.as_bytes()),
-    ])
-}
-
 #[test]
 fn operations_on_a_busy_app_answer_400() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
     let name = unique("Busy");
-    import(&g, &slow_app(&name), "").expect_json(200);
+    import(&g, &slow_app(&name)).expect_json(200);
     let path = format!("/api/1/transfer/apps/{}", enc(&format!("{name}:1")));
     let url = g.url(&format!("{path}/start"));
     let starter = std::thread::spawn(move || {
@@ -777,7 +660,7 @@ fn a_start_killed_midway_is_consistent_after_restart() {
         .docker_host(&host)
         .env("GANTRY_STATE_DIR", &state_dir)
         .start();
-    import(&g, &slow_app(&name), "").expect_json(200);
+    import(&g, &slow_app(&name)).expect_json(200);
     let id = format!("{name}:1");
     let path = format!("/api/1/transfer/apps/{}", enc(&id));
     let url = g.url(&format!("{path}/start"));

@@ -3,56 +3,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
+use common::bundle::{app_zip, db_then_web_compose, import, saved_image, upload_bundle, zip_of};
 use common::{docker, docker_ok, enc, test_image, unique, wait_for, Gantry, Resp};
 use serde_json::{json, Value};
-
-/// A ZIP with the given entries (names ending in `/` are directories).
-fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default();
-    for (name, data) in entries {
-        if name.ends_with('/') {
-            w.add_directory(*name, opts).unwrap();
-        } else {
-            w.start_file(*name, opts).unwrap();
-            w.write_all(data).unwrap();
-        }
-    }
-    w.finish().unwrap().into_inner()
-}
-
-fn multipart(field: &str, file: &[u8]) -> (String, Vec<u8>) {
-    let boundary = "----gantrytestboundary7MA4YWxkTrZu0gW";
-    let mut body = Vec::new();
-    body.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"app.zip\"\r\nContent-Type: application/zip\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    body.extend_from_slice(file);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
-}
-
-/// `docker save` of the test image under a new unique reference, then untagged, so that
-/// importing the bundle really loads it.
-fn saved_image(label: &str) -> (String, Vec<u8>) {
-    let reference = format!("{}:1", unique(label));
-    docker_ok(&["tag", &test_image(), &reference]);
-    let file = tempfile::NamedTempFile::new().unwrap();
-    docker_ok(&["save", "-o", file.path().to_str().unwrap(), &reference]);
-    docker_ok(&["rmi", &reference]);
-    let mut tar = Vec::new();
-    std::fs::File::open(file.path())
-        .unwrap()
-        .read_to_end(&mut tar)
-        .unwrap();
-    (reference, tar)
-}
 
 /// Like JavaScript's encodeURIComponent, as the spec's file ids are encoded.
 fn enc_uri(s: &str) -> String {
@@ -113,8 +68,7 @@ fn files_api_browses_and_downloads_an_imported_bundle() {
         ("Resources/deep/notes.txt", b"deep notes"),
         ("docker/web.tar", &tar),
     ]);
-    let (ct, body) = multipart("app", &zip);
-    g.post("/api/1/transfer/import", &ct, body).expect_json(200);
+    import(&g, &zip).expect_json(200);
     let id = format!("{name}:1.0");
     let _cleanup = AppCleanup(&g, id.clone());
 
@@ -298,8 +252,7 @@ fn legacy_v222_and_v31_routes() {
     ]);
 
     // v2.2.2 import: the version-less route, multipart field "app".
-    let (ct, body) = multipart("app", &zip);
-    let imported = g.post("/api/transfer/import", &ct, body).expect_json(200);
+    let imported = upload_bundle(&g, "/api/transfer/import", &zip).expect_json(200);
     let _cleanup = AppCleanup(&g, id.clone());
     assert_eq!(imported["App"]["Name"], name.as_str());
 
@@ -553,19 +506,8 @@ fn compose_routes_answer_busy_while_an_app_starts() {
     let name = unique("Busy App");
     let id = format!("{name}:1");
     // `web` waits for `db` to be healthy, which it becomes only once the test says so.
-    let compose = format!(
-        "services:\n  db:\n    image: {img}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 600 & wait\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"[ -f /ready ]\"]\n      interval: 1s\n      retries: 600\n    stop_grace_period: 1s\n  web:\n    image: {img}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 600 & wait\"]\n    depends_on:\n      db:\n        condition: service_healthy\n    stop_grace_period: 1s\n",
-        img = test_image()
-    );
-    let zip = zip_of(&[
-        (
-            "config.yml",
-            format!("Name: {name}\nVersion: 1\n").as_bytes(),
-        ),
-        ("compose.yaml", compose.as_bytes()),
-    ]);
-    let (ct, body) = multipart("app", &zip);
-    g.post("/api/transfer/import", &ct, body).expect_json(200);
+    let zip = app_zip(&name, "1", &db_then_web_compose("", 600));
+    upload_bundle(&g, "/api/transfer/import", &zip).expect_json(200);
     let _cleanup = AppCleanup(&g, id.clone());
 
     let query = format!("?name={}&version=1", enc(&name));

@@ -12,8 +12,9 @@ use std::os::fd::FromRawFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{docker_ok, enc, test_image, unique, Gantry, Resp};
-use futures_util::StreamExt;
+use common::bundle::{import, zip_of};
+use common::ws::Ws;
+use common::{docker_ok, enc, test_image, unique, Gantry};
 use serde_json::Value;
 
 /// Guards every wait so a broken server fails the test instead of hanging it.
@@ -211,34 +212,6 @@ impl Sse {
         }
         panic!("the stream did not end; seen {:?}", self.seen)
     }
-}
-
-fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default();
-    for (name, data) in entries {
-        w.start_file(*name, opts).unwrap();
-        w.write_all(data).unwrap();
-    }
-    w.finish().unwrap().into_inner()
-}
-
-fn import(g: &Gantry, zip: &[u8]) -> Resp {
-    let boundary = "----gantrysseboundary7MA4YWxkTrZu0gW";
-    let mut body = Vec::new();
-    body.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"app\"; filename=\"app.zip\"\r\nContent-Type: application/zip\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    body.extend_from_slice(zip);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    g.post(
-        "/api/1/transfer/import",
-        &format!("multipart/form-data; boundary={boundary}"),
-        body,
-    )
 }
 
 /// An app of one service running the test image (already in Docker, so the bundle carries
@@ -449,61 +422,6 @@ fn a_client_that_never_reads_is_dropped_without_holding_others_up() {
     assert_eq!((n.as_str(), d.as_str()), ("Refresh", "true"));
 }
 
-/// A websocket client on its own runtime, connected to an endpoint that waits for it.
-struct IdleWs {
-    rt: tokio::runtime::Runtime,
-    ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-    /// Text messages received.
-    texts: Vec<String>,
-}
-
-impl IdleWs {
-    fn connect(g: &Gantry, path: &str) -> IdleWs {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let addr = g.addr;
-        let url = format!("ws://{addr}{path}");
-        let ws = rt.block_on(async {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (ws, resp) = tokio_tungstenite::client_async(url.as_str(), tcp)
-                .await
-                .unwrap_or_else(|e| panic!("websocket handshake for {path} failed: {e}"));
-            assert_eq!(resp.status().as_u16(), 101);
-            ws
-        });
-        IdleWs {
-            rt,
-            ws,
-            texts: Vec::new(),
-        }
-    }
-
-    /// Reads until the server's close frame; returns its code, or None when the connection
-    /// broke without one.
-    fn until_close(&mut self) -> Option<u16> {
-        let IdleWs { rt, ws, texts } = self;
-        rt.block_on(async {
-            let deadline = tokio::time::Instant::now() + GUARD;
-            loop {
-                match tokio::time::timeout_at(deadline, ws.next()).await {
-                    Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f)))) => {
-                        // Reading on sends our answering close frame, as a browser does.
-                        let _ = tokio::time::timeout_at(deadline, ws.next()).await;
-                        return f.map(|f| u16::from(f.code));
-                    }
-                    Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
-                        texts.push(t.to_string());
-                    }
-                    Ok(Some(Ok(_))) => continue,
-                    _ => return None,
-                }
-            }
-        })
-    }
-}
-
 #[test]
 fn sigterm_ends_open_streams_and_websockets_and_the_daemon_exits() {
     // No Docker needed: the streams and websockets do not depend on it.
@@ -514,7 +432,7 @@ fn sigterm_ends_open_streams_and_websockets_and_the_daemon_exits() {
     let mut a = Sse::connect(&g, "/api/events");
     let mut b = Sse::connect(&g, "/events");
     // An import websocket waiting for the client's Length message.
-    let mut ws = IdleWs::connect(&g, "/events/transfer/import");
+    let mut ws = Ws::connect(&g, "/events/transfer/import");
 
     let t0 = Instant::now();
     g.signal(libc::SIGTERM);
@@ -527,8 +445,9 @@ fn sigterm_ends_open_streams_and_websockets_and_the_daemon_exits() {
         assert_eq!(v["Status"], "ShuttingDown");
     }
     // 1001 Going Away, after a CANCEL step saying why.
-    assert_eq!(ws.until_close(), Some(1001), "{:?}", ws.texts);
-    let last: Value = serde_json::from_str(ws.texts.last().unwrap()).unwrap();
+    let steps = ws.rest();
+    assert_eq!(ws.close_code, Some(1001), "{steps:?}");
+    let last = steps.last().unwrap();
     assert_eq!(last["StepType"], "CANCEL", "{last}");
     assert!(
         last["Message"].as_str().unwrap().contains("shutting down"),

@@ -6,170 +6,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
+use common::bundle::{app_zip, fresh_big_image, import, saved_image, slow_app, zip_of};
+use common::ws::Ws;
 use common::{docker, docker_ok, enc, test_image, unique, wait_for, Gantry};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-
-/// Guards every read so a broken server fails the test instead of hanging it.
-const READ_GUARD: Duration = Duration::from_secs(180);
-
-/// A websocket client on its own current-thread runtime, used synchronously.
-struct Ws {
-    rt: tokio::runtime::Runtime,
-    ws: WebSocketStream<tokio::net::TcpStream>,
-    /// The server sent a close frame.
-    closed: bool,
-}
-
-impl Ws {
-    fn connect(g: &Gantry, path: &str) -> Ws {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let addr = g.addr;
-        let url = format!("ws://{addr}{path}");
-        let ws = rt.block_on(async {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (ws, resp) = tokio_tungstenite::client_async(url.as_str(), tcp)
-                .await
-                .unwrap_or_else(|e| panic!("websocket handshake for {path} failed: {e}"));
-            assert_eq!(resp.status().as_u16(), 101);
-            ws
-        });
-        Ws {
-            rt,
-            ws,
-            closed: false,
-        }
-    }
-
-    fn send(&mut self, m: Message) {
-        let Ws { rt, ws, .. } = self;
-        rt.block_on(ws.send(m)).expect("websocket send failed");
-    }
-
-    fn text(&mut self, v: Value) {
-        self.send(Message::text(v.to_string()));
-    }
-
-    fn binary(&mut self, b: &[u8]) {
-        self.send(Message::binary(b.to_vec()));
-    }
-
-    fn length(&mut self, n: usize) {
-        self.text(json!({"Name": "Length", "Value": n}));
-    }
-
-    /// The next JSON message; None once the server closed (or the connection ended).
-    fn recv(&mut self) -> Option<Value> {
-        let Ws { rt, ws, closed } = self;
-        loop {
-            let m = rt
-                .block_on(async { tokio::time::timeout(READ_GUARD, ws.next()).await })
-                .expect("no websocket message for a long time");
-            match m {
-                Some(Ok(Message::Text(t))) => {
-                    return Some(serde_json::from_str(t.as_str()).expect("a JSON message"))
-                }
-                Some(Ok(Message::Close(_))) => {
-                    *closed = true;
-                    // Answer the close and read to the end.
-                    let _ = rt.block_on(async {
-                        tokio::time::timeout(READ_GUARD, async {
-                            while let Some(Ok(_)) = ws.next().await {}
-                        })
-                        .await
-                    });
-                    return None;
-                }
-                Some(Ok(Message::Binary(_))) => panic!("unexpected binary message"),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return None,
-            }
-        }
-    }
-
-    /// Every message until the server closes.
-    fn rest(&mut self) -> Vec<Value> {
-        let mut out = Vec::new();
-        for _ in 0..1_000_000 {
-            match self.recv() {
-                Some(v) => out.push(v),
-                None => return out,
-            }
-        }
-        panic!("the server never closed the websocket");
-    }
-
-    fn cancel_id(&mut self) -> String {
-        let first = self.recv().expect("the CancelID message");
-        assert_eq!(first["Name"], "CancelID", "{first}");
-        let id = first["Value"].as_str().expect("CancelID is a string");
-        assert_eq!(id.len(), 36, "{id}");
-        id.to_string()
-    }
-}
-
-fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default();
-    for (name, data) in entries {
-        w.start_file(*name, opts).unwrap();
-        w.write_all(data).unwrap();
-    }
-    w.finish().unwrap().into_inner()
-}
-
-/// `docker save` of the test image under a new unique reference (then untagged).
-fn saved_image(label: &str) -> (String, Vec<u8>) {
-    let reference = format!("{}:1", unique(label));
-    docker_ok(&["tag", &test_image(), &reference]);
-    let file = tempfile::NamedTempFile::new().unwrap();
-    docker_ok(&["save", "-o", file.path().to_str().unwrap(), &reference]);
-    docker_ok(&["rmi", &reference]);
-    (reference, std::fs::read(file.path()).unwrap())
-}
-
-/// A new image of `mib` MiB of random data (its own id, so rollback really removes it).
-fn fresh_big_image(label: &str, mib: usize) -> (String, Vec<u8>) {
-    let reference = format!("{}:1", unique(label));
-    let dir = tempfile::tempdir().unwrap();
-    let mut data = vec![0u8; mib << 20];
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut data)
-        .unwrap();
-    std::fs::write(dir.path().join("blob"), &data).unwrap();
-    let tar = std::process::Command::new("tar")
-        .args(["-C", dir.path().to_str().unwrap(), "-c", "."])
-        .output()
-        .unwrap();
-    assert!(tar.status.success());
-    let mut import = std::process::Command::new(common::docker_cli())
-        .args([
-            "-H",
-            &common::docker_host().unwrap(),
-            "import",
-            "-",
-            &reference,
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    import.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
-    assert!(import.wait().unwrap().success());
-    let file = tempfile::NamedTempFile::new().unwrap();
-    docker_ok(&["save", "-o", file.path().to_str().unwrap(), &reference]);
-    docker_ok(&["rmi", &reference]);
-    (reference, std::fs::read(file.path()).unwrap())
-}
 
 fn bundle(name: &str, compose: &str, images: &[(String, Vec<u8>)]) -> Vec<u8> {
     let config = format!("Name: {name}\nVersion: 1.0\n");
@@ -225,6 +67,31 @@ fn pipeline(steps: &[Value]) -> Vec<String> {
     out
 }
 
+/// Reads steps up to and including the first for which `stop` holds; panics with `what` when
+/// the stream ends before.
+fn steps_until(ws: &mut Ws, what: &str, mut stop: impl FnMut(&Value) -> bool) -> Vec<Value> {
+    let mut steps = Vec::new();
+    loop {
+        let s = ws.recv().expect(what);
+        let last = stop(&s);
+        steps.push(s);
+        if last {
+            return steps;
+        }
+    }
+}
+
+/// Cancels the task `cancel_id` that `ws` streams (over REST), reads the rest of its steps
+/// into `steps` up to a clean close, and returns the failure step, which must be the CANCEL.
+fn cancel_over_rest(g: &Gantry, ws: &mut Ws, cancel_id: &str, steps: &mut Vec<Value>) -> Value {
+    g.put(&format!("/api/cancel/{cancel_id}")).expect_empty(200);
+    steps.extend(ws.rest());
+    assert!(ws.closed, "no clean close after {steps:#?}");
+    let f = failure(steps).clone();
+    assert_eq!(f["StepType"], "CANCEL", "{steps:#?}");
+    f
+}
+
 /// Waits until the task is over: cancelling it answers 404.
 fn wait_task_ended(g: &Gantry, id: &str) {
     let ended = wait_for(Duration::from_secs(60), Duration::from_millis(100), || {
@@ -246,10 +113,7 @@ fn import_over_websocket_reports_every_step() {
         std::slice::from_ref(&image),
     );
 
-    let mut ws = Ws::connect(&g, "/events/transfer/import");
-    let cancel_id = ws.cancel_id();
-    ws.length(zip.len());
-    ws.binary(&zip);
+    let (mut ws, cancel_id) = Ws::upload(&g, "/events/transfer/import", &zip);
     let steps = ws.rest();
     assert!(ws.closed, "no clean close");
     assert!(steps.iter().all(|s| s["Success"] == true), "{steps:#?}");
@@ -375,24 +239,11 @@ fn cancel_mid_import_rolls_back() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
     let (id, refs, zip) = big_bundle("wscx");
-    let mut ws = Ws::connect(&g, "/events/transfer/import");
-    let cancel_id = ws.cancel_id();
-    ws.length(zip.len());
-    ws.binary(&zip);
-    let mut steps = Vec::new();
-    loop {
-        let s = ws.recv().expect("the import ended before loading images");
-        let first_load = s["StepType"] == "LOAD_IMAGE";
-        steps.push(s);
-        if first_load {
-            break;
-        }
-    }
-    g.put(&format!("/api/cancel/{cancel_id}")).expect_empty(200);
-    steps.extend(ws.rest());
-    assert!(ws.closed);
-    let f = failure(&steps);
-    assert_eq!(f["StepType"], "CANCEL", "{f}");
+    let (mut ws, cancel_id) = Ws::upload(&g, "/events/transfer/import", &zip);
+    let mut steps = steps_until(&mut ws, "the import ended before loading images", |s| {
+        s["StepType"] == "LOAD_IMAGE"
+    });
+    let f = cancel_over_rest(&g, &mut ws, &cancel_id, &mut steps);
     assert_eq!(f["Required"], true);
     assert!(f["Message"].as_str().unwrap().contains("cancelled"), "{f}");
     assert!(
@@ -408,16 +259,10 @@ fn a_client_leaving_mid_import_cancels_it() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
     let (id, refs, zip) = big_bundle("wsgone");
-    let mut ws = Ws::connect(&g, "/events/transfer/import");
-    let cancel_id = ws.cancel_id();
-    ws.length(zip.len());
-    ws.binary(&zip);
-    for _ in 0..1000 {
-        let s = ws.recv().expect("the import ended before loading images");
-        if s["StepType"] == "LOAD_IMAGE" {
-            break;
-        }
-    }
+    let (mut ws, cancel_id) = Ws::upload(&g, "/events/transfer/import", &zip);
+    steps_until(&mut ws, "the import ended before loading images", |s| {
+        s["StepType"] == "LOAD_IMAGE"
+    });
     drop(ws);
     wait_task_ended(&g, &cancel_id);
     assert_rolled_back(&g, &id, &refs);
@@ -426,20 +271,45 @@ fn a_client_leaving_mid_import_cancels_it() {
     g.get("/api/1/transfer/apps").expect_empty(204);
 }
 
-fn rest_import(g: &Gantry, zip: &[u8]) {
-    let boundary = "----gantrywsboundary";
-    let mut body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"app\"; filename=\"app.zip\"\r\nContent-Type: application/zip\r\n\r\n"
-    )
-    .into_bytes();
-    body.extend_from_slice(zip);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    g.post(
-        "/api/1/transfer/import",
-        &format!("multipart/form-data; boundary={boundary}"),
-        body,
-    )
-    .expect_json(200);
+/// Checks the steps of a start or stop streamed over a websocket: the announcement
+/// `{action} App instance {id}` first, then the process's lines, the announcement
+/// `Successfully {done} App {id}`, and last the successful process result, which carries
+/// every line. Returns the lines and that last step.
+fn assert_process_steps<'a>(
+    steps: &'a [Value],
+    action: &str,
+    done: &str,
+    id: &str,
+) -> (Vec<&'a str>, &'a Value) {
+    assert_eq!(steps[0]["StepType"], "ANNOUNCEMENT", "{steps:#?}");
+    assert_eq!(
+        steps[0]["Message"],
+        format!("{action} App instance {id}").as_str()
+    );
+    let lines = process_lines(steps);
+    let n = steps.len();
+    assert_eq!(steps[n - 2]["StepType"], "ANNOUNCEMENT");
+    assert_eq!(
+        steps[n - 2]["Message"],
+        format!("Successfully {done} App {id}").as_str()
+    );
+    let last = &steps[n - 1];
+    assert_eq!(last["StepType"], "PROCESS_PROGRESS");
+    assert_eq!(last["Success"], true);
+    assert_eq!(last["ProcessResult"]["ExitCode"], 0, "{last}");
+    assert_eq!(
+        last["ProcessResult"]["Lines"].as_array().unwrap().len(),
+        lines.len()
+    );
+    (lines, last)
+}
+
+/// The lines of the process steps.
+fn process_lines(steps: &[Value]) -> Vec<&str> {
+    steps
+        .iter()
+        .filter_map(|s| s["ProcessLine"]["Line"].as_str())
+        .collect()
 }
 
 #[test]
@@ -448,21 +318,13 @@ fn start_over_websocket_streams_lines_and_the_result() {
     let g = Gantry::builder().docker_host(&host).start();
     let name = unique("WsStart");
     let id = format!("{name}:1.0");
-    rest_import(&g, &bundle(&name, &sleeper_compose(&[&test_image()]), &[]));
+    import(&g, &bundle(&name, &sleeper_compose(&[&test_image()]), &[])).expect_json(200);
 
     let mut ws = Ws::connect(&g, &format!("/events/transfer/apps/{}/start", enc(&id)));
     ws.cancel_id();
     let steps = ws.rest();
     assert!(ws.closed);
-    assert_eq!(steps[0]["StepType"], "ANNOUNCEMENT", "{steps:#?}");
-    assert_eq!(
-        steps[0]["Message"],
-        format!("Starting App instance {id}").as_str()
-    );
-    let lines: Vec<&str> = steps
-        .iter()
-        .filter_map(|s| s["ProcessLine"]["Line"].as_str())
-        .collect();
+    let (lines, last) = assert_process_steps(&steps, "Starting", "started", &id);
     assert!(
         lines.iter().any(|l| l.starts_with("Creating network")),
         "{steps:#?}"
@@ -471,26 +333,12 @@ fn start_over_websocket_streams_lines_and_the_result() {
     let line = steps.iter().find(|s| s["ProcessLine"].is_object()).unwrap();
     assert_eq!(line["StepType"], "PROCESS_PROGRESS");
     assert_eq!(line["ProcessLine"]["IsStderr"], true);
-    let n = steps.len();
-    assert_eq!(steps[n - 2]["StepType"], "ANNOUNCEMENT");
-    assert_eq!(
-        steps[n - 2]["Message"],
-        format!("Successfully started App {id}").as_str()
-    );
-    let last = &steps[n - 1];
-    assert_eq!(last["StepType"], "PROCESS_PROGRESS");
-    assert_eq!(last["Success"], true);
-    assert_eq!(last["ProcessResult"]["ExitCode"], 0, "{last}");
     assert_eq!(
         last["ProcessResult"]["RunningContainers"]
             .as_array()
             .unwrap()
             .len(),
         1
-    );
-    assert_eq!(
-        last["ProcessResult"]["Lines"].as_array().unwrap().len(),
-        lines.len()
     );
     assert_eq!(g.get(&app_path(&id)).expect_json(200)["Status"], "Running");
 
@@ -517,49 +365,26 @@ fn start_over_websocket_streams_lines_and_the_result() {
         .expect_empty(200);
 }
 
-/// Two services; the second waits for the first to be healthy (about 3 s).
-fn slow_app(name: &str) -> Vec<u8> {
-    let compose = format!(
-        "services:\n  db:\n    image: {img}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 3; touch /ready; sleep 600 & wait\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"[ -f /ready ]\"]\n      interval: 1s\n      retries: 30\n    stop_grace_period: 1s\n  web:\n    image: {img}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 600 & wait\"]\n    depends_on:\n      db:\n        condition: service_healthy\n    stop_grace_period: 1s\n",
-        img = test_image()
-    );
-    zip_of(&[
-        (
-            "config.yml",
-            format!("Name: {name}\nVersion: 1\n").as_bytes(),
-        ),
-        ("compose.yaml", compose.as_bytes()),
-    ])
-}
-
 #[test]
 fn cancel_mid_start_leaves_the_app_stopped() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
     let name = unique("WsSlow");
     let id = format!("{name}:1");
-    rest_import(&g, &slow_app(&name));
+    import(&g, &slow_app(&name)).expect_json(200);
     let mut ws = Ws::connect(&g, &format!("/events/transfer/apps/{}/start", enc(&id)));
     let cancel_id = ws.cancel_id();
-    let mut steps = Vec::new();
     // Cancel once the first container was created (the second waits for its health).
-    loop {
-        let s = ws
-            .recv()
-            .expect("the start ended before creating a container");
-        let created = s["ProcessLine"]["Line"]
-            .as_str()
-            .is_some_and(|l| l.contains("db") && l.ends_with("done"));
-        steps.push(s);
-        if created {
-            break;
-        }
-    }
-    g.put(&format!("/api/cancel/{cancel_id}")).expect_empty(200);
-    steps.extend(ws.rest());
-    assert!(ws.closed);
-    let f = failure(&steps);
-    assert_eq!(f["StepType"], "CANCEL", "{steps:#?}");
+    let mut steps = steps_until(
+        &mut ws,
+        "the start ended before creating a container",
+        |s| {
+            s["ProcessLine"]["Line"]
+                .as_str()
+                .is_some_and(|l| l.contains("db") && l.ends_with("done"))
+        },
+    );
+    let f = cancel_over_rest(&g, &mut ws, &cancel_id, &mut steps);
     assert!(f["Message"].as_str().unwrap().contains("stopped"), "{f}");
     wait_task_ended(&g, &cancel_id);
     let app = g.get(&app_path(&id)).expect_json(200);
@@ -683,10 +508,7 @@ fn malformed_uploads_fail_cleanly_and_others_are_served() {
     let name = unique("WsOther");
     let zip = bundle(&name, &sleeper_compose(&[&test_image()]), &[]);
     assert!(zip.len() < 4000);
-    let mut other = Ws::connect(&g, "/events/transfer/import");
-    other.cancel_id();
-    other.length(zip.len());
-    other.binary(&zip);
+    let (mut other, _) = Ws::upload(&g, "/events/transfer/import", &zip);
     let steps = other.rest();
     assert_eq!(
         steps.last().unwrap()["Details"],
@@ -716,7 +538,7 @@ fn stop_over_websocket_streams_lines_and_the_result() {
     let g = Gantry::builder().docker_host(&host).start();
     let name = unique("WsStop");
     let id = format!("{name}:1.0");
-    rest_import(&g, &bundle(&name, &sleeper_compose(&[&test_image()]), &[]));
+    import(&g, &bundle(&name, &sleeper_compose(&[&test_image()]), &[])).expect_json(200);
     g.put(&format!("{}/start", app_path(&id))).expect_json(200);
     assert_eq!(g.get(&app_path(&id)).expect_json(200)["Status"], "Running");
 
@@ -724,15 +546,7 @@ fn stop_over_websocket_streams_lines_and_the_result() {
     let cancel_id = ws.cancel_id();
     let steps = ws.rest();
     assert!(ws.closed);
-    assert_eq!(steps[0]["StepType"], "ANNOUNCEMENT", "{steps:#?}");
-    assert_eq!(
-        steps[0]["Message"],
-        format!("Stopping App instance {id}").as_str()
-    );
-    let lines: Vec<&str> = steps
-        .iter()
-        .filter_map(|s| s["ProcessLine"]["Line"].as_str())
-        .collect();
+    let (lines, last) = assert_process_steps(&steps, "Stopping", "stopped", &id);
     assert!(
         lines
             .iter()
@@ -743,26 +557,12 @@ fn stop_over_websocket_streams_lines_and_the_result() {
         lines.iter().any(|l| l.starts_with("Removing network")),
         "{steps:#?}"
     );
-    let n = steps.len();
-    assert_eq!(steps[n - 2]["StepType"], "ANNOUNCEMENT");
-    assert_eq!(
-        steps[n - 2]["Message"],
-        format!("Successfully stopped App {id}").as_str()
-    );
-    let last = &steps[n - 1];
-    assert_eq!(last["StepType"], "PROCESS_PROGRESS");
-    assert_eq!(last["Success"], true);
-    assert_eq!(last["ProcessResult"]["ExitCode"], 0, "{last}");
     assert!(
         last["ProcessResult"]["Command"]
             .as_str()
             .unwrap()
             .ends_with(" down"),
         "{last}"
-    );
-    assert_eq!(
-        last["ProcessResult"]["Lines"].as_array().unwrap().len(),
-        lines.len()
     );
     wait_task_ended(&g, &cancel_id);
     let app = g.get(&app_path(&id)).expect_json(200);
@@ -781,13 +581,7 @@ fn stubborn_app(name: &str) -> Vec<u8> {
         "services:\n  quick:\n    image: {img}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 600 & wait\"]\n    stop_grace_period: 1s\n  stubborn:\n    image: {img}\n    command: [\"sh\", \"-c\", \"trap '' TERM; sleep 3600 & wait\"]\n    stop_grace_period: 10m\n",
         img = test_image()
     );
-    zip_of(&[
-        (
-            "config.yml",
-            format!("Name: {name}\nVersion: 1\n").as_bytes(),
-        ),
-        ("compose.yaml", compose.as_bytes()),
-    ])
+    app_zip(name, "1", &compose)
 }
 
 #[test]
@@ -796,7 +590,7 @@ fn cancel_mid_stop_starts_the_app_again() {
     let g = Gantry::builder().docker_host(&host).start();
     let name = unique("WsStubborn");
     let id = format!("{name}:1");
-    rest_import(&g, &stubborn_app(&name));
+    import(&g, &stubborn_app(&name)).expect_json(200);
     g.put(&format!("{}/start", app_path(&id))).expect_json(200);
     let before = g.get(&app_path(&id)).expect_json(200);
     assert_eq!(before["Status"], "Running", "{before}");
@@ -804,11 +598,9 @@ fn cancel_mid_stop_starts_the_app_again() {
 
     let mut ws = Ws::connect(&g, &format!("/events/transfer/apps/{}/stop", enc(&id)));
     let cancel_id = ws.cancel_id();
-    let mut steps = Vec::new();
     // Cancel once `quick` is gone while `stubborn` is still being stopped (for ten minutes).
     let (mut quick_removed, mut stubborn_stopping) = (false, false);
-    while !(quick_removed && stubborn_stopping) {
-        let s = ws.recv().expect("the stop ended before it was cancelled");
+    let mut steps = steps_until(&mut ws, "the stop ended before it was cancelled", |s| {
         if let Some(l) = s["ProcessLine"]["Line"].as_str() {
             quick_removed |=
                 l.starts_with("Removing") && l.contains("_quick_") && l.ends_with("done");
@@ -819,26 +611,19 @@ fn cancel_mid_stop_starts_the_app_again() {
                 "stubborn stopped before the cancel: {l}"
             );
         }
-        steps.push(s);
-    }
+        quick_removed && stubborn_stopping
+    });
     assert_eq!(
         g.get(&app_path(&id)).expect_json(200)["Busy"],
         true,
         "the app is not busy while it is being stopped"
     );
-    g.put(&format!("/api/cancel/{cancel_id}")).expect_empty(200);
-    steps.extend(ws.rest());
-    assert!(ws.closed);
-    let f = failure(&steps);
-    assert_eq!(f["StepType"], "CANCEL", "{steps:#?}");
+    let f = cancel_over_rest(&g, &mut ws, &cancel_id, &mut steps);
     assert!(
         f["Message"].as_str().unwrap().contains("started again"),
         "{f}"
     );
-    let lines: Vec<&str> = steps
-        .iter()
-        .filter_map(|s| s["ProcessLine"]["Line"].as_str())
-        .collect();
+    let lines = process_lines(&steps);
     assert!(
         lines
             .iter()

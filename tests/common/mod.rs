@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod bundle;
+pub mod ws;
+
 pub const DEFAULT_TEST_IMAGE: &str = "gantry-test/busybox:latest";
 
 // ---------------------------------------------------------------------------------------------
