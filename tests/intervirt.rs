@@ -9,6 +9,8 @@
 //! Needs root, `ip`, `nsenter`, `nft`, the docker CLI and `GANTRY_TEST_DOCKER_HOST`; skips
 //! loudly without the latter (fails under CI=true).
 
+mod common;
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -16,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use common::{run, run_ok, test_image};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::{self, Message, WebSocket};
 
@@ -30,69 +33,16 @@ const STRICT_KEYS: &[&str] = &[
     "type", "refID", "error", "code", "progress", "output", "version",
 ];
 
-fn in_ci() -> bool {
-    matches!(
-        std::env::var("CI")
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-            .as_str(),
-        "true" | "1" | "yes"
-    )
-}
-
-fn docker_host(test: &str) -> Option<String> {
-    match std::env::var("GANTRY_TEST_DOCKER_HOST") {
-        Ok(h) if !h.trim().is_empty() => Some(h),
-        _ if in_ci() => panic!("{test}: GANTRY_TEST_DOCKER_HOST is not set but CI=true"),
-        _ => {
-            eprintln!(
-                "\n!!!!!!!!!! SKIPPED {test}: GANTRY_TEST_DOCKER_HOST is not set; run \
-                 `bash scripts/test.sh` as root !!!!!!!!!!\n"
-            );
-            None
-        }
-    }
-}
-
-fn test_image() -> String {
-    std::env::var("GANTRY_TEST_IMAGE")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| "gantry-test/busybox:latest".into())
-}
-
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
-}
-
-fn ok(program: &str, args: &[&str]) -> String {
-    let out = run(program, args);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 struct Docker {
     host: String,
 }
 
 impl Docker {
     fn run(&self, args: &[&str]) -> Output {
-        let mut all = vec!["-H", self.host.as_str()];
-        all.extend(args);
-        run("docker", &all)
+        common::docker(args)
     }
     fn ok(&self, args: &[&str]) -> String {
-        let mut all = vec!["-H", self.host.as_str()];
-        all.extend(args);
-        ok("docker", &all)
+        common::docker_ok(args)
     }
     fn exists(&self, name: &str) -> bool {
         self.run(&["inspect", "--type", "container", name])
@@ -144,8 +94,8 @@ impl Netns {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
-        ok("ip", &["netns", "add", &name]);
-        ok("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        run_ok("ip", &["netns", "add", &name]);
+        run_ok("ip", &["-n", &name, "link", "set", "lo", "up"]);
         Netns { name }
     }
     fn path(&self) -> PathBuf {
@@ -154,7 +104,7 @@ impl Netns {
     fn ok(&self, cmd: &[&str]) -> String {
         let mut args = vec!["netns", "exec", self.name.as_str()];
         args.extend(cmd);
-        ok("ip", &args)
+        run_ok("ip", &args)
     }
     fn run(&self, cmd: &[&str]) -> Output {
         let mut args = vec!["netns", "exec", self.name.as_str()];
@@ -460,6 +410,14 @@ fn command(c: &str) -> Value {
     json!({"type": "Command", "command": c})
 }
 
+/// The `output` lines of a stream's progress messages.
+fn outputs(progress: &[Value]) -> Vec<&str> {
+    progress
+        .iter()
+        .filter_map(|p| p["output"].as_str())
+        .collect()
+}
+
 fn assert_error(v: &Value, code: i64) {
     assert_eq!(v["code"], code, "{v}");
     assert!(
@@ -470,7 +428,7 @@ fn assert_error(v: &Value, code: i64) {
 
 /// Common setup: the docker handle, the image alias, a clean slate of Intervirt containers.
 fn setup(test: &str) -> Option<(Docker, tempfile::TempDir, Netns)> {
-    let host = docker_host(test)?;
+    let host = common::docker_host_or_skip(test)?;
     let docker = Docker { host };
     docker.ok(&["tag", &test_image(), IMAGE_ALIAS]);
     for name in docker.intervirt_containers() {
@@ -720,10 +678,7 @@ fn every_request_kind_and_error_code() {
     // cannot be pulled here: kept) with their network.
     let (progress, done) = c.stream(command("update"));
     assert_eq!(done["code"], 0, "{done}");
-    let lines: Vec<&str> = progress
-        .iter()
-        .filter_map(|p| p["output"].as_str())
-        .collect();
+    let lines = outputs(&progress);
     assert!(
         lines.contains(&"upgrading pkg-a") && lines.contains(&"upgrading pkg-b"),
         "{lines:?}"
@@ -771,10 +726,7 @@ fn every_request_kind_and_error_code() {
     assert_eq!(c.code(add(&b, "198.19.40.3", "", "02:00:5e:28:00:03")), 0);
     let (progress, done) = c.stream(command("wipe"));
     assert_eq!(done["code"], 0, "{done}");
-    let steps: Vec<&str> = progress
-        .iter()
-        .filter_map(|p| p["output"].as_str())
-        .collect();
+    let steps = outputs(&progress);
     assert!(
         steps.contains(&format!("Removing container {a}").as_str()),
         "{steps:?}"

@@ -197,6 +197,49 @@ pub fn run_gantry(args: &[&str], env: &[(&str, &str)]) -> Output {
         .unwrap_or_else(|| panic!("gantry {args:?} did not finish within 30 s"))
 }
 
+/// Runs `program <args>` to completion (bounded to 120 s) and returns its output.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    run_with_input(program, args, None)
+}
+
+/// Runs `program <args>` with `input`, if any, as its stdin, to completion (bounded to
+/// 120 s); returns its output.
+pub fn run_with_input(program: &str, args: &[&str], input: Option<&[u8]>) -> Output {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    if let Some(bytes) = input {
+        let mut stdin = child.stdin.take().expect("no stdin");
+        stdin
+            .write_all(bytes)
+            .unwrap_or_else(|e| panic!("cannot feed {program}: {e}"));
+    }
+    wait_output(child, Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("{program} {args:?} did not finish within 120 s"))
+}
+
+/// Runs `program <args>` and returns its trimmed stdout; panics with its output when it
+/// fails.
+pub fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = run(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Collects a child's output while waiting (bounded) for it: the pipes are drained on their
 /// own threads so a chatty child never blocks on a full pipe.
 fn wait_output(mut child: Child, limit: Duration) -> Option<Output> {
@@ -820,50 +863,23 @@ pub fn docker_cli() -> String {
 /// Runs `docker -H $GANTRY_TEST_DOCKER_HOST <args>` (bounded to 120 s).
 pub fn docker(args: &[&str]) -> Output {
     let host = docker_host().expect("GANTRY_TEST_DOCKER_HOST is not set");
-    let child = Command::new(docker_cli())
-        .arg("-H")
-        .arg(&host)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", docker_cli()));
-    wait_output(child, Duration::from_secs(120))
-        .unwrap_or_else(|| panic!("docker {args:?} did not finish within 120 s"))
+    run(&docker_cli(), &[&["-H", host.as_str()], args].concat())
 }
 
-/// Runs docker and returns its trimmed stdout; panics with its stderr when it fails.
+/// Runs docker and returns its trimmed stdout; panics with its output when it fails.
 pub fn docker_ok(args: &[&str]) -> String {
-    let out = docker(args);
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let host = docker_host().expect("GANTRY_TEST_DOCKER_HOST is not set");
+    run_ok(&docker_cli(), &[&["-H", host.as_str()], args].concat())
 }
 
 /// Runs docker with `stdin` as its input (bounded to 120 s).
 pub fn docker_with_input(args: &[&str], stdin: &[u8]) -> Output {
     let host = docker_host().expect("GANTRY_TEST_DOCKER_HOST is not set");
-    let mut child = Command::new(docker_cli())
-        .arg("-H")
-        .arg(&host)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", docker_cli()));
-    {
-        let mut input = child.stdin.take().expect("no stdin");
-        input.write_all(stdin).expect("cannot feed docker");
-    }
-    wait_output(child, Duration::from_secs(120))
-        .unwrap_or_else(|| panic!("docker {args:?} did not finish within 120 s"))
+    run_with_input(
+        &docker_cli(),
+        &[&["-H", host.as_str()], args].concat(),
+        Some(stdin),
+    )
 }
 
 pub fn docker_exists(kind: &str, name: &str) -> bool {
