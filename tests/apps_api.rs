@@ -12,7 +12,7 @@ use common::bundle::{
     app_zip, fresh_big_image, import, multipart, saved_image, slow_app, upload_bundle, zip_of,
     IMPORT,
 };
-use common::{docker, docker_ok, enc, free_port, test_image, unique, wait_for, Gantry};
+use common::{docker_exists, docker_ok, enc, free_port, test_image, unique, wait_for, Gantry};
 use serde_json::Value;
 
 fn http_get_status(port: u16) -> Option<String> {
@@ -22,6 +22,15 @@ fn http_get_status(port: u16) -> Option<String> {
     let mut head = [0u8; 12];
     s.read_exact(&mut head).ok()?;
     Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Asserts that importing `zip` (`what`) is refused with a 400 whose detail mentions `hint`.
+fn assert_import_refused(g: &Gantry, what: &str, zip: &[u8], hint: &str) {
+    let detail = import(g, zip).expect_problem(400, "/api/1/transfer/import");
+    assert!(
+        detail.contains(hint),
+        "{what}: the message does not mention {hint:?}: {detail}"
+    );
 }
 
 #[test]
@@ -56,7 +65,7 @@ fn app_lifecycle_end_to_end() {
     assert_eq!(app["Status"], "Stopped");
     assert_eq!(app["Busy"], false);
     assert_eq!(app["Images"][0]["Name"], reference.as_str());
-    assert!(docker(&["image", "inspect", &reference]).status.success());
+    assert!(docker_exists("image", &reference));
 
     let list = g.get("/api/1/transfer/apps").expect_json(200);
     assert_eq!(list.as_array().unwrap().len(), 1);
@@ -163,7 +172,7 @@ fn app_lifecycle_end_to_end() {
     g.get(&path).expect_problem(404, &path);
     g.get("/api/1/transfer/apps").expect_empty(204);
     assert!(
-        !docker(&["image", "inspect", &reference]).status.success(),
+        !docker_exists("image", &reference),
         "remove_images=true left the image"
     );
 }
@@ -184,9 +193,7 @@ fn reimport_is_a_conflict_unless_replacing() {
     let path = format!("/api/1/transfer/apps/{}", enc(&format!("{name}:2")));
     // remove_images defaults to true, but the test image belongs to no bundle: it stays.
     g.delete(&path).expect_empty(200);
-    assert!(docker(&["image", "inspect", &test_image()])
-        .status
-        .success());
+    assert!(docker_exists("image", &test_image()));
 }
 
 #[test]
@@ -259,11 +266,7 @@ fn hostile_and_broken_bundles_are_refused() {
         ("not a zip", b"definitely not a zip file".to_vec(), "ZIP"),
     ];
     for (what, zip, hint) in cases {
-        let detail = import(&g, &zip).expect_problem(400, "/api/1/transfer/import");
-        assert!(
-            detail.contains(hint),
-            "{what}: the message does not mention {hint:?}: {detail}"
-        );
+        assert_import_refused(&g, what, &zip, hint);
     }
     // A symlink entry (unix mode 0o120777).
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
@@ -274,8 +277,7 @@ fn hostile_and_broken_bundles_are_refused() {
     w.write_all(good_compose.as_bytes()).unwrap();
     w.add_symlink("link", "/etc/passwd", opts).unwrap();
     let zip = w.finish().unwrap().into_inner();
-    let detail = import(&g, &zip).expect_problem(400, "/api/1/transfer/import");
-    assert!(detail.contains("symbolic link"), "{detail}");
+    assert_import_refused(&g, "symlink", &zip, "symbolic link");
 
     // Not multipart, and multipart without the field.
     g.post("/api/1/transfer/import", "application/zip", full.clone())
@@ -350,14 +352,10 @@ fn images_streamed_during_the_upload_are_rolled_back_when_the_bundle_is_refused(
         ("missing config.yml", bundle(&|_| {}), "config.yml"),
     ];
     for (what, zip, hint) in cases {
-        let detail = import(&g, &zip).expect_problem(400, "/api/1/transfer/import");
-        assert!(
-            detail.contains(hint),
-            "{what}: the message does not mention {hint:?}: {detail}"
-        );
+        assert_import_refused(&g, what, &zip, hint);
         for r in [&r1, &r2] {
             assert!(
-                !docker(&["image", "inspect", r]).status.success(),
+                !docker_exists("image", r),
                 "{what}: image {r} was left behind"
             );
         }
@@ -365,13 +363,9 @@ fn images_streamed_during_the_upload_are_rolled_back_when_the_bundle_is_refused(
     // Truncated: the central directory never arrives.
     let good = bundle(&|w| config_and_compose(w, ""));
     let cut = good[..good.len() - 60].to_vec();
-    let detail = import(&g, &cut).expect_problem(400, "/api/1/transfer/import");
-    assert!(detail.contains("ZIP"), "{detail}");
+    assert_import_refused(&g, "truncated", &cut, "ZIP");
     for r in [&r1, &r2] {
-        assert!(
-            !docker(&["image", "inspect", r]).status.success(),
-            "truncated: {r} left"
-        );
+        assert!(!docker_exists("image", r), "truncated: {r} left");
     }
     g.get("/api/1/transfer/apps").expect_empty(204);
 
@@ -385,18 +379,12 @@ fn images_streamed_during_the_upload_are_rolled_back_when_the_bundle_is_refused(
         .collect();
     assert_eq!(names, [r1.as_str(), r2.as_str()], "{body}");
     for r in [&r1, &r2] {
-        assert!(
-            docker(&["image", "inspect", r]).status.success(),
-            "{r} missing"
-        );
+        assert!(docker_exists("image", r), "{r} missing");
     }
     let path = "/api/1/transfer/apps/Streamed%3A1?force=true&remove_images=true";
     g.delete(path).expect_empty(200);
     for r in [&r1, &r2] {
-        assert!(
-            !docker(&["image", "inspect", r]).status.success(),
-            "{r} not removed"
-        );
+        assert!(!docker_exists("image", r), "{r} not removed");
     }
 }
 
@@ -459,10 +447,7 @@ fn an_import_killed_midway_leaves_nothing_after_restart() {
     });
     let first = &images[0].0;
     let loaded = wait_for(Duration::from_secs(60), Duration::from_millis(5), || {
-        docker(&["image", "inspect", first])
-            .status
-            .success()
-            .then_some(())
+        docker_exists("image", first).then_some(())
     });
     assert!(loaded.is_some(), "the import never loaded its first image");
     g.signal(libc::SIGKILL);
@@ -471,7 +456,7 @@ fn an_import_killed_midway_leaves_nothing_after_restart() {
     let status = uploader.join().unwrap();
     assert_ne!(status, Some(200), "the import finished before the kill");
     assert!(
-        !docker(&["image", "inspect", &images[4].0]).status.success(),
+        !docker_exists("image", &images[4].0),
         "the last image was loaded before the kill: the test did not interrupt the import"
     );
 
@@ -483,7 +468,7 @@ fn an_import_killed_midway_leaves_nothing_after_restart() {
     g.get("/api/1/transfer/apps").expect_empty(204);
     for (r, _) in &images {
         assert!(
-            !docker(&["image", "inspect", r]).status.success(),
+            !docker_exists("image", r),
             "image {r} of the interrupted import is still there"
         );
     }
@@ -563,12 +548,12 @@ fn export_and_reimport_on_a_clean_store() {
     // Remove app and image, then import the export on a fresh daemon with a clean store.
     g.delete(&format!("/api/1/transfer/apps/{id}?remove_images=true"))
         .expect_empty(200);
-    assert!(!docker(&["image", "inspect", &reference]).status.success());
+    assert!(!docker_exists("image", &reference));
     drop(g);
     let g = Gantry::builder().docker_host(&host).start();
     let app = import(&g, &full.body).expect_json(200);
     assert_eq!(app["Id"], format!("{name}:3"));
-    assert!(docker(&["image", "inspect", &reference]).status.success());
+    assert!(docker_exists("image", &reference));
     let up = g
         .put(&format!("/api/1/transfer/apps/{id}/start"))
         .expect_json(200);
@@ -577,7 +562,7 @@ fn export_and_reimport_on_a_clean_store() {
         "/api/1/transfer/apps/{id}?force=true&remove_images=true"
     ))
     .expect_empty(200);
-    assert!(!docker(&["image", "inspect", &reference]).status.success());
+    assert!(!docker_exists("image", &reference));
 }
 
 #[test]

@@ -121,62 +121,56 @@ fn check_config_rejects_invalid_toml() {
     assert_config_error(&check_config(&path), &[&path]);
 }
 
+/// Asserts that check-config refuses (exit 78) a config of one `[[listeners]]` table made of
+/// `listener`'s lines, naming each of `needles`.
+fn assert_listener_refused(listener: &str, needles: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "g.toml", &format!("[[listeners]]\n{listener}"));
+    assert_config_error(&check_config(&path), needles);
+}
+
 #[test]
 fn check_config_rejects_an_unknown_dialect() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        "g.toml",
-        "[[listeners]]\ndialect = \"gopher\"\naddress = \"127.0.0.1:54997\"\n",
+    assert_listener_refused(
+        "dialect = \"gopher\"\naddress = \"127.0.0.1:54997\"\n",
+        &["gopher"],
     );
-    assert_config_error(&check_config(&path), &["gopher"]);
 }
 
 #[test]
 fn check_config_rejects_a_non_loopback_listener_without_auth() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        "g.toml",
-        "[[listeners]]\ndialect = \"transfer\"\naddress = \"0.0.0.0:54996\"\n",
+    assert_listener_refused(
+        "dialect = \"transfer\"\naddress = \"0.0.0.0:54996\"\n",
+        &["auth"],
     );
-    assert_config_error(&check_config(&path), &["auth"]);
 }
 
 #[test]
 fn check_config_rejects_loopback_auth_on_a_non_loopback_address() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        "g.toml",
-        "[[listeners]]\ndialect = \"transfer\"\naddress = \"0.0.0.0:54995\"\nauth = \"loopback\"\n",
+    assert_listener_refused(
+        "dialect = \"transfer\"\naddress = \"0.0.0.0:54995\"\nauth = \"loopback\"\n",
+        &["loopback"],
     );
-    assert_config_error(&check_config(&path), &["loopback"]);
 }
 
 #[test]
 fn check_config_rejects_token_auth_without_token_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        "g.toml",
-        "[[listeners]]\ndialect = \"transfer\"\naddress = \"127.0.0.1:54994\"\nauth = \"token\"\n",
+    assert_listener_refused(
+        "dialect = \"transfer\"\naddress = \"127.0.0.1:54994\"\nauth = \"token\"\n",
+        &["token_file"],
     );
-    assert_config_error(&check_config(&path), &["token_file"]);
 }
 
 #[test]
 fn check_config_rejects_a_short_token() {
     let dir = tempfile::tempdir().unwrap();
     let token = write(dir.path(), "token", "short-token\n");
-    let path = write(
-        dir.path(),
-        "g.toml",
+    assert_listener_refused(
         &format!(
-            "[[listeners]]\ndialect = \"transfer\"\naddress = \"127.0.0.1:54993\"\nauth = \"token\"\ntoken_file = \"{token}\"\n"
+            "dialect = \"transfer\"\naddress = \"127.0.0.1:54993\"\nauth = \"token\"\ntoken_file = \"{token}\"\n"
         ),
+        &["16"],
     );
-    assert_config_error(&check_config(&path), &["16"]);
 }
 
 #[test]

@@ -43,6 +43,19 @@ fn items(v: &Value, key: &str) -> Vec<String> {
         .collect()
 }
 
+/// DELETEs the prune route `path`: asserts a 200 whose list names `pruned`, a `kind` that
+/// Docker no longer has. Returns the list.
+fn prune(g: &Gantry, path: &str, kind: &str, pruned: &str) -> Value {
+    let r = g.delete(path);
+    let v = r.expect_json(200);
+    assert!(has_str(&v, pruned), "{path} should name {pruned}: {r}");
+    assert!(
+        !docker_exists(kind, pruned),
+        "{kind} {pruned} is still there"
+    );
+    v
+}
+
 // ---------------------------------------------------------------------------------------------
 // Images
 
@@ -321,13 +334,7 @@ fn prunes_dangling_images_then_answers_304() {
     );
 
     let dangling = dangling_image(&mut cleanup);
-    let r = g.delete("/api/1/system/prune/images");
-    let v = r.expect_json(200);
-    assert!(
-        has_str(&v, &dangling),
-        "pruned ids should include {dangling}: {r}"
-    );
-    assert!(!docker_exists("image", &dangling));
+    prune(&g, "/api/1/system/prune/images", "image", &dangling);
     assert!(
         docker_exists("image", &image),
         "prune removed the tagged test image"
@@ -348,9 +355,7 @@ fn prunes_all_unused_images_with_all_true() {
     let tag = format!("gantry-test/{}:v1", unique("unused"));
     let id = unique_image(&mut cleanup, &tag, "unused");
 
-    let r = g.delete("/api/1.0/system/prune/images?all=true");
-    let v = r.expect_json(200);
-    assert!(has_str(&v, &id), "pruned ids should include {id}: {r}");
+    prune(&g, "/api/1.0/system/prune/images?all=true", "image", &id);
     assert!(!docker_exists("image", &tag));
     assert!(
         docker_exists("image", &image),
@@ -545,11 +550,11 @@ fn prunes_stopped_containers_then_answers_304() {
     g.delete(path).expect_problem(400, path);
     assert!(docker_exists("container", &exited));
 
-    let r = g.delete("/api/1/system/prune/containers");
-    let v = r.expect_json(200);
-    assert!(
-        has_str(&v, &exited_id),
-        "pruned ids should include {exited_id}: {r}"
+    prune(
+        &g,
+        "/api/1/system/prune/containers",
+        "container",
+        &exited_id,
     );
     assert!(!docker_exists("container", &exited));
     assert!(
@@ -631,14 +636,8 @@ fn prunes_unused_volumes_then_answers_304() {
         &["true"],
     );
 
-    let r = g.delete("/api/1/system/prune/volumes");
-    let v = r.expect_json(200);
-    assert!(
-        has_str(&v, &unused),
-        "pruned names should include the named volume {unused}: {r}"
-    );
-    assert!(!has_str(&v, &used), "{used} is in use: {r}");
-    assert!(!docker_exists("volume", &unused));
+    let v = prune(&g, "/api/1/system/prune/volumes", "volume", &unused);
+    assert!(!has_str(&v, &used), "{used} is in use: {v}");
     assert!(docker_exists("volume", &used));
 
     g.delete("/api/system/prune/volumes").expect_empty(304);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::bundle::{app_zip, fresh_big_image, import, saved_image, slow_app, zip_of};
 use common::ws::Ws;
-use common::{docker, docker_ok, enc, test_image, unique, wait_for, Gantry};
+use common::{docker_exists, docker_ok, enc, test_image, unique, wait_for, Gantry};
 use serde_json::{json, Value};
 
 fn bundle(name: &str, compose: &str, images: &[(String, Vec<u8>)]) -> Vec<u8> {
@@ -165,7 +165,7 @@ fn import_over_websocket_reports_every_step() {
 
     let app = g.get(&app_path(&id)).expect_json(200);
     assert_eq!(app["Status"], "Stopped");
-    assert!(docker(&["image", "inspect", &image.0]).status.success());
+    assert!(docker_exists("image", &image.0));
     // The task is over: its id is no longer cancellable.
     wait_task_ended(&g, &cancel_id);
     g.delete(&format!("{}?force=true", app_path(&id)))
@@ -228,7 +228,7 @@ fn assert_rolled_back(g: &Gantry, id: &str, refs: &[String]) {
     g.get(&app_path(id)).expect_problem(404, &app_path(id));
     for r in refs {
         assert!(
-            !docker(&["image", "inspect", r]).status.success(),
+            !docker_exists("image", r),
             "image {r} of the cancelled import is still there"
         );
     }
@@ -431,7 +431,7 @@ fn load_image_over_websocket() {
         last["Message"].as_str().unwrap().contains(&reference),
         "{last}"
     );
-    assert!(docker(&["image", "inspect", &reference]).status.success());
+    assert!(docker_exists("image", &reference));
     docker_ok(&["rmi", &reference]);
 
     // Not an image: a failure step naming the problem.

@@ -526,6 +526,17 @@ impl Gantry {
 
     // HTTP
 
+    /// A request to `path`, with the token when there is one.
+    fn request_builder(&self, method: &str, path: &str) -> ureq::http::request::Builder {
+        let b = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path));
+        match &self.token {
+            Some(t) => b.header("Authorization", format!("Bearer {t}")),
+            None => b,
+        }
+    }
+
     pub fn try_request(
         &self,
         method: &str,
@@ -533,12 +544,7 @@ impl Gantry {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Result<Resp, ureq::Error> {
-        let mut b = ureq::http::Request::builder()
-            .method(method)
-            .uri(self.url(path));
-        if let Some(t) = &self.token {
-            b = b.header("Authorization", format!("Bearer {t}"));
-        }
+        let mut b = self.request_builder(method, path);
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
@@ -591,12 +597,7 @@ impl Gantry {
 
     /// GET `path` and stream the body into `file`; returns the response without its body.
     pub fn download(&self, path: &str, file: &Path) -> Resp {
-        let mut b = ureq::http::Request::builder()
-            .method("GET")
-            .uri(self.url(path));
-        if let Some(t) = &self.token {
-            b = b.header("Authorization", format!("Bearer {t}"));
-        }
+        let b = self.request_builder("GET", path);
         let mut resp = self
             .agent
             .run(b.body(()).expect("bad request"))
