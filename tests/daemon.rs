@@ -229,6 +229,19 @@ fn environment_overrides_the_listener_address() {
 // ---------------------------------------------------------------------------------------------
 // HTTP basics
 
+/// Polls /healthz (up to `limit`) until its `docker.reachable` is `reachable`; returns that
+/// document.
+fn wait_docker_reachable(
+    g: &Gantry,
+    reachable: bool,
+    limit: Duration,
+) -> Option<serde_json::Value> {
+    wait_for(limit, Duration::from_millis(200), || {
+        let v = g.health();
+        (v["docker"]["reachable"] == reachable).then_some(v)
+    })
+}
+
 #[test]
 fn healthz_reports_gantry_and_docker() {
     let g = Gantry::start();
@@ -239,11 +252,8 @@ fn healthz_reports_gantry_and_docker() {
         .unwrap_or_else(|| panic!("docker.reachable missing: {v}"));
     if docker_host().is_some() {
         // The probe runs every second; the first answer may predate it.
-        let v = wait_for(Duration::from_secs(15), Duration::from_millis(200), || {
-            let v = g.health();
-            (v["docker"]["reachable"] == true).then_some(v)
-        })
-        .unwrap_or_else(|| panic!("docker never reachable: {}", g.health()));
+        let v = wait_docker_reachable(&g, true, Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("docker never reachable: {}", g.health()));
         assert_eq!(v["status"], "ok", "{v}");
         assert!(
             v["docker"]["version"]
@@ -430,11 +440,7 @@ fn reconnects_when_docker_appears() {
 
     // dockerd "starts": its socket appears where gantry looks.
     symlink(docker_socket_path(), &sock).unwrap();
-    let v = wait_for(Duration::from_secs(20), Duration::from_millis(200), || {
-        let v = g.health();
-        (v["docker"]["reachable"] == true).then_some(v)
-    })
-    .unwrap_or_else(|| {
+    let v = wait_docker_reachable(&g, true, Duration::from_secs(20)).unwrap_or_else(|| {
         panic!(
             "/healthz never reported Docker reachable: {}\n{}",
             g.health(),
@@ -451,10 +457,8 @@ fn reconnects_when_docker_appears() {
 
     // And down again.
     fs::remove_file(&sock).unwrap();
-    wait_for(Duration::from_secs(20), Duration::from_millis(200), || {
-        (g.health()["docker"]["reachable"] == false).then_some(())
-    })
-    .unwrap_or_else(|| panic!("/healthz still says reachable: {}", g.health()));
+    wait_docker_reachable(&g, false, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("/healthz still says reachable: {}", g.health()));
     g.get("/api/1/system/images")
         .expect_problem(503, "/api/1/system/images");
 }

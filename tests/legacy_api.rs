@@ -6,21 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::bundle::{app_zip, db_then_web_compose, import, saved_image, upload_bundle, zip_of};
-use common::{docker, docker_ok, enc, test_image, unique, wait_for, Gantry, Resp};
+use common::{
+    app_containers, docker, docker_ok, enc, enc_uri, test_image, unique, wait_for, Gantry, Resp,
+};
 use serde_json::{json, Value};
-
-/// Like JavaScript's encodeURIComponent, as the spec's file ids are encoded.
-fn enc_uri(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
 
 fn names(v: &Value) -> Vec<&str> {
     v.as_array()
@@ -214,21 +203,6 @@ impl Drop for AppCleanup<'_> {
     }
 }
 
-/// Names of running containers of the app with `id`.
-fn running_containers(id: &str) -> Vec<String> {
-    docker_ok(&[
-        "ps",
-        "--filter",
-        &format!("label=io.gantry.app-id={id}"),
-        "--format",
-        "{{.Names}}",
-    ])
-    .lines()
-    .map(str::to_string)
-    .filter(|l| !l.is_empty())
-    .collect()
-}
-
 #[test]
 fn legacy_v222_and_v31_routes() {
     let host = require_docker!();
@@ -312,7 +286,7 @@ fn legacy_v222_and_v31_routes() {
         "{up}"
     );
     assert!(up["Command"].as_str().unwrap().contains("up"), "{up}");
-    let mut running = running_containers(&id);
+    let mut running = app_containers(&id, false);
     running.sort();
     assert_eq!(running.len(), 2, "{running:?}");
     let list = g.get("/api/transfer/apps").expect_json(200);
@@ -367,7 +341,7 @@ fn legacy_v222_and_v31_routes() {
         "{down}"
     );
     assert!(down.get("RunningContainers").is_none(), "{down}");
-    assert!(running_containers(&id).is_empty());
+    assert!(app_containers(&id, false).is_empty());
     let gone = wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
         (!docker(&["inspect", &running[0]]).status.success()).then_some(())
     });
@@ -545,5 +519,5 @@ fn compose_routes_answer_busy_while_an_app_starts() {
     let up: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(up["RunningContainers"].as_array().unwrap().len(), 2, "{up}");
     g.put(&format!("/api/compose/stop{query}")).expect_json(200);
-    assert!(running_containers(&id).is_empty());
+    assert!(app_containers(&id, false).is_empty());
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::bundle::{app_zip, fresh_big_image, import, saved_image, slow_app, zip_of};
 use common::ws::Ws;
-use common::{docker_exists, docker_ok, enc, test_image, unique, wait_for, Gantry};
+use common::{app_containers, docker_exists, docker_ok, enc, test_image, unique, wait_for, Gantry};
 use serde_json::{json, Value};
 
 fn bundle(name: &str, compose: &str, images: &[(String, Vec<u8>)]) -> Vec<u8> {
@@ -391,15 +391,8 @@ fn cancel_mid_start_leaves_the_app_stopped() {
     assert_eq!(app["Status"], "Stopped", "{app}");
     assert_eq!(app["Busy"], false);
     assert_eq!(app["Containers"].as_array().unwrap().len(), 0, "{app}");
-    let ps = docker_ok(&[
-        "ps",
-        "-a",
-        "--filter",
-        &format!("label=io.gantry.app-id={id}"),
-        "--format",
-        "{{.Names}}",
-    ]);
-    assert!(ps.trim().is_empty(), "containers left: {ps}");
+    let left = app_containers(&id, true);
+    assert!(left.is_empty(), "containers left: {left:?}");
     g.delete(&app_path(&id)).expect_empty(200);
 }
 
@@ -638,14 +631,8 @@ fn cancel_mid_stop_starts_the_app_again() {
     assert_eq!(containers.len(), 2, "{app}");
     assert!(containers.iter().all(|c| c["Running"] == true), "{app}");
     // Cleanup without waiting ten minutes for `stubborn`: kill it first.
-    let ps = docker_ok(&[
-        "ps",
-        "-q",
-        "--filter",
-        &format!("label=io.gantry.app-id={id}"),
-    ]);
-    for c in ps.split_whitespace() {
-        docker_ok(&["kill", c]);
+    for c in app_containers(&id, false) {
+        docker_ok(&["kill", &c]);
     }
     g.delete(&format!("{}?force=true", app_path(&id)))
         .expect_empty(200);

@@ -787,9 +787,19 @@ pub fn reason_phrase(status: u16) -> &'static str {
 
 /// Percent-encodes every byte that is not alphanumeric, for ids and names in paths.
 pub fn enc(s: &str) -> String {
+    percent_encode(s, b"")
+}
+
+/// Like JavaScript's encodeURIComponent, as the spec's file ids are encoded.
+pub fn enc_uri(s: &str) -> String {
+    percent_encode(s, b"-_.!~*'()")
+}
+
+/// Percent-encodes every byte that is neither alphanumeric nor in `keep`.
+fn percent_encode(s: &str, keep: &[u8]) -> String {
     let mut out = String::new();
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -890,6 +900,21 @@ pub fn docker_exists(kind: &str, name: &str) -> bool {
 /// Full id (`sha256:...` for images, 64 hex for containers) of `name`.
 pub fn docker_id(kind: &str, name: &str) -> String {
     docker_ok(&[kind, "inspect", "--format", "{{.Id}}", name])
+}
+
+/// The names of the containers of the gantry app `id` (its `io.gantry.app-id` label): the
+/// running ones, or with `all` every one.
+pub fn app_containers(id: &str, all: bool) -> Vec<String> {
+    let label = format!("label=io.gantry.app-id={id}");
+    let mut args = vec!["ps", "--filter", &label, "--format", "{{.Names}}"];
+    if all {
+        args.push("-a");
+    }
+    docker_ok(&args)
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 /// Removes, on drop, what a test created in the test dockerd: containers (with their
