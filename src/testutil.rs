@@ -82,3 +82,114 @@ pub fn docker_ok(host: &str, args: &[&str]) -> String {
 pub fn engine(host: &str) -> crate::core::docker::DockerEngine {
     crate::core::docker::DockerEngine::new(host, Duration::from_secs(60), Duration::from_secs(600))
 }
+
+/// Implements [`ContainerEngine`](crate::core::engine::ContainerEngine) for a unit-test fake:
+/// the methods written after the `not_faked:` line as they are, and each required method
+/// named on that line failing with `EngineError::Failed("not in this fake")` (`export_image`
+/// gives an empty stream). The trait's methods with a default body keep it unless written.
+///
+/// ```ignore
+/// crate::testutil::fake_engine! {
+///     impl ContainerEngine for Fake;
+///     not_faked: version, list_images, export_image;
+///     async fn inspect_image(&self, id: &str) -> EngineResult<ImageInspect> { ... }
+/// }
+/// ```
+macro_rules! fake_engine {
+    (impl ContainerEngine for $fake:ident; not_faked: $($name:ident),+ $(,)?; $($faked:tt)*) => {
+        $crate::testutil::fake_engine!(@stubs $fake [$($faked)*] $($name)+);
+    };
+    // Every stub is written out: the impl, for async_trait to expand (it sees no macro calls).
+    (@stubs $fake:ident [$($items:tt)*]) => {
+        #[::async_trait::async_trait]
+        impl $crate::core::engine::ContainerEngine for $fake {
+            $($items)*
+        }
+    };
+    (@stubs $fake:ident [$($items:tt)*] export_image $($rest:ident)*) => {
+        $crate::testutil::fake_engine!(@stubs $fake [$($items)*
+            fn export_image(&self, _: &str) -> $crate::core::engine::ByteStream {
+                Box::pin(::futures_util::stream::empty())
+            }
+        ] $($rest)*);
+    };
+    // The required methods' signatures: arguments, then what the `EngineResult` carries.
+    (@stubs $fake:ident [$($items:tt)*] version $($rest:ident)*) => {
+        $crate::testutil::fake_engine!(@stub $fake [$($items)*]
+            version() -> $crate::core::engine::EngineVersion; $($rest)*);
+    };
+    (@stubs $fake:ident [$($items:tt)*] list_images $($rest:ident)*) => {
+        $crate::testutil::fake_engine!(@stub $fake [$($items)*]
+            list_images() -> Vec<::bollard::models::ImageSummary>; $($rest)*);
+    };
+    (@stubs $fake:ident [$($items:tt)*] inspect_image $($rest:ident)*) => {
+        $crate::testutil::fake_engine!(@stub $fake [$($items)*]
+            inspect_image(&str) -> ::bollard::models::ImageInspect; $($rest)*);
+    };
+    (@stubs $fake:ident [$($items:tt)*] load_images $($rest:ident)*) => {
+        $crate::testutil::fake_engine!(@stub $fake [$($items)*]
+            load_images($crate::core::engine::ByteStream) -> $crate::core::engine::LoadedImages;
+            $($rest)*);
+    };
+    (@stubs $fake:ident [$($items:tt)*] remove_image $($rest:ident)*) => {
+        $crate::testutil::fake_engine!(@stub $fake [$($items)*]
+            remove_image(&str, bool) -> Vec<::bollard::models::ImageDeleteResponseItem>;
+            $($rest)*);
+    };
+    (@stubs $fake:ident [$($items:tt)*] prune_images $($rest:ident)*) => {
+        $crate::testutil::fake_engine!(@stub $fake [$($items)*]
+            prune_images(bool) -> Vec<String>; $($rest)*);
+    };
+    (@stubs $fake:ident [$($items:tt)*] list_containers $($rest:ident)*) => {
+        $crate::testutil::fake_engine!(@stub $fake [$($items)*]
+            list_containers() -> Vec<::bollard::models::ContainerSummary>; $($rest)*);
+    };
+    (@stubs $fake:ident [$($items:tt)*] inspect_container $($rest:ident)*) => {
+        $crate::testutil::fake_engine!(@stub $fake [$($items)*]
+            inspect_container(&str) -> ::bollard::models::ContainerInspectResponse; $($rest)*);
+    };
+    (@stubs $fake:ident [$($items:tt)*] start_container $($rest:ident)*) => {
+        $crate::testutil::fake_engine!(@stub $fake [$($items)*]
+            start_container(&str) -> (); $($rest)*);
+    };
+    (@stubs $fake:ident [$($items:tt)*] stop_container $($rest:ident)*) => {
+        $crate::testutil::fake_engine!(@stub $fake [$($items)*]
+            stop_container(&str) -> (); $($rest)*);
+    };
+    (@stubs $fake:ident [$($items:tt)*] restart_container $($rest:ident)*) => {
+        $crate::testutil::fake_engine!(@stub $fake [$($items)*]
+            restart_container(&str) -> (); $($rest)*);
+    };
+    (@stubs $fake:ident [$($items:tt)*] remove_container $($rest:ident)*) => {
+        $crate::testutil::fake_engine!(@stub $fake [$($items)*]
+            remove_container(&str, bool, bool) -> (); $($rest)*);
+    };
+    (@stubs $fake:ident [$($items:tt)*] prune_containers $($rest:ident)*) => {
+        $crate::testutil::fake_engine!(@stub $fake [$($items)*]
+            prune_containers() -> Vec<String>; $($rest)*);
+    };
+    (@stubs $fake:ident [$($items:tt)*] list_volumes $($rest:ident)*) => {
+        $crate::testutil::fake_engine!(@stub $fake [$($items)*]
+            list_volumes() -> Vec<::bollard::models::Volume>; $($rest)*);
+    };
+    (@stubs $fake:ident [$($items:tt)*] inspect_volume $($rest:ident)*) => {
+        $crate::testutil::fake_engine!(@stub $fake [$($items)*]
+            inspect_volume(&str) -> ::bollard::models::Volume; $($rest)*);
+    };
+    (@stubs $fake:ident [$($items:tt)*] remove_volume $($rest:ident)*) => {
+        $crate::testutil::fake_engine!(@stub $fake [$($items)*]
+            remove_volume(&str, bool) -> (); $($rest)*);
+    };
+    (@stubs $fake:ident [$($items:tt)*] prune_volumes $($rest:ident)*) => {
+        $crate::testutil::fake_engine!(@stub $fake [$($items)*]
+            prune_volumes() -> Vec<String>; $($rest)*);
+    };
+    (@stub $fake:ident [$($items:tt)*] $name:ident($($arg:ty),*) -> $ok:ty; $($rest:ident)*) => {
+        $crate::testutil::fake_engine!(@stubs $fake [$($items)*
+            async fn $name(&self, $(_: $arg),*) -> $crate::core::engine::EngineResult<$ok> {
+                Err($crate::core::engine::EngineError::Failed("not in this fake".into()))
+            }
+        ] $($rest)*);
+    };
+}
+pub(crate) use fake_engine;

@@ -992,20 +992,14 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use async_trait::async_trait;
-    use bollard::models::{
-        ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum,
-        ImageDeleteResponseItem, ImageInspect, ImageSummary, Volume,
-    };
+    use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
     use tokio::sync::Notify;
     use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::core::apps::AppConfig;
     use crate::core::compose::plan::LABEL_APP_ID;
-    use crate::core::engine::{
-        ByteStream, EngineError, EngineResult, EngineVersion, Filter, LoadedImages,
-    };
+    use crate::core::engine::{EngineResult, Filter};
 
     /// Docker with one app container `web1_main_1`: a stop with a grace period is held
     /// (as for a container ignoring SIGTERM) until a stop without one comes; listing is
@@ -1018,70 +1012,15 @@ mod tests {
         called: Notify,
     }
 
-    fn no<T>() -> EngineResult<T> {
-        Err(EngineError::Failed("not in this fake".into()))
-    }
-
-    #[async_trait]
-    impl ContainerEngine for Fake {
-        async fn version(&self) -> EngineResult<EngineVersion> {
-            no()
-        }
-        async fn list_images(&self) -> EngineResult<Vec<ImageSummary>> {
-            no()
-        }
-        async fn inspect_image(&self, _: &str) -> EngineResult<ImageInspect> {
-            no()
-        }
-        async fn load_images(&self, _: ByteStream) -> EngineResult<LoadedImages> {
-            no()
-        }
-        fn export_image(&self, _: &str) -> ByteStream {
-            Box::pin(futures_util::stream::empty())
-        }
-        async fn remove_image(
-            &self,
-            _: &str,
-            _: bool,
-        ) -> EngineResult<Vec<ImageDeleteResponseItem>> {
-            no()
-        }
-        async fn prune_images(&self, _: bool) -> EngineResult<Vec<String>> {
-            no()
-        }
-        async fn list_containers(&self) -> EngineResult<Vec<ContainerSummary>> {
-            no()
-        }
-        async fn inspect_container(&self, _: &str) -> EngineResult<ContainerInspectResponse> {
-            no()
-        }
-        async fn start_container(&self, _: &str) -> EngineResult<()> {
-            no()
-        }
-        async fn stop_container(&self, _: &str) -> EngineResult<()> {
-            no()
-        }
-        async fn restart_container(&self, _: &str) -> EngineResult<()> {
-            no()
-        }
+    crate::testutil::fake_engine! {
+        impl ContainerEngine for Fake;
+        not_faked: version, list_images, inspect_image, load_images, export_image, remove_image,
+            prune_images, list_containers, inspect_container, start_container, stop_container,
+            restart_container, prune_containers, list_volumes, inspect_volume, remove_volume,
+            prune_volumes;
         async fn remove_container(&self, id: &str, _: bool, _: bool) -> EngineResult<()> {
             self.log.lock().unwrap().push(format!("remove {id}"));
             Ok(())
-        }
-        async fn prune_containers(&self) -> EngineResult<Vec<String>> {
-            no()
-        }
-        async fn list_volumes(&self) -> EngineResult<Vec<Volume>> {
-            no()
-        }
-        async fn inspect_volume(&self, _: &str) -> EngineResult<Volume> {
-            no()
-        }
-        async fn remove_volume(&self, _: &str, _: bool) -> EngineResult<()> {
-            no()
-        }
-        async fn prune_volumes(&self) -> EngineResult<Vec<String>> {
-            no()
         }
         async fn list_containers_filtered(
             &self,

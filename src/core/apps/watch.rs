@@ -143,11 +143,7 @@ mod tests {
     use std::collections::{BTreeMap, HashMap};
     use std::sync::{Arc, Mutex};
 
-    use async_trait::async_trait;
-    use bollard::models::{
-        ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum,
-        ImageDeleteResponseItem, ImageInspect, ImageSummary, Volume,
-    };
+    use bollard::models::{ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum};
     use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
 
@@ -156,10 +152,7 @@ mod tests {
     use crate::core::apps::lifecycle::AppStatus;
     use crate::core::apps::store::AppStore;
     use crate::core::apps::AppConfig;
-    use crate::core::engine::{
-        ByteStream, ContainerEvent, EngineError, EngineResult, EngineVersion, EventStream,
-        LoadedImages,
-    };
+    use crate::core::engine::{ContainerEvent, EngineError, EngineResult, EventStream};
     use crate::core::events::AppEvent;
 
     /// Docker as far as the watcher sees it: one app container whose state the test sets,
@@ -171,71 +164,15 @@ mod tests {
         subscriptions: Mutex<usize>,
     }
 
-    fn no<T>() -> EngineResult<T> {
-        Err(EngineError::Failed("not in this fake".into()))
-    }
-
-    #[async_trait]
-    impl ContainerEngine for FakeDocker {
-        async fn version(&self) -> EngineResult<EngineVersion> {
-            no()
-        }
-        async fn list_images(&self) -> EngineResult<Vec<ImageSummary>> {
-            no()
-        }
-        async fn inspect_image(&self, _: &str) -> EngineResult<ImageInspect> {
-            no()
-        }
-        async fn load_images(&self, _: ByteStream) -> EngineResult<LoadedImages> {
-            no()
-        }
-        fn export_image(&self, _: &str) -> ByteStream {
-            Box::pin(futures_util::stream::empty())
-        }
-        async fn remove_image(
-            &self,
-            _: &str,
-            _: bool,
-        ) -> EngineResult<Vec<ImageDeleteResponseItem>> {
-            no()
-        }
-        async fn prune_images(&self, _: bool) -> EngineResult<Vec<String>> {
-            no()
-        }
-        async fn list_containers(&self) -> EngineResult<Vec<ContainerSummary>> {
-            no()
-        }
+    crate::testutil::fake_engine! {
+        impl ContainerEngine for FakeDocker;
+        not_faked: version, list_images, inspect_image, load_images, export_image, remove_image,
+            prune_images, list_containers, start_container, stop_container, restart_container,
+            remove_container, prune_containers, list_volumes, inspect_volume, remove_volume,
+            prune_volumes;
         async fn inspect_container(&self, _: &str) -> EngineResult<ContainerInspectResponse> {
             Ok(ContainerInspectResponse::default())
         }
-        async fn start_container(&self, _: &str) -> EngineResult<()> {
-            no()
-        }
-        async fn stop_container(&self, _: &str) -> EngineResult<()> {
-            no()
-        }
-        async fn restart_container(&self, _: &str) -> EngineResult<()> {
-            no()
-        }
-        async fn remove_container(&self, _: &str, _: bool, _: bool) -> EngineResult<()> {
-            no()
-        }
-        async fn prune_containers(&self) -> EngineResult<Vec<String>> {
-            no()
-        }
-        async fn list_volumes(&self) -> EngineResult<Vec<Volume>> {
-            no()
-        }
-        async fn inspect_volume(&self, _: &str) -> EngineResult<Volume> {
-            no()
-        }
-        async fn remove_volume(&self, _: &str, _: bool) -> EngineResult<()> {
-            no()
-        }
-        async fn prune_volumes(&self) -> EngineResult<Vec<String>> {
-            no()
-        }
-
         async fn list_containers_filtered(
             &self,
             _: &[Filter],
