@@ -322,18 +322,7 @@ impl Apps {
         cancel: &CancellationToken,
         progress: ProgressFn<'_>,
     ) -> CoreResult<StoredApp> {
-        let stored = import::import(
-            self.engine.as_ref(),
-            &self.store,
-            zip,
-            &self.settings,
-            options,
-            cancel,
-            progress,
-        )
-        .await?;
-        self.publish_import(&stored).await;
-        Ok(stored)
+        self.import_zip(zip, None, options, cancel, progress).await
     }
 
     /// Tells subscribers of a new app, whichever import path stored it.
@@ -344,7 +333,7 @@ impl Apps {
         self.events.publish(AppEvent::Import(view));
     }
 
-    /// Imports an upload that is still arriving (see [`import::import_upload`]): the caller
+    /// Imports an upload that is still arriving (see [`import::import`]): the caller
     /// pushes its bytes into the pipe whose reading end is `upload`, writing into `zip`.
     pub async fn import_upload(
         &self,
@@ -355,12 +344,28 @@ impl Apps {
         cancel: &CancellationToken,
         progress: ProgressFn<'_>,
     ) -> CoreResult<StoredApp> {
-        let stored = import::import_upload(
+        let upload = import::Upload {
+            reader: upload,
+            expected,
+        };
+        self.import_zip(zip, Some(upload), options, cancel, progress)
+            .await
+    }
+
+    /// Imports `zip` (still arriving through `upload`, if any) and publishes the new app.
+    async fn import_zip(
+        &self,
+        zip: &Path,
+        upload: Option<import::Upload>,
+        options: ImportOptions,
+        cancel: &CancellationToken,
+        progress: ProgressFn<'_>,
+    ) -> CoreResult<StoredApp> {
+        let stored = import::import(
             self.engine.as_ref(),
             &self.store,
             zip,
             upload,
-            expected,
             &self.settings,
             options,
             cancel,
