@@ -537,13 +537,7 @@ async fn check_network(
     if n.external {
         return match existing {
             Some(_) => Ok(false),
-            None => Err(ComposeError::Invalid {
-                scope: format!("network \"{}\"", n.key),
-                message: format!(
-                    "declared as external, but network \"{}\" does not exist",
-                    n.name
-                ),
-            }),
+            None => Err(external_missing("network", &n.key, &n.name)),
         };
     }
     if let Some(x) = existing {
@@ -585,16 +579,19 @@ async fn check_volume(
         if exists {
             return Ok(false);
         }
-        return Err(ComposeError::Invalid {
-            scope: format!("volume \"{}\"", v.key),
-            message: format!(
-                "declared as external, but volume \"{}\" does not exist",
-                v.name
-            ),
-        });
+        return Err(external_missing("volume", &v.key, &v.name));
     }
     // An existing volume keeps its data, whoever created it (compose does the same).
     Ok(!exists)
+}
+
+/// An external network or volume (`kind`) that does not exist: `key` in the file, `name`
+/// in Docker.
+fn external_missing(kind: &str, key: &str, name: &str) -> ComposeError {
+    ComposeError::Invalid {
+        scope: format!("{kind} \"{key}\""),
+        message: format!("declared as external, but {kind} \"{name}\" does not exist"),
+    }
 }
 
 /// Brings one service to its planned state; returns its container id.
