@@ -217,6 +217,16 @@ pub(super) struct UpResult<'a> {
     pub process: ProcessResult<'a>,
 }
 
+impl<'a> UpResult<'a> {
+    pub(super) fn of(outcome: &'a ProcessOutcome) -> Self {
+        UpResult {
+            running_containers: &outcome.running_containers,
+            pulled_images: &outcome.pulled_images,
+            process: process_result(outcome),
+        }
+    }
+}
+
 fn app_id(c: &Call) -> Result<AppId, Problem> {
     let id = c.param("id");
     if id.trim().is_empty() {
@@ -444,19 +454,17 @@ async fn readme(c: Call) -> Reply {
 }
 
 async fn start(c: Call) -> Reply {
+    start_app(&c, &app_id(&c)?).await
+}
+
+/// Starts the app `id`: DockerComposeUpResult (the v1 start and the v2.2.2 compose start).
+pub(super) async fn start_app(c: &Call, id: &AppId) -> Reply {
     let outcome = c
         .core
         .apps
-        .start(&app_id(&c)?, &CancellationToken::new(), &|_| {})
+        .start(id, &CancellationToken::new(), &|_| {})
         .await?;
-    Ok(http::json(
-        StatusCode::OK,
-        &UpResult {
-            running_containers: &outcome.running_containers,
-            pulled_images: &outcome.pulled_images,
-            process: process_result(&outcome),
-        },
-    ))
+    Ok(http::json(StatusCode::OK, &UpResult::of(&outcome)))
 }
 
 /// Runs as a task (listed, cancellable by id) on a task of its own: a client going away

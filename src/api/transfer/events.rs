@@ -806,12 +806,7 @@ async fn start_session(core: Arc<Core>, mut peer: Peer, id: AppId) {
             )
             .optional();
             last.success = outcome.success;
-            last.process_result = serde_json::to_value(UpResult {
-                running_containers: &outcome.running_containers,
-                pulled_images: &outcome.pulled_images,
-                process: process_result(&outcome),
-            })
-            .ok();
+            last.process_result = serde_json::to_value(UpResult::of(&outcome)).ok();
             peer.send(&last).await;
         }
         Err(e) => {
