@@ -527,23 +527,12 @@ async fn export(c: Call) -> Reply {
     let id = app_id(&c)?;
     let with_images = c.bool("with_images", false)?;
     let stream = c.core.apps.export(&id, with_images).await?;
-    let mut resp = http::with_type(StatusCode::OK, "application/zip", http::stream_body(stream));
-    let file: String = id
-        .as_str()
-        .chars()
-        .map(|ch| {
-            if ch.is_ascii_alphanumeric() || ch == '.' || ch == '-' {
-                ch
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file}.zip\"")) {
-        resp.headers_mut()
-            .insert(hyper::header::CONTENT_DISPOSITION, v);
-    }
-    Ok(resp)
+    Ok(http::attachment(
+        "application/zip",
+        stream,
+        id.as_str(),
+        "zip",
+    ))
 }
 
 /// The response header naming the task of an operation answered before it ended, for
