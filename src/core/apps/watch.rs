@@ -9,7 +9,6 @@
 //! when that state differs from the last one published.
 
 use std::ops::Deref;
-use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -17,10 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::lifecycle::Apps;
 use super::AppId;
 use crate::core::compose::plan::LABEL_APP_ID;
-use crate::core::engine::{ContainerEngine, Filter};
+use crate::core::engine::{ContainerEngine, Filter, Resubscribe};
 
-const RETRY_MIN: Duration = Duration::from_millis(500);
-const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Events taken together at most, before their apps are re-read.
 const MAX_BATCH: usize = 256;
 
@@ -48,7 +45,7 @@ pub async fn run<A>(apps: A, engine: &dyn ContainerEngine, stop: CancellationTok
 where
     A: Deref<Target = Apps>,
 {
-    let mut retry = RETRY_MIN;
+    let mut resubscribe = Resubscribe::default();
     while !stop.is_cancelled() {
         let mut events = engine.container_events(&[Filter::Label(LABEL_APP_ID.to_string())]);
         let resynced = tokio::select! {
@@ -125,15 +122,8 @@ where
                 break;
             }
         }
-        // A stream that worked is retried at once; a failing Docker with growing pauses.
-        retry = if received && resynced.is_ok() {
-            RETRY_MIN
-        } else {
-            (retry * 2).min(RETRY_MAX)
-        };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(retry) => {}
+        if !resubscribe.wait(received && resynced.is_ok(), &stop).await {
+            return;
         }
     }
 }
@@ -142,6 +132,7 @@ where
 mod tests {
     use std::collections::{BTreeMap, HashMap};
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     use bollard::models::{ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum};
     use tokio::sync::mpsc;
