@@ -1,12 +1,16 @@
-//! Helpers for the crate's own tests that need the real test dockerd.
+//! Helpers for the crate's own tests: for those that need the real test dockerd, and the
+//! fixtures and fakes of the unit tests.
 //!
 //! `scripts/test.sh` starts a private dockerd and sets `GANTRY_TEST_DOCKER_HOST` and
 //! `GANTRY_TEST_IMAGE`. Without them a test skips loudly, except under `CI=true`, where a
 //! missing dockerd is a failure.
 
+use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
 
 pub const DEFAULT_IMAGE: &str = "gantry-test/busybox:latest";
 
@@ -81,6 +85,45 @@ pub fn docker_ok(host: &str, args: &[&str]) -> String {
 /// The real engine for the test daemon.
 pub fn engine(host: &str) -> crate::core::docker::DockerEngine {
     crate::core::docker::DockerEngine::new(host, Duration::from_secs(60), Duration::from_secs(600))
+}
+
+/// Stores the app `web:1` with `compose` as its compose.yaml, in the app store of the state
+/// directory `state` (where `Apps::open` finds it).
+pub fn store_web_app(state: &std::path::Path, compose: &str) {
+    let store = crate::core::apps::store::AppStore::open(&state.join("apps")).unwrap();
+    let staged = store
+        .stage(crate::core::apps::AppConfig {
+            name: "web".into(),
+            version: "1".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    std::fs::write(staged.dir().join("compose.yaml"), compose).unwrap();
+    store.insert(staged, false).unwrap();
+}
+
+/// The container `web1_main_1` (id `c1`) of the service `main` of the app `web:1`, running or
+/// exited, as Docker lists it; `labels` are added to the service and app labels.
+pub fn web_app_container(running: bool, labels: &[(&str, &str)]) -> ContainerSummary {
+    let mut all = HashMap::from([
+        ("com.docker.compose.service".to_string(), "main".to_string()),
+        (
+            crate::core::compose::plan::LABEL_APP_ID.to_string(),
+            "web:1".to_string(),
+        ),
+    ]);
+    all.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    ContainerSummary {
+        id: Some("c1".into()),
+        names: Some(vec!["/web1_main_1".into()]),
+        state: Some(if running {
+            ContainerSummaryStateEnum::RUNNING
+        } else {
+            ContainerSummaryStateEnum::EXITED
+        }),
+        labels: Some(all),
+        ..Default::default()
+    }
 }
 
 /// Implements [`ContainerEngine`](crate::core::engine::ContainerEngine) for a unit-test fake:

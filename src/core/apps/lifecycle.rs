@@ -993,18 +993,16 @@ fn list_files(dir: &Path) -> CoreResult<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
+    use bollard::models::ContainerSummary;
     use tokio::sync::Notify;
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::core::apps::AppConfig;
-    use crate::core::compose::plan::LABEL_APP_ID;
     use crate::core::engine::{EngineResult, Filter};
+    use crate::testutil::{store_web_app, web_app_container};
 
     /// Docker with one app container `web1_main_1`: a stop with a grace period is held
     /// (as for a container ignoring SIGTERM) until a stop without one comes; listing is
@@ -1036,22 +1034,8 @@ mod tests {
                 std::future::pending::<()>().await;
             }
             let running = *self.running.lock().unwrap();
-            let labels = HashMap::from([
-                ("com.docker.compose.service".to_string(), "main".to_string()),
-                ("com.docker.compose.project".to_string(), "web1".to_string()),
-                (LABEL_APP_ID.to_string(), "web:1".to_string()),
-            ]);
-            Ok(vec![ContainerSummary {
-                id: Some("c1".into()),
-                names: Some(vec!["/web1_main_1".into()]),
-                state: Some(if running {
-                    ContainerSummaryStateEnum::RUNNING
-                } else {
-                    ContainerSummaryStateEnum::EXITED
-                }),
-                labels: Some(labels),
-                ..Default::default()
-            }])
+            let project = [("com.docker.compose.project", "web1")];
+            Ok(vec![web_app_container(running, &project)])
         }
         async fn stop_container_with_timeout(&self, id: &str, t: u32) -> EngineResult<()> {
             self.log.lock().unwrap().push(format!("stop {id} {t}"));
@@ -1065,21 +1049,10 @@ mod tests {
     }
 
     fn apps_with_one_app(state: &Path, fake: Arc<Fake>) -> Arc<Apps> {
-        let store = AppStore::open(&state.join("apps")).unwrap();
-        let staged = store
-            .stage(AppConfig {
-                name: "web".into(),
-                version: "1".into(),
-                ..Default::default()
-            })
-            .unwrap();
-        std::fs::write(
-            staged.dir().join("compose.yaml"),
+        store_web_app(
+            state,
             "services:\n  main:\n    image: busybox\n    stop_grace_period: 10m\n",
-        )
-        .unwrap();
-        store.insert(staged, false).unwrap();
-        drop(store);
+        );
         Arc::new(Apps::open(fake, state, ImportSettings::default()).unwrap())
     }
 

@@ -130,21 +130,20 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use bollard::models::{ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum};
+    use bollard::models::{ContainerInspectResponse, ContainerSummary};
     use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::core::apps::import::ImportSettings;
     use crate::core::apps::lifecycle::AppStatus;
-    use crate::core::apps::store::AppStore;
-    use crate::core::apps::AppConfig;
     use crate::core::engine::{ContainerEvent, EngineError, EngineResult, EventStream};
     use crate::core::events::AppEvent;
+    use crate::testutil::{store_web_app, web_app_container};
 
     /// Docker as far as the watcher sees it: one app container whose state the test sets,
     /// and event streams the test feeds (one per subscription).
@@ -168,22 +167,7 @@ mod tests {
             &self,
             _: &[Filter],
         ) -> EngineResult<Vec<ContainerSummary>> {
-            let running = *self.running.lock().unwrap();
-            let labels = HashMap::from([
-                ("com.docker.compose.service".to_string(), "main".to_string()),
-                (LABEL_APP_ID.to_string(), "web:1".to_string()),
-            ]);
-            Ok(vec![ContainerSummary {
-                id: Some("c1".into()),
-                names: Some(vec!["/web1_main_1".into()]),
-                state: Some(if running {
-                    ContainerSummaryStateEnum::RUNNING
-                } else {
-                    ContainerSummaryStateEnum::EXITED
-                }),
-                labels: Some(labels),
-                ..Default::default()
-            }])
+            Ok(vec![web_app_container(*self.running.lock().unwrap(), &[])])
         }
 
         fn container_events(&self, filters: &[Filter]) -> EventStream {
@@ -232,21 +216,7 @@ mod tests {
     async fn container_events_become_app_events_and_reconnects_resync() {
         let state = tempfile::tempdir().unwrap();
         // One stored app with one service.
-        let store = AppStore::open(&state.path().join("apps")).unwrap();
-        let staged = store
-            .stage(AppConfig {
-                name: "web".into(),
-                version: "1".into(),
-                ..Default::default()
-            })
-            .unwrap();
-        std::fs::write(
-            staged.dir().join("compose.yaml"),
-            "services:\n  main:\n    image: busybox\n",
-        )
-        .unwrap();
-        store.insert(staged, false).unwrap();
-        drop(store);
+        store_web_app(state.path(), "services:\n  main:\n    image: busybox\n");
 
         let docker = Arc::new(FakeDocker::default());
         *docker.running.lock().unwrap() = true;
