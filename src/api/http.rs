@@ -10,7 +10,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, BodyStream, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{HeaderMap, StatusCode};
 use serde::Serialize;
 
@@ -45,6 +45,31 @@ pub fn with_type(status: StatusCode, content_type: &'static str, body: Body) -> 
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
+}
+
+/// A 200 download of `stream` that clients save as `{name}.{extension}`, with every character
+/// of `name` but ASCII letters, digits, `.` and `-` replaced by `_`.
+pub fn attachment(
+    content_type: &'static str,
+    stream: ByteStream,
+    name: &str,
+    extension: &str,
+) -> Response {
+    let mut resp = with_type(StatusCode::OK, content_type, stream_body(stream));
+    let file: String = name
+        .chars()
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() || ch == '.' || ch == '-' {
+                ch
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file}.{extension}\"")) {
+        resp.headers_mut().insert(CONTENT_DISPOSITION, v);
+    }
+    resp
 }
 
 pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {

@@ -5,6 +5,7 @@
 //! system module's contract is "Docker's data, lightly wrapped".
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::models::{
@@ -14,6 +15,7 @@ use bollard::models::{
 };
 use bytes::Bytes;
 use futures_util::Stream;
+use tokio_util::sync::CancellationToken;
 
 /// A stream of bytes flowing to or from the engine (image tarballs).
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
@@ -222,3 +224,35 @@ pub struct ContainerEvent {
 }
 
 pub type EventStream = Pin<Box<dyn Stream<Item = EngineResult<ContainerEvent>> + Send>>;
+
+/// The pause of a watcher of [`ContainerEngine::container_events`] before it subscribes
+/// again: short after a stream that worked, doubled after each round that did not (a
+/// failing Docker), up to 30 s.
+pub struct Resubscribe {
+    pause: Duration,
+}
+
+impl Resubscribe {
+    const MIN: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(30);
+
+    /// Waits before the next subscription (`worked`: the last one delivered events and its
+    /// resync succeeded); false when `stop` came first.
+    pub async fn wait(&mut self, worked: bool, stop: &CancellationToken) -> bool {
+        self.pause = if worked {
+            Self::MIN
+        } else {
+            (self.pause * 2).min(Self::MAX)
+        };
+        tokio::select! {
+            _ = stop.cancelled() => false,
+            _ = tokio::time::sleep(self.pause) => true,
+        }
+    }
+}
+
+impl Default for Resubscribe {
+    fn default() -> Self {
+        Self { pause: Self::MIN }
+    }
+}

@@ -217,6 +217,16 @@ pub(super) struct UpResult<'a> {
     pub process: ProcessResult<'a>,
 }
 
+impl<'a> UpResult<'a> {
+    pub(super) fn of(outcome: &'a ProcessOutcome) -> Self {
+        UpResult {
+            running_containers: &outcome.running_containers,
+            pulled_images: &outcome.pulled_images,
+            process: process_result(outcome),
+        }
+    }
+}
+
 fn app_id(c: &Call) -> Result<AppId, Problem> {
     let id = c.param("id");
     if id.trim().is_empty() {
@@ -444,19 +454,17 @@ async fn readme(c: Call) -> Reply {
 }
 
 async fn start(c: Call) -> Reply {
+    start_app(&c, &app_id(&c)?).await
+}
+
+/// Starts the app `id`: DockerComposeUpResult (the v1 start and the v2.2.2 compose start).
+pub(super) async fn start_app(c: &Call, id: &AppId) -> Reply {
     let outcome = c
         .core
         .apps
-        .start(&app_id(&c)?, &CancellationToken::new(), &|_| {})
+        .start(id, &CancellationToken::new(), &|_| {})
         .await?;
-    Ok(http::json(
-        StatusCode::OK,
-        &UpResult {
-            running_containers: &outcome.running_containers,
-            pulled_images: &outcome.pulled_images,
-            process: process_result(&outcome),
-        },
-    ))
+    Ok(http::json(StatusCode::OK, &UpResult::of(&outcome)))
 }
 
 /// Runs as a task (listed, cancellable by id) on a task of its own: a client going away
@@ -519,23 +527,12 @@ async fn export(c: Call) -> Reply {
     let id = app_id(&c)?;
     let with_images = c.bool("with_images", false)?;
     let stream = c.core.apps.export(&id, with_images).await?;
-    let mut resp = http::with_type(StatusCode::OK, "application/zip", http::stream_body(stream));
-    let file: String = id
-        .as_str()
-        .chars()
-        .map(|ch| {
-            if ch.is_ascii_alphanumeric() || ch == '.' || ch == '-' {
-                ch
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file}.zip\"")) {
-        resp.headers_mut()
-            .insert(hyper::header::CONTENT_DISPOSITION, v);
-    }
-    Ok(resp)
+    Ok(http::attachment(
+        "application/zip",
+        stream,
+        id.as_str(),
+        "zip",
+    ))
 }
 
 /// The response header naming the task of an operation answered before it ended, for

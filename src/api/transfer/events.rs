@@ -553,6 +553,32 @@ async fn open_upload(core: &Core) -> Result<(tempfile::NamedTempFile, tokio::fs:
     Ok((upload, tokio::fs::File::from_std(file)))
 }
 
+/// An upload session up to its operation: `task` announced, then the upload (of the
+/// `what`: "import") received into a temp file. On failure, reported to the peer already,
+/// the code and reason to close with.
+async fn session_upload(
+    core: &Core,
+    peer: &mut Peer,
+    task: &TaskHandle,
+    limit: u64,
+    what: &str,
+) -> Result<tempfile::NamedTempFile, (CloseCode, String)> {
+    announce_task(peer, task).await;
+    let (upload, mut file) = match open_upload(core).await {
+        Ok(x) => x,
+        Err(m) => {
+            peer.send(&Step::fail("DATA_TRANSFER", None, m)).await;
+            return Err((CloseCode::Error, "server error".into()));
+        }
+    };
+    let end = receive_upload(peer, &task.cancel, limit, &mut file).await;
+    drop(file);
+    if let Err(code) = upload_outcome(peer, end, what).await {
+        return Err((code, format!("{what} failed")));
+    }
+    Ok(upload)
+}
+
 // ---------------------------------------------------------------------------------------
 // Import
 
@@ -625,19 +651,10 @@ async fn ws_import(c: Call) -> Reply {
 async fn import_session(core: Arc<Core>, mut peer: Peer, limit: u64, replace: bool) {
     let task = core.tasks.start(TaskKind::Import);
     let cancel = task.cancel.clone();
-    announce_task(&mut peer, &task).await;
-    let (upload, mut file) = match open_upload(&core).await {
-        Ok(x) => x,
-        Err(m) => {
-            peer.send(&Step::fail("DATA_TRANSFER", None, m)).await;
-            return peer.close(CloseCode::Error, "server error").await;
-        }
+    let upload = match session_upload(&core, &mut peer, &task, limit, "import").await {
+        Ok(u) => u,
+        Err((code, reason)) => return peer.close(code, &reason).await,
     };
-    let end = receive_upload(&mut peer, &cancel, limit, &mut file).await;
-    drop(file);
-    if let Err(code) = upload_outcome(&mut peer, end, "import").await {
-        return peer.close(code, "import failed").await;
-    }
     peer.send(&Step::ok(
         "ANNOUNCEMENT",
         Some("Import"),
@@ -749,18 +766,9 @@ async fn ws_start(c: Call) -> Reply {
 }
 
 async fn start_session(core: Arc<Core>, mut peer: Peer, id: AppId) {
-    let task = core.tasks.start(TaskKind::Start);
-    announce_task(&mut peer, &task).await;
-    peer.send(&Step::ok(
-        "ANNOUNCEMENT",
-        None,
-        format!("Starting App instance {id}"),
-    ))
-    .await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let on_line = move |l: &str| {
-        let _ = tx.send(l.to_string());
-    };
+    let what = format!("Starting App instance {id}");
+    let task = open_app_session(&core, &mut peer, TaskKind::Start, what).await;
+    let (on_line, mut rx) = line_channel();
     let result = relay_lines(
         &mut peer,
         &mut rx,
@@ -798,26 +806,50 @@ async fn start_session(core: Arc<Core>, mut peer: Peer, id: AppId) {
             )
             .optional();
             last.success = outcome.success;
-            last.process_result = serde_json::to_value(UpResult {
-                running_containers: &outcome.running_containers,
-                pulled_images: &outcome.pulled_images,
-                process: process_result(&outcome),
-            })
-            .ok();
+            last.process_result = serde_json::to_value(UpResult::of(&outcome)).ok();
             peer.send(&last).await;
         }
-        Err(CoreError::Cancelled(m)) => peer.send(&Step::fail("CANCEL", None, m)).await,
         Err(e) => {
-            peer.send(&Step::fail(
-                "ANNOUNCEMENT",
-                None,
-                format!("Starting App {id} failed: {e}"),
-            ))
-            .await
+            peer.send(&failed_step(e, &format!("Starting App {id}")))
+                .await
         }
     }
     drop(task);
     peer.close(CloseCode::Normal, "").await;
+}
+
+/// A start or stop session up to its operation: the task, announced, and the ANNOUNCEMENT
+/// of what the session does.
+async fn open_app_session(
+    core: &Core,
+    peer: &mut Peer,
+    kind: TaskKind,
+    what: String,
+) -> TaskHandle {
+    let task = core.tasks.start(kind);
+    announce_task(peer, &task).await;
+    peer.send(&Step::ok("ANNOUNCEMENT", None, what)).await;
+    task
+}
+
+/// Where a start or stop reports its output lines, and where [`relay_lines`] takes them.
+fn line_channel() -> (
+    impl Fn(&str) + Send + Sync,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let on_line = move |l: &str| {
+        let _ = tx.send(l.to_string());
+    };
+    (on_line, rx)
+}
+
+/// The step a start or stop that did not complete ends with (`doing`: "Starting App x").
+fn failed_step(e: CoreError, doing: &str) -> Step {
+    match e {
+        CoreError::Cancelled(m) => Step::fail("CANCEL", None, m),
+        e => Step::fail("ANNOUNCEMENT", None, format!("{doing} failed: {e}")),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -873,18 +905,9 @@ async fn ws_stop(c: Call) -> Reply {
 }
 
 async fn stop_session(core: Arc<Core>, mut peer: Peer, id: AppId, options: StopOptions) {
-    let task = core.tasks.start(TaskKind::Stop);
-    announce_task(&mut peer, &task).await;
-    peer.send(&Step::ok(
-        "ANNOUNCEMENT",
-        None,
-        format!("Stopping App instance {id}"),
-    ))
-    .await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let on_line = move |l: &str| {
-        let _ = tx.send(l.to_string());
-    };
+    let what = format!("Stopping App instance {id}");
+    let task = open_app_session(&core, &mut peer, TaskKind::Stop, what).await;
+    let (on_line, mut rx) = line_channel();
     let result = relay_lines(
         &mut peer,
         &mut rx,
@@ -912,14 +935,9 @@ async fn stop_session(core: Arc<Core>, mut peer: Peer, id: AppId, options: StopO
             last.process_result = serde_json::to_value(process_result(&outcome)).ok();
             peer.send(&last).await;
         }
-        Err(CoreError::Cancelled(m)) => peer.send(&Step::fail("CANCEL", None, m)).await,
         Err(e) => {
-            peer.send(&Step::fail(
-                "ANNOUNCEMENT",
-                None,
-                format!("Stopping App {id} failed: {e}"),
-            ))
-            .await
+            peer.send(&failed_step(e, &format!("Stopping App {id}")))
+                .await
         }
     }
     drop(task);
@@ -937,19 +955,10 @@ async fn ws_load_image(c: Call) -> Reply {
 async fn load_image_session(core: Arc<Core>, mut peer: Peer, limit: u64) {
     let task = core.tasks.start(TaskKind::LoadImage);
     let cancel = task.cancel.clone();
-    announce_task(&mut peer, &task).await;
-    let (upload, mut file) = match open_upload(&core).await {
-        Ok(x) => x,
-        Err(m) => {
-            peer.send(&Step::fail("DATA_TRANSFER", None, m)).await;
-            return peer.close(CloseCode::Error, "server error").await;
-        }
+    let upload = match session_upload(&core, &mut peer, &task, limit, "image load").await {
+        Ok(u) => u,
+        Err((code, reason)) => return peer.close(code, &reason).await,
     };
-    let end = receive_upload(&mut peer, &cancel, limit, &mut file).await;
-    drop(file);
-    if let Err(code) = upload_outcome(&mut peer, end, "image load").await {
-        return peer.close(code, "image load failed").await;
-    }
     let size = upload.as_file().metadata().map(|m| m.len()).unwrap_or(0);
     peer.send(&Step::ok("ANNOUNCEMENT", Some("Image"), "Loading image"))
         .await;

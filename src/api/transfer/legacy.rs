@@ -5,9 +5,8 @@
 
 use hyper::{Method, StatusCode};
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
-use super::apps::{process_result, UpResult};
+use super::apps::{process_result, start_app};
 use super::{Call, Handler, Problem, Reply};
 use crate::api::http;
 use crate::api::router::Routes;
@@ -42,20 +41,7 @@ fn named_app(c: &Call) -> Result<AppId, Problem> {
 
 /// v2.2.2 `PUT /compose/start?name=&version=`: DockerComposeUpResult, as the v1 start.
 async fn compose_start(c: Call) -> Reply {
-    let id = named_app(&c)?;
-    let outcome = c
-        .core
-        .apps
-        .start(&id, &CancellationToken::new(), &|_| {})
-        .await?;
-    Ok(http::json(
-        StatusCode::OK,
-        &UpResult {
-            running_containers: &outcome.running_containers,
-            pulled_images: &outcome.pulled_images,
-            process: process_result(&outcome),
-        },
-    ))
+    start_app(&c, &named_app(&c)?).await
 }
 
 /// v2.2.2 `PUT /compose/stop?name=&version=`: ProcessResult (`down`, images and volumes kept).

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use hyper::header::{HeaderValue, CONTENT_DISPOSITION, LOCATION};
+use hyper::header::{HeaderValue, LOCATION};
 use hyper::{Method, StatusCode};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Serialize;
@@ -155,25 +155,7 @@ fn too_large(limit: u64) -> Problem {
 async fn export_image(c: Call) -> Reply {
     let id = c.param("id");
     let stream = c.core.system.export_image(id).await?;
-    let mut resp = http::with_type(
-        StatusCode::OK,
-        "application/x-tar",
-        http::stream_body(stream),
-    );
-    let file: String = id
-        .chars()
-        .map(|ch| {
-            if ch.is_ascii_alphanumeric() || ch == '.' || ch == '-' {
-                ch
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file}.tar\"")) {
-        resp.headers_mut().insert(CONTENT_DISPOSITION, v);
-    }
-    Ok(resp)
+    Ok(http::attachment("application/x-tar", stream, id, "tar"))
 }
 
 async fn delete_image(c: Call) -> Reply {

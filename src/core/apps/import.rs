@@ -84,70 +84,58 @@ pub struct ImportOptions {
 
 pub type ProgressFn<'a> = &'a (dyn Fn(ImportProgress) + Send + Sync);
 
+/// A ZIP that is still arriving: the reading end of its upload pipe and the upload's
+/// announced length, if known (for the disk-space check of streamed images).
+pub struct Upload {
+    pub reader: UploadReader,
+    pub expected: Option<u64>,
+}
+
 /// Imports the ZIP at `zip` (a temp file the caller owns and deletes afterwards).
+///
+/// With an `upload`, the ZIP is still arriving through it into `zip`: image tarballs stream
+/// into Docker as soon as their bytes arrive (see [`super::stream`]); when the upload has
+/// ended, the whole pipeline runs over the complete file, checks every streamed entry
+/// against the central directory and loads only the images not streamed yet. Any failure,
+/// the upload's included, rolls back every image loaded.
+#[allow(clippy::too_many_arguments)]
 pub async fn import(
     engine: &dyn ContainerEngine,
     store: &Arc<AppStore>,
     zip: &Path,
+    upload: Option<Upload>,
     settings: &ImportSettings,
     options: ImportOptions,
     cancel: &CancellationToken,
     progress: ProgressFn<'_>,
 ) -> CoreResult<StoredApp> {
-    let mut current = ImportStep::CheckZip;
-    let loaded = Loaded::shared(settings);
-    let result = run(
-        engine,
-        store,
-        zip,
-        settings,
-        options,
-        cancel,
-        progress,
-        &mut current,
-        &loaded,
-        Preloaded::default(),
-    )
-    .await;
-    finish(engine, result, current, &loaded, progress).await
-}
-
-/// Imports the ZIP that is still arriving through `upload` into the upload file at `zip`:
-/// image tarballs stream into Docker as soon as their bytes arrive (see [`super::stream`]);
-/// when the upload has ended, the whole pipeline runs as in [`import`] over the complete
-/// file, checks every streamed entry against the central directory and loads only the
-/// images not streamed yet. Any failure, the upload's included, rolls back every image
-/// loaded. `expected` is the upload's announced length, if known (for the disk-space check
-/// of streamed images).
-#[allow(clippy::too_many_arguments)]
-pub async fn import_upload(
-    engine: &dyn ContainerEngine,
-    store: &Arc<AppStore>,
-    zip: &Path,
-    upload: UploadReader,
-    expected: Option<u64>,
-    settings: &ImportSettings,
-    options: ImportOptions,
-    cancel: &CancellationToken,
-    progress: ProgressFn<'_>,
-) -> CoreResult<StoredApp> {
-    let mut current = ImportStep::LoadImages;
+    let mut current = match upload {
+        Some(_) => ImportStep::LoadImages,
+        None => ImportStep::CheckZip,
+    };
     let loaded = Loaded::shared(settings);
     let result = async {
-        let (pre, upload) = stream_images(
-            engine,
-            upload,
-            expected,
-            store,
-            settings,
-            options.replace,
-            cancel,
-            progress,
-            &loaded,
-        )
-        .await?;
-        upload.map_err(|e| CoreError::Invalid(format!("the upload did not complete: {e}")))?;
-        current = ImportStep::CheckZip;
+        let pre = match upload {
+            Some(upload) => {
+                let (pre, upload) = stream_images(
+                    engine,
+                    upload.reader,
+                    upload.expected,
+                    store,
+                    settings,
+                    options.replace,
+                    cancel,
+                    progress,
+                    &loaded,
+                )
+                .await?;
+                upload
+                    .map_err(|e| CoreError::Invalid(format!("the upload did not complete: {e}")))?;
+                current = ImportStep::CheckZip;
+                pre
+            }
+            None => Preloaded::default(),
+        };
         run(
             engine,
             store,
@@ -251,7 +239,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What the streaming phase of [`import_upload`] leaves for the pipeline.
+/// What the streaming phase of an [`Upload`] leaves for the pipeline.
 #[derive(Default)]
 struct Preloaded {
     /// Images loaded while the upload arrived.
@@ -862,6 +850,30 @@ mod tests {
         zip: PathBuf,
     }
 
+    impl Setup {
+        /// Imports the setup's ZIP (already complete) with the default settings.
+        async fn import(
+            &self,
+            engine: &dyn ContainerEngine,
+            options: ImportOptions,
+            cancel: &CancellationToken,
+            progress: ProgressFn<'_>,
+        ) -> CoreResult<StoredApp> {
+            let settings = ImportSettings::default();
+            import(
+                engine,
+                &self.store,
+                &self.zip,
+                None,
+                &settings,
+                options,
+                cancel,
+                progress,
+            )
+            .await
+        }
+    }
+
     fn setup(zip_bytes: &[u8]) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(AppStore::open(&dir.path().join("apps")).unwrap());
@@ -898,17 +910,15 @@ mod tests {
         let s = setup(&bundle(&unique("ImpOk"), &[("web.tar", &tar)], &compose));
         let (events, sink) = collect();
         let eng = engine(&host);
-        let stored = import(
-            &eng,
-            &s.store,
-            &s.zip,
-            &ImportSettings::default(),
-            ImportOptions::default(),
-            &CancellationToken::new(),
-            &sink,
-        )
-        .await
-        .expect("import");
+        let stored = s
+            .import(
+                &eng,
+                ImportOptions::default(),
+                &CancellationToken::new(),
+                &sink,
+            )
+            .await
+            .expect("import");
         assert!(image_exists(&host, &reference), "image was not loaded");
         assert_eq!(stored.record.images.len(), 1);
         assert_eq!(stored.record.images[0].file, "docker/web.tar");
@@ -942,23 +952,18 @@ mod tests {
             ]
         );
         // The same id again is a conflict, unless replacing.
-        let err = import(
-            &eng,
-            &s.store,
-            &s.zip,
-            &ImportSettings::default(),
-            ImportOptions::default(),
-            &CancellationToken::new(),
-            &|_| {},
-        )
-        .await
-        .unwrap_err();
+        let err = s
+            .import(
+                &eng,
+                ImportOptions::default(),
+                &CancellationToken::new(),
+                &|_| {},
+            )
+            .await
+            .unwrap_err();
         assert!(matches!(err, CoreError::Conflict(_)), "{err:?}");
-        import(
+        s.import(
             &eng,
-            &s.store,
-            &s.zip,
-            &ImportSettings::default(),
             ImportOptions { replace: true },
             &CancellationToken::new(),
             &|_| {},
@@ -985,17 +990,15 @@ mod tests {
         );
         let s = setup(&zip);
         let (events, sink) = collect();
-        let err = import(
-            &engine(&host),
-            &s.store,
-            &s.zip,
-            &ImportSettings::default(),
-            ImportOptions::default(),
-            &CancellationToken::new(),
-            &sink,
-        )
-        .await
-        .unwrap_err();
+        let err = s
+            .import(
+                &engine(&host),
+                ImportOptions::default(),
+                &CancellationToken::new(),
+                &sink,
+            )
+            .await
+            .unwrap_err();
         assert!(matches!(err, CoreError::Invalid(_)), "{err:?}");
         assert!(err.to_string().contains("b.tar"), "{err}");
         assert!(
@@ -1024,17 +1027,15 @@ mod tests {
             image()
         );
         let s = setup(&bundle(&unique("ImpBad"), &[], &compose));
-        let err = import(
-            &engine(&host),
-            &s.store,
-            &s.zip,
-            &ImportSettings::default(),
-            ImportOptions::default(),
-            &CancellationToken::new(),
-            &|_| {},
-        )
-        .await
-        .unwrap_err();
+        let err = s
+            .import(
+                &engine(&host),
+                ImportOptions::default(),
+                &CancellationToken::new(),
+                &|_| {},
+            )
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("bogus_key"), "{err}");
         assert!(err.to_string().contains("web"), "{err}");
         assert!(s.store.list().unwrap().is_empty());
@@ -1045,17 +1046,10 @@ mod tests {
         let s = setup(&bundle(&unique("ImpCx"), &[("a.tar", &tar)], &compose));
         let cancel = CancellationToken::new();
         cancel.cancel();
-        let err = import(
-            &engine(&host),
-            &s.store,
-            &s.zip,
-            &ImportSettings::default(),
-            ImportOptions::default(),
-            &cancel,
-            &|_| {},
-        )
-        .await
-        .unwrap_err();
+        let err = s
+            .import(&engine(&host), ImportOptions::default(), &cancel, &|_| {})
+            .await
+            .unwrap_err();
         assert!(matches!(err, CoreError::Cancelled(_)), "{err:?}");
         assert!(!image_exists(&host, &reference));
         assert!(s.store.list().unwrap().is_empty());
@@ -1112,12 +1106,14 @@ mod tests {
             let (eng, store, upload, settings) =
                 (eng.clone(), store.clone(), upload.clone(), settings.clone());
             tokio::spawn(async move {
-                import_upload(
+                import(
                     eng.as_ref(),
                     &store,
                     &upload,
-                    reader,
-                    None,
+                    Some(Upload {
+                        reader,
+                        expected: None,
+                    }),
                     &settings,
                     ImportOptions::default(),
                     &CancellationToken::new(),

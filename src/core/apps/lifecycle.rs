@@ -322,18 +322,7 @@ impl Apps {
         cancel: &CancellationToken,
         progress: ProgressFn<'_>,
     ) -> CoreResult<StoredApp> {
-        let stored = import::import(
-            self.engine.as_ref(),
-            &self.store,
-            zip,
-            &self.settings,
-            options,
-            cancel,
-            progress,
-        )
-        .await?;
-        self.publish_import(&stored).await;
-        Ok(stored)
+        self.import_zip(zip, None, options, cancel, progress).await
     }
 
     /// Tells subscribers of a new app, whichever import path stored it.
@@ -344,7 +333,7 @@ impl Apps {
         self.events.publish(AppEvent::Import(view));
     }
 
-    /// Imports an upload that is still arriving (see [`import::import_upload`]): the caller
+    /// Imports an upload that is still arriving (see [`import::import`]): the caller
     /// pushes its bytes into the pipe whose reading end is `upload`, writing into `zip`.
     pub async fn import_upload(
         &self,
@@ -355,12 +344,28 @@ impl Apps {
         cancel: &CancellationToken,
         progress: ProgressFn<'_>,
     ) -> CoreResult<StoredApp> {
-        let stored = import::import_upload(
+        let upload = import::Upload {
+            reader: upload,
+            expected,
+        };
+        self.import_zip(zip, Some(upload), options, cancel, progress)
+            .await
+    }
+
+    /// Imports `zip` (still arriving through `upload`, if any) and publishes the new app.
+    async fn import_zip(
+        &self,
+        zip: &Path,
+        upload: Option<import::Upload>,
+        options: ImportOptions,
+        cancel: &CancellationToken,
+        progress: ProgressFn<'_>,
+    ) -> CoreResult<StoredApp> {
+        let stored = import::import(
             self.engine.as_ref(),
             &self.store,
             zip,
             upload,
-            expected,
             &self.settings,
             options,
             cancel,
@@ -988,24 +993,16 @@ fn list_files(dir: &Path) -> CoreResult<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use async_trait::async_trait;
-    use bollard::models::{
-        ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum,
-        ImageDeleteResponseItem, ImageInspect, ImageSummary, Volume,
-    };
+    use bollard::models::ContainerSummary;
     use tokio::sync::Notify;
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::core::apps::AppConfig;
-    use crate::core::compose::plan::LABEL_APP_ID;
-    use crate::core::engine::{
-        ByteStream, EngineError, EngineResult, EngineVersion, Filter, LoadedImages,
-    };
+    use crate::core::engine::{EngineResult, Filter};
+    use crate::testutil::{store_web_app, web_app_container};
 
     /// Docker with one app container `web1_main_1`: a stop with a grace period is held
     /// (as for a container ignoring SIGTERM) until a stop without one comes; listing is
@@ -1018,70 +1015,15 @@ mod tests {
         called: Notify,
     }
 
-    fn no<T>() -> EngineResult<T> {
-        Err(EngineError::Failed("not in this fake".into()))
-    }
-
-    #[async_trait]
-    impl ContainerEngine for Fake {
-        async fn version(&self) -> EngineResult<EngineVersion> {
-            no()
-        }
-        async fn list_images(&self) -> EngineResult<Vec<ImageSummary>> {
-            no()
-        }
-        async fn inspect_image(&self, _: &str) -> EngineResult<ImageInspect> {
-            no()
-        }
-        async fn load_images(&self, _: ByteStream) -> EngineResult<LoadedImages> {
-            no()
-        }
-        fn export_image(&self, _: &str) -> ByteStream {
-            Box::pin(futures_util::stream::empty())
-        }
-        async fn remove_image(
-            &self,
-            _: &str,
-            _: bool,
-        ) -> EngineResult<Vec<ImageDeleteResponseItem>> {
-            no()
-        }
-        async fn prune_images(&self, _: bool) -> EngineResult<Vec<String>> {
-            no()
-        }
-        async fn list_containers(&self) -> EngineResult<Vec<ContainerSummary>> {
-            no()
-        }
-        async fn inspect_container(&self, _: &str) -> EngineResult<ContainerInspectResponse> {
-            no()
-        }
-        async fn start_container(&self, _: &str) -> EngineResult<()> {
-            no()
-        }
-        async fn stop_container(&self, _: &str) -> EngineResult<()> {
-            no()
-        }
-        async fn restart_container(&self, _: &str) -> EngineResult<()> {
-            no()
-        }
+    crate::testutil::fake_engine! {
+        impl ContainerEngine for Fake;
+        not_faked: version, list_images, inspect_image, load_images, export_image, remove_image,
+            prune_images, list_containers, inspect_container, start_container, stop_container,
+            restart_container, prune_containers, list_volumes, inspect_volume, remove_volume,
+            prune_volumes;
         async fn remove_container(&self, id: &str, _: bool, _: bool) -> EngineResult<()> {
             self.log.lock().unwrap().push(format!("remove {id}"));
             Ok(())
-        }
-        async fn prune_containers(&self) -> EngineResult<Vec<String>> {
-            no()
-        }
-        async fn list_volumes(&self) -> EngineResult<Vec<Volume>> {
-            no()
-        }
-        async fn inspect_volume(&self, _: &str) -> EngineResult<Volume> {
-            no()
-        }
-        async fn remove_volume(&self, _: &str, _: bool) -> EngineResult<()> {
-            no()
-        }
-        async fn prune_volumes(&self) -> EngineResult<Vec<String>> {
-            no()
         }
         async fn list_containers_filtered(
             &self,
@@ -1092,22 +1034,8 @@ mod tests {
                 std::future::pending::<()>().await;
             }
             let running = *self.running.lock().unwrap();
-            let labels = HashMap::from([
-                ("com.docker.compose.service".to_string(), "main".to_string()),
-                ("com.docker.compose.project".to_string(), "web1".to_string()),
-                (LABEL_APP_ID.to_string(), "web:1".to_string()),
-            ]);
-            Ok(vec![ContainerSummary {
-                id: Some("c1".into()),
-                names: Some(vec!["/web1_main_1".into()]),
-                state: Some(if running {
-                    ContainerSummaryStateEnum::RUNNING
-                } else {
-                    ContainerSummaryStateEnum::EXITED
-                }),
-                labels: Some(labels),
-                ..Default::default()
-            }])
+            let project = [("com.docker.compose.project", "web1")];
+            Ok(vec![web_app_container(running, &project)])
         }
         async fn stop_container_with_timeout(&self, id: &str, t: u32) -> EngineResult<()> {
             self.log.lock().unwrap().push(format!("stop {id} {t}"));
@@ -1121,21 +1049,10 @@ mod tests {
     }
 
     fn apps_with_one_app(state: &Path, fake: Arc<Fake>) -> Arc<Apps> {
-        let store = AppStore::open(&state.join("apps")).unwrap();
-        let staged = store
-            .stage(AppConfig {
-                name: "web".into(),
-                version: "1".into(),
-                ..Default::default()
-            })
-            .unwrap();
-        std::fs::write(
-            staged.dir().join("compose.yaml"),
+        store_web_app(
+            state,
             "services:\n  main:\n    image: busybox\n    stop_grace_period: 10m\n",
-        )
-        .unwrap();
-        store.insert(staged, false).unwrap();
-        drop(store);
+        );
         Arc::new(Apps::open(fake, state, ImportSettings::default()).unwrap())
     }
 

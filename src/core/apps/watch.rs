@@ -9,7 +9,6 @@
 //! when that state differs from the last one published.
 
 use std::ops::Deref;
-use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -17,10 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::lifecycle::Apps;
 use super::AppId;
 use crate::core::compose::plan::LABEL_APP_ID;
-use crate::core::engine::{ContainerEngine, Filter};
+use crate::core::engine::{ContainerEngine, Filter, Resubscribe};
 
-const RETRY_MIN: Duration = Duration::from_millis(500);
-const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Events taken together at most, before their apps are re-read.
 const MAX_BATCH: usize = 256;
 
@@ -48,7 +45,7 @@ pub async fn run<A>(apps: A, engine: &dyn ContainerEngine, stop: CancellationTok
 where
     A: Deref<Target = Apps>,
 {
-    let mut retry = RETRY_MIN;
+    let mut resubscribe = Resubscribe::default();
     while !stop.is_cancelled() {
         let mut events = engine.container_events(&[Filter::Label(LABEL_APP_ID.to_string())]);
         let resynced = tokio::select! {
@@ -125,42 +122,28 @@ where
                 break;
             }
         }
-        // A stream that worked is retried at once; a failing Docker with growing pauses.
-        retry = if received && resynced.is_ok() {
-            RETRY_MIN
-        } else {
-            (retry * 2).min(RETRY_MAX)
-        };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(retry) => {}
+        if !resubscribe.wait(received && resynced.is_ok(), &stop).await {
+            return;
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
-    use async_trait::async_trait;
-    use bollard::models::{
-        ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum,
-        ImageDeleteResponseItem, ImageInspect, ImageSummary, Volume,
-    };
+    use bollard::models::{ContainerInspectResponse, ContainerSummary};
     use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::core::apps::import::ImportSettings;
     use crate::core::apps::lifecycle::AppStatus;
-    use crate::core::apps::store::AppStore;
-    use crate::core::apps::AppConfig;
-    use crate::core::engine::{
-        ByteStream, ContainerEvent, EngineError, EngineResult, EngineVersion, EventStream,
-        LoadedImages,
-    };
+    use crate::core::engine::{ContainerEvent, EngineError, EngineResult, EventStream};
     use crate::core::events::AppEvent;
+    use crate::testutil::{store_web_app, web_app_container};
 
     /// Docker as far as the watcher sees it: one app container whose state the test sets,
     /// and event streams the test feeds (one per subscription).
@@ -171,91 +154,20 @@ mod tests {
         subscriptions: Mutex<usize>,
     }
 
-    fn no<T>() -> EngineResult<T> {
-        Err(EngineError::Failed("not in this fake".into()))
-    }
-
-    #[async_trait]
-    impl ContainerEngine for FakeDocker {
-        async fn version(&self) -> EngineResult<EngineVersion> {
-            no()
-        }
-        async fn list_images(&self) -> EngineResult<Vec<ImageSummary>> {
-            no()
-        }
-        async fn inspect_image(&self, _: &str) -> EngineResult<ImageInspect> {
-            no()
-        }
-        async fn load_images(&self, _: ByteStream) -> EngineResult<LoadedImages> {
-            no()
-        }
-        fn export_image(&self, _: &str) -> ByteStream {
-            Box::pin(futures_util::stream::empty())
-        }
-        async fn remove_image(
-            &self,
-            _: &str,
-            _: bool,
-        ) -> EngineResult<Vec<ImageDeleteResponseItem>> {
-            no()
-        }
-        async fn prune_images(&self, _: bool) -> EngineResult<Vec<String>> {
-            no()
-        }
-        async fn list_containers(&self) -> EngineResult<Vec<ContainerSummary>> {
-            no()
-        }
+    crate::testutil::fake_engine! {
+        impl ContainerEngine for FakeDocker;
+        not_faked: version, list_images, inspect_image, load_images, export_image, remove_image,
+            prune_images, list_containers, start_container, stop_container, restart_container,
+            remove_container, prune_containers, list_volumes, inspect_volume, remove_volume,
+            prune_volumes;
         async fn inspect_container(&self, _: &str) -> EngineResult<ContainerInspectResponse> {
             Ok(ContainerInspectResponse::default())
         }
-        async fn start_container(&self, _: &str) -> EngineResult<()> {
-            no()
-        }
-        async fn stop_container(&self, _: &str) -> EngineResult<()> {
-            no()
-        }
-        async fn restart_container(&self, _: &str) -> EngineResult<()> {
-            no()
-        }
-        async fn remove_container(&self, _: &str, _: bool, _: bool) -> EngineResult<()> {
-            no()
-        }
-        async fn prune_containers(&self) -> EngineResult<Vec<String>> {
-            no()
-        }
-        async fn list_volumes(&self) -> EngineResult<Vec<Volume>> {
-            no()
-        }
-        async fn inspect_volume(&self, _: &str) -> EngineResult<Volume> {
-            no()
-        }
-        async fn remove_volume(&self, _: &str, _: bool) -> EngineResult<()> {
-            no()
-        }
-        async fn prune_volumes(&self) -> EngineResult<Vec<String>> {
-            no()
-        }
-
         async fn list_containers_filtered(
             &self,
             _: &[Filter],
         ) -> EngineResult<Vec<ContainerSummary>> {
-            let running = *self.running.lock().unwrap();
-            let labels = HashMap::from([
-                ("com.docker.compose.service".to_string(), "main".to_string()),
-                (LABEL_APP_ID.to_string(), "web:1".to_string()),
-            ]);
-            Ok(vec![ContainerSummary {
-                id: Some("c1".into()),
-                names: Some(vec!["/web1_main_1".into()]),
-                state: Some(if running {
-                    ContainerSummaryStateEnum::RUNNING
-                } else {
-                    ContainerSummaryStateEnum::EXITED
-                }),
-                labels: Some(labels),
-                ..Default::default()
-            }])
+            Ok(vec![web_app_container(*self.running.lock().unwrap(), &[])])
         }
 
         fn container_events(&self, filters: &[Filter]) -> EventStream {
@@ -304,21 +216,7 @@ mod tests {
     async fn container_events_become_app_events_and_reconnects_resync() {
         let state = tempfile::tempdir().unwrap();
         // One stored app with one service.
-        let store = AppStore::open(&state.path().join("apps")).unwrap();
-        let staged = store
-            .stage(AppConfig {
-                name: "web".into(),
-                version: "1".into(),
-                ..Default::default()
-            })
-            .unwrap();
-        std::fs::write(
-            staged.dir().join("compose.yaml"),
-            "services:\n  main:\n    image: busybox\n",
-        )
-        .unwrap();
-        store.insert(staged, false).unwrap();
-        drop(store);
+        store_web_app(state.path(), "services:\n  main:\n    image: busybox\n");
 
         let docker = Arc::new(FakeDocker::default());
         *docker.running.lock().unwrap() = true;

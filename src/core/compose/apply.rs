@@ -537,13 +537,7 @@ async fn check_network(
     if n.external {
         return match existing {
             Some(_) => Ok(false),
-            None => Err(ComposeError::Invalid {
-                scope: format!("network \"{}\"", n.key),
-                message: format!(
-                    "declared as external, but network \"{}\" does not exist",
-                    n.name
-                ),
-            }),
+            None => Err(external_missing("network", &n.key, &n.name)),
         };
     }
     if let Some(x) = existing {
@@ -585,16 +579,19 @@ async fn check_volume(
         if exists {
             return Ok(false);
         }
-        return Err(ComposeError::Invalid {
-            scope: format!("volume \"{}\"", v.key),
-            message: format!(
-                "declared as external, but volume \"{}\" does not exist",
-                v.name
-            ),
-        });
+        return Err(external_missing("volume", &v.key, &v.name));
     }
     // An existing volume keeps its data, whoever created it (compose does the same).
     Ok(!exists)
+}
+
+/// An external network or volume (`kind`) that does not exist: `key` in the file, `name`
+/// in Docker.
+fn external_missing(kind: &str, key: &str, name: &str) -> ComposeError {
+    ComposeError::Invalid {
+        scope: format!("{kind} \"{key}\""),
+        message: format!("declared as external, but {kind} \"{name}\" does not exist"),
+    }
 }
 
 /// Brings one service to its planned state; returns its container id.
@@ -1235,16 +1232,15 @@ mod tests {
 
     use tokio::sync::Barrier;
 
-    use async_trait::async_trait;
     use bollard::models::{
         ContainerCreateBody, ContainerInspectResponse, ContainerState, ContainerSummary,
-        EndpointSettings, Health, ImageDeleteResponseItem, ImageInspect, ImageSummary, Network,
-        NetworkCreateRequest, Volume, VolumeCreateRequest,
+        EndpointSettings, Health, ImageInspect, Network, NetworkCreateRequest, Volume,
+        VolumeCreateRequest,
     };
 
     use super::*;
     use crate::core::compose::ComposePolicy;
-    use crate::core::engine::{ByteStream, EngineResult, EngineVersion, LoadedImages};
+    use crate::core::engine::EngineResult;
 
     #[derive(Default)]
     struct Fake {
@@ -1319,42 +1315,16 @@ mod tests {
         }
     }
 
-    fn no<T>() -> EngineResult<T> {
-        Err(EngineError::Failed("not in the fake".into()))
-    }
-
-    #[async_trait]
-    impl ContainerEngine for Fake {
-        async fn version(&self) -> EngineResult<EngineVersion> {
-            no()
-        }
-        async fn list_images(&self) -> EngineResult<Vec<ImageSummary>> {
-            no()
-        }
+    crate::testutil::fake_engine! {
+        impl ContainerEngine for Fake;
+        not_faked: version, list_images, load_images, export_image, remove_image, prune_images,
+            list_containers, stop_container, restart_container, prune_containers, list_volumes,
+            inspect_volume, remove_volume, prune_volumes;
         async fn inspect_image(&self, id: &str) -> EngineResult<ImageInspect> {
             Ok(ImageInspect {
                 id: Some(format!("sha256:{id}")),
                 ..Default::default()
             })
-        }
-        async fn load_images(&self, _tar: ByteStream) -> EngineResult<LoadedImages> {
-            no()
-        }
-        fn export_image(&self, _id: &str) -> ByteStream {
-            Box::pin(futures_util::stream::empty())
-        }
-        async fn remove_image(
-            &self,
-            _id: &str,
-            _force: bool,
-        ) -> EngineResult<Vec<ImageDeleteResponseItem>> {
-            no()
-        }
-        async fn prune_images(&self, _all: bool) -> EngineResult<Vec<String>> {
-            no()
-        }
-        async fn list_containers(&self) -> EngineResult<Vec<ContainerSummary>> {
-            no()
         }
         async fn inspect_container(&self, _id: &str) -> EngineResult<ContainerInspectResponse> {
             Ok(ContainerInspectResponse {
@@ -1379,12 +1349,6 @@ mod tests {
             }
             Ok(())
         }
-        async fn stop_container(&self, _id: &str) -> EngineResult<()> {
-            no()
-        }
-        async fn restart_container(&self, _id: &str) -> EngineResult<()> {
-            no()
-        }
         async fn remove_container(&self, id: &str, _force: bool, _v: bool) -> EngineResult<()> {
             let svc = self.service_of(id);
             self.log.lock().unwrap().push(format!("remove {svc}"));
@@ -1393,21 +1357,6 @@ mod tests {
                 .unwrap()
                 .retain(|c| c.id.as_deref() != Some(id));
             Ok(())
-        }
-        async fn prune_containers(&self) -> EngineResult<Vec<String>> {
-            no()
-        }
-        async fn list_volumes(&self) -> EngineResult<Vec<Volume>> {
-            no()
-        }
-        async fn inspect_volume(&self, _name: &str) -> EngineResult<Volume> {
-            no()
-        }
-        async fn remove_volume(&self, _name: &str, _force: bool) -> EngineResult<()> {
-            no()
-        }
-        async fn prune_volumes(&self) -> EngineResult<Vec<String>> {
-            no()
         }
         async fn list_containers_filtered(
             &self,

@@ -411,14 +411,17 @@ mod unit_tests {
         .unwrap();
         std::fs::write(dir.path().join(".env"), "TAG=1.36\nX=fromfile\n").unwrap();
         let env = HashMap::from([("X".to_string(), "override".to_string())]);
-        let p = ComposeProject::load(
-            dir.path(),
-            "demo",
-            "Demo:1",
-            &env,
-            &ComposePolicy::default(),
-        )
-        .unwrap();
+        let load = || {
+            ComposeProject::load(
+                dir.path(),
+                "demo",
+                "Demo:1",
+                &env,
+                &ComposePolicy::default(),
+            )
+            .unwrap()
+        };
+        let p = load();
         assert_eq!(p.images(), vec!["busybox:1.36"]);
         let body = &p.plan().service("web").unwrap().body;
         assert_eq!(body.env.clone().unwrap(), vec!["X=override", "Y="]);
@@ -432,14 +435,7 @@ mod unit_tests {
             "services: {other: {image: a}}",
         )
         .unwrap();
-        let p = ComposeProject::load(
-            dir.path(),
-            "demo",
-            "Demo:1",
-            &env,
-            &ComposePolicy::default(),
-        )
-        .unwrap();
+        let p = load();
         assert_eq!(p.services(), vec!["other"]);
         assert!(p.compose_file().ends_with("compose.yaml"));
     }

@@ -10,7 +10,6 @@ use std::net::TcpStream;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -21,55 +20,14 @@ use super::plan::{LABEL_APP_ID, LABEL_CONFIG_HASH, LABEL_PROJECT, LABEL_SERVICE}
 use super::{ComposeError, ComposePolicy, ComposeProject, DownOptions};
 use crate::core::docker::DockerEngine;
 use crate::core::engine::{ContainerEngine, Filter};
-
-const DEFAULT_IMAGE: &str = "gantry-test/busybox:latest";
-
-fn in_ci() -> bool {
-    matches!(
-        std::env::var("CI")
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-            .as_str(),
-        "true" | "1" | "yes"
-    )
-}
-
-/// The test dockerd, or None after a loud skip notice (a panic under CI).
-fn docker_host(test: &str) -> Option<String> {
-    match std::env::var("GANTRY_TEST_DOCKER_HOST") {
-        Ok(h) if !h.trim().is_empty() => Some(h),
-        _ if in_ci() => panic!(
-            "{test}: GANTRY_TEST_DOCKER_HOST is not set but CI=true: Docker-backed tests \
-             must not be skipped in CI (run them with `bash scripts/test.sh` as root)"
-        ),
-        _ => {
-            eprintln!(
-                "\n!!!!!!!!!! SKIPPED compose::{test}: GANTRY_TEST_DOCKER_HOST is not set; \
-                 run `bash scripts/test.sh` as root !!!!!!!!!!\n"
-            );
-            None
-        }
-    }
-}
-
-fn image() -> String {
-    std::env::var("GANTRY_TEST_IMAGE")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| DEFAULT_IMAGE.to_string())
-}
+use crate::testutil::{docker_host, image, in_ci, unique};
 
 fn engine(host: &str) -> DockerEngine {
     DockerEngine::new(host, Duration::from_secs(60), Duration::from_secs(300))
 }
 
 fn unique_project(label: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "gtc{}x{}{label}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
+    format!("{}{label}", unique("gtc"))
 }
 
 fn free_port() -> u16 {
@@ -197,7 +155,8 @@ volumes:
 
 #[tokio::test]
 async fn up_is_idempotent_recreates_changes_and_down_cleans() {
-    let Some(host) = docker_host("up_is_idempotent_recreates_changes_and_down_cleans") else {
+    let Some(host) = docker_host("compose::up_is_idempotent_recreates_changes_and_down_cleans")
+    else {
         return;
     };
     let engine = engine(&host);
@@ -409,7 +368,7 @@ async fn up_is_idempotent_recreates_changes_and_down_cleans() {
 
 #[tokio::test]
 async fn failures_are_clear_and_bounded() {
-    let Some(host) = docker_host("failures_are_clear_and_bounded") else {
+    let Some(host) = docker_host("compose::failures_are_clear_and_bounded") else {
         return;
     };
     let engine = engine(&host);
@@ -757,7 +716,7 @@ fn aspects(c: &Value, short_id: &str) -> BTreeMap<&'static str, Value> {
 
 #[tokio::test]
 async fn matches_docker_compose_1_29() {
-    let Some(host) = docker_host("matches_docker_compose_1_29") else {
+    let Some(host) = docker_host("compose::matches_docker_compose_1_29") else {
         return;
     };
     if !docker_compose_available() {

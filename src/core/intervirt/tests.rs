@@ -3,14 +3,12 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use async_trait::async_trait;
 use bollard::models::{
-    ContainerConfig, ContainerState, ContainerSummary, ImageDeleteResponseItem, ImageInspect,
-    ImageSummary, Volume,
+    ContainerConfig, ContainerState, ContainerSummary, ImageInspect, ImageSummary,
 };
 
 use super::*;
-use crate::core::engine::{ByteStream, EngineResult, EngineVersion, LoadedImages};
+use crate::core::engine::{EngineResult, EngineVersion};
 use crate::core::network::netlink::fake::FakeNetlink;
 use crate::core::network::netlink::{Netlink, Netns};
 use crate::core::network::nft::fake::FakeFirewall;
@@ -68,8 +66,10 @@ fn missing(name: &str) -> EngineError {
     EngineError::NotFound(format!("No such container: {name}"))
 }
 
-#[async_trait]
-impl ContainerEngine for FakeEngine {
+crate::testutil::fake_engine! {
+    impl ContainerEngine for FakeEngine;
+    not_faked: load_images, export_image, remove_image, prune_images, prune_containers,
+        list_volumes, inspect_volume, remove_volume, prune_volumes;
     async fn version(&self) -> EngineResult<EngineVersion> {
         Ok(EngineVersion {
             version: "fake".into(),
@@ -88,18 +88,6 @@ impl ContainerEngine for FakeEngine {
         } else {
             Err(EngineError::NotFound(format!("No such image: {id}")))
         }
-    }
-    async fn load_images(&self, _tar: ByteStream) -> EngineResult<LoadedImages> {
-        unimplemented!()
-    }
-    fn export_image(&self, _id: &str) -> ByteStream {
-        unimplemented!()
-    }
-    async fn remove_image(&self, _: &str, _: bool) -> EngineResult<Vec<ImageDeleteResponseItem>> {
-        unimplemented!()
-    }
-    async fn prune_images(&self, _all: bool) -> EngineResult<Vec<String>> {
-        unimplemented!()
     }
     async fn list_containers(&self) -> EngineResult<Vec<ContainerSummary>> {
         self.list_containers_filtered(&[]).await
@@ -156,21 +144,6 @@ impl ContainerEngine for FakeEngine {
             .remove(id)
             .map(|_| ())
             .ok_or_else(|| missing(id))
-    }
-    async fn prune_containers(&self) -> EngineResult<Vec<String>> {
-        unimplemented!()
-    }
-    async fn list_volumes(&self) -> EngineResult<Vec<Volume>> {
-        unimplemented!()
-    }
-    async fn inspect_volume(&self, _name: &str) -> EngineResult<Volume> {
-        unimplemented!()
-    }
-    async fn remove_volume(&self, _name: &str, _force: bool) -> EngineResult<()> {
-        unimplemented!()
-    }
-    async fn prune_volumes(&self) -> EngineResult<Vec<String>> {
-        unimplemented!()
     }
     async fn list_containers_filtered(
         &self,

@@ -7,20 +7,16 @@
 //! which asks Docker for the current state instead of trusting the event.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{IntervirtAgent, LABEL};
-use crate::core::engine::Filter;
-
-const RETRY_MIN: Duration = Duration::from_millis(500);
-const RETRY_MAX: Duration = Duration::from_secs(30);
+use crate::core::engine::{Filter, Resubscribe};
 
 /// Runs until `stop`.
 pub async fn run(agent: Arc<IntervirtAgent>, stop: CancellationToken) {
-    let mut retry = RETRY_MIN;
+    let mut resubscribe = Resubscribe::default();
     while !stop.is_cancelled() {
         let mut events = agent
             .engine
@@ -51,15 +47,8 @@ pub async fn run(agent: Arc<IntervirtAgent>, stop: CancellationToken) {
                 tracing::warn!(container = %event.name, action = %event.action, error = %e, "cannot follow a container event");
             }
         }
-        // A stream that worked is retried at once; a failing Docker with growing pauses.
-        retry = if received && resynced.is_ok() {
-            RETRY_MIN
-        } else {
-            (retry * 2).min(RETRY_MAX)
-        };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(retry) => {}
+        if !resubscribe.wait(received && resynced.is_ok(), &stop).await {
+            return;
         }
     }
 }

@@ -96,6 +96,15 @@ pub enum Route {
     Default { gateway: IpAddr, dev: String },
 }
 
+impl Route {
+    /// The link the route goes out of.
+    pub fn dev(&self) -> &str {
+        match self {
+            Route::Direct { dev, .. } | Route::Default { dev, .. } => dev,
+        }
+    }
+}
+
 /// The narrow seam to the kernel's link, address, route and neighbour tables.
 pub trait Netlink: Send {
     fn link(&mut self, ns: Netns, name: &str) -> NlResult<Option<Link>>;
@@ -339,6 +348,27 @@ impl KernelNetlink {
         self.link(ns, name)?
             .map(|l| l.index)
             .ok_or_else(|| NetlinkError::os(format!("find link {name}"), io_enodev()))
+    }
+
+    /// Sends the delete request `message(index of dev)` (`what` names it in errors). Nothing
+    /// to delete is no error: neither a missing link nor one of the errnos `gone` (the
+    /// kernel's "it is not there").
+    fn delete_on_link(
+        &mut self,
+        ns: Netns,
+        dev: &str,
+        what: &str,
+        message: impl FnOnce(u32) -> RouteNetlinkMessage,
+        gone: &[i32],
+    ) -> NlResult<()> {
+        let Some(link) = self.link(ns, dev)? else {
+            return Ok(());
+        };
+        let result = self
+            .socket(ns)?
+            .request(what, message(link.index), NLM_F_ACK)
+            .map(drop);
+        ignore_errno(result, gone)
     }
 
     fn link_names(&mut self) -> NlResult<HashMap<u32, String>> {
@@ -593,26 +623,17 @@ impl Netlink for KernelNetlink {
     }
 
     fn del_address(&mut self, ns: Netns, name: &str, addr: IpAddr, len: u8) -> NlResult<()> {
-        let Some(link) = self.link(ns, name)? else {
-            return Ok(());
-        };
-        let msg = address_message(link.index, addr, len);
-        let result = self
-            .socket(ns)?
-            .request(
-                &format!("delete address {addr}/{len} from {name}"),
-                RouteNetlinkMessage::DelAddress(msg),
-                NLM_F_ACK,
-            )
-            .map(drop);
-        ignore_errno(result, &[libc::EADDRNOTAVAIL, libc::ENOENT])
+        self.delete_on_link(
+            ns,
+            name,
+            &format!("delete address {addr}/{len} from {name}"),
+            |index| RouteNetlinkMessage::DelAddress(address_message(index, addr, len)),
+            &[libc::EADDRNOTAVAIL, libc::ENOENT],
+        )
     }
 
     fn replace_route(&mut self, ns: Netns, route: &Route) -> NlResult<()> {
-        let dev = match route {
-            Route::Direct { dev, .. } | Route::Default { dev, .. } => dev,
-        };
-        let index = self.index(ns, dev)?;
+        let index = self.index(ns, route.dev())?;
         self.socket(ns)?.request(
             &format!("add route {route:?}"),
             RouteNetlinkMessage::NewRoute(route_message(index, route)),
@@ -622,21 +643,13 @@ impl Netlink for KernelNetlink {
     }
 
     fn del_route(&mut self, ns: Netns, route: &Route) -> NlResult<()> {
-        let dev = match route {
-            Route::Direct { dev, .. } | Route::Default { dev, .. } => dev,
-        };
-        let Some(link) = self.link(ns, dev)? else {
-            return Ok(());
-        };
-        let result = self
-            .socket(ns)?
-            .request(
-                &format!("delete route {route:?}"),
-                RouteNetlinkMessage::DelRoute(route_message(link.index, route)),
-                NLM_F_ACK,
-            )
-            .map(drop);
-        ignore_errno(result, &[libc::ESRCH, libc::ENOENT])
+        self.delete_on_link(
+            ns,
+            route.dev(),
+            &format!("delete route {route:?}"),
+            |index| RouteNetlinkMessage::DelRoute(route_message(index, route)),
+            &[libc::ESRCH, libc::ENOENT],
+        )
     }
 
     fn own_routes(&mut self) -> NlResult<Vec<Route>> {
@@ -691,18 +704,13 @@ impl Netlink for KernelNetlink {
     }
 
     fn del_neighbour(&mut self, ns: Netns, dev: &str, addr: IpAddr) -> NlResult<()> {
-        let Some(link) = self.link(ns, dev)? else {
-            return Ok(());
-        };
-        let result = self
-            .socket(ns)?
-            .request(
-                &format!("delete neighbour {addr} on {dev}"),
-                RouteNetlinkMessage::DelNeighbour(neighbour_message(link.index, addr)),
-                NLM_F_ACK,
-            )
-            .map(drop);
-        ignore_errno(result, &[libc::ENOENT, libc::ESRCH])
+        self.delete_on_link(
+            ns,
+            dev,
+            &format!("delete neighbour {addr} on {dev}"),
+            |index| RouteNetlinkMessage::DelNeighbour(neighbour_message(index, addr)),
+            &[libc::ENOENT, libc::ESRCH],
+        )
     }
 
     fn set_sysctls(&mut self, ns: Netns, settings: &[(String, String)]) -> NlResult<()> {
@@ -759,6 +767,19 @@ pub mod fake {
         pub next_index: u32,
     }
 
+    impl FakeKernel {
+        /// The addresses, routes and neighbours of links that are gone go with them.
+        fn drop_orphans(&mut self) {
+            let live: BTreeSet<(Netns, String)> = self.links.keys().cloned().collect();
+            self.addresses
+                .retain(|(n, d, _, _)| live.contains(&(*n, d.clone())));
+            self.routes
+                .retain(|(n, r)| live.contains(&(*n, r.dev().to_string())));
+            self.neighbours
+                .retain(|(n, d, _), _| live.contains(&(*n, d.clone())));
+        }
+    }
+
     /// Records every call and keeps a model of links, addresses, routes and neighbours, so
     /// tests can assert both the steps and the end state.
     #[derive(Clone, Default)]
@@ -804,17 +825,7 @@ pub mod fake {
                 .collect();
             k.links
                 .retain(|(n, _), v| *n != ns && !(v.1.is_some_and(|p| peers.contains(&p))));
-            let live: BTreeSet<(Netns, String)> = k.links.keys().cloned().collect();
-            k.addresses
-                .retain(|(n, d, _, _)| live.contains(&(*n, d.clone())));
-            k.routes.retain(|(n, r)| {
-                let d = match r {
-                    Route::Direct { dev, .. } | Route::Default { dev, .. } => dev,
-                };
-                live.contains(&(*n, d.clone()))
-            });
-            k.neighbours
-                .retain(|(n, d, _), _| live.contains(&(*n, d.clone())));
+            k.drop_orphans();
         }
     }
 
@@ -866,17 +877,7 @@ pub mod fake {
             k.calls.push(format!("delete_link {ns:?} {name}"));
             if let Some((_, peer, _, _)) = k.links.remove(&(ns, name.to_string())) {
                 k.links.retain(|_, v| Some(v.0) != peer);
-                let live: BTreeSet<(Netns, String)> = k.links.keys().cloned().collect();
-                k.addresses
-                    .retain(|(n, d, _, _)| live.contains(&(*n, d.clone())));
-                k.routes.retain(|(n, r)| {
-                    let d = match r {
-                        Route::Direct { dev, .. } | Route::Default { dev, .. } => dev,
-                    };
-                    live.contains(&(*n, d.clone()))
-                });
-                k.neighbours
-                    .retain(|(n, d, _), _| live.contains(&(*n, d.clone())));
+                k.drop_orphans();
             }
             Ok(())
         }
@@ -921,10 +922,7 @@ pub mod fake {
             Ok(())
         }
         fn replace_route(&mut self, ns: Netns, route: &Route) -> NlResult<()> {
-            let dev = match route {
-                Route::Direct { dev, .. } | Route::Default { dev, .. } => dev.clone(),
-            };
-            self.need_link(ns, &dev)?;
+            self.need_link(ns, route.dev())?;
             let mut k = self.k();
             k.calls.push(format!("replace_route {ns:?} {route:?}"));
             // Routes are keyed by destination: a replace moves it to the new device.

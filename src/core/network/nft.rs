@@ -296,15 +296,9 @@ fn set(
         family: NfFamily::INet,
         table: TABLE.into(),
         name: name.into(),
-        handle: None,
         set_type,
-        policy: None,
-        flags: None,
         elem: (!elements.is_empty()).then(|| elements.into()),
-        timeout: None,
-        gc_interval: None,
-        size: None,
-        comment: None,
+        ..Set::default()
     }))
 }
 
@@ -317,16 +311,10 @@ fn map(
         family: NfFamily::INet,
         table: TABLE.into(),
         name: name.into(),
-        handle: None,
         set_type: SetTypeValue::Concatenated(vec![SetType::InetProto, SetType::InetService].into()),
         map: SetTypeValue::Single(value),
-        policy: None,
-        flags: None,
         elem: (!elements.is_empty()).then(|| elements.into()),
-        timeout: None,
-        gc_interval: None,
-        size: None,
-        comment: None,
+        ..Map::default()
     }))
 }
 

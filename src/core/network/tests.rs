@@ -48,6 +48,10 @@ impl Rig {
     fn live(&self, pid: u32) {
         self.netlink.live_pids.lock().unwrap().insert(pid);
     }
+    /// The netlink fake's kernel as it is now.
+    fn kernel(&self) -> netlink::fake::FakeKernel {
+        self.netlink.kernel.lock().unwrap().clone()
+    }
 }
 
 fn v4(last: u8) -> Ipv4Addr {
@@ -68,23 +72,38 @@ fn spec(name: &str, n: u8) -> ContainerSpec {
     }
 }
 
-#[test]
-fn elements_follow_containers_connections_internet_and_forwards() {
-    let mut r = rig();
-    r.dataplane.reapply().unwrap();
+fn tcp(external_port: u16, container: &str, internal_port: u16) -> PortForward {
+    PortForward {
+        external_port,
+        protocol: Protocol::Tcp,
+        container: container.into(),
+        internal_port,
+    }
+}
+
+/// Containers a and b (2, 3), connected.
+fn a_connected_to_b(r: &mut Rig) {
+    r.dataplane.add_container(spec("a", 2)).unwrap();
+    r.dataplane.add_container(spec("b", 3)).unwrap();
+    r.dataplane.connect("a", "b").unwrap();
+}
+
+/// Containers a, b and c (2, 3, 4), a connected to b, c on the internet, and TCP 8080
+/// forwarded to port 80 of `forward_to`: six operations.
+fn three_containers(r: &mut Rig, forward_to: &str) {
     r.dataplane.add_container(spec("a", 2)).unwrap();
     r.dataplane.add_container(spec("b", 3)).unwrap();
     r.dataplane.add_container(spec("c", 4)).unwrap();
     r.dataplane.connect("a", "b").unwrap();
     r.dataplane.set_internet("c", true).unwrap();
-    r.dataplane
-        .add_forward(PortForward {
-            external_port: 8080,
-            protocol: Protocol::Tcp,
-            container: "b".into(),
-            internal_port: 80,
-        })
-        .unwrap();
+    r.dataplane.add_forward(tcp(8080, forward_to, 80)).unwrap();
+}
+
+#[test]
+fn elements_follow_containers_connections_internet_and_forwards() {
+    let mut r = rig();
+    r.dataplane.reapply().unwrap();
+    three_containers(&mut r, "b");
     let t = r.table();
     assert!(t.contains(&Element::Link4(v4(2), v4(3))));
     assert!(t.contains(&Element::Link4(v4(3), v4(2))));
@@ -144,12 +163,7 @@ fn errors_for_duplicates_and_missing_things() {
         r.dataplane.connect("b", "a"),
         Err(NetworkError::AlreadyExists(_))
     ));
-    let fwd = PortForward {
-        external_port: 8080,
-        protocol: Protocol::Tcp,
-        container: "a".into(),
-        internal_port: 80,
-    };
+    let fwd = tcp(8080, "a", 80);
     r.dataplane.add_forward(fwd.clone()).unwrap();
     let dup = PortForward {
         container: "b".into(),
@@ -192,7 +206,7 @@ fn attach_plumbs_both_ends_and_is_idempotent() {
     r.dataplane.add_container(spec("a", 2)).unwrap();
     r.dataplane.attach("a", 4242).unwrap();
     assert_eq!(r.dataplane.pid("a"), Some(4242));
-    let first = r.netlink.kernel.lock().unwrap().clone();
+    let first = r.kernel();
     let ns = Netns::Pid(4242);
     let eth0 = first.links.get(&(ns, "eth0".into())).unwrap();
     assert_eq!(eth0.2, [2, 0, 0, 0, 0, 2], "requested MAC");
@@ -238,7 +252,7 @@ fn attach_plumbs_both_ends_and_is_idempotent() {
     r.reopen();
     r.dataplane.attach("a", 4242).unwrap();
     r.dataplane.reapply().unwrap();
-    let again = r.netlink.kernel.lock().unwrap().clone();
+    let again = r.kernel();
     assert_eq!(again.links, first.links);
     assert_eq!(again.addresses, first.addresses);
     assert_eq!(again.routes, first.routes);
@@ -256,21 +270,19 @@ fn restart_gets_a_new_link_and_address_change_moves_everything() {
     let mut r = rig();
     r.live(100);
     r.dataplane.reapply().unwrap();
-    r.dataplane.add_container(spec("a", 2)).unwrap();
-    r.dataplane.add_container(spec("b", 3)).unwrap();
-    r.dataplane.connect("a", "b").unwrap();
+    a_connected_to_b(&mut r);
     r.dataplane.attach("a", 100).unwrap();
 
     // Stop/start: a new pid, the old namespace is gone.
     r.netlink.kill_pid(100);
     r.live(101);
     r.dataplane.attach("a", 101).unwrap();
-    let k = r.netlink.kernel.lock().unwrap().clone();
+    let k = r.kernel();
     assert!(k.links.contains_key(&(Netns::Pid(101), "eth0".into())));
     assert!(!k.links.keys().any(|(n, _)| *n == Netns::Pid(100)));
 
     r.dataplane.set_ipv4("a", v4(20)).unwrap();
-    let k = r.netlink.kernel.lock().unwrap().clone();
+    let k = r.kernel();
     let ns = Netns::Pid(101);
     assert!(k
         .addresses
@@ -304,9 +316,7 @@ fn restart_gets_a_new_link_and_address_change_moves_everything() {
 fn state_survives_a_restart_and_a_drifted_table_is_rebuilt() {
     let mut r = rig();
     r.dataplane.reapply().unwrap();
-    r.dataplane.add_container(spec("a", 2)).unwrap();
-    r.dataplane.add_container(spec("b", 3)).unwrap();
-    r.dataplane.connect("a", "b").unwrap();
+    a_connected_to_b(&mut r);
     let expected = r.table();
     r.reopen();
     assert!(r.dataplane.state().is_connected("b", "a"));
@@ -323,19 +333,7 @@ fn state_survives_a_restart_and_a_drifted_table_is_rebuilt() {
 fn operations_are_journaled_and_a_failed_one_changes_nothing() {
     let mut r = rig();
     r.dataplane.reapply().unwrap();
-    r.dataplane.add_container(spec("a", 2)).unwrap();
-    r.dataplane.add_container(spec("b", 3)).unwrap();
-    r.dataplane.add_container(spec("c", 4)).unwrap();
-    r.dataplane.connect("a", "b").unwrap();
-    r.dataplane.set_internet("c", true).unwrap();
-    r.dataplane
-        .add_forward(PortForward {
-            external_port: 8080,
-            protocol: Protocol::Tcp,
-            container: "c".into(),
-            internal_port: 80,
-        })
-        .unwrap();
+    three_containers(&mut r, "c");
     // One appended line per operation; the snapshot is not rewritten per operation.
     let journal = r.dir.path().join("network.journal");
     let lines = || std::fs::read_to_string(&journal).unwrap().lines().count();
@@ -373,27 +371,15 @@ fn remove_container_drops_its_connections_forwards_and_link() {
     let mut r = rig();
     r.live(7);
     r.dataplane.reapply().unwrap();
-    r.dataplane.add_container(spec("a", 2)).unwrap();
-    r.dataplane.add_container(spec("b", 3)).unwrap();
-    r.dataplane.connect("a", "b").unwrap();
+    a_connected_to_b(&mut r);
     r.dataplane.attach("a", 7).unwrap();
-    r.dataplane
-        .add_forward(PortForward {
-            external_port: 2222,
-            protocol: Protocol::Tcp,
-            container: "a".into(),
-            internal_port: 22,
-        })
-        .unwrap();
+    r.dataplane.add_forward(tcp(2222, "a", 22)).unwrap();
     r.dataplane.remove_container("a").unwrap();
     assert!(r.dataplane.state().connections.is_empty());
     assert!(r.dataplane.state().forwards.is_empty());
     assert_eq!(r.table(), elements_all(r.dataplane.state()));
     assert!(!r
-        .netlink
-        .kernel
-        .lock()
-        .unwrap()
+        .kernel()
         .links
         .contains_key(&(Netns::Current, "gv-1".into())));
     // Names and links are never reused.
@@ -411,10 +397,7 @@ fn wipe_removes_everything() {
     r.dataplane.wipe().unwrap();
     assert!(r.firewall.table.lock().unwrap().is_none());
     assert!(!r
-        .netlink
-        .kernel
-        .lock()
-        .unwrap()
+        .kernel()
         .links
         .keys()
         .any(|(n, name)| *n == Netns::Current && name.starts_with(LINK_PREFIX)));
@@ -432,7 +415,7 @@ fn attach_refuses_the_host_namespace() {
         r.dataplane.attach("a", 1),
         Err(NetworkError::Invalid(_))
     ));
-    assert!(r.netlink.kernel.lock().unwrap().links.is_empty());
+    assert!(r.kernel().links.is_empty());
 }
 
 #[test]
