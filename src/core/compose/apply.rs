@@ -1223,235 +1223,44 @@ pub async fn status(
 
 #[cfg(test)]
 mod tests {
-    //! The scheduler against a fake engine: concurrency within a level, order across levels.
+    //! The scheduler against the in-memory engine: concurrency within a level, order across
+    //! levels.
 
     use std::collections::HashMap;
     use std::path::Path;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
     use std::time::Duration;
-
-    use tokio::sync::Barrier;
-
-    use bollard::models::{
-        ContainerCreateBody, ContainerInspectResponse, ContainerState, ContainerSummary,
-        EndpointSettings, Health, ImageInspect, Network, NetworkCreateRequest, Volume,
-        VolumeCreateRequest,
-    };
 
     use super::*;
     use crate::core::compose::ComposePolicy;
-    use crate::core::engine::EngineResult;
+    use crate::testutil::FakeEngine;
 
-    #[derive(Default)]
-    struct Fake {
-        containers: Mutex<Vec<ContainerSummary>>,
-        networks: Mutex<Vec<Network>>,
-        /// (operation, service) in call order; `+x`/`-x` mark the start/end of a slow call.
-        log: Mutex<Vec<String>>,
-        in_flight: Mutex<(usize, usize)>,
-        /// Calls (`create a`, `stop b`, `network n`, ...) that wait at a shared barrier until
-        /// all of its members are in flight: run one after the other they never meet, and
-        /// the guard below fails the test instead of timing anything.
-        gates: Mutex<HashMap<String, Arc<Barrier>>>,
+    /// The engine calls that change something.
+    const CHANGES: &[&str] = &[
+        "create_container",
+        "start_container",
+        "stop_container_with_timeout",
+        "remove_container",
+        "create_network",
+        "remove_network",
+        "create_volume",
+    ];
+
+    /// The engine with the image `x`, where creating, starting and stopping a container and
+    /// creating a network or a volume take 50 ms, so that work that may overlap does.
+    fn engine() -> FakeEngine {
+        let fake = FakeEngine::with_images(&["x"]);
+        for slow in &CHANGES[..3] {
+            fake.delay(slow, Duration::from_millis(50));
+        }
+        fake.delay("create_network", Duration::from_millis(50));
+        fake.delay("create_volume", Duration::from_millis(50));
+        fake
     }
 
-    impl Fake {
-        fn service_of(&self, id: &str) -> String {
-            let cs = self.containers.lock().unwrap();
-            let c = cs.iter().find(|c| c.id.as_deref() == Some(id)).unwrap();
-            c.labels.as_ref().unwrap()[LABEL_SERVICE].clone()
-        }
-
-        /// Makes every call in `calls` wait until all of them are in flight together. `verb *`
-        /// gates every call of that kind, in groups of `calls.len()`.
-        fn gate(&self, calls: &[&str]) {
-            let barrier = Arc::new(Barrier::new(calls.len()));
-            let mut gates = self.gates.lock().unwrap();
-            for c in calls {
-                gates.insert(c.to_string(), barrier.clone());
-            }
-        }
-
-        async fn slow(&self, what: String) {
-            let gate = {
-                let gates = self.gates.lock().unwrap();
-                let verb = what.split(' ').next().unwrap_or_default();
-                gates
-                    .get(&what)
-                    .or_else(|| gates.get(&format!("{verb} *")))
-                    .cloned()
-            };
-            if let Some(barrier) = gate {
-                // A guard against a hang, not a timing assertion.
-                tokio::time::timeout(Duration::from_secs(30), barrier.wait())
-                    .await
-                    .unwrap_or_else(|_| {
-                        panic!(
-                            "{what} never ran together with the rest of its gate: {:?}",
-                            self.log.lock().unwrap()
-                        )
-                    });
-            }
-            {
-                let mut f = self.in_flight.lock().unwrap();
-                f.0 += 1;
-                f.1 = f.1.max(f.0);
-                self.log.lock().unwrap().push(format!("+{what}"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            self.in_flight.lock().unwrap().0 -= 1;
-            self.log.lock().unwrap().push(format!("-{what}"));
-        }
-
-        fn max_in_flight(&self) -> usize {
-            std::mem::take(&mut *self.in_flight.lock().unwrap()).1
-        }
-
-        fn position(&self, entry: &str) -> usize {
-            let log = self.log.lock().unwrap();
-            log.iter()
-                .position(|l| l == entry)
-                .unwrap_or_else(|| panic!("{entry} not in {log:?}"))
-        }
-    }
-
-    crate::testutil::fake_engine! {
-        impl ContainerEngine for Fake;
-        not_faked: version, list_images, load_images, export_image, remove_image, prune_images,
-            list_containers, stop_container, restart_container, prune_containers, list_volumes,
-            inspect_volume, remove_volume, prune_volumes;
-        async fn inspect_image(&self, id: &str) -> EngineResult<ImageInspect> {
-            Ok(ImageInspect {
-                id: Some(format!("sha256:{id}")),
-                ..Default::default()
-            })
-        }
-        async fn inspect_container(&self, _id: &str) -> EngineResult<ContainerInspectResponse> {
-            Ok(ContainerInspectResponse {
-                state: Some(ContainerState {
-                    status: Some(ContainerStateStatusEnum::RUNNING),
-                    health: Some(Health {
-                        status: Some(HealthStatusEnum::HEALTHY),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-        }
-        async fn start_container(&self, id: &str) -> EngineResult<()> {
-            let svc = self.service_of(id);
-            self.slow(format!("start {svc}")).await;
-            for c in self.containers.lock().unwrap().iter_mut() {
-                if c.id.as_deref() == Some(id) {
-                    c.state = Some(ContainerSummaryStateEnum::RUNNING);
-                }
-            }
-            Ok(())
-        }
-        async fn remove_container(&self, id: &str, _force: bool, _v: bool) -> EngineResult<()> {
-            let svc = self.service_of(id);
-            self.log.lock().unwrap().push(format!("remove {svc}"));
-            self.containers
-                .lock()
-                .unwrap()
-                .retain(|c| c.id.as_deref() != Some(id));
-            Ok(())
-        }
-        async fn list_containers_filtered(
-            &self,
-            filters: &[Filter],
-        ) -> EngineResult<Vec<ContainerSummary>> {
-            let cs = self.containers.lock().unwrap();
-            Ok(cs
-                .iter()
-                .filter(|c| {
-                    filters.iter().all(|f| match f {
-                        Filter::Label(l) => {
-                            let (k, v) = l.split_once('=').unwrap_or((l, ""));
-                            c.labels.as_ref().unwrap().get(k).map(String::as_str) == Some(v)
-                        }
-                        _ => false,
-                    })
-                })
-                .cloned()
-                .collect())
-        }
-        async fn create_container(
-            &self,
-            name: &str,
-            body: ContainerCreateBody,
-        ) -> EngineResult<String> {
-            let svc = body.labels.as_ref().unwrap()[LABEL_SERVICE].clone();
-            self.slow(format!("create {svc}")).await;
-            let id = format!("id-{name}");
-            self.containers.lock().unwrap().push(ContainerSummary {
-                id: Some(id.clone()),
-                names: Some(vec![format!("/{name}")]),
-                labels: body.labels,
-                state: Some(ContainerSummaryStateEnum::CREATED),
-                ..Default::default()
-            });
-            Ok(id)
-        }
-        async fn stop_container_with_timeout(&self, id: &str, _t: u32) -> EngineResult<()> {
-            let svc = self.service_of(id);
-            self.slow(format!("stop {svc}")).await;
-            Ok(())
-        }
-        async fn list_networks(&self, filters: &[Filter]) -> EngineResult<Vec<Network>> {
-            let nets = self.networks.lock().unwrap();
-            Ok(nets
-                .iter()
-                .filter(|n| {
-                    filters.iter().all(|f| match f {
-                        Filter::Name(x) => n.name.as_ref() == Some(x),
-                        _ => true,
-                    })
-                })
-                .cloned()
-                .collect())
-        }
-        async fn remove_network(&self, id: &str) -> EngineResult<()> {
-            self.log
-                .lock()
-                .unwrap()
-                .push(format!("remove network {id}"));
-            self.networks
-                .lock()
-                .unwrap()
-                .retain(|n| n.id.as_deref() != Some(id));
-            Ok(())
-        }
-        async fn create_network(&self, request: NetworkCreateRequest) -> EngineResult<String> {
-            self.slow(format!("network {}", request.name)).await;
-            self.networks.lock().unwrap().push(Network {
-                id: Some(request.name.clone()),
-                name: Some(request.name.clone()),
-                labels: request.labels.clone(),
-                ..Default::default()
-            });
-            Ok(request.name)
-        }
-        async fn connect_network(
-            &self,
-            _network: &str,
-            _container: &str,
-            _endpoint: EndpointSettings,
-        ) -> EngineResult<()> {
-            Ok(())
-        }
-        async fn list_volumes_filtered(&self, _filters: &[Filter]) -> EngineResult<Vec<Volume>> {
-            Ok(Vec::new())
-        }
-        async fn create_volume(&self, request: VolumeCreateRequest) -> EngineResult<Volume> {
-            let name = request.name.unwrap_or_default();
-            self.slow(format!("volume {name}")).await;
-            Ok(Volume {
-                name,
-                ..Default::default()
-            })
-        }
+    /// The call of `method` for the container of the service `s` of project `p`.
+    fn call(method: &str, s: &str) -> String {
+        format!("{method} p_{s}_1")
     }
 
     fn project(yaml: &str) -> ComposeProject {
@@ -1469,7 +1278,7 @@ mod tests {
 
     const YAML: &str = r#"
 services:
-  a: {image: x}
+  a: {image: x, healthcheck: {test: [CMD, "true"]}}
   b: {image: x}
   c: {image: x}
   d: {image: x, depends_on: {a: {condition: service_healthy}, b: {condition: service_started}}}
@@ -1477,40 +1286,41 @@ services:
 
     #[tokio::test]
     async fn independent_services_run_concurrently_dependents_after() {
-        let fake = Fake::default();
+        let fake = engine();
         let p = project(YAML);
         let res = p.up(&fake, &|_| {}).await.unwrap();
         // All four are fresh: created together; d (needs a healthy, b started) starts last.
-        assert_eq!(fake.max_in_flight(), 4, "{:?}", fake.log.lock().unwrap());
-        assert!(fake.position("-start a") < fake.position("+start d"));
-        assert!(fake.position("-start b") < fake.position("+start d"));
+        assert_eq!(fake.max_in_flight(), 4, "{}", fake.listing());
+        let start = |s| call("start_container", s);
+        assert!(fake.finished_before(&start("a"), &start("d")));
+        assert!(fake.finished_before(&start("b"), &start("d")));
         assert_eq!(res.running_containers, ["p_a_1", "p_b_1", "p_c_1", "p_d_1"]);
 
         // Unchanged: nothing is created again.
-        fake.log.lock().unwrap().clear();
+        fake.clear_calls();
         let res = p.up(&fake, &|_| {}).await.unwrap();
-        assert!(fake.log.lock().unwrap().is_empty(), "{:?}", res.lines);
+        assert!(fake.calls_to(CHANGES).is_empty(), "{:?}", res.lines);
         assert!(res.lines.contains(&"p_d_1 is up-to-date".to_string()));
 
         // Down: d (a dependent) and c (nobody depends on it) stop first, together; a and b
         // only after d has stopped.
-        fake.log.lock().unwrap().clear();
-        fake.gate(&["stop c", "stop d"]);
+        fake.clear_calls();
+        let stop = |s| call("stop_container_with_timeout", s);
+        fake.gate(&[&stop("c"), &stop("d")]);
         let res = p
             .down(&fake, &DownOptions::default(), &|_| {})
             .await
             .unwrap();
-        let d_done = fake.position("-stop d");
         for s in ["a", "b"] {
-            assert!(d_done < fake.position(&format!("+stop {s}")));
+            assert!(fake.finished_before(&stop("d"), &stop(s)));
         }
         assert_eq!(res.removed_containers.len(), 4);
-        assert!(fake.containers.lock().unwrap().is_empty());
+        assert!(fake.containers().is_empty());
     }
 
     #[tokio::test]
     async fn a_failing_service_stops_the_rollout_and_says_so() {
-        let fake = Fake::default();
+        let fake = engine();
         // The fake's containers run forever: a completion wait can only time out.
         let p = project(
             "services: {a: {image: x, depends_on: {b: {condition: service_completed_successfully}}}, b: {image: x}}",
@@ -1530,20 +1340,14 @@ services:
             .starts_with("ERROR: service \"a\": dependency \"b\""));
         assert!(!lines.iter().any(|l| l.contains("p_a_1")), "{lines:?}");
         // a's container, created ahead of b's completion, went again with the failure.
-        let left: Vec<String> = fake
-            .containers
-            .lock()
-            .unwrap()
-            .iter()
-            .map(container_name)
-            .collect();
+        let left: Vec<String> = fake.containers().into_iter().map(|c| c.name).collect();
         assert_eq!(left, ["p_b_1"]);
     }
 
     const FORK: &str = r#"
 services:
   a: {image: x, volumes: ["data:/data"], networks: [n]}
-  b: {image: x, networks: [n]}
+  b: {image: x, networks: [n], healthcheck: {test: [CMD, "true"]}}
   c: {image: x, networks: [n], depends_on: [a]}
   d:
     image: x
@@ -1557,33 +1361,37 @@ volumes:
 
     /// up: the network and the volume are created together; then all four containers (all
     /// fresh) are created together; a and b (independent) start together; c (needs a) and d
-    /// (needs a, b healthy) start only after their dependencies started, and together. down: the reverse, c and d together first, each
-    /// container removed once stopped, the network after all containers. The gates make
-    /// this deterministic: run in sequence, a gated call would wait for its partner forever.
+    /// (needs a, b healthy) start only after their dependencies started, and together.
+    /// down: the reverse, c and d together first, each container removed once stopped, the
+    /// network after all containers. The gates make this deterministic: run in sequence, a
+    /// gated call would wait for its partner forever.
     #[tokio::test]
     async fn independent_work_overlaps_and_dependency_order_holds() {
-        let fake = Fake::default();
+        let fake = engine();
         let p = project(FORK);
-        fake.gate(&["network p_n", "volume p_data"]);
-        fake.gate(&["create a", "create b", "create c", "create d"]);
-        fake.gate(&["start a", "start b"]);
-        fake.gate(&["start c", "start d"]);
+        let (create, start) = (
+            |s| call("create_container", s),
+            |s| call("start_container", s),
+        );
+        fake.gate(&["create_network p_n", "create_volume p_data"]);
+        fake.gate(&[&create("a"), &create("b"), &create("c"), &create("d")]);
+        fake.gate(&[&start("a"), &start("b")]);
+        fake.gate(&[&start("c"), &start("d")]);
         let lines = Mutex::new(Vec::new());
         let res = p
             .up(&fake, &|l| lines.lock().unwrap().push(l.to_string()))
             .await
             .unwrap();
-        let pos = |e: &str| fake.position(e);
         for (dep, dependent) in [("a", "c"), ("a", "d"), ("b", "d")] {
             assert!(
-                pos(&format!("-start {dep}")) < pos(&format!("+start {dependent}")),
-                "{dependent} started before {dep} started: {:?}",
-                fake.log.lock().unwrap()
+                fake.finished_before(&start(dep), &start(dependent)),
+                "{dependent} started before {dep} started: {}",
+                fake.listing()
             );
         }
         for s in ["a", "b", "c", "d"] {
-            assert!(pos("-network p_n") < pos(&format!("+create {s}")));
-            assert!(pos("-volume p_data") < pos(&format!("+create {s}")));
+            assert!(fake.finished_before("create_network p_n", &create(s)));
+            assert!(fake.finished_before("create_volume p_data", &create(s)));
         }
         assert_eq!(res.running_containers, ["p_a_1", "p_b_1", "p_c_1", "p_d_1"]);
         // Network and volume lines come first, in plan order; every service says done.
@@ -1603,47 +1411,50 @@ volumes:
             );
         }
 
-        fake.log.lock().unwrap().clear();
-        fake.gate(&["stop c", "stop d"]);
+        fake.clear_calls();
+        let stop = |s| call("stop_container_with_timeout", s);
+        let remove = |s| call("remove_container", s);
+        fake.gate(&[&stop("c"), &stop("d")]);
         let res = p
             .down(&fake, &DownOptions::default(), &|_| {})
             .await
             .unwrap();
         for (dependent, dep) in [("c", "a"), ("d", "a"), ("d", "b")] {
             assert!(
-                pos(&format!("-stop {dependent}")) < pos(&format!("+stop {dep}")),
-                "{dep} stopped before {dependent}: {:?}",
-                fake.log.lock().unwrap()
+                fake.finished_before(&stop(dependent), &stop(dep)),
+                "{dep} stopped before {dependent}: {}",
+                fake.listing()
             );
         }
         for s in ["a", "b", "c", "d"] {
-            assert!(pos(&format!("-stop {s}")) < pos(&format!("remove {s}")));
-            assert!(pos(&format!("remove {s}")) < pos("remove network p_n"));
+            assert!(fake.finished_before(&stop(s), &remove(s)));
+            assert!(fake.finished_before(&remove(s), "remove_network p_n"));
         }
         assert_eq!(res.removed_networks, ["p_n"]);
         let mut removed = res.removed_containers.clone();
         removed.sort();
         assert_eq!(removed, ["p_a_1", "p_b_1", "p_c_1", "p_d_1"]);
-        assert!(fake.containers.lock().unwrap().is_empty());
+        assert!(fake.containers().is_empty());
     }
 
     /// Six independent services with a limit of 2: never more than two engine calls at once.
     #[tokio::test]
     async fn concurrency_is_bounded() {
-        let fake = Fake::default();
+        let fake = engine();
         let mut p = project(
             "services: {a: {image: x}, b: {image: x}, c: {image: x}, d: {image: x}, e: {image: x}, f: {image: x}}",
         );
         p.set_parallel_limit(2);
         // Creates meet in pairs (so two do run at once); more than two would show below.
-        fake.gate(&["create *", "create *"]);
+        fake.gate(&["create_container *", "create_container *"]);
         p.up(&fake, &|_| {}).await.unwrap();
-        assert_eq!(fake.max_in_flight(), 2, "{:?}", fake.log.lock().unwrap());
+        assert_eq!(fake.max_in_flight(), 2, "{}", fake.listing());
+        fake.clear_calls();
         let res = p
             .down(&fake, &DownOptions::default(), &|_| {})
             .await
             .unwrap();
         assert_eq!(res.removed_containers.len(), 6);
-        assert_eq!(fake.max_in_flight(), 2, "{:?}", fake.log.lock().unwrap());
+        assert_eq!(fake.max_in_flight(), 2, "{}", fake.listing());
     }
 }
