@@ -106,7 +106,7 @@ pub fn store_web_app(state: &std::path::Path, compose: &str) {
 /// The container `web1_main_1` (id `c1`) of the service `main` of the app `web:1` (compose
 /// project `web1`), running or exited, with the labels compose gives it.
 pub fn web_app_container(running: bool) -> FakeContainer {
-    use crate::core::compose::plan::{
+    use crate::core::compose::plan::labels::{
         LABEL_APP_ID, LABEL_CONTAINER_NUMBER, LABEL_ONEOFF, LABEL_PROJECT, LABEL_SERVICE,
     };
     FakeContainer::new("web1_main_1", "busybox")
