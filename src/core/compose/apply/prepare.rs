@@ -8,7 +8,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 
 use super::super::plan::{NetworkPlan, VolumePlan, LABEL_ONEOFF, LABEL_PROJECT};
 use super::{bounded, first_error, one_error, project_label, Output};
-use crate::core::compose::{ComposeError, ComposeProject};
+use crate::core::compose::{ComposeError, ComposeProject, PULL_TIMEOUT};
 use crate::core::engine::{ContainerEngine, EngineError, Filter};
 
 /// What `up` found.
@@ -175,11 +175,11 @@ async fn pull(
     let service = plan.services.iter().find(|s| s.image == image);
     let service = service.map(|s| s.name.as_str()).unwrap_or_default();
     out.line(format!("Pulling {service} ({image})..."));
-    match tokio::time::timeout(p.pull_timeout, engine.pull_image(image)).await {
+    match tokio::time::timeout(PULL_TIMEOUT, engine.pull_image(image)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(fail(e.to_string())),
         Err(_) => {
-            let secs = p.pull_timeout.as_secs();
+            let secs = PULL_TIMEOUT.as_secs();
             return Err(fail(format!("the pull did not finish within {secs}s")));
         }
     }

@@ -52,7 +52,6 @@ pub struct PlanContext<'a> {
 
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub project: String,
     pub networks: Vec<NetworkPlan>,
     pub volumes: Vec<VolumePlan>,
     /// In file order.
@@ -180,7 +179,6 @@ pub fn plan(model: &ComposeModel, ctx: &PlanContext<'_>) -> Result<Plan, Compose
         services.push(s);
     }
     let plan = Plan {
-        project: ctx.project.to_string(),
         networks,
         volumes,
         services,
