@@ -220,15 +220,11 @@ impl ContainerEngine for FakeEngine {
         self.world().remove_network(id)
     }
 
-    async fn connect_network(
-        &self,
-        network: &str,
-        container: &str,
-        endpoint: EndpointSettings,
-    ) -> EngineResult<()> {
-        let arg = Some(network.to_string());
-        let _call = self.enter("connect_network", container, arg).await?;
-        self.world().connect(network, container, endpoint)
+    async fn connect_network(&self, net: &str, id: &str, ep: EndpointSettings) -> EngineResult<()> {
+        let _call = self
+            .enter("connect_network", id, Some(net.to_string()))
+            .await?;
+        self.world().connect(net, id, ep)
     }
 
     async fn list_volumes_filtered(&self, filters: &[Filter]) -> EngineResult<Vec<Volume>> {

@@ -40,31 +40,49 @@ pub async fn down(
     for w in p.warnings() {
         out.line(w.clone());
     }
-    let mut errors = Vec::new();
+    let mut t = Teardown {
+        p,
+        engine,
+        out: &out,
+        opts,
+        errors: Vec::new(),
+    };
     let mut result = DownResult {
-        removed_containers: stop_and_remove(p, engine, &out, opts, &containers, &mut errors).await,
+        removed_containers: stop_and_remove(&mut t, &containers).await,
         ..Default::default()
     };
     match networks {
-        Ok(nets) => {
-            result.removed_networks = remove_networks(p, engine, &out, nets, &mut errors).await
-        }
-        Err(e) => errors.push(ComposeError::engine("listing the project's networks")(e)),
+        Ok(nets) => result.removed_networks = remove_networks(&mut t, nets).await,
+        Err(e) => t.fail(ComposeError::engine("listing the project's networks")(e)),
     }
     if opts.remove_volumes {
-        result.removed_volumes = remove_volumes(p, engine, &out, &mut errors).await;
+        result.removed_volumes = remove_volumes(&mut t).await;
     }
     if opts.remove_images {
-        result.removed_images =
-            remove_images(p, engine, &out, opts, &containers, &mut errors).await;
+        result.removed_images = remove_images(&mut t, &containers).await;
     }
-    if errors.is_empty() {
+    if t.errors.is_empty() {
         result.lines = out.take();
         return Ok(result);
     }
-    let e = one_error(errors);
+    let e = one_error(t.errors);
     out.line(format!("ERROR: {e}"));
     Err(e)
+}
+
+/// One `down`: what it works with, and the errors it met (it keeps going past them).
+struct Teardown<'a> {
+    p: &'a ComposeProject,
+    engine: &'a dyn ContainerEngine,
+    out: &'a Output<'a>,
+    opts: &'a DownOptions,
+    errors: Vec<ComposeError>,
+}
+
+impl Teardown<'_> {
+    fn fail(&mut self, e: ComposeError) {
+        self.errors.push(e);
+    }
 }
 
 /// The jobs of `down`, by container (index in the listing).
@@ -79,14 +97,8 @@ enum Step {
 /// longer in the file go first (they count as dependents of every service). Each container
 /// is removed as soon as it has stopped (also when the stop failed: the removal forces), so
 /// removals overlap the remaining stops. Returns the names of the containers removed.
-async fn stop_and_remove(
-    p: &ComposeProject,
-    engine: &dyn ContainerEngine,
-    out: &Output<'_>,
-    opts: &DownOptions,
-    containers: &[ContainerSummary],
-    errors: &mut Vec<ComposeError>,
-) -> Vec<String> {
+async fn stop_and_remove(t: &mut Teardown<'_>, containers: &[ContainerSummary]) -> Vec<String> {
+    let (p, engine, out, opts) = (t.p, t.engine, t.out, t.opts);
     let plan = p.plan();
     let stops_of = |service: Option<&str>| -> Vec<Step> {
         let of = containers.iter().enumerate();
@@ -122,7 +134,7 @@ async fn stop_and_remove(
         }
     }
     let outcome = jobs.run().await;
-    errors.extend(outcome.errors);
+    t.errors.extend(outcome.errors);
     let removed = |i: &usize| outcome.outputs.contains_key(&Step::Remove(*i));
     let all = containers.iter().enumerate();
     all.filter(|(i, _)| removed(i))
@@ -183,13 +195,8 @@ fn remove<'a>(
 
 /// Removes the networks (announced in the engine's order, removed concurrently); returns the
 /// names of those removed.
-async fn remove_networks(
-    p: &ComposeProject,
-    engine: &dyn ContainerEngine,
-    out: &Output<'_>,
-    nets: Vec<Network>,
-    errors: &mut Vec<ComposeError>,
-) -> Vec<String> {
+async fn remove_networks(t: &mut Teardown<'_>, nets: Vec<Network>) -> Vec<String> {
+    let (engine, out) = (t.engine, t.out);
     let names: Vec<String> = nets
         .iter()
         .map(|n| n.name.clone().unwrap_or_default())
@@ -211,38 +218,43 @@ async fn remove_networks(
         })
         .collect();
     let mut removed = Vec::new();
-    for r in bounded(p.parallel_limit, removals).await {
+    for r in bounded(t.p.parallel_limit, removals).await {
         match r {
             Ok(name) => removed.push(name),
-            Err(e) => errors.push(e),
+            Err(e) => t.fail(e),
         }
     }
     removed
 }
 
 /// Removes the project's volumes no container uses; returns the names of those removed.
-async fn remove_volumes(
-    p: &ComposeProject,
-    engine: &dyn ContainerEngine,
-    out: &Output<'_>,
-    errors: &mut Vec<ComposeError>,
-) -> Vec<String> {
-    let vols = match engine.list_volumes_filtered(&[project_label(p)]).await {
+async fn remove_volumes(t: &mut Teardown<'_>) -> Vec<String> {
+    let vols = match t.engine.list_volumes_filtered(&[project_label(t.p)]).await {
         Ok(v) => v,
         Err(e) => {
-            errors.push(ComposeError::engine("listing the project's volumes")(e));
+            t.fail(ComposeError::engine("listing the project's volumes")(e));
             return Vec::new();
         }
     };
     let mut removed = Vec::new();
     for v in vols {
-        match remove_volume(engine, out, &v).await {
+        match remove_volume(t.engine, t.out, &v).await {
             Ok(true) => removed.push(v.name),
             Ok(false) => {}
-            Err(e) => errors.push(e),
+            Err(e) => t.fail(e),
         }
     }
     removed
+}
+
+/// The names of the containers `filter` matches, joined; None when there are none.
+async fn users(
+    engine: &dyn ContainerEngine,
+    filter: Filter,
+) -> Result<Option<String>, EngineError> {
+    let users = engine.list_containers_filtered(&[filter]).await?;
+    let names: Vec<String> = users.iter().map(container_name).collect();
+    Ok((!names.is_empty()).then(|| names.join(", ")))
 }
 
 /// Removes `v` unless a container uses it; whether it was removed.
@@ -251,39 +263,26 @@ async fn remove_volume(
     out: &Output<'_>,
     v: &Volume,
 ) -> Result<bool, ComposeError> {
-    let users = engine
-        .list_containers_filtered(&[Filter::Volume(v.name.clone())])
-        .await
-        .map_err(ComposeError::engine(format!(
-            "checking who uses volume {}",
-            v.name
-        )))?;
-    if !users.is_empty() {
-        let names: Vec<String> = users.iter().map(container_name).collect();
-        let names = names.join(", ");
-        out.line(format!("Volume {} is in use by {names}, kept", v.name));
+    let name = &v.name;
+    let users = users(engine, Filter::Volume(name.clone())).await;
+    let users = users.map_err(ComposeError::engine(format!(
+        "checking who uses volume {name}"
+    )))?;
+    if let Some(users) = users {
+        out.line(format!("Volume {name} is in use by {users}, kept"));
         return Ok(false);
     }
-    out.line(format!("Removing volume {}", v.name));
-    match engine.remove_volume(&v.name, false).await {
+    out.line(format!("Removing volume {name}"));
+    match engine.remove_volume(name, false).await {
         Ok(()) | Err(EngineError::NotFound(_)) => Ok(true),
-        Err(e) => Err(ComposeError::engine(format!("removing volume {}", v.name))(
-            e,
-        )),
+        Err(e) => Err(ComposeError::engine(format!("removing volume {name}"))(e)),
     }
 }
 
 /// Removes the project's images (those of the file and of its containers) that no container
 /// uses and no other app needs; returns those removed.
-async fn remove_images(
-    p: &ComposeProject,
-    engine: &dyn ContainerEngine,
-    out: &Output<'_>,
-    opts: &DownOptions,
-    containers: &[ContainerSummary],
-    errors: &mut Vec<ComposeError>,
-) -> Vec<String> {
-    let mut images: Vec<String> = p.images();
+async fn remove_images(t: &mut Teardown<'_>, containers: &[ContainerSummary]) -> Vec<String> {
+    let mut images: Vec<String> = t.p.images();
     for i in containers.iter().filter_map(|c| c.image.as_ref()) {
         if !images.contains(i) {
             images.push(i.clone());
@@ -291,14 +290,15 @@ async fn remove_images(
     }
     let mut removed = Vec::new();
     for image in images {
-        if opts.protected_images.contains(&image) {
-            out.line(format!("Image {image} is needed by another app, kept"));
+        if t.opts.protected_images.contains(&image) {
+            t.out
+                .line(format!("Image {image} is needed by another app, kept"));
             continue;
         }
-        match remove_image(engine, out, &image).await {
+        match remove_image(t.engine, t.out, &image).await {
             Ok(true) => removed.push(image),
             Ok(false) => {}
-            Err(e) => errors.push(e),
+            Err(e) => t.fail(e),
         }
     }
     removed
@@ -310,17 +310,12 @@ async fn remove_image(
     out: &Output<'_>,
     image: &str,
 ) -> Result<bool, ComposeError> {
-    let users = engine
-        .list_containers_filtered(&[Filter::Ancestor(image.to_string())])
-        .await;
-    match users {
-        Ok(u) if !u.is_empty() => {
-            let names: Vec<String> = u.iter().map(container_name).collect();
-            let names = names.join(", ");
-            out.line(format!("Image {image} is in use by {names}, kept"));
+    match users(engine, Filter::Ancestor(image.to_string())).await {
+        Ok(Some(users)) => {
+            out.line(format!("Image {image} is in use by {users}, kept"));
             return Ok(false);
         }
-        Ok(_) => {}
+        Ok(None) => {}
         // An image that is gone cannot be filtered on: nothing to remove.
         Err(EngineError::NotFound(_)) | Err(EngineError::Rejected(_)) => {
             out.line(format!("Image {image} not found."));

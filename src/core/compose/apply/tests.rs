@@ -33,9 +33,24 @@ fn engine() -> FakeEngine {
     fake
 }
 
+/// Asserts that the call `a` had returned before the call `b` was made.
+#[track_caller]
+fn assert_before(fake: &FakeEngine, a: &str, b: &str) {
+    let listing = fake.listing();
+    assert!(
+        fake.finished_before(a, b),
+        "{a} did not return before {b}: {listing}"
+    );
+}
+
 /// The call of `method` for the container of the service `s` of project `p`.
 fn call(method: &str, s: &str) -> String {
     format!("{method} p_{s}_1")
+}
+
+async fn down(p: &ComposeProject, fake: &FakeEngine) -> DownResult {
+    let res = p.down(fake, &DownOptions::default(), &|_| {}).await;
+    res.unwrap_or_else(|e| panic!("{e}: {}", fake.listing()))
 }
 
 fn project(yaml: &str) -> ComposeProject {
@@ -67,8 +82,8 @@ async fn independent_services_run_concurrently_dependents_after() {
     // All four are fresh: created together; d (needs a healthy, b started) starts last.
     assert_eq!(fake.max_in_flight(), 4, "{}", fake.listing());
     let start = |s| call("start_container", s);
-    assert!(fake.finished_before(&start("a"), &start("d")));
-    assert!(fake.finished_before(&start("b"), &start("d")));
+    assert_before(&fake, &start("a"), &start("d"));
+    assert_before(&fake, &start("b"), &start("d"));
     assert_eq!(res.running_containers, ["p_a_1", "p_b_1", "p_c_1", "p_d_1"]);
 
     // Unchanged: nothing is created again.
@@ -82,12 +97,9 @@ async fn independent_services_run_concurrently_dependents_after() {
     fake.clear_calls();
     let stop = |s| call("stop_container_with_timeout", s);
     fake.gate(&[&stop("c"), &stop("d")]);
-    let res = p
-        .down(&fake, &DownOptions::default(), &|_| {})
-        .await
-        .unwrap();
+    let res = down(&p, &fake).await;
     for s in ["a", "b"] {
-        assert!(fake.finished_before(&stop("d"), &stop(s)));
+        assert_before(&fake, &stop("d"), &stop(s));
     }
     assert_eq!(res.removed_containers.len(), 4);
     assert!(fake.containers().is_empty());
@@ -158,15 +170,11 @@ async fn independent_work_overlaps_and_dependency_order_holds() {
         .await
         .unwrap();
     for (dep, dependent) in [("a", "c"), ("a", "d"), ("b", "d")] {
-        assert!(
-            fake.finished_before(&start(dep), &start(dependent)),
-            "{dependent} started before {dep} started: {}",
-            fake.listing()
-        );
+        assert_before(&fake, &start(dep), &start(dependent));
     }
     for s in ["a", "b", "c", "d"] {
-        assert!(fake.finished_before("create_network p_n", &create(s)));
-        assert!(fake.finished_before("create_volume p_data", &create(s)));
+        assert_before(&fake, "create_network p_n", &create(s));
+        assert_before(&fake, "create_volume p_data", &create(s));
     }
     assert_eq!(res.running_containers, ["p_a_1", "p_b_1", "p_c_1", "p_d_1"]);
     // Network and volume lines come first, in plan order; every service says done.
@@ -190,20 +198,13 @@ async fn independent_work_overlaps_and_dependency_order_holds() {
     let stop = |s| call("stop_container_with_timeout", s);
     let remove = |s| call("remove_container", s);
     fake.gate(&[&stop("c"), &stop("d")]);
-    let res = p
-        .down(&fake, &DownOptions::default(), &|_| {})
-        .await
-        .unwrap();
+    let res = down(&p, &fake).await;
     for (dependent, dep) in [("c", "a"), ("d", "a"), ("d", "b")] {
-        assert!(
-            fake.finished_before(&stop(dependent), &stop(dep)),
-            "{dep} stopped before {dependent}: {}",
-            fake.listing()
-        );
+        assert_before(&fake, &stop(dependent), &stop(dep));
     }
     for s in ["a", "b", "c", "d"] {
-        assert!(fake.finished_before(&stop(s), &remove(s)));
-        assert!(fake.finished_before(&remove(s), "remove_network p_n"));
+        assert_before(&fake, &stop(s), &remove(s));
+        assert_before(&fake, &remove(s), "remove_network p_n");
     }
     assert_eq!(res.removed_networks, ["p_n"]);
     let mut removed = res.removed_containers.clone();
@@ -225,10 +226,7 @@ async fn concurrency_is_bounded() {
     p.up(&fake, &|_| {}).await.unwrap();
     assert_eq!(fake.max_in_flight(), 2, "{}", fake.listing());
     fake.clear_calls();
-    let res = p
-        .down(&fake, &DownOptions::default(), &|_| {})
-        .await
-        .unwrap();
+    let res = down(&p, &fake).await;
     assert_eq!(res.removed_containers.len(), 6);
     assert_eq!(fake.max_in_flight(), 2, "{}", fake.listing());
 }
@@ -243,26 +241,15 @@ async fn down_runs_in_reverse_dependency_order() {
     );
     p.up(&fake, &|_| {}).await.unwrap();
     let start = |s| call("start_container", s);
-    assert!(fake.finished_before(&start("a"), &start("b")));
-    assert!(fake.finished_before(&start("b"), &start("c")));
+    assert_before(&fake, &start("a"), &start("b"));
+    assert_before(&fake, &start("b"), &start("c"));
 
     fake.clear_calls();
     let stop = |s| call("stop_container_with_timeout", s);
     fake.gate(&[&stop("c"), &stop("x")]);
-    let res = p
-        .down(&fake, &DownOptions::default(), &|_| {})
-        .await
-        .unwrap();
-    assert!(
-        fake.finished_before(&stop("c"), &stop("b")),
-        "{}",
-        fake.listing()
-    );
-    assert!(
-        fake.finished_before(&stop("b"), &stop("a")),
-        "{}",
-        fake.listing()
-    );
+    let res = down(&p, &fake).await;
+    assert_before(&fake, &stop("c"), &stop("b"));
+    assert_before(&fake, &stop("b"), &stop("a"));
     let mut removed = res.removed_containers;
     removed.sort();
     assert_eq!(removed, ["p_a_1", "p_b_1", "p_c_1", "p_x_1"]);

@@ -1,5 +1,7 @@
 //! The labels compose puts on what it creates, which make `docker-compose -p <project> ps`
-//! see gantry's containers, and the config hash that tells `up` what changed.
+//! see gantry's containers, and the config hash that tells `up` what changed. The project
+//! label holds the app id's slug ([`crate::core::compose::project_slug`]), `io.gantry.app-id`
+//! the id itself.
 
 use std::collections::HashMap;
 
@@ -8,21 +10,12 @@ use indexmap::IndexMap;
 
 use super::PlanContext;
 
-pub const LABEL_PROJECT: &str = "com.docker.compose.project";
-pub const LABEL_SERVICE: &str = "com.docker.compose.service";
-pub const LABEL_ONEOFF: &str = "com.docker.compose.oneoff";
-pub const LABEL_CONTAINER_NUMBER: &str = "com.docker.compose.container-number";
-pub const LABEL_CONFIG_HASH: &str = "com.docker.compose.config-hash";
-pub const LABEL_VERSION: &str = "com.docker.compose.version";
-pub const LABEL_WORKING_DIR: &str = "com.docker.compose.project.working_dir";
-pub const LABEL_CONFIG_FILES: &str = "com.docker.compose.project.config_files";
-pub const LABEL_NETWORK: &str = "com.docker.compose.network";
-pub const LABEL_VOLUME: &str = "com.docker.compose.volume";
-/// The app's real id (the project name is only its slug, see [`crate::core::compose::project_slug`]).
-pub const LABEL_APP_ID: &str = "io.gantry.app-id";
 /// The version label says whose semantics the objects follow: docker-compose 1.29.2's, and
 /// 1.29.2 itself parses it (objects with a version below 1.21 get its legacy name handling).
 pub const COMPOSE_VERSION: &str = "1.29.2";
+pub const LABEL_PROJECT: &str = "com.docker.compose.project";
+pub const LABEL_VERSION: &str = "com.docker.compose.version";
+pub const LABEL_APP_ID: &str = "io.gantry.app-id";
 
 /// The labels every object of the project carries.
 pub(super) fn compose_labels(ctx: &PlanContext<'_>) -> Vec<(String, String)> {
@@ -32,6 +25,9 @@ pub(super) fn compose_labels(ctx: &PlanContext<'_>) -> Vec<(String, String)> {
         (LABEL_APP_ID.into(), ctx.app_id.into()),
     ]
 }
+
+pub const LABEL_NETWORK: &str = "com.docker.compose.network";
+pub const LABEL_VOLUME: &str = "com.docker.compose.volume";
 
 /// The file's `labels` of a network or volume, then the project's and `extra`.
 pub(super) fn object_labels(
@@ -45,7 +41,15 @@ pub(super) fn object_labels(
     all
 }
 
-/// A service container's labels: the file's, then compose's (which win).
+pub const LABEL_SERVICE: &str = "com.docker.compose.service";
+pub const LABEL_ONEOFF: &str = "com.docker.compose.oneoff";
+pub const LABEL_CONTAINER_NUMBER: &str = "com.docker.compose.container-number";
+pub const LABEL_CONFIG_HASH: &str = "com.docker.compose.config-hash";
+pub const LABEL_WORKING_DIR: &str = "com.docker.compose.project.working_dir";
+pub const LABEL_CONFIG_FILES: &str = "com.docker.compose.project.config_files";
+
+/// A service container's labels: the file's, then compose's (which win). The config hash is
+/// added when applying.
 pub(super) fn service_labels(
     service: &str,
     labels: &Labels,
