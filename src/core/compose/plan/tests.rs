@@ -250,10 +250,8 @@ services:
     .is_err());
 }
 
-#[test]
-fn resources_ulimits_tmpfs_restart_and_more() {
-    let p = plan_yaml(
-        r#"
+/// Service a has (nearly) every key of resources and lifecycle, b the deploy limits.
+const RESOURCES: &str = r#"
 services:
   a:
     image: busybox
@@ -285,8 +283,11 @@ services:
     deploy: {resources: {limits: {cpus: "1.25", memory: 1g}}}
     restart: unless-stopped
     cap_drop: [ALL]
-"#,
-    );
+"#;
+
+#[test]
+fn resources_ulimits_tmpfs_restart_and_more() {
+    let p = plan_yaml(RESOURCES);
     let a = p.service("a").unwrap();
     let h = host(&p, "a");
     assert_eq!(h.memory, Some(512 * 1024 * 1024));
@@ -339,6 +340,11 @@ services:
         vec!["sh", "-c", "echo \"a b\"; sleep 1"]
     );
     assert_eq!(a.body.entrypoint.clone().unwrap(), vec!["/bin/sh", "1"]);
+}
+
+#[test]
+fn deploy_limits_win_and_restart_is_checked() {
+    let p = plan_yaml(RESOURCES);
     let h = host(&p, "b");
     assert_eq!(h.memory, Some(1024 * 1024 * 1024));
     assert_eq!(h.nano_cpus, Some(1_250_000_000));
