@@ -629,7 +629,7 @@ fn default_state_dir(env: &dyn Env) -> PathBuf {
     if let Some(home) = env.var("HOME") {
         return PathBuf::from(home).join(".local/state/gantry");
     }
-    std::env::temp_dir().join(format!("gantry-{}", current_uid()))
+    std::env::temp_dir().join(format!("gantry-{}", nix::unistd::getuid()))
 }
 
 fn is_writable_or_creatable(dir: &Path) -> bool {
@@ -641,22 +641,7 @@ fn is_writable_or_creatable(dir: &Path) -> bool {
             None => return false,
         }
     };
-    nix_access_w(probe)
-}
-
-fn nix_access_w(path: &Path) -> bool {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
-}
-
-fn current_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
+    nix::unistd::access(probe, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
 #[cfg(test)]

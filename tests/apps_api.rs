@@ -450,7 +450,7 @@ fn an_import_killed_midway_leaves_nothing_after_restart() {
         docker_exists("image", first).then_some(())
     });
     assert!(loaded.is_some(), "the import never loaded its first image");
-    g.signal(libc::SIGKILL);
+    g.signal(common::Signal::SIGKILL);
     g.wait_exit(Duration::from_secs(10))
         .expect("gantry did not die");
     let status = uploader.join().unwrap();
@@ -657,7 +657,7 @@ fn a_start_killed_midway_is_consistent_after_restart() {
         (!ids.is_empty()).then_some(())
     });
     assert!(created.is_some(), "start never created a container");
-    g.signal(libc::SIGKILL);
+    g.signal(common::Signal::SIGKILL);
     g.wait_exit(Duration::from_secs(10))
         .expect("gantry did not die");
     let _ = starter.join();

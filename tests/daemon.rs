@@ -554,7 +554,7 @@ fn notifies_systemd_ready_status_watchdog_and_stopping() {
     n.wait_line("WATCHDOG=1", limit)
         .unwrap_or_else(|| panic!("only one WATCHDOG=1; got {:?}", n.seen));
 
-    g.signal(libc::SIGTERM);
+    g.signal(common::Signal::SIGTERM);
     n.wait_line("STOPPING=1", limit).unwrap_or_else(|| {
         panic!(
             "no STOPPING=1 after SIGTERM; got {:?}\n{}",
@@ -586,7 +586,7 @@ fn no_watchdog_pings_when_watchdog_pid_is_another_process() {
 
 #[test]
 fn sigint_and_sigterm_exit_0() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [common::Signal::SIGINT, common::Signal::SIGTERM] {
         let mut g = Gantry::start();
         g.signal(sig);
         let st = g
@@ -624,7 +624,7 @@ fn shutdown_drops_a_stalled_upload_after_the_grace_period() {
     assert!(g.try_wait().is_none(), "gantry died:\n{}", g.stderr());
 
     let t0 = Instant::now();
-    g.signal(libc::SIGTERM);
+    g.signal(common::Signal::SIGTERM);
     // Within the grace period gantry is still there (waiting for the upload) but no longer
     // accepts connections.
     std::thread::sleep(Duration::from_millis(700));

@@ -233,9 +233,8 @@ impl Agent {
     /// SIGTERM, and the exit status (waits at most 30 s, then kills).
     fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         for _ in 0..300 {
             if let Some(s) = c.try_wait().unwrap() {
                 return Some(s);
@@ -263,11 +262,9 @@ impl Drop for Agent {
 /// stays in that namespace wherever it is used afterwards).
 fn connect_in(netns: &Path) -> Option<TcpStream> {
     let file = std::fs::File::open(netns).unwrap();
+    // Only this short-lived thread changes namespace.
     std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid namespace fd; only this short-lived thread changes namespace.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
         TcpStream::connect(("127.0.0.1", PORT)).ok()
     })
     .join()

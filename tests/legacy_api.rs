@@ -446,7 +446,7 @@ fn devicename_and_settings_persist_across_a_restart() {
     assert_eq!(g.get("/api/settings").expect_json(200), want);
 
     // Killed (no orderly shutdown) and started again on the same state.
-    g.signal(libc::SIGKILL);
+    g.signal(common::Signal::SIGKILL);
     g.wait_exit(Duration::from_secs(10))
         .expect("gantry did not die");
     drop(g);

@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub use nix::sys::signal::Signal;
+
 pub mod bundle;
 pub mod ws;
 
@@ -505,13 +507,13 @@ impl Gantry {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
-    /// Sends `sig` (e.g. `libc::SIGTERM`) to the daemon.
-    pub fn signal(&self, sig: i32) {
+    /// Sends `sig` (e.g. `Signal::SIGTERM`) to the daemon (spawned by us, not yet reaped).
+    pub fn signal(&self, sig: Signal) {
         let pid = self.pid();
         assert!(pid > 0, "gantry is not running");
-        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
-        let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+        if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {
+            panic!("kill({pid}, {sig}) failed: {e}");
+        }
     }
 
     /// Waits up to `limit` for the daemon to exit.

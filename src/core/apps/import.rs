@@ -779,24 +779,11 @@ fn space_needed(bundle: &Bundle, done: &HashSet<String>, reserve: u64) -> u64 {
 }
 
 fn free_space(dir: &Path) -> CoreResult<u64> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let c = CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| CoreError::Failed(format!("bad path {}", dir.display())))?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `c` is a valid C string and `st` a properly sized out-parameter.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(CoreError::Failed(format!(
-            "cannot read free space of {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
-        )));
-    }
-    // SAFETY: statvfs succeeded and filled the struct.
-    let st = unsafe { st.assume_init() };
+    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| {
+        CoreError::Failed(format!("cannot read free space of {}: {e}", dir.display()))
+    })?;
     #[allow(clippy::unnecessary_cast)]
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
 }
 
 #[cfg(test)]
