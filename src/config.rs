@@ -89,8 +89,7 @@ pub struct Listener {
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
     pub header_read_timeout: Duration,
-    /// For routes that read a JSON body; none of the system module's routes do.
-    #[allow(dead_code)]
+    /// For routes that read a JSON body (`PUT /settings`); a larger body is 413.
     pub max_body_bytes: u64,
     pub max_upload_bytes: u64,
     /// How often an idle SSE stream (`/api/events`) sends a `: keep-alive` comment.

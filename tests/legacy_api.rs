@@ -378,6 +378,7 @@ fn devicename_and_settings_persist_across_a_restart() {
     let start = || {
         Gantry::builder()
             .env("GANTRY_STATE_DIR", &state_dir)
+            .http("max_body_bytes = 65536")
             .start()
     };
     let mut g = start();
@@ -440,10 +441,18 @@ fn devicename_and_settings_persist_across_a_restart() {
         let detail = put_json(&g, "/api/settings", bad).expect_problem(400, "/api/settings");
         assert!(!detail.is_empty());
     }
+    // The body limit is the configured http.max_body_bytes.
     let big = format!("{{\"big\": \"{}\"}}", "v".repeat(70 * 1024));
-    put_json(&g, "/api/settings", &big).expect_problem(413, "/api/settings");
+    let detail = put_json(&g, "/api/settings", &big).expect_problem(413, "/api/settings");
+    assert!(detail.contains("65536"), "{detail}");
     // Nothing of the refused requests was kept.
     assert_eq!(g.get("/api/settings").expect_json(200), want);
+    // A body just under the limit is accepted.
+    let near = format!("{{\"near\": \"{}\"}}", "v".repeat(60 * 1024));
+    let s = put_json(&g, "/api/settings", &near).expect_json(200);
+    assert_eq!(s["near"].as_str().map(str::len), Some(60 * 1024));
+    let s = put_json(&g, "/api/settings", r#"{"near": null}"#).expect_json(200);
+    assert_eq!(s, want);
 
     // Killed (no orderly shutdown) and started again on the same state.
     g.signal(common::Signal::SIGKILL);
