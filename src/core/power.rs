@@ -107,7 +107,10 @@ impl Power for SyscallPower {
             nix::unistd::sync();
             // reboot(2) does not return when it succeeds.
             let Err(e) = reboot(mode);
-            Err(PowerError(format!("reboot(2): {e}")))
+            Err(PowerError(format!(
+                "reboot(2): {}",
+                std::io::Error::from(e)
+            )))
         })
         .await
         .map_err(|e| PowerError(e.to_string()))?

@@ -780,6 +780,8 @@ fn space_needed(bundle: &Bundle, done: &HashSet<String>, reserve: u64) -> u64 {
 
 fn free_space(dir: &Path) -> CoreResult<u64> {
     let st = nix::sys::statvfs::statvfs(dir).map_err(|e| {
+        // As std::io::Error: the same text as every other system error gantry reports.
+        let e = std::io::Error::from(e);
         CoreError::Failed(format!("cannot read free space of {}: {e}", dir.display()))
     })?;
     #[allow(clippy::unnecessary_cast)]
