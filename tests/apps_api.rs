@@ -12,7 +12,7 @@ use common::bundle::{
     app_zip, fresh_big_image, import, multipart, saved_image, slow_app, upload_bundle, zip_of,
     IMPORT,
 };
-use common::{docker_exists, docker_ok, enc, free_port, test_image, unique, wait_for, Gantry};
+use common::{docker_exists, docker_ok, enc, test_image, unique, wait_for, Gantry};
 use serde_json::Value;
 
 fn http_get_status(port: u16) -> Option<String> {
@@ -40,12 +40,11 @@ fn app_lifecycle_end_to_end() {
     g.get("/api/1/transfer/apps").expect_empty(204);
 
     let (reference, tar) = saved_image("app-web");
-    let port = free_port();
     let name = unique("Web App");
     let compose = format!(
-        "services:\n  web:\n    image: {reference}\n    command: [\"sh\", \"-c\", \"echo hello from web; mkdir -p /www; echo hi > /www/index.html; exec httpd -f -p 8080 -h /www\"]\n    ports:\n      - \"127.0.0.1:{port}:8080\"\n    stop_grace_period: 1s\n"
+        "services:\n  web:\n    image: {reference}\n    command: [\"sh\", \"-c\", \"echo hello from web; mkdir -p /www; echo hi > /www/index.html; exec httpd -f -p 8080 -h /www\"]\n    ports:\n      - \"127.0.0.1::8080\"\n    stop_grace_period: 1s\n"
     );
-    let config = format!("Name: {name}\nVersion: 1.0\nDescription: end to end\nFrontends:\n  - Port: {port}\n    Protocol: http\n");
+    let config = format!("Name: {name}\nVersion: 1.0\nDescription: end to end\nFrontends:\n  - Port: 8080\n    Protocol: http\n");
     let svg = b"<svg xmlns=\"http://www.w3.org/2000/svg\"/>";
     let zip = zip_of(&[
         ("config.yml", config.as_bytes()),
@@ -61,7 +60,7 @@ fn app_lifecycle_end_to_end() {
     let app = import(&g, &zip).expect_json(200);
     assert_eq!(app["Id"], id.as_str());
     assert_eq!(app["App"]["Name"], name.as_str());
-    assert_eq!(app["App"]["Frontends"][0]["Port"], port);
+    assert_eq!(app["App"]["Frontends"][0]["Port"], 8080);
     assert_eq!(app["Status"], "Stopped");
     assert_eq!(app["Busy"], false);
     assert_eq!(app["Images"][0]["Name"], reference.as_str());
@@ -116,6 +115,12 @@ fn app_lifecycle_end_to_end() {
     assert!(lines.iter().any(|l| l.ends_with("... done")), "{up}");
     assert!(up["RawOutput"].as_str().unwrap().contains("Creating"));
 
+    // Docker picked the host port ("127.0.0.1::8080"); `docker port` says which.
+    let published = docker_ok(&["port", running[0], "8080/tcp"]);
+    let port: u16 = published
+        .lines()
+        .find_map(|l| l.strip_prefix("127.0.0.1:")?.parse().ok())
+        .unwrap_or_else(|| panic!("no 127.0.0.1 port in `docker port`: {published}"));
     let answer = wait_for(Duration::from_secs(20), Duration::from_millis(200), || {
         http_get_status(port).filter(|s| s.starts_with("HTTP/1."))
     });
