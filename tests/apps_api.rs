@@ -34,6 +34,7 @@ fn assert_import_refused(g: &Gantry, what: &str, zip: &[u8], hint: &str) {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn app_lifecycle_end_to_end() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
@@ -183,6 +184,7 @@ fn app_lifecycle_end_to_end() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn reimport_is_a_conflict_unless_replacing() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
@@ -202,6 +204,7 @@ fn reimport_is_a_conflict_unless_replacing() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn hostile_and_broken_bundles_are_refused() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
@@ -300,6 +303,7 @@ fn hostile_and_broken_bundles_are_refused() {
 /// Image tarballs load while the upload still arrives (stored and deflated ones): a bundle
 /// that the checks at the end refuse takes them back out of Docker, a good one keeps them.
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn images_streamed_during_the_upload_are_rolled_back_when_the_bundle_is_refused() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
@@ -394,6 +398,7 @@ fn images_streamed_during_the_upload_are_rolled_back_when_the_bundle_is_refused(
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn unknown_apps_and_bad_parameters() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
@@ -411,6 +416,7 @@ fn unknown_apps_and_bad_parameters() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn an_import_killed_midway_leaves_nothing_after_restart() {
     let host = require_docker!();
     let state = tempfile::tempdir().unwrap();
@@ -490,6 +496,7 @@ fn an_import_killed_midway_leaves_nothing_after_restart() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn export_and_reimport_on_a_clean_store() {
     let host = require_docker!();
     let (reference, tar) = saved_image("export");
@@ -571,6 +578,7 @@ fn export_and_reimport_on_a_clean_store() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn refresh_and_recognize() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
@@ -608,6 +616,7 @@ fn refresh_and_recognize() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn operations_on_a_busy_app_answer_400() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
@@ -641,6 +650,7 @@ fn operations_on_a_busy_app_answer_400() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn a_start_killed_midway_is_consistent_after_restart() {
     let host = require_docker!();
     let state = tempfile::tempdir().unwrap();
@@ -708,6 +718,7 @@ fn a_start_killed_midway_is_consistent_after_restart() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn refresh_all_is_a_cancellable_task() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();

@@ -6,8 +6,9 @@
 //! Power commands go to the recording backend (`power = "record"`), and every agent runs with
 //! `GANTRY_FORBID_REAL_POWER=1`, which makes the real backends a configuration error.
 //!
-//! Needs root, `ip`, `nsenter`, `nft`, the docker CLI and `GANTRY_TEST_DOCKER_HOST`; skips
-//! loudly without the latter (fails under CI=true).
+//! Needs root, `ip`, `nsenter`, `nft`, the docker CLI and `GANTRY_TEST_DOCKER_HOST`: the
+//! tests are `#[ignore]`d and `scripts/test.sh` runs them; without the latter they skip
+//! loudly (fail under CI).
 
 mod common;
 
@@ -439,6 +440,7 @@ fn unique(tag: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the test dockerd (run scripts/test.sh)"]
 fn every_request_kind_and_error_code() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let Some((docker, dir, ns)) = setup("every_request_kind_and_error_code") else {
@@ -746,6 +748,7 @@ fn every_request_kind_and_error_code() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the test dockerd (run scripts/test.sh)"]
 fn strict_client_failures_and_graceful_shutdown() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let Some((docker, dir, ns)) = setup("strict_client_failures_and_graceful_shutdown") else {
@@ -815,6 +818,7 @@ fn strict_client_failures_and_graceful_shutdown() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the test dockerd (run scripts/test.sh)"]
 fn containers_talk_exactly_while_connected_across_restarts() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let Some((docker, dir, ns)) = setup("containers_talk_exactly_while_connected_across_restarts")

@@ -28,6 +28,7 @@ fn entry<'a>(v: &'a Value, name: &str) -> &'a Value {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn files_api_browses_and_downloads_an_imported_bundle() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
@@ -204,6 +205,7 @@ impl Drop for AppCleanup<'_> {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn legacy_v222_and_v31_routes() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
@@ -483,6 +485,7 @@ fn devicename_and_settings_persist_across_a_restart() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn compose_routes_answer_busy_while_an_app_starts() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();

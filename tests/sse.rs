@@ -229,6 +229,7 @@ fn app_bundle(name: &str, description: &str) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn sse_reports_imports_status_changes_refreshes_and_removals() {
     let host = require_docker!();
     let g = Gantry::builder()
@@ -339,6 +340,7 @@ fn small_window_connect(g: &Gantry) -> TcpStream {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn a_client_that_never_reads_is_dropped_without_holding_others_up() {
     let host = require_docker!();
     let g = Gantry::builder()

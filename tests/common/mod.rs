@@ -9,8 +9,9 @@
 //! - `GANTRY_TEST_DOCKER_CLI`: the docker CLI to use (default `/usr/local/bin/docker` when it
 //!   exists, else `docker` on PATH).
 //!
-//! Without `GANTRY_TEST_DOCKER_HOST` the Docker-backed tests skip loudly, except under
-//! `CI=true`, where that is a failure.
+//! The Docker-backed tests are `#[ignore]`d, so a plain `cargo test` lists them as ignored;
+//! `scripts/test.sh` runs them with `--include-ignored`. Run without `GANTRY_TEST_DOCKER_HOST`,
+//! they skip loudly, except under CI ([`in_ci`]), where that is a failure.
 
 #![allow(dead_code)]
 
@@ -34,6 +35,7 @@ pub const DEFAULT_TEST_IMAGE: &str = "gantry-test/busybox:latest";
 // ---------------------------------------------------------------------------------------------
 // Environment and skipping
 
+/// CI is set: `CI` is true, 1 or yes (any case), the same rule as `scripts/test.sh`.
 pub fn in_ci() -> bool {
     matches!(
         std::env::var("CI")

@@ -889,6 +889,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs the test dockerd (run scripts/test.sh)"]
     async fn import_loads_images_and_stores_the_app() {
         let Some(host) = docker_host("apps::import::import_loads_images_and_stores_the_app") else {
             return;
@@ -964,6 +965,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs the test dockerd (run scripts/test.sh)"]
     async fn a_failed_import_leaves_nothing_behind() {
         let Some(host) = docker_host("apps::import::a_failed_import_leaves_nothing_behind") else {
             return;
@@ -1007,6 +1009,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs the test dockerd (run scripts/test.sh)"]
     async fn bad_compose_and_cancel_are_refused_before_docker() {
         let Some(host) = docker_host("apps::import::bad_compose_and_cancel") else {
             return;
@@ -1049,6 +1052,7 @@ mod tests {
     /// cannot have created it yet (its tarball is incomplete), and that journal alone lets
     /// the recovery remove the image.
     #[tokio::test]
+    #[ignore = "needs the test dockerd (run scripts/test.sh)"]
     async fn the_journal_names_images_before_docker_can_create_them() {
         let Some(host) = docker_host("apps::import::the_journal_names_images_before") else {
             return;
