@@ -90,7 +90,7 @@ impl TaskRegistry {
     }
 
     /// How many tasks are running.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         lock(&self.tasks).len()
     }

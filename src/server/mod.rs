@@ -82,6 +82,7 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
+    // With port 0 this line is how a caller learns the port (README "Running"): keep its form.
     tracing::info!(dialect = %ctx.dialect, address = %bound.local_addr, "listening");
     loop {
         let accepted = tokio::select! {

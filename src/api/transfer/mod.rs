@@ -140,8 +140,8 @@ fn ws_routes() -> &'static Routes<Handler> {
     })
 }
 
-/// Every REST route of this dialect, for documentation and coverage tests.
-#[cfg_attr(not(test), allow(dead_code))]
+/// Every REST route of this dialect, for the documentation and coverage tests.
+#[cfg(test)]
 pub fn route_list() -> Vec<(Method, &'static str)> {
     routes().iter().map(|(m, p)| (m.clone(), p)).collect()
 }

@@ -126,10 +126,12 @@ impl StagedApp {
         self.dir.path()
     }
 
+    #[cfg(test)]
     pub fn id(&self) -> &AppId {
         &self.id
     }
 
+    #[cfg(test)]
     pub fn config(&self) -> &AppConfig {
         &self.config
     }
