@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::core::intervirt::{AgentError, NewContainer};
 use crate::core::network::{MacAddr, PortForward, Protocol};
+use crate::core::ErrorKind;
 
 /// The request types this agent knows; anything else is code 7.
 const TYPES: &[&str] = &[
@@ -36,13 +37,23 @@ pub mod code {
     pub const INVALID: i32 = 8;
 }
 
+/// The dialect's one mapping of errors to Intervirt error codes: a failed guest command is
+/// 5, everything else goes by its kind.
 pub fn error_code(e: &AgentError) -> i32 {
-    match e {
-        AgentError::Invalid(_) => code::INVALID,
-        AgentError::NotFound(_) => code::NOT_FOUND,
-        AgentError::AlreadyDone(_) => code::ALREADY_DONE,
-        AgentError::Guest(_) => code::GUEST,
-        AgentError::Command(_) => code::COMMAND,
+    if let AgentError::Command(_) = e {
+        return code::COMMAND;
+    }
+    code_of(e.kind())
+}
+
+pub fn code_of(kind: ErrorKind) -> i32 {
+    match kind {
+        ErrorKind::Invalid => code::INVALID,
+        ErrorKind::NotFound => code::NOT_FOUND,
+        ErrorKind::Conflict => code::ALREADY_DONE,
+        ErrorKind::Busy | ErrorKind::Unavailable | ErrorKind::Cancelled | ErrorKind::Failed => {
+            code::GUEST
+        }
     }
 }
 

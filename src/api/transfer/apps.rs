@@ -18,7 +18,7 @@ use crate::core::apps::lifecycle::{
 use crate::core::apps::stream::{upload_pipe, UploadSender};
 use crate::core::apps::{AppConfig, AppId};
 use crate::core::tasks::TaskKind;
-use crate::core::CoreError;
+use crate::core::{CoreError, ErrorKind};
 
 pub fn register(r: &mut Routes<Handler>) {
     r.add(Method::POST, "/transfer/import", |c| Box::pin(import(c)))
@@ -576,7 +576,7 @@ async fn refresh(c: Call) -> Reply {
         .refresh(&id, &task.cancel)
         .await
         .map_err(|e| match e {
-            CoreError::Busy(m) => Problem::bad_request(m),
+            e if e.is(ErrorKind::Busy) => Problem::bad_request(e.to_string()),
             other => other.into(),
         })?;
     drop(task);

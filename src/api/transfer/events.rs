@@ -41,7 +41,7 @@ use crate::core::apps::lifecycle::StopOptions;
 use crate::core::apps::AppId;
 use crate::core::engine::ByteStream;
 use crate::core::tasks::{TaskHandle, TaskKind};
-use crate::core::{Core, CoreError};
+use crate::core::{Core, CoreError, ErrorKind};
 
 /// Largest single websocket message (and frame); a ZIP may come in several.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -847,7 +847,7 @@ fn line_channel() -> (
 /// The step a start or stop that did not complete ends with (`doing`: "Starting App x").
 fn failed_step(e: CoreError, doing: &str) -> Step {
     match e {
-        CoreError::Cancelled(m) => Step::fail("CANCEL", None, m),
+        e if e.is(ErrorKind::Cancelled) => Step::fail("CANCEL", None, e.to_string()),
         e => Step::fail("ANNOUNCEMENT", None, format!("{doing} failed: {e}")),
     }
 }

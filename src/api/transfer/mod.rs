@@ -24,7 +24,7 @@ use super::http::{self, Query, Response};
 use super::router::{Lookup, Routes};
 use super::upgrade::Upgrades;
 use crate::config::HttpLimits;
-use crate::core::{Core, CoreError};
+use crate::core::{Core, CoreError, ErrorKind};
 
 /// A request as handlers see it: already routed, parameters decoded.
 pub struct Call {
@@ -96,18 +96,20 @@ impl Problem {
     }
 }
 
+/// The Transfer dialect's one mapping of error kinds to HTTP status codes.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Invalid | ErrorKind::Busy => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict | ErrorKind::Cancelled => StatusCode::CONFLICT,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl From<CoreError> for Problem {
     fn from(e: CoreError) -> Self {
-        let status = match &e {
-            CoreError::Invalid(_) => StatusCode::BAD_REQUEST,
-            CoreError::NotFound(_) => StatusCode::NOT_FOUND,
-            CoreError::Conflict(_) => StatusCode::CONFLICT,
-            CoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            CoreError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            CoreError::Cancelled(_) => StatusCode::CONFLICT,
-            CoreError::Busy(_) => StatusCode::BAD_REQUEST,
-        };
-        Problem::new(status, e.to_string())
+        Problem::new(status_of(e.kind()), e.to_string())
     }
 }
 

@@ -12,7 +12,7 @@ use super::{Call, Handler, Problem, Reply};
 use crate::api::http::{self, declared_too_large, upload_stream, Response};
 use crate::api::router::Routes;
 use crate::core::engine::Effect;
-use crate::core::CoreError;
+use crate::core::{CoreError, ErrorKind};
 
 pub fn register(r: &mut Routes<Handler>) {
     r.add(Method::GET, "/system/images", |c| Box::pin(list_images(c)))
@@ -86,9 +86,9 @@ fn pruned(ids: Vec<String>) -> Response {
 
 /// The system module reports "could not be removed" as 400, not 409.
 fn conflict_is_bad_request(e: CoreError) -> Problem {
-    match e {
-        CoreError::Conflict(m) => Problem::bad_request(m),
-        other => other.into(),
+    match e.kind() {
+        ErrorKind::Conflict => Problem::bad_request(e.to_string()),
+        _ => e.into(),
     }
 }
 
