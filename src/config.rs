@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gantry/gantry.toml";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+/// Websocket sessions per listener when `http.max_websocket_sessions` is not set.
+pub const DEFAULT_MAX_WEBSOCKET_SESSIONS: usize = 64;
 
 /// Why a configuration cannot be used; each kind of mistake is its own variant, so that a
 /// caller (and a test) can tell which it got.
@@ -165,6 +167,8 @@ pub struct HttpLimits {
     pub sse_keepalive: Duration,
     /// Events the SSE bus keeps; a client further behind than this is disconnected.
     pub sse_queue_events: usize,
+    /// Websocket sessions one listener serves at once; more are refused with 503.
+    pub max_websocket_sessions: usize,
 }
 
 /// What apps may ask for, and how large bundles may be (`[apps]`).
@@ -357,6 +361,7 @@ struct RawHttp {
     max_upload_bytes: Option<u64>,
     sse_keepalive_secs: Option<u64>,
     sse_queue_events: Option<usize>,
+    max_websocket_sessions: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -474,6 +479,11 @@ impl Config {
                 Some(0) => return Err(bad("http.sse_queue_events", "must be at least 1")),
                 Some(n) => n,
                 None => crate::core::events::DEFAULT_CAPACITY,
+            },
+            max_websocket_sessions: match raw.http.max_websocket_sessions {
+                Some(0) => return Err(bad("http.max_websocket_sessions", "must be at least 1")),
+                Some(n) => n,
+                None => DEFAULT_MAX_WEBSOCKET_SESSIONS,
             },
         };
 

@@ -9,6 +9,7 @@ pub mod events;
 pub mod health;
 pub mod intervirt;
 pub mod network;
+pub mod ops;
 pub mod power;
 pub mod prefs;
 pub mod system;

@@ -29,6 +29,8 @@ const TYPES: &[&str] = &[
 /// Intervirt's error codes.
 pub mod code {
     pub const OK: i32 = 0;
+    /// An error the Intervirt codes do not name explicitly.
+    pub const GENERAL: i32 = 1;
     pub const ALREADY_DONE: i32 = 3;
     pub const GUEST: i32 = 4;
     pub const COMMAND: i32 = 5;
@@ -337,7 +339,12 @@ pub fn ok(ref_id: &str) -> String {
 }
 
 pub fn error(ref_id: &str, code: i32, message: &str) -> String {
-    to_text(&General {
+    to_text(&error_value(ref_id, code, message))
+}
+
+/// A General error reply, for the socket or an HTTP answer's body.
+pub fn error_value<'a>(ref_id: &'a str, code: i32, message: &'a str) -> impl Serialize + 'a {
+    General {
         kind: "General",
         ref_id,
         error: Some(message),
@@ -345,7 +352,7 @@ pub fn error(ref_id: &str, code: i32, message: &str) -> String {
         progress: None,
         output: None,
         status: None,
-    })
+    }
 }
 
 pub fn progress(ref_id: &str, fraction: f64, output: &str, strict: bool) -> String {

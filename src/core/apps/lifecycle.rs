@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::import::{self, ImportOptions, ImportSettings, ProgressFn};
 use super::store::{AppStore, StoredApp};
-use super::stream::UploadReader;
+use super::stream::{UploadReader, UploadSender};
 use super::AppId;
 use crate::core::compose::{ComposeProject, ContainerStatus, DownOptions};
 use crate::core::engine::{ContainerEngine, LogLine};
@@ -309,6 +309,18 @@ impl Apps {
             .suffix(".zip")
             .tempfile_in(&self.uploads)
             .map_err(|e| CoreError::io("cannot create an upload file", e))
+    }
+
+    /// A fresh upload file and a pipe into it: the receiving route pushes the upload's bytes
+    /// into the sender, an import or image load reads them from the reader.
+    pub fn upload_pipe(&self) -> CoreResult<(tempfile::NamedTempFile, UploadSender, UploadReader)> {
+        let file = self.upload_file()?;
+        let writer = file
+            .as_file()
+            .try_clone()
+            .map_err(|e| CoreError::io("cannot open the upload file", e))?;
+        let (sender, reader) = super::stream::upload_pipe(writer);
+        Ok((file, sender, reader))
     }
 
     pub fn max_upload_bytes(&self) -> u64 {
