@@ -253,12 +253,16 @@ async fn get(c: Call) -> Reply {
 /// `POST /transfer/import`: multipart/form-data with the ZIP in the field `app`. The file
 /// streams to a temp file (size-capped), then runs through the import pipeline.
 /// `?replace=true` replaces an app with the same id instead of answering 409.
+/// The largest app upload: the listener's and the bundle checker's limits.
+pub(super) fn import_limit(c: &Call) -> u64 {
+    c.limits
+        .max_upload_bytes
+        .min(c.core.apps.max_upload_bytes())
+}
+
 async fn import(c: Call) -> Reply {
     let replace = c.bool("replace", false)?;
-    let limit = c
-        .limits
-        .max_upload_bytes
-        .min(c.core.apps.max_upload_bytes());
+    let limit = import_limit(&c);
     if declared_too_large(c.req.headers(), limit) {
         return Err(too_large(limit));
     }

@@ -226,6 +226,11 @@ impl Apps {
         if cancel.is_cancelled() {
             tracing::info!("refresh of all apps cancelled");
         }
+        self.end_refresh_all();
+    }
+
+    /// Frees the "refresh all" slot and says so.
+    pub fn end_refresh_all(&self) {
         self.refreshing
             .store(false, std::sync::atomic::Ordering::SeqCst);
         self.events.publish(AppEvent::Refresh(false));

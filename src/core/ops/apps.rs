@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tempfile::NamedTempFile;
 
-use super::{spawn, Operation, Start, Summary};
+use super::{Operation, Reporter, Start, Summary};
 use crate::core::apps::import::{ImportOptions, ImportProgress, ImportStep};
 use crate::core::apps::lifecycle::{ProcessOutcome, StopOptions};
 use crate::core::apps::store::StoredApp;
@@ -86,47 +86,60 @@ pub type ImportOperation = Operation<ImportProgress, StoredApp>;
 pub type AppOperation = Operation<OutputLine, ProcessOutcome>;
 
 impl Core {
-    /// Imports an app bundle. Cancelled (by a client, a client going away, or the server
-    /// stopping) it rolls back: nothing of the app stays, no image it loaded stays.
+    /// Imports an app bundle. Cancelled (by a client, or by its client going away) it rolls
+    /// back: nothing of the app stays, no image it loaded stays.
     pub fn import_app(
         self: &Arc<Self>,
         source: ImportSource,
         options: ImportOptions,
         start: &Start,
     ) -> CoreResult<ImportOperation> {
-        let task = self.begin_task(TaskKind::Import, None, start)?;
-        let core = self.clone();
-        Ok(spawn(task, move |reporter, cancel| async move {
-            let progress = move |p: ImportProgress| reporter.report(p);
-            match source {
-                ImportSource::Streaming {
-                    file,
-                    reader,
-                    expected,
-                } => {
-                    core.apps
-                        .import_upload(file.path(), reader, expected, options, &cancel, &progress)
-                        .await
+        self.operation(
+            TaskKind::Import,
+            None,
+            start,
+            |core, reporter, cancel| async move {
+                let progress = move |p: ImportProgress| reporter.report(p);
+                match source {
+                    ImportSource::Streaming {
+                        file,
+                        reader,
+                        expected,
+                    } => {
+                        core.apps
+                            .import_upload(
+                                file.path(),
+                                reader,
+                                expected,
+                                options,
+                                &cancel,
+                                &progress,
+                            )
+                            .await
+                    }
+                    ImportSource::Buffered { file, reader } => {
+                        drain_upload(reader, &cancel, "import").await?;
+                        core.apps
+                            .import(file.path(), options, &cancel, &progress)
+                            .await
+                    }
                 }
-                ImportSource::Buffered { file, reader } => {
-                    drain_upload(reader, &cancel, "import").await?;
-                    core.apps
-                        .import(file.path(), options, &cancel, &progress)
-                        .await
-                }
-            }
-        }))
+            },
+        )
     }
 
     /// `docker-compose up -d` of the app `id`. Its client going away does not stop it; a
     /// cancel stops what was started and answers Cancelled.
     pub fn start_app(self: &Arc<Self>, id: AppId, start: &Start) -> CoreResult<AppOperation> {
-        let task = self.begin_task(TaskKind::Start, Some(id.as_str()), start)?;
-        let core = self.clone();
-        Ok(spawn(task, move |reporter, cancel| async move {
-            let on_line = move |l: &str| reporter.report(OutputLine(l.to_string()));
-            core.apps.start(&id, &cancel, &on_line).await
-        }))
+        let app = id.to_string();
+        self.operation(
+            TaskKind::Start,
+            Some(&app),
+            start,
+            |core, reporter, cancel| async move {
+                core.apps.start(&id, &cancel, &lines(reporter)).await
+            },
+        )
     }
 
     /// `docker-compose down` of the app `id`. Its client going away does not stop it; a
@@ -137,28 +150,46 @@ impl Core {
         options: StopOptions,
         start: &Start,
     ) -> CoreResult<AppOperation> {
-        let task = self.begin_task(TaskKind::Stop, Some(id.as_str()), start)?;
-        let core = self.clone();
-        Ok(spawn(task, move |reporter, cancel| async move {
-            let on_line = move |l: &str| reporter.report(OutputLine(l.to_string()));
-            core.apps.stop(&id, options, &cancel, &on_line).await
-        }))
+        let app = id.to_string();
+        self.operation(
+            TaskKind::Stop,
+            Some(&app),
+            start,
+            |core, reporter, cancel| async move {
+                core.apps
+                    .stop(&id, options, &cancel, &lines(reporter))
+                    .await
+            },
+        )
     }
 
-    /// Re-reads every app and publishes each; Busy while a refresh of all apps runs.
+    /// Re-reads every app and publishes each; a conflict while a refresh of all apps runs.
     pub fn refresh_apps(self: &Arc<Self>, start: &Start) -> CoreResult<Operation<Infallible, ()>> {
-        let task = self.begin_task(TaskKind::Refresh, None, start)?;
         if !self.apps.begin_refresh_all() {
             return Err(CoreError::Conflict(
                 "the transfer app is already busy refreshing".into(),
             ));
         }
-        let core = self.clone();
-        Ok(spawn(task, move |_reporter, cancel| async move {
-            core.apps.refresh_all(&cancel).await;
-            Ok(())
-        }))
+        let op = self.operation(
+            TaskKind::Refresh,
+            None,
+            start,
+            |core, _, cancel| async move {
+                core.apps.refresh_all(&cancel).await;
+                Ok(())
+            },
+        );
+        if op.is_err() {
+            // Not started after all: free the slot again.
+            self.apps.end_refresh_all();
+        }
+        op
     }
+}
+
+/// Reports each output line of a start or stop.
+fn lines(reporter: Reporter<OutputLine>) -> impl Fn(&str) + Send + Sync {
+    move |l: &str| reporter.report(OutputLine(l.to_string()))
 }
 
 /// Waits until a buffered upload has arrived completely (its sender finished it). An upload

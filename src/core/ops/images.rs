@@ -9,7 +9,7 @@ use tempfile::NamedTempFile;
 use tokio_util::sync::CancellationToken;
 
 use super::apps::drain_upload;
-use super::{spawn, Operation, Reporter, Start, Summary};
+use super::{Operation, Reporter, Start, Summary};
 use crate::core::apps::stream::UploadReader;
 use crate::core::engine::ByteStream;
 use crate::core::system::LoadedImage;
@@ -62,19 +62,22 @@ impl Core {
         source: LoadSource,
         start: &Start,
     ) -> CoreResult<LoadOperation> {
-        let task = self.begin_task(TaskKind::LoadImage, None, start)?;
-        let core = self.clone();
-        Ok(spawn(task, move |reporter, cancel| async move {
-            let (stream, total, _file) = match source {
-                LoadSource::Stream { stream, total } => (stream, total, None),
-                LoadSource::Buffered { file, reader } => {
-                    drain_upload(reader, &cancel, "image load").await?;
-                    let (stream, size) = open_upload(&file).await?;
-                    (stream, Some(size), Some(file))
-                }
-            };
-            core.load_counted(stream, total, &reporter, &cancel).await
-        }))
+        self.operation(
+            TaskKind::LoadImage,
+            None,
+            start,
+            |core, reporter, cancel| async move {
+                let (stream, total, _file) = match source {
+                    LoadSource::Stream { stream, total } => (stream, total, None),
+                    LoadSource::Buffered { file, reader } => {
+                        drain_upload(reader, &cancel, "image load").await?;
+                        let (stream, size) = open_upload(&file).await?;
+                        (stream, Some(size), Some(file))
+                    }
+                };
+                core.load_counted(stream, total, &reporter, &cancel).await
+            },
+        )
     }
 
     /// Loads `stream`, reporting the bytes Docker has taken every [`REPORT_EVERY`].

@@ -156,13 +156,25 @@ where
 }
 
 impl Core {
-    /// A task of `kind` for `app` with the id `start` names (or a new one).
-    pub fn begin_task(
-        &self,
+    /// Starts `run` as an operation of `kind` (on `app`), under the id `start` names or a
+    /// new one.
+    pub fn operation<P, T, F, Fut>(
+        self: &Arc<Self>,
         kind: TaskKind,
         app: Option<&str>,
         start: &Start,
-    ) -> CoreResult<TaskHandle> {
-        self.tasks.begin(kind, app, start.task_id.as_deref())
+        run: F,
+    ) -> CoreResult<Operation<P, T>>
+    where
+        P: Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(Arc<Core>, Reporter<P>, CancellationToken) -> Fut,
+        Fut: Future<Output = CoreResult<T>> + Send + 'static,
+    {
+        let task = self.tasks.begin(kind, app, start.task_id.as_deref())?;
+        let core = self.clone();
+        Ok(spawn(task, move |reporter, cancel| {
+            run(core, reporter, cancel)
+        }))
     }
 }

@@ -12,17 +12,19 @@ mod upload;
 
 use std::sync::Arc;
 
+use tempfile::NamedTempFile;
+
 use hyper::{Method, StatusCode};
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::apps::{process_result, UpResult};
+use super::apps::{import_limit, process_result, UpResult};
 use super::{Call, Handler, Problem, Reply};
 use crate::api::http;
 use crate::api::router::Routes;
 use crate::core::apps::import::{ImportOptions, ImportProgress};
 use crate::core::apps::lifecycle::{ProcessOutcome, StopOptions};
-use crate::core::apps::stream::UploadSender;
+use crate::core::apps::stream::UploadReader;
 use crate::core::apps::AppId;
 use crate::core::ops::apps::{AppOperation, ImportSource, OutputLine};
 use crate::core::ops::images::LoadSource;
@@ -137,30 +139,47 @@ async fn announce(ws: &mut WsSession, id: &str) {
 }
 
 /// An operation that could not even start: its step, then the close.
-async fn refuse(mut ws: WsSession, step_type: &'static str, e: CoreError) {
+async fn refuse<T>(mut ws: WsSession, step_type: &'static str, e: CoreError) -> Option<T> {
     ws.tx
         .send_json(&Step::fail(step_type, None, e.to_string()))
         .await;
     ws.close(CloseCode::Error, "not started").await;
+    None
 }
 
-/// Receives the upload of `op` into `sender` and reports how it ended; the close code when
-/// the session ends with it.
-async fn take_upload<P, T>(
-    ws: &mut WsSession,
-    op: &Operation<P, T>,
+/// The opening of an upload session (an import, an image load): the operation `start`
+/// makes of the upload pipe, its CancelID, then the upload itself. None when the session
+/// ended there (the client heard why).
+async fn open_upload<P, T>(
+    core: &Core,
+    mut ws: WsSession,
     limit: u64,
-    sender: UploadSender,
     what: &str,
-) -> Result<(), CloseCode> {
-    let end = upload::receive(ws, || op.cancelled(), limit, &sender).await;
+    start: impl FnOnce(NamedTempFile, UploadReader) -> Result<Operation<P, T>, CoreError>,
+) -> Option<(WsSession, Operation<P, T>)> {
+    let started = core
+        .apps
+        .upload_pipe()
+        .and_then(|(file, sender, reader)| Ok((start(file, reader)?, sender)));
+    let (op, sender) = match started {
+        Ok(x) => x,
+        Err(e) => return refuse(ws, "DATA_TRANSFER", e).await,
+    };
+    announce(&mut ws, op.id()).await;
+    let end = upload::receive(&mut ws, || op.cancelled(), limit, &sender).await;
     let ok = matches!(end, upload::Upload::Done);
     sender.finish(if ok {
         Ok(())
     } else {
         Err(format!("the {what} upload broke off"))
     });
-    upload::outcome(ws, end, what).await
+    match upload::outcome(&mut ws, end, what).await {
+        Ok(()) => Some((ws, op)),
+        Err(code) => {
+            ws.close(code, &format!("{what} failed")).await;
+            None
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -168,27 +187,18 @@ async fn take_upload<P, T>(
 
 async fn ws_import(c: Call) -> Reply {
     let replace = c.bool("replace", false)?;
-    let limit = c
-        .limits
-        .max_upload_bytes
-        .min(c.core.apps.max_upload_bytes());
+    let limit = import_limit(&c);
     upgrade(c, move |core, ws| import_session(core, ws, limit, replace))
 }
 
-async fn import_session(core: Arc<Core>, mut ws: WsSession, limit: u64, replace: bool) {
-    let started = core.apps.upload_pipe().and_then(|(file, sender, reader)| {
+async fn import_session(core: Arc<Core>, ws: WsSession, limit: u64, replace: bool) {
+    let opened = open_upload(&core, ws, limit, "import", |file, reader| {
         let source = ImportSource::Buffered { file, reader };
-        let op = core.import_app(source, ImportOptions { replace }, &Start::default())?;
-        Ok((op, sender))
+        core.import_app(source, ImportOptions { replace }, &Start::default())
     });
-    let (mut op, sender) = match started {
-        Ok(x) => x,
-        Err(e) => return refuse(ws, "DATA_TRANSFER", e).await,
+    let Some((mut ws, mut op)) = opened.await else {
+        return;
     };
-    announce(&mut ws, op.id()).await;
-    if let Err(code) = take_upload(&mut ws, &op, limit, sender, "import").await {
-        return ws.close(code, "import failed").await;
-    }
     let checking = Step::ok("ANNOUNCEMENT", Some("Import"), "Checking ZIP Format");
     ws.tx.send_json(&checking).await;
     let mut images_announced = false;
@@ -350,7 +360,7 @@ impl AppAction {
 async fn app_session(mut ws: WsSession, op: Result<AppOperation, CoreError>, action: AppAction) {
     let mut op = match op {
         Ok(op) => op,
-        Err(e) => return refuse(ws, "ANNOUNCEMENT", e).await,
+        Err(e) => return refuse(ws, "ANNOUNCEMENT", e).await.unwrap_or(()),
     };
     announce(&mut ws, op.id()).await;
     let what = match &action {
@@ -388,19 +398,13 @@ async fn ws_load_image(c: Call) -> Reply {
     upgrade(c, move |core, ws| load_image_session(core, ws, limit))
 }
 
-async fn load_image_session(core: Arc<Core>, mut ws: WsSession, limit: u64) {
-    let started = core.apps.upload_pipe().and_then(|(file, sender, reader)| {
-        let op = core.load_image(LoadSource::Buffered { file, reader }, &Start::default())?;
-        Ok((op, sender))
+async fn load_image_session(core: Arc<Core>, ws: WsSession, limit: u64) {
+    let opened = open_upload(&core, ws, limit, "image load", |file, reader| {
+        core.load_image(LoadSource::Buffered { file, reader }, &Start::default())
     });
-    let (mut op, sender) = match started {
-        Ok(x) => x,
-        Err(e) => return refuse(ws, "DATA_TRANSFER", e).await,
+    let Some((mut ws, mut op)) = opened.await else {
+        return;
     };
-    announce(&mut ws, op.id()).await;
-    if let Err(code) = take_upload(&mut ws, &op, limit, sender, "image load").await {
-        return ws.close(code, "image load failed").await;
-    }
     let loading = Step::ok("ANNOUNCEMENT", Some("Image"), "Loading image");
     ws.tx.send_json(&loading).await;
     let result = loop {
