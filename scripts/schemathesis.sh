@@ -34,9 +34,6 @@ CHECKS+=,missing_required_header,unsupported_method,allow_header_conformance
 
 docker_cli() { "$DOCKER_CLI" -H "$DOCKER_HOST_URI" "$@"; }
 
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') || exit 1
-BASE="http://127.0.0.1:$PORT$PREFIX"
-
 mkdir -p "$WORKDIR/state"
 cat >"$WORKDIR/gantry.toml" <<EOF
 state_dir = "$WORKDIR/state"
@@ -45,7 +42,7 @@ log_level = "info"
 
 [[listeners]]
 dialect = "transfer"
-address = "127.0.0.1:$PORT"
+address = "127.0.0.1:0"
 prefix = "$PREFIX"
 EOF
 
@@ -62,9 +59,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Port 0: the kernel picks a free port, and gantry names the address in its log line
+# "listening dialect=transfer address=<ip:port>".
+ADDR=""
 up=0
 for _ in $(seq 1 150); do
-    if curl -fsS "http://127.0.0.1:$PORT/healthz" 2>/dev/null | grep -q '"reachable":true'; then
+    [[ -n "$ADDR" ]] ||
+        ADDR=$(sed -n 's/.* listening dialect=transfer address=\([^ ]*\).*/\1/p' "$WORKDIR/gantry.log" | head -n 1)
+    if [[ -n "$ADDR" ]] && curl -fsS "http://$ADDR/healthz" 2>/dev/null | grep -q '"reachable":true'; then
         up=1
         break
     fi
@@ -76,6 +78,7 @@ if [[ $up -ne 1 ]]; then
     tail -n 40 "$WORKDIR/gantry.log" >&2
     exit 1
 fi
+BASE="http://$ADDR$PREFIX"
 
 # Seed: something in every list, so 200 answers are checked against their schemas.
 SEEDED_CONTAINER="gantry-st-$$"

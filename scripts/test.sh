@@ -23,8 +23,12 @@
 # against another dockerd than Debian's (a compatibility check; CI uses Debian's). The schemathesis run happens when no arguments are
 # given, or when GANTRY_TEST_SCHEMATHESIS=1 (GANTRY_TEST_SCHEMATHESIS=0 skips it).
 #
-# Without root and outside CI it runs the cargo steps only; the Docker-backed tests then skip
-# loudly. Under CI=true, no root or no dockerd is a failure.
+# The tests that need the dockerd (or root and network namespaces) are #[ignore]d, so a plain
+# `cargo test` lists them as ignored; with the private dockerd up, this runs them too
+# (`--include-ignored`, added after the caller's `--` or after one of its own). Without root
+# and outside CI it runs the cargo steps only, and they stay listed as ignored. Under CI (CI
+# is true, 1 or yes), no root or no dockerd is a failure, and so is such a test that cannot
+# reach the dockerd.
 
 set -uo pipefail
 
@@ -452,7 +456,31 @@ build_test_image() {
     [[ "$(docker_cli run --rm --network none "$IMAGE" echo image-ok)" == "image-ok" ]]
 }
 
+# CARGO_TEST_ARGS with the ignored tests included: `--include-ignored` right after the first
+# `--` (the test binaries' arguments), or after an added `--`; unchanged when the caller
+# already chose `--ignored` or `--include-ignored` there.
+with_ignored_tests() {
+    local a after=0 added=0
+    for a in "${CARGO_TEST_ARGS[@]}"; do
+        if [[ $after -eq 1 && ("$a" == --ignored || "$a" == --include-ignored) ]]; then
+            TEST_ARGS=("${CARGO_TEST_ARGS[@]}")
+            return
+        fi
+        [[ "$a" == -- ]] && after=1
+    done
+    TEST_ARGS=()
+    for a in "${CARGO_TEST_ARGS[@]}"; do
+        TEST_ARGS+=("$a")
+        if [[ "$a" == -- && $added -eq 0 ]]; then
+            TEST_ARGS+=(--include-ignored)
+            added=1
+        fi
+    done
+    [[ $added -eq 1 ]] || TEST_ARGS+=(-- --include-ignored)
+}
+
 test_command_in_netns() {
+    with_ignored_tests
     TEST_CMD=(
         env
         GANTRY_TEST_DOCKER_HOST="unix://$DOCKER_SOCK"
@@ -463,7 +491,7 @@ test_command_in_netns() {
         RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
         timeout --kill-after=30 "$TEST_TIMEOUT_SECS"
         nsenter --net="/run/netns/$NETNS"
-        cargo test --locked --no-fail-fast "${CARGO_TEST_ARGS[@]}"
+        cargo test --locked --no-fail-fast "${TEST_ARGS[@]}"
     )
 }
 
@@ -521,7 +549,7 @@ else
     fi
     printf '\n' >&2
     printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n' >&2
-    printf '!!! Not root or no dockerd: the Docker-backed tests will SKIP (they say so below). !!!\n' >&2
+    printf '!!! Not root or no dockerd: the Docker-backed tests are listed as ignored below.   !!!\n' >&2
     printf '!!! Run as root on Debian 12 for the full suite.                                    !!!\n' >&2
     printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n' >&2
     step "cargo test (without Docker)" env -u GANTRY_TEST_DOCKER_HOST cargo test --locked --no-fail-fast "${CARGO_TEST_ARGS[@]}" || true

@@ -159,8 +159,7 @@ pub struct Listener {
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
     pub header_read_timeout: Duration,
-    /// For routes that read a JSON body; none of the system module's routes do.
-    #[allow(dead_code)]
+    /// For routes that read a JSON body (`PUT /settings`); a larger body is 413.
     pub max_body_bytes: u64,
     pub max_upload_bytes: u64,
     /// How often an idle SSE stream (`/api/events`) sends a `: keep-alive` comment.
@@ -734,7 +733,7 @@ fn default_state_dir(env: &dyn Env) -> PathBuf {
     if let Some(home) = env.var("HOME") {
         return PathBuf::from(home).join(".local/state/gantry");
     }
-    std::env::temp_dir().join(format!("gantry-{}", current_uid()))
+    std::env::temp_dir().join(format!("gantry-{}", nix::unistd::getuid()))
 }
 
 fn is_writable_or_creatable(dir: &Path) -> bool {
@@ -746,22 +745,7 @@ fn is_writable_or_creatable(dir: &Path) -> bool {
             None => return false,
         }
     };
-    nix_access_w(probe)
-}
-
-fn nix_access_w(path: &Path) -> bool {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
-}
-
-fn current_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
+    nix::unistd::access(probe, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
 #[cfg(test)]

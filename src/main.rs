@@ -1,5 +1,9 @@
 //! gantry: one lean daemon for Docker apps, container networking and power on IoT gateways.
 
+// System calls go through nix's safe wrappers. A call nix does not wrap needs a local
+// `#[allow(unsafe_code)]` and a `// SAFETY:` comment saying why it is sound.
+#![deny(unsafe_code)]
+
 mod api;
 mod config;
 mod core;

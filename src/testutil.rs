@@ -1,11 +1,13 @@
 //! Helpers for the crate's own tests: for those that need the real test dockerd, and the
 //! fixtures and fakes of the unit tests.
 //!
-//! `scripts/test.sh` starts a private dockerd and sets `GANTRY_TEST_DOCKER_HOST` and
-//! `GANTRY_TEST_IMAGE`. Without them a test skips loudly, except under `CI=true`, where a
-//! missing dockerd is a failure.
+//! The tests that need the real test dockerd are `#[ignore]`d, so a plain `cargo test` lists
+//! them as ignored. `scripts/test.sh` starts a private dockerd, sets `GANTRY_TEST_DOCKER_HOST`
+//! and `GANTRY_TEST_IMAGE` and runs them with `--include-ignored`. Run without the dockerd, such
+//! a test skips loudly, except under CI ([`in_ci`]), where a missing dockerd is a failure.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -14,6 +16,7 @@ use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
 
 pub const DEFAULT_IMAGE: &str = "gantry-test/busybox:latest";
 
+/// CI is set: `CI` is true, 1 or yes (any case), the same rule as `scripts/test.sh`.
 pub fn in_ci() -> bool {
     matches!(
         std::env::var("CI")
@@ -33,7 +36,10 @@ pub fn docker_host(test: &str) -> Option<String> {
              not be skipped in CI (run them with `bash scripts/test.sh` as root)"
         ),
         _ => {
-            eprintln!(
+            // Straight to the process's stderr: the test harness captures eprintln! of a
+            // passing test.
+            let _ = writeln!(
+                std::io::stderr(),
                 "\n!!!!!!!!!! SKIPPED {test}: GANTRY_TEST_DOCKER_HOST is not set; run \
                  `bash scripts/test.sh` as root !!!!!!!!!!\n"
             );

@@ -6,8 +6,9 @@
 //! Power commands go to the recording backend (`power = "record"`), and every agent runs with
 //! `GANTRY_FORBID_REAL_POWER=1`, which makes the real backends a configuration error.
 //!
-//! Needs root, `ip`, `nsenter`, `nft`, the docker CLI and `GANTRY_TEST_DOCKER_HOST`; skips
-//! loudly without the latter (fails under CI=true).
+//! Needs root, `ip`, `nsenter`, `nft`, the docker CLI and `GANTRY_TEST_DOCKER_HOST`: the
+//! tests are `#[ignore]`d and `scripts/test.sh` runs them; without the latter they skip
+//! loudly (fail under CI).
 
 mod common;
 
@@ -233,9 +234,8 @@ impl Agent {
     /// SIGTERM, and the exit status (waits at most 30 s, then kills).
     fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         for _ in 0..300 {
             if let Some(s) = c.try_wait().unwrap() {
                 return Some(s);
@@ -263,11 +263,9 @@ impl Drop for Agent {
 /// stays in that namespace wherever it is used afterwards).
 fn connect_in(netns: &Path) -> Option<TcpStream> {
     let file = std::fs::File::open(netns).unwrap();
+    // Only this short-lived thread changes namespace.
     std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid namespace fd; only this short-lived thread changes namespace.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
         TcpStream::connect(("127.0.0.1", PORT)).ok()
     })
     .join()
@@ -442,6 +440,7 @@ fn unique(tag: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the test dockerd (run scripts/test.sh)"]
 fn every_request_kind_and_error_code() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let Some((docker, dir, ns)) = setup("every_request_kind_and_error_code") else {
@@ -749,6 +748,7 @@ fn every_request_kind_and_error_code() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the test dockerd (run scripts/test.sh)"]
 fn strict_client_failures_and_graceful_shutdown() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let Some((docker, dir, ns)) = setup("strict_client_failures_and_graceful_shutdown") else {
@@ -823,6 +823,7 @@ fn strict_client_failures_and_graceful_shutdown() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the test dockerd (run scripts/test.sh)"]
 fn containers_talk_exactly_while_connected_across_restarts() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let Some((docker, dir, ns)) = setup("containers_talk_exactly_while_connected_across_restarts")

@@ -13,8 +13,8 @@ use std::time::Duration;
 use common::bundle::{app_zip, import, multipart, saved_image, slow_app, zip_of, IMPORT};
 use common::ws::Ws;
 use common::{
-    app_containers, docker_exists, docker_host_or_skip, enc, read_raw_response, test_image, unique,
-    wait_for, write_all, Gantry,
+    app_containers, docker_exists, enc, read_raw_response, test_image, unique, wait_for, write_all,
+    Gantry,
 };
 use serde_json::Value;
 
@@ -28,9 +28,8 @@ fn task_uuid() -> String {
     )
 }
 
-fn gantry(test: &str) -> Option<Gantry> {
-    let host = docker_host_or_skip(test)?;
-    Some(Gantry::builder().docker_host(&host).start())
+fn gantry(host: String) -> Gantry {
+    Gantry::builder().docker_host(&host).start()
 }
 
 fn app_path(id: &str) -> String {
@@ -79,10 +78,9 @@ fn app_status(g: &Gantry, id: &str) -> Value {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn a_rest_import_is_listed_and_cancelled_by_the_id_its_client_chose() {
-    let Some(g) = gantry("a_rest_import_is_listed_and_cancelled_by_the_id_its_client_chose") else {
-        return;
-    };
+    let g = gantry(require_docker!());
     let (reference, tar) = saved_image("opsimport");
     let name = unique("OpsImport");
     let compose = format!("services:\n  web:\n    image: {reference}\n");
@@ -122,11 +120,9 @@ fn a_rest_import_is_listed_and_cancelled_by_the_id_its_client_chose() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn a_rest_start_and_a_rest_stop_are_cancelled_through_the_cancel_route() {
-    let Some(g) = gantry("a_rest_start_and_a_rest_stop_are_cancelled_through_the_cancel_route")
-    else {
-        return;
-    };
+    let g = gantry(require_docker!());
     let name = unique("OpsStart");
     let app = format!("{name}:1");
     import(&g, &slow_app(&name)).expect_json(200);
@@ -181,10 +177,9 @@ fn a_rest_start_and_a_rest_stop_are_cancelled_through_the_cancel_route() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn a_client_gone_mid_rest_start_leaves_the_app_started_never_half() {
-    let Some(g) = gantry("a_client_gone_mid_rest_start_leaves_the_app_started_never_half") else {
-        return;
-    };
+    let g = gantry(require_docker!());
     let name = unique("OpsGone");
     let app = format!("{name}:1");
     import(&g, &slow_app(&name)).expect_json(200);
@@ -244,10 +239,9 @@ fn handshake(g: &Gantry, path: &str) -> (u16, String) {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn the_websocket_session_cap_refuses_clearly_and_other_sessions_keep_working() {
-    let Some(host) = docker_host_or_skip("the_websocket_session_cap_refuses_clearly") else {
-        return;
-    };
+    let host = require_docker!();
     let g = Gantry::builder()
         .docker_host(&host)
         .http("max_websocket_sessions = 2")

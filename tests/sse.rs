@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::FromRawFd;
+use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -229,6 +229,7 @@ fn app_bundle(name: &str, description: &str) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn sse_reports_imports_status_changes_refreshes_and_removals() {
     let host = require_docker!();
     let g = Gantry::builder()
@@ -320,41 +321,26 @@ fn sse_reports_imports_status_changes_refreshes_and_removals() {
 
 /// A TCP connection with a tiny receive window, so the server's send buffer fills quickly.
 fn small_window_connect(g: &Gantry) -> TcpStream {
-    // SAFETY: plain socket calls on a descriptor we own; the TcpStream takes it over.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let size: libc::c_int = 4096;
-        let rc = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &size as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        assert_eq!(rc, 0);
-        let std::net::SocketAddr::V4(a) = g.addr else {
-            panic!("IPv4 listener expected")
-        };
-        let sa = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: a.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*a.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let rc = libc::connect(
-            fd,
-            &sa as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
-        TcpStream::from_raw_fd(fd)
-    }
+    use nix::sys::socket::{connect, setsockopt, socket, sockopt, AddressFamily, SockFlag};
+    use nix::sys::socket::{SockType, SockaddrIn};
+    let std::net::SocketAddr::V4(a) = g.addr else {
+        panic!("IPv4 listener expected")
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    // Before connecting, so the window is small from the handshake on.
+    setsockopt(&fd, sockopt::RcvBuf, &4096).expect("SO_RCVBUF");
+    connect(fd.as_raw_fd(), &SockaddrIn::from(a)).expect("connect");
+    TcpStream::from(fd)
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn a_client_that_never_reads_is_dropped_without_holding_others_up() {
     let host = require_docker!();
     let g = Gantry::builder()
@@ -435,7 +421,7 @@ fn sigterm_ends_open_streams_and_websockets_and_the_daemon_exits() {
     let mut ws = Ws::connect(&g, "/events/transfer/import");
 
     let t0 = Instant::now();
-    g.signal(libc::SIGTERM);
+    g.signal(common::Signal::SIGTERM);
     for sse in [&mut a, &mut b] {
         let (clean, events) = sse.until_end();
         assert!(clean, "the stream was cut, not ended: {:?}", sse.seen);

@@ -60,6 +60,7 @@ fn prune(g: &Gantry, path: &str, kind: &str, pruned: &str) -> Value {
 // Images
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn lists_images_under_every_api_prefix() {
     require_docker!();
     let _l = shared();
@@ -80,6 +81,7 @@ fn lists_images_under_every_api_prefix() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn gets_an_image_by_name_and_by_id() {
     require_docker!();
     let _l = shared();
@@ -108,6 +110,7 @@ fn gets_an_image_by_name_and_by_id() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn exports_an_image_as_a_docker_save_tar() {
     require_docker!();
     let _l = shared();
@@ -149,6 +152,7 @@ fn exports_an_image_as_a_docker_save_tar() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn image_round_trip_export_delete_load_run() {
     require_docker!();
     let _l = shared();
@@ -204,6 +208,7 @@ fn image_round_trip_export_delete_load_run() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn load_accepts_octet_stream_and_no_content_type() {
     require_docker!();
     let _l = shared();
@@ -228,6 +233,7 @@ fn load_accepts_octet_stream_and_no_content_type() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn load_rejects_garbage_and_empty_bodies() {
     require_docker!();
     let _l = shared();
@@ -247,6 +253,7 @@ fn load_rejects_garbage_and_empty_bodies() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn a_streamed_upload_over_the_limit_is_a_413_problem() {
     require_docker!();
     let _l = shared();
@@ -281,6 +288,7 @@ fn a_streamed_upload_over_the_limit_is_a_413_problem() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn deleting_an_image_in_use_needs_force() {
     require_docker!();
     let _l = shared();
@@ -319,6 +327,7 @@ fn deleting_an_image_in_use_needs_force() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn prunes_dangling_images_then_answers_304() {
     require_docker!();
     let _l = exclusive();
@@ -344,6 +353,7 @@ fn prunes_dangling_images_then_answers_304() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn prunes_all_unused_images_with_all_true() {
     require_docker!();
     let _l = exclusive();
@@ -367,6 +377,7 @@ fn prunes_all_unused_images_with_all_true() {
 // Containers
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn container_lifecycle_start_stop_restart_delete() {
     require_docker!();
     let _l = shared();
@@ -433,6 +444,7 @@ fn container_lifecycle_start_stop_restart_delete() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn unknown_containers_are_404() {
     require_docker!();
     let _l = shared();
@@ -449,6 +461,7 @@ fn unknown_containers_are_404() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn deleting_a_container_with_volumes_true_removes_its_anonymous_volumes() {
     require_docker!();
     let _l = shared();
@@ -481,6 +494,7 @@ fn deleting_a_container_with_volumes_true_removes_its_anonymous_volumes() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn bad_query_values_are_400_naming_the_parameter() {
     require_docker!();
     let _l = shared();
@@ -512,6 +526,7 @@ fn bad_query_values_are_400_naming_the_parameter() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn prunes_stopped_containers_then_answers_304() {
     require_docker!();
     let _l = exclusive();
@@ -570,6 +585,7 @@ fn prunes_stopped_containers_then_answers_304() {
 // Volumes
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn volume_list_get_and_delete() {
     require_docker!();
     let _l = shared();
@@ -619,6 +635,7 @@ fn volume_list_get_and_delete() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn prunes_unused_volumes_then_answers_304() {
     require_docker!();
     let _l = exclusive();
@@ -644,6 +661,7 @@ fn prunes_unused_volumes_then_answers_304() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn empty_lists_answer_204() {
     require_docker!();
     let _l = exclusive();
@@ -671,6 +689,7 @@ fn empty_lists_answer_204() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn image_and_container_ids_may_be_raw_or_encoded() {
     require_docker!();
     let _l = shared();

@@ -101,6 +101,7 @@ fn wait_task_ended(g: &Gantry, id: &str) {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn import_over_websocket_reports_every_step() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
@@ -173,6 +174,7 @@ fn import_over_websocket_reports_every_step() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn legacy_import_in_several_binary_messages() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
@@ -235,6 +237,7 @@ fn assert_rolled_back(g: &Gantry, id: &str, refs: &[String]) {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn cancel_mid_import_rolls_back() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
@@ -255,6 +258,7 @@ fn cancel_mid_import_rolls_back() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn a_client_leaving_mid_import_cancels_it() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
@@ -313,6 +317,7 @@ fn process_lines(steps: &[Value]) -> Vec<&str> {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn start_over_websocket_streams_lines_and_the_result() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
@@ -366,6 +371,7 @@ fn start_over_websocket_streams_lines_and_the_result() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn cancel_mid_start_leaves_the_app_stopped() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
@@ -397,6 +403,7 @@ fn cancel_mid_start_leaves_the_app_stopped() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn load_image_over_websocket() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
@@ -452,6 +459,7 @@ fn expect_protocol_failure(ws: &mut Ws, needle: &str) {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn malformed_uploads_fail_cleanly_and_others_are_served() {
     let host = require_docker!();
     let g = Gantry::builder()
@@ -526,6 +534,7 @@ fn malformed_uploads_fail_cleanly_and_others_are_served() {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn stop_over_websocket_streams_lines_and_the_result() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
@@ -578,6 +587,7 @@ fn stubborn_app(name: &str) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn cancel_mid_stop_starts_the_app_again() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();

@@ -75,7 +75,7 @@ impl<H> Routes<H> {
     }
 
     /// Every (method, pattern) pair, in registration order.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = (&Method, &'static str)> {
         self.entries
             .iter()

@@ -122,8 +122,8 @@ impl EventBus {
         }
     }
 
-    /// Live subscribers (for tests and diagnostics).
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Live subscribers.
+    #[cfg(test)]
     pub fn subscriber_count(&self) -> usize {
         let mut subs = self.subscribers();
         subs.retain(|w| w.strong_count() > 0);

@@ -98,23 +98,19 @@ pub struct SyscallPower;
 #[async_trait]
 impl Power for SyscallPower {
     async fn execute(&self, action: PowerAction) -> Result<(), PowerError> {
-        let cmd = match action {
-            PowerAction::PowerOff => libc::RB_POWER_OFF,
-            PowerAction::Reboot => libc::RB_AUTOBOOT,
+        use nix::sys::reboot::{reboot, RebootMode};
+        let mode = match action {
+            PowerAction::PowerOff => RebootMode::RB_POWER_OFF,
+            PowerAction::Reboot => RebootMode::RB_AUTOBOOT,
         };
         tokio::task::spawn_blocking(move || {
-            // SAFETY: sync has no preconditions; reboot is given a valid command and either
-            // does not return or fails with errno.
-            unsafe {
-                libc::sync();
-                if libc::reboot(cmd) != 0 {
-                    return Err(PowerError(format!(
-                        "reboot(2): {}",
-                        std::io::Error::last_os_error()
-                    )));
-                }
-            }
-            Ok(())
+            nix::unistd::sync();
+            // reboot(2) does not return when it succeeds.
+            let Err(e) = reboot(mode);
+            Err(PowerError(format!(
+                "reboot(2): {}",
+                std::io::Error::from(e)
+            )))
         })
         .await
         .map_err(|e| PowerError(e.to_string()))?

@@ -80,6 +80,7 @@ pub async fn serve(
             listener: Arc::new(bound.config.clone()),
         },
     });
+    // With port 0 this line is how a caller learns the port (README "Running"): keep its form.
     tracing::info!(dialect = %bound.config.dialect, address = %bound.local_addr, "listening");
     let mut conns = accept_loop(&bound.socket, &ctx, &limits, &stop).await;
     drop(bound.socket);

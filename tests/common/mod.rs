@@ -9,20 +9,23 @@
 //! - `GANTRY_TEST_DOCKER_CLI`: the docker CLI to use (default `/usr/local/bin/docker` when it
 //!   exists, else `docker` on PATH).
 //!
-//! Without `GANTRY_TEST_DOCKER_HOST` the Docker-backed tests skip loudly, except under
-//! `CI=true`, where that is a failure.
+//! The Docker-backed tests are `#[ignore]`d, so a plain `cargo test` lists them as ignored;
+//! `scripts/test.sh` runs them with `--include-ignored`. Run without `GANTRY_TEST_DOCKER_HOST`,
+//! they skip loudly, except under CI ([`in_ci`]), where that is a failure.
 
 #![allow(dead_code)]
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+pub use nix::sys::signal::Signal;
 
 pub mod bundle;
 pub mod ws;
@@ -32,6 +35,7 @@ pub const DEFAULT_TEST_IMAGE: &str = "gantry-test/busybox:latest";
 // ---------------------------------------------------------------------------------------------
 // Environment and skipping
 
+/// CI is set: `CI` is true, 1 or yes (any case), the same rule as `scripts/test.sh`.
 pub fn in_ci() -> bool {
     matches!(
         std::env::var("CI")
@@ -115,14 +119,6 @@ pub fn unique(label: &str) -> String {
         N.fetch_add(1, Ordering::SeqCst),
         label
     )
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("cannot find a free port on 127.0.0.1")
 }
 
 /// Polls `f` every `every` until it returns `Some` or `limit` passed.
@@ -284,7 +280,7 @@ pub struct GantryBuilder {
     http: Vec<String>,
     listener: Vec<String>,
     env: Vec<(String, String)>,
-    port: Option<u16>,
+    address: String,
 }
 
 impl GantryBuilder {
@@ -320,13 +316,14 @@ impl GantryBuilder {
         self.env.push((key.to_string(), value.to_string()));
         self
     }
-    /// A fixed port instead of a free one picked at random.
-    pub fn port(mut self, port: u16) -> Self {
-        self.port = Some(port);
+    /// The listener's address in the config file (default `127.0.0.1:0`: the kernel picks a
+    /// free port and gantry reports it).
+    pub fn address(mut self, address: &str) -> Self {
+        self.address = address.to_string();
         self
     }
 
-    fn config_text(&self, state_dir: &Path, port: u16) -> String {
+    fn config_text(&self, state_dir: &Path) -> String {
         let mut t = String::new();
         t += &format!("state_dir = {:?}\n", state_dir.display().to_string());
         t += &format!("docker_host = {:?}\n", self.docker_host);
@@ -346,7 +343,7 @@ impl GantryBuilder {
             t += "\n";
         }
         t += "\n[[listeners]]\ndialect = \"transfer\"\n";
-        t += &format!("address = \"127.0.0.1:{port}\"\n");
+        t += &format!("address = {:?}\n", self.address);
         for l in &self.listener {
             t += l;
             t += "\n";
@@ -354,51 +351,46 @@ impl GantryBuilder {
         t
     }
 
-    /// Starts gantry and waits (up to 15 s) until `/healthz` answers 200.
+    /// Starts gantry and waits (up to 15 s) until it reports the address it listens on and
+    /// `/healthz` answers 200 there.
     pub fn start(self) -> Gantry {
         let dir = tempfile::Builder::new()
             .prefix("gantry-it-")
             .tempdir()
             .expect("cannot create a temp dir");
-        // A port picked free can be taken by a parallel test before gantry binds it: retry.
-        let mut last_err = String::new();
-        for _attempt in 0..5 {
-            let port = self.port.unwrap_or_else(free_port);
-            match self.try_start(dir.path(), port) {
-                Ok(mut g) => {
-                    g.dir = Some(dir);
+        let mut g = self.spawn_in(dir.path());
+        g.dir = Some(dir);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = g.try_wait() {
+                panic!(
+                    "gantry exited with {status} during start-up; its output:\n{}",
+                    g.stderr()
+                );
+            }
+            if let Some(addr) = listening_address(&g.stderr()) {
+                g.addr = addr;
+                if g.try_get("/healthz").is_ok_and(|r| r.status == 200) {
                     return g;
                 }
-                Err((err, retry)) => {
-                    last_err = err;
-                    if !retry || self.port.is_some() {
-                        break;
-                    }
-                }
             }
+            if Instant::now() >= deadline {
+                panic!(
+                    "gantry did not report its address and answer /healthz with 200 within \
+                     15 s; its output:\n{}",
+                    g.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("gantry did not start: {last_err}");
     }
 
-    /// Starts gantry without waiting for it (for tests where it serves elsewhere or not at
-    /// all). The config's listener port is picked free.
-    pub fn spawn(self) -> Gantry {
-        let dir = tempfile::Builder::new()
-            .prefix("gantry-it-")
-            .tempdir()
-            .expect("cannot create a temp dir");
-        let port = self.port.unwrap_or_else(free_port);
-        let mut g = self.spawn_in(dir.path(), port);
-        g.dir = Some(dir);
-        g
-    }
-
-    fn spawn_in(&self, dir: &Path, port: u16) -> Gantry {
+    fn spawn_in(&self, dir: &Path) -> Gantry {
         let state_dir = dir.join("state");
         let config_path = dir.join("gantry.toml");
-        let config = self.config_text(&state_dir, port);
+        let config = self.config_text(&state_dir);
         fs::write(&config_path, &config).expect("cannot write the config");
-        let stderr_path = dir.join(format!("gantry-{port}.stderr"));
+        let stderr_path = dir.join("gantry.stderr");
         let stderr = fs::File::create(&stderr_path).expect("cannot create the stderr file");
         let stdout = stderr.try_clone().expect("cannot clone a file handle");
         let mut c = gantry_command();
@@ -413,7 +405,7 @@ impl GantryBuilder {
         let child = c.spawn().expect("cannot spawn the gantry binary");
         Gantry {
             child: Some(child),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             config_path,
             config,
             stderr_path,
@@ -422,34 +414,17 @@ impl GantryBuilder {
             agent: agent(),
         }
     }
+}
 
-    fn try_start(&self, dir: &Path, port: u16) -> Result<Gantry, (String, bool)> {
-        let mut g = self.spawn_in(dir, port);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = g.try_wait() {
-                let log = g.stderr();
-                let retry = log.contains("in use");
-                return Err((
-                    format!("gantry exited with {status} during start-up; its output:\n{log}"),
-                    retry,
-                ));
-            }
-            if let Ok(r) = g.try_get("/healthz") {
-                if r.status == 200 {
-                    return Ok(g);
-                }
-            }
-            if Instant::now() >= deadline {
-                let log = g.stderr();
-                return Err((
-                    format!("/healthz did not answer 200 within 15 s; gantry's output:\n{log}"),
-                    false,
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+/// The address of the transfer listener, from gantry's log line
+/// `... INFO listening dialect=transfer address=127.0.0.1:41234`.
+pub fn listening_address(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .filter(|l| l.contains(" listening ") && l.contains("dialect=transfer"))
+        .find_map(|l| {
+            let rest = &l[l.find("address=")? + "address=".len()..];
+            rest.split_whitespace().next()?.parse().ok()
+        })
 }
 
 /// A running gantry daemon, killed on drop. Its output is printed when the test failed.
@@ -468,7 +443,7 @@ pub struct Gantry {
 impl Gantry {
     /// Defaults: Docker at the test dockerd when there is one (else a socket that does not
     /// exist), shutdown timeout 2 s, Docker probe every 1 s, one transfer listener on
-    /// 127.0.0.1:<free port> with the default (loopback) auth.
+    /// 127.0.0.1, port 0 (the kernel's pick), with the default (loopback) auth.
     pub fn builder() -> GantryBuilder {
         GantryBuilder {
             docker_host: docker_host()
@@ -479,7 +454,7 @@ impl Gantry {
             http: Vec::new(),
             listener: Vec::new(),
             env: Vec::new(),
-            port: None,
+            address: "127.0.0.1:0".to_string(),
         }
     }
 
@@ -505,13 +480,13 @@ impl Gantry {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
-    /// Sends `sig` (e.g. `libc::SIGTERM`) to the daemon.
-    pub fn signal(&self, sig: i32) {
+    /// Sends `sig` (e.g. `Signal::SIGTERM`) to the daemon (spawned by us, not yet reaped).
+    pub fn signal(&self, sig: Signal) {
         let pid = self.pid();
         assert!(pid > 0, "gantry is not running");
-        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
-        let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+        if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {
+            panic!("kill({pid}, {sig}) failed: {e}");
+        }
     }
 
     /// Waits up to `limit` for the daemon to exit.

@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use hyper::body::Incoming;
-use hyper::{Method, Request, StatusCode};
+use hyper::{Request, StatusCode};
 use serde::Serialize;
 
 use super::http::{self, Query, Response};
@@ -163,9 +163,9 @@ fn ws_routes() -> &'static Routes<Handler> {
     })
 }
 
-/// Every REST route of this dialect, for documentation and coverage tests.
-#[cfg_attr(not(test), allow(dead_code))]
-pub fn route_list() -> Vec<(Method, &'static str)> {
+/// Every REST route of this dialect, for the documentation and coverage tests.
+#[cfg(test)]
+pub fn route_list() -> Vec<(hyper::Method, &'static str)> {
     routes().iter().map(|(m, p)| (m.clone(), p)).collect()
 }
 
@@ -274,6 +274,7 @@ pub fn not_found(path: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::Method;
 
     #[test]
     fn version_prefixes_resolve() {

@@ -3,7 +3,8 @@
 //!
 //! The body is a JSON object of setting name to any JSON value. `PUT` merges (a shallow JSON
 //! merge patch): named keys are set, a `null` value removes its key, other keys stay; it
-//! answers the settings as stored. `GET` answers the object, `{}` when nothing is set.
+//! answers the settings as stored. `GET` answers the object, `{}` when nothing is set. A body
+//! over `http.max_body_bytes` is 413.
 
 use http_body_util::{BodyExt, Limited};
 use hyper::{Method, StatusCode};
@@ -12,9 +13,6 @@ use serde_json::Value;
 use super::{Call, Handler, Problem, Reply};
 use crate::api::http::{self, declared_too_large};
 use crate::api::router::Routes;
-
-/// A request body larger than this is 413.
-const MAX_BODY_BYTES: u64 = 64 * 1024;
 
 pub fn register(r: &mut Routes<Handler>) {
     r.add(Method::GET, "/settings", |c| Box::pin(get(c)))
@@ -25,10 +23,10 @@ async fn get(c: Call) -> Reply {
     Ok(http::json(StatusCode::OK, &c.core.prefs.settings()))
 }
 
-fn too_large() -> Problem {
+fn too_large(limit: u64) -> Problem {
     Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        format!("the settings body exceeds the limit of {MAX_BODY_BYTES} bytes"),
+        format!("the settings body exceeds the limit of {limit} bytes"),
     )
 }
 
@@ -38,28 +36,28 @@ fn too_large() -> Problem {
 const DRAIN_BYTES: usize = 1024 * 1024;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
-async fn drain_then_too_large(body: hyper::body::Incoming) -> Problem {
+async fn drain_then_too_large(body: hyper::body::Incoming, limit: u64) -> Problem {
     let _ = tokio::time::timeout(DRAIN_TIME, Limited::new(body, DRAIN_BYTES).collect()).await;
-    too_large()
+    too_large(limit)
 }
 
 async fn put(c: Call) -> Reply {
-    if declared_too_large(c.req.headers(), DRAIN_BYTES as u64) {
-        return Err(too_large());
+    let limit = c.limits.max_body_bytes;
+    if declared_too_large(c.req.headers(), limit) {
+        if declared_too_large(c.req.headers(), DRAIN_BYTES as u64) {
+            return Err(too_large(limit));
+        }
+        return Err(drain_then_too_large(c.req.into_body(), limit).await);
     }
-    let declared_over = declared_too_large(c.req.headers(), MAX_BODY_BYTES);
     let mut body = c.req.into_body();
-    if declared_over {
-        return Err(drain_then_too_large(body).await);
-    }
     let mut buf = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame
             .map_err(|e| Problem::bad_request(format!("cannot read the request body: {e}")))?;
         if let Some(data) = frame.data_ref() {
             buf.extend_from_slice(data);
-            if buf.len() as u64 > MAX_BODY_BYTES {
-                return Err(drain_then_too_large(body).await);
+            if buf.len() as u64 > limit {
+                return Err(drain_then_too_large(body, limit).await);
             }
         }
     }

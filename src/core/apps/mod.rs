@@ -3,9 +3,6 @@
 //! See docs/DESIGN-apps.md. Everything here is blocking file I/O: async callers wrap it in
 //! `spawn_blocking`.
 
-// The import pipeline and the API routes that use this arrive in later steps of issue 5.
-#![cfg_attr(not(test), allow(dead_code))]
-
 pub mod bundle;
 pub mod files;
 pub mod import;

@@ -124,10 +124,12 @@ impl StagedApp {
         self.dir.path()
     }
 
+    #[cfg(test)]
     pub fn id(&self) -> &AppId {
         &self.id
     }
 
+    #[cfg(test)]
     pub fn config(&self) -> &AppConfig {
         &self.config
     }

@@ -210,10 +210,11 @@ fn read_line_capped<R: BufRead>(r: &mut R, out: &mut Vec<u8>) -> std::io::Result
 
 fn kill_group(pid: u32) {
     if let Ok(pid) = i32::try_from(pid) {
-        // SAFETY: kill has no memory preconditions; a negative pid names our child's group.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
+        // The child leads its own process group (`process_group(0)`): its id names the group.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 

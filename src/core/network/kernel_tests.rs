@@ -4,8 +4,8 @@
 //! dataplane (host veth ends, routes, nft table, iptables FORWARD policy drop as Docker
 //! leaves it), a "wan" namespace is the outside world behind the guest's uplink. The
 //! containers' own namespaces belong to the test dockerd; only their `eth0` comes from here.
-//! Runs when GANTRY_TEST_DOCKER_HOST is set (the test harness sets it); otherwise skips
-//! loudly, or fails under CI=true.
+//! Ignored by a plain `cargo test`; `scripts/test.sh` runs them (it sets
+//! GANTRY_TEST_DOCKER_HOST). Run without the test dockerd, they skip loudly, or fail under CI.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -30,23 +30,6 @@ fn unique(tag: &str) -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::SeqCst)
     )
-}
-
-/// The test dockerd, or None (after saying so) when the kernel tests cannot run here.
-fn docker_host() -> Option<String> {
-    match std::env::var("GANTRY_TEST_DOCKER_HOST") {
-        Ok(h) if !h.is_empty() => Some(h),
-        _ => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("GANTRY_TEST_DOCKER_HOST is not set under CI: the dataplane tests need it");
-            }
-            eprintln!(
-                "\n*** SKIPPED: network dataplane kernel test (set GANTRY_TEST_DOCKER_HOST; \
-                 needs root, ip, nft, iptables and the test dockerd) ***\n"
-            );
-            None
-        }
-    }
 }
 
 fn run(program: &str, args: &[&str]) -> Output {
@@ -490,8 +473,11 @@ fn assert_only_connected(
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and the test dockerd (run scripts/test.sh)"]
 fn dataplane_with_real_containers() {
-    let Some(host) = docker_host() else {
+    let Some(host) =
+        crate::testutil::docker_host("network::kernel_tests::dataplane_with_real_containers")
+    else {
         return;
     };
     let world = World::new(true);
@@ -705,8 +691,11 @@ fn dataplane_with_real_containers() {
 
 /// Without DOCKER-USER, a FORWARD policy drop gets gantry's accept rules in FORWARD itself.
 #[test]
+#[ignore = "needs root, network namespaces and the test dockerd (run scripts/test.sh)"]
 fn forward_policy_drop_without_docker_user() {
-    let Some(host) = docker_host() else {
+    let Some(host) = crate::testutil::docker_host(
+        "network::kernel_tests::forward_policy_drop_without_docker_user",
+    ) else {
         return;
     };
     let world = World::new(false);

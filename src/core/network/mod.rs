@@ -11,9 +11,6 @@
 //! network namespace of the thread that runs it. [`DataplaneHandle`] runs one on a dedicated
 //! thread (optionally entered into a given namespace) for async callers.
 
-// The Intervirt dialect and the Docker event watcher that call this are wired in later.
-#![cfg_attr(not(test), allow(dead_code))]
-
 pub mod netlink;
 pub mod nft;
 pub mod state;
@@ -945,6 +942,7 @@ impl DataplaneHandle {
     }
 
     /// Runs `f` on the dataplane thread, blocking the caller (not for async contexts).
+    #[cfg(test)]
     pub fn run_blocking<R, F>(&self, f: F) -> NetResult<R>
     where
         F: FnOnce(&mut Dataplane) -> R + Send + 'static,
@@ -966,6 +964,7 @@ impl DataplaneHandle {
     }
 
     /// Lets queued operations finish, then ends the thread.
+    #[cfg(test)]
     pub fn stop(mut self) {
         self.shutdown();
     }

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 
 use netlink_packet_core::{
@@ -169,11 +168,7 @@ where
 /// Moves the calling thread into the network namespace `ns` (an open `/proc/.../ns/net` or
 /// `/run/netns/...` file). Only for threads that gantry owns and ends or dedicates.
 pub fn enter_netns(ns: &File) -> io::Result<()> {
-    // SAFETY: setns with a valid, open namespace fd; it only changes this thread's namespace.
-    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
     Ok(())
 }
 
@@ -210,23 +205,8 @@ impl Socket {
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
         // A kernel that never answers must not hang the dataplane thread forever.
-        let timeout = libc::timeval {
-            tv_sec: 10,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt on an open socket with a correctly sized timeval.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let timeout = nix::sys::time::TimeVal::new(10, 0);
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)?;
         Ok(Socket {
             socket,
             sequence: 0,
