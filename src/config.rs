@@ -12,13 +12,85 @@ use serde::Deserialize;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gantry/gantry.toml";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+/// Websocket sessions per listener when `http.max_websocket_sessions` is not set.
+pub const DEFAULT_MAX_WEBSOCKET_SESSIONS: usize = 64;
 
+/// Why a configuration cannot be used; each kind of mistake is its own variant, so that a
+/// caller (and a test) can tell which it got.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+pub enum ConfigError {
+    #[error("cannot read config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML, a value of the wrong type, or a key gantry does not know.
+    #[error(transparent)]
+    Syntax(#[from] toml::de::Error),
+    /// A value that is malformed or out of range; `key` names it as the file spells it.
+    #[error("{key}: {message}")]
+    Value { key: String, message: String },
+    /// An environment override that cannot be used.
+    #[error("{var}: {message}")]
+    Env { var: String, message: String },
+    #[error("unknown dialect \"{0}\" (known: transfer, intervirt)")]
+    UnknownDialect(String),
+    #[error("dialect \"{0}\" is not available in this build of gantry")]
+    UnavailableDialect(String),
+    /// A listener anyone on the network could use without credentials.
+    #[error(
+        "{0} is not a loopback address and no auth is set: set auth = \"token\" with a \
+         token_file, or auth = \"none\" to serve it without authentication"
+    )]
+    NoAuth(SocketAddr),
+    #[error("token_file {}: {source}", path.display())]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("two listeners on {0}")]
+    DuplicateAddress(SocketAddr),
+    /// A real power backend while the test guard variable is set.
+    #[error(
+        "intervirt.power = \"{0}\" is refused while {FORBID_POWER_ENV} is set (test runs must \
+         use \"record\" or \"none\")"
+    )]
+    PowerForbidden(String),
+    /// An error in one `[[listeners]]` table.
+    #[error("listeners[{index}]: {source}")]
+    Listener {
+        index: usize,
+        #[source]
+        source: Box<ConfigError>,
+    },
+    /// An error in the file (or defaults) named by `origin`.
+    #[error("{origin}: {source}")]
+    In {
+        origin: String,
+        #[source]
+        source: Box<ConfigError>,
+    },
+}
 
-fn bad(msg: impl Into<String>) -> ConfigError {
-    ConfigError(msg.into())
+impl ConfigError {
+    /// The error itself, below the file and listener it was found in.
+    #[cfg(test)]
+    pub fn root(&self) -> &ConfigError {
+        match self {
+            ConfigError::Listener { source, .. } | ConfigError::In { source, .. } => source.root(),
+            e => e,
+        }
+    }
+}
+
+/// A malformed or out-of-range value of the key `key`.
+fn bad(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Value {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 /// The API dialects gantry can speak on a listener.
@@ -34,12 +106,10 @@ impl Dialect {
         match s {
             "transfer" => Ok(Dialect::Transfer),
             "intervirt" => Ok(Dialect::Intervirt),
-            "flowmanager" | "duxcore" | "distillery" => Err(bad(format!(
-                "dialect \"{s}\" is not available in this build of gantry"
-            ))),
-            other => Err(bad(format!(
-                "unknown dialect \"{other}\" (known: transfer, intervirt)"
-            ))),
+            "flowmanager" | "duxcore" | "distillery" => {
+                Err(ConfigError::UnavailableDialect(s.to_string()))
+            }
+            other => Err(ConfigError::UnknownDialect(other.to_string())),
         }
     }
 
@@ -96,6 +166,8 @@ pub struct HttpLimits {
     pub sse_keepalive: Duration,
     /// Events the SSE bus keeps; a client further behind than this is disconnected.
     pub sse_queue_events: usize,
+    /// Websocket sessions one listener serves at once; more are refused with 503.
+    pub max_websocket_sessions: usize,
 }
 
 /// What apps may ask for, and how large bundles may be (`[apps]`).
@@ -227,42 +299,46 @@ fn build_intervirt(raw: RawIntervirt, env: &dyn Env) -> Result<IntervirtConfig, 
         "none" => PowerBackend::None,
         "record" => PowerBackend::Record,
         other => {
-            return Err(bad(format!(
-                "intervirt.power: unknown backend \"{other}\" (logind, reboot, none or record)"
-            )))
+            return Err(bad(
+                "intervirt.power",
+                format!("unknown backend \"{other}\" (logind, reboot, none or record)"),
+            ))
         }
     };
     if matches!(power, PowerBackend::Logind | PowerBackend::Reboot)
         && env.var(FORBID_POWER_ENV).is_some()
     {
-        return Err(bad(format!(
-            "intervirt.power = \"{power_name}\" is refused while {FORBID_POWER_ENV} is set \
-             (test runs must use \"record\" or \"none\")"
-        )));
+        return Err(ConfigError::PowerForbidden(power_name));
     }
     let upgrade_command = match raw.upgrade_command {
         None => UpgradeCommand::Auto,
         Some(RawUpgrade::Preset(name)) => UpgradeCommand::preset(&name).ok_or_else(|| {
-            bad(format!(
-                "intervirt.upgrade_command: unknown preset \"{name}\" (auto, none, apt, apk, \
-                 opkg, or a list: [\"program\", \"arg\", ...])"
-            ))
+            bad(
+                "intervirt.upgrade_command",
+                format!(
+                    "unknown preset \"{name}\" (auto, none, apt, apk, opkg, or a list: \
+                     [\"program\", \"arg\", ...])"
+                ),
+            )
         })?,
         Some(RawUpgrade::Argv(argv)) if argv.is_empty() || argv[0].is_empty() => {
-            return Err(bad("intervirt.upgrade_command: the list names no program"))
+            return Err(bad(
+                "intervirt.upgrade_command",
+                "the list names no program",
+            ))
         }
         Some(RawUpgrade::Argv(argv)) => UpgradeCommand::Argv(argv),
     };
     let upgrade_timeout_secs = raw.upgrade_timeout_secs.unwrap_or(3600);
     if upgrade_timeout_secs == 0 {
-        return Err(bad("intervirt.upgrade_timeout_secs must be at least 1"));
+        return Err(bad("intervirt.upgrade_timeout_secs", "must be at least 1"));
     }
     if let Some(ns) = &raw.netns {
         if !ns.is_absolute() {
-            return Err(bad(format!(
-                "intervirt.netns: \"{}\" is not an absolute path",
-                ns.display()
-            )));
+            return Err(bad(
+                "intervirt.netns",
+                format!("\"{}\" is not an absolute path", ns.display()),
+            ));
         }
     }
     Ok(IntervirtConfig {
@@ -284,6 +360,7 @@ struct RawHttp {
     max_upload_bytes: Option<u64>,
     sse_keepalive_secs: Option<u64>,
     sse_queue_events: Option<usize>,
+    max_websocket_sessions: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -321,8 +398,10 @@ impl Config {
     pub fn load(source: Source<'_>, env: &dyn Env) -> Result<Config, ConfigError> {
         let (text, origin) = match source {
             Source::Explicit(path) => (
-                std::fs::read_to_string(path)
-                    .map_err(|e| bad(format!("cannot read config {}: {e}", path.display())))?,
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
                 path.display().to_string(),
             ),
             Source::Default => match std::fs::read_to_string(DEFAULT_CONFIG_PATH) {
@@ -330,27 +409,37 @@ impl Config {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     (String::new(), "built-in defaults".to_string())
                 }
-                Err(e) => return Err(bad(format!("cannot read {DEFAULT_CONFIG_PATH}: {e}"))),
+                Err(source) => {
+                    return Err(ConfigError::Read {
+                        path: DEFAULT_CONFIG_PATH.into(),
+                        source,
+                    })
+                }
             },
         };
-        Self::parse(&text, env).map_err(|e| bad(format!("{origin}: {e}")))
+        Self::parse(&text, env).map_err(|e| ConfigError::In {
+            origin,
+            source: Box::new(e),
+        })
     }
 
     pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let raw: RawConfig = toml::from_str(text)?;
         Self::from_raw(raw, env)
     }
 
     fn from_raw(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         let secs = |key: &str, file: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
-            let v = match env.var(&format!("GANTRY_{}", key.to_uppercase())) {
-                Some(s) => s.parse::<u64>().map_err(|_| {
-                    bad(format!("GANTRY_{}: not a number: {s}", key.to_uppercase()))
+            let var = format!("GANTRY_{}", key.to_uppercase());
+            let v = match env.var(&var) {
+                Some(s) => s.parse::<u64>().map_err(|_| ConfigError::Env {
+                    var,
+                    message: format!("not a number: {s}"),
                 })?,
                 None => file.unwrap_or(default),
             };
             if v == 0 {
-                return Err(bad(format!("{key} must be at least 1")));
+                return Err(bad(key, "must be at least 1"));
             }
             Ok(Duration::from_secs(v))
         };
@@ -374,7 +463,7 @@ impl Config {
             .unwrap_or_else(|| "info".into());
         let log_level = level
             .parse::<tracing::Level>()
-            .map_err(|_| bad(format!("log_level: unknown level \"{level}\"")))?;
+            .map_err(|_| bad("log_level", format!("unknown level \"{level}\"")))?;
 
         let http = HttpLimits {
             header_read_timeout: secs(
@@ -386,9 +475,14 @@ impl Config {
             max_upload_bytes: raw.http.max_upload_bytes.unwrap_or(16 << 30),
             sse_keepalive: secs("sse_keepalive_secs", raw.http.sse_keepalive_secs, 15)?,
             sse_queue_events: match raw.http.sse_queue_events {
-                Some(0) => return Err(bad("http.sse_queue_events must be at least 1")),
+                Some(0) => return Err(bad("http.sse_queue_events", "must be at least 1")),
                 Some(n) => n,
                 None => crate::core::events::DEFAULT_CAPACITY,
+            },
+            max_websocket_sessions: match raw.http.max_websocket_sessions {
+                Some(0) => return Err(bad("http.max_websocket_sessions", "must be at least 1")),
+                Some(n) => n,
+                None => DEFAULT_MAX_WEBSOCKET_SESSIONS,
             },
         };
 
@@ -403,11 +497,16 @@ impl Config {
         let listeners = raws
             .into_iter()
             .enumerate()
-            .map(|(i, l)| build_listener(l).map_err(|e| bad(format!("listeners[{i}]: {e}"))))
+            .map(|(index, l)| {
+                build_listener(l).map_err(|e| ConfigError::Listener {
+                    index,
+                    source: Box::new(e),
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         for (i, a) in listeners.iter().enumerate() {
             if listeners[..i].iter().any(|b| b.address == a.address) {
-                return Err(bad(format!("two listeners on {}", a.address)));
+                return Err(ConfigError::DuplicateAddress(a.address));
             }
         }
 
@@ -432,10 +531,10 @@ impl Config {
             apps: {
                 let a = raw.apps;
                 if let Some(p) = a.allowed_bind_paths.iter().find(|p| !p.is_absolute()) {
-                    return Err(bad(format!(
-                        "apps.allowed_bind_paths: \"{}\" is not an absolute path",
-                        p.display()
-                    )));
+                    return Err(bad(
+                        "apps.allowed_bind_paths",
+                        format!("\"{}\" is not an absolute path", p.display()),
+                    ));
                 }
                 AppsPolicy {
                     allow_privileged: a.allow_privileged,
@@ -496,56 +595,60 @@ fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
     let address = match &raw.address {
         Some(a) => a
             .parse::<SocketAddr>()
-            .map_err(|_| bad(format!("address \"{a}\" is not IP:PORT")))?,
+            .map_err(|_| bad("address", format!("\"{a}\" is not IP:PORT")))?,
         None => dialect.default_address(),
     };
     let loopback = address.ip().is_loopback();
     let auth = match raw.auth.as_deref() {
         None if loopback => Auth::Loopback,
-        None => {
-            return Err(bad(format!(
-                "{address} is not a loopback address and no auth is set: set auth = \"token\" \
-                 with a token_file, or auth = \"none\" to serve it without authentication"
-            )))
-        }
+        None => return Err(ConfigError::NoAuth(address)),
         Some("loopback") if loopback => Auth::Loopback,
         Some("loopback") => {
-            return Err(bad(format!(
-                "auth = \"loopback\" needs a loopback address, not {address}"
-            )))
+            return Err(bad(
+                "auth",
+                format!("\"loopback\" needs a loopback address, not {address}"),
+            ))
         }
         Some("token") => {
             let path = raw
                 .token_file
                 .as_ref()
-                .ok_or_else(|| bad("auth = \"token\" needs token_file"))?;
+                .ok_or_else(|| bad("auth", "\"token\" needs token_file"))?;
             let token = std::fs::read_to_string(path)
-                .map_err(|e| bad(format!("token_file {}: {e}", path.display())))?
+                .map_err(|source| ConfigError::TokenFile {
+                    path: path.clone(),
+                    source,
+                })?
                 .trim()
                 .to_string();
             if token.len() < 16 {
-                return Err(bad(format!(
-                    "token_file {}: the token must be at least 16 characters",
-                    path.display()
-                )));
+                return Err(bad(
+                    "token_file",
+                    format!(
+                        "{}: the token must be at least 16 characters",
+                        path.display()
+                    ),
+                ));
             }
             Auth::Token { token }
         }
         Some("none") => Auth::None,
         Some(other) => {
-            return Err(bad(format!(
-                "unknown auth \"{other}\" (loopback, token or none)"
-            )))
+            return Err(bad(
+                "auth",
+                format!("unknown auth \"{other}\" (loopback, token or none)"),
+            ))
         }
     };
     if raw.token_file.is_some() && !matches!(auth, Auth::Token { .. }) {
-        return Err(bad("token_file is set but auth is not \"token\""));
+        return Err(bad("token_file", "is set but auth is not \"token\""));
     }
     let prefix = match raw.prefix {
         Some(p) if dialect != Dialect::Transfer => {
-            return Err(bad(format!(
-                "prefix \"{p}\": only transfer listeners have a path prefix"
-            )))
+            return Err(bad(
+                "prefix",
+                format!("\"{p}\": only transfer listeners have a path prefix"),
+            ))
         }
         Some(p) => validate_prefix(&p)?,
         None => String::new(),
@@ -565,7 +668,7 @@ fn validate_prefix(p: &str) -> Result<String, ConfigError> {
     if p.is_empty() {
         return Ok(String::new());
     }
-    let fail = |why: &str| Err(bad(format!("prefix \"{p}\": {why}")));
+    let fail = |why: &str| Err(bad("prefix", format!("\"{p}\": {why}")));
     if !p.starts_with('/') {
         return fail("must start with '/' (e.g. \"/scaleit\")");
     }
@@ -599,16 +702,18 @@ fn validate_docker_host(host: &str) -> Result<(), ConfigError> {
         if path.starts_with('/') {
             return Ok(());
         }
-        return Err(bad(format!(
-            "docker_host \"{host}\": unix:// needs an absolute path"
-        )));
+        return Err(bad(
+            "docker_host",
+            format!("\"{host}\": unix:// needs an absolute path"),
+        ));
     }
     if host.starts_with("tcp://") || host.starts_with("http://") {
         return Ok(());
     }
-    Err(bad(format!(
-        "docker_host \"{host}\": expected unix:///path or tcp://host:port"
-    )))
+    Err(bad(
+        "docker_host",
+        format!("\"{host}\": expected unix:///path or tcp://host:port"),
+    ))
 }
 
 /// systemd's `StateDirectory=` first, then the FHS place when we may write there, then the
@@ -658,6 +763,14 @@ mod tests {
         MapEnv(pairs.iter().map(|(k, v)| (*k, v.to_string())).collect())
     }
 
+    /// The key a refused config names (`Value` errors), below file and listener.
+    fn refused_key(text: &str, vars: &[(&'static str, &str)]) -> String {
+        match Config::parse(text, &env(vars)).unwrap_err().root() {
+            ConfigError::Value { key, .. } => key.clone(),
+            other => panic!("{text:?}: expected a refused value, got {other:?}"),
+        }
+    }
+
     #[test]
     fn empty_config_serves_transfer_on_loopback() {
         let c = Config::parse("", &env(&[("STATE_DIRECTORY", "/tmp/x")])).unwrap();
@@ -677,18 +790,26 @@ mod tests {
         assert_eq!(c.docker_host, "unix:///env.sock");
         let c = Config::parse(file, &env(&[("GANTRY_DOCKER_HOST", "unix:///g.sock")])).unwrap();
         assert_eq!(c.docker_host, "unix:///g.sock");
-        assert!(Config::parse("docker_host = \"ftp://x\"", &env(&[])).is_err());
+        assert_eq!(refused_key("docker_host = \"ftp://x\"", &[]), "docker_host");
     }
 
     #[test]
     fn non_loopback_needs_explicit_auth() {
         let t = "[[listeners]]\ndialect = \"transfer\"\naddress = \"0.0.0.0:1\"\n";
-        let e = Config::parse(t, &env(&[])).unwrap_err().to_string();
-        assert!(e.contains("no auth"), "{e}");
+        let e = Config::parse(t, &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("no auth"), "{e}");
+        assert!(matches!(
+            e,
+            ConfigError::Listener { index: 0, ref source } if matches!(**source, ConfigError::NoAuth(_))
+        ));
         let c = Config::parse(&format!("{t}auth = \"none\"\n"), &env(&[])).unwrap();
         assert_eq!(c.listeners[0].auth, Auth::None);
         let e = Config::parse(&format!("{t}auth = \"loopback\"\n"), &env(&[])).unwrap_err();
         assert!(e.to_string().contains("loopback"));
+        assert_eq!(
+            refused_key(&format!("{t}auth = \"loopback\"\n"), &[]),
+            "auth"
+        );
     }
 
     #[test]
@@ -703,8 +824,14 @@ mod tests {
         .unwrap();
         assert_eq!(c.http.sse_keepalive, Duration::from_secs(2));
         assert_eq!(c.http.sse_queue_events, 8);
-        assert!(Config::parse("[http]\nsse_queue_events = 0", &env(&[])).is_err());
-        assert!(Config::parse("[http]\nsse_keepalive_secs = 0", &env(&[])).is_err());
+        assert_eq!(
+            refused_key("[http]\nsse_queue_events = 0", &[]),
+            "http.sse_queue_events"
+        );
+        assert_eq!(
+            refused_key("[http]\nsse_keepalive_secs = 0", &[]),
+            "sse_keepalive_secs"
+        );
     }
 
     #[test]
@@ -731,17 +858,43 @@ mod tests {
         assert!(c.apps.allow_privileged && !c.apps.allow_devices);
         assert_eq!(c.apps.allowed_bind_paths, vec![PathBuf::from("/srv/data")]);
         assert_eq!(c.apps.max_bundle_bytes, Some(1000));
-        assert!(Config::parse("[apps]\nallowed_bind_paths = [\"rel\"]\n", &env(&[])).is_err());
-        assert!(Config::parse("[apps]\nbogus = 1\n", &env(&[])).is_err());
+        assert_eq!(
+            refused_key("[apps]\nallowed_bind_paths = [\"rel\"]\n", &[]),
+            "apps.allowed_bind_paths"
+        );
+        assert!(matches!(
+            Config::parse("[apps]\nbogus = 1\n", &env(&[])),
+            Err(ConfigError::Syntax(_))
+        ));
     }
 
     #[test]
     fn rejects_unknown_keys_and_dialects() {
-        assert!(Config::parse("bogus = 1", &env(&[])).is_err());
+        let e = Config::parse("bogus = 1", &env(&[])).unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax(_)), "{e:?}");
+        assert!(e.to_string().contains("bogus"), "{e}");
         let e = Config::parse("[[listeners]]\ndialect = \"gopher\"\n", &env(&[])).unwrap_err();
         assert!(e.to_string().contains("unknown dialect"));
+        assert!(matches!(e.root(), ConfigError::UnknownDialect(d) if d == "gopher"));
+        let e = Config::parse("[[listeners]]\ndialect = \"duxcore\"\n", &env(&[])).unwrap_err();
+        assert!(
+            matches!(e.root(), ConfigError::UnavailableDialect(_)),
+            "{e:?}"
+        );
         let e = Config::parse("shutdown_timeout_secs = 0", &env(&[])).unwrap_err();
         assert!(e.to_string().contains("at least 1"));
+        assert_eq!(
+            refused_key("shutdown_timeout_secs = 0", &[]),
+            "shutdown_timeout_secs"
+        );
+        let e = Config::parse("", &env(&[("GANTRY_SHUTDOWN_TIMEOUT_SECS", "x")])).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Env { var, .. } if var == "GANTRY_SHUTDOWN_TIMEOUT_SECS"),
+            "{e:?}"
+        );
+        let t = "[[listeners]]\ndialect = \"transfer\"\n";
+        let e = Config::parse(&format!("{t}{t}"), &env(&[])).unwrap_err();
+        assert!(matches!(e, ConfigError::DuplicateAddress(_)), "{e:?}");
     }
 
     #[test]
@@ -777,10 +930,20 @@ mod tests {
                 "true".into()
             ])
         );
-        assert!(Config::parse("[intervirt]\npower = \"halt\"\n", &env(&[])).is_err());
-        assert!(Config::parse("[intervirt]\nupgrade_command = \"yum\"\n", &env(&[])).is_err());
-        assert!(Config::parse("[intervirt]\nupgrade_command = []\n", &env(&[])).is_err());
-        assert!(Config::parse("[intervirt]\nnetns = \"rel\"\n", &env(&[])).is_err());
+        for (text, key) in [
+            ("[intervirt]\npower = \"halt\"\n", "intervirt.power"),
+            (
+                "[intervirt]\nupgrade_command = \"yum\"\n",
+                "intervirt.upgrade_command",
+            ),
+            (
+                "[intervirt]\nupgrade_command = []\n",
+                "intervirt.upgrade_command",
+            ),
+            ("[intervirt]\nnetns = \"rel\"\n", "intervirt.netns"),
+        ] {
+            assert_eq!(refused_key(text, &[]), key, "{text}");
+        }
 
         // The real backends are refused in test runs.
         let real = "[intervirt]\npower = \"logind\"\n";
@@ -790,6 +953,7 @@ mod tests {
         );
         let e = Config::parse(real, &env(&[(FORBID_POWER_ENV, "1")])).unwrap_err();
         assert!(e.to_string().contains(FORBID_POWER_ENV));
+        assert!(matches!(e, ConfigError::PowerForbidden(ref p) if p == "logind"));
         let e = Config::parse(
             "",
             &env(&[
@@ -797,7 +961,7 @@ mod tests {
                 ("GANTRY_INTERVIRT_POWER", "reboot"),
             ]),
         );
-        assert!(e.is_err());
+        assert!(matches!(e, Err(ConfigError::PowerForbidden(ref p)) if p == "reboot"));
 
         // Environment: GANTRY_INTERVIRT_ADDRESS creates the listener.
         let c = Config::parse("", &env(&[("GANTRY_INTERVIRT_ADDRESS", "127.0.0.1:9")])).unwrap();
@@ -816,7 +980,10 @@ mod tests {
         assert_eq!(c.listeners[0].address.to_string(), "0.0.0.0:55436");
         assert_eq!(c.listeners[0].auth, Auth::None);
         assert_eq!(c.intervirt.power, PowerBackend::Logind);
-        assert!(Config::parse(text, &env(&[(FORBID_POWER_ENV, "1")])).is_err());
+        assert!(matches!(
+            Config::parse(text, &env(&[(FORBID_POWER_ENV, "1")])),
+            Err(ConfigError::PowerForbidden(_))
+        ));
     }
 
     #[test]
@@ -850,15 +1017,19 @@ mod tests {
         ] {
             let e = Config::parse(&t(bad), &env(&[])).unwrap_err().to_string();
             assert!(e.contains("prefix"), "{bad}: {e}");
+            assert_eq!(refused_key(&t(bad), &[]), "prefix");
         }
         let long = format!("/{}", "a".repeat(300));
-        assert!(Config::parse(&t(&long), &env(&[])).is_err());
+        assert_eq!(refused_key(&t(&long), &[]), "prefix");
         // Environment override, and only for transfer listeners.
         let c = Config::parse(&t("/a"), &env(&[("GANTRY_TRANSFER_PREFIX", "/b")])).unwrap();
         assert_eq!(c.listeners[0].prefix, "/b");
         let c = Config::parse("", &env(&[("GANTRY_TRANSFER_PREFIX", "/env")])).unwrap();
         assert_eq!(c.listeners[0].prefix, "/env");
-        assert!(Config::parse("", &env(&[("GANTRY_TRANSFER_PREFIX", "env/")])).is_err());
+        assert_eq!(
+            refused_key("", &[("GANTRY_TRANSFER_PREFIX", "env/")]),
+            "prefix"
+        );
         let e = Config::parse(
             "[[listeners]]\ndialect = \"intervirt\"\nauth = \"none\"\nprefix = \"/x\"\n",
             &env(&[]),
@@ -884,6 +1055,9 @@ mod tests {
             }
         );
         std::fs::write(&path, "short").unwrap();
-        assert!(Config::parse(&t, &env(&[])).is_err());
+        assert_eq!(refused_key(&t, &[]), "token_file");
+        std::fs::remove_file(&path).unwrap();
+        let e = Config::parse(&t, &env(&[])).unwrap_err();
+        assert!(matches!(e.root(), ConfigError::TokenFile { .. }), "{e:?}");
     }
 }

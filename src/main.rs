@@ -8,7 +8,6 @@ mod api;
 mod config;
 mod core;
 mod server;
-mod service;
 #[cfg(test)]
 mod testutil;
 
@@ -103,7 +102,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            service::init_logging(config.log_level);
+            server::systemd::init_logging(config.log_level);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .max_blocking_threads(16)
@@ -139,6 +138,11 @@ fn gantry_prefs(config: &Config) -> Result<crate::core::prefs::Prefs, ExitCode> 
         ExitCode::from(EXIT_FAILURE)
     })
 }
+
+/// How long the daemon waits at exit for operations to roll back after the shutdown grace
+/// period (`shutdown_timeout_secs`) ended them; with the default grace period of 10 s this
+/// stays within the unit's TimeoutStopSec=15.
+const ROLLBACK_GRACE: std::time::Duration = std::time::Duration::from_secs(4);
 
 async fn serve(config: Config) -> ExitCode {
     if let Err(e) = std::fs::create_dir_all(&config.state_dir) {
@@ -203,24 +207,34 @@ async fn serve(config: Config) -> ExitCode {
     );
     let mut servers = tokio::task::JoinSet::new();
     for b in bound {
+        let dialect = api::dialect(b.config.dialect);
         servers.spawn(server::serve(
             b,
+            dialect,
             core.clone(),
             config.http.clone(),
             stop.clone(),
             config.shutdown_timeout,
         ));
     }
-    service::notify_ready(&listening);
+    server::systemd::notify_ready(&listening);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), docker = %config.docker_host, state = %config.state_dir.display(), "gantry ready");
-    service::spawn_status_updates(health.subscribe(), listening, stop.clone());
-    service::spawn_watchdog(addrs, stop.clone());
+    server::systemd::spawn_status_updates(health.subscribe(), listening, stop.clone());
+    server::systemd::spawn_watchdog(addrs, stop.clone());
 
     wait_for_signal().await;
     tracing::info!("shutting down");
-    service::notify_stopping();
+    server::systemd::notify_stopping();
     stop.cancel();
+    core.tasks.shut_down();
     while servers.join_next().await.is_some() {}
+    // Operations that lost their client when the grace period ran out roll back now.
+    if !core.tasks.wait_idle(ROLLBACK_GRACE).await {
+        tracing::warn!(
+            running = core.tasks.len(),
+            "operations still rolling back at exit"
+        );
+    }
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

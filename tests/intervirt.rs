@@ -790,9 +790,14 @@ fn strict_client_failures_and_graceful_shutdown() {
     assert!(docker.running(&a));
     assert!(!agent.state("power-requests.log").exists());
 
+    // The real client reads only the first reply of a RemoveContainer: one reply, the
+    // final result, and nothing after it; a failure is that one reply too.
     let (progress, done) = c.stream(id("RemoveContainer", &a));
-    assert!(!progress.is_empty());
+    assert!(progress.is_empty(), "{progress:?}");
     assert_eq!(done["code"], 0);
+    let uuid = c.send(id("RemoveContainer", &a));
+    assert_error(&c.reply_to(&uuid), 6);
+    c.assert_no_more(&[uuid]);
     assert_eq!(c.code(add(&a, "198.19.42.2", "", "02:00:5e:2a:00:02")), 0);
     let (progress, done) = c.stream(command("wipe"));
     assert!(!progress.is_empty());

@@ -1,8 +1,11 @@
 //! A route table: every (method, path pattern) a dialect serves, in one place, so that the
 //! OpenAPI and auth tests can walk it.
 
-use hyper::Method;
+use hyper::header::{HeaderValue, ALLOW};
+use hyper::{Method, StatusCode};
 use percent_encoding::percent_decode_str;
+
+use super::http::Response;
 
 pub struct Routes<H> {
     router: matchit::Router<usize>,
@@ -77,6 +80,36 @@ impl<H> Routes<H> {
         self.entries
             .iter()
             .flat_map(|(p, ms)| ms.iter().map(move |(m, _)| (m, *p)))
+    }
+}
+
+impl<H> Lookup<'_, H> {
+    /// The answer to a lookup that found no handler: 404, or 405 with `Allow`, rendered by
+    /// the dialect's `error` (status, message). None when a handler was found.
+    pub fn unrouted(
+        &self,
+        path: &str,
+        error: impl FnOnce(StatusCode, String) -> Response,
+    ) -> Option<Response> {
+        match self {
+            Lookup::Route { .. } => None,
+            Lookup::NotFound => Some(error(StatusCode::NOT_FOUND, format!("no route for {path}"))),
+            Lookup::MethodNotAllowed(methods) => {
+                let allow = methods
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let mut resp = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{path} does not support this method; allowed: {allow}"),
+                );
+                if let Ok(v) = HeaderValue::from_str(&allow) {
+                    resp.headers_mut().insert(ALLOW, v);
+                }
+                Some(resp)
+            }
+        }
     }
 }
 

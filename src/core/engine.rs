@@ -17,6 +17,8 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 
+use super::ErrorKind;
+
 /// A stream of bytes flowing to or from the engine (image tarballs).
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
@@ -35,6 +37,18 @@ pub enum EngineError {
     Unavailable(String),
     #[error("Docker failed: {0}")]
     Failed(String),
+}
+
+impl EngineError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::NotFound(_) => ErrorKind::NotFound,
+            EngineError::Conflict(_) => ErrorKind::Conflict,
+            EngineError::Rejected(_) => ErrorKind::Invalid,
+            EngineError::Unavailable(_) => ErrorKind::Unavailable,
+            EngineError::Failed(_) => ErrorKind::Failed,
+        }
+    }
 }
 
 pub type EngineResult<T> = Result<T, EngineError>;

@@ -4,10 +4,12 @@ pub mod apps;
 pub mod compose;
 pub mod docker;
 pub mod engine;
+pub mod error;
 pub mod events;
 pub mod health;
 pub mod intervirt;
 pub mod network;
+pub mod ops;
 pub mod power;
 pub mod prefs;
 pub mod system;
@@ -15,45 +17,8 @@ pub mod tasks;
 
 use std::sync::Arc;
 
-use engine::{ContainerEngine, EngineError};
-
-/// Errors the core reports to the API dialects, which map them to their own formats.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum CoreError {
-    /// The caller sent something unusable (bad id, not a tar, ...).
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    NotFound(String),
-    /// The operation conflicts with current state (image in use, container running, ...).
-    #[error("{0}")]
-    Conflict(String),
-    /// A dependency (Docker) cannot be reached right now; retrying later may work.
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Failed(String),
-    /// Another operation on the same object is in flight.
-    #[error("{0}")]
-    Busy(String),
-    /// The caller cancelled the operation; it was rolled back.
-    #[error("{0}")]
-    Cancelled(String),
-}
-
-impl From<EngineError> for CoreError {
-    fn from(e: EngineError) -> Self {
-        match e {
-            EngineError::NotFound(m) => CoreError::NotFound(m),
-            EngineError::Conflict(m) => CoreError::Conflict(m),
-            EngineError::Rejected(m) => CoreError::Invalid(m),
-            e @ EngineError::Unavailable(_) => CoreError::Unavailable(e.to_string()),
-            e @ EngineError::Failed(_) => CoreError::Failed(e.to_string()),
-        }
-    }
-}
-
-pub type CoreResult<T> = Result<T, CoreError>;
+use engine::ContainerEngine;
+pub use error::{CoreError, CoreResult, ErrorKind};
 
 /// Everything the dialects call into, built once at start.
 pub struct Core {

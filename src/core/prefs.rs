@@ -202,7 +202,7 @@ fn hostname() -> Option<String> {
 const TEMP_PREFIX: &str = ".prefs-tmp-";
 
 fn failed(what: &str, path: &Path, e: io::Error) -> CoreError {
-    CoreError::Failed(format!("cannot {what} {}: {e}", path.display()))
+    CoreError::io(format!("cannot {what} {}", path.display()), e)
 }
 
 fn set_aside(path: &Path, why: &str) {

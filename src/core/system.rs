@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{stream, StreamExt};
 
 use super::engine::{ByteStream, ContainerEngine, Effect};
-use super::{CoreError, CoreResult};
+use super::{CoreError, CoreResult, ErrorKind};
 
 /// A `docker save` archive after loading.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,9 +65,9 @@ fn check_id(kind: Kind, id: &str) -> CoreResult<()> {
 }
 
 fn not_found(kind: Kind, id: &str) -> impl FnOnce(CoreError) -> CoreError + '_ {
-    move |e| match e {
-        CoreError::NotFound(_) => CoreError::NotFound(format!("no such {}: {id}", kind.name())),
-        other => other,
+    move |e| match e.kind() {
+        ErrorKind::NotFound => CoreError::NotFound(format!("no such {}: {id}", kind.name())),
+        _ => e,
     }
 }
 

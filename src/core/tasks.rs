@@ -1,14 +1,22 @@
-//! Long operations (import, start, image load, stop, refresh) as tasks: each has an id that a client
-//! can cancel it by and a cancel handle the operation watches. A task is listed from
-//! [`TaskRegistry::start`] until its [`TaskHandle`] is dropped, i.e. until the operation ended
-//! either way, so an id names only operations still running.
+//! Long operations (import, start, stop, image load, refresh) as tasks: each has an id that a
+//! client can cancel it by, a cancel token the operation watches, and its latest progress for
+//! listings. A task is listed from [`TaskRegistry::begin`] until its [`TaskHandle`] is
+//! dropped, i.e. until the operation ended either way, so an id names only operations still
+//! running.
+//!
+//! What happens to an operation when its client goes away or the server stops is decided
+//! here, per kind ([`TaskKind::on_client_gone`], [`TaskKind::on_shutdown`]), not by the
+//! dialects.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
+
+use super::CoreError;
 
 /// What a task does, for logs and listings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,14 +28,55 @@ pub enum TaskKind {
     Refresh,
 }
 
+/// What an operation does when its client goes away or the server stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Cancel it: it rolls back what it did so far.
+    Cancel,
+    /// Let it run to its end, as if the client were still there.
+    Finish,
+}
+
+impl TaskKind {
+    /// The name listings use.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKind::Import => "import",
+            TaskKind::Start => "start",
+            TaskKind::LoadImage => "load-image",
+            TaskKind::Stop => "stop",
+            TaskKind::Refresh => "refresh",
+        }
+    }
+
+    /// An upload (import, image load) is worthless without its client and is rolled back; a
+    /// start or stop completes, so that the app never stays half started or half stopped.
+    pub fn on_client_gone(self) -> Policy {
+        match self {
+            TaskKind::Import | TaskKind::LoadImage => Policy::Cancel,
+            TaskKind::Start | TaskKind::Stop | TaskKind::Refresh => Policy::Finish,
+        }
+    }
+
+    /// While the server stops, a refresh (it only reads) stops at once; every other
+    /// operation may finish within the shutdown grace period. One still running after it has
+    /// lost its client (the server drops what is left), so the client-gone policy applies:
+    /// an upload rolls back, and the daemon waits for that before it exits.
+    pub fn on_shutdown(self) -> Policy {
+        match self {
+            TaskKind::Refresh => Policy::Cancel,
+            TaskKind::Import | TaskKind::LoadImage | TaskKind::Start | TaskKind::Stop => {
+                Policy::Finish
+            }
+        }
+    }
+}
+
 impl fmt::Display for TaskKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            TaskKind::Import => "import",
-            TaskKind::Start => "start",
             TaskKind::LoadImage => "image load",
-            TaskKind::Stop => "stop",
-            TaskKind::Refresh => "refresh",
+            k => k.name(),
         })
     }
 }
@@ -37,16 +86,51 @@ impl fmt::Display for TaskKind {
 #[error("no running operation has the id {0}")]
 pub struct NotFound(pub String);
 
-type Table = Mutex<HashMap<String, (TaskKind, CancellationToken)>>;
-
-#[derive(Default, Clone)]
-pub struct TaskRegistry {
-    tasks: Arc<Table>,
+/// A running task, as listings show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskInfo {
+    pub id: String,
+    pub kind: TaskKind,
+    /// The app it works on, if any.
+    pub app: Option<String>,
+    pub started: SystemTime,
+    /// How far it is (0.0 ..= 1.0), when it can tell.
+    pub fraction: Option<f64>,
+    /// What it does right now.
+    pub step: String,
 }
 
-/// A running task; dropping it ends the task (its id is no longer cancellable).
+struct Entry {
+    kind: TaskKind,
+    app: Option<String>,
+    cancel: CancellationToken,
+    started: SystemTime,
+    fraction: Option<f64>,
+    step: String,
+}
+
+type Table = Mutex<HashMap<String, Entry>>;
+
+#[derive(Clone)]
+pub struct TaskRegistry {
+    tasks: Arc<Table>,
+    /// Fires when the server stops: tasks whose kind cancels on shutdown are its children.
+    shutdown: CancellationToken,
+}
+
+impl Default for TaskRegistry {
+    fn default() -> Self {
+        Self {
+            tasks: Arc::default(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+}
+
+/// A running task; dropping it ends the task (its id is no longer listed or cancellable).
 pub struct TaskHandle {
     pub id: String,
+    pub kind: TaskKind,
     pub cancel: CancellationToken,
     tasks: Arc<Table>,
 }
@@ -57,43 +141,144 @@ impl Drop for TaskHandle {
     }
 }
 
-fn lock(t: &Table) -> std::sync::MutexGuard<'_, HashMap<String, (TaskKind, CancellationToken)>> {
+impl TaskHandle {
+    /// Notes the task's progress for listings.
+    pub fn report(&self, fraction: Option<f64>, step: &str) {
+        if let Some(e) = lock(&self.tasks).get_mut(&self.id) {
+            e.fraction = fraction
+                .filter(|f| f.is_finite())
+                .map(|f| f.clamp(0.0, 1.0));
+            if e.step != step {
+                e.step = step.to_string();
+            }
+        }
+    }
+}
+
+fn lock(t: &Table) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
     t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl TaskRegistry {
+    /// A task with a new random id.
     pub fn start(&self, kind: TaskKind) -> TaskHandle {
-        let cancel = CancellationToken::new();
-        let mut tasks = lock(&self.tasks);
-        let id = loop {
-            let id = new_id();
-            if !tasks.contains_key(&id) {
-                break id;
-            }
+        self.begin(kind, None, None)
+            .expect("a task with a fresh id cannot collide")
+    }
+
+    /// A task for `app`, with the id the client chose (`requested`, a UUID) or a new one.
+    /// A requested id that is not a UUID is invalid; one a running task has is a conflict.
+    pub fn begin(
+        &self,
+        kind: TaskKind,
+        app: Option<&str>,
+        requested: Option<&str>,
+    ) -> Result<TaskHandle, CoreError> {
+        let requested = requested.map(checked_id).transpose()?;
+        let cancel = match kind.on_shutdown() {
+            Policy::Cancel => self.shutdown.child_token(),
+            Policy::Finish => CancellationToken::new(),
         };
-        tasks.insert(id.clone(), (kind, cancel.clone()));
+        let mut tasks = lock(&self.tasks);
+        let id = match requested {
+            Some(id) if tasks.contains_key(&id) => {
+                return Err(CoreError::Conflict(format!(
+                    "an operation with the id {id} is already running: choose another id"
+                )))
+            }
+            Some(id) => id,
+            None => loop {
+                let id = new_id();
+                if !tasks.contains_key(&id) {
+                    break id;
+                }
+            },
+        };
+        let entry = Entry {
+            kind,
+            app: app.map(str::to_string),
+            cancel: cancel.clone(),
+            started: SystemTime::now(),
+            fraction: None,
+            step: String::new(),
+        };
+        tasks.insert(id.clone(), entry);
         tracing::debug!(task = %id, %kind, "task started");
-        TaskHandle {
+        Ok(TaskHandle {
             id,
+            kind,
             cancel,
             tasks: self.tasks.clone(),
-        }
+        })
     }
 
     /// Asks the task to stop; it rolls itself back and ends.
     pub fn cancel(&self, id: &str) -> Result<TaskKind, NotFound> {
         let tasks = lock(&self.tasks);
-        let (kind, token) = tasks.get(id).ok_or_else(|| NotFound(id.to_string()))?;
-        tracing::info!(task = %id, kind = %kind, "cancel requested");
-        token.cancel();
-        Ok(*kind)
+        let entry = tasks.get(id).ok_or_else(|| NotFound(id.to_string()))?;
+        tracing::info!(task = %id, kind = %entry.kind, "cancel requested");
+        entry.cancel.cancel();
+        Ok(entry.kind)
+    }
+
+    /// The running tasks, oldest first.
+    pub fn list(&self) -> Vec<TaskInfo> {
+        let mut out: Vec<TaskInfo> = lock(&self.tasks)
+            .iter()
+            .map(|(id, e)| TaskInfo {
+                id: id.clone(),
+                kind: e.kind,
+                app: e.app.clone(),
+                started: e.started,
+                fraction: e.fraction,
+                step: e.step.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    /// The server stops: cancels every task (running or started later) whose kind cancels on
+    /// shutdown.
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
     }
 
     /// How many tasks are running.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         lock(&self.tasks).len()
     }
+
+    /// Waits until no task runs, at most `limit`; false when some still run then.
+    pub async fn wait_idle(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.len() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        true
+    }
+}
+
+/// A client-chosen task id in the canonical UUID layout (lowercased).
+fn checked_id(id: &str) -> Result<String, CoreError> {
+    let id = id.trim().to_ascii_lowercase();
+    let groups: Vec<&str> = id.split('-').collect();
+    let lens = [8, 4, 4, 4, 12];
+    let ok = groups.len() == 5
+        && groups
+            .iter()
+            .zip(lens)
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !ok {
+        return Err(CoreError::Invalid(format!(
+            "\"{id}\" is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx): an operation id \
+             chosen by the client must be one"
+        )));
+    }
+    Ok(id)
 }
 
 /// A random id in the UUID v4 layout (clients treat it as an opaque string). Reads the
@@ -132,6 +317,7 @@ fn new_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::ErrorKind;
 
     #[test]
     fn tasks_are_listed_until_dropped_and_cancellable_meanwhile() {
@@ -152,5 +338,47 @@ mod tests {
         drop(b);
         assert_eq!(reg.len(), 0);
         assert!(reg.cancel("nope").is_err());
+    }
+
+    #[test]
+    fn clients_may_name_the_id_once_and_only_as_a_uuid() {
+        let reg = TaskRegistry::default();
+        let id = "0F8FAD5B-D9CB-469F-A165-70867728950E";
+        let t = reg.begin(TaskKind::Start, Some("web:1"), Some(id)).unwrap();
+        assert_eq!(t.id, id.to_ascii_lowercase());
+        let again = reg.begin(TaskKind::Stop, None, Some(id)).err().unwrap();
+        assert_eq!(again.kind(), ErrorKind::Conflict);
+        for bad in [
+            "",
+            "x",
+            "0f8fad5b-d9cb-469f-a165-70867728950",
+            "g".repeat(36).as_str(),
+        ] {
+            let e = reg.begin(TaskKind::Start, None, Some(bad)).err().unwrap();
+            assert_eq!(e.kind(), ErrorKind::Invalid, "{bad}");
+        }
+        t.report(Some(0.5), "Loading images");
+        let list = reg.list();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].app.as_deref(), Some("web:1"));
+        assert_eq!(list[0].fraction, Some(0.5));
+        assert_eq!(list[0].step, "Loading images");
+        assert_eq!(list[0].kind, TaskKind::Start);
+    }
+
+    #[test]
+    fn shutdown_cancels_refreshes_and_lets_other_operations_finish() {
+        let reg = TaskRegistry::default();
+        let import = reg.start(TaskKind::Import);
+        let start = reg.start(TaskKind::Start);
+        let stop = reg.start(TaskKind::Stop);
+        let refresh = reg.start(TaskKind::Refresh);
+        reg.shut_down();
+        assert!(refresh.cancel.is_cancelled());
+        assert!(reg.start(TaskKind::Refresh).cancel.is_cancelled());
+        for t in [&import, &start, &stop] {
+            assert!(!t.cancel.is_cancelled(), "{}", t.kind);
+        }
+        assert!(!reg.start(TaskKind::LoadImage).cancel.is_cancelled());
     }
 }

@@ -1,5 +1,11 @@
-//! HTTP serving: one accept loop per configured listener, authentication, `/healthz`, and
-//! graceful shutdown. Requests are handed to the listener's dialect.
+//! HTTP serving: one accept loop per configured listener, authentication, `/healthz`, the
+//! websocket layer, graceful shutdown and the systemd integration. Requests are handed to the
+//! listener's [`Dialect`] (see [`dialect`] for the seam).
+
+pub mod conn;
+pub mod dialect;
+pub mod systemd;
+pub mod ws;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,11 +25,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::http::{self, Response};
-use crate::api::upgrade::{ConnectionAbort, Upgrades};
-use crate::api::{intervirt, transfer};
-use crate::config::{Auth, Dialect, HttpLimits, Listener};
+use crate::config::{Auth, HttpLimits, Listener};
 use crate::core::health::EngineStatus;
 use crate::core::Core;
+use conn::ConnectionAbort;
+pub use dialect::{Cx, Dialect};
+use ws::Sessions;
 
 /// A listener whose socket is bound, ready to serve.
 pub struct Bound {
@@ -50,131 +57,130 @@ pub async fn bind(listeners: &[Listener]) -> Result<Vec<Bound>, String> {
 }
 
 struct ListenerCtx {
-    dialect: Dialect,
-    auth: Auth,
-    core: Arc<Core>,
-    limits: HttpLimits,
-    /// Path prefix of the transfer dialect ("" = none).
-    prefix: String,
-    /// Websocket connections, tracked past hyper's connection task.
-    upgrades: Upgrades,
+    dialect: Arc<dyn Dialect>,
+    cx: Cx,
 }
 
-/// Serves one listener until `stop` fires, then lets open requests finish for `grace`, then
-/// drops whatever is left.
+/// Serves one listener with `dialect` until `stop` fires, then lets open requests and
+/// websocket sessions finish for `grace`, then drops whatever is left.
 pub async fn serve(
     bound: Bound,
+    dialect: Arc<dyn Dialect>,
     core: Arc<Core>,
     limits: HttpLimits,
     stop: CancellationToken,
     grace: Duration,
 ) {
     let ctx = Arc::new(ListenerCtx {
-        dialect: bound.config.dialect,
-        auth: bound.config.auth.clone(),
-        core,
-        limits: limits.clone(),
-        prefix: bound.config.prefix.clone(),
-        upgrades: Upgrades::new(stop.clone()),
+        dialect,
+        cx: Cx {
+            core,
+            sessions: Sessions::new(limits.max_websocket_sessions, stop.clone()),
+            limits: limits.clone(),
+            listener: Arc::new(bound.config.clone()),
+        },
     });
+    // With port 0 this line is how a caller learns the port (README "Running"): keep its form.
+    tracing::info!(dialect = %bound.config.dialect, address = %bound.local_addr, "listening");
+    let mut conns = accept_loop(&bound.socket, &ctx, &limits, &stop).await;
+    drop(bound.socket);
+    let deadline = tokio::time::Instant::now() + grace;
+    drain(&mut conns, deadline, "connections").await;
+    // Websocket sessions only start from requests, and none are served any more.
+    drain(&mut ctx.cx.sessions.take(), deadline, "websocket sessions").await;
+}
+
+/// Accepts connections until `stop` fires; returns the connections still open.
+async fn accept_loop(
+    socket: &TcpListener,
+    ctx: &Arc<ListenerCtx>,
+    limits: &HttpLimits,
+    stop: &CancellationToken,
+) -> JoinSet<()> {
     let mut conns = JoinSet::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
-    // With port 0 this line is how a caller learns the port (README "Running"): keep its form.
-    tracing::info!(dialect = %ctx.dialect, address = %bound.local_addr, "listening");
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
-            a = bound.socket.accept() => a,
+            a = socket.accept() => a,
         };
         while conns.try_join_next().is_some() {}
-        let (stream, _peer) = match accepted {
-            Ok(x) => x,
+        match accepted {
+            Ok((stream, _peer)) => {
+                conns.spawn(connection(&http, stream, ctx.clone(), stop.clone()));
+            }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+            }
+        }
+    }
+    conns
+}
+
+/// Serves one connection. On shutdown the request in flight finishes, then the connection
+/// closes instead of staying alive; an aborted connection (a client that stopped reading an
+/// event stream) is dropped, which closes its socket.
+fn connection(
+    http: &http1::Builder,
+    stream: tokio::net::TcpStream,
+    ctx: Arc<ListenerCtx>,
+    stop: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let abort = CancellationToken::new();
+    let conn_abort = ConnectionAbort(abort.clone());
+    let svc = service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(conn_abort.clone());
+        dispatch(req, ctx.clone())
+    });
+    let conn = http
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    async move {
+        let mut conn = std::pin::pin!(conn);
+        let res = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = abort.cancelled() => return,
+            _ = stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    r = conn => r,
+                    _ = abort.cancelled() => return,
+                }
             }
         };
-        let ctx = ctx.clone();
-        let abort = CancellationToken::new();
-        let conn_abort = ConnectionAbort(abort.clone());
-        let svc = service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(conn_abort.clone());
-            dispatch(req, ctx.clone())
-        });
-        let conn = http
-            .serve_connection(TokioIo::new(stream), svc)
-            .with_upgrades();
-        let stop = stop.clone();
-        conns.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            // On shutdown, finish the request in flight, then close instead of keeping alive.
-            // An aborted connection (a client that stopped reading an event stream) is
-            // dropped, which closes its socket.
-            let res = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = abort.cancelled() => return,
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        r = conn => r,
-                        _ = abort.cancelled() => return,
-                    }
-                }
-            };
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
     }
-    drop(bound.socket);
-    let deadline = tokio::time::Instant::now() + grace;
-    let drain = async { while conns.join_next().await.is_some() {} };
-    if tokio::time::timeout_at(deadline, drain).await.is_err() {
+}
+
+/// Waits for `tasks` until `deadline`, then ends what is left.
+async fn drain(tasks: &mut JoinSet<()>, deadline: tokio::time::Instant, what: &str) {
+    let all = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout_at(deadline, all).await.is_err() {
         tracing::warn!(
-            open = conns.len(),
-            "shutdown grace period over; dropping open connections"
+            open = tasks.len(),
+            "shutdown grace period over; dropping open {what}"
         );
     }
-    conns.shutdown().await;
-    // Upgraded connections only start from requests, and none are served any more.
-    let mut sockets = ctx.upgrades.take();
-    let drain = async { while sockets.join_next().await.is_some() {} };
-    if tokio::time::timeout_at(deadline, drain).await.is_err() {
-        tracing::warn!(
-            open = sockets.len(),
-            "shutdown grace period over; dropping open websocket connections"
-        );
-    }
-    sockets.shutdown().await;
+    tasks.shutdown().await;
 }
 
 async fn dispatch(req: Request<Incoming>, ctx: Arc<ListenerCtx>) -> Result<Response, Infallible> {
     if req.uri().path() == "/healthz" && matches!(*req.method(), Method::GET | Method::HEAD) {
-        return Ok(healthz(&ctx.core.engine_health.current()));
+        return Ok(healthz(&ctx.cx.core.engine_health.current()));
     }
-    if let Auth::Token { token } = &ctx.auth {
+    if let Auth::Token { token } = &ctx.cx.listener.auth {
         if !bearer_matches(&req, token) {
-            return Ok(unauthorized(ctx.dialect, req.uri().path()));
+            return Ok(unauthorized(ctx.dialect.as_ref(), req.uri().path()));
         }
     }
-    Ok(match ctx.dialect {
-        Dialect::Transfer => {
-            transfer::handle(
-                req,
-                ctx.core.clone(),
-                ctx.limits.clone(),
-                &ctx.upgrades,
-                &ctx.prefix,
-            )
-            .await
-        }
-        Dialect::Intervirt => intervirt::handle(req, ctx.core.intervirt.clone(), &ctx.upgrades),
-    })
+    Ok(ctx.dialect.serve(req, ctx.cx.clone()).await)
 }
 
 fn bearer_matches(req: &Request<Incoming>, token: &str) -> bool {
@@ -189,19 +195,12 @@ fn bearer_matches(req: &Request<Incoming>, token: &str) -> bool {
     given.trim().as_bytes().ct_eq(token.as_bytes()).into()
 }
 
-fn unauthorized(dialect: Dialect, path: &str) -> Response {
-    let mut resp = match dialect {
-        Dialect::Transfer => transfer::Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "this listener requires Authorization: Bearer <token>",
-        )
-        .render(path),
-        Dialect::Intervirt => http::json(
-            StatusCode::UNAUTHORIZED,
-            &serde_json::json!({"type": "General", "refID": "", "code": 1,
-                "error": "this listener requires Authorization: Bearer <token>"}),
-        ),
-    };
+fn unauthorized(dialect: &dyn Dialect, path: &str) -> Response {
+    let mut resp = dialect.error(
+        StatusCode::UNAUTHORIZED,
+        "this listener requires Authorization: Bearer <token>",
+        path,
+    );
     resp.headers_mut()
         .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     resp

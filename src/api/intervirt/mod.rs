@@ -8,24 +8,25 @@
 
 mod protocol;
 
+#[cfg(test)]
+pub use protocol::code_of;
+
 use std::sync::Arc;
 
-use futures_util::{SinkExt, StreamExt};
+use async_trait::async_trait;
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, UPGRADE};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use super::http::{self, Response};
-use super::upgrade::Upgrades;
+use super::router::{Lookup, Routes};
 use crate::core::intervirt::{IntervirtAgent, Progress, ProgressSink};
 use crate::core::power::PowerAction;
+use crate::server::ws::{self, Incoming as WsIncoming, Refusal, WsConfig, WsReceiver, WsSession};
+use crate::server::{Cx, Dialect};
 use protocol::{code, CommandKind, Request as Req};
 
 pub const PATH: &str = "/containerManagement";
@@ -35,101 +36,69 @@ const MAX_IN_FLIGHT: usize = 32;
 /// Largest request frame; requests are small JSON objects.
 const MAX_MESSAGE: usize = 256 << 10;
 
-/// Answers the upgrade request and hands the socket to a tracked task.
-pub fn handle(
-    mut req: Request<Incoming>,
-    agent: Option<Arc<IntervirtAgent>>,
-    upgrades: &Upgrades,
-) -> Response {
-    let path = req.uri().path();
-    if path != PATH && path != "/containerManagement/" {
-        return plain(
-            StatusCode::NOT_FOUND,
-            &format!("no route for {path}; the Intervirt agent serves {PATH}"),
-        );
-    }
-    if req.method() != Method::GET {
-        return plain(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "use GET with a websocket upgrade",
-        );
-    }
-    let Some(agent) = agent else {
-        return plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the Intervirt agent is not running",
-        );
-    };
-    let headers = req.headers();
-    if !(has_token(headers, CONNECTION, "upgrade") && has_token(headers, UPGRADE, "websocket")) {
-        let mut r = plain(
-            StatusCode::UPGRADE_REQUIRED,
-            "this endpoint speaks websocket only",
-        );
-        r.headers_mut()
-            .insert(UPGRADE, HeaderValue::from_static("websocket"));
-        return r;
-    }
-    let version_ok = headers
-        .get("sec-websocket-version")
-        .is_some_and(|v| v.as_bytes() == b"13");
-    let accept = match headers.get("sec-websocket-key") {
-        Some(key) if version_ok => derive_accept_key(key.as_bytes()),
-        _ => {
-            return plain(
-                StatusCode::BAD_REQUEST,
-                "a websocket upgrade needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13",
-            )
-        }
-    };
-    let Ok(accept) = HeaderValue::from_str(&accept) else {
-        return plain(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key");
-    };
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let stop = upgrades.stop.clone();
-    upgrades.spawn(async move {
-        let io = match on_upgrade.await {
-            Ok(io) => io,
-            Err(e) => {
-                tracing::debug!(error = %e, "websocket upgrade failed");
-                return;
-            }
-        };
-        let mut config = WebSocketConfig::default();
-        config.max_message_size = Some(MAX_MESSAGE);
-        config.max_frame_size = Some(MAX_MESSAGE);
-        // tungstenite zero-fills its whole read buffer (128 KiB by default) on the first read;
-        // the agent's JSON requests are small, so 16 KiB keeps every client's session small.
-        config.read_buffer_size = 16 << 10;
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(config)).await;
-        serve_socket(ws, agent, stop).await;
-    });
-    let mut r = http::empty(StatusCode::SWITCHING_PROTOCOLS);
-    let h = r.headers_mut();
-    h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert("sec-websocket-accept", accept);
-    r
-}
+/// The Intervirt dialect: errors are General replies (`type`, `refID`, `code`, `error`).
+pub struct Intervirt;
 
-/// Whether a comma-separated header lists `token` (case-insensitively).
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .unwrap_or("")
-            .split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
+type Handler = fn(Request<Incoming>, Cx) -> Result<Response, Refusal>;
+
+fn routes() -> &'static Routes<Handler> {
+    static ROUTES: std::sync::OnceLock<Routes<Handler>> = std::sync::OnceLock::new();
+    ROUTES.get_or_init(|| {
+        let mut r = Routes::default();
+        let upgrade: Handler = container_management;
+        r.add(Method::GET, PATH, upgrade)
+            .add(Method::GET, "/containerManagement/", upgrade);
+        r
     })
 }
 
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+#[async_trait]
+impl Dialect for Intervirt {
+    async fn serve(&self, req: Request<Incoming>, cx: Cx) -> Response {
+        let path = req.uri().path().to_string();
+        let lookup = routes().find(req.method(), &path);
+        if let Some(resp) = lookup.unrouted(&path, |status, m| {
+            self.error(
+                status,
+                &format!("{m}; the Intervirt agent serves GET {PATH}"),
+                &path,
+            )
+        }) {
+            return resp;
+        }
+        let Lookup::Route { handler, .. } = lookup else {
+            unreachable!("unrouted answers every other lookup")
+        };
+        handler(req, cx).unwrap_or_else(|r| self.error(r.status, &r.message, &path))
+    }
 
-fn plain(status: StatusCode, message: &str) -> Response {
-    http::json(
-        status,
-        &serde_json::json!({"type": "General", "refID": "", "code": code::UNSUPPORTED, "error": message}),
-    )
+    fn error(&self, status: StatusCode, message: &str, _path: &str) -> Response {
+        let code = match status {
+            StatusCode::NOT_FOUND
+            | StatusCode::METHOD_NOT_ALLOWED
+            | StatusCode::UPGRADE_REQUIRED => code::UNSUPPORTED,
+            StatusCode::BAD_REQUEST => code::INVALID,
+            _ => code::GENERAL,
+        };
+        http::json(status, &protocol::error_value("", code, message))
+    }
+}
+
+/// Answers the upgrade request and hands the socket to a tracked session.
+fn container_management(mut req: Request<Incoming>, cx: Cx) -> Result<Response, Refusal> {
+    let Some(agent) = cx.core.intervirt.clone() else {
+        return Err(Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "the Intervirt agent is not running".into(),
+        });
+    };
+    let config = WsConfig {
+        max_message: MAX_MESSAGE,
+        idle: None,
+    };
+    ws::accept(&mut req, &cx.sessions, config, move |session| {
+        serve_socket(session, agent)
+    })
 }
 
 /// A reply for the writer, with an optional note back once it is on the wire.
@@ -176,78 +145,75 @@ impl Replies {
     }
 }
 
-async fn serve_socket(
-    ws: Socket,
-    agent: Arc<IntervirtAgent>,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::channel::<Outgoing>(64);
+async fn serve_socket(session: WsSession, agent: Arc<IntervirtAgent>) {
+    let WsSession { mut tx, rx } = session;
+    let (out, mut replies) = mpsc::channel::<Outgoing>(64);
     let writer = tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
-            if let Err(e) = sink.send(Message::text(out.text)).await {
-                tracing::debug!(error = %e, "websocket send failed");
+        while let Some(reply) = replies.recv().await {
+            if !tx.send(Message::text(reply.text)).await {
                 break;
             }
-            if let Some(done) = out.sent {
+            if let Some(done) = reply.sent {
                 let _ = done.send(());
             }
         }
-        let _ = sink.close().await;
+        tx
     });
+    let (rx, close) = read_requests(rx, agent, out).await;
+    // Every sender is gone now, so the writer has sent every reply and returned.
+    if let Ok(tx) = writer.await {
+        WsSession { tx, rx }.close(close.0, close.1).await;
+    }
+}
 
+/// Reads request frames and runs each as a task until the client leaves or the server stops;
+/// waits for the requests in flight (their replies go out while the client still listens; at
+/// shutdown the server's grace period bounds this). Returns the close code and reason.
+async fn read_requests(
+    mut rx: WsReceiver,
+    agent: Arc<IntervirtAgent>,
+    out: mpsc::Sender<Outgoing>,
+) -> (WsReceiver, (CloseCode, &'static str)) {
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut requests = JoinSet::new();
-    'read: loop {
-        let frame = tokio::select! {
-            _ = stop.cancelled() => break,
-            f = stream.next() => f,
-        };
-        let text = match frame {
-            None => break,
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "websocket closed with an error");
-                break;
+    let close = loop {
+        let text = match rx.next(std::future::pending()).await {
+            WsIncoming::Msg(Message::Text(t)) => t.as_str().to_string(),
+            WsIncoming::Msg(Message::Binary(b)) => String::from_utf8_lossy(&b).into_owned(),
+            WsIncoming::Msg(_) => continue,
+            WsIncoming::Invalid(m) => {
+                send(&out, protocol::error("", code::INVALID, &m)).await;
+                break (CloseCode::Size, "message too big");
             }
-            Some(Ok(Message::Text(t))) => t.as_str().to_string(),
-            Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
-            Some(Ok(Message::Close(_))) => break,
-            Some(Ok(_)) => continue,
+            WsIncoming::Stopping => break (CloseCode::Away, "the agent is shutting down"),
+            WsIncoming::Gone | WsIncoming::Cancelled | WsIncoming::Stalled => {
+                break (CloseCode::Normal, "")
+            }
         };
         let permit = tokio::select! {
-            _ = stop.cancelled() => break 'read,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break 'read,
-            },
+            _ = rx.stopping().cancelled() => break (CloseCode::Away, "the agent is shutting down"),
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
-        let (agent, tx) = (agent.clone(), tx.clone());
+        let (agent, out) = (agent.clone(), out.clone());
         requests.spawn(async move {
-            handle_frame(&text, agent, tx).await;
+            handle_frame(&text, agent, out).await;
             drop(permit);
         });
         while requests.try_join_next().is_some() {}
-    }
-    // Requests in flight finish (their replies go out while the client still listens); at
-    // shutdown the server's grace period bounds this wait.
+    };
     while requests.join_next().await.is_some() {}
-    drop(tx);
-    let _ = writer.await;
+    (rx, close)
+}
+
+async fn send(out: &mpsc::Sender<Outgoing>, text: String) {
+    let _ = out.send(Outgoing { text, sent: None }).await;
 }
 
 async fn handle_frame(text: &str, agent: Arc<IntervirtAgent>, tx: mpsc::Sender<Outgoing>) {
     let strict = agent.strict_client();
     let (ref_id, request) = match protocol::parse(text) {
         Ok(x) => x,
-        Err(r) => {
-            let _ = tx
-                .send(Outgoing {
-                    text: protocol::error(&r.ref_id, r.code, &r.message),
-                    sent: None,
-                })
-                .await;
-            return;
-        }
+        Err(r) => return send(&tx, protocol::error(&r.ref_id, r.code, &r.message)).await,
     };
     let out = Replies { tx, ref_id, strict };
     match request {
@@ -256,6 +222,12 @@ async fn handle_frame(text: &str, agent: Arc<IntervirtAgent>, tx: mpsc::Sender<O
                 Ok(spec) => agent.add_container(spec).await,
                 Err(e) => Err(e),
             };
+            out.result(r).await;
+        }
+        // The real client reads only the first reply of a RemoveContainer: for it (strict),
+        // that one reply is the final result, without progress before it.
+        Req::RemoveContainer(r) if out.strict => {
+            let r = agent.remove_container(&r.id, ProgressSink::default()).await;
             out.result(r).await;
         }
         Req::RemoveContainer(r) => {

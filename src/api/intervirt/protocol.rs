@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::core::intervirt::{AgentError, NewContainer};
 use crate::core::network::{MacAddr, PortForward, Protocol};
+use crate::core::ErrorKind;
 
 /// The request types this agent knows; anything else is code 7.
 const TYPES: &[&str] = &[
@@ -28,6 +29,8 @@ const TYPES: &[&str] = &[
 /// Intervirt's error codes.
 pub mod code {
     pub const OK: i32 = 0;
+    /// An error the Intervirt codes do not name explicitly.
+    pub const GENERAL: i32 = 1;
     pub const ALREADY_DONE: i32 = 3;
     pub const GUEST: i32 = 4;
     pub const COMMAND: i32 = 5;
@@ -36,13 +39,23 @@ pub mod code {
     pub const INVALID: i32 = 8;
 }
 
+/// The dialect's one mapping of errors to Intervirt error codes: a failed guest command is
+/// 5, everything else goes by its kind.
 pub fn error_code(e: &AgentError) -> i32 {
-    match e {
-        AgentError::Invalid(_) => code::INVALID,
-        AgentError::NotFound(_) => code::NOT_FOUND,
-        AgentError::AlreadyDone(_) => code::ALREADY_DONE,
-        AgentError::Guest(_) => code::GUEST,
-        AgentError::Command(_) => code::COMMAND,
+    if let AgentError::Command(_) = e {
+        return code::COMMAND;
+    }
+    code_of(e.kind())
+}
+
+pub fn code_of(kind: ErrorKind) -> i32 {
+    match kind {
+        ErrorKind::Invalid => code::INVALID,
+        ErrorKind::NotFound => code::NOT_FOUND,
+        ErrorKind::Conflict => code::ALREADY_DONE,
+        ErrorKind::Busy | ErrorKind::Unavailable | ErrorKind::Cancelled | ErrorKind::Failed => {
+            code::GUEST
+        }
     }
 }
 
@@ -326,7 +339,12 @@ pub fn ok(ref_id: &str) -> String {
 }
 
 pub fn error(ref_id: &str, code: i32, message: &str) -> String {
-    to_text(&General {
+    to_text(&error_value(ref_id, code, message))
+}
+
+/// A General error reply, for the socket or an HTTP answer's body.
+pub fn error_value<'a>(ref_id: &'a str, code: i32, message: &'a str) -> impl Serialize + 'a {
+    General {
         kind: "General",
         ref_id,
         error: Some(message),
@@ -334,7 +352,7 @@ pub fn error(ref_id: &str, code: i32, message: &str) -> String {
         progress: None,
         output: None,
         status: None,
-    })
+    }
 }
 
 pub fn progress(ref_id: &str, fraction: f64, output: &str, strict: bool) -> String {

@@ -6,19 +6,20 @@ use futures_util::StreamExt;
 use hyper::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, StatusCode};
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use super::{Call, Handler, Problem, Reply};
-use crate::api::http::{self, declared_too_large};
+use crate::api::http::{self, declared_too_large, Response};
 use crate::api::router::Routes;
 use crate::core::apps::import::ImportOptions;
 use crate::core::apps::lifecycle::{
     AppStatus, AppView, ProcessOutcome, RemoveOptions, StopOptions,
 };
-use crate::core::apps::stream::{upload_pipe, UploadSender};
+use crate::core::apps::stream::UploadSender;
 use crate::core::apps::{AppConfig, AppId};
+use crate::core::ops::apps::ImportSource;
+use crate::core::ops::Start;
 use crate::core::tasks::TaskKind;
-use crate::core::CoreError;
+use crate::core::{CoreError, ErrorKind};
 
 pub fn register(r: &mut Routes<Handler>) {
     r.add(Method::POST, "/transfer/import", |c| Box::pin(import(c)))
@@ -252,12 +253,16 @@ async fn get(c: Call) -> Reply {
 /// `POST /transfer/import`: multipart/form-data with the ZIP in the field `app`. The file
 /// streams to a temp file (size-capped), then runs through the import pipeline.
 /// `?replace=true` replaces an app with the same id instead of answering 409.
+/// The largest app upload: the listener's and the bundle checker's limits.
+pub(super) fn import_limit(c: &Call) -> u64 {
+    c.limits
+        .max_upload_bytes
+        .min(c.core.apps.max_upload_bytes())
+}
+
 async fn import(c: Call) -> Reply {
     let replace = c.bool("replace", false)?;
-    let limit = c
-        .limits
-        .max_upload_bytes
-        .min(c.core.apps.max_upload_bytes());
+    let limit = import_limit(&c);
     if declared_too_large(c.req.headers(), limit) {
         return Err(too_large(limit));
     }
@@ -278,45 +283,34 @@ async fn import(c: Call) -> Reply {
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let upload = c.core.apps.upload_file()?;
-    let file = upload
-        .as_file()
-        .try_clone()
-        .map_err(|e| Problem::from(CoreError::Failed(format!("cannot store the upload: {e}"))))?;
+    let start = op_start(&c);
     // The import reads the upload as it arrives: image tarballs load into Docker while the
     // rest still comes (docs/DESIGN-apps.md, stream.rs). Should this handler be dropped
     // midway (the client went away), the pipe tells the import, which rolls back.
-    let (sender, reader) = upload_pipe(file);
-    let importer = {
-        let core = c.core.clone();
-        let path = upload.path().to_path_buf();
-        tokio::spawn(async move {
-            core.apps
-                .import_upload(
-                    &path,
-                    reader,
-                    expected,
-                    ImportOptions { replace },
-                    &CancellationToken::new(),
-                    &|_| {},
-                )
-                .await
-        })
+    let (file, sender, reader) = c.core.apps.upload_pipe()?;
+    let source = ImportSource::Streaming {
+        file,
+        reader,
+        expected,
     };
+    let op = c
+        .core
+        .import_app(source, ImportOptions { replace }, &start)?;
+    let task = op.id().to_string();
     let received = receive_app(c.req.into_body(), boundary, limit, &sender).await;
     sender.finish(match &received {
         Ok(()) => Ok(()),
         Err(p) => Err(format!("{p:?}")),
     });
     // The import rolls back by itself when the upload failed; answer once it has.
-    let imported = importer
-        .await
-        .map_err(|e| Problem::from(CoreError::Failed(format!("the import failed: {e}"))));
-    drop(upload);
+    let imported = op.finish().await;
     received?;
-    let stored = imported??;
+    let stored = imported?;
     let view = c.core.apps.get(stored.id()).await?;
-    Ok(http::json(StatusCode::OK, &instance(&view)))
+    Ok(with_task(
+        http::json(StatusCode::OK, &instance(&view)),
+        &task,
+    ))
 }
 
 /// Receives the form field `app` of a multipart body into the import's pipe. When the import
@@ -454,35 +448,53 @@ async fn readme(c: Call) -> Reply {
 }
 
 async fn start(c: Call) -> Reply {
-    start_app(&c, &app_id(&c)?).await
+    start_app(&c, app_id(&c)?).await
+}
+
+/// The operation id a long REST call names (`?cancel_id=<UUID>`), so that it can be
+/// cancelled (`PUT /api/cancel/{id}`) while the call is still waiting for its answer.
+pub(super) fn op_start(c: &Call) -> Start {
+    Start::with_id(c.query.get("cancel_id"))
+}
+
+/// `resp` naming the operation it answers in `X-Cancel-Id`.
+pub(super) fn with_task(mut resp: Response, task: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(task) {
+        resp.headers_mut().insert(CANCEL_ID_HEADER, v);
+    }
+    resp
 }
 
 /// Starts the app `id`: DockerComposeUpResult (the v1 start and the v2.2.2 compose start).
-pub(super) async fn start_app(c: &Call, id: &AppId) -> Reply {
-    let outcome = c
-        .core
-        .apps
-        .start(id, &CancellationToken::new(), &|_| {})
-        .await?;
-    Ok(http::json(StatusCode::OK, &UpResult::of(&outcome)))
+/// The start is an operation of the core: a client going away does not interrupt it.
+pub(super) async fn start_app(c: &Call, id: AppId) -> Reply {
+    let op = c.core.start_app(id, &op_start(c))?;
+    let task = op.id().to_string();
+    let outcome = op.finish().await?;
+    Ok(with_task(
+        http::json(StatusCode::OK, &UpResult::of(&outcome)),
+        &task,
+    ))
 }
 
-/// Runs as a task (listed, cancellable by id) on a task of its own: a client going away
-/// does not interrupt the stop, it completes as it would have.
 async fn stop(c: Call) -> Reply {
-    let id = app_id(&c)?;
     let options = StopOptions {
         remove_images: c.bool("remove_images", false)?,
         remove_volumes: c.bool("remove_volumes", false)?,
     };
-    let core = c.core.clone();
-    let outcome = tokio::spawn(async move {
-        let task = core.tasks.start(TaskKind::Stop);
-        core.apps.stop(&id, options, &task.cancel, &|_| {}).await
-    })
-    .await
-    .map_err(|e| Problem::from(CoreError::Failed(format!("the stop failed: {e}"))))??;
-    Ok(http::json(StatusCode::OK, &process_result(&outcome)))
+    stop_app(&c, app_id(&c)?, options).await
+}
+
+/// Stops the app `id`: ProcessResult (the v1 stop and the v2.2.2 compose stop). The stop is
+/// an operation of the core: a client going away does not interrupt it.
+pub(super) async fn stop_app(c: &Call, id: AppId, options: StopOptions) -> Reply {
+    let op = c.core.stop_app(id, options, &op_start(c))?;
+    let task = op.id().to_string();
+    let outcome = op.finish().await?;
+    Ok(with_task(
+        http::json(StatusCode::OK, &process_result(&outcome)),
+        &task,
+    ))
 }
 
 /// `?lines=N` (default -1 = all); 0 and values below -1 are 400.
@@ -542,24 +554,11 @@ pub const CANCEL_ID_HEADER: &str = "x-cancel-id";
 /// 202 and the refresh runs in the background as a task whose id is in `X-Cancel-Id`; 409
 /// while one already runs.
 async fn refresh_all(c: Call) -> Reply {
-    if !c.core.apps.begin_refresh_all() {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "the transfer app is already busy refreshing",
-        ));
-    }
-    let core = c.core.clone();
-    let task = core.tasks.start(TaskKind::Refresh);
-    let task_id = task.id.clone();
-    tokio::spawn(async move {
-        core.apps.refresh_all(&task.cancel).await;
-        drop(task);
-    });
-    let mut resp = http::empty(StatusCode::ACCEPTED);
-    if let Ok(v) = HeaderValue::from_str(&task_id) {
-        resp.headers_mut().insert(CANCEL_ID_HEADER, v);
-    }
-    Ok(resp)
+    let op = c.core.refresh_apps(&op_start(&c))?;
+    // Nobody waits for it: the core lets a refresh run on without its client.
+    let task = op.id().to_string();
+    drop(op);
+    Ok(with_task(http::empty(StatusCode::ACCEPTED), &task))
 }
 
 async fn refreshing(c: Call) -> Reply {
@@ -576,7 +575,7 @@ async fn refresh(c: Call) -> Reply {
         .refresh(&id, &task.cancel)
         .await
         .map_err(|e| match e {
-            CoreError::Busy(m) => Problem::bad_request(m),
+            e if e.is(ErrorKind::Busy) => Problem::bad_request(e.to_string()),
             other => other.into(),
         })?;
     drop(task);

@@ -6,7 +6,7 @@
 use hyper::{Method, StatusCode};
 use serde::Serialize;
 
-use super::apps::{process_result, start_app};
+use super::apps::{start_app, stop_app};
 use super::{Call, Handler, Problem, Reply};
 use crate::api::http;
 use crate::api::router::Routes;
@@ -41,19 +41,12 @@ fn named_app(c: &Call) -> Result<AppId, Problem> {
 
 /// v2.2.2 `PUT /compose/start?name=&version=`: DockerComposeUpResult, as the v1 start.
 async fn compose_start(c: Call) -> Reply {
-    start_app(&c, &named_app(&c)?).await
+    start_app(&c, named_app(&c)?).await
 }
 
 /// v2.2.2 `PUT /compose/stop?name=&version=`: ProcessResult (`down`, images and volumes kept).
 async fn compose_stop(c: Call) -> Reply {
-    let id = named_app(&c)?;
-    let task = c.core.tasks.start(crate::core::tasks::TaskKind::Stop);
-    let outcome = c
-        .core
-        .apps
-        .stop(&id, StopOptions::default(), &task.cancel, &|_| {})
-        .await?;
-    Ok(http::json(StatusCode::OK, &process_result(&outcome)))
+    stop_app(&c, named_app(&c)?, StopOptions::default()).await
 }
 
 /// v3.1: the name set, else the host name, as a JSON string; 204 when neither is known.

@@ -2,10 +2,10 @@
 //! RFC 7807 problem details for errors.
 
 mod apps;
-mod events;
 mod files;
 mod general;
 mod legacy;
+mod live;
 mod openapi;
 mod settings;
 mod sse;
@@ -15,16 +15,31 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
+use async_trait::async_trait;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW};
-use hyper::{Method, Request, StatusCode};
+use hyper::{Request, StatusCode};
 use serde::Serialize;
 
 use super::http::{self, Query, Response};
 use super::router::{Lookup, Routes};
-use super::upgrade::Upgrades;
 use crate::config::HttpLimits;
-use crate::core::{Core, CoreError};
+use crate::core::{Core, CoreError, ErrorKind};
+use crate::server::ws::{Refusal, Sessions};
+use crate::server::{Cx, Dialect};
+
+/// The Transfer dialect: errors are RFC 7807 problem details.
+pub struct Transfer;
+
+#[async_trait]
+impl Dialect for Transfer {
+    async fn serve(&self, req: Request<Incoming>, cx: Cx) -> Response {
+        handle(req, cx).await
+    }
+
+    fn error(&self, status: StatusCode, message: &str, path: &str) -> Response {
+        Problem::new(status, message).render(path)
+    }
+}
 
 /// A request as handlers see it: already routed, parameters decoded.
 pub struct Call {
@@ -35,8 +50,8 @@ pub struct Call {
     pub limits: HttpLimits,
     /// The listener's path prefix before `/api` ("" = none), for links in answers.
     pub prefix: String,
-    /// Upgraded connections (websockets) of this listener, and its stop signal.
-    pub upgrades: Upgrades,
+    /// The listener's websocket sessions, and its stop signal.
+    pub sessions: Sessions,
 }
 
 impl Call {
@@ -96,18 +111,26 @@ impl Problem {
     }
 }
 
+/// The Transfer dialect's one mapping of error kinds to HTTP status codes.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Invalid | ErrorKind::Busy => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict | ErrorKind::Cancelled => StatusCode::CONFLICT,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<Refusal> for Problem {
+    fn from(r: Refusal) -> Self {
+        Problem::new(r.status, r.message)
+    }
+}
+
 impl From<CoreError> for Problem {
     fn from(e: CoreError) -> Self {
-        let status = match &e {
-            CoreError::Invalid(_) => StatusCode::BAD_REQUEST,
-            CoreError::NotFound(_) => StatusCode::NOT_FOUND,
-            CoreError::Conflict(_) => StatusCode::CONFLICT,
-            CoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            CoreError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            CoreError::Cancelled(_) => StatusCode::CONFLICT,
-            CoreError::Busy(_) => StatusCode::BAD_REQUEST,
-        };
-        Problem::new(status, e.to_string())
+        Problem::new(status_of(e.kind()), e.to_string())
     }
 }
 
@@ -120,7 +143,7 @@ fn routes() -> &'static Routes<Handler> {
         let mut r = Routes::default();
         system::register(&mut r);
         apps::register(&mut r);
-        events::register(&mut r);
+        live::register(&mut r);
         files::register(&mut r);
         legacy::register(&mut r);
         settings::register(&mut r);
@@ -135,14 +158,14 @@ fn ws_routes() -> &'static Routes<Handler> {
     static ROUTES: OnceLock<Routes<Handler>> = OnceLock::new();
     ROUTES.get_or_init(|| {
         let mut r = Routes::default();
-        events::register_ws(&mut r);
+        live::register_ws(&mut r);
         r
     })
 }
 
 /// Every REST route of this dialect, for the documentation and coverage tests.
 #[cfg(test)]
-pub fn route_list() -> Vec<(Method, &'static str)> {
+pub fn route_list() -> Vec<(hyper::Method, &'static str)> {
     routes().iter().map(|(m, p)| (m.clone(), p)).collect()
 }
 
@@ -206,14 +229,9 @@ fn strip_listener_prefix<'a>(full: &'a str, prefix: &str) -> Option<&'a str> {
         .filter(|rest| rest.starts_with('/'))
 }
 
-pub async fn handle(
-    req: Request<Incoming>,
-    core: Arc<Core>,
-    limits: HttpLimits,
-    upgrades: &Upgrades,
-    prefix: &str,
-) -> Response {
+async fn handle(req: Request<Incoming>, cx: Cx) -> Response {
     let path = req.uri().path().to_string();
+    let prefix = cx.listener.prefix.as_str();
     let Some(local) = strip_listener_prefix(&path, prefix) else {
         return not_found(&path);
     };
@@ -230,41 +248,23 @@ pub async fn handle(
             None => return not_found(&path),
         },
     };
-    match table.find(req.method(), &inner) {
-        Lookup::Route { handler, params } => {
-            let query = Query::parse(req.uri().query());
-            let call = Call {
-                core,
-                req,
-                params,
-                query,
-                limits,
-                upgrades: upgrades.clone(),
-                prefix: prefix.to_string(),
-            };
-            match handler(call).await {
-                Ok(resp) => resp,
-                Err(p) => p.render(&path),
-            }
-        }
-        Lookup::NotFound => not_found(&path),
-        Lookup::MethodNotAllowed(methods) => {
-            let allow = methods
-                .iter()
-                .map(Method::as_str)
-                .collect::<Vec<_>>()
-                .join(", ");
-            let mut resp = Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{path} does not support this method; allowed: {allow}"),
-            )
-            .render(&path);
-            if let Ok(v) = HeaderValue::from_str(&allow) {
-                resp.headers_mut().insert(ALLOW, v);
-            }
-            resp
-        }
+    let lookup = table.find(req.method(), &inner);
+    if let Some(resp) = lookup.unrouted(&path, |status, m| Problem::new(status, m).render(&path)) {
+        return resp;
     }
+    let Lookup::Route { handler, params } = lookup else {
+        unreachable!("unrouted answers every other lookup")
+    };
+    let call = Call {
+        query: Query::parse(req.uri().query()),
+        prefix: prefix.to_string(),
+        core: cx.core,
+        req,
+        params,
+        limits: cx.limits,
+        sessions: cx.sessions,
+    };
+    handler(call).await.unwrap_or_else(|p| p.render(&path))
 }
 
 pub fn not_found(path: &str) -> Response {
@@ -274,6 +274,7 @@ pub fn not_found(path: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::Method;
 
     #[test]
     fn version_prefixes_resolve() {

@@ -28,8 +28,8 @@ use super::apps::instance;
 use super::{Call, Handler, Reply};
 use crate::api::http;
 use crate::api::router::Routes;
-use crate::api::upgrade::ConnectionAbort;
 use crate::core::events::{AppEvent, Subscription};
+use crate::server::conn::ConnectionAbort;
 
 pub fn register(r: &mut Routes<Handler>) {
     r.add(Method::GET, "/events", |c| Box::pin(events(c)));
@@ -136,7 +136,7 @@ async fn events(c: Call) -> Reply {
         first: Some(first),
         events,
         keepalive,
-        stop: c.upgrades.stop.clone(),
+        stop: c.sessions.stopping().clone(),
         done: false,
     };
     let stream = futures_util::stream::unfold(feed, next_chunk).boxed();

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use hyper::header::{HeaderValue, LOCATION};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, LOCATION};
 use hyper::{Method, StatusCode};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Serialize;
@@ -12,7 +12,8 @@ use super::{Call, Handler, Problem, Reply};
 use crate::api::http::{self, declared_too_large, upload_stream, Response};
 use crate::api::router::Routes;
 use crate::core::engine::Effect;
-use crate::core::CoreError;
+use crate::core::ops::images::LoadSource;
+use crate::core::{CoreError, ErrorKind};
 
 pub fn register(r: &mut Routes<Handler>) {
     r.add(Method::GET, "/system/images", |c| Box::pin(list_images(c)))
@@ -86,9 +87,9 @@ fn pruned(ids: Vec<String>) -> Response {
 
 /// The system module reports "could not be removed" as 400, not 409.
 fn conflict_is_bad_request(e: CoreError) -> Problem {
-    match e {
-        CoreError::Conflict(m) => Problem::bad_request(m),
-        other => other.into(),
+    match e.kind() {
+        ErrorKind::Conflict => Problem::bad_request(e.to_string()),
+        _ => e.into(),
     }
 }
 
@@ -115,8 +116,18 @@ async fn upload_image(c: Call) -> Reply {
     if declared_too_large(c.req.headers(), limit) {
         return Err(too_large(limit));
     }
+    let total = c
+        .req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let start = super::apps::op_start(&c);
     let (stream, exceeded) = upload_stream(c.req.into_body(), limit);
-    let loaded = match c.core.system.load_image(stream).await {
+    let op = c
+        .core
+        .load_image(LoadSource::Stream { stream, total }, &start)?;
+    let task = op.id().to_string();
+    let loaded = match op.finish().await {
         Ok(l) => l,
         Err(_) if exceeded.load(Ordering::SeqCst) => return Err(too_large(limit)),
         Err(e) => return Err(e.into()),
@@ -142,7 +153,7 @@ async fn upload_image(c: Call) -> Reply {
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(LOCATION, v);
     }
-    Ok(resp)
+    Ok(super::apps::with_task(resp, &task))
 }
 
 fn too_large(limit: u64) -> Problem {

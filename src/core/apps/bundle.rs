@@ -19,7 +19,7 @@ use zip::{CompressionMethod, ZipArchive};
 
 use super::stream::LocalEntry;
 use super::{AppConfig, AppId};
-use crate::core::CoreError;
+use crate::core::ErrorKind;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -170,11 +170,12 @@ impl From<io::Error> for BundleError {
     }
 }
 
-impl From<BundleError> for CoreError {
-    fn from(e: BundleError) -> Self {
-        match e {
-            BundleError::Io(_) => CoreError::Failed(e.to_string()),
-            _ => CoreError::Invalid(e.to_string()),
+impl BundleError {
+    /// A bundle that fails a check is the caller's to fix; only reading it can fail here.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            BundleError::Io(_) => ErrorKind::Failed,
+            _ => ErrorKind::Invalid,
         }
     }
 }
@@ -1362,14 +1363,13 @@ mod tests {
     }
 
     #[test]
-    fn errors_map_to_core_errors() {
+    fn errors_have_kinds_and_stay_the_source() {
+        let e = crate::core::CoreError::from(BundleError::MissingCompose);
+        assert_eq!(e.kind(), ErrorKind::Invalid);
         assert!(matches!(
-            CoreError::from(BundleError::MissingCompose),
-            CoreError::Invalid(_)
+            e,
+            crate::core::CoreError::Bundle(BundleError::MissingCompose)
         ));
-        assert!(matches!(
-            CoreError::from(BundleError::Io("disk".into())),
-            CoreError::Failed(_)
-        ));
+        assert_eq!(BundleError::Io("disk".into()).kind(), ErrorKind::Failed);
     }
 }

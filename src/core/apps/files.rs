@@ -126,7 +126,7 @@ fn resolve(root: &Path, parts: &[&str], display: &str) -> CoreResult<(PathBuf, f
         meta = match fs::symlink_metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found()),
-            Err(e) => return Err(CoreError::Failed(format!("cannot read {display}: {e}"))),
+            Err(e) => return Err(CoreError::io(format!("cannot read {display}"), e)),
         };
         if meta.file_type().is_symlink() {
             let at = parts[..=i].join("/");
@@ -187,7 +187,7 @@ pub fn lookup(store: &AppStore, id: &str) -> CoreResult<FileLookup> {
     let parts = path_parts(path.unwrap_or(""))?;
     let stored = store.get(&app)?;
     let (full, meta) = resolve(&stored.dir, &parts, id)?;
-    let failed = |e: io::Error| CoreError::Failed(format!("cannot read {id}: {e}"));
+    let failed = |e: io::Error| CoreError::io(format!("cannot read {id}"), e);
     if meta.is_dir() {
         let prefix = if parts.is_empty() {
             app.as_str().to_string()
@@ -416,7 +416,7 @@ mod tests {
             "example app:1.0//Resources/file-link",
         ] {
             assert!(
-                matches!(lookup(&store, bad), Err(CoreError::Invalid(_))),
+                matches!(lookup(&store, bad), Err(e) if e.is(crate::core::ErrorKind::Invalid)),
                 "{bad} was not refused"
             );
         }
@@ -428,7 +428,7 @@ mod tests {
             "example app:1.0//gantry-app.json",
         ] {
             assert!(
-                matches!(lookup(&store, missing), Err(CoreError::NotFound(_))),
+                matches!(lookup(&store, missing), Err(e) if e.is(crate::core::ErrorKind::NotFound)),
                 "{missing} was found"
             );
         }

@@ -23,7 +23,7 @@ use super::stream::{follow, FoundImage, LocalEntry, TarWatch, UploadReader, Walk
 use super::AppConfig;
 use crate::core::compose::{interpolate, ComposePolicy, ComposeProject};
 use crate::core::engine::{ByteStream, ContainerEngine};
-use crate::core::{CoreError, CoreResult};
+use crate::core::{CoreError, CoreResult, ErrorKind};
 
 /// The named steps of an import, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +173,7 @@ async fn finish(
             match engine.remove_image(id, false).await {
                 Ok(_) => {}
                 // Named by a manifest but never created (the load did not get that far).
-                Err(e) if matches!(CoreError::from(e.clone()), CoreError::NotFound(_)) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(err) => {
                     tracing::warn!(image = %id, error = %err, "import rollback: cannot remove an image it loaded")
                 }
@@ -564,22 +564,22 @@ struct Journal {
 impl Journal {
     fn create(dir: &Path) -> CoreResult<Self> {
         std::fs::create_dir_all(dir)
-            .map_err(|e| CoreError::Failed(format!("cannot create {}: {e}", dir.display())))?;
+            .map_err(|e| CoreError::io(format!("cannot create {}", dir.display()), e))?;
         let file = tempfile::Builder::new()
             .prefix("import-")
             .suffix(".json")
             .tempfile_in(dir)
-            .map_err(|e| CoreError::Failed(format!("cannot create an import journal: {e}")))?;
+            .map_err(|e| CoreError::io("cannot create an import journal", e))?;
         let (_, path) = file
             .keep()
-            .map_err(|e| CoreError::Failed(format!("cannot keep the import journal: {e}")))?;
+            .map_err(|e| CoreError::io("cannot keep the import journal", e.error))?;
         let j = Journal { path };
         j.write(&[])?;
         Ok(j)
     }
 
     fn write(&self, images: &[String]) -> CoreResult<()> {
-        let fail = |e: std::io::Error| CoreError::Failed(format!("import journal: {e}"));
+        let fail = |e: std::io::Error| CoreError::io("import journal", e);
         let tmp = self.path.with_extension("tmp");
         let mut f = std::fs::File::create(&tmp).map_err(fail)?;
         std::io::Write::write_all(
@@ -741,9 +741,9 @@ async fn load_body(
             }),
         }
     };
-    let loaded = loaded.map_err(|e| match CoreError::from(e) {
-        CoreError::Invalid(m) => CoreError::Invalid(format!("{file}: Docker cannot load it: {m}")),
-        other => other,
+    let loaded = loaded.map_err(|e| match e.kind() {
+        ErrorKind::Invalid => CoreError::from(e).context(format!("{file}: Docker cannot load it")),
+        _ => CoreError::from(e),
     })?;
     progress(ImportProgress::ImageBytes {
         file: file.to_string(),
@@ -951,7 +951,7 @@ mod tests {
             )
             .await
             .unwrap_err();
-        assert!(matches!(err, CoreError::Conflict(_)), "{err:?}");
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{err:?}");
         s.import(
             &eng,
             ImportOptions { replace: true },
@@ -990,7 +990,7 @@ mod tests {
             )
             .await
             .unwrap_err();
-        assert!(matches!(err, CoreError::Invalid(_)), "{err:?}");
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{err:?}");
         assert!(err.to_string().contains("b.tar"), "{err}");
         assert!(
             !image_exists(&host, &reference),
@@ -1042,7 +1042,7 @@ mod tests {
             .import(&engine(&host), ImportOptions::default(), &cancel, &|_| {})
             .await
             .unwrap_err();
-        assert!(matches!(err, CoreError::Cancelled(_)), "{err:?}");
+        assert_eq!(err.kind(), ErrorKind::Cancelled, "{err:?}");
         assert!(!image_exists(&host, &reference));
         assert!(s.store.list().unwrap().is_empty());
     }

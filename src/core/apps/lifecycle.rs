@@ -10,12 +10,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::import::{self, ImportOptions, ImportSettings, ProgressFn};
 use super::store::{AppStore, StoredApp};
-use super::stream::UploadReader;
+use super::stream::{UploadReader, UploadSender};
 use super::AppId;
 use crate::core::compose::{ComposeProject, ContainerStatus, DownOptions};
 use crate::core::engine::{ContainerEngine, LogLine};
 use crate::core::events::{AppEvent, EventBus};
-use crate::core::{CoreError, CoreResult};
+use crate::core::{CoreError, CoreResult, ErrorKind};
 
 /// An app's overall state, from its containers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +140,7 @@ impl Apps {
         let uploads = state_dir.join("uploads");
         let _ = std::fs::remove_dir_all(&uploads);
         std::fs::create_dir_all(&uploads)
-            .map_err(|e| CoreError::Failed(format!("cannot create {}: {e}", uploads.display())))?;
+            .map_err(|e| CoreError::io(format!("cannot create {}", uploads.display()), e))?;
         let mut settings = settings;
         settings.journal_dir = Some(state_dir.join("import-journal"));
         Ok(Self {
@@ -226,6 +226,11 @@ impl Apps {
         if cancel.is_cancelled() {
             tracing::info!("refresh of all apps cancelled");
         }
+        self.end_refresh_all();
+    }
+
+    /// Frees the "refresh all" slot and says so.
+    pub fn end_refresh_all(&self) {
         self.refreshing
             .store(false, std::sync::atomic::Ordering::SeqCst);
         self.events.publish(AppEvent::Refresh(false));
@@ -308,7 +313,19 @@ impl Apps {
             .prefix("upload-")
             .suffix(".zip")
             .tempfile_in(&self.uploads)
-            .map_err(|e| CoreError::Failed(format!("cannot create an upload file: {e}")))
+            .map_err(|e| CoreError::io("cannot create an upload file", e))
+    }
+
+    /// A fresh upload file and a pipe into it: the receiving route pushes the upload's bytes
+    /// into the sender, an import or image load reads them from the reader.
+    pub fn upload_pipe(&self) -> CoreResult<(tempfile::NamedTempFile, UploadSender, UploadReader)> {
+        let file = self.upload_file()?;
+        let writer = file
+            .as_file()
+            .try_clone()
+            .map_err(|e| CoreError::io("cannot open the upload file", e))?;
+        let (sender, reader) = super::stream::upload_pipe(writer);
+        Ok((file, sender, reader))
     }
 
     pub fn max_upload_bytes(&self) -> u64 {
@@ -388,7 +405,7 @@ impl Apps {
             &HashMap::new(),
             &self.settings.policy,
         )
-        .map_err(|e| CoreError::Failed(format!("{}: {e}", app.id())))
+        .map_err(|e| CoreError::from(e).context(app.id().to_string()))
     }
 
     pub async fn list(&self) -> CoreResult<Vec<AppView>> {
@@ -462,10 +479,7 @@ impl Apps {
 
     async fn containers(&self, app: &StoredApp) -> CoreResult<Vec<ContainerStatus>> {
         let project = self.project(app)?;
-        let services = project
-            .status(self.engine.as_ref())
-            .await
-            .map_err(compose_error)?;
+        let services = project.status(self.engine.as_ref()).await?;
         Ok(services.into_iter().flat_map(|s| s.containers).collect())
     }
 
@@ -482,7 +496,7 @@ impl Apps {
         on_line: LineFn<'_>,
     ) -> CoreResult<ProcessOutcome> {
         let result = self.start_claimed(id, cancel, on_line).await;
-        if !matches!(result, Err(CoreError::NotFound(_) | CoreError::Busy(_))) {
+        if !matches!(&result, Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Busy)) {
             self.publish_app(id, false).await;
         }
         result
@@ -532,8 +546,8 @@ impl Apps {
                 running_containers: up.running_containers,
                 pulled_images: up.pulled_images,
             }),
-            Err(e) => match compose_error(e) {
-                e @ CoreError::Unavailable(_) => Err(e),
+            Err(e) => match e.kind() {
+                ErrorKind::Unavailable => Err(e.into()),
                 _ => Ok(ProcessOutcome {
                     command,
                     lines,
@@ -684,10 +698,8 @@ impl Apps {
             }
             match project.up(self.engine.as_ref(), on_line).await {
                 Ok(_) => {}
-                Err(e) => match compose_error(e) {
-                    e @ CoreError::Unavailable(_) => return Err(e),
-                    e => last = e.to_string(),
-                },
+                Err(e) if e.kind() == ErrorKind::Unavailable => return Err(e.into()),
+                Err(e) => last = e.to_string(),
             }
             let running = self
                 .containers(app)
@@ -733,8 +745,7 @@ impl Apps {
         };
         let down = project
             .down(self.engine.as_ref(), &options, on_line)
-            .await
-            .map_err(compose_error)?;
+            .await?;
         Ok(ProcessOutcome {
             command,
             lines: down.lines,
@@ -770,7 +781,7 @@ impl Apps {
                 Ok(())
             }
             Err(e) => {
-                if !matches!(e, CoreError::NotFound(_) | CoreError::Busy(_)) {
+                if !matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Busy) {
                     self.publish_app(id, false).await;
                 }
                 Err(e)
@@ -831,15 +842,6 @@ impl Apps {
 
     pub fn readme(&self, id: &AppId) -> CoreResult<Option<PathBuf>> {
         Ok(self.stored(id)?.readme())
-    }
-}
-
-fn compose_error(e: crate::core::compose::ComposeError) -> CoreError {
-    let message = e.to_string();
-    if message.contains("unreachable") {
-        CoreError::Unavailable(message)
-    } else {
-        CoreError::Failed(message)
     }
 }
 
@@ -986,7 +988,7 @@ fn list_files(dir: &Path) -> CoreResult<Vec<String>> {
     }
     let mut out = Vec::new();
     walk(dir, dir, &mut out)
-        .map_err(|e| CoreError::Failed(format!("cannot read {}: {e}", dir.display())))?;
+        .map_err(|e| CoreError::io(format!("cannot read {}", dir.display()), e))?;
     out.sort();
     Ok(out)
 }

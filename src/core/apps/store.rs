@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tempfile::TempDir;
 
 use super::{AppConfig, AppId};
-use crate::core::CoreError;
+use crate::core::ErrorKind;
 
 pub const RECORD_FILE: &str = "gantry-app.json";
 const RECORD_FORMAT: u32 = 1;
@@ -45,15 +45,13 @@ pub enum StoreError {
     Io(String),
 }
 
-impl From<StoreError> for CoreError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Exists(_) | StoreError::SlugTaken { .. } => {
-                CoreError::Conflict(e.to_string())
-            }
-            StoreError::NotFound(_) => CoreError::NotFound(e.to_string()),
-            StoreError::InvalidId(_) => CoreError::Invalid(e.to_string()),
-            StoreError::Io(_) => CoreError::Failed(e.to_string()),
+impl StoreError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Exists(_) | StoreError::SlugTaken { .. } => ErrorKind::Conflict,
+            StoreError::NotFound(_) => ErrorKind::NotFound,
+            StoreError::InvalidId(_) => ErrorKind::Invalid,
+            StoreError::Io(_) => ErrorKind::Failed,
         }
     }
 }
@@ -800,15 +798,15 @@ mod tests {
     }
 
     #[test]
-    fn errors_map_to_core_errors() {
+    fn errors_have_kinds() {
         let id = AppId::from("a:1");
+        assert_eq!(StoreError::Exists(id.clone()).kind(), ErrorKind::Conflict);
+        assert_eq!(StoreError::NotFound(id.clone()).kind(), ErrorKind::NotFound);
+        let e = crate::core::CoreError::from(StoreError::NotFound(id));
+        assert_eq!(e.kind(), ErrorKind::NotFound);
         assert!(matches!(
-            CoreError::from(StoreError::Exists(id.clone())),
-            CoreError::Conflict(_)
-        ));
-        assert!(matches!(
-            CoreError::from(StoreError::NotFound(id)),
-            CoreError::NotFound(_)
+            e,
+            crate::core::CoreError::Store(StoreError::NotFound(_))
         ));
     }
 }

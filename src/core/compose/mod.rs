@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::engine::{ContainerEngine, EngineError};
-use super::CoreError;
+use super::ErrorKind;
 
 pub use apply::{ContainerStatus, DownOptions, DownResult, ServiceStatus, UpResult};
 
@@ -108,31 +108,24 @@ impl ComposeError {
     }
 }
 
-impl From<ComposeError> for CoreError {
-    fn from(e: ComposeError) -> Self {
-        let msg = e.to_string();
-        match e {
-            ComposeError::Engine { source, .. } => match source {
-                EngineError::NotFound(_) => CoreError::NotFound(msg),
-                EngineError::Conflict(_) => CoreError::Conflict(msg),
-                EngineError::Unavailable(_) => CoreError::Unavailable(msg),
-                EngineError::Rejected(_) | EngineError::Failed(_) => CoreError::Failed(msg),
+impl ComposeError {
+    /// What kind of failure this is for the dialects: invalid compose is the caller's (400),
+    /// Docker's own answers keep their kind, and only an unreachable Docker is Unavailable.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ComposeError::Engine { source, .. } => match source.kind() {
+                // Docker rejected a body the engine built: a failure, not the caller's input.
+                ErrorKind::Invalid => ErrorKind::Failed,
+                k => k,
             },
-            ComposeError::Read { .. } | ComposeError::Image { .. } => CoreError::Failed(msg),
-            ComposeError::Dependency { .. } => CoreError::Failed(msg),
+            ComposeError::Read { .. }
+            | ComposeError::Image { .. }
+            | ComposeError::Dependency { .. } => ErrorKind::Failed,
             ComposeError::Several(errors) => {
-                if errors.iter().any(|e| {
-                    matches!(
-                        e,
-                        ComposeError::Engine {
-                            source: EngineError::Unavailable(_),
-                            ..
-                        }
-                    )
-                }) {
-                    CoreError::Unavailable(msg)
+                if errors.iter().any(|e| e.kind() == ErrorKind::Unavailable) {
+                    ErrorKind::Unavailable
                 } else {
-                    CoreError::Failed(msg)
+                    ErrorKind::Failed
                 }
             }
             ComposeError::NoComposeFile { .. }
@@ -140,7 +133,7 @@ impl From<ComposeError> for CoreError {
             | ComposeError::UnsupportedKey { .. }
             | ComposeError::Interpolation { .. }
             | ComposeError::Invalid { .. }
-            | ComposeError::Policy { .. } => CoreError::Invalid(msg),
+            | ComposeError::Policy { .. } => ErrorKind::Invalid,
         }
     }
 }
@@ -459,13 +452,12 @@ mod unit_tests {
         )
         .unwrap();
         assert!(ComposeProject::load(dir.path(), "Bad Name", "d", &env, &pol).is_err());
-        let e: CoreError = ComposeError::UnsupportedKey {
+        let e = ComposeError::UnsupportedKey {
             scope: "service \"web\"".into(),
             key: "build".into(),
             hint: String::new(),
-        }
-        .into();
-        assert!(matches!(e, CoreError::Invalid(_)));
+        };
+        assert_eq!(e.kind(), ErrorKind::Invalid);
     }
 
     #[test]

@@ -32,14 +32,16 @@ use super::network::{
     Protocol,
 };
 use super::power::{Power, PowerAction, PowerError};
+use super::ErrorKind;
 use locks::KeyedLocks;
 pub use upgrade::UpgradeCommand;
 
 /// Every Intervirt container carries this label (value "1").
 pub const LABEL: &str = "io.gantry.intervirt";
 
-/// Why a request failed, in the categories the Intervirt error codes distinguish.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a request failed. Errors of the dataplane, Docker and power control keep their
+/// source; the dialect maps [`AgentError::kind`] (and a failed command) to its error codes.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AgentError {
     /// Unusable arguments (bad address, MAC, name, port, ...).
     #[error("{0}")]
@@ -55,33 +57,28 @@ pub enum AgentError {
     /// A command run on the guest (the system upgrade) failed.
     #[error("{0}")]
     Command(String),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Power(#[from] PowerError),
 }
 
-impl From<NetworkError> for AgentError {
-    fn from(e: NetworkError) -> Self {
-        match e {
-            NetworkError::Invalid(m) => AgentError::Invalid(m),
-            NetworkError::NotFound(m) => AgentError::NotFound(m),
-            NetworkError::AlreadyExists(m) => AgentError::AlreadyDone(m),
-            e => AgentError::Guest(e.to_string()),
+impl AgentError {
+    /// The kind, as every core error has one: "already done" is a conflict with the current
+    /// state, as a Docker conflict is; a failed command is a failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            AgentError::Invalid(_) => ErrorKind::Invalid,
+            AgentError::NotFound(_) => ErrorKind::NotFound,
+            AgentError::AlreadyDone(_) => ErrorKind::Conflict,
+            AgentError::Guest(_) | AgentError::Command(_) | AgentError::Power(_) => {
+                ErrorKind::Failed
+            }
+            AgentError::Network(e) => e.kind(),
+            AgentError::Engine(e) => e.kind(),
         }
-    }
-}
-
-impl From<EngineError> for AgentError {
-    fn from(e: EngineError) -> Self {
-        match e {
-            EngineError::NotFound(m) => AgentError::NotFound(m),
-            EngineError::Rejected(m) => AgentError::Invalid(format!("Docker refused: {m}")),
-            EngineError::Conflict(m) => AgentError::Guest(format!("Docker: {m}")),
-            e => AgentError::Guest(e.to_string()),
-        }
-    }
-}
-
-impl From<PowerError> for AgentError {
-    fn from(e: PowerError) -> Self {
-        AgentError::Guest(e.0)
     }
 }
 

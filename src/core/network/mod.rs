@@ -30,7 +30,7 @@ use nft::{Delta, Element, Elements, Firewall, FirewallError, NftFirewall};
 use state::StateStore;
 pub use state::{Change, ContainerNet, MacAddr, PortForward, State};
 
-use super::CoreError;
+use super::ErrorKind;
 
 /// Every host-side veth is `gv-<n>`; the firewall matches them with `gv-*`.
 pub const LINK_PREFIX: &str = "gv-";
@@ -66,14 +66,14 @@ impl From<FirewallError> for NetworkError {
     }
 }
 
-impl From<NetworkError> for CoreError {
-    fn from(e: NetworkError) -> Self {
-        match e {
-            NetworkError::Invalid(m) => CoreError::Invalid(m),
-            NetworkError::NotFound(m) => CoreError::NotFound(m),
-            NetworkError::AlreadyExists(m) => CoreError::Conflict(m),
-            e @ NetworkError::Stopped => CoreError::Unavailable(e.to_string()),
-            e => CoreError::Failed(e.to_string()),
+impl NetworkError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            NetworkError::Invalid(_) => ErrorKind::Invalid,
+            NetworkError::NotFound(_) => ErrorKind::NotFound,
+            NetworkError::AlreadyExists(_) => ErrorKind::Conflict,
+            NetworkError::Stopped => ErrorKind::Unavailable,
+            NetworkError::Kernel(_) | NetworkError::Storage(_) => ErrorKind::Failed,
         }
     }
 }

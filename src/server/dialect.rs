@@ -1,0 +1,38 @@
+//! The seam a dialect plugs into: one trait, implemented once per dialect in `src/api/`.
+//!
+//! The server accepts connections, answers `/healthz`, checks the listener's authentication
+//! and hands every other request to the listener's [`Dialect`] with a [`Cx`]. The server
+//! knows no dialect's paths or JSON: errors it must answer itself (a failed authentication)
+//! are rendered by [`Dialect::error`], and websocket sessions go through [`super::ws`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+
+use super::ws::Sessions;
+use crate::api::http::Response;
+use crate::config::{HttpLimits, Listener};
+use crate::core::Core;
+
+/// What a dialect's handlers get besides the request.
+#[derive(Clone)]
+pub struct Cx {
+    pub core: Arc<Core>,
+    pub limits: HttpLimits,
+    /// The listener's configuration (address, auth, path prefix).
+    pub listener: Arc<Listener>,
+    /// The listener's websocket sessions (capped, tracked for shutdown).
+    pub sessions: Sessions,
+}
+
+/// One API dialect: its routes, its error format and its websocket sessions.
+#[async_trait]
+pub trait Dialect: Send + Sync + 'static {
+    /// Answers a request that passed the listener's authentication.
+    async fn serve(&self, req: Request<Incoming>, cx: Cx) -> Response;
+
+    /// An error answer in this dialect's format; `path` is the request's path.
+    fn error(&self, status: StatusCode, message: &str, path: &str) -> Response;
+}
