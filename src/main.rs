@@ -188,6 +188,13 @@ async fn serve(config: Config) -> ExitCode {
             crate::core::apps::watch::run(apps, watch_engine.as_ref(), stop).await;
         });
     }
+    {
+        // Operations left unsettled (Docker down at start or midway) are resolved once it answers.
+        let apps = crate::core::apps::watch::CoreApps(core.clone());
+        let recovery =
+            crate::core::apps::recover::resolve_pending(apps, health.clone(), stop.clone());
+        tokio::spawn(recovery);
+    }
 
     let bound = match server::bind(&config.listeners).await {
         Ok(b) => b,

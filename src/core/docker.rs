@@ -158,6 +158,11 @@ impl ContainerEngine for DockerEngine {
         self.docker()?.inspect_image(id).await.map_err(map_error)
     }
 
+    async fn data_root(&self) -> EngineResult<Option<std::path::PathBuf>> {
+        let info = self.docker()?.info().await.map_err(map_error)?;
+        Ok(info.docker_root_dir.map(std::path::PathBuf::from))
+    }
+
     async fn load_images(&self, tar: ByteStream) -> EngineResult<LoadedImages> {
         let opts = ImportImageOptionsBuilder::default().quiet(false).build();
         let mut progress = self

@@ -213,6 +213,12 @@ pub trait ContainerEngine: Send + Sync + 'static {
         unsupported("reading logs")
     }
 
+    /// The engine's data directory (Docker's `DockerRootDir`), when it says. The recovery
+    /// of an interrupted import looks for loads still in flight in its `tmp/`.
+    async fn data_root(&self) -> EngineResult<Option<std::path::PathBuf>> {
+        Ok(None)
+    }
+
     // The Intervirt agent (src/core/intervirt) watches its containers through this.
 
     /// Container lifecycle events (`start`, `die`, `destroy`, ...) of the containers matching

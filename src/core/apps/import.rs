@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,11 +18,13 @@ use futures_util::stream;
 use tokio_util::sync::CancellationToken;
 
 use super::bundle::{Bundle, BundleError, BundleLimits, ByteSize};
+use super::recover::{AppIntent, AppIntents, AppOp};
 use super::store::{AppStore, ImageRecord, StoredApp};
 use super::stream::{follow, FoundImage, LocalEntry, TarWatch, UploadReader, WalkEnd};
 use super::AppConfig;
 use crate::core::compose::{interpolate, ComposePolicy, ComposeProject};
 use crate::core::engine::{ByteStream, ContainerEngine};
+use crate::core::recovery::crash_point;
 use crate::core::{CoreError, CoreResult, ErrorKind};
 
 /// The named steps of an import, in order.
@@ -60,9 +62,10 @@ pub struct ImportSettings {
     pub policy: ComposePolicy,
     /// Free space that must remain after the import.
     pub reserve_bytes: u64,
-    /// Where in-flight imports note the images they loaded, so that images of an import
-    /// killed midway (power cut, SIGKILL) are removed at the next start. None: no journal.
-    pub journal_dir: Option<PathBuf>,
+    /// Where an import records its intent and notes the images it loads, so that images of
+    /// an import killed midway (power cut, SIGKILL) are removed at the next start. None: no
+    /// record (the unit tests).
+    pub intents: Option<AppIntents>,
 }
 
 impl Default for ImportSettings {
@@ -71,7 +74,7 @@ impl Default for ImportSettings {
             limits: BundleLimits::default(),
             policy: ComposePolicy::default(),
             reserve_bytes: 256 << 20,
-            journal_dir: None,
+            intents: None,
         }
     }
 }
@@ -113,7 +116,17 @@ pub async fn import(
         Some(_) => ImportStep::LoadImages,
         None => ImportStep::CheckZip,
     };
-    let loaded = Loaded::shared(settings);
+    let loaded = match Loaded::shared(settings) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            let message = e.to_string();
+            progress(ImportProgress::Failed {
+                step: current,
+                message,
+            });
+            return Err(e);
+        }
+    };
     let result = async {
         let pre = match upload {
             Some(upload) => {
@@ -155,7 +168,9 @@ pub async fn import(
 }
 
 /// Reports a failure and rolls back: every image this import loaded (or was about to load)
-/// and that was not there before is removed again.
+/// and that was not there before is removed again. The intent goes when that is done; an
+/// image that could not be removed (Docker went away) leaves it to the recovery. (Every load
+/// has had Docker's answer by now, so none can still complete.)
 async fn finish(
     engine: &dyn ContainerEngine,
     result: CoreResult<StoredApp>,
@@ -163,60 +178,69 @@ async fn finish(
     loaded: &SharedLoaded,
     progress: ProgressFn<'_>,
 ) -> CoreResult<StoredApp> {
+    let mut settled = true;
     if let Err(e) = &result {
         progress(ImportProgress::Failed {
             step: current,
             message: e.to_string(),
         });
         let ids = lock(loaded).ids.clone();
-        for id in ids.iter().rev() {
-            match engine.remove_image(id, false).await {
-                Ok(_) => {}
-                // Named by a manifest but never created (the load did not get that far).
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(err) => {
-                    tracing::warn!(image = %id, error = %err, "import rollback: cannot remove an image it loaded")
-                }
-            }
+        settled = roll_back(engine, &ids).await;
+    }
+    let intent = lock(loaded).intent.take();
+    if let Some(intent) = intent {
+        if settled {
+            intent.done();
+        } else {
+            intent.keep();
         }
     }
-    // Stored or rolled back: the journal has done its job (deleted on drop).
-    lock(loaded).journal = None;
     result
 }
 
+/// Removes `ids`, newest first; false when one could not be removed.
+async fn roll_back(engine: &dyn ContainerEngine, ids: &[String]) -> bool {
+    let mut settled = true;
+    for id in ids.iter().rev() {
+        match engine.remove_image(id, false).await {
+            Ok(_) => {}
+            // Named by a manifest but never created (the load did not get that far).
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::warn!(image = %id, error = %err, "import rollback: cannot remove an image it loaded");
+                settled = false;
+            }
+        }
+    }
+    settled
+}
+
 /// The images an import loaded or is about to load (ids that were not in Docker before it
-/// started), and the journal on disk that names them for a restart after a crash.
+/// started), and the intent on disk that names them for a restart after a crash.
 struct Loaded {
     ids: Vec<String>,
     before: Option<HashSet<String>>,
-    journal_dir: Option<PathBuf>,
-    journal: Option<Journal>,
+    intent: Option<AppIntent>,
 }
 
 type SharedLoaded = Arc<Mutex<Loaded>>;
 
 impl Loaded {
-    fn shared(settings: &ImportSettings) -> SharedLoaded {
-        Arc::new(Mutex::new(Loaded {
+    /// Records the import's intent (when the settings have an intent log).
+    fn shared(settings: &ImportSettings) -> CoreResult<SharedLoaded> {
+        let intent = match &settings.intents {
+            Some(log) => Some(log.begin(AppOp::Import, None, Default::default())?),
+            None => None,
+        };
+        crash_point("import.intent-written");
+        Ok(Arc::new(Mutex::new(Loaded {
             ids: Vec::new(),
             before: None,
-            journal_dir: settings.journal_dir.clone(),
-            journal: None,
-        }))
+            intent,
+        })))
     }
 
-    /// The journal exists (before anything is loaded).
-    fn ensure_journal(&mut self) -> CoreResult<()> {
-        if self.journal.is_none() {
-            if let Some(dir) = &self.journal_dir {
-                self.journal = Some(Journal::create(dir)?);
-            }
-        }
-        Ok(())
-    }
-
-    /// Notes images (new ones only) and rewrites the journal when the list grew.
+    /// Notes images (new ones only), durably when the list grew.
     fn add(&mut self, ids: &[String]) -> CoreResult<()> {
         let before = self.ids.len();
         for id in ids {
@@ -226,12 +250,21 @@ impl Loaded {
             }
         }
         if self.ids.len() > before {
-            self.ensure_journal()?;
-            if let Some(j) = &self.journal {
-                j.write(&self.ids)?;
+            if let Some(intent) = &self.intent {
+                intent.note("images", &self.ids)?;
             }
         }
         Ok(())
+    }
+
+    /// Notes the images a manifest names, before the bytes that complete it go to Docker.
+    fn add_from_manifest(loaded: &SharedLoaded, ids: &[String]) {
+        match lock(loaded).add(ids) {
+            Ok(()) => crash_point("import.manifest-noted"),
+            Err(e) => {
+                tracing::warn!(error = %e, "import intent: cannot note the images a manifest names")
+            }
+        }
     }
 }
 
@@ -278,11 +311,7 @@ async fn stream_images(
         let loaded = loaded.clone();
         let store_for_walk = store.clone();
         tokio::task::spawn_blocking(move || {
-            let hook = |ids: &[String]| {
-                if let Err(e) = lock(&loaded).add(ids) {
-                    tracing::warn!(error = %e, "import journal: cannot note the images a manifest names");
-                }
-            };
+            let hook = |ids: &[String]| Loaded::add_from_manifest(&loaded, ids);
             let fresh = |text: &[u8]| {
                 // Only a config the checks would accept and whose app exists stops the walk;
                 // anything else is for the checks to judge later.
@@ -328,11 +357,6 @@ async fn stream_images(
                     ByteSize(free)
                 )),
             ));
-            break;
-        }
-        let journal = lock(loaded).ensure_journal();
-        if let Err(e) = journal {
-            pre.error = Some((ImportStep::LoadImages, e));
             break;
         }
         progress(ImportProgress::ImageStarted {
@@ -406,6 +430,7 @@ async fn record_image(
         file: file.clone(),
         references: references.clone(),
     });
+    crash_point("import.image-loaded");
     Ok(ImageRecord {
         file,
         id: image_id,
@@ -522,7 +547,6 @@ async fn run(
         if cancel.is_cancelled() {
             return Err(cancelled());
         }
-        lock(loaded).ensure_journal()?;
         progress(ImportProgress::ImageStarted {
             file: file.clone(),
             size,
@@ -545,63 +569,16 @@ async fn run(
     let stored = blocking(move || -> CoreResult<StoredApp> {
         let mut staged = store2.stage(config)?;
         lock(&bundle).extract_metadata(staged.dir())?;
+        crash_point("import.staged");
         staged.images = records;
         Ok(store2.insert(staged, options.replace)?)
     })
     .await??;
     // Stored: the images now belong to the app.
     lock(loaded).ids.clear();
+    crash_point("import.stored");
     step_done(ImportStep::StoreInstance, "Successfully stored App".into());
     Ok(stored)
-}
-
-/// An in-flight import's list of the images it loaded: `<dir>/<random>.json`, rewritten
-/// atomically after each image and deleted when the import ends either way (on drop).
-struct Journal {
-    path: PathBuf,
-}
-
-impl Journal {
-    fn create(dir: &Path) -> CoreResult<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| CoreError::io(format!("cannot create {}", dir.display()), e))?;
-        let file = tempfile::Builder::new()
-            .prefix("import-")
-            .suffix(".json")
-            .tempfile_in(dir)
-            .map_err(|e| CoreError::io("cannot create an import journal", e))?;
-        let (_, path) = file
-            .keep()
-            .map_err(|e| CoreError::io("cannot keep the import journal", e.error))?;
-        let j = Journal { path };
-        j.write(&[])?;
-        Ok(j)
-    }
-
-    fn write(&self, images: &[String]) -> CoreResult<()> {
-        let fail = |e: std::io::Error| CoreError::io("import journal", e);
-        let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(fail)?;
-        std::io::Write::write_all(
-            &mut f,
-            serde_json::to_string(images).unwrap_or_default().as_bytes(),
-        )
-        .map_err(fail)?;
-        f.sync_all().map_err(fail)?;
-        std::fs::rename(&tmp, &self.path).map_err(fail)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(fail)?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Journal {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 /// Removes the images of imports that never finished (their journals survived a crash),
@@ -688,9 +665,7 @@ async fn load_one(
                     }
                 };
                 if let Some(ids) = watch.as_mut().and_then(|w| w.feed(&buf[..n])) {
-                    if let Err(e) = lock(&loaded).add(&ids) {
-                        tracing::warn!(error = %e, "import journal: cannot note the images a manifest names");
-                    }
+                    Loaded::add_from_manifest(&loaded, &ids);
                 }
                 sent.fetch_add(n as u64, Ordering::Relaxed);
                 if tx
@@ -731,14 +706,19 @@ async fn load_body(
     let load = engine.load_images(body);
     tokio::pin!(load);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut waiting = 0;
     let loaded = loop {
         tokio::select! {
             r = &mut load => break r,
-            _ = tick.tick() => progress(ImportProgress::ImageBytes {
-                file: file.to_string(),
-                done: sent.load(Ordering::Relaxed),
-                size,
-            }),
+            _ = tick.tick() => {
+                let done = sent.load(Ordering::Relaxed);
+                progress(ImportProgress::ImageBytes { file: file.to_string(), done, size });
+                // Every byte was sent a tick ago: Docker is registering the image.
+                waiting += u32::from(size > 0 && done >= size);
+                if waiting == 2 {
+                    crash_point("import.load-in-flight");
+                }
+            }
         }
     };
     let loaded = loaded.map_err(|e| match e.kind() {
@@ -790,6 +770,8 @@ fn free_space(dir: &Path) -> CoreResult<u64> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
     use crate::core::apps::bundle::build_zip;
     use crate::testutil::{docker, docker_host, docker_ok, engine, image, unique};
@@ -1085,9 +1067,9 @@ mod tests {
         let first = data_start + tar.len() - 1024;
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(AppStore::open(&dir.path().join("apps")).unwrap());
-        let journals = dir.path().join("journal");
+        let journals = dir.path().join("intents");
         let settings = ImportSettings {
-            journal_dir: Some(journals.clone()),
+            intents: Some(AppIntents::open(&journals).unwrap()),
             ..ImportSettings::default()
         };
         let upload = dir.path().join("upload.zip");
@@ -1115,14 +1097,23 @@ mod tests {
                 .await
             })
         };
-        let journal_ids = || -> Vec<String> {
+        let journal_files = || -> Vec<PathBuf> {
             std::fs::read_dir(&journals)
                 .into_iter()
                 .flatten()
                 .flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-                .filter_map(|e| std::fs::read(e.path()).ok())
-                .filter_map(|b| serde_json::from_slice::<Vec<String>>(&b).ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect()
+        };
+        let journal_ids = || -> Vec<String> {
+            journal_files()
+                .iter()
+                .filter_map(|p| std::fs::read(p).ok())
+                .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .filter_map(|v| {
+                    serde_json::from_value::<Vec<String>>(v["data"]["images"].clone()).ok()
+                })
                 .flatten()
                 .collect()
         };
@@ -1141,9 +1132,11 @@ mod tests {
         );
         // What a kill from here on leaves on disk.
         let crash = tempfile::tempdir().unwrap();
-        std::fs::write(
-            crash.path().join("import-x.json"),
-            serde_json::to_vec(&noted).unwrap(),
+        std::fs::create_dir_all(crash.path().join("intents")).unwrap();
+        let file = journal_files().pop().unwrap();
+        std::fs::copy(
+            &file,
+            crash.path().join("intents").join(file.file_name().unwrap()),
         )
         .unwrap();
 
@@ -1158,9 +1151,16 @@ mod tests {
         assert!(journal_ids().is_empty(), "journal left after the import");
 
         // Had gantry died after Docker created the image: the recovery removes it.
-        let removed = recover_journals(eng.as_ref(), crash.path(), &HashSet::new()).await;
-        assert_eq!(removed, noted);
+        let apps = crate::core::apps::lifecycle::Apps::open(
+            eng.clone(),
+            crash.path(),
+            ImportSettings::default(),
+        )
+        .unwrap();
+        assert!(apps.intents().has_pending());
+        apps.recover().await.unwrap();
         assert!(!image_exists(&host, &reference));
+        assert!(!apps.intents().has_pending());
     }
 
     #[test]

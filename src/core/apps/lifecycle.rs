@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::import::{self, ImportOptions, ImportSettings, ProgressFn};
+use super::recover::{AppIntent, AppIntents, AppOp};
 use super::store::{AppStore, StoredApp};
 use super::stream::{UploadReader, UploadSender};
 use super::AppId;
 use crate::core::compose::{ComposeProject, ContainerStatus, DownOptions};
 use crate::core::engine::{ContainerEngine, LogLine};
 use crate::core::events::{AppEvent, EventBus};
+use crate::core::recovery::crash_point;
+use crate::core::recovery::{noted, settle};
 use crate::core::{CoreError, CoreResult, ErrorKind};
 
 /// An app's overall state, from its containers.
@@ -59,13 +62,13 @@ pub struct ProcessOutcome {
     pub pulled_images: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct StopOptions {
     pub remove_images: bool,
     pub remove_volumes: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct RemoveOptions {
     pub force: bool,
     pub remove_images: bool,
@@ -73,7 +76,7 @@ pub struct RemoveOptions {
 }
 
 pub struct Apps {
-    engine: Arc<dyn ContainerEngine>,
+    pub(super) engine: Arc<dyn ContainerEngine>,
     store: Arc<AppStore>,
     uploads: PathBuf,
     settings: ImportSettings,
@@ -83,6 +86,10 @@ pub struct Apps {
     refreshing: std::sync::atomic::AtomicBool,
     /// Where app events go (the SSE stream).
     events: EventBus,
+    /// The intents of operations in flight (`state_dir/intents`), resolved after a crash.
+    pub(super) intents: AppIntents,
+    /// Where an earlier version kept its import journals (resolved at start, then unused).
+    pub(super) legacy_journals: PathBuf,
     /// What each app looked like when last published, to publish App only on a change.
     /// The async lock also orders concurrent publishers, so a stale view never follows a
     /// newer one.
@@ -141,13 +148,18 @@ impl Apps {
         let _ = std::fs::remove_dir_all(&uploads);
         std::fs::create_dir_all(&uploads)
             .map_err(|e| CoreError::io(format!("cannot create {}", uploads.display()), e))?;
+        let intents_dir = state_dir.join("intents");
+        let intents = AppIntents::open(&intents_dir)
+            .map_err(|e| CoreError::io(format!("cannot open {}", intents_dir.display()), e))?;
         let mut settings = settings;
-        settings.journal_dir = Some(state_dir.join("import-journal"));
+        settings.intents = Some(intents.clone());
         Ok(Self {
             engine,
             store,
             uploads,
             settings,
+            intents,
+            legacy_journals: state_dir.join("import-journal"),
             busy: Mutex::new(HashMap::new()),
             refreshing: std::sync::atomic::AtomicBool::new(false),
             events: EventBus::default(),
@@ -159,6 +171,11 @@ impl Apps {
     pub fn with_events(mut self, events: EventBus) -> Self {
         self.events = events;
         self
+    }
+
+    /// The intents of the operations in flight (and of interrupted ones).
+    pub fn intents(&self) -> &AppIntents {
+        &self.intents
     }
 
     /// App events: status changes, imports, removals, refreshes.
@@ -212,6 +229,12 @@ impl Apps {
     /// fresh picture), between Refresh(true) and Refresh(false). Cancelling skips the apps
     /// not yet refreshed; Refresh(false) comes either way and the slot is free again.
     pub async fn refresh_all(&self, cancel: &CancellationToken) {
+        // It only reads: an intent that cannot be written does not stop it.
+        let intent = self
+            .intents
+            .begin(AppOp::Refresh, None, Default::default())
+            .inspect_err(|e| tracing::warn!(error = %e, "refresh of all apps: no intent recorded"));
+        crash_point("refresh.intent-written");
         if let Ok(apps) = self.store.list() {
             for app in apps {
                 if cancel.is_cancelled() {
@@ -225,6 +248,9 @@ impl Apps {
         }
         if cancel.is_cancelled() {
             tracing::info!("refresh of all apps cancelled");
+        }
+        if let Ok(intent) = intent {
+            intent.done();
         }
         self.end_refresh_all();
     }
@@ -264,26 +290,6 @@ impl Apps {
             .await?)
     }
 
-    /// Start-up reconciliation: images loaded by imports that a crash interrupted are
-    /// removed (unless a stored app uses them). Docker being down postpones it to the next
-    /// start; the journals stay until then.
-    pub async fn recover(&self) -> CoreResult<()> {
-        let Some(dir) = &self.settings.journal_dir else {
-            return Ok(());
-        };
-        if self.engine.version().await.is_err() {
-            return Ok(());
-        }
-        let in_use: std::collections::HashSet<String> = self
-            .store
-            .list()?
-            .into_iter()
-            .flat_map(|a| a.record.images.into_iter().map(|i| i.id))
-            .collect();
-        import::recover_journals(self.engine.as_ref(), dir, &in_use).await;
-        Ok(())
-    }
-
     fn busy_map(&self) -> std::sync::MutexGuard<'_, HashMap<AppId, &'static str>> {
         self.busy.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -296,6 +302,11 @@ impl Apps {
                 "app is busy: {id} is being {other}"
             )));
         }
+        if self.intents.is_pending(id.as_str()) {
+            return Err(CoreError::Busy(format!(
+                "app is busy: an interrupted operation on {id} is being recovered"
+            )));
+        }
         busy.insert(id.clone(), what);
         Ok(BusyGuard {
             apps: self,
@@ -304,7 +315,17 @@ impl Apps {
     }
 
     pub fn is_busy(&self, id: &AppId) -> bool {
-        self.busy_map().contains_key(id)
+        self.busy_map().contains_key(id) || self.intents.is_pending(id.as_str())
+    }
+
+    /// Claims an app for the recovery of an interrupted operation on it (which keeps it
+    /// busy for everyone else).
+    pub(super) fn claim_recovery(&self, id: &AppId) -> BusyGuard<'_> {
+        self.busy_map().insert(id.clone(), "recovered");
+        BusyGuard {
+            apps: self,
+            id: id.clone(),
+        }
     }
 
     /// A fresh temp file in the upload area, deleted when dropped.
@@ -340,6 +361,11 @@ impl Apps {
         progress: ProgressFn<'_>,
     ) -> CoreResult<StoredApp> {
         self.import_zip(zip, None, options, cancel, progress).await
+    }
+
+    /// Forgets what was last published of a removed app.
+    pub(super) async fn forget_published(&self, id: &AppId) {
+        self.published.lock().await.remove(id);
     }
 
     /// Tells subscribers of a new app, whichever import path stored it.
@@ -397,7 +423,7 @@ impl Apps {
         Ok(self.store.get(id)?)
     }
 
-    fn project(&self, app: &StoredApp) -> CoreResult<ComposeProject> {
+    pub(super) fn project(&self, app: &StoredApp) -> CoreResult<ComposeProject> {
         ComposeProject::load(
             &app.dir,
             &app.id().slug(),
@@ -512,6 +538,28 @@ impl Apps {
         let _busy = self.claim(id, "started")?;
         self.publish_app(id, false).await;
         let project = self.project(&app)?;
+        let intent = self
+            .intents
+            .begin(AppOp::Start, Some(id.as_str()), Default::default())?;
+        crash_point("start.intent-written");
+        let result = self
+            .start_recorded(&app, &project, &intent, cancel, on_line)
+            .await;
+        crash_point("start.done");
+        settle(&intent, &result);
+        result
+    }
+
+    /// The start itself, its intent recorded.
+    async fn start_recorded(
+        &self,
+        app: &StoredApp,
+        project: &ComposeProject,
+        intent: &AppIntent,
+        cancel: &CancellationToken,
+        on_line: LineFn<'_>,
+    ) -> CoreResult<ProcessOutcome> {
+        let id = app.id();
         let started = Instant::now();
         let command = format!(
             "docker-compose -p {} -f {} up -d",
@@ -531,7 +579,9 @@ impl Apps {
         };
         let Some(result) = result else {
             collect("Cancelled: stopping what was started");
-            self.undo_start(&app, &collect).await?;
+            // Interrupted from here on, the start is undone rather than finished.
+            intent.note("undo", true)?;
+            self.undo_start(app, &collect).await?;
             return Err(CoreError::Cancelled(format!(
                 "the start of {id} was cancelled; the app was stopped"
             )));
@@ -563,7 +613,7 @@ impl Apps {
     /// After a cancelled `up`: `down` until no container of the app is left. A create request
     /// dropped mid-flight may still complete in Docker after the first `down` listed the
     /// containers, hence a few (bounded) rounds.
-    async fn undo_start(&self, app: &StoredApp, on_line: LineFn<'_>) -> CoreResult<()> {
+    pub(super) async fn undo_start(&self, app: &StoredApp, on_line: LineFn<'_>) -> CoreResult<()> {
         for round in 0..3 {
             if round > 0 {
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -613,7 +663,15 @@ impl Apps {
         let result = {
             let _busy = self.claim(id, "stopped")?;
             self.publish_app(id, false).await;
-            self.stop_claimed(&app, options, cancel, on_line).await
+            let data = noted("options", options);
+            let intent = self.intents.begin(AppOp::Stop, Some(id.as_str()), data)?;
+            crash_point("stop.intent-written");
+            let result = self
+                .stop_claimed(&app, options, &intent, cancel, on_line)
+                .await;
+            crash_point("stop.done");
+            settle(&intent, &result);
+            result
         };
         self.publish_app(id, false).await;
         result
@@ -623,6 +681,7 @@ impl Apps {
         &self,
         app: &StoredApp,
         options: StopOptions,
+        intent: &AppIntent,
         cancel: &CancellationToken,
         on_line: LineFn<'_>,
     ) -> CoreResult<ProcessOutcome> {
@@ -656,6 +715,8 @@ impl Apps {
         }
         let id = app.id();
         let stopping = stopping.into_inner().unwrap_or_else(|p| p.into_inner());
+        // Interrupted from here on, the stop is undone rather than finished.
+        intent.note("undo", serde_json::json!({ "was_running": was_running }))?;
         self.undo_stop(app, was_running, &stopping, on_line).await?;
         Err(CoreError::Cancelled(if was_running {
             format!("the stop of {id} was cancelled; the app was started again")
@@ -667,7 +728,7 @@ impl Apps {
     /// After a cancelled `down`: finishes the stops Docker already performs, then `up` when
     /// the app ran before, until its services run again (a removal Docker still completes
     /// may race the first `up`, hence a few bounded rounds).
-    async fn undo_stop(
+    pub(super) async fn undo_stop(
         &self,
         app: &StoredApp,
         was_running: bool,
@@ -717,7 +778,7 @@ impl Apps {
         )))
     }
 
-    async fn down(
+    pub(super) async fn down(
         &self,
         app: &StoredApp,
         remove_images: bool,
@@ -776,7 +837,7 @@ impl Apps {
         let result = self.remove_claimed(id, options).await;
         match result {
             Ok(last) => {
-                self.published.lock().await.remove(id);
+                self.forget_published(id).await;
                 self.events.publish(AppEvent::Remove(last));
                 Ok(())
             }
@@ -800,35 +861,59 @@ impl Apps {
                 "app {id} is running; stop it first or remove with force=true"
             )));
         }
+        let data = noted("options", options);
+        let intent = self.intents.begin(AppOp::Delete, Some(id.as_str()), data)?;
+        crash_point("delete.intent-written");
+        let result = self.remove_recorded(app, options).await;
+        settle(&intent, &result);
+        result
+    }
+
+    /// The removal itself: `down`, the images the app brought (unless another app brought
+    /// them too), the store's copy. Also what finishes an interrupted removal.
+    pub(super) async fn remove_recorded(
+        &self,
+        app: StoredApp,
+        options: RemoveOptions,
+    ) -> CoreResult<AppView> {
+        let id = app.id().clone();
         self.down(&app, false, options.remove_volumes, &|_| {})
             .await?;
+        crash_point("delete.stopped");
         if options.remove_images {
-            let protected = self.images_of_other_apps(id)?;
-            for image in &app.record.images {
-                if protected.contains(&image.id) {
+            self.remove_app_images(&app).await?;
+        }
+        crash_point("delete.images-removed");
+        let mut last = self.view(app).await;
+        last.busy = false;
+        self.store.remove(&id)?;
+        Ok(last)
+    }
+
+    /// Removes the images `app` brought, except those another stored app brought too.
+    async fn remove_app_images(&self, app: &StoredApp) -> CoreResult<()> {
+        let protected = self.images_of_other_apps(app.id())?;
+        for image in &app.record.images {
+            if protected.contains(&image.id) {
+                continue;
+            }
+            for reference in &image.references {
+                if protected.contains(reference) {
                     continue;
                 }
-                for reference in &image.references {
-                    if protected.contains(reference) {
-                        continue;
+                match self.engine.remove_image(reference, false).await {
+                    Ok(_) => {}
+                    Err(crate::core::engine::EngineError::NotFound(_)) => {}
+                    Err(crate::core::engine::EngineError::Conflict(m)) => {
+                        return Err(CoreError::Conflict(format!(
+                            "image {reference} is still needed: {m}"
+                        )))
                     }
-                    match self.engine.remove_image(reference, false).await {
-                        Ok(_) => {}
-                        Err(crate::core::engine::EngineError::NotFound(_)) => {}
-                        Err(crate::core::engine::EngineError::Conflict(m)) => {
-                            return Err(CoreError::Conflict(format!(
-                                "image {reference} is still needed: {m}"
-                            )))
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
-        let mut last = self.view(app).await;
-        last.busy = false;
-        self.store.remove(id)?;
-        Ok(last)
+        Ok(())
     }
 
     /// The store, for the Files API (`files.rs`).

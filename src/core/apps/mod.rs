@@ -8,6 +8,7 @@ pub mod files;
 pub mod import;
 pub mod lifecycle;
 pub mod recognize;
+pub mod recover;
 pub mod store;
 pub mod stream;
 pub mod watch;

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tempfile::TempDir;
 
 use super::{AppConfig, AppId};
+use crate::core::recovery::{crash_point, crash_point_unsynced};
 use crate::core::ErrorKind;
 
 pub const RECORD_FILE: &str = "gantry-app.json";
@@ -351,6 +352,7 @@ impl AppStore {
         }
         // Renamed away: dropping the TempDir must not delete the app.
         let _ = tmp.keep();
+        crash_point("store.insert.renamed");
         sync_dir(&self.root)?;
         if let Some(old) = old {
             if let Err(e) = discard(&old) {
@@ -377,6 +379,7 @@ impl AppStore {
         let old = self.old_dir()?;
         fs::rename(&target, &old).map_err(io_err("move away", &target))?;
         sync_dir(&self.root)?;
+        crash_point("store.remove.renamed");
         if let Err(e) = discard(&old) {
             tracing::warn!(
                 dir = %old.display(),
@@ -413,7 +416,10 @@ fn write_record(dir: &Path, record: &AppRecord) -> Result<(), StoreError> {
     let json = serde_json::to_vec_pretty(record).expect("the record serialises");
     let mut file = File::create(&path).map_err(io_err("create", &path))?;
     file.write_all(&json)
-        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            crash_point_unsynced("store.record.unsynced", &path, 0);
+            file.sync_all()
+        })
         .map_err(io_err("write", &path))
 }
 

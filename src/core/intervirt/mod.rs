@@ -11,6 +11,7 @@
 //! exclusively. The Docker event watcher ([`watch`]) reconciles under the same locks.
 
 mod locks;
+mod recover;
 mod upgrade;
 mod watch;
 
@@ -32,8 +33,11 @@ use super::network::{
     Protocol,
 };
 use super::power::{Power, PowerAction, PowerError};
+use super::recovery::crash_point;
+use super::recovery::{noted, settle};
 use super::ErrorKind;
 use locks::KeyedLocks;
+use recover::{AgentIntents, AgentOp};
 pub use upgrade::UpgradeCommand;
 
 /// Every Intervirt container carries this label (value "1").
@@ -155,6 +159,8 @@ pub struct IntervirtAgent {
     /// Held shared by ordinary requests, exclusively by wipe, update and power commands.
     global: RwLock<()>,
     names: KeyedLocks,
+    /// The intents of requests in flight (`<state_dir>/intents`), resolved after a crash.
+    intents: AgentIntents,
 }
 
 /// A power action that is ready to run once the client has its answer.
@@ -206,6 +212,7 @@ impl IntervirtAgent {
         power: Arc<dyn Power>,
         net: DataplaneHandle,
     ) -> Arc<Self> {
+        let intents = recover::open_intents(&settings.state_dir);
         Arc::new(Self {
             settings,
             engine,
@@ -213,6 +220,7 @@ impl IntervirtAgent {
             power,
             global: RwLock::new(()),
             names: KeyedLocks::default(),
+            intents,
         })
     }
 
@@ -221,6 +229,7 @@ impl IntervirtAgent {
     /// watches Docker's events until `stop`. Docker being down is logged, not fatal: the
     /// watcher attaches the containers once Docker answers.
     pub async fn start_up(self: &Arc<Self>, stop: CancellationToken) {
+        self.recover().await;
         self.resume().await;
         if let Err(e) = self.resync().await {
             tracing::warn!(error = %e, "cannot list Intervirt containers at start");
@@ -317,8 +326,17 @@ impl IntervirtAgent {
             ipv6: spec.ipv6,
             internet: spec.internet,
         };
+        let intent = self
+            .intents
+            .begin(AgentOp::Add, Some(&name), noted("image", &spec.image))
+            .map_err(|e| AgentError::Guest(e.to_string()))?;
+        crash_point("intervirt-add.intent-written");
         let began = Instant::now();
-        self.net(move |d| d.add_container(net_spec)).await?;
+        if let Err(e) = self.net(move |d| d.add_container(net_spec)).await {
+            settle(&intent, &Err::<(), _>(e.clone()));
+            return Err(e);
+        }
+        crash_point("intervirt-add.recorded");
         let recorded = began.elapsed();
         let result = self.create_and_start(&name, &spec.image).await;
         if let Ok(attached) = result {
@@ -331,16 +349,25 @@ impl IntervirtAgent {
             );
         }
         if let Err(e) = result {
-            if let Err(undo) = self.engine.remove_container(&name, true, true).await {
-                if !matches!(undo, EngineError::NotFound(_)) {
-                    tracing::warn!(container = %name, error = %undo, "cannot remove a half-created container");
-                }
-            }
-            let n = name.clone();
-            if let Err(undo) = self.net(move |d| d.remove_container(&n)).await {
-                tracing::warn!(container = %name, error = %undo, "cannot forget a half-created container");
-            }
+            settle(&intent, &self.undo_add(&name).await);
             return Err(e);
+        }
+        intent.done();
+        Ok(())
+    }
+
+    /// Removes what a failed add made: the Docker container and the record.
+    async fn undo_add(&self, name: &str) -> AgentResult<()> {
+        if let Err(undo) = self.engine.remove_container(name, true, true).await {
+            if !matches!(undo, EngineError::NotFound(_)) {
+                tracing::warn!(container = %name, error = %undo, "cannot remove a half-created container");
+                return Err(undo.into());
+            }
+        }
+        let n = name.to_string();
+        if let Err(undo) = self.net(move |d| d.remove_container(&n)).await {
+            tracing::warn!(container = %name, error = %undo, "cannot forget a half-created container");
+            return Err(undo);
         }
         Ok(())
     }
@@ -357,14 +384,22 @@ impl IntervirtAgent {
                 }
                 e => AgentError::Guest(format!("cannot create container {name}: {e}")),
             })?;
+        crash_point("intervirt-add.created");
+        self.start_and_attach(name).await
+    }
+
+    /// Starts a created container and attaches it; returns how long attaching took.
+    async fn start_and_attach(&self, name: &str) -> AgentResult<Duration> {
         self.engine
             .start_container(name)
             .await
             .map_err(|e| AgentError::Guest(format!("cannot start container {name}: {e}")))?;
+        crash_point("intervirt-add.started");
         let pid = self.running_pid_of(name).await?;
         let began = Instant::now();
         let n = name.to_string();
         self.net(move |d| d.attach(&n, pid)).await?;
+        crash_point("intervirt-add.attached");
         Ok(began.elapsed())
     }
 
@@ -408,24 +443,45 @@ impl IntervirtAgent {
         if !known && docker.is_none() {
             return Err(not_found(name));
         }
+        let intent = self
+            .intents
+            .begin(AgentOp::Remove, Some(name), Default::default())
+            .map_err(|e| AgentError::Guest(e.to_string()))?;
+        crash_point("intervirt-remove.intent-written");
+        let result = self.remove_steps(name, known, docker, &progress).await;
+        settle(&intent, &result);
+        result
+    }
+
+    /// RemoveContainer's steps: stop (when running), remove, forget the network.
+    async fn remove_steps(
+        &self,
+        name: &str,
+        known: bool,
+        docker: Option<ContainerInspectResponse>,
+        progress: &ProgressSink,
+    ) -> AgentResult<()> {
         if let Some(c) = &docker {
             if running_pid(c).is_some() {
                 progress
                     .report(0.3, format!("Shutting down container {name}..."))
                     .await;
                 self.stop_docker(name).await?;
+                crash_point("intervirt-remove.stopped");
             }
             progress
                 .report(0.6, format!("Removing container {name}..."))
                 .await;
             match self.engine.remove_container(name, true, true).await {
                 Ok(()) | Err(EngineError::NotFound(_)) => {}
+                Err(e @ EngineError::Unavailable(_)) => return Err(e.into()),
                 Err(e) => {
                     return Err(AgentError::Guest(format!(
                         "cannot remove container {name}: {e}"
                     )))
                 }
             }
+            crash_point("intervirt-remove.removed");
         }
         if known {
             progress
@@ -548,6 +604,22 @@ impl IntervirtAgent {
     /// message per step. Goes on after a failed step and reports every failure at the end.
     pub async fn wipe(&self, progress: ProgressSink) -> AgentResult<()> {
         let _all = self.global.write().await;
+        let intent = self
+            .intents
+            .begin(AgentOp::Wipe, None, Default::default())
+            .map_err(|e| AgentError::Guest(e.to_string()))?;
+        crash_point("intervirt-wipe.intent-written");
+        let result = self.wipe_steps(&progress).await;
+        // A wipe that failed anywhere is done again by the recovery.
+        match &result {
+            Ok(()) => intent.done(),
+            Err(_) => intent.keep(),
+        }
+        result
+    }
+
+    /// Removes every Intervirt container, the dataplane's state and the resume list.
+    async fn wipe_steps(&self, progress: &ProgressSink) -> AgentResult<()> {
         let mut errors = Vec::new();
         let names = match self.list().await {
             Ok(n) => n,
@@ -566,6 +638,7 @@ impl IntervirtAgent {
                 Err(e) => errors.push(format!("container {name}: {e}")),
             }
         }
+        crash_point("intervirt-wipe.containers-removed");
         progress
             .report(
                 names.len() as f64 / steps,
@@ -590,12 +663,28 @@ impl IntervirtAgent {
     /// restarted when it was running; each keeps its network.
     pub async fn update(&self, progress: ProgressSink) -> AgentResult<()> {
         let _all = self.global.write().await;
+        let intent = self
+            .intents
+            .begin(AgentOp::Update, None, Default::default())
+            .map_err(|e| AgentError::Guest(e.to_string()))?;
+        crash_point("intervirt-update.intent-written");
+        let result = self.update_steps(&intent, &progress).await;
+        settle(&intent, &result);
+        result
+    }
+
+    /// The upgrade command, then each container, noted in `intent` before it is touched.
+    async fn update_steps(
+        &self,
+        intent: &recover::AgentIntent,
+        progress: &ProgressSink,
+    ) -> AgentResult<()> {
         match self.settings.upgrade_command.resolve() {
             Some(argv) => {
                 progress
                     .report(0.0, format!("Running {}", argv.join(" ")))
                     .await;
-                upgrade::run(&argv, self.settings.upgrade_timeout, &progress, 0.0, 0.5).await?;
+                upgrade::run(&argv, self.settings.upgrade_timeout, progress, 0.0, 0.5).await?;
             }
             None => {
                 progress
@@ -603,12 +692,15 @@ impl IntervirtAgent {
                     .await;
             }
         }
+        crash_point("intervirt-update.upgraded");
         let names = self.list().await?;
         let mut errors = Vec::new();
         let n = names.len().max(1) as f64;
         for (i, name) in names.iter().enumerate() {
             let base = 0.5 + 0.5 * i as f64 / n;
-            if let Err(e) = self.update_container(name, &progress, base).await {
+            let updated = self.update_container(name, intent, progress, base).await;
+            crash_point("intervirt-update.container-done");
+            if let Err(e) = updated {
                 progress
                     .report(base, format!("Updating {name} failed: {e}"))
                     .await;
@@ -625,6 +717,7 @@ impl IntervirtAgent {
     async fn update_container(
         &self,
         name: &str,
+        intent: &recover::AgentIntent,
         progress: &ProgressSink,
         base: f64,
     ) -> AgentResult<()> {
@@ -635,6 +728,14 @@ impl IntervirtAgent {
             .and_then(|c| c.image.clone())
             .ok_or_else(|| AgentError::Guest(format!("container {name} has no image")))?;
         let running = running_pid(&c).is_some();
+        let noted = recover::Updating {
+            name: name.to_string(),
+            image: image.clone(),
+            running,
+        };
+        intent
+            .note("container", noted)
+            .map_err(|e| AgentError::Guest(e.to_string()))?;
         let mut changed = false;
         if self.settings.pull_on_update {
             progress

@@ -21,6 +21,7 @@ pub async fn run(agent: Arc<IntervirtAgent>, stop: CancellationToken) {
         let mut events = agent
             .engine
             .container_events(&[Filter::Label(format!("{LABEL}=1"))]);
+        agent.recover().await;
         let resynced = agent.resync().await;
         if let Err(e) = &resynced {
             tracing::debug!(error = %e, "Intervirt resync failed; retrying");

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::nft::Protocol;
+use crate::core::recovery::crash_point_unsynced;
 
 /// A unicast Ethernet address, written `2a:5b:22:67:67:67`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -504,6 +505,7 @@ impl StateStore {
 
     /// Makes `change` durable; `after` is the state with it applied (for compaction).
     pub fn record(&mut self, change: &Change, after: &State) -> io::Result<()> {
+        let (path, durable) = (self.journal_path(), self.journal_bytes);
         let Some(journal) = self.journal.as_mut() else {
             // An earlier append failed half-way: a snapshot makes everything durable again.
             return self.save(after);
@@ -515,7 +517,10 @@ impl StateStore {
         })
         .map_err(io::Error::other)?;
         line.push(b'\n');
-        let written = journal.write_all(&line).and_then(|()| journal.sync_data());
+        let written = journal.write_all(&line).and_then(|()| {
+            crash_point_unsynced("network.journal.unsynced", &path, durable);
+            journal.sync_data()
+        });
         if let Err(e) = written {
             // Cut off whatever part got written; if even that fails, stop appending.
             let cut = journal

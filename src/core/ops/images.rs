@@ -75,13 +75,13 @@ impl Core {
                         (stream, Some(size), Some(file))
                     }
                 };
-                core.load_counted(stream, total, &reporter, &cancel).await
+                core.load_recorded(stream, total, &reporter, &cancel).await
             },
         )
     }
 
     /// Loads `stream`, reporting the bytes Docker has taken every [`REPORT_EVERY`].
-    async fn load_counted(
+    pub(super) async fn load_counted(
         &self,
         stream: ByteStream,
         total: Option<u64>,

@@ -7,6 +7,7 @@
 
 pub mod apps;
 pub mod images;
+mod recorded;
 
 use std::future::Future;
 use std::sync::Arc;

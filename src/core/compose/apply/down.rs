@@ -14,6 +14,7 @@ use super::{
 };
 use crate::core::compose::{ComposeError, ComposeProject};
 use crate::core::engine::{ContainerEngine, EngineError, Filter};
+use crate::core::recovery::crash_point;
 
 pub async fn down(
     p: &ComposeProject,
@@ -55,6 +56,7 @@ pub async fn down(
         Ok(nets) => result.removed_networks = remove_networks(&mut t, nets).await,
         Err(e) => t.fail(ComposeError::engine("listing the project's networks")(e)),
     }
+    crash_point("compose.down.networks-removed");
     if opts.remove_volumes {
         result.removed_volumes = remove_volumes(&mut t).await;
     }
@@ -170,7 +172,9 @@ fn stop<'a>(
             stop.await
                 .map_err(ComposeError::engine(format!("stopping {name}")))
         };
-        out.step("Stopping", &name, stop).await
+        let stopped = out.step("Stopping", &name, stop).await;
+        crash_point("compose.down.container-stopped");
+        stopped
     })
 }
 
@@ -189,7 +193,9 @@ fn remove<'a>(
                 Err(e) => Err(ComposeError::engine(format!("removing {name}"))(e)),
             }
         };
-        out.step("Removing", &name, removal).await
+        let removed = out.step("Removing", &name, removal).await;
+        crash_point("compose.down.container-removed");
+        removed
     })
 }
 

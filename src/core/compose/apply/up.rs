@@ -22,6 +22,7 @@ use super::{
 };
 use crate::core::compose::{ComposeError, ComposeProject};
 use crate::core::engine::ContainerEngine;
+use crate::core::recovery::crash_point;
 
 pub async fn up(
     p: &ComposeProject,
@@ -56,6 +57,7 @@ async fn up_inner(
         pulled,
         existing,
     } = prepare(p, engine, out).await?;
+    crash_point("compose.up.prepared");
     let by_service = remove_orphans(p, engine, out, existing).await?;
     start_services(p, engine, out, &image_ids, by_service).await?;
     let now = engine
@@ -181,6 +183,7 @@ fn create_ahead<'a>(
         Box::pin(async move {
             let (body, _) = create_body(s, &image_id, None);
             let created = create(s, engine, body).await;
+            crash_point("compose.up.created");
             if created.is_err() {
                 let head = format!(
                     "Creating {:<width$} ...",
@@ -225,14 +228,18 @@ fn start<'a>(
 ) -> impl FnOnce(Ids<'a>) -> BoxFuture<'a, Result<String, ComposeError>> + Send + 'a {
     move |ids| {
         Box::pin(async move {
-            if let Some(id) = ids.get(&Step::Create(&s.name)) {
-                return start_created(s, engine, out, id.clone()).await;
-            }
-            let network_of = s
-                .network_of
-                .as_deref()
-                .and_then(|o| ids.get(&Step::Start(o)));
-            converge(s, engine, out, &image_id, network_of, current).await
+            let started = match ids.get(&Step::Create(&s.name)) {
+                Some(id) => start_created(s, engine, out, id.clone()).await,
+                None => {
+                    let network_of = s
+                        .network_of
+                        .as_deref()
+                        .and_then(|o| ids.get(&Step::Start(o)));
+                    converge(s, engine, out, &image_id, network_of, current).await
+                }
+            };
+            crash_point("compose.up.service-started");
+            started
         })
     }
 }

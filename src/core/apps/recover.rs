@@ -1,0 +1,355 @@
+//! Interrupted app operations: the intents the apps service records (import, image load,
+//! start, stop, delete, refresh of all apps) and the rule that resolves each one left by a
+//! crash, or by an operation that Docker's going away kept from settling.
+//!
+//! The rules (docs/DECISIONS.md, "Interrupted operations"): a crash counts as the client
+//! leaving for good, so each kind ends as its client-gone policy says. An import or image
+//! load is rolled back (the images it noted are removed unless a stored app uses them,
+//! including any that Docker finishes loading after the restart); a start, stop or delete is
+//! finished (one that was being cancelled is undone instead); a refresh only read.
+
+use std::collections::HashSet;
+use std::ops::Deref;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::lifecycle::{Apps, RemoveOptions, StopOptions};
+use super::store::{AppStore, StoredApp};
+use super::AppId;
+use crate::core::engine::{ContainerEngine, EngineError};
+use crate::core::events::AppEvent;
+use crate::core::health::EngineHealth;
+use crate::core::recovery::{Intent, IntentKind, IntentLog, Pending, Record};
+use crate::core::{CoreResult, ErrorKind};
+
+/// The operations whose intent the apps service records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AppOp {
+    Import,
+    LoadImage,
+    Start,
+    Stop,
+    Delete,
+    Refresh,
+}
+
+impl IntentKind for AppOp {
+    fn name(self) -> &'static str {
+        match self {
+            AppOp::Import => "import",
+            AppOp::LoadImage => "load-image",
+            AppOp::Start => "start",
+            AppOp::Stop => "stop",
+            AppOp::Delete => "delete",
+            AppOp::Refresh => "refresh",
+        }
+    }
+}
+
+pub type AppIntents = IntentLog<AppOp>;
+pub type AppIntent = Intent<AppOp>;
+
+/// How one resolution went.
+enum Outcome {
+    Resolved,
+    /// Images that are not (yet) there: watched until no load of them can be in flight.
+    Watch(Vec<String>),
+}
+
+/// A resolution that failed for another reason than Docker being away is tried this many
+/// times, then given up (logged) so that the app does not stay busy for ever.
+const ATTEMPTS: u32 = 3;
+
+impl Apps {
+    /// Resolves every pending intent by its kind's rule, oldest first; run at start before
+    /// anything is served, then by [`resolve_pending`] whenever one is left. With Docker
+    /// unreachable nothing is done: the apps concerned stay busy until it answers.
+    pub async fn recover(&self) -> CoreResult<()> {
+        if !self.intents.has_pending() && !self.legacy_journals.exists() {
+            return Ok(());
+        }
+        if let Err(e) = self.engine.version().await {
+            tracing::warn!(error = %e, "interrupted operations are recovered once Docker answers");
+            return Ok(());
+        }
+        self.recover_legacy_journals().await?;
+        for p in self.intents.take_pending() {
+            let (kind, app) = (p.record.kind, p.record.app.clone().unwrap_or_default());
+            tracing::info!(operation = kind.name(), app = %app, "recovering an interrupted operation");
+            let outcome = self.resolve(&p.record).await;
+            self.conclude(p, outcome);
+        }
+        Ok(())
+    }
+
+    async fn resolve(&self, r: &Record<AppOp>) -> CoreResult<Outcome> {
+        match r.kind {
+            AppOp::Import | AppOp::LoadImage => self.remove_noted_images(r).await,
+            AppOp::Start => self.finish_start(r).await,
+            AppOp::Stop => self.finish_stop(r).await,
+            AppOp::Delete => self.finish_delete(r).await,
+            AppOp::Refresh => Ok(Outcome::Resolved),
+        }
+    }
+
+    fn conclude(&self, p: Pending<AppOp>, outcome: CoreResult<Outcome>) {
+        let name = p.record.kind.name();
+        match outcome {
+            Ok(Outcome::Resolved) => self.intents.release(p, true),
+            Ok(Outcome::Watch(ids)) => {
+                let (engine, store) = (self.engine.clone(), self.store().clone());
+                let intents = self.intents.clone();
+                tokio::spawn(async move {
+                    watch_loads(engine.as_ref(), &store, ids).await;
+                    intents.release(p, true);
+                });
+            }
+            Err(e) if e.kind() == ErrorKind::Unavailable => {
+                tracing::warn!(operation = name, error = %e, "recovery postponed until Docker answers");
+                self.intents.release(p, false);
+            }
+            Err(e) if p.attempts + 1 < ATTEMPTS => {
+                tracing::warn!(operation = name, error = %e, "recovery failed; trying again later");
+                self.intents.release(p, false);
+            }
+            Err(e) => {
+                tracing::error!(operation = name, error = %e, "cannot recover an interrupted operation; giving up");
+                self.intents.release(p, true);
+            }
+        }
+    }
+
+    /// The stored app an intent names, None when it is not (or no longer) stored.
+    fn app_of(&self, r: &Record<AppOp>) -> Option<StoredApp> {
+        let id = AppId::from(r.app.as_deref()?);
+        self.store().get(&id).ok()
+    }
+
+    /// A start: `up`; when that fails, `down` (never half started). A start that was being
+    /// cancelled is undone instead.
+    async fn finish_start(&self, r: &Record<AppOp>) -> CoreResult<Outcome> {
+        let Some(app) = self.app_of(r) else {
+            return Ok(Outcome::Resolved);
+        };
+        let id = app.id().clone();
+        {
+            let _busy = self.claim_recovery(&id);
+            let log = log_lines(&id);
+            if r.data.contains_key("undo") {
+                self.undo_start(&app, &log).await?;
+            } else {
+                self.up_or_down(&app, &log).await?;
+            }
+        }
+        self.publish_app(&id, false).await;
+        Ok(Outcome::Resolved)
+    }
+
+    async fn up_or_down(
+        &self,
+        app: &StoredApp,
+        log: super::lifecycle::LineFn<'_>,
+    ) -> CoreResult<()> {
+        let project = self.project(app)?;
+        match project.up(self.engine.as_ref(), log).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::Unavailable => Err(e.into()),
+            Err(e) => {
+                tracing::warn!(app = %app.id(), error = %e, "the interrupted start cannot finish; stopping the app");
+                self.down(app, false, false, log).await.map(|_| ())
+            }
+        }
+    }
+
+    /// A stop: `down` with its options. A stop that was being cancelled is undone instead
+    /// (the app started again when it ran before).
+    async fn finish_stop(&self, r: &Record<AppOp>) -> CoreResult<Outcome> {
+        let Some(app) = self.app_of(r) else {
+            return Ok(Outcome::Resolved);
+        };
+        let id = app.id().clone();
+        let options: StopOptions = r.get("options").unwrap_or_default();
+        let undo: Option<Value> = r.get("undo");
+        {
+            let _busy = self.claim_recovery(&id);
+            let log = log_lines(&id);
+            match undo {
+                Some(u) if u["was_running"] == true => {
+                    self.undo_stop(&app, true, &[], &log).await?
+                }
+                Some(_) => {}
+                None => {
+                    let (rmi, volumes) = (options.remove_images, options.remove_volumes);
+                    self.down(&app, rmi, volumes, &log).await?;
+                }
+            }
+        }
+        self.publish_app(&id, false).await;
+        Ok(Outcome::Resolved)
+    }
+
+    /// A delete: `down`, the app's images (as asked), the store's copy.
+    async fn finish_delete(&self, r: &Record<AppOp>) -> CoreResult<Outcome> {
+        let Some(app) = self.app_of(r) else {
+            return Ok(Outcome::Resolved);
+        };
+        let id = app.id().clone();
+        let options: RemoveOptions = r.get("options").unwrap_or_default();
+        let last = {
+            let _busy = self.claim_recovery(&id);
+            self.remove_recorded(app, options).await?
+        };
+        self.forget_published(&id).await;
+        self.events().publish(AppEvent::Remove(last));
+        Ok(Outcome::Resolved)
+    }
+
+    /// An import or image load: the images it noted, except those a stored app uses.
+    /// Images not there (yet) are watched: Docker may still be loading them.
+    async fn remove_noted_images(&self, r: &Record<AppOp>) -> CoreResult<Outcome> {
+        let ids: Vec<String> = r.get("images").unwrap_or_default();
+        let in_use = images_in_use(self.store())?;
+        let mut missing = Vec::new();
+        for id in ids.iter().rev().filter(|id| !in_use.contains(*id)) {
+            match self.engine.remove_image(id, false).await {
+                Ok(_) => {
+                    tracing::info!(image = %id, "removed an image of an interrupted operation")
+                }
+                Err(EngineError::NotFound(_)) => missing.push(id.clone()),
+                Err(e @ EngineError::Unavailable(_)) => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(image = %id, error = %e, "cannot remove an image of an interrupted operation")
+                }
+            }
+        }
+        Ok(match missing.is_empty() {
+            true => Outcome::Resolved,
+            false => Outcome::Watch(missing),
+        })
+    }
+
+    /// Images of imports interrupted under an earlier version (`import-journal/`).
+    async fn recover_legacy_journals(&self) -> CoreResult<()> {
+        if self.legacy_journals.exists() {
+            let in_use = images_in_use(self.store())?;
+            super::import::recover_journals(self.engine.as_ref(), &self.legacy_journals, &in_use)
+                .await;
+            let _ = std::fs::remove_dir(&self.legacy_journals);
+        }
+        Ok(())
+    }
+}
+
+/// Every image id a stored app recorded.
+fn images_in_use(store: &AppStore) -> CoreResult<HashSet<String>> {
+    let apps = store.list()?;
+    Ok(apps
+        .into_iter()
+        .flat_map(|a| a.record.images.into_iter().map(|i| i.id))
+        .collect())
+}
+
+/// Where a recovery's compose lines go: gantry's log.
+fn log_lines(id: &AppId) -> impl Fn(&str) + Send + Sync + '_ {
+    move |line: &str| tracing::info!(app = %id, "recovery: {line}")
+}
+
+/// How often the watch of loads in flight looks again.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+/// The longest a watch lasts while Docker still loads something.
+const WATCH_LIMIT: Duration = Duration::from_secs(300);
+/// How long a watch lasts when the loads in flight cannot be seen (Docker's data directory
+/// is not readable from here).
+const WATCH_BLIND: Duration = Duration::from_secs(60);
+
+/// Removes each of `ids` that Docker creates while a load may still be in flight: until no
+/// load is (Docker's `tmp/docker-import-*` directories are gone, seen twice in a row), at
+/// most [`WATCH_LIMIT`], or [`WATCH_BLIND`] when they cannot be seen.
+pub(super) async fn watch_loads(
+    engine: &dyn ContainerEngine,
+    store: &AppStore,
+    mut ids: Vec<String>,
+) {
+    let tmp = engine
+        .data_root()
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.join("tmp"));
+    let visible = tmp.as_deref().and_then(loads_in_flight).is_some();
+    let started = Instant::now();
+    let limit = if visible { WATCH_LIMIT } else { WATCH_BLIND };
+    let mut quiet = 0;
+    while !ids.is_empty() && quiet < 2 {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let in_use = images_in_use(store).unwrap_or_default();
+        ids.retain(|id| !in_use.contains(id));
+        remove_present(engine, &mut ids).await;
+        match tmp.as_deref().and_then(loads_in_flight) {
+            Some(false) => quiet += 1,
+            _ => quiet = 0,
+        }
+        if started.elapsed() >= limit {
+            tracing::warn!(images = ?ids, "stopped watching for images of an interrupted operation");
+            return;
+        }
+    }
+    remove_present(engine, &mut ids).await;
+}
+
+/// Removes those of `ids` that are there now, and forgets them.
+async fn remove_present(engine: &dyn ContainerEngine, ids: &mut Vec<String>) {
+    let mut left = Vec::new();
+    for id in ids.drain(..) {
+        match engine.remove_image(&id, false).await {
+            Ok(_) => {
+                tracing::info!(image = %id, "removed an image Docker loaded after an interrupted operation")
+            }
+            Err(EngineError::NotFound(_)) => left.push(id),
+            Err(e) => {
+                tracing::warn!(image = %id, error = %e, "cannot remove an image of an interrupted operation")
+            }
+        }
+    }
+    *ids = left;
+}
+
+/// Whether Docker has a load in flight (a `docker-import-*` directory in its `tmp`); None
+/// when that cannot be read.
+fn loads_in_flight(tmp: &Path) -> Option<bool> {
+    let mut entries = std::fs::read_dir(tmp).ok()?;
+    Some(entries.any(|e| {
+        e.is_ok_and(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("docker-import-")
+        })
+    }))
+}
+
+/// Resolves what stays pending (Docker was down at start, or went away during an operation)
+/// once Docker answers again, and retries failed resolutions now and then; until `stop`.
+pub async fn resolve_pending<A>(apps: A, health: EngineHealth, stop: CancellationToken)
+where
+    A: Deref<Target = Apps>,
+{
+    let mut status = health.subscribe();
+    loop {
+        if apps.intents.has_pending() && health.current().is_reachable() {
+            if let Err(e) = apps.recover().await {
+                tracing::warn!(error = %e, "recovery of interrupted operations failed");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = apps.intents.became_pending() => {}
+            r = status.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    }
+}

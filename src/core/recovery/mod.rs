@@ -1,0 +1,60 @@
+//! Interrupted operations end in a known state.
+//!
+//! Every long operation records its intent durably ([`intents::IntentLog`]) before it
+//! touches Docker, the store or the kernel, and removes it when it is done. An intent still
+//! there at start (gantry was killed, the power went) or left by an operation that could not
+//! settle (Docker went away midway) is resolved by its kind's rule before the state it
+//! concerns is served: an interrupted start is finished, an interrupted import rolled back,
+//! and so on (docs/DECISIONS.md, "Interrupted operations", has every kind and rule).
+//!
+//! [`crash::crash_point`] names each step of each operation, so the fault tests
+//! (`tests/faults.rs`) can make gantry exit exactly there and check the state after a
+//! restart; [`points::POINTS`] lists them all.
+
+pub mod crash;
+pub mod intents;
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
+pub mod points;
+
+pub use crash::{crash_point, crash_point_unsynced};
+pub use intents::{Intent, IntentKind, IntentLog, Pending, Record};
+
+use serde_json::{Map, Value};
+
+use super::ErrorKind;
+
+/// An intent's first data: `value` under `key`.
+pub fn noted(key: &str, value: impl serde::Serialize) -> Map<String, Value> {
+    let mut data = Map::new();
+    data.insert(key.to_string(), serde_json::json!(value));
+    data
+}
+
+/// Errors that say whether Docker (or another service the operation needs) went away.
+pub trait HasKind {
+    fn error_kind(&self) -> ErrorKind;
+}
+
+impl HasKind for super::CoreError {
+    fn error_kind(&self) -> ErrorKind {
+        self.kind()
+    }
+}
+
+impl HasKind for super::intervirt::AgentError {
+    fn error_kind(&self) -> ErrorKind {
+        self.kind()
+    }
+}
+
+/// Ends an operation's intent by its result: Docker having gone away leaves it for the
+/// resolver (the operation stopped somewhere unknown); any other end is settled.
+pub fn settle<K: IntentKind, T, E: HasKind>(intent: &Intent<K>, result: &Result<T, E>) {
+    match result {
+        Err(e) if e.error_kind() == ErrorKind::Unavailable => intent.keep(),
+        _ => intent.done(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,116 @@
+//! The crash points: every named step of every long operation where the fault tests make
+//! gantry exit abruptly (see `crash.rs`). Pure data with no dependencies: the fault tests
+//! (`tests/faults/`) include this file, run every row and check the state after a restart.
+//!
+//! A row is a point's name, the operation whose test driver reaches it and which hit of the
+//! name to crash at (a compose step is hit once per service). Code names a point with
+//! `recovery::crash_point("name")`; a unit test checks that the names in the code and the
+//! rows here are the same, and that docs/DECISIONS.md ("Interrupted operations") lists every
+//! one with its recovery rule.
+
+/// How the fault tests treat the crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crash {
+    /// The process exits there; everything written before is on disk.
+    Exit,
+    /// The process exits between a write and its fsync; the tests then tear or drop that last
+    /// write (as a power cut would) before the restart.
+    Unsynced,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Point {
+    pub name: &'static str,
+    /// The operation whose driver reaches the point (an intent kind's name).
+    pub op: &'static str,
+    /// Crash at this hit of the name (1 = the first).
+    pub hit: u32,
+    pub crash: Crash,
+}
+
+const fn exit(name: &'static str, op: &'static str) -> Point {
+    Point {
+        name,
+        op,
+        hit: 1,
+        crash: Crash::Exit,
+    }
+}
+
+const fn nth(name: &'static str, op: &'static str, hit: u32) -> Point {
+    Point {
+        name,
+        op,
+        hit,
+        crash: Crash::Exit,
+    }
+}
+
+const fn unsynced(name: &'static str, op: &'static str) -> Point {
+    Point {
+        name,
+        op,
+        hit: 1,
+        crash: Crash::Unsynced,
+    }
+}
+
+/// Every crash point, by operation, in the order an operation reaches them.
+pub const POINTS: &[Point] = &[
+    // import (the REST import, images streamed while the upload arrives)
+    exit("import.intent-written", "import"),
+    unsynced("intent.unsynced", "import"),
+    exit("import.manifest-noted", "import"),
+    exit("import.load-in-flight", "import"),
+    exit("import.image-loaded", "import"),
+    unsynced("store.record.unsynced", "import"),
+    exit("import.staged", "import"),
+    exit("store.insert.renamed", "import"),
+    exit("import.stored", "import"),
+    // image load (POST /system/images)
+    exit("load-image.intent-written", "load-image"),
+    exit("load-image.manifest-noted", "load-image"),
+    exit("load-image.load-in-flight", "load-image"),
+    exit("load-image.loaded", "load-image"),
+    // start (a chain of three services)
+    exit("start.intent-written", "start"),
+    exit("compose.up.prepared", "start"),
+    exit("compose.up.created", "start"),
+    nth("compose.up.service-started", "start", 1),
+    nth("compose.up.service-started", "start", 2),
+    exit("start.done", "start"),
+    // stop
+    exit("stop.intent-written", "stop"),
+    exit("compose.down.container-stopped", "stop"),
+    nth("compose.down.container-removed", "stop", 2),
+    exit("compose.down.networks-removed", "stop"),
+    exit("stop.done", "stop"),
+    // delete
+    exit("delete.intent-written", "delete"),
+    exit("compose.down.container-removed", "delete"),
+    exit("delete.stopped", "delete"),
+    exit("delete.images-removed", "delete"),
+    exit("store.remove.renamed", "delete"),
+    // refresh of all apps
+    exit("refresh.intent-written", "refresh"),
+    // Intervirt
+    exit("intervirt-add.intent-written", "intervirt-add"),
+    unsynced("network.journal.unsynced", "intervirt-add"),
+    exit("intervirt-add.recorded", "intervirt-add"),
+    exit("intervirt-add.created", "intervirt-add"),
+    exit("intervirt-add.started", "intervirt-add"),
+    exit("intervirt-add.attached", "intervirt-add"),
+    exit("intervirt-remove.intent-written", "intervirt-remove"),
+    exit("intervirt-remove.stopped", "intervirt-remove"),
+    exit("intervirt-remove.removed", "intervirt-remove"),
+    exit("intervirt-update.intent-written", "intervirt-update"),
+    exit("intervirt-update.upgraded", "intervirt-update"),
+    exit("intervirt-update.container-done", "intervirt-update"),
+    exit("intervirt-wipe.intent-written", "intervirt-wipe"),
+    exit("intervirt-wipe.containers-removed", "intervirt-wipe"),
+];
+
+/// Whether code may name `name` as a crash point.
+pub fn is_known(name: &str) -> bool {
+    POINTS.iter().any(|p| p.name == name)
+}
