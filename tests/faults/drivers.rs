@@ -1,0 +1,330 @@
+//! How the fault tests drive each long operation over the API: what a run needs before it
+//! (`setup`), the request that starts it (`trigger`, on a thread of its own, since gantry may
+//! die under it), and the next operations that must work after the recovery (`next`).
+//!
+//! A new operation gets its crash points covered by naming them in
+//! `src/core/recovery/points.rs` with its name as `op` and adding its arm here.
+
+use std::thread::JoinHandle;
+
+use serde_json::{json, Value};
+
+use super::daemon::Daemon;
+use super::world::{World, IMAGE_ALIAS};
+use crate::common::bundle::multipart;
+use crate::common::enc;
+
+/// What one run made: the apps and Intervirt containers it named.
+#[derive(Debug, Default, Clone)]
+pub struct Made {
+    pub apps: Vec<String>,
+    pub containers: Vec<String>,
+    /// Images an image load may have brought (its reference).
+    pub loads: Vec<String>,
+    /// Those of `loads` whose load was committed (its intent gone) before the fault: they
+    /// stay, as the client was (or could have been) told.
+    pub loaded: Vec<String>,
+}
+
+/// A run's unique names.
+pub struct Names {
+    pub tag: String,
+    n: usize,
+}
+
+impl Names {
+    pub fn new(tag: &str) -> Names {
+        Names {
+            tag: tag.to_string(),
+            n: 0,
+        }
+    }
+
+    fn next(&mut self, what: &str) -> String {
+        self.n += 1;
+        format!("{what}-{}-{}", self.tag, self.n)
+    }
+}
+
+/// A service that ends at once on SIGTERM (busybox `sleep` as PID 1 ignores it).
+const IDLE: &str = r#"["sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"]"#;
+
+/// A chain of three services (`c` needs `b` needs `a`), `a` with a named volume; `c` runs a
+/// second image.
+pub fn chain_compose(image: &str, image2: &str) -> String {
+    format!(
+        "services:\n  a:\n    image: {image}\n    command: {IDLE}\n    stop_grace_period: 1s\n    volumes: [\"data:/data\"]\n  \
+         b:\n    image: {image}\n    command: {IDLE}\n    stop_grace_period: 1s\n    depends_on: [a]\n  \
+         c:\n    image: {image2}\n    command: {IDLE}\n    stop_grace_period: 1s\n    depends_on: [b]\n\
+         volumes:\n  data: {{}}\n"
+    )
+}
+
+/// A bundle of the chain app `name` with the world's two app images (config.yml first, as zip
+/// tools write it, so images stream while the upload arrives).
+pub fn chain_bundle(world: &World, name: &str) -> Vec<u8> {
+    let [(i1, t1), (i2, t2)] = world.app_images();
+    bundle_of(name, &chain_compose(i1, i2), &[t1, t2])
+}
+
+/// MiB of random data in each big image (`GANTRY_FAULTS_BIG_MIB`, default 64).
+pub fn big_mib() -> usize {
+    let mib = std::env::var("GANTRY_FAULTS_BIG_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    mib.unwrap_or(64)
+}
+
+/// The chain app with two big images (each [`big_mib`] MiB of random data).
+pub fn big_bundle(world: &World, name: &str) -> Vec<u8> {
+    let [(i1, t1), (i2, t2)] = world.big_images(big_mib());
+    bundle_of(name, &chain_compose(i1, i2), &[t1, t2])
+}
+
+/// A bundle of the app `name` (version 1) with `compose` and image archives.
+pub fn bundle_of(name: &str, compose: &str, images: &[&[u8]]) -> Vec<u8> {
+    let config = format!("Name: {name}\nVersion: 1\n");
+    let names: Vec<String> = (0..images.len())
+        .map(|i| format!("docker/image{i}.tar"))
+        .collect();
+    let mut entries: Vec<(&str, &[u8])> = vec![
+        ("config.yml", config.as_bytes()),
+        ("compose.yaml", compose.as_bytes()),
+    ];
+    entries.extend(names.iter().map(String::as_str).zip(images.iter().copied()));
+    stored_zip(&entries)
+}
+
+/// A ZIP of `entries`, stored (not deflated: quick to build, and streamed as it arrives).
+pub fn stored_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, data) in entries {
+        w.start_file(*name, opts).unwrap();
+        w.write_all(data).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// `POST /transfer/import` of `zip`; (status, body).
+pub fn import(d: &Daemon, zip: &[u8]) -> (u16, Value) {
+    let (ct, body) = multipart("app", zip);
+    d.request("POST", "/api/1/transfer/import", Some((&ct, body)))
+}
+
+pub fn app_path(id: &str) -> String {
+    format!("/api/1/transfer/apps/{}", enc(id))
+}
+
+/// An AddContainer request for the `n`-th container of a run.
+pub fn add_request(name: &str, n: usize) -> Value {
+    json!({"type": "AddContainer", "id": name, "ipv4": format!("198.18.1.{}", 10 + n),
+           "ipv6": format!("2001:db8::{:x}", 10 + n), "mac": format!("02:00:00:00:01:{:02x}", n),
+           "internet": false, "image": IMAGE_ALIAS})
+}
+
+/// Imports the chain app `name` and asserts it worked.
+fn import_app(world: &World, d: &Daemon, name: &str, made: &mut Made) {
+    let (status, body) = import(d, &chain_bundle(world, name));
+    assert_eq!(status, 200, "setup import: {body}");
+    made.apps.push(format!("{name}:1"));
+}
+
+fn start_app(d: &Daemon, id: &str) {
+    let (status, body) = d.put(&format!("{}/start", app_path(id)));
+    assert_eq!(status, 200, "setup start: {body}");
+    assert_eq!(status_of(d, id), "Running", "setup start: {body}");
+}
+
+/// The app's Status as gantry shows it ("" when it cannot).
+pub fn status_of(d: &Daemon, id: &str) -> String {
+    let (_, app) = d.get(&app_path(id));
+    app["Status"].as_str().unwrap_or_default().to_string()
+}
+
+fn add_container(d: &Daemon, made: &mut Made, names: &mut Names) {
+    let name = names.next("iv");
+    let code = d
+        .intervirt()
+        .code(add_request(&name, made.containers.len()));
+    assert_eq!(code, 0, "setup AddContainer {name}");
+    made.containers.push(name);
+}
+
+/// What `op` needs before it runs.
+pub fn setup(op: &str, world: &World, d: &Daemon, names: &mut Names) -> Made {
+    let mut made = Made::default();
+    match op {
+        "import" | "load-image" | "intervirt-add" => {}
+        "start" | "refresh" => import_app(world, d, &names.next("App"), &mut made),
+        "stop" | "delete" => {
+            import_app(world, d, &names.next("App"), &mut made);
+            start_app(d, &made.apps[0]);
+        }
+        "intervirt-remove" | "intervirt-update" | "intervirt-wipe" => {
+            add_container(d, &mut made, names)
+        }
+        other => panic!(
+            "no fault-test driver for the operation {other}: add one in tests/faults/drivers.rs"
+        ),
+    }
+    made
+}
+
+/// Starts `op` on a thread; the request's (status or code, body), None when gantry died
+/// under it. Records in `made` what the operation may create.
+pub fn trigger(
+    op: &str,
+    world: &World,
+    d: &Daemon,
+    names: &mut Names,
+    made: &mut Made,
+    big: bool,
+) -> JoinHandle<Option<Value>> {
+    let (transfer, intervirt) = (d.transfer, d.intervirt);
+    let request = match op {
+        "import" => {
+            let name = names.next("App");
+            made.apps.push(format!("{name}:1"));
+            let bundle = match big {
+                true => big_bundle(world, &name),
+                false => chain_bundle(world, &name),
+            };
+            let (ct, body) = multipart("app", &bundle);
+            Request::Http("POST", "/api/1/transfer/import".into(), Some((ct, body)))
+        }
+        "load-image" => {
+            let mib = if big { big_mib() } else { 0 };
+            let reference = format!("{}:1", names.next("load"));
+            let tar = world.fresh_image(&reference, mib);
+            made.loads.push(reference);
+            Request::Http(
+                "POST",
+                "/api/1/system/images".into(),
+                Some(("application/x-tar".into(), tar)),
+            )
+        }
+        "start" => Request::Http("PUT", format!("{}/start", app_path(&made.apps[0])), None),
+        "stop" => Request::Http("PUT", format!("{}/stop", app_path(&made.apps[0])), None),
+        "delete" => {
+            let q = "?force=true&remove_images=true&remove_volumes=true";
+            Request::Http("DELETE", format!("{}{q}", app_path(&made.apps[0])), None)
+        }
+        "refresh" => Request::Http("PUT", "/api/1/transfer/refresh/apps".into(), None),
+        "intervirt-add" => {
+            let name = names.next("iv");
+            let r = add_request(&name, made.containers.len());
+            made.containers.push(name);
+            Request::Intervirt(r)
+        }
+        "intervirt-remove" => {
+            Request::Intervirt(json!({"type": "RemoveContainer", "id": made.containers[0]}))
+        }
+        "intervirt-update" => Request::Intervirt(json!({"type": "Command", "command": "update"})),
+        "intervirt-wipe" => Request::Intervirt(json!({"type": "Command", "command": "wipe"})),
+        other => panic!("no fault-test driver for the operation {other}"),
+    };
+    let client = Client {
+        transfer,
+        intervirt,
+    };
+    std::thread::spawn(move || client.send(request))
+}
+
+enum Request {
+    Http(&'static str, String, Option<(String, Vec<u8>)>),
+    Intervirt(Value),
+}
+
+/// Where a trigger thread sends its request (a copy of the daemon's addresses).
+struct Client {
+    transfer: std::net::SocketAddr,
+    intervirt: std::net::SocketAddr,
+}
+
+impl Client {
+    fn send(self, r: Request) -> Option<Value> {
+        match r {
+            Request::Http(method, path, body) => {
+                let url = format!("http://{}{path}", self.transfer);
+                let b = ureq::http::Request::builder().method(method).uri(url);
+                let (b, bytes) = match body {
+                    Some((ct, bytes)) => (b.header("Content-Type", ct), bytes),
+                    None => (b, Vec::new()),
+                };
+                let mut resp = crate::common::agent().run(b.body(bytes).unwrap()).ok()?;
+                let status = resp.status().as_u16();
+                let text = resp.body_mut().read_to_string().unwrap_or_default();
+                Some(json!({"status": status, "body": text}))
+            }
+            Request::Intervirt(v) => {
+                let stream = std::net::TcpStream::connect(self.intervirt).ok()?;
+                let url = format!("ws://{}/containerManagement", self.intervirt);
+                let (ws, _) = tokio_tungstenite::tungstenite::client::client(url, stream).ok()?;
+                super::daemon::Intervirt::from_socket(ws).request(v)
+            }
+        }
+    }
+}
+
+/// The next operations on what the run made must work: each app is started (when stopped)
+/// or stopped (when running), then removed with its images and volumes; each Intervirt
+/// container gantry knows is removed, and a new one can be added and removed. Returns the
+/// failures.
+pub fn next_and_clean(d: &Daemon, made: &Made, names: &mut Names, op: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for app in d.apps() {
+        let id = app["Id"].as_str().unwrap_or_default().to_string();
+        let path = app_path(&id);
+        let (toggle, then) = match app["Status"] == "Running" {
+            true => ("stop", "Stopped"),
+            false => ("start", "Running"),
+        };
+        let (status, body) = d.put(&format!("{path}/{toggle}"));
+        if status != 200 || status_of(d, &id) != then {
+            problems.push(format!(
+                "{toggle} of {id} after the recovery: {status} {body}"
+            ));
+        }
+        let q = "?force=true&remove_images=true&remove_volumes=true";
+        let (status, body) = d.request("DELETE", &format!("{path}{q}"), None);
+        if status != 200 && status != 204 {
+            problems.push(format!(
+                "delete of {id} after the recovery: {status} {body}"
+            ));
+        }
+    }
+    for image in &made.loaded {
+        let (status, body) = d.request(
+            "DELETE",
+            &format!("/api/1/system/images/{}", enc(image)),
+            None,
+        );
+        if status != 200 {
+            problems.push(format!("removing the loaded {image}: {status} {body}"));
+        }
+    }
+    let mut iv = d.intervirt();
+    for name in &made.containers {
+        match iv.code(json!({"type": "RemoveContainer", "id": name})) {
+            0 | 6 => {}
+            code => problems.push(format!(
+                "RemoveContainer {name} after the recovery: code {code}"
+            )),
+        }
+    }
+    if !op.starts_with("intervirt") {
+        return problems;
+    }
+    let fresh = names.next("iv");
+    let added = iv.code(add_request(&fresh, 200));
+    let removed = iv.code(json!({"type": "RemoveContainer", "id": fresh}));
+    if (added, removed) != (0, 0) {
+        problems.push(format!(
+            "a new container after the recovery: add {added}, remove {removed}"
+        ));
+    }
+    problems
+}

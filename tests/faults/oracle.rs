@@ -1,0 +1,278 @@
+//! The one checker of every fault test: after a fault and a restart, gantry's view agrees with
+//! Docker and the kernel, and nothing is left over.
+//!
+//! - apps: none busy, each Running or Stopped (never Partially Running or Unknown), its
+//!   containers running exactly when the app is Running;
+//! - Docker objects with gantry's labels: every app container, compose network and volume
+//!   belongs to a listed app; every image is the test image or one a listed app brought;
+//! - Intervirt: a container gantry knows exists in Docker and one it does not know does not,
+//!   each running one has its `eth0`, the host side has one `gv-*` link per running container
+//!   and gantry's nft table is there;
+//! - nothing pending: no operation listed, no intent files, no staged or moved-away store
+//!   directories, no uploads.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::daemon::Daemon;
+use super::drivers::Made;
+use super::world::World;
+
+/// Waits (bounded) until gantry has nothing pending, then checks everything; the problems.
+pub fn check(world: &World, d: &Daemon, made: &Made) -> Vec<String> {
+    let mut problems = settle(d);
+    let apps = d.apps();
+    problems.extend(check_apps(world, &apps));
+    problems.extend(check_images(world, &apps, &made.loaded));
+    problems.extend(check_intervirt(world, d, &made.containers));
+    problems.extend(check_state_dir(&d.state()));
+    problems
+}
+
+/// Recovery may still watch Docker for a while (an image load in flight): wait for it.
+fn settle(d: &Daemon) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let busy: Vec<String> = d
+            .apps()
+            .iter()
+            .filter(|a| a["Busy"] != false)
+            .map(|a| format!("{} busy", a["Id"]))
+            .collect();
+        let tasks = d.get("/api/1/tasks");
+        let intents = pending_intents(&d.state());
+        let mut waiting = busy;
+        if tasks.0 != 204 {
+            waiting.push(format!("operations listed: {}", tasks.1));
+        }
+        waiting.extend(intents);
+        if waiting.is_empty() {
+            return Vec::new();
+        }
+        if Instant::now() > deadline {
+            return waiting
+                .into_iter()
+                .map(|w| format!("not settled: {w}"))
+                .collect();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn pending_intents(state: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for dir in [state.join("intents"), state.join("intervirt/intents")] {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            out.push(format!("intent {}", e.path().display()));
+        }
+    }
+    out
+}
+
+/// The compose project of an app id (lowercase, `[a-z0-9_-]` only, no leading `_`/`-`).
+fn slug(id: &str) -> String {
+    let s: String = id
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    s.trim_start_matches(['_', '-']).to_string()
+}
+
+fn check_apps(world: &World, apps: &[Value]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let ids: BTreeSet<String> = apps
+        .iter()
+        .filter_map(|a| a["Id"].as_str())
+        .map(String::from)
+        .collect();
+    let projects: BTreeSet<String> = ids.iter().map(|i| slug(i)).collect();
+    for a in apps {
+        let status = a["Status"].as_str().unwrap_or_default();
+        if status != "Running" && status != "Stopped" {
+            problems.push(format!("app {} is {status}", a["Id"]));
+        }
+    }
+    let format = "{{.Label \"io.gantry.app-id\"}}\t{{.State}}\t{{.Names}}";
+    for line in world.docker_lines(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=io.gantry.app-id",
+        "--format",
+        format,
+    ]) {
+        let parts: Vec<&str> = line.split('\t').collect();
+        let (app, state, name) = (parts[0], parts[1], parts[2]);
+        let listed = apps.iter().find(|a| a["Id"] == app);
+        match listed.and_then(|a| a["Status"].as_str()) {
+            None => problems.push(format!("container {name} of {app}, which is not listed")),
+            Some("Stopped") if state == "running" => {
+                problems.push(format!("container {name} runs, but {app} is Stopped"))
+            }
+            Some("Running") if state != "running" => {
+                problems.push(format!("container {name} is {state}, but {app} is Running"))
+            }
+            _ => {}
+        }
+    }
+    let project_label = "label=com.docker.compose.project";
+    let fmt = "{{.Label \"com.docker.compose.project\"}} {{.Name}}";
+    for line in world.docker_lines(&["network", "ls", "--filter", project_label, "--format", fmt]) {
+        if !projects.contains(line.split(' ').next().unwrap_or_default()) {
+            problems.push(format!("network {line} of no listed app"));
+        }
+    }
+    for line in world.docker_lines(&["volume", "ls", "--filter", project_label, "--format", fmt]) {
+        if !projects.contains(line.split(' ').next().unwrap_or_default()) {
+            problems.push(format!("volume {line} of no listed app"));
+        }
+    }
+    problems
+}
+
+/// Every image is the test image (and its alias), one a listed app brought or one a
+/// committed image load brought (`loaded`, by reference).
+fn check_images(world: &World, apps: &[Value], loaded: &[String]) -> Vec<String> {
+    let mut allowed: BTreeSet<String> = BTreeSet::new();
+    allowed.insert(world.base_id().to_string());
+    for a in apps {
+        for i in a["Images"].as_array().into_iter().flatten() {
+            allowed.extend(i["Id"].as_str().map(String::from));
+        }
+    }
+    let fmt = "{{.ID}} {{.Repository}}:{{.Tag}}";
+    let lines = world.docker_lines(&["images", "-a", "--no-trunc", "--format", fmt]);
+    lines
+        .into_iter()
+        .filter(|l| !allowed.contains(l.split(' ').next().unwrap_or_default()))
+        .filter(|l| !loaded.iter().any(|r| l.ends_with(&format!(" {r}"))))
+        .map(|l| format!("image {l} that no listed app brought"))
+        .collect()
+}
+
+fn check_intervirt(world: &World, d: &Daemon, names: &[String]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let fmt = "{{.Names}} {{.State}}";
+    let labelled = world.docker_lines(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=io.gantry.intervirt=1",
+        "--format",
+        fmt,
+    ]);
+    let state_of = |n: &str| {
+        labelled
+            .iter()
+            .find(|l| l.split(' ').next() == Some(n))
+            .map(|l| l.split(' ').nth(1).unwrap_or("").to_string())
+    };
+    let mut all: BTreeSet<String> = names.iter().cloned().collect();
+    all.extend(
+        labelled
+            .iter()
+            .filter_map(|l| l.split(' ').next())
+            .map(String::from),
+    );
+    let mut iv = d.intervirt();
+    let mut running = 0;
+    for name in &all {
+        // A setter to the value it has (internet off): 0 when gantry knows the container.
+        let code = iv.code(json!({"type": "SetInternetAccess", "id": name, "enabled": false}));
+        let docker = state_of(name);
+        match (code, docker.as_deref()) {
+            (0, None) => {
+                problems.push(format!("gantry knows {name}, Docker has no such container"))
+            }
+            (6, Some(_)) => problems.push(format!("Docker has {name}, which gantry does not know")),
+            (0, Some("running")) => {
+                running += 1;
+                if !world
+                    .docker(&["exec", name, "ip", "link", "show", "eth0"])
+                    .status
+                    .success()
+                {
+                    problems.push(format!("{name} runs without its network"));
+                }
+            }
+            (0 | 6, _) => {}
+            (code, _) => problems.push(format!("probing {name}: code {code}")),
+        }
+    }
+    let links = world.ip(&["-o", "link", "show"]);
+    let links = links
+        .lines()
+        .filter(|l| l.split(": ").nth(1).is_some_and(|n| n.starts_with("gv-")))
+        .count();
+    if links != running {
+        problems.push(format!(
+            "{links} gv-* links for {running} running containers"
+        ));
+    }
+    if running > 0
+        && !world
+            .in_netns("nft", &["list", "table", "inet", "gantry"])
+            .status
+            .success()
+    {
+        problems.push("gantry's nft table is missing".into());
+    }
+    problems
+}
+
+/// No staged or moved-away app, no upload, no unreadable intent left in the state directory.
+fn check_state_dir(state: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    for e in std::fs::read_dir(state.join("apps"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            problems.push(format!("store leftover {name}"));
+        }
+    }
+    for e in std::fs::read_dir(state.join("uploads"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        problems.push(format!("upload leftover {}", e.path().display()));
+    }
+    problems
+}
+
+/// After the run's clean-up nothing of it may be left: no labelled object, no image but the
+/// test image. Removes what is left (so the next run starts clean) and names it.
+pub fn left_over(world: &World) -> Vec<String> {
+    let mut found = Vec::new();
+    let fmt = "{{.ID}} {{.Label \"io.gantry.app-id\"}}{{.Label \"io.gantry.intervirt\"}}";
+    for line in world.docker_lines(&["ps", "-a", "--format", fmt]) {
+        let (id, labels) = line.split_once(' ').unwrap_or((&line, ""));
+        if !labels.trim().is_empty() {
+            found.push(format!("container {id} ({labels})"));
+            let _ = world.docker(&["rm", "-f", "-v", id]);
+        }
+    }
+    let project = "label=com.docker.compose.project";
+    for n in world.docker_lines(&["network", "ls", "-q", "--filter", project]) {
+        found.push(format!("network {n}"));
+        let _ = world.docker(&["network", "rm", &n]);
+    }
+    for v in world.docker_lines(&["volume", "ls", "-q", "--filter", project]) {
+        found.push(format!("volume {v}"));
+        let _ = world.docker(&["volume", "rm", "-f", &v]);
+    }
+    let images = check_images(world, &[], &[]);
+    for image in &images {
+        let id = image.split(' ').nth(1).unwrap_or_default();
+        let _ = world.docker(&["rmi", "-f", id]);
+    }
+    found.extend(images);
+    found
+}

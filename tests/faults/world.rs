@@ -1,0 +1,314 @@
+//! The fault tests' world: a network namespace of their own with a private containerd and
+//! dockerd in it (so the tests can stop and restart dockerd, and the oracle sees exactly what
+//! gantry made), the test image loaded into it. Everything is undone on drop, also after a
+//! failed test: containers, daemons, mounts, the directory and the namespace.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::common::{self, run, run_ok, run_with_input, test_image};
+
+/// The Intervirt client names its image like this; the test image is tagged so.
+pub const IMAGE_ALIAS: &str = "debian/13";
+
+pub struct World {
+    pub dir: PathBuf,
+    pub netns: String,
+    containerd: Option<Child>,
+    /// Restarted by the tests while gantry runs, hence shared.
+    dockerd: std::sync::Mutex<Option<Child>>,
+    /// The two images of the test apps, saved once (see [`World::app_images`]).
+    app_images: std::sync::OnceLock<[Vec<u8>; 2]>,
+    big_images: std::sync::OnceLock<[Vec<u8>; 2]>,
+    /// The test image's id.
+    base_id: std::sync::OnceLock<String>,
+}
+
+impl World {
+    /// A fresh world. Panics (with the daemons' logs) when it cannot be built.
+    pub fn new() -> World {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let netns = format!("gantry-f-{}-{n}", std::process::id());
+        let dir = PathBuf::from(format!("/tmp/gantry-f-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("containerd")).unwrap();
+        run_ok("ip", &["netns", "add", &netns]);
+        let mut w = World {
+            dir,
+            netns,
+            containerd: None,
+            dockerd: std::sync::Mutex::new(None),
+            app_images: std::sync::OnceLock::new(),
+            big_images: std::sync::OnceLock::new(),
+            base_id: std::sync::OnceLock::new(),
+        };
+        w.ip(&["link", "set", "lo", "up"]);
+        w.start_containerd();
+        w.start_dockerd();
+        w.load_test_image();
+        w
+    }
+
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.netns))
+    }
+
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.dir.join("docker.sock").display())
+    }
+
+    /// `ip <args>` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut a = vec!["-n", self.netns.as_str()];
+        a.extend_from_slice(args);
+        run_ok("ip", &a)
+    }
+
+    /// A command run inside the namespace.
+    pub fn in_netns(&self, program: &str, args: &[&str]) -> Output {
+        let net = format!("--net={}", self.netns_path().display());
+        let mut a = vec![net.as_str(), program];
+        a.extend_from_slice(args);
+        run("nsenter", &a)
+    }
+
+    fn start_containerd(&mut self) {
+        let c = self.dir.join("containerd");
+        let config = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{d}/containerd.sock\"\n\
+             [debug]\n  address = \"{d}/debug.sock\"\n  level = \"warn\"\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n",
+            d = c.display()
+        );
+        std::fs::write(c.join("config.toml"), config).unwrap();
+        let config_path = c.join("config.toml").display().to_string();
+        let child = self.spawn("containerd", &["containerd", "--config", &config_path]);
+        self.containerd = Some(child);
+        let sock = c.join("containerd.sock");
+        self.wait_until("containerd", || sock.exists());
+    }
+
+    /// Starts dockerd (again) on the same data.
+    pub fn start_dockerd(&self) {
+        std::fs::write(self.dir.join("daemon.json"), "{}").unwrap();
+        let d = self.dir.display().to_string();
+        let args = [
+            "dockerd".to_string(),
+            format!("--host=unix://{d}/docker.sock"),
+            format!("--containerd={d}/containerd/containerd.sock"),
+            format!("--data-root={d}/data"),
+            format!("--exec-root={d}/exec"),
+            format!("--pidfile={d}/docker.pid"),
+            format!("--config-file={d}/daemon.json"),
+            "--bip=198.19.0.1/24".into(),
+            "--default-address-pool=base=198.19.64.0/18,size=24".into(),
+            "--shutdown-timeout=2".into(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        *self.dockerd() = Some(self.spawn("dockerd", &args));
+        self.wait_until("dockerd", || self.docker(&["version"]).status.success());
+    }
+
+    /// Stops dockerd as its unit would (SIGTERM; its containers are stopped).
+    pub fn stop_dockerd(&self) {
+        if let Some(mut c) = self.dockerd().take() {
+            stop_child(&mut c, Duration::from_secs(30));
+        }
+    }
+
+    fn dockerd(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.dockerd.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn spawn(&self, name: &str, argv: &[&str]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.log")))
+            .unwrap();
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.netns_path().display()))
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+    }
+
+    fn wait_until(&self, what: &str, mut ready: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ready() {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join(format!("{what}.log")));
+                panic!(
+                    "{what} did not come up within 60 s: {}",
+                    log.unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn load_test_image(&self) {
+        let saved = common::saved_test_image();
+        let out = self.docker_input(&["load"], &saved);
+        assert!(out.status.success(), "docker load: {out:?}");
+        self.docker_ok(&["tag", &test_image(), IMAGE_ALIAS]);
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        let host = self.host();
+        run(
+            &common::docker_cli(),
+            &[&["-H", host.as_str()], args].concat(),
+        )
+    }
+
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let host = self.host();
+        run_ok(
+            &common::docker_cli(),
+            &[&["-H", host.as_str()], args].concat(),
+        )
+    }
+
+    pub fn docker_input(&self, args: &[&str], input: &[u8]) -> Output {
+        let host = self.host();
+        let args = [&["-H", host.as_str()], args].concat();
+        run_with_input(&common::docker_cli(), &args, Some(input))
+    }
+
+    /// Lines of `docker <args>` output, empty ones dropped.
+    pub fn docker_lines(&self, args: &[&str]) -> Vec<String> {
+        let out = self.docker_ok(args);
+        out.lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Whether Docker has a load in flight (its `tmp/docker-import-*`).
+    pub fn loads_in_flight(&self) -> bool {
+        std::fs::read_dir(self.dir.join("data/tmp")).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("docker-import-")
+            })
+        })
+    }
+
+    /// The id of the test image (also tagged [`IMAGE_ALIAS`]).
+    pub fn base_id(&self) -> &str {
+        self.base_id.get_or_init(|| {
+            self.docker_ok(&["image", "inspect", "--format", "{{.Id}}", &test_image()])
+        })
+    }
+
+    /// The references and `docker save` archives of the test apps' two images (each with an
+    /// id of its own, not in Docker until an import loads it).
+    pub fn app_images(&self) -> [(&'static str, &[u8]); 2] {
+        const REFS: [&str; 2] = ["fault-one:1", "fault-two:1"];
+        let tars = self
+            .app_images
+            .get_or_init(|| REFS.map(|r| self.fresh_image(r, 0)));
+        [(REFS[0], &tars[0]), (REFS[1], &tars[1])]
+    }
+
+    /// Like [`World::app_images`], each image with `mib` MiB of random data more.
+    pub fn big_images(&self, mib: usize) -> [(&'static str, &[u8]); 2] {
+        const REFS: [&str; 2] = ["fault-big-one:1", "fault-big-two:1"];
+        let tars = self
+            .big_images
+            .get_or_init(|| REFS.map(|r| self.fresh_image(r, mib)));
+        [(REFS[0], &tars[0]), (REFS[1], &tars[1])]
+    }
+
+    /// A test's own image: the test image plus a marker file (and `extra_mib` MiB of random
+    /// bytes), so it has an id of its own, under `reference`, as `docker save` writes it; the
+    /// image itself is removed again.
+    pub fn fresh_image(&self, reference: &str, extra_mib: usize) -> Vec<u8> {
+        let builder = format!("build-{}", reference.replace([':', '/'], "-"));
+        let mut script = format!("echo {reference} > /marker");
+        if extra_mib > 0 {
+            script += &format!("; head -c {} /dev/urandom > /blob", extra_mib << 20);
+        }
+        let image = test_image();
+        let args = [
+            "run",
+            "--name",
+            &builder,
+            "--network",
+            "none",
+            &image,
+            "sh",
+            "-c",
+            &script,
+        ];
+        self.docker_ok(&args);
+        self.docker_ok(&["commit", &builder, reference]);
+        self.docker_ok(&["rm", "-f", &builder]);
+        let file = self.dir.join("saved.tar");
+        self.docker_ok(&["save", "-o", file.to_str().unwrap(), reference]);
+        self.docker_ok(&["rmi", reference]);
+        let bytes = std::fs::read(&file).unwrap();
+        let _ = std::fs::remove_file(&file);
+        bytes
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace`.
+pub fn stop_child(c: &mut Child, grace: Duration) {
+    let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if c.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if self.dockerd().is_some() {
+            let ids = self.docker(&["ps", "-aq"]);
+            let ids = String::from_utf8_lossy(&ids.stdout).to_string();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = self.docker(&[&["rm", "-f", "-v"], ids.as_slice()].concat());
+            }
+        }
+        self.stop_dockerd();
+        if let Some(mut c) = self.containerd.take() {
+            stop_child(&mut c, Duration::from_secs(10));
+        }
+        // Shims and container processes still holding the directory.
+        let pids = run("ip", &["netns", "pids", &self.netns]);
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            let _ = run("kill", &["-KILL", pid]);
+        }
+        let dir = format!("{}/", self.dir.display());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut under: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
+        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in under {
+            let _ = run("umount", &["-l", m]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = run("ip", &["netns", "del", &self.netns]);
+    }
+}
