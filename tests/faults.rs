@@ -5,7 +5,7 @@
 //!
 //! Each test builds its own world (`faults/world.rs`: a network namespace with a private
 //! containerd and dockerd), so the oracle sees exactly what gantry made and dockerd can be
-//! restarted; the tests take turns. Needs root, `ip`, `nsenter`, `nft`, dockerd, containerd
+//! restarted; at most `GANTRY_FAULTS_WORLDS` (default 2) worlds exist at once. Needs root, `ip`, `nsenter`, `nft`, dockerd, containerd
 //! and the test dockerd of `scripts/test.sh` (for the test image): `#[ignore]`d, run by
 //! `scripts/test.sh`.
 //!
@@ -33,30 +33,86 @@ use std::time::Duration;
 use runner::{crash_run, Report, Run, Tear};
 use world::World;
 
-/// One world at a time: each has its own dockerd, and the machine is small.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// At most this many worlds at once (`GANTRY_FAULTS_WORLDS`, default 2): each has its own
+/// dockerd, and the machine may be small.
+fn worlds_at_once() -> usize {
+    let n = std::env::var("GANTRY_FAULTS_WORLDS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    n.unwrap_or(2).max(1)
+}
 
-fn world() -> (std::sync::MutexGuard<'static, ()>, World) {
-    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+/// A turn to build and use a world, given back on drop.
+struct Turn;
+
+static TURNS: (Mutex<usize>, std::sync::Condvar) = (Mutex::new(0), std::sync::Condvar::new());
+
+impl Turn {
+    fn take() -> Turn {
+        let (count, freed) = &TURNS;
+        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+        while *n >= worlds_at_once() {
+            n = freed.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        *n += 1;
+        Turn
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let (count, freed) = &TURNS;
+        *count.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        freed.notify_one();
+    }
+}
+
+/// A world of the test's own, with the test thread inside its namespace. The turn must
+/// outlive the world (declare it first).
+fn world() -> (Turn, World) {
+    let turn = Turn::take();
     let world = World::new();
     daemon::enter(&world);
-    (guard, world)
+    (turn, world)
 }
 
 fn soak() -> bool {
     std::env::var("GANTRY_SOAK").is_ok_and(|v| v == "1")
 }
 
+/// The operations whose crash points each test runs (three groups, so that worlds can run
+/// them side by side).
+const GROUPS: [&[&str]; 3] = [
+    &["import", "load-image", "refresh"],
+    &["start", "stop", "delete"],
+    &[
+        "intervirt-add",
+        "intervirt-remove",
+        "intervirt-update",
+        "intervirt-wipe",
+    ],
+];
+
 #[test]
-#[ignore = "needs the test dockerd (run scripts/test.sh)"]
-fn every_crash_point_ends_in_a_known_state() {
-    let _host = require_docker!();
-    let (_guard, world) = world();
+fn every_operation_with_crash_points_is_in_a_group() {
+    for p in points::POINTS {
+        assert!(
+            GROUPS.iter().any(|g| g.contains(&p.op)),
+            "{p:?}: add its operation to GROUPS"
+        );
+    }
+}
+
+/// Crashes at every crash point of the operations `ops` (an unsynced one twice: its write
+/// dropped, then torn), restarts, checks.
+fn crash_points(ops: &[&str]) {
+    let (_turn, world) = world();
     let mut report = Report::default();
     // GANTRY_FAULTS_ONLY=<text>: only the points whose name or operation contains it.
     let only = std::env::var("GANTRY_FAULTS_ONLY").unwrap_or_default();
     for (i, point) in points::POINTS.iter().enumerate() {
-        if !point.name.contains(&only) && !point.op.contains(&only) {
+        let picked = point.name.contains(&only) || point.op.contains(&only);
+        if !ops.contains(&point.op) || !picked {
             continue;
         }
         let tears: &[Tear] = match point.crash {
@@ -68,8 +124,29 @@ fn every_crash_point_ends_in_a_known_state() {
             report.add(&what, crash_run(&world, &format!("p{i}-{j}"), point, *tear));
         }
     }
-    eprintln!("crash points: {} fault runs", report.runs);
+    eprintln!("crash points of {ops:?}: {} fault runs", report.runs);
     report.assert_clean();
+}
+
+#[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
+fn crash_points_of_imports_and_image_loads() {
+    let _host = require_docker!();
+    crash_points(GROUPS[0]);
+}
+
+#[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
+fn crash_points_of_start_stop_and_delete() {
+    let _host = require_docker!();
+    crash_points(GROUPS[1]);
+}
+
+#[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
+fn crash_points_of_intervirt_requests() {
+    let _host = require_docker!();
+    crash_points(GROUPS[2]);
 }
 
 /// The import a SIGKILL interrupted while Docker was still registering an image it had been
@@ -79,7 +156,7 @@ fn every_crash_point_ends_in_a_known_state() {
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn an_image_docker_finishes_loading_after_the_crash_is_removed() {
     let _host = require_docker!();
-    let (_guard, world) = world();
+    let (_turn, world) = world();
     let mut run = Run::new(&world, "late-load", "import", "");
     run.big = true;
     // The second image: the first is loaded (and noted), the second still in Docker's hands.
@@ -107,7 +184,7 @@ fn an_image_docker_finishes_loading_after_the_crash_is_removed() {
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn a_start_killed_midway_is_finished() {
     let _host = require_docker!();
-    let (_guard, world) = world();
+    let (_turn, world) = world();
     let mut run = Run::new(&world, "half-start", "start", "");
     let id = run.made.apps[0].clone();
     run.crash_at("compose.up.service-started@1").unwrap();
@@ -155,7 +232,7 @@ fn seed() -> u64 {
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn sigkill_at_random_moments() {
     let _host = require_docker!();
-    let (_guard, world) = world();
+    let (_turn, world) = world();
     let seed = seed();
     let mut rng = runner::Rng::new(seed);
     let mut report = Report::default();
@@ -194,7 +271,7 @@ fn sigkill_at_random_moments() {
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn dockerd_restarted_mid_operation() {
     let _host = require_docker!();
-    let (_guard, world) = world();
+    let (_turn, world) = world();
     let mut report = Report::default();
     let ops = [
         ("import", 300),
@@ -272,7 +349,7 @@ impl Drop for SmallFs {
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn a_full_state_filesystem_fails_imports_cleanly() {
     let _host = require_docker!();
-    let (_guard, world) = world();
+    let (_turn, world) = world();
     let dir = world.dir.join("run-small");
     let fs = SmallFs::mount(&dir.join("state"), 16);
     let mut run = Run::new(&world, "small", "import", "[apps]\nreserve_bytes = 0\n");

@@ -302,7 +302,8 @@ pub fn next_and_clean(d: &Daemon, made: &Made, names: &mut Names, op: &str) -> V
             &format!("/api/1/system/images/{}", enc(image)),
             None,
         );
-        if status != 200 {
+        // 404: the load never began (killed before its intent), so nothing was loaded.
+        if status != 200 && status != 404 {
             problems.push(format!("removing the loaded {image}: {status} {body}"));
         }
     }

@@ -353,3 +353,139 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::Map;
+
+    use super::*;
+    use crate::core::apps::import::ImportSettings;
+    use crate::core::recovery::noted;
+    use crate::testutil::{store_web_app, web_app_container, FakeEngine};
+
+    const COMPOSE: &str = "services:\n  main:\n    image: busybox\n";
+
+    /// The app `web:1` stored in `state`, and an intent of `kind` on it that a crash left.
+    fn crashed_in(state: &Path, kind: AppOp, data: Map<String, Value>) {
+        store_web_app(state, COMPOSE);
+        let log = AppIntents::open(&state.join("intents")).unwrap();
+        let intent = log.begin(kind, Some("web:1"), data).unwrap();
+        // Never ended: what a SIGKILL leaves.
+        std::mem::forget(intent);
+    }
+
+    fn open(state: &Path, fake: Arc<FakeEngine>) -> Apps {
+        Apps::open(fake, state, ImportSettings::default()).unwrap()
+    }
+
+    fn running(fake: &FakeEngine) -> Vec<String> {
+        let all = fake.containers();
+        all.into_iter()
+            .filter(|c| c.pid.is_some())
+            .map(|c| c.name)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_start_is_finished_and_the_app_freed() {
+        let state = tempfile::tempdir().unwrap();
+        crashed_in(state.path(), AppOp::Start, Map::new());
+        let fake = Arc::new(FakeEngine::with_images(&["busybox"]));
+        let apps = open(state.path(), fake.clone());
+        let id = AppId::from("web:1");
+        assert!(apps.is_busy(&id), "busy until recovered");
+        assert!(matches!(apps.claim(&id, "started"), Err(e) if e.kind() == ErrorKind::Busy));
+        apps.recover().await.unwrap();
+        assert_eq!(running(&fake), ["web1_main_1"]);
+        assert!(!apps.is_busy(&id));
+        assert!(!apps.intents().has_pending());
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_stop_is_finished_with_its_options() {
+        let state = tempfile::tempdir().unwrap();
+        let options = StopOptions {
+            remove_images: false,
+            remove_volumes: true,
+        };
+        crashed_in(state.path(), AppOp::Stop, noted("options", options));
+        let fake = Arc::new(FakeEngine::with_images(&["busybox"]));
+        fake.add_container(web_app_container(true));
+        let apps = open(state.path(), fake.clone());
+        apps.recover().await.unwrap();
+        assert!(fake.containers().is_empty(), "{:?}", fake.containers());
+        assert!(!apps.intents().has_pending());
+    }
+
+    #[tokio::test]
+    async fn a_start_that_was_being_cancelled_is_undone() {
+        let state = tempfile::tempdir().unwrap();
+        crashed_in(state.path(), AppOp::Start, noted("undo", true));
+        let fake = Arc::new(FakeEngine::with_images(&["busybox"]));
+        fake.add_container(web_app_container(true));
+        let apps = open(state.path(), fake.clone());
+        apps.recover().await.unwrap();
+        assert!(fake.containers().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_delete_is_finished() {
+        let state = tempfile::tempdir().unwrap();
+        let options = RemoveOptions {
+            force: true,
+            remove_images: true,
+            remove_volumes: true,
+        };
+        crashed_in(state.path(), AppOp::Delete, noted("options", options));
+        let fake = Arc::new(FakeEngine::with_images(&["busybox"]));
+        fake.add_container(web_app_container(false));
+        let apps = open(state.path(), fake.clone());
+        apps.recover().await.unwrap();
+        assert!(fake.containers().is_empty());
+        assert!(
+            apps.list().await.unwrap().is_empty(),
+            "the app is still stored"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_docker_away_nothing_is_resolved_and_the_app_stays_busy() {
+        let state = tempfile::tempdir().unwrap();
+        crashed_in(state.path(), AppOp::Start, Map::new());
+        let fake = Arc::new(FakeEngine::with_images(&["busybox"]));
+        fake.fail_next("version", EngineError::Unavailable("down".into()));
+        let apps = open(state.path(), fake.clone());
+        apps.recover().await.unwrap();
+        assert!(fake.containers().is_empty());
+        assert!(apps.is_busy(&AppId::from("web:1")));
+        // Docker is back.
+        apps.recover().await.unwrap();
+        assert_eq!(running(&fake), ["web1_main_1"]);
+        assert!(!apps.is_busy(&AppId::from("web:1")));
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_import_loses_the_images_it_noted_but_not_an_apps() {
+        let state = tempfile::tempdir().unwrap();
+        store_web_app(state.path(), COMPOSE);
+        let log = AppIntents::open(&state.path().join("intents")).unwrap();
+        let intent = log.begin(AppOp::Import, None, Map::new()).unwrap();
+        intent
+            .note("images", ["sha256:gone", "sha256:new"])
+            .unwrap();
+        std::mem::forget(intent);
+        let fake = Arc::new(FakeEngine::with_images(&["busybox", "sha256:new"]));
+        let apps = open(state.path(), fake.clone());
+        apps.recover().await.unwrap();
+        let removed = fake.calls_to(&["remove_image"]);
+        assert!(
+            removed.iter().any(|c| c.contains("sha256:new")),
+            "{removed:?}"
+        );
+        // The one Docker never created is watched for a moment (the fake has no data
+        // directory, so for WATCH_BLIND at most); it is not removed from the app.
+        assert!(apps.list().await.unwrap().len() == 1);
+    }
+}

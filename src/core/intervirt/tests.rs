@@ -6,6 +6,7 @@ use crate::core::network::netlink::{Netlink, Netns};
 use crate::core::network::nft::fake::FakeFirewall;
 use crate::core::network::nft::Firewall;
 use crate::core::power::RecordingPower;
+use crate::core::recovery::noted as noted_data;
 use crate::testutil::FakeEngine;
 
 /// Docker with the image `debian/13`; a started container's pid is one the netlink fake
@@ -330,6 +331,53 @@ async fn a_failing_upgrade_is_a_command_error() {
         matches!(&e, AgentError::Command(m) if m.contains("status 7")),
         "{e:?}"
     );
+}
+
+/// An update interrupted between the removal of a container (for a new image) and its
+/// recreation: the recovery creates it again from the noted image, starts and attaches it.
+#[tokio::test]
+async fn an_update_interrupted_mid_recreate_is_finished() {
+    let r = rig();
+    r.agent.add_container(spec("a", 1)).await.unwrap();
+    let noted = recover::Updating {
+        name: "a".into(),
+        image: "debian/13".into(),
+        running: true,
+    };
+    let intent = r
+        .agent
+        .intents
+        .begin(AgentOp::Update, None, noted_data("container", noted))
+        .unwrap();
+    r.engine.remove_container("a", true, false).await.unwrap();
+    intent.keep();
+    r.agent.recover().await;
+    let pid = r.pid("a").expect("the container runs again");
+    assert_eq!(r.attached_pid("a").await, Some(pid));
+    assert!(!r.agent.intents.has_pending());
+}
+
+/// An add interrupted after the record: finished at the next start.
+#[tokio::test]
+async fn an_add_interrupted_after_its_record_is_finished() {
+    let r = rig();
+    let intent = r
+        .agent
+        .intents
+        .begin(AgentOp::Add, Some("a"), noted_data("image", "debian/13"))
+        .unwrap();
+    let net = ContainerSpec {
+        name: "a".into(),
+        mac: "02:00:5e:00:00:01".parse().unwrap(),
+        ipv4: Some(Ipv4Addr::new(198, 18, 7, 1)),
+        ipv6: None,
+        internet: false,
+    };
+    r.agent.net(move |d| d.add_container(net)).await.unwrap();
+    intent.keep();
+    r.agent.recover().await;
+    let pid = r.pid("a").expect("the container was created and started");
+    assert_eq!(r.attached_pid("a").await, Some(pid));
 }
 
 /// The kind of a request's error, None when it succeeded.
