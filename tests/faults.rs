@@ -68,8 +68,10 @@ impl Drop for Turn {
 }
 
 /// A world of the test's own, with the test thread inside its namespace. The turn must
-/// outlive the world (declare it first).
-fn world() -> (Turn, World) {
+/// outlive the world (declare it first). It takes the test dockerd's host (what
+/// `require_docker!` yields: the test image comes from there), so a test without one skips,
+/// or fails under CI, before building anything.
+fn world(_test_dockerd: String) -> (Turn, World) {
     let turn = Turn::take();
     let world = World::new();
     daemon::enter(&world);
@@ -106,7 +108,7 @@ fn every_operation_with_crash_points_is_in_a_group() {
 /// Crashes at every crash point of the operations `ops` (an unsynced one twice: its write
 /// dropped, then torn), restarts, checks.
 fn crash_points(ops: &[&str]) {
-    let (_turn, world) = world();
+    let (_turn, world) = world(common::docker_host().unwrap_or_default());
     let mut report = Report::default();
     // GANTRY_FAULTS_ONLY=<text>: only the points whose name or operation contains it.
     let only = std::env::var("GANTRY_FAULTS_ONLY").unwrap_or_default();
@@ -124,29 +126,31 @@ fn crash_points(ops: &[&str]) {
             report.add(&what, crash_run(&world, &format!("p{i}-{j}"), point, *tear));
         }
     }
-    eprintln!("crash points of {ops:?}: {} fault runs", report.runs);
-    report.assert_clean();
+    report.finish(&format!("crash points of {ops:?}"));
 }
 
+/// Every crash point, the groups in worlds of their own side by side.
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
-fn crash_points_of_imports_and_image_loads() {
+fn every_crash_point_ends_in_a_known_state() {
     let _host = require_docker!();
-    crash_points(GROUPS[0]);
+    let failed = side_by_side(&GROUPS, crash_points);
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
-#[test]
-#[ignore = "needs the test dockerd (run scripts/test.sh)"]
-fn crash_points_of_start_stop_and_delete() {
-    let _host = require_docker!();
-    crash_points(GROUPS[1]);
-}
-
-#[test]
-#[ignore = "needs the test dockerd (run scripts/test.sh)"]
-fn crash_points_of_intervirt_requests() {
-    let _host = require_docker!();
-    crash_points(GROUPS[2]);
+/// Runs `f` for each of `items` on a thread of its own; the messages of those that failed.
+fn side_by_side<T: Copy + Send + 'static>(items: &[T], f: fn(T)) -> Vec<String> {
+    let threads: Vec<_> = items
+        .iter()
+        .map(|&i| std::thread::spawn(move || f(i)))
+        .collect();
+    let panics = threads.into_iter().filter_map(|t| t.join().err());
+    panics
+        .map(|e| {
+            e.downcast::<String>()
+                .map_or("a thread failed".to_string(), |m| *m)
+        })
+        .collect()
 }
 
 /// The import a SIGKILL interrupted while Docker was still registering an image it had been
@@ -155,8 +159,7 @@ fn crash_points_of_intervirt_requests() {
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn an_image_docker_finishes_loading_after_the_crash_is_removed() {
-    let _host = require_docker!();
-    let (_turn, world) = world();
+    let (_turn, world) = world(require_docker!());
     let mut run = Run::new(&world, "late-load", "import", "");
     run.big = true;
     // The second image: the first is loaded (and noted), the second still in Docker's hands.
@@ -183,8 +186,7 @@ fn an_image_docker_finishes_loading_after_the_crash_is_removed() {
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn a_start_killed_midway_is_finished() {
-    let _host = require_docker!();
-    let (_turn, world) = world();
+    let (_turn, world) = world(require_docker!());
     let mut run = Run::new(&world, "half-start", "start", "");
     let id = run.made.apps[0].clone();
     run.crash_at("compose.up.service-started@1").unwrap();
@@ -231,8 +233,7 @@ fn seed() -> u64 {
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn sigkill_at_random_moments() {
-    let _host = require_docker!();
-    let (_turn, world) = world();
+    let (_turn, world) = world(require_docker!());
     let seed = seed();
     let mut rng = runner::Rng::new(seed);
     let mut report = Report::default();
@@ -261,8 +262,7 @@ fn sigkill_at_random_moments() {
             run.restart_and_check(),
         );
     }
-    eprintln!("random kills: {} fault runs, seed {seed}", report.runs);
-    report.assert_clean();
+    report.finish(&format!("random kills (seed {seed})"));
 }
 
 /// dockerd stopped (its containers with it) in the middle of an operation and started again
@@ -270,8 +270,7 @@ fn sigkill_at_random_moments() {
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn dockerd_restarted_mid_operation() {
-    let _host = require_docker!();
-    let (_turn, world) = world();
+    let (_turn, world) = world(require_docker!());
     let mut report = Report::default();
     let ops = [
         ("import", 300),
@@ -287,7 +286,7 @@ fn dockerd_restarted_mid_operation() {
             report.add(&format!("dockerd restarted {delay} ms into {op}"), problems);
         }
     }
-    report.assert_clean();
+    report.finish("dockerd restarts");
 }
 
 fn dockerd_run(world: &World, tag: &str, op: &'static str, delay: u64) -> Vec<String> {
@@ -348,8 +347,7 @@ impl Drop for SmallFs {
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn a_full_state_filesystem_fails_imports_cleanly() {
-    let _host = require_docker!();
-    let (_turn, world) = world();
+    let (_turn, world) = world(require_docker!());
     let dir = world.dir.join("run-small");
     let fs = SmallFs::mount(&dir.join("state"), 16);
     let mut run = Run::new(&world, "small", "import", "[apps]\nreserve_bytes = 0\n");
@@ -388,7 +386,7 @@ fn a_full_state_filesystem_fails_imports_cleanly() {
     let (status, body) = drivers::import(&run.d, &drivers::chain_bundle(&world, "Fits"));
     assert_eq!(status, 200, "{body}");
     report.add("an import that fits, afterwards", run.check());
-    report.assert_clean();
+    report.finish("a full state filesystem");
 }
 
 /// Fills `fs` up to its last 2 KiB with a file (`filler`), kept while it is open.

@@ -257,20 +257,27 @@ impl Intervirt {
     }
 
     /// Sends a request; its final reply, or None when the connection ended first (a crash).
-    pub fn request(&mut self, mut request: Value) -> Option<Value> {
+    pub fn request(&mut self, request: Value) -> Option<Value> {
+        self.exchange(request)
+            .map_err(|e| eprintln!("    (Intervirt request without a reply: {e})"))
+            .ok()
+    }
+
+    fn exchange(&mut self, mut request: Value) -> Result<Value, String> {
         self.n += 1;
         let uuid = format!("00000000-0000-4000-8000-{:012}", self.n);
         request["uuid"] = json!(uuid);
-        self.ws.send(Message::text(request.to_string())).ok()?;
+        let text = Message::text(request.to_string());
+        self.ws.send(text).map_err(|e| format!("send: {e}"))?;
         loop {
-            let text = match self.ws.read().ok()? {
+            let text = match self.ws.read().map_err(|e| format!("read: {e}"))? {
                 Message::Text(t) => t.to_string(),
-                Message::Close(_) => return None,
+                Message::Close(c) => return Err(format!("closed: {c:?}")),
                 _ => continue,
             };
-            let v: Value = serde_json::from_str(&text).ok()?;
+            let v: Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
             if v["refID"] == uuid.as_str() && v.get("progress").is_none() {
-                return Some(v);
+                return Ok(v);
             }
         }
     }

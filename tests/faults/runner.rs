@@ -200,7 +200,9 @@ impl Report {
         }
     }
 
-    pub fn assert_clean(&self) {
+    /// Says how many runs `what` did, and fails with every problem found.
+    pub fn finish(&self, what: &str) {
+        eprintln!("{what}: {} fault runs", self.runs);
         assert!(
             self.failures.is_empty(),
             "{} problem(s) in {} fault runs:\n{}",

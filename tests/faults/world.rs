@@ -240,17 +240,8 @@ impl World {
             script += &format!("; head -c {} /dev/urandom > /blob", extra_mib << 20);
         }
         let image = test_image();
-        let args = [
-            "run",
-            "--name",
-            &builder,
-            "--network",
-            "none",
-            &image,
-            "sh",
-            "-c",
-            &script,
-        ];
+        let mut args = vec!["run", "--network=none", "--name", &builder];
+        args.extend([image.as_str(), "sh", "-c", &script]);
         self.docker_ok(&args);
         self.docker_ok(&["commit", &builder, reference]);
         self.docker_ok(&["rm", "-f", &builder]);

@@ -38,18 +38,7 @@ pub enum AppOp {
     Refresh,
 }
 
-impl IntentKind for AppOp {
-    fn name(self) -> &'static str {
-        match self {
-            AppOp::Import => "import",
-            AppOp::LoadImage => "load-image",
-            AppOp::Start => "start",
-            AppOp::Stop => "stop",
-            AppOp::Delete => "delete",
-            AppOp::Refresh => "refresh",
-        }
-    }
-}
+impl IntentKind for AppOp {}
 
 pub type AppIntents = IntentLog<AppOp>;
 pub type AppIntent = Intent<AppOp>;
@@ -80,7 +69,7 @@ impl Apps {
         self.recover_legacy_journals().await?;
         for p in self.intents.take_pending() {
             let (kind, app) = (p.record.kind, p.record.app.clone().unwrap_or_default());
-            tracing::info!(operation = kind.name(), app = %app, "recovering an interrupted operation");
+            tracing::info!(operation = %kind.name(), app = %app, "recovering an interrupted operation");
             let outcome = self.resolve(&p.record).await;
             self.conclude(p, outcome);
         }
@@ -110,15 +99,15 @@ impl Apps {
                 });
             }
             Err(e) if e.kind() == ErrorKind::Unavailable => {
-                tracing::warn!(operation = name, error = %e, "recovery postponed until Docker answers");
+                tracing::warn!(operation = %name, error = %e, "recovery postponed until Docker answers");
                 self.intents.release(p, false);
             }
             Err(e) if p.attempts + 1 < ATTEMPTS => {
-                tracing::warn!(operation = name, error = %e, "recovery failed; trying again later");
+                tracing::warn!(operation = %name, error = %e, "recovery failed; trying again later");
                 self.intents.release(p, false);
             }
             Err(e) => {
-                tracing::error!(operation = name, error = %e, "cannot recover an interrupted operation; giving up");
+                tracing::error!(operation = %name, error = %e, "cannot recover an interrupted operation; giving up");
                 self.intents.release(p, true);
             }
         }
@@ -403,51 +392,50 @@ mod tests {
         assert!(!apps.intents().has_pending());
     }
 
+    /// Docker with `web1_main_1` (running or not) after a crash left an intent of `kind` on
+    /// `web:1`, recovered.
+    async fn recovered(
+        kind: AppOp,
+        data: Map<String, Value>,
+        running: bool,
+    ) -> (Apps, Arc<FakeEngine>, tempfile::TempDir) {
+        let state = tempfile::tempdir().unwrap();
+        crashed_in(state.path(), kind, data);
+        let fake = Arc::new(FakeEngine::with_images(&["busybox"]));
+        fake.add_container(web_app_container(running));
+        let apps = open(state.path(), fake.clone());
+        apps.recover().await.unwrap();
+        assert!(!apps.intents().has_pending());
+        (apps, fake, state)
+    }
+
     #[tokio::test]
     async fn an_interrupted_stop_is_finished_with_its_options() {
-        let state = tempfile::tempdir().unwrap();
         let options = StopOptions {
             remove_images: false,
             remove_volumes: true,
         };
-        crashed_in(state.path(), AppOp::Stop, noted("options", options));
-        let fake = Arc::new(FakeEngine::with_images(&["busybox"]));
-        fake.add_container(web_app_container(true));
-        let apps = open(state.path(), fake.clone());
-        apps.recover().await.unwrap();
+        let (_, fake, _state) = recovered(AppOp::Stop, noted("options", options), true).await;
         assert!(fake.containers().is_empty(), "{:?}", fake.containers());
-        assert!(!apps.intents().has_pending());
     }
 
     #[tokio::test]
     async fn a_start_that_was_being_cancelled_is_undone() {
-        let state = tempfile::tempdir().unwrap();
-        crashed_in(state.path(), AppOp::Start, noted("undo", true));
-        let fake = Arc::new(FakeEngine::with_images(&["busybox"]));
-        fake.add_container(web_app_container(true));
-        let apps = open(state.path(), fake.clone());
-        apps.recover().await.unwrap();
+        let (_, fake, _state) = recovered(AppOp::Start, noted("undo", true), true).await;
         assert!(fake.containers().is_empty());
     }
 
     #[tokio::test]
     async fn an_interrupted_delete_is_finished() {
-        let state = tempfile::tempdir().unwrap();
         let options = RemoveOptions {
             force: true,
             remove_images: true,
             remove_volumes: true,
         };
-        crashed_in(state.path(), AppOp::Delete, noted("options", options));
-        let fake = Arc::new(FakeEngine::with_images(&["busybox"]));
-        fake.add_container(web_app_container(false));
-        let apps = open(state.path(), fake.clone());
-        apps.recover().await.unwrap();
+        let (apps, fake, _state) = recovered(AppOp::Delete, noted("options", options), false).await;
         assert!(fake.containers().is_empty());
-        assert!(
-            apps.list().await.unwrap().is_empty(),
-            "the app is still stored"
-        );
+        let left = apps.list().await.unwrap();
+        assert!(left.is_empty(), "the app is still stored");
     }
 
     #[tokio::test]

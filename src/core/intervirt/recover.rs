@@ -19,24 +19,18 @@ use crate::core::ErrorKind;
 
 /// The requests whose intent the agent records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum AgentOp {
+    #[serde(rename = "intervirt-add")]
     Add,
+    #[serde(rename = "intervirt-remove")]
     Remove,
+    #[serde(rename = "intervirt-update")]
     Update,
+    #[serde(rename = "intervirt-wipe")]
     Wipe,
 }
 
-impl IntentKind for AgentOp {
-    fn name(self) -> &'static str {
-        match self {
-            AgentOp::Add => "intervirt-add",
-            AgentOp::Remove => "intervirt-remove",
-            AgentOp::Update => "intervirt-update",
-            AgentOp::Wipe => "intervirt-wipe",
-        }
-    }
-}
+impl IntentKind for AgentOp {}
 
 pub type AgentIntents = IntentLog<AgentOp>;
 pub type AgentIntent = Intent<AgentOp>;
@@ -75,7 +69,7 @@ impl IntervirtAgent {
         }
         for p in self.intents.take_pending() {
             let name = p.record.app.clone().unwrap_or_default();
-            tracing::info!(request = p.record.kind.name(), container = %name, "recovering an interrupted request");
+            tracing::info!(request = %p.record.kind.name(), container = %name, "recovering an interrupted request");
             let result = self.resolve(&p.record).await;
             self.conclude(p, result);
         }
@@ -86,11 +80,11 @@ impl IntervirtAgent {
         match result {
             Ok(()) => self.intents.release(p, true),
             Err(e) if e.kind() == ErrorKind::Unavailable || p.attempts + 1 < ATTEMPTS => {
-                tracing::warn!(request = name, error = %e, "recovery failed; trying again later");
+                tracing::warn!(request = %name, error = %e, "recovery failed; trying again later");
                 self.intents.release(p, false);
             }
             Err(e) => {
-                tracing::error!(request = name, error = %e, "cannot recover an interrupted request; giving up");
+                tracing::error!(request = %name, error = %e, "cannot recover an interrupted request; giving up");
                 self.intents.release(p, true);
             }
         }

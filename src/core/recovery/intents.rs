@@ -30,8 +30,11 @@ use crate::core::{CoreError, CoreResult};
 pub trait IntentKind:
     Copy + fmt::Debug + Serialize + DeserializeOwned + Send + Sync + 'static
 {
-    /// The name in file names and logs.
-    fn name(self) -> &'static str;
+    /// The name in file names and logs: the kind as the intent file writes it.
+    fn name(self) -> String {
+        let v = serde_json::to_value(self).unwrap_or_default();
+        v.as_str().unwrap_or("operation").to_string()
+    }
 }
 
 const FORMAT: u32 = 1;
@@ -406,22 +409,15 @@ mod tests {
         Stop,
     }
 
-    impl IntentKind for Op {
-        fn name(self) -> &'static str {
-            match self {
-                Op::Start => "start",
-                Op::Stop => "stop",
-            }
-        }
-    }
+    impl IntentKind for Op {}
 
     fn files(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
+        let names = fs::read_dir(dir).unwrap().flatten();
+        let names = names.map(|e| e.file_name().to_string_lossy().into_owned());
+        names
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
     }
 
     #[test]
