@@ -42,28 +42,32 @@ fn worlds_at_once() -> usize {
     n.unwrap_or(2).max(1)
 }
 
-/// A turn to build and use a world, given back on drop.
+/// A turn to build and use a world, given back on drop; turns are given in the order they
+/// were asked for.
 struct Turn;
 
-static TURNS: (Mutex<usize>, std::sync::Condvar) = (Mutex::new(0), std::sync::Condvar::new());
+/// (turns asked for, turns given back).
+static TURNS: (Mutex<(u64, u64)>, std::sync::Condvar) =
+    (Mutex::new((0, 0)), std::sync::Condvar::new());
 
 impl Turn {
     fn take() -> Turn {
-        let (count, freed) = &TURNS;
-        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
-        while *n >= worlds_at_once() {
-            n = freed.wait(n).unwrap_or_else(|p| p.into_inner());
+        let (counts, freed) = &TURNS;
+        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let ticket = c.0;
+        c.0 += 1;
+        while ticket >= c.1 + worlds_at_once() as u64 {
+            c = freed.wait(c).unwrap_or_else(|p| p.into_inner());
         }
-        *n += 1;
         Turn
     }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        let (count, freed) = &TURNS;
-        *count.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
-        freed.notify_one();
+        let (counts, freed) = &TURNS;
+        counts.lock().unwrap_or_else(|p| p.into_inner()).1 += 1;
+        freed.notify_all();
     }
 }
 
@@ -82,11 +86,11 @@ fn soak() -> bool {
     std::env::var("GANTRY_SOAK").is_ok_and(|v| v == "1")
 }
 
-/// The operations whose crash points each test runs (three groups, so that worlds can run
-/// them side by side).
-const GROUPS: [&[&str]; 3] = [
+/// The operations whose crash points each group runs (groups run in worlds side by side).
+const GROUPS: [&[&str]; 4] = [
+    &["start"],
+    &["stop", "delete"],
     &["import", "load-image", "refresh"],
-    &["start", "stop", "delete"],
     &[
         "intervirt-add",
         "intervirt-remove",
@@ -153,32 +157,60 @@ fn side_by_side<T: Copy + Send + 'static>(items: &[T], f: fn(T)) -> Vec<String> 
         .collect()
 }
 
-/// The import a SIGKILL interrupted while Docker was still registering an image it had been
-/// sent whole: the restart's recovery runs while the load is in flight, and the image Docker
-/// creates afterwards is removed too (it used to survive the restart).
+/// The import a SIGKILL interrupted while Docker was still registering an image it had
+/// received whole: the restart's recovery runs while that load is in flight, and the image
+/// Docker creates afterwards is removed too (it used to survive the restart). Docker may be
+/// quicker than the restart; up to three tries, each of which must leave nothing, until one
+/// saw the race.
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn an_image_docker_finishes_loading_after_the_crash_is_removed() {
     let (_turn, world) = world(require_docker!());
-    let mut run = Run::new(&world, "late-load", "import", "");
-    run.big = true;
-    // The second image: the first is loaded (and noted), the second still in Docker's hands.
-    let crashed = run.crash_at("import.load-in-flight@2");
-    assert!(crashed.is_ok(), "{crashed:?}");
+    let raced = (0..3).any(|n| late_load(&world, n));
     assert!(
-        world.loads_in_flight(),
-        "Docker had finished loading before the restart: the test did not catch it mid-load \
-         (raise GANTRY_FAULTS_BIG_MIB)"
+        raced,
+        "Docker always finished before the recovery looked: raise GANTRY_FAULTS_BIG_MIB"
+    );
+}
+
+/// One try: whether the recovery saw the image appear after it had looked.
+fn late_load(world: &World, n: usize) -> bool {
+    let mut run = Run::new(world, &format!("late-load-{n}"), "import", "");
+    run.big = true;
+    // Twice the crash points' big images (128 MiB by default, as in the report that found
+    // it): Docker must still be registering one when gantry is back.
+    let [(first, _), (_, second)] = world.big_images(2 * drivers::big_mib());
+    let whole = second.len() as u64 - (64 << 10);
+    let request = run.trigger();
+    // The first image is loaded (and noted); then Docker has received all of the second.
+    let limit = Duration::from_secs(120);
+    let first_loaded = common::wait_for(limit, Duration::from_millis(20), || {
+        world
+            .docker(&["image", "inspect", first])
+            .status
+            .success()
+            .then_some(())
+    });
+    let caught = first_loaded.and_then(|()| {
+        common::wait_for(limit, Duration::from_millis(2), || {
+            world
+                .load_received()
+                .is_some_and(|n| n >= whole)
+                .then_some(())
+        })
+    });
+    run.d.kill();
+    let _ = request.join();
+    assert!(
+        caught.is_some(),
+        "never caught Docker with the whole second image"
     );
     let problems = run.restart_and_check();
     assert!(problems.is_empty(), "{problems:#?}");
-    assert!(
-        run.d
-            .log()
-            .contains("removed an image Docker loaded after an interrupted operation"),
-        "the recovery never saw the late image:\n{}",
-        run.d.log()
-    );
+    let late = "removed an image Docker loaded after an interrupted operation";
+    let raced = run.d.log().contains(late);
+    eprintln!("late load, try {n}: the recovery saw the image appear: {raced}");
+    raced
 }
 
 /// A start killed after the first of three chained services started: the restart finishes

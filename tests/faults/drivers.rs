@@ -77,6 +77,7 @@ pub fn big_mib() -> usize {
 
 /// The chain app with two big images (each [`big_mib`] MiB of random data).
 pub fn big_bundle(world: &World, name: &str) -> Vec<u8> {
+    // The world's big images, whatever size its first user made them.
     let [(i1, t1), (i2, t2)] = world.big_images(big_mib());
     bundle_of(name, &chain_compose(i1, i2), &[t1, t2])
 }
