@@ -24,7 +24,7 @@ use super::stream::{follow, FoundImage, LocalEntry, TarWatch, UploadReader, Walk
 use super::AppConfig;
 use crate::core::compose::{interpolate, ComposePolicy, ComposeProject};
 use crate::core::engine::{ByteStream, ContainerEngine};
-use crate::core::recovery::crash_point;
+use crate::core::recovery::{crash_point, crash_when_sent};
 use crate::core::{CoreError, CoreResult, ErrorKind};
 
 /// The named steps of an import, in order.
@@ -703,24 +703,23 @@ async fn load_body(
     sent: &AtomicU64,
     progress: ProgressFn<'_>,
 ) -> CoreResult<Vec<String>> {
+    // While Docker registers an archive it has whole, the fault tests may crash.
+    let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let body = crash_when_sent("import.load-in-flight", body, answered.clone());
     let load = engine.load_images(body);
     tokio::pin!(load);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut waiting = 0;
     let loaded = loop {
         tokio::select! {
             r = &mut load => break r,
-            _ = tick.tick() => {
-                let done = sent.load(Ordering::Relaxed);
-                progress(ImportProgress::ImageBytes { file: file.to_string(), done, size });
-                // Every byte was sent a tick ago: Docker is registering the image.
-                waiting += u32::from(size > 0 && done >= size);
-                if waiting == 2 {
-                    crash_point("import.load-in-flight");
-                }
-            }
+            _ = tick.tick() => progress(ImportProgress::ImageBytes {
+                file: file.to_string(),
+                done: sent.load(Ordering::Relaxed),
+                size,
+            }),
         }
     };
+    answered.store(true, Ordering::SeqCst);
     let loaded = loaded.map_err(|e| match e.kind() {
         ErrorKind::Invalid => CoreError::from(e).context(format!("{file}: Docker cannot load it")),
         _ => CoreError::from(e),

@@ -6,7 +6,6 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures_util::StreamExt;
 
@@ -15,7 +14,7 @@ use super::Reporter;
 use crate::core::apps::recover::{AppIntent, AppOp};
 use crate::core::apps::stream::TarWatch;
 use crate::core::engine::ByteStream;
-use crate::core::recovery::crash_point;
+use crate::core::recovery::{crash_point, crash_when_sent};
 use crate::core::system::LoadedImage;
 use crate::core::{Core, CoreResult};
 
@@ -26,7 +25,6 @@ struct Noting {
     intent: Arc<AppIntent>,
     before: HashSet<String>,
     noted: Arc<Mutex<Vec<String>>>,
-    answered: Arc<AtomicBool>,
 }
 
 impl Noting {
@@ -48,18 +46,6 @@ impl Noting {
             Err(e) => Err(std::io::Error::other(e.to_string())),
         }
     }
-
-    /// The whole archive went to Docker; while Docker registers it, the fault tests may
-    /// crash here.
-    fn sent(&self) {
-        let answered = self.answered.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            if !answered.load(Ordering::SeqCst) {
-                crash_point("load-image.load-in-flight");
-            }
-        });
-    }
 }
 
 /// `noting.inner`, with the manifest's images noted on the way.
@@ -77,10 +63,7 @@ fn noting_stream(noting: Noting) -> ByteStream {
                 }
             }
             Some(Err(e)) => Some((Err(e), n)),
-            None => {
-                n.sent();
-                None
-            }
+            None => None,
         }
     }))
 }
@@ -111,11 +94,14 @@ impl Core {
             intent: intent.clone(),
             before: before.into_iter().map(|i| i.id).collect(),
             noted: noted.clone(),
-            answered: answered.clone(),
         };
-        let result = self
-            .load_counted(noting_stream(noting), total, reporter, cancel)
-            .await;
+        // While Docker registers an archive it has whole, the fault tests may crash.
+        let body = crash_when_sent(
+            "load-image.load-in-flight",
+            noting_stream(noting),
+            answered.clone(),
+        );
+        let result = self.load_counted(body, total, reporter, cancel).await;
         answered.store(true, Ordering::SeqCst);
         crash_point("load-image.loaded");
         let noted = !noted.lock().unwrap_or_else(|p| p.into_inner()).is_empty();

@@ -29,6 +29,43 @@ pub fn crash_point_unsynced(name: &'static str, file: &Path, durable: u64) {
     let _ = (name, file, durable);
 }
 
+/// How long after an archive's last bytes went to Docker [`crash_when_sent`] crashes: time
+/// for them to reach Docker, far less than Docker takes to register the images of an
+/// archive of the fault tests' big images.
+#[cfg(debug_assertions)]
+const AFTER_SENT: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// `body`, an archive going to Docker, unchanged in a release build. In a debug build the
+/// crash point `name` is reached [`AFTER_SENT`] after the body ended, unless Docker has
+/// answered by then (`answered`): the moment Docker has the whole archive and registers
+/// its images, and the killed client can no longer stop it.
+pub fn crash_when_sent(
+    name: &'static str,
+    body: crate::core::engine::ByteStream,
+    answered: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> crate::core::engine::ByteStream {
+    #[cfg(debug_assertions)]
+    {
+        use futures_util::StreamExt;
+        use std::sync::atomic::Ordering;
+        let end = futures_util::stream::once(async move {
+            tokio::spawn(async move {
+                tokio::time::sleep(AFTER_SENT).await;
+                if !answered.load(Ordering::SeqCst) {
+                    crash_point(name);
+                }
+            });
+            None
+        });
+        Box::pin(body.map(Some).chain(end).filter_map(std::future::ready))
+    }
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = (name, answered);
+        body
+    }
+}
+
 #[cfg(debug_assertions)]
 mod armed {
     use std::path::Path;

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use super::points::{Crash, POINTS};
 
-/// Every `crash_point("...")` / `crash_point_unsynced("...", ...)` name in `src/`.
+/// Every `crash_point("...")` / `crash_point_unsynced("...", ...)` /
+/// `crash_when_sent("...", ...)` name in `src/`.
 fn names_in_code() -> BTreeSet<String> {
     fn walk(dir: &Path, out: &mut BTreeSet<String>) {
         for entry in std::fs::read_dir(dir).unwrap() {
@@ -14,8 +15,12 @@ fn names_in_code() -> BTreeSet<String> {
                 walk(&path, out);
             } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("crash.rs") {
                 let text = std::fs::read_to_string(&path).unwrap();
-                for call in ["crash_point(\"", "crash_point_unsynced(\""] {
+                for call in ["crash_point(", "crash_point_unsynced(", "crash_when_sent("] {
                     for part in text.split(call).skip(1) {
+                        // The name may be on the next line (rustfmt).
+                        let Some(part) = part.trim_start().strip_prefix('"') else {
+                            continue;
+                        };
                         let name = part.split('"').next().unwrap();
                         // Names, not the examples of doc comments ("name", "...").
                         let real = name.starts_with(|c: char| c.is_ascii_lowercase())
