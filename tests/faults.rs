@@ -213,6 +213,29 @@ fn late_load(world: &World, n: usize) -> bool {
     raced
 }
 
+/// An import crashed once the first image's manifest was noted (Docker never got that
+/// image whole), then tried again at once after the restart, as an operator would: while
+/// the recovery still watches for the first image (Docker has a load in flight, the new
+/// import's own), the new import loads it again and must keep it.
+#[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
+fn an_import_tried_again_at_once_keeps_its_images() {
+    let (_turn, world) = world(require_docker!());
+    let mut run = Run::new(&world, "retry", "import", "");
+    run.big = true;
+    run.crash_at("import.manifest-noted@1").unwrap();
+    let id = run.made.apps[0].clone();
+    let bundle = drivers::big_bundle(&world, id.trim_end_matches(":1"));
+    run.d.start(None);
+    let (status, body) = drivers::import(&run.d, &bundle);
+    assert_eq!(status, 200, "the import tried again: {body}");
+    let waited = run.d.log().contains("waiting for the clean-up");
+    eprintln!("the import tried again waited for the recovery's watch: {waited}");
+    // The oracle, then the app is started (which needs every image it recorded).
+    let problems = run.check();
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
 /// A start killed after the first of three chained services started: the restart finishes
 /// it (the app used to stay Partially Running).
 #[test]

@@ -90,6 +90,8 @@ pub struct Apps {
     pub(super) intents: AppIntents,
     /// Where an earlier version kept its import journals (resolved at start, then unused).
     pub(super) legacy_journals: PathBuf,
+    /// The recovery's watches for images Docker may still create; imports wait for them.
+    pub(super) cleanups: super::recover::Cleanups,
     /// What each app looked like when last published, to publish App only on a change.
     /// The async lock also orders concurrent publishers, so a stale view never follows a
     /// newer one.
@@ -160,6 +162,7 @@ impl Apps {
             settings,
             intents,
             legacy_journals: state_dir.join("import-journal"),
+            cleanups: Default::default(),
             busy: Mutex::new(HashMap::new()),
             refreshing: std::sync::atomic::AtomicBool::new(false),
             events: EventBus::default(),
@@ -404,6 +407,7 @@ impl Apps {
         cancel: &CancellationToken,
         progress: ProgressFn<'_>,
     ) -> CoreResult<StoredApp> {
+        self.after_cleanups(cancel).await;
         let stored = import::import(
             self.engine.as_ref(),
             &self.store,

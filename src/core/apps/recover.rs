@@ -93,9 +93,11 @@ impl Apps {
             Ok(Outcome::Watch(ids)) => {
                 let (engine, store) = (self.engine.clone(), self.store().clone());
                 let intents = self.intents.clone();
+                let watching = self.cleanups.begin();
                 tokio::spawn(async move {
                     watch_loads(engine.as_ref(), &store, ids).await;
                     intents.release(p, true);
+                    drop(watching);
                 });
             }
             Err(e) if e.kind() == ErrorKind::Unavailable => {
@@ -222,6 +224,20 @@ impl Apps {
         })
     }
 
+    /// Waits until the recovery no longer watches for images Docker may still create (or
+    /// until `cancel`). An import or image load waits for this before it begins: it could
+    /// load one of those images again, and the watch would remove it from under it.
+    pub async fn after_cleanups(&self, cancel: &CancellationToken) {
+        let mut count = self.cleanups.0.subscribe();
+        if *count.borrow() > 0 {
+            tracing::info!("waiting for the clean-up after an interrupted import or image load");
+        }
+        tokio::select! {
+            _ = count.wait_for(|n| *n == 0) => {}
+            _ = cancel.cancelled() => {}
+        }
+    }
+
     /// Images of imports interrupted under an earlier version (`import-journal/`).
     async fn recover_legacy_journals(&self) -> CoreResult<()> {
         if self.legacy_journals.exists() {
@@ -246,6 +262,32 @@ fn images_in_use(store: &AppStore) -> CoreResult<HashSet<String>> {
 /// Where a recovery's compose lines go: gantry's log.
 fn log_lines(id: &AppId) -> impl Fn(&str) + Send + Sync + '_ {
     move |line: &str| tracing::info!(app = %id, "recovery: {line}")
+}
+
+/// How many watches for images of interrupted operations run ([`watch_loads`]).
+pub struct Cleanups(tokio::sync::watch::Sender<usize>);
+
+impl Default for Cleanups {
+    fn default() -> Self {
+        Self(tokio::sync::watch::channel(0).0)
+    }
+}
+
+impl Cleanups {
+    /// One more watch, until the guard is dropped.
+    fn begin(&self) -> Watching {
+        self.0.send_modify(|n| *n += 1);
+        Watching(self.0.clone())
+    }
+}
+
+/// A watch in progress (see [`Cleanups`]).
+struct Watching(tokio::sync::watch::Sender<usize>);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 /// How often the watch of loads in flight looks again.
@@ -475,5 +517,37 @@ mod tests {
         // The one Docker never created is watched for a moment (the fake has no data
         // directory, so for WATCH_BLIND at most); it is not removed from the app.
         assert!(apps.list().await.unwrap().len() == 1);
+    }
+
+    #[tokio::test]
+    async fn imports_wait_while_the_recovery_watches_for_an_image_docker_may_create() {
+        let state = tempfile::tempdir().unwrap();
+        let log = AppIntents::open(&state.path().join("intents")).unwrap();
+        let intent = log.begin(AppOp::Import, None, Map::new()).unwrap();
+        intent.note("images", ["late"]).unwrap();
+        std::mem::forget(intent);
+        let fake = Arc::new(FakeEngine::with_images(&["busybox"]));
+        let apps = open(state.path(), fake.clone());
+        apps.recover().await.unwrap();
+        let wait = Duration::from_millis(600);
+        let never = CancellationToken::new();
+        let waited = tokio::time::timeout(wait, apps.after_cleanups(&never)).await;
+        assert!(waited.is_err(), "an import went ahead during the watch");
+        // A cancelled import does not wait (it fails at once).
+        let cancelled = CancellationToken::new();
+        cancelled.cancel();
+        let waited = tokio::time::timeout(wait, apps.after_cleanups(&cancelled)).await;
+        assert!(waited.is_ok(), "a cancelled import waited");
+        // Docker finishes the load: the watch removes the image and ends.
+        fake.add_image("late");
+        let waited =
+            tokio::time::timeout(Duration::from_secs(5), apps.after_cleanups(&never)).await;
+        assert!(
+            waited.is_ok(),
+            "the watch did not end once the image was removed"
+        );
+        let images = fake.list_images().await.unwrap();
+        assert!(images.iter().all(|i| i.id != "sha256:late"), "{images:?}");
+        assert!(!apps.intents().has_pending());
     }
 }

@@ -79,6 +79,7 @@ impl Core {
         reporter: &Reporter<LoadProgress>,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> CoreResult<LoadedImage> {
+        self.apps.after_cleanups(cancel).await;
         let before = self.system.images().await?;
         let intent = self
             .apps

@@ -61,6 +61,11 @@ impl FakeEngine {
 
     // --- the world ---------------------------------------------------------------------------
 
+    /// Adds an image, as if a load had just created it.
+    pub fn add_image(&self, reference: &str) {
+        self.world().add_image(reference);
+    }
+
     /// Adds a container as if it had been created (and started) before.
     pub fn add_container(&self, c: FakeContainer) {
         let pid = self.world().add_container(c);
