@@ -193,30 +193,6 @@ impl World {
             .collect()
     }
 
-    /// The bytes Docker has received of the load in flight (the files it unpacked into its
-    /// `tmp/docker-import-*` so far), None when no load is in flight.
-    pub fn load_received(&self) -> Option<u64> {
-        fn size(p: &std::path::Path) -> u64 {
-            match std::fs::symlink_metadata(p) {
-                Ok(m) if m.is_dir() => std::fs::read_dir(p)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .map(|e| size(&e.path()))
-                    .sum(),
-                Ok(m) => m.len(),
-                Err(_) => 0,
-            }
-        }
-        let tmp = std::fs::read_dir(self.dir.join("data/tmp")).ok()?;
-        let loads = tmp.flatten().filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("docker-import-")
-        });
-        loads.map(|e| size(&e.path())).max()
-    }
-
     /// The id of the test image (also tagged [`IMAGE_ALIAS`]).
     pub fn base_id(&self) -> &str {
         self.base_id.get_or_init(|| {
