@@ -96,7 +96,7 @@ impl Daemon {
             .unwrap();
         let mut c = Command::new("nsenter");
         c.arg(format!("--net={}", self.netns.display()))
-            .arg(common::gantry_bin())
+            .arg(gantry_under_test())
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("GANTRY_FORBID_REAL_POWER", "1")
@@ -234,6 +234,16 @@ impl Drop for Daemon {
                 self.log()
             );
         }
+    }
+}
+
+/// The gantry the faults are tried on: this build's, or `GANTRY_FAULTS_BIN` (another build,
+/// e.g. of an earlier version, to measure what the same faults did to it; the crash points
+/// need this build).
+fn gantry_under_test() -> String {
+    match std::env::var("GANTRY_FAULTS_BIN") {
+        Ok(bin) if !bin.is_empty() => bin,
+        _ => common::gantry_bin().to_string(),
     }
 }
 

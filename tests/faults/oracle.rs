@@ -107,6 +107,9 @@ fn check_apps(world: &World, apps: &[Value]) -> Vec<String> {
     ]) {
         let parts: Vec<&str> = line.split('\t').collect();
         let (app, state, name) = (parts[0], parts[1], parts[2]);
+        if world.is_stuck(name) {
+            continue;
+        }
         let listed = apps.iter().find(|a| a["Id"] == app);
         match listed.and_then(|a| a["Status"].as_str()) {
             None => problems.push(format!("container {name} of {app}, which is not listed")),
@@ -165,6 +168,10 @@ fn check_intervirt(world: &World, d: &Daemon, names: &[String]) -> Vec<String> {
         "--format",
         fmt,
     ]);
+    let labelled: Vec<String> = labelled
+        .into_iter()
+        .filter(|l| !world.is_stuck(l.split(' ').next().unwrap_or_default()))
+        .collect();
     let state_of = |n: &str| {
         labelled
             .iter()
@@ -251,12 +258,21 @@ fn check_state_dir(state: &Path) -> Vec<String> {
 /// test image. Removes what is left (so the next run starts clean) and names it.
 pub fn left_over(world: &World) -> Vec<String> {
     let mut found = Vec::new();
-    let fmt = "{{.ID}} {{.Label \"io.gantry.app-id\"}}{{.Label \"io.gantry.intervirt\"}}";
+    let fmt = "{{.Names}} {{.Label \"io.gantry.app-id\"}}{{.Label \"io.gantry.intervirt\"}}";
     for line in world.docker_lines(&["ps", "-a", "--format", fmt]) {
-        let (id, labels) = line.split_once(' ').unwrap_or((&line, ""));
-        if !labels.trim().is_empty() {
-            found.push(format!("container {id} ({labels})"));
-            let _ = world.docker(&["rm", "-f", "-v", id]);
+        let (name, labels) = line.split_once(' ').unwrap_or((&line, ""));
+        if labels.trim().is_empty() || world.is_stuck(name) {
+            continue;
+        }
+        let rm = world.docker(&["rm", "-f", "-v", name]);
+        if rm.status.success() {
+            found.push(format!("container {name} ({labels})"));
+        } else {
+            let e = String::from_utf8_lossy(&rm.stderr);
+            found.push(format!(
+                "container {name} ({labels}), Docker cannot remove it: {e}"
+            ));
+            world.mark_stuck(name);
         }
     }
     let project = "label=com.docker.compose.project";

@@ -112,12 +112,32 @@ impl<'w> Run<'w> {
             checked.as_secs_f64(),
             (next - checked).as_secs_f64()
         );
+        if !problems.is_empty() {
+            self.explain();
+        }
         let left = oracle::left_over(self.world);
         problems.extend(
             left.into_iter()
                 .map(|l| format!("left after the clean-up: {l}")),
         );
         problems
+    }
+
+    /// What a failed run leaves to read: gantry's log of this run (no debug lines) and
+    /// Docker's containers.
+    fn explain(&self) {
+        let log = self.d.log();
+        let lines = log.lines().filter(|l| !l.contains(" DEBUG "));
+        eprintln!("    ----- gantry's log ({}):", self.d.dir.display());
+        lines.for_each(|l| eprintln!("    | {l}"));
+        let ps = self.world.docker(&["ps", "-a", "--no-trunc"]);
+        eprintln!(
+            "    ----- docker ps -a:\n{}",
+            String::from_utf8_lossy(&ps.stdout)
+        );
+        eprintln!("    ----- dockerd's last errors:");
+        let errors = self.world.dockerd_errors();
+        errors.iter().for_each(|l| eprintln!("    | {l}"));
     }
 }
 

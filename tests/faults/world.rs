@@ -24,6 +24,8 @@ pub struct World {
     big_images: std::sync::OnceLock<[Vec<u8>; 2]>,
     /// The test image's id.
     base_id: std::sync::OnceLock<String>,
+    /// Containers Docker could not remove (each reported once, by the run that left it).
+    stuck: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl World {
@@ -44,6 +46,7 @@ impl World {
             app_images: std::sync::OnceLock::new(),
             big_images: std::sync::OnceLock::new(),
             base_id: std::sync::OnceLock::new(),
+            stuck: Default::default(),
         };
         w.ip(&["link", "set", "lo", "up"]);
         w.start_containerd();
@@ -193,6 +196,30 @@ impl World {
             .collect()
     }
 
+    /// Whether `name` is a container Docker could not remove (see [`World::mark_stuck`]).
+    pub fn is_stuck(&self, name: &str) -> bool {
+        let stuck = self.stuck.lock().unwrap_or_else(|p| p.into_inner());
+        stuck.contains(name)
+    }
+
+    /// Docker cannot remove the container `name` (its run reported it): later runs in this
+    /// world leave it out, so one leak is not counted again by every run after it.
+    pub fn mark_stuck(&self, name: &str) {
+        let mut stuck = self.stuck.lock().unwrap_or_else(|p| p.into_inner());
+        stuck.insert(name.to_string());
+    }
+
+    /// dockerd's last error lines (for a failed run's report).
+    pub fn dockerd_errors(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+        let errors: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("level=error"))
+            .map(String::from)
+            .collect();
+        errors[errors.len().saturating_sub(10)..].to_vec()
+    }
+
     /// The id of the test image (also tagged [`IMAGE_ALIAS`]).
     pub fn base_id(&self) -> &str {
         self.base_id.get_or_init(|| {
@@ -286,7 +313,9 @@ impl Drop for World {
             .collect();
         under.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in under {
-            let _ = run("umount", &["-l", m]);
+            // As written: a mount a restarted dockerd covered is not found through a
+            // canonical path.
+            let _ = run("umount", &["-l", "--no-canonicalize", m]);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = run("ip", &["netns", "del", &self.netns]);
