@@ -12,7 +12,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{container_body, is_intervirt, running_pid, AgentResult, IntervirtAgent, ProgressSink};
+use super::{
+    container_body, is_intervirt, running_pid, AgentError, AgentResult, IntervirtAgent,
+    ProgressSink,
+};
 use crate::core::engine::EngineError;
 use crate::core::recovery::{Intent, IntentKind, IntentLog, Pending, Record};
 use crate::core::ErrorKind;
@@ -55,6 +58,10 @@ pub(super) fn open_intents(state_dir: &Path) -> AgentIntents {
 
 /// Failed resolutions (other than Docker being away) are given up after this many tries.
 const ATTEMPTS: u32 = 3;
+
+/// How long the recovery of an add waits for a container Docker is still creating.
+const CREATE_WAIT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+const CREATE_WAIT_ROUNDS: u32 = 40;
 
 impl IntervirtAgent {
     /// Resolves every pending intent, oldest first (at start, and whenever the watcher
@@ -119,7 +126,11 @@ impl IntervirtAgent {
             return self.remove_labelled(name).await;
         }
         let finished = match self.inspect(name).await? {
-            None => self.create_and_start(name, image).await.map(|_| ()),
+            None => match self.create_and_start(name, image).await {
+                // The name is taken: the killed add's create may still be under way in Docker.
+                Err(AgentError::AlreadyDone(_)) => self.finish_created(name).await,
+                created => created.map(|_| ()),
+            },
             Some(c) if running_pid(&c).is_some() => self.attach_running(name).await,
             Some(_) => self.start_and_attach(name).await.map(|_| ()),
         };
@@ -127,16 +138,48 @@ impl IntervirtAgent {
             Err(e) if e.kind() == ErrorKind::Unavailable => Err(e),
             Err(e) => {
                 tracing::warn!(container = %name, error = %e, "the interrupted add cannot finish; removing it");
-                self.undo_add(name).await
+                self.remove_steps_of(name).await
             }
             Ok(()) => Ok(()),
         }
+    }
+
+    /// A container whose name Docker had taken when no Intervirt container of that name was
+    /// there: the create of a killed add that Docker was still carrying out. Waits (bounded)
+    /// until it shows, then starts and attaches it. Someone else's container of that name
+    /// is left alone.
+    async fn finish_created(&self, name: &str) -> AgentResult<()> {
+        for _ in 0..CREATE_WAIT_ROUNDS {
+            tokio::time::sleep(CREATE_WAIT_EVERY).await;
+            match self.engine.inspect_container(name).await {
+                Ok(c) if is_intervirt(&c) && running_pid(&c).is_some() => {
+                    return self.attach_running(name).await
+                }
+                Ok(c) if is_intervirt(&c) => return self.start_and_attach(name).await.map(|_| ()),
+                Ok(_) => {
+                    return Err(AgentError::AlreadyDone(format!(
+                        "another Docker container is named {name}"
+                    )))
+                }
+                Err(EngineError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AgentError::Guest(format!(
+            "Docker holds the name {name} but shows no container of that name"
+        )))
     }
 
     /// A remove: the Docker container and the record go.
     async fn finish_remove(&self, name: &str) -> AgentResult<()> {
         let _all = self.global.read().await;
         let _name = self.names.lock(name).await;
+        self.remove_steps_of(name).await
+    }
+
+    /// Removes the Intervirt container `name` from Docker (if there is one) and its record
+    /// (if there is one); the caller holds the locks.
+    async fn remove_steps_of(&self, name: &str) -> AgentResult<()> {
         self.remove_labelled(name).await?;
         if self.known(name).await? {
             let n = name.to_string();

@@ -357,10 +357,8 @@ async fn an_update_interrupted_mid_recreate_is_finished() {
     assert!(!r.agent.intents.has_pending());
 }
 
-/// An add interrupted after the record: finished at the next start.
-#[tokio::test]
-async fn an_add_interrupted_after_its_record_is_finished() {
-    let r = rig();
+/// What an add of `a` killed after its record leaves: the intent and the record.
+async fn add_interrupted_after_its_record(r: &Rig) {
     let intent = r
         .agent
         .intents
@@ -375,9 +373,45 @@ async fn an_add_interrupted_after_its_record_is_finished() {
     };
     r.agent.net(move |d| d.add_container(net)).await.unwrap();
     intent.keep();
+}
+
+/// An add interrupted after the record: finished at the next start.
+#[tokio::test]
+async fn an_add_interrupted_after_its_record_is_finished() {
+    let r = rig();
+    add_interrupted_after_its_record(&r).await;
     r.agent.recover().await;
     let pid = r.pid("a").expect("the container was created and started");
     assert_eq!(r.attached_pid("a").await, Some(pid));
+}
+
+/// The killed add's create still under way in Docker when the recovery runs: the name is
+/// taken, the container shows a moment later; the recovery waits for it and finishes the
+/// add with it (it used to roll the add back, and the container Docker then created was
+/// left, unknown to gantry).
+#[tokio::test]
+async fn an_add_whose_create_docker_still_carries_out_is_finished() {
+    let r = rig();
+    add_interrupted_after_its_record(&r).await;
+    r.engine.fail_next(
+        "create_container",
+        EngineError::Conflict("name in use".into()),
+    );
+    let engine = r.engine.clone();
+    let docker_finishing = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        engine
+            .create_container("a", container_body("a", "debian/13"))
+            .await
+    });
+    r.agent.recover().await;
+    docker_finishing.await.unwrap().unwrap();
+    let pid = r
+        .pid("a")
+        .expect("the container Docker created was started");
+    assert_eq!(r.attached_pid("a").await, Some(pid));
+    assert!(r.agent.known("a").await.unwrap());
+    assert!(!r.agent.intents.has_pending());
 }
 
 /// The kind of a request's error, None when it succeeded.
