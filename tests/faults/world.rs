@@ -196,6 +196,37 @@ impl World {
             .collect()
     }
 
+    /// A `docker load` Docker has in flight until [`HeldLoad::end`]: half of an archive
+    /// sent, the rest held back.
+    pub fn hold_a_load(&self) -> HeldLoad {
+        use std::io::Write;
+        let host = self.host();
+        let mut child = Command::new(common::docker_cli())
+            .args(["-H", host.as_str(), "load"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker load");
+        let [(_, tar), _] = self.app_images();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&tar[..tar.len() / 2]).unwrap();
+        stdin.flush().unwrap();
+        let tmp = self.dir.join("data/tmp");
+        self.wait_until("a load in flight", || {
+            let entries = std::fs::read_dir(&tmp).into_iter().flatten().flatten();
+            entries.into_iter().any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("docker-import-")
+            })
+        });
+        HeldLoad {
+            child,
+            stdin: Some(stdin),
+        }
+    }
+
     /// Whether `name` is a container Docker could not remove (see [`World::mark_stuck`]).
     pub fn is_stuck(&self, name: &str) -> bool {
         let stuck = self.stuck.lock().unwrap_or_else(|p| p.into_inner());
@@ -267,6 +298,20 @@ impl World {
         let bytes = std::fs::read(&file).unwrap();
         let _ = std::fs::remove_file(&file);
         bytes
+    }
+}
+
+/// A load Docker has in flight ([`World::hold_a_load`]).
+pub struct HeldLoad {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl HeldLoad {
+    /// The archive ends early: Docker's load fails and nothing of it stays.
+    pub fn end(mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
     }
 }
 
