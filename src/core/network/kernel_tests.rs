@@ -516,7 +516,7 @@ impl Scene {
         [("a", &self.ca), ("b", &self.cb), ("c", &self.cc)]
     }
 
-    fn from_wan(&self, addr: IpAddr) -> Option<String> {
+    fn via_wan(&self, addr: IpAddr) -> Option<String> {
         fetch_from(&self.world.wan.path(), SocketAddr::from((addr, 8080)))
     }
 }
@@ -594,8 +594,8 @@ fn forwards(s: &Scene, agent: &DataplaneHandle) {
     };
     let f = forward.clone();
     apply(agent, move |d| d.add_forward(f));
-    assert_eq!(s.from_wan(IpAddr::V4(GUEST4)).as_deref(), Some("b"));
-    assert_eq!(s.from_wan(IpAddr::V6(GUEST6)).as_deref(), Some("b"));
+    assert_eq!(s.via_wan(IpAddr::V4(GUEST4)).as_deref(), Some("b"));
+    assert_eq!(s.via_wan(IpAddr::V6(GUEST6)).as_deref(), Some("b"));
     let from_guest = fetch_from(&s.world.guest.path(), SocketAddr::from((GUEST4, 8080)));
     assert_eq!(from_guest.as_deref(), Some("b"));
     let dup = PortForward {
@@ -628,8 +628,8 @@ fn readdress(s: &Scene, agent: &DataplaneHandle) {
             "inet6 2001:db8:1::30/128".to_string()
         ])
     );
-    assert_eq!(s.from_wan(IpAddr::V4(GUEST4)).as_deref(), Some("b"));
-    assert_eq!(s.from_wan(IpAddr::V6(GUEST6)).as_deref(), Some("b"));
+    assert_eq!(s.via_wan(IpAddr::V4(GUEST4)).as_deref(), Some("b"));
+    assert_eq!(s.via_wan(IpAddr::V6(GUEST6)).as_deref(), Some("b"));
     assert_only_connected(&s.table(30, 0x30), &[("a", "b"), ("b", "c")]);
 }
 
@@ -677,7 +677,7 @@ fn agent_restarts(s: &Scene, agent: DataplaneHandle) -> Kernel {
         assert_eq!(s.ca.eth0_addresses().len(), 2);
     }
     assert_only_connected(&s.table(30, 0x30), &[("a", "b"), ("b", "c")]);
-    assert_eq!(s.from_wan(IpAddr::V4(GUEST4)).as_deref(), Some("b"));
+    assert_eq!(s.via_wan(IpAddr::V4(GUEST4)).as_deref(), Some("b"));
     before
 }
 
@@ -700,7 +700,7 @@ fn reboot(s: &Scene, before: &Kernel) -> DataplaneHandle {
         (&before.ruleset, &before.links, &before.routes)
     );
     assert_only_connected(&s.table(30, 0x30), &[("a", "b"), ("b", "c")]);
-    assert_eq!(s.from_wan(IpAddr::V4(GUEST4)).as_deref(), Some("b"));
+    assert_eq!(s.via_wan(IpAddr::V4(GUEST4)).as_deref(), Some("b"));
     agent
 }
 
