@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod dialect;
+pub mod memory;
 pub mod systemd;
 pub mod ws;
 
