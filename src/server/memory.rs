@@ -19,7 +19,11 @@ fn own_mappings() -> Vec<(usize, usize)> {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     maps.lines()
         .filter(|l| l.split_whitespace().nth(5) == Some(exe.as_str()))
-        .filter(|l| l.split_whitespace().nth(1).is_some_and(|perms| !perms.contains('w')))
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|perms| !perms.contains('w'))
+        })
         .filter_map(|l| {
             let (start, end) = l.split_whitespace().next()?.split_once('-')?;
             let start = usize::from_str_radix(start, 16).ok()?;
