@@ -278,7 +278,8 @@ impl Apps {
             .store
             .list()?
             .into_iter()
-            .flat_map(|a| a.record.images.into_iter().map(|i| i.id))
+            .flat_map(|a| a.record.images)
+            .flat_map(|i| std::iter::once(i.id).chain(i.references))
             .collect();
         import::recover_journals(self.engine.as_ref(), dir, &in_use).await;
         Ok(())
