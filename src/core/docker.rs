@@ -13,18 +13,19 @@ use bollard::models::{
     NetworkCreateRequest, Volume, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ImportImageOptionsBuilder,
-    ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
-    ListVolumesOptionsBuilder, LogsOptionsBuilder, PruneContainersOptionsBuilder,
-    PruneImagesOptionsBuilder, PruneVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveImageOptionsBuilder, RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    ImportImageOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
+    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
+    PruneContainersOptionsBuilder, PruneImagesOptionsBuilder, PruneVolumesOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RemoveVolumeOptionsBuilder,
+    StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::engine::{
-    ByteStream, ContainerEngine, EngineError, EngineResult, EngineVersion, Filter, LoadedImages,
-    LogLine,
+    Attached, ByteStream, ContainerEngine, EngineError, EngineResult, EngineVersion, Filter,
+    LoadedImages, LogLine,
 };
 
 pub struct DockerEngine {
@@ -471,6 +472,68 @@ impl ContainerEngine for DockerEngine {
             }
         }
         Ok(out)
+    }
+
+    async fn kill_container(&self, id: &str) -> EngineResult<()> {
+        self.docker()?
+            .kill_container(id, None)
+            .await
+            .map_err(map_error)
+    }
+
+    fn container_stats(&self, id: &str, stream: bool) -> super::engine::StatsStream {
+        let docker = match self.docker() {
+            Ok(d) => d,
+            Err(e) => return Box::pin(futures_util::stream::once(async move { Err(e) })),
+        };
+        let opts = StatsOptionsBuilder::default().stream(stream).build();
+        Box::pin(docker.stats(id, Some(opts)).map_err(map_error))
+    }
+
+    async fn attach_container(&self, id: &str, logs: bool) -> EngineResult<Attached> {
+        let opts = AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .logs(logs)
+            .build();
+        // The attach stays open as long as the client does: no timeout beyond the upgrade.
+        let res = self
+            .clients()?
+            .transfer
+            .attach_container(id, Some(opts))
+            .await
+            .map_err(map_error)?;
+        let output = res.output.map(|item| match item {
+            Ok(out) => Ok(out.into_bytes()),
+            Err(e) => Err(io_error(e)),
+        });
+        Ok(Attached {
+            output: Box::pin(output),
+            input: res.input,
+        })
+    }
+
+    async fn import_rootfs(&self, tar: ByteStream) -> EngineResult<String> {
+        let opts = CreateImageOptionsBuilder::default().from_src("-").build();
+        let body = bollard::body_try_stream(tar);
+        let mut progress = self
+            .clients()?
+            .transfer
+            .create_image(Some(opts), Some(body), None);
+        let mut id = None;
+        while let Some(item) = progress.next().await {
+            let info = item.map_err(map_error)?;
+            if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                return Err(EngineError::Rejected(e));
+            }
+            // The import's last message carries the new image's id as its status.
+            if let Some(s) = info.status.filter(|s| s.starts_with("sha256:")) {
+                id = Some(s.trim().to_string());
+            }
+        }
+        id.ok_or_else(|| EngineError::Failed("Docker named no imported image".to_string()))
     }
 
     fn container_events(&self, filters: &[Filter]) -> super::engine::EventStream {
