@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
-use serde_json::json;
+use serde::Serialize;
 
 use super::http::{self, Response};
 use super::router::{Lookup, Routes};
@@ -110,13 +110,25 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
     }
 }
 
-/// The error body: the original's catcher shape.
+/// The error body: the original's catcher shape, its keys in its order.
 pub fn error(status: StatusCode, message: &str) -> Response {
-    let body = json!({"error": {
-        "code": status.as_u16(),
-        "reason": status.canonical_reason().unwrap_or("Error"),
-        "description": message,
-    }});
+    #[derive(Serialize)]
+    struct Detail<'a> {
+        code: u16,
+        reason: &'a str,
+        description: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Body<'a> {
+        error: Detail<'a>,
+    }
+    let body = Body {
+        error: Detail {
+            code: status.as_u16(),
+            reason: status.canonical_reason().unwrap_or("Error"),
+            description: message,
+        },
+    };
     http::json(status, &body)
 }
 
