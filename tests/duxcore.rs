@@ -111,6 +111,19 @@ impl Dux {
     }
 }
 
+/// A daemon and one service of the test image made by `POST /v1/service` with `params`.
+fn with_service(label: &str, params: Value) -> (Dux, Cleanup, String) {
+    let d = dux(&[]);
+    let mut cleanup = Cleanup::new();
+    let mut p = json!({"image": test_image(), "bind_dir": "data"});
+    p.as_object_mut()
+        .unwrap()
+        .extend(params.as_object().unwrap().clone());
+    let (id, r) = d.create(&mut cleanup, label, p);
+    assert_eq!(r.status, 200, "{r}");
+    (d, cleanup, id)
+}
+
 fn inspect(name: &str) -> Value {
     let out = docker_ok(&["inspect", name]);
     serde_json::from_str::<Value>(&out).unwrap()[0].clone()
@@ -405,14 +418,7 @@ fn create_with_every_param_and_a_second_create_with_the_same_id() {
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn ctl_stats_env_and_delete_as_the_typescript_core_calls_them() {
     let _host = require_docker!();
-    let d = dux(&[]);
-    let mut cleanup = Cleanup::new();
-    let (id, r) = d.create(
-        &mut cleanup,
-        "life",
-        json!({"image": test_image(), "bind_dir": "data", "cmd": STOPPABLE}),
-    );
-    assert_eq!(r.status, 200, "{r}");
+    let (d, _cleanup, id) = with_service("life", json!({ "cmd": STOPPABLE }));
     let ctl = |op: &str| {
         d.ok(
             "POST",
@@ -516,19 +522,16 @@ fn other_containers_are_not_services_and_services_survive_a_restart() {
     let foreign = create_container(&mut cleanup, "foreign", &[], STOPPABLE);
     let state = tempfile::tempdir().unwrap();
     let d = dux_in(Some(state.path()), &[]);
-    for (m, p) in [
-        ("GET", format!("/service/{foreign}")),
-        ("DELETE", format!("/service/{foreign}")),
+    let start = Some(json!({"op": "start"}));
+    for (m, p, body) in [
+        ("GET", format!("/service/{foreign}"), None),
+        ("DELETE", format!("/service/{foreign}"), None),
+        ("POST", format!("/service/{foreign}/ctl"), start),
     ] {
-        let r = d.call(m, &p, None);
-        assert_eq!(r.status, 400, "{r}");
+        let r = d.call(m, &p, body);
+        assert_eq!(r.status, 400, "{m} {p}: {r}");
+        assert!(r.text().contains("not a service"), "{r}");
     }
-    let r = d.call(
-        "POST",
-        &format!("/service/{foreign}/ctl"),
-        Some(json!({"op": "start"})),
-    );
-    assert_eq!(r.status, 400, "{r}");
     assert!(docker_exists("container", &foreign) && !running(&foreign));
 
     let (id, r) = d.create(
@@ -794,14 +797,7 @@ impl WsClient {
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn attach_and_stats_over_the_websocket() {
     let _host = require_docker!();
-    let d = dux(&[]);
-    let mut cleanup = Cleanup::new();
-    let (id, r) = d.create(
-        &mut cleanup,
-        "tty",
-        json!({"image": test_image(), "bind_dir": "data", "cmd": ["sh"]}),
-    );
-    assert_eq!(r.status, 200, "{r}");
+    let (d, _cleanup, id) = with_service("tty", json!({"cmd": ["sh"]}));
     // The document's first message; attach starts the service.
     let mut ws = WsClient::connect(d.g.addr, "/ws");
     let init = json!({"corekey": d.key, "command": {"type": "attach", "data": id}});

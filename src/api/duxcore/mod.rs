@@ -38,18 +38,10 @@ pub struct Call {
     pub core: Arc<Core>,
     pub services: Arc<Services>,
     pub req: Request<Incoming>,
-    pub params: Vec<(String, String)>,
+    /// The service id of a `/service/{id}...` route ("" on others).
+    pub id: String,
     pub limits: HttpLimits,
     pub sessions: Sessions,
-}
-
-impl Call {
-    pub fn param(&self, name: &str) -> &str {
-        self.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map_or("", |(_, v)| v.as_str())
-    }
 }
 
 /// An error answer: a status and what went wrong.
@@ -194,11 +186,12 @@ impl Dialect for Duxcore {
         if handler.keyed && !services.key().matches(key) {
             return error(StatusCode::UNAUTHORIZED, UNAUTHORIZED);
         }
+        let id = params.into_iter().find(|(k, _)| k == "id").map(|(_, v)| v);
         let call = Call {
             core: cx.core,
             services,
             req,
-            params,
+            id: id.unwrap_or_default(),
             limits: cx.limits,
             sessions: cx.sessions,
         };
@@ -212,7 +205,7 @@ impl Dialect for Duxcore {
     }
 }
 
-/// Every route of this dialect (method, pattern, needs the key header), for tests.
+/// Every route of this dialect (method, pattern), for tests.
 #[cfg(test)]
 pub fn route_list() -> Vec<(Method, &'static str)> {
     routes().iter().map(|(m, p)| (m.clone(), p)).collect()
@@ -224,34 +217,49 @@ mod tests {
 
     #[test]
     fn v1_is_optional() {
-        assert_eq!(unversioned("/v1/service"), "/service");
-        assert_eq!(unversioned("/service"), "/service");
-        assert_eq!(unversioned("/v1"), "/");
-        assert_eq!(unversioned("/v1/"), "/");
-        assert_eq!(unversioned("/v10/service"), "/v10/service");
-    }
-
-    #[test]
-    fn every_documented_route_is_registered() {
-        let list = route_list();
-        for (m, p) in [
-            (Method::POST, "/service"),
-            (Method::GET, "/service/{id}"),
-            (Method::DELETE, "/service/{id}"),
-            (Method::POST, "/service/{id}/ctl"),
-            (Method::GET, "/service/{id}/stats"),
-            (Method::PATCH, "/service/{id}/env"),
-            (Method::POST, "/docker/image"),
-            (Method::GET, "/ws"),
+        for (path, route) in [
+            ("/v1/service", "/service"),
+            ("/service", "/service"),
+            ("/v1", "/"),
+            ("/v1/", "/"),
+            ("/v10/service", "/v10/service"),
         ] {
-            assert!(list.contains(&(m.clone(), p)), "{m} {p} missing");
+            assert_eq!(unversioned(path), route, "{path}");
         }
     }
 
+    /// The documented routes, and the websocket's: all of them and no others.
     #[test]
-    fn errors_have_the_originals_shape() {
-        assert_eq!(status_of(ErrorKind::NotFound), StatusCode::BAD_REQUEST);
-        assert_eq!(status_of(ErrorKind::Unavailable), StatusCode::BAD_REQUEST);
+    fn the_route_table_is_the_documented_one() {
+        let mut list: Vec<String> = route_list()
+            .iter()
+            .map(|(m, p)| format!("{m} {p}"))
+            .collect();
+        list.sort();
+        let want = [
+            "DELETE /service/{id}",
+            "GET /",
+            "GET /service/{id}",
+            "GET /service/{id}/ctl",
+            "GET /service/{id}/stats",
+            "GET /ws",
+            "PATCH /service/{id}/env",
+            "POST /docker/image",
+            "POST /service",
+            "POST /service/{id}/ctl",
+        ];
+        assert_eq!(list, want);
+    }
+
+    #[test]
+    fn every_kind_is_a_400_in_the_originals_shape() {
+        for kind in [
+            ErrorKind::NotFound,
+            ErrorKind::Unavailable,
+            ErrorKind::Failed,
+        ] {
+            assert_eq!(status_of(kind), StatusCode::BAD_REQUEST, "{kind:?}");
+        }
         let r = error(StatusCode::UNAUTHORIZED, UNAUTHORIZED);
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }

@@ -208,17 +208,17 @@ async fn create(c: Call) -> Reply {
 }
 
 async fn inspect(c: Call) -> Reply {
-    let inspect = c.services.inspect(c.param("id")).await?;
+    let inspect = c.services.inspect(&c.id).await?;
     Ok(http::json(StatusCode::OK, &inspect))
 }
 
 async fn stats(c: Call) -> Reply {
-    let sample = c.services.stats(c.param("id")).await?;
+    let sample = c.services.stats(&c.id).await?;
     Ok(http::json(StatusCode::OK, &sample))
 }
 
 async fn delete(c: Call) -> Reply {
-    let id = c.param("id").to_string();
+    let id = c.id.clone();
     c.services.delete(&id).await?;
     Ok(http::json(StatusCode::OK, &json!({ "id": id })))
 }
@@ -229,7 +229,7 @@ struct CtlBody {
 }
 
 async fn ctl(c: Call) -> Reply {
-    let (services, id) = (c.services.clone(), c.param("id").to_string());
+    let (services, id) = (c.services.clone(), c.id.clone());
     let body: CtlBody =
         body_json(c, "{\"op\": \"start\" | \"stop\" | \"restart\" | \"kill\"}").await?;
     let op = match body.op.as_str() {
@@ -251,7 +251,7 @@ async fn ctl(c: Call) -> Reply {
 }
 
 async fn env(c: Call) -> Reply {
-    let (services, id) = (c.services.clone(), c.param("id").to_string());
+    let (services, id) = (c.services.clone(), c.id.clone());
     let env: Env = body_json(c, "an object of environment variables (name to string)").await?;
     let env = services.set_env(&id, env).await?;
     Ok(http::json(StatusCode::OK, &json!({"id": id, "env": env})))
