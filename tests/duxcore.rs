@@ -560,6 +560,19 @@ fn other_containers_are_not_services_and_services_survive_a_restart() {
         env.as_array().unwrap().contains(&json!("AFTER=restart")),
         "{env}"
     );
+    // A container removed behind gantry's back comes back from the service's record.
+    docker_ok(&["rm", "-f", &id]);
+    d.ok(
+        "POST",
+        &format!("/service/{id}/ctl"),
+        Some(json!({"op": "start"})),
+    );
+    assert!(running(&id));
+    let env = inspect(&id)["Config"]["Env"].clone();
+    assert!(
+        env.as_array().unwrap().contains(&json!("AFTER=restart")),
+        "{env}"
+    );
     d.ok("DELETE", &format!("/service/{id}"), None);
     assert!(!docker_exists("container", &id));
 }
