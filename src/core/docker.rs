@@ -517,7 +517,7 @@ impl ContainerEngine for DockerEngine {
 
     async fn import_rootfs(&self, tar: ByteStream) -> EngineResult<String> {
         let opts = CreateImageOptionsBuilder::default().from_src("-").build();
-        let body = bollard::body_try_stream(tar);
+        let body = bollard::body_try_stream(coalesced(tar));
         let mut progress = self
             .clients()?
             .transfer
@@ -571,6 +571,25 @@ impl ContainerEngine for DockerEngine {
         Box::pin(events)
     }
 }
+
+/// Chunks that are ready together, joined (up to [`COALESCE_CHUNKS`] of them): a request
+/// body arrives in small frames, and each one passed on alone costs a task hop and a write to
+/// Docker's socket. Nothing waits for more data: what is ready goes out at once.
+fn coalesced(stream: ByteStream) -> ByteStream {
+    Box::pin(stream.ready_chunks(COALESCE_CHUNKS).map(|chunks| {
+        if chunks.len() == 1 {
+            return chunks.into_iter().next().unwrap_or(Ok(bytes::Bytes::new()));
+        }
+        let mut joined = bytes::BytesMut::new();
+        for chunk in chunks {
+            joined.extend_from_slice(&chunk?);
+        }
+        Ok(joined.freeze())
+    }))
+}
+
+/// At most this many ready chunks are joined into one.
+const COALESCE_CHUNKS: usize = 32;
 
 fn api_at_least(v: &str, major: u32, minor: u32) -> bool {
     let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
