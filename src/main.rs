@@ -93,6 +93,10 @@ fn main() -> ExitCode {
                         c.intervirt.power, c.intervirt.upgrade_command, c.intervirt.strict_client
                     );
                 }
+                if let Some(key) = &c.duxcore.corekey {
+                    let file = c.duxcore.corekey_file.display();
+                    println!("duxcore: core key {file} ({} bytes)", key.len());
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,

@@ -623,6 +623,23 @@ mod tests {
         assert_eq!(m["name"], vec!["x"]);
     }
 
+    #[tokio::test]
+    async fn ready_chunks_are_joined_and_errors_kept() {
+        let parts: Vec<Result<bytes::Bytes, std::io::Error>> =
+            vec![Ok("ab".into()), Ok("c".into()), Ok("".into()), Ok("de".into())];
+        let joined: Vec<_> = coalesced(Box::pin(futures_util::stream::iter(parts)))
+            .collect()
+            .await;
+        assert_eq!(joined.len(), 1);
+        assert_eq!(joined[0].as_ref().unwrap().as_ref(), b"abcde");
+        let failing: Vec<Result<bytes::Bytes, std::io::Error>> =
+            vec![Ok("ab".into()), Err(std::io::Error::other("cut"))];
+        let out: Vec<_> = coalesced(Box::pin(futures_util::stream::iter(failing)))
+            .collect()
+            .await;
+        assert!(out.last().unwrap().is_err());
+    }
+
     #[test]
     fn api_version_compare() {
         assert!(api_at_least("1.42", 1, 42));
