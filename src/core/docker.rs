@@ -517,7 +517,7 @@ impl ContainerEngine for DockerEngine {
 
     async fn import_rootfs(&self, tar: ByteStream) -> EngineResult<String> {
         let opts = CreateImageOptionsBuilder::default().from_src("-").build();
-        let body = bollard::body_try_stream(coalesced(tar));
+        let body = bollard::body_try_stream(coalesced(read_ahead(tar)));
         let mut progress = self
             .clients()?
             .transfer
@@ -589,7 +589,28 @@ fn coalesced(stream: ByteStream) -> ByteStream {
 }
 
 /// At most this many ready chunks are joined into one.
-const COALESCE_CHUNKS: usize = 32;
+const COALESCE_CHUNKS: usize = 8;
+
+/// Chunks read ahead of Docker.
+const READ_AHEAD: usize = 8;
+
+/// Reads `stream` ahead on a task of its own, up to [`READ_AHEAD`] chunks, so the request
+/// body keeps arriving while Docker takes the chunks before (a request body is otherwise read
+/// one chunk at a time, only when asked for). Dropping the result stops the reading.
+fn read_ahead(mut stream: ByteStream) -> ByteStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        while let Some(chunk) = stream.next().await {
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    }))
+}
 
 fn api_at_least(v: &str, major: u32, minor: u32) -> bool {
     let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
@@ -625,8 +646,12 @@ mod tests {
 
     #[tokio::test]
     async fn ready_chunks_are_joined_and_errors_kept() {
-        let parts: Vec<Result<bytes::Bytes, std::io::Error>> =
-            vec![Ok("ab".into()), Ok("c".into()), Ok("".into()), Ok("de".into())];
+        let parts: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
+            Ok("ab".into()),
+            Ok("c".into()),
+            Ok("".into()),
+            Ok("de".into()),
+        ];
         let joined: Vec<_> = coalesced(Box::pin(futures_util::stream::iter(parts)))
             .collect()
             .await;
