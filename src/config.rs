@@ -34,7 +34,7 @@ pub enum ConfigError {
     /// An environment override that cannot be used.
     #[error("{var}: {message}")]
     Env { var: String, message: String },
-    #[error("unknown dialect \"{0}\" (known: transfer, intervirt)")]
+    #[error("unknown dialect \"{0}\" (known: transfer, intervirt, duxcore)")]
     UnknownDialect(String),
     #[error("dialect \"{0}\" is not available in this build of gantry")]
     UnavailableDialect(String),
@@ -46,6 +46,13 @@ pub enum ConfigError {
     NoAuth(SocketAddr),
     #[error("token_file {}: {source}", path.display())]
     TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The duxcore core key file cannot be read (or is empty).
+    #[error("duxcore.corekey_file {}: {source}", path.display())]
+    CoreKeyFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -99,6 +106,7 @@ fn bad(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub enum Dialect {
     Transfer,
     Intervirt,
+    Duxcore,
 }
 
 impl Dialect {
@@ -106,9 +114,8 @@ impl Dialect {
         match s {
             "transfer" => Ok(Dialect::Transfer),
             "intervirt" => Ok(Dialect::Intervirt),
-            "flowmanager" | "duxcore" | "distillery" => {
-                Err(ConfigError::UnavailableDialect(s.to_string()))
-            }
+            "duxcore" => Ok(Dialect::Duxcore),
+            "flowmanager" | "distillery" => Err(ConfigError::UnavailableDialect(s.to_string())),
             other => Err(ConfigError::UnknownDialect(other.to_string())),
         }
     }
@@ -117,6 +124,7 @@ impl Dialect {
         match self {
             Dialect::Transfer => "transfer",
             Dialect::Intervirt => "intervirt",
+            Dialect::Duxcore => "duxcore",
         }
     }
 
@@ -126,6 +134,8 @@ impl Dialect {
             // The guest's port that the Intervirt host forwards to: all interfaces, so its
             // listener needs an explicit auth setting (the client sends no credentials).
             Dialect::Intervirt => SocketAddr::from(([0, 0, 0, 0], 55436)),
+            // The original daemon's port, on loopback unless the config says otherwise.
+            Dialect::Duxcore => SocketAddr::from(([127, 0, 0, 1], 8000)),
         }
     }
 }
@@ -230,6 +240,7 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub apps: AppsPolicy,
     pub intervirt: IntervirtConfig,
+    pub duxcore: DuxcoreConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,6 +261,8 @@ struct RawConfig {
     apps: RawApps,
     #[serde(default)]
     intervirt: RawIntervirt,
+    #[serde(default)]
+    duxcore: RawDuxcore,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -350,6 +363,103 @@ fn build_intervirt(raw: RawIntervirt, env: &dyn Env) -> Result<IntervirtConfig, 
         stop_timeout_secs: raw.stop_timeout_secs.unwrap_or(10),
         netns: raw.netns,
     })
+}
+
+/// The duxcore daemon dialect (`[duxcore]`): its core key and the limits of what clients send.
+#[derive(Debug, Clone)]
+pub struct DuxcoreConfig {
+    /// The core key file (`X-Duxcore-CoreKey` is its bytes in standard base64).
+    pub corekey_file: PathBuf,
+    /// The key as read at start; None when no duxcore listener is configured.
+    pub corekey: Option<Vec<u8>>,
+    /// Largest raw root filesystem tar `POST /docker/image` accepts.
+    pub max_image_bytes: u64,
+    /// Largest `bind_contents` archive (compressed, as downloaded).
+    pub bind_contents_max_bytes: u64,
+    /// Largest `bind_contents` archive once unpacked (all files together).
+    pub bind_contents_max_unpacked_bytes: u64,
+    /// Entries a `bind_contents` archive may hold.
+    pub bind_contents_max_entries: usize,
+    /// How long fetching a `bind_contents` archive may take, all of it.
+    pub bind_contents_timeout: Duration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDuxcore {
+    corekey_file: Option<PathBuf>,
+    max_image_bytes: Option<u64>,
+    bind_contents_max_bytes: Option<u64>,
+    bind_contents_max_unpacked_bytes: Option<u64>,
+    bind_contents_max_entries: Option<usize>,
+    bind_contents_timeout_secs: Option<u64>,
+}
+
+/// Reads the core key when a duxcore listener needs it: a missing, unreadable or empty key
+/// file is a configuration error, so gantry does not start with no way to authenticate.
+fn build_duxcore(
+    raw: RawDuxcore,
+    env: &dyn Env,
+    state_dir: &Path,
+    listeners: &[Listener],
+) -> Result<DuxcoreConfig, ConfigError> {
+    let corekey_file = env
+        .var("GANTRY_DUXCORE_COREKEY_FILE")
+        .map(PathBuf::from)
+        .or(raw.corekey_file)
+        .unwrap_or_else(|| state_dir.join("corekey.bin"));
+    let corekey = if listeners.iter().any(|l| l.dialect == Dialect::Duxcore) {
+        Some(read_corekey(&corekey_file)?)
+    } else {
+        None
+    };
+    let positive = |key: &str, v: Option<u64>, default: u64| match v {
+        Some(0) => Err(bad(format!("duxcore.{key}"), "must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    Ok(DuxcoreConfig {
+        corekey_file,
+        corekey,
+        max_image_bytes: positive("max_image_bytes", raw.max_image_bytes, 4 << 30)?,
+        bind_contents_max_bytes: positive(
+            "bind_contents_max_bytes",
+            raw.bind_contents_max_bytes,
+            1 << 30,
+        )?,
+        bind_contents_max_unpacked_bytes: positive(
+            "bind_contents_max_unpacked_bytes",
+            raw.bind_contents_max_unpacked_bytes,
+            4 << 30,
+        )?,
+        bind_contents_max_entries: positive(
+            "bind_contents_max_entries",
+            raw.bind_contents_max_entries.map(|n| n as u64),
+            100_000,
+        )? as usize,
+        bind_contents_timeout: Duration::from_secs(positive(
+            "bind_contents_timeout_secs",
+            raw.bind_contents_timeout_secs,
+            600,
+        )?),
+    })
+}
+
+/// The core key's bytes; an empty file is refused (an empty key would let an empty header in).
+pub fn read_corekey(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let key = std::fs::read(path).map_err(|source| ConfigError::CoreKeyFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if key.is_empty() {
+        return Err(ConfigError::CoreKeyFile {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(
+                "the file is empty: the core key needs at least one byte",
+            ),
+        });
+    }
+    Ok(key)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -510,6 +620,7 @@ impl Config {
             }
         }
 
+        let duxcore = build_duxcore(raw.duxcore, env, &state_dir, &listeners)?;
         Ok(Config {
             state_dir,
             docker_host,
@@ -546,6 +657,7 @@ impl Config {
                 }
             },
             intervirt: build_intervirt(raw.intervirt, env)?,
+            duxcore,
         })
     }
 }
@@ -553,7 +665,7 @@ impl Config {
 /// `GANTRY_<DIALECT>_{ADDRESS,AUTH,TOKEN_FILE}` apply to every listener of that dialect,
 /// creating one when the file has none.
 fn apply_listener_env(raws: &mut Vec<RawListener>, env: &dyn Env) -> Result<(), ConfigError> {
-    for dialect in ["transfer", "intervirt"] {
+    for dialect in ["transfer", "intervirt", "duxcore"] {
         let prefix = format!("GANTRY_{}_", dialect.to_uppercase());
         let address = env.var(&format!("{prefix}ADDRESS"));
         let auth = env.var(&format!("{prefix}AUTH"));
@@ -876,7 +988,7 @@ mod tests {
         let e = Config::parse("[[listeners]]\ndialect = \"gopher\"\n", &env(&[])).unwrap_err();
         assert!(e.to_string().contains("unknown dialect"));
         assert!(matches!(e.root(), ConfigError::UnknownDialect(d) if d == "gopher"));
-        let e = Config::parse("[[listeners]]\ndialect = \"duxcore\"\n", &env(&[])).unwrap_err();
+        let e = Config::parse("[[listeners]]\ndialect = \"flowmanager\"\n", &env(&[])).unwrap_err();
         assert!(
             matches!(e.root(), ConfigError::UnavailableDialect(_)),
             "{e:?}"
@@ -1036,6 +1148,43 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("only transfer"), "{e}");
+    }
+
+    #[test]
+    fn duxcore_listener_reads_its_core_key_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().display().to_string();
+        let t = format!("state_dir = {state:?}\n[[listeners]]\ndialect = \"duxcore\"\n");
+        // The default key file (state dir) is missing: a configuration error.
+        let e = Config::parse(&t, &env(&[])).unwrap_err();
+        assert!(matches!(e, ConfigError::CoreKeyFile { .. }), "{e:?}");
+        assert!(e.to_string().contains("corekey.bin"), "{e}");
+        std::fs::write(dir.path().join("corekey.bin"), [0u8, 1, 2]).unwrap();
+        let c = Config::parse(&t, &env(&[])).unwrap();
+        assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.duxcore.corekey.as_deref(), Some(&[0u8, 1, 2][..]));
+        assert_eq!(c.duxcore.max_image_bytes, 4 << 30);
+        // Another file, named in the section or the environment; an empty one is refused.
+        let other = dir.path().join("other.key");
+        std::fs::write(&other, b"").unwrap();
+        let named = format!(
+            "{t}[duxcore]\ncorekey_file = {:?}\n",
+            other.display().to_string()
+        );
+        assert!(matches!(
+            Config::parse(&named, &env(&[])).unwrap_err(),
+            ConfigError::CoreKeyFile { .. }
+        ));
+        let o = other.display().to_string();
+        let e = Config::parse(&t, &env(&[("GANTRY_DUXCORE_COREKEY_FILE", &o)])).unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
+        // Without a duxcore listener nothing is read.
+        let c = Config::parse(&format!("state_dir = {state:?}\n"), &env(&[])).unwrap();
+        assert_eq!(c.duxcore.corekey, None);
+        assert_eq!(
+            refused_key(&format!("{t}[duxcore]\nmax_image_bytes = 0\n"), &[]),
+            "duxcore.max_image_bytes"
+        );
     }
 
     #[test]

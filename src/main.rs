@@ -93,6 +93,10 @@ fn main() -> ExitCode {
                         c.intervirt.power, c.intervirt.upgrade_command, c.intervirt.strict_client
                     );
                 }
+                if let Some(key) = &c.duxcore.corekey {
+                    let file = c.duxcore.corekey_file.display();
+                    println!("duxcore: core key {file} ({} bytes)", key.len());
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -174,12 +178,15 @@ async fn serve(config: Config) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
+    let services = duxcore_services(&config, engine.clone());
     let watch_engine = engine.clone();
     let core = Arc::new(
         Core::new(engine, health.clone(), apps)
             .with_intervirt(intervirt)
-            .with_prefs(prefs),
+            .with_prefs(prefs)
+            .with_services(services),
     );
+    spawn_reload_on_hangup(core.clone());
     {
         // App status changes made outside gantry reach the event bus through Docker's events.
         let apps = crate::core::apps::watch::CoreApps(core.clone());
@@ -289,6 +296,54 @@ async fn start_intervirt(
     agent.start_up(stop).await;
     tracing::info!(power = ?c.power, "Intervirt agent ready");
     Ok(Some(agent))
+}
+
+/// The duxcore services, when a listener speaks that dialect (its core key was read with the
+/// configuration).
+fn duxcore_services(
+    config: &Config,
+    engine: Arc<dyn ContainerEngine>,
+) -> Option<Arc<crate::core::services::Services>> {
+    use crate::core::services::{CoreKey, FetchLimits, ServiceSettings, Services, UnpackLimits};
+    let d = &config.duxcore;
+    let key = CoreKey::new(&d.corekey_file, d.corekey.clone()?);
+    let bundle = crate::core::apps::bundle::BundleLimits::default();
+    let settings = ServiceSettings {
+        dir: config.state_dir.join("duxcore"),
+        fetch: FetchLimits {
+            max_bytes: d.bind_contents_max_bytes,
+            timeout: d.bind_contents_timeout,
+        },
+        unpack: UnpackLimits {
+            max_bytes: d.bind_contents_max_unpacked_bytes,
+            max_entries: d.bind_contents_max_entries,
+            max_ratio: bundle.max_ratio,
+            ratio_min_bytes: bundle.ratio_min_bytes,
+        },
+        max_image_bytes: d.max_image_bytes,
+    };
+    Some(Arc::new(Services::new(engine, settings, key)))
+}
+
+/// SIGHUP reads the duxcore core key file again (a failure keeps the key in use).
+fn spawn_reload_on_hangup(core: Arc<Core>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let Some(services) = &core.services else {
+                continue;
+            };
+            let path = services.key().path().display().to_string();
+            match services.key().reload() {
+                Ok(()) => tracing::info!(file = %path, "core key read again"),
+                Err(e) => tracing::error!(error = %e, "core key kept: cannot read it again"),
+            }
+        }
+    });
 }
 
 fn import_settings(config: &Config) -> ImportSettings {

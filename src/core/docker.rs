@@ -13,18 +13,19 @@ use bollard::models::{
     NetworkCreateRequest, Volume, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ImportImageOptionsBuilder,
-    ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
-    ListVolumesOptionsBuilder, LogsOptionsBuilder, PruneContainersOptionsBuilder,
-    PruneImagesOptionsBuilder, PruneVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveImageOptionsBuilder, RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    ImportImageOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
+    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
+    PruneContainersOptionsBuilder, PruneImagesOptionsBuilder, PruneVolumesOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RemoveVolumeOptionsBuilder,
+    StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::engine::{
-    ByteStream, ContainerEngine, EngineError, EngineResult, EngineVersion, Filter, LoadedImages,
-    LogLine,
+    Attached, ByteStream, ContainerEngine, EngineError, EngineResult, EngineVersion, Filter,
+    LoadedImages, LogLine,
 };
 
 pub struct DockerEngine {
@@ -473,6 +474,68 @@ impl ContainerEngine for DockerEngine {
         Ok(out)
     }
 
+    async fn kill_container(&self, id: &str) -> EngineResult<()> {
+        self.docker()?
+            .kill_container(id, None)
+            .await
+            .map_err(map_error)
+    }
+
+    fn container_stats(&self, id: &str, stream: bool) -> super::engine::StatsStream {
+        let docker = match self.docker() {
+            Ok(d) => d,
+            Err(e) => return Box::pin(futures_util::stream::once(async move { Err(e) })),
+        };
+        let opts = StatsOptionsBuilder::default().stream(stream).build();
+        Box::pin(docker.stats(id, Some(opts)).map_err(map_error))
+    }
+
+    async fn attach_container(&self, id: &str, logs: bool) -> EngineResult<Attached> {
+        let opts = AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .logs(logs)
+            .build();
+        // The attach stays open as long as the client does: no timeout beyond the upgrade.
+        let res = self
+            .clients()?
+            .transfer
+            .attach_container(id, Some(opts))
+            .await
+            .map_err(map_error)?;
+        let output = res.output.map(|item| match item {
+            Ok(out) => Ok(out.into_bytes()),
+            Err(e) => Err(io_error(e)),
+        });
+        Ok(Attached {
+            output: Box::pin(output),
+            input: res.input,
+        })
+    }
+
+    async fn import_rootfs(&self, tar: ByteStream) -> EngineResult<String> {
+        let opts = CreateImageOptionsBuilder::default().from_src("-").build();
+        let body = bollard::body_try_stream(coalesced(read_ahead(tar)));
+        let mut progress = self
+            .clients()?
+            .transfer
+            .create_image(Some(opts), Some(body), None);
+        let mut id = None;
+        while let Some(item) = progress.next().await {
+            let info = item.map_err(map_error)?;
+            if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                return Err(EngineError::Rejected(e));
+            }
+            // The import's last message carries the new image's id as its status.
+            if let Some(s) = info.status.filter(|s| s.starts_with("sha256:")) {
+                id = Some(s.trim().to_string());
+            }
+        }
+        id.ok_or_else(|| EngineError::Failed("Docker named no imported image".to_string()))
+    }
+
     fn container_events(&self, filters: &[Filter]) -> super::engine::EventStream {
         let docker = match self.docker() {
             Ok(d) => d,
@@ -509,6 +572,46 @@ impl ContainerEngine for DockerEngine {
     }
 }
 
+/// Chunks that are ready together, joined (up to [`COALESCE_CHUNKS`] of them): a request
+/// body arrives in small frames, and each one passed on alone costs a task hop and a write to
+/// Docker's socket. Nothing waits for more data: what is ready goes out at once.
+fn coalesced(stream: ByteStream) -> ByteStream {
+    Box::pin(stream.ready_chunks(COALESCE_CHUNKS).map(|chunks| {
+        if chunks.len() == 1 {
+            return chunks.into_iter().next().unwrap_or(Ok(bytes::Bytes::new()));
+        }
+        let mut joined = bytes::BytesMut::new();
+        for chunk in chunks {
+            joined.extend_from_slice(&chunk?);
+        }
+        Ok(joined.freeze())
+    }))
+}
+
+/// At most this many ready chunks are joined into one.
+const COALESCE_CHUNKS: usize = 8;
+
+/// Chunks read ahead of Docker.
+const READ_AHEAD: usize = 8;
+
+/// Reads `stream` ahead on a task of its own, up to [`READ_AHEAD`] chunks, so the request
+/// body keeps arriving while Docker takes the chunks before (a request body is otherwise read
+/// one chunk at a time, only when asked for). Dropping the result stops the reading.
+fn read_ahead(mut stream: ByteStream) -> ByteStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        while let Some(chunk) = stream.next().await {
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    }))
+}
+
 fn api_at_least(v: &str, major: u32, minor: u32) -> bool {
     let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
@@ -539,6 +642,27 @@ mod tests {
         ]);
         assert_eq!(m["label"], vec!["a=b", "c"]);
         assert_eq!(m["name"], vec!["x"]);
+    }
+
+    #[tokio::test]
+    async fn ready_chunks_are_joined_and_errors_kept() {
+        let parts: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
+            Ok("ab".into()),
+            Ok("c".into()),
+            Ok("".into()),
+            Ok("de".into()),
+        ];
+        let joined: Vec<_> = coalesced(Box::pin(futures_util::stream::iter(parts)))
+            .collect()
+            .await;
+        assert_eq!(joined.len(), 1);
+        assert_eq!(joined[0].as_ref().unwrap().as_ref(), b"abcde");
+        let failing: Vec<Result<bytes::Bytes, std::io::Error>> =
+            vec![Ok("ab".into()), Err(std::io::Error::other("cut"))];
+        let out: Vec<_> = coalesced(Box::pin(futures_util::stream::iter(failing)))
+            .collect()
+            .await;
+        assert!(out.last().unwrap().is_err());
     }
 
     #[test]

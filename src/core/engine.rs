@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, EndpointSettings,
-    ImageDeleteResponseItem, ImageInspect, ImageSummary, Network, NetworkCreateRequest, Volume,
-    VolumeCreateRequest,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStatsResponse, ContainerSummary,
+    EndpointSettings, ImageDeleteResponseItem, ImageInspect, ImageSummary, Network,
+    NetworkCreateRequest, Volume, VolumeCreateRequest,
 };
 use bytes::Bytes;
 use futures_util::Stream;
@@ -213,6 +213,33 @@ pub trait ContainerEngine: Send + Sync + 'static {
         unsupported("reading logs")
     }
 
+    // The duxcore services (src/core/services) use the calls below.
+
+    /// Sends SIGKILL to a running container.
+    async fn kill_container(&self, _id: &str) -> EngineResult<()> {
+        unsupported("killing containers")
+    }
+
+    /// A container's resource usage: one sample, or (with `stream`) a sample about every
+    /// second until the container is gone or the stream is dropped.
+    fn container_stats(&self, _id: &str, _stream: bool) -> StatsStream {
+        Box::pin(futures_util::stream::once(async {
+            unsupported("reading container stats")
+        }))
+    }
+
+    /// Connects to a container's stdin, stdout and stderr (its tty when it has one); with
+    /// `logs`, what it wrote before comes first.
+    async fn attach_container(&self, _id: &str, _logs: bool) -> EngineResult<Attached> {
+        unsupported("attaching to containers")
+    }
+
+    /// Creates an image from a tarball of a root filesystem (`docker import`), streaming it
+    /// to the engine; returns the new image's id.
+    async fn import_rootfs(&self, _tar: ByteStream) -> EngineResult<String> {
+        unsupported("importing root filesystems")
+    }
+
     // The Intervirt agent (src/core/intervirt) watches its containers through this.
 
     /// Container lifecycle events (`start`, `die`, `destroy`, ...) of the containers matching
@@ -235,6 +262,16 @@ pub struct ContainerEvent {
     pub action: String,
     /// The container's labels (Docker sends them with every container event).
     pub labels: std::collections::BTreeMap<String, String>,
+}
+
+pub type StatsStream = Pin<Box<dyn Stream<Item = EngineResult<ContainerStatsResponse>> + Send>>;
+
+/// A connection to a container's standard streams.
+pub struct Attached {
+    /// What the container writes (stdout and stderr; its tty's bytes when it has one).
+    pub output: ByteStream,
+    /// The container's stdin.
+    pub input: Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
 }
 
 pub type EventStream = Pin<Box<dyn Stream<Item = EngineResult<ContainerEvent>> + Send>>;

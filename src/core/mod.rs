@@ -12,6 +12,7 @@ pub mod network;
 pub mod ops;
 pub mod power;
 pub mod prefs;
+pub mod services;
 pub mod system;
 pub mod tasks;
 
@@ -31,6 +32,8 @@ pub struct Core {
     pub tasks: tasks::TaskRegistry,
     /// The device name and key/value settings (persisted in the state directory).
     pub prefs: prefs::Prefs,
+    /// Services of the duxcore dialect, when a duxcore listener is configured.
+    pub services: Option<Arc<services::Services>>,
 }
 
 impl Core {
@@ -46,12 +49,25 @@ impl Core {
             intervirt: None,
             tasks: tasks::TaskRegistry::default(),
             prefs: prefs::Prefs::in_memory(),
+            services: None,
         }
     }
 
     pub fn with_prefs(mut self, prefs: prefs::Prefs) -> Self {
         self.prefs = prefs;
         self
+    }
+
+    pub fn with_services(mut self, services: Option<Arc<services::Services>>) -> Self {
+        self.services = services;
+        self
+    }
+
+    /// The duxcore services, or why there are none.
+    pub fn services(&self) -> CoreResult<&Arc<services::Services>> {
+        self.services.as_ref().ok_or_else(|| {
+            CoreError::Failed("no duxcore listener is configured, so services are off".into())
+        })
     }
 
     pub fn with_intervirt(mut self, agent: Option<Arc<intervirt::IntervirtAgent>>) -> Self {

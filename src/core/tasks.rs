@@ -26,6 +26,10 @@ pub enum TaskKind {
     LoadImage,
     Stop,
     Refresh,
+    /// Creating a service (pull, container, bind contents).
+    CreateService,
+    /// Importing a root filesystem tar as an image.
+    ImportImage,
 }
 
 /// What an operation does when its client goes away or the server stops.
@@ -46,14 +50,20 @@ impl TaskKind {
             TaskKind::LoadImage => "load-image",
             TaskKind::Stop => "stop",
             TaskKind::Refresh => "refresh",
+            TaskKind::CreateService => "create-service",
+            TaskKind::ImportImage => "import-image",
         }
     }
 
     /// An upload (import, image load) is worthless without its client and is rolled back; a
-    /// start or stop completes, so that the app never stays half started or half stopped.
+    /// start or stop completes, so that the app never stays half started or half stopped. A
+    /// service whose creator left is not wanted either: its creation rolls back.
     pub fn on_client_gone(self) -> Policy {
         match self {
-            TaskKind::Import | TaskKind::LoadImage => Policy::Cancel,
+            TaskKind::Import
+            | TaskKind::LoadImage
+            | TaskKind::CreateService
+            | TaskKind::ImportImage => Policy::Cancel,
             TaskKind::Start | TaskKind::Stop | TaskKind::Refresh => Policy::Finish,
         }
     }
@@ -65,9 +75,12 @@ impl TaskKind {
     pub fn on_shutdown(self) -> Policy {
         match self {
             TaskKind::Refresh => Policy::Cancel,
-            TaskKind::Import | TaskKind::LoadImage | TaskKind::Start | TaskKind::Stop => {
-                Policy::Finish
-            }
+            TaskKind::Import
+            | TaskKind::LoadImage
+            | TaskKind::Start
+            | TaskKind::Stop
+            | TaskKind::CreateService
+            | TaskKind::ImportImage => Policy::Finish,
         }
     }
 }
