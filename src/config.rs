@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod distillery;
+pub use distillery::{NamedToken, SnapshotsConfig};
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gantry/gantry.toml";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 /// Websocket sessions per listener when `http.max_websocket_sessions` is not set.
@@ -34,7 +37,7 @@ pub enum ConfigError {
     /// An environment override that cannot be used.
     #[error("{var}: {message}")]
     Env { var: String, message: String },
-    #[error("unknown dialect \"{0}\" (known: transfer, intervirt)")]
+    #[error("unknown dialect \"{0}\" (known: transfer, intervirt, distillery)")]
     UnknownDialect(String),
     #[error("dialect \"{0}\" is not available in this build of gantry")]
     UnavailableDialect(String),
@@ -99,6 +102,7 @@ fn bad(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub enum Dialect {
     Transfer,
     Intervirt,
+    Distillery,
 }
 
 impl Dialect {
@@ -106,9 +110,8 @@ impl Dialect {
         match s {
             "transfer" => Ok(Dialect::Transfer),
             "intervirt" => Ok(Dialect::Intervirt),
-            "flowmanager" | "duxcore" | "distillery" => {
-                Err(ConfigError::UnavailableDialect(s.to_string()))
-            }
+            "distillery" => Ok(Dialect::Distillery),
+            "flowmanager" | "duxcore" => Err(ConfigError::UnavailableDialect(s.to_string())),
             other => Err(ConfigError::UnknownDialect(other.to_string())),
         }
     }
@@ -117,6 +120,7 @@ impl Dialect {
         match self {
             Dialect::Transfer => "transfer",
             Dialect::Intervirt => "intervirt",
+            Dialect::Distillery => "distillery",
         }
     }
 
@@ -126,6 +130,7 @@ impl Dialect {
             // The guest's port that the Intervirt host forwards to: all interfaces, so its
             // listener needs an explicit auth setting (the client sends no credentials).
             Dialect::Intervirt => SocketAddr::from(([0, 0, 0, 0], 55436)),
+            Dialect::Distillery => SocketAddr::from(([127, 0, 0, 1], 54171)),
         }
     }
 }
@@ -145,6 +150,8 @@ pub enum Auth {
     Token { token: String },
     /// Explicit opt-out for networks where the client cannot authenticate.
     None,
+    /// `Authorization: Bearer <token>`, one of several named tokens from a key file.
+    Tokens { tokens: Vec<NamedToken> },
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +189,8 @@ pub struct AppsPolicy {
     pub max_bundle_bytes: Option<u64>,
     /// Disk space that must stay free after an import (None: the default).
     pub reserve_bytes: Option<u64>,
+    /// How long an update waits for a recreated service to become healthy.
+    pub health_timeout: Duration,
 }
 
 /// Which power backend the Intervirt shutdown and reboot commands use.
@@ -230,6 +239,7 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub apps: AppsPolicy,
     pub intervirt: IntervirtConfig,
+    pub snapshots: SnapshotsConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,6 +260,8 @@ struct RawConfig {
     apps: RawApps,
     #[serde(default)]
     intervirt: RawIntervirt,
+    #[serde(default)]
+    snapshots: distillery::RawSnapshots,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -265,6 +277,7 @@ struct RawApps {
     allowed_bind_paths: Vec<PathBuf>,
     max_bundle_bytes: Option<u64>,
     reserve_bytes: Option<u64>,
+    health_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -510,6 +523,7 @@ impl Config {
             }
         }
 
+        let snapshots = distillery::build_snapshots(raw.snapshots, &state_dir)?;
         Ok(Config {
             state_dir,
             docker_host,
@@ -543,9 +557,16 @@ impl Config {
                     allowed_bind_paths: a.allowed_bind_paths,
                     max_bundle_bytes: a.max_bundle_bytes,
                     reserve_bytes: a.reserve_bytes,
+                    health_timeout: match a.health_timeout_secs {
+                        Some(0) => {
+                            return Err(bad("apps.health_timeout_secs", "must be at least 1"))
+                        }
+                        n => Duration::from_secs(n.unwrap_or(300)),
+                    },
                 }
             },
             intervirt: build_intervirt(raw.intervirt, env)?,
+            snapshots,
         })
     }
 }
@@ -553,7 +574,7 @@ impl Config {
 /// `GANTRY_<DIALECT>_{ADDRESS,AUTH,TOKEN_FILE}` apply to every listener of that dialect,
 /// creating one when the file has none.
 fn apply_listener_env(raws: &mut Vec<RawListener>, env: &dyn Env) -> Result<(), ConfigError> {
-    for dialect in ["transfer", "intervirt"] {
+    for dialect in ["transfer", "intervirt", "distillery"] {
         let prefix = format!("GANTRY_{}_", dialect.to_uppercase());
         let address = env.var(&format!("{prefix}ADDRESS"));
         let auth = env.var(&format!("{prefix}AUTH"));
@@ -599,7 +620,18 @@ fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
         None => dialect.default_address(),
     };
     let loopback = address.ip().is_loopback();
-    let auth = match raw.auth.as_deref() {
+    // A distillery client always authenticates with one of the named tokens.
+    let auth_name = match (dialect, raw.auth.as_deref()) {
+        (Dialect::Distillery, None | Some("tokens")) => Some("tokens"),
+        (Dialect::Distillery, Some(other)) => {
+            return Err(bad(
+                "auth",
+                format!("\"{other}\": a distillery listener takes auth = \"tokens\""),
+            ))
+        }
+        (_, a) => a,
+    };
+    let auth = match auth_name {
         None if loopback => Auth::Loopback,
         None => return Err(ConfigError::NoAuth(address)),
         Some("loopback") if loopback => Auth::Loopback,
@@ -632,16 +664,28 @@ fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
             }
             Auth::Token { token }
         }
+        Some("tokens") => {
+            let path = raw
+                .token_file
+                .as_ref()
+                .ok_or_else(|| bad("auth", "\"tokens\" needs token_file"))?;
+            Auth::Tokens {
+                tokens: distillery::read_tokens(path)?,
+            }
+        }
         Some("none") => Auth::None,
         Some(other) => {
             return Err(bad(
                 "auth",
-                format!("unknown auth \"{other}\" (loopback, token or none)"),
+                format!("unknown auth \"{other}\" (loopback, token, tokens or none)"),
             ))
         }
     };
-    if raw.token_file.is_some() && !matches!(auth, Auth::Token { .. }) {
-        return Err(bad("token_file", "is set but auth is not \"token\""));
+    if raw.token_file.is_some() && !matches!(auth, Auth::Token { .. } | Auth::Tokens { .. }) {
+        return Err(bad(
+            "token_file",
+            "is set but auth is not \"token\" or \"tokens\"",
+        ));
     }
     let prefix = match raw.prefix {
         Some(p) if dialect != Dialect::Transfer => {

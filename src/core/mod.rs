@@ -6,6 +6,7 @@ pub mod docker;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod fetch;
 pub mod health;
 pub mod intervirt;
 pub mod network;
@@ -31,6 +32,8 @@ pub struct Core {
     pub tasks: tasks::TaskRegistry,
     /// The device name and key/value settings (persisted in the state directory).
     pub prefs: prefs::Prefs,
+    /// Where snapshots and backups of apps go, when configured.
+    pub snapshots: Option<Arc<apps::snapshots::Snapshots>>,
 }
 
 impl Core {
@@ -46,11 +49,17 @@ impl Core {
             intervirt: None,
             tasks: tasks::TaskRegistry::default(),
             prefs: prefs::Prefs::in_memory(),
+            snapshots: None,
         }
     }
 
     pub fn with_prefs(mut self, prefs: prefs::Prefs) -> Self {
         self.prefs = prefs;
+        self
+    }
+
+    pub fn with_snapshots(mut self, snapshots: apps::snapshots::Snapshots) -> Self {
+        self.snapshots = Some(Arc::new(snapshots));
         self
     }
 
