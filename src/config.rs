@@ -517,8 +517,9 @@ impl Config {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Port 0 asks the kernel for a free port: several listeners may ask.
         for (i, a) in listeners.iter().enumerate() {
-            if listeners[..i].iter().any(|b| b.address == a.address) {
+            if a.address.port() != 0 && listeners[..i].iter().any(|b| b.address == a.address) {
                 return Err(ConfigError::DuplicateAddress(a.address));
             }
         }
@@ -939,6 +940,14 @@ mod tests {
         let t = "[[listeners]]\ndialect = \"transfer\"\n";
         let e = Config::parse(&format!("{t}{t}"), &env(&[])).unwrap_err();
         assert!(matches!(e, ConfigError::DuplicateAddress(_)), "{e:?}");
+        let t = "[[listeners]]\ndialect = \"transfer\"\naddress = \"127.0.0.1:0\"\n";
+        assert_eq!(
+            Config::parse(&format!("{t}{t}"), &env(&[]))
+                .unwrap()
+                .listeners
+                .len(),
+            2
+        );
     }
 
     #[test]

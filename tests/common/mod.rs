@@ -281,6 +281,7 @@ pub struct GantryBuilder {
     listener: Vec<String>,
     env: Vec<(String, String)>,
     address: String,
+    extra: Vec<String>,
 }
 
 impl GantryBuilder {
@@ -316,6 +317,11 @@ impl GantryBuilder {
         self.env.push((key.to_string(), value.to_string()));
         self
     }
+    /// Another `[[listeners]]` table after the transfer one (its lines, without the header).
+    pub fn extra_listener(mut self, lines: &str) -> Self {
+        self.extra.push(lines.to_string());
+        self
+    }
     /// The listener's address in the config file (default `127.0.0.1:0`: the kernel picks a
     /// free port and gantry reports it).
     pub fn address(mut self, address: &str) -> Self {
@@ -346,6 +352,11 @@ impl GantryBuilder {
         t += &format!("address = {:?}\n", self.address);
         for l in &self.listener {
             t += l;
+            t += "\n";
+        }
+        for x in &self.extra {
+            t += "\n[[listeners]]\n";
+            t += x;
             t += "\n";
         }
         t
@@ -419,8 +430,14 @@ impl GantryBuilder {
 /// The address of the transfer listener, from gantry's log line
 /// `... INFO listening dialect=transfer address=127.0.0.1:41234`.
 pub fn listening_address(log: &str) -> Option<SocketAddr> {
+    listening_address_of(log, "transfer")
+}
+
+/// The address of the listener of `dialect`, from gantry's log line.
+pub fn listening_address_of(log: &str, dialect: &str) -> Option<SocketAddr> {
+    let want = format!("dialect={dialect} ");
     log.lines()
-        .filter(|l| l.contains(" listening ") && l.contains("dialect=transfer"))
+        .filter(|l| l.contains(" listening ") && l.contains(&want))
         .find_map(|l| {
             let rest = &l[l.find("address=")? + "address=".len()..];
             rest.split_whitespace().next()?.parse().ok()
@@ -455,6 +472,7 @@ impl Gantry {
             listener: Vec::new(),
             env: Vec::new(),
             address: "127.0.0.1:0".to_string(),
+            extra: Vec::new(),
         }
     }
 
