@@ -483,7 +483,10 @@ fn exec_runs_a_command_with_stdin_and_judges_its_exit_code() {
     ws.input("world");
     let (lines, result) = ws.rest();
     assert_success(&result, &lines);
-    assert_eq!(lines, ["got hello and world", "oops"], "{lines:#?}");
+    // stdout and stderr are two streams: their lines may interleave either way.
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["got hello and world", "oops"], "{lines:#?}");
 
     let (lines, result) = d.call("exec", &[&id, "web", "sh", "-c", "echo before; exit 3"]);
     assert_eq!(lines, ["before"]);
@@ -511,7 +514,7 @@ fn exec_runs_a_command_with_stdin_and_judges_its_exit_code() {
 fn logs_follow_the_app_until_cancelled() {
     let host = require_docker!();
     let d = Dist::start(&host);
-    let ticking = "[\"sh\", \"-c\", \"trap 'exit 0' TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done & wait\"]";
+    let ticking = "[\"sh\", \"-c\", \"trap 'exit 0' TERM; i=0; while true; do echo tick $$i; i=$$((i+1)); sleep 1; done & wait\"]";
     let (id, slug) = import_compose(&d, "dist-logs", &web_compose(&test_image(), ticking));
     assert_success(&d.call("start", &[&slug]).1, &[]);
     let container = app_containers(&id, false)[0].clone();
@@ -533,7 +536,7 @@ fn logs_follow_the_app_until_cancelled() {
 /// marker says `ok`; an image whose marker says `slow` takes five seconds to become ready.
 fn marker_compose(image: &str) -> String {
     format!(
-        "services:\n  web:\n    image: {image}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; if grep -q slow /marker; then sleep 5; fi; mkdir -p /www; cp /marker /www/index.html; touch /ready; httpd -f -p 8080 -h /www & wait\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"[ -f /ready ] && grep -q ok /marker\"]\n      interval: 1s\n      retries: 2\n    ports:\n      - \"127.0.0.1::8080\"\n    stop_grace_period: 1s\n"
+        "services:\n  web:\n    image: {image}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; if grep -q slow /marker; then sleep 5; fi; mkdir -p /www; cat /marker > /www/index.html; touch /ready; httpd -f -p 8080 -h /www & wait\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"[ -f /ready ] && grep -q ok /marker\"]\n      interval: 1s\n      retries: 2\n    ports:\n      - \"127.0.0.1::8080\"\n    stop_grace_period: 1s\n"
     )
 }
 

@@ -122,5 +122,5 @@ pub fn http_body(port: u16) -> Option<String> {
     let mut answer = String::new();
     s.read_to_string(&mut answer).ok()?;
     let (head, body) = answer.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.0 200").then(|| body.to_string())
+    (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
 }

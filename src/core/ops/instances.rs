@@ -242,6 +242,13 @@ impl Core {
         let import =
             self.apps
                 .import_upload(file.path(), reader, length, options, cancel, &progress);
-        tokio::join!(import, pump).0
+        match tokio::join!(import, pump).0 {
+            // The download was stopped by the cancel: the import saw its end first.
+            Err(_) if cancel.is_cancelled() => Err(CoreError::Cancelled(
+                "the provision was cancelled during the download; the import was rolled back"
+                    .into(),
+            )),
+            r => r,
+        }
     }
 }
