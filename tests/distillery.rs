@@ -48,6 +48,26 @@ fn import_compose(d: &Dist, label: &str, compose: &str) -> (String, String) {
     (id.clone(), slug(&id))
 }
 
+/// A bundle of the app `name` (version 1) with `compose` and the image archive `tar`.
+fn with_image(name: &str, compose: &str, tar: &[u8]) -> Vec<u8> {
+    zip_of(&[
+        (
+            "config.yml",
+            format!("Name: {name}\nVersion: 1\n").as_bytes(),
+        ),
+        ("compose.yaml", compose.as_bytes()),
+        ("docker/web.tar", tar),
+    ])
+}
+
+/// Imports `zip` through the Transfer API; the app's id.
+fn import_id(g: &Gantry, zip: &[u8]) -> String {
+    import(g, zip).expect_json(200)["Id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn transfer_app(g: &Gantry, id: &str) -> Option<Value> {
     let r = g.get(&format!("/api/1/transfer/apps/{}", enc(id)));
     (r.status == 200).then(|| r.json())
@@ -246,18 +266,8 @@ fn snapshots_and_backups_are_written_whole_listed_and_pruned() {
     let (reference, tar) = saved_image("dist-snap");
     let name = unique("dist-snap");
     let compose = web_compose(&reference, IDLE);
-    let zip = zip_of(&[
-        (
-            "config.yml",
-            format!("Name: {name}\nVersion: 1\n").as_bytes(),
-        ),
-        ("compose.yaml", compose.as_bytes()),
-        ("docker/web.tar", &tar),
-    ]);
-    let id = import(&d.g, &zip).expect_json(200)["Id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let zip = with_image(&name, &compose, &tar);
+    let id = import_id(&d.g, &zip);
     let slug = slug(&id);
     let (lines, result) = d.call("snapshot", &[&slug]);
     assert_success(&result, &lines);
@@ -325,18 +335,8 @@ fn purge_deletes_the_app_with_its_images_and_volumes() {
     let compose = format!(
         "services:\n  web:\n    image: {reference}\n    command: {IDLE}\n    volumes: [\"data:/data\"]\n    stop_grace_period: 1s\nvolumes:\n  data: {{}}\n"
     );
-    let zip = zip_of(&[
-        (
-            "config.yml",
-            format!("Name: {name}\nVersion: 1\n").as_bytes(),
-        ),
-        ("compose.yaml", compose.as_bytes()),
-        ("docker/web.tar", &tar),
-    ]);
-    let id = import(&d.g, &zip).expect_json(200)["Id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let zip = with_image(&name, &compose, &tar);
+    let id = import_id(&d.g, &zip);
     let slug = slug(&id);
     assert_success(&d.call("start", &[&slug]).1, &[]);
     let volume = format!("{slug}_data");
@@ -375,14 +375,7 @@ fn provision_imports_from_a_path_or_a_url_and_starts() {
     let name = unique("dist-prov-url");
     let id = format!("{name}:1");
     let compose = web_compose(&reference, IDLE);
-    let zip = zip_of(&[
-        (
-            "config.yml",
-            format!("Name: {name}\nVersion: 1\n").as_bytes(),
-        ),
-        ("compose.yaml", compose.as_bytes()),
-        ("docker/web.tar", &tar),
-    ]);
+    let zip = with_image(&name, &compose, &tar);
     let server = serve::Files::start(zip, None);
     let param = json!({"Slug": id, "Bundle": server.url("/app.zip")}).to_string();
     let (lines, result) = d.call("provision", &[&param]);
@@ -419,14 +412,7 @@ fn a_provision_cancelled_mid_download_leaves_no_app_and_no_image() {
     let (reference, tar) = fresh_big_image("dist-prov-cancel", 24);
     let name = unique("dist-prov-cancel");
     let compose = web_compose(&reference, IDLE);
-    let zip = zip_of(&[
-        (
-            "config.yml",
-            format!("Name: {name}\nVersion: 1\n").as_bytes(),
-        ),
-        ("compose.yaml", compose.as_bytes()),
-        ("docker/web.tar", &tar),
-    ]);
+    let zip = with_image(&name, &compose, &tar);
     // Served slowly: the download takes about ten seconds.
     let server = serve::Files::start(zip, Some(Duration::from_millis(25)));
     let id = format!("{name}:1");

@@ -50,7 +50,7 @@ struct NewsItem {
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct Snapshot {
+struct Listed {
     name: String,
     time: String,
     size: u64,
@@ -136,13 +136,13 @@ pub fn news(core: &Core) -> Response {
 /// The snapshots and backups written, oldest first.
 pub fn snapshots(core: &Core) -> Result<Response, Refusal> {
     let Some(dir) = &core.snapshots else {
-        return Ok(http::json(StatusCode::OK, &Vec::<Snapshot>::new()));
+        return Ok(http::json(StatusCode::OK, &Vec::<Listed>::new()));
     };
-    let list: Vec<Snapshot> = dir
+    let list: Vec<Listed> = dir
         .list()
         .map_err(refusal)?
         .into_iter()
-        .map(|s| Snapshot {
+        .map(|s| Listed {
             name: s.name,
             time: rfc3339(s.created),
             size: s.size,

@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::ops::instances::Provision;
+use crate::core::tasks::TaskKind;
+
 pub const UNKNOWN_CALL: &str = "unknown action call";
 pub const BAD_ARITY: &str = "invalid number of parameters";
 pub const FIRST_TIMEOUT: &str = "timeout reading the first message";
@@ -16,10 +19,7 @@ pub enum Call {
     Update(String),
     Snapshot(String),
     Purge(String),
-    Provision {
-        slug: String,
-        bundle: String,
-    },
+    Provision(Provision),
     Backup,
     /// gantry's addition: follow the app's logs until cancelled.
     Logs(String),
@@ -32,6 +32,18 @@ pub enum Call {
 }
 
 impl Call {
+    /// The core's operation on one app this call is, with the app's slug.
+    pub fn on_one_app(&self) -> Option<(TaskKind, &str)> {
+        Some(match self {
+            Call::Rebuild(s) => (TaskKind::Rebuild, s),
+            Call::Update(s) => (TaskKind::Update, s),
+            Call::Snapshot(s) => (TaskKind::Snapshot, s),
+            Call::Purge(s) => (TaskKind::Purge, s),
+            Call::Logs(s) => (TaskKind::Logs, s),
+            _ => return None,
+        })
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Call::Start(_) => "start",
@@ -40,7 +52,7 @@ impl Call {
             Call::Update(_) => "update",
             Call::Snapshot(_) => "snapshot",
             Call::Purge(_) => "purge",
-            Call::Provision { .. } => "provision",
+            Call::Provision(_) => "provision",
             Call::Backup => "backup",
             Call::Logs(_) => "logs",
             Call::Exec { .. } => "exec",
@@ -118,10 +130,10 @@ fn provision(param: &str) -> Result<Call, String> {
                 .into(),
         );
     }
-    Ok(Call::Provision {
+    Ok(Call::Provision(Provision {
         slug: p.slug,
         bundle: p.bundle,
-    })
+    }))
 }
 
 /// Whether a binary frame after the call is the cancel signal.
@@ -182,10 +194,10 @@ mod tests {
             call(
                 r#"{"call":"provision","params":["{\"Slug\":\"web1\",\"Bundle\":\"/b.zip\",\"Flavor\":\"x\"}"]}"#
             ),
-            Ok(Call::Provision {
+            Ok(Call::Provision(Provision {
                 slug: "web1".into(),
                 bundle: "/b.zip".into()
-            })
+            }))
         );
     }
 

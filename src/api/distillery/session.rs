@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::protocol::{self, Call, FIRST_TIMEOUT, UNKNOWN_CALL};
 use crate::core::apps::lifecycle::{ProcessOutcome, StopOptions};
 use crate::core::ops::apps::OutputLine;
+use crate::core::ops::instances::AppDone;
 use crate::core::ops::{Event, Operation, Start};
 use crate::core::{Core, CoreError};
 use crate::server::ws::{Incoming, WsReceiver, WsSender, WsSession};
@@ -91,6 +92,10 @@ impl Io {
     async fn call(&mut self, call: Call, core: &Arc<Core>) -> Outcome {
         let s = Start::default();
         let apps = &core.apps;
+        if let Some((kind, slug)) = call.on_one_app() {
+            let op = core.app_operation(kind, apps.resolve(slug)?, &s)?;
+            return self.relay(core, op, app_done).await;
+        }
         match call {
             Call::Start(slug) => {
                 let op = core.start_app(apps.resolve(&slug)?, &s)?;
@@ -100,33 +105,13 @@ impl Io {
                 let op = core.stop_app(apps.resolve(&slug)?, StopOptions::default(), &s)?;
                 self.relay(core, op, compose_outcome).await
             }
-            Call::Rebuild(slug) => {
-                let op = core.rebuild_app(apps.resolve(&slug)?, &s)?;
-                self.relay(core, op, compose_outcome).await
-            }
-            Call::Update(slug) => {
-                let op = core.update_app(apps.resolve(&slug)?, &s)?;
-                self.relay(core, op, compose_outcome).await
-            }
-            Call::Snapshot(slug) => {
-                let op = core.snapshot_app(apps.resolve(&slug)?, &s)?;
-                self.relay(core, op, |_| Ok(())).await
-            }
-            Call::Purge(slug) => {
-                let op = core.purge_app(apps.resolve(&slug)?, &s)?;
-                self.relay(core, op, Ok).await
-            }
-            Call::Provision { slug, bundle } => {
-                let op = core.provision_app(slug, bundle, &s)?;
+            Call::Provision(p) => {
+                let op = core.provision_app(p, &s)?;
                 self.relay(core, op, |_| Ok(())).await
             }
             Call::Backup => {
                 let op = core.backup_apps(&s)?;
                 self.relay(core, op, |_| Ok(())).await
-            }
-            Call::Logs(slug) => {
-                let op = core.follow_app_logs(apps.resolve(&slug)?, &s)?;
-                self.relay(core, op, Ok).await
             }
             Call::Exec { slug, service, cmd } => {
                 let (stdin, input) = mpsc::channel(STDIN_QUEUE);
@@ -134,6 +119,7 @@ impl Io {
                 let op = core.exec_in_app(apps.resolve(&slug)?, service, cmd, input, &s)?;
                 self.relay(core, op, exit_status).await
             }
+            _ => unreachable!("calls on one app are handled above"),
         }
     }
 
@@ -229,6 +215,14 @@ async fn send_pending(stdin: &Option<mpsc::Sender<String>>, pending: &mut Option
         }
         // The command no longer reads its input.
         Err(_) => *pending = None,
+    }
+}
+
+/// A rebuild or update as a start or stop; anything else that ended is a success.
+fn app_done(done: AppDone) -> Outcome {
+    match done {
+        AppDone::Outcome(o) => compose_outcome(o),
+        AppDone::Done => Ok(()),
     }
 }
 

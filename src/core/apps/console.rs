@@ -6,9 +6,8 @@ use std::time::Duration;
 use futures_util::stream::{self, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-use super::lifecycle::{Apps, LineFn};
+use super::lifecycle::{Apps, Run};
 use super::AppId;
 use crate::core::compose::ContainerStatus;
 use crate::core::engine::{ExecState, LineStream};
@@ -24,12 +23,7 @@ impl Apps {
     /// Follows the logs of the app's containers (the last lines of each first), each line
     /// prefixed `name | ` as `docker-compose logs -f` does, until `cancel` fires or every
     /// container's output ended (the containers stopped).
-    pub async fn follow_logs(
-        &self,
-        id: &AppId,
-        cancel: &CancellationToken,
-        on_line: LineFn<'_>,
-    ) -> CoreResult<()> {
+    pub async fn follow_logs(&self, id: &AppId, run: Run<'_>) -> CoreResult<()> {
         let app = self.stored(id)?;
         let containers = self.containers(&app).await?;
         if containers.is_empty() {
@@ -53,9 +47,9 @@ impl Apps {
         let mut merged = stream::select_all(streams);
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
+                _ = run.cancel.cancelled() => return Ok(()),
                 line = merged.next() => match line {
-                    Some(Ok(l)) => on_line(&l.text),
+                    Some(Ok(l)) => (run.out)(&l.text),
                     Some(Err(e)) => return Err(e.into()),
                     None => return Ok(()),
                 },
@@ -72,8 +66,7 @@ impl Apps {
         service: &str,
         cmd: &[String],
         stdin: mpsc::Receiver<String>,
-        cancel: &CancellationToken,
-        on_line: LineFn<'_>,
+        run: Run<'_>,
     ) -> CoreResult<i64> {
         let container = self.service_container(id, service).await?;
         let session = self.engine().exec(&container.id, cmd).await?;
@@ -83,7 +76,7 @@ impl Apps {
         tokio::pin!(feed);
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => {
+                _ = run.cancel.cancelled() => {
                     self.end_exec(&exec_id).await;
                     return Err(CoreError::Cancelled(format!(
                         "the command in {service} of {id} was cancelled"
@@ -91,7 +84,7 @@ impl Apps {
                 }
                 _ = &mut feed => {}
                 line = output.next() => match line {
-                    Some(Ok(l)) => on_line(&l.text),
+                    Some(Ok(l)) => (run.out)(&l.text),
                     Some(Err(e)) => return Err(e.into()),
                     None => break,
                 },

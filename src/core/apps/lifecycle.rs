@@ -72,6 +72,17 @@ pub struct RemoveOptions {
     pub remove_volumes: bool,
 }
 
+impl RemoveOptions {
+    /// Stopped first if running, with its images and volumes.
+    pub fn everything() -> Self {
+        Self {
+            force: true,
+            remove_images: true,
+            remove_volumes: true,
+        }
+    }
+}
+
 pub struct Apps {
     engine: Arc<dyn ContainerEngine>,
     store: Arc<AppStore>,
@@ -129,6 +140,19 @@ impl Drop for BusyGuard<'_> {
 }
 
 pub type LineFn<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
+/// How an operation runs: the token that cancels it and where its output lines go.
+#[derive(Clone, Copy)]
+pub struct Run<'a> {
+    pub cancel: &'a CancellationToken,
+    pub out: LineFn<'a>,
+}
+
+impl<'a> Run<'a> {
+    pub fn new(cancel: &'a CancellationToken, out: LineFn<'a>) -> Self {
+        Self { cancel, out }
+    }
+}
 
 impl Apps {
     /// Opens the store under `state_dir/apps` and the upload area `state_dir/uploads`
@@ -618,11 +642,25 @@ impl Apps {
         cancel: &CancellationToken,
         on_line: LineFn<'_>,
     ) -> CoreResult<ProcessOutcome> {
+        self.claimed(id, "stopped", async |app| {
+            self.stop_claimed(app, options, cancel, on_line).await
+        })
+        .await
+    }
+
+    /// Runs `work` on the stored app `id` claimed as `what` (Busy while another operation
+    /// runs on it), its state published before and after.
+    pub(super) async fn claimed<T>(
+        &self,
+        id: &AppId,
+        what: &'static str,
+        work: impl AsyncFnOnce(&StoredApp) -> CoreResult<T>,
+    ) -> CoreResult<T> {
         let app = self.stored(id)?;
         let result = {
-            let _busy = self.claim(id, "stopped")?;
+            let _busy = self.claim(id, what)?;
             self.publish_app(id, false).await;
-            self.stop_claimed(&app, options, cancel, on_line).await
+            work(&app).await
         };
         self.publish_app(id, false).await;
         result

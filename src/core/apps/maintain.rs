@@ -4,9 +4,7 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use tokio_util::sync::CancellationToken;
-
-use super::lifecycle::{Apps, LineFn, ProcessOutcome, RemoveOptions, StopOptions};
+use super::lifecycle::{Apps, LineFn, ProcessOutcome, RemoveOptions, Run, StopOptions};
 use super::store::StoredApp;
 use super::AppId;
 use crate::core::{CoreError, CoreResult, ErrorKind};
@@ -58,32 +56,18 @@ impl Apps {
     /// kept), then `up`. A compose failure is an outcome with `success: false`, as for a
     /// start. Cancelled, the app returns to how it was: running again when it ran before,
     /// else without containers.
-    pub async fn rebuild(
-        &self,
-        id: &AppId,
-        cancel: &CancellationToken,
-        on_line: LineFn<'_>,
-    ) -> CoreResult<ProcessOutcome> {
-        let app = self.stored(id)?;
-        let result = {
-            let _busy = self.claim(id, "rebuilt")?;
-            self.publish_app(id, false).await;
-            self.rebuild_claimed(&app, cancel, on_line).await
-        };
-        self.publish_app(id, false).await;
-        result
+    pub async fn rebuild(&self, id: &AppId, run: Run<'_>) -> CoreResult<ProcessOutcome> {
+        self.claimed(id, "rebuilt", async |app| {
+            self.rebuild_claimed(app, run).await
+        })
+        .await
     }
 
-    async fn rebuild_claimed(
-        &self,
-        app: &StoredApp,
-        cancel: &CancellationToken,
-        on_line: LineFn<'_>,
-    ) -> CoreResult<ProcessOutcome> {
+    async fn rebuild_claimed(&self, app: &StoredApp, run: Run<'_>) -> CoreResult<ProcessOutcome> {
         let was_running = self.containers(app).await?.iter().any(|c| c.running);
         let project = self.project(app)?;
         let started = Instant::now();
-        let seen = Collect::new(on_line);
+        let seen = Collect::new(run.out);
         let collect = |line: &str| seen.line(line);
         let work = async {
             self.down(app, false, false, &collect).await?;
@@ -91,11 +75,11 @@ impl Apps {
         };
         let up = tokio::select! {
             biased;
-            _ = cancel.cancelled() => None,
+            _ = run.cancel.cancelled() => None,
             r = work => Some(r?),
         };
         let Some(up) = up else {
-            self.undo_rebuild(app, was_running, on_line).await?;
+            self.undo_rebuild(app, was_running, run.out).await?;
             return Err(CoreError::Cancelled(format!(
                 "the rebuild of {} was cancelled; the app was {}",
                 app.id(),
@@ -147,38 +131,25 @@ impl Apps {
     /// unless another app or container uses them) and its volumes. Cancelled while it stops,
     /// the stop is rolled back as any cancelled stop; once the app is stopped, the deletion
     /// is no longer cancellable and completes.
-    pub async fn purge(
-        &self,
-        id: &AppId,
-        cancel: &CancellationToken,
-        on_line: LineFn<'_>,
-    ) -> CoreResult<()> {
-        let app = self.stored(id)?;
-        let result = {
-            let _busy = self.claim(id, "purged")?;
-            self.publish_app(id, false).await;
-            self.purge_claimed(app, cancel, on_line).await
-        };
+    pub async fn purge(&self, id: &AppId, run: Run<'_>) -> CoreResult<()> {
+        let result = self
+            .claimed(id, "purged", async |app| self.purge_claimed(app, run).await)
+            .await;
         self.removed(id, result).await
     }
 
     async fn purge_claimed(
         &self,
-        app: StoredApp,
-        cancel: &CancellationToken,
-        on_line: LineFn<'_>,
+        app: &StoredApp,
+        run: Run<'_>,
     ) -> CoreResult<super::lifecycle::AppView> {
         let stop = StopOptions {
             remove_images: true,
             remove_volumes: true,
         };
-        self.stop_claimed(&app, stop, cancel, on_line).await?;
-        on_line(&format!("Deleting {}", app.id()));
-        let options = RemoveOptions {
-            force: true,
-            remove_images: true,
-            remove_volumes: true,
-        };
-        self.remove_stopped(app, options).await
+        self.stop_claimed(app, stop, run.cancel, run.out).await?;
+        (run.out)(&format!("Deleting {}", app.id()));
+        self.remove_stopped(app.clone(), RemoveOptions::everything())
+            .await
     }
 }

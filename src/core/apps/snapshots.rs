@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use super::lifecycle::{Apps, LineFn};
+use super::lifecycle::{Apps, LineFn, Run};
 use super::store::rfc3339;
 use super::AppId;
 use crate::core::{CoreError, CoreResult};
@@ -25,7 +25,7 @@ const BACKUPS: &str = "backups";
 
 /// A snapshot file, as listings show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotInfo {
+pub struct Snapshot {
     /// The file name (`<slug>-<time>.zip`), or for a backup's part `<time>/<slug>.zip`.
     pub name: String,
     pub path: PathBuf,
@@ -57,19 +57,13 @@ impl Snapshots {
     }
 
     /// Writes a snapshot of the app `id`. Cancelled, the temp file is removed.
-    pub async fn snapshot(
-        &self,
-        apps: &Apps,
-        id: &AppId,
-        cancel: &CancellationToken,
-        on_line: LineFn<'_>,
-    ) -> CoreResult<SnapshotInfo> {
+    pub async fn snapshot(&self, apps: &Apps, id: &AppId, run: Run<'_>) -> CoreResult<Snapshot> {
         let name = unique_name(&self.dir, &id.slug(), &stamp(), ".zip");
-        on_line(&format!("Writing the snapshot {name}"));
-        write_export(apps, id, &self.dir, &name, cancel).await?;
+        (run.out)(&format!("Writing the snapshot {name}"));
+        write_export(apps, id, &self.dir, &name, run.cancel).await?;
         sync_dir(&self.dir)?;
         let info = info(&self.dir.join(&name), name, false)?;
-        on_line(&format!(
+        (run.out)(&format!(
             "Snapshot {} written ({} bytes)",
             info.name, info.size
         ));
@@ -78,18 +72,13 @@ impl Snapshots {
 
     /// Writes a backup: a snapshot of every app, then removes the oldest backups beyond
     /// `keep_backups`. Cancelled or failed, nothing of it stays.
-    pub async fn backup(
-        &self,
-        apps: &Apps,
-        cancel: &CancellationToken,
-        on_line: LineFn<'_>,
-    ) -> CoreResult<Vec<SnapshotInfo>> {
+    pub async fn backup(&self, apps: &Apps, run: Run<'_>) -> CoreResult<Vec<Snapshot>> {
         let root = self.dir.join(BACKUPS);
         let name = unique_name(&root, "", &stamp(), "");
         let temp = root.join(format!("{TEMP_PREFIX}{name}"));
         std::fs::create_dir(&temp)
             .map_err(|e| CoreError::io(format!("cannot create {}", temp.display()), e))?;
-        let written = self.fill_backup(apps, &temp, cancel, on_line).await;
+        let written = self.fill_backup(apps, &temp, run).await;
         let done = written.and_then(|n| {
             let dir = root.join(&name);
             std::fs::rename(&temp, &dir)
@@ -101,8 +90,8 @@ impl Snapshots {
             let _ = std::fs::remove_dir_all(&temp);
         }
         let names = done?;
-        on_line(&format!("Backup {name} written ({} apps)", names.len()));
-        self.prune_backups(on_line);
+        (run.out)(&format!("Backup {name} written ({} apps)", names.len()));
+        self.prune_backups(run.out);
         names
             .into_iter()
             .map(|file| {
@@ -116,19 +105,13 @@ impl Snapshots {
     }
 
     /// Snapshots every app into `dir`; the file names written.
-    async fn fill_backup(
-        &self,
-        apps: &Apps,
-        dir: &Path,
-        cancel: &CancellationToken,
-        on_line: LineFn<'_>,
-    ) -> CoreResult<Vec<String>> {
+    async fn fill_backup(&self, apps: &Apps, dir: &Path, run: Run<'_>) -> CoreResult<Vec<String>> {
         let mut names = Vec::new();
         for view in apps.list().await? {
             let id = view.app.id();
             let file = format!("{}.zip", id.slug());
-            on_line(&format!("Writing the snapshot of {id}"));
-            write_export(apps, id, dir, &file, cancel).await?;
+            (run.out)(&format!("Writing the snapshot of {id}"));
+            write_export(apps, id, dir, &file, run.cancel).await?;
             names.push(file);
         }
         sync_dir(dir)?;
@@ -157,7 +140,7 @@ impl Snapshots {
     }
 
     /// Every snapshot and backup part, oldest first.
-    pub fn list(&self) -> CoreResult<Vec<SnapshotInfo>> {
+    pub fn list(&self) -> CoreResult<Vec<Snapshot>> {
         let mut out = list_zips(&self.dir, "", false)?;
         let root = self.dir.join(BACKUPS);
         for entry in read_dir(&root)? {
@@ -215,7 +198,7 @@ fn read_dir(dir: &Path) -> CoreResult<Vec<std::fs::DirEntry>> {
 }
 
 /// The `.zip` files in `dir`, named `prefix` + their file name.
-fn list_zips(dir: &Path, prefix: &str, backup: bool) -> CoreResult<Vec<SnapshotInfo>> {
+fn list_zips(dir: &Path, prefix: &str, backup: bool) -> CoreResult<Vec<Snapshot>> {
     let mut out = Vec::new();
     for entry in read_dir(dir)? {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -226,10 +209,10 @@ fn list_zips(dir: &Path, prefix: &str, backup: bool) -> CoreResult<Vec<SnapshotI
     Ok(out)
 }
 
-fn info(path: &Path, name: String, backup: bool) -> CoreResult<SnapshotInfo> {
+fn info(path: &Path, name: String, backup: bool) -> CoreResult<Snapshot> {
     let meta = std::fs::metadata(path)
         .map_err(|e| CoreError::io(format!("cannot read {}", path.display()), e))?;
-    Ok(SnapshotInfo {
+    Ok(Snapshot {
         name,
         path: path.to_path_buf(),
         created: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bollard::models::{ContainerState, ContainerStateStatusEnum, HealthStatusEnum};
 use tokio_util::sync::CancellationToken;
 
-use super::lifecycle::{Apps, LineFn, ProcessOutcome};
+use super::lifecycle::{Apps, LineFn, ProcessOutcome, Run};
 use super::maintain::Collect;
 use super::store::StoredApp;
 use super::AppId;
@@ -31,30 +31,16 @@ type Previous = HashMap<String, String>;
 impl Apps {
     /// Updates the app `id` (see the module's documentation). An app that is not running
     /// only gets its images pulled; the new ones are used at its next start.
-    pub async fn update(
-        &self,
-        id: &AppId,
-        cancel: &CancellationToken,
-        on_line: LineFn<'_>,
-    ) -> CoreResult<ProcessOutcome> {
-        let app = self.stored(id)?;
-        let result = {
-            let _busy = self.claim(id, "updated")?;
-            self.publish_app(id, false).await;
-            self.update_claimed(&app, cancel, on_line).await
-        };
-        self.publish_app(id, false).await;
-        result
+    pub async fn update(&self, id: &AppId, run: Run<'_>) -> CoreResult<ProcessOutcome> {
+        self.claimed(id, "updated", async |app| {
+            self.update_claimed(app, run).await
+        })
+        .await
     }
 
-    async fn update_claimed(
-        &self,
-        app: &StoredApp,
-        cancel: &CancellationToken,
-        on_line: LineFn<'_>,
-    ) -> CoreResult<ProcessOutcome> {
+    async fn update_claimed(&self, app: &StoredApp, run: Run<'_>) -> CoreResult<ProcessOutcome> {
         let started = Instant::now();
-        let seen = Collect::new(on_line);
+        let seen = Collect::new(run.out);
         let out = |line: &str| seen.line(line);
         let project = self.project(app)?;
         let before = project.status(self.engine()).await?;
@@ -62,7 +48,7 @@ impl Apps {
         let pulled = Mutex::new(Vec::new());
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => {
+            _ = run.cancel.cancelled() => {
                 let pulled = lock(&pulled).clone();
                 self.restore_images(&previous, &pulled, &out).await;
                 return Err(CoreError::Cancelled(format!(
@@ -79,7 +65,7 @@ impl Apps {
             out("The app is not running: the new images are used at its next start");
         } else if stale.is_empty() {
             out("Every service runs its newest image");
-        } else if let Err(e) = self.recreate(app, &project, &stale, cancel, &out).await {
+        } else if let Err(e) = self.recreate(app, &project, &stale, run.cancel, &out).await {
             self.restore_images(&previous, &pulled, &out).await;
             self.up_until_running(app, "the failed update", &out)
                 .await?;
