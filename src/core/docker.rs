@@ -553,41 +553,46 @@ fn logs_options(tail: Option<u64>, follow: bool) -> bollard::query_parameters::L
         .build()
 }
 
-/// Docker's output frames as lines, per stream: a frame need not end at a line end, so the
-/// rest waits for the next frame of its stream; an unterminated last line comes at the end.
+/// Docker's output frames being split into lines, per stream (stdout, stderr).
+struct Split<S> {
+    frames: std::pin::Pin<Box<S>>,
+    partial: [String; 2],
+    ready: std::collections::VecDeque<LogLine>,
+    done: bool,
+}
+
+impl<S> Split<S> {
+    /// A frame need not end at a line end: the rest waits for the next frame of its stream.
+    fn push(&mut self, stdout: bool, message: &[u8]) {
+        let buf = &mut self.partial[usize::from(stdout)];
+        buf.push_str(&String::from_utf8_lossy(message));
+        while let Some(pos) = buf.find('\n') {
+            let line: String = buf.drain(..=pos).collect();
+            self.ready.push_back(LogLine {
+                stdout,
+                text: line.trim_end_matches(['\n', '\r']).to_string(),
+            });
+        }
+    }
+
+    /// At the end: the unterminated last lines.
+    fn flush(&mut self) {
+        for (i, rest) in std::mem::take(&mut self.partial).into_iter().enumerate() {
+            if !rest.is_empty() {
+                self.ready.push_back(LogLine {
+                    stdout: i == 1,
+                    text: rest,
+                });
+            }
+        }
+    }
+}
+
+/// Docker's output frames as lines, per stream; an unterminated last line comes at the end.
 fn output_lines<S>(frames: S) -> LineStream
 where
     S: futures_util::Stream<Item = Result<LogOutput, BollardError>> + Send + 'static,
 {
-    struct Split<S> {
-        frames: std::pin::Pin<Box<S>>,
-        partial: [String; 2],
-        ready: std::collections::VecDeque<LogLine>,
-        done: bool,
-    }
-    impl<S> Split<S> {
-        fn push(&mut self, stdout: bool, message: &[u8]) {
-            let buf = &mut self.partial[usize::from(stdout)];
-            buf.push_str(&String::from_utf8_lossy(message));
-            while let Some(pos) = buf.find('\n') {
-                let line: String = buf.drain(..=pos).collect();
-                self.ready.push_back(LogLine {
-                    stdout,
-                    text: line.trim_end_matches(['\n', '\r']).to_string(),
-                });
-            }
-        }
-        fn flush(&mut self) {
-            for (i, rest) in std::mem::take(&mut self.partial).into_iter().enumerate() {
-                if !rest.is_empty() {
-                    self.ready.push_back(LogLine {
-                        stdout: i == 1,
-                        text: rest,
-                    });
-                }
-            }
-        }
-    }
     let split = Split {
         frames: Box::pin(frames),
         partial: Default::default(),
@@ -630,6 +635,37 @@ fn api_at_least(v: &str, major: u32, minor: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn output_frames_become_lines_per_stream() {
+        let frame = |stdout: bool, text: &str| {
+            let message = bytes::Bytes::from(text.to_string());
+            Ok(if stdout {
+                LogOutput::StdOut { message }
+            } else {
+                LogOutput::StdErr { message }
+            })
+        };
+        let frames = futures_util::stream::iter(vec![
+            frame(true, "one\ntw"),
+            frame(false, "err"),
+            frame(true, "o\r\nthree\n"),
+            frame(false, "or\n"),
+            frame(true, "last"),
+        ]);
+        let lines: Vec<LogLine> = output_lines(frames).try_collect().await.unwrap();
+        let text: Vec<(bool, &str)> = lines.iter().map(|l| (l.stdout, l.text.as_str())).collect();
+        assert_eq!(
+            text,
+            [
+                (true, "one"),
+                (true, "two"),
+                (true, "three"),
+                (false, "error"),
+                (true, "last")
+            ]
+        );
+    }
 
     #[test]
     fn pull_reference_gets_a_tag() {

@@ -153,3 +153,26 @@ impl Apps {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::core::apps::import::ImportSettings;
+    use crate::testutil::{store_web_app, FakeEngine};
+
+    #[test]
+    fn apps_are_found_by_id_or_project_slug() {
+        let state = tempfile::tempdir().unwrap();
+        store_web_app(state.path(), "services:\n  main:\n    image: busybox\n");
+        let fake = Arc::new(FakeEngine::default());
+        let apps = Apps::open(fake, state.path(), ImportSettings::default()).unwrap();
+        assert_eq!(apps.resolve("web:1").unwrap(), AppId::from("web:1"));
+        assert_eq!(apps.resolve("web1").unwrap(), AppId::from("web:1"));
+        for unknown in ["web", "WEB1", "web:2", ""] {
+            let e = apps.resolve(unknown).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::NotFound, "{unknown}");
+        }
+    }
+}

@@ -323,3 +323,59 @@ fn rolled_back(e: CoreError, id: &AppId) -> CoreError {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use bollard::models::{Health as DockerHealth, HealthcheckResult};
+
+    use super::*;
+
+    fn state(status: ContainerStateStatusEnum, health: Option<HealthStatusEnum>) -> ContainerState {
+        ContainerState {
+            status: Some(status),
+            running: Some(status == ContainerStateStatusEnum::RUNNING),
+            exit_code: Some(3),
+            health: health.map(|h| DockerHealth {
+                status: Some(h),
+                log: Some(vec![HealthcheckResult {
+                    output: Some("probe said no\n".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn health_is_judged_from_the_state_and_failures_name_the_service() {
+        use ContainerStateStatusEnum::{EXITED, RUNNING};
+        use HealthStatusEnum::{HEALTHY, STARTING, UNHEALTHY};
+        assert!(matches!(
+            judge("web", &state(RUNNING, Some(HEALTHY))),
+            Ok(Health::Healthy)
+        ));
+        assert!(matches!(
+            judge("web", &state(RUNNING, Some(STARTING))),
+            Ok(Health::Starting)
+        ));
+        assert!(matches!(
+            judge("web", &state(RUNNING, None)),
+            Ok(Health::Running)
+        ));
+        let e = judge("web", &state(RUNNING, Some(UNHEALTHY)))
+            .err()
+            .unwrap();
+        assert_eq!(e.to_string(), "service \"web\" is unhealthy: probe said no");
+        let e = judge("db", &state(EXITED, Some(STARTING))).err().unwrap();
+        assert_eq!(e.to_string(), "service \"db\" exited with code 3");
+        let id = AppId::from("web:1");
+        let e = rolled_back(CoreError::Failed("x".into()), &id);
+        assert_eq!(e.kind(), ErrorKind::Failed);
+        assert!(e
+            .to_string()
+            .ends_with("web:1 was rolled back to its previous images and containers"));
+        let e = rolled_back(CoreError::Cancelled("c".into()), &id);
+        assert_eq!(e.kind(), ErrorKind::Cancelled);
+    }
+}
