@@ -152,6 +152,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid() {
+        let text = include_str!("../../systemd/gantry.toml.example");
+        let c = Config::parse(text, &NoEnv).unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].dialect, Dialect::Transfer);
+        assert_eq!(c.snapshots.keep_backups, 3);
+        assert_eq!(c.apps.health_timeout.as_secs(), 300);
+    }
+
+    #[test]
     fn distillery_listeners_take_named_tokens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");
