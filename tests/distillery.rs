@@ -6,6 +6,8 @@
 #[path = "distillery/client.rs"]
 mod client;
 mod common;
+#[path = "distillery/registry.rs"]
+mod registry;
 #[path = "distillery/serve.rs"]
 mod serve;
 
@@ -620,4 +622,64 @@ fn update_recreates_changed_services_and_rolls_back_one_that_is_not_healthy() {
     wait_status(&d.g, &id, "Running");
     assert_eq!(served(&id), "ok v2");
     assert_success(&d.call("stop", &[&slug]).1, &[]);
+}
+
+#[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
+fn update_pulls_newer_images_from_a_registry_and_removes_them_on_rollback() {
+    let host = require_docker!();
+    let d = Dist::start(&host);
+    let mut cleanup = Cleanup::new();
+    let registry = registry::Registry::start();
+    let repo = unique("dist-pull");
+    let tag = format!("{}/{repo}:1", registry.addr);
+    let v1 = unique_image(&mut cleanup, &tag, "ok v1");
+    cleanup.image(&v1);
+    let (id, slug) = import_compose(&d, "dist-pull", &marker_compose(&tag));
+    assert_success(&d.call("start", &[&slug]).1, &[]);
+    assert_eq!(served(&id), "ok v1");
+
+    // The registry has a newer image: pulled, the service recreated from it.
+    let (v2, saved) = saved_marker_image(&mut cleanup, "ok v2");
+    registry.publish(&repo, &saved);
+    let (lines, result) = d.call("update", &[&slug]);
+    assert_success(&result, &lines);
+    assert!(
+        lines.iter().any(|l| l.ends_with("done: a newer image")),
+        "{lines:#?}"
+    );
+    assert_eq!(served(&id), "ok v2");
+    assert_eq!(docker_id("image", &tag), v2);
+
+    // A newer one that is not healthy: rolled back, and the image it pulled is gone again.
+    let (bad, saved) = saved_marker_image(&mut cleanup, "bad v3");
+    registry.publish(&repo, &saved);
+    let (lines, result) = d.call("update", &[&slug]);
+    assert_failed(&result, "service \"web\" is unhealthy");
+    assert!(
+        lines.iter().any(|l| l.starts_with("Removed the new image")),
+        "{lines:#?}"
+    );
+    wait_status(&d.g, &id, "Running");
+    assert_eq!(served(&id), "ok v2");
+    assert_eq!(docker_id("image", &tag), v2);
+    assert!(!docker_exists("image", &bad), "the pulled image stayed");
+    assert_success(&d.call("stop", &[&slug]).1, &[]);
+}
+
+/// A new image with /marker `marker`, saved and then removed from the dockerd: its id and
+/// its `docker save` archive.
+fn saved_marker_image(cleanup: &mut Cleanup, marker: &str) -> (String, Vec<u8>) {
+    let tag = format!("{}:1", unique("dist-saved"));
+    let id = unique_image(cleanup, &tag, marker);
+    cleanup.image(&id);
+    let saved = docker_save(&tag);
+    docker_ok(&["rmi", &tag]);
+    (id, saved)
+}
+
+fn docker_save(reference: &str) -> Vec<u8> {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    docker_ok(&["save", "-o", file.path().to_str().unwrap(), reference]);
+    std::fs::read(file.path()).unwrap()
 }

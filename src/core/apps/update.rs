@@ -50,7 +50,8 @@ impl Apps {
             biased;
             _ = run.cancel.cancelled() => {
                 let pulled = lock(&pulled).clone();
-                self.restore_images(&previous, &pulled, &out).await;
+                self.retag_previous(&previous, &out).await;
+                self.remove_pulled(&previous, &pulled, &out).await;
                 return Err(CoreError::Cancelled(format!(
                     "the update of {} was cancelled while pulling; nothing changed",
                     app.id()
@@ -66,9 +67,10 @@ impl Apps {
         } else if stale.is_empty() {
             out("Every service runs its newest image");
         } else if let Err(e) = self.recreate(app, &project, &stale, run.cancel, &out).await {
-            self.restore_images(&previous, &pulled, &out).await;
+            self.retag_previous(&previous, &out).await;
             self.up_until_running(app, "the failed update", &out)
                 .await?;
+            self.remove_pulled(&previous, &pulled, &out).await;
             return Err(rolled_back(e, app.id()));
         }
         Ok(ProcessOutcome {
@@ -241,14 +243,8 @@ impl Apps {
         }
     }
 
-    /// Gives each reference back its previous image and removes the images this update
-    /// pulled (when nothing uses them any more).
-    async fn restore_images(
-        &self,
-        previous: &Previous,
-        pulled: &[(String, String)],
-        out: LineFn<'_>,
-    ) {
+    /// Gives each reference back its previous image.
+    async fn retag_previous(&self, previous: &Previous, out: LineFn<'_>) {
         for (reference, old) in previous {
             if reference.contains('@') || self.image_id(reference).await.as_ref() == Some(old) {
                 continue;
@@ -258,6 +254,15 @@ impl Apps {
                 out(&format!("Restoring {reference} failed: {e}"));
             }
         }
+    }
+
+    /// Removes the images this update pulled, when nothing uses them any more.
+    async fn remove_pulled(
+        &self,
+        previous: &Previous,
+        pulled: &[(String, String)],
+        out: LineFn<'_>,
+    ) {
         for (reference, new) in pulled {
             if previous.get(reference) == Some(new) {
                 continue;
