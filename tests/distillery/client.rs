@@ -86,6 +86,28 @@ impl Dist {
     }
 }
 
+impl Drop for Dist {
+    /// Leaves nothing running in the test dockerd, also after a failure: every app is removed
+    /// (stopped first) with its volumes.
+    fn drop(&mut self) {
+        if crate::common::docker_host().is_none() {
+            return;
+        }
+        let list = self.g.get("/api/1/transfer/apps");
+        if list.status != 200 {
+            return;
+        }
+        for app in list.json().as_array().cloned().unwrap_or_default() {
+            let id = app["Id"].as_str().unwrap_or_default();
+            let path = format!(
+                "/api/1/transfer/apps/{}?force=true&remove_volumes=true",
+                crate::common::enc(id)
+            );
+            let _ = self.g.delete(&path);
+        }
+    }
+}
+
 /// What the server sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
