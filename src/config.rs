@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod distillery;
+pub use distillery::{NamedToken, SnapshotsConfig};
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gantry/gantry.toml";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 /// Websocket sessions per listener when `http.max_websocket_sessions` is not set.
@@ -34,7 +37,7 @@ pub enum ConfigError {
     /// An environment override that cannot be used.
     #[error("{var}: {message}")]
     Env { var: String, message: String },
-    #[error("unknown dialect \"{0}\" (known: transfer, intervirt, duxcore)")]
+    #[error("unknown dialect \"{0}\" (known: transfer, intervirt, duxcore, distillery)")]
     UnknownDialect(String),
     #[error("dialect \"{0}\" is not available in this build of gantry")]
     UnavailableDialect(String),
@@ -107,6 +110,7 @@ pub enum Dialect {
     Transfer,
     Intervirt,
     Duxcore,
+    Distillery,
 }
 
 impl Dialect {
@@ -115,7 +119,8 @@ impl Dialect {
             "transfer" => Ok(Dialect::Transfer),
             "intervirt" => Ok(Dialect::Intervirt),
             "duxcore" => Ok(Dialect::Duxcore),
-            "flowmanager" | "distillery" => Err(ConfigError::UnavailableDialect(s.to_string())),
+            "distillery" => Ok(Dialect::Distillery),
+            "flowmanager" => Err(ConfigError::UnavailableDialect(s.to_string())),
             other => Err(ConfigError::UnknownDialect(other.to_string())),
         }
     }
@@ -125,6 +130,7 @@ impl Dialect {
             Dialect::Transfer => "transfer",
             Dialect::Intervirt => "intervirt",
             Dialect::Duxcore => "duxcore",
+            Dialect::Distillery => "distillery",
         }
     }
 
@@ -136,6 +142,7 @@ impl Dialect {
             Dialect::Intervirt => SocketAddr::from(([0, 0, 0, 0], 55436)),
             // The original daemon's port, on loopback unless the config says otherwise.
             Dialect::Duxcore => SocketAddr::from(([127, 0, 0, 1], 8000)),
+            Dialect::Distillery => SocketAddr::from(([127, 0, 0, 1], 54171)),
         }
     }
 }
@@ -155,6 +162,8 @@ pub enum Auth {
     Token { token: String },
     /// Explicit opt-out for networks where the client cannot authenticate.
     None,
+    /// `Authorization: Bearer <token>`, one of several named tokens from a key file.
+    Tokens { tokens: Vec<NamedToken> },
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +201,8 @@ pub struct AppsPolicy {
     pub max_bundle_bytes: Option<u64>,
     /// Disk space that must stay free after an import (None: the default).
     pub reserve_bytes: Option<u64>,
+    /// How long an update waits for a recreated service to become healthy.
+    pub health_timeout: Duration,
 }
 
 /// Which power backend the Intervirt shutdown and reboot commands use.
@@ -241,6 +252,7 @@ pub struct Config {
     pub apps: AppsPolicy,
     pub intervirt: IntervirtConfig,
     pub duxcore: DuxcoreConfig,
+    pub snapshots: SnapshotsConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -263,6 +275,7 @@ struct RawConfig {
     intervirt: RawIntervirt,
     #[serde(default)]
     duxcore: RawDuxcore,
+    snapshots: distillery::RawSnapshots,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -278,6 +291,7 @@ struct RawApps {
     allowed_bind_paths: Vec<PathBuf>,
     max_bundle_bytes: Option<u64>,
     reserve_bytes: Option<u64>,
+    health_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -614,13 +628,15 @@ impl Config {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Port 0 asks the kernel for a free port: several listeners may ask.
         for (i, a) in listeners.iter().enumerate() {
-            if listeners[..i].iter().any(|b| b.address == a.address) {
+            if a.address.port() != 0 && listeners[..i].iter().any(|b| b.address == a.address) {
                 return Err(ConfigError::DuplicateAddress(a.address));
             }
         }
 
         let duxcore = build_duxcore(raw.duxcore, env, &state_dir, &listeners)?;
+        let snapshots = distillery::build_snapshots(raw.snapshots, &state_dir)?;
         Ok(Config {
             state_dir,
             docker_host,
@@ -654,10 +670,17 @@ impl Config {
                     allowed_bind_paths: a.allowed_bind_paths,
                     max_bundle_bytes: a.max_bundle_bytes,
                     reserve_bytes: a.reserve_bytes,
+                    health_timeout: match a.health_timeout_secs {
+                        Some(0) => {
+                            return Err(bad("apps.health_timeout_secs", "must be at least 1"))
+                        }
+                        n => Duration::from_secs(n.unwrap_or(300)),
+                    },
                 }
             },
             intervirt: build_intervirt(raw.intervirt, env)?,
             duxcore,
+            snapshots,
         })
     }
 }
@@ -665,7 +688,7 @@ impl Config {
 /// `GANTRY_<DIALECT>_{ADDRESS,AUTH,TOKEN_FILE}` apply to every listener of that dialect,
 /// creating one when the file has none.
 fn apply_listener_env(raws: &mut Vec<RawListener>, env: &dyn Env) -> Result<(), ConfigError> {
-    for dialect in ["transfer", "intervirt", "duxcore"] {
+    for dialect in ["transfer", "intervirt", "duxcore", "distillery"] {
         let prefix = format!("GANTRY_{}_", dialect.to_uppercase());
         let address = env.var(&format!("{prefix}ADDRESS"));
         let auth = env.var(&format!("{prefix}AUTH"));
@@ -711,7 +734,18 @@ fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
         None => dialect.default_address(),
     };
     let loopback = address.ip().is_loopback();
-    let auth = match raw.auth.as_deref() {
+    // A distillery client always authenticates with one of the named tokens.
+    let auth_name = match (dialect, raw.auth.as_deref()) {
+        (Dialect::Distillery, None | Some("tokens")) => Some("tokens"),
+        (Dialect::Distillery, Some(other)) => {
+            return Err(bad(
+                "auth",
+                format!("\"{other}\": a distillery listener takes auth = \"tokens\""),
+            ))
+        }
+        (_, a) => a,
+    };
+    let auth = match auth_name {
         None if loopback => Auth::Loopback,
         None => return Err(ConfigError::NoAuth(address)),
         Some("loopback") if loopback => Auth::Loopback,
@@ -744,16 +778,28 @@ fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
             }
             Auth::Token { token }
         }
+        Some("tokens") => {
+            let path = raw
+                .token_file
+                .as_ref()
+                .ok_or_else(|| bad("auth", "\"tokens\" needs token_file"))?;
+            Auth::Tokens {
+                tokens: distillery::read_tokens(path)?,
+            }
+        }
         Some("none") => Auth::None,
         Some(other) => {
             return Err(bad(
                 "auth",
-                format!("unknown auth \"{other}\" (loopback, token or none)"),
+                format!("unknown auth \"{other}\" (loopback, token, tokens or none)"),
             ))
         }
     };
-    if raw.token_file.is_some() && !matches!(auth, Auth::Token { .. }) {
-        return Err(bad("token_file", "is set but auth is not \"token\""));
+    if raw.token_file.is_some() && !matches!(auth, Auth::Token { .. } | Auth::Tokens { .. }) {
+        return Err(bad(
+            "token_file",
+            "is set but auth is not \"token\" or \"tokens\"",
+        ));
     }
     let prefix = match raw.prefix {
         Some(p) if dialect != Dialect::Transfer => {
@@ -1007,6 +1053,14 @@ mod tests {
         let t = "[[listeners]]\ndialect = \"transfer\"\n";
         let e = Config::parse(&format!("{t}{t}"), &env(&[])).unwrap_err();
         assert!(matches!(e, ConfigError::DuplicateAddress(_)), "{e:?}");
+        let t = "[[listeners]]\ndialect = \"transfer\"\naddress = \"127.0.0.1:0\"\n";
+        assert_eq!(
+            Config::parse(&format!("{t}{t}"), &env(&[]))
+                .unwrap()
+                .listeners
+                .len(),
+            2
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, PowerBackend, ProcessEnv, Source};
 use crate::core::apps::import::ImportSettings;
 use crate::core::apps::lifecycle::Apps;
+use crate::core::apps::snapshots::Snapshots;
 use crate::core::docker::DockerEngine;
 use crate::core::engine::ContainerEngine;
 use crate::core::health::EngineHealth;
@@ -132,6 +133,7 @@ fn auth_name(auth: &config::Auth) -> &'static str {
         config::Auth::Loopback => "loopback",
         config::Auth::Token { .. } => "token",
         config::Auth::None => "none",
+        config::Auth::Tokens { .. } => "tokens",
     }
 }
 
@@ -161,7 +163,9 @@ async fn serve(config: Config) -> ExitCode {
     let stop = CancellationToken::new();
     let health = EngineHealth::spawn(engine.clone(), config.docker_probe_interval, stop.clone());
     let apps = match Apps::open(engine.clone(), &config.state_dir, import_settings(&config)) {
-        Ok(a) => a.with_events(gantry_events(&config)),
+        Ok(a) => a
+            .with_events(gantry_events(&config))
+            .with_health_timeout(config.apps.health_timeout),
         Err(e) => {
             tracing::error!(error = %e, "cannot open the app store");
             return ExitCode::from(EXIT_FAILURE);
@@ -179,12 +183,20 @@ async fn serve(config: Config) -> ExitCode {
         Err(code) => return code,
     };
     let services = duxcore_services(&config, engine.clone());
+    let snapshots = match Snapshots::open(&config.snapshots.dir, config.snapshots.keep_backups) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the snapshots directory");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     let watch_engine = engine.clone();
     let core = Arc::new(
         Core::new(engine, health.clone(), apps)
             .with_intervirt(intervirt)
             .with_prefs(prefs)
-            .with_services(services),
+            .with_services(services)
+            .with_snapshots(snapshots),
     );
     spawn_reload_on_hangup(core.clone());
     {

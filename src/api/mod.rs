@@ -2,6 +2,7 @@
 //! onto core calls and implementing the server's [`Dialect`] seam. Shared HTTP plumbing
 //! lives in `http` (bodies, responses, queries) and `router` (the route table).
 
+pub mod distillery;
 pub mod duxcore;
 pub mod http;
 pub mod intervirt;
@@ -19,6 +20,7 @@ pub fn dialect(kind: config::Dialect) -> Arc<dyn Dialect> {
         config::Dialect::Transfer => Arc::new(transfer::Transfer),
         config::Dialect::Intervirt => Arc::new(intervirt::Intervirt),
         config::Dialect::Duxcore => Arc::new(duxcore::Duxcore),
+        config::Dialect::Distillery => Arc::new(distillery::Distillery),
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerSummary, EndpointSettings,
     ImageDeleteResponseItem, ImageInspect, ImageSummary, Network, NetworkConnectRequest,
@@ -18,14 +19,14 @@ use bollard::query_parameters::{
     ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
     PruneContainersOptionsBuilder, PruneImagesOptionsBuilder, PruneVolumesOptionsBuilder,
     RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RemoveVolumeOptionsBuilder,
-    StatsOptionsBuilder, StopContainerOptionsBuilder,
+    StatsOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::engine::{
-    Attached, ByteStream, ContainerEngine, EngineError, EngineResult, EngineVersion, Filter,
-    LoadedImages, LogLine,
+    Attached, ByteStream, ContainerEngine, EngineError, EngineResult, EngineVersion, ExecSession,
+    ExecState, Filter, LineStream, LoadedImages, LogLine,
 };
 
 pub struct DockerEngine {
@@ -437,41 +438,73 @@ impl ContainerEngine for DockerEngine {
     }
 
     async fn container_logs(&self, id: &str, tail: Option<u64>) -> EngineResult<Vec<LogLine>> {
-        let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
-        let opts = LogsOptionsBuilder::default()
-            .stdout(true)
-            .stderr(true)
-            .tail(&tail)
+        let opts = logs_options(tail, false);
+        output_lines(self.docker()?.logs(id, Some(opts)))
+            .try_collect()
+            .await
+    }
+
+    async fn tag_image(&self, image: &str, reference: &str) -> EngineResult<()> {
+        let reference = with_default_tag(reference);
+        let (repo, tag) = match reference.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => (r, t),
+            _ => (reference.as_str(), "latest"),
+        };
+        let opts = TagImageOptionsBuilder::default()
+            .repo(repo)
+            .tag(tag)
             .build();
-        let mut stream = self.docker()?.logs(id, Some(opts));
-        let mut out = Vec::new();
-        let mut partial: [String; 2] = Default::default();
-        while let Some(item) = stream.next().await {
-            let (stdout, message) = match item.map_err(map_error)? {
-                LogOutput::StdErr { message } => (false, message),
-                LogOutput::StdOut { message } | LogOutput::Console { message } => (true, message),
-                LogOutput::StdIn { .. } => continue,
-            };
-            // Frames need not end at line ends: keep the rest for the next frame.
-            let buf = &mut partial[usize::from(stdout)];
-            buf.push_str(&String::from_utf8_lossy(&message));
-            while let Some(pos) = buf.find('\n') {
-                let line: String = buf.drain(..=pos).collect();
-                out.push(LogLine {
-                    stdout,
-                    text: line.trim_end_matches(['\n', '\r']).to_string(),
-                });
-            }
+        self.docker()?
+            .tag_image(image, Some(opts))
+            .await
+            .map_err(map_error)
+    }
+
+    fn follow_logs(&self, id: &str, tail: Option<u64>) -> LineStream {
+        match self.docker() {
+            Ok(d) => output_lines(d.logs(id, Some(logs_options(tail, true)))),
+            Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
         }
-        for (i, rest) in partial.into_iter().enumerate() {
-            if !rest.is_empty() {
-                out.push(LogLine {
-                    stdout: i == 1,
-                    text: rest,
-                });
-            }
+    }
+
+    async fn exec(&self, id: &str, cmd: &[String]) -> EngineResult<ExecSession> {
+        let docker = self.docker()?;
+        let config = CreateExecOptions {
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            cmd: Some(cmd.to_vec()),
+            ..Default::default()
+        };
+        let exec = docker.create_exec(id, config).await.map_err(map_error)?;
+        match docker.start_exec(&exec.id, None).await.map_err(map_error)? {
+            StartExecResults::Attached { output, input } => Ok(ExecSession {
+                id: exec.id,
+                output: output_lines(output),
+                input,
+            }),
+            StartExecResults::Detached => Err(EngineError::Failed(
+                "Docker started the command detached".into(),
+            )),
         }
-        Ok(out)
+    }
+
+    async fn exec_state(&self, exec_id: &str) -> EngineResult<ExecState> {
+        let info = self
+            .docker()?
+            .inspect_exec(exec_id)
+            .await
+            .map_err(map_error)?;
+        Ok(match (info.running, info.exit_code) {
+            (Some(false), Some(code)) => ExecState::Exited(code),
+            _ => ExecState::Running {
+                pid: info
+                    .pid
+                    .and_then(|p| i32::try_from(p).ok())
+                    .filter(|p| *p > 0),
+            },
+        })
     }
 
     async fn kill_container(&self, id: &str) -> EngineResult<()> {
@@ -612,6 +645,89 @@ fn read_ahead(mut stream: ByteStream) -> ByteStream {
     }))
 }
 
+fn logs_options(tail: Option<u64>, follow: bool) -> bollard::query_parameters::LogsOptions {
+    let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
+    LogsOptionsBuilder::default()
+        .stdout(true)
+        .stderr(true)
+        .follow(follow)
+        .tail(&tail)
+        .build()
+}
+
+/// Docker's output frames being split into lines, per stream (stdout, stderr).
+struct Split<S> {
+    frames: std::pin::Pin<Box<S>>,
+    partial: [String; 2],
+    ready: std::collections::VecDeque<LogLine>,
+    done: bool,
+}
+
+impl<S> Split<S> {
+    /// A frame need not end at a line end: the rest waits for the next frame of its stream.
+    fn push(&mut self, stdout: bool, message: &[u8]) {
+        let buf = &mut self.partial[usize::from(stdout)];
+        buf.push_str(&String::from_utf8_lossy(message));
+        while let Some(pos) = buf.find('\n') {
+            let line: String = buf.drain(..=pos).collect();
+            self.ready.push_back(LogLine {
+                stdout,
+                text: line.trim_end_matches(['\n', '\r']).to_string(),
+            });
+        }
+    }
+
+    /// At the end: the unterminated last lines.
+    fn flush(&mut self) {
+        for (i, rest) in std::mem::take(&mut self.partial).into_iter().enumerate() {
+            if !rest.is_empty() {
+                self.ready.push_back(LogLine {
+                    stdout: i == 1,
+                    text: rest,
+                });
+            }
+        }
+    }
+}
+
+/// Docker's output frames as lines, per stream; an unterminated last line comes at the end.
+fn output_lines<S>(frames: S) -> LineStream
+where
+    S: futures_util::Stream<Item = Result<LogOutput, BollardError>> + Send + 'static,
+{
+    let split = Split {
+        frames: Box::pin(frames),
+        partial: Default::default(),
+        ready: Default::default(),
+        done: false,
+    };
+    Box::pin(futures_util::stream::unfold(split, |mut st| async move {
+        loop {
+            if let Some(line) = st.ready.pop_front() {
+                return Some((Ok(line), st));
+            }
+            if st.done {
+                return None;
+            }
+            match st.frames.next().await {
+                Some(Ok(LogOutput::StdErr { message })) => st.push(false, &message),
+                Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
+                    st.push(true, &message)
+                }
+                Some(Ok(LogOutput::StdIn { .. })) => {}
+                Some(Err(e)) => {
+                    st.done = true;
+                    return Some((Err(map_error(e)), st));
+                }
+                None => {
+                    st.done = true;
+                    st.flush();
+                }
+            }
+        }
+    }))
+}
+
 fn api_at_least(v: &str, major: u32, minor: u32) -> bool {
     let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
@@ -621,6 +737,37 @@ fn api_at_least(v: &str, major: u32, minor: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn output_frames_become_lines_per_stream() {
+        let frame = |stdout: bool, text: &str| {
+            let message = bytes::Bytes::from(text.to_string());
+            Ok(if stdout {
+                LogOutput::StdOut { message }
+            } else {
+                LogOutput::StdErr { message }
+            })
+        };
+        let frames = futures_util::stream::iter(vec![
+            frame(true, "one\ntw"),
+            frame(false, "err"),
+            frame(true, "o\r\nthree\n"),
+            frame(false, "or\n"),
+            frame(true, "last"),
+        ]);
+        let lines: Vec<LogLine> = output_lines(frames).try_collect().await.unwrap();
+        let text: Vec<(bool, &str)> = lines.iter().map(|l| (l.stdout, l.text.as_str())).collect();
+        assert_eq!(
+            text,
+            [
+                (true, "one"),
+                (true, "two"),
+                (true, "three"),
+                (false, "error"),
+                (true, "last")
+            ]
+        );
+    }
 
     #[test]
     fn pull_reference_gets_a_tag() {

@@ -240,6 +240,29 @@ pub trait ContainerEngine: Send + Sync + 'static {
         unsupported("importing root filesystems")
     }
 
+    /// Tags the image `image` (id or reference) as `reference` (`name:tag`).
+    async fn tag_image(&self, _image: &str, _reference: &str) -> EngineResult<()> {
+        unsupported("tagging images")
+    }
+
+    /// A container's output lines from the last `tail` (all with None) on, then as they are
+    /// written, until the container stops or the stream is dropped.
+    fn follow_logs(&self, _id: &str, _tail: Option<u64>) -> LineStream {
+        Box::pin(futures_util::stream::once(async {
+            unsupported("following logs")
+        }))
+    }
+
+    /// Runs `cmd` in the running container `id`, attached: its output and its stdin.
+    async fn exec(&self, _id: &str, _cmd: &[String]) -> EngineResult<ExecSession> {
+        unsupported("running commands in containers")
+    }
+
+    /// The state of a command [`ContainerEngine::exec`] started.
+    async fn exec_state(&self, _exec_id: &str) -> EngineResult<ExecState> {
+        unsupported("running commands in containers")
+    }
+
     // The Intervirt agent (src/core/intervirt) watches its containers through this.
 
     /// Container lifecycle events (`start`, `die`, `destroy`, ...) of the containers matching
@@ -250,6 +273,26 @@ pub trait ContainerEngine: Send + Sync + 'static {
             unsupported("watching container events")
         }))
     }
+}
+
+/// Output lines as they come (logs followed, a command's output).
+pub type LineStream = Pin<Box<dyn Stream<Item = EngineResult<LogLine>> + Send>>;
+
+/// A command running in a container ([`ContainerEngine::exec`]).
+pub struct ExecSession {
+    /// The exec's id, for [`ContainerEngine::exec_state`].
+    pub id: String,
+    /// Its stdout and stderr, line by line; ends when the command exits.
+    pub output: LineStream,
+    /// Its stdin.
+    pub input: Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+}
+
+/// A command's state: running (with its host pid), or ended with its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecState {
+    Running { pid: Option<i32> },
+    Exited(i64),
 }
 
 /// One container lifecycle event.

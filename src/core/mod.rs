@@ -6,6 +6,7 @@ pub mod docker;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod fetch;
 pub mod health;
 pub mod intervirt;
 pub mod network;
@@ -34,6 +35,8 @@ pub struct Core {
     pub prefs: prefs::Prefs,
     /// Services of the duxcore dialect, when a duxcore listener is configured.
     pub services: Option<Arc<services::Services>>,
+    /// Where snapshots and backups of apps go, when configured.
+    pub snapshots: Option<Arc<apps::snapshots::Snapshots>>,
 }
 
 impl Core {
@@ -50,6 +53,7 @@ impl Core {
             tasks: tasks::TaskRegistry::default(),
             prefs: prefs::Prefs::in_memory(),
             services: None,
+            snapshots: None,
         }
     }
 
@@ -68,6 +72,11 @@ impl Core {
         self.services.as_ref().ok_or_else(|| {
             CoreError::Failed("no duxcore listener is configured, so services are off".into())
         })
+    }
+
+    pub fn with_snapshots(mut self, snapshots: apps::snapshots::Snapshots) -> Self {
+        self.snapshots = Some(Arc::new(snapshots));
+        self
     }
 
     pub fn with_intervirt(mut self, agent: Option<Arc<intervirt::IntervirtAgent>>) -> Self {

@@ -30,6 +30,22 @@ pub enum TaskKind {
     CreateService,
     /// Importing a root filesystem tar as an image.
     ImportImage,
+    /// An app's containers recreated from its stored definition.
+    Rebuild,
+    /// Newer images pulled, changed services recreated, rolled back when unhealthy.
+    Update,
+    /// An app exported with its images into the snapshots directory.
+    Snapshot,
+    /// An app stopped and deleted with its images and volumes.
+    Purge,
+    /// An app bundle fetched, imported and started.
+    Provision,
+    /// A snapshot of every app.
+    Backup,
+    /// An app's logs followed.
+    Logs,
+    /// A command run in a service's container.
+    Exec,
 }
 
 /// What an operation does when its client goes away or the server stops.
@@ -52,19 +68,39 @@ impl TaskKind {
             TaskKind::Refresh => "refresh",
             TaskKind::CreateService => "create-service",
             TaskKind::ImportImage => "import-image",
+            TaskKind::Rebuild => "rebuild",
+            TaskKind::Update => "update",
+            TaskKind::Snapshot => "snapshot",
+            TaskKind::Purge => "purge",
+            TaskKind::Provision => "provision",
+            TaskKind::Backup => "backup",
+            TaskKind::Logs => "logs",
+            TaskKind::Exec => "exec",
         }
     }
 
-    /// An upload (import, image load) is worthless without its client and is rolled back; a
-    /// start or stop completes, so that the app never stays half started or half stopped. A
-    /// service whose creator left is not wanted either: its creation rolls back.
+    /// An upload (import, image load, a provision's import) is worthless without its client
+    /// and is rolled back, as is a service whose creator left and what only streams to the
+    /// client (logs, a command's output); a start, stop, rebuild, update or purge completes,
+    /// so that the app never stays half done, and a snapshot or backup is worth having
+    /// without its client.
     pub fn on_client_gone(self) -> Policy {
         match self {
             TaskKind::Import
             | TaskKind::LoadImage
             | TaskKind::CreateService
-            | TaskKind::ImportImage => Policy::Cancel,
-            TaskKind::Start | TaskKind::Stop | TaskKind::Refresh => Policy::Finish,
+            | TaskKind::ImportImage
+            | TaskKind::Provision
+            | TaskKind::Logs
+            | TaskKind::Exec => Policy::Cancel,
+            TaskKind::Start
+            | TaskKind::Stop
+            | TaskKind::Refresh
+            | TaskKind::Rebuild
+            | TaskKind::Update
+            | TaskKind::Purge
+            | TaskKind::Snapshot
+            | TaskKind::Backup => Policy::Finish,
         }
     }
 
@@ -72,15 +108,26 @@ impl TaskKind {
     /// operation may finish within the shutdown grace period. One still running after it has
     /// lost its client (the server drops what is left), so the client-gone policy applies:
     /// an upload rolls back, and the daemon waits for that before it exits.
+    ///
+    /// Following logs, a command, and writing snapshots (a temp file that is then removed)
+    /// stop at once too: none of them leaves anything half done.
     pub fn on_shutdown(self) -> Policy {
         match self {
-            TaskKind::Refresh => Policy::Cancel,
+            TaskKind::Refresh
+            | TaskKind::Logs
+            | TaskKind::Exec
+            | TaskKind::Snapshot
+            | TaskKind::Backup => Policy::Cancel,
             TaskKind::Import
             | TaskKind::LoadImage
             | TaskKind::Start
             | TaskKind::Stop
             | TaskKind::CreateService
-            | TaskKind::ImportImage => Policy::Finish,
+            | TaskKind::ImportImage
+            | TaskKind::Rebuild
+            | TaskKind::Update
+            | TaskKind::Purge
+            | TaskKind::Provision => Policy::Finish,
         }
     }
 }

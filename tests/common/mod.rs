@@ -152,6 +152,9 @@ const SCRUBBED_ENV: &[&str] = &[
     "GANTRY_TRANSFER_AUTH",
     "GANTRY_TRANSFER_TOKEN_FILE",
     "GANTRY_TRANSFER_PREFIX",
+    "GANTRY_DISTILLERY_ADDRESS",
+    "GANTRY_DISTILLERY_AUTH",
+    "GANTRY_DISTILLERY_TOKEN_FILE",
     "GANTRY_DOCKER_TIMEOUT_SECS",
     "GANTRY_DOCKER_TRANSFER_TIMEOUT_SECS",
     "GANTRY_DOCKER_PROBE_INTERVAL_SECS",
@@ -283,6 +286,7 @@ pub struct GantryBuilder {
     address: String,
     dialect: String,
     state_dir: Option<PathBuf>,
+    extra: Vec<String>,
 }
 
 impl GantryBuilder {
@@ -329,6 +333,11 @@ impl GantryBuilder {
         self.state_dir = Some(dir.to_path_buf());
         self
     }
+    /// Another `[[listeners]]` table after the transfer one (its lines, without the header).
+    pub fn extra_listener(mut self, lines: &str) -> Self {
+        self.extra.push(lines.to_string());
+        self
+    }
     /// The listener's address in the config file (default `127.0.0.1:0`: the kernel picks a
     /// free port and gantry reports it).
     pub fn address(mut self, address: &str) -> Self {
@@ -359,6 +368,11 @@ impl GantryBuilder {
         t += &format!("address = {:?}\n", self.address);
         for l in &self.listener {
             t += l;
+            t += "\n";
+        }
+        for x in &self.extra {
+            t += "\n[[listeners]]\n";
+            t += x;
             t += "\n";
         }
         t
@@ -435,11 +449,11 @@ pub fn listening_address(log: &str) -> Option<SocketAddr> {
     listening_address_of(log, "transfer")
 }
 
-/// The address of the listener of `dialect`, from gantry's log.
+/// The address of the listener of `dialect`, from gantry's log line.
 pub fn listening_address_of(log: &str, dialect: &str) -> Option<SocketAddr> {
-    let tag = format!("dialect={dialect}");
+    let want = format!("dialect={dialect} ");
     log.lines()
-        .filter(|l| l.contains(" listening ") && l.contains(&tag))
+        .filter(|l| l.contains(" listening ") && l.contains(&want))
         .find_map(|l| {
             let rest = &l[l.find("address=")? + "address=".len()..];
             rest.split_whitespace().next()?.parse().ok()
@@ -476,6 +490,7 @@ impl Gantry {
             address: "127.0.0.1:0".to_string(),
             dialect: "transfer".to_string(),
             state_dir: None,
+            extra: Vec::new(),
         }
     }
 
