@@ -34,7 +34,7 @@ pub enum ConfigError {
     /// An environment override that cannot be used.
     #[error("{var}: {message}")]
     Env { var: String, message: String },
-    #[error("unknown dialect \"{0}\" (known: transfer, intervirt)")]
+    #[error("unknown dialect \"{0}\" (known: transfer, intervirt, flowmanager)")]
     UnknownDialect(String),
     #[error("dialect \"{0}\" is not available in this build of gantry")]
     UnavailableDialect(String),
@@ -99,6 +99,7 @@ fn bad(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub enum Dialect {
     Transfer,
     Intervirt,
+    FlowManager,
 }
 
 impl Dialect {
@@ -106,9 +107,8 @@ impl Dialect {
         match s {
             "transfer" => Ok(Dialect::Transfer),
             "intervirt" => Ok(Dialect::Intervirt),
-            "flowmanager" | "duxcore" | "distillery" => {
-                Err(ConfigError::UnavailableDialect(s.to_string()))
-            }
+            "flowmanager" => Ok(Dialect::FlowManager),
+            "duxcore" | "distillery" => Err(ConfigError::UnavailableDialect(s.to_string())),
             other => Err(ConfigError::UnknownDialect(other.to_string())),
         }
     }
@@ -117,6 +117,7 @@ impl Dialect {
         match self {
             Dialect::Transfer => "transfer",
             Dialect::Intervirt => "intervirt",
+            Dialect::FlowManager => "flowmanager",
         }
     }
 
@@ -126,6 +127,8 @@ impl Dialect {
             // The guest's port that the Intervirt host forwards to: all interfaces, so its
             // listener needs an explicit auth setting (the client sends no credentials).
             Dialect::Intervirt => SocketAddr::from(([0, 0, 0, 0], 55436)),
+            // kawaflow's flow-manager port.
+            Dialect::FlowManager => SocketAddr::from(([127, 0, 0, 1], 8000)),
         }
     }
 }
@@ -230,6 +233,7 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub apps: AppsPolicy,
     pub intervirt: IntervirtConfig,
+    pub flow: FlowConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,6 +254,8 @@ struct RawConfig {
     apps: RawApps,
     #[serde(default)]
     intervirt: RawIntervirt,
+    #[serde(default)]
+    flowmanager: RawFlow,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -285,6 +291,79 @@ struct RawIntervirt {
 enum RawUpgrade {
     Preset(String),
     Argv(Vec<String>),
+}
+
+/// The Flow Manager dialect (`[flowmanager]`).
+#[derive(Debug, Clone)]
+pub struct FlowConfig {
+    /// Host directory of the containers' unix sockets (`<name>.sock`) and code (`<name>_code`).
+    pub socket_dir: PathBuf,
+    /// Period of `container_status_update` broadcasts.
+    pub status_interval: Duration,
+    /// Largest frame, either way, on a container's socket.
+    pub max_frame_bytes: u32,
+    /// How long a frame may take to reach a container (and a started frame to arrive).
+    pub socket_timeout: Duration,
+    /// Log lines a `container_crashed` event carries.
+    pub crash_log_lines: u32,
+    pub stop_timeout_secs: u32,
+    /// Pull an image that is missing locally at create.
+    pub pull_missing_images: bool,
+    /// How long an updated container must keep running before the update counts (0: no check).
+    pub update_settle: Duration,
+    /// Socket.IO clients one listener serves at once.
+    pub max_clients: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlow {
+    socket_dir: Option<PathBuf>,
+    status_interval_secs: Option<u64>,
+    max_frame_bytes: Option<u32>,
+    socket_timeout_secs: Option<u64>,
+    crash_log_lines: Option<u32>,
+    stop_timeout_secs: Option<u32>,
+    pull_missing_images: Option<bool>,
+    update_settle_secs: Option<u64>,
+    max_clients: Option<usize>,
+}
+
+fn build_flow(raw: RawFlow) -> Result<FlowConfig, ConfigError> {
+    let socket_dir = raw
+        .socket_dir
+        .unwrap_or_else(|| PathBuf::from("/tmp/kawaflow/sockets"));
+    if !socket_dir.is_absolute() {
+        return Err(bad(
+            "flowmanager.socket_dir",
+            format!("\"{}\" is not an absolute path", socket_dir.display()),
+        ));
+    }
+    let at_least_one = |key: &str, v: u64| match v {
+        0 => Err(bad(format!("flowmanager.{key}"), "must be at least 1")),
+        v => Ok(v),
+    };
+    let interval = at_least_one(
+        "status_interval_secs",
+        raw.status_interval_secs.unwrap_or(30),
+    )?;
+    let timeout = at_least_one("socket_timeout_secs", raw.socket_timeout_secs.unwrap_or(5))?;
+    let frame = at_least_one(
+        "max_frame_bytes",
+        raw.max_frame_bytes.unwrap_or(1 << 20).into(),
+    )?;
+    let clients = at_least_one("max_clients", raw.max_clients.unwrap_or(512) as u64)?;
+    Ok(FlowConfig {
+        socket_dir,
+        status_interval: Duration::from_secs(interval),
+        max_frame_bytes: frame as u32,
+        socket_timeout: Duration::from_secs(timeout),
+        crash_log_lines: raw.crash_log_lines.unwrap_or(20),
+        stop_timeout_secs: raw.stop_timeout_secs.unwrap_or(10),
+        pull_missing_images: raw.pull_missing_images.unwrap_or(true),
+        update_settle: Duration::from_secs(raw.update_settle_secs.unwrap_or(1)),
+        max_clients: clients as usize,
+    })
 }
 
 fn build_intervirt(raw: RawIntervirt, env: &dyn Env) -> Result<IntervirtConfig, ConfigError> {
@@ -546,6 +625,7 @@ impl Config {
                 }
             },
             intervirt: build_intervirt(raw.intervirt, env)?,
+            flow: build_flow(raw.flowmanager)?,
         })
     }
 }
@@ -553,7 +633,7 @@ impl Config {
 /// `GANTRY_<DIALECT>_{ADDRESS,AUTH,TOKEN_FILE}` apply to every listener of that dialect,
 /// creating one when the file has none.
 fn apply_listener_env(raws: &mut Vec<RawListener>, env: &dyn Env) -> Result<(), ConfigError> {
-    for dialect in ["transfer", "intervirt"] {
+    for dialect in ["transfer", "intervirt", "flowmanager"] {
         let prefix = format!("GANTRY_{}_", dialect.to_uppercase());
         let address = env.var(&format!("{prefix}ADDRESS"));
         let auth = env.var(&format!("{prefix}AUTH"));
@@ -969,6 +1049,46 @@ mod tests {
             .listeners
             .iter()
             .any(|l| l.dialect == Dialect::Intervirt && l.auth == Auth::Loopback));
+    }
+
+    #[test]
+    fn flowmanager_listener_and_section() {
+        let c = Config::parse("[[listeners]]\ndialect = \"flowmanager\"\n", &env(&[])).unwrap();
+        assert_eq!(c.listeners[0].dialect, Dialect::FlowManager);
+        assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.listeners[0].auth, Auth::Loopback);
+        assert_eq!(c.flow.socket_dir, PathBuf::from("/tmp/kawaflow/sockets"));
+        assert_eq!(c.flow.status_interval, Duration::from_secs(30));
+        assert_eq!(c.flow.max_frame_bytes, 1 << 20);
+        let c = Config::parse(
+            "[flowmanager]\nsocket_dir = \"/srv/k\"\nstatus_interval_secs = 2\nmax_clients = 9\n",
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.flow.socket_dir, PathBuf::from("/srv/k"));
+        assert_eq!(c.flow.status_interval, Duration::from_secs(2));
+        assert_eq!(c.flow.max_clients, 9);
+        for (text, key) in [
+            (
+                "[flowmanager]\nsocket_dir = \"rel\"\n",
+                "flowmanager.socket_dir",
+            ),
+            (
+                "[flowmanager]\nstatus_interval_secs = 0\n",
+                "flowmanager.status_interval_secs",
+            ),
+            (
+                "[flowmanager]\nmax_frame_bytes = 0\n",
+                "flowmanager.max_frame_bytes",
+            ),
+        ] {
+            assert_eq!(refused_key(text, &[]), key, "{text}");
+        }
+        let c = Config::parse("", &env(&[("GANTRY_FLOWMANAGER_ADDRESS", "127.0.0.1:0")])).unwrap();
+        assert!(c
+            .listeners
+            .iter()
+            .any(|l| l.dialect == Dialect::FlowManager));
     }
 
     #[test]

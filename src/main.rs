@@ -175,9 +175,11 @@ async fn serve(config: Config) -> ExitCode {
         Err(code) => return code,
     };
     let watch_engine = engine.clone();
+    let flow = start_flow(&config, engine.clone(), stop.clone()).await;
     let core = Arc::new(
         Core::new(engine, health.clone(), apps)
             .with_intervirt(intervirt)
+            .with_flow(flow)
             .with_prefs(prefs),
     );
     {
@@ -287,6 +289,26 @@ async fn start_intervirt(
     agent.start_up(stop).await;
     tracing::info!(power = ?c.power, "Intervirt agent ready");
     Ok(Some(agent))
+}
+
+/// The Flow Manager, when a listener speaks its dialect: its containers' sockets are served
+/// again (kept across a restart under systemd) before anything is served.
+async fn start_flow(
+    config: &Config,
+    engine: Arc<dyn ContainerEngine>,
+    stop: CancellationToken,
+) -> Option<Arc<crate::core::flow::FlowManager>> {
+    if !config
+        .listeners
+        .iter()
+        .any(|l| l.dialect == config::Dialect::FlowManager)
+    {
+        return None;
+    }
+    let flow = crate::core::flow::FlowManager::new(engine, config.flow.clone(), stop.clone());
+    flow.start_up(stop).await;
+    tracing::info!(socket_dir = %config.flow.socket_dir.display(), "Flow Manager ready");
+    Some(flow)
 }
 
 fn import_settings(config: &Config) -> ImportSettings {

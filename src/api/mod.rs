@@ -2,6 +2,7 @@
 //! onto core calls and implementing the server's [`Dialect`] seam. Shared HTTP plumbing
 //! lives in `http` (bodies, responses, queries) and `router` (the route table).
 
+pub mod flowmanager;
 pub mod http;
 pub mod intervirt;
 pub mod router;
@@ -17,6 +18,7 @@ pub fn dialect(kind: config::Dialect) -> Arc<dyn Dialect> {
     match kind {
         config::Dialect::Transfer => Arc::new(transfer::Transfer),
         config::Dialect::Intervirt => Arc::new(intervirt::Intervirt),
+        config::Dialect::FlowManager => Arc::new(flowmanager::FlowManager::default()),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod docker;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod flow;
 pub mod health;
 pub mod intervirt;
 pub mod network;
@@ -31,6 +32,8 @@ pub struct Core {
     pub tasks: tasks::TaskRegistry,
     /// The device name and key/value settings (persisted in the state directory).
     pub prefs: prefs::Prefs,
+    /// The Flow Manager, when a flowmanager listener is configured.
+    pub flow: Option<Arc<flow::FlowManager>>,
 }
 
 impl Core {
@@ -46,11 +49,17 @@ impl Core {
             intervirt: None,
             tasks: tasks::TaskRegistry::default(),
             prefs: prefs::Prefs::in_memory(),
+            flow: None,
         }
     }
 
     pub fn with_prefs(mut self, prefs: prefs::Prefs) -> Self {
         self.prefs = prefs;
+        self
+    }
+
+    pub fn with_flow(mut self, flow: Option<Arc<flow::FlowManager>>) -> Self {
+        self.flow = flow;
         self
     }
 

@@ -26,6 +26,10 @@ pub enum TaskKind {
     LoadImage,
     Stop,
     Refresh,
+    /// Flow Manager container operations.
+    FlowCreate,
+    FlowUpdate,
+    FlowDelete,
 }
 
 /// What an operation does when its client goes away or the server stops.
@@ -46,15 +50,21 @@ impl TaskKind {
             TaskKind::LoadImage => "load-image",
             TaskKind::Stop => "stop",
             TaskKind::Refresh => "refresh",
+            TaskKind::FlowCreate => "flow-create",
+            TaskKind::FlowUpdate => "flow-update",
+            TaskKind::FlowDelete => "flow-delete",
         }
     }
 
     /// An upload (import, image load) is worthless without its client and is rolled back; a
-    /// start or stop completes, so that the app never stays half started or half stopped.
+    /// start or stop completes, so that the app never stays half started or half stopped. A
+    /// Flow Manager create, update or delete completes too: its outcome shows in the container
+    /// list and the broadcasts every client gets.
     pub fn on_client_gone(self) -> Policy {
         match self {
             TaskKind::Import | TaskKind::LoadImage => Policy::Cancel,
             TaskKind::Start | TaskKind::Stop | TaskKind::Refresh => Policy::Finish,
+            TaskKind::FlowCreate | TaskKind::FlowUpdate | TaskKind::FlowDelete => Policy::Finish,
         }
     }
 
@@ -65,9 +75,13 @@ impl TaskKind {
     pub fn on_shutdown(self) -> Policy {
         match self {
             TaskKind::Refresh => Policy::Cancel,
-            TaskKind::Import | TaskKind::LoadImage | TaskKind::Start | TaskKind::Stop => {
-                Policy::Finish
-            }
+            TaskKind::Import
+            | TaskKind::LoadImage
+            | TaskKind::Start
+            | TaskKind::Stop
+            | TaskKind::FlowCreate
+            | TaskKind::FlowUpdate
+            | TaskKind::FlowDelete => Policy::Finish,
         }
     }
 }
