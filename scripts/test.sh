@@ -43,6 +43,9 @@ DOCKERD_WAIT_SECS=30
 IMAGE="gantry-test/busybox:latest"
 SCHEMATHESIS_VERSION=4.32.5
 ST_VENV="${GANTRY_TEST_VENV_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gantry-test}/schemathesis-$SCHEMATHESIS_VERSION"
+# python-socketio: the real Socket.IO client of the flowmanager tests (tests/flowmanager.rs).
+SOCKETIO_VERSION=5.14.1
+SIO_VENV="${GANTRY_TEST_VENV_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gantry-test}/socketio-$SOCKETIO_VERSION"
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 warn() { printf 'test.sh: WARNING: %s\n' "$*" >&2; }
@@ -333,6 +336,29 @@ if want_schemathesis; then
     fi
 fi
 
+# python-socketio (with its polling and websocket client transports), pinned, in its own
+# virtualenv; the tests get its python as GANTRY_TEST_PYTHON.
+install_socketio() {
+    if [[ "$("$SIO_VENV/bin/pip" show python-socketio 2>/dev/null)" == *"Version: $SOCKETIO_VERSION"* ]] &&
+        "$SIO_VENV/bin/python" -c "import socketio, websocket, requests" 2>/dev/null; then
+        return 0
+    fi
+    rm -rf "$SIO_VENV"
+    mkdir -p "$(dirname "$SIO_VENV")" &&
+        python3 -m venv "$SIO_VENV" &&
+        "$SIO_VENV/bin/pip" install -q --disable-pip-version-check \
+            "python-socketio[client]==$SOCKETIO_VERSION" &&
+        "$SIO_VENV/bin/python" -c "import socketio, websocket, requests"
+}
+
+SIO_PYTHON=""
+log "python-socketio $SOCKETIO_VERSION (virtualenv $SIO_VENV)"
+if install_socketio; then
+    SIO_PYTHON="$SIO_VENV/bin/python"
+else
+    FAILED+=("install python-socketio $SOCKETIO_VERSION (pip)")
+fi
+
 # 2. Build, format, lint (host network namespace: cargo may need the registry)
 
 BUILD_OK=1
@@ -486,6 +512,7 @@ test_command_in_netns() {
         GANTRY_TEST_DOCKER_HOST="unix://$DOCKER_SOCK"
         GANTRY_TEST_IMAGE="$IMAGE"
         GANTRY_TEST_DOCKER_CLI="$DOCKER_CLI"
+        GANTRY_TEST_PYTHON="$SIO_PYTHON"
         DOCKER_CONFIG="$TMPD/docker-cli-config"
         CARGO_NET_OFFLINE=true
         RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"

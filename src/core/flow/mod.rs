@@ -166,8 +166,9 @@ impl FlowManager {
         tokio::spawn(monitor::periodic(self.clone(), stop));
     }
 
-    /// Serves the socket of every container this dialect created, at the path it was
-    /// mounted from.
+    /// Serves the socket of every container this dialect created whose socket lives in the
+    /// socket directory, at the path it was mounted from. (Sockets elsewhere belong to
+    /// another socket directory, or another gantry on the same Docker: never taken over.)
     async fn reopen_sockets(&self) -> CoreResult<()> {
         for c in self.list_raw().await? {
             let (Some(id), Some(name)) = (c.id, c.names.and_then(|n| n.into_iter().next())) else {
@@ -179,6 +180,10 @@ impl FlowManager {
                 .as_ref()
                 .and_then(|l| l.get(LABEL_SOCKET))
                 .map_or_else(|| self.sockets.path_of(&name), PathBuf::from);
+            if path.parent() != Some(self.settings.socket_dir.as_path()) {
+                tracing::debug!(container = %name, socket = %path.display(), "socket outside flowmanager.socket_dir: not served");
+                continue;
+            }
             if let Err(e) = self.sockets.open(&name, &id, &path) {
                 tracing::warn!(container = %name, error = %e, "cannot serve a container socket");
             }

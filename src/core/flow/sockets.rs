@@ -389,15 +389,20 @@ async fn write_frames(
             Ok(Err(_)) => Err(SocketFailure::Connection),
             Err(_) => Err(SocketFailure::Timeout),
         };
-        let failed = result.is_err();
         let _ = out.done.send(result);
-        if failed {
+        if let Err(f) = result {
+            // Frames queued behind this one fail the same way.
             reset.cancel();
-            break;
+            drain(&mut rx, f);
+            return;
         }
     }
+    drain(&mut rx, SocketFailure::Connection);
+}
+
+fn drain(rx: &mut mpsc::Receiver<Outgoing>, failure: SocketFailure) {
     rx.close();
     while let Ok(o) = rx.try_recv() {
-        let _ = o.done.send(Err(SocketFailure::Connection));
+        let _ = o.done.send(Err(failure));
     }
 }

@@ -115,8 +115,14 @@ impl FlowManager {
                 })
             }
             Err(e) => {
+                // The old code first: the old container mounts the directory when it starts.
                 if let Err(u) = swap.undo() {
                     tracing::error!(container = %name, error = %u, "cannot put the old code back");
+                }
+                if is_running(&c) {
+                    if let Err(e) = self.engine.start_container(&id_of(&c)).await {
+                        tracing::error!(container = %name, error = %e, "rollback: cannot start the old container");
+                    }
                 }
                 Err(e.context(format!("updating {name} failed and was rolled back")))
             }
@@ -124,7 +130,8 @@ impl FlowManager {
     }
 
     /// The successor of `c` runs under its name; the old container is removed. On failure
-    /// the old container is back as it was.
+    /// the old container is back under its name, stopped (the caller restarts it once the
+    /// old code is back).
     async fn recreate(&self, c: &ContainerInspectResponse, code: &Path) -> CoreResult<String> {
         let (old, name, running) = (id_of(c), name_of(c), is_running(c));
         let parked = format!("{name}-gantry-old-{}", &old[..old.len().min(12)]);
@@ -135,7 +142,6 @@ impl FlowManager {
                 .await?;
         }
         if let Err(e) = self.engine.rename_container(&old, &parked).await {
-            self.restore(&old, &name, running, false).await;
             return Err(e.into());
         }
         match self.start_successor(&name, body, running).await {
@@ -149,7 +155,7 @@ impl FlowManager {
                 Ok(new)
             }
             Err(e) => {
-                self.restore(&old, &name, running, true).await;
+                self.restore(&old, &name).await;
                 Err(e)
             }
         }
@@ -181,10 +187,11 @@ impl FlowManager {
                 .await
                 .unwrap_or_default();
             let tail: Vec<String> = logs.into_iter().map(|l| l.text).collect();
-            Err(CoreError::Failed(format!(
+            let why = format!(
                 "the updated container exited with code {code} right after its start: {}",
                 tail.join(" | ")
-            )))
+            );
+            Err(crate::core::engine::EngineError::Failed(why).into())
         }
         .await;
         if result.is_err() {
@@ -193,21 +200,13 @@ impl FlowManager {
         result.map(|()| new)
     }
 
-    /// The old container gets its name back (`renamed`: it was parked) and runs again if it
-    /// ran.
-    async fn restore(&self, old: &str, name: &str, running: bool, renamed: bool) {
-        if renamed {
-            if let Err(e) = self.engine.rename_container(old, name).await {
-                tracing::error!(container = %name, error = %e, "rollback: cannot give the old container its name back");
-            }
+    /// The old container gets its name back.
+    async fn restore(&self, old: &str, name: &str) {
+        if let Err(e) = self.engine.rename_container(old, name).await {
+            tracing::error!(container = %name, error = %e, "rollback: cannot give the old container its name back");
         }
         if let Some(ep) = self.sockets.get(name) {
             ep.set_container(old);
-        }
-        if running {
-            if let Err(e) = self.engine.start_container(old).await {
-                tracing::error!(container = %name, error = %e, "rollback: cannot start the old container");
-            }
         }
     }
 }
