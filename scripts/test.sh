@@ -314,15 +314,21 @@ want_schemathesis() {
     [[ ${#CARGO_TEST_ARGS[@]} -eq 0 ]]
 }
 
+# A new virtualenv at $1 with the pip requirements $2...
+fresh_venv() {
+    local venv=$1
+    shift
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")" &&
+        python3 -m venv "$venv" &&
+        "$venv/bin/pip" install -q --disable-pip-version-check "$@"
+}
+
 install_schemathesis() {
     if [[ "$("$ST_VENV/bin/st" --version 2>/dev/null)" == *" $SCHEMATHESIS_VERSION" ]]; then
         return 0
     fi
-    rm -rf "$ST_VENV"
-    mkdir -p "$(dirname "$ST_VENV")" &&
-        python3 -m venv "$ST_VENV" &&
-        "$ST_VENV/bin/pip" install -q --disable-pip-version-check \
-            "schemathesis==$SCHEMATHESIS_VERSION" &&
+    fresh_venv "$ST_VENV" "schemathesis==$SCHEMATHESIS_VERSION" &&
         "$ST_VENV/bin/st" --version >/dev/null
 }
 
@@ -339,16 +345,13 @@ fi
 # python-socketio (with its polling and websocket client transports), pinned, in its own
 # virtualenv; the tests get its python as GANTRY_TEST_PYTHON.
 install_socketio() {
+    local check=(-c "import socketio, websocket, requests")
     if [[ "$("$SIO_VENV/bin/pip" show python-socketio 2>/dev/null)" == *"Version: $SOCKETIO_VERSION"* ]] &&
-        "$SIO_VENV/bin/python" -c "import socketio, websocket, requests" 2>/dev/null; then
+        "$SIO_VENV/bin/python" "${check[@]}" 2>/dev/null; then
         return 0
     fi
-    rm -rf "$SIO_VENV"
-    mkdir -p "$(dirname "$SIO_VENV")" &&
-        python3 -m venv "$SIO_VENV" &&
-        "$SIO_VENV/bin/pip" install -q --disable-pip-version-check \
-            "python-socketio[client]==$SOCKETIO_VERSION" &&
-        "$SIO_VENV/bin/python" -c "import socketio, websocket, requests"
+    fresh_venv "$SIO_VENV" "python-socketio[client]==$SOCKETIO_VERSION" &&
+        "$SIO_VENV/bin/python" "${check[@]}"
 }
 
 SIO_PYTHON=""

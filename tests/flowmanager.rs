@@ -15,6 +15,18 @@ use harness::{in_container, short, FdStore, Fm, Peer, Sio};
 
 const T: Duration = Duration::from_secs(30);
 
+/// The test dockerd, python-socketio and gantry with `flow` in its `[flowmanager]` table:
+/// `(gantry, python, cleanup, a client)`; the test skips (fails under CI) without them.
+macro_rules! setup {
+    ($flow:expr) => {{
+        let host = require_docker!();
+        let py = require_python!();
+        let fm = Fm::start(&host, $flow);
+        let client = fm.client(&py, None);
+        (fm, py, Cleanup::new(), client)
+    }};
+}
+
 /// A container command that ends at once on SIGTERM, and runs `/app/run.sh` first when an
 /// update put one there.
 const RUN: &str =
@@ -57,9 +69,7 @@ fn activity(c: &mut Sio, kind: &str, id: &str) -> Value {
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn clients_connect_over_polling_websocket_and_the_upgrade() {
-    let host = require_docker!();
-    let py = require_python!();
-    let fm = Fm::start(&host, "");
+    let (fm, py, _cleanup, _first) = setup!("");
     for transports in [Some(&["polling"][..]), Some(&["websocket"][..]), None] {
         let mut c = fm.client(&py, transports);
         let hello = c.expect("connected", T);
@@ -105,11 +115,7 @@ fn clients_connect_over_polling_websocket_and_the_upgrade() {
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn every_request_event_answers_and_logs_activity_for_every_client() {
-    let host = require_docker!();
-    let py = require_python!();
-    let mut cleanup = Cleanup::new();
-    let fm = Fm::start(&host, "");
-    let mut c = fm.client(&py, Some(&["websocket"]));
+    let (fm, py, mut cleanup, mut c) = setup!("");
     let mut other = fm.client(&py, Some(&["polling"]));
     let made = create(
         &mut c,
@@ -242,11 +248,7 @@ fn every_request_event_answers_and_logs_activity_for_every_client() {
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn every_error_type_carries_details_and_is_followed_by_an_activity_log() {
-    let host = require_docker!();
-    let py = require_python!();
-    let mut cleanup = Cleanup::new();
-    let fm = Fm::start(&host, "socket_timeout_secs = 1\nmax_frame_bytes = 65536");
-    let mut c = fm.client(&py, None);
+    let (fm, _py, mut cleanup, mut c) = setup!("socket_timeout_secs = 1\nmax_frame_bytes = 65536");
     let expect_error =
         |c: &mut Sio, event: &str, data: Value, reply: &str, error_type: &str| -> Value {
             let e = c.call(event, data.clone(), reply).expect_err(event);
@@ -385,11 +387,7 @@ fn every_error_type_carries_details_and_is_followed_by_an_activity_log() {
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn messages_flow_both_ways_and_bad_peers_block_nothing() {
-    let host = require_docker!();
-    let py = require_python!();
-    let mut cleanup = Cleanup::new();
-    let fm = Fm::start(&host, "socket_timeout_secs = 2");
-    let mut c = fm.client(&py, Some(&["websocket"]));
+    let (fm, py, mut cleanup, mut c) = setup!("socket_timeout_secs = 2");
     let mut other = fm.client(&py, Some(&["polling"]));
     let (id, name) = running(&mut c, &mut cleanup, "fm-msg");
     let (id2, slow) = running(&mut c, &mut cleanup, "fm-slow");
@@ -517,11 +515,7 @@ fn code_dir(root: &std::path::Path, name: &str, script: &str) -> std::path::Path
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn update_swaps_the_code_recreates_the_container_and_rolls_back_on_failure() {
-    let host = require_docker!();
-    let py = require_python!();
-    let mut cleanup = Cleanup::new();
-    let fm = Fm::start(&host, "update_settle_secs = 1");
-    let mut c = fm.client(&py, None);
+    let (fm, _py, mut cleanup, mut c) = setup!("update_settle_secs = 1");
     let made = create(
         &mut c,
         &mut cleanup,
@@ -637,11 +631,7 @@ fn update_swaps_the_code_recreates_the_container_and_rolls_back_on_failure() {
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn crashes_health_outside_stops_and_periodic_status_are_broadcast() {
-    let host = require_docker!();
-    let py = require_python!();
-    let mut cleanup = Cleanup::new();
-    let fm = Fm::start(&host, "status_interval_secs = 1\ncrash_log_lines = 5");
-    let mut c = fm.client(&py, None);
+    let (_fm, _py, mut cleanup, mut c) = setup!("status_interval_secs = 1\ncrash_log_lines = 5");
     // A crash: a non-zero exit nobody asked for, with its last log lines.
     let made = create(
         &mut c,

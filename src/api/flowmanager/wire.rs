@@ -171,27 +171,27 @@ fn ports(p: &[(String, u16)]) -> Value {
     Value::Object(p.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
 }
 
-pub fn created(c: &ContainerInfo) -> Value {
-    json!({
-        "container_id": c.id,
+/// A container as `container_created` and `container_list` show it, its id under `id_key`.
+fn info(c: &ContainerInfo, id_key: &str) -> Value {
+    let mut v = json!({
         "name": c.name,
         "image": c.image,
         "status": c.state,
         "socket_path": c.socket_path.display().to_string(),
         "ports": ports(&c.ports),
-    })
+    });
+    v[id_key] = json!(c.id);
+    v
+}
+
+pub fn created(c: &ContainerInfo) -> Value {
+    info(c, "container_id")
 }
 
 pub fn listed(c: &ContainerInfo) -> Value {
-    json!({
-        "id": c.id,
-        "name": c.name,
-        "status": c.state,
-        "image": c.image,
-        "created": c.created,
-        "socket_path": c.socket_path.display().to_string(),
-        "ports": ports(&c.ports),
-    })
+    let mut v = info(c, "id");
+    v["created"] = json!(c.created);
+    v
 }
 
 fn resources(r: &Option<ResourceUsage>) -> Value {
@@ -211,30 +211,27 @@ fn resources(r: &Option<ResourceUsage>) -> Value {
     })
 }
 
-/// `container_status`'s payload (the caller's container id).
-pub fn status(container_id: &str, s: &ContainerStatus) -> Value {
+/// The status fields both `container_status` and `container_status_update` carry.
+fn status_fields(s: &ContainerStatus) -> Value {
     json!({
-        "container_id": container_id,
         "state": s.state,
         "health": s.health,
         "uptime": s.uptime,
         "socket_connected": s.socket_connected,
-        "last_communication": s.last_communication.map(iso),
         "resource_usage": resources(&s.resources),
     })
 }
 
+/// `container_status`'s payload (the caller's container id).
+pub fn status(container_id: &str, s: &ContainerStatus) -> Value {
+    let mut v = status_fields(s);
+    v["container_id"] = json!(container_id);
+    v["last_communication"] = json!(s.last_communication.map(iso));
+    v
+}
+
 fn status_update(s: &ContainerStatus) -> Value {
-    json!({
-        "container_id": s.id,
-        "status": {
-            "state": s.state,
-            "health": s.health,
-            "socket_connected": s.socket_connected,
-            "uptime": s.uptime,
-            "resource_usage": resources(&s.resources),
-        },
-    })
+    json!({"container_id": s.id, "status": status_fields(s)})
 }
 
 /// The error type of a failed request, from the error's kind (and, where the kind is too

@@ -154,36 +154,50 @@ impl Core {
         )
     }
 
+    /// Runs `run` as the operation `kind` on container `id`, reporting `step` first.
+    fn flow_op<T, F, Fut>(
+        self: &Arc<Self>,
+        kind: TaskKind,
+        id: &str,
+        step: FlowStep,
+        start: &Start,
+        run: F,
+    ) -> CoreResult<Operation<FlowStep, T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<FlowManager>, String) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = CoreResult<T>> + Send + 'static,
+    {
+        let flow = self.flow()?;
+        let id = id.to_string();
+        self.operation(kind, Some(&id.clone()), start, move |_, r, _| {
+            r.report(step);
+            run(flow, id)
+        })
+    }
+
     pub fn flow_update(
         self: &Arc<Self>,
         id: &str,
         code_path: PathBuf,
         start: &Start,
     ) -> CoreResult<UpdateOperation> {
-        let flow = self.flow()?;
-        let id = id.to_string();
-        self.operation(
+        self.flow_op(
             TaskKind::FlowUpdate,
-            Some(&id.clone()),
+            id,
+            FlowStep::Updating,
             start,
-            move |_, r, _| async move {
-                r.report(FlowStep::Updating);
-                flow.update_code(&id, &code_path).await
-            },
+            |flow, id| async move { flow.update_code(&id, &code_path).await },
         )
     }
 
     pub fn flow_delete(self: &Arc<Self>, id: &str, start: &Start) -> CoreResult<DeleteOperation> {
-        let flow = self.flow()?;
-        let id = id.to_string();
-        self.operation(
+        self.flow_op(
             TaskKind::FlowDelete,
-            Some(&id.clone()),
+            id,
+            FlowStep::Removing,
             start,
-            move |_, r, _| async move {
-                r.report(FlowStep::Removing);
-                flow.delete(&id).await
-            },
+            |flow, id| async move { flow.delete(&id).await },
         )
     }
 }
