@@ -428,3 +428,81 @@ pub fn broadcast(e: &FlowEvent) -> Vec<(&'static str, Value)> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::engine::EngineError;
+
+    #[test]
+    fn error_types_follow_the_core_error() {
+        let flow = |e: FlowError| CoreError::from(e).context("doing it");
+        let sock = |f| flow(FlowError::socket(f, "x"));
+        let cases = [
+            (CoreError::Invalid("x".into()), "validation_error"),
+            (
+                flow(FlowError::ImageNotFound("x".into())),
+                "image_not_found",
+            ),
+            (
+                flow(FlowError::ContainerNotFound("x".into())),
+                "container_not_found",
+            ),
+            (
+                CoreError::from(EngineError::Conflict("in use".into())),
+                "docker_api_error",
+            ),
+            (
+                CoreError::from(EngineError::Unavailable("down".into())).context("c"),
+                "docker_api_error",
+            ),
+            (sock(SocketFailure::Setup), "socket_error"),
+            (sock(SocketFailure::Connection), "socket_connection_error"),
+            (sock(SocketFailure::Timeout), "socket_timeout_error"),
+            (
+                sock(SocketFailure::Communication),
+                "socket_communication_error",
+            ),
+            (
+                CoreError::io("x", std::io::Error::other("disk")),
+                "system_error",
+            ),
+        ];
+        for (e, t) in cases {
+            assert_eq!(error_type(&e), t, "{e}");
+        }
+    }
+
+    #[test]
+    fn create_data_is_read_with_the_additions() {
+        let v = serde_json::json!({
+            "image": "flow:latest", "environment": {"A": 1, "B": true},
+            "ports": {"8080": "18080"}, "command": "run", "healthcheck": {"test": "exit 0", "interval": 1.5},
+        });
+        let s = spec(object(&v).unwrap()).unwrap();
+        assert_eq!(
+            s.environment,
+            vec![("A".into(), "1".into()), ("B".into(), "true".into())]
+        );
+        assert_eq!(s.ports, vec![("8080".into(), 18080)]);
+        assert_eq!(s.command.unwrap(), vec!["/bin/sh", "-c", "run"]);
+        let h = s.healthcheck.unwrap();
+        assert_eq!(h.test, vec!["CMD-SHELL", "exit 0"]);
+        assert_eq!(h.interval, Some(std::time::Duration::from_millis(1500)));
+        for bad in [
+            serde_json::json!({}),
+            serde_json::json!({"image": 3}),
+            serde_json::json!({"image": "x", "ports": []}),
+        ] {
+            assert!(spec(object(&bad).unwrap()).is_err(), "{bad}");
+        }
+        assert!(object(&serde_json::json!([1])).is_err());
+    }
+
+    #[test]
+    fn activity_logs_carry_both_key_spellings() {
+        let a = activity("container_started", "id", "m".into(), serde_json::json!({}));
+        assert_eq!(a["type"], "container_started");
+        assert_eq!(a["activity_type"], "container_started");
+    }
+}

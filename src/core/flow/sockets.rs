@@ -406,3 +406,128 @@ fn drain(rx: &mut mpsc::Receiver<Outgoing>, failure: SocketFailure) {
         let _ = o.done.send(Err(failure));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn hub(dir: &Path) -> (Arc<Hub>, broadcast::Receiver<FlowEvent>) {
+        let (tx, rx) = broadcast::channel(16);
+        let hub = Hub::new(
+            dir.to_path_buf(),
+            64,
+            Duration::from_millis(300),
+            tx,
+            CancellationToken::new(),
+        );
+        (Arc::new(hub), rx)
+    }
+
+    async fn connected(ep: &Endpoint, path: &Path) -> UnixStream {
+        let s = UnixStream::connect(path).await.unwrap();
+        for _ in 0..100 {
+            if ep.connected() {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the endpoint did not take the connection");
+    }
+
+    #[tokio::test]
+    async fn frames_flow_both_ways_and_garbage_resets_only_that_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, mut events) = hub(dir.path()).await;
+        let path = hub.path_of("c1");
+        let ep = hub.open("c1", "id1", &path).unwrap();
+        let e = ep
+            .send(frame(b"{}"), Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FlowError::Socket {
+                    failure: SocketFailure::Connection,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let mut peer = connected(&ep, &path).await;
+        ep.send(frame(br#"{"a":1}"#), Duration::from_secs(1))
+            .await
+            .unwrap();
+        let mut got = [0u8; 11];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"\0\0\0\x07{\"a\":1}");
+        peer.write_all(&frame(b"[1,2]")).await.unwrap();
+        match events.recv().await.unwrap() {
+            FlowEvent::MessageReceived { id, message, .. } => {
+                assert_eq!((id.as_str(), message), ("id1", serde_json::json!([1, 2])));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Over the limit: refused, the connection reset.
+        peer.write_all(&1000u32.to_be_bytes()).await.unwrap();
+        match events.recv().await.unwrap() {
+            FlowEvent::SocketFailed { error, .. } => {
+                assert!(error.to_string().contains("over the limit"), "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(peer.read(&mut got).await.unwrap(), 0, "reset");
+        // Not JSON, and a stalled frame: the same.
+        for bad in [&frame(b"nope")[..], &[0, 0, 0, 9, b'{'][..]] {
+            let mut peer = connected(&ep, &path).await;
+            peer.write_all(bad).await.unwrap();
+            assert!(matches!(
+                events.recv().await.unwrap(),
+                FlowEvent::SocketFailed { .. }
+            ));
+            assert_eq!(peer.read(&mut got).await.unwrap(), 0, "reset");
+        }
+        hub.close("c1");
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_does_not_read_times_out_without_holding_up_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, _events) = hub(dir.path()).await;
+        let (slow_path, fast_path) = (hub.path_of("slow"), hub.path_of("fast"));
+        let slow = hub.open("slow", "s", &slow_path).unwrap();
+        let fast = hub.open("fast", "f", &fast_path).unwrap();
+        let _slow_peer = connected(&slow, &slow_path).await;
+        let mut fast_peer = connected(&fast, &fast_path).await;
+        let big = frame(&vec![b' '; 4 << 20]);
+        let started = std::time::Instant::now();
+        let (stuck, quick) = tokio::join!(slow.send(big, Duration::from_secs(2)), async {
+            fast.send(frame(b"1"), Duration::from_secs(2))
+                .await
+                .unwrap();
+            let mut b = [0u8; 5];
+            fast_peer.read_exact(&mut b).await.unwrap();
+            started.elapsed()
+        });
+        let timed_out = matches!(
+            stuck,
+            Err(FlowError::Socket {
+                failure: SocketFailure::Timeout,
+                ..
+            })
+        );
+        assert!(timed_out, "{stuck:?}");
+        assert!(
+            quick < Duration::from_secs(1),
+            "the other socket waited {quick:?}"
+        );
+        for _ in 0..100 {
+            if !slow.connected() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the slow reader's connection is not reset");
+    }
+}
