@@ -178,6 +178,10 @@ pub async fn watch(flow: Arc<FlowManager>, stop: CancellationToken) {
     while !stop.is_cancelled() {
         let mut events = flow.engine.container_events(&filter);
         let resynced = flow.resync().await;
+        if resynced.is_ok() {
+            // Docker may have been unreachable at start: serve the sockets found now.
+            let _ = flow.reopen_sockets().await;
+        }
         let mut received = false;
         loop {
             let next = tokio::select! {
