@@ -80,7 +80,7 @@ class Gantry:
         self.proc.wait(20)
 
 
-LISTENER = '[[listeners]]\ndialect = "{}"\naddress = "127.0.0.1:0"\n'
+LISTENER = '[[listeners]]\ndialect = "{}"\naddress = "127.0.0.{}:0"\n'
 
 
 class Client:
@@ -163,7 +163,7 @@ def crash_latency(g, c):
 
 
 def memory():
-    g = Gantry("memory", LISTENER.format("flowmanager"))
+    g = Gantry("memory", LISTENER.format("flowmanager", 1))
     time.sleep(2)
     idle = rss_mib(g.proc.pid)
     clients = [Client(g.url) for _ in range(CLIENTS)]
@@ -174,8 +174,9 @@ def memory():
     for c in clients:
         c.sio.disconnect()
     g.stop()
-    listeners = LISTENER.format("transfer") + LISTENER.format("flowmanager") + \
-        LISTENER.format("intervirt") + 'auth = "none"\n'
+    # One loopback address each: two listeners may not share an address, port 0 included.
+    listeners = LISTENER.format("transfer", 2) + LISTENER.format("flowmanager", 1) + \
+        LISTENER.format("intervirt", 3) + 'auth = "none"\n'
     g = Gantry("all-listeners", listeners)
     time.sleep(3)
     say(f"(b) idle RSS with every listener configured (transfer, intervirt, flowmanager): "
@@ -247,7 +248,7 @@ def messages(g, c):
 
 def main():
     say(f"dockerd {HOST}, image {IMAGE}, binary {BIN}, temp {TMP}")
-    g = Gantry("main", LISTENER.format("flowmanager"))
+    g = Gantry("main", LISTENER.format("flowmanager", 1))
     c = Client(g.url)
     try:
         crash_latency(g, c)

@@ -315,117 +315,104 @@ pub fn error_activity(
     )
 }
 
+/// A broadcast and the activity log that follows it.
+type Pair = Vec<(&'static str, Value)>;
+
+fn with_activity(
+    event: &'static str,
+    payload: Value,
+    kind: &str,
+    id: &str,
+    message: String,
+    details: Value,
+) -> Pair {
+    vec![
+        (event, payload),
+        ("activity_log", activity(kind, id, message, details)),
+    ]
+}
+
+fn crashed(id: &str, name: &str, exit_code: i64, oom_killed: bool, logs: &[String]) -> Pair {
+    let error = if oom_killed {
+        "Out of memory".to_string()
+    } else {
+        format!("exited with code {exit_code}")
+    };
+    let details = json!({"error": error, "logs": logs.join("\n"), "log_lines": logs, "oom_killed": oom_killed, "name": name});
+    let payload = json!({"container_id": id, "exit_code": exit_code, "crash_details": details, "timestamp": epoch(SystemTime::now())});
+    let message = format!("Container crashed with exit code {exit_code}");
+    let summary = json!({"name": name, "exit_code": exit_code, "crash_details": details});
+    with_activity(
+        "container_crashed",
+        payload,
+        "container_crash",
+        id,
+        message,
+        summary,
+    )
+}
+
+fn socket_failed(id: &str, name: &str, err: &FlowError) -> Pair {
+    let t = socket_error_type(match err {
+        FlowError::Socket { failure, .. } => *failure,
+        _ => SocketFailure::Communication,
+    });
+    let message = err.to_string();
+    let data = json!({"container_id": id, "name": name});
+    vec![
+        (
+            "error",
+            error(t, &message, "receive_message", Some(id), &data),
+        ),
+        (
+            "activity_log",
+            error_activity(id, "receive_message", t, &message),
+        ),
+    ]
+}
+
 /// The events a core event becomes: the broadcast, then its activity log (if any).
-pub fn broadcast(e: &FlowEvent) -> Vec<(&'static str, Value)> {
-    let now = SystemTime::now();
+pub fn broadcast(e: &FlowEvent) -> Pair {
+    let now = epoch(SystemTime::now());
     match e {
-        FlowEvent::StatusChanged { id, name, old, new } => vec![
-            (
-                "status_changed",
-                json!({"container_id": id, "old_state": old, "new_state": new, "timestamp": epoch(now)}),
-            ),
-            (
-                "activity_log",
-                activity(
-                    "status_change",
-                    id,
-                    format!("Container status changed from {old} to {new}"),
-                    json!({"name": name, "old_state": old, "new_state": new}),
-                ),
-            ),
-        ],
-        FlowEvent::HealthWarning { id, name, health } => vec![
-            (
-                "container_health_warning",
-                json!({"container_id": id, "health": health, "timestamp": epoch(now)}),
-            ),
-            (
-                "activity_log",
-                activity(
-                    "health_warning",
-                    id,
-                    format!("Container health check failed: {health}"),
-                    json!({"name": name, "health": health}),
-                ),
-            ),
-        ],
+        FlowEvent::StatusChanged { id, name, old, new } => with_activity(
+            "status_changed",
+            json!({"container_id": id, "old_state": old, "new_state": new, "timestamp": now}),
+            "status_change",
+            id,
+            format!("Container status changed from {old} to {new}"),
+            json!({"name": name, "old_state": old, "new_state": new}),
+        ),
+        FlowEvent::HealthWarning { id, name, health } => with_activity(
+            "container_health_warning",
+            json!({"container_id": id, "health": health, "timestamp": now}),
+            "health_warning",
+            id,
+            format!("Container health check failed: {health}"),
+            json!({"name": name, "health": health}),
+        ),
         FlowEvent::Crashed {
             id,
             name,
             exit_code,
             oom_killed,
             logs,
-        } => {
-            let error = if *oom_killed {
-                "Out of memory".to_string()
-            } else {
-                format!("exited with code {exit_code}")
-            };
-            let details = json!({"error": error, "logs": logs.join("\n"), "log_lines": logs, "oom_killed": oom_killed, "name": name});
-            vec![
-                (
-                    "container_crashed",
-                    json!({"container_id": id, "exit_code": exit_code, "crash_details": details, "timestamp": epoch(now)}),
-                ),
-                (
-                    "activity_log",
-                    activity(
-                        "container_crash",
-                        id,
-                        format!("Container crashed with exit code {exit_code}"),
-                        json!({"name": name, "exit_code": exit_code, "crash_details": details}),
-                    ),
-                ),
-            ]
-        }
+        } => crashed(id, name, *exit_code, *oom_killed, logs),
         FlowEvent::StatusUpdate(s) => vec![("container_status_update", status_update(s))],
         FlowEvent::MessageReceived {
             id,
             name,
             message,
             at,
-        } => vec![
-            (
-                "message_received",
-                json!({"container_id": id, "message": message, "timestamp": iso(*at)}),
-            ),
-            (
-                "activity_log",
-                activity(
-                    "message_received",
-                    id,
-                    "Message received from container".into(),
-                    json!({"name": name, "direction": "received"}),
-                ),
-            ),
-        ],
-        FlowEvent::SocketFailed {
+        } => with_activity(
+            "message_received",
+            json!({"container_id": id, "message": message, "timestamp": iso(*at)}),
+            "message_received",
             id,
-            name,
-            error: err,
-        } => {
-            let t = socket_error_type(match err {
-                FlowError::Socket { failure, .. } => *failure,
-                _ => SocketFailure::Communication,
-            });
-            let message = err.to_string();
-            vec![
-                (
-                    "error",
-                    error(
-                        t,
-                        &message,
-                        "receive_message",
-                        Some(id),
-                        &json!({"container_id": id, "name": name}),
-                    ),
-                ),
-                (
-                    "activity_log",
-                    error_activity(id, "receive_message", t, &message),
-                ),
-            ]
-        }
+            "Message received from container".into(),
+            json!({"name": name, "direction": "received"}),
+        ),
+        FlowEvent::SocketFailed { id, name, error } => socket_failed(id, name, error),
     }
 }
 
