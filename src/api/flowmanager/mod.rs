@@ -38,7 +38,7 @@ use events::Ctx;
 /// Largest Socket.IO packet a client may send (python-socketio's default buffer, 1 MB).
 const MAX_PAYLOAD: u64 = 1_000_000;
 /// Packets queued for one client before further ones are dropped for it.
-const CLIENT_BUFFER: usize = 256;
+const CLIENT_BUFFER: usize = 4096;
 
 /// The Flow Manager dialect; errors are `{"detail": ...}` JSON, as FastAPI answers.
 #[derive(Default)]
