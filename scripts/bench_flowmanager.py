@@ -144,7 +144,7 @@ def crash_latency(g, c):
 
     threading.Thread(target=read, daemon=True).start()
     time.sleep(0.5)
-    d_lat, g_lat = [], []
+    d_lat, g_lat, s_lat = [], [], []
     for _ in range(ROUNDS):
         c.request("start_container", {"container_id": name}, "container_started")
         seen, at = dies.get(timeout=30)
@@ -152,14 +152,20 @@ def crash_latency(g, c):
             t, data = c.wait("container_crashed")
             if data["container_id"] == made["container_id"]:
                 break
+        while True:
+            ts, data = c.wait("status_changed")
+            if data["container_id"] == made["container_id"] and data["new_state"] == "exited":
+                break
         d_lat.append((seen - at) * 1000)
         g_lat.append((t - at) * 1000)
+        s_lat.append((ts - at) * 1000)
     ev.kill()
     c.request("delete_container", {"container_id": name}, "container_deleted")
     md, mg = statistics.median(d_lat), statistics.median(g_lat)
     say(f"(a) crash latency over {ROUNDS} rounds, from dockerd's die: docker events median {md:.1f} ms, "
         f"container_crashed median {mg:.1f} ms; ratio {mg / md:.2f}, difference {mg - md:.1f} ms "
-        f"(goal: at most 1.2x + 5 ms = {1.2 * md + 5:.1f} ms)")
+        f"(goal: at most 1.2x + 5 ms = {1.2 * md + 5:.1f} ms); the same die as status_changed "
+        f"(sent before the logs are read) median {statistics.median(s_lat):.1f} ms")
 
 
 def memory():
