@@ -37,10 +37,10 @@ pub enum ConfigError {
     /// An environment override that cannot be used.
     #[error("{var}: {message}")]
     Env { var: String, message: String },
-    #[error("unknown dialect \"{0}\" (known: transfer, intervirt, duxcore, distillery)")]
+    #[error(
+        "unknown dialect \"{0}\" (known: transfer, intervirt, flowmanager, duxcore, distillery)"
+    )]
     UnknownDialect(String),
-    #[error("dialect \"{0}\" is not available in this build of gantry")]
-    UnavailableDialect(String),
     /// A listener anyone on the network could use without credentials.
     #[error(
         "{0} is not a loopback address and no auth is set: set auth = \"token\" with a \
@@ -111,6 +111,7 @@ pub enum Dialect {
     Intervirt,
     Duxcore,
     Distillery,
+    FlowManager,
 }
 
 impl Dialect {
@@ -120,7 +121,7 @@ impl Dialect {
             "intervirt" => Ok(Dialect::Intervirt),
             "duxcore" => Ok(Dialect::Duxcore),
             "distillery" => Ok(Dialect::Distillery),
-            "flowmanager" => Err(ConfigError::UnavailableDialect(s.to_string())),
+            "flowmanager" => Ok(Dialect::FlowManager),
             other => Err(ConfigError::UnknownDialect(other.to_string())),
         }
     }
@@ -131,6 +132,7 @@ impl Dialect {
             Dialect::Intervirt => "intervirt",
             Dialect::Duxcore => "duxcore",
             Dialect::Distillery => "distillery",
+            Dialect::FlowManager => "flowmanager",
         }
     }
 
@@ -143,6 +145,8 @@ impl Dialect {
             // The original daemon's port, on loopback unless the config says otherwise.
             Dialect::Duxcore => SocketAddr::from(([127, 0, 0, 1], 8000)),
             Dialect::Distillery => SocketAddr::from(([127, 0, 0, 1], 54171)),
+            // kawaflow's flow-manager port.
+            Dialect::FlowManager => SocketAddr::from(([127, 0, 0, 1], 8000)),
         }
     }
 }
@@ -253,6 +257,7 @@ pub struct Config {
     pub intervirt: IntervirtConfig,
     pub duxcore: DuxcoreConfig,
     pub snapshots: SnapshotsConfig,
+    pub flow: FlowConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -276,6 +281,7 @@ struct RawConfig {
     #[serde(default)]
     duxcore: RawDuxcore,
     snapshots: distillery::RawSnapshots,
+    flowmanager: RawFlow,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -312,6 +318,79 @@ struct RawIntervirt {
 enum RawUpgrade {
     Preset(String),
     Argv(Vec<String>),
+}
+
+/// The Flow Manager dialect (`[flowmanager]`).
+#[derive(Debug, Clone)]
+pub struct FlowConfig {
+    /// Host directory of the containers' unix sockets (`<name>.sock`) and code (`<name>_code`).
+    pub socket_dir: PathBuf,
+    /// Period of `container_status_update` broadcasts.
+    pub status_interval: Duration,
+    /// Largest frame, either way, on a container's socket.
+    pub max_frame_bytes: u32,
+    /// How long a frame may take to reach a container (and a started frame to arrive).
+    pub socket_timeout: Duration,
+    /// Log lines a `container_crashed` event carries.
+    pub crash_log_lines: u32,
+    pub stop_timeout_secs: u32,
+    /// Pull an image that is missing locally at create.
+    pub pull_missing_images: bool,
+    /// How long an updated container must keep running before the update counts (0: no check).
+    pub update_settle: Duration,
+    /// Socket.IO clients one listener serves at once.
+    pub max_clients: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlow {
+    socket_dir: Option<PathBuf>,
+    status_interval_secs: Option<u64>,
+    max_frame_bytes: Option<u32>,
+    socket_timeout_secs: Option<u64>,
+    crash_log_lines: Option<u32>,
+    stop_timeout_secs: Option<u32>,
+    pull_missing_images: Option<bool>,
+    update_settle_secs: Option<u64>,
+    max_clients: Option<usize>,
+}
+
+fn build_flow(raw: RawFlow) -> Result<FlowConfig, ConfigError> {
+    let socket_dir = raw
+        .socket_dir
+        .unwrap_or_else(|| PathBuf::from("/tmp/kawaflow/sockets"));
+    if !socket_dir.is_absolute() {
+        return Err(bad(
+            "flowmanager.socket_dir",
+            format!("\"{}\" is not an absolute path", socket_dir.display()),
+        ));
+    }
+    let at_least_one = |key: &str, v: u64| match v {
+        0 => Err(bad(format!("flowmanager.{key}"), "must be at least 1")),
+        v => Ok(v),
+    };
+    let interval = at_least_one(
+        "status_interval_secs",
+        raw.status_interval_secs.unwrap_or(30),
+    )?;
+    let timeout = at_least_one("socket_timeout_secs", raw.socket_timeout_secs.unwrap_or(5))?;
+    let frame = at_least_one(
+        "max_frame_bytes",
+        raw.max_frame_bytes.unwrap_or(1 << 20).into(),
+    )?;
+    let clients = at_least_one("max_clients", raw.max_clients.unwrap_or(512) as u64)?;
+    Ok(FlowConfig {
+        socket_dir,
+        status_interval: Duration::from_secs(interval),
+        max_frame_bytes: frame as u32,
+        socket_timeout: Duration::from_secs(timeout),
+        crash_log_lines: raw.crash_log_lines.unwrap_or(20),
+        stop_timeout_secs: raw.stop_timeout_secs.unwrap_or(10),
+        pull_missing_images: raw.pull_missing_images.unwrap_or(true),
+        update_settle: Duration::from_secs(raw.update_settle_secs.unwrap_or(1)),
+        max_clients: clients as usize,
+    })
 }
 
 fn build_intervirt(raw: RawIntervirt, env: &dyn Env) -> Result<IntervirtConfig, ConfigError> {
@@ -681,6 +760,7 @@ impl Config {
             intervirt: build_intervirt(raw.intervirt, env)?,
             duxcore,
             snapshots,
+            flow: build_flow(raw.flowmanager)?,
         })
     }
 }
@@ -688,7 +768,13 @@ impl Config {
 /// `GANTRY_<DIALECT>_{ADDRESS,AUTH,TOKEN_FILE}` apply to every listener of that dialect,
 /// creating one when the file has none.
 fn apply_listener_env(raws: &mut Vec<RawListener>, env: &dyn Env) -> Result<(), ConfigError> {
-    for dialect in ["transfer", "intervirt", "duxcore", "distillery"] {
+    for dialect in [
+        "transfer",
+        "intervirt",
+        "flowmanager",
+        "duxcore",
+        "distillery",
+    ] {
         let prefix = format!("GANTRY_{}_", dialect.to_uppercase());
         let address = env.var(&format!("{prefix}ADDRESS"));
         let auth = env.var(&format!("{prefix}AUTH"));
@@ -1034,11 +1120,6 @@ mod tests {
         let e = Config::parse("[[listeners]]\ndialect = \"gopher\"\n", &env(&[])).unwrap_err();
         assert!(e.to_string().contains("unknown dialect"));
         assert!(matches!(e.root(), ConfigError::UnknownDialect(d) if d == "gopher"));
-        let e = Config::parse("[[listeners]]\ndialect = \"flowmanager\"\n", &env(&[])).unwrap_err();
-        assert!(
-            matches!(e.root(), ConfigError::UnavailableDialect(_)),
-            "{e:?}"
-        );
         let e = Config::parse("shutdown_timeout_secs = 0", &env(&[])).unwrap_err();
         assert!(e.to_string().contains("at least 1"));
         assert_eq!(
@@ -1135,6 +1216,46 @@ mod tests {
             .listeners
             .iter()
             .any(|l| l.dialect == Dialect::Intervirt && l.auth == Auth::Loopback));
+    }
+
+    #[test]
+    fn flowmanager_listener_and_section() {
+        let c = Config::parse("[[listeners]]\ndialect = \"flowmanager\"\n", &env(&[])).unwrap();
+        assert_eq!(c.listeners[0].dialect, Dialect::FlowManager);
+        assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.listeners[0].auth, Auth::Loopback);
+        assert_eq!(c.flow.socket_dir, PathBuf::from("/tmp/kawaflow/sockets"));
+        assert_eq!(c.flow.status_interval, Duration::from_secs(30));
+        assert_eq!(c.flow.max_frame_bytes, 1 << 20);
+        let c = Config::parse(
+            "[flowmanager]\nsocket_dir = \"/srv/k\"\nstatus_interval_secs = 2\nmax_clients = 9\n",
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.flow.socket_dir, PathBuf::from("/srv/k"));
+        assert_eq!(c.flow.status_interval, Duration::from_secs(2));
+        assert_eq!(c.flow.max_clients, 9);
+        for (text, key) in [
+            (
+                "[flowmanager]\nsocket_dir = \"rel\"\n",
+                "flowmanager.socket_dir",
+            ),
+            (
+                "[flowmanager]\nstatus_interval_secs = 0\n",
+                "flowmanager.status_interval_secs",
+            ),
+            (
+                "[flowmanager]\nmax_frame_bytes = 0\n",
+                "flowmanager.max_frame_bytes",
+            ),
+        ] {
+            assert_eq!(refused_key(text, &[]), key, "{text}");
+        }
+        let c = Config::parse("", &env(&[("GANTRY_FLOWMANAGER_ADDRESS", "127.0.0.1:0")])).unwrap();
+        assert!(c
+            .listeners
+            .iter()
+            .any(|l| l.dialect == Dialect::FlowManager));
     }
 
     #[test]

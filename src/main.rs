@@ -191,12 +191,14 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     let watch_engine = engine.clone();
+    let flow = start_flow(&config, engine.clone(), stop.clone()).await;
     let core = Arc::new(
         Core::new(engine, health.clone(), apps)
             .with_intervirt(intervirt)
             .with_prefs(prefs)
             .with_services(services)
-            .with_snapshots(snapshots),
+            .with_snapshots(snapshots)
+            .with_flow(flow),
     );
     spawn_reload_on_hangup(core.clone());
     {
@@ -356,6 +358,26 @@ fn spawn_reload_on_hangup(core: Arc<Core>) {
             }
         }
     });
+}
+
+/// The Flow Manager, when a listener speaks its dialect: its containers' sockets are served
+/// again (kept across a restart under systemd) before anything is served.
+async fn start_flow(
+    config: &Config,
+    engine: Arc<dyn ContainerEngine>,
+    stop: CancellationToken,
+) -> Option<Arc<crate::core::flow::FlowManager>> {
+    if !config
+        .listeners
+        .iter()
+        .any(|l| l.dialect == config::Dialect::FlowManager)
+    {
+        return None;
+    }
+    let flow = crate::core::flow::FlowManager::new(engine, config.flow.clone(), stop.clone());
+    flow.start_up(stop).await;
+    tracing::info!(socket_dir = %config.flow.socket_dir.display(), "Flow Manager ready");
+    Some(flow)
 }
 
 fn import_settings(config: &Config) -> ImportSettings {

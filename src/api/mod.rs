@@ -4,6 +4,7 @@
 
 pub mod distillery;
 pub mod duxcore;
+pub mod flowmanager;
 pub mod http;
 pub mod intervirt;
 pub mod router;
@@ -21,6 +22,7 @@ pub fn dialect(kind: config::Dialect) -> Arc<dyn Dialect> {
         config::Dialect::Intervirt => Arc::new(intervirt::Intervirt),
         config::Dialect::Duxcore => Arc::new(duxcore::Duxcore),
         config::Dialect::Distillery => Arc::new(distillery::Distillery),
+        config::Dialect::FlowManager => Arc::new(flowmanager::FlowManager::default()),
     }
 }
 

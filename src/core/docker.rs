@@ -25,8 +25,8 @@ use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::engine::{
-    Attached, ByteStream, ContainerEngine, EngineError, EngineResult, EngineVersion, ExecSession,
-    ExecState, Filter, LineStream, LoadedImages, LogLine,
+    Attached, ByteStream, ContainerEngine, CpuCounters, EngineError, EngineResult, EngineVersion,
+    ExecSession, ExecState, Filter, LineStream, LoadedImages, LogLine, ResourceSample,
 };
 
 pub struct DockerEngine {
@@ -569,6 +569,29 @@ impl ContainerEngine for DockerEngine {
         id.ok_or_else(|| EngineError::Failed("Docker named no imported image".to_string()))
     }
 
+    async fn resource_usage(&self, id: &str, one_shot: bool) -> EngineResult<ResourceSample> {
+        let opts = bollard::query_parameters::StatsOptionsBuilder::default()
+            .stream(false)
+            .one_shot(one_shot)
+            .build();
+        let mut stream = self.docker()?.stats(id, Some(opts));
+        match stream.next().await {
+            Some(Ok(s)) => Ok(resource_sample(&s)),
+            Some(Err(e)) => Err(map_error(e)),
+            None => Err(EngineError::Failed("Docker sent no stats".into())),
+        }
+    }
+
+    async fn rename_container(&self, id: &str, name: &str) -> EngineResult<()> {
+        let opts = bollard::query_parameters::RenameContainerOptionsBuilder::default()
+            .name(name)
+            .build();
+        self.docker()?
+            .rename_container(id, opts)
+            .await
+            .map_err(map_error)
+    }
+
     fn container_events(&self, filters: &[Filter]) -> super::engine::EventStream {
         let docker = match self.docker() {
             Ok(d) => d,
@@ -726,6 +749,55 @@ where
             }
         }
     }))
+}
+
+fn cpu_counters(c: Option<&bollard::models::ContainerCpuStats>) -> Option<CpuCounters> {
+    let c = c?;
+    Some(CpuCounters {
+        container: c.cpu_usage.as_ref()?.total_usage?,
+        system: c.system_cpu_usage?,
+    })
+}
+
+/// Docker's stats, summed as `docker stats` does (memory without the inactive page cache).
+fn resource_sample(s: &bollard::models::ContainerStatsResponse) -> ResourceSample {
+    let mem = s.memory_stats.as_ref();
+    let usage = mem.and_then(|m| m.usage).unwrap_or(0);
+    let inactive = mem
+        .and_then(|m| m.stats.as_ref())
+        .and_then(|st| {
+            st.get("inactive_file")
+                .or_else(|| st.get("total_inactive_file"))
+        })
+        .copied()
+        .unwrap_or(0);
+    let nets = s.networks.iter().flat_map(|n| n.values());
+    let (net_rx, net_tx) = nets.fold((0, 0), |(r, t), n| {
+        (r + n.rx_bytes.unwrap_or(0), t + n.tx_bytes.unwrap_or(0))
+    });
+    let blk = s
+        .blkio_stats
+        .as_ref()
+        .and_then(|b| b.io_service_bytes_recursive.as_ref());
+    let disk = |op: &str| -> u64 {
+        blk.iter()
+            .flat_map(|v| v.iter())
+            .filter(|e| e.op.as_deref().is_some_and(|o| o.eq_ignore_ascii_case(op)))
+            .map(|e| e.value.unwrap_or(0))
+            .sum()
+    };
+    let cpu = s.cpu_stats.as_ref();
+    ResourceSample {
+        cpu: cpu_counters(cpu).unwrap_or_default(),
+        previous_cpu: cpu_counters(s.precpu_stats.as_ref()).filter(|c| c.system > 0),
+        online_cpus: cpu.and_then(|c| c.online_cpus).unwrap_or(1).max(1),
+        memory_usage: usage.saturating_sub(inactive),
+        memory_limit: mem.and_then(|m| m.limit).unwrap_or(0),
+        net_rx,
+        net_tx,
+        disk_read: disk("read"),
+        disk_write: disk("write"),
+    }
 }
 
 fn api_at_least(v: &str, major: u32, minor: u32) -> bool {

@@ -263,6 +263,17 @@ pub trait ContainerEngine: Send + Sync + 'static {
         unsupported("running commands in containers")
     }
 
+    // The Flow Manager (src/core/flow) uses these too.
+
+    /// A container's resource counters: one sample (`one_shot`), or Docker's pair of samples
+    /// a second apart (the previous one in [`ResourceSample::previous_cpu`]).
+    async fn resource_usage(&self, _id: &str, _one_shot: bool) -> EngineResult<ResourceSample> {
+        unsupported("reading container stats")
+    }
+    async fn rename_container(&self, _id: &str, _name: &str) -> EngineResult<()> {
+        unsupported("renaming containers")
+    }
+
     // The Intervirt agent (src/core/intervirt) watches its containers through this.
 
     /// Container lifecycle events (`start`, `die`, `destroy`, ...) of the containers matching
@@ -293,6 +304,29 @@ pub struct ExecSession {
 pub enum ExecState {
     Running { pid: Option<i32> },
     Exited(i64),
+}
+
+/// One sample of a container's resource counters (Docker's stats, summed over devices).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourceSample {
+    /// CPU time the container used, and the host's, in nanoseconds.
+    pub cpu: CpuCounters,
+    /// Docker's sample a second before, when it took one.
+    pub previous_cpu: Option<CpuCounters>,
+    pub online_cpus: u32,
+    /// Memory in use (without the inactive page cache, as `docker stats` shows it).
+    pub memory_usage: u64,
+    pub memory_limit: u64,
+    pub net_rx: u64,
+    pub net_tx: u64,
+    pub disk_read: u64,
+    pub disk_write: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuCounters {
+    pub container: u64,
+    pub system: u64,
 }
 
 /// One container lifecycle event.

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod fetch;
+pub mod flow;
 pub mod health;
 pub mod intervirt;
 pub mod network;
@@ -37,6 +38,8 @@ pub struct Core {
     pub services: Option<Arc<services::Services>>,
     /// Where snapshots and backups of apps go, when configured.
     pub snapshots: Option<Arc<apps::snapshots::Snapshots>>,
+    /// The Flow Manager, when a flowmanager listener is configured.
+    pub flow: Option<Arc<flow::FlowManager>>,
 }
 
 impl Core {
@@ -54,6 +57,7 @@ impl Core {
             prefs: prefs::Prefs::in_memory(),
             services: None,
             snapshots: None,
+            flow: None,
         }
     }
 
@@ -76,6 +80,11 @@ impl Core {
 
     pub fn with_snapshots(mut self, snapshots: apps::snapshots::Snapshots) -> Self {
         self.snapshots = Some(Arc::new(snapshots));
+        self
+    }
+
+    pub fn with_flow(mut self, flow: Option<Arc<flow::FlowManager>>) -> Self {
+        self.flow = flow;
         self
     }
 

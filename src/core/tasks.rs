@@ -46,6 +46,10 @@ pub enum TaskKind {
     Logs,
     /// A command run in a service's container.
     Exec,
+    /// Flow Manager container operations.
+    FlowCreate,
+    FlowUpdate,
+    FlowDelete,
 }
 
 /// What an operation does when its client goes away or the server stops.
@@ -76,6 +80,9 @@ impl TaskKind {
             TaskKind::Backup => "backup",
             TaskKind::Logs => "logs",
             TaskKind::Exec => "exec",
+            TaskKind::FlowCreate => "flow-create",
+            TaskKind::FlowUpdate => "flow-update",
+            TaskKind::FlowDelete => "flow-delete",
         }
     }
 
@@ -83,7 +90,8 @@ impl TaskKind {
     /// and is rolled back, as is a service whose creator left and what only streams to the
     /// client (logs, a command's output); a start, stop, rebuild, update or purge completes,
     /// so that the app never stays half done, and a snapshot or backup is worth having
-    /// without its client.
+    /// without its client. A Flow Manager create, update or delete completes too: its outcome
+    /// shows in the container list and the broadcasts every client gets.
     pub fn on_client_gone(self) -> Policy {
         match self {
             TaskKind::Import
@@ -100,7 +108,10 @@ impl TaskKind {
             | TaskKind::Update
             | TaskKind::Purge
             | TaskKind::Snapshot
-            | TaskKind::Backup => Policy::Finish,
+            | TaskKind::Backup
+            | TaskKind::FlowCreate
+            | TaskKind::FlowUpdate
+            | TaskKind::FlowDelete => Policy::Finish,
         }
     }
 
@@ -127,7 +138,10 @@ impl TaskKind {
             | TaskKind::Rebuild
             | TaskKind::Update
             | TaskKind::Purge
-            | TaskKind::Provision => Policy::Finish,
+            | TaskKind::Provision
+            | TaskKind::FlowCreate
+            | TaskKind::FlowUpdate
+            | TaskKind::FlowDelete => Policy::Finish,
         }
     }
 }
