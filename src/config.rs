@@ -182,6 +182,15 @@ pub struct AppsPolicy {
     pub max_bundle_bytes: Option<u64>,
     /// Disk space that must stay free after an import (None: the default).
     pub reserve_bytes: Option<u64>,
+    pub allow_volume_drivers: bool,
+    pub allow_host_namespaces: bool,
+    pub allow_shared_resources: bool,
+    pub allow_network_options: bool,
+    pub allow_logging_drivers: bool,
+    /// Host ports published ports may use (inclusive ranges); empty: any.
+    pub allowed_host_ports: Vec<(u16, u16)>,
+    /// Host addresses published ports may bind; empty: any.
+    pub allowed_host_ips: Vec<std::net::IpAddr>,
 }
 
 /// Which power backend the Intervirt shutdown and reboot commands use.
@@ -265,6 +274,80 @@ struct RawApps {
     allowed_bind_paths: Vec<PathBuf>,
     max_bundle_bytes: Option<u64>,
     reserve_bytes: Option<u64>,
+    #[serde(default)]
+    allow_volume_drivers: bool,
+    #[serde(default)]
+    allow_host_namespaces: bool,
+    #[serde(default)]
+    allow_shared_resources: bool,
+    #[serde(default)]
+    allow_network_options: bool,
+    #[serde(default)]
+    allow_logging_drivers: bool,
+    #[serde(default)]
+    allowed_host_ports: Vec<RawPorts>,
+    #[serde(default)]
+    allowed_host_ips: Vec<String>,
+}
+
+/// A host port (`8080`) or an inclusive range (`"8000-8099"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawPorts {
+    One(u16),
+    Range(String),
+}
+
+fn build_apps(a: RawApps) -> Result<AppsPolicy, ConfigError> {
+    if let Some(p) = a.allowed_bind_paths.iter().find(|p| !p.is_absolute()) {
+        return Err(bad(
+            "apps.allowed_bind_paths",
+            format!("\"{}\" is not an absolute path", p.display()),
+        ));
+    }
+    let ports = a
+        .allowed_host_ports
+        .iter()
+        .map(|p| match p {
+            RawPorts::One(n) => Ok((*n, *n)),
+            RawPorts::Range(r) => parse_port_range(r).ok_or_else(|| {
+                bad(
+                    "apps.allowed_host_ports",
+                    format!("\"{r}\" is neither a port nor a range such as \"8000-8099\""),
+                )
+            }),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let ips = a
+        .allowed_host_ips
+        .iter()
+        .map(|ip| {
+            ip.parse::<std::net::IpAddr>().map_err(|_| {
+                bad("apps.allowed_host_ips", format!("\"{ip}\" is not an IP address"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(AppsPolicy {
+        allow_privileged: a.allow_privileged,
+        allow_devices: a.allow_devices,
+        allow_capabilities: a.allow_capabilities,
+        allowed_bind_paths: a.allowed_bind_paths,
+        max_bundle_bytes: a.max_bundle_bytes,
+        reserve_bytes: a.reserve_bytes,
+        allow_volume_drivers: a.allow_volume_drivers,
+        allow_host_namespaces: a.allow_host_namespaces,
+        allow_shared_resources: a.allow_shared_resources,
+        allow_network_options: a.allow_network_options,
+        allow_logging_drivers: a.allow_logging_drivers,
+        allowed_host_ports: ports,
+        allowed_host_ips: ips,
+    })
+}
+
+fn parse_port_range(r: &str) -> Option<(u16, u16)> {
+    let (a, b) = r.split_once('-').unwrap_or((r, r));
+    let (a, b) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
+    (a <= b).then_some((a, b))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -528,23 +611,7 @@ impl Config {
             )?,
             http,
             listeners,
-            apps: {
-                let a = raw.apps;
-                if let Some(p) = a.allowed_bind_paths.iter().find(|p| !p.is_absolute()) {
-                    return Err(bad(
-                        "apps.allowed_bind_paths",
-                        format!("\"{}\" is not an absolute path", p.display()),
-                    ));
-                }
-                AppsPolicy {
-                    allow_privileged: a.allow_privileged,
-                    allow_devices: a.allow_devices,
-                    allow_capabilities: a.allow_capabilities,
-                    allowed_bind_paths: a.allowed_bind_paths,
-                    max_bundle_bytes: a.max_bundle_bytes,
-                    reserve_bytes: a.reserve_bytes,
-                }
-            },
+            apps: build_apps(raw.apps)?,
             intervirt: build_intervirt(raw.intervirt, env)?,
         })
     }

@@ -149,6 +149,15 @@ async fn serve(config: Config) -> ExitCode {
         tracing::error!(dir = %config.state_dir.display(), error = %e, "cannot create the state directory");
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
+    // Bound first: the app policy refuses published ports on gantry's own listeners.
+    let bound = match server::bind(&config.listeners).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let addrs: Vec<_> = bound.iter().map(|b| b.local_addr).collect();
     let engine: Arc<dyn ContainerEngine> = Arc::new(DockerEngine::new(
         &config.docker_host,
         config.docker_timeout,
@@ -156,7 +165,7 @@ async fn serve(config: Config) -> ExitCode {
     ));
     let stop = CancellationToken::new();
     let health = EngineHealth::spawn(engine.clone(), config.docker_probe_interval, stop.clone());
-    let apps = match Apps::open(engine.clone(), &config.state_dir, import_settings(&config)) {
+    let apps = match Apps::open(engine.clone(), &config.state_dir, import_settings(&config, &addrs)) {
         Ok(a) => a.with_events(gantry_events(&config)),
         Err(e) => {
             tracing::error!(error = %e, "cannot open the app store");
@@ -189,14 +198,6 @@ async fn serve(config: Config) -> ExitCode {
         });
     }
 
-    let bound = match server::bind(&config.listeners).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    let addrs: Vec<_> = bound.iter().map(|b| b.local_addr).collect();
     let listening = format!(
         "serving {}",
         bound
@@ -289,7 +290,7 @@ async fn start_intervirt(
     Ok(Some(agent))
 }
 
-fn import_settings(config: &Config) -> ImportSettings {
+fn import_settings(config: &Config, listeners: &[std::net::SocketAddr]) -> ImportSettings {
     let mut s = ImportSettings::default();
     let a = &config.apps;
     s.policy.allow_privileged = a.allow_privileged;
@@ -298,6 +299,17 @@ fn import_settings(config: &Config) -> ImportSettings {
     s.policy
         .allowed_bind_paths
         .clone_from(&a.allowed_bind_paths);
+    s.policy.allow_volume_drivers = a.allow_volume_drivers;
+    s.policy.allow_host_namespaces = a.allow_host_namespaces;
+    s.policy.allow_shared_resources = a.allow_shared_resources;
+    s.policy.allow_network_options = a.allow_network_options;
+    s.policy.allow_logging_drivers = a.allow_logging_drivers;
+    s.policy
+        .allowed_host_ports
+        .clone_from(&a.allowed_host_ports);
+    s.policy.allowed_host_ips.clone_from(&a.allowed_host_ips);
+    // gantry's own listeners, as bound (a port 0 is known only now).
+    s.policy.reserved = listeners.to_vec();
     if let Some(n) = a.max_bundle_bytes {
         s.limits.max_zip_bytes = n;
     }

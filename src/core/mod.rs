@@ -12,6 +12,7 @@ pub mod network;
 pub mod ops;
 pub mod power;
 pub mod prefs;
+pub mod safe_fs;
 pub mod system;
 pub mod tasks;
 

@@ -19,7 +19,7 @@ use crate::core::apps::{AppConfig, AppId};
 use crate::core::ops::apps::ImportSource;
 use crate::core::ops::Start;
 use crate::core::tasks::TaskKind;
-use crate::core::{CoreError, ErrorKind};
+use crate::core::ErrorKind;
 
 pub fn register(r: &mut Routes<Handler>) {
     r.add(Method::POST, "/transfer/import", |c| Box::pin(import(c)))
@@ -414,12 +414,7 @@ async fn icon(c: Call) -> Reply {
 }
 
 async fn read_file(path: &std::path::Path) -> Result<Vec<u8>, Problem> {
-    tokio::fs::read(path).await.map_err(|e| {
-        Problem::from(CoreError::Failed(format!(
-            "cannot read {}: {e}",
-            path.display()
-        )))
-    })
+    Ok(crate::core::apps::lifecycle::Apps::read_small_file(path.to_path_buf()).await?)
 }
 
 /// The readme as text/plain, or as a JSON string when the client asks for

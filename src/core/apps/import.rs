@@ -454,14 +454,13 @@ async fn run(
 
     *current = ImportStep::ParseCompose;
     let app_dir = store.app_dir(&id);
-    let vars: HashMap<String, String> = bundle
-        .env_file()
-        .map(|text| {
-            interpolate::parse_env_file(text, &HashMap::new(), true)
-                .into_iter()
-                .collect()
-        })
-        .unwrap_or_default();
+    let vars: HashMap<String, String> = match bundle.env_file() {
+        Some(text) => interpolate::parse_env_file(text, &HashMap::new(), true)
+            .map_err(|e| CoreError::Invalid(format!(".env: {e}")))?
+            .into_iter()
+            .collect(),
+        None => HashMap::new(),
+    };
     let project = ComposeProject::from_text(
         &app_dir,
         &app_dir.join(bundle.compose_name()),
@@ -472,6 +471,13 @@ async fn run(
         &settings.policy,
     )
     .map_err(|e| CoreError::Invalid(format!("{}: {e}", bundle.compose_name())))?;
+    // Volumes and networks another app (or none) owns: refused now, not only at start.
+    project.check_owners(engine).await.map_err(|e| match e.kind() {
+        crate::core::ErrorKind::Invalid => {
+            CoreError::Invalid(format!("{}: {e}", bundle.compose_name()))
+        }
+        _ => CoreError::from(e),
+    })?;
     step_done(
         ImportStep::ParseCompose,
         format!("{} services", project.services().len()),

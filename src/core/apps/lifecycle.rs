@@ -843,7 +843,25 @@ impl Apps {
     pub fn readme(&self, id: &AppId) -> CoreResult<Option<PathBuf>> {
         Ok(self.stored(id)?.readme())
     }
+
+    /// A file directly in an app's directory (its icon, its readme), read whole: at most
+    /// [`MAX_SMALL_FILE_BYTES`], and not through a symlink planted since it was found.
+    pub async fn read_small_file(path: PathBuf) -> CoreResult<Vec<u8>> {
+        let read = move || {
+            let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+                return Err(CoreError::Invalid(format!("{} is not a file", path.display())));
+            };
+            crate::core::safe_fs::read(dir, Path::new(name), MAX_SMALL_FILE_BYTES)
+                .map_err(|e| CoreError::Failed(format!("cannot read {}: {e}", path.display())))
+        };
+        tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|e| CoreError::Failed(format!("reading a file failed: {e}")))?
+    }
 }
+
+/// The largest icon or readme served.
+pub const MAX_SMALL_FILE_BYTES: u64 = 4 << 20;
 
 /// A `Write` that hands 64 KiB chunks to an async consumer through a bounded channel; used
 /// on a blocking thread, so the ZIP writer never holds more than a few chunks.
@@ -939,7 +957,8 @@ impl Apps {
                     .compression_method(zip::CompressionMethod::Deflated);
                 for rel in files {
                     zip.start_file(rel.as_str(), deflate)?;
-                    let mut f = std::fs::File::open(dir.join(&rel))?;
+                    let mut f = crate::core::safe_fs::open_file(&dir, Path::new(&rel))
+                        .map_err(std::io::Error::from)?;
                     std::io::copy(&mut f, &mut zip)?;
                 }
                 let stored = zip::write::SimpleFileOptions::default()
@@ -966,30 +985,12 @@ impl Apps {
     }
 }
 
-/// The app's files relative to its directory, sorted, without gantry's own metadata.
+/// The app's files relative to its directory, sorted, without gantry's own metadata; no
+/// symlink is followed (a container may have planted one in a directory it bind-mounts).
 fn list_files(dir: &Path) -> CoreResult<Vec<String>> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                walk(base, &path, out)?;
-            } else if kind.is_file() {
-                if let Ok(rel) = path.strip_prefix(base) {
-                    let rel = rel.to_string_lossy().into_owned();
-                    if rel != super::store::RECORD_FILE {
-                        out.push(rel);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out)
-        .map_err(|e| CoreError::io(format!("cannot read {}", dir.display()), e))?;
-    out.sort();
+    let mut out = crate::core::safe_fs::walk_files(dir)
+        .map_err(|e| CoreError::Failed(format!("cannot read {}: {e}", dir.display())))?;
+    out.retain(|rel| rel != super::store::RECORD_FILE);
     Ok(out)
 }
 

@@ -55,6 +55,27 @@ pub struct ComposePolicy {
     pub allow_capabilities: bool,
     /// Host paths (besides the app's own directory) bind mounts may use.
     pub allowed_bind_paths: Vec<PathBuf>,
+    /// Volume `driver` (other than `local`) and `driver_opts` (which can mount any host
+    /// path: `type: none, o: bind, device: /`).
+    pub allow_volume_drivers: bool,
+    /// The host's namespaces: `network_mode: host`, `pid: host`, `ipc: host`, a network
+    /// named `host` or with the `host` driver.
+    pub allow_host_namespaces: bool,
+    /// What other apps own or no app owns: external (or explicitly named) volumes and
+    /// networks without this project's label, `network_mode: bridge` (Docker's default
+    /// network, shared by every container on it) and `network_mode: container:` outside
+    /// the app.
+    pub allow_shared_resources: bool,
+    /// Network drivers other than `bridge`, network `driver_opts` and `ipam`.
+    pub allow_network_options: bool,
+    /// `logging.driver` other than `local`, `json-file` and `journald`.
+    pub allow_logging_drivers: bool,
+    /// Host ports published ports may use (inclusive ranges); empty: any.
+    pub allowed_host_ports: Vec<(u16, u16)>,
+    /// Host addresses published ports may bind; empty: any.
+    pub allowed_host_ips: Vec<std::net::IpAddr>,
+    /// gantry's own listeners: a published TCP port that would collide with one is refused.
+    pub reserved: Vec<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +195,8 @@ pub struct ComposeProject {
     warnings: Vec<String>,
     wait_timeout: Duration,
     parallel_limit: usize,
+    /// `apps.allow_shared_resources`: volumes and networks of other apps (or of none).
+    allow_shared: bool,
 }
 
 impl ComposeProject {
@@ -187,19 +210,16 @@ impl ComposeProject {
         env: &HashMap<String, String>,
         policy: &ComposePolicy,
     ) -> Result<ComposeProject, ComposeError> {
-        let file = COMPOSE_FILE_NAMES
-            .iter()
-            .map(|n| dir.join(n))
-            .find(|p| p.is_file())
-            .ok_or_else(|| ComposeError::NoComposeFile {
-                dir: dir.to_path_buf(),
-            })?;
-        let text = read_limited(&file)?;
-        let env_path = dir.join(".env");
+        let (file, text) = read_compose_file(dir)?;
         let mut vars: HashMap<String, String> = HashMap::new();
-        if env_path.is_file() {
-            let env_text = read_limited(&env_path)?;
-            vars.extend(interpolate::parse_env_file(&env_text, env, true));
+        if let Some(env_text) = read_app_file(dir, ".env")? {
+            let parsed = interpolate::parse_env_file(&env_text, env, true).map_err(|e| {
+                ComposeError::Invalid {
+                    scope: ".env".into(),
+                    message: e.to_string(),
+                }
+            })?;
+            vars.extend(parsed);
         }
         vars.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
         Self::from_text(dir, &file, &text, project_name, app_id, &vars, policy)
@@ -247,6 +267,7 @@ impl ComposeProject {
             warnings,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
             parallel_limit: DEFAULT_PARALLEL_LIMIT,
+            allow_shared: policy.allow_shared_resources,
         })
     }
 
@@ -320,6 +341,12 @@ impl ComposeProject {
         apply::down(self, engine, options, on_line).await
     }
 
+    /// Refuses the volumes and networks that exist in Docker and belong to another app or to
+    /// none, unless the policy allows sharing (the import's check; `up` checks again).
+    pub async fn check_owners(&self, engine: &dyn ContainerEngine) -> Result<(), ComposeError> {
+        apply::check_owners(self, engine).await
+    }
+
     /// The state of each service's containers (services without one have none).
     pub async fn status(
         &self,
@@ -329,18 +356,30 @@ impl ComposeProject {
     }
 }
 
-fn read_limited(path: &Path) -> Result<String, ComposeError> {
-    let err = |message: String| ComposeError::Read {
-        path: path.to_path_buf(),
-        message,
-    };
-    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-    if meta.len() > MAX_COMPOSE_FILE_BYTES {
-        return Err(err(format!(
-            "the file is larger than {MAX_COMPOSE_FILE_BYTES} bytes"
-        )));
+/// The first compose file of [`COMPOSE_FILE_NAMES`] in `dir`: its path and text.
+fn read_compose_file(dir: &Path) -> Result<(PathBuf, String), ComposeError> {
+    for name in COMPOSE_FILE_NAMES {
+        if let Some(text) = read_app_file(dir, name)? {
+            return Ok((dir.join(name), text));
+        }
     }
-    std::fs::read_to_string(path).map_err(|e| err(e.to_string()))
+    Err(ComposeError::NoComposeFile {
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// The file `name` of the app directory `dir` (None when absent), read without following a
+/// symlink and at most [`MAX_COMPOSE_FILE_BYTES`]: a service that bind-mounts the app
+/// directory could otherwise point it anywhere between two starts.
+fn read_app_file(dir: &Path, name: &str) -> Result<Option<String>, ComposeError> {
+    match crate::core::safe_fs::read_text(dir, Path::new(name), MAX_COMPOSE_FILE_BYTES) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(ComposeError::Read {
+            path: dir.join(name),
+            message: e.to_string(),
+        }),
+    }
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, ComposeError> {
