@@ -260,7 +260,7 @@ pub fn entries(dir: &OwnedFd) -> io::Result<Vec<(std::ffi::OsString, Kind)>> {
 }
 
 /// What a directory entry is (symlinks are `Other`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     Dir,
     File { size: u64 },

@@ -257,6 +257,7 @@ impl super::lifecycle::Apps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use crate::core::apps::AppConfig;
 
     #[test]
