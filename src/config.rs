@@ -10,6 +10,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod security;
+#[cfg(test)]
+pub use security::Cidr;
+pub use security::{Access, TlsFiles};
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gantry/gantry.toml";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 /// Websocket sessions per listener when `http.max_websocket_sessions` is not set.
@@ -85,6 +90,15 @@ impl ConfigError {
     }
 }
 
+/// `value` (or `default`), refused when 0.
+fn at_least_one(key: &str, value: Option<usize>, default: usize) -> Result<usize, ConfigError> {
+    match value {
+        Some(0) => Err(bad(key, "must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    }
+}
+
 /// A malformed or out-of-range value of the key `key`.
 fn bad(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Value {
@@ -145,6 +159,8 @@ pub enum Auth {
     Token { token: String },
     /// Explicit opt-out for networks where the client cannot authenticate.
     None,
+    /// A client certificate signed by the listener's `client_ca_file` (TLS only).
+    ClientCert,
 }
 
 #[derive(Debug, Clone)]
@@ -154,6 +170,10 @@ pub struct Listener {
     pub auth: Auth,
     /// Path prefix before `/api`, `/events` and `/apidoc` (transfer only; "" = none).
     pub prefix: String,
+    /// Which origins, hosts and peers it serves.
+    pub access: Access,
+    /// TLS, when configured.
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, Clone)]
@@ -168,6 +188,14 @@ pub struct HttpLimits {
     pub sse_queue_events: usize,
     /// Websocket sessions one listener serves at once; more are refused with 503.
     pub max_websocket_sessions: usize,
+    /// Connections one listener keeps open; at the cap the oldest idle one is closed.
+    pub max_connections: usize,
+    /// How long a request body may send nothing before the request fails.
+    pub body_read_timeout: Duration,
+    /// How long a websocket may stay silent (pings are answered by live clients).
+    pub websocket_idle_timeout: Duration,
+    /// Uploads (app imports, image loads) one listener receives at once; more get 503.
+    pub max_concurrent_uploads: usize,
 }
 
 /// What apps may ask for, and how large bundles may be (`[apps]`).
@@ -444,6 +472,10 @@ struct RawHttp {
     sse_keepalive_secs: Option<u64>,
     sse_queue_events: Option<usize>,
     max_websocket_sessions: Option<usize>,
+    max_connections: Option<usize>,
+    body_read_timeout_secs: Option<u64>,
+    websocket_idle_timeout_secs: Option<u64>,
+    max_concurrent_uploads: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -454,6 +486,17 @@ struct RawListener {
     auth: Option<String>,
     token_file: Option<PathBuf>,
     prefix: Option<String>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    #[serde(default)]
+    allowed_peers: Vec<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    client_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    allow_plain_http: bool,
 }
 
 /// Where the configuration comes from.
@@ -567,6 +610,18 @@ impl Config {
                 Some(n) => n,
                 None => DEFAULT_MAX_WEBSOCKET_SESSIONS,
             },
+            max_connections: at_least_one("http.max_connections", raw.http.max_connections, 512)?,
+            body_read_timeout: secs("body_read_timeout_secs", raw.http.body_read_timeout_secs, 30)?,
+            websocket_idle_timeout: secs(
+                "websocket_idle_timeout_secs",
+                raw.http.websocket_idle_timeout_secs,
+                120,
+            )?,
+            max_concurrent_uploads: at_least_one(
+                "http.max_concurrent_uploads",
+                raw.http.max_concurrent_uploads,
+                4,
+            )?,
         };
 
         let mut raws = raw.listeners;
@@ -700,10 +755,11 @@ fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
             Auth::Token { token }
         }
         Some("none") => Auth::None,
+        Some("client-cert") => Auth::ClientCert,
         Some(other) => {
             return Err(bad(
                 "auth",
-                format!("unknown auth \"{other}\" (loopback, token or none)"),
+                format!("unknown auth \"{other}\" (loopback, token, client-cert or none)"),
             ))
         }
     };
@@ -720,11 +776,23 @@ fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
         Some(p) => validate_prefix(&p)?,
         None => String::new(),
     };
+    let security = security::RawSecurity {
+        allowed_origins: raw.allowed_origins,
+        allowed_hosts: raw.allowed_hosts,
+        allowed_peers: raw.allowed_peers,
+        tls_cert_file: raw.tls_cert_file,
+        tls_key_file: raw.tls_key_file,
+        client_ca_file: raw.client_ca_file,
+        allow_plain_http: raw.allow_plain_http,
+    };
+    let (access, tls) = security::build(security, address, &auth)?;
     Ok(Listener {
         dialect,
         address,
         auth,
         prefix,
+        access,
+        tls,
     })
 }
 

@@ -103,6 +103,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             server::systemd::init_logging(config.log_level);
+            server::limits::raise_nofile();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .max_blocking_threads(16)
@@ -128,6 +129,7 @@ fn auth_name(auth: &config::Auth) -> &'static str {
         config::Auth::Loopback => "loopback",
         config::Auth::Token { .. } => "token",
         config::Auth::None => "none",
+        config::Auth::ClientCert => "client-cert",
     }
 }
 
@@ -158,6 +160,8 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     let addrs: Vec<_> = bound.iter().map(|b| b.local_addr).collect();
+    let probes: Vec<_> = bound.iter().map(|b| (b.local_addr, b.tls.is_some())).collect();
+    let tls: Vec<_> = bound.iter().filter_map(|b| b.tls.clone()).collect();
     let engine: Arc<dyn ContainerEngine> = Arc::new(DockerEngine::new(
         &config.docker_host,
         config.docker_timeout,
@@ -221,7 +225,8 @@ async fn serve(config: Config) -> ExitCode {
     server::systemd::notify_ready(&listening);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), docker = %config.docker_host, state = %config.state_dir.display(), "gantry ready");
     server::systemd::spawn_status_updates(health.subscribe(), listening, stop.clone());
-    server::systemd::spawn_watchdog(addrs, stop.clone());
+    server::systemd::spawn_watchdog(probes, stop.clone());
+    server::tls::spawn_reload(tls, stop.clone());
 
     wait_for_signal().await;
     tracing::info!("shutting down");
