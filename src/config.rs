@@ -351,7 +351,10 @@ fn build_apps(a: RawApps) -> Result<AppsPolicy, ConfigError> {
         .iter()
         .map(|ip| {
             ip.parse::<std::net::IpAddr>().map_err(|_| {
-                bad("apps.allowed_host_ips", format!("\"{ip}\" is not an IP address"))
+                bad(
+                    "apps.allowed_host_ips",
+                    format!("\"{ip}\" is not an IP address"),
+                )
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -611,7 +614,11 @@ impl Config {
                 None => DEFAULT_MAX_WEBSOCKET_SESSIONS,
             },
             max_connections: at_least_one("http.max_connections", raw.http.max_connections, 512)?,
-            body_read_timeout: secs("body_read_timeout_secs", raw.http.body_read_timeout_secs, 30)?,
+            body_read_timeout: secs(
+                "body_read_timeout_secs",
+                raw.http.body_read_timeout_secs,
+                30,
+            )?,
             websocket_idle_timeout: secs(
                 "websocket_idle_timeout_secs",
                 raw.http.websocket_idle_timeout_secs,
@@ -1114,11 +1121,11 @@ mod tests {
         assert_eq!(c.listeners[0].dialect, Dialect::Intervirt);
         assert_eq!(c.listeners[0].address.to_string(), "0.0.0.0:55436");
         assert_eq!(c.listeners[0].auth, Auth::None);
-        assert_eq!(c.intervirt.power, PowerBackend::Logind);
-        assert!(matches!(
-            Config::parse(text, &env(&[(FORBID_POWER_ENV, "1")])),
-            Err(ConfigError::PowerForbidden(_))
-        ));
+        // Only the Intervirt host's port forward may connect; power stays off unless opted in.
+        let peers = &c.listeners[0].access.peers;
+        assert_eq!(peers, &vec![Cidr::parse("10.0.2.2/32").unwrap()]);
+        assert_eq!(c.intervirt.power, PowerBackend::None);
+        assert!(Config::parse(text, &env(&[(FORBID_POWER_ENV, "1")])).is_ok());
     }
 
     #[test]
@@ -1182,6 +1189,9 @@ mod tests {
             "[[listeners]]\ndialect = \"transfer\"\naddress = \"0.0.0.0:1\"\nauth = \"token\"\ntoken_file = \"{}\"\n",
             path.display()
         );
+        // A token in clear on the network is refused unless said explicitly (or TLS).
+        assert_eq!(refused_key(&t, &[]), "tls_cert_file");
+        let t = format!("{t}allow_plain_http = true\n");
         let c = Config::parse(&t, &env(&[])).unwrap();
         assert_eq!(
             c.listeners[0].auth,
@@ -1194,5 +1204,74 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let e = Config::parse(&t, &env(&[])).unwrap_err();
         assert!(matches!(e.root(), ConfigError::TokenFile { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn listener_security_keys() {
+        let t = "[[listeners]]\ndialect = \"transfer\"\n";
+        let c = Config::parse(
+            &format!("{t}allowed_origins = [\"https://UI.example/\", \"*\"]\nallowed_hosts = [\"GW.local\"]\nallowed_peers = [\"198.18.0.0/15\", \"::1\"]\n"),
+            &env(&[]),
+        )
+        .unwrap();
+        let a = &c.listeners[0].access;
+        assert_eq!(a.origins, vec!["https://ui.example"]);
+        assert!(a.any_origin);
+        assert_eq!(a.hosts, vec!["gw.local"]);
+        assert_eq!(a.peers.len(), 2);
+        for (line, key) in [
+            ("allowed_origins = [\"ui.example\"]", "allowed_origins"),
+            ("allowed_hosts = [\"a/b\"]", "allowed_hosts"),
+            ("allowed_peers = [\"10.0.0.0/40\"]", "allowed_peers"),
+            ("tls_cert_file = \"/c.pem\"", "tls_cert_file"),
+            ("auth = \"client-cert\"", "client_ca_file"),
+            (
+                "tls_cert_file = \"/c\"\ntls_key_file = \"/k\"\nclient_ca_file = \"/ca\"",
+                "client_ca_file",
+            ),
+        ] {
+            assert_eq!(refused_key(&format!("{t}{line}\n"), &[]), key, "{line}");
+        }
+        let c = Config::parse(
+            &format!("{t}address = \"0.0.0.0:1\"\nauth = \"client-cert\"\ntls_cert_file = \"/c\"\ntls_key_file = \"/k\"\nclient_ca_file = \"/ca\"\n"),
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.listeners[0].auth, Auth::ClientCert);
+        assert_eq!(
+            c.listeners[0].tls.as_ref().unwrap().client_ca,
+            Some(PathBuf::from("/ca"))
+        );
+        // Defaults of the connection limits.
+        assert_eq!(c.http.max_connections, 512);
+        assert_eq!(c.http.max_concurrent_uploads, 4);
+        assert_eq!(c.http.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(
+            refused_key("[http]\nmax_connections = 0\n", &[]),
+            "http.max_connections"
+        );
+    }
+
+    #[test]
+    fn isolation_switches_and_port_lists() {
+        let c = Config::parse(
+            "[apps]\nallow_host_namespaces = true\nallowed_host_ports = [8080, \"9000-9099\"]\nallowed_host_ips = [\"127.0.0.1\"]\n",
+            &env(&[]),
+        )
+        .unwrap();
+        assert!(c.apps.allow_host_namespaces && !c.apps.allow_volume_drivers);
+        assert_eq!(c.apps.allowed_host_ports, vec![(8080, 8080), (9000, 9099)]);
+        assert_eq!(
+            c.apps.allowed_host_ips,
+            vec!["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            refused_key("[apps]\nallowed_host_ports = [\"9-1\"]\n", &[]),
+            "apps.allowed_host_ports"
+        );
+        assert_eq!(
+            refused_key("[apps]\nallowed_host_ips = [\"x\"]\n", &[]),
+            "apps.allowed_host_ips"
+        );
     }
 }

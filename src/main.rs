@@ -160,7 +160,10 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     let addrs: Vec<_> = bound.iter().map(|b| b.local_addr).collect();
-    let probes: Vec<_> = bound.iter().map(|b| (b.local_addr, b.tls.is_some())).collect();
+    let probes: Vec<_> = bound
+        .iter()
+        .map(|b| (b.local_addr, b.tls.is_some()))
+        .collect();
     let tls: Vec<_> = bound.iter().filter_map(|b| b.tls.clone()).collect();
     let engine: Arc<dyn ContainerEngine> = Arc::new(DockerEngine::new(
         &config.docker_host,
@@ -169,7 +172,11 @@ async fn serve(config: Config) -> ExitCode {
     ));
     let stop = CancellationToken::new();
     let health = EngineHealth::spawn(engine.clone(), config.docker_probe_interval, stop.clone());
-    let apps = match Apps::open(engine.clone(), &config.state_dir, import_settings(&config, &addrs)) {
+    let apps = match Apps::open(
+        engine.clone(),
+        &config.state_dir,
+        import_settings(&config, &addrs),
+    ) {
         Ok(a) => a.with_events(gantry_events(&config)),
         Err(e) => {
             tracing::error!(error = %e, "cannot open the app store");

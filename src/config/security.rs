@@ -31,7 +31,11 @@ impl Cidr {
         let (a, p) = s.split_once('/').unwrap_or((s, ""));
         let addr: IpAddr = a.trim().parse().ok()?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = if p.is_empty() { max } else { p.trim().parse().ok()? };
+        let prefix = if p.is_empty() {
+            max
+        } else {
+            p.trim().parse().ok()?
+        };
         (prefix <= max).then_some(Cidr { addr, prefix })
     }
 
@@ -92,7 +96,12 @@ pub fn build(
             client_ca: raw.client_ca_file.clone(),
         }),
         (None, None) => None,
-        _ => return Err(bad("tls_cert_file", "tls_cert_file and tls_key_file go together")),
+        _ => {
+            return Err(bad(
+                "tls_cert_file",
+                "tls_cert_file and tls_key_file go together",
+            ))
+        }
     };
     if raw.client_ca_file.is_some() != matches!(auth, Auth::ClientCert) {
         return Err(bad(
@@ -101,7 +110,10 @@ pub fn build(
         ));
     }
     if matches!(auth, Auth::ClientCert) && tls.is_none() {
-        return Err(bad("auth", "\"client-cert\" needs tls_cert_file and tls_key_file"));
+        return Err(bad(
+            "auth",
+            "\"client-cert\" needs tls_cert_file and tls_key_file",
+        ));
     }
     let plain_token = matches!(auth, Auth::Token { .. }) && tls.is_none();
     if plain_token && !address.ip().is_loopback() && !raw.allow_plain_http {
@@ -139,8 +151,12 @@ fn access(raw: &RawSecurity) -> Result<Access, ConfigError> {
         a.hosts.push(h);
     }
     for p in &raw.allowed_peers {
-        let c = Cidr::parse(p)
-            .ok_or_else(|| bad("allowed_peers", format!("\"{p}\" is not an address or CIDR")))?;
+        let c = Cidr::parse(p).ok_or_else(|| {
+            bad(
+                "allowed_peers",
+                format!("\"{p}\" is not an address or CIDR"),
+            )
+        })?;
         a.peers.push(c);
     }
     Ok(a)
@@ -163,7 +179,9 @@ mod tests {
         assert!(v6.contains("2001:db8:1::5".parse().unwrap()));
         assert!(!v6.contains("2001:db9::5".parse().unwrap()));
         assert!(!v6.contains("198.18.0.1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
         assert_eq!(Cidr::parse("127.0.0.1").unwrap().prefix, 32);
         for bad in ["x", "10.0.0.0/33", "::/129", "10.0.0.0/a"] {
             assert!(Cidr::parse(bad).is_none(), "{bad}");

@@ -46,7 +46,9 @@ impl From<SafeFsError> for io::Error {
     /// Keeps the kind of an I/O error (NotFound stays NotFound).
     fn from(e: SafeFsError) -> Self {
         match e {
-            SafeFsError::Io { path, source } => io::Error::new(source.kind(), format!("{path}: {source}")),
+            SafeFsError::Io { path, source } => {
+                io::Error::new(source.kind(), format!("{path}: {source}"))
+            }
             other => io::Error::other(other),
         }
     }
@@ -100,8 +102,13 @@ fn dir_flags() -> OFlag {
 /// The directory `rel` below `root` (`root` itself is gantry's and opened as it is).
 pub fn open_dir(root: &Path, rel: &Path) -> Result<OwnedFd, SafeFsError> {
     let shown = rel.display().to_string();
-    let mut fd = openat(nix::fcntl::AT_FDCWD, root, dir_flags() | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| io_at(&root.display().to_string(), e))?;
+    let mut fd = openat(
+        nix::fcntl::AT_FDCWD,
+        root,
+        dir_flags() | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_at(&root.display().to_string(), e))?;
     for name in parts(rel)? {
         fd = open_one(&fd, name, dir_flags(), &shown)?;
     }
@@ -214,8 +221,14 @@ pub fn open_subdir(dir: &OwnedFd, name: &str) -> Result<OwnedFd, SafeFsError> {
 pub fn walk_files(root: &Path) -> Result<Vec<String>, SafeFsError> {
     fn walk(dir: &OwnedFd, prefix: &str, depth: usize, out: &mut Vec<String>) -> io::Result<()> {
         for (name, kind) in entries(dir)? {
-            let Ok(name) = name.into_string() else { continue };
-            let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+            let Ok(name) = name.into_string() else {
+                continue;
+            };
+            let rel = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
             match kind {
                 Kind::File { .. } => out.push(rel),
                 Kind::Dir if depth < MAX_WALK_DEPTH => {
@@ -251,7 +264,10 @@ pub fn entries(dir: &OwnedFd) -> io::Result<Vec<(std::ffi::OsString, Kind)>> {
             continue;
         }
         let kind = match fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) => Kind::of(SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT, st.st_size),
+            Ok(st) => Kind::of(
+                SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT,
+                st.st_size,
+            ),
             Err(_) => Kind::Other,
         };
         out.push((name.to_os_string(), kind));
@@ -302,12 +318,29 @@ mod tests {
         let r = d.path();
         assert_eq!(read(r, Path::new("a/b/f"), 100).unwrap(), b"hello");
         assert_eq!(read_text(r, Path::new("./a/b/f"), 100).unwrap(), "hello");
-        assert!(matches!(read(r, Path::new("a/b/f"), 3), Err(SafeFsError::TooLarge(..))));
-        assert!(matches!(read(r, Path::new("a/link"), 100), Err(SafeFsError::Symlink(_))));
-        assert!(matches!(read(r, Path::new("dirlink/f"), 100), Err(SafeFsError::Symlink(_))));
-        assert!(matches!(read(r, Path::new("../x"), 100), Err(SafeFsError::Escapes(_))));
-        assert!(matches!(read(r, Path::new("a/b"), 100), Err(SafeFsError::NotAFile(_))));
-        assert!(read(r, Path::new("a/nope"), 100).unwrap_err().is_not_found());
+        assert!(matches!(
+            read(r, Path::new("a/b/f"), 3),
+            Err(SafeFsError::TooLarge(..))
+        ));
+        assert!(matches!(
+            read(r, Path::new("a/link"), 100),
+            Err(SafeFsError::Symlink(_))
+        ));
+        assert!(matches!(
+            read(r, Path::new("dirlink/f"), 100),
+            Err(SafeFsError::Symlink(_))
+        ));
+        assert!(matches!(
+            read(r, Path::new("../x"), 100),
+            Err(SafeFsError::Escapes(_))
+        ));
+        assert!(matches!(
+            read(r, Path::new("a/b"), 100),
+            Err(SafeFsError::NotAFile(_))
+        ));
+        assert!(read(r, Path::new("a/nope"), 100)
+            .unwrap_err()
+            .is_not_found());
     }
 
     #[test]
@@ -317,7 +350,10 @@ mod tests {
         check_no_symlink(r, Path::new("a/b")).unwrap();
         check_no_symlink(r, Path::new("a/b/new/deeper")).unwrap();
         check_no_symlink(r, Path::new("")).unwrap();
-        assert!(matches!(check_no_symlink(r, Path::new("a/link")), Err(SafeFsError::Symlink(_))));
+        assert!(matches!(
+            check_no_symlink(r, Path::new("a/link")),
+            Err(SafeFsError::Symlink(_))
+        ));
         assert!(matches!(
             check_no_symlink(r, Path::new("dirlink/x")),
             Err(SafeFsError::Symlink(_))
@@ -328,7 +364,10 @@ mod tests {
     fn a_fifo_does_not_block() {
         let d = tree();
         nix::unistd::mkfifo(&d.path().join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
-        assert!(matches!(read(d.path(), Path::new("fifo"), 10), Err(SafeFsError::NotAFile(_))));
+        assert!(matches!(
+            read(d.path(), Path::new("fifo"), 10),
+            Err(SafeFsError::NotAFile(_))
+        ));
     }
 
     #[test]

@@ -30,12 +30,16 @@ pub enum Verdict {
 
 /// Judges a request to a listener with `access`, reached over TLS or not, from `peer`;
 /// `any_peer` skips the peer allow-list (for `/healthz`, which systemd's watchdog asks).
-pub fn judge<B>(req: &Request<B>, access: &Access, tls: bool, peer: IpAddr, any_peer: bool) -> Verdict {
+pub fn judge<B>(
+    req: &Request<B>,
+    access: &Access,
+    tls: bool,
+    peer: IpAddr,
+    any_peer: bool,
+) -> Verdict {
     let listed = access.peers.is_empty() || access.peers.iter().any(|c| c.contains(peer));
     if !listed && !any_peer {
-        return Verdict::Refuse(format!(
-            "{peer} is not among this listener's allowed_peers"
-        ));
+        return Verdict::Refuse(format!("{peer} is not among this listener's allowed_peers"));
     }
     let host = request_host(req);
     if let Some(h) = &host {
@@ -53,7 +57,11 @@ pub fn judge<B>(req: &Request<B>, access: &Access, tls: bool, peer: IpAddr, any_
         }
         return Verdict::Pass(None);
     };
-    let text = origin.to_str().unwrap_or("").trim_end_matches('/').to_ascii_lowercase();
+    let text = origin
+        .to_str()
+        .unwrap_or("")
+        .trim_end_matches('/')
+        .to_ascii_lowercase();
     let scheme = if tls { "https" } else { "http" };
     let own = host.is_some_and(|_| {
         let authority = raw_host(req).unwrap_or_default().to_ascii_lowercase();
@@ -70,7 +78,8 @@ pub fn judge<B>(req: &Request<B>, access: &Access, tls: bool, peer: IpAddr, any_
         (false, true) => Some(HeaderValue::from_static("*")),
         (false, false) => Some(origin.clone()),
     };
-    let preflight = req.method() == Method::OPTIONS && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD);
+    let preflight =
+        req.method() == Method::OPTIONS && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD);
     match (preflight, allow) {
         (true, allow) => Verdict::Preflight(allow.unwrap_or_else(|| origin.clone())),
         (false, allow) => Verdict::Pass(allow),
@@ -100,7 +109,9 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
     let host = if let Some(rest) = raw.strip_prefix('[') {
         rest.split(']').next().unwrap_or("").to_string()
     } else {
-        raw.rsplit_once(':').map_or(raw.as_str(), |(h, _)| h).to_string()
+        raw.rsplit_once(':')
+            .map_or(raw.as_str(), |(h, _)| h)
+            .to_string()
     };
     Some(host.trim_end_matches('.').to_string())
 }
@@ -133,7 +144,8 @@ pub fn preflight<B>(req: &Request<B>, allow: HeaderValue) -> Response {
 pub fn allow_origin(resp: &mut Response, allow: Option<HeaderValue>) {
     if let Some(v) = allow {
         resp.headers_mut().insert(ACCESS_CONTROL_ALLOW_ORIGIN, v);
-        resp.headers_mut().insert(VARY, HeaderValue::from_static("Origin"));
+        resp.headers_mut()
+            .insert(VARY, HeaderValue::from_static("Origin"));
     }
 }
 
@@ -143,7 +155,10 @@ mod tests {
     use crate::config::Cidr;
 
     fn req(method: &str, host: &str, headers: &[(&str, &str)]) -> Request<()> {
-        let mut b = Request::builder().method(method).uri("/api/1/x").header("Host", host);
+        let mut b = Request::builder()
+            .method(method)
+            .uri("/api/1/x")
+            .header("Host", host);
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
@@ -164,11 +179,31 @@ mod tests {
             hosts: vec!["gw.example".into()],
             ..Default::default()
         };
-        for ok in ["127.0.0.1:54169", "[::1]:1", "localhost:9", "LOCALHOST", "gw.example", "gw.example.:80", "198.18.0.1"] {
-            assert_eq!(judge(&req("GET", ok, &[]), &a, false, local(), false), Verdict::Pass(None), "{ok}");
+        for ok in [
+            "127.0.0.1:54169",
+            "[::1]:1",
+            "localhost:9",
+            "LOCALHOST",
+            "gw.example",
+            "gw.example.:80",
+            "198.18.0.1",
+        ] {
+            assert_eq!(
+                judge(&req("GET", ok, &[]), &a, false, local(), false),
+                Verdict::Pass(None),
+                "{ok}"
+            );
         }
-        for bad in ["evil.example", "evil.example:54169", "127.0.0.1.evil.example", "localhost.evil.example:1"] {
-            assert!(refused(judge(&req("GET", bad, &[]), &a, false, local(), false)), "{bad}");
+        for bad in [
+            "evil.example",
+            "evil.example:54169",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example:1",
+        ] {
+            assert!(
+                refused(judge(&req("GET", bad, &[]), &a, false, local(), false)),
+                "{bad}"
+            );
         }
     }
 
@@ -177,9 +212,18 @@ mod tests {
         let none = Access::default();
         let host = "127.0.0.1:54169";
         let own = [("Origin", "http://127.0.0.1:54169")];
-        assert_eq!(judge(&req("POST", host, &own), &none, false, local(), false), Verdict::Pass(None));
+        assert_eq!(
+            judge(&req("POST", host, &own), &none, false, local(), false),
+            Verdict::Pass(None)
+        );
         // Over TLS the own origin is https.
-        assert!(refused(judge(&req("POST", host, &own), &none, true, local(), false)));
+        assert!(refused(judge(
+            &req("POST", host, &own),
+            &none,
+            true,
+            local(),
+            false
+        )));
         for evil in ["http://evil.example", "null", "http://127.0.0.1:1"] {
             let r = req("POST", host, &[("Origin", evil)]);
             assert!(refused(judge(&r, &none, false, local(), false)), "{evil}");
@@ -195,16 +239,36 @@ mod tests {
             judge(&r, &ui, false, local(), false),
             Verdict::Pass(Some(HeaderValue::from_static("https://ui.example")))
         );
-        let pre = req("OPTIONS", host, &[("Origin", "https://ui.example"), ("Access-Control-Request-Method", "PUT")]);
-        assert!(matches!(judge(&pre, &ui, false, local(), false), Verdict::Preflight(_)));
-        let pre = req("OPTIONS", host, &[("Origin", "http://evil.example"), ("Access-Control-Request-Method", "PUT")]);
+        let pre = req(
+            "OPTIONS",
+            host,
+            &[
+                ("Origin", "https://ui.example"),
+                ("Access-Control-Request-Method", "PUT"),
+            ],
+        );
+        assert!(matches!(
+            judge(&pre, &ui, false, local(), false),
+            Verdict::Preflight(_)
+        ));
+        let pre = req(
+            "OPTIONS",
+            host,
+            &[
+                ("Origin", "http://evil.example"),
+                ("Access-Control-Request-Method", "PUT"),
+            ],
+        );
         assert!(refused(judge(&pre, &ui, false, local(), false)));
         let any = Access {
             any_origin: true,
             ..Default::default()
         };
         let r = req("POST", host, &[("Origin", "http://anything.example")]);
-        assert_eq!(judge(&r, &any, false, local(), false), Verdict::Pass(Some(HeaderValue::from_static("*"))));
+        assert_eq!(
+            judge(&r, &any, false, local(), false),
+            Verdict::Pass(Some(HeaderValue::from_static("*")))
+        );
     }
 
     #[test]
@@ -214,7 +278,16 @@ mod tests {
             ..Default::default()
         };
         let r = req("GET", "10.0.2.15:55436", &[]);
-        assert_eq!(judge(&r, &a, false, "10.0.2.2".parse().unwrap(), false), Verdict::Pass(None));
-        assert!(refused(judge(&r, &a, false, "10.0.2.3".parse().unwrap(), false)));
+        assert_eq!(
+            judge(&r, &a, false, "10.0.2.2".parse().unwrap(), false),
+            Verdict::Pass(None)
+        );
+        assert!(refused(judge(
+            &r,
+            &a,
+            false,
+            "10.0.2.3".parse().unwrap(),
+            false
+        )));
     }
 }

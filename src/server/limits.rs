@@ -179,7 +179,11 @@ impl HttpBody for Guarded {
 
 /// `body`, keeping `busy` until it is done.
 pub fn guard_body(body: Body, busy: BusyGuard) -> Body {
-    Guarded { inner: body, _busy: busy }.boxed_unsync()
+    Guarded {
+        inner: body,
+        _busy: busy,
+    }
+    .boxed_unsync()
 }
 
 /// At most `cap` uploads at once on a listener.

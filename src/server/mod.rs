@@ -56,7 +56,8 @@ pub async fn bind(listeners: &[Listener]) -> Result<Vec<Bound>, String> {
     for l in listeners {
         let tls = match &l.tls {
             Some(files) => Some(
-                Tls::load(files).map_err(|e| format!("TLS of {} ({}): {e}", l.address, l.dialect))?,
+                Tls::load(files)
+                    .map_err(|e| format!("TLS of {} ({}): {e}", l.address, l.dialect))?,
             ),
             None => None,
         };
@@ -104,7 +105,8 @@ pub async fn serve(
         dialect,
         cx: Cx {
             core,
-            sessions: Sessions::new(limits.max_websocket_sessions, stop.clone()),
+            sessions: Sessions::new(limits.max_websocket_sessions, stop.clone())
+                .with_idle_timeout(limits.websocket_idle_timeout),
             limits: limits.clone(),
             listener: Arc::new(bound.config.clone()),
             uploads: Uploads::new(limits.max_concurrent_uploads),
@@ -180,7 +182,10 @@ async fn connection(
     let Some(tls) = ctx.tls.clone() else {
         return serve_io(&http, TokioIo::new(stream), info, abort, ctx, stop).await;
     };
-    let handshake = tokio::time::timeout(ctx.cx.limits.header_read_timeout, tls.acceptor().accept(stream));
+    let handshake = tokio::time::timeout(
+        ctx.cx.limits.header_read_timeout,
+        tls.acceptor().accept(stream),
+    );
     let stream = tokio::select! {
         r = handshake => match r {
             Ok(Ok(s)) => s,
@@ -279,7 +284,8 @@ async fn admit(req: Request<Incoming>, ctx: &ListenerCtx, info: &ConnInfo) -> Re
             "this listener is at its connection limit (http.max_connections): try again",
             &path,
         );
-        resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
         return resp;
     }
     let listener = &ctx.cx.listener;
@@ -356,7 +362,11 @@ fn healthz(status: &EngineStatus) -> Response {
     struct Health {
         status: &'static str,
     }
-    let status = if status.is_reachable() { "ok" } else { "degraded" };
+    let status = if status.is_reachable() {
+        "ok"
+    } else {
+        "degraded"
+    };
     http::json(StatusCode::OK, &Health { status })
 }
 

@@ -40,7 +40,12 @@ impl Tls {
 
     /// What a new connection's handshake uses.
     pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+        TlsAcceptor::from(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
     }
 }
 
@@ -102,8 +107,12 @@ pub fn spawn_reload(all: Vec<Arc<Tls>>, stop: CancellationToken) {
             }
             for tls in &all {
                 match tls.reload() {
-                    Ok(()) => tracing::info!(cert = %tls.files.cert.display(), "TLS certificate reloaded"),
-                    Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate"),
+                    Ok(()) => {
+                        tracing::info!(cert = %tls.files.cert.display(), "TLS certificate reloaded")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate")
+                    }
                 }
             }
         }
@@ -130,7 +139,11 @@ pub fn subject(der: &[u8]) -> Option<String> {
         let (_, attr, _) = tlv(set)?;
         let (_, oid, after) = tlv(attr)?;
         let (_, value, _) = tlv(after)?;
-        parts.push(format!("{}={}", oid_name(oid), String::from_utf8_lossy(value)));
+        parts.push(format!(
+            "{}={}",
+            oid_name(oid),
+            String::from_utf8_lossy(value)
+        ));
     }
     Some(parts.join(","))
 }
@@ -159,7 +172,9 @@ fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |a, b| (a << 8) | usize::from(*b));
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |a, b| (a << 8) | usize::from(*b));
         (len, &rest[n..])
     };
     (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
@@ -175,7 +190,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (key, cert) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
         let out = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "1",
+            ])
             .args(["-subj", "/CN=client one/O=Acme"])
             .arg("-keyout")
             .arg(&key)
@@ -185,7 +210,11 @@ mod tests {
         let Ok(out) = out else {
             return; // no openssl here: the integration tests cover TLS
         };
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let der = certs(&cert).unwrap().remove(0);
         assert_eq!(subject(&der).as_deref(), Some("CN=client one,O=Acme"));
         assert_eq!(subject(&der[..20]), None);

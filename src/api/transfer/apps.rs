@@ -1,8 +1,6 @@
 //! "Transfer Technology - Main Transfer API": importing, listing, starting, stopping and
 //! removing app instances. PascalCase JSON per COMPAT-NOTES section 1.
 
-use bytes::Bytes;
-use futures_util::StreamExt;
 use hyper::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, StatusCode};
 use serde::Serialize;
@@ -287,6 +285,7 @@ async fn import(c: Call) -> Reply {
     // The import reads the upload as it arrives: image tarballs load into Docker while the
     // rest still comes (docs/DESIGN-apps.md, stream.rs). Should this handler be dropped
     // midway (the client went away), the pipe tells the import, which rolls back.
+    let _upload = c.begin_upload()?;
     let (file, sender, reader) = c.core.apps.upload_pipe()?;
     let source = ImportSource::Streaming {
         file,
@@ -297,7 +296,8 @@ async fn import(c: Call) -> Reply {
         .core
         .import_app(source, ImportOptions { replace }, &start)?;
     let task = op.id().to_string();
-    let received = receive_app(c.req.into_body(), boundary, limit, &sender).await;
+    let stall = c.limits.body_read_timeout;
+    let received = receive_app(c.req.into_body(), stall, boundary, limit, &sender).await;
     sender.finish(match &received {
         Ok(()) => Ok(()),
         Err(p) => Err(format!("{p:?}")),
@@ -318,6 +318,7 @@ async fn import(c: Call) -> Reply {
 /// dropped, so that the client hears the answer after its upload, as before.
 async fn receive_app(
     body: hyper::body::Incoming,
+    stall: std::time::Duration,
     boundary: String,
     limit: u64,
     sender: &UploadSender,
@@ -325,12 +326,7 @@ async fn receive_app(
     // Other fields are skipped unread (multer discards them), so no field allow-list.
     let constraints = multer::Constraints::new()
         .size_limit(multer::SizeLimit::new().whole_stream(limit.saturating_add(64 << 10)));
-    let body = http_body_util::BodyStream::new(body).filter_map(|frame| async {
-        match frame {
-            Ok(f) => f.into_data().ok().map(Ok::<Bytes, hyper::Error>),
-            Err(e) => Some(Err(e)),
-        }
-    });
+    let body = crate::server::limits::timed_body(body, stall);
     let mut multipart = multer::Multipart::with_constraints(body, boundary, constraints);
     let mut found = false;
     let mut received: u64 = 0;

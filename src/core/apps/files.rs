@@ -137,7 +137,12 @@ fn list(dir: &OwnedFd, id_prefix: &str, root: bool, depth: usize) -> io::Result<
             }
             safe_fs::Kind::File { size } => {
                 let mime = mime_type(&name);
-                nodes.push(FileNode::File { name, id, mime, size });
+                nodes.push(FileNode::File {
+                    name,
+                    id,
+                    mime,
+                    size,
+                });
             }
             safe_fs::Kind::Other => {}
         }
@@ -183,7 +188,10 @@ pub fn lookup(store: &AppStore, id: &str) -> CoreResult<FileLookup> {
         Err(e) if !is_not_a_dir(&e) => Err(failed(e)),
         Err(_) => {
             let file = safe_fs::open_file(&stored.dir, &rel).map_err(failed)?;
-            let size = file.metadata().map_err(|e| CoreError::io(format!("cannot read {id}"), e))?.len();
+            let size = file
+                .metadata()
+                .map_err(|e| CoreError::io(format!("cannot read {id}"), e))?
+                .len();
             Ok(FileLookup::File {
                 file,
                 mime: mime_type(parts.last().copied().unwrap_or("")),
@@ -257,8 +265,8 @@ impl super::lifecycle::Apps {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
     use crate::core::apps::AppConfig;
+    use std::fs;
 
     #[test]
     fn paths_that_could_escape_are_invalid() {

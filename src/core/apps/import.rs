@@ -472,12 +472,15 @@ async fn run(
     )
     .map_err(|e| CoreError::Invalid(format!("{}: {e}", bundle.compose_name())))?;
     // Volumes and networks another app (or none) owns: refused now, not only at start.
-    project.check_owners(engine).await.map_err(|e| match e.kind() {
-        crate::core::ErrorKind::Invalid => {
-            CoreError::Invalid(format!("{}: {e}", bundle.compose_name()))
-        }
-        _ => CoreError::from(e),
-    })?;
+    project
+        .check_owners(engine)
+        .await
+        .map_err(|e| match e.kind() {
+            crate::core::ErrorKind::Invalid => {
+                CoreError::Invalid(format!("{}: {e}", bundle.compose_name()))
+            }
+            _ => CoreError::from(e),
+        })?;
     step_done(
         ImportStep::ParseCompose,
         format!("{} services", project.services().len()),

@@ -849,7 +849,10 @@ impl Apps {
     pub async fn read_small_file(path: PathBuf) -> CoreResult<Vec<u8>> {
         let read = move || {
             let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-                return Err(CoreError::Invalid(format!("{} is not a file", path.display())));
+                return Err(CoreError::Invalid(format!(
+                    "{} is not a file",
+                    path.display()
+                )));
             };
             crate::core::safe_fs::read(dir, Path::new(name), MAX_SMALL_FILE_BYTES)
                 .map_err(|e| CoreError::Failed(format!("cannot read {}: {e}", path.display())))

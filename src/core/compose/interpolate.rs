@@ -379,7 +379,10 @@ mod tests {
         }
         let started = std::time::Instant::now();
         let e = parse_env_file(&text, &HashMap::new(), true).unwrap_err();
-        assert!(matches!(&e, EnvFileError::ValueTooLarge(k) if k == "A7"), "{e}");
+        assert!(
+            matches!(&e, EnvFileError::ValueTooLarge(k) if k == "A7"),
+            "{e}"
+        );
         assert!(started.elapsed() < std::time::Duration::from_millis(500));
         // Many values under the per-value cap still add up to the total cap.
         let big = "y".repeat(MAX_VALUE_BYTES);

@@ -38,7 +38,10 @@ pub(super) async fn prepare(
         .networks
         .iter()
         .map(|n| check_network(p, engine, n).boxed());
-    let volumes = plan.volumes.iter().map(|v| check_volume(p, engine, v).boxed());
+    let volumes = plan
+        .volumes
+        .iter()
+        .map(|v| check_volume(p, engine, v).boxed());
     let (images, networks, volumes, existing) = tokio::join!(
         ensure_images(p, engine, out),
         bounded(limit, networks.collect()),
@@ -207,7 +210,9 @@ async fn check_network(
         .find(|x| x.name.as_deref() == Some(n.name.as_str()));
     if n.external {
         return match existing {
-            Some(x) => owner_allows(p, "network", &n.key, &n.name, x.labels.as_ref()).map(|()| false),
+            Some(x) => {
+                owner_allows(p, "network", &n.key, &n.name, x.labels.as_ref()).map(|()| false)
+            }
             None => Err(external_missing("network", &n.key, &n.name)),
         };
     }
@@ -288,14 +293,25 @@ pub(in crate::core::compose) async fn check_owners(
 ) -> Result<(), ComposeError> {
     for n in p.plan().networks.iter().filter(|n| n.external) {
         let found = engine.list_networks(&[Filter::Name(n.name.clone())]).await;
-        let found = found.map_err(ComposeError::engine(format!("looking up network {}", n.name)))?;
-        if let Some(x) = found.iter().find(|x| x.name.as_deref() == Some(n.name.as_str())) {
+        let found = found.map_err(ComposeError::engine(format!(
+            "looking up network {}",
+            n.name
+        )))?;
+        if let Some(x) = found
+            .iter()
+            .find(|x| x.name.as_deref() == Some(n.name.as_str()))
+        {
             owner_allows(p, "network", &n.key, &n.name, x.labels.as_ref())?;
         }
     }
     for v in &p.plan().volumes {
-        let found = engine.list_volumes_filtered(&[Filter::Name(v.name.clone())]).await;
-        let found = found.map_err(ComposeError::engine(format!("looking up volume {}", v.name)))?;
+        let found = engine
+            .list_volumes_filtered(&[Filter::Name(v.name.clone())])
+            .await;
+        let found = found.map_err(ComposeError::engine(format!(
+            "looking up volume {}",
+            v.name
+        )))?;
         if let Some(x) = found.iter().find(|x| x.name == v.name) {
             owner_allows(p, "volume", &v.key, &v.name, Some(&x.labels))?;
         }

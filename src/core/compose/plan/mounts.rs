@@ -296,7 +296,10 @@ fn resolve_bind(scope: &str, source: &str, ctx: &PlanContext<'_>) -> Result<Path
         Ok(()) => Ok(r.full),
         // The app directory does not exist yet while an import plans it.
         Err(e) if e.is_not_found() => Ok(r.full),
-        Err(e) => Err(refused(scope, format!("bind mount source \"{source}\": {e}"))),
+        Err(e) => Err(refused(
+            scope,
+            format!("bind mount source \"{source}\": {e}"),
+        )),
     }
 }
 
@@ -332,11 +335,16 @@ pub(super) fn resolve_host_path(
             format!("{what} \"{source}\" leaves the file system root"),
         )
     })?;
-    let bases = std::iter::once(ctx.dir).chain(ctx.policy.allowed_bind_paths.iter().map(PathBuf::as_path));
+    let bases =
+        std::iter::once(ctx.dir).chain(ctx.policy.allowed_bind_paths.iter().map(PathBuf::as_path));
     for base in bases.filter_map(normalize) {
         if let Ok(rel) = resolved.strip_prefix(&base) {
             let rel = rel.to_path_buf();
-            return Ok(HostPath { full: resolved, base, rel });
+            return Ok(HostPath {
+                full: resolved,
+                base,
+                rel,
+            });
         }
     }
     Err(refused(

@@ -39,9 +39,24 @@ pub(super) fn check(
 ) -> Result<(), ComposeError> {
     let s = &parsed.spec;
     let asked = [
-        (s.privileged, allowed.allow_privileged, "\"privileged\"", "allow_privileged"),
-        (!s.devices.is_empty(), allowed.allow_devices, "\"devices\"", "allow_devices"),
-        (!s.cap_add.is_empty(), allowed.allow_capabilities, "\"cap_add\"", "allow_capabilities"),
+        (
+            s.privileged,
+            allowed.allow_privileged,
+            "\"privileged\"",
+            "allow_privileged",
+        ),
+        (
+            !s.devices.is_empty(),
+            allowed.allow_devices,
+            "\"devices\"",
+            "allow_devices",
+        ),
+        (
+            !s.cap_add.is_empty(),
+            allowed.allow_capabilities,
+            "\"cap_add\"",
+            "allow_capabilities",
+        ),
     ];
     if let Some((_, _, what, switch)) = asked.iter().find(|(asked, ok, ..)| *asked && !*ok) {
         return Err(gated(scope, what, switch));
@@ -129,7 +144,11 @@ fn ports(scope: &str, ports: &[PortSpec], allowed: &ComposePolicy) -> Result<(),
     for p in ports {
         let range = p.published.as_deref().and_then(published_range);
         if let (Some((lo, hi)), "tcp") = (range, p.protocol.as_str()) {
-            if let Some(l) = allowed.reserved.iter().find(|l| collides(l, host_ip(p), lo, hi)) {
+            if let Some(l) = allowed
+                .reserved
+                .iter()
+                .find(|l| collides(l, host_ip(p), lo, hi))
+            {
                 return Err(refused(
                     scope,
                     format!(
@@ -141,17 +160,26 @@ fn ports(scope: &str, ports: &[PortSpec], allowed: &ComposePolicy) -> Result<(),
         }
         if !allowed.allowed_host_ports.is_empty() {
             let inside = range.is_some_and(|(lo, hi)| {
-                allowed.allowed_host_ports.iter().any(|(a, b)| *a <= lo && hi <= *b)
+                allowed
+                    .allowed_host_ports
+                    .iter()
+                    .any(|(a, b)| *a <= lo && hi <= *b)
             });
             if !inside {
-                let what = format!("\"ports\": {} (a host port outside the allowed ones)", shown(p));
+                let what = format!(
+                    "\"ports\": {} (a host port outside the allowed ones)",
+                    shown(p)
+                );
                 return Err(refused(scope, format!("{what} is not allowed by this gateway's policy (see apps.allowed_host_ports)")));
             }
         }
         if !allowed.allowed_host_ips.is_empty() {
             let ip = p.host_ip.as_deref().and_then(|h| h.parse::<IpAddr>().ok());
             if !ip.is_some_and(|ip| allowed.allowed_host_ips.contains(&ip)) {
-                let what = format!("\"ports\": {} (a host address outside the allowed ones)", shown(p));
+                let what = format!(
+                    "\"ports\": {} (a host address outside the allowed ones)",
+                    shown(p)
+                );
                 return Err(refused(scope, format!("{what} is not allowed by this gateway's policy (see apps.allowed_host_ips)")));
             }
         }
@@ -168,7 +196,10 @@ fn collides(listener: &SocketAddr, ip: Option<IpAddr>, lo: u16, hi: u16) -> bool
 fn shown(p: &PortSpec) -> String {
     format!(
         "{}{}:{}/{}",
-        p.host_ip.as_deref().map(|h| format!("{h}:")).unwrap_or_default(),
+        p.host_ip
+            .as_deref()
+            .map(|h| format!("{h}:"))
+            .unwrap_or_default(),
         p.published.as_deref().unwrap_or(""),
         p.target,
         p.protocol
@@ -215,7 +246,11 @@ pub(super) fn network(
         return Ok(());
     }
     if let Some(d) = driver.filter(|d| !matches!(*d, "bridge" | "host")) {
-        return Err(gated(scope, &format!("\"driver: {d}\""), "allow_network_options"));
+        return Err(gated(
+            scope,
+            &format!("\"driver: {d}\""),
+            "allow_network_options",
+        ));
     }
     if !def.driver_opts.is_empty() {
         return Err(gated(scope, "\"driver_opts\"", "allow_network_options"));
@@ -238,7 +273,11 @@ pub(super) fn volume(
         return Ok(());
     }
     if let Some(d) = def.driver.as_deref().filter(|d| *d != "local") {
-        return Err(gated(scope, &format!("\"driver: {d}\""), "allow_volume_drivers"));
+        return Err(gated(
+            scope,
+            &format!("\"driver: {d}\""),
+            "allow_volume_drivers",
+        ));
     }
     if !def.driver_opts.is_empty() {
         return Err(gated(scope, "\"driver_opts\"", "allow_volume_drivers"));

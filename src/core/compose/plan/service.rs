@@ -14,8 +14,8 @@ use super::mounts::{resolve_host_path, service_mounts, tmpfs};
 use super::networks::service_networks;
 use super::resources::{bytes, resources};
 use super::{
-    invalid, policy, refused, Condition, Dependency, NetworkPlan, PlanContext, ServicePlan, VolumePlan,
-    DEFAULT_STOP_TIMEOUT,
+    invalid, policy, refused, Condition, Dependency, NetworkPlan, PlanContext, ServicePlan,
+    VolumePlan, DEFAULT_STOP_TIMEOUT,
 };
 use crate::core::compose::interpolate::parse_env_file;
 use crate::core::compose::parse::{ComposeModel, ParsedService, PortSpec};

@@ -676,7 +676,10 @@ fn isolation_switches() {
     for (yaml, switch) in cases {
         let e = plan_with(yaml, &ComposePolicy::default()).unwrap_err();
         assert!(matches!(e, ComposeError::Policy { .. }), "{yaml}: {e:?}");
-        assert!(e.to_string().contains(&format!("apps.{switch}")), "{yaml}: {e}");
+        assert!(
+            e.to_string().contains(&format!("apps.{switch}")),
+            "{yaml}: {e}"
+        );
         plan_with(yaml, &permissive()).unwrap_or_else(|e| panic!("{yaml}: {e}"));
     }
     // A container of the app itself is its service's network.
@@ -698,13 +701,24 @@ fn gantry_labels_and_ports() {
         assert!(e.to_string().contains("io.gantry."), "{yaml}: {e}");
     }
     let mut pol = ComposePolicy {
-        reserved: vec!["127.0.0.1:54169".parse().unwrap(), "0.0.0.0:55436".parse().unwrap()],
+        reserved: vec![
+            "127.0.0.1:54169".parse().unwrap(),
+            "0.0.0.0:55436".parse().unwrap(),
+        ],
         ..Default::default()
     };
-    for bad in ["54169:80", "127.0.0.1:54169:80", "198.18.0.9:55436:80", "54000-55000:80"] {
+    for bad in [
+        "54169:80",
+        "127.0.0.1:54169:80",
+        "198.18.0.9:55436:80",
+        "54000-55000:80",
+    ] {
         let y = format!("services: {{a: {{image: x, ports: [\"{bad}\"]}}}}");
         let e = plan_with(&y, &pol).unwrap_err();
-        assert!(e.to_string().contains("gantry's own listener"), "{bad}: {e}");
+        assert!(
+            e.to_string().contains("gantry's own listener"),
+            "{bad}: {e}"
+        );
     }
     for ok in ["198.18.0.9:54169:80", "54169:80/udp", "8080:80", "80"] {
         let y = format!("services: {{a: {{image: x, ports: [\"{ok}\"]}}}}");
@@ -714,7 +728,11 @@ fn gantry_labels_and_ports() {
     pol.allowed_host_ips = vec!["127.0.0.1".parse().unwrap()];
     let y = |p: &str| format!("services: {{a: {{image: x, ports: [\"{p}\"]}}}}");
     plan_with(&y("127.0.0.1:8080:80"), &pol).unwrap();
-    for (bad, key) in [("127.0.0.1:9000:80", "allowed_host_ports"), ("8080:80", "allowed_host_ips"), ("127.0.0.1::80", "allowed_host_ports")] {
+    for (bad, key) in [
+        ("127.0.0.1:9000:80", "allowed_host_ports"),
+        ("8080:80", "allowed_host_ips"),
+        ("127.0.0.1::80", "allowed_host_ports"),
+    ] {
         let e = plan_with(&y(bad), &pol).unwrap_err();
         assert!(e.to_string().contains(key), "{bad}: {e}");
     }
