@@ -32,6 +32,9 @@ pub mod ws;
 
 pub const DEFAULT_TEST_IMAGE: &str = "gantry-test/busybox:latest";
 
+/// The authenticated status route of every listener.
+pub const STATUS_PATH: &str = "/gantry/status";
+
 // ---------------------------------------------------------------------------------------------
 // Environment and skipping
 
@@ -589,10 +592,11 @@ impl Gantry {
         }
     }
 
-    /// The parsed `/healthz` document.
+    /// The parsed status document (`/gantry/status`, behind the listener's auth: gantry's
+    /// version and Docker's reachability, version or error).
     pub fn health(&self) -> Value {
-        let r = self.get("/healthz");
-        assert_eq!(r.status, 200, "/healthz: {r}");
+        let r = self.get(STATUS_PATH);
+        assert_eq!(r.status, 200, "{STATUS_PATH}: {r}");
         r.json()
     }
 
