@@ -1,6 +1,6 @@
 //! [`ContainerEngine`] over Docker's HTTP API on the local socket, through bollard.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use super::engine::{
     ByteStream, ContainerEngine, EngineError, EngineResult, EngineVersion, Filter, LoadedImages,
-    LogLine,
+    LogLine, MAX_LOG_LINE_BYTES,
 };
 
 pub struct DockerEngine {
@@ -435,42 +435,43 @@ impl ContainerEngine for DockerEngine {
         Ok(())
     }
 
-    async fn container_logs(&self, id: &str, tail: Option<u64>) -> EngineResult<Vec<LogLine>> {
+    fn container_logs(&self, id: &str, tail: Option<u64>) -> super::engine::LogStream {
         let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
         let opts = LogsOptionsBuilder::default()
             .stdout(true)
             .stderr(true)
             .tail(&tail)
             .build();
-        let mut stream = self.docker()?.logs(id, Some(opts));
-        let mut out = Vec::new();
-        let mut partial: [String; 2] = Default::default();
-        while let Some(item) = stream.next().await {
-            let (stdout, message) = match item.map_err(map_error)? {
-                LogOutput::StdErr { message } => (false, message),
-                LogOutput::StdOut { message } | LogOutput::Console { message } => (true, message),
-                LogOutput::StdIn { .. } => continue,
-            };
-            // Frames need not end at line ends: keep the rest for the next frame.
-            let buf = &mut partial[usize::from(stdout)];
-            buf.push_str(&String::from_utf8_lossy(&message));
-            while let Some(pos) = buf.find('\n') {
-                let line: String = buf.drain(..=pos).collect();
-                out.push(LogLine {
-                    stdout,
-                    text: line.trim_end_matches(['\n', '\r']).to_string(),
-                });
-            }
-        }
-        for (i, rest) in partial.into_iter().enumerate() {
-            if !rest.is_empty() {
-                out.push(LogLine {
-                    stdout: i == 1,
-                    text: rest,
-                });
-            }
-        }
-        Ok(out)
+        let docker = match self.docker() {
+            Ok(d) => d,
+            Err(e) => return Box::pin(futures_util::stream::once(async { Err(e) })),
+        };
+        let frames = Box::pin(docker.logs(id, Some(opts)));
+        let state = (frames, LineSplitter::default(), VecDeque::new(), false);
+        Box::pin(futures_util::stream::unfold(
+            state,
+            |(mut frames, mut split, mut queue, mut done)| async move {
+                loop {
+                    if let Some(item) = queue.pop_front() {
+                        return Some((item, (frames, split, queue, done)));
+                    }
+                    if done {
+                        return None;
+                    }
+                    match frames.next().await {
+                        Some(Ok(f)) => queue.extend(split.push(f).into_iter().map(Ok)),
+                        Some(Err(e)) => {
+                            queue.push_back(Err(map_error(e)));
+                            done = true;
+                        }
+                        None => {
+                            queue.extend(split.finish().into_iter().map(Ok));
+                            done = true;
+                        }
+                    }
+                }
+            },
+        ))
     }
 
     fn container_events(&self, filters: &[Filter]) -> super::engine::EventStream {
@@ -563,5 +564,50 @@ mod tests {
             map_error(BollardError::RequestTimeoutError),
             EngineError::Unavailable(_)
         ));
+    }
+}
+
+/// Docker's log frames into lines: frames need not end at line ends (the rest waits for the
+/// next frame of that stream), and a line longer than [`MAX_LOG_LINE_BYTES`] is cut.
+#[derive(Default)]
+struct LineSplitter {
+    /// stderr, stdout.
+    partial: [String; 2],
+}
+
+impl LineSplitter {
+    fn push(&mut self, frame: LogOutput) -> Vec<LogLine> {
+        let (stdout, message) = match frame {
+            LogOutput::StdErr { message } => (false, message),
+            LogOutput::StdOut { message } | LogOutput::Console { message } => (true, message),
+            LogOutput::StdIn { .. } => return Vec::new(),
+        };
+        let buf = &mut self.partial[usize::from(stdout)];
+        buf.push_str(&String::from_utf8_lossy(&message));
+        let mut out = Vec::new();
+        while let Some(pos) = buf.find('\n') {
+            let line: String = buf.drain(..=pos).collect();
+            let text = line.trim_end_matches(['\n', '\r']).to_string();
+            out.push(LogLine { stdout, text });
+        }
+        if buf.len() > MAX_LOG_LINE_BYTES {
+            let cut = (0..=MAX_LOG_LINE_BYTES)
+                .rev()
+                .find(|i| buf.is_char_boundary(*i))
+                .unwrap_or(0);
+            let text: String = buf.drain(..cut).collect();
+            out.push(LogLine { stdout, text });
+        }
+        out
+    }
+
+    /// What is left when the stream ends.
+    fn finish(&mut self) -> Vec<LogLine> {
+        let [err, out] = std::mem::take(&mut self.partial);
+        [(false, err), (true, out)]
+            .into_iter()
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(stdout, text)| LogLine { stdout, text })
+            .collect()
     }
 }

@@ -208,9 +208,11 @@ pub trait ContainerEngine: Send + Sync + 'static {
         unsupported("pulling images")
     }
 
-    /// The last `tail` lines (all with None) a container wrote, in order.
-    async fn container_logs(&self, _id: &str, _tail: Option<u64>) -> EngineResult<Vec<LogLine>> {
-        unsupported("reading logs")
+    /// The last `tail` lines (all with None) a container wrote, in order, as they arrive.
+    fn container_logs(&self, _id: &str, _tail: Option<u64>) -> LogStream {
+        Box::pin(futures_util::stream::once(async {
+            unsupported("reading logs")
+        }))
     }
 
     // The Intervirt agent (src/core/intervirt) watches its containers through this.
@@ -238,6 +240,13 @@ pub struct ContainerEvent {
 }
 
 pub type EventStream = Pin<Box<dyn Stream<Item = EngineResult<ContainerEvent>> + Send>>;
+
+/// A container's log lines as Docker sends them.
+pub type LogStream = Pin<Box<dyn Stream<Item = EngineResult<LogLine>> + Send>>;
+
+/// Log lines longer than this are cut into parts (a container writing without newlines
+/// must not make gantry hold its whole output).
+pub const MAX_LOG_LINE_BYTES: usize = 64 << 10;
 
 /// The pause of a watcher of [`ContainerEngine::container_events`] before it subscribes
 /// again: short after a stream that worked, doubled after each round that did not (a

@@ -488,11 +488,12 @@ pub(super) async fn stop_app(c: &Call, id: AppId, options: StopOptions) -> Reply
     ))
 }
 
-/// `?lines=N` (default -1 = all); 0 and values below -1 are 400.
+/// `?lines=N` per container (default [`super::logs::DEFAULT_LINES`], -1 = all); 0 and
+/// values below -1 are 400. The ProcessResult is streamed as the lines arrive.
 async fn logs(c: Call) -> Reply {
     let id = app_id(&c)?;
     let lines = match c.query.get("lines") {
-        None => None,
+        None => Some(super::logs::DEFAULT_LINES),
         Some(v) => match v.parse::<i64>() {
             Ok(-1) => None,
             Ok(n) if n > 0 => Some(n as u64),
@@ -505,24 +506,7 @@ async fn logs(c: Call) -> Reply {
     };
     let started = std::time::Instant::now();
     let log = c.core.apps.logs(&id, lines).await?;
-    let texts: Vec<String> = log.iter().map(|l| l.text.clone()).collect();
-    let result = ProcessResult {
-        exit_code: 0,
-        command: "docker-compose logs",
-        lines: log
-            .iter()
-            .map(|l| ProcessLine {
-                line: &l.text,
-                raw_line: &l.text,
-                is_stdout: l.stdout,
-                is_stderr: !l.stdout,
-            })
-            .collect(),
-        success_estimate: true,
-        duration_ms: started.elapsed().as_millis(),
-        raw_output: texts.join("\n"),
-    };
-    Ok(http::json(StatusCode::OK, &result))
+    Ok(super::logs::process_result(log, started))
 }
 
 /// `GET /transfer/export/{id}?with_images=bool`: the bundle as a streamed ZIP.

@@ -6,6 +6,7 @@ mod files;
 mod general;
 mod legacy;
 mod live;
+mod logs;
 mod openapi;
 mod settings;
 mod sse;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::import::{self, ImportOptions, ImportSettings, ProgressFn};
@@ -127,6 +128,9 @@ impl Drop for BusyGuard<'_> {
 }
 
 pub type LineFn<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
+/// An app's log lines, streamed.
+pub type LogLines = std::pin::Pin<Box<dyn futures_util::Stream<Item = CoreResult<LogLine>> + Send>>;
 
 impl Apps {
     /// Opens the store under `state_dir/apps` and the upload area `state_dir/uploads`
@@ -580,19 +584,23 @@ impl Apps {
     }
 
     /// The last `lines` lines (all with None) of each of the app's containers, prefixed
-    /// `name | ` as `docker-compose logs` does.
-    pub async fn logs(&self, id: &AppId, lines: Option<u64>) -> CoreResult<Vec<LogLine>> {
+    /// `name | ` as `docker-compose logs` does, as Docker sends them (nothing is held whole).
+    /// An unknown app or an unreachable Docker fail here, before the first line.
+    pub async fn logs(&self, id: &AppId, lines: Option<u64>) -> CoreResult<LogLines> {
         let app = self.stored(id)?;
-        let mut out = Vec::new();
-        for c in self.containers(&app).await? {
-            for l in self.engine.container_logs(&c.id, lines).await? {
-                out.push(LogLine {
+        let containers = self.containers(&app).await?;
+        let engine = self.engine.clone();
+        let per_container = futures_util::stream::iter(containers).flat_map(move |c| {
+            let name = c.name.clone();
+            engine.container_logs(&c.id, lines).map(move |l| {
+                l.map(|l| LogLine {
                     stdout: l.stdout,
-                    text: format!("{} | {}", c.name, l.text),
-                });
-            }
-        }
-        Ok(out)
+                    text: format!("{name} | {}", l.text),
+                })
+                .map_err(CoreError::from)
+            })
+        });
+        Ok(Box::pin(per_container))
     }
 
     /// `docker-compose down`, natively; images and volumes only when asked and unused.
