@@ -401,13 +401,27 @@ impl Apps {
         Ok(self.store.get(id)?)
     }
 
+    /// The app's project to start: every check of the policy, and its files read again.
     fn project(&self, app: &StoredApp) -> CoreResult<ComposeProject> {
+        Self::load(app, &self.settings.policy)
+    }
+
+    /// The app's project to stop, remove or read the state of (see
+    /// [`crate::core::compose::ComposePolicy::teardown`]).
+    fn teardown_project(&self, app: &StoredApp) -> CoreResult<ComposeProject> {
+        Self::load(app, &crate::core::compose::ComposePolicy::teardown())
+    }
+
+    fn load(
+        app: &StoredApp,
+        policy: &crate::core::compose::ComposePolicy,
+    ) -> CoreResult<ComposeProject> {
         ComposeProject::load(
             &app.dir,
             &app.id().slug(),
             app.id().as_str(),
             &HashMap::new(),
-            &self.settings.policy,
+            policy,
         )
         .map_err(|e| CoreError::from(e).context(app.id().to_string()))
     }
@@ -433,7 +447,7 @@ impl Apps {
             Ok(containers) => {
                 let running = containers.iter().filter(|c| c.running).count();
                 let expected = self
-                    .project(&app)
+                    .teardown_project(&app)
                     .map(|p| p.services().len())
                     .unwrap_or(containers.len());
                 let status = if running == 0 {
@@ -482,7 +496,7 @@ impl Apps {
     }
 
     async fn containers(&self, app: &StoredApp) -> CoreResult<Vec<ContainerStatus>> {
-        let project = self.project(app)?;
+        let project = self.teardown_project(app)?;
         let services = project.status(self.engine.as_ref()).await?;
         Ok(services.into_iter().flat_map(|s| s.containers).collect())
     }
@@ -732,7 +746,7 @@ impl Apps {
         remove_volumes: bool,
         on_line: LineFn<'_>,
     ) -> CoreResult<ProcessOutcome> {
-        let project = self.project(app)?;
+        let project = self.teardown_project(app)?;
         let started = Instant::now();
         let mut command = format!(
             "docker-compose -p {} -f {} down",

@@ -76,6 +76,29 @@ pub struct ComposePolicy {
     pub allowed_host_ips: Vec<std::net::IpAddr>,
     /// gantry's own listeners: a published TCP port that would collide with one is refused.
     pub reserved: Vec<std::net::SocketAddr>,
+    /// Plan without reading env files or checking bind sources on disk.
+    pub skip_host_files: bool,
+}
+
+impl ComposePolicy {
+    /// What stopping, removing or reading the state of an app needs: its plan whatever the
+    /// policy says now (it may have changed since the import) and whatever its containers
+    /// did to its directory. Nothing is created with it.
+    pub fn teardown() -> ComposePolicy {
+        ComposePolicy {
+            allow_privileged: true,
+            allow_devices: true,
+            allow_capabilities: true,
+            allowed_bind_paths: vec![PathBuf::from("/")],
+            allow_volume_drivers: true,
+            allow_host_namespaces: true,
+            allow_shared_resources: true,
+            allow_network_options: true,
+            allow_logging_drivers: true,
+            skip_host_files: true,
+            ..ComposePolicy::default()
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

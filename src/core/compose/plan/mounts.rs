@@ -292,6 +292,9 @@ fn normalize(path: &Path) -> Option<PathBuf> {
 /// (a container may have planted one in a directory it has bind-mounted).
 fn resolve_bind(scope: &str, source: &str, ctx: &PlanContext<'_>) -> Result<PathBuf, ComposeError> {
     let r = resolve_host_path(scope, "bind mount source", source, ctx)?;
+    if ctx.policy.skip_host_files {
+        return Ok(r.full);
+    }
     match safe_fs::check_no_symlink(&r.base, &r.rel) {
         Ok(()) => Ok(r.full),
         // The app directory does not exist yet while an import plans it.

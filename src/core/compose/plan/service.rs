@@ -245,7 +245,7 @@ fn environment(
 /// import plans the app (its directory is not there yet; the start reads the file).
 fn env_file(scope: &str, f: &str, ctx: &PlanContext<'_>) -> Result<Option<String>, ComposeError> {
     let path = resolve_host_path(scope, "env file", &relative(f), ctx)?;
-    if !ctx.dir.exists() {
+    if ctx.policy.skip_host_files || !ctx.dir.exists() {
         return Ok(None);
     }
     safe_fs::read_text(&path.base, &path.rel, MAX_ENV_FILE_BYTES)
