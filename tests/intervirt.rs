@@ -155,6 +155,17 @@ struct Agent {
 
 impl Agent {
     fn start(netns: &Netns, dir: &Path, docker: &str, intervirt: &str) -> Agent {
+        Self::start_with(netns, dir, docker, "", intervirt)
+    }
+
+    /// Like `start`, with `listener` lines added to the listener's table.
+    fn start_with(
+        netns: &Netns,
+        dir: &Path,
+        docker: &str,
+        listener: &str,
+        intervirt: &str,
+    ) -> Agent {
         let config = dir.join("gantry.toml");
         std::fs::write(
             &config,
@@ -162,7 +173,7 @@ impl Agent {
                 "state_dir = \"{}\"\ndocker_host = \"{docker}\"\nshutdown_timeout_secs = 3\n\
                  log_level = \"debug\"\n\n\
                  [[listeners]]\ndialect = \"intervirt\"\naddress = \"127.0.0.1:{PORT}\"\n\
-                 auth = \"none\"\n\n[intervirt]\n{intervirt}\n",
+                 auth = \"none\"\n{listener}\n\n[intervirt]\n{intervirt}\n",
                 dir.join("state").display()
             ),
         )
@@ -904,4 +915,46 @@ fn power_log_when(path: &std::path::Path, expected: &str) -> String {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// The agent accepts wipe, update and power only from its allowed peers: here the client
+/// connects from 127.0.0.1, outside `allowed_peers`, and is refused before the websocket
+/// upgrade; nothing reaches the power backend. `/healthz` still answers (for the watchdog).
+#[test]
+#[ignore = "needs root, network namespaces and the test dockerd (run scripts/test.sh)"]
+fn peers_outside_the_allow_list_cannot_command_the_agent() {
+    use std::io::{Read, Write};
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some((docker, dir, ns)) = setup("peers_outside_the_allow_list_cannot_command_the_agent")
+    else {
+        return;
+    };
+    let agent = Agent::start_with(
+        &ns,
+        dir.path(),
+        &docker.host,
+        "allowed_peers = [\"198.18.0.0/15\", \"2001:db8::/32\"]",
+        "power = \"record\"",
+    );
+    let ask = |head: &str| -> String {
+        let mut s = connect_in(&ns.path()).expect("connect to the agent");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let upgrade = format!(
+        "GET /containerManagement HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let refused = ask(&upgrade);
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert!(refused.contains("allowed_peers"), "{refused}");
+    let health = ask(&format!(
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(!agent.state("power-requests.log").exists());
 }
