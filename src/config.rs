@@ -201,24 +201,12 @@ pub struct HttpLimits {
 /// What apps may ask for, and how large bundles may be (`[apps]`).
 #[derive(Debug, Clone, Default)]
 pub struct AppsPolicy {
-    pub allow_privileged: bool,
-    pub allow_devices: bool,
-    pub allow_capabilities: bool,
-    /// Host paths bind mounts may use besides the app's own directory.
-    pub allowed_bind_paths: Vec<PathBuf>,
+    /// The compose keys an app may use (its `reserved` listeners are filled in at start).
+    pub compose: crate::core::compose::ComposePolicy,
     /// Largest app ZIP accepted (None: the bundle checker's default).
     pub max_bundle_bytes: Option<u64>,
     /// Disk space that must stay free after an import (None: the default).
     pub reserve_bytes: Option<u64>,
-    pub allow_volume_drivers: bool,
-    pub allow_host_namespaces: bool,
-    pub allow_shared_resources: bool,
-    pub allow_network_options: bool,
-    pub allow_logging_drivers: bool,
-    /// Host ports published ports may use (inclusive ranges); empty: any.
-    pub allowed_host_ports: Vec<(u16, u16)>,
-    /// Host addresses published ports may bind; empty: any.
-    pub allowed_host_ips: Vec<std::net::IpAddr>,
 }
 
 /// Which power backend the Intervirt shutdown and reboot commands use.
@@ -358,13 +346,11 @@ fn build_apps(a: RawApps) -> Result<AppsPolicy, ConfigError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(AppsPolicy {
+    let compose = crate::core::compose::ComposePolicy {
         allow_privileged: a.allow_privileged,
         allow_devices: a.allow_devices,
         allow_capabilities: a.allow_capabilities,
         allowed_bind_paths: a.allowed_bind_paths,
-        max_bundle_bytes: a.max_bundle_bytes,
-        reserve_bytes: a.reserve_bytes,
         allow_volume_drivers: a.allow_volume_drivers,
         allow_host_namespaces: a.allow_host_namespaces,
         allow_shared_resources: a.allow_shared_resources,
@@ -372,6 +358,12 @@ fn build_apps(a: RawApps) -> Result<AppsPolicy, ConfigError> {
         allow_logging_drivers: a.allow_logging_drivers,
         allowed_host_ports: ports,
         allowed_host_ips: ips,
+        ..Default::default()
+    };
+    Ok(AppsPolicy {
+        compose,
+        max_bundle_bytes: a.max_bundle_bytes,
+        reserve_bytes: a.reserve_bytes,
     })
 }
 
@@ -997,8 +989,11 @@ mod tests {
             &env(&[]),
         )
         .unwrap();
-        assert!(c.apps.allow_privileged && !c.apps.allow_devices);
-        assert_eq!(c.apps.allowed_bind_paths, vec![PathBuf::from("/srv/data")]);
+        assert!(c.apps.compose.allow_privileged && !c.apps.compose.allow_devices);
+        assert_eq!(
+            c.apps.compose.allowed_bind_paths,
+            vec![PathBuf::from("/srv/data")]
+        );
         assert_eq!(c.apps.max_bundle_bytes, Some(1000));
         assert_eq!(
             refused_key("[apps]\nallowed_bind_paths = [\"rel\"]\n", &[]),
@@ -1259,10 +1254,13 @@ mod tests {
             &env(&[]),
         )
         .unwrap();
-        assert!(c.apps.allow_host_namespaces && !c.apps.allow_volume_drivers);
-        assert_eq!(c.apps.allowed_host_ports, vec![(8080, 8080), (9000, 9099)]);
+        assert!(c.apps.compose.allow_host_namespaces && !c.apps.compose.allow_volume_drivers);
         assert_eq!(
-            c.apps.allowed_host_ips,
+            c.apps.compose.allowed_host_ports,
+            vec![(8080, 8080), (9000, 9099)]
+        );
+        assert_eq!(
+            c.apps.compose.allowed_host_ips,
             vec!["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
         );
         assert_eq!(

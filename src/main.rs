@@ -305,21 +305,7 @@ async fn start_intervirt(
 fn import_settings(config: &Config, listeners: &[std::net::SocketAddr]) -> ImportSettings {
     let mut s = ImportSettings::default();
     let a = &config.apps;
-    s.policy.allow_privileged = a.allow_privileged;
-    s.policy.allow_devices = a.allow_devices;
-    s.policy.allow_capabilities = a.allow_capabilities;
-    s.policy
-        .allowed_bind_paths
-        .clone_from(&a.allowed_bind_paths);
-    s.policy.allow_volume_drivers = a.allow_volume_drivers;
-    s.policy.allow_host_namespaces = a.allow_host_namespaces;
-    s.policy.allow_shared_resources = a.allow_shared_resources;
-    s.policy.allow_network_options = a.allow_network_options;
-    s.policy.allow_logging_drivers = a.allow_logging_drivers;
-    s.policy
-        .allowed_host_ports
-        .clone_from(&a.allowed_host_ports);
-    s.policy.allowed_host_ips.clone_from(&a.allowed_host_ips);
+    s.policy = a.compose.clone();
     // gantry's own listeners, as bound (a port 0 is known only now).
     s.policy.reserved = listeners.to_vec();
     if let Some(n) = a.max_bundle_bytes {

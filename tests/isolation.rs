@@ -21,6 +21,14 @@ fn service(name: &str, script: &str) -> String {
     )
 }
 
+/// [`service`] with more keys (lines of `    key: value\n`).
+fn service_with(name: &str, script: &str, keys: &str) -> String {
+    service(name, script).replace(
+        "    stop_grace_period",
+        &format!("{keys}    stop_grace_period"),
+    )
+}
+
 /// Imports `zip` and asserts a 400 whose detail names every one of `words`.
 fn refused(g: &Gantry, zip: &[u8], words: &[&str]) -> String {
     let detail = import(g, zip).expect_problem(400, IMPORT);
@@ -31,6 +39,10 @@ fn refused(g: &Gantry, zip: &[u8], words: &[&str]) -> String {
         );
     }
     detail
+}
+
+fn docker_gantry(host: &str) -> Gantry {
+    Gantry::builder().docker_host(host).start()
 }
 
 /// Removes an app (its containers and volumes) when dropped.
@@ -88,8 +100,7 @@ fn slug(id: &str) -> String {
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn a_volume_that_binds_the_host_is_refused() {
-    let host = require_docker!();
-    let g = Gantry::builder().docker_host(&host).start();
+    let g = docker_gantry(&require_docker!());
     let marker = tempfile::tempdir().unwrap();
     std::fs::write(marker.path().join("secret"), "HOST-SECRET").unwrap();
     let vol = unique("hostroot");
@@ -132,7 +143,7 @@ fn a_volume_that_binds_the_host_is_refused() {
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn the_hosts_namespaces_are_refused() {
     let host = require_docker!();
-    let g = Gantry::builder().docker_host(&host).start();
+    let g = docker_gantry(&host);
     let svc = service("web", "");
     let cases = [
         (
@@ -211,14 +222,14 @@ fn the_hosts_namespaces_are_refused() {
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn another_apps_volume_and_network_are_refused() {
-    let host = require_docker!();
-    let g = Gantry::builder().docker_host(&host).start();
+    let g = docker_gantry(&require_docker!());
     let a_name = unique("Owner");
     let a_compose = format!(
         "services:\n{}volumes:\n  data: {{}}\nnetworks:\n  default: {{}}\n",
-        service("db", "echo A-SECRET > /data/secret; ").replace(
-            "    stop_grace_period",
-            "    volumes: [\"data:/data\"]\n    stop_grace_period"
+        service_with(
+            "db",
+            "echo A-SECRET > /data/secret; ",
+            "    volumes: [\"data:/data\"]\n"
         )
     );
     let a = imported(&g, &app_zip(&a_name, "1", &a_compose));
@@ -284,8 +295,7 @@ fn another_apps_volume_and_network_are_refused() {
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn ports_logging_and_gantrys_labels_are_refused() {
-    let host = require_docker!();
-    let g = Gantry::builder().docker_host(&host).start();
+    let g = docker_gantry(&require_docker!());
     let port = g.addr.port();
     let with = |extra: &str| {
         format!(
@@ -335,8 +345,7 @@ fn ports_logging_and_gantrys_labels_are_refused() {
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn an_interpolation_bomb_is_refused_at_once() {
-    let host = require_docker!();
-    let g = Gantry::builder().docker_host(&host).start();
+    let g = docker_gantry(&require_docker!());
     let mut env = String::from("A0=0123456789abcdef\n");
     for i in 1..40 {
         let p = i - 1;
@@ -346,10 +355,7 @@ fn an_interpolation_bomb_is_refused_at_once() {
     let name = unique("Bomb");
     let compose = format!(
         "services:\n{}",
-        service("web", "").replace(
-            "    stop_grace_period",
-            "    environment: [\"X=${A39}\"]\n    stop_grace_period"
-        )
+        service_with("web", "", "    environment: [\"X=${A39}\"]\n")
     );
     let zip = zip_of(&[
         (
@@ -409,8 +415,7 @@ fn vm_rss_kib(pid: i32) -> u64 {
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn a_planted_symlink_is_not_followed_on_the_next_start() {
-    let host = require_docker!();
-    let g = Gantry::builder().docker_host(&host).start();
+    let g = docker_gantry(&require_docker!());
     let outside = tempfile::tempdir().unwrap();
     let marker = "MARKER-never-to-be-read";
     let marker_file = outside.path().join("marker");

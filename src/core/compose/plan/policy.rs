@@ -242,21 +242,37 @@ pub(super) fn network(
         let what = "the host's network (\"host\")";
         return Err(gated(scope, what, "allow_host_namespaces"));
     }
-    if allowed.allow_network_options {
+    if def.ipam.is_some() && !allowed.allow_network_options {
+        return Err(gated(scope, "\"ipam\"", "allow_network_options"));
+    }
+    let plain = ["bridge", "host"];
+    driver_and_options(
+        scope,
+        driver,
+        &plain,
+        def.driver_opts.is_empty(),
+        allowed.allow_network_options,
+        "allow_network_options",
+    )
+}
+
+/// A `driver` outside `plain`, or any `driver_opts`, unless `allowed` (`switch`).
+fn driver_and_options(
+    scope: &str,
+    driver: Option<&str>,
+    plain: &[&str],
+    no_options: bool,
+    allowed: bool,
+    switch: &str,
+) -> Result<(), ComposeError> {
+    if allowed {
         return Ok(());
     }
-    if let Some(d) = driver.filter(|d| !matches!(*d, "bridge" | "host")) {
-        return Err(gated(
-            scope,
-            &format!("\"driver: {d}\""),
-            "allow_network_options",
-        ));
+    if let Some(d) = driver.filter(|d| !plain.contains(d)) {
+        return Err(gated(scope, &format!("\"driver: {d}\""), switch));
     }
-    if !def.driver_opts.is_empty() {
-        return Err(gated(scope, "\"driver_opts\"", "allow_network_options"));
-    }
-    if def.ipam.is_some() {
-        return Err(gated(scope, "\"ipam\"", "allow_network_options"));
+    if !no_options {
+        return Err(gated(scope, "\"driver_opts\"", switch));
     }
     Ok(())
 }
@@ -269,18 +285,13 @@ pub(super) fn volume(
     allowed: &ComposePolicy,
 ) -> Result<(), ComposeError> {
     own_labels(scope, "labels", &def.labels)?;
-    if allowed.allow_volume_drivers {
-        return Ok(());
-    }
-    if let Some(d) = def.driver.as_deref().filter(|d| *d != "local") {
-        return Err(gated(
-            scope,
-            &format!("\"driver: {d}\""),
-            "allow_volume_drivers",
-        ));
-    }
-    if !def.driver_opts.is_empty() {
-        return Err(gated(scope, "\"driver_opts\"", "allow_volume_drivers"));
-    }
-    Ok(())
+    let driver = def.driver.as_deref();
+    driver_and_options(
+        scope,
+        driver,
+        &["local"],
+        def.driver_opts.is_empty(),
+        allowed.allow_volume_drivers,
+        "allow_volume_drivers",
+    )
 }
