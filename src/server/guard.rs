@@ -52,7 +52,7 @@ pub fn judge<B>(
     let headers = req.headers();
     let Some(origin) = headers.get(ORIGIN) else {
         // No Origin: not a browser, or a browser navigation; a cross-site one is refused.
-        if header_is(headers, "sec-fetch-site", "cross-site") {
+        if header_is(headers, "sec-fetch-site", "cross-site") && !access.any_origin {
             return Verdict::Refuse("a cross-site request from a web page".into());
         }
         return Verdict::Pass(None);
