@@ -91,6 +91,7 @@ dialect = "transfer"
 address = "0.0.0.0:54998"
 auth = "token"
 token_file = "{token}"
+allow_plain_http = true
 "#,
             state = dir.path().join("state").display()
         ),
