@@ -985,20 +985,28 @@ mod tests {
     #[test]
     fn apps_policy() {
         let c = Config::parse(
-            "[apps]\nallow_privileged = true\nallowed_bind_paths = [\"/srv/data\"]\nmax_bundle_bytes = 1000\n",
+            "[apps]\nallow_privileged = true\nallowed_bind_paths = [\"/srv/data\"]\nmax_bundle_bytes = 1000\n\
+             allow_host_namespaces = true\nallowed_host_ports = [8080, \"9000-9099\"]\nallowed_host_ips = [\"127.0.0.1\"]\n",
             &env(&[]),
         )
         .unwrap();
-        assert!(c.apps.compose.allow_privileged && !c.apps.compose.allow_devices);
+        let p = &c.apps.compose;
+        assert!(p.allow_privileged && !p.allow_devices);
+        assert!(p.allow_host_namespaces && !p.allow_volume_drivers);
+        assert_eq!(p.allowed_bind_paths, vec![PathBuf::from("/srv/data")]);
+        assert_eq!(p.allowed_host_ports, vec![(8080, 8080), (9000, 9099)]);
         assert_eq!(
-            c.apps.compose.allowed_bind_paths,
-            vec![PathBuf::from("/srv/data")]
+            p.allowed_host_ips,
+            vec![std::net::IpAddr::from([127, 0, 0, 1])]
         );
         assert_eq!(c.apps.max_bundle_bytes, Some(1000));
-        assert_eq!(
-            refused_key("[apps]\nallowed_bind_paths = [\"rel\"]\n", &[]),
-            "apps.allowed_bind_paths"
-        );
+        for (text, key) in [
+            ("allowed_bind_paths = [\"rel\"]", "apps.allowed_bind_paths"),
+            ("allowed_host_ports = [\"9-1\"]", "apps.allowed_host_ports"),
+            ("allowed_host_ips = [\"x\"]", "apps.allowed_host_ips"),
+        ] {
+            assert_eq!(refused_key(&format!("[apps]\n{text}\n"), &[]), key);
+        }
         assert!(matches!(
             Config::parse("[apps]\nbogus = 1\n", &env(&[])),
             Err(ConfigError::Syntax(_))
@@ -1224,6 +1232,7 @@ mod tests {
                 "tls_cert_file = \"/c\"\ntls_key_file = \"/k\"\nclient_ca_file = \"/ca\"",
                 "client_ca_file",
             ),
+            ("[http]\nmax_connections = 0", "http.max_connections"),
         ] {
             assert_eq!(refused_key(&format!("{t}{line}\n"), &[]), key, "{line}");
         }
@@ -1241,35 +1250,5 @@ mod tests {
         assert_eq!(c.http.max_connections, 512);
         assert_eq!(c.http.max_concurrent_uploads, 4);
         assert_eq!(c.http.body_read_timeout, Duration::from_secs(30));
-        assert_eq!(
-            refused_key("[http]\nmax_connections = 0\n", &[]),
-            "http.max_connections"
-        );
-    }
-
-    #[test]
-    fn isolation_switches_and_port_lists() {
-        let c = Config::parse(
-            "[apps]\nallow_host_namespaces = true\nallowed_host_ports = [8080, \"9000-9099\"]\nallowed_host_ips = [\"127.0.0.1\"]\n",
-            &env(&[]),
-        )
-        .unwrap();
-        assert!(c.apps.compose.allow_host_namespaces && !c.apps.compose.allow_volume_drivers);
-        assert_eq!(
-            c.apps.compose.allowed_host_ports,
-            vec![(8080, 8080), (9000, 9099)]
-        );
-        assert_eq!(
-            c.apps.compose.allowed_host_ips,
-            vec!["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
-        );
-        assert_eq!(
-            refused_key("[apps]\nallowed_host_ports = [\"9-1\"]\n", &[]),
-            "apps.allowed_host_ports"
-        );
-        assert_eq!(
-            refused_key("[apps]\nallowed_host_ips = [\"x\"]\n", &[]),
-            "apps.allowed_host_ips"
-        );
     }
 }

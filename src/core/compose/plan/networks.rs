@@ -172,10 +172,21 @@ fn network_mode(
             ..Default::default()
         });
     }
+    // A container of this app is its service's network; any other container's only with
+    // the sharing switch.
     if let Some(target) = mode.strip_prefix("container:") {
-        return container_mode(scope, target, model, ctx);
+        if let Some(own) = service_of_container(model, ctx.project, target) {
+            return Ok(ServiceNetworks {
+                network_of: Some(own.to_string()),
+                ..Default::default()
+            });
+        }
+        if !ctx.policy.allow_shared_resources {
+            let what = format!("\"network_mode: {mode}\" (a container outside the app)");
+            return Err(super::policy::gated(scope, &what, "allow_shared_resources"));
+        }
     }
-    if matches!(mode, "host" | "none" | "bridge") {
+    if mode.starts_with("container:") || matches!(mode, "host" | "none" | "bridge") {
         return Ok(ServiceNetworks {
             network_mode: Some(mode.to_string()),
             ..Default::default()
@@ -187,32 +198,21 @@ fn network_mode(
     ))
 }
 
-/// `network_mode: container:<name>`: a container of this app is its service's network;
-/// any other container's only with the sharing switch.
-fn container_mode(
-    scope: &str,
-    target: &str,
-    model: &ComposeModel,
-    ctx: &PlanContext<'_>,
-) -> Result<ServiceNetworks, ComposeError> {
-    let own = model.services.iter().find(|(name, svc)| {
-        let default = format!("{}_{name}_1", ctx.project);
-        svc.spec.container_name.as_deref().unwrap_or(&default) == target
-    });
-    if let Some((name, _)) = own {
-        return Ok(ServiceNetworks {
-            network_of: Some(name.clone()),
-            ..Default::default()
-        });
-    }
-    if !ctx.policy.allow_shared_resources {
-        let what = format!("\"network_mode: container:{target}\" (a container outside the app)");
-        return Err(super::policy::gated(scope, &what, "allow_shared_resources"));
-    }
-    Ok(ServiceNetworks {
-        network_mode: Some(format!("container:{target}")),
-        ..Default::default()
-    })
+/// The service of this app whose container is `container` (its `container_name`, or
+/// compose's default name).
+fn service_of_container<'a>(
+    model: &'a ComposeModel,
+    project: &str,
+    container: &str,
+) -> Option<&'a str> {
+    model
+        .services
+        .iter()
+        .find(|(name, svc)| match &svc.spec.container_name {
+            Some(n) => n == container,
+            None => super::service::default_container_name(project, name) == container,
+        })
+        .map(|(name, _)| name.as_str())
 }
 
 /// The service's networks; compose 1.29 picks the primary one by name order.

@@ -94,6 +94,11 @@ fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
     (!v.is_empty()).then_some(v)
 }
 
+/// Compose's name for a service's (first) container: `<project>_<service>_1`.
+pub(super) fn default_container_name(project: &str, service: &str) -> String {
+    format!("{project}_{service}_1")
+}
+
 /// `container_name`, or compose's `<project>_<service>_1`.
 fn container_name(
     scope: &str,
@@ -102,7 +107,7 @@ fn container_name(
     ctx: &PlanContext<'_>,
 ) -> Result<String, ComposeError> {
     let Some(n) = &s.container_name else {
-        return Ok(format!("{}_{service}_1", ctx.project));
+        return Ok(default_container_name(ctx.project, service));
     };
     let ok = n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && n.chars()
