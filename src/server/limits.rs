@@ -299,6 +299,19 @@ mod tests {
     }
 
     #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_one() {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        // A lower soft limit, as a shell or a unit without LimitNOFILE= gives.
+        let low = hard.min(1024) / 2;
+        setrlimit(Resource::RLIMIT_NOFILE, low, hard).unwrap();
+        raise_nofile();
+        let raised = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+        assert_eq!(raised, (hard, hard));
+    }
+
+    #[test]
     fn uploads_are_capped() {
         let u = Uploads::new(2);
         let a = u.begin().unwrap();
