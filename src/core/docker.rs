@@ -565,6 +565,37 @@ mod tests {
             EngineError::Unavailable(_)
         ));
     }
+
+    #[test]
+    fn log_frames_become_lines_and_long_lines_are_cut() {
+        let out = |s: &str| LogOutput::StdOut {
+            message: s.as_bytes().to_vec().into(),
+        };
+        let err = |s: &str| LogOutput::StdErr {
+            message: s.as_bytes().to_vec().into(),
+        };
+        let mut split = LineSplitter::default();
+        assert!(split.push(out("one ")).is_empty());
+        assert!(split.push(err("e1\ne")).iter().all(|l| !l.stdout));
+        let lines = split.push(out("line\r\ntwo\n"));
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["one line", "two"]);
+        // A container that writes without newlines: cut at the cap, never held whole.
+        let mut cut = Vec::new();
+        for _ in 0..5 {
+            cut.extend(split.push(out(&"é".repeat(16 << 10))));
+        }
+        assert_eq!(cut.len(), 2, "160 KiB in 64 KiB parts");
+        assert!(cut
+            .iter()
+            .all(|l| l.text.len() <= MAX_LOG_LINE_BYTES && l.stdout));
+        let rest = split.finish();
+        let texts: Vec<(bool, usize)> = rest.iter().map(|l| (l.stdout, l.text.len())).collect();
+        assert_eq!(
+            texts,
+            [(false, 1), (true, (160 << 10) - cut[0].text.len() * 2)]
+        );
+    }
 }
 
 /// Docker's log frames into lines: frames need not end at line ends (the rest waits for the
