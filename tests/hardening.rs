@@ -275,11 +275,8 @@ fn healthz_answers_when_every_connection_is_busy() {
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn stalled_bodies_time_out_and_uploads_are_capped() {
     let host = require_docker!();
-    let g = Gantry::builder()
-        .docker_host(&host)
-        .http("body_read_timeout_secs = 1")
-        .http("max_concurrent_uploads = 1")
-        .start();
+    let limits = "body_read_timeout_secs = 1\nmax_concurrent_uploads = 1";
+    let g = Gantry::builder().docker_host(&host).http(limits).start();
     // An image upload that sends its first block and stalls.
     let mut s = g.connect();
     let head = format!("POST /api/1/system/images HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-tar\r\nContent-Length: 1048576\r\n\r\n", g.addr);

@@ -87,14 +87,14 @@ fn imported<'a>(g: &'a Gantry, zip: &[u8]) -> App<'a> {
     }
 }
 
-/// The compose project of an app id (gantry's slug rule).
-fn slug(id: &str) -> String {
-    let s: String = id
-        .to_lowercase()
-        .chars()
-        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
-        .collect();
-    s.trim_start_matches(['_', '-']).to_string()
+/// The compose project of a running app, as its containers' label says.
+fn project_of(app: &App<'_>) -> String {
+    let containers = app_containers(&app.id, false);
+    let first = containers.first().expect("the app has a container");
+    let label = "{{index .Config.Labels \"com.docker.compose.project\"}}";
+    docker_ok(&["inspect", "-f", label, first])
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -234,7 +234,7 @@ fn another_apps_volume_and_network_are_refused() {
     );
     let a = imported(&g, &app_zip(&a_name, "1", &a_compose));
     assert_eq!(a.start()["ExitCode"], 0);
-    let project = slug(&a.id);
+    let project = project_of(&a);
     let a_volume = format!("{project}_data");
     let a_network = format!("{project}_default");
     assert!(
@@ -434,15 +434,11 @@ fn an_apps_logs_are_bounded_by_default_and_streamed() {
     assert_eq!(r.header("content-length"), None, "not streamed");
     assert_eq!(r.header("transfer-encoding"), Some("chunked"));
     let v = r.json();
-    let lines: Vec<&str> = v["Lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["Line"].as_str().unwrap())
-        .collect();
+    let lines = v["Lines"].as_array().unwrap();
     assert_eq!(lines.len(), 1000);
-    assert!(lines[0].ends_with(" | line 501"), "{}", lines[0]);
-    assert!(lines[999].ends_with(" | line 1500"), "{}", lines[999]);
+    let line = |i: usize| lines[i]["Line"].as_str().unwrap();
+    assert!(line(0).ends_with(" | line 501"), "{}", line(0));
+    assert!(line(999).ends_with(" | line 1500"), "{}", line(999));
     assert_eq!(v["RawOutput"].as_str().unwrap().lines().count(), 1000);
     app.stop();
 }
