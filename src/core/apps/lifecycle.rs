@@ -1050,6 +1050,26 @@ mod tests {
     /// A guard against a hang, not a timing assertion.
     const GUARD: Duration = Duration::from_secs(30);
 
+    /// Icons and readmes are read whole: capped, and never through a symlink a container
+    /// planted in its app directory.
+    #[tokio::test]
+    async fn small_files_are_capped_and_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("shadow"), "host secret").unwrap();
+        std::fs::write(dir.path().join("README.md"), "# hi").unwrap();
+        let read = |name: &str| Apps::read_small_file(dir.path().join(name));
+        assert_eq!(read("README.md").await.unwrap(), b"# hi");
+        std::os::unix::fs::symlink(outside.path().join("shadow"), dir.path().join("icon.svg"))
+            .unwrap();
+        let e = read("icon.svg").await.unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        let big = std::fs::File::create(dir.path().join("icon.png")).unwrap();
+        big.set_len(MAX_SMALL_FILE_BYTES + 1).unwrap();
+        let e = read("icon.png").await.unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
+    }
+
     #[tokio::test]
     async fn a_cancelled_stop_finishes_dockers_stop_and_never_leaves_the_app_busy() {
         let state = tempfile::tempdir().unwrap();

@@ -477,6 +477,41 @@ mod unit_tests {
         assert!(p.compose_file().ends_with("compose.yaml"));
     }
 
+    /// A service that bind-mounts its app directory may replace `.env` or the compose file
+    /// with a symlink to a host file between two starts: the next load refuses it, unread.
+    #[test]
+    fn load_follows_no_symlink() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let host_file = outside.path().join("secret");
+        std::fs::write(&host_file, "SECRET=1\n").unwrap();
+        let (pol, env) = (ComposePolicy::default(), HashMap::new());
+        let load = || ComposeProject::load(dir.path(), "demo", "d", &env, &pol);
+        std::fs::write(
+            dir.path().join("compose.yaml"),
+            "services: {web: {image: a}}",
+        )
+        .unwrap();
+        load().unwrap();
+        symlink(&host_file, dir.path().join(".env")).unwrap();
+        let e = load().unwrap_err();
+        assert!(matches!(e, ComposeError::Read { .. }), "{e:?}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        std::fs::remove_file(dir.path().join(".env")).unwrap();
+        std::fs::rename(
+            dir.path().join("compose.yaml"),
+            outside.path().join("c.yaml"),
+        )
+        .unwrap();
+        symlink(
+            outside.path().join("c.yaml"),
+            dir.path().join("compose.yaml"),
+        )
+        .unwrap();
+        assert!(load().unwrap_err().to_string().contains("symbolic link"));
+    }
+
     #[test]
     fn load_errors() {
         let dir = tempfile::tempdir().unwrap();
