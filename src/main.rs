@@ -108,6 +108,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             server::systemd::init_logging(config.log_level);
+            server::limits::raise_nofile();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .max_blocking_threads(16)
@@ -134,6 +135,7 @@ fn auth_name(auth: &config::Auth) -> &'static str {
         config::Auth::Token { .. } => "token",
         config::Auth::None => "none",
         config::Auth::Tokens { .. } => "tokens",
+        config::Auth::ClientCert => "client-cert",
     }
 }
 
@@ -155,6 +157,20 @@ async fn serve(config: Config) -> ExitCode {
         tracing::error!(dir = %config.state_dir.display(), error = %e, "cannot create the state directory");
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
+    // Bound first: the app policy refuses published ports on gantry's own listeners.
+    let bound = match server::bind(&config.listeners).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let addrs: Vec<_> = bound.iter().map(|b| b.local_addr).collect();
+    let probes: Vec<_> = bound
+        .iter()
+        .map(|b| (b.local_addr, b.tls.is_some()))
+        .collect();
+    let tls: Vec<_> = bound.iter().filter_map(|b| b.tls.clone()).collect();
     let engine: Arc<dyn ContainerEngine> = Arc::new(DockerEngine::new(
         &config.docker_host,
         config.docker_timeout,
@@ -162,7 +178,11 @@ async fn serve(config: Config) -> ExitCode {
     ));
     let stop = CancellationToken::new();
     let health = EngineHealth::spawn(engine.clone(), config.docker_probe_interval, stop.clone());
-    let apps = match Apps::open(engine.clone(), &config.state_dir, import_settings(&config)) {
+    let apps = match Apps::open(
+        engine.clone(),
+        &config.state_dir,
+        import_settings(&config, &addrs),
+    ) {
         Ok(a) => a
             .with_events(gantry_events(&config))
             .with_health_timeout(config.apps.health_timeout),
@@ -210,14 +230,6 @@ async fn serve(config: Config) -> ExitCode {
         });
     }
 
-    let bound = match server::bind(&config.listeners).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    let addrs: Vec<_> = bound.iter().map(|b| b.local_addr).collect();
     let listening = format!(
         "serving {}",
         bound
@@ -243,7 +255,8 @@ async fn serve(config: Config) -> ExitCode {
     server::memory::trim_own_code();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), docker = %config.docker_host, state = %config.state_dir.display(), "gantry ready");
     server::systemd::spawn_status_updates(health.subscribe(), listening, stop.clone());
-    server::systemd::spawn_watchdog(addrs, stop.clone());
+    server::systemd::spawn_watchdog(probes, stop.clone());
+    server::tls::spawn_reload(tls, stop.clone());
 
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -380,15 +393,12 @@ async fn start_flow(
     Some(flow)
 }
 
-fn import_settings(config: &Config) -> ImportSettings {
+fn import_settings(config: &Config, listeners: &[std::net::SocketAddr]) -> ImportSettings {
     let mut s = ImportSettings::default();
     let a = &config.apps;
-    s.policy.allow_privileged = a.allow_privileged;
-    s.policy.allow_devices = a.allow_devices;
-    s.policy.allow_capabilities = a.allow_capabilities;
-    s.policy
-        .allowed_bind_paths
-        .clone_from(&a.allowed_bind_paths);
+    s.policy = a.compose.clone();
+    // gantry's own listeners, as bound (a port 0 is known only now).
+    s.policy.reserved = listeners.to_vec();
     if let Some(n) = a.max_bundle_bytes {
         s.limits.max_zip_bytes = n;
     }

@@ -774,7 +774,7 @@ fn image_import_of_a_busybox_root_filesystem() {
     // Over duxcore.max_image_bytes: refused before a byte is read.
     let mut s = d.g.connect();
     let req = format!(
-        "POST /v1/docker/image HTTP/1.1\r\nHost: x\r\nX-Duxcore-CoreKey: {}\r\n\
+        "POST /v1/docker/image HTTP/1.1\r\nHost: localhost\r\nX-Duxcore-CoreKey: {}\r\n\
          Content-Length: 67108865\r\n\r\n",
         d.key
     );

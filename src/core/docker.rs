@@ -1,6 +1,6 @@
 //! [`ContainerEngine`] over Docker's HTTP API on the local socket, through bollard.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use super::engine::{
     Attached, ByteStream, ContainerEngine, CpuCounters, EngineError, EngineResult, EngineVersion,
     ExecSession, ExecState, Filter, LineStream, LoadedImages, LogLine, ResourceSample,
+    MAX_LOG_LINE_BYTES,
 };
 
 pub struct DockerEngine {
@@ -80,6 +81,15 @@ impl DockerEngine {
 
     fn docker(&self) -> EngineResult<Docker> {
         Ok(self.clients()?.docker)
+    }
+
+    /// A container's output lines from the last `tail` (all with None) on; with `follow`,
+    /// then as they are written.
+    fn log_lines(&self, id: &str, tail: Option<u64>, follow: bool) -> LineStream {
+        match self.docker() {
+            Ok(d) => output_lines(d.logs(id, Some(logs_options(tail, follow)))),
+            Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
+        }
     }
 }
 
@@ -437,11 +447,8 @@ impl ContainerEngine for DockerEngine {
         Ok(())
     }
 
-    async fn container_logs(&self, id: &str, tail: Option<u64>) -> EngineResult<Vec<LogLine>> {
-        let opts = logs_options(tail, false);
-        output_lines(self.docker()?.logs(id, Some(opts)))
-            .try_collect()
-            .await
+    fn container_logs(&self, id: &str, tail: Option<u64>) -> LineStream {
+        self.log_lines(id, tail, false)
     }
 
     async fn tag_image(&self, image: &str, reference: &str) -> EngineResult<()> {
@@ -461,10 +468,7 @@ impl ContainerEngine for DockerEngine {
     }
 
     fn follow_logs(&self, id: &str, tail: Option<u64>) -> LineStream {
-        match self.docker() {
-            Ok(d) => output_lines(d.logs(id, Some(logs_options(tail, true)))),
-            Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
-        }
+        self.log_lines(id, tail, true)
     }
 
     async fn exec(&self, id: &str, cmd: &[String]) -> EngineResult<ExecSession> {
@@ -678,77 +682,42 @@ fn logs_options(tail: Option<u64>, follow: bool) -> bollard::query_parameters::L
         .build()
 }
 
-/// Docker's output frames being split into lines, per stream (stdout, stderr).
-struct Split<S> {
-    frames: std::pin::Pin<Box<S>>,
-    partial: [String; 2],
-    ready: std::collections::VecDeque<LogLine>,
-    done: bool,
-}
-
-impl<S> Split<S> {
-    /// A frame need not end at a line end: the rest waits for the next frame of its stream.
-    fn push(&mut self, stdout: bool, message: &[u8]) {
-        let buf = &mut self.partial[usize::from(stdout)];
-        buf.push_str(&String::from_utf8_lossy(message));
-        while let Some(pos) = buf.find('\n') {
-            let line: String = buf.drain(..=pos).collect();
-            self.ready.push_back(LogLine {
-                stdout,
-                text: line.trim_end_matches(['\n', '\r']).to_string(),
-            });
-        }
-    }
-
-    /// At the end: the unterminated last lines.
-    fn flush(&mut self) {
-        for (i, rest) in std::mem::take(&mut self.partial).into_iter().enumerate() {
-            if !rest.is_empty() {
-                self.ready.push_back(LogLine {
-                    stdout: i == 1,
-                    text: rest,
-                });
-            }
-        }
-    }
-}
-
-/// Docker's output frames as lines, per stream; an unterminated last line comes at the end.
+/// Docker's output frames as lines, per stream (a line over [`MAX_LOG_LINE_BYTES`] in parts);
+/// an unterminated last line comes at the end.
 fn output_lines<S>(frames: S) -> LineStream
 where
     S: futures_util::Stream<Item = Result<LogOutput, BollardError>> + Send + 'static,
 {
-    let split = Split {
-        frames: Box::pin(frames),
-        partial: Default::default(),
-        ready: Default::default(),
-        done: false,
-    };
-    Box::pin(futures_util::stream::unfold(split, |mut st| async move {
-        loop {
-            if let Some(line) = st.ready.pop_front() {
-                return Some((Ok(line), st));
-            }
-            if st.done {
-                return None;
-            }
-            match st.frames.next().await {
-                Some(Ok(LogOutput::StdErr { message })) => st.push(false, &message),
-                Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
-                    st.push(true, &message)
+    let state = (
+        Box::pin(frames),
+        LineSplitter::default(),
+        VecDeque::new(),
+        false,
+    );
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |(mut frames, mut split, mut queue, mut done)| async move {
+            loop {
+                if let Some(item) = queue.pop_front() {
+                    return Some((item, (frames, split, queue, done)));
                 }
-                Some(Ok(LogOutput::StdIn { .. })) => {}
-                Some(Err(e)) => {
-                    st.done = true;
-                    return Some((Err(map_error(e)), st));
+                if done {
+                    return None;
                 }
-                None => {
-                    st.done = true;
-                    st.flush();
+                match frames.next().await {
+                    Some(Ok(f)) => queue.extend(split.push(f).into_iter().map(Ok)),
+                    Some(Err(e)) => {
+                        queue.push_back(Err(map_error(e)));
+                        done = true;
+                    }
+                    None => {
+                        queue.extend(split.finish().into_iter().map(Ok));
+                        done = true;
+                    }
                 }
             }
-        }
-    }))
+        },
+    ))
 }
 
 fn cpu_counters(c: Option<&bollard::models::ContainerCpuStats>) -> Option<CpuCounters> {
@@ -906,5 +875,90 @@ mod tests {
             map_error(BollardError::RequestTimeoutError),
             EngineError::Unavailable(_)
         ));
+    }
+
+    #[test]
+    fn log_frames_become_lines_and_long_lines_are_cut() {
+        let out = |s: &str| LogOutput::StdOut {
+            message: s.as_bytes().to_vec().into(),
+        };
+        let err = |s: &str| LogOutput::StdErr {
+            message: s.as_bytes().to_vec().into(),
+        };
+        let mut split = LineSplitter::default();
+        assert!(split.push(out("one ")).is_empty());
+        assert!(split.push(err("e1\ne")).iter().all(|l| !l.stdout));
+        let lines = split.push(out("line\r\ntwo\n"));
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["one line", "two"]);
+        // A container that writes without newlines: cut at the cap, never held whole.
+        let mut cut = Vec::new();
+        for _ in 0..5 {
+            cut.extend(split.push(out(&"é".repeat(16 << 10))));
+        }
+        assert_eq!(cut.len(), 2, "160 KiB in 64 KiB parts");
+        assert!(cut
+            .iter()
+            .all(|l| l.text.len() <= MAX_LOG_LINE_BYTES && l.stdout));
+        // A terminated line over the cap is cut too.
+        let long = split.push(err(&format!("{}\n", "x".repeat(MAX_LOG_LINE_BYTES + 10))));
+        let sizes: Vec<usize> = long.iter().map(|l| l.text.len()).collect();
+        assert_eq!(
+            sizes,
+            [MAX_LOG_LINE_BYTES, 11],
+            "the pending \"e\", then 11 more"
+        );
+        let rest = split.finish();
+        let texts: Vec<(bool, usize)> = rest.iter().map(|l| (l.stdout, l.text.len())).collect();
+        assert_eq!(texts, [(true, (160 << 10) - cut[0].text.len() * 2)]);
+    }
+}
+
+/// Docker's log frames into lines: frames need not end at line ends (the rest waits for the
+/// next frame of that stream), and a line longer than [`MAX_LOG_LINE_BYTES`] is cut.
+#[derive(Default)]
+struct LineSplitter {
+    /// stderr, stdout.
+    partial: [String; 2],
+}
+
+impl LineSplitter {
+    fn push(&mut self, frame: LogOutput) -> Vec<LogLine> {
+        let (stdout, message) = match frame {
+            LogOutput::StdErr { message } => (false, message),
+            LogOutput::StdOut { message } | LogOutput::Console { message } => (true, message),
+            LogOutput::StdIn { .. } => return Vec::new(),
+        };
+        let buf = &mut self.partial[usize::from(stdout)];
+        buf.push_str(&String::from_utf8_lossy(&message));
+        let mut out = Vec::new();
+        let mut start = 0;
+        loop {
+            let rest = &buf.as_bytes()[start..];
+            let window = &rest[..rest.len().min(MAX_LOG_LINE_BYTES + 1)];
+            let (end, next) = match window.iter().position(|b| *b == b'\n') {
+                Some(pos) => (start + pos, start + pos + 1),
+                None if rest.len() > MAX_LOG_LINE_BYTES => {
+                    let cut = buf.floor_char_boundary(start + MAX_LOG_LINE_BYTES);
+                    (cut, cut)
+                }
+                None => break,
+            };
+            let text = buf[start..end].trim_end_matches('\r').to_string();
+            out.push(LogLine { stdout, text });
+            start = next;
+        }
+        buf.drain(..start);
+        out
+    }
+
+    /// What is left when the stream ends.
+    fn finish(&mut self) -> Vec<LogLine> {
+        let [err, out] = std::mem::take(&mut self.partial);
+        [(false, err), (true, out)]
+            .into_iter()
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(stdout, text)| LogLine { stdout, text })
+            .collect()
     }
 }

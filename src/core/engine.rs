@@ -208,9 +208,11 @@ pub trait ContainerEngine: Send + Sync + 'static {
         unsupported("pulling images")
     }
 
-    /// The last `tail` lines (all with None) a container wrote, in order.
-    async fn container_logs(&self, _id: &str, _tail: Option<u64>) -> EngineResult<Vec<LogLine>> {
-        unsupported("reading logs")
+    /// The last `tail` lines (all with None) a container wrote, in order, as they arrive.
+    fn container_logs(&self, _id: &str, _tail: Option<u64>) -> LineStream {
+        Box::pin(futures_util::stream::once(async {
+            unsupported("reading logs")
+        }))
     }
 
     // The duxcore services (src/core/services) use the calls below.
@@ -286,7 +288,8 @@ pub trait ContainerEngine: Send + Sync + 'static {
     }
 }
 
-/// Output lines as they come (logs followed, a command's output).
+/// Output lines as they come (logs, followed or not, a command's output); a line longer than
+/// [`MAX_LOG_LINE_BYTES`] comes in parts.
 pub type LineStream = Pin<Box<dyn Stream<Item = EngineResult<LogLine>> + Send>>;
 
 /// A command running in a container ([`ContainerEngine::exec`]).
@@ -352,6 +355,10 @@ pub struct Attached {
 }
 
 pub type EventStream = Pin<Box<dyn Stream<Item = EngineResult<ContainerEvent>> + Send>>;
+
+/// Log lines longer than this are cut into parts (a container writing without newlines
+/// must not make gantry hold its whole output).
+pub const MAX_LOG_LINE_BYTES: usize = 64 << 10;
 
 /// The pause of a watcher of [`ContainerEngine::container_events`] before it subscribes
 /// again: short after a stream that worked, doubled after each round that did not (a

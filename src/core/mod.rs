@@ -14,6 +14,7 @@ pub mod network;
 pub mod ops;
 pub mod power;
 pub mod prefs;
+pub mod safe_fs;
 pub mod services;
 pub mod system;
 pub mod tasks;

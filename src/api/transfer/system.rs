@@ -122,7 +122,8 @@ async fn upload_image(c: Call) -> Reply {
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok());
     let start = super::apps::op_start(&c);
-    let (stream, exceeded) = upload_stream(c.req.into_body(), limit);
+    let _upload = c.begin_upload()?;
+    let (stream, exceeded) = upload_stream(c.req.into_body(), limit, c.limits.body_read_timeout);
     let op = c
         .core
         .load_image(LoadSource::Stream { stream, total }, &start)?;

@@ -424,6 +424,45 @@ async fn record_image(
     })
 }
 
+/// The bundle's compose project (its `.env` interpolated), checked against the policy and,
+/// for volumes and networks another app (or none) owns, against Docker: refused now, not
+/// only at start.
+async fn plan_compose(
+    engine: &dyn ContainerEngine,
+    bundle: &Bundle,
+    app_dir: &Path,
+    policy: &crate::core::compose::ComposePolicy,
+) -> CoreResult<ComposeProject> {
+    let invalid =
+        |e: &dyn std::fmt::Display| CoreError::Invalid(format!("{}: {e}", bundle.compose_name()));
+    let vars: HashMap<String, String> = match bundle.env_file() {
+        Some(text) => interpolate::parse_env_file(text, &HashMap::new(), true)
+            .map_err(|e| CoreError::Invalid(format!(".env: {e}")))?
+            .into_iter()
+            .collect(),
+        None => HashMap::new(),
+    };
+    let id = bundle.id();
+    let project = ComposeProject::from_text(
+        app_dir,
+        &app_dir.join(bundle.compose_name()),
+        bundle.compose_yaml(),
+        &id.slug(),
+        id.as_str(),
+        &vars,
+        policy,
+    )
+    .map_err(|e| invalid(&e))?;
+    project
+        .check_owners(engine)
+        .await
+        .map_err(|e| match e.kind() {
+            crate::core::ErrorKind::Invalid => invalid(&e),
+            _ => CoreError::from(e),
+        })?;
+    Ok(project)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run(
     engine: &dyn ContainerEngine,
@@ -464,25 +503,7 @@ async fn run(
     step_done(ImportStep::ParseConfig, format!("app {id}"));
 
     *current = ImportStep::ParseCompose;
-    let app_dir = store.app_dir(&id);
-    let vars: HashMap<String, String> = bundle
-        .env_file()
-        .map(|text| {
-            interpolate::parse_env_file(text, &HashMap::new(), true)
-                .into_iter()
-                .collect()
-        })
-        .unwrap_or_default();
-    let project = ComposeProject::from_text(
-        &app_dir,
-        &app_dir.join(bundle.compose_name()),
-        bundle.compose_yaml(),
-        &id.slug(),
-        id.as_str(),
-        &vars,
-        &settings.policy,
-    )
-    .map_err(|e| CoreError::Invalid(format!("{}: {e}", bundle.compose_name())))?;
+    let project = plan_compose(engine, &bundle, &store.app_dir(&id), &settings.policy).await?;
     step_done(
         ImportStep::ParseCompose,
         format!("{} services", project.services().len()),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::import::{self, ImportOptions, ImportSettings, ProgressFn};
@@ -153,6 +154,9 @@ impl<'a> Run<'a> {
         Self { cancel, out }
     }
 }
+
+/// An app's log lines, streamed.
+pub type LogLines = std::pin::Pin<Box<dyn futures_util::Stream<Item = CoreResult<LogLine>> + Send>>;
 
 impl Apps {
     /// Opens the store under `state_dir/apps` and the upload area `state_dir/uploads`
@@ -431,13 +435,27 @@ impl Apps {
         Ok(self.store.get(id)?)
     }
 
+    /// The app's project to start: every check of the policy, and its files read again.
     pub(super) fn project(&self, app: &StoredApp) -> CoreResult<ComposeProject> {
+        Self::load(app, &self.settings.policy)
+    }
+
+    /// The app's project to stop, remove or read the state of (see
+    /// [`crate::core::compose::ComposePolicy::teardown`]).
+    pub(super) fn teardown_project(&self, app: &StoredApp) -> CoreResult<ComposeProject> {
+        Self::load(app, &crate::core::compose::ComposePolicy::teardown())
+    }
+
+    fn load(
+        app: &StoredApp,
+        policy: &crate::core::compose::ComposePolicy,
+    ) -> CoreResult<ComposeProject> {
         ComposeProject::load(
             &app.dir,
             &app.id().slug(),
             app.id().as_str(),
             &HashMap::new(),
-            &self.settings.policy,
+            policy,
         )
         .map_err(|e| CoreError::from(e).context(app.id().to_string()))
     }
@@ -463,7 +481,7 @@ impl Apps {
             Ok(containers) => {
                 let running = containers.iter().filter(|c| c.running).count();
                 let expected = self
-                    .project(&app)
+                    .teardown_project(&app)
                     .map(|p| p.services().len())
                     .unwrap_or(containers.len());
                 let status = if running == 0 {
@@ -512,7 +530,7 @@ impl Apps {
     }
 
     pub(super) async fn containers(&self, app: &StoredApp) -> CoreResult<Vec<ContainerStatus>> {
-        let project = self.project(app)?;
+        let project = self.teardown_project(app)?;
         let services = project.status(self.engine.as_ref()).await?;
         Ok(services.into_iter().flat_map(|s| s.containers).collect())
     }
@@ -614,19 +632,23 @@ impl Apps {
     }
 
     /// The last `lines` lines (all with None) of each of the app's containers, prefixed
-    /// `name | ` as `docker-compose logs` does.
-    pub async fn logs(&self, id: &AppId, lines: Option<u64>) -> CoreResult<Vec<LogLine>> {
+    /// `name | ` as `docker-compose logs` does, as Docker sends them (nothing is held whole).
+    /// An unknown app or an unreachable Docker fail here, before the first line.
+    pub async fn logs(&self, id: &AppId, lines: Option<u64>) -> CoreResult<LogLines> {
         let app = self.stored(id)?;
-        let mut out = Vec::new();
-        for c in self.containers(&app).await? {
-            for l in self.engine.container_logs(&c.id, lines).await? {
-                out.push(LogLine {
+        let containers = self.containers(&app).await?;
+        let engine = self.engine.clone();
+        let per_container = futures_util::stream::iter(containers).flat_map(move |c| {
+            let name = c.name.clone();
+            engine.container_logs(&c.id, lines).map(move |l| {
+                l.map(|l| LogLine {
                     stdout: l.stdout,
-                    text: format!("{} | {}", c.name, l.text),
-                });
-            }
-        }
-        Ok(out)
+                    text: format!("{name} | {}", l.text),
+                })
+                .map_err(CoreError::from)
+            })
+        });
+        Ok(Box::pin(per_container))
     }
 
     /// `docker-compose down`, natively; images and volumes only when asked and unused.
@@ -784,7 +806,7 @@ impl Apps {
         remove_volumes: bool,
         on_line: LineFn<'_>,
     ) -> CoreResult<ProcessOutcome> {
-        let project = self.project(app)?;
+        let project = self.teardown_project(app)?;
         let started = Instant::now();
         let mut command = format!(
             "docker-compose -p {} -f {} down",
@@ -926,7 +948,28 @@ impl Apps {
     pub fn readme(&self, id: &AppId) -> CoreResult<Option<PathBuf>> {
         Ok(self.stored(id)?.readme())
     }
+
+    /// A file directly in an app's directory (its icon, its readme), read whole: at most
+    /// [`MAX_SMALL_FILE_BYTES`], and not through a symlink planted since it was found.
+    pub async fn read_small_file(path: PathBuf) -> CoreResult<Vec<u8>> {
+        let read = move || {
+            let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+                return Err(CoreError::Invalid(format!(
+                    "{} is not a file",
+                    path.display()
+                )));
+            };
+            crate::core::safe_fs::read(dir, Path::new(name), MAX_SMALL_FILE_BYTES)
+                .map_err(|e| CoreError::Failed(format!("cannot read {}: {e}", path.display())))
+        };
+        tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|e| CoreError::Failed(format!("reading a file failed: {e}")))?
+    }
 }
+
+/// The largest icon or readme served.
+pub const MAX_SMALL_FILE_BYTES: u64 = 4 << 20;
 
 /// A `Write` that hands 64 KiB chunks to an async consumer through a bounded channel; used
 /// on a blocking thread, so the ZIP writer never holds more than a few chunks.
@@ -1022,7 +1065,8 @@ impl Apps {
                     .compression_method(zip::CompressionMethod::Deflated);
                 for rel in files {
                     zip.start_file(rel.as_str(), deflate)?;
-                    let mut f = std::fs::File::open(dir.join(&rel))?;
+                    let mut f = crate::core::safe_fs::open_file(&dir, Path::new(&rel))
+                        .map_err(std::io::Error::from)?;
                     std::io::copy(&mut f, &mut zip)?;
                 }
                 let stored = zip::write::SimpleFileOptions::default()
@@ -1049,30 +1093,12 @@ impl Apps {
     }
 }
 
-/// The app's files relative to its directory, sorted, without gantry's own metadata.
+/// The app's files relative to its directory, sorted, without gantry's own metadata; no
+/// symlink is followed (a container may have planted one in a directory it bind-mounts).
 fn list_files(dir: &Path) -> CoreResult<Vec<String>> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                walk(base, &path, out)?;
-            } else if kind.is_file() {
-                if let Ok(rel) = path.strip_prefix(base) {
-                    let rel = rel.to_string_lossy().into_owned();
-                    if rel != super::store::RECORD_FILE {
-                        out.push(rel);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out)
-        .map_err(|e| CoreError::io(format!("cannot read {}", dir.display()), e))?;
-    out.sort();
+    let mut out = crate::core::safe_fs::walk_files(dir)
+        .map_err(|e| CoreError::Failed(format!("cannot read {}: {e}", dir.display())))?;
+    out.retain(|rel| rel != super::store::RECORD_FILE);
     Ok(out)
 }
 
@@ -1106,6 +1132,26 @@ mod tests {
 
     /// A guard against a hang, not a timing assertion.
     const GUARD: Duration = Duration::from_secs(30);
+
+    /// Icons and readmes are read whole: capped, and never through a symlink a container
+    /// planted in its app directory.
+    #[tokio::test]
+    async fn small_files_are_capped_and_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("shadow"), "host secret").unwrap();
+        std::fs::write(dir.path().join("README.md"), "# hi").unwrap();
+        let read = |name: &str| Apps::read_small_file(dir.path().join(name));
+        assert_eq!(read("README.md").await.unwrap(), b"# hi");
+        std::os::unix::fs::symlink(outside.path().join("shadow"), dir.path().join("icon.svg"))
+            .unwrap();
+        let e = read("icon.svg").await.unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        let big = std::fs::File::create(dir.path().join("icon.png")).unwrap();
+        big.set_len(MAX_SMALL_FILE_BYTES + 1).unwrap();
+        let e = read("icon.png").await.unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
+    }
 
     #[tokio::test]
     async fn a_cancelled_stop_finishes_dockers_stop_and_never_leaves_the_app_busy() {

@@ -301,6 +301,20 @@ pub fn id_of(c: &ContainerInspectResponse) -> String {
     c.id.clone().unwrap_or_default()
 }
 
+/// The texts of the last `lines` lines the container wrote (long lines come in parts).
+async fn log_tail(
+    engine: &dyn ContainerEngine,
+    id: &str,
+    lines: u64,
+) -> crate::core::engine::EngineResult<Vec<String>> {
+    use futures_util::TryStreamExt;
+    engine
+        .container_logs(id, Some(lines))
+        .map_ok(|l| l.text)
+        .try_collect()
+        .await
+}
+
 /// The container's name, without Docker's leading `/`.
 pub fn name_of(c: &ContainerInspectResponse) -> String {
     c.name

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{FlowEvent, FlowManager, DIALECT, LABEL_DIALECT};
+use super::{log_tail, FlowEvent, FlowManager, DIALECT, LABEL_DIALECT};
 use crate::core::engine::{ContainerEvent, CpuCounters, Filter, Resubscribe};
 
 /// What the monitor remembers of one container.
@@ -127,8 +127,8 @@ impl FlowManager {
 
     async fn crashed(self: Arc<Self>, event: ContainerEvent, exit_code: i64, oom_killed: bool) {
         let lines = u64::from(self.settings.crash_log_lines);
-        let logs = match self.engine.container_logs(&event.id, Some(lines)).await {
-            Ok(l) => l.into_iter().map(|l| l.text).collect(),
+        let logs = match log_tail(self.engine.as_ref(), &event.id, lines).await {
+            Ok(l) => l,
             Err(e) => vec![format!("(logs unavailable: {e})")],
         };
         self.publish(FlowEvent::Crashed {

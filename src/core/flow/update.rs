@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse};
 
 use super::status::is_running;
-use super::{code, id_of, name_of, FlowManager, CODE_TARGET};
+use super::{code, id_of, log_tail, name_of, FlowManager, CODE_TARGET};
 use crate::core::{CoreError, CoreResult};
 
 /// The outcome of an update.
@@ -181,12 +181,9 @@ impl FlowManager {
                 return Ok(());
             }
             let code = c.state.as_ref().and_then(|s| s.exit_code).unwrap_or(0);
-            let logs = self
-                .engine
-                .container_logs(&new, Some(5))
+            let tail = log_tail(self.engine.as_ref(), &new, 5)
                 .await
                 .unwrap_or_default();
-            let tail: Vec<String> = logs.into_iter().map(|l| l.text).collect();
             let why = format!(
                 "the updated container exited with code {code} right after its start: {}",
                 tail.join(" | ")

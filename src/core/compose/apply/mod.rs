@@ -26,6 +26,7 @@ use super::{ComposeError, ComposeProject};
 use crate::core::engine::{ContainerEngine, EngineError, Filter};
 
 pub use down::down;
+pub(super) use prepare::check_owners;
 pub use status::status;
 pub use up::up;
 

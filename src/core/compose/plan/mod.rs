@@ -172,7 +172,7 @@ fn refused(scope: &str, message: impl Into<String>) -> ComposeError {
 
 pub fn plan(model: &ComposeModel, ctx: &PlanContext<'_>) -> Result<Plan, ComposeError> {
     let networks = networks::plan_networks(model, ctx)?;
-    let volumes = mounts::plan_volumes(model, ctx);
+    let volumes = mounts::plan_volumes(model, ctx)?;
     let mut services = Vec::new();
     for (name, svc) in &model.services {
         let s = service::plan_service(name, svc, model, &networks, &volumes, ctx)?;
