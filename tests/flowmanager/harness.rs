@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{docker_ok, gantry_command, wait_for};
+use crate::common::{docker_ok, gantry_command, listening_address_of, wait_for};
 
 /// The python of the virtualenv with python-socketio (`scripts/test.sh` sets it).
 pub fn python() -> Option<String> {
@@ -119,10 +119,7 @@ impl Fm {
                 panic!("gantry exited at start ({st}):\n{}", self.log());
             }
             let log = self.log();
-            let line = log[before..]
-                .lines()
-                .find(|l| l.contains("listening dialect=flowmanager"))?;
-            line.rsplit(':').next()?.trim().parse::<u16>().ok()
+            listening_address_of(&log[before..], "flowmanager").map(|a| a.port())
         });
         self.port = port.unwrap_or_else(|| panic!("gantry did not listen:\n{}", self.log()));
     }
