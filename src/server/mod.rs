@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, WWW_AUTHENTICATE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
@@ -184,19 +186,43 @@ async fn dispatch(
     if req.uri().path() == "/healthz" && matches!(*req.method(), Method::GET | Method::HEAD) {
         return Ok(healthz(&ctx.cx.core.engine_health.current()));
     }
-    match &ctx.cx.listener.auth {
+    let with_body = has_body(&req);
+    let resp = match &ctx.cx.listener.auth {
         Auth::Token { token } if !bearer_matches(&req, token) => {
-            return Ok(unauthorized(ctx.dialect.as_ref(), req.uri().path()));
+            unauthorized(ctx.dialect.as_ref(), req.uri().path())
         }
         Auth::Tokens { tokens } => match named_bearer(&req, tokens) {
             Some(name) => {
                 req.extensions_mut().insert(TokenName(name));
+                ctx.dialect.serve(req, ctx.cx.clone()).await
             }
-            None => return Ok(unauthorized(ctx.dialect.as_ref(), req.uri().path())),
+            None => unauthorized(ctx.dialect.as_ref(), req.uri().path()),
         },
-        _ => {}
+        _ => ctx.dialect.serve(req, ctx.cx.clone()).await,
+    };
+    Ok(close_after_refused_body(with_body, resp))
+}
+
+/// Whether the request announces a body (a length above 0, or chunks).
+fn has_body(req: &Request<Incoming>) -> bool {
+    let h = req.headers();
+    h.contains_key(TRANSFER_ENCODING)
+        || h.get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
+/// An error may be answered before the request's body was read (a refused key, an unknown
+/// route, a body over its limit). hyper then cannot drain a body still arriving and drops the
+/// connection after the answer, so the answer says `Connection: close`: a client that reused
+/// the connection would otherwise see it reset under its next request.
+fn close_after_refused_body(with_body: bool, mut resp: Response) -> Response {
+    let status = resp.status();
+    if with_body && (status.is_client_error() || status.is_server_error()) {
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    Ok(ctx.dialect.serve(req, ctx.cx.clone()).await)
+    resp
 }
 
 fn bearer(req: &Request<Incoming>) -> Option<&str> {
@@ -282,4 +308,30 @@ fn healthz(status: &EngineStatus) -> Response {
         docker,
     };
     http::json(StatusCode::OK, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: StatusCode) -> Response {
+        let mut r = Response::new(Default::default());
+        *r.status_mut() = status;
+        r
+    }
+
+    #[test]
+    fn an_error_to_a_request_with_a_body_closes_the_connection() {
+        let close = |with_body, status| {
+            close_after_refused_body(with_body, answer(status))
+                .headers()
+                .get(CONNECTION)
+                .is_some()
+        };
+        assert!(close(true, StatusCode::UNAUTHORIZED));
+        assert!(close(true, StatusCode::PAYLOAD_TOO_LARGE));
+        assert!(close(true, StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!close(true, StatusCode::OK));
+        assert!(!close(false, StatusCode::UNAUTHORIZED));
+    }
 }
