@@ -164,7 +164,10 @@ fn every_route_wants_the_core_key_and_sighup_reads_it_again() {
                 Some(""),
             ] {
                 let r = d.with_key(key, method, &path, Some(b"{}".to_vec()));
-                assert_unauthorized(&r, &format!("{method} {path} with {key:?}"));
+                let what = format!("{method} {path} with {key:?}");
+                assert_unauthorized(&r, &what);
+                // The body may be unread: the connection is not reused after the refusal.
+                assert_eq!(r.header("connection"), Some("close"), "{what}");
             }
         }
     }
