@@ -14,6 +14,7 @@ pub mod power;
 pub mod prefs;
 pub mod system;
 pub mod tasks;
+pub mod view;
 
 use std::sync::Arc;
 

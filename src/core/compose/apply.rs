@@ -80,7 +80,7 @@ pub struct ContainerStatus {
     pub ports: Vec<String>,
 }
 
-fn port_mappings(c: &ContainerSummary) -> Vec<String> {
+pub(crate) fn port_mappings(c: &ContainerSummary) -> Vec<String> {
     let mut out: Vec<String> = c
         .ports
         .iter()

@@ -24,6 +24,7 @@ use std::time::Duration;
 use super::engine::{ContainerEngine, EngineError};
 use super::ErrorKind;
 
+pub(crate) use apply::port_mappings;
 #[allow(unused_imports)] // ContainerStatus is for callers reading ServiceStatus
 pub use apply::{ContainerStatus, DownOptions, DownResult, ServiceStatus, UpResult};
 
