@@ -180,14 +180,13 @@ async fn serve(config: Config) -> ExitCode {
             .with_intervirt(intervirt)
             .with_prefs(prefs),
     );
-    {
-        // App status changes made outside gantry reach the event bus through Docker's events.
-        let apps = crate::core::apps::watch::CoreApps(core.clone());
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            crate::core::apps::watch::run(apps, watch_engine.as_ref(), stop).await;
-        });
-    }
+    // The live view follows Docker's events (and with them, changes made outside gantry).
+    tokio::spawn(crate::core::view::sync::run(
+        core.view.clone(),
+        watch_engine,
+        Some(health.subscribe()),
+        stop.clone(),
+    ));
 
     let bound = match server::bind(&config.listeners).await {
         Ok(b) => b,

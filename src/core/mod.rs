@@ -32,6 +32,9 @@ pub struct Core {
     pub tasks: tasks::TaskRegistry,
     /// The device name and key/value settings (persisted in the state directory).
     pub prefs: prefs::Prefs,
+    /// What every read is served from: apps, containers, images, volumes, kept current from
+    /// Docker's events (`view::sync::run` follows them).
+    pub view: Arc<view::LiveView>,
 }
 
 impl Core {
@@ -40,8 +43,11 @@ impl Core {
         engine_health: health::EngineHealth,
         apps: apps::lifecycle::Apps,
     ) -> Self {
+        let view = apps.view().clone();
+        view.follow_health(engine_health.subscribe());
         Self {
-            system: system::SystemModule::new(engine),
+            system: system::SystemModule::new(engine, view.clone()),
+            view,
             apps,
             engine_health,
             intervirt: None,

@@ -10,7 +10,6 @@ pub mod lifecycle;
 pub mod recognize;
 pub mod store;
 pub mod stream;
-pub mod watch;
 
 use std::fmt;
 

@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-pub use model::{now_ns, Container, Health, RunState};
+pub use model::now_ns;
 
 fn unavailable(why: String) -> CoreError {
     CoreError::Engine(crate::core::engine::EngineError::Unavailable(why))
@@ -180,6 +180,7 @@ impl LiveView {
         self.publish_changes(&mut writer, &next, None);
     }
 
+    #[cfg(test)]
     pub fn readiness(&self) -> Readiness {
         self.readiness.borrow().clone()
     }

@@ -210,11 +210,6 @@ impl Snapshot {
         let entry = self.tombstones.entry(id.to_string()).or_insert(at);
         *entry = (*entry).max(at);
     }
-
-    /// The number of tombstones (for the memory report).
-    pub fn tombstones(&self) -> usize {
-        self.tombstones.len()
-    }
 }
 
 /// What an event of a known container changes (in `c`); None for an event that changes
