@@ -288,7 +288,7 @@ pub fn ports_of(map: Option<&PortMap>) -> Vec<PortSummary> {
             });
         }
     }
-    out.sort_by(|a, b| port_key(a).cmp(&port_key(b)));
+    out.sort_by_key(port_key);
     out
 }
 

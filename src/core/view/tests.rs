@@ -317,7 +317,7 @@ async fn the_follower_resyncs_serves_reads_without_calls_and_rebuilds_after_a_dr
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     assert!(
-        snap.containers.get("c1").is_none(),
+        !snap.containers.contains_key("c1"),
         "{:?}",
         snap.containers.keys()
     );
