@@ -281,7 +281,8 @@ pub fn ports_of(map: Option<&PortMap>) -> Vec<PortSummary> {
         }
         for b in bindings {
             out.push(PortSummary {
-                ip: b.host_ip.clone(),
+                // Docker leaves an empty address out.
+                ip: b.host_ip.clone().filter(|ip| !ip.is_empty()),
                 private_port,
                 public_port: b.host_port.as_deref().and_then(|p| p.parse().ok()),
                 typ,
