@@ -3,23 +3,20 @@
 //! engine calls, a dropped stream).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::models::{
     ContainerConfig, ContainerInspectResponse, ContainerState as DockerState,
-    ContainerStateStatusEnum, ContainerSummary, ImageInspect, ImageSummary, Volume,
+    ContainerStateStatusEnum,
 };
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::model::{Container, Health, RunState};
 use super::state::{Followup, Snapshot};
 use super::*;
-use crate::core::engine::{
-    EngineError, EngineEvent, EngineEventStream, EngineResult, EventObject, Filter,
-};
+use crate::core::engine::{ContainerEngine, EngineError, EngineEvent, EventObject};
+use crate::testutil::{FakeContainer, FakeEngine};
 
 const S: i64 = 1_000_000_000;
 
@@ -192,76 +189,7 @@ async fn app_events_follow_changes_but_not_status_texts() {
 
 use crate::core::apps::lifecycle::AppStatus as apps_status;
 
-// --- the follower against a fake engine -------------------------------------------------------
-
-/// Docker with containers the test sets, an event stream the test feeds, and a count of
-/// every call.
-#[derive(Default)]
-struct Fake {
-    containers: Mutex<Vec<(String, ContainerStateStatusEnum)>>,
-    streams: Mutex<Vec<mpsc::UnboundedSender<EngineResult<EngineEvent>>>>,
-    calls: AtomicUsize,
-}
-
-impl Fake {
-    fn call(&self) {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn set(&self, id: &str, status: ContainerStateStatusEnum) {
-        let mut cs = self.containers.lock().unwrap();
-        cs.retain(|(i, _)| i != id);
-        cs.push((id.to_string(), status));
-    }
-
-    fn emit(&self, e: EngineResult<EngineEvent>) {
-        self.streams
-            .lock()
-            .unwrap()
-            .retain(|tx| tx.send(e.clone()).is_ok());
-    }
-}
-
-crate::testutil::fake_engine! {
-    impl ContainerEngine for Fake;
-    not_faked: version, load_images, export_image, remove_image, prune_images, start_container,
-        stop_container, restart_container, remove_container, prune_containers, inspect_volume,
-        remove_volume, prune_volumes;
-    async fn list_containers(&self) -> EngineResult<Vec<ContainerSummary>> {
-        self.call();
-        let cs = self.containers.lock().unwrap().clone();
-        Ok(cs.into_iter().map(|(id, _)| ContainerSummary { id: Some(id), ..Default::default() }).collect())
-    }
-    async fn list_containers_filtered(&self, _: &[Filter]) -> EngineResult<Vec<ContainerSummary>> {
-        self.list_containers().await
-    }
-    async fn inspect_container(&self, id: &str) -> EngineResult<ContainerInspectResponse> {
-        self.call();
-        let cs = self.containers.lock().unwrap().clone();
-        match cs.into_iter().find(|(i, _)| i == id) {
-            Some((id, status)) => Ok(inspect(&id, status)),
-            None => Err(EngineError::NotFound(id.into())),
-        }
-    }
-    async fn list_images(&self) -> EngineResult<Vec<ImageSummary>> {
-        self.call();
-        Ok(vec![ImageSummary { id: "sha256:1".into(), ..Default::default() }])
-    }
-    async fn inspect_image(&self, id: &str) -> EngineResult<ImageInspect> {
-        self.call();
-        Ok(ImageInspect { id: Some(id.into()), ..Default::default() })
-    }
-    async fn list_volumes(&self) -> EngineResult<Vec<Volume>> {
-        self.call();
-        Ok(vec![Volume { name: "v1".into(), ..Default::default() }])
-    }
-    fn engine_events(&self, _since: Option<i64>) -> EngineEventStream {
-        self.call();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        self.streams.lock().unwrap().push(tx);
-        Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
-    }
-}
+// --- the follower against the in-memory Docker ------------------------------------------------
 
 async fn until(what: &str, mut ok: impl FnMut() -> bool) {
     for _ in 0..500 {
@@ -273,29 +201,44 @@ async fn until(what: &str, mut ok: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// The engine calls a read could make.
+const READ_CALLS: &[&str] = &[
+    "list_containers",
+    "list_containers_filtered",
+    "inspect_container",
+    "list_images",
+    "inspect_image",
+    "list_volumes",
+];
+
 #[tokio::test]
 async fn the_follower_resyncs_serves_reads_without_calls_and_rebuilds_after_a_drop() {
-    let fake = Arc::new(Fake::default());
-    fake.set("c1", ContainerStateStatusEnum::RUNNING);
+    let fake = Arc::new(FakeEngine::with_images(&["busybox"]));
+    fake.add_container(
+        FakeContainer::new("one", "busybox")
+            .with_id("c1")
+            .running(true),
+    );
     let view = Arc::new(LiveView::new(crate::core::events::EventBus::default()));
     let stop = CancellationToken::new();
     let task = tokio::spawn(sync::run(view.clone(), fake.clone(), None, stop.clone()));
     let snap = view.current().await.unwrap();
     assert_eq!(run_state(&snap, "c1"), Some(RunState::Running));
-    assert_eq!(snap.volumes_by_name()[0].name, "v1");
+    assert_eq!(snap.images_newest_first().len(), 1);
 
     // Reads cost no engine call.
-    let before = fake.calls.load(Ordering::SeqCst);
+    fake.clear_calls();
     for _ in 0..100 {
         let snap = view.current().await.unwrap();
         assert_eq!(snap.containers_newest_first(now_ns()).len(), 1);
         assert_eq!(snap.images_newest_first().len(), 1);
+        assert!(snap.container("one").is_some());
     }
-    assert_eq!(fake.calls.load(Ordering::SeqCst), before);
+    assert_eq!(fake.calls_to(READ_CALLS), Vec::<String>::new());
 
     // A die behind gantry's back: the event alone makes it exited (the inspect it asks
     // for says the same).
-    fake.set("c1", ContainerStateStatusEnum::EXITED);
+    fake.set_running("c1", false);
     fake.emit(Ok(event("die", "c1", now_ns())));
     until("the die", || {
         run_state(&view.snapshot(), "c1") == Some(RunState::Exited)
@@ -303,9 +246,9 @@ async fn the_follower_resyncs_serves_reads_without_calls_and_rebuilds_after_a_dr
     .await;
 
     // The stream drops; meanwhile the container is removed and another created, unseen.
-    fake.containers.lock().unwrap().retain(|(i, _)| i != "c1");
     fake.emit(Err(EngineError::Unavailable("dockerd went away".into())));
-    fake.set("c2", ContainerStateStatusEnum::CREATED);
+    fake.remove_container("c1", true, false).await.unwrap();
+    fake.add_container(FakeContainer::new("two", "busybox").with_id("c2"));
     until("the drop", || view.readiness() != Readiness::Ready).await;
     // Reads never show the state from before the drop: they fail until the rebuild, then
     // show what Docker has.
