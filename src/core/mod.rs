@@ -62,6 +62,9 @@ impl Core {
     }
 
     pub fn with_intervirt(mut self, agent: Option<Arc<intervirt::IntervirtAgent>>) -> Self {
+        if let Some(a) = &agent {
+            a.follow_view(self.view.clone());
+        }
         self.intervirt = agent;
         self
     }

@@ -338,7 +338,7 @@ impl Apps {
 
     /// Puts a new app into the view and tells subscribers, whichever import path stored it.
     async fn publish_import(&self, stored: &StoredApp) {
-        if let Err(e) = fetch::images(&self.view, self.engine.as_ref()).await {
+        if let Err(e) = fetch::images(&self.view, self.engine.as_ref(), &[stored]).await {
             tracing::debug!(error = %e, "cannot read the images after an import");
         }
         let _ = self.fetch(stored.id()).await;
@@ -463,7 +463,7 @@ impl Apps {
         let result = if lists {
             let (a, b, c) = tokio::join!(
                 self.fetch(id),
-                fetch::images(&self.view, engine),
+                fetch::images(&self.view, engine, &[]),
                 fetch::volumes(&self.view, engine)
             );
             a.and(b.map_err(CoreError::from))

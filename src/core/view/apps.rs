@@ -111,14 +111,19 @@ impl Snapshot {
                     .first()
                     .cloned()
                     .unwrap_or_else(|| r.id.clone());
-                let info = self.image_info.get(&name).map(|i| i.as_ref().clone());
-                let info = info.unwrap_or_default();
-                AppImage {
-                    id: info.id.or(Some(r.id.clone())),
-                    created: info.created,
-                    platform: info.platform,
-                    size: info.size,
-                    name,
+                match self.image_info.get(&name) {
+                    Some(i) => AppImage {
+                        name,
+                        ..AppImage::clone(i)
+                    },
+                    // Not in Docker (any more): what the app recorded.
+                    None => AppImage {
+                        name,
+                        id: Some(r.id.clone()),
+                        created: None,
+                        platform: None,
+                        size: None,
+                    },
                 }
             })
             .collect()

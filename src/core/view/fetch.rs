@@ -10,8 +10,10 @@ use bollard::models::{ContainerSummary, ImageInspect};
 use futures_util::StreamExt;
 
 use super::model::{now_ns, Container};
-use super::state::{Fetched, ImageInfo};
+use super::state::Fetched;
 use super::LiveView;
+use crate::core::apps::lifecycle::AppImage;
+use crate::core::apps::store::StoredApp;
 use crate::core::compose::plan::LABEL_PROJECT;
 use crate::core::engine::{ContainerEngine, EngineError, EngineResult, Filter};
 
@@ -124,7 +126,7 @@ pub async fn all(view: &LiveView, engine: &dyn ContainerEngine) -> EngineResult<
         .into_iter()
         .filter_map(|(_, f, sent_at)| f.map(|(i, l)| Container::from_inspect(&i, l, sent_at)))
         .collect();
-    let (images, info) = image_facts(view, engine).await?;
+    let (images, info) = image_facts(view, engine, &[]).await?;
     let volumes = engine.list_volumes().await?;
     view.update(|s| {
         s.replace_containers(containers, listed_at);
@@ -137,17 +139,25 @@ pub async fn all(view: &LiveView, engine: &dyn ContainerEngine) -> EngineResult<
 
 type ImageFacts = (
     HashMap<String, Arc<bollard::models::ImageSummary>>,
-    HashMap<String, Arc<ImageInfo>>,
+    HashMap<String, Arc<AppImage>>,
 );
 
-/// The image list, and what Docker knows of each image an app brought.
-async fn image_facts(view: &LiveView, engine: &dyn ContainerEngine) -> EngineResult<ImageFacts> {
+/// The image list, and what Docker knows of each image an app brought (the stored apps'
+/// and those of `extra`, an app about to be stored).
+async fn image_facts(
+    view: &LiveView,
+    engine: &dyn ContainerEngine,
+    extra: &[&StoredApp],
+) -> EngineResult<ImageFacts> {
     let images = engine.list_images().await?;
-    let names: Vec<String> = view
-        .snapshot()
+    let snap = view.snapshot();
+    let apps = snap
         .apps
         .values()
-        .flat_map(|a| a.app.record.images.iter())
+        .map(|a| &a.app)
+        .chain(extra.iter().copied());
+    let names: Vec<String> = apps
+        .flat_map(|a| a.record.images.iter())
         .map(|r| {
             r.references
                 .first()
@@ -159,7 +169,7 @@ async fn image_facts(view: &LiveView, engine: &dyn ContainerEngine) -> EngineRes
     for name in names {
         match engine.inspect_image(&name).await {
             Ok(i) => {
-                info.insert(name, Arc::new(image_info(&i)));
+                info.insert(name.clone(), Arc::new(image_info(&name, &i)));
             }
             Err(EngineError::NotFound(_)) => {}
             Err(e) => return Err(e),
@@ -172,8 +182,9 @@ async fn image_facts(view: &LiveView, engine: &dyn ContainerEngine) -> EngineRes
     Ok((images, info))
 }
 
-fn image_info(i: &ImageInspect) -> ImageInfo {
-    ImageInfo {
+fn image_info(name: &str, i: &ImageInspect) -> AppImage {
+    AppImage {
+        name: name.to_string(),
         id: i.id.clone(),
         created: i.created.clone(),
         platform: Some(format!(
@@ -186,9 +197,14 @@ fn image_info(i: &ImageInspect) -> ImageInfo {
 }
 
 /// The images again (after a load, a removal, a tag), and the image names containers list
-/// with them (Docker shows an image's id once its name points elsewhere).
-pub async fn images(view: &LiveView, engine: &dyn ContainerEngine) -> EngineResult<()> {
-    let (images, info) = image_facts(view, engine).await?;
+/// with them (Docker shows an image's id once its name points elsewhere); `extra`: an app
+/// about to be stored, whose images are inspected too.
+pub async fn images(
+    view: &LiveView,
+    engine: &dyn ContainerEngine,
+    extra: &[&StoredApp],
+) -> EngineResult<()> {
+    let (images, info) = image_facts(view, engine, extra).await?;
     let containers = engine.list_containers().await?;
     view.update(|s| {
         s.images = images;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bollard::models::{ContainerInspectResponse, ContainerSummary, ImageSummary, Volume};
 
 use super::model::{Container, ContainerState, Health, RunState};
+use crate::core::apps::lifecycle::AppImage;
 use crate::core::apps::store::StoredApp;
 use crate::core::apps::AppId;
 use crate::core::engine::{EngineEvent, EventObject};
@@ -21,15 +22,6 @@ use crate::core::engine::{EngineEvent, EventObject};
 const TOMBSTONE_NS: i64 = 300 * 1_000_000_000;
 /// At most this many tombstones are kept (the oldest go first).
 const MAX_TOMBSTONES: usize = 4096;
-
-/// What Docker knows of an image an app brought (from its inspect).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImageInfo {
-    pub id: Option<String>,
-    pub created: Option<String>,
-    pub platform: Option<String>,
-    pub size: Option<i64>,
-}
 
 /// A stored app as the view keeps it.
 #[derive(Debug, Clone)]
@@ -49,8 +41,8 @@ pub struct Snapshot {
     pub generation: u64,
     pub containers: HashMap<String, Arc<Container>>,
     pub images: HashMap<String, Arc<ImageSummary>>,
-    /// By the reference an app names (its first reference, or its id).
-    pub image_info: HashMap<String, Arc<ImageInfo>>,
+    /// What Docker knows of each image (from its inspect), by every reference and id.
+    pub image_info: HashMap<String, Arc<AppImage>>,
     pub volumes: HashMap<String, Arc<Volume>>,
     pub apps: BTreeMap<AppId, Arc<AppEntry>>,
     /// Apps with an operation in flight, and which.

@@ -207,7 +207,7 @@ impl Fetcher {
             }
             Followup::Images => coalesced(self.images.clone(), move || {
                 let (view, engine) = (view.clone(), engine.clone());
-                async move { fetch::images(&view, engine.as_ref()).await }
+                async move { fetch::images(&view, engine.as_ref(), &[]).await }
             }),
             Followup::Volumes => coalesced(self.volumes.clone(), move || {
                 let (view, engine) = (view.clone(), engine.clone());
