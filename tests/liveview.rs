@@ -120,44 +120,67 @@ fn a_mutating_calls_answer_is_visible_to_the_next_read() {
     let _serial = serial();
     let g = Gantry::start();
     let mut cleanup = Cleanup::new();
+    app_changes_are_visible(&g);
+    container_changes_are_visible(&g, &mut cleanup);
+    list_changes_are_visible(&g, &mut cleanup);
+}
+
+/// An app started and stopped: the next read of it and of the container list shows it.
+fn app_changes_are_visible(g: &Gantry) {
     let name = unique("visible");
-    import(&g, &one_service_app(&name)).expect_json(200);
-    let id = enc(&format!("{name}:1"));
-    let app = format!("/api/1/transfer/apps/{id}");
+    import(g, &one_service_app(&name)).expect_json(200);
+    let app = format!("/api/1/transfer/apps/{}", enc(&format!("{name}:1")));
     for _ in 0..3 {
         g.put(&format!("{app}/start")).expect_json(200);
         let v = g.get(&app).expect_json(200);
         assert_eq!(v["Status"], "Running", "{v}");
         assert_eq!(v["Containers"][0]["Running"], true, "{v}");
         let c = v["Containers"][0]["Name"].as_str().unwrap().to_string();
-        let listed = container_in(&list(&g, "/api/1/system/containers"), &c).expect("listed");
+        let listed = container_in(&list(g, "/api/1/system/containers"), &c).expect("listed");
         assert_eq!(listed["State"], "running", "{listed}");
         g.put(&format!("{app}/stop")).expect_json(200);
         let v = g.get(&app).expect_json(200);
         assert_eq!(v["Status"], "Stopped", "{v}");
         assert_eq!(v["Containers"], serde_json::json!([]), "{v}");
-        assert!(container_in(&list(&g, "/api/1/system/containers"), &c).is_none());
+        assert!(container_in(&list(g, "/api/1/system/containers"), &c).is_none());
     }
+    g.delete(&app);
+}
 
-    // The system module's changes.
-    let c = create_container(&mut cleanup, "visible", &[], STOPPABLE);
+/// The system module's start, stop and removal of a container.
+fn container_changes_are_visible(g: &Gantry, cleanup: &mut Cleanup) {
+    let c = create_container(cleanup, "visible", &[], STOPPABLE);
     wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
-        container_in(&list(&g, "/api/1/system/containers"), &c)
+        container_in(&list(g, "/api/1/system/containers"), &c)
     })
     .expect("the created container never showed");
-    let state = |g: &Gantry| {
-        container_in(&list(g, "/api/1/system/containers"), &c).map(|v| v["State"].clone())
-    };
+    let state =
+        || container_in(&list(g, "/api/1/system/containers"), &c).map(|v| v["State"].clone());
     g.put(&format!("/api/1/system/containers/{c}/start"))
         .expect_json(200);
-    assert_eq!(state(&g), Some(Value::from("running")));
+    assert_eq!(state(), Some(Value::from("running")));
     g.put(&format!("/api/1/system/containers/{c}/stop"))
         .expect_json(200);
-    assert_eq!(state(&g), Some(Value::from("exited")));
+    assert_eq!(state(), Some(Value::from("exited")));
     g.delete(&format!("/api/1/system/containers/{c}"))
         .expect_empty(200);
-    assert_eq!(state(&g), None);
+    assert_eq!(state(), None);
+}
 
+/// `present` becomes true (an outside change reaching the view), then the gantry call
+/// `remove` makes it false for the very next read.
+fn removal_is_visible(g: &Gantry, present: impl Fn(&Gantry) -> bool, remove: &str, what: &str) {
+    wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+        present(g).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{what} never showed"));
+    let r = g.delete(remove);
+    assert!(r.status == 200, "{remove}: {}", r.status);
+    assert!(!present(g), "{what} is still listed after {remove}");
+}
+
+/// A volume and an image tag removed through the system module.
+fn list_changes_are_visible(g: &Gantry, cleanup: &mut Cleanup) {
     let vol = unique("visible");
     cleanup.volume(&vol);
     docker_ok(&["volume", "create", &vol]);
@@ -166,14 +189,12 @@ fn a_mutating_calls_answer_is_visible_to_the_next_read() {
             .iter()
             .any(|v| v["Name"] == vol)
     };
-    wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
-        has_volume(&g).then_some(())
-    })
-    .expect("the volume never showed");
-    g.delete(&format!("/api/1/system/volumes/{vol}"))
-        .expect_empty(200);
-    assert!(!has_volume(&g));
-
+    removal_is_visible(
+        g,
+        has_volume,
+        &format!("/api/1/system/volumes/{vol}"),
+        "the volume",
+    );
     let tag = format!("{}:1", unique("visible"));
     cleanup.image(&tag);
     docker_ok(&["tag", &test_image(), &tag]);
@@ -184,14 +205,8 @@ fn a_mutating_calls_answer_is_visible_to_the_next_read() {
                 .is_some_and(|t| t.iter().any(|x| x == &tag))
         })
     };
-    wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
-        has_tag(&g).then_some(())
-    })
-    .expect("the tag never showed");
-    g.delete(&format!("/api/1/system/images/{}", enc(&tag)))
-        .expect_json(200);
-    assert!(!has_tag(&g));
-    g.delete(&app);
+    let path = format!("/api/1/system/images/{}", enc(&tag));
+    removal_is_visible(g, has_tag, &path, "the tag");
 }
 
 /// Waits (up to 10 s) until gantry lists `name` as Docker does (State and Status, Status
@@ -276,7 +291,12 @@ fn changes_behind_gantrys_back_show_from_their_events() {
     docker_ok(&["rm", "-f", &renamed]);
     took.push(("rm", seen_as_docker(&g, &renamed)));
 
-    // A crash (exit 3 on its own) and a health check that turns unhealthy, then healthy.
+    crash_and_health(&g, &mut cleanup, &mut took);
+    eprintln!("seen after: {took:?}");
+}
+
+/// A crash (exit 3 on its own) and a health check that turns unhealthy, then healthy.
+fn crash_and_health(g: &Gantry, cleanup: &mut Cleanup, took: &mut Vec<(&str, Duration)>) {
     let crash = unique("crash");
     cleanup.container(&crash);
     let image = test_image();
@@ -293,8 +313,8 @@ fn changes_behind_gantrys_back_show_from_their_events() {
         "sleep 1; exit 3",
     ]);
     std::thread::sleep(Duration::from_millis(1500));
-    took.push(("crash", seen_as_docker(&g, &crash)));
-    let v = container_in(&list(&g, "/api/1/system/containers"), &crash).unwrap();
+    took.push(("crash", seen_as_docker(g, &crash)));
+    let v = container_in(&list(g, "/api/1/system/containers"), &crash).unwrap();
     assert!(
         v["Status"].as_str().unwrap().starts_with("Exited (3)"),
         "{v}"
@@ -319,7 +339,7 @@ fn changes_behind_gantrys_back_show_from_their_events() {
         "-c",
         "trap 'exit 0' TERM; sleep 300 & wait",
     ]);
-    took.push(("health starting", seen_as_docker(&g, &sick)));
+    took.push(("health starting", seen_as_docker(g, &sick)));
     let unhealthy = |g: &Gantry| {
         container_in(&list(g, "/api/1/system/containers"), &sick)
             .is_some_and(|v| {
@@ -331,17 +351,16 @@ fn changes_behind_gantrys_back_show_from_their_events() {
             .then_some(())
     };
     wait_for(Duration::from_secs(15), Duration::from_millis(20), || {
-        unhealthy(&g)
+        unhealthy(g)
     })
     .expect("never unhealthy");
     docker_ok(&["exec", &sick, "touch", "/tmp/ok"]);
     wait_for(Duration::from_secs(15), Duration::from_millis(20), || {
-        let v = container_in(&list(&g, "/api/1/system/containers"), &sick)?;
+        let v = container_in(&list(g, "/api/1/system/containers"), &sick)?;
         v["Status"].as_str()?.ends_with("(healthy)").then_some(())
     })
     .expect("never healthy again");
-    took.push(("health", seen_as_docker(&g, &sick)));
-    eprintln!("seen after: {took:?}");
+    took.push(("health", seen_as_docker(g, &sick)));
 }
 
 #[test]
@@ -384,7 +403,12 @@ fn a_cut_event_stream_is_followed_by_a_rebuild_and_no_older_read() {
     );
     proxy.restore();
 
-    // Every answer from now on shows the changes.
+    every_answer_shows(&g, &a, &b, &c);
+}
+
+/// After the restore: every answer (503s aside) shows `a` exited, `b` gone and `c` there,
+/// from the first one on; reads go on for half a second after the first.
+fn every_answer_shows(g: &Gantry, a: &str, b: &str, c: &str) {
     let t0 = Instant::now();
     let mut first_ok = None;
     while t0.elapsed() < Duration::from_secs(20) {
@@ -395,15 +419,12 @@ fn a_cut_event_stream_is_followed_by_a_rebuild_and_no_older_read() {
         }
         let l = r.expect_json(200).as_array().cloned().unwrap();
         assert_eq!(
-            container_in(&l, &a).map(|v| v["State"].clone()),
+            container_in(&l, a).map(|v| v["State"].clone()),
             Some("exited".into())
         );
+        assert!(container_in(&l, b).is_none(), "a removed container is back");
         assert!(
-            container_in(&l, &b).is_none(),
-            "a removed container is back"
-        );
-        assert!(
-            container_in(&l, &c).is_some(),
+            container_in(&l, c).is_some(),
             "the new container is missing"
         );
         first_ok.get_or_insert(t0.elapsed());

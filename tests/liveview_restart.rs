@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{agent, docker_host, docker_ok, run, run_ok, test_image, unique, wait_for, Gantry};
@@ -162,11 +162,9 @@ fn reader(url: String, names: (String, String), stop: Arc<AtomicBool>) -> Vec<Re
     reads
 }
 
-#[test]
-#[ignore = "needs root, network namespaces and the test dockerd (run scripts/test.sh)"]
-fn reads_across_a_dockerd_restart_never_show_the_state_before_it() {
-    require_docker!();
-    let mut dockerd = PrivateDockerd::start();
+/// Runs a `--restart always` container and a `--restart no` one in `dockerd` (the test
+/// image loaded into it first); their names.
+fn two_containers(dockerd: &PrivateDockerd) -> (String, String) {
     let image = test_image();
     let saved = tempfile::NamedTempFile::new().unwrap();
     docker_ok(&["save", "-o", saved.path().to_str().unwrap(), &image]);
@@ -186,60 +184,28 @@ fn reads_across_a_dockerd_restart_never_show_the_state_before_it() {
         ];
         dockerd.cli(&[&args[..], &[image.as_str()], &cmd[..]].concat());
     }
-    let g = Gantry::builder().docker_host(&dockerd.host()).start();
-    let url = g.url("/api/1/system/containers");
-    let both_running = || {
-        let r = g.get("/api/1/system/containers");
-        (r.status == 200
-            && state_of(&r.json(), &always) == "running"
-            && state_of(&r.json(), &once) == "running")
-            .then_some(())
-    };
-    wait_for(
-        Duration::from_secs(20),
-        Duration::from_millis(20),
-        both_running,
-    )
-    .expect("gantry never listed both containers running");
+    (always, once)
+}
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let reads = Arc::new(Mutex::new(Vec::new()));
-    let thread = {
-        let (url, names, stop, reads) = (
-            url.clone(),
-            (always.clone(), once.clone()),
-            stop.clone(),
-            reads.clone(),
-        );
-        std::thread::spawn(move || *reads.lock().unwrap() = reader(url, names, stop))
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    let stopping = Instant::now();
-    dockerd.stop();
-    std::thread::sleep(Duration::from_millis(500));
-    dockerd.launch();
-    let restarted = Instant::now();
-    // After the restart: `always` runs again, `once` stays exited.
-    let after = wait_for(Duration::from_secs(30), Duration::from_millis(20), || {
+/// Waits (up to `limit`) until gantry lists the two containers in these states; when.
+fn listed_as(
+    g: &Gantry,
+    names: &(String, String),
+    states: (&str, &str),
+    limit: Duration,
+) -> Option<Instant> {
+    wait_for(limit, Duration::from_millis(20), || {
         let r = g.get("/api/1/system/containers");
-        (r.status == 200
-            && state_of(&r.json(), &always) == "running"
-            && state_of(&r.json(), &once) == "exited")
-            .then_some(Instant::now())
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::SeqCst);
-    thread.join().unwrap();
-    let reads = std::mem::take(&mut *reads.lock().unwrap());
-    let after = after.unwrap_or_else(|| {
-        panic!(
-            "gantry never showed the state after the restart:\n{}",
-            g.stderr()
-        )
-    });
+        let ok = r.status == 200
+            && state_of(&r.json(), &names.0) == states.0
+            && state_of(&r.json(), &names.1) == states.1;
+        ok.then(Instant::now)
+    })
+}
 
-    // While dockerd was away, reads answered 503; once gantry noticed, no read showed `once`
-    // running again (its state before the restart).
+/// While dockerd was away (from `stopping`), reads answered 503; once gantry noticed, no
+/// read showed `once` (the second) running again, its state before the restart.
+fn check_reads(reads: &[Read], stopping: Instant) {
     let first_503 = reads
         .iter()
         .find(|r| r.at >= stopping && r.status == 503)
@@ -259,9 +225,48 @@ fn reads_across_a_dockerd_restart_never_show_the_state_before_it() {
         .iter()
         .filter(|r| r.at >= stopping && r.status == 503)
         .count();
+    eprintln!("{total} reads during the restart, {unavailable} answered 503");
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and the test dockerd (run scripts/test.sh)"]
+fn reads_across_a_dockerd_restart_never_show_the_state_before_it() {
+    require_docker!();
+    let mut dockerd = PrivateDockerd::start();
+    let names = two_containers(&dockerd);
+    let g = Gantry::builder().docker_host(&dockerd.host()).start();
+    listed_as(&g, &names, ("running", "running"), Duration::from_secs(20))
+        .expect("gantry never listed both containers running");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let (url, names, stop) = (
+            g.url("/api/1/system/containers"),
+            names.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || reader(url, names, stop))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let stopping = Instant::now();
+    dockerd.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    dockerd.launch();
+    let restarted = Instant::now();
+    // After the restart: `always` runs again, `once` stays exited.
+    let after = listed_as(&g, &names, ("running", "exited"), Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let reads = thread.join().unwrap();
+    let after = after.unwrap_or_else(|| {
+        panic!(
+            "gantry never showed the state after the restart:\n{}",
+            g.stderr()
+        )
+    });
+    check_reads(&reads, stopping);
     eprintln!(
-        "{total} reads during the restart, {unavailable} answered 503; dockerd back after {:?}, \
-         gantry current {:?} after that",
+        "dockerd back after {:?}, gantry current {:?} after that",
         restarted - stopping,
         after.saturating_duration_since(restarted)
     );

@@ -200,10 +200,11 @@ impl LiveView {
 
     fn docker_unreachable(&self) -> Option<String> {
         let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        match health.as_ref().map(|h| h.borrow().clone()) {
-            Some(EngineStatus::Unreachable(e)) => Some(e),
-            _ => None,
+        let status = health.as_ref()?.borrow();
+        if let EngineStatus::Unreachable(e) = &*status {
+            return Some(e.clone());
         }
+        None
     }
 
     /// The view is current: synchronised, following Docker's events, Docker reachable.
@@ -242,10 +243,7 @@ impl LiveView {
     /// follower is about to subscribe again).
     fn health_says_down(&self) -> bool {
         let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        !matches!(
-            health.as_ref().map(|h| h.borrow().clone()),
-            Some(EngineStatus::Reachable(_))
-        )
+        !health.as_ref().is_some_and(|h| h.borrow().is_reachable())
     }
 
     /// A body rendered from `snap` by `render`, kept until the view changes or the second
