@@ -146,6 +146,9 @@ pub struct Container {
     /// Creation time, Unix nanoseconds (Docker lists newest first).
     pub created_ns: i64,
     pub has_healthcheck: bool,
+    /// `summary` is Docker's list entry (not one made from an event or an inspect): until it
+    /// is, every fetch after an event asks for the list entry too.
+    pub listed: bool,
     /// The engine time (Unix nanoseconds) up to which this record is known to be current:
     /// the time of the last event applied, or when the inspect it came from was sent.
     /// Older events are already part of it and are not applied again.
@@ -192,6 +195,7 @@ impl Container {
         listed: Option<ContainerSummary>,
         as_of: i64,
     ) -> Self {
+        let from_list = listed.is_some();
         let summary = listed.unwrap_or_else(|| summary_of_inspect(i));
         let id = i.id.clone().unwrap_or_default();
         let name = i.name.as_deref().unwrap_or_default();
@@ -206,6 +210,7 @@ impl Container {
             has_healthcheck: has_healthcheck(i),
             state: state_of_inspect(i),
             summary,
+            listed: from_list,
             as_of,
         }
     }

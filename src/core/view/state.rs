@@ -107,6 +107,8 @@ impl Snapshot {
         let mut c = Container::clone(current);
         c.as_of = t;
         let followup = match change_of(&mut c, e, action, detail) {
+            // A record whose list entry is still missing gets it with the next fetch.
+            Some(Followup::Inspect(id)) if !c.listed => Followup::Fetch(id),
             Some(f) => f,
             None if action == "destroy" => {
                 self.remove(&e.id, t);
@@ -143,6 +145,16 @@ impl Snapshot {
         }
         let current = self.containers.get(id);
         if current.is_some_and(|c| c.as_of > sent_at) {
+            // A newer event came first: its state stands, but a list entry's static fields
+            // (command, mounts, host config) are still the container's.
+            if let (Some(c), Some((_, Some(entry)))) = (current, found) {
+                let mut c = Container::clone(c);
+                let names = c.summary.names.take();
+                c.summary = entry;
+                c.summary.names = names;
+                c.listed = true;
+                self.containers.insert(id.to_string(), Arc::new(c));
+            }
             return false;
         }
         let Some((inspect, listed)) = found else {
@@ -281,6 +293,7 @@ fn placeholder(e: &EngineEvent) -> Container {
         },
         created_ns: e.time_nano,
         has_healthcheck: false,
+        listed: false,
         as_of: e.time_nano,
     }
 }

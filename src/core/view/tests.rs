@@ -53,11 +53,13 @@ fn inspect(id: &str, status: ContainerStateStatusEnum) -> ContainerInspectRespon
 }
 
 fn snapshot_with(id: &str, status: ContainerStateStatusEnum, as_of: i64) -> Snapshot {
+    let listed = bollard::models::ContainerSummary {
+        id: Some(id.into()),
+        ..Default::default()
+    };
+    let c = Container::from_inspect(&inspect(id, status), Some(listed), as_of);
     let mut s = Snapshot::default();
-    s.replace_containers(
-        vec![Container::from_inspect(&inspect(id, status), None, as_of)],
-        0,
-    );
+    s.replace_containers(vec![c], 0);
     s
 }
 
@@ -148,6 +150,36 @@ async fn next(sub: &mut crate::core::events::Subscription) -> Option<Arc<AppEven
         .await
         .ok()
         .map(|e| e.expect("subscription ended"))
+}
+
+#[test]
+fn a_new_containers_list_entry_is_kept_even_when_an_event_overtook_its_fetch() {
+    let mut s = Snapshot::default();
+    s.replace_containers(Vec::new(), 0);
+    assert_eq!(
+        s.apply_event(&event("create", "c2", 10 * S)),
+        Followup::Fetch("c2".into())
+    );
+    // The start comes before the fetch the create asked for (sent at 11 s) answers.
+    assert_eq!(
+        s.apply_event(&event("start", "c2", 12 * S)),
+        Followup::Fetch("c2".into())
+    );
+    let entry = bollard::models::ContainerSummary {
+        id: Some("c2".into()),
+        command: Some("sleep 300".into()),
+        ..Default::default()
+    };
+    let stale = (
+        inspect("c2", ContainerStateStatusEnum::CREATED),
+        Some(entry),
+    );
+    assert!(!s.apply_fetched("c2", Some(stale), 11 * S));
+    let c = &s.containers["c2"];
+    assert_eq!(c.state.run, RunState::Running);
+    assert_eq!(c.summary.command.as_deref(), Some("sleep 300"));
+    assert_eq!(c.summary.names, Some(vec!["/c2-name".to_string()]));
+    assert!(c.listed);
 }
 
 #[tokio::test]
