@@ -6,12 +6,15 @@ pub mod docker;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod fetch;
+pub mod flow;
 pub mod health;
 pub mod intervirt;
 pub mod network;
 pub mod ops;
 pub mod power;
 pub mod prefs;
+pub mod services;
 pub mod system;
 pub mod tasks;
 pub mod view;
@@ -35,6 +38,12 @@ pub struct Core {
     /// What every read is served from: apps, containers, images, volumes, kept current from
     /// Docker's events (`view::sync::run` follows them).
     pub view: Arc<view::LiveView>,
+    /// Services of the duxcore dialect, when a duxcore listener is configured.
+    pub services: Option<Arc<services::Services>>,
+    /// Where snapshots and backups of apps go, when configured.
+    pub snapshots: Option<Arc<apps::snapshots::Snapshots>>,
+    /// The Flow Manager, when a flowmanager listener is configured.
+    pub flow: Option<Arc<flow::FlowManager>>,
 }
 
 impl Core {
@@ -53,11 +62,36 @@ impl Core {
             intervirt: None,
             tasks: tasks::TaskRegistry::default(),
             prefs: prefs::Prefs::in_memory(),
+            services: None,
+            snapshots: None,
+            flow: None,
         }
     }
 
     pub fn with_prefs(mut self, prefs: prefs::Prefs) -> Self {
         self.prefs = prefs;
+        self
+    }
+
+    pub fn with_services(mut self, services: Option<Arc<services::Services>>) -> Self {
+        self.services = services;
+        self
+    }
+
+    /// The duxcore services, or why there are none.
+    pub fn services(&self) -> CoreResult<&Arc<services::Services>> {
+        self.services.as_ref().ok_or_else(|| {
+            CoreError::Failed("no duxcore listener is configured, so services are off".into())
+        })
+    }
+
+    pub fn with_snapshots(mut self, snapshots: apps::snapshots::Snapshots) -> Self {
+        self.snapshots = Some(Arc::new(snapshots));
+        self
+    }
+
+    pub fn with_flow(mut self, flow: Option<Arc<flow::FlowManager>>) -> Self {
+        self.flow = flow;
         self
     }
 

@@ -74,6 +74,17 @@ pub struct RemoveOptions {
     pub remove_volumes: bool,
 }
 
+impl RemoveOptions {
+    /// Stopped first if running, with its images and volumes.
+    pub fn everything() -> Self {
+        Self {
+            force: true,
+            remove_images: true,
+            remove_volumes: true,
+        }
+    }
+}
+
 pub struct Apps {
     engine: Arc<dyn ContainerEngine>,
     store: Arc<AppStore>,
@@ -85,6 +96,8 @@ pub struct Apps {
     events: EventBus,
     /// What reads are served from: the apps with their busy marks and Docker's state.
     view: Arc<LiveView>,
+    /// How long an update waits for a recreated service to become healthy.
+    pub(super) health_timeout: Duration,
 }
 
 fn not_stored(id: &AppId) -> CoreError {
@@ -104,6 +117,19 @@ impl Drop for BusyGuard<'_> {
 }
 
 pub type LineFn<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
+/// How an operation runs: the token that cancels it and where its output lines go.
+#[derive(Clone, Copy)]
+pub struct Run<'a> {
+    pub cancel: &'a CancellationToken,
+    pub out: LineFn<'a>,
+}
+
+impl<'a> Run<'a> {
+    pub fn new(cancel: &'a CancellationToken, out: LineFn<'a>) -> Self {
+        Self { cancel, out }
+    }
+}
 
 impl Apps {
     /// Opens the store under `state_dir/apps` and the upload area `state_dir/uploads`
@@ -129,6 +155,7 @@ impl Apps {
             refreshing: std::sync::atomic::AtomicBool::new(false),
             view: Arc::new(LiveView::new(events.clone())),
             events,
+            health_timeout: Duration::from_secs(300),
         };
         let entries: Vec<AppEntry> = apps
             .store
@@ -142,6 +169,12 @@ impl Apps {
             }
         });
         Ok(apps)
+    }
+
+    /// Sets how long an update waits for a recreated service to become healthy.
+    pub fn with_health_timeout(mut self, timeout: Duration) -> Self {
+        self.health_timeout = timeout;
+        self
     }
 
     /// Replaces the event bus (before anything subscribed), e.g. with a configured capacity.
@@ -272,7 +305,8 @@ impl Apps {
             .store
             .list()?
             .into_iter()
-            .flat_map(|a| a.record.images.into_iter().map(|i| i.id))
+            .flat_map(|a| a.record.images)
+            .flat_map(|i| std::iter::once(i.id).chain(i.references))
             .collect();
         import::recover_journals(self.engine.as_ref(), dir, &in_use).await;
         Ok(())
@@ -395,11 +429,11 @@ impl Apps {
         Ok(stored)
     }
 
-    fn stored(&self, id: &AppId) -> CoreResult<StoredApp> {
+    pub(super) fn stored(&self, id: &AppId) -> CoreResult<StoredApp> {
         Ok(self.store.get(id)?)
     }
 
-    fn project(&self, app: &StoredApp) -> CoreResult<ComposeProject> {
+    pub(super) fn project(&self, app: &StoredApp) -> CoreResult<ComposeProject> {
         ComposeProject::load(
             &app.dir,
             &app.id().slug(),
@@ -431,7 +465,7 @@ impl Apps {
         }
     }
 
-    async fn containers(&self, app: &StoredApp) -> CoreResult<Vec<ContainerStatus>> {
+    pub(super) async fn containers(&self, app: &StoredApp) -> CoreResult<Vec<ContainerStatus>> {
         let project = self.project(app)?;
         let services = project.status(self.engine.as_ref()).await?;
         Ok(services.into_iter().flat_map(|s| s.containers).collect())
@@ -449,11 +483,10 @@ impl Apps {
         cancel: &CancellationToken,
         on_line: LineFn<'_>,
     ) -> CoreResult<ProcessOutcome> {
-        let app = self.stored(id)?;
-        let _busy = self.claim(id, "started")?;
-        let result = self.start_claimed(&app, cancel, on_line).await;
-        self.fetch_after(id, false).await;
-        result
+        self.claimed(id, "started", false, async |app| {
+            self.start_claimed(app, cancel, on_line).await
+        })
+        .await
     }
 
     /// After an operation on the app, before it answers (and while it is still busy):
@@ -535,7 +568,7 @@ impl Apps {
     /// After a cancelled `up`: `down` until no container of the app is left. A create request
     /// dropped mid-flight may still complete in Docker after the first `down` listed the
     /// containers, hence a few (bounded) rounds.
-    async fn undo_start(&self, app: &StoredApp, on_line: LineFn<'_>) -> CoreResult<()> {
+    pub(super) async fn undo_start(&self, app: &StoredApp, on_line: LineFn<'_>) -> CoreResult<()> {
         for round in 0..3 {
             if round > 0 {
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -581,15 +614,32 @@ impl Apps {
         cancel: &CancellationToken,
         on_line: LineFn<'_>,
     ) -> CoreResult<ProcessOutcome> {
-        let app = self.stored(id)?;
-        let _busy = self.claim(id, "stopped")?;
-        let result = self.stop_claimed(&app, options, cancel, on_line).await;
         let lists = options.remove_images || options.remove_volumes;
+        self.claimed(id, "stopped", lists, async |app| {
+            self.stop_claimed(app, options, cancel, on_line).await
+        })
+        .await
+    }
+
+    /// Runs `work` on the stored app `id` claimed as `what` (Busy while another operation
+    /// runs on it). Before the claim ends, what it did is read back into the view (the
+    /// app's containers; with `lists` the images and volumes too), so every read that starts
+    /// after the answer sees it, and the App event with the result comes before Busy false.
+    pub(super) async fn claimed<T>(
+        &self,
+        id: &AppId,
+        what: &'static str,
+        lists: bool,
+        work: impl AsyncFnOnce(&StoredApp) -> CoreResult<T>,
+    ) -> CoreResult<T> {
+        let app = self.stored(id)?;
+        let _busy = self.claim(id, what)?;
+        let result = work(&app).await;
         self.fetch_after(id, lists).await;
         result
     }
 
-    async fn stop_claimed(
+    pub(super) async fn stop_claimed(
         &self,
         app: &StoredApp,
         options: StopOptions,
@@ -637,7 +687,7 @@ impl Apps {
     /// After a cancelled `down`: finishes the stops Docker already performs, then `up` when
     /// the app ran before, until its services run again (a removal Docker still completes
     /// may race the first `up`, hence a few bounded rounds).
-    async fn undo_stop(
+    pub(super) async fn undo_stop(
         &self,
         app: &StoredApp,
         was_running: bool,
@@ -659,6 +709,18 @@ impl Apps {
         if !was_running {
             return Ok(());
         }
+        self.up_until_running(app, "the cancelled stop", on_line)
+            .await
+    }
+
+    /// `up` until every service of the app runs: a removal Docker still completes may race
+    /// the first `up`, hence a few bounded rounds. `after` says what is being undone.
+    pub(super) async fn up_until_running(
+        &self,
+        app: &StoredApp,
+        after: &str,
+        on_line: LineFn<'_>,
+    ) -> CoreResult<()> {
         let project = self.project(app)?;
         let expected = project.services().len();
         let mut last = String::new();
@@ -682,12 +744,12 @@ impl Apps {
             }
         }
         Err(CoreError::Failed(format!(
-            "{} could not be started again after the cancelled stop: {last}",
+            "{} could not be started again after {after}: {last}",
             app.id()
         )))
     }
 
-    async fn down(
+    pub(super) async fn down(
         &self,
         app: &StoredApp,
         remove_images: bool,
@@ -746,6 +808,13 @@ impl Apps {
         let app = self.stored(id)?;
         let _busy = self.claim(id, "removed")?;
         let result = self.remove_claimed(&app, options).await;
+        self.removed(id, result).await
+    }
+
+    /// The end of a removal (the app still claimed): Docker's state read back into the view,
+    /// then, when it succeeded, the app leaves the store and the view with a Remove event
+    /// carrying its last state.
+    pub(super) async fn removed(&self, id: &AppId, result: CoreResult<()>) -> CoreResult<()> {
         self.fetch_after(id, true).await;
         result?;
         let (snap, known) = self.snapshot().await;
@@ -775,6 +844,17 @@ impl Apps {
         }
         self.down(app, false, options.remove_volumes, &|_| {})
             .await?;
+        self.remove_stopped(app, options).await
+    }
+
+    /// Removes the images a stopped app's bundle brought (claimed by the caller), when
+    /// asked and unless other apps need them; [`Apps::removed`] then drops the app.
+    pub(super) async fn remove_stopped(
+        &self,
+        app: &StoredApp,
+        options: RemoveOptions,
+    ) -> CoreResult<()> {
+        let id = app.id();
         if options.remove_images {
             let protected = self.images_of_other_apps(id)?;
             for image in &app.record.images {
@@ -804,6 +884,11 @@ impl Apps {
     /// The store, for the Files API (`files.rs`).
     pub(super) fn store(&self) -> &Arc<AppStore> {
         &self.store
+    }
+
+    /// The engine, for the app operations in sibling modules.
+    pub(super) fn engine(&self) -> &dyn ContainerEngine {
+        self.engine.as_ref()
     }
 
     pub fn icon(&self, id: &AppId) -> CoreResult<Option<PathBuf>> {
