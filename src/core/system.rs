@@ -111,9 +111,7 @@ impl SystemModule {
     /// After a change of images: the view reads them again. A failure here is Docker
     /// going away, which the view's follower notices too.
     async fn images_changed(&self) {
-        if let Err(e) = fetch::images(&self.view, self.engine.as_ref(), &[]).await {
-            tracing::debug!(error = %e, "cannot read the images after a change");
-        }
+        fetch::images_changed(&self.view, self.engine.as_ref()).await;
     }
 
     async fn volumes_changed(&self) {

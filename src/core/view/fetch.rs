@@ -226,3 +226,23 @@ fn by_name(volumes: Vec<bollard::models::Volume>) -> HashMap<String, Arc<bollard
         .map(|v| (v.name.clone(), Arc::new(v)))
         .collect()
 }
+
+/// After an operation: the containers `keys` (ids or names), in this order, as Docker has
+/// them now, with their list entries (the operation may have created, renamed, replaced or
+/// removed them; name a replaced container's old id before its name). A failure is only
+/// logged: it is Docker going away, which the follower notices too.
+pub async fn changed(view: &LiveView, engine: &dyn ContainerEngine, keys: &[&str]) {
+    for key in keys {
+        if let Err(e) = container(view, engine, key, true).await {
+            tracing::debug!(container = %key, error = %e, "cannot read a container after an operation");
+        }
+    }
+}
+
+/// After an operation that changed images (a pull, a load, an import, a removal): the
+/// image list again; a failure is only logged, as for [`changed`].
+pub async fn images_changed(view: &LiveView, engine: &dyn ContainerEngine) {
+    if let Err(e) = images(view, engine, &[]).await {
+        tracing::debug!(error = %e, "cannot read the images after a change");
+    }
+}
