@@ -27,6 +27,7 @@ use crate::core::engine::ContainerEngine;
 use crate::core::health::EngineHealth;
 use crate::core::intervirt::{AgentSettings, IntervirtAgent};
 use crate::core::power::{LogindPower, NoPower, Power, RecordingPower, SyscallPower};
+use crate::core::view::LiveView;
 use crate::core::Core;
 
 /// Exit code for a configuration error; the unit's RestartPreventExitStatus= names it.
@@ -182,6 +183,7 @@ async fn serve(config: Config) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
+    let apps_view = apps.view().clone();
     let services = duxcore_services(&config, engine.clone());
     let snapshots = match Snapshots::open(&config.snapshots.dir, config.snapshots.keep_backups) {
         Ok(s) => s,
@@ -191,7 +193,7 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     let watch_engine = engine.clone();
-    let flow = start_flow(&config, engine.clone(), stop.clone()).await;
+    let flow = start_flow(&config, engine.clone(), apps_view, stop.clone()).await;
     let core = Arc::new(
         Core::new(engine, health.clone(), apps)
             .with_intervirt(intervirt)
@@ -364,6 +366,7 @@ fn spawn_reload_on_hangup(core: Arc<Core>) {
 async fn start_flow(
     config: &Config,
     engine: Arc<dyn ContainerEngine>,
+    view: Arc<LiveView>,
     stop: CancellationToken,
 ) -> Option<Arc<crate::core::flow::FlowManager>> {
     if !config
@@ -373,7 +376,7 @@ async fn start_flow(
     {
         return None;
     }
-    let flow = crate::core::flow::FlowManager::new(engine, config.flow.clone(), stop.clone());
+    let flow = crate::core::flow::FlowManager::new(engine, view, config.flow.clone(), stop.clone());
     flow.start_up(stop).await;
     tracing::info!(socket_dir = %config.flow.socket_dir.display(), "Flow Manager ready");
     Some(flow)
