@@ -184,7 +184,7 @@ async fn serve(config: Config) -> ExitCode {
         Err(code) => return code,
     };
     let apps_view = apps.view().clone();
-    let services = duxcore_services(&config, engine.clone());
+    let services = duxcore_services(&config, engine.clone(), apps_view.clone());
     let snapshots = match Snapshots::open(&config.snapshots.dir, config.snapshots.keep_backups) {
         Ok(s) => s,
         Err(e) => {
@@ -318,6 +318,7 @@ async fn start_intervirt(
 fn duxcore_services(
     config: &Config,
     engine: Arc<dyn ContainerEngine>,
+    view: Arc<LiveView>,
 ) -> Option<Arc<crate::core::services::Services>> {
     use crate::core::services::{CoreKey, FetchLimits, ServiceSettings, Services, UnpackLimits};
     let d = &config.duxcore;
@@ -337,7 +338,7 @@ fn duxcore_services(
         },
         max_image_bytes: d.max_image_bytes,
     };
-    Some(Arc::new(Services::new(engine, settings, key)))
+    Some(Arc::new(Services::new(engine, view, settings, key)))
 }
 
 /// SIGHUP reads the duxcore core key file again (a failure keeps the key in use).
