@@ -1,4 +1,6 @@
-//! The live view against the test dockerd: reads make no Docker call; a mutating call's
+//! The live view against the test dockerd: reads make no Docker call (the Transfer and
+//! system lists, the Distillery's systems, the Flow Manager's list and statuses but for
+//! their resource usage); a mutating call's
 //! answer is visible to the next read; changes made behind gantry's back (stop, start, rm,
 //! create, a crash, a health change, pause, rename) show as soon as their event arrives; an
 //! event stream cut while things change is followed by a full rebuild, and no read shows the
@@ -7,6 +9,10 @@
 //! tests/liveview_restart.rs (its own private dockerd).
 
 mod common;
+// The Flow Manager's Socket.IO client (python-socketio) and daemon harness.
+#[allow(dead_code)]
+#[path = "flowmanager/harness.rs"]
+mod harness;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -15,8 +21,8 @@ use std::time::{Duration, Instant};
 use common::bundle::{app_zip, import};
 use common::proxy::DockerProxy;
 use common::{
-    create_container, docker, docker_ok, docker_socket_path, enc, run_ok, test_image, unique,
-    wait_for, Cleanup, Gantry, STOPPABLE,
+    agent, create_container, docker, docker_ok, docker_socket_path, enc, listening_address_of,
+    run_ok, test_image, unique, wait_for, Cleanup, Gantry, STOPPABLE,
 };
 use serde_json::Value;
 
@@ -70,16 +76,44 @@ fn one_service_app(name: &str) -> Vec<u8> {
     app_zip(name, "1", &compose)
 }
 
+/// The Distillery listener's token in [`reads_make_no_docker_calls`].
+const DIST_TOKEN: &str = "0123456789abcdef-reads";
+
+/// The Distillery's JSON API at `addr`: `GET path` with the token, its status and body.
+fn distillery_get(addr: std::net::SocketAddr, path: &str) -> (u16, Value) {
+    let mut resp = agent()
+        .get(format!("http://{addr}{path}"))
+        .header("Authorization", &format!("Bearer {DIST_TOKEN}"))
+        .call()
+        .expect("request failed");
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    (
+        resp.status().as_u16(),
+        serde_json::from_str(&body).unwrap_or(Value::Null),
+    )
+}
+
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn reads_make_no_docker_calls() {
     require_docker!();
     let _serial = serial();
     let proxy = DockerProxy::start(&docker_socket_path());
+    let tokens = tempfile::tempdir().unwrap();
+    let token_file = tokens.path().join("tokens");
+    std::fs::write(&token_file, format!("reads {DIST_TOKEN}\n")).unwrap();
     let g = Gantry::builder()
         .docker_host(&proxy.host())
         .probe_interval_secs(3600)
+        .extra_listener(&format!(
+            "dialect = \"distillery\"\naddress = \"127.0.0.1:0\"\ntoken_file = {:?}",
+            token_file.display().to_string()
+        ))
         .start();
+    let dist = wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+        listening_address_of(&g.stderr(), "distillery")
+    })
+    .expect("the distillery listener never reported its address");
     let mut cleanup = Cleanup::new();
     let name = unique("calls");
     import(&g, &one_service_app(&name)).expect_json(200);
@@ -96,21 +130,88 @@ fn reads_make_no_docker_calls() {
         "/api/1/system/images".to_string(),
         "/api/1/system/volumes".to_string(),
     ];
-    for path in &reads {
-        assert!(g.get(path).status < 300, "{path}");
-    }
+    let systems = ["/api/v1/systems", "/api/v1/http/systems"];
+    let read_all = || {
+        for path in &reads {
+            assert!(g.get(path).status < 300, "{path}");
+        }
+        for path in systems {
+            let (status, body) = distillery_get(dist, path);
+            assert_eq!(status, 200, "{path}: {body}");
+            let me = body
+                .as_array()
+                .and_then(|a| a.iter().find(|s| s["Name"] == name.as_str()));
+            let me = me.unwrap_or_else(|| panic!("{path} misses {name}: {body}"));
+            assert_eq!(me["Status"], "Running", "{me}");
+        }
+    };
+    read_all();
     // Let the events of the start settle (their follow-up reads are Docker calls).
     std::thread::sleep(Duration::from_secs(2));
     proxy.clear();
     for _ in 0..50 {
-        for path in &reads {
-            assert!(g.get(path).status < 300, "{path}");
-        }
+        read_all();
     }
     assert_eq!(proxy.requests(), Vec::<String>::new(), "reads asked Docker");
     g.put(&format!("/api/1/transfer/apps/{id}/stop"))
         .expect_json(200);
     g.delete(&format!("/api/1/transfer/apps/{id}?force=true"));
+}
+
+/// The Flow Manager's listing and the state part of its statuses are read from the live
+/// view: while a client lists and asks for a created container's status, and the periodic
+/// status of a running one goes out, the only Docker calls are that container's stats.
+#[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
+fn flow_manager_reads_ask_docker_for_stats_only() {
+    require_docker!();
+    let py = require_python!();
+    let _serial = serial();
+    let proxy = DockerProxy::start(&docker_socket_path());
+    let mut fm = harness::Fm::prepare(&proxy.host(), "status_interval_secs = 1");
+    // No health probe asking Docker for its version meanwhile.
+    let config = std::fs::read_to_string(&fm.config).unwrap();
+    let config = format!("docker_probe_interval_secs = 3600\n{config}");
+    std::fs::write(&fm.config, config).unwrap();
+    fm.spawn(fm.command());
+    let mut c = fm.client(&py, None);
+    let mut cleanup = Cleanup::new();
+    let (up, idle) = (unique("fm-calls-up"), unique("fm-calls-idle"));
+    for name in [&up, &idle] {
+        cleanup.container(name);
+        let spec = serde_json::json!({"image": test_image(), "name": name, "command": STOPPABLE});
+        c.request("create_container", spec, "container_created");
+    }
+    let up_id = serde_json::json!({"container_id": up});
+    c.request("start_container", up_id.clone(), "container_started");
+    // The start's events settle (their follow-up reads are Docker calls).
+    std::thread::sleep(Duration::from_secs(2));
+    proxy.clear();
+    let idle_id = serde_json::json!({"container_id": idle});
+    for _ in 0..20 {
+        let list = c.request("list_containers", serde_json::json!({}), "container_list");
+        let all = list["containers"].as_array().unwrap();
+        let state = |name: &str| {
+            all.iter()
+                .find(|x| x["name"] == name)
+                .map(|x| x["status"].clone())
+        };
+        assert_eq!(state(&up), Some(Value::from("running")), "{list}");
+        assert_eq!(state(&idle), Some(Value::from("created")), "{list}");
+        let s = c.request("get_container_status", idle_id.clone(), "container_status");
+        assert_eq!(s["state"], "created", "{s}");
+        assert_eq!(s["uptime"], Value::Null, "{s}");
+    }
+    let u = c.expect_where("container_status_update", Duration::from_secs(10), |x| {
+        x["status"]["state"] == "running"
+    });
+    assert!(u["status"]["uptime"].is_string(), "{u}");
+    let s = c.request("get_container_status", up_id, "container_status");
+    assert_eq!(s["state"], "running", "{s}");
+    assert!(s["resource_usage"]["memory_usage"].is_u64(), "{s}");
+    let asked = proxy.requests();
+    let others: Vec<&String> = asked.iter().filter(|r| !r.contains("/stats")).collect();
+    assert!(!asked.is_empty() && others.is_empty(), "{asked:?}");
 }
 
 #[test]
