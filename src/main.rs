@@ -27,6 +27,7 @@ use crate::core::engine::ContainerEngine;
 use crate::core::health::EngineHealth;
 use crate::core::intervirt::{AgentSettings, IntervirtAgent};
 use crate::core::power::{LogindPower, NoPower, Power, RecordingPower, SyscallPower};
+use crate::core::view::LiveView;
 use crate::core::Core;
 
 /// Exit code for a configuration error; the unit's RestartPreventExitStatus= names it.
@@ -202,7 +203,8 @@ async fn serve(config: Config) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let services = duxcore_services(&config, engine.clone());
+    let apps_view = apps.view().clone();
+    let services = duxcore_services(&config, engine.clone(), apps_view.clone());
     let snapshots = match Snapshots::open(&config.snapshots.dir, config.snapshots.keep_backups) {
         Ok(s) => s,
         Err(e) => {
@@ -211,7 +213,7 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     let watch_engine = engine.clone();
-    let flow = start_flow(&config, engine.clone(), stop.clone()).await;
+    let flow = start_flow(&config, engine.clone(), apps_view, stop.clone()).await;
     let core = Arc::new(
         Core::new(engine, health.clone(), apps)
             .with_intervirt(intervirt)
@@ -221,14 +223,13 @@ async fn serve(config: Config) -> ExitCode {
             .with_flow(flow),
     );
     spawn_reload_on_hangup(core.clone());
-    {
-        // App status changes made outside gantry reach the event bus through Docker's events.
-        let apps = crate::core::apps::watch::CoreApps(core.clone());
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            crate::core::apps::watch::run(apps, watch_engine.as_ref(), stop).await;
-        });
-    }
+    // The live view follows Docker's events (and with them, changes made outside gantry).
+    tokio::spawn(crate::core::view::sync::run(
+        core.view.clone(),
+        watch_engine,
+        Some(health.subscribe()),
+        stop.clone(),
+    ));
 
     let listening = format!(
         "serving {}",
@@ -330,6 +331,7 @@ async fn start_intervirt(
 fn duxcore_services(
     config: &Config,
     engine: Arc<dyn ContainerEngine>,
+    view: Arc<LiveView>,
 ) -> Option<Arc<crate::core::services::Services>> {
     use crate::core::services::{CoreKey, FetchLimits, ServiceSettings, Services, UnpackLimits};
     let d = &config.duxcore;
@@ -349,7 +351,7 @@ fn duxcore_services(
         },
         max_image_bytes: d.max_image_bytes,
     };
-    Some(Arc::new(Services::new(engine, settings, key)))
+    Some(Arc::new(Services::new(engine, view, settings, key)))
 }
 
 /// SIGHUP reads the duxcore core key file again (a failure keeps the key in use).
@@ -378,6 +380,7 @@ fn spawn_reload_on_hangup(core: Arc<Core>) {
 async fn start_flow(
     config: &Config,
     engine: Arc<dyn ContainerEngine>,
+    view: Arc<LiveView>,
     stop: CancellationToken,
 ) -> Option<Arc<crate::core::flow::FlowManager>> {
     if !config
@@ -387,7 +390,7 @@ async fn start_flow(
     {
         return None;
     }
-    let flow = crate::core::flow::FlowManager::new(engine, config.flow.clone(), stop.clone());
+    let flow = crate::core::flow::FlowManager::new(engine, view, config.flow.clone(), stop.clone());
     flow.start_up(stop).await;
     tracing::info!(socket_dir = %config.flow.socket_dir.display(), "Flow Manager ready");
     Some(flow)

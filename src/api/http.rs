@@ -82,6 +82,30 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {
     }
 }
 
+/// A JSON list, as bytes to keep (e.g. in the live view's memo): empty for an empty list.
+pub fn json_list<T: Serialize>(items: &[T]) -> Bytes {
+    if items.is_empty() {
+        return Bytes::new();
+    }
+    match serde_json::to_vec(items) {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialise a response");
+            Bytes::new()
+        }
+    }
+}
+
+/// 200 with a JSON list made by [`json_list`], or 204 for an empty one (the Transfer
+/// dialect's rule for collections).
+pub fn list_response(body: Bytes) -> Response {
+    if body.is_empty() {
+        empty(StatusCode::NO_CONTENT)
+    } else {
+        with_type(StatusCode::OK, "application/json", full(body))
+    }
+}
+
 /// Decoded query parameters of a request.
 #[derive(Debug, Default)]
 pub struct Query(Vec<(String, String)>);

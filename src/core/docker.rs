@@ -630,6 +630,60 @@ impl ContainerEngine for DockerEngine {
         });
         Box::pin(events)
     }
+
+    fn engine_events(&self, since: Option<i64>) -> super::engine::EngineEventStream {
+        let docker = match self.docker() {
+            Ok(d) => d,
+            Err(e) => return Box::pin(futures_util::stream::once(async move { Err(e) })),
+        };
+        let types = ["container", "image", "volume", "network"];
+        let f = HashMap::from([("type", types.to_vec())]);
+        let mut opts = bollard::query_parameters::EventsOptionsBuilder::default().filters(&f);
+        if let Some(ns) = since {
+            opts = opts.since(&since_parameter(ns));
+        }
+        let events = docker
+            .events(Some(opts.build()))
+            .filter_map(|item| async move {
+                match item {
+                    Ok(m) => engine_event(m).map(Ok),
+                    Err(e) => Some(Err(map_error(e))),
+                }
+            });
+        Box::pin(events)
+    }
+}
+
+/// Docker's `since` parameter: `seconds.nanoseconds`.
+fn since_parameter(ns: i64) -> String {
+    format!(
+        "{}.{:09}",
+        ns.div_euclid(1_000_000_000),
+        ns.rem_euclid(1_000_000_000)
+    )
+}
+
+fn engine_event(m: bollard::models::EventMessage) -> Option<super::engine::EngineEvent> {
+    use super::engine::EventObject;
+    use bollard::models::EventMessageTypeEnum as T;
+    let object = match m.typ? {
+        T::CONTAINER => EventObject::Container,
+        T::IMAGE => EventObject::Image,
+        T::VOLUME => EventObject::Volume,
+        T::NETWORK => EventObject::Network,
+        _ => EventObject::Other,
+    };
+    let actor = m.actor?;
+    Some(super::engine::EngineEvent {
+        object,
+        action: m.action?,
+        id: actor.id.unwrap_or_default(),
+        attributes: actor.attributes.unwrap_or_default().into_iter().collect(),
+        time_nano: m
+            .time_nano
+            .or_else(|| m.time.map(|s| s * 1_000_000_000))
+            .unwrap_or_default(),
+    })
 }
 
 /// Chunks that are ready together, joined (up to [`COALESCE_CHUNKS`] of them): a request
@@ -851,6 +905,15 @@ mod tests {
             .collect()
             .await;
         assert!(out.last().unwrap().is_err());
+    }
+
+    #[test]
+    fn since_is_seconds_dot_nanoseconds() {
+        assert_eq!(
+            since_parameter(1_700_000_000_000_000_123),
+            "1700000000.000000123"
+        );
+        assert_eq!(since_parameter(5), "0.000000005");
     }
 
     #[test]

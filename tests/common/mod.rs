@@ -28,6 +28,7 @@ use serde_json::Value;
 pub use nix::sys::signal::Signal;
 
 pub mod bundle;
+pub mod proxy;
 pub mod ws;
 
 pub const DEFAULT_TEST_IMAGE: &str = "gantry-test/busybox:latest";

@@ -17,6 +17,7 @@ use crate::core::apps::{AppConfig, AppId};
 use crate::core::ops::apps::ImportSource;
 use crate::core::ops::Start;
 use crate::core::tasks::TaskKind;
+use crate::core::view::now_ns;
 use crate::core::ErrorKind;
 
 pub fn register(r: &mut Routes<Handler>) {
@@ -234,13 +235,21 @@ fn app_id(c: &Call) -> Result<AppId, Problem> {
     Ok(AppId::from(id))
 }
 
+/// From the live view: rendered once per change of the view (and second of status texts),
+/// then the same bytes for every read.
 async fn list(c: Call) -> Reply {
-    let views = c.core.apps.list().await?;
-    if views.is_empty() {
-        return Ok(http::empty(StatusCode::NO_CONTENT));
-    }
-    let body: Vec<_> = views.iter().map(instance).collect();
-    Ok(http::json(StatusCode::OK, &body))
+    let view = &c.core.view;
+    let Ok(snap) = view.current().await else {
+        // Docker cannot be followed: the stored apps, status Unknown.
+        let views = c.core.apps.list().await?;
+        let body: Vec<_> = views.iter().map(instance).collect();
+        return Ok(http::list_response(http::json_list(&body)));
+    };
+    let body = view.memo("transfer.apps", &snap, || {
+        let views = snap.app_list(true, now_ns());
+        http::json_list(&views.iter().map(instance).collect::<Vec<_>>())
+    });
+    Ok(http::list_response(body))
 }
 
 async fn get(c: Call) -> Reply {
@@ -560,8 +569,5 @@ async fn refresh(c: Call) -> Reply {
 /// Containers of compose projects on the host (Docker's ContainerSummary); 204 when none.
 async fn recognize(c: Call) -> Reply {
     let containers = c.core.apps.recognize().await?;
-    if containers.is_empty() {
-        return Ok(http::empty(StatusCode::NO_CONTENT));
-    }
-    Ok(http::json(StatusCode::OK, &containers))
+    Ok(http::list_response(http::json_list(&containers)))
 }

@@ -336,19 +336,17 @@ async fn stream_images(
             file: name.clone(),
             size,
         });
-        let mut body = image.body;
         let sent = Arc::new(AtomicU64::new(0));
-        let counted = {
-            let sent = sent.clone();
-            Box::pin(stream::poll_fn(move |cx| {
-                let next = body.poll_recv(cx);
-                if let std::task::Poll::Ready(Some(Ok(b))) = &next {
-                    sent.fetch_add(b.len() as u64, Ordering::Relaxed);
-                }
-                next
-            }))
-        };
-        match load_body(engine, counted, &name, size, &sent, progress).await {
+        let counted = counted_body(image.body, sent.clone(), cancel);
+        let result = load_body(engine, counted, &name, size, &sent, progress).await;
+        if cancel.is_cancelled() && result.is_err() {
+            pre.error = Some((
+                ImportStep::LoadImages,
+                CoreError::Cancelled("the import was cancelled".into()),
+            ));
+            break;
+        }
+        match result {
             Ok(references) => {
                 match record_image(engine, loaded, name, references, progress).await {
                     Ok(record) => pre.records.push(record),
@@ -382,6 +380,34 @@ async fn stream_images(
         .filter(|e| pre.records.iter().any(|r| r.file == e.name))
         .collect();
     Ok((pre, upload))
+}
+
+/// An image's bytes as the walk streams them, counted into `sent`. A cancel breaks the body
+/// off with an error, so that Docker's load fails on the incomplete tarball instead of
+/// completing with the rest of the upload.
+fn counted_body(
+    mut body: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    sent: Arc<AtomicU64>,
+    cancel: &CancellationToken,
+) -> ByteStream {
+    use std::future::Future;
+    use std::task::Poll;
+    let mut cancelled = Box::pin(cancel.clone().cancelled_owned());
+    let mut broken = false;
+    Box::pin(stream::poll_fn(move |cx| {
+        if broken {
+            return Poll::Ready(None);
+        }
+        if cancelled.as_mut().poll(cx).is_ready() {
+            broken = true;
+            return Poll::Ready(Some(Err(std::io::Error::other("cancelled"))));
+        }
+        let next = body.poll_recv(cx);
+        if let Poll::Ready(Some(Ok(b))) = &next {
+            sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        next
+    }))
 }
 
 /// The image ids and references Docker has: what an import finds there is never its to

@@ -21,6 +21,7 @@ use std::time::Duration;
 use super::engine::{ContainerEngine, EngineError};
 use super::ErrorKind;
 
+pub(crate) use apply::port_mappings;
 pub use apply::{ContainerStatus, DownOptions, DownResult, ServiceStatus, UpResult};
 
 /// The compose files gantry looks for, in this order (first match wins).

@@ -103,7 +103,13 @@ impl FlowManager {
             .map_err(|e| {
                 CoreError::io(format!("cannot copy the code from {}", src.display()), e)
             })?;
-        match self.recreate(&c, swap.live()).await {
+        let recreated = self.recreate(&c, swap.live()).await;
+        // The old container (renamed, removed, or back under its name) and the new one.
+        match &recreated {
+            Ok(new_id) => self.changed(&[&id_of(&c), new_id]).await,
+            Err(_) => self.changed(&[&id_of(&c)]).await,
+        }
+        match recreated {
             Ok(new_id) => {
                 if let Err(e) = swap.commit() {
                     tracing::warn!(container = %name, error = %e, "cannot remove the old code");
@@ -123,6 +129,7 @@ impl FlowManager {
                     if let Err(e) = self.engine.start_container(&id_of(&c)).await {
                         tracing::error!(container = %name, error = %e, "rollback: cannot start the old container");
                     }
+                    self.changed(&[&id_of(&c)]).await;
                 }
                 Err(e.context(format!("updating {name} failed and was rolled back")))
             }
@@ -193,6 +200,7 @@ impl FlowManager {
         .await;
         if result.is_err() {
             let _ = self.engine.remove_container(&new, true, false).await;
+            self.changed(&[&new]).await;
         }
         result.map(|()| new)
     }

@@ -29,9 +29,7 @@ use indexmap::IndexMap;
 use super::parse::ComposeModel;
 use super::{ComposeError, ComposePolicy};
 
-pub use labels::{
-    config_hash, LABEL_APP_ID, LABEL_CONFIG_HASH, LABEL_ONEOFF, LABEL_PROJECT, LABEL_SERVICE,
-};
+pub use labels::{config_hash, LABEL_CONFIG_HASH, LABEL_ONEOFF, LABEL_PROJECT, LABEL_SERVICE};
 pub use resources::parse_bytes;
 
 /// docker-compose's default stop timeout.
