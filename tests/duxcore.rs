@@ -820,7 +820,7 @@ fn abandoned_and_oversized_imports_leave_no_image() {
     // The client goes after the start of a 4 MiB upload.
     let mut s = d.g.connect();
     let head = format!(
-        "POST /v1/docker/image HTTP/1.1\r\nHost: x\r\nX-Duxcore-CoreKey: {}\r\n\
+        "POST /v1/docker/image HTTP/1.1\r\nHost: localhost\r\nX-Duxcore-CoreKey: {}\r\n\
          Content-Length: {}\r\n\r\n",
         d.key,
         start.len() + (4 << 20)
@@ -833,7 +833,7 @@ fn abandoned_and_oversized_imports_leave_no_image() {
     // Chunked past the limit (the rest of `second`, 1 MiB and more): 413.
     let mut s = d.g.connect();
     let head = format!(
-        "POST /v1/docker/image HTTP/1.1\r\nHost: x\r\nX-Duxcore-CoreKey: {}\r\n\
+        "POST /v1/docker/image HTTP/1.1\r\nHost: localhost\r\nX-Duxcore-CoreKey: {}\r\n\
          Transfer-Encoding: chunked\r\n\r\n",
         d.key
     );
