@@ -28,9 +28,13 @@ use serde_json::Value;
 pub use nix::sys::signal::Signal;
 
 pub mod bundle;
+pub mod proxy;
 pub mod ws;
 
 pub const DEFAULT_TEST_IMAGE: &str = "gantry-test/busybox:latest";
+
+/// The authenticated status route of every listener.
+pub const STATUS_PATH: &str = "/gantry/status";
 
 // ---------------------------------------------------------------------------------------------
 // Environment and skipping
@@ -81,13 +85,21 @@ pub fn docker_host_or_skip(test: &str) -> Option<String> {
              not be skipped in CI (run them with `bash scripts/test.sh` as root)"
         );
     }
-    // Straight to the process's stderr: libtest captures eprintln! of passing tests.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!!!!!!!! SKIPPED {test}: GANTRY_TEST_DOCKER_HOST is not set; run \
-         `bash scripts/test.sh` as root to run the Docker-backed tests !!!!!!!!!!\n"
+    skip_loudly(
+        test,
+        "GANTRY_TEST_DOCKER_HOST is not set; run `bash scripts/test.sh` as root to run the \
+         Docker-backed tests",
     );
     None
+}
+
+/// Says on the process's own stderr that `test` was skipped and why: libtest captures
+/// `eprintln!` of passing tests, so a skip said that way would go unseen.
+pub fn skip_loudly(test: &str, why: &str) {
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!!!! SKIPPED {test}: {why} !!!!!!!!!!\n"
+    );
 }
 
 #[doc(hidden)]
@@ -152,6 +164,9 @@ const SCRUBBED_ENV: &[&str] = &[
     "GANTRY_TRANSFER_AUTH",
     "GANTRY_TRANSFER_TOKEN_FILE",
     "GANTRY_TRANSFER_PREFIX",
+    "GANTRY_DISTILLERY_ADDRESS",
+    "GANTRY_DISTILLERY_AUTH",
+    "GANTRY_DISTILLERY_TOKEN_FILE",
     "GANTRY_DOCKER_TIMEOUT_SECS",
     "GANTRY_DOCKER_TRANSFER_TIMEOUT_SECS",
     "GANTRY_DOCKER_PROBE_INTERVAL_SECS",
@@ -281,6 +296,9 @@ pub struct GantryBuilder {
     listener: Vec<String>,
     env: Vec<(String, String)>,
     address: String,
+    dialect: String,
+    state_dir: Option<PathBuf>,
+    extra: Vec<String>,
 }
 
 impl GantryBuilder {
@@ -316,6 +334,22 @@ impl GantryBuilder {
         self.env.push((key.to_string(), value.to_string()));
         self
     }
+    /// The listener's dialect (default `transfer`).
+    pub fn dialect(mut self, dialect: &str) -> Self {
+        self.dialect = dialect.to_string();
+        self
+    }
+    /// The state directory (default: `state` in the daemon's own temp dir), e.g. one that
+    /// an earlier daemon used.
+    pub fn state_dir(mut self, dir: &Path) -> Self {
+        self.state_dir = Some(dir.to_path_buf());
+        self
+    }
+    /// Another `[[listeners]]` table after the transfer one (its lines, without the header).
+    pub fn extra_listener(mut self, lines: &str) -> Self {
+        self.extra.push(lines.to_string());
+        self
+    }
     /// The listener's address in the config file (default `127.0.0.1:0`: the kernel picks a
     /// free port and gantry reports it).
     pub fn address(mut self, address: &str) -> Self {
@@ -342,10 +376,15 @@ impl GantryBuilder {
             t += l;
             t += "\n";
         }
-        t += "\n[[listeners]]\ndialect = \"transfer\"\n";
+        t += &format!("\n[[listeners]]\ndialect = {:?}\n", self.dialect);
         t += &format!("address = {:?}\n", self.address);
         for l in &self.listener {
             t += l;
+            t += "\n";
+        }
+        for x in &self.extra {
+            t += "\n[[listeners]]\n";
+            t += x;
             t += "\n";
         }
         t
@@ -354,6 +393,16 @@ impl GantryBuilder {
     /// Starts gantry and waits (up to 15 s) until it reports the address it listens on and
     /// `/healthz` answers 200 there.
     pub fn start(self) -> Gantry {
+        self.start_with(true)
+    }
+
+    /// Starts gantry and waits (up to 15 s) until it reports the address it listens on,
+    /// without asking `/healthz` (for listeners this harness cannot speak to: TLS).
+    pub fn start_unprobed(self) -> Gantry {
+        self.start_with(false)
+    }
+
+    fn start_with(self, probe: bool) -> Gantry {
         let dir = tempfile::Builder::new()
             .prefix("gantry-it-")
             .tempdir()
@@ -368,9 +417,9 @@ impl GantryBuilder {
                     g.stderr()
                 );
             }
-            if let Some(addr) = listening_address(&g.stderr()) {
+            if let Some(addr) = listening_address_of(&g.stderr(), &self.dialect) {
                 g.addr = addr;
-                if g.try_get("/healthz").is_ok_and(|r| r.status == 200) {
+                if !probe || g.try_get("/healthz").is_ok_and(|r| r.status == 200) {
                     return g;
                 }
             }
@@ -386,7 +435,7 @@ impl GantryBuilder {
     }
 
     fn spawn_in(&self, dir: &Path) -> Gantry {
-        let state_dir = dir.join("state");
+        let state_dir = self.state_dir.clone().unwrap_or_else(|| dir.join("state"));
         let config_path = dir.join("gantry.toml");
         let config = self.config_text(&state_dir);
         fs::write(&config_path, &config).expect("cannot write the config");
@@ -419,8 +468,14 @@ impl GantryBuilder {
 /// The address of the transfer listener, from gantry's log line
 /// `... INFO listening dialect=transfer address=127.0.0.1:41234`.
 pub fn listening_address(log: &str) -> Option<SocketAddr> {
+    listening_address_of(log, "transfer")
+}
+
+/// The address of the listener of `dialect`, from gantry's log line.
+pub fn listening_address_of(log: &str, dialect: &str) -> Option<SocketAddr> {
+    let want = format!("dialect={dialect} ");
     log.lines()
-        .filter(|l| l.contains(" listening ") && l.contains("dialect=transfer"))
+        .filter(|l| l.contains(" listening ") && l.contains(&want))
         .find_map(|l| {
             let rest = &l[l.find("address=")? + "address=".len()..];
             rest.split_whitespace().next()?.parse().ok()
@@ -455,6 +510,9 @@ impl Gantry {
             listener: Vec::new(),
             env: Vec::new(),
             address: "127.0.0.1:0".to_string(),
+            dialect: "transfer".to_string(),
+            state_dir: None,
+            extra: Vec::new(),
         }
     }
 
@@ -589,10 +647,11 @@ impl Gantry {
         }
     }
 
-    /// The parsed `/healthz` document.
+    /// The parsed status document (`/gantry/status`, behind the listener's auth: gantry's
+    /// version and Docker's reachability, version or error).
     pub fn health(&self) -> Value {
-        let r = self.get("/healthz");
-        assert_eq!(r.status, 200, "/healthz: {r}");
+        let r = self.get(STATUS_PATH);
+        assert_eq!(r.status, 200, "{STATUS_PATH}: {r}");
         r.json()
     }
 

@@ -198,10 +198,19 @@ async fn finish(
     result
 }
 
-/// Removes `ids`, newest first; false when one could not be removed.
+/// The order to remove what an import noted: references first (untagging what it tagged,
+/// even when the image itself was there before), then image ids, newest first.
+pub(super) fn removal_order(ids: &[String]) -> Vec<String> {
+    let mut ids = ids.to_vec();
+    ids.reverse();
+    ids.sort_by_key(|id| id.starts_with("sha256:"));
+    ids
+}
+
+/// Removes `ids` (see [`removal_order`]); false when one could not be removed.
 async fn roll_back(engine: &dyn ContainerEngine, ids: &[String]) -> bool {
     let mut settled = true;
-    for id in ids.iter().rev() {
+    for id in &removal_order(ids) {
         match engine.remove_image(id, false).await {
             Ok(_) => {}
             // Named by a manifest but never created (the load did not get that far).
@@ -298,13 +307,7 @@ async fn stream_images(
     progress: ProgressFn<'_>,
     loaded: &SharedLoaded,
 ) -> CoreResult<(Preloaded, Result<(), String>)> {
-    let before: HashSet<String> = engine
-        .list_images()
-        .await?
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
-    lock(loaded).before = Some(before);
+    lock(loaded).before = Some(known_images(engine).await?);
     let (found_tx, mut found_rx) = tokio::sync::mpsc::channel::<FoundImage>(1);
     let follower = {
         let limits = settings.limits.clone();
@@ -363,19 +366,17 @@ async fn stream_images(
             file: name.clone(),
             size,
         });
-        let mut body = image.body;
         let sent = Arc::new(AtomicU64::new(0));
-        let counted = {
-            let sent = sent.clone();
-            Box::pin(stream::poll_fn(move |cx| {
-                let next = body.poll_recv(cx);
-                if let std::task::Poll::Ready(Some(Ok(b))) = &next {
-                    sent.fetch_add(b.len() as u64, Ordering::Relaxed);
-                }
-                next
-            }))
-        };
-        match load_body(engine, counted, &name, size, &sent, progress).await {
+        let counted = counted_body(image.body, sent.clone(), cancel);
+        let result = load_body(engine, counted, &name, size, &sent, progress).await;
+        if cancel.is_cancelled() && result.is_err() {
+            pre.error = Some((
+                ImportStep::LoadImages,
+                CoreError::Cancelled("the import was cancelled".into()),
+            ));
+            break;
+        }
+        match result {
             Ok(references) => {
                 match record_image(engine, loaded, name, references, progress).await {
                     Ok(record) => pre.records.push(record),
@@ -411,7 +412,48 @@ async fn stream_images(
     Ok((pre, upload))
 }
 
-/// After a load: the image ids behind the references, noted for the rollback.
+/// An image's bytes as the walk streams them, counted into `sent`. A cancel breaks the body
+/// off with an error, so that Docker's load fails on the incomplete tarball instead of
+/// completing with the rest of the upload.
+fn counted_body(
+    mut body: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    sent: Arc<AtomicU64>,
+    cancel: &CancellationToken,
+) -> ByteStream {
+    use std::future::Future;
+    use std::task::Poll;
+    let mut cancelled = Box::pin(cancel.clone().cancelled_owned());
+    let mut broken = false;
+    Box::pin(stream::poll_fn(move |cx| {
+        if broken {
+            return Poll::Ready(None);
+        }
+        if cancelled.as_mut().poll(cx).is_ready() {
+            broken = true;
+            return Poll::Ready(Some(Err(std::io::Error::other("cancelled"))));
+        }
+        let next = body.poll_recv(cx);
+        if let Poll::Ready(Some(Ok(b))) = &next {
+            sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        next
+    }))
+}
+
+/// The image ids and references Docker has: what an import finds there is never its to
+/// remove when it rolls back.
+pub(crate) async fn known_images(engine: &dyn ContainerEngine) -> CoreResult<HashSet<String>> {
+    let mut known = HashSet::new();
+    for image in engine.list_images().await? {
+        known.extend(image.repo_tags.into_iter().filter(|t| t != "<none>:<none>"));
+        known.insert(image.id);
+    }
+    Ok(known)
+}
+
+/// After a load: the references and the image ids behind them, noted for the rollback
+/// (the references first: a rollback untags what the import tagged, even when the image
+/// itself was there before).
 async fn record_image(
     engine: &dyn ContainerEngine,
     loaded: &SharedLoaded,
@@ -420,6 +462,7 @@ async fn record_image(
     progress: ProgressFn<'_>,
 ) -> CoreResult<ImageRecord> {
     let mut image_id = String::new();
+    lock(loaded).add(&references)?;
     for r in &references {
         if let Ok(inspect) = engine.inspect_image(r).await {
             image_id = inspect.id.unwrap_or_default();
@@ -436,6 +479,45 @@ async fn record_image(
         id: image_id,
         references,
     })
+}
+
+/// The bundle's compose project (its `.env` interpolated), checked against the policy and,
+/// for volumes and networks another app (or none) owns, against Docker: refused now, not
+/// only at start.
+async fn plan_compose(
+    engine: &dyn ContainerEngine,
+    bundle: &Bundle,
+    app_dir: &Path,
+    policy: &crate::core::compose::ComposePolicy,
+) -> CoreResult<ComposeProject> {
+    let invalid =
+        |e: &dyn std::fmt::Display| CoreError::Invalid(format!("{}: {e}", bundle.compose_name()));
+    let vars: HashMap<String, String> = match bundle.env_file() {
+        Some(text) => interpolate::parse_env_file(text, &HashMap::new(), true)
+            .map_err(|e| CoreError::Invalid(format!(".env: {e}")))?
+            .into_iter()
+            .collect(),
+        None => HashMap::new(),
+    };
+    let id = bundle.id();
+    let project = ComposeProject::from_text(
+        app_dir,
+        &app_dir.join(bundle.compose_name()),
+        bundle.compose_yaml(),
+        &id.slug(),
+        id.as_str(),
+        &vars,
+        policy,
+    )
+    .map_err(|e| invalid(&e))?;
+    project
+        .check_owners(engine)
+        .await
+        .map_err(|e| match e.kind() {
+            crate::core::ErrorKind::Invalid => invalid(&e),
+            _ => CoreError::from(e),
+        })?;
+    Ok(project)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -478,25 +560,7 @@ async fn run(
     step_done(ImportStep::ParseConfig, format!("app {id}"));
 
     *current = ImportStep::ParseCompose;
-    let app_dir = store.app_dir(&id);
-    let vars: HashMap<String, String> = bundle
-        .env_file()
-        .map(|text| {
-            interpolate::parse_env_file(text, &HashMap::new(), true)
-                .into_iter()
-                .collect()
-        })
-        .unwrap_or_default();
-    let project = ComposeProject::from_text(
-        &app_dir,
-        &app_dir.join(bundle.compose_name()),
-        bundle.compose_yaml(),
-        &id.slug(),
-        id.as_str(),
-        &vars,
-        &settings.policy,
-    )
-    .map_err(|e| CoreError::Invalid(format!("{}: {e}", bundle.compose_name())))?;
+    let project = plan_compose(engine, &bundle, &store.app_dir(&id), &settings.policy).await?;
     step_done(
         ImportStep::ParseCompose,
         format!("{} services", project.services().len()),
@@ -534,13 +598,7 @@ async fn run(
         .map(|e| (e.name.clone(), e.size))
         .collect();
     if !files.is_empty() && lock(loaded).before.is_none() {
-        let before: HashSet<String> = engine
-            .list_images()
-            .await?
-            .into_iter()
-            .map(|i| i.id)
-            .collect();
-        lock(loaded).before = Some(before);
+        lock(loaded).before = Some(known_images(engine).await?);
     }
     let bundle = Arc::new(Mutex::new(bundle));
     for (file, size) in files {
@@ -598,12 +656,14 @@ pub async fn recover_journals(
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        for id in images.iter().rev() {
+        for id in &removal_order(&images) {
             if in_use.contains(id) {
                 continue;
             }
             match engine.remove_image(id, false).await {
                 Ok(_) => removed.push(id.clone()),
+                // Untagging its last reference removed it already.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => {
                     tracing::warn!(image = %id, error = %e, "cannot remove an image of an interrupted import")
                 }
@@ -1124,7 +1184,13 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(noted.len(), 1, "the journal never named the image");
+        let image_id = noted.iter().find(|n| n.starts_with("sha256:")).cloned();
+        assert!(
+            noted.contains(&reference),
+            "the journal never named {reference}: {noted:?}"
+        );
+        let image_id = image_id.expect("the journal never named the image id");
+        assert_eq!(noted.len(), 2, "{noted:?}");
         assert!(
             !image_exists(&host, &reference),
             "Docker has the image although its tarball is incomplete"
@@ -1143,7 +1209,7 @@ mod tests {
         sender.finish(Ok(()));
         let stored = task.await.unwrap().expect("import");
         assert_eq!(
-            stored.record.images[0].id, noted[0],
+            stored.record.images[0].id, image_id,
             "the journal named another id"
         );
         assert!(image_exists(&host, &reference));
@@ -1159,6 +1225,7 @@ mod tests {
         assert!(apps.intents().has_pending());
         apps.recover().await.unwrap();
         assert!(!image_exists(&host, &reference));
+        assert!(!image_exists(&host, &image_id));
         assert!(!apps.intents().has_pending());
     }
 

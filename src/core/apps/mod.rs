@@ -4,14 +4,17 @@
 //! `spawn_blocking`.
 
 pub mod bundle;
+pub mod console;
 pub mod files;
 pub mod import;
 pub mod lifecycle;
+pub mod maintain;
 pub mod recognize;
 pub mod recover;
+pub mod snapshots;
 pub mod store;
 pub mod stream;
-pub mod watch;
+pub mod update;
 
 use std::fmt;
 

@@ -9,8 +9,8 @@
 //! finished (one that was being cancelled is undone instead); a refresh only read.
 
 use std::collections::HashSet;
-use std::ops::Deref;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -21,10 +21,9 @@ use super::lifecycle::{Apps, RemoveOptions, StopOptions};
 use super::store::{AppStore, StoredApp};
 use super::AppId;
 use crate::core::engine::{ContainerEngine, EngineError};
-use crate::core::events::AppEvent;
 use crate::core::health::EngineHealth;
 use crate::core::recovery::{Intent, IntentKind, IntentLog, Pending, Record};
-use crate::core::{CoreResult, ErrorKind};
+use crate::core::{Core, CoreResult, ErrorKind};
 
 /// The operations whose intent the apps service records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,13 +69,13 @@ impl Apps {
         for p in self.intents.take_pending() {
             let (kind, app) = (p.record.kind, p.record.app.clone().unwrap_or_default());
             tracing::info!(operation = %kind.name(), app = %app, "recovering an interrupted operation");
-            let outcome = self.resolve(&p.record).await;
+            let outcome = self.resolve_intent(&p.record).await;
             self.conclude(p, outcome);
         }
         Ok(())
     }
 
-    async fn resolve(&self, r: &Record<AppOp>) -> CoreResult<Outcome> {
+    async fn resolve_intent(&self, r: &Record<AppOp>) -> CoreResult<Outcome> {
         match r.kind {
             AppOp::Import | AppOp::LoadImage => self.remove_noted_images(r).await,
             AppOp::Start => self.finish_start(r).await,
@@ -88,6 +87,14 @@ impl Apps {
 
     fn conclude(&self, p: Pending<AppOp>, outcome: CoreResult<Outcome>) {
         let name = p.record.kind.name();
+        let app = p.record.app.clone();
+        self.release(p, name, outcome);
+        if let Some(app) = app {
+            self.unmark_recovered(&app);
+        }
+    }
+
+    fn release(&self, p: Pending<AppOp>, name: String, outcome: CoreResult<Outcome>) {
         match outcome {
             Ok(Outcome::Resolved) => self.intents.release(p, true),
             Ok(Outcome::Watch(ids)) => {
@@ -136,8 +143,8 @@ impl Apps {
             } else {
                 self.up_or_down(&app, &log).await?;
             }
+            self.fetch_after(&id, false).await;
         }
-        self.publish_app(&id, false).await;
         Ok(Outcome::Resolved)
     }
 
@@ -179,8 +186,8 @@ impl Apps {
                     self.down(&app, rmi, volumes, &log).await?;
                 }
             }
+            self.fetch_after(&id, true).await;
         }
-        self.publish_app(&id, false).await;
         Ok(Outcome::Resolved)
     }
 
@@ -191,12 +198,9 @@ impl Apps {
         };
         let id = app.id().clone();
         let options: RemoveOptions = r.get("options").unwrap_or_default();
-        let last = {
-            let _busy = self.claim_recovery(&id);
-            self.remove_recorded(app, options).await?
-        };
-        self.forget_published(&id).await;
-        self.events().publish(AppEvent::Remove(last));
+        let _busy = self.claim_recovery(&id);
+        let result = self.remove_claimed(&app, options).await;
+        self.removed_with(&id, result, false).await?;
         Ok(Outcome::Resolved)
     }
 
@@ -206,7 +210,8 @@ impl Apps {
         let ids: Vec<String> = r.get("images").unwrap_or_default();
         let in_use = images_in_use(self.store())?;
         let mut missing = Vec::new();
-        for id in ids.iter().rev().filter(|id| !in_use.contains(*id)) {
+        let ids = super::import::removal_order(&ids);
+        for id in ids.iter().filter(|id| !in_use.contains(*id)) {
             match self.engine.remove_image(id, false).await {
                 Ok(_) => {
                     tracing::info!(image = %id, "removed an image of an interrupted operation")
@@ -250,12 +255,13 @@ impl Apps {
     }
 }
 
-/// Every image id a stored app recorded.
+/// Every image id and reference a stored app recorded.
 fn images_in_use(store: &AppStore) -> CoreResult<HashSet<String>> {
     let apps = store.list()?;
     Ok(apps
         .into_iter()
-        .flat_map(|a| a.record.images.into_iter().map(|i| i.id))
+        .flat_map(|a| a.record.images)
+        .flat_map(|i| std::iter::once(i.id).chain(i.references))
         .collect())
 }
 
@@ -365,10 +371,8 @@ fn loads_in_flight(tmp: &Path) -> Option<bool> {
 
 /// Resolves what stays pending (Docker was down at start, or went away during an operation)
 /// once Docker answers again, and retries failed resolutions now and then; until `stop`.
-pub async fn resolve_pending<A>(apps: A, health: EngineHealth, stop: CancellationToken)
-where
-    A: Deref<Target = Apps>,
-{
+pub async fn resolve_pending(core: Arc<Core>, health: EngineHealth, stop: CancellationToken) {
+    let apps = &core.apps;
     let mut status = health.subscribe();
     loop {
         if apps.intents.has_pending() && health.current().is_reachable() {

@@ -80,7 +80,7 @@ impl Core {
         cancel: &tokio_util::sync::CancellationToken,
     ) -> CoreResult<LoadedImage> {
         self.apps.after_cleanups(cancel).await;
-        let before = self.system.images().await?;
+        let before = self.system.known_images().await?;
         let intent = self
             .apps
             .intents()
@@ -93,7 +93,7 @@ impl Core {
             inner: stream,
             watch: TarWatch::for_name("image.tar"),
             intent: intent.clone(),
-            before: before.into_iter().map(|i| i.id).collect(),
+            before,
             noted: noted.clone(),
         };
         // While Docker registers an archive it has whole, the fault tests may crash.
