@@ -87,10 +87,12 @@ fn soak() -> bool {
 }
 
 /// The operations whose crash points each group runs (groups run in worlds side by side).
-const GROUPS: [&[&str]; 4] = [
+const GROUPS: [&[&str]; 6] = [
     &["start"],
     &["stop", "delete"],
     &["import", "load-image", "refresh"],
+    &["rebuild", "update", "purge"],
+    &["snapshot", "backup", "provision"],
     &[
         "intervirt-add",
         "intervirt-remove",
@@ -114,10 +116,13 @@ fn every_operation_with_crash_points_is_in_a_group() {
 fn crash_points(ops: &[&str]) {
     let (_turn, world) = world(common::docker_host().unwrap_or_default());
     let mut report = Report::default();
-    // GANTRY_FAULTS_ONLY=<text>: only the points whose name or operation contains it.
+    // GANTRY_FAULTS_ONLY=<text>[,<text>...]: only the points whose name or operation
+    // contains one of them.
     let only = std::env::var("GANTRY_FAULTS_ONLY").unwrap_or_default();
     for (i, point) in points::POINTS.iter().enumerate() {
-        let picked = point.name.contains(&only) || point.op.contains(&only);
+        let picked = only
+            .split(',')
+            .any(|o| point.name.contains(o) || point.op.contains(o));
         if !ops.contains(&point.op) || !picked {
             continue;
         }
@@ -256,6 +261,12 @@ const KILLABLE: &[(&str, u64)] = &[
     ("stop", 2000),
     ("delete", 2000),
     ("refresh", 300),
+    ("rebuild", 2000),
+    ("update", 3000),
+    ("purge", 2000),
+    ("snapshot", 800),
+    ("backup", 800),
+    ("provision", 2500),
     ("intervirt-add", 1200),
     ("intervirt-remove", 1500),
     ("intervirt-update", 800),
@@ -340,7 +351,7 @@ fn dockerd_run(world: &World, tag: &str, op: &'static str, delay: u64) -> Vec<St
     eprintln!("    ({op} answered {answer:?})");
     run.note_committed_loads();
     let reachable = common::wait_for(Duration::from_secs(60), Duration::from_millis(200), || {
-        (run.d.get("/healthz").1["docker"]["reachable"] == true).then_some(())
+        (run.d.get("/healthz").1["status"] == "ok").then_some(())
     });
     let mut problems = run.check();
     if reachable.is_none() {

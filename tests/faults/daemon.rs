@@ -28,8 +28,12 @@ pub struct Daemon {
     log_from: usize,
     pub transfer: SocketAddr,
     pub intervirt: SocketAddr,
+    pub distillery: SocketAddr,
     agent: ureq::Agent,
 }
+
+/// The token of the Distillery listener's tokens file.
+pub const TOKEN: &str = "0123456789abcdef-faults";
 
 /// How a crash-armed run ended.
 #[derive(Debug)]
@@ -43,16 +47,21 @@ impl Daemon {
     /// Writes a config for a fresh state directory under `dir`; `extra` goes at its end.
     pub fn new(world: &World, dir: &Path, extra: &str) -> Daemon {
         std::fs::create_dir_all(dir).unwrap();
+        let tokens = dir.join("distillery-tokens");
+        std::fs::write(&tokens, format!("faults {TOKEN}\n")).unwrap();
         let config = dir.join("gantry.toml");
         let text = format!(
             "state_dir = \"{state}\"\ndocker_host = \"{docker}\"\nlog_level = \"debug\"\n\
              shutdown_timeout_secs = 3\ndocker_probe_interval_secs = 1\n\n\
              [[listeners]]\ndialect = \"transfer\"\naddress = \"127.0.0.1:0\"\n\n\
              [[listeners]]\ndialect = \"intervirt\"\naddress = \"127.0.0.2:0\"\nauth = \"none\"\n\n\
+             [[listeners]]\ndialect = \"distillery\"\naddress = \"127.0.0.3:0\"\ntoken_file = \"{tokens}\"\n\n\
+             [snapshots]\nkeep_backups = 1\n\n\
              [intervirt]\npower = \"record\"\nupgrade_command = [\"true\"]\npull_on_update = false\n\
              stop_timeout_secs = 1\n{extra}\n",
             state = dir.join("state").display(),
             docker = world.host(),
+            tokens = tokens.display(),
         );
         std::fs::write(&config, text).unwrap();
         Daemon {
@@ -63,6 +72,7 @@ impl Daemon {
             log_from: 0,
             transfer: SocketAddr::from(([127, 0, 0, 1], 0)),
             intervirt: SocketAddr::from(([127, 0, 0, 1], 0)),
+            distillery: SocketAddr::from(([127, 0, 0, 1], 0)),
             agent: common::agent(),
         }
     }
@@ -121,11 +131,15 @@ impl Daemon {
             }
             let log = self.log();
             let fresh = &log[self.log_from.min(log.len())..];
-            if let (Some(t), Some(i)) =
-                (listening(fresh, "transfer"), listening(fresh, "intervirt"))
-            {
+            let addresses = (
+                listening(fresh, "transfer"),
+                listening(fresh, "intervirt"),
+                listening(fresh, "distillery"),
+            );
+            if let (Some(t), Some(i), Some(d)) = addresses {
                 self.transfer = t;
                 self.intervirt = i;
+                self.distillery = d;
                 if self.get("/healthz").0 == 200 {
                     return;
                 }
@@ -254,6 +268,29 @@ fn listening(log: &str, dialect: &str) -> Option<SocketAddr> {
         .find(|l| l.contains(" listening ") && l.contains(&format!("dialect={dialect}")))?;
     let rest = &line[line.find("address=")? + "address=".len()..];
     rest.split_whitespace().next()?.parse().ok()
+}
+
+/// One Distillery call (`{"call", "params"}` as a binary frame on `/api/v1/ws`): its result,
+/// None when the connection ended first (a crash).
+pub fn distillery_call(addr: SocketAddr, call: &str, params: &[String]) -> Option<Value> {
+    use tungstenite::client::IntoClientRequest;
+    let stream = TcpStream::connect(addr).ok()?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(300)));
+    let mut req = format!("ws://{addr}/api/v1/ws")
+        .into_client_request()
+        .ok()?;
+    let auth = format!("Bearer {TOKEN}").parse().ok()?;
+    req.headers_mut().insert("Authorization", auth);
+    let (mut ws, _) = tungstenite::client::client(req, stream).ok()?;
+    let msg = json!({"call": call, "params": params}).to_string();
+    ws.send(Message::binary(msg.into_bytes())).ok()?;
+    loop {
+        match ws.read().ok()? {
+            Message::Binary(b) => return serde_json::from_slice(&b).ok(),
+            Message::Close(_) => return None,
+            _ => continue,
+        }
+    }
 }
 
 pub struct Intervirt {

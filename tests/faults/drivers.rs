@@ -24,6 +24,9 @@ pub struct Made {
     /// Those of `loads` whose load was committed (its intent gone) before the fault: they
     /// stay, as the client was (or could have been) told.
     pub loaded: Vec<String>,
+    /// Images the setup made beside the apps' (by reference): they may stay, and go with
+    /// the clean-up.
+    pub extra: Vec<String>,
 }
 
 /// A run's unique names.
@@ -145,6 +148,42 @@ pub fn status_of(d: &Daemon, id: &str) -> String {
     app["Status"].as_str().unwrap_or_default().to_string()
 }
 
+/// One Distillery call that must succeed.
+fn distillery_ok(d: &Daemon, call: &str, params: &[String]) {
+    let result = super::daemon::distillery_call(d.distillery, call, params);
+    let ok = result.as_ref().is_some_and(|r| r["success"] == true);
+    assert!(ok, "setup {call}: {result:?}");
+}
+
+/// The chain app imported and started, then one of its image references moved to a new
+/// image (as a pull of a newer image would), so that an update recreates the service `c`.
+/// Both images keep a reference of the run's own (`extra`), so neither is left untagged
+/// whichever way the update ends.
+fn stale_app(world: &World, d: &Daemon, names: &mut Names, made: &mut Made) {
+    import_app(world, d, &names.next("App"), made);
+    start_app(d, &made.apps[0]);
+    let [_, (two, _)] = world.app_images();
+    let (old, new) = (
+        format!("{}:1", names.next("old")),
+        format!("{}:1", names.next("new")),
+    );
+    world.docker_ok(&["tag", two, &old]);
+    let tar = world.fresh_image(&new, 0);
+    let loaded = world.docker_input(&["load"], &tar);
+    assert!(loaded.status.success(), "loading {new}");
+    world.docker_ok(&["tag", &new, two]);
+    made.extra.extend([old, new]);
+}
+
+/// A bundle file on the device for a provision, and the provision's parameter.
+fn provision_param(world: &World, d: &Daemon, names: &mut Names, made: &mut Made) -> String {
+    let name = names.next("App");
+    made.apps.push(format!("{name}:1"));
+    let file = d.dir.join(format!("{name}.zip"));
+    std::fs::write(&file, chain_bundle(world, &name)).unwrap();
+    json!({"Slug": format!("{name}:1"), "Bundle": file.display().to_string()}).to_string()
+}
+
 fn add_container(d: &Daemon, made: &mut Made, names: &mut Names) {
     let name = names.next("iv");
     let code = d
@@ -159,11 +198,18 @@ pub fn setup(op: &str, world: &World, d: &Daemon, names: &mut Names) -> Made {
     let mut made = Made::default();
     match op {
         "import" | "load-image" | "intervirt-add" => {}
-        "start" | "refresh" => import_app(world, d, &names.next("App"), &mut made),
-        "stop" | "delete" => {
+        "start" | "refresh" | "snapshot" => import_app(world, d, &names.next("App"), &mut made),
+        "stop" | "delete" | "rebuild" | "purge" => {
             import_app(world, d, &names.next("App"), &mut made);
             start_app(d, &made.apps[0]);
         }
+        "update" => stale_app(world, d, names, &mut made),
+        "backup" => {
+            // A backup before: one interrupted while it prunes leaves one too many.
+            import_app(world, d, &names.next("App"), &mut made);
+            distillery_ok(d, "backup", &[]);
+        }
+        "provision" => {}
         "intervirt-remove" | "intervirt-update" | "intervirt-wipe" => {
             add_container(d, &mut made, names)
         }
@@ -184,7 +230,7 @@ pub fn trigger(
     made: &mut Made,
     big: bool,
 ) -> JoinHandle<Option<Value>> {
-    let (transfer, intervirt) = (d.transfer, d.intervirt);
+    let (transfer, intervirt, distillery) = (d.transfer, d.intervirt, d.distillery);
     let request = match op {
         "import" => {
             let name = names.next("App");
@@ -223,6 +269,14 @@ pub fn trigger(
         "intervirt-remove" => {
             Request::Intervirt(json!({"type": "RemoveContainer", "id": made.containers[0]}))
         }
+        "rebuild" | "update" | "purge" | "snapshot" => {
+            Request::Distillery(op.to_string(), vec![made.apps[0].clone()])
+        }
+        "backup" => Request::Distillery("backup".into(), Vec::new()),
+        "provision" => {
+            let param = provision_param(world, d, names, made);
+            Request::Distillery("provision".into(), vec![param])
+        }
         "intervirt-update" => Request::Intervirt(json!({"type": "Command", "command": "update"})),
         "intervirt-wipe" => Request::Intervirt(json!({"type": "Command", "command": "wipe"})),
         other => panic!("no fault-test driver for the operation {other}"),
@@ -230,6 +284,7 @@ pub fn trigger(
     let client = Client {
         transfer,
         intervirt,
+        distillery,
     };
     std::thread::spawn(move || client.send(request))
 }
@@ -237,12 +292,15 @@ pub fn trigger(
 enum Request {
     Http(&'static str, String, Option<(String, Vec<u8>)>),
     Intervirt(Value),
+    /// A Distillery call and its parameters.
+    Distillery(String, Vec<String>),
 }
 
 /// Where a trigger thread sends its request (a copy of the daemon's addresses).
 struct Client {
     transfer: std::net::SocketAddr,
     intervirt: std::net::SocketAddr,
+    distillery: std::net::SocketAddr,
 }
 
 impl Client {
@@ -265,6 +323,9 @@ impl Client {
                 let url = format!("ws://{}/containerManagement", self.intervirt);
                 let (ws, _) = tokio_tungstenite::tungstenite::client::client(url, stream).ok()?;
                 super::daemon::Intervirt::from_socket(ws).request(v)
+            }
+            Request::Distillery(call, params) => {
+                super::daemon::distillery_call(self.distillery, &call, &params)
             }
         }
     }
@@ -297,7 +358,7 @@ pub fn next_and_clean(d: &Daemon, made: &Made, names: &mut Names, op: &str) -> V
             ));
         }
     }
-    for image in &made.loaded {
+    for image in made.loaded.iter().chain(&made.extra) {
         let (status, body) = d.request(
             "DELETE",
             &format!("/api/1/system/images/{}", enc(image)),
@@ -327,6 +388,47 @@ pub fn next_and_clean(d: &Daemon, made: &Made, names: &mut Names, op: &str) -> V
         problems.push(format!(
             "a new container after the recovery: add {added}, remove {removed}"
         ));
+    }
+    problems
+}
+
+/// What the rule of `op` must have made of the run after a crash at `point` and the
+/// restart, beyond what the oracle checks for every run (a consistent state): the problems.
+pub fn expected(op: &str, point: &str, world: &World, d: &Daemon, made: &Made) -> Vec<String> {
+    let Some(app) = made.apps.first() else {
+        return Vec::new();
+    };
+    let listed = d.apps().iter().any(|a| a["Id"] == app.as_str());
+    let status = status_of(d, app);
+    let mut problems = Vec::new();
+    match op {
+        // Finished.
+        "start" | "rebuild" if status != "Running" => problems.push(format!(
+            "{app} is {status:?} after an interrupted {op}, not Running"
+        )),
+        "stop" if status != "Stopped" => problems.push(format!(
+            "{app} is {status:?} after an interrupted stop, not Stopped"
+        )),
+        // Finished (delete, purge) or rolled back (provision): the app is gone.
+        "delete" | "purge" | "provision" if listed => {
+            problems.push(format!("{app} is still listed after an interrupted {op}"))
+        }
+        "update" => {
+            let [_, (two, _)] = world.app_images();
+            let (old, new) = (&made.extra[0], &made.extra[1]);
+            // Before it noted anything nothing changed; once committed it is kept; in
+            // between the references get the images the containers ran.
+            let kept = ["update.intent-written", "update.committed"].contains(&point);
+            let want = if kept { new } else { old };
+            let id_of = |r: &str| world.docker_ok(&["image", "inspect", "-f", "{{.Id}}", r]);
+            if id_of(two) != id_of(want) {
+                problems.push(format!("{two} is not the image of {want} after the update"));
+            }
+            if status != "Running" {
+                problems.push(format!("{app} is {status:?} after an interrupted update"));
+            }
+        }
+        _ => {}
     }
     problems
 }

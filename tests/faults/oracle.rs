@@ -9,7 +9,8 @@
 //!   each running one has its `eth0`, the host side has one `gv-*` link per running container
 //!   and gantry's nft table is there;
 //! - nothing pending: no operation listed, no intent files, no staged or moved-away store
-//!   directories, no uploads.
+//!   directories, no uploads, no temp files of snapshots or backups, no more backups than
+//!   kept.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -26,14 +27,15 @@ pub fn check(world: &World, d: &Daemon, made: &Made) -> Vec<String> {
     let mut problems = settle(d);
     let apps = d.apps();
     problems.extend(check_apps(world, &apps));
-    problems.extend(check_images(world, &apps, &made.loaded));
+    let kept: Vec<String> = made.loaded.iter().chain(&made.extra).cloned().collect();
+    problems.extend(check_images(world, &apps, &kept));
     problems.extend(check_intervirt(world, d, &made.containers));
     problems.extend(check_state_dir(&d.state()));
     problems
 }
 
 /// Recovery may still watch Docker for a while (an image load in flight): wait for it.
-fn settle(d: &Daemon) -> Vec<String> {
+pub fn settle(d: &Daemon) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let busy: Vec<String> = d
@@ -250,6 +252,20 @@ fn check_state_dir(state: &Path) -> Vec<String> {
         .flatten()
     {
         problems.push(format!("upload leftover {}", e.path().display()));
+    }
+    let snapshots = state.join("snapshots");
+    let backups = snapshots.join("backups");
+    for dir in [&snapshots, &backups] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                problems.push(format!("snapshot leftover {}", e.path().display()));
+            }
+        }
+    }
+    // The fault tests keep one backup (`keep_backups = 1`).
+    let kept = std::fs::read_dir(&backups).into_iter().flatten().count();
+    if kept > 1 {
+        problems.push(format!("{kept} backups kept, not 1"));
     }
     problems
 }

@@ -87,11 +87,16 @@ impl<'w> Run<'w> {
     /// gantry again on the same state, then the oracle, the next operations and the
     /// clean-up: every problem found.
     pub fn restart_and_check(&mut self) -> Vec<String> {
+        self.restart();
+        self.check()
+    }
+
+    /// gantry again on the same state.
+    pub fn restart(&mut self) {
         self.note_committed_loads();
         let clock = std::time::Instant::now();
         self.d.start(None);
         eprintln!("    (restarted in {:.1} s)", clock.elapsed().as_secs_f64());
-        self.check()
     }
 
     /// The oracle, the next operations and the clean-up, on the running daemon.
@@ -156,7 +161,11 @@ pub fn crash_run(world: &World, tag: &str, point: &Point, tear: Tear) -> Vec<Str
     if point.crash == Crash::Unsynced {
         damage(&crashed.note, tear);
     }
-    let problems = run.restart_and_check();
+    run.restart();
+    // What the operation's rule makes of it (once nothing is pending), then the oracle.
+    let _ = oracle::settle(&run.d);
+    let mut problems = drivers::expected(point.op, point.name, world, &run.d, &run.made);
+    problems.extend(run.check());
     eprintln!(
         "    (set up {:.1} s, crashed at {:.1} s, checked at {:.1} s)",
         set_up.as_secs_f64(),

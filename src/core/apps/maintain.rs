@@ -5,8 +5,10 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::lifecycle::{Apps, LineFn, ProcessOutcome, RemoveOptions, Run, StopOptions};
+use super::recover::{AppIntent, AppOp};
 use super::store::StoredApp;
 use super::AppId;
+use crate::core::recovery::crash_point;
 use crate::core::{CoreError, CoreResult, ErrorKind};
 
 /// Output lines of an operation, passed on as they come and kept for its outcome.
@@ -36,6 +38,12 @@ impl<'a> Collect<'a> {
     }
 }
 
+/// How a purge stops the app: down with its images and volumes.
+pub(super) const PURGE_STOP: StopOptions = StopOptions {
+    remove_images: true,
+    remove_volumes: true,
+};
+
 impl Apps {
     /// The app named `slug`: its id, or else its compose project slug (which import keeps
     /// unique).
@@ -58,12 +66,24 @@ impl Apps {
     /// else without containers.
     pub async fn rebuild(&self, id: &AppId, run: Run<'_>) -> CoreResult<ProcessOutcome> {
         self.claimed(id, "rebuilt", false, async |app| {
-            self.rebuild_claimed(app, run).await
+            let data = Default::default();
+            self.recorded(AppOp::Rebuild, app.id(), data, async |intent| {
+                crash_point("rebuild.intent-written");
+                let result = self.rebuild_claimed(app, intent, run).await;
+                crash_point("rebuild.done");
+                result
+            })
+            .await
         })
         .await
     }
 
-    async fn rebuild_claimed(&self, app: &StoredApp, run: Run<'_>) -> CoreResult<ProcessOutcome> {
+    async fn rebuild_claimed(
+        &self,
+        app: &StoredApp,
+        intent: &AppIntent,
+        run: Run<'_>,
+    ) -> CoreResult<ProcessOutcome> {
         let was_running = self.containers(app).await?.iter().any(|c| c.running);
         let project = self.project(app)?;
         let started = Instant::now();
@@ -71,6 +91,7 @@ impl Apps {
         let collect = |line: &str| seen.line(line);
         let work = async {
             self.down(app, false, false, &collect).await?;
+            crash_point("rebuild.down");
             Ok::<_, CoreError>(project.up(self.engine(), &collect).await)
         };
         let up = tokio::select! {
@@ -79,6 +100,8 @@ impl Apps {
             r = work => Some(r?),
         };
         let Some(up) = up else {
+            // Interrupted from here on, the rebuild is undone rather than finished.
+            intent.note("undo", serde_json::json!({ "was_running": was_running }))?;
             self.undo_rebuild(app, was_running, run.out).await?;
             return Err(CoreError::Cancelled(format!(
                 "the rebuild of {} was cancelled; the app was {}",
@@ -113,7 +136,7 @@ impl Apps {
     }
 
     /// After a cancelled rebuild: the app running again when it ran before, else down.
-    async fn undo_rebuild(
+    pub(super) async fn undo_rebuild(
         &self,
         app: &StoredApp,
         was_running: bool,
@@ -134,19 +157,27 @@ impl Apps {
     pub async fn purge(&self, id: &AppId, run: Run<'_>) -> CoreResult<()> {
         let app = self.stored(id)?;
         let _busy = self.claim(id, "purged")?;
-        let result = self.purge_claimed(&app, run).await;
-        self.removed(id, result).await
+        self.removal_recorded(id, AppOp::Purge, Default::default(), async |intent| {
+            crash_point("purge.intent-written");
+            self.purge_claimed(&app, intent, run).await
+        })
+        .await
     }
 
-    async fn purge_claimed(&self, app: &StoredApp, run: Run<'_>) -> CoreResult<()> {
-        let stop = StopOptions {
-            remove_images: true,
-            remove_volumes: true,
-        };
-        self.stop_claimed(app, stop, None, run.cancel, run.out)
+    async fn purge_claimed(
+        &self,
+        app: &StoredApp,
+        intent: &AppIntent,
+        run: Run<'_>,
+    ) -> CoreResult<()> {
+        self.stop_claimed(app, PURGE_STOP, Some(intent), run.cancel, run.out)
             .await?;
+        crash_point("purge.stopped");
         (run.out)(&format!("Deleting {}", app.id()));
-        self.remove_stopped(app, RemoveOptions::everything()).await
+        self.remove_stopped(app, RemoveOptions::everything())
+            .await?;
+        crash_point("purge.images-removed");
+        Ok(())
     }
 }
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::lifecycle::{Apps, RemoveOptions, StopOptions};
+use super::lifecycle::{Apps, BusyGuard, LineFn, RemoveOptions, StopOptions};
 use super::store::{AppStore, StoredApp};
 use super::AppId;
 use crate::core::engine::{ContainerEngine, EngineError};
@@ -35,6 +35,12 @@ pub enum AppOp {
     Stop,
     Delete,
     Refresh,
+    Rebuild,
+    Update,
+    Purge,
+    Snapshot,
+    Backup,
+    Provision,
 }
 
 impl IntentKind for AppOp {}
@@ -80,8 +86,11 @@ impl Apps {
             AppOp::Import | AppOp::LoadImage => self.remove_noted_images(r).await,
             AppOp::Start => self.finish_start(r).await,
             AppOp::Stop => self.finish_stop(r).await,
-            AppOp::Delete => self.finish_delete(r).await,
-            AppOp::Refresh => Ok(Outcome::Resolved),
+            AppOp::Delete | AppOp::Purge | AppOp::Provision => self.finish_removal(r).await,
+            AppOp::Rebuild => self.finish_rebuild(r).await,
+            AppOp::Update => self.undo_update(r).await,
+            // They only read, or wrote under temp names that the start-up removed.
+            AppOp::Refresh | AppOp::Snapshot | AppOp::Backup => Ok(Outcome::Resolved),
         }
     }
 
@@ -128,37 +137,35 @@ impl Apps {
         self.store().get(&id).ok()
     }
 
+    /// The app an intent names (None when it is not stored), claimed for the recovery.
+    fn claim_for(&self, r: &Record<AppOp>) -> Option<(StoredApp, BusyGuard<'_>)> {
+        let app = self.app_of(r)?;
+        let busy = self.claim_recovery(app.id());
+        Some((app, busy))
+    }
+
     /// A start: `up`; when that fails, `down` (never half started). A start that was being
     /// cancelled is undone instead.
     async fn finish_start(&self, r: &Record<AppOp>) -> CoreResult<Outcome> {
-        let Some(app) = self.app_of(r) else {
+        let Some((app, _busy)) = self.claim_for(r) else {
             return Ok(Outcome::Resolved);
         };
-        let id = app.id().clone();
-        {
-            let _busy = self.claim_recovery(&id);
-            let log = log_lines(&id);
-            if r.data.contains_key("undo") {
-                self.undo_start(&app, &log).await?;
-            } else {
-                self.up_or_down(&app, &log).await?;
-            }
-            self.fetch_after(&id, false).await;
+        let log = log_lines(app.id());
+        match r.data.contains_key("undo") {
+            true => self.undo_start(&app, &log).await?,
+            false => self.up_or_down(&app, &log).await?,
         }
+        self.fetch_after(app.id(), false).await;
         Ok(Outcome::Resolved)
     }
 
-    async fn up_or_down(
-        &self,
-        app: &StoredApp,
-        log: super::lifecycle::LineFn<'_>,
-    ) -> CoreResult<()> {
+    async fn up_or_down(&self, app: &StoredApp, log: LineFn<'_>) -> CoreResult<()> {
         let project = self.project(app)?;
         match project.up(self.engine.as_ref(), log).await {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == ErrorKind::Unavailable => Err(e.into()),
             Err(e) => {
-                tracing::warn!(app = %app.id(), error = %e, "the interrupted start cannot finish; stopping the app");
+                tracing::warn!(app = %app.id(), error = %e, "the interrupted operation cannot start the app; stopping it");
                 self.down(app, false, false, log).await.map(|_| ())
             }
         }
@@ -167,41 +174,92 @@ impl Apps {
     /// A stop: `down` with its options. A stop that was being cancelled is undone instead
     /// (the app started again when it ran before).
     async fn finish_stop(&self, r: &Record<AppOp>) -> CoreResult<Outcome> {
-        let Some(app) = self.app_of(r) else {
+        let Some((app, _busy)) = self.claim_for(r) else {
             return Ok(Outcome::Resolved);
         };
-        let id = app.id().clone();
+        let log = log_lines(app.id());
         let options: StopOptions = r.get("options").unwrap_or_default();
-        let undo: Option<Value> = r.get("undo");
-        {
-            let _busy = self.claim_recovery(&id);
-            let log = log_lines(&id);
-            match undo {
-                Some(u) if u["was_running"] == true => {
-                    self.undo_stop(&app, true, &[], &log).await?
-                }
-                Some(_) => {}
-                None => {
-                    let (rmi, volumes) = (options.remove_images, options.remove_volumes);
-                    self.down(&app, rmi, volumes, &log).await?;
-                }
+        match undo_of(r) {
+            Some(was_running) => self.undo_stop(&app, was_running, &[], &log).await?,
+            None => {
+                let (rmi, volumes) = (options.remove_images, options.remove_volumes);
+                self.down(&app, rmi, volumes, &log).await?;
             }
-            self.fetch_after(&id, true).await;
         }
+        self.fetch_after(app.id(), true).await;
         Ok(Outcome::Resolved)
     }
 
-    /// A delete: `down`, the app's images (as asked), the store's copy.
-    async fn finish_delete(&self, r: &Record<AppOp>) -> CoreResult<Outcome> {
-        let Some(app) = self.app_of(r) else {
+    /// A rebuild: done again (`down`, then `up`; when that fails, `down`). One that was being
+    /// cancelled is undone instead.
+    async fn finish_rebuild(&self, r: &Record<AppOp>) -> CoreResult<Outcome> {
+        let Some((app, _busy)) = self.claim_for(r) else {
             return Ok(Outcome::Resolved);
         };
-        let id = app.id().clone();
-        let options: RemoveOptions = r.get("options").unwrap_or_default();
-        let _busy = self.claim_recovery(&id);
-        let result = self.remove_claimed(&app, options).await;
-        self.removed_with(&id, result, false).await?;
+        let log = log_lines(app.id());
+        match undo_of(r) {
+            Some(was_running) => self.undo_rebuild(&app, was_running, &log).await?,
+            None => {
+                self.down(&app, false, false, &log).await?;
+                self.up_or_down(&app, &log).await?;
+            }
+        }
+        self.fetch_after(app.id(), false).await;
         Ok(Outcome::Resolved)
+    }
+
+    /// An update: rolled back as a failed one (the references get their previous images,
+    /// the app runs again when it ran, the pulled images go), unless it was complete.
+    async fn undo_update(&self, r: &Record<AppOp>) -> CoreResult<Outcome> {
+        let committed = r.get::<bool>("committed").unwrap_or(false);
+        // Interrupted before it looked at anything (or complete): nothing to undo.
+        let previous = r.get::<super::update::Previous>("previous");
+        let (Some(previous), false) = (previous, committed) else {
+            return Ok(Outcome::Resolved);
+        };
+        let Some((app, _busy)) = self.claim_for(r) else {
+            return Ok(Outcome::Resolved);
+        };
+        let log = log_lines(app.id());
+        let pulled: Vec<(String, String)> = r.get("pulled").unwrap_or_default();
+        self.retag_previous(&previous, &log).await;
+        if r.get::<bool>("was_running").unwrap_or(false) {
+            self.up_until_running(&app, "the interrupted update", &log)
+                .await?;
+        }
+        self.remove_pulled(&previous, &pulled, &log).await;
+        self.fetch_after(app.id(), true).await;
+        Ok(Outcome::Resolved)
+    }
+
+    /// A delete, a purge or a provision: the app removed (a purge or provision with its
+    /// images and volumes). A purge that was being cancelled while it stopped is undone
+    /// instead, as a cancelled stop.
+    async fn finish_removal(&self, r: &Record<AppOp>) -> CoreResult<Outcome> {
+        if r.kind == AppOp::Purge && undo_of(r).is_some() {
+            return self.finish_stop(r).await;
+        }
+        let Some((app, _busy)) = self.claim_for(r) else {
+            return Ok(Outcome::Resolved);
+        };
+        let result = match r.kind {
+            AppOp::Delete => {
+                let options: RemoveOptions = r.get("options").unwrap_or_default();
+                self.remove_claimed(&app, options).await
+            }
+            AppOp::Purge => self.finish_purge(&app).await,
+            _ => self.remove_claimed(&app, RemoveOptions::everything()).await,
+        };
+        self.removed_with(app.id(), result, false).await?;
+        Ok(Outcome::Resolved)
+    }
+
+    async fn finish_purge(&self, app: &StoredApp) -> CoreResult<()> {
+        let stop = super::maintain::PURGE_STOP;
+        let log = log_lines(app.id());
+        self.down(app, stop.remove_images, stop.remove_volumes, &log)
+            .await?;
+        self.remove_stopped(app, RemoveOptions::everything()).await
     }
 
     /// An import or image load: the images it noted, except those a stored app uses.
@@ -263,6 +321,13 @@ fn images_in_use(store: &AppStore) -> CoreResult<HashSet<String>> {
         .flat_map(|a| a.record.images)
         .flat_map(|i| std::iter::once(i.id).chain(i.references))
         .collect())
+}
+
+/// Whether the operation was being undone (cancelled) when it was interrupted, and whether
+/// the app ran before it.
+fn undo_of(r: &Record<AppOp>) -> Option<bool> {
+    let undo: Value = r.get("undo")?;
+    Some(undo["was_running"] == true)
 }
 
 /// Where a recovery's compose lines go: gantry's log.
@@ -482,6 +547,67 @@ mod tests {
         assert!(fake.containers().is_empty());
         let left = apps.list().await.unwrap();
         assert!(left.is_empty(), "the app is still stored");
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_rebuild_is_done_again_and_the_app_runs() {
+        let (apps, fake, _state) = recovered(AppOp::Rebuild, Map::new(), false).await;
+        assert_eq!(running(&fake), ["web1_main_1"]);
+        assert!(!apps.is_busy(&AppId::from("web:1")));
+    }
+
+    #[tokio::test]
+    async fn a_rebuild_that_was_being_cancelled_is_undone() {
+        let undo = noted("undo", serde_json::json!({ "was_running": false }));
+        let (_, fake, _state) = recovered(AppOp::Rebuild, undo, true).await;
+        assert!(fake.containers().is_empty());
+    }
+
+    #[tokio::test]
+    async fn interrupted_purges_and_provisions_leave_no_app() {
+        for kind in [AppOp::Purge, AppOp::Provision] {
+            let (apps, fake, _state) = recovered(kind, Map::new(), true).await;
+            assert!(fake.containers().is_empty(), "{kind:?}");
+            assert!(
+                apps.list().await.unwrap().is_empty(),
+                "{kind:?}: still listed"
+            );
+            assert!(
+                apps.store().list().unwrap().is_empty(),
+                "{kind:?}: still stored"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_purge_that_was_being_cancelled_runs_the_app_again() {
+        let undo = noted("undo", serde_json::json!({ "was_running": true }));
+        let (apps, fake, _state) = recovered(AppOp::Purge, undo, false).await;
+        assert_eq!(running(&fake), ["web1_main_1"]);
+        assert_eq!(apps.store().list().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_update_is_rolled_back_unless_it_was_complete() {
+        let mut data = noted(
+            "previous",
+            serde_json::json!({ "busybox": "sha256:busybox" }),
+        );
+        data.insert("was_running".into(), true.into());
+        let (_, fake, _state) = recovered(AppOp::Update, data.clone(), false).await;
+        assert_eq!(running(&fake), ["web1_main_1"], "runs again as before");
+        data.insert("committed".into(), true.into());
+        let (_, fake, _state) = recovered(AppOp::Update, data, false).await;
+        assert!(running(&fake).is_empty(), "a complete update is kept");
+    }
+
+    #[tokio::test]
+    async fn snapshots_and_backups_leave_nothing_to_do() {
+        for kind in [AppOp::Snapshot, AppOp::Backup] {
+            let (apps, fake, _state) = recovered(kind, Map::new(), true).await;
+            assert_eq!(running(&fake), ["web1_main_1"], "{kind:?}");
+            assert_eq!(apps.store().list().unwrap().len(), 1, "{kind:?}");
+        }
     }
 
     #[tokio::test]

@@ -16,8 +16,10 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use super::lifecycle::{Apps, LineFn, Run};
+use super::recover::AppOp;
 use super::store::rfc3339;
 use super::AppId;
+use crate::core::recovery::{crash_point, settle};
 use crate::core::{CoreError, CoreResult};
 
 const TEMP_PREFIX: &str = ".tmp-";
@@ -43,21 +45,40 @@ pub struct Snapshots {
 }
 
 impl Snapshots {
-    /// Opens (creating) `dir` and removes what interrupted snapshots and backups left.
+    /// Opens (creating) `dir` and removes what interrupted snapshots and backups left: their
+    /// temp files, and the old backups a backup interrupted while pruning left.
     pub fn open(dir: &Path, keep_backups: usize) -> CoreResult<Self> {
         for d in [dir.to_path_buf(), dir.join(BACKUPS)] {
             std::fs::create_dir_all(&d)
                 .map_err(|e| CoreError::io(format!("cannot create {}", d.display()), e))?;
             remove_temps(&d);
         }
-        Ok(Self {
+        let snapshots = Self {
             dir: dir.to_path_buf(),
             keep_backups: keep_backups.max(1),
-        })
+        };
+        snapshots.prune_backups(&|_| {});
+        Ok(snapshots)
     }
 
     /// Writes a snapshot of the app `id`. Cancelled, the temp file is removed.
     pub async fn snapshot(&self, apps: &Apps, id: &AppId, run: Run<'_>) -> CoreResult<Snapshot> {
+        let data = Default::default();
+        let intent = apps
+            .intents()
+            .begin(AppOp::Snapshot, Some(id.as_str()), data)?;
+        crash_point("snapshot.intent-written");
+        let result = self.snapshot_recorded(apps, id, run).await;
+        settle(&intent, &result);
+        result
+    }
+
+    async fn snapshot_recorded(
+        &self,
+        apps: &Apps,
+        id: &AppId,
+        run: Run<'_>,
+    ) -> CoreResult<Snapshot> {
         let name = unique_name(&self.dir, &id.slug(), &stamp(), ".zip");
         (run.out)(&format!("Writing the snapshot {name}"));
         write_export(apps, id, &self.dir, &name, run.cancel).await?;
@@ -73,6 +94,15 @@ impl Snapshots {
     /// Writes a backup: a snapshot of every app, then removes the oldest backups beyond
     /// `keep_backups`. Cancelled or failed, nothing of it stays.
     pub async fn backup(&self, apps: &Apps, run: Run<'_>) -> CoreResult<Vec<Snapshot>> {
+        let data = Default::default();
+        let intent = apps.intents().begin(AppOp::Backup, None, data)?;
+        crash_point("backup.intent-written");
+        let result = self.backup_recorded(apps, run).await;
+        settle(&intent, &result);
+        result
+    }
+
+    async fn backup_recorded(&self, apps: &Apps, run: Run<'_>) -> CoreResult<Vec<Snapshot>> {
         let root = self.dir.join(BACKUPS);
         let name = unique_name(&root, "", &stamp(), "");
         let temp = root.join(format!("{TEMP_PREFIX}{name}"));
@@ -90,8 +120,10 @@ impl Snapshots {
             let _ = std::fs::remove_dir_all(&temp);
         }
         let names = done?;
+        crash_point("backup.renamed");
         (run.out)(&format!("Backup {name} written ({} apps)", names.len()));
         self.prune_backups(run.out);
+        crash_point("backup.pruned");
         names
             .into_iter()
             .map(|file| {
@@ -182,6 +214,7 @@ async fn write_export(
             }
         }
         file.sync_all().await.map_err(io)?;
+        crash_point("snapshot.written");
         tokio::fs::rename(&temp, dir.join(name)).await.map_err(io)
     }
     .await;

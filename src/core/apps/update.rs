@@ -13,9 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::lifecycle::{Apps, LineFn, ProcessOutcome, Run};
 use super::maintain::Collect;
+use super::recover::{AppIntent, AppOp};
 use super::store::StoredApp;
 use super::AppId;
 use crate::core::compose::{ComposeProject, ServiceStatus};
+use crate::core::recovery::crash_point;
 use crate::core::{CoreError, CoreResult, ErrorKind};
 
 /// How long one image pull may take.
@@ -26,25 +28,39 @@ const STEADY: Duration = Duration::from_secs(1);
 
 /// The images of an app before the update: per reference, the image its containers run (or
 /// the reference's image when no container uses it).
-type Previous = HashMap<String, String>;
+pub(super) type Previous = HashMap<String, String>;
 
 impl Apps {
     /// Updates the app `id` (see the module's documentation). An app that is not running
     /// only gets its images pulled; the new ones are used at its next start.
     pub async fn update(&self, id: &AppId, run: Run<'_>) -> CoreResult<ProcessOutcome> {
         self.claimed(id, "updated", true, async |app| {
-            self.update_claimed(app, run).await
+            let data = Default::default();
+            self.recorded(AppOp::Update, app.id(), data, async |intent| {
+                crash_point("update.intent-written");
+                self.update_claimed(app, intent, run).await
+            })
+            .await
         })
         .await
     }
 
-    async fn update_claimed(&self, app: &StoredApp, run: Run<'_>) -> CoreResult<ProcessOutcome> {
+    async fn update_claimed(
+        &self,
+        app: &StoredApp,
+        intent: &AppIntent,
+        run: Run<'_>,
+    ) -> CoreResult<ProcessOutcome> {
         let started = Instant::now();
         let seen = Collect::new(run.out);
         let out = |line: &str| seen.line(line);
         let project = self.project(app)?;
         let before = project.status(self.engine()).await?;
         let previous = self.previous_images(&project, &before).await;
+        let running = before.iter().flat_map(|s| &s.containers).any(|c| c.running);
+        // What an interruption from here on is rolled back to.
+        intent.note("previous", &previous)?;
+        intent.note("was_running", running)?;
         let pulled = Mutex::new(Vec::new());
         tokio::select! {
             biased;
@@ -57,11 +73,11 @@ impl Apps {
                     app.id()
                 )));
             }
-            r = self.pull_newer(&project, &pulled, &out) => r?,
+            r = self.pull_newer(&project, &pulled, intent, &out) => r?,
         }
+        crash_point("update.pulled");
         let pulled = pulled.into_inner().unwrap_or_else(|p| p.into_inner());
         let stale = self.stale_services(&project, &before).await?;
-        let running = before.iter().flat_map(|s| &s.containers).any(|c| c.running);
         if !running {
             out("The app is not running: the new images are used at its next start");
         } else if stale.is_empty() {
@@ -73,6 +89,9 @@ impl Apps {
             self.remove_pulled(&previous, &pulled, &out).await;
             return Err(rolled_back(e, app.id()));
         }
+        // The update is complete: an interruption from here on keeps it.
+        intent.note("committed", true)?;
+        crash_point("update.committed");
         Ok(ProcessOutcome {
             command: format!("docker-compose -p {} pull && up -d", project.name()),
             lines: seen.take(),
@@ -123,6 +142,7 @@ impl Apps {
         &self,
         project: &ComposeProject,
         pulled: &Mutex<Vec<(String, String)>>,
+        intent: &AppIntent,
         out: LineFn<'_>,
     ) -> CoreResult<()> {
         for reference in project.images() {
@@ -142,7 +162,12 @@ impl Apps {
             match self.image_id(&reference).await {
                 Some(after) if Some(&after) != before.as_ref() => {
                     out(&format!("Pulling {reference} ... done: a newer image"));
-                    lock(pulled).push((reference, after));
+                    let noted = {
+                        let mut pulled = lock(pulled);
+                        pulled.push((reference, after));
+                        pulled.clone()
+                    };
+                    intent.note("pulled", noted)?;
                 }
                 _ => out(&format!("Pulling {reference} ... up to date")),
             }
@@ -185,6 +210,7 @@ impl Apps {
         out(&format!("Recreating {}", stale.join(", ")));
         let work = async {
             project.up(self.engine(), out).await?;
+            crash_point("update.recreated");
             let now = project.status(self.engine()).await?;
             for service in stale {
                 for c in now
@@ -244,7 +270,7 @@ impl Apps {
     }
 
     /// Gives each reference back its previous image.
-    async fn retag_previous(&self, previous: &Previous, out: LineFn<'_>) {
+    pub(super) async fn retag_previous(&self, previous: &Previous, out: LineFn<'_>) {
         for (reference, old) in previous {
             if reference.contains('@') || self.image_id(reference).await.as_ref() == Some(old) {
                 continue;
@@ -257,7 +283,7 @@ impl Apps {
     }
 
     /// Removes the images this update pulled, when nothing uses them any more.
-    async fn remove_pulled(
+    pub(super) async fn remove_pulled(
         &self,
         previous: &Previous,
         pulled: &[(String, String)],

@@ -9,11 +9,13 @@ use tokio::sync::mpsc;
 
 use super::apps::{lines, OutputLine};
 use super::{Operation, Start, Summary};
-use crate::core::apps::import::{ImportOptions, ImportProgress};
+use crate::core::apps::import::{ImportOptions, ImportProgress, ImportStep};
 use crate::core::apps::lifecycle::{LineFn, ProcessOutcome, RemoveOptions, Run};
+use crate::core::apps::recover::{AppIntent, AppOp};
 use crate::core::apps::snapshots::Snapshot;
 use crate::core::apps::store::StoredApp;
 use crate::core::apps::AppId;
+use crate::core::recovery::{crash_point, settle};
 use crate::core::tasks::TaskKind;
 use crate::core::{fetch, Core, CoreError, CoreResult};
 
@@ -141,8 +143,27 @@ impl Core {
         })
     }
 
+    /// A provision with its intent: interrupted, it is rolled back as a failed one (the app
+    /// it imported is removed with its images and volumes).
     async fn provision(&self, slug: &str, bundle: &str, run: Run<'_>) -> CoreResult<AppId> {
-        let id = self.import_bundle(bundle, run).await?.id().clone();
+        let intents = self.apps.intents();
+        let intent = intents.begin(AppOp::Provision, Some(slug), Default::default())?;
+        crash_point("provision.intent-written");
+        let result = self.provision_recorded(slug, bundle, &intent, run).await;
+        crash_point("provision.done");
+        settle(&intent, &result);
+        result
+    }
+
+    async fn provision_recorded(
+        &self,
+        slug: &str,
+        bundle: &str,
+        intent: &AppIntent,
+        run: Run<'_>,
+    ) -> CoreResult<AppId> {
+        let id = self.import_bundle(bundle, intent, run).await?.id().clone();
+        crash_point("provision.imported");
         if id.as_str() != slug && id.slug() != slug {
             self.unprovision(&id, run.out).await;
             return Err(CoreError::Invalid(format!(
@@ -176,8 +197,25 @@ impl Core {
 
     /// Imports the bundle at a path or an `http://` URL (streamed into the import as it
     /// downloads).
-    async fn import_bundle(&self, bundle: &str, run: Run<'_>) -> CoreResult<StoredApp> {
+    /// The import names the app in the provision's intent as soon as it knows it (and knows
+    /// it is new: the import refuses an app that exists).
+    async fn import_bundle(
+        &self,
+        bundle: &str,
+        intent: &AppIntent,
+        run: Run<'_>,
+    ) -> CoreResult<StoredApp> {
         let progress = |p: ImportProgress| {
+            if let ImportProgress::Done {
+                step: ImportStep::ParseConfig,
+                message,
+            } = &p
+            {
+                let named = message.strip_prefix("app ").map(|id| intent.set_app(id));
+                if let Some(Err(e)) = named {
+                    tracing::warn!(error = %e, "provision: cannot note the app in its intent");
+                }
+            }
             if !matches!(p, ImportProgress::ImageBytes { .. }) {
                 (run.out)(&p.step());
             }

@@ -375,6 +375,18 @@ impl<K: IntentKind> Intent<K> {
         self.log.write(&self.id, &record)
     }
 
+    /// Names the app the operation works on once it is known (a provision learns it from
+    /// the bundle), durably: from now on an interruption keeps that app busy.
+    pub fn set_app(&self, app: &str) -> CoreResult<()> {
+        let mut record = lock(&self.record);
+        record.app = Some(app.to_string());
+        self.log.write(&self.id, &record)?;
+        if let Some(e) = lock(&self.log.inner.entries).get_mut(&self.id) {
+            e.app = Some(app.to_string());
+        }
+        Ok(())
+    }
+
     /// The operation ended (succeeded, or failed leaving nothing to resolve).
     pub fn done(&self) {
         if !self.ended.swap(true, Ordering::SeqCst) {

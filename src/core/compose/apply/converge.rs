@@ -13,6 +13,7 @@ use super::super::plan::{config_hash, Condition, ServicePlan, LABEL_CONFIG_HASH}
 use super::{container_name, is_running, label, remove_container, Output};
 use crate::core::compose::ComposeError;
 use crate::core::engine::ContainerEngine;
+use crate::core::recovery::crash_point;
 
 /// Waits until every dependency of `s` meets its condition; `deps` are their container ids.
 /// Waiting takes no slot.
@@ -116,6 +117,9 @@ async fn recreate(
     out.step(verb, &shown, async {
         for c in current {
             remove_container(engine, c, s.stop_timeout).await?;
+        }
+        if !current.is_empty() {
+            crash_point("compose.up.old-removed");
         }
         let id = create(s, engine, body).await?;
         start(engine, &id, &s.container_name).await?;
