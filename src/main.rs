@@ -204,7 +204,10 @@ async fn serve(config: Config) -> ExitCode {
         Err(code) => return code,
     };
     let apps_view = apps.view().clone();
-    let services = duxcore_services(&config, engine.clone(), apps_view.clone());
+    let services = match duxcore_services(&config, engine.clone(), apps_view.clone()).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     let snapshots = match Snapshots::open(&config.snapshots.dir, config.snapshots.keep_backups) {
         Ok(s) => s,
         Err(e) => {
@@ -224,7 +227,7 @@ async fn serve(config: Config) -> ExitCode {
     );
     spawn_reload_on_hangup(core.clone());
     // Operations left unsettled (Docker down at start or midway) are resolved once it answers.
-    tokio::spawn(crate::core::apps::recover::resolve_pending(
+    tokio::spawn(crate::core::recovery::resolve_pending(
         core.clone(),
         health.clone(),
         stop.clone(),
@@ -333,15 +336,18 @@ async fn start_intervirt(
 }
 
 /// The duxcore services, when a listener speaks that dialect (its core key was read with the
-/// configuration).
-fn duxcore_services(
+/// configuration), their interrupted operations recovered.
+async fn duxcore_services(
     config: &Config,
     engine: Arc<dyn ContainerEngine>,
     view: Arc<LiveView>,
-) -> Option<Arc<crate::core::services::Services>> {
+) -> Result<Option<Arc<crate::core::services::Services>>, ExitCode> {
     use crate::core::services::{CoreKey, FetchLimits, ServiceSettings, Services, UnpackLimits};
     let d = &config.duxcore;
-    let key = CoreKey::new(&d.corekey_file, d.corekey.clone()?);
+    let Some(key) = d.corekey.clone() else {
+        return Ok(None);
+    };
+    let key = CoreKey::new(&d.corekey_file, key);
     let bundle = crate::core::apps::bundle::BundleLimits::default();
     let settings = ServiceSettings {
         dir: config.state_dir.join("duxcore"),
@@ -357,7 +363,14 @@ fn duxcore_services(
         },
         max_image_bytes: d.max_image_bytes,
     };
-    Some(Arc::new(Services::new(engine, view, settings, key)))
+    let services = Services::new(engine, view, settings, key).map_err(|e| {
+        tracing::error!(error = %e, "cannot open the duxcore services");
+        ExitCode::from(EXIT_FAILURE)
+    })?;
+    if let Err(e) = services.recover().await {
+        tracing::warn!(error = %e, "cannot recover interrupted service operations");
+    }
+    Ok(Some(Arc::new(services)))
 }
 
 /// SIGHUP reads the duxcore core key file again (a failure keeps the key in use).

@@ -92,7 +92,13 @@ const GROUPS: [&[&str]; 6] = [
     &["stop", "delete"],
     &["import", "load-image", "refresh"],
     &["rebuild", "update", "purge"],
-    &["snapshot", "backup", "provision"],
+    &[
+        "snapshot",
+        "backup",
+        "provision",
+        "service-create",
+        "import-image",
+    ],
     &[
         "intervirt-add",
         "intervirt-remove",
@@ -267,6 +273,8 @@ const KILLABLE: &[(&str, u64)] = &[
     ("snapshot", 800),
     ("backup", 800),
     ("provision", 2500),
+    ("service-create", 1000),
+    ("import-image", 1500),
     ("intervirt-add", 1200),
     ("intervirt-remove", 1500),
     ("intervirt-update", 800),

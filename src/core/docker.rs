@@ -569,8 +569,11 @@ impl ContainerEngine for DockerEngine {
         })
     }
 
-    async fn import_rootfs(&self, tar: ByteStream) -> EngineResult<String> {
-        let opts = CreateImageOptionsBuilder::default().from_src("-").build();
+    async fn import_rootfs(&self, tar: ByteStream, changes: &[String]) -> EngineResult<String> {
+        let opts = CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .changes(changes.to_vec())
+            .build();
         // The body goes as it arrives: hyper reads the request in chunks of up to 400 KiB and
         // the upload client hands them to writev as they are (no joining, no read-ahead task:
         // the sockets' buffers are the read-ahead).

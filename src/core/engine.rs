@@ -244,8 +244,9 @@ pub trait ContainerEngine: Send + Sync + 'static {
     }
 
     /// Creates an image from a tarball of a root filesystem (`docker import`), streaming it
-    /// to the engine; returns the new image's id.
-    async fn import_rootfs(&self, _tar: ByteStream) -> EngineResult<String> {
+    /// to the engine, with Dockerfile `changes` (`LABEL k=v`, ...) applied; returns the new
+    /// image's id.
+    async fn import_rootfs(&self, _tar: ByteStream, _changes: &[String]) -> EngineResult<String> {
         unsupported("importing root filesystems")
     }
 

@@ -29,8 +29,13 @@ pub struct Daemon {
     pub transfer: SocketAddr,
     pub intervirt: SocketAddr,
     pub distillery: SocketAddr,
+    pub duxcore: SocketAddr,
     agent: ureq::Agent,
 }
+
+/// The duxcore core key (its file's bytes), as clients send it (base64).
+pub const CORE_KEY_B64: &str = "ZmF1bHRzLWNvcmUta2V5LWZvci1nYW50cnktdGVzdHM=";
+const CORE_KEY: &[u8] = b"faults-core-key-for-gantry-tests";
 
 /// The token of the Distillery listener's tokens file.
 pub const TOKEN: &str = "0123456789abcdef-faults";
@@ -49,6 +54,8 @@ impl Daemon {
         std::fs::create_dir_all(dir).unwrap();
         let tokens = dir.join("distillery-tokens");
         std::fs::write(&tokens, format!("faults {TOKEN}\n")).unwrap();
+        let corekey = dir.join("corekey.bin");
+        std::fs::write(&corekey, CORE_KEY).unwrap();
         let config = dir.join("gantry.toml");
         let text = format!(
             "state_dir = \"{state}\"\ndocker_host = \"{docker}\"\nlog_level = \"debug\"\n\
@@ -56,12 +63,15 @@ impl Daemon {
              [[listeners]]\ndialect = \"transfer\"\naddress = \"127.0.0.1:0\"\n\n\
              [[listeners]]\ndialect = \"intervirt\"\naddress = \"127.0.0.2:0\"\nauth = \"none\"\n\n\
              [[listeners]]\ndialect = \"distillery\"\naddress = \"127.0.0.3:0\"\ntoken_file = \"{tokens}\"\n\n\
+             [[listeners]]\ndialect = \"duxcore\"\naddress = \"127.0.0.4:0\"\n\n\
+             [duxcore]\ncorekey_file = \"{corekey}\"\n\n\
              [snapshots]\nkeep_backups = 1\n\n\
              [intervirt]\npower = \"record\"\nupgrade_command = [\"true\"]\npull_on_update = false\n\
              stop_timeout_secs = 1\n{extra}\n",
             state = dir.join("state").display(),
             docker = world.host(),
             tokens = tokens.display(),
+            corekey = corekey.display(),
         );
         std::fs::write(&config, text).unwrap();
         Daemon {
@@ -73,6 +83,7 @@ impl Daemon {
             transfer: SocketAddr::from(([127, 0, 0, 1], 0)),
             intervirt: SocketAddr::from(([127, 0, 0, 1], 0)),
             distillery: SocketAddr::from(([127, 0, 0, 1], 0)),
+            duxcore: SocketAddr::from(([127, 0, 0, 1], 0)),
             agent: common::agent(),
         }
     }
@@ -135,11 +146,13 @@ impl Daemon {
                 listening(fresh, "transfer"),
                 listening(fresh, "intervirt"),
                 listening(fresh, "distillery"),
+                listening(fresh, "duxcore"),
             );
-            if let (Some(t), Some(i), Some(d)) = addresses {
+            if let (Some(t), Some(i), Some(d), Some(x)) = addresses {
                 self.transfer = t;
                 self.intervirt = i;
                 self.distillery = d;
+                self.duxcore = x;
                 if self.get("/healthz").0 == 200 {
                     return;
                 }
@@ -207,6 +220,11 @@ impl Daemon {
         (status, v)
     }
 
+    /// A duxcore request (its core key header): (status, body as JSON or a string).
+    pub fn duxcore(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>) -> (u16, Value) {
+        duxcore_request(&self.agent, self.duxcore, method, path, body).unwrap_or((0, Value::Null))
+    }
+
     pub fn get(&self, path: &str) -> (u16, Value) {
         self.request("GET", path, None)
     }
@@ -268,6 +286,30 @@ fn listening(log: &str, dialect: &str) -> Option<SocketAddr> {
         .find(|l| l.contains(" listening ") && l.contains(&format!("dialect={dialect}")))?;
     let rest = &line[line.find("address=")? + "address=".len()..];
     rest.split_whitespace().next()?.parse().ok()
+}
+
+/// A duxcore request to `addr`; None when the connection failed (a crash).
+pub fn duxcore_request(
+    agent: &ureq::Agent,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<(&str, Vec<u8>)>,
+) -> Option<(u16, Value)> {
+    let url = format!("http://{addr}{path}");
+    let b = ureq::http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("X-Duxcore-CoreKey", CORE_KEY_B64);
+    let (b, bytes) = match body {
+        Some((ct, bytes)) => (b.header("Content-Type", ct), bytes),
+        None => (b, Vec::new()),
+    };
+    let mut resp = agent.run(b.body(bytes).unwrap()).ok()?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Some((status, v))
 }
 
 /// One Distillery call (`{"call", "params"}` as a binary frame on `/api/v1/ws`): its result,

@@ -27,7 +27,17 @@ pub struct Made {
     /// Images the setup made beside the apps' (by reference): they may stay, and go with
     /// the clean-up.
     pub extra: Vec<String>,
+    /// Duxcore services a create may have made.
+    pub services: Vec<String>,
+    /// An image import was committed (its intent gone) before the fault: its image (with
+    /// the import label) may stay, and goes with the clean-up.
+    pub import_committed: bool,
 }
+
+/// The label a duxcore image import gives its image.
+pub const LABEL_IMPORT: &str = "io.gantry.duxcore.import";
+/// The label of a duxcore service's container.
+pub const LABEL_SERVICE: &str = "io.gantry.duxcore.service";
 
 /// A run's unique names.
 pub struct Names {
@@ -209,7 +219,7 @@ pub fn setup(op: &str, world: &World, d: &Daemon, names: &mut Names) -> Made {
             import_app(world, d, &names.next("App"), &mut made);
             distillery_ok(d, "backup", &[]);
         }
-        "provision" => {}
+        "provision" | "service-create" | "import-image" => {}
         "intervirt-remove" | "intervirt-update" | "intervirt-wipe" => {
             add_container(d, &mut made, names)
         }
@@ -231,6 +241,7 @@ pub fn trigger(
     big: bool,
 ) -> JoinHandle<Option<Value>> {
     let (transfer, intervirt, distillery) = (d.transfer, d.intervirt, d.distillery);
+    let duxcore = d.duxcore;
     let request = match op {
         "import" => {
             let name = names.next("App");
@@ -273,6 +284,22 @@ pub fn trigger(
             Request::Distillery(op.to_string(), vec![made.apps[0].clone()])
         }
         "backup" => Request::Distillery("backup".into(), Vec::new()),
+        "service-create" => {
+            let id = names.next("svc");
+            made.services.push(id.clone());
+            let params = json!({"id": id, "image": IMAGE_ALIAS, "bind_dir": "data",
+                                "bind_contents": world.contents_url()});
+            let body = json!({"type": "raw", "params": params}).to_string();
+            let body = Some(("application/json".into(), body.into_bytes()));
+            Request::Duxcore("POST", "/v1/service".into(), body)
+        }
+        "import-image" => {
+            let body = Some((
+                "application/x-tar".into(),
+                world.rootfs(ROOTFS_MIB).to_vec(),
+            ));
+            Request::Duxcore("POST", "/v1/docker/image".into(), body)
+        }
         "provision" => {
             let param = provision_param(world, d, names, made);
             Request::Distillery("provision".into(), vec![param])
@@ -285,6 +312,7 @@ pub fn trigger(
         transfer,
         intervirt,
         distillery,
+        duxcore,
     };
     std::thread::spawn(move || client.send(request))
 }
@@ -294,13 +322,19 @@ enum Request {
     Intervirt(Value),
     /// A Distillery call and its parameters.
     Distillery(String, Vec<String>),
+    Duxcore(&'static str, String, Option<(String, Vec<u8>)>),
 }
+
+/// MiB of random data in the root filesystem an image import sends (Docker takes a moment
+/// to register it, so that the import can be killed while it does).
+const ROOTFS_MIB: usize = 32;
 
 /// Where a trigger thread sends its request (a copy of the daemon's addresses).
 struct Client {
     transfer: std::net::SocketAddr,
     intervirt: std::net::SocketAddr,
     distillery: std::net::SocketAddr,
+    duxcore: std::net::SocketAddr,
 }
 
 impl Client {
@@ -327,6 +361,13 @@ impl Client {
             Request::Distillery(call, params) => {
                 super::daemon::distillery_call(self.distillery, &call, &params)
             }
+            Request::Duxcore(method, path, body) => {
+                let agent = crate::common::agent();
+                let body = body.as_ref().map(|(ct, b)| (ct.as_str(), b.clone()));
+                let (status, body) =
+                    super::daemon::duxcore_request(&agent, self.duxcore, method, &path, body)?;
+                Some(json!({"status": status, "body": body}))
+            }
         }
     }
 }
@@ -335,8 +376,14 @@ impl Client {
 /// or stopped (when running), then removed with its images and volumes; each Intervirt
 /// container gantry knows is removed, and a new one can be added and removed. Returns the
 /// failures.
-pub fn next_and_clean(d: &Daemon, made: &Made, names: &mut Names, op: &str) -> Vec<String> {
-    let mut problems = Vec::new();
+pub fn next_and_clean(
+    world: &World,
+    d: &Daemon,
+    made: &Made,
+    names: &mut Names,
+    op: &str,
+) -> Vec<String> {
+    let mut problems = clean_services(world, d, made);
     for app in d.apps() {
         let id = app["Id"].as_str().unwrap_or_default().to_string();
         let path = app_path(&id);
@@ -392,9 +439,33 @@ pub fn next_and_clean(d: &Daemon, made: &Made, names: &mut Names, op: &str) -> V
     problems
 }
 
+/// Each service the run may have made is deleted (or there is none); a committed image
+/// import's image goes. The failures.
+fn clean_services(world: &World, d: &Daemon, made: &Made) -> Vec<String> {
+    let mut problems = Vec::new();
+    for id in &made.services {
+        let (status, body) = d.duxcore("DELETE", &format!("/v1/service/{id}"), None);
+        // The duxcore dialect answers a missing service with 400 "no service ...".
+        let none = body.to_string().contains("no service");
+        if status != 200 && !none {
+            problems.push(format!("deleting the service {id}: {status} {body}"));
+        }
+    }
+    if made.import_committed {
+        let filter = format!("label={LABEL_IMPORT}");
+        for image in world.docker_lines(&["images", "-q", "--no-trunc", "--filter", &filter]) {
+            let _ = world.docker(&["rmi", &image]);
+        }
+    }
+    problems
+}
+
 /// What the rule of `op` must have made of the run after a crash at `point` and the
 /// restart, beyond what the oracle checks for every run (a consistent state): the problems.
 pub fn expected(op: &str, point: &str, world: &World, d: &Daemon, made: &Made) -> Vec<String> {
+    if op == "service-create" || op == "import-image" {
+        return rolled_back_service(op, world, d, made);
+    }
     let Some(app) = made.apps.first() else {
         return Vec::new();
     };
@@ -429,6 +500,30 @@ pub fn expected(op: &str, point: &str, world: &World, d: &Daemon, made: &Made) -
             }
         }
         _ => {}
+    }
+    problems
+}
+
+/// A create or an image import killed midway is rolled back: no container of the service,
+/// no image of the import.
+fn rolled_back_service(op: &str, world: &World, d: &Daemon, made: &Made) -> Vec<String> {
+    let (what, filter) = match op {
+        "service-create" => ("container", format!("label={LABEL_SERVICE}")),
+        _ => ("image", format!("label={LABEL_IMPORT}")),
+    };
+    let list = match what {
+        "container" => world.docker_lines(&["ps", "-aq", "--filter", &filter]),
+        _ => world.docker_lines(&["images", "-q", "--filter", &filter]),
+    };
+    let mut problems = Vec::new();
+    if !list.is_empty() {
+        problems.push(format!("{what}s of an interrupted {op} left: {list:?}"));
+    }
+    if let Some(id) = made.services.first() {
+        let dir = d.state().join("duxcore/services").join(id);
+        if dir.exists() {
+            problems.push(format!("{} left by an interrupted create", dir.display()));
+        }
     }
     problems
 }

@@ -27,8 +27,14 @@ pub fn check(world: &World, d: &Daemon, made: &Made) -> Vec<String> {
     let mut problems = settle(d);
     let apps = d.apps();
     problems.extend(check_apps(world, &apps));
-    let kept: Vec<String> = made.loaded.iter().chain(&made.extra).cloned().collect();
+    let mut kept: Vec<String> = made.loaded.iter().chain(&made.extra).cloned().collect();
+    if made.import_committed {
+        // A committed import's image, untagged: allowed by its id.
+        let filter = format!("label={}", super::drivers::LABEL_IMPORT);
+        kept.extend(world.docker_lines(&["images", "-q", "--no-trunc", "--filter", &filter]));
+    }
     problems.extend(check_images(world, &apps, &kept));
+    problems.extend(check_services(world, &d.state()));
     problems.extend(check_intervirt(world, d, &made.containers));
     problems.extend(check_state_dir(&d.state()));
     problems
@@ -66,7 +72,8 @@ pub fn settle(d: &Daemon) -> Vec<String> {
 
 fn pending_intents(state: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    for dir in [state.join("intents"), state.join("intervirt/intents")] {
+    let dirs = ["intents", "intervirt/intents", "duxcore/intents"];
+    for dir in dirs.map(|d| state.join(d)) {
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             out.push(format!("intent {}", e.path().display()));
         }
@@ -154,7 +161,11 @@ fn check_images(world: &World, apps: &[Value], loaded: &[String]) -> Vec<String>
     lines
         .into_iter()
         .filter(|l| !allowed.contains(l.split(' ').next().unwrap_or_default()))
-        .filter(|l| !loaded.iter().any(|r| l.ends_with(&format!(" {r}"))))
+        .filter(|l| {
+            !loaded
+                .iter()
+                .any(|r| l.ends_with(&format!(" {r}")) || l.starts_with(&format!("{r} ")))
+        })
         .map(|l| format!("image {l} that no listed app brought"))
         .collect()
 }
@@ -233,6 +244,28 @@ fn check_intervirt(world: &World, d: &Daemon, names: &[String]) -> Vec<String> {
     problems
 }
 
+/// Every duxcore service container has its directory with its record, and every service
+/// directory has its record (a create leaves none half made).
+fn check_services(world: &World, state: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    let dirs = state.join("duxcore/services");
+    let filter = format!("label={}", super::drivers::LABEL_SERVICE);
+    for name in world.docker_lines(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"]) {
+        if !dirs.join(&name).join("service.json").exists() {
+            problems.push(format!("service container {name} without its record"));
+        }
+    }
+    for e in std::fs::read_dir(&dirs).into_iter().flatten().flatten() {
+        if !e.path().join("service.json").exists() {
+            problems.push(format!(
+                "service directory {} without a record",
+                e.path().display()
+            ));
+        }
+    }
+    problems
+}
+
 /// No staged or moved-away app, no upload, no unreadable intent left in the state directory.
 fn check_state_dir(state: &Path) -> Vec<String> {
     let mut problems = Vec::new();
@@ -274,7 +307,8 @@ fn check_state_dir(state: &Path) -> Vec<String> {
 /// test image. Removes what is left (so the next run starts clean) and names it.
 pub fn left_over(world: &World) -> Vec<String> {
     let mut found = Vec::new();
-    let fmt = "{{.Names}} {{.Label \"io.gantry.app-id\"}}{{.Label \"io.gantry.intervirt\"}}";
+    let fmt = "{{.Names}} {{.Label \"io.gantry.app-id\"}}{{.Label \"io.gantry.intervirt\"}}\
+               {{.Label \"io.gantry.duxcore.service\"}}";
     for line in world.docker_lines(&["ps", "-a", "--format", fmt]) {
         let (name, labels) = line.split_once(' ').unwrap_or((&line, ""));
         if labels.trim().is_empty() || world.is_stuck(name) {

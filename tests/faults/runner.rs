@@ -69,6 +69,13 @@ impl<'w> Run<'w> {
         if !pending {
             self.made.loaded = self.made.loads.clone();
         }
+        let intents = std::fs::read_dir(self.d.state().join("duxcore/intents"));
+        let importing = intents.into_iter().flatten().flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with("-import-image.json")
+        });
+        self.made.import_committed = self.op == "import-image" && !importing;
     }
 
     /// Restarts gantry armed with `spec` (`name@hit`) and runs the operation into it.
@@ -105,6 +112,7 @@ impl<'w> Run<'w> {
         let mut problems = oracle::check(self.world, &self.d, &self.made);
         let checked = clock.elapsed();
         problems.extend(drivers::next_and_clean(
+            self.world,
             &self.d,
             &self.made,
             &mut self.names,
@@ -164,6 +172,11 @@ pub fn crash_run(world: &World, tag: &str, point: &Point, tear: Tear) -> Vec<Str
     run.restart();
     // What the operation's rule makes of it (once nothing is pending), then the oracle.
     let _ = oracle::settle(&run.d);
+    let log = run.d.log();
+    let recovered = log
+        .lines()
+        .filter(|l| l.contains(" INFO ") && l.contains("interrupted"));
+    recovered.for_each(|l| eprintln!("    recovery: {}", l.split(" INFO ").nth(1).unwrap_or(l)));
     let mut problems = drivers::expected(point.op, point.name, world, &run.d, &run.made);
     problems.extend(run.check());
     eprintln!(

@@ -22,6 +22,10 @@ pub struct World {
     /// The two images of the test apps, saved once (see [`World::app_images`]).
     app_images: std::sync::OnceLock<[Vec<u8>; 2]>,
     big_images: std::sync::OnceLock<[Vec<u8>; 2]>,
+    /// A root filesystem tar for the image imports (see [`World::rootfs`]).
+    rootfs: std::sync::OnceLock<Vec<u8>>,
+    /// The HTTP server of a service's `bind_contents` (see [`World::contents_url`]).
+    contents: std::sync::OnceLock<String>,
     /// The test image's id.
     base_id: std::sync::OnceLock<String>,
     /// Containers Docker could not remove (each reported once, by the run that left it).
@@ -45,6 +49,8 @@ impl World {
             dockerd: std::sync::Mutex::new(None),
             app_images: std::sync::OnceLock::new(),
             big_images: std::sync::OnceLock::new(),
+            rootfs: std::sync::OnceLock::new(),
+            contents: std::sync::OnceLock::new(),
             base_id: std::sync::OnceLock::new(),
             stuck: Default::default(),
         };
@@ -277,6 +283,58 @@ impl World {
         [(REFS[0], &tars[0]), (REFS[1], &tars[1])]
     }
 
+    /// A root filesystem (`docker export` of the test image with `mib` MiB of random data
+    /// more, so that Docker takes a moment to register an import of it), made once.
+    pub fn rootfs(&self, mib: usize) -> &[u8] {
+        self.rootfs.get_or_init(|| {
+            let builder = "build-rootfs";
+            let script = format!("head -c {} /dev/urandom > /blob", mib << 20);
+            let image = test_image();
+            let args = [
+                "run",
+                "--network=none",
+                "--name",
+                builder,
+                &image,
+                "sh",
+                "-c",
+            ];
+            let mut args = args.to_vec();
+            args.push(&script);
+            self.docker_ok(&args);
+            let file = self.dir.join("rootfs.tar");
+            self.docker_ok(&["export", "-o", file.to_str().unwrap(), builder]);
+            self.docker_ok(&["rm", "-f", builder]);
+            let bytes = std::fs::read(&file).unwrap();
+            let _ = std::fs::remove_file(&file);
+            bytes
+        })
+    }
+
+    /// The URL of a small `.tar.gz` (one file, `hello.txt`) served over HTTP in the world's
+    /// namespace (by a thread of the test that lives as long as the process), for a
+    /// service's `bind_contents`.
+    pub fn contents_url(&self) -> &str {
+        self.contents.get_or_init(|| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            {
+                let mut tar = tar::Builder::new(&mut gz);
+                let mut header = tar::Header::new_gnu();
+                header.set_size(6);
+                header.set_mode(0o644);
+                header.set_cksum();
+                tar.append_data(&mut header, "hello.txt", &b"hello\n"[..])
+                    .unwrap();
+                tar.finish().unwrap();
+            }
+            let body = gz.finish().unwrap();
+            let listener = std::net::TcpListener::bind("127.0.0.9:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            std::thread::spawn(move || serve_forever(listener, body));
+            format!("http://{addr}/contents.tar.gz")
+        })
+    }
+
     /// A test's own image: the test image plus a marker file (and `extra_mib` MiB of random
     /// bytes), so it has an id of its own, under `reference`, as `docker save` writes it; the
     /// image itself is removed again.
@@ -298,6 +356,23 @@ impl World {
         let bytes = std::fs::read(&file).unwrap();
         let _ = std::fs::remove_file(&file);
         bytes
+    }
+}
+
+/// Answers every request on `listener` with `body` (HTTP/1.0, one request a connection).
+fn serve_forever(listener: std::net::TcpListener, body: Vec<u8>) {
+    use std::io::{Read, Write};
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let mut head = [0u8; 4096];
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = stream.read(&mut head);
+        let header = format!(
+            "HTTP/1.0 200 OK\r\nContent-Type: application/gzip\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let _ = stream.write_all(header.as_bytes());
+        let _ = stream.write_all(&body);
     }
 }
 

@@ -10,7 +10,6 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -21,9 +20,8 @@ use super::lifecycle::{Apps, BusyGuard, LineFn, RemoveOptions, StopOptions};
 use super::store::{AppStore, StoredApp};
 use super::AppId;
 use crate::core::engine::{ContainerEngine, EngineError};
-use crate::core::health::EngineHealth;
 use crate::core::recovery::{Intent, IntentKind, IntentLog, Pending, Record};
-use crate::core::{Core, CoreResult, ErrorKind};
+use crate::core::{CoreResult, ErrorKind};
 
 /// The operations whose intent the apps service records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +59,8 @@ const ATTEMPTS: u32 = 3;
 
 impl Apps {
     /// Resolves every pending intent by its kind's rule, oldest first; run at start before
-    /// anything is served, then by [`resolve_pending`] whenever one is left. With Docker
+    /// anything is served, then by [`crate::core::recovery::resolve_pending`] whenever one is
+    /// left. With Docker
     /// unreachable nothing is done: the apps concerned stay busy until it answers.
     pub async fn recover(&self) -> CoreResult<()> {
         if !self.intents.has_pending() && !self.legacy_journals.exists() {
@@ -432,26 +431,6 @@ fn loads_in_flight(tmp: &Path) -> Option<bool> {
                 .starts_with("docker-import-")
         })
     }))
-}
-
-/// Resolves what stays pending (Docker was down at start, or went away during an operation)
-/// once Docker answers again, and retries failed resolutions now and then; until `stop`.
-pub async fn resolve_pending(core: Arc<Core>, health: EngineHealth, stop: CancellationToken) {
-    let apps = &core.apps;
-    let mut status = health.subscribe();
-    loop {
-        if apps.intents.has_pending() && health.current().is_reachable() {
-            if let Err(e) = apps.recover().await {
-                tracing::warn!(error = %e, "recovery of interrupted operations failed");
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = apps.intents.became_pending() => {}
-            r = status.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-        }
-    }
 }
 
 #[cfg(test)]

@@ -375,6 +375,11 @@ impl<K: IntentKind> Intent<K> {
         self.log.write(&self.id, &record)
     }
 
+    /// The intent's id (unique: its file name without `.json`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// Names the app the operation works on once it is known (a provision learns it from
     /// the bundle), durably: from now on an interruption keeps that app busy.
     pub fn set_app(&self, app: &str) -> CoreResult<()> {

@@ -19,9 +19,14 @@ pub mod points;
 pub use crash::{crash_point, crash_point_unsynced, crash_when_sent};
 pub use intents::{Intent, IntentKind, IntentLog, Pending, Record};
 
-use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::ErrorKind;
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::health::EngineHealth;
+use super::{Core, ErrorKind};
 
 /// An intent's first data: `value` under `key`.
 pub fn noted(key: &str, value: impl serde::Serialize) -> Map<String, Value> {
@@ -53,6 +58,42 @@ pub fn settle<K: IntentKind, T, E: HasKind>(intent: &Intent<K>, result: &Result<
     match result {
         Err(e) if e.error_kind() == ErrorKind::Unavailable => intent.keep(),
         _ => intent.done(),
+    }
+}
+
+/// Resolves what stays pending (Docker was down at start, or went away during an operation)
+/// once Docker answers again, and retries failed resolutions now and then; until `stop`.
+/// The apps' and the duxcore services' intents (the Intervirt agent's are resolved by its
+/// Docker watcher).
+pub async fn resolve_pending(core: Arc<Core>, health: EngineHealth, stop: CancellationToken) {
+    let (apps, services) = (&core.apps, core.services.as_deref());
+    let mut status = health.subscribe();
+    loop {
+        if health.current().is_reachable() {
+            if apps.intents().has_pending() {
+                if let Err(e) = apps.recover().await {
+                    tracing::warn!(error = %e, "recovery of interrupted operations failed");
+                }
+            }
+            if let Some(s) = services.filter(|s| s.intents().has_pending()) {
+                if let Err(e) = s.recover().await {
+                    tracing::warn!(error = %e, "recovery of interrupted service operations failed");
+                }
+            }
+        }
+        let services_pending = async {
+            match services {
+                Some(s) => s.intents().became_pending().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = apps.intents().became_pending() => {}
+            _ = services_pending => {}
+            r = status.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
     }
 }
 

@@ -119,6 +119,14 @@ pub const POINTS: &[Point] = &[
     exit("provision.imported", "provision"),
     nth("compose.up.service-started", "provision", 1),
     exit("provision.done", "provision"),
+    // duxcore services
+    exit("service-create.intent-written", "service-create"),
+    exit("service-create.created", "service-create"),
+    exit("service-create.recorded", "service-create"),
+    exit("service-create.fetched", "service-create"),
+    exit("import-image.intent-written", "import-image"),
+    exit("import-image.in-flight", "import-image"),
+    exit("import-image.imported", "import-image"),
     // Intervirt
     exit("intervirt-add.intent-written", "intervirt-add"),
     unsynced("network.journal.unsynced", "intervirt-add"),

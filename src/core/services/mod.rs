@@ -11,6 +11,7 @@
 
 pub mod corekey;
 mod fetch;
+pub mod recover;
 pub mod spec;
 mod store;
 mod unpack;
@@ -24,10 +25,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::{Attached, ContainerEngine, EngineError, StatsStream};
 use super::intervirt::locks::KeyedLocks;
+use super::recovery::{crash_point, crash_when_sent, settle, Intent};
 use super::view::{fetch as view_fetch, LiveView};
 use super::{CoreError, CoreResult};
 pub use corekey::CoreKey;
 pub use fetch::FetchLimits;
+use recover::{Before, ServiceIntents, ServiceOp, LABEL_IMPORT};
 use spec::{check_env, check_id, ServiceSpec, StoredService, LABEL_SERVICE};
 pub use store::Env;
 use store::ServiceDir;
@@ -78,6 +81,9 @@ pub struct Services {
     settings: ServiceSettings,
     key: CoreKey,
     locks: KeyedLocks,
+    /// The intents of creates and imports in flight (`<dir>/intents`), resolved after a
+    /// crash.
+    intents: ServiceIntents,
 }
 
 fn not_a_service(id: &str) -> CoreError {
@@ -92,19 +98,29 @@ fn is_running(c: &ContainerInspectResponse) -> bool {
 }
 
 impl Services {
+    /// The services under `settings.dir`; its intent log is opened there (`intents/`).
     pub fn new(
         engine: Arc<dyn ContainerEngine>,
         view: Arc<LiveView>,
         settings: ServiceSettings,
         key: CoreKey,
-    ) -> Self {
-        Self {
+    ) -> CoreResult<Self> {
+        let dir = settings.dir.join("intents");
+        let intents = ServiceIntents::open(&dir)
+            .map_err(|e| CoreError::io(format!("cannot open {}", dir.display()), e))?;
+        Ok(Self {
             engine,
             view,
             settings,
             key,
             locks: KeyedLocks::default(),
-        }
+            intents,
+        })
+    }
+
+    /// The intents of the operations in flight (and of interrupted ones).
+    pub fn intents(&self) -> &ServiceIntents {
+        &self.intents
     }
 
     pub fn max_image_bytes(&self) -> u64 {
@@ -353,17 +369,44 @@ impl Services {
     ) -> CoreResult<Created> {
         spec.check()?;
         let _one = self.locks.lock(&spec.id).await;
+        let intent = self
+            .intents
+            .begin(ServiceOp::Create, Some(&spec.id), Default::default())?;
+        crash_point("service-create.intent-written");
+        let result = self.create_recorded(spec, &intent, report, cancel).await;
+        settle(&intent, &result);
+        result
+    }
+
+    async fn create_recorded(
+        &self,
+        spec: ServiceSpec,
+        intent: &Intent<ServiceOp>,
+        report: impl Fn(CreateStep),
+        cancel: &CancellationToken,
+    ) -> CoreResult<Created> {
         report(CreateStep::PullingImage(spec.image.clone()));
         cancellable(cancel, self.ensure_image(&spec.image)).await?;
         let dir = self.dir(&spec.id);
+        let before = Before {
+            container: self.lookup(&spec.id).await.map_or(true, |c| c.is_some()),
+            dir: dir.exists(),
+        };
+        // What the rollback of an interruption from here on may remove.
+        intent.note("before", before)?;
         let claimed = dir.claim()?;
         let record = spec.stored(&dir.bind())?;
         report(CreateStep::CreatingContainer);
-        let container_id = match self
+        intent.note("requested", true)?;
+        let created = self
             .engine
             .create_container(&spec.id, record.create_body())
-            .await
-        {
+            .await;
+        if created.is_ok() {
+            intent.note("created", true)?;
+            crash_point("service-create.created");
+        }
+        let container_id = match created {
             Ok(c) => c,
             Err(e) => {
                 if claimed {
@@ -419,6 +462,7 @@ impl Services {
             dir.reset()?;
         }
         dir.write_record(record)?;
+        crash_point("service-create.recorded");
         let Some(url) = &spec.bind_contents else {
             return Ok(());
         };
@@ -428,6 +472,7 @@ impl Services {
             fetch::download(url, &dir.download(), self.settings.fetch),
         )
         .await?;
+        crash_point("service-create.fetched");
         report(CreateStep::UnpackingContents);
         let (archive, bind, limits) = (dir.download(), dir.bind(), self.settings.unpack);
         let cancel = cancel.clone();
@@ -439,12 +484,54 @@ impl Services {
         dir.remove_download()
     }
 
-    /// Imports a raw root filesystem tar as an image (`docker import`); its id.
+    /// Imports a raw root filesystem tar as an image (`docker import`); its id. The image
+    /// is labelled with the import's intent ([`LABEL_IMPORT`]), so that the rollback of an
+    /// interrupted import finds it; its commit point is the removal of the intent right
+    /// after Docker answered.
     pub async fn import_image(&self, tar: super::engine::ByteStream) -> CoreResult<String> {
-        let imported = self.engine.import_rootfs(tar).await;
+        let intent = self
+            .intents
+            .begin(ServiceOp::ImportImage, None, Default::default())?;
+        let intent = Arc::new(intent);
+        crash_point("import-image.intent-written");
+        let change = format!("LABEL {LABEL_IMPORT}={}", intent.id());
+        let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let body = noting_sent(tar, intent.clone());
+        let body = crash_when_sent("import-image.in-flight", body, answered.clone());
+        let imported = self.engine.import_rootfs(body, &[change]).await;
+        answered.store(true, std::sync::atomic::Ordering::SeqCst);
+        crash_point("import-image.imported");
         view_fetch::images_changed(&self.view, self.engine.as_ref()).await;
+        match &imported {
+            Ok(_) => intent.done(),
+            // Left for the recovery, which looks for the image (without waiting when Docker
+            // answered): a failure is never worth the doubt.
+            Err(e) => {
+                if e.kind() != crate::core::ErrorKind::Unavailable {
+                    let _ = intent.note("answered", true);
+                }
+                intent.keep()
+            }
+        }
         Ok(imported?)
     }
+}
+
+/// `body`, noting in `intent` that it was sent whole before its end goes to Docker (a
+/// chunked body: Docker creates the image only once it has read the end).
+fn noting_sent(
+    body: super::engine::ByteStream,
+    intent: Arc<Intent<ServiceOp>>,
+) -> super::engine::ByteStream {
+    let end = futures_util::stream::once(async move {
+        let noted = tokio::task::spawn_blocking(move || intent.note("sent", true)).await;
+        match noted {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(Err(std::io::Error::other(e.to_string()))),
+            Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
+        }
+    });
+    Box::pin(body.map(Some).chain(end).filter_map(std::future::ready))
 }
 
 /// Runs `work` unless `cancel` fires first (then `work` is dropped).
