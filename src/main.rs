@@ -216,7 +216,10 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     let watch_engine = engine.clone();
-    let flow = start_flow(&config, engine.clone(), apps_view, stop.clone()).await;
+    let flow = match start_flow(&config, engine.clone(), apps_view, stop.clone()).await {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
     let core = Arc::new(
         Core::new(engine, health.clone(), apps)
             .with_intervirt(intervirt)
@@ -401,18 +404,27 @@ async fn start_flow(
     engine: Arc<dyn ContainerEngine>,
     view: Arc<LiveView>,
     stop: CancellationToken,
-) -> Option<Arc<crate::core::flow::FlowManager>> {
+) -> Result<Option<Arc<crate::core::flow::FlowManager>>, ExitCode> {
     if !config
         .listeners
         .iter()
         .any(|l| l.dialect == config::Dialect::FlowManager)
     {
-        return None;
+        return Ok(None);
     }
-    let flow = crate::core::flow::FlowManager::new(engine, view, config.flow.clone(), stop.clone());
+    let dir = config.state_dir.join("flowmanager");
+    let flow =
+        crate::core::flow::FlowManager::new(engine, view, config.flow.clone(), &dir, stop.clone());
+    let flow = match flow {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the Flow Manager");
+            return Err(ExitCode::from(EXIT_FAILURE));
+        }
+    };
     flow.start_up(stop).await;
     tracing::info!(socket_dir = %config.flow.socket_dir.display(), "Flow Manager ready");
-    Some(flow)
+    Ok(Some(flow))
 }
 
 fn import_settings(config: &Config, listeners: &[std::net::SocketAddr]) -> ImportSettings {

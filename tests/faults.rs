@@ -87,7 +87,7 @@ fn soak() -> bool {
 }
 
 /// The operations whose crash points each group runs (groups run in worlds side by side).
-const GROUPS: [&[&str]; 6] = [
+const GROUPS: [&[&str]; 7] = [
     &["start"],
     &["stop", "delete"],
     &["import", "load-image", "refresh"],
@@ -99,6 +99,7 @@ const GROUPS: [&[&str]; 6] = [
         "service-create",
         "import-image",
     ],
+    &["flow-create", "flow-update", "flow-delete"],
     &[
         "intervirt-add",
         "intervirt-remove",
@@ -275,6 +276,9 @@ const KILLABLE: &[(&str, u64)] = &[
     ("provision", 2500),
     ("service-create", 1000),
     ("import-image", 1500),
+    ("flow-create", 500),
+    ("flow-update", 2500),
+    ("flow-delete", 500),
     ("intervirt-add", 1200),
     ("intervirt-remove", 1500),
     ("intervirt-update", 800),

@@ -30,6 +30,7 @@ pub struct Daemon {
     pub intervirt: SocketAddr,
     pub distillery: SocketAddr,
     pub duxcore: SocketAddr,
+    pub flow: SocketAddr,
     agent: ureq::Agent,
 }
 
@@ -65,6 +66,9 @@ impl Daemon {
              [[listeners]]\ndialect = \"distillery\"\naddress = \"127.0.0.3:0\"\ntoken_file = \"{tokens}\"\n\n\
              [[listeners]]\ndialect = \"duxcore\"\naddress = \"127.0.0.4:0\"\n\n\
              [duxcore]\ncorekey_file = \"{corekey}\"\n\n\
+             [[listeners]]\ndialect = \"flowmanager\"\naddress = \"127.0.0.5:0\"\n\n\
+             [flowmanager]\nsocket_dir = \"{sockets}\"\nstop_timeout_secs = 1\n\
+             pull_missing_images = false\n\n\
              [snapshots]\nkeep_backups = 1\n\n\
              [intervirt]\npower = \"record\"\nupgrade_command = [\"true\"]\npull_on_update = false\n\
              stop_timeout_secs = 1\n{extra}\n",
@@ -72,6 +76,7 @@ impl Daemon {
             docker = world.host(),
             tokens = tokens.display(),
             corekey = corekey.display(),
+            sockets = dir.join("sockets").display(),
         );
         std::fs::write(&config, text).unwrap();
         Daemon {
@@ -84,12 +89,18 @@ impl Daemon {
             intervirt: SocketAddr::from(([127, 0, 0, 1], 0)),
             distillery: SocketAddr::from(([127, 0, 0, 1], 0)),
             duxcore: SocketAddr::from(([127, 0, 0, 1], 0)),
+            flow: SocketAddr::from(([127, 0, 0, 1], 0)),
             agent: common::agent(),
         }
     }
 
     pub fn state(&self) -> PathBuf {
         self.dir.join("state")
+    }
+
+    /// The Flow Manager's socket directory (its containers' sockets and code).
+    pub fn sockets(&self) -> PathBuf {
+        self.dir.join("sockets")
     }
 
     fn log_path(&self) -> PathBuf {
@@ -147,8 +158,10 @@ impl Daemon {
                 listening(fresh, "intervirt"),
                 listening(fresh, "distillery"),
                 listening(fresh, "duxcore"),
+                listening(fresh, "flowmanager"),
             );
-            if let (Some(t), Some(i), Some(d), Some(x)) = addresses {
+            if let (Some(t), Some(i), Some(d), Some(x), Some(f)) = addresses {
+                self.flow = f;
                 self.transfer = t;
                 self.intervirt = i;
                 self.distillery = d;
@@ -310,6 +323,70 @@ pub fn duxcore_request(
     let text = resp.body_mut().read_to_string().unwrap_or_default();
     let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
     Some((status, v))
+}
+
+/// A Socket.IO client of the Flow Manager (Socket.IO v5 over Engine.IO v4, websocket
+/// transport).
+pub struct Sio {
+    ws: WebSocket<TcpStream>,
+}
+
+impl Sio {
+    /// Connects to the default namespace; None when gantry does not answer.
+    pub fn connect(addr: SocketAddr) -> Option<Sio> {
+        let stream = TcpStream::connect(addr).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .ok()?;
+        let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+        let (ws, _) = tungstenite::client::client(url, stream).ok()?;
+        let mut sio = Sio { ws };
+        sio.next_where(|t| t.starts_with('0'))?;
+        sio.ws.send(Message::text("40")).ok()?;
+        sio.next_where(|t| t.starts_with("40"))?;
+        // The server's handlers are in place once it greets (an event sent right after the
+        // connect acknowledgement may come before them and go unanswered).
+        sio.next_where(|t| t.starts_with("42[\"connected\""))?;
+        Some(sio)
+    }
+
+    /// The next text packet satisfying `pred` (pings answered on the way), within 120 s.
+    fn next_where(&mut self, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if Instant::now() > deadline {
+                eprintln!("    (Socket.IO: no answer within 120 s)");
+                return None;
+            }
+            let read = self.ws.read();
+            let read = read.map_err(|e| eprintln!("    (Socket.IO read: {e})"));
+            let text = match read.ok()? {
+                Message::Text(t) => t.to_string(),
+                Message::Close(_) => return None,
+                _ => continue,
+            };
+            if text == "2" {
+                self.ws.send(Message::text("3")).ok()?;
+            } else if pred(&text) {
+                return Some(text);
+            }
+        }
+    }
+
+    /// Emits `event` with `data`: the event `reply` or `error` that answers it (its name and
+    /// data), None when the connection ended first (a crash).
+    pub fn call(&mut self, event: &str, data: Value, reply: &str) -> Option<(String, Value)> {
+        let packet = format!("42{}", json!([event, data]));
+        self.ws.send(Message::text(packet)).ok()?;
+        loop {
+            let text = self.next_where(|t| t.starts_with("42"))?;
+            let v: Value = serde_json::from_str(&text[2..]).ok()?;
+            let name = v[0].as_str().unwrap_or_default();
+            if name == reply || name == "error" {
+                return Some((name.to_string(), v[1].clone()));
+            }
+        }
+    }
 }
 
 /// One Distillery call (`{"call", "params"}` as a binary frame on `/api/v1/ws`): its result,

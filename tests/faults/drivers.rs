@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 
 use serde_json::{json, Value};
 
-use super::daemon::Daemon;
+use super::daemon::{Daemon, Sio};
 use super::world::{World, IMAGE_ALIAS};
 use crate::common::bundle::multipart;
 use crate::common::enc;
@@ -32,7 +32,14 @@ pub struct Made {
     /// An image import was committed (its intent gone) before the fault: its image (with
     /// the import label) may stay, and goes with the clean-up.
     pub import_committed: bool,
+    /// Flow Manager containers (by name) the run may have made.
+    pub flow: Vec<String>,
+    /// The id of the Flow Manager container an update works on, before it.
+    pub flow_old: Option<String>,
 }
+
+/// The label of the Flow Manager's containers, naming the dialect.
+pub const LABEL_DIALECT: &str = "io.gantry.dialect";
 
 /// The label a duxcore image import gives its image.
 pub const LABEL_IMPORT: &str = "io.gantry.duxcore.import";
@@ -194,6 +201,45 @@ fn provision_param(world: &World, d: &Daemon, names: &mut Names, made: &mut Made
     json!({"Slug": format!("{name}:1"), "Bundle": file.display().to_string()}).to_string()
 }
 
+/// A Flow Manager container of the test image that runs until stopped.
+fn flow_spec(name: &str) -> Value {
+    json!({"name": name, "image": IMAGE_ALIAS,
+           "command": "trap 'exit 0' TERM; sleep 600 & wait"})
+}
+
+/// A code directory `version` for a Flow Manager update (its `version` file says which).
+fn code_dir(d: &Daemon, version: &str) -> String {
+    let dir = d.dir.join(format!("code-{version}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("version"), version).unwrap();
+    dir.display().to_string()
+}
+
+/// One Flow Manager event that must be answered with `reply`; the reply's data.
+fn flow_ok(d: &Daemon, event: &str, data: Value, reply: &str) -> Value {
+    let answer = Sio::connect(d.flow).and_then(|mut s| s.call(event, data, reply));
+    match answer {
+        Some((name, data)) if name == reply => data,
+        other => panic!("setup {event}: {other:?}"),
+    }
+}
+
+/// A Flow Manager container, running, with the code `v1` (an update's first).
+fn flow_container(d: &Daemon, names: &mut Names, made: &mut Made) {
+    let name = names.next("flow");
+    flow_ok(d, "create_container", flow_spec(&name), "container_created");
+    made.flow.push(name.clone());
+    flow_ok(
+        d,
+        "start_container",
+        json!({"container_id": name}),
+        "container_started",
+    );
+    let data = json!({"container_id": name, "code_path": code_dir(d, "v1")});
+    let updated = flow_ok(d, "update_container", data, "container_updated");
+    made.flow_old = updated["container_id"].as_str().map(String::from);
+}
+
 fn add_container(d: &Daemon, made: &mut Made, names: &mut Names) {
     let name = names.next("iv");
     let code = d
@@ -219,7 +265,8 @@ pub fn setup(op: &str, world: &World, d: &Daemon, names: &mut Names) -> Made {
             import_app(world, d, &names.next("App"), &mut made);
             distillery_ok(d, "backup", &[]);
         }
-        "provision" | "service-create" | "import-image" => {}
+        "provision" | "service-create" | "import-image" | "flow-create" => {}
+        "flow-update" | "flow-delete" => flow_container(d, names, &mut made),
         "intervirt-remove" | "intervirt-update" | "intervirt-wipe" => {
             add_container(d, &mut made, names)
         }
@@ -241,7 +288,7 @@ pub fn trigger(
     big: bool,
 ) -> JoinHandle<Option<Value>> {
     let (transfer, intervirt, distillery) = (d.transfer, d.intervirt, d.distillery);
-    let duxcore = d.duxcore;
+    let (duxcore, flow) = (d.duxcore, d.flow);
     let request = match op {
         "import" => {
             let name = names.next("App");
@@ -300,6 +347,20 @@ pub fn trigger(
             ));
             Request::Duxcore("POST", "/v1/docker/image".into(), body)
         }
+        "flow-create" => {
+            let name = names.next("flow");
+            made.flow.push(name.clone());
+            Request::Flow("create_container", flow_spec(&name), "container_created")
+        }
+        "flow-update" => {
+            let code = code_dir(d, "v2");
+            let data = json!({"container_id": made.flow[0], "code_path": code});
+            Request::Flow("update_container", data, "container_updated")
+        }
+        "flow-delete" => {
+            let data = json!({"container_id": made.flow[0]});
+            Request::Flow("delete_container", data, "container_deleted")
+        }
         "provision" => {
             let param = provision_param(world, d, names, made);
             Request::Distillery("provision".into(), vec![param])
@@ -313,6 +374,7 @@ pub fn trigger(
         intervirt,
         distillery,
         duxcore,
+        flow,
     };
     std::thread::spawn(move || client.send(request))
 }
@@ -323,6 +385,8 @@ enum Request {
     /// A Distillery call and its parameters.
     Distillery(String, Vec<String>),
     Duxcore(&'static str, String, Option<(String, Vec<u8>)>),
+    /// A Flow Manager event, its data and the name of its reply.
+    Flow(&'static str, Value, &'static str),
 }
 
 /// MiB of random data in the root filesystem an image import sends (Docker takes a moment
@@ -335,6 +399,7 @@ struct Client {
     intervirt: std::net::SocketAddr,
     distillery: std::net::SocketAddr,
     duxcore: std::net::SocketAddr,
+    flow: std::net::SocketAddr,
 }
 
 impl Client {
@@ -368,6 +433,10 @@ impl Client {
                     super::daemon::duxcore_request(&agent, self.duxcore, method, &path, body)?;
                 Some(json!({"status": status, "body": body}))
             }
+            Request::Flow(event, data, reply) => {
+                let (name, data) = Sio::connect(self.flow)?.call(event, data, reply)?;
+                Some(json!({"event": name, "data": data}))
+            }
         }
     }
 }
@@ -384,6 +453,7 @@ pub fn next_and_clean(
     op: &str,
 ) -> Vec<String> {
     let mut problems = clean_services(world, d, made);
+    problems.extend(clean_flow(d, made));
     for app in d.apps() {
         let id = app["Id"].as_str().unwrap_or_default().to_string();
         let path = app_path(&id);
@@ -439,6 +509,34 @@ pub fn next_and_clean(
     problems
 }
 
+/// Each Flow Manager container the run may have made is started, then deleted (or there is
+/// none). The failures.
+fn clean_flow(d: &Daemon, made: &Made) -> Vec<String> {
+    let mut problems = Vec::new();
+    for name in &made.flow {
+        let Some(mut sio) = Sio::connect(d.flow) else {
+            problems.push("the Flow Manager does not answer".into());
+            continue;
+        };
+        let data = json!({"container_id": name});
+        let started = sio.call("start_container", data.clone(), "container_started");
+        let deleted = sio.call("delete_container", data, "container_deleted");
+        let gone = |r: &Option<(String, Value)>| {
+            r.as_ref()
+                .is_some_and(|(_, v)| v.to_string().contains("not found"))
+        };
+        let ok = |r: &Option<(String, Value)>, want: &str| {
+            r.as_ref().is_some_and(|(n, _)| n == want) || gone(r)
+        };
+        if !ok(&started, "container_started") || !ok(&deleted, "container_deleted") {
+            problems.push(format!(
+                "start and delete of {name} after the recovery: {started:?} {deleted:?}"
+            ));
+        }
+    }
+    problems
+}
+
 /// Each service the run may have made is deleted (or there is none); a committed image
 /// import's image goes. The failures.
 fn clean_services(world: &World, d: &Daemon, made: &Made) -> Vec<String> {
@@ -465,6 +563,9 @@ fn clean_services(world: &World, d: &Daemon, made: &Made) -> Vec<String> {
 pub fn expected(op: &str, point: &str, world: &World, d: &Daemon, made: &Made) -> Vec<String> {
     if op == "service-create" || op == "import-image" {
         return rolled_back_service(op, world, d, made);
+    }
+    if op.starts_with("flow-") {
+        return flow_expected(op, point, world, d, made);
     }
     let Some(app) = made.apps.first() else {
         return Vec::new();
@@ -524,6 +625,41 @@ fn rolled_back_service(op: &str, world: &World, d: &Daemon, made: &Made) -> Vec<
         if dir.exists() {
             problems.push(format!("{} left by an interrupted create", dir.display()));
         }
+    }
+    problems
+}
+
+/// A Flow Manager create is finished once its request reached Docker, an update rolled back
+/// until its old container was removed (finished after), a delete finished.
+fn flow_expected(op: &str, point: &str, world: &World, d: &Daemon, made: &Made) -> Vec<String> {
+    let name = &made.flow[0];
+    let inspect = world.docker(&["inspect", "-f", "{{.Id}} {{.State.Running}}", name]);
+    let found = String::from_utf8_lossy(&inspect.stdout).trim().to_string();
+    let exists = inspect.status.success();
+    let code = std::fs::read_to_string(d.sockets().join(format!("{name}_code/version")));
+    let mut problems = Vec::new();
+    match op {
+        "flow-create" if point != "flow-create.intent-written" && !exists => problems.push(
+            format!("{name} was not created after an interrupted create"),
+        ),
+        "flow-delete" if exists || code.is_ok() => problems.push(format!(
+            "{name} or its code left after an interrupted delete"
+        )),
+        "flow-update" => {
+            let kept = point == "flow-update.old-removed";
+            let old = made.flow_old.as_deref().unwrap_or_default();
+            let want = if kept { "v2" } else { "v1" };
+            if found.starts_with(old) == kept {
+                problems.push(format!("{name} is {found:?} after the update (old {old})"));
+            }
+            if !found.ends_with("true") {
+                problems.push(format!("{name} does not run after the update: {found:?}"));
+            }
+            if code.as_deref().ok() != Some(want) {
+                problems.push(format!("{name}'s code is {code:?}, not {want}"));
+            }
+        }
+        _ => {}
     }
     problems
 }

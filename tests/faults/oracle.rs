@@ -35,6 +35,7 @@ pub fn check(world: &World, d: &Daemon, made: &Made) -> Vec<String> {
     }
     problems.extend(check_images(world, &apps, &kept));
     problems.extend(check_services(world, &d.state()));
+    problems.extend(check_flow(world, &d.sockets()));
     problems.extend(check_intervirt(world, d, &made.containers));
     problems.extend(check_state_dir(&d.state()));
     problems
@@ -72,7 +73,12 @@ pub fn settle(d: &Daemon) -> Vec<String> {
 
 fn pending_intents(state: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    let dirs = ["intents", "intervirt/intents", "duxcore/intents"];
+    let dirs = [
+        "intents",
+        "intervirt/intents",
+        "duxcore/intents",
+        "flowmanager/intents",
+    ];
     for dir in dirs.map(|d| state.join(d)) {
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             out.push(format!("intent {}", e.path().display()));
@@ -266,6 +272,31 @@ fn check_services(world: &World, state: &Path) -> Vec<String> {
     problems
 }
 
+/// No Flow Manager container parked by an update, each with its socket, no code copy being
+/// swapped in, no code directory without its container.
+fn check_flow(world: &World, sockets: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    let filter = format!("label={}=flowmanager", super::drivers::LABEL_DIALECT);
+    let names = world.docker_lines(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"]);
+    for name in &names {
+        if name.contains("-gantry-old-") {
+            problems.push(format!("parked Flow Manager container {name}"));
+        } else if !sockets.join(format!("{name}.sock")).exists() {
+            problems.push(format!("Flow Manager container {name} without its socket"));
+        }
+    }
+    for e in std::fs::read_dir(sockets).into_iter().flatten().flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let owner = file.strip_suffix("_code");
+        if file.starts_with('.') {
+            problems.push(format!("code copy left: {file}"));
+        } else if owner.is_some_and(|o| !names.iter().any(|n| n == o)) {
+            problems.push(format!("code directory {file} of no container"));
+        }
+    }
+    problems
+}
+
 /// No staged or moved-away app, no upload, no unreadable intent left in the state directory.
 fn check_state_dir(state: &Path) -> Vec<String> {
     let mut problems = Vec::new();
@@ -308,7 +339,7 @@ fn check_state_dir(state: &Path) -> Vec<String> {
 pub fn left_over(world: &World) -> Vec<String> {
     let mut found = Vec::new();
     let fmt = "{{.Names}} {{.Label \"io.gantry.app-id\"}}{{.Label \"io.gantry.intervirt\"}}\
-               {{.Label \"io.gantry.duxcore.service\"}}";
+               {{.Label \"io.gantry.duxcore.service\"}}{{.Label \"io.gantry.dialect\"}}";
     for line in world.docker_lines(&["ps", "-a", "--format", fmt]) {
         let (name, labels) = line.split_once(' ').unwrap_or((&line, ""));
         if labels.trim().is_empty() || world.is_stuck(name) {

@@ -7,6 +7,8 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::core::recovery::crash_point;
+
 /// The live code directory of container `name`.
 pub fn live_dir(socket_dir: &Path, name: &str) -> PathBuf {
     socket_dir.join(format!("{name}_code"))
@@ -67,7 +69,14 @@ pub struct Swap {
 }
 
 /// Copies `src` beside the live directory and swaps it in (blocking: run off the runtime).
-pub fn swap_in(socket_dir: &Path, name: &str, src: &Path) -> io::Result<Swap> {
+/// `copied` is told, before the swap, the inode of the copy and whether there was code
+/// before: what [`undo_interrupted`] needs to tell the two directories apart after a crash.
+pub fn swap_in(
+    socket_dir: &Path,
+    name: &str,
+    src: &Path,
+    copied: impl FnOnce(u64, bool) -> io::Result<()>,
+) -> io::Result<Swap> {
     let live = live_dir(socket_dir, name);
     let other = staging_dir(socket_dir, name);
     remove_if_present(&other)?;
@@ -79,11 +88,14 @@ pub fn swap_in(socket_dir: &Path, name: &str, src: &Path) -> io::Result<Swap> {
     let mode = std::fs::metadata(&other)?.permissions().mode() | 0o555;
     std::fs::set_permissions(&other, std::fs::Permissions::from_mode(mode))?;
     let had_code = live.is_dir();
+    copied(inode(&other)?, had_code)?;
+    crash_point("flow-update.code-copied");
     if had_code {
         exchange(&other, &live)?;
     } else {
         std::fs::rename(&other, &live)?;
     }
+    crash_point("flow-update.code-swapped");
     Ok(Swap {
         live,
         other,
@@ -112,6 +124,36 @@ impl Swap {
     }
 }
 
+fn inode(p: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(p)?.ino())
+}
+
+/// After an update a crash interrupted: the old code back in place when the new copy (the
+/// directory of inode `new`) had been swapped in, and the copy removed either way.
+pub fn undo_interrupted(
+    socket_dir: &Path,
+    name: &str,
+    new: Option<u64>,
+    had_code: bool,
+) -> io::Result<()> {
+    let live = live_dir(socket_dir, name);
+    let other = staging_dir(socket_dir, name);
+    let swapped = new.is_some() && inode(&live).ok() == new;
+    if swapped && had_code {
+        exchange(&other, &live)?;
+    } else if swapped {
+        std::fs::rename(&live, &other)?;
+    }
+    remove_if_present(&other)
+}
+
+/// After an update a crash interrupted once its new container had replaced the old one:
+/// the new code stays, the old goes.
+pub fn commit_interrupted(socket_dir: &Path, name: &str) -> io::Result<()> {
+    remove_if_present(&staging_dir(socket_dir, name))
+}
+
 /// Removes the code directory of a deleted container.
 pub fn remove(socket_dir: &Path, name: &str) -> io::Result<()> {
     remove_if_present(&live_dir(socket_dir, name))?;
@@ -137,16 +179,19 @@ mod tests {
         let dir = t.path().join("sockets");
         std::fs::create_dir(&dir).unwrap();
         // First code: nothing to swap with; undo leaves no code.
-        let s = swap_in(&dir, "f", &v1).unwrap();
+        let s = swap_in(&dir, "f", &v1, |_, _| Ok(())).unwrap();
         assert_eq!(
             std::fs::read_to_string(s.live().join("run.sh")).unwrap(),
             "one"
         );
         s.undo().unwrap();
         assert!(!live_dir(&dir, "f").exists());
-        swap_in(&dir, "f", &v1).unwrap().commit().unwrap();
+        swap_in(&dir, "f", &v1, |_, _| Ok(()))
+            .unwrap()
+            .commit()
+            .unwrap();
         // Second code: swapped in whole, undone to the first, then kept.
-        let s = swap_in(&dir, "f", &v2).unwrap();
+        let s = swap_in(&dir, "f", &v2, |_, _| Ok(())).unwrap();
         let live = live_dir(&dir, "f");
         assert_eq!(
             std::fs::read_to_string(live.join("lib/run.sh")).unwrap(),
@@ -159,9 +204,48 @@ mod tests {
         assert!(!live.join("run.sh").exists());
         s.undo().unwrap();
         assert_eq!(std::fs::read_to_string(live.join("run.sh")).unwrap(), "one");
-        swap_in(&dir, "f", &v2).unwrap().commit().unwrap();
+        swap_in(&dir, "f", &v2, |_, _| Ok(()))
+            .unwrap()
+            .commit()
+            .unwrap();
         assert!(live.join("lib/run.sh").exists() && !staging_dir(&dir, "f").exists());
         remove(&dir, "f").unwrap();
         assert!(!live.exists());
+    }
+
+    #[test]
+    fn an_interrupted_swap_is_undone_by_the_copys_inode() {
+        let t = tempfile::tempdir().unwrap();
+        let (v1, v2) = (t.path().join("v1"), t.path().join("v2"));
+        write(&v1.join("run.sh"), "one");
+        write(&v2.join("run.sh"), "two");
+        let dir = t.path().join("sockets");
+        std::fs::create_dir(&dir).unwrap();
+        let read = || std::fs::read_to_string(live_dir(&dir, "f").join("run.sh")).unwrap();
+        // No code before: the first code swapped in goes again.
+        let noted = std::cell::Cell::new((0, true));
+        let note = |i, h| {
+            noted.set((i, h));
+            Ok(())
+        };
+        let _ = swap_in(&dir, "f", &v1, note).unwrap();
+        undo_interrupted(&dir, "f", Some(noted.get().0), noted.get().1).unwrap();
+        assert!(!live_dir(&dir, "f").exists());
+        swap_in(&dir, "f", &v1, |_, _| Ok(()))
+            .unwrap()
+            .commit()
+            .unwrap();
+        // Swapped in: the old code comes back.
+        let _ = swap_in(&dir, "f", &v2, note).unwrap();
+        assert_eq!(read(), "two");
+        undo_interrupted(&dir, "f", Some(noted.get().0), noted.get().1).unwrap();
+        assert_eq!(read(), "one");
+        assert!(!staging_dir(&dir, "f").exists());
+        // Copied, not swapped yet: the copy goes, the code stays.
+        copy_tree(&v2, &staging_dir(&dir, "f")).unwrap();
+        let copy = inode(&staging_dir(&dir, "f")).unwrap();
+        undo_interrupted(&dir, "f", Some(copy), true).unwrap();
+        assert_eq!(read(), "one");
+        assert!(!staging_dir(&dir, "f").exists());
     }
 }

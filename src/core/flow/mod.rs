@@ -16,6 +16,7 @@ pub mod error;
 mod fdstore;
 mod monitor;
 pub mod ops;
+mod recover;
 mod sockets;
 pub mod spec;
 pub mod status;
@@ -116,16 +117,23 @@ pub struct FlowManager {
     events: broadcast::Sender<FlowEvent>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     monitor: monitor::Tracker,
+    /// The intents of creates, updates and deletes in flight, resolved after a crash.
+    intents: recover::FlowIntents,
 }
 
 impl FlowManager {
-    /// The service; nothing runs until [`FlowManager::start_up`].
+    /// The service, its intents in `state_dir/intents`; nothing runs until
+    /// [`FlowManager::start_up`].
     pub fn new(
         engine: Arc<dyn ContainerEngine>,
         view: Arc<LiveView>,
         settings: FlowConfig,
+        state_dir: &std::path::Path,
         stop: CancellationToken,
-    ) -> Arc<Self> {
+    ) -> CoreResult<Arc<Self>> {
+        let dir = state_dir.join("intents");
+        let intents = recover::FlowIntents::open(&dir)
+            .map_err(|e| CoreError::io(format!("cannot open {}", dir.display()), e))?;
         let (events, _) = broadcast::channel(EVENT_QUEUE);
         let sockets = Arc::new(sockets::Hub::new(
             settings.socket_dir.clone(),
@@ -134,7 +142,7 @@ impl FlowManager {
             events.clone(),
             stop,
         ));
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             engine,
             view,
             settings,
@@ -142,7 +150,13 @@ impl FlowManager {
             events,
             locks: Mutex::default(),
             monitor: monitor::Tracker::default(),
-        })
+            intents,
+        }))
+    }
+
+    /// The intents of the operations in flight (and of interrupted ones).
+    pub fn intents(&self) -> &recover::FlowIntents {
+        &self.intents
     }
 
     pub fn settings(&self) -> &FlowConfig {
@@ -158,11 +172,14 @@ impl FlowManager {
         let _ = self.events.send(event);
     }
 
-    /// Creates the socket directory, serves the sockets of the containers that exist, and
-    /// starts watching Docker.
+    /// Creates the socket directory, resolves the operations a crash interrupted, serves the
+    /// sockets of the containers that exist, and starts watching Docker.
     pub async fn start_up(self: &Arc<Self>, stop: CancellationToken) {
         if let Err(e) = create_private_dir(&self.settings.socket_dir) {
             tracing::error!(dir = %self.settings.socket_dir.display(), error = %e, "cannot create the Flow Manager socket directory");
+        }
+        if let Err(e) = self.recover().await {
+            tracing::warn!(error = %e, "cannot recover interrupted Flow Manager operations");
         }
         if std::env::var_os("INVOCATION_ID").is_some()
             && self.settings.socket_dir.starts_with("/tmp")

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::recover::{FlowIntent, FlowOp};
 use super::status::inspect_info;
 use super::update::Updated;
 use super::{
@@ -15,6 +16,7 @@ use super::{
 };
 use crate::core::engine::EngineError;
 use crate::core::ops::{Operation, Reporter, Start, Summary};
+use crate::core::recovery::{crash_point, noted, settle};
 use crate::core::tasks::TaskKind;
 use crate::core::view::fetch;
 use crate::core::{Core, CoreError, CoreResult};
@@ -94,17 +96,38 @@ impl FlowManager {
                 path.display()
             )));
         }
+        let intent = self
+            .intents
+            .begin(FlowOp::Create, Some(&name), Default::default())?;
+        crash_point("flow-create.intent-written");
+        let result = self
+            .create_recorded(spec, &name, path, &intent, r, cancel)
+            .await;
+        settle(&intent, &result);
+        result
+    }
+
+    async fn create_recorded(
+        &self,
+        spec: ContainerSpec,
+        name: &str,
+        path: PathBuf,
+        intent: &FlowIntent,
+        r: Reporter<FlowStep>,
+        cancel: CancellationToken,
+    ) -> CoreResult<ContainerInfo> {
         let image = spec.image.trim().to_string();
         self.ensure_image(&image, &r, &cancel).await?;
         r.report(FlowStep::Creating);
-        let lock = self.lock_of(&name);
+        let lock = self.lock_of(name);
         let _held = lock.lock().await;
+        let body = spec.create_body(&path);
+        // From here on an interruption is finished from this request.
+        intent.note("body", &body)?;
         // Docker judges the name first; the socket path is only touched once the name is ours.
-        let id = self
-            .engine
-            .create_container(&name, spec.create_body(&path))
-            .await?;
-        if let Err(e) = self.sockets.open(&name, &id, &path) {
+        let id = self.engine.create_container(name, body).await?;
+        crash_point("flow-create.created");
+        if let Err(e) = self.sockets.open(name, &id, &path) {
             let _ = self.engine.remove_container(&id, true, true).await;
             self.changed(&[&id]).await;
             return Err(e.into());
@@ -119,9 +142,23 @@ impl FlowManager {
         let name = name_of(&c);
         let lock = self.lock_of(&name);
         let _held = lock.lock().await;
-        let removed = self.engine.remove_container(&id_of(&c), true, true).await;
-        self.changed(&[&id_of(&c)]).await;
+        let data = noted("id", id_of(&c));
+        let intent = self.intents.begin(FlowOp::Delete, Some(&name), data)?;
+        crash_point("flow-delete.intent-written");
+        let result = self.delete_recorded(&c, name).await;
+        settle(&intent, &result);
+        result
+    }
+
+    async fn delete_recorded(
+        &self,
+        c: &bollard::models::ContainerInspectResponse,
+        name: String,
+    ) -> CoreResult<(String, String)> {
+        let removed = self.engine.remove_container(&id_of(c), true, true).await;
+        self.changed(&[&id_of(c)]).await;
         removed?;
+        crash_point("flow-delete.removed");
         self.sockets.close(&name);
         let dir = self.settings.socket_dir.clone();
         let n = name.clone();
@@ -133,7 +170,7 @@ impl FlowManager {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&name);
-        Ok((id_of(&c), name))
+        Ok((id_of(c), name))
     }
 }
 

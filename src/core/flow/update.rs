@@ -10,8 +10,10 @@ use std::sync::Arc;
 
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse};
 
+use super::recover::{FlowIntent, FlowOp};
 use super::status::is_running;
 use super::{code, id_of, log_tail, name_of, FlowManager, CODE_TARGET};
+use crate::core::recovery::{crash_point, noted, settle};
 use crate::core::{CoreError, CoreResult};
 
 /// The outcome of an update.
@@ -92,22 +94,44 @@ impl FlowManager {
         let lock = self.lock_of(&name);
         let _held = lock.lock().await;
         let c = self.resolve(&id_of(&c)).await?;
+        let mut data = noted("old", id_of(&c));
+        data.insert("running".into(), is_running(&c).into());
+        let intent = Arc::new(self.intents.begin(FlowOp::Update, Some(&name), data)?);
+        crash_point("flow-update.intent-written");
+        let result = self.update_recorded(&c, name, src, intent.clone()).await;
+        settle(&intent, &result);
+        result
+    }
+
+    async fn update_recorded(
+        &self,
+        c: &ContainerInspectResponse,
+        name: String,
+        src: &Path,
+        intent: Arc<FlowIntent>,
+    ) -> CoreResult<Updated> {
         let (dir, n, s) = (
             self.settings.socket_dir.clone(),
             name.clone(),
             src.to_path_buf(),
         );
-        let swap = tokio::task::spawn_blocking(move || code::swap_in(&dir, &n, &s))
+        // Which directory is the new code: what the rollback of an interruption needs.
+        let copied = move |ino: u64, had: bool| {
+            let noted = intent.note("code_ino", ino);
+            let noted = noted.and_then(|()| intent.note("had_code", had));
+            noted.map_err(|e| std::io::Error::other(e.to_string()))
+        };
+        let swap = tokio::task::spawn_blocking(move || code::swap_in(&dir, &n, &s, copied))
             .await
             .map_err(|e| CoreError::Failed(format!("the code copy failed: {e}")))?
             .map_err(|e| {
                 CoreError::io(format!("cannot copy the code from {}", src.display()), e)
             })?;
-        let recreated = self.recreate(&c, swap.live()).await;
+        let recreated = self.recreate(c, swap.live()).await;
         // The old container (renamed, removed, or back under its name) and the new one.
         match &recreated {
-            Ok(new_id) => self.changed(&[&id_of(&c), new_id]).await,
-            Err(_) => self.changed(&[&id_of(&c)]).await,
+            Ok(new_id) => self.changed(&[&id_of(c), new_id]).await,
+            Err(_) => self.changed(&[&id_of(c)]).await,
         }
         match recreated {
             Ok(new_id) => {
@@ -116,7 +140,7 @@ impl FlowManager {
                 }
                 Ok(Updated {
                     id: new_id,
-                    previous_id: id_of(&c),
+                    previous_id: id_of(c),
                     name,
                 })
             }
@@ -125,11 +149,11 @@ impl FlowManager {
                 if let Err(u) = swap.undo() {
                     tracing::error!(container = %name, error = %u, "cannot put the old code back");
                 }
-                if is_running(&c) {
-                    if let Err(e) = self.engine.start_container(&id_of(&c)).await {
+                if is_running(c) {
+                    if let Err(e) = self.engine.start_container(&id_of(c)).await {
                         tracing::error!(container = %name, error = %e, "rollback: cannot start the old container");
                     }
-                    self.changed(&[&id_of(&c)]).await;
+                    self.changed(&[&id_of(c)]).await;
                 }
                 Err(e.context(format!("updating {name} failed and was rolled back")))
             }
@@ -148,9 +172,11 @@ impl FlowManager {
                 .stop_container_with_timeout(&old, self.settings.stop_timeout_secs)
                 .await?;
         }
+        crash_point("flow-update.stopped");
         if let Err(e) = self.engine.rename_container(&old, &parked).await {
             return Err(e.into());
         }
+        crash_point("flow-update.parked");
         match self.start_successor(&name, body, running).await {
             Ok(new) => {
                 if let Some(ep) = self.sockets.get(&name) {
@@ -159,6 +185,7 @@ impl FlowManager {
                 if let Err(e) = self.engine.remove_container(&old, true, false).await {
                     tracing::warn!(container = %parked, error = %e, "cannot remove the old container");
                 }
+                crash_point("flow-update.old-removed");
                 Ok(new)
             }
             Err(e) => {
@@ -177,11 +204,13 @@ impl FlowManager {
         start: bool,
     ) -> CoreResult<String> {
         let new = self.engine.create_container(name, body).await?;
+        crash_point("flow-update.created");
         let result = async {
             if !start {
                 return Ok(());
             }
             self.engine.start_container(&new).await?;
+            crash_point("flow-update.started");
             tokio::time::sleep(self.settings.update_settle).await;
             let c = self.engine.inspect_container(&new).await?;
             if is_running(&c) {

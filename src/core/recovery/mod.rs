@@ -63,10 +63,10 @@ pub fn settle<K: IntentKind, T, E: HasKind>(intent: &Intent<K>, result: &Result<
 
 /// Resolves what stays pending (Docker was down at start, or went away during an operation)
 /// once Docker answers again, and retries failed resolutions now and then; until `stop`.
-/// The apps' and the duxcore services' intents (the Intervirt agent's are resolved by its
-/// Docker watcher).
+/// The apps', the duxcore services' and the Flow Manager's intents (the Intervirt agent's
+/// are resolved by its Docker watcher).
 pub async fn resolve_pending(core: Arc<Core>, health: EngineHealth, stop: CancellationToken) {
-    let (apps, services) = (&core.apps, core.services.as_deref());
+    let (apps, services, flow) = (&core.apps, core.services.as_deref(), core.flow.as_deref());
     let mut status = health.subscribe();
     loop {
         if health.current().is_reachable() {
@@ -80,6 +80,11 @@ pub async fn resolve_pending(core: Arc<Core>, health: EngineHealth, stop: Cancel
                     tracing::warn!(error = %e, "recovery of interrupted service operations failed");
                 }
             }
+            if let Some(f) = flow.filter(|f| f.intents().has_pending()) {
+                if let Err(e) = f.recover().await {
+                    tracing::warn!(error = %e, "recovery of interrupted Flow Manager operations failed");
+                }
+            }
         }
         let services_pending = async {
             match services {
@@ -87,10 +92,17 @@ pub async fn resolve_pending(core: Arc<Core>, health: EngineHealth, stop: Cancel
                 None => std::future::pending().await,
             }
         };
+        let flow_pending = async {
+            match flow {
+                Some(f) => f.intents().became_pending().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = apps.intents().became_pending() => {}
             _ = services_pending => {}
+            _ = flow_pending => {}
             r = status.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
         }
