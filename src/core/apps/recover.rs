@@ -20,7 +20,7 @@ use super::lifecycle::{Apps, BusyGuard, LineFn, RemoveOptions, StopOptions};
 use super::store::{AppStore, StoredApp};
 use super::AppId;
 use crate::core::engine::{ContainerEngine, EngineError};
-use crate::core::recovery::{Intent, IntentKind, IntentLog, Pending, Record};
+use crate::core::recovery::{self, Intent, IntentKind, IntentLog, Pending, Record};
 use crate::core::{CoreResult, ErrorKind};
 
 /// The operations whose intent the apps service records.
@@ -52,10 +52,6 @@ enum Outcome {
     /// Images that are not (yet) there: watched until no load of them can be in flight.
     Watch(Vec<String>),
 }
-
-/// A resolution that failed for another reason than Docker being away is tried this many
-/// times, then given up (logged) so that the app does not stay busy for ever.
-const ATTEMPTS: u32 = 3;
 
 impl Apps {
     /// Resolves every pending intent by its kind's rule, oldest first; run at start before
@@ -94,17 +90,15 @@ impl Apps {
     }
 
     fn conclude(&self, p: Pending<AppOp>, outcome: CoreResult<Outcome>) {
-        let name = p.record.kind.name();
         let app = p.record.app.clone();
-        self.release(p, name, outcome);
+        self.release(p, outcome);
         if let Some(app) = app {
             self.unmark_recovered(&app);
         }
     }
 
-    fn release(&self, p: Pending<AppOp>, name: String, outcome: CoreResult<Outcome>) {
+    fn release(&self, p: Pending<AppOp>, outcome: CoreResult<Outcome>) {
         match outcome {
-            Ok(Outcome::Resolved) => self.intents.release(p, true),
             Ok(Outcome::Watch(ids)) => {
                 let (engine, store) = (self.engine.clone(), self.store().clone());
                 let intents = self.intents.clone();
@@ -115,18 +109,7 @@ impl Apps {
                     drop(watching);
                 });
             }
-            Err(e) if e.kind() == ErrorKind::Unavailable => {
-                tracing::warn!(operation = %name, error = %e, "recovery postponed until Docker answers");
-                self.intents.release(p, false);
-            }
-            Err(e) if p.attempts + 1 < ATTEMPTS => {
-                tracing::warn!(operation = %name, error = %e, "recovery failed; trying again later");
-                self.intents.release(p, false);
-            }
-            Err(e) => {
-                tracing::error!(operation = %name, error = %e, "cannot recover an interrupted operation; giving up");
-                self.intents.release(p, true);
-            }
+            other => recovery::conclude(&self.intents, p, other.map(|_| ())),
         }
     }
 

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use super::status::is_running;
 use super::{code, id_of, FlowManager, DIALECT, LABEL_DIALECT};
 use crate::core::engine::EngineError;
-use crate::core::recovery::{Intent, IntentKind, IntentLog, Pending, Record};
-use crate::core::{CoreResult, ErrorKind};
+use crate::core::recovery::{conclude, resolvable, Intent, IntentKind, IntentLog, Record};
+use crate::core::CoreResult;
 
 /// The operations whose intent the Flow Manager records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,44 +36,25 @@ pub type FlowIntent = Intent<FlowOp>;
 /// (its name is taken, no container shows yet), 250 ms apart.
 const LATE: Duration = Duration::from_secs(10);
 const EVERY: Duration = Duration::from_millis(250);
-const ATTEMPTS: u32 = 3;
 
 impl FlowManager {
     /// Resolves every pending intent, oldest first (nothing while Docker does not answer).
     pub async fn recover(&self) -> CoreResult<()> {
-        if !self.intents.has_pending() {
-            return Ok(());
-        }
-        if let Err(e) = self.engine.version().await {
-            tracing::warn!(error = %e, "interrupted Flow Manager operations are recovered once Docker answers");
+        let what = "Flow Manager operations";
+        if !resolvable(&self.intents, self.engine.as_ref(), what).await {
             return Ok(());
         }
         for p in self.intents.take_pending() {
-            let name = p.record.kind.name();
-            tracing::info!(operation = %name, container = ?p.record.app, "recovering an interrupted Flow Manager operation");
-            let outcome = match p.record.kind {
+            let (kind, name) = (p.record.kind, p.record.app.clone());
+            tracing::info!(operation = %kind.name(), container = ?name, "recovering an interrupted Flow Manager operation");
+            let outcome = match kind {
                 FlowOp::Create => self.finish_create(&p.record).await,
                 FlowOp::Update => self.settle_update(&p.record).await,
                 FlowOp::Delete => self.finish_delete(&p.record).await,
             };
-            self.conclude(p, outcome);
+            conclude(&self.intents, p, outcome);
         }
         Ok(())
-    }
-
-    fn conclude(&self, p: Pending<FlowOp>, outcome: CoreResult<()>) {
-        let name = p.record.kind.name();
-        match outcome {
-            Ok(()) => self.intents.release(p, true),
-            Err(e) if e.kind() == ErrorKind::Unavailable || p.attempts + 1 < ATTEMPTS => {
-                tracing::warn!(operation = %name, error = %e, "Flow Manager recovery postponed");
-                self.intents.release(p, false);
-            }
-            Err(e) => {
-                tracing::error!(operation = %name, error = %e, "cannot recover an interrupted Flow Manager operation; giving up");
-                self.intents.release(p, true);
-            }
-        }
     }
 
     /// The id of the Flow Manager container named `name`; None when there is none (or the

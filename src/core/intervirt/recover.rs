@@ -17,7 +17,7 @@ use super::{
     ProgressSink,
 };
 use crate::core::engine::EngineError;
-use crate::core::recovery::{Intent, IntentKind, IntentLog, Pending, Record};
+use crate::core::recovery::{conclude, resolvable, Intent, IntentKind, IntentLog, Record};
 use crate::core::ErrorKind;
 
 /// The requests whose intent the agent records.
@@ -56,9 +56,6 @@ pub(super) fn open_intents(state_dir: &Path) -> AgentIntents {
     })
 }
 
-/// Failed resolutions (other than Docker being away) are given up after this many tries.
-const ATTEMPTS: u32 = 3;
-
 /// How long the recovery of an add waits for a container Docker is still creating.
 const CREATE_WAIT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 const CREATE_WAIT_ROUNDS: u32 = 40;
@@ -67,33 +64,15 @@ impl IntervirtAgent {
     /// Resolves every pending intent, oldest first (at start, and whenever the watcher
     /// reconnects to Docker). Nothing happens while Docker is unreachable.
     pub(super) async fn recover(&self) {
-        if !self.intents.has_pending() {
-            return;
-        }
-        if let Err(e) = self.engine.version().await {
-            tracing::warn!(error = %e, "interrupted Intervirt requests are recovered once Docker answers");
+        let what = "Intervirt requests";
+        if !resolvable(&self.intents, self.engine.as_ref(), what).await {
             return;
         }
         for p in self.intents.take_pending() {
             let name = p.record.app.clone().unwrap_or_default();
             tracing::info!(request = %p.record.kind.name(), container = %name, "recovering an interrupted request");
             let result = self.resolve(&p.record).await;
-            self.conclude(p, result);
-        }
-    }
-
-    fn conclude(&self, p: Pending<AgentOp>, result: AgentResult<()>) {
-        let name = p.record.kind.name();
-        match result {
-            Ok(()) => self.intents.release(p, true),
-            Err(e) if e.kind() == ErrorKind::Unavailable || p.attempts + 1 < ATTEMPTS => {
-                tracing::warn!(request = %name, error = %e, "recovery failed; trying again later");
-                self.intents.release(p, false);
-            }
-            Err(e) => {
-                tracing::error!(request = %name, error = %e, "cannot recover an interrupted request; giving up");
-                self.intents.release(p, true);
-            }
+            conclude(&self.intents, p, result);
         }
     }
 

@@ -52,6 +52,52 @@ impl HasKind for super::intervirt::AgentError {
     }
 }
 
+/// A resolution failing for another reason than Docker being away is tried this many times,
+/// then given up (logged), so that nothing stays busy for ever.
+pub const ATTEMPTS: u32 = 3;
+
+/// Whether `log`'s pending intents (`what`, for the log) can be resolved now: there are
+/// some, and Docker answers (else they wait for it).
+pub async fn resolvable<K: IntentKind>(
+    log: &IntentLog<K>,
+    engine: &dyn super::engine::ContainerEngine,
+    what: &str,
+) -> bool {
+    if !log.has_pending() {
+        return false;
+    }
+    if let Err(e) = engine.version().await {
+        tracing::warn!(error = %e, "interrupted {what} are recovered once Docker answers");
+        return false;
+    }
+    true
+}
+
+/// Ends the resolution of `p` by its outcome: resolved, its intent goes; Docker away, or a
+/// failure tried fewer than [`ATTEMPTS`] times, it stays pending; else it is given up.
+pub fn conclude<K: IntentKind, E: HasKind + std::fmt::Display>(
+    log: &IntentLog<K>,
+    p: Pending<K>,
+    outcome: Result<(), E>,
+) {
+    let name = p.record.kind.name();
+    match outcome {
+        Ok(()) => log.release(p, true),
+        Err(e) if e.error_kind() == ErrorKind::Unavailable => {
+            tracing::warn!(operation = %name, error = %e, "recovery postponed until Docker answers");
+            log.release(p, false);
+        }
+        Err(e) if p.attempts + 1 < ATTEMPTS => {
+            tracing::warn!(operation = %name, error = %e, "recovery failed; trying again later");
+            log.release(p, false);
+        }
+        Err(e) => {
+            tracing::error!(operation = %name, error = %e, "cannot recover an interrupted operation; giving up");
+            log.release(p, true);
+        }
+    }
+}
+
 /// Ends an operation's intent by its result: Docker having gone away leaves it for the
 /// resolver (the operation stopped somewhere unknown); any other end is settled.
 pub fn settle<K: IntentKind, T, E: HasKind>(intent: &Intent<K>, result: &Result<T, E>) {

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::spec::LABEL_SERVICE;
 use super::Services;
 use crate::core::engine::EngineError;
-use crate::core::recovery::{IntentKind, IntentLog, Pending, Record};
+use crate::core::recovery::{conclude, resolvable, IntentKind, IntentLog, Record};
 use crate::core::view::fetch as view_fetch;
-use crate::core::{CoreResult, ErrorKind};
+use crate::core::CoreResult;
 
 /// The operations whose intent the services record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,18 +46,11 @@ pub struct Before {
 const LATE: Duration = Duration::from_secs(10);
 const EVERY: Duration = Duration::from_millis(250);
 
-/// A resolution failing for another reason than Docker being away is given up after this
-/// many tries.
-const ATTEMPTS: u32 = 3;
-
 impl Services {
     /// Resolves every pending intent, oldest first (nothing while Docker does not answer).
     pub async fn recover(&self) -> CoreResult<()> {
-        if !self.intents.has_pending() {
-            return Ok(());
-        }
-        if let Err(e) = self.engine.version().await {
-            tracing::warn!(error = %e, "interrupted service operations are recovered once Docker answers");
+        let what = "service operations";
+        if !resolvable(&self.intents, self.engine.as_ref(), what).await {
             return Ok(());
         }
         for p in self.intents.take_pending() {
@@ -67,24 +60,9 @@ impl Services {
                 ServiceOp::Create => self.undo_create(&p.record).await,
                 ServiceOp::ImportImage => self.undo_import(&p.id, &p.record).await,
             };
-            self.conclude(p, outcome);
+            conclude(&self.intents, p, outcome);
         }
         Ok(())
-    }
-
-    fn conclude(&self, p: Pending<ServiceOp>, outcome: CoreResult<()>) {
-        let name = p.record.kind.name();
-        match outcome {
-            Ok(()) => self.intents.release(p, true),
-            Err(e) if e.kind() == ErrorKind::Unavailable || p.attempts + 1 < ATTEMPTS => {
-                tracing::warn!(operation = %name, error = %e, "service recovery postponed");
-                self.intents.release(p, false);
-            }
-            Err(e) => {
-                tracing::error!(operation = %name, error = %e, "cannot recover an interrupted service operation; giving up");
-                self.intents.release(p, true);
-            }
-        }
     }
 
     /// A create: the container it made (only when none of that name was there before) and
