@@ -251,11 +251,16 @@ impl Apps {
         let in_use = images_in_use(self.store())?;
         let mut missing = Vec::new();
         let ids = super::import::removal_order(&ids);
+        // What the removals so far untagged or deleted (an image goes with its last tag).
+        let mut gone = HashSet::new();
         for id in ids.iter().filter(|id| !in_use.contains(*id)) {
             match self.engine.remove_image(id, false).await {
-                Ok(_) => {
-                    tracing::info!(image = %id, "removed an image of an interrupted operation")
+                Ok(items) => {
+                    tracing::info!(image = %id, "removed an image of an interrupted operation");
+                    let items = items.into_iter().flat_map(|i| [i.deleted, i.untagged]);
+                    gone.extend(items.flatten());
                 }
+                Err(EngineError::NotFound(_)) if gone.contains(id) => {}
                 Err(EngineError::NotFound(_)) => missing.push(id.clone()),
                 Err(e @ EngineError::Unavailable(_)) => return Err(e.into()),
                 Err(e) => {
