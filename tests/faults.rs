@@ -344,14 +344,33 @@ fn dockerd_restarted_mid_operation() {
         ("intervirt-add", 200),
     ];
     let rounds = if soak() { 3 } else { 1 };
-    for round in 0..rounds {
-        for (op, delay) in ops {
-            let problems = dockerd_run(&world, &format!("d{round}-{op}"), op, delay);
-            report.add(&format!("dockerd restarted {delay} ms into {op}"), problems);
-        }
+    let mut runs: Vec<(usize, &str, u64)> = (0..rounds)
+        .flat_map(|r| ops.iter().map(move |&(op, delay)| (r, op, delay)))
+        .collect();
+    if soak() {
+        // Then once each operation the later dialects added.
+        runs.extend(LATER_OPS.iter().map(|&(op, delay)| (rounds, op, delay)));
+    }
+    for (round, op, delay) in runs {
+        let problems = dockerd_run(&world, &format!("d{round}-{op}"), op, delay);
+        report.add(&format!("dockerd restarted {delay} ms into {op}"), problems);
     }
     report.finish("dockerd restarts");
 }
+
+/// The operations of the Distillery, duxcore and Flow Manager dialects, with when dockerd is
+/// stopped under them in soak mode (ms).
+const LATER_OPS: &[(&str, u64)] = &[
+    ("rebuild", 400),
+    ("update", 600),
+    ("purge", 400),
+    ("provision", 800),
+    ("service-create", 300),
+    ("import-image", 300),
+    ("flow-create", 200),
+    ("flow-update", 600),
+    ("flow-delete", 200),
+];
 
 fn dockerd_run(world: &World, tag: &str, op: &'static str, delay: u64) -> Vec<String> {
     let mut run = Run::new(world, tag, op, "");

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::{self, run, run_ok, run_with_input, test_image};
 
+/// How long a daemon of the world may take to come up.
+const UP_WITHIN: Duration = Duration::from_secs(180);
+
 /// The Intervirt client names its image like this; the test image is tagged so.
 pub const IMAGE_ALIAS: &str = "debian/13";
 
@@ -120,7 +123,15 @@ impl World {
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         *self.dockerd() = Some(self.spawn("dockerd", &args));
-        self.wait_until("dockerd", || self.docker(&["version"]).status.success());
+        self.wait_until("dockerd", || {
+            // A dockerd that dies while it starts is Docker's fault, said as such.
+            if let Some(status) = self.dockerd().as_mut().and_then(|c| c.try_wait().ok()?) {
+                let log = std::fs::read_to_string(self.dir.join("dockerd.log"));
+                let tail: Vec<String> = log.unwrap_or_default().lines().rev().take(20).map(String::from).collect();
+                panic!("dockerd itself exited ({status}) while starting again (a Docker fault, not gantry's):\n{}", tail.join("\n"));
+            }
+            self.docker(&["version"]).status.success()
+        });
     }
 
     /// Stops dockerd as its unit would (SIGTERM; its containers are stopped).
@@ -150,13 +161,16 @@ impl World {
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
     }
 
+    /// Waits for `ready`, at most [`UP_WITHIN`] (a restarted dockerd took more than a minute
+    /// to reach its containerd on a loaded machine).
     fn wait_until(&self, what: &str, mut ready: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + UP_WITHIN;
         while !ready() {
             if Instant::now() > deadline {
                 let log = std::fs::read_to_string(self.dir.join(format!("{what}.log")));
                 panic!(
-                    "{what} did not come up within 60 s: {}",
+                    "{what} did not come up within {} s: {}",
+                    UP_WITHIN.as_secs(),
                     log.unwrap_or_default()
                 );
             }
