@@ -26,6 +26,7 @@ use crate::core::engine::ContainerEngine;
 use crate::core::health::EngineHealth;
 use crate::core::intervirt::{AgentSettings, IntervirtAgent};
 use crate::core::power::{LogindPower, NoPower, Power, RecordingPower, SyscallPower};
+use crate::core::templates::Templates;
 use crate::core::Core;
 
 /// Exit code for a configuration error; the unit's RestartPreventExitStatus= names it.
@@ -174,11 +175,20 @@ async fn serve(config: Config) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
+    let templates =
+        match Templates::open(engine.clone(), &config.state_dir, &import_settings(&config)) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the template store");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
     let watch_engine = engine.clone();
     let core = Arc::new(
         Core::new(engine, health.clone(), apps)
             .with_intervirt(intervirt)
-            .with_prefs(prefs),
+            .with_prefs(prefs)
+            .with_templates(templates),
     );
     {
         // App status changes made outside gantry reach the event bus through Docker's events.

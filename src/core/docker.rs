@@ -13,18 +13,19 @@ use bollard::models::{
     NetworkCreateRequest, Volume, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ImportImageOptionsBuilder,
-    ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
-    ListVolumesOptionsBuilder, LogsOptionsBuilder, PruneContainersOptionsBuilder,
-    PruneImagesOptionsBuilder, PruneVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveImageOptionsBuilder, RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    ImportImageOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
+    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
+    PruneContainersOptionsBuilder, PruneImagesOptionsBuilder, PruneVolumesOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RemoveVolumeOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::engine::{
-    ByteStream, ContainerEngine, EngineError, EngineResult, EngineVersion, Filter, LoadedImages,
-    LogLine,
+    BuildJob, ByteStream, ContainerEngine, EngineError, EngineResult, EngineVersion, Filter,
+    LoadedImages, LogLine,
 };
 
 pub struct DockerEngine {
@@ -433,6 +434,45 @@ impl ContainerEngine for DockerEngine {
             item.map_err(map_error)?;
         }
         Ok(())
+    }
+
+    async fn build_image(&self, job: BuildJob<'_>) -> EngineResult<String> {
+        let BuildJob {
+            context,
+            options,
+            on_line,
+        } = job;
+        let args: HashMap<String, String> = options.args.iter().cloned().collect();
+        let dockerfile = match options.dockerfile.as_str() {
+            "" => "Dockerfile",
+            d => d,
+        };
+        // The classic builder (version 1, the API's default): intermediate containers go
+        // also when a step fails.
+        let opts = BuildImageOptionsBuilder::default()
+            .t(&options.tag)
+            .dockerfile(dockerfile)
+            .buildargs(&args)
+            .rm(true)
+            .forcerm(true)
+            .build();
+        let body = bollard::body_try_stream(context);
+        let docker = self.clients()?.transfer;
+        let mut progress = docker.build_image(opts, None, Some(body));
+        let mut id = None;
+        while let Some(item) = progress.next().await {
+            let info = item.map_err(map_error)?;
+            for line in info.stream.as_deref().unwrap_or("").lines() {
+                if let Some(short) = line.strip_prefix("Successfully built ") {
+                    id.get_or_insert_with(|| short.trim().to_string());
+                }
+                on_line(line);
+            }
+            if let Some(full) = info.aux.and_then(|a| a.id) {
+                id = Some(full);
+            }
+        }
+        id.ok_or_else(|| EngineError::Failed("the build reported no image id".into()))
     }
 
     async fn container_logs(&self, id: &str, tail: Option<u64>) -> EngineResult<Vec<LogLine>> {

@@ -14,6 +14,7 @@ pub mod power;
 pub mod prefs;
 pub mod system;
 pub mod tasks;
+pub mod templates;
 
 use std::sync::Arc;
 
@@ -31,6 +32,8 @@ pub struct Core {
     pub tasks: tasks::TaskRegistry,
     /// The device name and key/value settings (persisted in the state directory).
     pub prefs: prefs::Prefs,
+    /// App templates, built on the device (none when not opened).
+    pub templates: Option<Arc<templates::Templates>>,
 }
 
 impl Core {
@@ -46,11 +49,17 @@ impl Core {
             intervirt: None,
             tasks: tasks::TaskRegistry::default(),
             prefs: prefs::Prefs::in_memory(),
+            templates: None,
         }
     }
 
     pub fn with_prefs(mut self, prefs: prefs::Prefs) -> Self {
         self.prefs = prefs;
+        self
+    }
+
+    pub fn with_templates(mut self, templates: templates::Templates) -> Self {
+        self.templates = Some(Arc::new(templates));
         self
     }
 

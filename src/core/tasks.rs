@@ -26,6 +26,10 @@ pub enum TaskKind {
     LoadImage,
     Stop,
     Refresh,
+    /// Building a template's images.
+    Build,
+    /// Making an app of a template.
+    Instantiate,
 }
 
 /// What an operation does when its client goes away or the server stops.
@@ -46,15 +50,19 @@ impl TaskKind {
             TaskKind::LoadImage => "load-image",
             TaskKind::Stop => "stop",
             TaskKind::Refresh => "refresh",
+            TaskKind::Build => "build",
+            TaskKind::Instantiate => "instantiate",
         }
     }
 
     /// An upload (import, image load) is worthless without its client and is rolled back; a
     /// start or stop completes, so that the app never stays half started or half stopped.
+    /// Builds and the pool's transfers complete too: what they make is useful without the
+    /// client that asked.
     pub fn on_client_gone(self) -> Policy {
         match self {
             TaskKind::Import | TaskKind::LoadImage => Policy::Cancel,
-            TaskKind::Start | TaskKind::Stop | TaskKind::Refresh => Policy::Finish,
+            _ => Policy::Finish,
         }
     }
 
@@ -62,12 +70,16 @@ impl TaskKind {
     /// operation may finish within the shutdown grace period. One still running after it has
     /// lost its client (the server drops what is left), so the client-gone policy applies:
     /// an upload rolls back, and the daemon waits for that before it exits.
+    ///
+    /// Builds stop at once and remove what they created (they may run for minutes); the
+    /// pool's transfers stop at once and resume at the next start (downloads from where they
+    /// were, deployments from the beginning).
     pub fn on_shutdown(self) -> Policy {
         match self {
-            TaskKind::Refresh => Policy::Cancel,
             TaskKind::Import | TaskKind::LoadImage | TaskKind::Start | TaskKind::Stop => {
                 Policy::Finish
             }
+            _ => Policy::Cancel,
         }
     }
 }

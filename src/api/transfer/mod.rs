@@ -10,6 +10,7 @@ mod openapi;
 mod settings;
 mod sse;
 mod system;
+mod templates;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -149,6 +150,7 @@ fn routes() -> &'static Routes<Handler> {
         settings::register(&mut r);
         sse::register(&mut r);
         general::register(&mut r);
+        templates::register(&mut r);
         r
     })
 }

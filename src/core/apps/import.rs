@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_util::stream;
 use tokio_util::sync::CancellationToken;
 
-use super::bundle::{Bundle, BundleError, BundleLimits, ByteSize};
+use super::bundle::{Bundle, BundleError, BundleKind, BundleLimits, ByteSize};
 use super::store::{AppStore, ImageRecord, StoredApp};
 use super::stream::{follow, FoundImage, LocalEntry, TarWatch, UploadReader, WalkEnd};
 use super::AppConfig;
@@ -63,6 +63,8 @@ pub struct ImportSettings {
     /// Where in-flight imports note the images they loaded, so that images of an import
     /// killed midway (power cut, SIGKILL) are removed at the next start. None: no journal.
     pub journal_dir: Option<PathBuf>,
+    /// Apps or templates.
+    pub kind: BundleKind,
 }
 
 impl Default for ImportSettings {
@@ -72,6 +74,7 @@ impl Default for ImportSettings {
             policy: ComposePolicy::default(),
             reserve_bytes: 256 << 20,
             journal_dir: None,
+            kind: BundleKind::App,
         }
     }
 }
@@ -433,8 +436,9 @@ async fn run(
     let path = zip.to_path_buf();
     let limits = settings.limits.clone();
     let streamed = pre.streamed;
+    let kind = settings.kind;
     let bundle = blocking(move || -> Result<Bundle, BundleError> {
-        let mut bundle = Bundle::open(&path, &limits)?;
+        let mut bundle = Bundle::open_kind(&path, &limits, kind)?;
         for entry in &streamed {
             bundle.verify_streamed(entry)?;
         }
@@ -453,29 +457,8 @@ async fn run(
     step_done(ImportStep::ParseConfig, format!("app {id}"));
 
     *current = ImportStep::ParseCompose;
-    let app_dir = store.app_dir(&id);
-    let vars: HashMap<String, String> = bundle
-        .env_file()
-        .map(|text| {
-            interpolate::parse_env_file(text, &HashMap::new(), true)
-                .into_iter()
-                .collect()
-        })
-        .unwrap_or_default();
-    let project = ComposeProject::from_text(
-        &app_dir,
-        &app_dir.join(bundle.compose_name()),
-        bundle.compose_yaml(),
-        &id.slug(),
-        id.as_str(),
-        &vars,
-        &settings.policy,
-    )
-    .map_err(|e| CoreError::Invalid(format!("{}: {e}", bundle.compose_name())))?;
-    step_done(
-        ImportStep::ParseCompose,
-        format!("{} services", project.services().len()),
-    );
+    let services = check_compose(&bundle, &store.app_dir(&id), settings)?;
+    step_done(ImportStep::ParseCompose, format!("{services} services"));
 
     // A failure while streaming, now that the bundle itself is known good.
     if let Some((step, e)) = pre.error {
@@ -553,6 +536,45 @@ async fn run(
     lock(loaded).ids.clear();
     step_done(ImportStep::StoreInstance, "Successfully stored App".into());
     Ok(stored)
+}
+
+/// Checks the bundle's compose file as the app's compose engine will read it from `app_dir`
+/// (a template's: the compose file of the instances it makes); returns its service count.
+pub fn check_compose(
+    bundle: &Bundle,
+    app_dir: &Path,
+    settings: &ImportSettings,
+) -> CoreResult<usize> {
+    let id = bundle.id();
+    let instance;
+    let text = match settings.kind {
+        BundleKind::App => bundle.compose_yaml(),
+        BundleKind::Template => {
+            let spec = crate::core::templates::spec::BuildSpec::parse(bundle.compose_yaml(), &id)?;
+            spec.check_files(|f| bundle.contains_file(f))?;
+            instance = spec.instance_compose;
+            &instance
+        }
+    };
+    let vars: HashMap<String, String> = bundle
+        .env_file()
+        .map(|text| {
+            interpolate::parse_env_file(text, &HashMap::new(), true)
+                .into_iter()
+                .collect()
+        })
+        .unwrap_or_default();
+    let project = ComposeProject::from_text(
+        app_dir,
+        &app_dir.join(bundle.compose_name()),
+        text,
+        &id.slug(),
+        id.as_str(),
+        &vars,
+        &settings.policy,
+    )
+    .map_err(|e| CoreError::Invalid(format!("{}: {e}", bundle.compose_name())))?;
+    Ok(project.services().len())
 }
 
 /// An in-flight import's list of the images it loaded: `<dir>/<random>.json`, rewritten

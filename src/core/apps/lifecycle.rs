@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::import::{self, ImportOptions, ImportSettings, ProgressFn};
 use super::store::{AppStore, StoredApp};
 use super::stream::{UploadReader, UploadSender};
-use super::AppId;
+use super::{AppId, BusyGuard, Claims};
 use crate::core::compose::{ComposeProject, ContainerStatus, DownOptions};
 use crate::core::engine::{ContainerEngine, LogLine};
 use crate::core::events::{AppEvent, EventBus};
@@ -78,7 +78,7 @@ pub struct Apps {
     uploads: PathBuf,
     settings: ImportSettings,
     /// Apps with an operation in flight, and which.
-    busy: Mutex<HashMap<AppId, &'static str>>,
+    busy: Claims,
     /// A refresh of all apps is running.
     refreshing: std::sync::atomic::AtomicBool,
     /// Where app events go (the SSE stream).
@@ -114,18 +114,6 @@ impl Fingerprint {
     }
 }
 
-/// Marks an app busy until dropped.
-pub struct BusyGuard<'a> {
-    apps: &'a Apps,
-    id: AppId,
-}
-
-impl Drop for BusyGuard<'_> {
-    fn drop(&mut self) {
-        self.apps.busy_map().remove(&self.id);
-    }
-}
-
 pub type LineFn<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
 impl Apps {
@@ -148,7 +136,7 @@ impl Apps {
             store,
             uploads,
             settings,
-            busy: Mutex::new(HashMap::new()),
+            busy: Claims::default(),
             refreshing: std::sync::atomic::AtomicBool::new(false),
             events: EventBus::default(),
             published: tokio::sync::Mutex::new(HashMap::new()),
@@ -284,27 +272,15 @@ impl Apps {
         Ok(())
     }
 
-    fn busy_map(&self) -> std::sync::MutexGuard<'_, HashMap<AppId, &'static str>> {
-        self.busy.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Claims an app for an operation; `Busy` when another one runs.
     pub fn claim(&self, id: &AppId, what: &'static str) -> CoreResult<BusyGuard<'_>> {
-        let mut busy = self.busy_map();
-        if let Some(other) = busy.get(id) {
-            return Err(CoreError::Busy(format!(
-                "app is busy: {id} is being {other}"
-            )));
-        }
-        busy.insert(id.clone(), what);
-        Ok(BusyGuard {
-            apps: self,
-            id: id.clone(),
-        })
+        self.busy
+            .claim(id, what)
+            .map_err(|other| CoreError::Busy(format!("app is busy: {id} is being {other}")))
     }
 
     pub fn is_busy(&self, id: &AppId) -> bool {
-        self.busy_map().contains_key(id)
+        self.busy.is_busy(id)
     }
 
     /// A fresh temp file in the upload area, deleted when dropped.
@@ -332,45 +308,16 @@ impl Apps {
         self.settings.limits.max_zip_bytes
     }
 
-    pub async fn import(
-        &self,
-        zip: &Path,
-        options: ImportOptions,
-        cancel: &CancellationToken,
-        progress: ProgressFn<'_>,
-    ) -> CoreResult<StoredApp> {
-        self.import_zip(zip, None, options, cancel, progress).await
-    }
-
     /// Tells subscribers of a new app, whichever import path stored it.
-    async fn publish_import(&self, stored: &StoredApp) {
+    pub(crate) async fn publish_import(&self, stored: &StoredApp) {
         let mut published = self.published.lock().await;
         let view = self.view(stored.clone()).await;
         published.insert(stored.id().clone(), Fingerprint::of(&view));
         self.events.publish(AppEvent::Import(view));
     }
 
-    /// Imports an upload that is still arriving (see [`import::import`]): the caller
-    /// pushes its bytes into the pipe whose reading end is `upload`, writing into `zip`.
-    pub async fn import_upload(
-        &self,
-        zip: &Path,
-        upload: UploadReader,
-        expected: Option<u64>,
-        options: ImportOptions,
-        cancel: &CancellationToken,
-        progress: ProgressFn<'_>,
-    ) -> CoreResult<StoredApp> {
-        let upload = import::Upload {
-            reader: upload,
-            expected,
-        };
-        self.import_zip(zip, Some(upload), options, cancel, progress)
-            .await
-    }
-
     /// Imports `zip` (still arriving through `upload`, if any) and publishes the new app.
-    async fn import_zip(
+    pub(crate) async fn import_zip(
         &self,
         zip: &Path,
         upload: Option<import::Upload>,
@@ -757,11 +704,20 @@ impl Apps {
 
     /// Image references other stored apps brought along; never removed with this app.
     fn images_of_other_apps(&self, id: &AppId) -> CoreResult<Vec<String>> {
+        self.images_of(|a| a != id)
+    }
+
+    /// The image ids and references every stored app brought (templates keep these).
+    pub fn images_in_use(&self) -> CoreResult<std::collections::HashSet<String>> {
+        Ok(self.images_of(|_| true)?.into_iter().collect())
+    }
+
+    fn images_of(&self, include: impl Fn(&AppId) -> bool) -> CoreResult<Vec<String>> {
         Ok(self
             .store
             .list()?
             .into_iter()
-            .filter(|a| a.id() != id)
+            .filter(|a| include(a.id()))
             .flat_map(|a| {
                 a.record
                     .images
@@ -832,7 +788,7 @@ impl Apps {
     }
 
     /// The store, for the Files API (`files.rs`).
-    pub(super) fn store(&self) -> &Arc<AppStore> {
+    pub(crate) fn store(&self) -> &Arc<AppStore> {
         &self.store
     }
 
@@ -842,44 +798,6 @@ impl Apps {
 
     pub fn readme(&self, id: &AppId) -> CoreResult<Option<PathBuf>> {
         Ok(self.stored(id)?.readme())
-    }
-}
-
-/// A `Write` that hands 64 KiB chunks to an async consumer through a bounded channel; used
-/// on a blocking thread, so the ZIP writer never holds more than a few chunks.
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
-    buf: Vec<u8>,
-}
-
-const EXPORT_CHUNK: usize = 64 * 1024;
-
-impl ChannelWriter {
-    fn send(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = bytes::Bytes::from(std::mem::replace(
-            &mut self.buf,
-            Vec::with_capacity(EXPORT_CHUNK),
-        ));
-        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
-        })
-    }
-}
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= EXPORT_CHUNK {
-            self.send()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.send()
     }
 }
 
@@ -924,50 +842,34 @@ impl Apps {
             }
         }
         let files = list_files(&app.dir)?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
         let handle = tokio::runtime::Handle::current();
         let dir = app.dir.clone();
-        let err_tx = tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = (|| -> std::io::Result<()> {
-                let out = ChannelWriter {
-                    tx,
-                    buf: Vec::with_capacity(EXPORT_CHUNK),
-                };
-                let mut zip = zip::ZipWriter::new_stream(out).set_auto_large_file();
-                let deflate = zip::write::SimpleFileOptions::default()
-                    .compression_method(zip::CompressionMethod::Deflated);
-                for rel in files {
-                    zip.start_file(rel.as_str(), deflate)?;
-                    let mut f = std::fs::File::open(dir.join(&rel))?;
-                    std::io::copy(&mut f, &mut zip)?;
-                }
-                let stored = zip::write::SimpleFileOptions::default()
-                    .compression_method(zip::CompressionMethod::Stored)
-                    .large_file(true);
-                for (name, mut stream) in images {
-                    zip.start_file(name.as_str(), stored)?;
-                    while let Some(chunk) = handle.block_on(stream.next()) {
-                        std::io::Write::write_all(&mut zip, &chunk?)?;
-                    }
-                }
-                let mut out = zip.finish()?.into_inner();
-                std::io::Write::flush(&mut out)
-            })();
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "export aborted");
-                // The client sees a broken transfer rather than a short, valid-looking ZIP.
-                let _ = err_tx.blocking_send(Err(e));
+        Ok(super::stream::write_stream("export", move |out| {
+            let mut zip = zip::ZipWriter::new_stream(out).set_auto_large_file();
+            let deflate = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated);
+            for rel in files {
+                zip.start_file(rel.as_str(), deflate)?;
+                let mut f = std::fs::File::open(dir.join(&rel))?;
+                std::io::copy(&mut f, &mut zip)?;
             }
-        });
-        Ok(Box::pin(futures_util::stream::poll_fn(move |cx| {
-            rx.poll_recv(cx)
-        })))
+            let stored = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored)
+                .large_file(true);
+            for (name, mut stream) in images {
+                zip.start_file(name.as_str(), stored)?;
+                while let Some(chunk) = handle.block_on(stream.next()) {
+                    std::io::Write::write_all(&mut zip, &chunk?)?;
+                }
+            }
+            let mut out = zip.finish()?.into_inner();
+            std::io::Write::flush(&mut out)
+        }))
     }
 }
 
 /// The app's files relative to its directory, sorted, without gantry's own metadata.
-fn list_files(dir: &Path) -> CoreResult<Vec<String>> {
+pub(crate) fn list_files(dir: &Path) -> CoreResult<Vec<String>> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;

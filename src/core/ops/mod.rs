@@ -7,6 +7,7 @@
 
 pub mod apps;
 pub mod images;
+pub mod templates;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,0 +1,233 @@
+//! App templates: bundles whose services are built on the device ("Transfer Technology -
+//! Templates", "App Template"). A template is an app bundle plus `docker-compose-build.yml`
+//! whose services have a `build:` context, with the contexts' files in the bundle.
+//!
+//! Templates are imported through the same pipeline as apps (the same ZIP checks, images
+//! under `docker/` loaded and rolled back alike) into their own store,
+//! `<state_dir>/templates/`, extracted as apps are. Building streams each context as a tar
+//! from there into Docker's build API; instantiating builds what is not built yet and stores
+//! an app whose compose file names the built images.
+
+pub mod build;
+pub mod instance;
+pub mod spec;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::core::apps::bundle::{BundleKind, BUILD_FILE};
+use crate::core::apps::files::{lookup_blocking, FileLookup};
+use crate::core::apps::import::{self, ImportOptions, ImportSettings, ProgressFn, Upload};
+use crate::core::apps::store::{AppStore, StoredApp};
+use crate::core::apps::{AppId, BusyGuard, Claims};
+use crate::core::engine::ContainerEngine;
+use crate::core::{CoreError, CoreResult, ErrorKind};
+use build::{BuildFn, Built};
+use spec::BuildSpec;
+
+/// A built service of a template, as listings show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceImage {
+    pub service: String,
+    pub image: String,
+    /// Whether Docker has the image.
+    pub built: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TemplateView {
+    pub template: StoredApp,
+    pub services: Vec<ServiceImage>,
+    pub busy: bool,
+}
+
+impl TemplateView {
+    /// Every service's image is in Docker.
+    pub fn built(&self) -> bool {
+        self.services.iter().all(|s| s.built)
+    }
+}
+
+pub struct Templates {
+    engine: Arc<dyn ContainerEngine>,
+    store: Arc<AppStore>,
+    settings: ImportSettings,
+    /// Templates being built, instantiated or removed.
+    busy: Claims,
+}
+
+impl Templates {
+    /// Opens the store `<state_dir>/templates`; imports check bundles as the apps' imports
+    /// do (`apps`), with their journal in `<state_dir>/import-journal`.
+    pub fn open(
+        engine: Arc<dyn ContainerEngine>,
+        state: &Path,
+        apps: &ImportSettings,
+    ) -> CoreResult<Self> {
+        let store = AppStore::open(&state.join("templates")).map(Arc::new)?;
+        let mut settings = apps.clone();
+        settings.kind = BundleKind::Template;
+        settings.journal_dir = Some(state.join("import-journal"));
+        Ok(Self {
+            engine,
+            store,
+            settings,
+            busy: Claims::default(),
+        })
+    }
+
+    /// The stored templates' ids, sorted: the Files API's "templates" category.
+    pub fn ids(&self) -> CoreResult<Vec<AppId>> {
+        Ok(self
+            .store
+            .list()?
+            .into_iter()
+            .map(|t| t.record.id)
+            .collect())
+    }
+
+    /// A template's file or directory, for the Files API (see `apps::files::lookup`).
+    pub async fn file(&self, id: &str) -> CoreResult<FileLookup> {
+        lookup_blocking(self.store.clone(), id).await
+    }
+
+    /// Claims a template for an operation; `Conflict` while another one runs on it.
+    pub fn claim(&self, id: &AppId, what: &'static str) -> CoreResult<BusyGuard<'_>> {
+        self.busy.claim(id, what).map_err(|other| {
+            CoreError::Conflict(format!(
+                "template {id} is being {other}; try again when that has finished"
+            ))
+        })
+    }
+
+    /// Imports the template ZIP at `zip` (still arriving through `upload`, if any).
+    pub async fn import(
+        &self,
+        zip: &Path,
+        upload: Option<Upload>,
+        options: ImportOptions,
+        cancel: &CancellationToken,
+        progress: ProgressFn<'_>,
+    ) -> CoreResult<StoredApp> {
+        let (engine, store, settings) = (self.engine.as_ref(), &self.store, &self.settings);
+        import::import(
+            engine, store, zip, upload, settings, options, cancel, progress,
+        )
+        .await
+    }
+
+    fn stored(&self, id: &AppId) -> CoreResult<StoredApp> {
+        self.store.get(id).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => CoreError::NotFound(format!("no such template: {id}")),
+            _ => e.into(),
+        })
+    }
+
+    /// The template's build file, as stored.
+    pub fn spec(template: &StoredApp) -> CoreResult<BuildSpec> {
+        let path = template.dir.join(BUILD_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| CoreError::io(format!("cannot read {}", path.display()), e))?;
+        BuildSpec::parse(&text, template.id())
+    }
+
+    async fn view(&self, template: StoredApp) -> CoreResult<TemplateView> {
+        let spec = Self::spec(&template)?;
+        let mut services = Vec::with_capacity(spec.builds.len());
+        for b in spec.builds {
+            let built = match self.engine.inspect_image(&b.image).await {
+                Ok(_) => true,
+                Err(e) if e.kind() == ErrorKind::NotFound => false,
+                Err(e) => return Err(e.into()),
+            };
+            services.push(ServiceImage {
+                service: b.service,
+                image: b.image,
+                built,
+            });
+        }
+        let busy = self.busy.is_busy(template.id());
+        Ok(TemplateView {
+            template,
+            services,
+            busy,
+        })
+    }
+
+    pub async fn list(&self) -> CoreResult<Vec<TemplateView>> {
+        let mut out = Vec::new();
+        for t in self.store.list()? {
+            out.push(self.view(t).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn get(&self, id: &AppId) -> CoreResult<TemplateView> {
+        self.view(self.stored(id)?).await
+    }
+
+    /// Builds every service of the template (images already there are rebuilt, from
+    /// Docker's cache when nothing changed).
+    pub async fn build(
+        &self,
+        id: &AppId,
+        cancel: &CancellationToken,
+        progress: BuildFn<'_>,
+    ) -> CoreResult<Vec<Built>> {
+        let template = self.stored(id)?;
+        let _claim = self.claim(id, "built")?;
+        let spec = Self::spec(&template)?;
+        build::build_all(self.engine.as_ref(), &template.dir, &spec, cancel, progress).await
+    }
+
+    /// Removes a template and, with `remove_images`, the images it built or brought that no
+    /// stored app (`in_use`: image ids and references of stored apps) uses.
+    pub async fn remove(
+        &self,
+        id: &AppId,
+        remove_images: bool,
+        in_use: &HashSet<String>,
+    ) -> CoreResult<()> {
+        let template = self.stored(id)?;
+        let _claim = self.claim(id, "removed")?;
+        if remove_images {
+            let mut refs: Vec<String> = Self::spec(&template)?
+                .builds
+                .into_iter()
+                .map(|b| b.image)
+                .collect();
+            for image in &template.record.images {
+                refs.extend(image.references.iter().cloned());
+            }
+            self.remove_unused(&refs, in_use).await?;
+        }
+        Ok(self.store.remove(id)?)
+    }
+
+    async fn remove_unused(&self, refs: &[String], in_use: &HashSet<String>) -> CoreResult<()> {
+        for r in refs {
+            let used = match self.engine.inspect_image(r).await {
+                Ok(i) => in_use.contains(r) || i.id.is_some_and(|id| in_use.contains(&id)),
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if used {
+                continue;
+            }
+            match self.engine.remove_image(r, false).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) if e.kind() == ErrorKind::Conflict => {
+                    return Err(CoreError::Conflict(format!(
+                        "image {r} is still needed: {e}"
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
