@@ -3,7 +3,8 @@
 #
 # As root on Debian 12 it:
 #   1. installs what is missing (docker.io, busybox-static, nftables, iproute2, curl,
-#      docker-compose), without letting the packages start their services on the host;
+#      docker-compose, docker-registry), without letting the packages start their services on
+#      the host;
 #   2. builds everything, checks formatting and runs clippy (host network: cargo may fetch);
 #   3. creates a private network namespace and starts a private containerd + dockerd in it,
 #      with their own sockets, data and exec roots under a temp dir and addresses from
@@ -178,6 +179,14 @@ teardown() {
     TMPD=""
     DOCKER_SOCK=""
     if [[ -n "$NETNS" ]]; then
+        # The App Pool tests' fleet: a namespace per server, named after ours.
+        local ns
+        for ns in $(ip netns list 2>/dev/null | awk '{ print $1 }' | grep -F "$NETNS-"); do
+            for pid in $(ip netns pids "$ns" 2>/dev/null); do
+                kill -KILL "$pid" 2>/dev/null
+            done
+            ip netns del "$ns" 2>/dev/null || warn "cannot delete network namespace $ns"
+        done
         ip netns del "$NETNS" 2>/dev/null || warn "cannot delete network namespace $NETNS"
         NETNS=""
     fi
@@ -257,6 +266,8 @@ missing_packages() {
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+    # The App Pool tests' store: Debian's distribution 2.8 registry, started by the tests.
+    command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
     # schemathesis goes into a virtualenv (Debian's python3 is externally managed).
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)

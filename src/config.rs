@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod pool;
+pub use pool::{PoolConfig, ServerConfig, StoreConfig};
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gantry/gantry.toml";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 /// Websocket sessions per listener when `http.max_websocket_sessions` is not set.
@@ -230,6 +233,7 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub apps: AppsPolicy,
     pub intervirt: IntervirtConfig,
+    pub pool: PoolConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,6 +254,8 @@ struct RawConfig {
     apps: RawApps,
     #[serde(default)]
     intervirt: RawIntervirt,
+    #[serde(default)]
+    pool: pool::RawPool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -546,6 +552,7 @@ impl Config {
                 }
             },
             intervirt: build_intervirt(raw.intervirt, env)?,
+            pool: pool::build(raw.pool, env)?,
         })
     }
 }

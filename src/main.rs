@@ -3,6 +3,8 @@
 // System calls go through nix's safe wrappers. A call nix does not wrap needs a local
 // `#[allow(unsafe_code)]` and a `// SAFETY:` comment saying why it is sound.
 #![deny(unsafe_code)]
+// Built without the App Pool role, the parts of the core only the pool uses lie idle.
+#![cfg_attr(not(feature = "pool"), allow(dead_code, unused_imports))]
 
 mod api;
 mod config;
@@ -184,12 +186,16 @@ async fn serve(config: Config) -> ExitCode {
             }
         };
     let watch_engine = engine.clone();
-    let core = Arc::new(
-        Core::new(engine, health.clone(), apps)
-            .with_intervirt(intervirt)
-            .with_prefs(prefs)
-            .with_templates(templates),
-    );
+    let core = Core::new(engine, health.clone(), apps)
+        .with_intervirt(intervirt)
+        .with_prefs(prefs)
+        .with_templates(templates);
+    let core = match with_pool(core, &config) {
+        Ok(c) => Arc::new(c),
+        Err(code) => return code,
+    };
+    #[cfg(feature = "pool")]
+    core.run_pool(stop.clone());
     {
         // App status changes made outside gantry reach the event bus through Docker's events.
         let apps = crate::core::apps::watch::CoreApps(core.clone());
@@ -247,6 +253,28 @@ async fn serve(config: Config) -> ExitCode {
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// The App Pool's state in `<state_dir>/pool` (builds with the `pool` feature).
+#[cfg(feature = "pool")]
+fn with_pool(core: Core, config: &Config) -> Result<Core, ExitCode> {
+    // reqwest's rustls needs a process-wide crypto provider; ring is the one built in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match crate::core::pool::Pool::open(&config.pool, &config.state_dir, import_settings(config)) {
+        Ok(pool) => Ok(core.with_pool(pool)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the app pool");
+            Err(ExitCode::from(EXIT_FAILURE))
+        }
+    }
+}
+
+#[cfg(not(feature = "pool"))]
+fn with_pool(core: Core, config: &Config) -> Result<Core, ExitCode> {
+    if config.pool.store.is_some() || !config.pool.servers.is_empty() {
+        tracing::warn!("[pool] is configured but this gantry was built without the pool feature");
+    }
+    Ok(core)
 }
 
 /// The apps event bus, sized by `http.sse_queue_events`.

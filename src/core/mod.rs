@@ -10,6 +10,8 @@ pub mod health;
 pub mod intervirt;
 pub mod network;
 pub mod ops;
+#[cfg(feature = "pool")]
+pub mod pool;
 pub mod power;
 pub mod prefs;
 pub mod system;
@@ -34,6 +36,9 @@ pub struct Core {
     pub prefs: prefs::Prefs,
     /// App templates, built on the device (none when not opened).
     pub templates: Option<Arc<templates::Templates>>,
+    /// The App Pool (none when not opened).
+    #[cfg(feature = "pool")]
+    pub pool: Option<Arc<pool::Pool>>,
 }
 
 impl Core {
@@ -50,6 +55,8 @@ impl Core {
             tasks: tasks::TaskRegistry::default(),
             prefs: prefs::Prefs::in_memory(),
             templates: None,
+            #[cfg(feature = "pool")]
+            pool: None,
         }
     }
 
@@ -60,6 +67,12 @@ impl Core {
 
     pub fn with_templates(mut self, templates: templates::Templates) -> Self {
         self.templates = Some(Arc::new(templates));
+        self
+    }
+
+    #[cfg(feature = "pool")]
+    pub fn with_pool(mut self, pool: pool::Pool) -> Self {
+        self.pool = Some(Arc::new(pool));
         self
     }
 

@@ -30,6 +30,14 @@ pub enum TaskKind {
     Build,
     /// Making an app of a template.
     Instantiate,
+    /// Downloading an app from the pool's store.
+    PoolInstall,
+    /// Publishing a stored app to the pool's store.
+    Publish,
+    /// Transferring an app from the pool to one of its servers.
+    Deploy,
+    /// Removing a deployed app from its server.
+    Undeploy,
 }
 
 /// What an operation does when its client goes away or the server stops.
@@ -52,6 +60,10 @@ impl TaskKind {
             TaskKind::Refresh => "refresh",
             TaskKind::Build => "build",
             TaskKind::Instantiate => "instantiate",
+            TaskKind::PoolInstall => "pool-install",
+            TaskKind::Publish => "publish",
+            TaskKind::Deploy => "deploy",
+            TaskKind::Undeploy => "undeploy",
         }
     }
 
@@ -250,6 +262,12 @@ impl TaskRegistry {
         out
     }
 
+    /// Whether the server is stopping (a cancelled operation may keep what it did for the
+    /// next start instead of rolling back).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
     /// The server stops: cancels every task (running or started later) whose kind cancels on
     /// shutdown.
     pub fn shut_down(&self) {
@@ -295,7 +313,7 @@ fn checked_id(id: &str) -> Result<String, CoreError> {
 
 /// A random id in the UUID v4 layout (clients treat it as an opaque string). Reads the
 /// kernel's random source; falls back to std's randomly keyed hasher.
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut b = [0u8; 16];
     let ok = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))

@@ -28,6 +28,7 @@ use serde_json::Value;
 pub use nix::sys::signal::Signal;
 
 pub mod bundle;
+pub mod fleet;
 pub mod ws;
 
 pub const DEFAULT_TEST_IMAGE: &str = "gantry-test/busybox:latest";
@@ -281,6 +282,7 @@ pub struct GantryBuilder {
     listener: Vec<String>,
     env: Vec<(String, String)>,
     address: String,
+    netns: Option<String>,
 }
 
 impl GantryBuilder {
@@ -322,6 +324,11 @@ impl GantryBuilder {
         self.address = address.to_string();
         self
     }
+    /// Runs gantry in the network namespace `/run/netns/<name>` (through nsenter).
+    pub fn netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_string());
+        self
+    }
 
     fn config_text(&self, state_dir: &Path) -> String {
         let mut t = String::new();
@@ -360,6 +367,17 @@ impl GantryBuilder {
             .expect("cannot create a temp dir");
         let mut g = self.spawn_in(dir.path());
         g.dir = Some(dir);
+        g.netns = self.netns.clone();
+        g.wait_ready();
+        g
+    }
+}
+
+impl Gantry {
+    /// Waits (up to 15 s) until gantry reports the address it listens on and `/healthz`
+    /// answers 200 there.
+    fn wait_ready(&mut self) {
+        let g = self;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = g.try_wait() {
@@ -371,7 +389,7 @@ impl GantryBuilder {
             if let Some(addr) = listening_address(&g.stderr()) {
                 g.addr = addr;
                 if g.try_get("/healthz").is_ok_and(|r| r.status == 200) {
-                    return g;
+                    return;
                 }
             }
             if Instant::now() >= deadline {
@@ -385,6 +403,57 @@ impl GantryBuilder {
         }
     }
 
+    /// Kills the daemon and starts it again on the address it had (its state kept): for
+    /// gantrys in a namespace of their own, where nothing else can take that port meanwhile.
+    pub fn restart_same_address(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let old = self
+            .config
+            .lines()
+            .find(|l| l.starts_with("address = "))
+            .unwrap()
+            .to_string();
+        self.config = self
+            .config
+            .replace(&old, &format!("address = {:?}", self.addr.to_string()));
+        fs::write(&self.config_path, &self.config).expect("cannot write the config");
+        // Older output stays in the file (its listening line names the same address).
+        let out = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.stderr_path)
+            .expect("cannot open the stderr file");
+        let err = out.try_clone().unwrap();
+        let mut c = spawn_command(self.netns.as_deref());
+        c.arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdout(out)
+            .stderr(err);
+        self.child = Some(c.spawn().expect("cannot spawn the gantry binary"));
+        self.wait_ready();
+    }
+}
+
+/// gantry's command, in the namespace `netns` when given.
+fn spawn_command(netns: Option<&str>) -> Command {
+    match netns {
+        None => gantry_command(),
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg(gantry_bin());
+            for k in SCRUBBED_ENV {
+                c.env_remove(k);
+            }
+            c.stdin(Stdio::null());
+            c
+        }
+    }
+}
+
+impl GantryBuilder {
     fn spawn_in(&self, dir: &Path) -> Gantry {
         let state_dir = dir.join("state");
         let config_path = dir.join("gantry.toml");
@@ -393,7 +462,7 @@ impl GantryBuilder {
         let stderr_path = dir.join("gantry.stderr");
         let stderr = fs::File::create(&stderr_path).expect("cannot create the stderr file");
         let stdout = stderr.try_clone().expect("cannot clone a file handle");
-        let mut c = gantry_command();
+        let mut c = spawn_command(self.netns.as_deref());
         c.arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -412,6 +481,7 @@ impl GantryBuilder {
             dir: None,
             token: None,
             agent: agent(),
+            netns: None,
         }
     }
 }
@@ -438,6 +508,8 @@ pub struct Gantry {
     /// Sent as `Authorization: Bearer` with every request when set.
     pub token: Option<String>,
     agent: ureq::Agent,
+    /// The network namespace it runs in, if not the test's.
+    netns: Option<String>,
 }
 
 impl Gantry {
@@ -455,6 +527,7 @@ impl Gantry {
             listener: Vec::new(),
             env: Vec::new(),
             address: "127.0.0.1:0".to_string(),
+            netns: None,
         }
     }
 

@@ -7,6 +7,8 @@ mod general;
 mod legacy;
 mod live;
 mod openapi;
+#[cfg(feature = "pool")]
+mod pool;
 mod settings;
 mod sse;
 mod system;
@@ -151,6 +153,8 @@ fn routes() -> &'static Routes<Handler> {
         sse::register(&mut r);
         general::register(&mut r);
         templates::register(&mut r);
+        #[cfg(feature = "pool")]
+        pool::register(&mut r);
         r
     })
 }

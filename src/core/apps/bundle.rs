@@ -251,7 +251,7 @@ pub struct Bundle {
 
 impl Bundle {
     /// Opens and checks the app ZIP at `path` (blocking: call it from `spawn_blocking`).
-    #[cfg(test)]
+    #[cfg_attr(not(feature = "pool"), allow(dead_code))]
     pub fn open(path: &Path, limits: &BundleLimits) -> Result<Bundle, BundleError> {
         Self::open_kind(path, limits, BundleKind::App)
     }

@@ -800,7 +800,7 @@ fn space_needed(bundle: &Bundle, done: &HashSet<String>, reserve: u64) -> u64 {
         .saturating_add(reserve)
 }
 
-fn free_space(dir: &Path) -> CoreResult<u64> {
+pub(crate) fn free_space(dir: &Path) -> CoreResult<u64> {
     let st = nix::sys::statvfs::statvfs(dir).map_err(|e| {
         // As std::io::Error: the same text as every other system error gantry reports.
         let e = std::io::Error::from(e);

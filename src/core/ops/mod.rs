@@ -7,6 +7,8 @@
 
 pub mod apps;
 pub mod images;
+#[cfg(feature = "pool")]
+pub mod pool;
 pub mod templates;
 
 use std::future::Future;

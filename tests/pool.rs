@@ -1,0 +1,368 @@
+//! The App Pool end to end: the local registry (Debian's docker-registry) as the store, a
+//! pool gantry, and a fleet of server gantrys, each with its own dockerd in its own network
+//! namespace.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::bundle::{fresh_big_image, import, saved_image, zip_of};
+use common::fleet::{Fleet, Proxy, Registry};
+use common::{enc, unique, wait_for, Gantry};
+use serde_json::{json, Value};
+
+/// A pool gantry whose store is `registry_url`, probing its servers every second.
+fn pool_gantry(host: &str, registry_url: &str, namespace: &str) -> Gantry {
+    Gantry::builder()
+        .docker_host(host)
+        .config(&format!(
+            "[pool]\nregistry = {registry_url:?}\nnamespace = {namespace:?}\nprobe_interval_secs = 1\nidle_timeout_secs = 20\nrequest_timeout_secs = 20\ndownload_retry_secs = 60"
+        ))
+        .start()
+}
+
+/// An app bundle of one web service on the busybox image `reference` (its `docker save`
+/// `tar`), carrying `filler_mib` MiB of another image to make the bundle large.
+fn web_app(name: &str, reference: &str, tar: &[u8], filler_mib: usize) -> Vec<u8> {
+    let compose = format!(
+        "services:\n  web:\n    image: {reference}\n    command: [\"sh\", \"-c\", \"mkdir -p /www; echo pooled > /www/index.html; exec httpd -f -p 8080 -h /www\"]\n    stop_grace_period: 1s\n"
+    );
+    let config = format!("Name: {name}\nVersion: 1.0\n");
+    let mut entries: Vec<(&str, &[u8])> = vec![
+        ("config.yml", config.as_bytes()),
+        ("compose.yaml", compose.as_bytes()),
+        ("docker/web.tar", tar),
+    ];
+    let filler = (filler_mib > 0).then(|| fresh_big_image("filler", filler_mib).1);
+    if let Some(f) = &filler {
+        entries.push(("docker/filler.tar", f));
+    }
+    zip_of(&entries)
+}
+
+fn put_json(g: &Gantry, path: &str, body: Value) -> common::Resp {
+    g.request(
+        "PUT",
+        path,
+        &[("Content-Type", "application/json")],
+        Some(body.to_string().into_bytes()),
+    )
+}
+
+fn post_json(g: &Gantry, path: &str, body: Value) -> common::Resp {
+    g.request(
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        Some(body.to_string().into_bytes()),
+    )
+}
+
+fn pool_app(g: &Gantry, id: &str) -> Option<Value> {
+    let r = g.get("/api/1/pool/apps");
+    if r.status == 204 {
+        return None;
+    }
+    r.expect_json(200)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["Id"] == id)
+        .cloned()
+}
+
+/// Imports `zip` into `g` and publishes it; the published artifact.
+fn import_and_publish(g: &Gantry, zip: &[u8], id: &str) -> Value {
+    import(g, zip).expect_json(200);
+    let published = g
+        .put(&format!("/api/1/pool/publish/{}", enc(id)))
+        .expect_json(200);
+    assert_eq!(published["Id"], id, "{published}");
+    // The app itself goes; the pool gets it back from the store.
+    g.delete(&format!("/api/1/transfer/apps/{}", enc(id)))
+        .expect_empty(200);
+    published
+}
+
+#[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
+fn the_pool_installs_from_the_store_resumes_and_refuses_a_bad_digest() {
+    let host = require_docker!();
+    let mut registry = Registry::start();
+    let proxy = Proxy::start(registry.addr);
+    let ns = unique("store");
+    let g = pool_gantry(&host, &format!("http://{}", proxy.addr), &ns);
+    let config = g.get("/api/1/configure").expect_json(200);
+    assert_eq!(config["Store"]["Namespace"], ns.as_str(), "{config}");
+    assert_eq!(config["StoreSource"], "file");
+    let store = json!({"Store": {"Registry": format!("http://{}", proxy.addr), "Namespace": ns}});
+    let config = put_json(&g, "/api/1/configure", store).expect_json(200);
+    assert_eq!(config["StoreSource"], "api", "{config}");
+
+    let name = unique("Pooled");
+    let id = format!("{name}:1.0");
+    let (reference, tar) = saved_image("pooled");
+    let published = import_and_publish(&g, &web_app(&name, &reference, &tar, 24), &id);
+    let size = published["Size"].as_u64().unwrap();
+    assert!(size > 24 << 20, "{published}");
+    let listed = g.put("/api/1/pool/refresh").expect_json(200);
+    assert!(listed.to_string().contains(&id), "{listed}");
+    let app = pool_app(&g, &id).unwrap();
+    assert_eq!(
+        (app["Installed"].clone(), app["Available"].clone()),
+        (json!(false), json!(true))
+    );
+
+    // The store goes away mid-download and comes back: the download resumes where it was.
+    proxy.set_rate(4 << 20);
+    let path = format!("/api/1/pool/apps/{}", enc(&id));
+    let installing = {
+        let url = g.url(&path);
+        std::thread::spawn(move || {
+            common::agent()
+                .put(&url)
+                .send_empty()
+                .map(|r| r.status().as_u16())
+        })
+    };
+    wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
+        (proxy.delivered.load(Ordering::SeqCst) > 6 << 20).then_some(())
+    })
+    .expect("the download did not start");
+    registry.stop();
+    proxy.cut();
+    std::thread::sleep(Duration::from_secs(2));
+    registry.restart();
+    proxy.set_upstream(registry.addr);
+    proxy.set_rate(0);
+    let status = installing
+        .join()
+        .unwrap()
+        .expect("the install request failed");
+    assert_eq!(status, 200, "{}", g.stderr());
+    assert!(
+        proxy.range_requests() >= 1,
+        "the download was not resumed with a range request"
+    );
+    assert!(
+        proxy.delivered.load(Ordering::SeqCst) < 2 * size,
+        "the download started over"
+    );
+    assert_eq!(pool_app(&g, &id).unwrap()["Installed"], true);
+
+    // A blob whose bytes do not match its digest is refused, and nothing of it stays.
+    let bad = unique("Tampered");
+    let bad_id = format!("{bad}:1.0");
+    let (bad_ref, bad_tar) = saved_image("tampered");
+    let published = import_and_publish(&g, &web_app(&bad, &bad_ref, &bad_tar, 0), &bad_id);
+    let blob = registry.blob_file(published["Digest"].as_str().unwrap());
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+    let bad_path = format!("/api/1/pool/apps/{}", enc(&bad_id));
+    let detail = g.put(&bad_path).expect_problem(500, &bad_path);
+    assert!(detail.contains("does not match its digest"), "{detail}");
+    assert_eq!(pool_app(&g, &bad_id).unwrap()["Installed"], false);
+
+    g.delete(&path).expect_empty(200);
+    assert_eq!(pool_app(&g, &id).unwrap()["Installed"], false);
+    g.put(&path).expect_json(200);
+    g.put("/api/1/pool/clear").expect_empty(200);
+    g.get("/api/1/pool/apps").expect_empty(204);
+}
+
+/// Waits until every deployment in `ids` shows `status`.
+fn wait_status(pool: &Gantry, ids: &[String], status: &str, limit: Duration) {
+    let done = wait_for(limit, Duration::from_millis(250), || {
+        let r = pool.get("/api/1/deployments");
+        let list = if r.status == 200 { r.json() } else { json!([]) };
+        let all = ids.iter().all(|id| {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["Id"] == id.as_str() && d["Status"] == status)
+        });
+        all.then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "deployments {ids:?} never became {status}: {}",
+        pool.get("/api/1/deployments").text()
+    );
+}
+
+fn deploy(pool: &Gantry, server: &str, app: &str) -> String {
+    let d = post_json(
+        pool,
+        "/api/1/deployments",
+        json!({"Server": server, "App": app}),
+    )
+    .expect_json(202);
+    assert_eq!(d["State"], "Pending", "{d}");
+    d["Id"].as_str().unwrap().to_string()
+}
+
+#[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
+fn a_fleet_of_servers_gets_its_apps_from_the_pool() {
+    let host = require_docker!();
+    let registry = Registry::start();
+    let mut fleet = Fleet::start(3);
+    let pool = pool_gantry(
+        &host,
+        &format!("http://{}", registry.addr),
+        &unique("fleet"),
+    );
+    let name = unique("FleetWeb");
+    let id = format!("{name}:1.0");
+    let (reference, tar) = saved_image("fleetweb");
+    import_and_publish(&pool, &web_app(&name, &reference, &tar, 24), &id);
+    pool.put(&format!("/api/1/pool/apps/{}", enc(&id)))
+        .expect_json(200);
+
+    // A wrong token is reported as unauthorized; the right one registers the server.
+    let wrong = fleet.servers[0].token_file.with_extension("wrong");
+    std::fs::write(&wrong, "not-the-token-of-this-server").unwrap();
+    let r = post_json(
+        &pool,
+        "/api/1/servers",
+        json!({"Server": fleet.servers[0].url(), "TokenFile": wrong}),
+    );
+    assert_eq!(r.status, 400, "{r}");
+    assert!(r.text().contains("unauthorized"), "{r}");
+    let mut server_ids = Vec::new();
+    for s in &fleet.servers {
+        let v = post_json(
+            &pool,
+            "/api/1/servers",
+            json!({"Server": s.url(), "TokenFile": s.token_file}),
+        )
+        .expect_json(201);
+        assert_eq!(v["Status"], "Online", "{v}");
+        server_ids.push(v["Id"].as_str().unwrap().to_string());
+    }
+    let deployments: Vec<String> = server_ids.iter().map(|s| deploy(&pool, s, &id)).collect();
+    wait_status(&pool, &deployments, "Stopped", Duration::from_secs(120));
+    for d in &deployments {
+        let up = pool
+            .put(&format!("/api/1/deployments/{d}/start"))
+            .expect_json(200);
+        assert_eq!(up["ExitCode"], 0, "{up}");
+    }
+    wait_status(&pool, &deployments, "Running", Duration::from_secs(30));
+    for s in &fleet.servers {
+        assert!(!s
+            .docker(&["ps", "-q", "--filter", &format!("ancestor={reference}")])
+            .is_empty());
+    }
+    for d in &deployments {
+        pool.put(&format!("/api/1/deployments/{d}/stop"))
+            .expect_json(200);
+    }
+    wait_status(&pool, &deployments, "Stopped", Duration::from_secs(30));
+
+    // A rotated token makes its server unauthorized until the right one is back.
+    let s0 = &fleet.servers[0];
+    std::fs::write(&s0.token_file, "a-wrong-token-for-this-server").unwrap();
+    wait_server(&pool, &server_ids[0], "Unauthorized");
+    std::fs::write(&s0.token_file, &s0.token).unwrap();
+    wait_server(&pool, &server_ids[0], "Online");
+
+    for d in &deployments {
+        pool.delete(&format!("/api/1/deployments/{d}"))
+            .expect_empty(200);
+    }
+    pool.get("/api/1/deployments").expect_empty(204);
+    for s in &fleet.servers {
+        s.gantry().get("/api/1/transfer/apps").expect_empty(204);
+    }
+    server_away_mid_deploy(&pool, &mut fleet, &server_ids, &id);
+}
+
+fn wait_server(pool: &Gantry, id: &str, status: &str) {
+    let seen = wait_for(Duration::from_secs(20), Duration::from_millis(200), || {
+        let list = pool.get("/api/1/servers").expect_json(200);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["Id"] == id && s["Status"] == status)
+            .then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "server {id} never became {status}: {}",
+        pool.get("/api/1/servers").text()
+    );
+}
+
+/// A server killed mid-transfer gets the app when it is back; a deployment deleted while
+/// its server is away is removed from it when it returns, and does not come back.
+fn server_away_mid_deploy(pool: &Gantry, fleet: &mut Fleet, server_ids: &[String], id: &str) {
+    // The pool reaches server 1 through a slow proxy, so the transfer takes a while.
+    let s1 = &fleet.servers[1];
+    let proxy = Proxy::start(s1.gantry().addr);
+    proxy.set_rate(4 << 20);
+    pool.delete(&format!("/api/1/servers/{}", server_ids[1]))
+        .expect_empty(200);
+    let via = post_json(
+        pool,
+        "/api/1/servers",
+        json!({"Server": format!("http://{}", proxy.addr), "TokenFile": s1.token_file}),
+    )
+    .expect_json(201);
+    let via_id = via["Id"].as_str().unwrap().to_string();
+    let d = deploy(pool, &via_id, id);
+    wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
+        (proxy.uploaded.load(Ordering::SeqCst) > 4 << 20).then_some(())
+    })
+    .expect("the transfer did not start");
+    let server = fleet.servers[1].gantry.as_mut().unwrap();
+    server.signal(common::Signal::SIGKILL);
+    server.wait_exit(Duration::from_secs(10));
+    wait_server(pool, &via_id, "Offline");
+    assert_ne!(
+        pool.get(&format!("/api/1/deployments/{d}"))
+            .expect_json(200)["State"],
+        "Deployed"
+    );
+    proxy.set_rate(0);
+    fleet.servers[1]
+        .gantry
+        .as_mut()
+        .unwrap()
+        .restart_same_address();
+    wait_status(
+        pool,
+        std::slice::from_ref(&d),
+        "Stopped",
+        Duration::from_secs(120),
+    );
+    let on_server = fleet.servers[1]
+        .gantry()
+        .get("/api/1/transfer/apps")
+        .expect_json(200);
+    assert_eq!(on_server[0]["Id"], id, "{on_server}");
+
+    // Deleted while the server is away: removed there once it is back.
+    let server = fleet.servers[1].gantry.as_mut().unwrap();
+    server.signal(common::Signal::SIGKILL);
+    server.wait_exit(Duration::from_secs(10));
+    wait_server(pool, &via_id, "Offline");
+    let r = pool.delete(&format!("/api/1/deployments/{d}"));
+    assert_eq!(r.status, 202, "{r}");
+    fleet.servers[1]
+        .gantry
+        .as_mut()
+        .unwrap()
+        .restart_same_address();
+    let gone = wait_for(Duration::from_secs(60), Duration::from_millis(250), || {
+        (pool.get("/api/1/deployments").status == 204).then_some(())
+    });
+    assert!(gone.is_some(), "{}", pool.get("/api/1/deployments").text());
+    fleet.servers[1]
+        .gantry()
+        .get("/api/1/transfer/apps")
+        .expect_empty(204);
+}
