@@ -88,6 +88,22 @@ impl ConfigError {
     }
 }
 
+/// A `*_secs` value: the environment variable `var` wins over `value` (the file's or the
+/// default); at least 1.
+fn secs_value(env: &dyn Env, key: &str, var: String, value: u64) -> Result<Duration, ConfigError> {
+    let v = match env.var(&var) {
+        Some(s) => s.parse::<u64>().map_err(|_| ConfigError::Env {
+            var,
+            message: format!("not a number: {s}"),
+        })?,
+        None => value,
+    };
+    if v == 0 {
+        return Err(bad(key, "must be at least 1"));
+    }
+    Ok(Duration::from_secs(v))
+}
+
 /// A malformed or out-of-range value of the key `key`.
 fn bad(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Value {
@@ -435,19 +451,9 @@ impl Config {
     }
 
     fn from_raw(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
-        let secs = |key: &str, file: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
+        let secs = |key: &str, file: Option<u64>, default: u64| {
             let var = format!("GANTRY_{}", key.to_uppercase());
-            let v = match env.var(&var) {
-                Some(s) => s.parse::<u64>().map_err(|_| ConfigError::Env {
-                    var,
-                    message: format!("not a number: {s}"),
-                })?,
-                None => file.unwrap_or(default),
-            };
-            if v == 0 {
-                return Err(bad(key, "must be at least 1"));
-            }
-            Ok(Duration::from_secs(v))
+            secs_value(env, key, var, file.unwrap_or(default))
         };
 
         let state_dir = env

@@ -29,23 +29,15 @@ pub struct PoolConfig {
     pub download_retry: Duration,
 }
 
-/// The OCI registry the pool's apps come from.
+/// The OCI registry the pool's apps come from: `registry` is `http://host:port` or
+/// `https://host[:port]`; repositories live below `namespace`
+/// (`gantry-apps/simple-webserver`); `credentials` are the username and the password read
+/// from `password_file` at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
-    /// `http://host:port` or `https://host[:port]`.
     pub registry: String,
-    /// Repositories live below it (`gantry-apps/simple-webserver`).
     pub namespace: String,
-    pub username: Option<String>,
-    /// Read from `password_file` at start.
-    pub password: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerConfig {
-    /// The server's Transfer base, before `/api` (`http://198.18.1.2:54169`).
-    pub url: String,
-    pub token_file: Option<PathBuf>,
+    pub credentials: Option<(String, String)>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +64,14 @@ struct RawServer {
     token_file: Option<PathBuf>,
 }
 
+/// A server: its Transfer base `url`, before `/api` (`http://198.18.1.2:54169`), and the
+/// file holding its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub url: String,
+    pub token_file: Option<PathBuf>,
+}
+
 /// `pool.<key>` in seconds: `GANTRY_POOL_<KEY>` wins over the file; at least 1.
 fn secs(
     env: &dyn Env,
@@ -80,17 +80,7 @@ fn secs(
     default: u64,
 ) -> Result<Duration, ConfigError> {
     let var = format!("GANTRY_POOL_{}", key.to_uppercase());
-    let v = match env.var(&var) {
-        Some(s) => s.parse::<u64>().map_err(|_| ConfigError::Env {
-            var,
-            message: format!("not a number: {s}"),
-        })?,
-        None => file.unwrap_or(default),
-    };
-    if v == 0 {
-        return Err(bad(format!("pool.{key}"), "must be at least 1"));
-    }
-    Ok(Duration::from_secs(v))
+    super::secs_value(env, &format!("pool.{key}"), var, file.unwrap_or(default))
 }
 
 pub(super) fn build(raw: RawPool, env: &dyn Env) -> Result<PoolConfig, ConfigError> {
@@ -143,26 +133,26 @@ fn store(
             format!("\"{namespace}\": lowercase path components of a-z, 0-9, '.', '_' and '-'"),
         ));
     }
-    let password = match &password_file {
-        None => None,
-        Some(path) => Some(
+    let credentials = match (username, &password_file) {
+        (None, None) => None,
+        (Some(user), Some(path)) => Some((
+            user,
             std::fs::read_to_string(path)
                 .map_err(|e| bad("pool.password_file", format!("{}: {e}", path.display())))?
                 .trim()
                 .to_string(),
-        ),
+        )),
+        _ => {
+            return Err(bad(
+                "pool.username",
+                "username and password_file go together",
+            ))
+        }
     };
-    if password.is_some() != username.is_some() {
-        return Err(bad(
-            "pool.username",
-            "username and password_file go together",
-        ));
-    }
     Ok(StoreConfig {
         registry,
         namespace,
-        username,
-        password,
+        credentials,
     })
 }
 

@@ -41,6 +41,12 @@ pub struct Core {
     pub pool: Option<Arc<pool::Pool>>,
 }
 
+/// A part of the core that may be missing (not configured, or not in this build).
+pub fn part<'a, T>(slot: &'a Option<Arc<T>>, missing: &str) -> CoreResult<&'a Arc<T>> {
+    slot.as_ref()
+        .ok_or_else(|| CoreError::NotFound(missing.to_string()))
+}
+
 impl Core {
     pub fn new(
         engine: Arc<dyn ContainerEngine>,
@@ -63,6 +69,17 @@ impl Core {
     pub fn with_prefs(mut self, prefs: prefs::Prefs) -> Self {
         self.prefs = prefs;
         self
+    }
+
+    /// The templates, when this gantry keeps them.
+    pub fn templates(&self) -> CoreResult<&Arc<templates::Templates>> {
+        part(&self.templates, "this gantry keeps no templates")
+    }
+
+    /// The App Pool.
+    #[cfg(feature = "pool")]
+    pub fn pool(&self) -> CoreResult<&Arc<pool::Pool>> {
+        part(&self.pool, "this gantry runs no app pool")
     }
 
     pub fn with_templates(mut self, templates: templates::Templates) -> Self {

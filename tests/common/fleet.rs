@@ -564,8 +564,6 @@ fn pipe(
 ) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 16 << 10];
-        let started = Instant::now();
-        let mut sent = 0u64;
         loop {
             let n = match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
@@ -584,16 +582,13 @@ fn pipe(
             if to.write_all(&buf[..n]).is_err() {
                 break;
             }
-            sent += n as u64;
             if let Some(c) = &count {
                 c.fetch_add(n as u64, Ordering::SeqCst);
             }
+            // Each chunk takes its share of a second at the current rate.
             let limit = rate.as_ref().map_or(0, |r| r.load(Ordering::SeqCst));
             if limit > 0 {
-                let due = Duration::from_secs_f64(sent as f64 / limit as f64);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    std::thread::sleep(wait.min(Duration::from_millis(200)));
-                }
+                std::thread::sleep(Duration::from_secs_f64(n as f64 / limit as f64));
             }
         }
         let _ = to.shutdown(Shutdown::Write);

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::{Call, Handler, Problem, Reply};
 use crate::api::http::{self, declared_too_large, Response};
 use crate::api::router::Routes;
+use crate::core::apps::bundle::BundleKind;
 use crate::core::apps::import::ImportOptions;
 use crate::core::apps::lifecycle::{
     AppStatus, AppView, ProcessOutcome, RemoveOptions, StopOptions,
@@ -275,7 +276,10 @@ pub(super) fn import_limit(c: &Call) -> u64 {
 }
 
 async fn import(c: Call) -> Reply {
-    let (core, stored, task) = upload_import(c, Core::import_app).await?;
+    let (core, stored, task) = upload_import(c, |core, source, options, start| {
+        core.import_bundle(BundleKind::App, source, options, start)
+    })
+    .await?;
     let view = core.apps.get(stored.id()).await?;
     Ok(with_task(
         http::json(StatusCode::OK, &instance(&view)),

@@ -72,6 +72,14 @@ impl Call {
 }
 
 pub type Reply = Result<Response, Problem>;
+
+/// Registers handlers, a path a line: `route_table!(r; "/x/{id}" => GET get, DELETE remove;)`.
+macro_rules! route_table {
+    ($r:expr; $($path:literal => $($method:ident $handler:ident),+;)*) => {
+        $($($r.add(hyper::Method::$method, $path, |c| Box::pin($handler(c)));)+)*
+    };
+}
+pub(crate) use route_table;
 pub type Handler = fn(Call) -> Pin<Box<dyn Future<Output = Reply> + Send>>;
 
 /// An error answer; rendered as `application/problem+json` with the request path as instance.

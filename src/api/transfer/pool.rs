@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use http_body_util::{BodyExt, Limited};
-use hyper::{Method, StatusCode};
+use hyper::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -23,38 +23,20 @@ use crate::core::pool::PoolApp;
 use crate::core::Core;
 
 pub fn register(r: &mut Routes<Handler>) {
-    let routes: [(Method, &'static str, Handler); 17] = [
-        (Method::GET, "/pool/apps", |c| Box::pin(apps(c))),
-        (Method::PUT, "/pool/apps/{id}", |c| Box::pin(install(c))),
-        (Method::DELETE, "/pool/apps/{id}", |c| {
-            Box::pin(uninstall(c))
-        }),
-        (Method::PUT, "/pool/refresh", |c| Box::pin(refresh(c))),
-        (Method::PUT, "/pool/clear", |c| Box::pin(clear(c))),
-        (Method::PUT, "/pool/publish/{id}", |c| Box::pin(publish(c))),
-        (Method::GET, "/configure", |c| Box::pin(configuration(c))),
-        (Method::PUT, "/configure", |c| Box::pin(configure(c))),
-        (Method::GET, "/servers", |c| Box::pin(servers(c))),
-        (Method::POST, "/servers", |c| Box::pin(add_server(c))),
-        (Method::DELETE, "/servers/{id}", |c| {
-            Box::pin(remove_server(c))
-        }),
-        (Method::GET, "/deployments", |c| Box::pin(deployments(c))),
-        (Method::POST, "/deployments", |c| Box::pin(deploy(c))),
-        (Method::GET, "/deployments/{id}", |c| {
-            Box::pin(deployment(c))
-        }),
-        (Method::DELETE, "/deployments/{id}", |c| {
-            Box::pin(undeploy(c))
-        }),
-        (Method::PUT, "/deployments/{id}/start", |c| {
-            Box::pin(start(c))
-        }),
-        (Method::PUT, "/deployments/{id}/stop", |c| Box::pin(stop(c))),
-    ];
-    for (method, path, handler) in routes {
-        r.add(method, path, handler);
-    }
+    super::route_table!(r;
+        "/pool/apps" => GET apps;
+        "/pool/apps/{id}" => PUT install, DELETE uninstall;
+        "/pool/refresh" => PUT refresh;
+        "/pool/clear" => PUT clear;
+        "/pool/publish/{id}" => PUT publish;
+        "/configure" => GET configuration, PUT configure;
+        "/servers" => GET servers, POST add_server;
+        "/servers/{id}" => DELETE remove_server;
+        "/deployments" => GET deployments, POST deploy;
+        "/deployments/{id}" => GET deployment, DELETE undeploy;
+        "/deployments/{id}/start" => PUT start;
+        "/deployments/{id}/stop" => PUT stop;
+    );
 }
 
 /// A JSON list, or 204 when empty.
@@ -93,8 +75,8 @@ fn pool_app(a: &PoolApp) -> Value {
         "App": a.config,
         "Installed": a.installed,
         "Available": a.available,
-        "Size": a.size,
-        "Digest": a.digest,
+        "Size": a.bundle.as_ref().map(|b| b.0),
+        "Digest": a.bundle.as_ref().map(|b| &b.1),
     })
 }
 
@@ -168,7 +150,7 @@ fn configuration_json(core: &Core) -> Result<Value, Problem> {
         json!({
             "Registry": s.registry,
             "Namespace": s.namespace,
-            "Authenticated": s.username.is_some(),
+            "Authenticated": s.credentials.is_some(),
         })
     });
     let config = pool.config();

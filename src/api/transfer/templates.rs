@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::header::{HeaderValue, CACHE_CONTROL};
-use hyper::{Method, StatusCode};
+use hyper::StatusCode;
 use serde_json::json;
 
 use super::apps::{id_param, instance, op_start, upload_import, with_task, AppJson};
@@ -24,25 +24,12 @@ use crate::core::templates::TemplateView;
 use crate::core::CoreResult;
 
 pub fn register(r: &mut Routes<Handler>) {
-    let routes: [(Method, &'static str, Handler); 6] = [
-        (Method::POST, "/transfer/templates", |c| Box::pin(import(c))),
-        (Method::GET, "/transfer/templates", |c| Box::pin(list(c))),
-        (Method::GET, "/transfer/templates/{id}", |c| {
-            Box::pin(get(c))
-        }),
-        (Method::DELETE, "/transfer/templates/{id}", |c| {
-            Box::pin(remove(c))
-        }),
-        (Method::GET, "/transfer/templates/{id}/build", |c| {
-            Box::pin(build(c))
-        }),
-        (Method::POST, "/transfer/templates/{id}/instantiate", |c| {
-            Box::pin(instantiate(c))
-        }),
-    ];
-    for (method, path, handler) in routes {
-        r.add(method, path, handler);
-    }
+    super::route_table!(r;
+        "/transfer/templates" => POST import, GET list;
+        "/transfer/templates/{id}" => GET get, DELETE remove;
+        "/transfer/templates/{id}/build" => GET build;
+        "/transfer/templates/{id}/instantiate" => POST instantiate;
+    );
 }
 
 /// A Template: the stored bundle's id and config, whether it is busy and built, and the

@@ -108,18 +108,8 @@ pub type ImportOperation = Operation<ImportProgress, StoredApp>;
 pub type AppOperation = Operation<OutputLine, ProcessOutcome>;
 
 impl Core {
-    /// Imports an app bundle. Cancelled (by a client, or by its client going away) it rolls
-    /// back: nothing of the app stays, no image it loaded stays.
-    pub fn import_app(
-        self: &Arc<Self>,
-        source: ImportSource,
-        options: ImportOptions,
-        start: &Start,
-    ) -> CoreResult<ImportOperation> {
-        self.import_bundle(BundleKind::App, source, options, start)
-    }
-
-    /// Imports an app or a template bundle (see [`Core::import_app`]).
+    /// Imports an app or a template bundle. Cancelled (by a client, or by its client going
+    /// away) it rolls back: nothing of the bundle stays, no image it loaded stays.
     pub fn import_bundle(
         self: &Arc<Self>,
         kind: BundleKind,

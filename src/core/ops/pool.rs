@@ -17,10 +17,10 @@ use super::{Operation, Start, Summary};
 use crate::core::apps::store::StoredApp;
 use crate::core::apps::AppId;
 use crate::core::pool::deploy::{DeployState, Deployment};
-use crate::core::pool::registry::IndexEntry;
+use crate::core::pool::registry::{IndexEntry, Publication};
 use crate::core::pool::remote::Probe;
 use crate::core::pool::servers::{self, Server, ServerStatus, ServerView};
-use crate::core::pool::{Pool, PoolProgress};
+use crate::core::pool::{Job, Pool, PoolProgress};
 use crate::core::tasks::TaskKind;
 use crate::core::{Core, CoreError, CoreResult, ErrorKind};
 
@@ -55,13 +55,6 @@ pub struct DeploymentView {
 }
 
 impl Core {
-    /// The App Pool.
-    pub fn pool(&self) -> CoreResult<&Arc<Pool>> {
-        self.pool
-            .as_ref()
-            .ok_or_else(|| CoreError::NotFound("this gantry runs no app pool".into()))
-    }
-
     /// Downloads the app `id` from the store into the pool. Its client going away does not
     /// stop it; a cancel drops the partial download, a shutdown keeps it for the next start.
     pub fn install_pool_app(
@@ -70,17 +63,16 @@ impl Core {
         start: &Start,
     ) -> CoreResult<Operation<PoolProgress, StoredApp>> {
         let pool = self.pool()?.clone();
-        let app = id.to_string();
+        let kind = TaskKind::PoolInstall;
         self.operation(
-            TaskKind::PoolInstall,
-            Some(&app),
+            kind,
+            Some(&id.to_string()),
             start,
             |core, reporter, cancel| async move {
                 let progress = move |p: PoolProgress| reporter.report(p);
-                let result = pool.install(&id, &cancel, &progress).await;
-                if matches!(&result, Err(e) if e.is(ErrorKind::Cancelled))
-                    && !core.tasks.is_shutting_down()
-                {
+                let result = pool.install(&id, &Job::new(&cancel, &progress)).await;
+                let dropped = matches!(&result, Err(e) if e.is(ErrorKind::Cancelled));
+                if dropped && !core.tasks.is_shutting_down() {
                     pool.forget_download(&id);
                 }
                 result
@@ -97,20 +89,15 @@ impl Core {
         start: &Start,
     ) -> CoreResult<Operation<Infallible, IndexEntry>> {
         let pool = self.pool()?.clone();
-        let app = id.to_string();
-        self.operation(
-            TaskKind::Publish,
-            Some(&app),
-            start,
-            move |core, _, cancel| async move {
-                let config = core.apps.get(&id).await?.app.config().clone();
-                let bundle = core.apps.export(&id, with_images).await?;
-                tokio::select! {
-                    r = pool.publish(&config, bundle, replace) => r,
-                    _ = cancel.cancelled() => Err(CoreError::Cancelled(format!("the publication of {id} was cancelled"))),
-                }
-            },
-        )
+        self.operation(TaskKind::Publish, Some(&id.to_string()), start, move |core, _, cancel| async move {
+            let config = core.apps.get(&id).await?.app.config().clone();
+            let bundle = core.apps.export(&id, with_images).await?;
+            let publication = Publication { config, bundle, replace };
+            tokio::select! {
+                r = pool.publish(publication) => r,
+                _ = cancel.cancelled() => Err(CoreError::Cancelled(format!("the publication of {id} was cancelled"))),
+            }
+        })
     }
 
     /// Adds a server once `GET /api/versions` found it online with a compatible API.

@@ -13,7 +13,7 @@ use crate::core::apps::AppId;
 use crate::core::tasks::TaskKind;
 use crate::core::templates::build::{BuildProgress, Built};
 use crate::core::templates::Templates;
-use crate::core::{Core, CoreError, CoreResult};
+use crate::core::{Core, CoreResult};
 
 impl Summary for BuildProgress {
     fn step(&self) -> String {
@@ -29,13 +29,6 @@ impl Summary for BuildProgress {
 pub type BuildReport = Box<dyn Fn(BuildProgress) + Send + Sync>;
 
 impl Core {
-    /// The templates, when this gantry keeps them.
-    pub fn templates(&self) -> CoreResult<&Arc<Templates>> {
-        self.templates
-            .as_ref()
-            .ok_or_else(|| CoreError::NotFound("this gantry keeps no templates".into()))
-    }
-
     /// Builds every service of the template `id`; cancelled, it removes what it built.
     pub fn build_template(
         self: &Arc<Self>,
@@ -82,10 +75,14 @@ impl Core {
         Fut: Future<Output = CoreResult<T>> + Send + 'static,
     {
         let templates = self.templates()?.clone();
-        let app = id.to_string();
-        self.operation(kind, Some(&app), start, move |core, reporter, cancel| {
-            let report: BuildReport = Box::new(move |p| reporter.report(p));
-            run(core, templates, id, report, cancel)
-        })
+        self.operation(
+            kind,
+            Some(&id.to_string()),
+            start,
+            move |core, reporter, cancel| {
+                let report: BuildReport = Box::new(move |p| reporter.report(p));
+                run(core, templates, id, report, cancel)
+            },
+        )
     }
 }

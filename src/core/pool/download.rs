@@ -55,6 +55,27 @@ const REPORT_EVERY: u64 = 1 << 20;
 
 type Progress<'a> = &'a (dyn Fn(PoolProgress) + Send + Sync);
 
+/// How an install runs: its cancel token and where it reports.
+#[derive(Clone, Copy)]
+pub struct Job<'a> {
+    pub cancel: &'a CancellationToken,
+    pub progress: Progress<'a>,
+}
+
+impl<'a> Job<'a> {
+    pub fn new(cancel: &'a CancellationToken, progress: Progress<'a>) -> Self {
+        Self { cancel, progress }
+    }
+}
+
+/// One download: the blob of `intent` into `part`.
+struct Download<'a> {
+    registry: &'a Registry,
+    intent: &'a Intent,
+    part: &'a Path,
+    job: Job<'a>,
+}
+
 impl Pool {
     fn downloads(&self) -> PathBuf {
         self.dir.join("downloads")
@@ -89,12 +110,7 @@ impl Pool {
 
     /// Installs `id` from the store (already installed: answers it). Cancelled, the partial
     /// download stays; the caller decides whether to forget it.
-    pub async fn install(
-        &self,
-        id: &AppId,
-        cancel: &CancellationToken,
-        progress: Progress<'_>,
-    ) -> CoreResult<StoredApp> {
+    pub async fn install(&self, id: &AppId, job: &Job<'_>) -> CoreResult<StoredApp> {
         let _claim = self
             .installing
             .claim(id, "installed")
@@ -113,13 +129,13 @@ impl Pool {
         write_json(&self.file_of(&intent.digest, "json"), &intent)?;
         let part = self.file_of(&intent.digest, "part");
         self.check_space(&intent, &part)?;
-        self.fetch(&intent, &part, cancel, progress).await?;
-        progress(PoolProgress::Checking);
+        self.fetch(&intent, &part, job).await?;
+        (job.progress)(PoolProgress::Checking);
         if let Err(e) = self.verify(&intent, &part).await {
             self.forget_download(id);
             return Err(e);
         }
-        progress(PoolProgress::Storing);
+        (job.progress)(PoolProgress::Storing);
         let stored = self.store_download(&intent, &part).await;
         let _ = std::fs::remove_file(self.file_of(&intent.digest, "json"));
         stored
@@ -142,13 +158,7 @@ impl Pool {
 
     /// Downloads the rest of the blob into `part`, retrying (with range requests) while the
     /// store is unreachable, until it made no progress for `pool.download_retry_secs`.
-    async fn fetch(
-        &self,
-        intent: &Intent,
-        part: &Path,
-        cancel: &CancellationToken,
-        progress: Progress<'_>,
-    ) -> CoreResult<()> {
+    async fn fetch(&self, intent: &Intent, part: &Path, job: &Job<'_>) -> CoreResult<()> {
         let mut last_progress = Instant::now();
         let mut pause = Duration::from_millis(250);
         loop {
@@ -157,7 +167,13 @@ impl Pool {
                 return Ok(());
             }
             let registry = self.registry()?;
-            match fetch_once(&registry, intent, part, have, cancel, progress).await {
+            let download = Download {
+                registry: &registry,
+                intent,
+                part,
+                job: *job,
+            };
+            match download.once(have).await {
                 Ok(moved) if moved > 0 => last_progress = Instant::now(),
                 Ok(_) => {}
                 Err(e) if e.is(ErrorKind::Unavailable) => {
@@ -169,7 +185,7 @@ impl Pool {
                 Err(e) => return Err(e),
             }
             tokio::select! {
-                _ = cancel.cancelled() => return Err(cancelled(&intent.id)),
+                _ = job.cancel.cancelled() => return Err(cancelled(&intent.id)),
                 _ = tokio::time::sleep(pause) => {}
             }
             pause = (pause * 2).min(Duration::from_secs(5));
@@ -232,64 +248,66 @@ fn cancelled(id: &AppId) -> CoreError {
     CoreError::Cancelled(format!("the download of {id} was cancelled"))
 }
 
-/// One request for the blob from `have` on, written to `part`; the bytes it wrote.
-async fn fetch_once(
-    registry: &Registry,
-    intent: &Intent,
-    part: &Path,
-    have: u64,
-    cancel: &CancellationToken,
-    progress: Progress<'_>,
-) -> CoreResult<u64> {
-    let (mut stream, restart) = registry
-        .blob_from(&intent.repository, &intent.digest, have)
-        .await?;
-    let mut file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(!restart)
-        .write(true)
-        .truncate(restart)
-        .open(part)
-        .await
-        .map_err(|e| CoreError::io(format!("cannot open {}", part.display()), e))?;
-    let mut done = if restart { 0 } else { have };
-    let mut reported = done;
-    let (mut moved, size) = (0u64, intent.size);
-    loop {
-        let chunk = tokio::select! {
-            _ = cancel.cancelled() => return Err(cancelled(&intent.id)),
-            c = stream.next() => c,
-        };
-        let Some(chunk) = chunk else { break };
-        let chunk = chunk.map_err(|e| {
-            CoreError::Unavailable(format!("the download from the store broke off: {e}"))
-        })?;
-        if done + chunk.len() as u64 > size {
-            return Err(CoreError::Failed(format!(
-                "the store sent more than the {size} bytes of {}",
+impl Download<'_> {
+    /// One request for the blob from `have` on, written to `part`; the bytes it wrote.
+    async fn once(&self, have: u64) -> CoreResult<u64> {
+        let Download {
+            registry,
+            intent,
+            part,
+            job,
+        } = *self;
+        let (cancel, progress) = (job.cancel, job.progress);
+        let (mut stream, restart) = registry
+            .blob_from(&intent.repository, &intent.digest, have)
+            .await?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(!restart)
+            .write(true)
+            .truncate(restart)
+            .open(part)
+            .await
+            .map_err(|e| CoreError::io(format!("cannot open {}", part.display()), e))?;
+        let mut done = if restart { 0 } else { have };
+        let mut reported = done;
+        let (mut moved, size) = (0u64, intent.size);
+        loop {
+            let chunk = tokio::select! {
+                _ = cancel.cancelled() => return Err(cancelled(&intent.id)),
+                c = stream.next() => c,
+            };
+            let Some(chunk) = chunk else { break };
+            let chunk = chunk.map_err(|e| {
+                CoreError::Unavailable(format!("the download from the store broke off: {e}"))
+            })?;
+            if done + chunk.len() as u64 > size {
+                return Err(CoreError::Failed(format!(
+                    "the store sent more than the {size} bytes of {}",
+                    intent.id
+                )));
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| CoreError::io(format!("cannot write {}", part.display()), e))?;
+            done += chunk.len() as u64;
+            moved += chunk.len() as u64;
+            if done - reported >= REPORT_EVERY || done == size {
+                reported = done;
+                progress(PoolProgress::Downloading { done, size });
+            }
+        }
+        file.sync_data()
+            .await
+            .map_err(|e| CoreError::io(format!("cannot write {}", part.display()), e))?;
+        if done < size {
+            return Err(CoreError::Unavailable(format!(
+                "the store ended the download of {} after {done} of {size} bytes",
                 intent.id
             )));
         }
-        file.write_all(&chunk)
-            .await
-            .map_err(|e| CoreError::io(format!("cannot write {}", part.display()), e))?;
-        done += chunk.len() as u64;
-        moved += chunk.len() as u64;
-        if done - reported >= REPORT_EVERY || done == size {
-            reported = done;
-            progress(PoolProgress::Downloading { done, size });
-        }
+        Ok(moved)
     }
-    file.sync_data()
-        .await
-        .map_err(|e| CoreError::io(format!("cannot write {}", part.display()), e))?;
-    if done < size {
-        return Err(CoreError::Unavailable(format!(
-            "the store ended the download of {} after {done} of {size} bytes",
-            intent.id
-        )));
-    }
-    Ok(moved)
 }
 
 fn file_sha256(path: &Path) -> CoreResult<String> {

@@ -23,10 +23,9 @@ use crate::config::{PoolConfig, StoreConfig};
 use crate::core::apps::import::ImportSettings;
 use crate::core::apps::store::{AppStore, StoredApp};
 use crate::core::apps::{AppConfig, AppId, Claims};
-use crate::core::engine::ByteStream;
 use crate::core::{CoreError, CoreResult};
-pub use download::PoolProgress;
-use registry::{IndexEntry, Registry};
+pub use download::{Job, PoolProgress};
+use registry::{IndexEntry, Publication, Registry};
 
 /// Where an installed app came from (`pool.json` next to its `bundle.zip`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,17 +39,16 @@ pub struct Origin {
 pub const BUNDLE_FILE: &str = "bundle.zip";
 const ORIGIN_FILE: &str = "pool.json";
 
-/// An app as `GET /pool/apps` lists it.
+/// An app as `GET /pool/apps` lists it: `installed`, its bundle is in the pool's storage;
+/// `available`, the store offered it when its index was last fetched; its bundle's size and
+/// digest, when known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolApp {
     pub id: AppId,
     pub config: AppConfig,
-    /// Its bundle is in the pool's storage.
     pub installed: bool,
-    /// The store offered it when its index was last fetched.
     pub available: bool,
-    pub size: Option<u64>,
-    pub digest: Option<String>,
+    pub bundle: Option<(u64, String)>,
 }
 
 /// The store in effect, and where its setting came from.
@@ -189,7 +187,7 @@ impl Pool {
     }
 
     /// Sets the store (`None`: back to the config file's); persisted. Credentials stay the
-    /// config file's: a store on the file's registry keeps its username and password.
+    /// config file's: a store on the file's registry keeps its credentials.
     pub fn set_store(&self, registry: Option<(String, String)>) -> CoreResult<StoreView> {
         let stored = registry.map(|(registry, namespace)| {
             StoredStore {
@@ -260,8 +258,7 @@ impl Pool {
                 config: e.config.clone(),
                 installed: false,
                 available: true,
-                size: Some(e.size),
-                digest: Some(e.digest.clone()),
+                bundle: Some((e.size, e.digest.clone())),
             })
             .collect();
         for app in self.apps.list()? {
@@ -273,8 +270,7 @@ impl Pool {
                     config: app.config().clone(),
                     installed: true,
                     available: false,
-                    size: origin.as_ref().map(|o| o.size),
-                    digest: origin.map(|o| o.digest),
+                    bundle: origin.map(|o| (o.size, o.digest)),
                 }),
             }
         }
@@ -326,14 +322,9 @@ impl Pool {
         Ok(())
     }
 
-    /// Publishes a stored app's bundle (`bundle`, a ZIP stream) to the store.
-    pub async fn publish(
-        &self,
-        config: &AppConfig,
-        bundle: ByteStream,
-        replace: bool,
-    ) -> CoreResult<IndexEntry> {
-        let entry = self.registry()?.publish(config, bundle, replace).await?;
+    /// Publishes a stored app's bundle to the store and notes it in the index.
+    pub async fn publish(&self, p: Publication) -> CoreResult<IndexEntry> {
+        let entry = self.registry()?.publish(p).await?;
         let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
         index.retain(|e| e.id != entry.id);
         index.push(entry.clone());
@@ -360,15 +351,13 @@ impl StoredStore {
     }
 
     fn into_config(self, file: Option<&StoreConfig>) -> StoreConfig {
-        let creds = file
+        let credentials = file
             .filter(|f| f.registry == self.registry)
-            .map(|f| (f.username.clone(), f.password.clone()));
-        let (username, password) = creds.unwrap_or_default();
+            .and_then(|f| f.credentials.clone());
         StoreConfig {
             registry: self.registry,
             namespace: self.namespace,
-            username,
-            password,
+            credentials,
         }
     }
 }

@@ -33,6 +33,14 @@ pub struct IndexEntry {
     pub size: u64,
 }
 
+/// An app's bundle to publish: its config, the bundle ZIP as a stream, and whether it may
+/// replace the same version in the store.
+pub struct Publication {
+    pub config: AppConfig,
+    pub bundle: ByteStream,
+    pub replace: bool,
+}
+
 /// Largest AppConfig blob read from a store.
 const MAX_CONFIG_BYTES: i64 = 64 << 10;
 /// Blob upload chunks: oci-client sends one PATCH per chunk it is given.
@@ -88,9 +96,9 @@ impl Registry {
             read_timeout: Some(idle),
             ..Default::default()
         };
-        let auth = match (&store.username, &store.password) {
-            (Some(u), Some(p)) => RegistryAuth::Basic(u.clone(), p.clone()),
-            _ => RegistryAuth::Anonymous,
+        let auth = match &store.credentials {
+            Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
+            None => RegistryAuth::Anonymous,
         };
         Ok(Self {
             client: Client::new(config),
@@ -258,14 +266,15 @@ impl Registry {
         Ok((Box::pin(sized.stream), restart))
     }
 
-    /// Publishes `bundle` (a ZIP stream) as the app `config`: blob, config, manifest. An
-    /// existing tag is replaced only with `replace`, and never by another app.
-    pub async fn publish(
-        &self,
-        config: &AppConfig,
-        bundle: ByteStream,
-        replace: bool,
-    ) -> CoreResult<IndexEntry> {
+    /// Publishes a bundle: blob, config, manifest. An existing tag is replaced only with
+    /// `replace`, and never by another app.
+    pub async fn publish(&self, p: Publication) -> CoreResult<IndexEntry> {
+        let Publication {
+            config,
+            bundle,
+            replace,
+        } = p;
+        let config = &config;
         let id = config.id();
         let (repository, tag) = names::location(&self.namespace, &config.name, &config.version);
         if let Some(existing) = self.entry(&repository, &tag).await? {

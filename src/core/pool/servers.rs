@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,16 +42,14 @@ pub struct Server {
     pub token_file: Option<PathBuf>,
 }
 
-/// A server with its last probe.
+/// A server with its last probe's status and `detail` (why it is not online, or the API
+/// version it speaks); `from_config`: defined in the config file (the API cannot delete it).
 #[derive(Debug, Clone)]
 pub struct ServerView {
     pub server: Server,
-    /// Defined in the config file (cannot be deleted through the API).
     pub from_config: bool,
     pub status: ServerStatus,
-    /// Why it is not online, or the API version it speaks.
     pub detail: Option<String>,
-    pub checked: Option<SystemTime>,
 }
 
 pub struct Servers {
@@ -80,7 +77,6 @@ fn view(server: Server, from_config: bool) -> ServerView {
         from_config,
         status: ServerStatus::Unknown,
         detail: None,
-        checked: None,
     }
 }
 
@@ -203,7 +199,6 @@ fn apply(v: &mut ServerView, probe: &Probe) {
     };
     v.status = status;
     v.detail = detail;
-    v.checked = Some(SystemTime::now());
 }
 
 impl Server {
@@ -234,8 +229,12 @@ mod tests {
 
     #[test]
     fn ids_come_from_urls() {
-        assert_eq!(id_of("http://198.18.1.2:54169"), "198-18-1-2-54169");
-        assert_eq!(id_of("https://gw.example/scaleit"), "gw-example-scaleit");
+        for (url, id) in [
+            ("http://198.18.1.2:54169", "198-18-1-2-54169"),
+            ("https://gw.example/scaleit", "gw-example-scaleit"),
+        ] {
+            assert_eq!(id_of(url), id);
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ use super::apps::{import_limit, process_result, UpResult};
 use super::{Call, Handler, Problem, Reply};
 use crate::api::http;
 use crate::api::router::Routes;
+use crate::core::apps::bundle::BundleKind;
 use crate::core::apps::import::{ImportOptions, ImportProgress};
 use crate::core::apps::lifecycle::{ProcessOutcome, StopOptions};
 use crate::core::apps::stream::UploadReader;
@@ -194,7 +195,12 @@ async fn ws_import(c: Call) -> Reply {
 async fn import_session(core: Arc<Core>, ws: WsSession, limit: u64, replace: bool) {
     let opened = open_upload(&core, ws, limit, "import", |file, reader| {
         let source = ImportSource::Buffered { file, reader };
-        core.import_app(source, ImportOptions { replace }, &Start::default())
+        core.import_bundle(
+            BundleKind::App,
+            source,
+            ImportOptions { replace },
+            &Start::default(),
+        )
     });
     let Some((mut ws, mut op)) = opened.await else {
         return;
