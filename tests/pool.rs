@@ -41,24 +41,6 @@ fn web_app(name: &str, reference: &str, tar: &[u8], filler_mib: usize) -> Vec<u8
     zip_of(&entries)
 }
 
-fn put_json(g: &Gantry, path: &str, body: Value) -> common::Resp {
-    g.request(
-        "PUT",
-        path,
-        &[("Content-Type", "application/json")],
-        Some(body.to_string().into_bytes()),
-    )
-}
-
-fn post_json(g: &Gantry, path: &str, body: Value) -> common::Resp {
-    g.request(
-        "POST",
-        path,
-        &[("Content-Type", "application/json")],
-        Some(body.to_string().into_bytes()),
-    )
-}
-
 fn pool_app(g: &Gantry, id: &str) -> Option<Value> {
     let r = g.get("/api/1/pool/apps");
     if r.status == 204 {
@@ -97,7 +79,9 @@ fn the_pool_installs_from_the_store_resumes_and_refuses_a_bad_digest() {
     assert_eq!(config["Store"]["Namespace"], ns.as_str(), "{config}");
     assert_eq!(config["StoreSource"], "file");
     let store = json!({"Store": {"Registry": format!("http://{}", proxy.addr), "Namespace": ns}});
-    let config = put_json(&g, "/api/1/configure", store).expect_json(200);
+    let config = g
+        .send_json("PUT", "/api/1/configure", &store)
+        .expect_json(200);
     assert_eq!(config["StoreSource"], "api", "{config}");
 
     let name = unique("Pooled");
@@ -194,12 +178,13 @@ fn wait_status(pool: &Gantry, ids: &[String], status: &str, limit: Duration) {
 }
 
 fn deploy(pool: &Gantry, server: &str, app: &str) -> String {
-    let d = post_json(
-        pool,
-        "/api/1/deployments",
-        json!({"Server": server, "App": app}),
-    )
-    .expect_json(202);
+    let d = pool
+        .send_json(
+            "POST",
+            "/api/1/deployments",
+            &json!({"Server": server, "App": app}),
+        )
+        .expect_json(202);
     assert_eq!(d["State"], "Pending", "{d}");
     d["Id"].as_str().unwrap().to_string()
 }
@@ -225,21 +210,22 @@ fn a_fleet_of_servers_gets_its_apps_from_the_pool() {
     // A wrong token is reported as unauthorized; the right one registers the server.
     let wrong = fleet.servers[0].token_file.with_extension("wrong");
     std::fs::write(&wrong, "not-the-token-of-this-server").unwrap();
-    let r = post_json(
-        &pool,
+    let r = pool.send_json(
+        "POST",
         "/api/1/servers",
-        json!({"Server": fleet.servers[0].url(), "TokenFile": wrong}),
+        &json!({"Server": fleet.servers[0].url(), "TokenFile": wrong}),
     );
     assert_eq!(r.status, 400, "{r}");
     assert!(r.text().contains("unauthorized"), "{r}");
     let mut server_ids = Vec::new();
     for s in &fleet.servers {
-        let v = post_json(
-            &pool,
-            "/api/1/servers",
-            json!({"Server": s.url(), "TokenFile": s.token_file}),
-        )
-        .expect_json(201);
+        let v = pool
+            .send_json(
+                "POST",
+                "/api/1/servers",
+                &json!({"Server": s.url(), "TokenFile": s.token_file}),
+            )
+            .expect_json(201);
         assert_eq!(v["Status"], "Online", "{v}");
         server_ids.push(v["Id"].as_str().unwrap().to_string());
     }
@@ -306,12 +292,13 @@ fn server_away_mid_deploy(pool: &Gantry, fleet: &mut Fleet, server_ids: &[String
     proxy.set_rate(4 << 20);
     pool.delete(&format!("/api/1/servers/{}", server_ids[1]))
         .expect_empty(200);
-    let via = post_json(
-        pool,
-        "/api/1/servers",
-        json!({"Server": format!("http://{}", proxy.addr), "TokenFile": s1.token_file}),
-    )
-    .expect_json(201);
+    let via = pool
+        .send_json(
+            "POST",
+            "/api/1/servers",
+            &json!({"Server": format!("http://{}", proxy.addr), "TokenFile": s1.token_file}),
+        )
+        .expect_json(201);
     let via_id = via["Id"].as_str().unwrap().to_string();
     let d = deploy(pool, &via_id, id);
     wait_for(Duration::from_secs(30), Duration::from_millis(50), || {

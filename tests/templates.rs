@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::bundle::{upload_bundle, zip_of};
+use common::bundle::{template_images, upload_bundle, zip_of};
 use common::{docker_exists, docker_ok, enc, test_image, unique, wait_for, Gantry};
 use serde_json::Value;
 
@@ -91,12 +91,7 @@ fn a_template_is_built_over_sse_instantiated_started_and_reached() {
     let tpl = upload_bundle(&g, TEMPLATES, &two_service_template(&name, &marker)).expect_json(200);
     assert_eq!(tpl["Id"], id.as_str());
     assert_eq!(tpl["Built"], false);
-    let images: Vec<String> = tpl["Services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["Image"].as_str().unwrap().to_string())
-        .collect();
+    let images = template_images(&tpl);
     assert_eq!(images.len(), 2, "{tpl}");
     assert_eq!(g.get(TEMPLATES).expect_json(200)[0]["Id"], id.as_str());
     let roots = g.get("/api/1/files?category=templates").expect_json(200);
@@ -222,12 +217,7 @@ fn a_failing_build_reports_on_the_failure_channel_and_leaves_nothing() {
         ],
     );
     let tpl = upload_bundle(&g, TEMPLATES, &zip).expect_json(200);
-    let images: Vec<String> = tpl["Services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["Image"].as_str().unwrap().to_string())
-        .collect();
+    let images = template_images(&tpl);
 
     let events = build(&g, &id);
     let (channel, last) = events.last().unwrap();

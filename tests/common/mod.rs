@@ -642,6 +642,11 @@ impl Gantry {
     pub fn post(&self, path: &str, content_type: &str, body: Vec<u8>) -> Resp {
         self.request("POST", path, &[("Content-Type", content_type)], Some(body))
     }
+    /// `method` with `body` as JSON.
+    pub fn send_json(&self, method: &str, path: &str, body: &Value) -> Resp {
+        let body = Some(body.to_string().into_bytes());
+        self.request(method, path, &[("Content-Type", "application/json")], body)
+    }
 
     /// GET `path` and stream the body into `file`; returns the response without its body.
     pub fn download(&self, path: &str, file: &Path) -> Resp {
