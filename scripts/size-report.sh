@@ -9,8 +9,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 command -v curl >/dev/null 2>&1 || { echo "size-report: curl is required" >&2; exit 1; }
 
-echo "size-report: cargo build --release --locked"
-cargo build --release --locked
+# GANTRY_SIZE_CARGO_ARGS: more cargo build arguments, e.g. "--no-default-features" (a
+# gateway without the App Pool role).
+read -r -a extra <<<"${GANTRY_SIZE_CARGO_ARGS:-}"
+echo "size-report: cargo build --release --locked ${extra[*]}"
+cargo build --release --locked "${extra[@]}"
 
 target_dir=$(cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
