@@ -9,17 +9,20 @@ use std::time::Duration;
 
 use common::bundle::{fresh_big_image, import, saved_image, zip_of};
 use common::fleet::{Fleet, Proxy, Registry};
-use common::{enc, unique, wait_for, Gantry};
+use common::{enc, unique, wait_for, Gantry, GantryBuilder};
 use serde_json::{json, Value};
 
 /// A pool gantry whose store is `registry_url`, probing its servers every second.
 fn pool_gantry(host: &str, registry_url: &str, namespace: &str) -> Gantry {
+    pool_builder(host, registry_url, namespace).start()
+}
+
+fn pool_builder(host: &str, registry_url: &str, namespace: &str) -> GantryBuilder {
     Gantry::builder()
         .docker_host(host)
         .config(&format!(
             "[pool]\nregistry = {registry_url:?}\nnamespace = {namespace:?}\nprobe_interval_secs = 1\nidle_timeout_secs = 20\nrequest_timeout_secs = 20\ndownload_retry_secs = 60"
         ))
-        .start()
 }
 
 /// An app bundle of one web service on the busybox image `reference` (its `docker save`
@@ -74,7 +77,14 @@ fn the_pool_installs_from_the_store_resumes_and_refuses_a_bad_digest() {
     let mut registry = Registry::start();
     let proxy = Proxy::start(registry.addr);
     let ns = unique("store");
-    let g = pool_gantry(&host, &format!("http://{}", proxy.addr), &ns);
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_str().unwrap();
+    let start = || {
+        pool_builder(&host, &format!("http://{}", proxy.addr), &ns)
+            .env("GANTRY_STATE_DIR", state_dir)
+            .start()
+    };
+    let g = start();
     let config = g.get("/api/1/configure").expect_json(200);
     assert_eq!(config["Store"]["Namespace"], ns.as_str(), "{config}");
     assert_eq!(config["StoreSource"], "file");
@@ -99,21 +109,11 @@ fn the_pool_installs_from_the_store_resumes_and_refuses_a_bad_digest() {
     );
 
     // The store goes away mid-download and comes back: the download resumes where it was.
+    let before = proxy.delivered.load(Ordering::SeqCst);
     proxy.set_rate(4 << 20);
     let path = format!("/api/1/pool/apps/{}", enc(&id));
-    let installing = {
-        let url = g.url(&path);
-        std::thread::spawn(move || {
-            common::agent()
-                .put(&url)
-                .send_empty()
-                .map(|r| r.status().as_u16())
-        })
-    };
-    wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
-        (proxy.delivered.load(Ordering::SeqCst) > 6 << 20).then_some(())
-    })
-    .expect("the download did not start");
+    let installing = put_in_background(&g, &path);
+    wait_delivered(&proxy, before + (6 << 20));
     registry.stop();
     proxy.cut();
     std::thread::sleep(Duration::from_secs(2));
@@ -129,10 +129,7 @@ fn the_pool_installs_from_the_store_resumes_and_refuses_a_bad_digest() {
         proxy.range_requests() >= 1,
         "the download was not resumed with a range request"
     );
-    assert!(
-        proxy.delivered.load(Ordering::SeqCst) < 2 * size,
-        "the download started over"
-    );
+    assert_resumed(&proxy, before, size);
     assert_eq!(pool_app(&g, &id).unwrap()["Installed"], true);
 
     // A blob whose bytes do not match its digest is refused, and nothing of it stays.
@@ -152,9 +149,84 @@ fn the_pool_installs_from_the_store_resumes_and_refuses_a_bad_digest() {
 
     g.delete(&path).expect_empty(200);
     assert_eq!(pool_app(&g, &id).unwrap()["Installed"], false);
+    let g = killed_mid_download(g, &proxy, &id, size, start);
     g.put(&path).expect_json(200);
     g.put("/api/1/pool/clear").expect_empty(200);
     g.get("/api/1/pool/apps").expect_empty(204);
+}
+
+/// `PUT path` on a thread of its own; its status, or the error when the request broke off.
+fn put_in_background(g: &Gantry, path: &str) -> std::thread::JoinHandle<Result<u16, ureq::Error>> {
+    let url = g.url(path);
+    std::thread::spawn(move || {
+        common::agent()
+            .put(&url)
+            .send_empty()
+            .map(|r| r.status().as_u16())
+    })
+}
+
+/// Waits until the proxy delivered more than `bytes` in all.
+fn wait_delivered(proxy: &Proxy, bytes: u64) {
+    wait_for(Duration::from_secs(30), Duration::from_millis(20), || {
+        (proxy.delivered.load(Ordering::SeqCst) > bytes).then_some(())
+    })
+    .expect("the download did not start");
+}
+
+/// A download that went on from where it was moves the blob about once: one that started
+/// over moves what it had before the break (at least 6 MiB) twice.
+fn assert_resumed(proxy: &Proxy, before: u64, size: u64) {
+    let moved = proxy.delivered.load(Ordering::SeqCst) - before;
+    assert!(
+        moved < size + (3 << 20),
+        "the download started over: {moved} bytes moved for a blob of {size}"
+    );
+}
+
+/// The pool gantry killed while it downloads `id` (not installed yet); `start` starts it
+/// again on the same state, where the download resumes by itself from where it was.
+fn killed_mid_download(
+    g: Gantry,
+    proxy: &Proxy,
+    id: &str,
+    size: u64,
+    start: impl Fn() -> Gantry,
+) -> Gantry {
+    let (before, ranges) = (
+        proxy.delivered.load(Ordering::SeqCst),
+        proxy.range_requests(),
+    );
+    proxy.set_rate(4 << 20);
+    let installing = put_in_background(&g, &format!("/api/1/pool/apps/{}", enc(id)));
+    wait_delivered(proxy, before + (8 << 20));
+    g.signal(common::Signal::SIGKILL);
+    let mut g = g;
+    g.wait_exit(Duration::from_secs(10))
+        .expect("gantry did not die");
+    let answer = installing.join().unwrap();
+    assert!(
+        answer.is_err(),
+        "the install ended before the kill: {answer:?}"
+    );
+    drop(g);
+    proxy.set_rate(0);
+    let g = start();
+    let installed = wait_for(Duration::from_secs(60), Duration::from_millis(250), || {
+        let app = pool_app(&g, id)?;
+        (app["Installed"] == true).then_some(())
+    });
+    assert!(
+        installed.is_some(),
+        "not resumed after a restart: {}",
+        g.stderr()
+    );
+    assert!(
+        proxy.range_requests() > ranges,
+        "the download was not resumed with a range request after the restart"
+    );
+    assert_resumed(proxy, before, size);
+    g
 }
 
 /// Waits until every deployment in `ids` shows `status`.
@@ -243,11 +315,12 @@ fn a_fleet_of_servers_gets_its_apps_from_the_pool() {
             .docker(&["ps", "-q", "--filter", &format!("ancestor={reference}")])
             .is_empty());
     }
-    for d in &deployments {
+    // Server 2's stays running: deleting it stops it first.
+    for d in &deployments[..2] {
         pool.put(&format!("/api/1/deployments/{d}/stop"))
             .expect_json(200);
     }
-    wait_status(&pool, &deployments, "Stopped", Duration::from_secs(30));
+    wait_status(&pool, &deployments[..2], "Stopped", Duration::from_secs(30));
 
     // A rotated token makes its server unauthorized until the right one is back.
     let s0 = &fleet.servers[0];
@@ -263,6 +336,7 @@ fn a_fleet_of_servers_gets_its_apps_from_the_pool() {
     pool.get("/api/1/deployments").expect_empty(204);
     for s in &fleet.servers {
         s.gantry().get("/api/1/transfer/apps").expect_empty(204);
+        assert_eq!(s.docker(&["ps", "-aq"]), "", "containers left on {}", s.ip);
     }
     server_away_mid_deploy(&pool, &mut fleet, &server_ids, &id);
 }
@@ -289,7 +363,7 @@ fn server_away_mid_deploy(pool: &Gantry, fleet: &mut Fleet, server_ids: &[String
     // The pool reaches server 1 through a slow proxy, so the transfer takes a while.
     let s1 = &fleet.servers[1];
     let proxy = Proxy::start(s1.gantry().addr);
-    proxy.set_rate(4 << 20);
+    proxy.set_rate(1 << 20);
     pool.delete(&format!("/api/1/servers/{}", server_ids[1]))
         .expect_empty(200);
     let via = pool
@@ -301,10 +375,28 @@ fn server_away_mid_deploy(pool: &Gantry, fleet: &mut Fleet, server_ids: &[String
         .expect_json(201);
     let via_id = via["Id"].as_str().unwrap().to_string();
     let d = deploy(pool, &via_id, id);
-    wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
-        (proxy.uploaded.load(Ordering::SeqCst) > 4 << 20).then_some(())
-    })
-    .expect("the transfer did not start");
+    let uploaded = |bytes: u64| {
+        wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
+            (proxy.uploaded.load(Ordering::SeqCst) > bytes).then_some(())
+        })
+        .expect("the transfer did not start")
+    };
+    uploaded(1 << 20);
+    // The slow server holds up no one: server 0 gets the app meanwhile.
+    let other = deploy(pool, &server_ids[0], id);
+    wait_status(
+        pool,
+        std::slice::from_ref(&other),
+        "Stopped",
+        Duration::from_secs(60),
+    );
+    let slow = pool
+        .get(&format!("/api/1/deployments/{d}"))
+        .expect_json(200);
+    assert_eq!(slow["State"], "Deploying", "{slow}");
+    pool.delete(&format!("/api/1/deployments/{other}"))
+        .expect_empty(200);
+    uploaded(4 << 20);
     let server = fleet.servers[1].gantry.as_mut().unwrap();
     server.signal(common::Signal::SIGKILL);
     server.wait_exit(Duration::from_secs(10));
