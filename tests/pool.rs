@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -12,16 +13,19 @@ use common::fleet::{Fleet, Proxy, Registry};
 use common::{enc, unique, wait_for, Gantry, GantryBuilder};
 use serde_json::{json, Value};
 
-/// A pool gantry whose store is `registry_url`, probing its servers every second.
-fn pool_gantry(host: &str, registry_url: &str, namespace: &str) -> Gantry {
-    pool_builder(host, registry_url, namespace).start()
-}
-
-fn pool_builder(host: &str, registry_url: &str, namespace: &str) -> GantryBuilder {
+/// A pool gantry whose store is `registry_url`, probing its servers every second; the
+/// servers' token files are in `token_dir`.
+fn pool_builder(
+    host: &str,
+    registry_url: &str,
+    namespace: &str,
+    token_dir: &Path,
+) -> GantryBuilder {
     Gantry::builder()
         .docker_host(host)
         .config(&format!(
-            "[pool]\nregistry = {registry_url:?}\nnamespace = {namespace:?}\nprobe_interval_secs = 1\nidle_timeout_secs = 20\nrequest_timeout_secs = 20\ndownload_retry_secs = 60"
+            "[pool]\nregistry = {registry_url:?}\nnamespace = {namespace:?}\ntoken_dir = {:?}\nprobe_interval_secs = 1\nidle_timeout_secs = 20\nrequest_timeout_secs = 20\ndownload_retry_secs = 60",
+            token_dir.display().to_string()
         ))
 }
 
@@ -80,7 +84,7 @@ fn the_pool_installs_from_the_store_resumes_and_refuses_a_bad_digest() {
     let state = tempfile::tempdir().unwrap();
     let state_dir = state.path().to_str().unwrap();
     let start = || {
-        pool_builder(&host, &format!("http://{}", proxy.addr), &ns)
+        pool_builder(&host, &format!("http://{}", proxy.addr), &ns, state.path())
             .env("GANTRY_STATE_DIR", state_dir)
             .start()
     };
@@ -88,6 +92,7 @@ fn the_pool_installs_from_the_store_resumes_and_refuses_a_bad_digest() {
     let config = g.get("/api/1/configure").expect_json(200);
     assert_eq!(config["Store"]["Namespace"], ns.as_str(), "{config}");
     assert_eq!(config["StoreSource"], "file");
+    assert_eq!(config["TokenDir"], state_dir, "{config}");
     let store = json!({"Store": {"Registry": format!("http://{}", proxy.addr), "Namespace": ns}});
     let config = g
         .send_json("PUT", "/api/1/configure", &store)
@@ -267,11 +272,8 @@ fn a_fleet_of_servers_gets_its_apps_from_the_pool() {
     let host = require_docker!();
     let registry = Registry::start();
     let mut fleet = Fleet::start(3);
-    let pool = pool_gantry(
-        &host,
-        &format!("http://{}", registry.addr),
-        &unique("fleet"),
-    );
+    let registry_url = format!("http://{}", registry.addr);
+    let pool = pool_builder(&host, &registry_url, &unique("fleet"), fleet.token_dir()).start();
     let name = unique("FleetWeb");
     let id = format!("{name}:1.0");
     let (reference, tar) = saved_image("fleetweb");
@@ -289,13 +291,26 @@ fn a_fleet_of_servers_gets_its_apps_from_the_pool() {
     );
     assert_eq!(r.status, 400, "{r}");
     assert!(r.text().contains("unauthorized"), "{r}");
+    // A token file outside the pool's token_dir is refused, even with the right token.
+    let outside = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(outside.path(), &fleet.servers[0].token).unwrap();
+    let server = json!({"Server": fleet.servers[0].url(), "TokenFile": outside.path()});
+    let detail = pool
+        .send_json("POST", "/api/1/servers", &server)
+        .expect_problem(400, "/api/1/servers");
+    assert!(detail.contains("pool.token_dir"), "{detail}");
     let mut server_ids = Vec::new();
-    for s in &fleet.servers {
+    for (i, s) in fleet.servers.iter().enumerate() {
+        // A name relative to the token_dir does as well as a full path.
+        let token_file = match i {
+            2 => Path::new(s.token_file.file_name().unwrap()),
+            _ => s.token_file.as_path(),
+        };
         let v = pool
             .send_json(
                 "POST",
                 "/api/1/servers",
-                &json!({"Server": s.url(), "TokenFile": s.token_file}),
+                &json!({"Server": s.url(), "TokenFile": token_file}),
             )
             .expect_json(201);
         assert_eq!(v["Status"], "Online", "{v}");

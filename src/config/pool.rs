@@ -27,6 +27,10 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// How long a download keeps retrying a store that does not answer.
     pub download_retry: Duration,
+    /// Where the token files of servers added through the API must be (`POST /servers`
+    /// names a file in it), so that an API client cannot have the pool send any file it can
+    /// read as a bearer token.
+    pub token_dir: PathBuf,
 }
 
 /// The OCI registry the pool's apps come from: `registry` is `http://host:port` or
@@ -55,6 +59,7 @@ pub(super) struct RawPool {
     request_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     download_retry_secs: Option<u64>,
+    token_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +112,12 @@ pub(super) fn build(raw: RawPool, env: &dyn Env) -> Result<PoolConfig, ConfigErr
     if max_parallel == 0 {
         return Err(bad("pool.max_parallel", "must be at least 1"));
     }
+    let token_dir = raw
+        .token_dir
+        .unwrap_or_else(|| PathBuf::from("/etc/gantry/servers"));
+    if !token_dir.is_absolute() {
+        return Err(bad("pool.token_dir", "must be an absolute path"));
+    }
     Ok(PoolConfig {
         store,
         servers,
@@ -116,6 +127,7 @@ pub(super) fn build(raw: RawPool, env: &dyn Env) -> Result<PoolConfig, ConfigErr
         request_timeout: secs(env, "request_timeout_secs", raw.request_timeout_secs, 60)?,
         idle_timeout: secs(env, "idle_timeout_secs", raw.idle_timeout_secs, 60)?,
         download_retry: secs(env, "download_retry_secs", raw.download_retry_secs, 600)?,
+        token_dir,
     })
 }
 
@@ -228,6 +240,7 @@ mod tests {
         let c = parse("").unwrap();
         assert!(c.store.is_none() && c.servers.is_empty());
         assert_eq!((c.max_parallel, c.probe_interval.as_secs()), (4, 10));
+        assert_eq!(c.token_dir, PathBuf::from("/etc/gantry/servers"));
         let c = parse(
             "registry = \"http://127.0.0.1:5000/\"\nnamespace = \"fleet/apps\"\n\
              [[servers]]\nurl = \"http://198.18.1.2:54169/api/1\"\ntoken_file = \"/t\"\n",
@@ -256,6 +269,7 @@ mod tests {
             ("max_parallel = 0", "pool.max_parallel"),
             ("idle_timeout_secs = 0", "pool.idle_timeout_secs"),
             ("[[servers]]\nurl = \"x\"", "pool.servers.url"),
+            ("token_dir = \"tokens\"", "pool.token_dir"),
         ] {
             let e = parse(text).unwrap_err();
             assert!(

@@ -127,6 +127,11 @@ pub struct Fleet {
 static FLEETS: AtomicUsize = AtomicUsize::new(0);
 
 impl Fleet {
+    /// The directory holding the servers' token files (the pool's `token_dir`).
+    pub fn token_dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// `n` servers, each a dockerd and a token-authenticated gantry in a namespace of its own.
     pub fn start(n: usize) -> Fleet {
         let k = FLEETS.fetch_add(1, Ordering::SeqCst);

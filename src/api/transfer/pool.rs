@@ -165,6 +165,7 @@ fn configuration_json(core: &Core) -> Result<Value, Problem> {
         "RequestTimeoutSecs": config.request_timeout.as_secs(),
         "IdleTimeoutSecs": config.idle_timeout.as_secs(),
         "DownloadRetrySecs": config.download_retry.as_secs(),
+        "TokenDir": config.token_dir,
     }))
 }
 

@@ -109,6 +109,10 @@ impl Core {
         let pool = self.pool()?;
         let url =
             crate::config::pool::server_url(url).map_err(|e| CoreError::Invalid(e.to_string()))?;
+        let token_file = match token_file {
+            None => None,
+            Some(f) => Some(servers::api_token_file(&pool.config().token_dir, &f)?),
+        };
         let server = Server {
             id: servers::id_of(&url),
             url,

@@ -201,6 +201,25 @@ fn apply(v: &mut ServerView, probe: &Probe) {
     v.detail = detail;
 }
 
+/// The token file `given` through the API (absolute, or relative to `dir`), resolved; it must
+/// be a file inside `dir` (`pool.token_dir`), links followed.
+pub fn api_token_file(dir: &Path, given: &Path) -> CoreResult<PathBuf> {
+    let outside = || {
+        CoreError::Invalid(format!(
+            "TokenFile {}: a server's token file must be a file in {} (pool.token_dir)",
+            given.display(),
+            dir.display()
+        ))
+    };
+    let (Ok(dir), Ok(file)) = (dir.canonicalize(), dir.join(given).canonicalize()) else {
+        return Err(outside());
+    };
+    if !file.starts_with(&dir) || !file.is_file() {
+        return Err(outside());
+    }
+    Ok(file)
+}
+
 impl Server {
     /// How to call it: its URL and its token, read from its token file now (so a rotated
     /// token is picked up).
@@ -272,5 +291,28 @@ mod tests {
             again.get("http://198.18.1.2:1").unwrap().server.id,
             "198-18-1-2-1"
         );
+    }
+
+    #[test]
+    fn api_token_files_stay_in_the_token_dir() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("servers");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("gw.token"), "t").unwrap();
+        std::fs::write(root.path().join("secret"), "s").unwrap();
+        std::os::unix::fs::symlink(root.path().join("secret"), dir.join("link")).unwrap();
+        let inside = dir.canonicalize().unwrap().join("gw.token");
+        assert_eq!(api_token_file(&dir, Path::new("gw.token")).unwrap(), inside);
+        assert_eq!(api_token_file(&dir, &dir.join("gw.token")).unwrap(), inside);
+        for outside in [
+            root.path().join("secret"),
+            PathBuf::from("../secret"),
+            PathBuf::from("link"),
+            PathBuf::from("."),
+            PathBuf::from("missing"),
+        ] {
+            let e = api_token_file(&dir, &outside).unwrap_err();
+            assert!(e.to_string().contains("pool.token_dir"), "{outside:?}: {e}");
+        }
     }
 }
