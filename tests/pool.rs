@@ -156,8 +156,26 @@ fn the_pool_installs_from_the_store_resumes_and_refuses_a_bad_digest() {
     assert_eq!(pool_app(&g, &id).unwrap()["Installed"], false);
     let g = killed_mid_download(g, &proxy, &id, size, start);
     g.put(&path).expect_json(200);
+    over_the_bundle_limit(&host, &format!("http://{}", registry.addr), &ns, &id);
     g.put("/api/1/pool/clear").expect_empty(200);
     g.get("/api/1/pool/apps").expect_empty(204);
+}
+
+/// A pool whose bundle limit (`apps.max_bundle_bytes`) the app `id` exceeds refuses to
+/// download it, and keeps nothing of it.
+fn over_the_bundle_limit(host: &str, registry_url: &str, ns: &str, id: &str) {
+    let state = tempfile::tempdir().unwrap();
+    let small = pool_builder(host, registry_url, ns, state.path())
+        .config("[apps]\nmax_bundle_bytes = 1048576")
+        .env("GANTRY_STATE_DIR", state.path().to_str().unwrap())
+        .start();
+    small.put("/api/1/pool/refresh").expect_json(200);
+    let path = format!("/api/1/pool/apps/{}", enc(id));
+    let detail = small.put(&path).expect_problem(400, &path);
+    assert!(detail.contains("apps.max_bundle_bytes"), "{detail}");
+    let downloads = state.path().join("pool/downloads");
+    let left = std::fs::read_dir(&downloads).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "{} holds files", downloads.display());
 }
 
 /// `PUT path` on a thread of its own; its status, or the error when the request broke off.

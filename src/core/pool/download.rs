@@ -126,9 +126,9 @@ impl Pool {
                 ))
             })?,
         };
-        write_json(&self.file_of(&intent.digest, "json"), &intent)?;
         let part = self.file_of(&intent.digest, "part");
         self.check_space(&intent, &part)?;
+        write_json(&self.file_of(&intent.digest, "json"), &intent)?;
         self.fetch(&intent, &part, job).await?;
         (job.progress)(PoolProgress::Checking);
         if let Err(e) = self.verify(&intent, &part).await {
@@ -141,7 +141,17 @@ impl Pool {
         stored
     }
 
+    /// The bundle must be within `apps.max_bundle_bytes`, as an import's, and fit on disk.
     fn check_space(&self, intent: &Intent, part: &Path) -> CoreResult<()> {
+        let limit = self.check.limits.max_zip_bytes;
+        if intent.size > limit {
+            return Err(CoreError::Invalid(format!(
+                "{} is {} in the store, over the bundle limit of {} (apps.max_bundle_bytes)",
+                intent.id,
+                ByteSize(intent.size),
+                ByteSize(limit)
+            )));
+        }
         let have = std::fs::metadata(part).map_or(0, |m| m.len());
         let need = intent.size.saturating_sub(have) + self.check.reserve_bytes;
         let free = free_space(&self.dir)?;
