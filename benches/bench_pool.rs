@@ -91,10 +91,11 @@ fn bench_deploy(host: &str, rounds: usize, mib: usize) {
     let fleet = Fleet::start(3);
     let pool = Gantry::builder()
         .docker_host(host)
-        .config("log_level = \"info\"")
+        .env("GANTRY_LOG_LEVEL", "info")
         .config(&format!(
-            "[pool]\nregistry = \"http://{}\"\nnamespace = \"bench\"\nprobe_interval_secs = 1",
-            registry.addr
+            "[pool]\nregistry = \"http://{}\"\nnamespace = \"bench\"\nprobe_interval_secs = 1\ntoken_dir = {:?}",
+            registry.addr,
+            fleet.token_dir().display().to_string()
         ))
         .start();
     let (id, zip) = bundle(&unique("BenchApp"), mib);
@@ -210,7 +211,7 @@ fn docker_build(host: &str, dir: &std::path::Path, tag: &str) -> Duration {
 fn bench_build(host: &str, rounds: usize, context_mib: usize) {
     let g = Gantry::builder()
         .docker_host(host)
-        .config("log_level = \"info\"")
+        .env("GANTRY_LOG_LEVEL", "info")
         .start();
     let name = unique("benchtpl");
     let id = format!("{name}:1.0-tpl");
