@@ -5,8 +5,9 @@
 //! 1. Deployment: one bundle (a busybox app plus `GANTRY_BENCH_POOL_MIB` MiB of image data,
 //!    default 256) to 3 servers (each a gantry and a dockerd in a namespace of its own),
 //!    against the slowest of `curl -F app=@bundle.zip .../transfer/import` to each server
-//!    alone in the same round; and the pool gantry's peak RSS during the deployment
-//!    (VmHWM, reset before it).
+//!    alone in the same round, and against the three curl imports run at once (the servers
+//!    share this machine's cores, so that is the floor of any concurrent deployment here);
+//!    and the pool gantry's peak RSS during the deployment (VmHWM, reset before it).
 //! 2. Template build (two services, one of them copying `GANTRY_BENCH_CONTEXT_MIB` MiB of
 //!    context, default 64) over the SSE route against `docker build --no-cache` (classic
 //!    builder) of the same contexts, each cold (the other's images removed first).
@@ -128,14 +129,26 @@ fn bench_deploy(host: &str, rounds: usize, mib: usize) {
             .max()
             .unwrap();
         remove_everywhere(&fleet, &id);
+        // The servers share this machine's cores: three imports at once are the floor of
+        // any concurrent deployment here.
+        let start = Instant::now();
+        std::thread::scope(|scope| {
+            for s in &fleet.servers {
+                scope.spawn(|| curl_import(s, file.path()));
+            }
+        });
+        let together = start.elapsed();
+        remove_everywhere(&fleet, &id);
         std::fs::write(format!("/proc/{}/clear_refs", pool.pid()), "5").unwrap();
         let (took, ids) = deploy_all(&pool, &servers, &id);
         let peak = peak_rss_kib(pool.pid());
         println!(
-            "round {round}: slowest single curl import {:.2} s, pool deployment to all {:.2} s, ratio {:.3}, pool peak RSS {:.1} MiB",
+            "round {round}: slowest single curl import {:.2} s, three curl imports at once {:.2} s, pool deployment to all {:.2} s, ratio {:.3} (to the three at once {:.3}), pool peak RSS {:.1} MiB",
             slowest.as_secs_f64(),
+            together.as_secs_f64(),
             took.as_secs_f64(),
             took.as_secs_f64() / slowest.as_secs_f64(),
+            took.as_secs_f64() / together.as_secs_f64(),
             peak as f64 / 1024.0
         );
         for d in ids {
