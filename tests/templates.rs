@@ -286,4 +286,11 @@ fn a_template_without_a_build_file_or_escaping_its_bundle_is_refused() {
     let detail = upload_bundle(&g, TEMPLATES, &missing).expect_problem(400, TEMPLATES);
     assert!(detail.contains("a/Dockerfile"), "{detail}");
     g.get(TEMPLATES).expect_empty(204);
+    // An unknown template is an answer of its own, not a stream that fails.
+    let unknown = format!("{TEMPLATES}/{}", enc(&format!("{name}:1")));
+    let build = format!("{unknown}/build");
+    g.get(&build).expect_problem(404, &build);
+    let instantiate = format!("{unknown}/instantiate");
+    g.post(&instantiate, "application/json", Vec::new())
+        .expect_problem(404, &instantiate);
 }

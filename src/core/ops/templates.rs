@@ -75,6 +75,7 @@ impl Core {
         Fut: Future<Output = CoreResult<T>> + Send + 'static,
     {
         let templates = self.templates()?.clone();
+        templates.ready_for(&id)?;
         self.operation(
             kind,
             Some(&id.to_string()),

@@ -126,6 +126,19 @@ impl Templates {
         })
     }
 
+    /// Before an operation on `id` starts: the template exists (else `NotFound`) and no
+    /// other operation runs on it (else `Conflict`), so that a stream's errors before it
+    /// starts can be answers of their own. The operation claims it as it runs.
+    pub fn ready_for(&self, id: &AppId) -> CoreResult<()> {
+        self.stored(id)?;
+        if self.busy.is_busy(id) {
+            return Err(CoreError::Conflict(format!(
+                "template {id} is busy with another operation; try again when it has finished"
+            )));
+        }
+        Ok(())
+    }
+
     /// The template's build file, as stored.
     pub fn spec(template: &StoredApp) -> CoreResult<BuildSpec> {
         let path = template.dir.join(BUILD_FILE);
