@@ -10,8 +10,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod distillery;
+pub use distillery::{NamedToken, SnapshotsConfig};
 pub mod pool;
 pub use pool::{PoolConfig, ServerConfig, StoreConfig};
+mod security;
+#[cfg(test)]
+pub use security::Cidr;
+pub use security::{Access, TlsFiles};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gantry/gantry.toml";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -37,10 +43,10 @@ pub enum ConfigError {
     /// An environment override that cannot be used.
     #[error("{var}: {message}")]
     Env { var: String, message: String },
-    #[error("unknown dialect \"{0}\" (known: transfer, intervirt)")]
+    #[error(
+        "unknown dialect \"{0}\" (known: transfer, intervirt, flowmanager, duxcore, distillery)"
+    )]
     UnknownDialect(String),
-    #[error("dialect \"{0}\" is not available in this build of gantry")]
-    UnavailableDialect(String),
     /// A listener anyone on the network could use without credentials.
     #[error(
         "{0} is not a loopback address and no auth is set: set auth = \"token\" with a \
@@ -49,6 +55,13 @@ pub enum ConfigError {
     NoAuth(SocketAddr),
     #[error("token_file {}: {source}", path.display())]
     TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The duxcore core key file cannot be read (or is empty).
+    #[error("duxcore.corekey_file {}: {source}", path.display())]
+    CoreKeyFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -104,6 +117,15 @@ fn secs_value(env: &dyn Env, key: &str, var: String, value: u64) -> Result<Durat
     Ok(Duration::from_secs(v))
 }
 
+/// `value` (or `default`), refused when 0.
+fn at_least_one(key: &str, value: Option<usize>, default: usize) -> Result<usize, ConfigError> {
+    match value {
+        Some(0) => Err(bad(key, "must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    }
+}
+
 /// A malformed or out-of-range value of the key `key`.
 fn bad(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Value {
@@ -118,6 +140,9 @@ fn bad(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub enum Dialect {
     Transfer,
     Intervirt,
+    Duxcore,
+    Distillery,
+    FlowManager,
 }
 
 impl Dialect {
@@ -125,9 +150,9 @@ impl Dialect {
         match s {
             "transfer" => Ok(Dialect::Transfer),
             "intervirt" => Ok(Dialect::Intervirt),
-            "flowmanager" | "duxcore" | "distillery" => {
-                Err(ConfigError::UnavailableDialect(s.to_string()))
-            }
+            "duxcore" => Ok(Dialect::Duxcore),
+            "distillery" => Ok(Dialect::Distillery),
+            "flowmanager" => Ok(Dialect::FlowManager),
             other => Err(ConfigError::UnknownDialect(other.to_string())),
         }
     }
@@ -136,6 +161,9 @@ impl Dialect {
         match self {
             Dialect::Transfer => "transfer",
             Dialect::Intervirt => "intervirt",
+            Dialect::Duxcore => "duxcore",
+            Dialect::Distillery => "distillery",
+            Dialect::FlowManager => "flowmanager",
         }
     }
 
@@ -145,6 +173,11 @@ impl Dialect {
             // The guest's port that the Intervirt host forwards to: all interfaces, so its
             // listener needs an explicit auth setting (the client sends no credentials).
             Dialect::Intervirt => SocketAddr::from(([0, 0, 0, 0], 55436)),
+            // The original daemon's port, on loopback unless the config says otherwise.
+            Dialect::Duxcore => SocketAddr::from(([127, 0, 0, 1], 8000)),
+            Dialect::Distillery => SocketAddr::from(([127, 0, 0, 1], 54171)),
+            // kawaflow's flow-manager port.
+            Dialect::FlowManager => SocketAddr::from(([127, 0, 0, 1], 8000)),
         }
     }
 }
@@ -164,6 +197,10 @@ pub enum Auth {
     Token { token: String },
     /// Explicit opt-out for networks where the client cannot authenticate.
     None,
+    /// `Authorization: Bearer <token>`, one of several named tokens from a key file.
+    Tokens { tokens: Vec<NamedToken> },
+    /// A client certificate signed by the listener's `client_ca_file` (TLS only).
+    ClientCert,
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +210,10 @@ pub struct Listener {
     pub auth: Auth,
     /// Path prefix before `/api`, `/events` and `/apidoc` (transfer only; "" = none).
     pub prefix: String,
+    /// Which origins, hosts and peers it serves.
+    pub access: Access,
+    /// TLS, when configured.
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, Clone)]
@@ -187,20 +228,27 @@ pub struct HttpLimits {
     pub sse_queue_events: usize,
     /// Websocket sessions one listener serves at once; more are refused with 503.
     pub max_websocket_sessions: usize,
+    /// Connections one listener keeps open; at the cap the oldest idle one is closed.
+    pub max_connections: usize,
+    /// How long a request body may send nothing before the request fails.
+    pub body_read_timeout: Duration,
+    /// How long a websocket may stay silent (pings are answered by live clients).
+    pub websocket_idle_timeout: Duration,
+    /// Uploads (app imports, image loads) one listener receives at once; more get 503.
+    pub max_concurrent_uploads: usize,
 }
 
 /// What apps may ask for, and how large bundles may be (`[apps]`).
 #[derive(Debug, Clone, Default)]
 pub struct AppsPolicy {
-    pub allow_privileged: bool,
-    pub allow_devices: bool,
-    pub allow_capabilities: bool,
-    /// Host paths bind mounts may use besides the app's own directory.
-    pub allowed_bind_paths: Vec<PathBuf>,
+    /// The compose keys an app may use (its `reserved` listeners are filled in at start).
+    pub compose: crate::core::compose::ComposePolicy,
     /// Largest app ZIP accepted (None: the bundle checker's default).
     pub max_bundle_bytes: Option<u64>,
     /// Disk space that must stay free after an import (None: the default).
     pub reserve_bytes: Option<u64>,
+    /// How long an update waits for a recreated service to become healthy.
+    pub health_timeout: Duration,
 }
 
 /// Which power backend the Intervirt shutdown and reboot commands use.
@@ -249,6 +297,9 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub apps: AppsPolicy,
     pub intervirt: IntervirtConfig,
+    pub duxcore: DuxcoreConfig,
+    pub snapshots: SnapshotsConfig,
+    pub flow: FlowConfig,
     pub pool: PoolConfig,
 }
 
@@ -271,6 +322,12 @@ struct RawConfig {
     #[serde(default)]
     intervirt: RawIntervirt,
     #[serde(default)]
+    duxcore: RawDuxcore,
+    #[serde(default)]
+    snapshots: distillery::RawSnapshots,
+    #[serde(default)]
+    flowmanager: RawFlow,
+    #[serde(default)]
     pool: pool::RawPool,
 }
 
@@ -287,6 +344,92 @@ struct RawApps {
     allowed_bind_paths: Vec<PathBuf>,
     max_bundle_bytes: Option<u64>,
     reserve_bytes: Option<u64>,
+    health_timeout_secs: Option<u64>,
+    #[serde(default)]
+    allow_volume_drivers: bool,
+    #[serde(default)]
+    allow_host_namespaces: bool,
+    #[serde(default)]
+    allow_shared_resources: bool,
+    #[serde(default)]
+    allow_network_options: bool,
+    #[serde(default)]
+    allow_logging_drivers: bool,
+    #[serde(default)]
+    allowed_host_ports: Vec<RawPorts>,
+    #[serde(default)]
+    allowed_host_ips: Vec<String>,
+}
+
+/// A host port (`8080`) or an inclusive range (`"8000-8099"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawPorts {
+    One(u16),
+    Range(String),
+}
+
+fn build_apps(a: RawApps) -> Result<AppsPolicy, ConfigError> {
+    if let Some(p) = a.allowed_bind_paths.iter().find(|p| !p.is_absolute()) {
+        return Err(bad(
+            "apps.allowed_bind_paths",
+            format!("\"{}\" is not an absolute path", p.display()),
+        ));
+    }
+    let ports = a
+        .allowed_host_ports
+        .iter()
+        .map(|p| match p {
+            RawPorts::One(n) => Ok((*n, *n)),
+            RawPorts::Range(r) => parse_port_range(r).ok_or_else(|| {
+                bad(
+                    "apps.allowed_host_ports",
+                    format!("\"{r}\" is neither a port nor a range such as \"8000-8099\""),
+                )
+            }),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let ips = a
+        .allowed_host_ips
+        .iter()
+        .map(|ip| {
+            ip.parse::<std::net::IpAddr>().map_err(|_| {
+                bad(
+                    "apps.allowed_host_ips",
+                    format!("\"{ip}\" is not an IP address"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let compose = crate::core::compose::ComposePolicy {
+        allow_privileged: a.allow_privileged,
+        allow_devices: a.allow_devices,
+        allow_capabilities: a.allow_capabilities,
+        allowed_bind_paths: a.allowed_bind_paths,
+        allow_volume_drivers: a.allow_volume_drivers,
+        allow_host_namespaces: a.allow_host_namespaces,
+        allow_shared_resources: a.allow_shared_resources,
+        allow_network_options: a.allow_network_options,
+        allow_logging_drivers: a.allow_logging_drivers,
+        allowed_host_ports: ports,
+        allowed_host_ips: ips,
+        ..Default::default()
+    };
+    Ok(AppsPolicy {
+        compose,
+        max_bundle_bytes: a.max_bundle_bytes,
+        reserve_bytes: a.reserve_bytes,
+        health_timeout: match a.health_timeout_secs {
+            Some(0) => return Err(bad("apps.health_timeout_secs", "must be at least 1")),
+            n => Duration::from_secs(n.unwrap_or(300)),
+        },
+    })
+}
+
+fn parse_port_range(r: &str) -> Option<(u16, u16)> {
+    let (a, b) = r.split_once('-').unwrap_or((r, r));
+    let (a, b) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
+    (a <= b).then_some((a, b))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -307,6 +450,79 @@ struct RawIntervirt {
 enum RawUpgrade {
     Preset(String),
     Argv(Vec<String>),
+}
+
+/// The Flow Manager dialect (`[flowmanager]`).
+#[derive(Debug, Clone)]
+pub struct FlowConfig {
+    /// Host directory of the containers' unix sockets (`<name>.sock`) and code (`<name>_code`).
+    pub socket_dir: PathBuf,
+    /// Period of `container_status_update` broadcasts.
+    pub status_interval: Duration,
+    /// Largest frame, either way, on a container's socket.
+    pub max_frame_bytes: u32,
+    /// How long a frame may take to reach a container (and a started frame to arrive).
+    pub socket_timeout: Duration,
+    /// Log lines a `container_crashed` event carries.
+    pub crash_log_lines: u32,
+    pub stop_timeout_secs: u32,
+    /// Pull an image that is missing locally at create.
+    pub pull_missing_images: bool,
+    /// How long an updated container must keep running before the update counts (0: no check).
+    pub update_settle: Duration,
+    /// Socket.IO clients one listener serves at once.
+    pub max_clients: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlow {
+    socket_dir: Option<PathBuf>,
+    status_interval_secs: Option<u64>,
+    max_frame_bytes: Option<u32>,
+    socket_timeout_secs: Option<u64>,
+    crash_log_lines: Option<u32>,
+    stop_timeout_secs: Option<u32>,
+    pull_missing_images: Option<bool>,
+    update_settle_secs: Option<u64>,
+    max_clients: Option<usize>,
+}
+
+fn build_flow(raw: RawFlow) -> Result<FlowConfig, ConfigError> {
+    let socket_dir = raw
+        .socket_dir
+        .unwrap_or_else(|| PathBuf::from("/tmp/kawaflow/sockets"));
+    if !socket_dir.is_absolute() {
+        return Err(bad(
+            "flowmanager.socket_dir",
+            format!("\"{}\" is not an absolute path", socket_dir.display()),
+        ));
+    }
+    let at_least_one = |key: &str, v: u64| match v {
+        0 => Err(bad(format!("flowmanager.{key}"), "must be at least 1")),
+        v => Ok(v),
+    };
+    let interval = at_least_one(
+        "status_interval_secs",
+        raw.status_interval_secs.unwrap_or(30),
+    )?;
+    let timeout = at_least_one("socket_timeout_secs", raw.socket_timeout_secs.unwrap_or(5))?;
+    let frame = at_least_one(
+        "max_frame_bytes",
+        raw.max_frame_bytes.unwrap_or(1 << 20).into(),
+    )?;
+    let clients = at_least_one("max_clients", raw.max_clients.unwrap_or(512) as u64)?;
+    Ok(FlowConfig {
+        socket_dir,
+        status_interval: Duration::from_secs(interval),
+        max_frame_bytes: frame as u32,
+        socket_timeout: Duration::from_secs(timeout),
+        crash_log_lines: raw.crash_log_lines.unwrap_or(20),
+        stop_timeout_secs: raw.stop_timeout_secs.unwrap_or(10),
+        pull_missing_images: raw.pull_missing_images.unwrap_or(true),
+        update_settle: Duration::from_secs(raw.update_settle_secs.unwrap_or(1)),
+        max_clients: clients as usize,
+    })
 }
 
 fn build_intervirt(raw: RawIntervirt, env: &dyn Env) -> Result<IntervirtConfig, ConfigError> {
@@ -374,6 +590,103 @@ fn build_intervirt(raw: RawIntervirt, env: &dyn Env) -> Result<IntervirtConfig, 
     })
 }
 
+/// The duxcore daemon dialect (`[duxcore]`): its core key and the limits of what clients send.
+#[derive(Debug, Clone)]
+pub struct DuxcoreConfig {
+    /// The core key file (`X-Duxcore-CoreKey` is its bytes in standard base64).
+    pub corekey_file: PathBuf,
+    /// The key as read at start; None when no duxcore listener is configured.
+    pub corekey: Option<Vec<u8>>,
+    /// Largest raw root filesystem tar `POST /docker/image` accepts.
+    pub max_image_bytes: u64,
+    /// Largest `bind_contents` archive (compressed, as downloaded).
+    pub bind_contents_max_bytes: u64,
+    /// Largest `bind_contents` archive once unpacked (all files together).
+    pub bind_contents_max_unpacked_bytes: u64,
+    /// Entries a `bind_contents` archive may hold.
+    pub bind_contents_max_entries: usize,
+    /// How long fetching a `bind_contents` archive may take, all of it.
+    pub bind_contents_timeout: Duration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDuxcore {
+    corekey_file: Option<PathBuf>,
+    max_image_bytes: Option<u64>,
+    bind_contents_max_bytes: Option<u64>,
+    bind_contents_max_unpacked_bytes: Option<u64>,
+    bind_contents_max_entries: Option<usize>,
+    bind_contents_timeout_secs: Option<u64>,
+}
+
+/// Reads the core key when a duxcore listener needs it: a missing, unreadable or empty key
+/// file is a configuration error, so gantry does not start with no way to authenticate.
+fn build_duxcore(
+    raw: RawDuxcore,
+    env: &dyn Env,
+    state_dir: &Path,
+    listeners: &[Listener],
+) -> Result<DuxcoreConfig, ConfigError> {
+    let corekey_file = env
+        .var("GANTRY_DUXCORE_COREKEY_FILE")
+        .map(PathBuf::from)
+        .or(raw.corekey_file)
+        .unwrap_or_else(|| state_dir.join("corekey.bin"));
+    let corekey = if listeners.iter().any(|l| l.dialect == Dialect::Duxcore) {
+        Some(read_corekey(&corekey_file)?)
+    } else {
+        None
+    };
+    let positive = |key: &str, v: Option<u64>, default: u64| match v {
+        Some(0) => Err(bad(format!("duxcore.{key}"), "must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    Ok(DuxcoreConfig {
+        corekey_file,
+        corekey,
+        max_image_bytes: positive("max_image_bytes", raw.max_image_bytes, 4 << 30)?,
+        bind_contents_max_bytes: positive(
+            "bind_contents_max_bytes",
+            raw.bind_contents_max_bytes,
+            1 << 30,
+        )?,
+        bind_contents_max_unpacked_bytes: positive(
+            "bind_contents_max_unpacked_bytes",
+            raw.bind_contents_max_unpacked_bytes,
+            4 << 30,
+        )?,
+        bind_contents_max_entries: positive(
+            "bind_contents_max_entries",
+            raw.bind_contents_max_entries.map(|n| n as u64),
+            100_000,
+        )? as usize,
+        bind_contents_timeout: Duration::from_secs(positive(
+            "bind_contents_timeout_secs",
+            raw.bind_contents_timeout_secs,
+            600,
+        )?),
+    })
+}
+
+/// The core key's bytes; an empty file is refused (an empty key would let an empty header in).
+pub fn read_corekey(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let key = std::fs::read(path).map_err(|source| ConfigError::CoreKeyFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if key.is_empty() {
+        return Err(ConfigError::CoreKeyFile {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(
+                "the file is empty: the core key needs at least one byte",
+            ),
+        });
+    }
+    Ok(key)
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHttp {
@@ -383,6 +696,10 @@ struct RawHttp {
     sse_keepalive_secs: Option<u64>,
     sse_queue_events: Option<usize>,
     max_websocket_sessions: Option<usize>,
+    max_connections: Option<usize>,
+    body_read_timeout_secs: Option<u64>,
+    websocket_idle_timeout_secs: Option<u64>,
+    max_concurrent_uploads: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -393,6 +710,17 @@ struct RawListener {
     auth: Option<String>,
     token_file: Option<PathBuf>,
     prefix: Option<String>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    #[serde(default)]
+    allowed_peers: Vec<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    client_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    allow_plain_http: bool,
 }
 
 /// Where the configuration comes from.
@@ -496,6 +824,22 @@ impl Config {
                 Some(n) => n,
                 None => DEFAULT_MAX_WEBSOCKET_SESSIONS,
             },
+            max_connections: at_least_one("http.max_connections", raw.http.max_connections, 512)?,
+            body_read_timeout: secs(
+                "body_read_timeout_secs",
+                raw.http.body_read_timeout_secs,
+                30,
+            )?,
+            websocket_idle_timeout: secs(
+                "websocket_idle_timeout_secs",
+                raw.http.websocket_idle_timeout_secs,
+                120,
+            )?,
+            max_concurrent_uploads: at_least_one(
+                "http.max_concurrent_uploads",
+                raw.http.max_concurrent_uploads,
+                4,
+            )?,
         };
 
         let mut raws = raw.listeners;
@@ -516,12 +860,15 @@ impl Config {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Port 0 asks the kernel for a free port: several listeners may ask.
         for (i, a) in listeners.iter().enumerate() {
-            if listeners[..i].iter().any(|b| b.address == a.address) {
+            if a.address.port() != 0 && listeners[..i].iter().any(|b| b.address == a.address) {
                 return Err(ConfigError::DuplicateAddress(a.address));
             }
         }
 
+        let duxcore = build_duxcore(raw.duxcore, env, &state_dir, &listeners)?;
+        let snapshots = distillery::build_snapshots(raw.snapshots, &state_dir)?;
         Ok(Config {
             state_dir,
             docker_host,
@@ -540,24 +887,11 @@ impl Config {
             )?,
             http,
             listeners,
-            apps: {
-                let a = raw.apps;
-                if let Some(p) = a.allowed_bind_paths.iter().find(|p| !p.is_absolute()) {
-                    return Err(bad(
-                        "apps.allowed_bind_paths",
-                        format!("\"{}\" is not an absolute path", p.display()),
-                    ));
-                }
-                AppsPolicy {
-                    allow_privileged: a.allow_privileged,
-                    allow_devices: a.allow_devices,
-                    allow_capabilities: a.allow_capabilities,
-                    allowed_bind_paths: a.allowed_bind_paths,
-                    max_bundle_bytes: a.max_bundle_bytes,
-                    reserve_bytes: a.reserve_bytes,
-                }
-            },
+            apps: build_apps(raw.apps)?,
             intervirt: build_intervirt(raw.intervirt, env)?,
+            duxcore,
+            snapshots,
+            flow: build_flow(raw.flowmanager)?,
             pool: pool::build(raw.pool, env)?,
         })
     }
@@ -566,7 +900,13 @@ impl Config {
 /// `GANTRY_<DIALECT>_{ADDRESS,AUTH,TOKEN_FILE}` apply to every listener of that dialect,
 /// creating one when the file has none.
 fn apply_listener_env(raws: &mut Vec<RawListener>, env: &dyn Env) -> Result<(), ConfigError> {
-    for dialect in ["transfer", "intervirt"] {
+    for dialect in [
+        "transfer",
+        "intervirt",
+        "flowmanager",
+        "duxcore",
+        "distillery",
+    ] {
         let prefix = format!("GANTRY_{}_", dialect.to_uppercase());
         let address = env.var(&format!("{prefix}ADDRESS"));
         let auth = env.var(&format!("{prefix}AUTH"));
@@ -612,7 +952,18 @@ fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
         None => dialect.default_address(),
     };
     let loopback = address.ip().is_loopback();
-    let auth = match raw.auth.as_deref() {
+    // A distillery client always authenticates with one of the named tokens.
+    let auth_name = match (dialect, raw.auth.as_deref()) {
+        (Dialect::Distillery, None | Some("tokens")) => Some("tokens"),
+        (Dialect::Distillery, Some(other)) => {
+            return Err(bad(
+                "auth",
+                format!("\"{other}\": a distillery listener takes auth = \"tokens\""),
+            ))
+        }
+        (_, a) => a,
+    };
+    let auth = match auth_name {
         None if loopback => Auth::Loopback,
         None => return Err(ConfigError::NoAuth(address)),
         Some("loopback") if loopback => Auth::Loopback,
@@ -645,16 +996,29 @@ fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
             }
             Auth::Token { token }
         }
+        Some("tokens") => {
+            let path = raw
+                .token_file
+                .as_ref()
+                .ok_or_else(|| bad("auth", "\"tokens\" needs token_file"))?;
+            Auth::Tokens {
+                tokens: distillery::read_tokens(path)?,
+            }
+        }
         Some("none") => Auth::None,
+        Some("client-cert") => Auth::ClientCert,
         Some(other) => {
             return Err(bad(
                 "auth",
-                format!("unknown auth \"{other}\" (loopback, token or none)"),
+                format!("unknown auth \"{other}\" (loopback, token, tokens, client-cert or none)"),
             ))
         }
     };
-    if raw.token_file.is_some() && !matches!(auth, Auth::Token { .. }) {
-        return Err(bad("token_file", "is set but auth is not \"token\""));
+    if raw.token_file.is_some() && !matches!(auth, Auth::Token { .. } | Auth::Tokens { .. }) {
+        return Err(bad(
+            "token_file",
+            "is set but auth is not \"token\" or \"tokens\"",
+        ));
     }
     let prefix = match raw.prefix {
         Some(p) if dialect != Dialect::Transfer => {
@@ -666,11 +1030,23 @@ fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
         Some(p) => validate_prefix(&p)?,
         None => String::new(),
     };
+    let security = security::RawSecurity {
+        allowed_origins: raw.allowed_origins,
+        allowed_hosts: raw.allowed_hosts,
+        allowed_peers: raw.allowed_peers,
+        tls_cert_file: raw.tls_cert_file,
+        tls_key_file: raw.tls_key_file,
+        client_ca_file: raw.client_ca_file,
+        allow_plain_http: raw.allow_plain_http,
+    };
+    let (access, tls) = security::build(security, address, &auth)?;
     Ok(Listener {
         dialect,
         address,
         auth,
         prefix,
+        access,
+        tls,
     })
 }
 
@@ -864,17 +1240,28 @@ mod tests {
     #[test]
     fn apps_policy() {
         let c = Config::parse(
-            "[apps]\nallow_privileged = true\nallowed_bind_paths = [\"/srv/data\"]\nmax_bundle_bytes = 1000\n",
+            "[apps]\nallow_privileged = true\nallowed_bind_paths = [\"/srv/data\"]\nmax_bundle_bytes = 1000\n\
+             allow_host_namespaces = true\nallowed_host_ports = [8080, \"9000-9099\"]\nallowed_host_ips = [\"127.0.0.1\"]\n",
             &env(&[]),
         )
         .unwrap();
-        assert!(c.apps.allow_privileged && !c.apps.allow_devices);
-        assert_eq!(c.apps.allowed_bind_paths, vec![PathBuf::from("/srv/data")]);
-        assert_eq!(c.apps.max_bundle_bytes, Some(1000));
+        let p = &c.apps.compose;
+        assert!(p.allow_privileged && !p.allow_devices);
+        assert!(p.allow_host_namespaces && !p.allow_volume_drivers);
+        assert_eq!(p.allowed_bind_paths, vec![PathBuf::from("/srv/data")]);
+        assert_eq!(p.allowed_host_ports, vec![(8080, 8080), (9000, 9099)]);
         assert_eq!(
-            refused_key("[apps]\nallowed_bind_paths = [\"rel\"]\n", &[]),
-            "apps.allowed_bind_paths"
+            p.allowed_host_ips,
+            vec![std::net::IpAddr::from([127, 0, 0, 1])]
         );
+        assert_eq!(c.apps.max_bundle_bytes, Some(1000));
+        for (text, key) in [
+            ("allowed_bind_paths = [\"rel\"]", "apps.allowed_bind_paths"),
+            ("allowed_host_ports = [\"9-1\"]", "apps.allowed_host_ports"),
+            ("allowed_host_ips = [\"x\"]", "apps.allowed_host_ips"),
+        ] {
+            assert_eq!(refused_key(&format!("[apps]\n{text}\n"), &[]), key);
+        }
         assert!(matches!(
             Config::parse("[apps]\nbogus = 1\n", &env(&[])),
             Err(ConfigError::Syntax(_))
@@ -889,11 +1276,6 @@ mod tests {
         let e = Config::parse("[[listeners]]\ndialect = \"gopher\"\n", &env(&[])).unwrap_err();
         assert!(e.to_string().contains("unknown dialect"));
         assert!(matches!(e.root(), ConfigError::UnknownDialect(d) if d == "gopher"));
-        let e = Config::parse("[[listeners]]\ndialect = \"duxcore\"\n", &env(&[])).unwrap_err();
-        assert!(
-            matches!(e.root(), ConfigError::UnavailableDialect(_)),
-            "{e:?}"
-        );
         let e = Config::parse("shutdown_timeout_secs = 0", &env(&[])).unwrap_err();
         assert!(e.to_string().contains("at least 1"));
         assert_eq!(
@@ -908,6 +1290,14 @@ mod tests {
         let t = "[[listeners]]\ndialect = \"transfer\"\n";
         let e = Config::parse(&format!("{t}{t}"), &env(&[])).unwrap_err();
         assert!(matches!(e, ConfigError::DuplicateAddress(_)), "{e:?}");
+        let t = "[[listeners]]\ndialect = \"transfer\"\naddress = \"127.0.0.1:0\"\n";
+        assert_eq!(
+            Config::parse(&format!("{t}{t}"), &env(&[]))
+                .unwrap()
+                .listeners
+                .len(),
+            2
+        );
     }
 
     #[test]
@@ -985,6 +1375,46 @@ mod tests {
     }
 
     #[test]
+    fn flowmanager_listener_and_section() {
+        let c = Config::parse("[[listeners]]\ndialect = \"flowmanager\"\n", &env(&[])).unwrap();
+        assert_eq!(c.listeners[0].dialect, Dialect::FlowManager);
+        assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.listeners[0].auth, Auth::Loopback);
+        assert_eq!(c.flow.socket_dir, PathBuf::from("/tmp/kawaflow/sockets"));
+        assert_eq!(c.flow.status_interval, Duration::from_secs(30));
+        assert_eq!(c.flow.max_frame_bytes, 1 << 20);
+        let c = Config::parse(
+            "[flowmanager]\nsocket_dir = \"/srv/k\"\nstatus_interval_secs = 2\nmax_clients = 9\n",
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.flow.socket_dir, PathBuf::from("/srv/k"));
+        assert_eq!(c.flow.status_interval, Duration::from_secs(2));
+        assert_eq!(c.flow.max_clients, 9);
+        for (text, key) in [
+            (
+                "[flowmanager]\nsocket_dir = \"rel\"\n",
+                "flowmanager.socket_dir",
+            ),
+            (
+                "[flowmanager]\nstatus_interval_secs = 0\n",
+                "flowmanager.status_interval_secs",
+            ),
+            (
+                "[flowmanager]\nmax_frame_bytes = 0\n",
+                "flowmanager.max_frame_bytes",
+            ),
+        ] {
+            assert_eq!(refused_key(text, &[]), key, "{text}");
+        }
+        let c = Config::parse("", &env(&[("GANTRY_FLOWMANAGER_ADDRESS", "127.0.0.1:0")])).unwrap();
+        assert!(c
+            .listeners
+            .iter()
+            .any(|l| l.dialect == Dialect::FlowManager));
+    }
+
+    #[test]
     fn shipped_guest_config_is_valid() {
         let text = include_str!("../systemd/gantry-guest.toml.example");
         let c = Config::parse(text, &env(&[])).unwrap();
@@ -992,11 +1422,11 @@ mod tests {
         assert_eq!(c.listeners[0].dialect, Dialect::Intervirt);
         assert_eq!(c.listeners[0].address.to_string(), "0.0.0.0:55436");
         assert_eq!(c.listeners[0].auth, Auth::None);
-        assert_eq!(c.intervirt.power, PowerBackend::Logind);
-        assert!(matches!(
-            Config::parse(text, &env(&[(FORBID_POWER_ENV, "1")])),
-            Err(ConfigError::PowerForbidden(_))
-        ));
+        // Only the Intervirt host's port forward may connect; power stays off unless opted in.
+        let peers = &c.listeners[0].access.peers;
+        assert_eq!(peers, &vec![Cidr::parse("10.0.2.2/32").unwrap()]);
+        assert_eq!(c.intervirt.power, PowerBackend::None);
+        assert!(Config::parse(text, &env(&[(FORBID_POWER_ENV, "1")])).is_ok());
     }
 
     #[test]
@@ -1052,6 +1482,43 @@ mod tests {
     }
 
     #[test]
+    fn duxcore_listener_reads_its_core_key_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().display().to_string();
+        let t = format!("state_dir = {state:?}\n[[listeners]]\ndialect = \"duxcore\"\n");
+        // The default key file (state dir) is missing: a configuration error.
+        let e = Config::parse(&t, &env(&[])).unwrap_err();
+        assert!(matches!(e, ConfigError::CoreKeyFile { .. }), "{e:?}");
+        assert!(e.to_string().contains("corekey.bin"), "{e}");
+        std::fs::write(dir.path().join("corekey.bin"), [0u8, 1, 2]).unwrap();
+        let c = Config::parse(&t, &env(&[])).unwrap();
+        assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.duxcore.corekey.as_deref(), Some(&[0u8, 1, 2][..]));
+        assert_eq!(c.duxcore.max_image_bytes, 4 << 30);
+        // Another file, named in the section or the environment; an empty one is refused.
+        let other = dir.path().join("other.key");
+        std::fs::write(&other, b"").unwrap();
+        let named = format!(
+            "{t}[duxcore]\ncorekey_file = {:?}\n",
+            other.display().to_string()
+        );
+        assert!(matches!(
+            Config::parse(&named, &env(&[])).unwrap_err(),
+            ConfigError::CoreKeyFile { .. }
+        ));
+        let o = other.display().to_string();
+        let e = Config::parse(&t, &env(&[("GANTRY_DUXCORE_COREKEY_FILE", &o)])).unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
+        // Without a duxcore listener nothing is read.
+        let c = Config::parse(&format!("state_dir = {state:?}\n"), &env(&[])).unwrap();
+        assert_eq!(c.duxcore.corekey, None);
+        assert_eq!(
+            refused_key(&format!("{t}[duxcore]\nmax_image_bytes = 0\n"), &[]),
+            "duxcore.max_image_bytes"
+        );
+    }
+
+    #[test]
     fn token_auth_reads_and_checks_the_key_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
@@ -1060,6 +1527,9 @@ mod tests {
             "[[listeners]]\ndialect = \"transfer\"\naddress = \"0.0.0.0:1\"\nauth = \"token\"\ntoken_file = \"{}\"\n",
             path.display()
         );
+        // A token in clear on the network is refused unless said explicitly (or TLS).
+        assert_eq!(refused_key(&t, &[]), "tls_cert_file");
+        let t = format!("{t}allow_plain_http = true\n");
         let c = Config::parse(&t, &env(&[])).unwrap();
         assert_eq!(
             c.listeners[0].auth,
@@ -1072,5 +1542,48 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let e = Config::parse(&t, &env(&[])).unwrap_err();
         assert!(matches!(e.root(), ConfigError::TokenFile { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn listener_security_keys() {
+        let t = "[[listeners]]\ndialect = \"transfer\"\n";
+        let c = Config::parse(
+            &format!("{t}allowed_origins = [\"https://UI.example/\", \"*\"]\nallowed_hosts = [\"GW.local\"]\nallowed_peers = [\"198.18.0.0/15\", \"::1\"]\n"),
+            &env(&[]),
+        )
+        .unwrap();
+        let a = &c.listeners[0].access;
+        assert_eq!(a.origins, vec!["https://ui.example"]);
+        assert!(a.any_origin);
+        assert_eq!(a.hosts, vec!["gw.local"]);
+        assert_eq!(a.peers.len(), 2);
+        for (line, key) in [
+            ("allowed_origins = [\"ui.example\"]", "allowed_origins"),
+            ("allowed_hosts = [\"a/b\"]", "allowed_hosts"),
+            ("allowed_peers = [\"10.0.0.0/40\"]", "allowed_peers"),
+            ("tls_cert_file = \"/c.pem\"", "tls_cert_file"),
+            ("auth = \"client-cert\"", "client_ca_file"),
+            (
+                "tls_cert_file = \"/c\"\ntls_key_file = \"/k\"\nclient_ca_file = \"/ca\"",
+                "client_ca_file",
+            ),
+            ("[http]\nmax_connections = 0", "http.max_connections"),
+        ] {
+            assert_eq!(refused_key(&format!("{t}{line}\n"), &[]), key, "{line}");
+        }
+        let c = Config::parse(
+            &format!("{t}address = \"0.0.0.0:1\"\nauth = \"client-cert\"\ntls_cert_file = \"/c\"\ntls_key_file = \"/k\"\nclient_ca_file = \"/ca\"\n"),
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.listeners[0].auth, Auth::ClientCert);
+        assert_eq!(
+            c.listeners[0].tls.as_ref().unwrap().client_ca,
+            Some(PathBuf::from("/ca"))
+        );
+        // Defaults of the connection limits.
+        assert_eq!(c.http.max_connections, 512);
+        assert_eq!(c.http.max_concurrent_uploads, 4);
+        assert_eq!(c.http.body_read_timeout, Duration::from_secs(30));
     }
 }

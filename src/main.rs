@@ -23,12 +23,14 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, PowerBackend, ProcessEnv, Source};
 use crate::core::apps::import::ImportSettings;
 use crate::core::apps::lifecycle::Apps;
+use crate::core::apps::snapshots::Snapshots;
 use crate::core::docker::DockerEngine;
 use crate::core::engine::ContainerEngine;
 use crate::core::health::EngineHealth;
 use crate::core::intervirt::{AgentSettings, IntervirtAgent};
 use crate::core::power::{LogindPower, NoPower, Power, RecordingPower, SyscallPower};
 use crate::core::templates::Templates;
+use crate::core::view::LiveView;
 use crate::core::Core;
 
 /// Exit code for a configuration error; the unit's RestartPreventExitStatus= names it.
@@ -96,6 +98,10 @@ fn main() -> ExitCode {
                         c.intervirt.power, c.intervirt.upgrade_command, c.intervirt.strict_client
                     );
                 }
+                if let Some(key) = &c.duxcore.corekey {
+                    let file = c.duxcore.corekey_file.display();
+                    println!("duxcore: core key {file} ({} bytes)", key.len());
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -106,6 +112,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             server::systemd::init_logging(config.log_level);
+            server::limits::raise_nofile();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .max_blocking_threads(16)
@@ -131,6 +138,8 @@ fn auth_name(auth: &config::Auth) -> &'static str {
         config::Auth::Loopback => "loopback",
         config::Auth::Token { .. } => "token",
         config::Auth::None => "none",
+        config::Auth::Tokens { .. } => "tokens",
+        config::Auth::ClientCert => "client-cert",
     }
 }
 
@@ -152,6 +161,20 @@ async fn serve(config: Config) -> ExitCode {
         tracing::error!(dir = %config.state_dir.display(), error = %e, "cannot create the state directory");
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
+    // Bound first: the app policy refuses published ports on gantry's own listeners.
+    let bound = match server::bind(&config.listeners).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let addrs: Vec<_> = bound.iter().map(|b| b.local_addr).collect();
+    let probes: Vec<_> = bound
+        .iter()
+        .map(|b| (b.local_addr, b.tls.is_some()))
+        .collect();
+    let tls: Vec<_> = bound.iter().filter_map(|b| b.tls.clone()).collect();
     let engine: Arc<dyn ContainerEngine> = Arc::new(DockerEngine::new(
         &config.docker_host,
         config.docker_timeout,
@@ -159,8 +182,11 @@ async fn serve(config: Config) -> ExitCode {
     ));
     let stop = CancellationToken::new();
     let health = EngineHealth::spawn(engine.clone(), config.docker_probe_interval, stop.clone());
-    let apps = match Apps::open(engine.clone(), &config.state_dir, import_settings(&config)) {
-        Ok(a) => a.with_events(gantry_events(&config)),
+    let settings = import_settings(&config, &addrs);
+    let apps = match Apps::open(engine.clone(), &config.state_dir, settings.clone()) {
+        Ok(a) => a
+            .with_events(gantry_events(&config))
+            .with_health_timeout(config.apps.health_timeout),
         Err(e) => {
             tracing::error!(error = %e, "cannot open the app store");
             return ExitCode::from(EXIT_FAILURE);
@@ -177,42 +203,38 @@ async fn serve(config: Config) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let templates =
-        match Templates::open(engine.clone(), &config.state_dir, &import_settings(&config)) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot open the template store");
-                return ExitCode::from(EXIT_FAILURE);
-            }
-        };
+    let apps_view = apps.view().clone();
+    let services = duxcore_services(&config, engine.clone(), apps_view.clone());
+    let snapshots = match Snapshots::open(&config.snapshots.dir, config.snapshots.keep_backups) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the snapshots directory");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     let watch_engine = engine.clone();
-    let core = Core::new(engine, health.clone(), apps)
+    let flow = start_flow(&config, engine.clone(), apps_view, stop.clone()).await;
+    let core = Core::new(engine.clone(), health.clone(), apps)
         .with_intervirt(intervirt)
         .with_prefs(prefs)
-        .with_templates(templates);
-    let core = match with_pool(core, &config) {
+        .with_services(services)
+        .with_snapshots(snapshots)
+        .with_flow(flow);
+    let core = match with_templates_and_pool(core, &config, engine, &settings) {
         Ok(c) => Arc::new(c),
         Err(code) => return code,
     };
     #[cfg(feature = "pool")]
     core.run_pool(stop.clone());
-    {
-        // App status changes made outside gantry reach the event bus through Docker's events.
-        let apps = crate::core::apps::watch::CoreApps(core.clone());
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            crate::core::apps::watch::run(apps, watch_engine.as_ref(), stop).await;
-        });
-    }
+    spawn_reload_on_hangup(core.clone());
+    // The live view follows Docker's events (and with them, changes made outside gantry).
+    tokio::spawn(crate::core::view::sync::run(
+        core.view.clone(),
+        watch_engine,
+        Some(health.subscribe()),
+        stop.clone(),
+    ));
 
-    let bound = match server::bind(&config.listeners).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    let addrs: Vec<_> = bound.iter().map(|b| b.local_addr).collect();
     let listening = format!(
         "serving {}",
         bound
@@ -234,9 +256,12 @@ async fn serve(config: Config) -> ExitCode {
         ));
     }
     server::systemd::notify_ready(&listening);
+    // Start-up code ran once; what stays resident from now on is what the daemon uses.
+    server::memory::trim_own_code();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), docker = %config.docker_host, state = %config.state_dir.display(), "gantry ready");
     server::systemd::spawn_status_updates(health.subscribe(), listening, stop.clone());
-    server::systemd::spawn_watchdog(addrs, stop.clone());
+    server::systemd::spawn_watchdog(probes, stop.clone());
+    server::tls::spawn_reload(tls, stop.clone());
 
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -255,12 +280,27 @@ async fn serve(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The template store and (with the `pool` feature) the App Pool; both check bundles as the
+/// apps' imports do (`settings`).
+fn with_templates_and_pool(
+    core: Core,
+    config: &Config,
+    engine: Arc<dyn ContainerEngine>,
+    settings: &ImportSettings,
+) -> Result<Core, ExitCode> {
+    let templates = Templates::open(engine, &config.state_dir, settings).map_err(|e| {
+        tracing::error!(error = %e, "cannot open the template store");
+        ExitCode::from(EXIT_FAILURE)
+    })?;
+    with_pool(core.with_templates(templates), config, settings)
+}
+
 /// The App Pool's state in `<state_dir>/pool` (builds with the `pool` feature).
 #[cfg(feature = "pool")]
-fn with_pool(core: Core, config: &Config) -> Result<Core, ExitCode> {
+fn with_pool(core: Core, config: &Config, settings: &ImportSettings) -> Result<Core, ExitCode> {
     // reqwest's rustls needs a process-wide crypto provider; ring is the one built in.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match crate::core::pool::Pool::open(&config.pool, &config.state_dir, import_settings(config)) {
+    match crate::core::pool::Pool::open(&config.pool, &config.state_dir, settings.clone()) {
         Ok(pool) => Ok(core.with_pool(pool)),
         Err(e) => {
             tracing::error!(error = %e, "cannot open the app pool");
@@ -270,7 +310,7 @@ fn with_pool(core: Core, config: &Config) -> Result<Core, ExitCode> {
 }
 
 #[cfg(not(feature = "pool"))]
-fn with_pool(core: Core, config: &Config) -> Result<Core, ExitCode> {
+fn with_pool(core: Core, config: &Config, _settings: &ImportSettings) -> Result<Core, ExitCode> {
     if config.pool.store.is_some() || !config.pool.servers.is_empty() {
         tracing::warn!("[pool] is configured but this gantry was built without the pool feature");
     }
@@ -327,15 +367,82 @@ async fn start_intervirt(
     Ok(Some(agent))
 }
 
-fn import_settings(config: &Config) -> ImportSettings {
+/// The duxcore services, when a listener speaks that dialect (its core key was read with the
+/// configuration).
+fn duxcore_services(
+    config: &Config,
+    engine: Arc<dyn ContainerEngine>,
+    view: Arc<LiveView>,
+) -> Option<Arc<crate::core::services::Services>> {
+    use crate::core::services::{CoreKey, FetchLimits, ServiceSettings, Services, UnpackLimits};
+    let d = &config.duxcore;
+    let key = CoreKey::new(&d.corekey_file, d.corekey.clone()?);
+    let bundle = crate::core::apps::bundle::BundleLimits::default();
+    let settings = ServiceSettings {
+        dir: config.state_dir.join("duxcore"),
+        fetch: FetchLimits {
+            max_bytes: d.bind_contents_max_bytes,
+            timeout: d.bind_contents_timeout,
+        },
+        unpack: UnpackLimits {
+            max_bytes: d.bind_contents_max_unpacked_bytes,
+            max_entries: d.bind_contents_max_entries,
+            max_ratio: bundle.max_ratio,
+            ratio_min_bytes: bundle.ratio_min_bytes,
+        },
+        max_image_bytes: d.max_image_bytes,
+    };
+    Some(Arc::new(Services::new(engine, view, settings, key)))
+}
+
+/// SIGHUP reads the duxcore core key file again (a failure keeps the key in use).
+fn spawn_reload_on_hangup(core: Arc<Core>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let Some(services) = &core.services else {
+                continue;
+            };
+            let path = services.key().path().display().to_string();
+            match services.key().reload() {
+                Ok(()) => tracing::info!(file = %path, "core key read again"),
+                Err(e) => tracing::error!(error = %e, "core key kept: cannot read it again"),
+            }
+        }
+    });
+}
+
+/// The Flow Manager, when a listener speaks its dialect: its containers' sockets are served
+/// again (kept across a restart under systemd) before anything is served.
+async fn start_flow(
+    config: &Config,
+    engine: Arc<dyn ContainerEngine>,
+    view: Arc<LiveView>,
+    stop: CancellationToken,
+) -> Option<Arc<crate::core::flow::FlowManager>> {
+    if !config
+        .listeners
+        .iter()
+        .any(|l| l.dialect == config::Dialect::FlowManager)
+    {
+        return None;
+    }
+    let flow = crate::core::flow::FlowManager::new(engine, view, config.flow.clone(), stop.clone());
+    flow.start_up(stop).await;
+    tracing::info!(socket_dir = %config.flow.socket_dir.display(), "Flow Manager ready");
+    Some(flow)
+}
+
+fn import_settings(config: &Config, listeners: &[std::net::SocketAddr]) -> ImportSettings {
     let mut s = ImportSettings::default();
     let a = &config.apps;
-    s.policy.allow_privileged = a.allow_privileged;
-    s.policy.allow_devices = a.allow_devices;
-    s.policy.allow_capabilities = a.allow_capabilities;
-    s.policy
-        .allowed_bind_paths
-        .clone_from(&a.allowed_bind_paths);
+    s.policy = a.compose.clone();
+    // gantry's own listeners, as bound (a port 0 is known only now).
+    s.policy.reserved = listeners.to_vec();
     if let Some(n) = a.max_bundle_bytes {
         s.limits.max_zip_bytes = n;
     }

@@ -1,31 +1,34 @@
 //! [`ContainerEngine`] over Docker's HTTP API on the local socket, through bollard.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerSummary, EndpointSettings,
     ImageDeleteResponseItem, ImageInspect, ImageSummary, Network, NetworkConnectRequest,
     NetworkCreateRequest, Volume, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    ImportImageOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
-    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
-    PruneContainersOptionsBuilder, PruneImagesOptionsBuilder, PruneVolumesOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RemoveVolumeOptionsBuilder,
-    StopContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, BuildImageOptionsBuilder, CreateContainerOptionsBuilder,
+    CreateImageOptionsBuilder, ImportImageOptionsBuilder, ListContainersOptionsBuilder,
+    ListImagesOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
+    LogsOptionsBuilder, PruneContainersOptionsBuilder, PruneImagesOptionsBuilder,
+    PruneVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    RemoveVolumeOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
+    TagImageOptionsBuilder,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::engine::{
-    BuildJob, ByteStream, ContainerEngine, EngineError, EngineResult, EngineVersion, Filter,
-    LoadedImages, LogLine,
+    Attached, BuildJob, ByteStream, ContainerEngine, CpuCounters, EngineError, EngineResult,
+    EngineVersion, ExecSession, ExecState, Filter, LineStream, LoadedImages, LogLine,
+    ResourceSample, MAX_LOG_LINE_BYTES,
 };
 
 pub struct DockerEngine {
@@ -79,6 +82,15 @@ impl DockerEngine {
 
     fn docker(&self) -> EngineResult<Docker> {
         Ok(self.clients()?.docker)
+    }
+
+    /// A container's output lines from the last `tail` (all with None) on; with `follow`,
+    /// then as they are written.
+    fn log_lines(&self, id: &str, tail: Option<u64>, follow: bool) -> LineStream {
+        match self.docker() {
+            Ok(d) => output_lines(d.logs(id, Some(logs_options(tail, follow)))),
+            Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
+        }
     }
 }
 
@@ -475,42 +487,153 @@ impl ContainerEngine for DockerEngine {
         id.ok_or_else(|| EngineError::Failed("the build reported no image id".into()))
     }
 
-    async fn container_logs(&self, id: &str, tail: Option<u64>) -> EngineResult<Vec<LogLine>> {
-        let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
-        let opts = LogsOptionsBuilder::default()
+    fn container_logs(&self, id: &str, tail: Option<u64>) -> LineStream {
+        self.log_lines(id, tail, false)
+    }
+
+    async fn tag_image(&self, image: &str, reference: &str) -> EngineResult<()> {
+        let reference = with_default_tag(reference);
+        let (repo, tag) = match reference.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => (r, t),
+            _ => (reference.as_str(), "latest"),
+        };
+        let opts = TagImageOptionsBuilder::default()
+            .repo(repo)
+            .tag(tag)
+            .build();
+        self.docker()?
+            .tag_image(image, Some(opts))
+            .await
+            .map_err(map_error)
+    }
+
+    fn follow_logs(&self, id: &str, tail: Option<u64>) -> LineStream {
+        self.log_lines(id, tail, true)
+    }
+
+    async fn exec(&self, id: &str, cmd: &[String]) -> EngineResult<ExecSession> {
+        let docker = self.docker()?;
+        let config = CreateExecOptions {
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            cmd: Some(cmd.to_vec()),
+            ..Default::default()
+        };
+        let exec = docker.create_exec(id, config).await.map_err(map_error)?;
+        match docker.start_exec(&exec.id, None).await.map_err(map_error)? {
+            StartExecResults::Attached { output, input } => Ok(ExecSession {
+                id: exec.id,
+                output: output_lines(output),
+                input,
+            }),
+            StartExecResults::Detached => Err(EngineError::Failed(
+                "Docker started the command detached".into(),
+            )),
+        }
+    }
+
+    async fn exec_state(&self, exec_id: &str) -> EngineResult<ExecState> {
+        let info = self
+            .docker()?
+            .inspect_exec(exec_id)
+            .await
+            .map_err(map_error)?;
+        Ok(match (info.running, info.exit_code) {
+            (Some(false), Some(code)) => ExecState::Exited(code),
+            _ => ExecState::Running {
+                pid: info
+                    .pid
+                    .and_then(|p| i32::try_from(p).ok())
+                    .filter(|p| *p > 0),
+            },
+        })
+    }
+
+    async fn kill_container(&self, id: &str) -> EngineResult<()> {
+        self.docker()?
+            .kill_container(id, None)
+            .await
+            .map_err(map_error)
+    }
+
+    fn container_stats(&self, id: &str, stream: bool) -> super::engine::StatsStream {
+        let docker = match self.docker() {
+            Ok(d) => d,
+            Err(e) => return Box::pin(futures_util::stream::once(async move { Err(e) })),
+        };
+        let opts = StatsOptionsBuilder::default().stream(stream).build();
+        Box::pin(docker.stats(id, Some(opts)).map_err(map_error))
+    }
+
+    async fn attach_container(&self, id: &str, logs: bool) -> EngineResult<Attached> {
+        let opts = AttachContainerOptionsBuilder::default()
+            .stdin(true)
             .stdout(true)
             .stderr(true)
-            .tail(&tail)
+            .stream(true)
+            .logs(logs)
             .build();
-        let mut stream = self.docker()?.logs(id, Some(opts));
-        let mut out = Vec::new();
-        let mut partial: [String; 2] = Default::default();
-        while let Some(item) = stream.next().await {
-            let (stdout, message) = match item.map_err(map_error)? {
-                LogOutput::StdErr { message } => (false, message),
-                LogOutput::StdOut { message } | LogOutput::Console { message } => (true, message),
-                LogOutput::StdIn { .. } => continue,
-            };
-            // Frames need not end at line ends: keep the rest for the next frame.
-            let buf = &mut partial[usize::from(stdout)];
-            buf.push_str(&String::from_utf8_lossy(&message));
-            while let Some(pos) = buf.find('\n') {
-                let line: String = buf.drain(..=pos).collect();
-                out.push(LogLine {
-                    stdout,
-                    text: line.trim_end_matches(['\n', '\r']).to_string(),
-                });
+        // The attach stays open as long as the client does: no timeout beyond the upgrade.
+        let res = self
+            .clients()?
+            .transfer
+            .attach_container(id, Some(opts))
+            .await
+            .map_err(map_error)?;
+        let output = res.output.map(|item| match item {
+            Ok(out) => Ok(out.into_bytes()),
+            Err(e) => Err(io_error(e)),
+        });
+        Ok(Attached {
+            output: Box::pin(output),
+            input: res.input,
+        })
+    }
+
+    async fn import_rootfs(&self, tar: ByteStream) -> EngineResult<String> {
+        let opts = CreateImageOptionsBuilder::default().from_src("-").build();
+        let body = bollard::body_try_stream(coalesced(read_ahead(tar)));
+        let mut progress = self
+            .clients()?
+            .transfer
+            .create_image(Some(opts), Some(body), None);
+        let mut id = None;
+        while let Some(item) = progress.next().await {
+            let info = item.map_err(map_error)?;
+            if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                return Err(EngineError::Rejected(e));
+            }
+            // The import's last message carries the new image's id as its status.
+            if let Some(s) = info.status.filter(|s| s.starts_with("sha256:")) {
+                id = Some(s.trim().to_string());
             }
         }
-        for (i, rest) in partial.into_iter().enumerate() {
-            if !rest.is_empty() {
-                out.push(LogLine {
-                    stdout: i == 1,
-                    text: rest,
-                });
-            }
+        id.ok_or_else(|| EngineError::Failed("Docker named no imported image".to_string()))
+    }
+
+    async fn resource_usage(&self, id: &str, one_shot: bool) -> EngineResult<ResourceSample> {
+        let opts = bollard::query_parameters::StatsOptionsBuilder::default()
+            .stream(false)
+            .one_shot(one_shot)
+            .build();
+        let mut stream = self.docker()?.stats(id, Some(opts));
+        match stream.next().await {
+            Some(Ok(s)) => Ok(resource_sample(&s)),
+            Some(Err(e)) => Err(map_error(e)),
+            None => Err(EngineError::Failed("Docker sent no stats".into())),
         }
-        Ok(out)
+    }
+
+    async fn rename_container(&self, id: &str, name: &str) -> EngineResult<()> {
+        let opts = bollard::query_parameters::RenameContainerOptionsBuilder::default()
+            .name(name)
+            .build();
+        self.docker()?
+            .rename_container(id, opts)
+            .await
+            .map_err(map_error)
     }
 
     fn container_events(&self, filters: &[Filter]) -> super::engine::EventStream {
@@ -547,6 +670,197 @@ impl ContainerEngine for DockerEngine {
         });
         Box::pin(events)
     }
+
+    fn engine_events(&self, since: Option<i64>) -> super::engine::EngineEventStream {
+        let docker = match self.docker() {
+            Ok(d) => d,
+            Err(e) => return Box::pin(futures_util::stream::once(async move { Err(e) })),
+        };
+        let types = ["container", "image", "volume", "network"];
+        let f = HashMap::from([("type", types.to_vec())]);
+        let mut opts = bollard::query_parameters::EventsOptionsBuilder::default().filters(&f);
+        if let Some(ns) = since {
+            opts = opts.since(&since_parameter(ns));
+        }
+        let events = docker
+            .events(Some(opts.build()))
+            .filter_map(|item| async move {
+                match item {
+                    Ok(m) => engine_event(m).map(Ok),
+                    Err(e) => Some(Err(map_error(e))),
+                }
+            });
+        Box::pin(events)
+    }
+}
+
+/// Docker's `since` parameter: `seconds.nanoseconds`.
+fn since_parameter(ns: i64) -> String {
+    format!(
+        "{}.{:09}",
+        ns.div_euclid(1_000_000_000),
+        ns.rem_euclid(1_000_000_000)
+    )
+}
+
+fn engine_event(m: bollard::models::EventMessage) -> Option<super::engine::EngineEvent> {
+    use super::engine::EventObject;
+    use bollard::models::EventMessageTypeEnum as T;
+    let object = match m.typ? {
+        T::CONTAINER => EventObject::Container,
+        T::IMAGE => EventObject::Image,
+        T::VOLUME => EventObject::Volume,
+        T::NETWORK => EventObject::Network,
+        _ => EventObject::Other,
+    };
+    let actor = m.actor?;
+    Some(super::engine::EngineEvent {
+        object,
+        action: m.action?,
+        id: actor.id.unwrap_or_default(),
+        attributes: actor.attributes.unwrap_or_default().into_iter().collect(),
+        time_nano: m
+            .time_nano
+            .or_else(|| m.time.map(|s| s * 1_000_000_000))
+            .unwrap_or_default(),
+    })
+}
+
+/// Chunks that are ready together, joined (up to [`COALESCE_CHUNKS`] of them): a request
+/// body arrives in small frames, and each one passed on alone costs a task hop and a write to
+/// Docker's socket. Nothing waits for more data: what is ready goes out at once.
+fn coalesced(stream: ByteStream) -> ByteStream {
+    Box::pin(stream.ready_chunks(COALESCE_CHUNKS).map(|chunks| {
+        if chunks.len() == 1 {
+            return chunks.into_iter().next().unwrap_or(Ok(bytes::Bytes::new()));
+        }
+        let mut joined = bytes::BytesMut::new();
+        for chunk in chunks {
+            joined.extend_from_slice(&chunk?);
+        }
+        Ok(joined.freeze())
+    }))
+}
+
+/// At most this many ready chunks are joined into one.
+const COALESCE_CHUNKS: usize = 8;
+
+/// Chunks read ahead of Docker.
+const READ_AHEAD: usize = 8;
+
+/// Reads `stream` ahead on a task of its own, up to [`READ_AHEAD`] chunks, so the request
+/// body keeps arriving while Docker takes the chunks before (a request body is otherwise read
+/// one chunk at a time, only when asked for). Dropping the result stops the reading.
+fn read_ahead(mut stream: ByteStream) -> ByteStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        while let Some(chunk) = stream.next().await {
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    }))
+}
+
+fn logs_options(tail: Option<u64>, follow: bool) -> bollard::query_parameters::LogsOptions {
+    let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
+    LogsOptionsBuilder::default()
+        .stdout(true)
+        .stderr(true)
+        .follow(follow)
+        .tail(&tail)
+        .build()
+}
+
+/// Docker's output frames as lines, per stream (a line over [`MAX_LOG_LINE_BYTES`] in parts);
+/// an unterminated last line comes at the end.
+fn output_lines<S>(frames: S) -> LineStream
+where
+    S: futures_util::Stream<Item = Result<LogOutput, BollardError>> + Send + 'static,
+{
+    let state = (
+        Box::pin(frames),
+        LineSplitter::default(),
+        VecDeque::new(),
+        false,
+    );
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |(mut frames, mut split, mut queue, mut done)| async move {
+            loop {
+                if let Some(item) = queue.pop_front() {
+                    return Some((item, (frames, split, queue, done)));
+                }
+                if done {
+                    return None;
+                }
+                match frames.next().await {
+                    Some(Ok(f)) => queue.extend(split.push(f).into_iter().map(Ok)),
+                    Some(Err(e)) => {
+                        queue.push_back(Err(map_error(e)));
+                        done = true;
+                    }
+                    None => {
+                        queue.extend(split.finish().into_iter().map(Ok));
+                        done = true;
+                    }
+                }
+            }
+        },
+    ))
+}
+
+fn cpu_counters(c: Option<&bollard::models::ContainerCpuStats>) -> Option<CpuCounters> {
+    let c = c?;
+    Some(CpuCounters {
+        container: c.cpu_usage.as_ref()?.total_usage?,
+        system: c.system_cpu_usage?,
+    })
+}
+
+/// Docker's stats, summed as `docker stats` does (memory without the inactive page cache).
+fn resource_sample(s: &bollard::models::ContainerStatsResponse) -> ResourceSample {
+    let mem = s.memory_stats.as_ref();
+    let usage = mem.and_then(|m| m.usage).unwrap_or(0);
+    let inactive = mem
+        .and_then(|m| m.stats.as_ref())
+        .and_then(|st| {
+            st.get("inactive_file")
+                .or_else(|| st.get("total_inactive_file"))
+        })
+        .copied()
+        .unwrap_or(0);
+    let nets = s.networks.iter().flat_map(|n| n.values());
+    let (net_rx, net_tx) = nets.fold((0, 0), |(r, t), n| {
+        (r + n.rx_bytes.unwrap_or(0), t + n.tx_bytes.unwrap_or(0))
+    });
+    let blk = s
+        .blkio_stats
+        .as_ref()
+        .and_then(|b| b.io_service_bytes_recursive.as_ref());
+    let disk = |op: &str| -> u64 {
+        blk.iter()
+            .flat_map(|v| v.iter())
+            .filter(|e| e.op.as_deref().is_some_and(|o| o.eq_ignore_ascii_case(op)))
+            .map(|e| e.value.unwrap_or(0))
+            .sum()
+    };
+    let cpu = s.cpu_stats.as_ref();
+    ResourceSample {
+        cpu: cpu_counters(cpu).unwrap_or_default(),
+        previous_cpu: cpu_counters(s.precpu_stats.as_ref()).filter(|c| c.system > 0),
+        online_cpus: cpu.and_then(|c| c.online_cpus).unwrap_or(1).max(1),
+        memory_usage: usage.saturating_sub(inactive),
+        memory_limit: mem.and_then(|m| m.limit).unwrap_or(0),
+        net_rx,
+        net_tx,
+        disk_read: disk("read"),
+        disk_write: disk("write"),
+    }
 }
 
 fn api_at_least(v: &str, major: u32, minor: u32) -> bool {
@@ -558,6 +872,37 @@ fn api_at_least(v: &str, major: u32, minor: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn output_frames_become_lines_per_stream() {
+        let frame = |stdout: bool, text: &str| {
+            let message = bytes::Bytes::from(text.to_string());
+            Ok(if stdout {
+                LogOutput::StdOut { message }
+            } else {
+                LogOutput::StdErr { message }
+            })
+        };
+        let frames = futures_util::stream::iter(vec![
+            frame(true, "one\ntw"),
+            frame(false, "err"),
+            frame(true, "o\r\nthree\n"),
+            frame(false, "or\n"),
+            frame(true, "last"),
+        ]);
+        let lines: Vec<LogLine> = output_lines(frames).try_collect().await.unwrap();
+        let text: Vec<(bool, &str)> = lines.iter().map(|l| (l.stdout, l.text.as_str())).collect();
+        assert_eq!(
+            text,
+            [
+                (true, "one"),
+                (true, "two"),
+                (true, "three"),
+                (false, "error"),
+                (true, "last")
+            ]
+        );
+    }
 
     #[test]
     fn pull_reference_gets_a_tag() {
@@ -579,6 +924,36 @@ mod tests {
         ]);
         assert_eq!(m["label"], vec!["a=b", "c"]);
         assert_eq!(m["name"], vec!["x"]);
+    }
+
+    #[tokio::test]
+    async fn ready_chunks_are_joined_and_errors_kept() {
+        let parts: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
+            Ok("ab".into()),
+            Ok("c".into()),
+            Ok("".into()),
+            Ok("de".into()),
+        ];
+        let joined: Vec<_> = coalesced(Box::pin(futures_util::stream::iter(parts)))
+            .collect()
+            .await;
+        assert_eq!(joined.len(), 1);
+        assert_eq!(joined[0].as_ref().unwrap().as_ref(), b"abcde");
+        let failing: Vec<Result<bytes::Bytes, std::io::Error>> =
+            vec![Ok("ab".into()), Err(std::io::Error::other("cut"))];
+        let out: Vec<_> = coalesced(Box::pin(futures_util::stream::iter(failing)))
+            .collect()
+            .await;
+        assert!(out.last().unwrap().is_err());
+    }
+
+    #[test]
+    fn since_is_seconds_dot_nanoseconds() {
+        assert_eq!(
+            since_parameter(1_700_000_000_000_000_123),
+            "1700000000.000000123"
+        );
+        assert_eq!(since_parameter(5), "0.000000005");
     }
 
     #[test]
@@ -603,5 +978,90 @@ mod tests {
             map_error(BollardError::RequestTimeoutError),
             EngineError::Unavailable(_)
         ));
+    }
+
+    #[test]
+    fn log_frames_become_lines_and_long_lines_are_cut() {
+        let out = |s: &str| LogOutput::StdOut {
+            message: s.as_bytes().to_vec().into(),
+        };
+        let err = |s: &str| LogOutput::StdErr {
+            message: s.as_bytes().to_vec().into(),
+        };
+        let mut split = LineSplitter::default();
+        assert!(split.push(out("one ")).is_empty());
+        assert!(split.push(err("e1\ne")).iter().all(|l| !l.stdout));
+        let lines = split.push(out("line\r\ntwo\n"));
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["one line", "two"]);
+        // A container that writes without newlines: cut at the cap, never held whole.
+        let mut cut = Vec::new();
+        for _ in 0..5 {
+            cut.extend(split.push(out(&"é".repeat(16 << 10))));
+        }
+        assert_eq!(cut.len(), 2, "160 KiB in 64 KiB parts");
+        assert!(cut
+            .iter()
+            .all(|l| l.text.len() <= MAX_LOG_LINE_BYTES && l.stdout));
+        // A terminated line over the cap is cut too.
+        let long = split.push(err(&format!("{}\n", "x".repeat(MAX_LOG_LINE_BYTES + 10))));
+        let sizes: Vec<usize> = long.iter().map(|l| l.text.len()).collect();
+        assert_eq!(
+            sizes,
+            [MAX_LOG_LINE_BYTES, 11],
+            "the pending \"e\", then 11 more"
+        );
+        let rest = split.finish();
+        let texts: Vec<(bool, usize)> = rest.iter().map(|l| (l.stdout, l.text.len())).collect();
+        assert_eq!(texts, [(true, (160 << 10) - cut[0].text.len() * 2)]);
+    }
+}
+
+/// Docker's log frames into lines: frames need not end at line ends (the rest waits for the
+/// next frame of that stream), and a line longer than [`MAX_LOG_LINE_BYTES`] is cut.
+#[derive(Default)]
+struct LineSplitter {
+    /// stderr, stdout.
+    partial: [String; 2],
+}
+
+impl LineSplitter {
+    fn push(&mut self, frame: LogOutput) -> Vec<LogLine> {
+        let (stdout, message) = match frame {
+            LogOutput::StdErr { message } => (false, message),
+            LogOutput::StdOut { message } | LogOutput::Console { message } => (true, message),
+            LogOutput::StdIn { .. } => return Vec::new(),
+        };
+        let buf = &mut self.partial[usize::from(stdout)];
+        buf.push_str(&String::from_utf8_lossy(&message));
+        let mut out = Vec::new();
+        let mut start = 0;
+        loop {
+            let rest = &buf.as_bytes()[start..];
+            let window = &rest[..rest.len().min(MAX_LOG_LINE_BYTES + 1)];
+            let (end, next) = match window.iter().position(|b| *b == b'\n') {
+                Some(pos) => (start + pos, start + pos + 1),
+                None if rest.len() > MAX_LOG_LINE_BYTES => {
+                    let cut = buf.floor_char_boundary(start + MAX_LOG_LINE_BYTES);
+                    (cut, cut)
+                }
+                None => break,
+            };
+            let text = buf[start..end].trim_end_matches('\r').to_string();
+            out.push(LogLine { stdout, text });
+            start = next;
+        }
+        buf.drain(..start);
+        out
+    }
+
+    /// What is left when the stream ends.
+    fn finish(&mut self) -> Vec<LogLine> {
+        let [err, out] = std::mem::take(&mut self.partial);
+        [(false, err), (true, out)]
+            .into_iter()
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(stdout, text)| LogLine { stdout, text })
+            .collect()
     }
 }

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, EndpointSettings,
-    ImageDeleteResponseItem, ImageInspect, ImageSummary, Network, NetworkCreateRequest, Volume,
-    VolumeCreateRequest,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStatsResponse, ContainerSummary,
+    EndpointSettings, ImageDeleteResponseItem, ImageInspect, ImageSummary, Network,
+    NetworkCreateRequest, Volume, VolumeCreateRequest,
 };
 use bytes::Bytes;
 use futures_util::Stream;
@@ -116,6 +116,8 @@ pub enum Filter {
     Volume(String),
     /// Containers created from this image (or a descendant).
     Ancestor(String),
+    /// The container with this id (Docker matches id prefixes; gantry passes full ids).
+    Id(String),
 }
 
 impl Filter {
@@ -125,12 +127,17 @@ impl Filter {
             Filter::Name(_) => "name",
             Filter::Volume(_) => "volume",
             Filter::Ancestor(_) => "ancestor",
+            Filter::Id(_) => "id",
         }
     }
 
     pub fn value(&self) -> &str {
         match self {
-            Filter::Label(v) | Filter::Name(v) | Filter::Volume(v) | Filter::Ancestor(v) => v,
+            Filter::Label(v)
+            | Filter::Name(v)
+            | Filter::Volume(v)
+            | Filter::Ancestor(v)
+            | Filter::Id(v) => v,
         }
     }
 }
@@ -237,9 +244,72 @@ pub trait ContainerEngine: Send + Sync + 'static {
         unsupported("building images")
     }
 
-    /// The last `tail` lines (all with None) a container wrote, in order.
-    async fn container_logs(&self, _id: &str, _tail: Option<u64>) -> EngineResult<Vec<LogLine>> {
-        unsupported("reading logs")
+    /// The last `tail` lines (all with None) a container wrote, in order, as they arrive.
+    fn container_logs(&self, _id: &str, _tail: Option<u64>) -> LineStream {
+        Box::pin(futures_util::stream::once(async {
+            unsupported("reading logs")
+        }))
+    }
+
+    // The duxcore services (src/core/services) use the calls below.
+
+    /// Sends SIGKILL to a running container.
+    async fn kill_container(&self, _id: &str) -> EngineResult<()> {
+        unsupported("killing containers")
+    }
+
+    /// A container's resource usage: one sample, or (with `stream`) a sample about every
+    /// second until the container is gone or the stream is dropped.
+    fn container_stats(&self, _id: &str, _stream: bool) -> StatsStream {
+        Box::pin(futures_util::stream::once(async {
+            unsupported("reading container stats")
+        }))
+    }
+
+    /// Connects to a container's stdin, stdout and stderr (its tty when it has one); with
+    /// `logs`, what it wrote before comes first.
+    async fn attach_container(&self, _id: &str, _logs: bool) -> EngineResult<Attached> {
+        unsupported("attaching to containers")
+    }
+
+    /// Creates an image from a tarball of a root filesystem (`docker import`), streaming it
+    /// to the engine; returns the new image's id.
+    async fn import_rootfs(&self, _tar: ByteStream) -> EngineResult<String> {
+        unsupported("importing root filesystems")
+    }
+
+    /// Tags the image `image` (id or reference) as `reference` (`name:tag`).
+    async fn tag_image(&self, _image: &str, _reference: &str) -> EngineResult<()> {
+        unsupported("tagging images")
+    }
+
+    /// A container's output lines from the last `tail` (all with None) on, then as they are
+    /// written, until the container stops or the stream is dropped.
+    fn follow_logs(&self, _id: &str, _tail: Option<u64>) -> LineStream {
+        Box::pin(futures_util::stream::once(async {
+            unsupported("following logs")
+        }))
+    }
+
+    /// Runs `cmd` in the running container `id`, attached: its output and its stdin.
+    async fn exec(&self, _id: &str, _cmd: &[String]) -> EngineResult<ExecSession> {
+        unsupported("running commands in containers")
+    }
+
+    /// The state of a command [`ContainerEngine::exec`] started.
+    async fn exec_state(&self, _exec_id: &str) -> EngineResult<ExecState> {
+        unsupported("running commands in containers")
+    }
+
+    // The Flow Manager (src/core/flow) uses these too.
+
+    /// A container's resource counters: one sample (`one_shot`), or Docker's pair of samples
+    /// a second apart (the previous one in [`ResourceSample::previous_cpu`]).
+    async fn resource_usage(&self, _id: &str, _one_shot: bool) -> EngineResult<ResourceSample> {
+        unsupported("reading container stats")
+    }
+    async fn rename_container(&self, _id: &str, _name: &str) -> EngineResult<()> {
+        unsupported("renaming containers")
     }
 
     // The Intervirt agent (src/core/intervirt) watches its containers through this.
@@ -252,6 +322,88 @@ pub trait ContainerEngine: Send + Sync + 'static {
             unsupported("watching container events")
         }))
     }
+
+    // The live view (src/core/view) follows everything it serves through this.
+
+    /// Every container, image, volume and network event from `since` (Unix nanoseconds; the
+    /// engine replays what it still holds from then on), or from now on with None. The
+    /// stream ends when the engine closes it.
+    fn engine_events(&self, _since: Option<i64>) -> EngineEventStream {
+        Box::pin(futures_util::stream::once(async {
+            unsupported("watching engine events")
+        }))
+    }
+}
+
+/// What kind of object an [`EngineEvent`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventObject {
+    Container,
+    Image,
+    Volume,
+    Network,
+    Other,
+}
+
+/// One engine event, as Docker's event stream has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineEvent {
+    pub object: EventObject,
+    /// Docker's action: `create`, `start`, `die`, `health_status: healthy`, `tag`, ...
+    pub action: String,
+    /// The actor: a container or image id, a volume name, a network id.
+    pub id: String,
+    /// The actor's attributes: a container's labels, `name`, `image`, `exitCode`; a network
+    /// event's `container`; ...
+    pub attributes: std::collections::BTreeMap<String, String>,
+    /// When the engine recorded it, Unix nanoseconds (the host's clock).
+    pub time_nano: i64,
+}
+
+pub type EngineEventStream = Pin<Box<dyn Stream<Item = EngineResult<EngineEvent>> + Send>>;
+
+/// Output lines as they come (logs, followed or not, a command's output); a line longer than
+/// [`MAX_LOG_LINE_BYTES`] comes in parts.
+pub type LineStream = Pin<Box<dyn Stream<Item = EngineResult<LogLine>> + Send>>;
+
+/// A command running in a container ([`ContainerEngine::exec`]).
+pub struct ExecSession {
+    /// The exec's id, for [`ContainerEngine::exec_state`].
+    pub id: String,
+    /// Its stdout and stderr, line by line; ends when the command exits.
+    pub output: LineStream,
+    /// Its stdin.
+    pub input: Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+}
+
+/// A command's state: running (with its host pid), or ended with its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecState {
+    Running { pid: Option<i32> },
+    Exited(i64),
+}
+
+/// One sample of a container's resource counters (Docker's stats, summed over devices).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourceSample {
+    /// CPU time the container used, and the host's, in nanoseconds.
+    pub cpu: CpuCounters,
+    /// Docker's sample a second before, when it took one.
+    pub previous_cpu: Option<CpuCounters>,
+    pub online_cpus: u32,
+    /// Memory in use (without the inactive page cache, as `docker stats` shows it).
+    pub memory_usage: u64,
+    pub memory_limit: u64,
+    pub net_rx: u64,
+    pub net_tx: u64,
+    pub disk_read: u64,
+    pub disk_write: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuCounters {
+    pub container: u64,
+    pub system: u64,
 }
 
 /// One container lifecycle event.
@@ -266,7 +418,21 @@ pub struct ContainerEvent {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
+pub type StatsStream = Pin<Box<dyn Stream<Item = EngineResult<ContainerStatsResponse>> + Send>>;
+
+/// A connection to a container's standard streams.
+pub struct Attached {
+    /// What the container writes (stdout and stderr; its tty's bytes when it has one).
+    pub output: ByteStream,
+    /// The container's stdin.
+    pub input: Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+}
+
 pub type EventStream = Pin<Box<dyn Stream<Item = EngineResult<ContainerEvent>> + Send>>;
+
+/// Log lines longer than this are cut into parts (a container writing without newlines
+/// must not make gantry hold its whole output).
+pub const MAX_LOG_LINE_BYTES: usize = 64 << 10;
 
 /// The pause of a watcher of [`ContainerEngine::container_events`] before it subscribes
 /// again: short after a stream that worked, doubled after each round that did not (a

@@ -6,6 +6,8 @@ pub mod docker;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod fetch;
+pub mod flow;
 pub mod health;
 pub mod intervirt;
 pub mod network;
@@ -14,9 +16,12 @@ pub mod ops;
 pub mod pool;
 pub mod power;
 pub mod prefs;
+pub mod safe_fs;
+pub mod services;
 pub mod system;
 pub mod tasks;
 pub mod templates;
+pub mod view;
 
 use std::sync::Arc;
 
@@ -39,6 +44,15 @@ pub struct Core {
     /// The App Pool (none when not opened).
     #[cfg(feature = "pool")]
     pub pool: Option<Arc<pool::Pool>>,
+    /// What every read is served from: apps, containers, images, volumes, kept current from
+    /// Docker's events (`view::sync::run` follows them).
+    pub view: Arc<view::LiveView>,
+    /// Services of the duxcore dialect, when a duxcore listener is configured.
+    pub services: Option<Arc<services::Services>>,
+    /// Where snapshots and backups of apps go, when configured.
+    pub snapshots: Option<Arc<apps::snapshots::Snapshots>>,
+    /// The Flow Manager, when a flowmanager listener is configured.
+    pub flow: Option<Arc<flow::FlowManager>>,
 }
 
 /// A part of the core that may be missing (not configured, or not in this build).
@@ -53,8 +67,11 @@ impl Core {
         engine_health: health::EngineHealth,
         apps: apps::lifecycle::Apps,
     ) -> Self {
+        let view = apps.view().clone();
+        view.follow_health(engine_health.subscribe());
         Self {
-            system: system::SystemModule::new(engine),
+            system: system::SystemModule::new(engine, view.clone()),
+            view,
             apps,
             engine_health,
             intervirt: None,
@@ -63,6 +80,9 @@ impl Core {
             templates: None,
             #[cfg(feature = "pool")]
             pool: None,
+            services: None,
+            snapshots: None,
+            flow: None,
         }
     }
 
@@ -93,7 +113,32 @@ impl Core {
         self
     }
 
+    pub fn with_services(mut self, services: Option<Arc<services::Services>>) -> Self {
+        self.services = services;
+        self
+    }
+
+    /// The duxcore services, or why there are none.
+    pub fn services(&self) -> CoreResult<&Arc<services::Services>> {
+        self.services.as_ref().ok_or_else(|| {
+            CoreError::Failed("no duxcore listener is configured, so services are off".into())
+        })
+    }
+
+    pub fn with_snapshots(mut self, snapshots: apps::snapshots::Snapshots) -> Self {
+        self.snapshots = Some(Arc::new(snapshots));
+        self
+    }
+
+    pub fn with_flow(mut self, flow: Option<Arc<flow::FlowManager>>) -> Self {
+        self.flow = flow;
+        self
+    }
+
     pub fn with_intervirt(mut self, agent: Option<Arc<intervirt::IntervirtAgent>>) -> Self {
+        if let Some(a) = &agent {
+            a.follow_view(self.view.clone());
+        }
         self.intervirt = agent;
         self
     }

@@ -38,6 +38,30 @@ pub enum TaskKind {
     Deploy,
     /// Removing a deployed app from its server.
     Undeploy,
+    /// Creating a service (pull, container, bind contents).
+    CreateService,
+    /// Importing a root filesystem tar as an image.
+    ImportImage,
+    /// An app's containers recreated from its stored definition.
+    Rebuild,
+    /// Newer images pulled, changed services recreated, rolled back when unhealthy.
+    Update,
+    /// An app exported with its images into the snapshots directory.
+    Snapshot,
+    /// An app stopped and deleted with its images and volumes.
+    Purge,
+    /// An app bundle fetched, imported and started.
+    Provision,
+    /// A snapshot of every app.
+    Backup,
+    /// An app's logs followed.
+    Logs,
+    /// A command run in a service's container.
+    Exec,
+    /// Flow Manager container operations.
+    FlowCreate,
+    FlowUpdate,
+    FlowDelete,
 }
 
 /// What an operation does when its client goes away or the server stops.
@@ -64,17 +88,55 @@ impl TaskKind {
             TaskKind::Publish => "publish",
             TaskKind::Deploy => "deploy",
             TaskKind::Undeploy => "undeploy",
+            TaskKind::CreateService => "create-service",
+            TaskKind::ImportImage => "import-image",
+            TaskKind::Rebuild => "rebuild",
+            TaskKind::Update => "update",
+            TaskKind::Snapshot => "snapshot",
+            TaskKind::Purge => "purge",
+            TaskKind::Provision => "provision",
+            TaskKind::Backup => "backup",
+            TaskKind::Logs => "logs",
+            TaskKind::Exec => "exec",
+            TaskKind::FlowCreate => "flow-create",
+            TaskKind::FlowUpdate => "flow-update",
+            TaskKind::FlowDelete => "flow-delete",
         }
     }
 
-    /// An upload (import, image load) is worthless without its client and is rolled back; a
-    /// start or stop completes, so that the app never stays half started or half stopped.
-    /// Builds and the pool's transfers complete too: what they make is useful without the
-    /// client that asked.
+    /// An upload (import, image load, a provision's import) is worthless without its client
+    /// and is rolled back, as is a service whose creator left and what only streams to the
+    /// client (logs, a command's output); a start, stop, rebuild, update or purge completes,
+    /// so that the app never stays half done, and a snapshot or backup is worth having
+    /// without its client. A Flow Manager create, update or delete completes too: its outcome
+    /// shows in the container list and the broadcasts every client gets. Builds and the
+    /// pool's transfers complete too: what they make is useful without the client that asked.
     pub fn on_client_gone(self) -> Policy {
         match self {
-            TaskKind::Import | TaskKind::LoadImage => Policy::Cancel,
-            _ => Policy::Finish,
+            TaskKind::Import
+            | TaskKind::LoadImage
+            | TaskKind::CreateService
+            | TaskKind::ImportImage
+            | TaskKind::Provision
+            | TaskKind::Logs
+            | TaskKind::Exec => Policy::Cancel,
+            TaskKind::Start
+            | TaskKind::Stop
+            | TaskKind::Refresh
+            | TaskKind::Rebuild
+            | TaskKind::Update
+            | TaskKind::Purge
+            | TaskKind::Snapshot
+            | TaskKind::Backup
+            | TaskKind::FlowCreate
+            | TaskKind::FlowUpdate
+            | TaskKind::FlowDelete
+            | TaskKind::Build
+            | TaskKind::Instantiate
+            | TaskKind::PoolInstall
+            | TaskKind::Publish
+            | TaskKind::Deploy
+            | TaskKind::Undeploy => Policy::Finish,
         }
     }
 
@@ -83,15 +145,37 @@ impl TaskKind {
     /// lost its client (the server drops what is left), so the client-gone policy applies:
     /// an upload rolls back, and the daemon waits for that before it exits.
     ///
-    /// Builds stop at once and remove what they created (they may run for minutes); the
-    /// pool's transfers stop at once and resume at the next start (downloads from where they
-    /// were, deployments from the beginning).
+    /// Following logs, a command, and writing snapshots (a temp file that is then removed)
+    /// stop at once too: none of them leaves anything half done. Builds stop at once and
+    /// remove what they created (they may run for minutes); the pool's transfers stop at once
+    /// and resume at the next start (downloads from where they were, deployments from the
+    /// beginning).
     pub fn on_shutdown(self) -> Policy {
         match self {
-            TaskKind::Import | TaskKind::LoadImage | TaskKind::Start | TaskKind::Stop => {
-                Policy::Finish
-            }
-            _ => Policy::Cancel,
+            TaskKind::Refresh
+            | TaskKind::Logs
+            | TaskKind::Exec
+            | TaskKind::Snapshot
+            | TaskKind::Backup
+            | TaskKind::Build
+            | TaskKind::Instantiate
+            | TaskKind::PoolInstall
+            | TaskKind::Publish
+            | TaskKind::Deploy
+            | TaskKind::Undeploy => Policy::Cancel,
+            TaskKind::Import
+            | TaskKind::LoadImage
+            | TaskKind::Start
+            | TaskKind::Stop
+            | TaskKind::CreateService
+            | TaskKind::ImportImage
+            | TaskKind::Rebuild
+            | TaskKind::Update
+            | TaskKind::Purge
+            | TaskKind::Provision
+            | TaskKind::FlowCreate
+            | TaskKind::FlowUpdate
+            | TaskKind::FlowDelete => Policy::Finish,
         }
     }
 }

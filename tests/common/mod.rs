@@ -29,9 +29,13 @@ pub use nix::sys::signal::Signal;
 
 pub mod bundle;
 pub mod fleet;
+pub mod proxy;
 pub mod ws;
 
 pub const DEFAULT_TEST_IMAGE: &str = "gantry-test/busybox:latest";
+
+/// The authenticated status route of every listener.
+pub const STATUS_PATH: &str = "/gantry/status";
 
 // ---------------------------------------------------------------------------------------------
 // Environment and skipping
@@ -153,6 +157,9 @@ const SCRUBBED_ENV: &[&str] = &[
     "GANTRY_TRANSFER_AUTH",
     "GANTRY_TRANSFER_TOKEN_FILE",
     "GANTRY_TRANSFER_PREFIX",
+    "GANTRY_DISTILLERY_ADDRESS",
+    "GANTRY_DISTILLERY_AUTH",
+    "GANTRY_DISTILLERY_TOKEN_FILE",
     "GANTRY_DOCKER_TIMEOUT_SECS",
     "GANTRY_DOCKER_TRANSFER_TIMEOUT_SECS",
     "GANTRY_DOCKER_PROBE_INTERVAL_SECS",
@@ -284,6 +291,9 @@ pub struct GantryBuilder {
     env: Vec<(String, String)>,
     address: String,
     netns: Option<String>,
+    dialect: String,
+    state_dir: Option<PathBuf>,
+    extra: Vec<String>,
 }
 
 impl GantryBuilder {
@@ -319,6 +329,22 @@ impl GantryBuilder {
         self.env.push((key.to_string(), value.to_string()));
         self
     }
+    /// The listener's dialect (default `transfer`).
+    pub fn dialect(mut self, dialect: &str) -> Self {
+        self.dialect = dialect.to_string();
+        self
+    }
+    /// The state directory (default: `state` in the daemon's own temp dir), e.g. one that
+    /// an earlier daemon used.
+    pub fn state_dir(mut self, dir: &Path) -> Self {
+        self.state_dir = Some(dir.to_path_buf());
+        self
+    }
+    /// Another `[[listeners]]` table after the transfer one (its lines, without the header).
+    pub fn extra_listener(mut self, lines: &str) -> Self {
+        self.extra.push(lines.to_string());
+        self
+    }
     /// The listener's address in the config file (default `127.0.0.1:0`: the kernel picks a
     /// free port and gantry reports it).
     pub fn address(mut self, address: &str) -> Self {
@@ -350,10 +376,15 @@ impl GantryBuilder {
             t += l;
             t += "\n";
         }
-        t += "\n[[listeners]]\ndialect = \"transfer\"\n";
+        t += &format!("\n[[listeners]]\ndialect = {:?}\n", self.dialect);
         t += &format!("address = {:?}\n", self.address);
         for l in &self.listener {
             t += l;
+            t += "\n";
+        }
+        for x in &self.extra {
+            t += "\n[[listeners]]\n";
+            t += x;
             t += "\n";
         }
         t
@@ -362,6 +393,16 @@ impl GantryBuilder {
     /// Starts gantry and waits (up to 15 s) until it reports the address it listens on and
     /// `/healthz` answers 200 there.
     pub fn start(self) -> Gantry {
+        self.start_with(true)
+    }
+
+    /// Starts gantry and waits (up to 15 s) until it reports the address it listens on,
+    /// without asking `/healthz` (for listeners this harness cannot speak to: TLS).
+    pub fn start_unprobed(self) -> Gantry {
+        self.start_with(false)
+    }
+
+    fn start_with(self, probe: bool) -> Gantry {
         let dir = tempfile::Builder::new()
             .prefix("gantry-it-")
             .tempdir()
@@ -369,15 +410,15 @@ impl GantryBuilder {
         let mut g = self.spawn_in(dir.path());
         g.dir = Some(dir);
         g.netns = self.netns.clone();
-        g.wait_ready();
+        g.wait_ready(&self.dialect, probe);
         g
     }
 }
 
 impl Gantry {
-    /// Waits (up to 15 s) until gantry reports the address it listens on and `/healthz`
-    /// answers 200 there.
-    fn wait_ready(&mut self) {
+    /// Waits (up to 15 s) until gantry reports the address its `dialect` listener listens on
+    /// and (with `probe`) `/healthz` answers 200 there.
+    fn wait_ready(&mut self, dialect: &str, probe: bool) {
         let g = self;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -387,9 +428,9 @@ impl Gantry {
                     g.stderr()
                 );
             }
-            if let Some(addr) = listening_address(&g.stderr()) {
+            if let Some(addr) = listening_address_of(&g.stderr(), dialect) {
                 g.addr = addr;
-                if g.try_get("/healthz").is_ok_and(|r| r.status == 200) {
+                if !probe || g.try_get("/healthz").is_ok_and(|r| r.status == 200) {
                     return;
                 }
             }
@@ -434,7 +475,7 @@ impl Gantry {
             .stdout(out)
             .stderr(err);
         self.child = Some(c.spawn().expect("cannot spawn the gantry binary"));
-        self.wait_ready();
+        self.wait_ready("transfer", true);
     }
 }
 
@@ -456,7 +497,7 @@ fn spawn_command(netns: Option<&str>) -> Command {
 
 impl GantryBuilder {
     fn spawn_in(&self, dir: &Path) -> Gantry {
-        let state_dir = dir.join("state");
+        let state_dir = self.state_dir.clone().unwrap_or_else(|| dir.join("state"));
         let config_path = dir.join("gantry.toml");
         let config = self.config_text(&state_dir);
         fs::write(&config_path, &config).expect("cannot write the config");
@@ -490,8 +531,14 @@ impl GantryBuilder {
 /// The address of the transfer listener, from gantry's log line
 /// `... INFO listening dialect=transfer address=127.0.0.1:41234`.
 pub fn listening_address(log: &str) -> Option<SocketAddr> {
+    listening_address_of(log, "transfer")
+}
+
+/// The address of the listener of `dialect`, from gantry's log line.
+pub fn listening_address_of(log: &str, dialect: &str) -> Option<SocketAddr> {
+    let want = format!("dialect={dialect} ");
     log.lines()
-        .filter(|l| l.contains(" listening ") && l.contains("dialect=transfer"))
+        .filter(|l| l.contains(" listening ") && l.contains(&want))
         .find_map(|l| {
             let rest = &l[l.find("address=")? + "address=".len()..];
             rest.split_whitespace().next()?.parse().ok()
@@ -529,6 +576,9 @@ impl Gantry {
             env: Vec::new(),
             address: "127.0.0.1:0".to_string(),
             netns: None,
+            dialect: "transfer".to_string(),
+            state_dir: None,
+            extra: Vec::new(),
         }
     }
 
@@ -668,10 +718,11 @@ impl Gantry {
         }
     }
 
-    /// The parsed `/healthz` document.
+    /// The parsed status document (`/gantry/status`, behind the listener's auth: gantry's
+    /// version and Docker's reachability, version or error).
     pub fn health(&self) -> Value {
-        let r = self.get("/healthz");
-        assert_eq!(r.status, 200, "/healthz: {r}");
+        let r = self.get(STATUS_PATH);
+        assert_eq!(r.status, 200, "{STATUS_PATH}: {r}");
         r.json()
     }
 

@@ -171,8 +171,11 @@ async fn finish(
             step: current,
             message: e.to_string(),
         });
-        let ids = lock(loaded).ids.clone();
-        for id in ids.iter().rev() {
+        let mut ids = lock(loaded).ids.clone();
+        // References first (untagging what this import tagged), then image ids, newest first.
+        ids.reverse();
+        ids.sort_by_key(|id| id.starts_with("sha256:"));
+        for id in &ids {
             match engine.remove_image(id, false).await {
                 Ok(_) => {}
                 // Named by a manifest but never created (the load did not get that far).
@@ -268,13 +271,7 @@ async fn stream_images(
     progress: ProgressFn<'_>,
     loaded: &SharedLoaded,
 ) -> CoreResult<(Preloaded, Result<(), String>)> {
-    let before: HashSet<String> = engine
-        .list_images()
-        .await?
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
-    lock(loaded).before = Some(before);
+    lock(loaded).before = Some(known_images(engine).await?);
     let (found_tx, mut found_rx) = tokio::sync::mpsc::channel::<FoundImage>(1);
     let follower = {
         let limits = settings.limits.clone();
@@ -342,19 +339,17 @@ async fn stream_images(
             file: name.clone(),
             size,
         });
-        let mut body = image.body;
         let sent = Arc::new(AtomicU64::new(0));
-        let counted = {
-            let sent = sent.clone();
-            Box::pin(stream::poll_fn(move |cx| {
-                let next = body.poll_recv(cx);
-                if let std::task::Poll::Ready(Some(Ok(b))) = &next {
-                    sent.fetch_add(b.len() as u64, Ordering::Relaxed);
-                }
-                next
-            }))
-        };
-        match load_body(engine, counted, &name, size, &sent, progress).await {
+        let counted = counted_body(image.body, sent.clone(), cancel);
+        let result = load_body(engine, counted, &name, size, &sent, progress).await;
+        if cancel.is_cancelled() && result.is_err() {
+            pre.error = Some((
+                ImportStep::LoadImages,
+                CoreError::Cancelled("the import was cancelled".into()),
+            ));
+            break;
+        }
+        match result {
             Ok(references) => {
                 match record_image(engine, loaded, name, references, progress).await {
                     Ok(record) => pre.records.push(record),
@@ -390,7 +385,48 @@ async fn stream_images(
     Ok((pre, upload))
 }
 
-/// After a load: the image ids behind the references, noted for the rollback.
+/// An image's bytes as the walk streams them, counted into `sent`. A cancel breaks the body
+/// off with an error, so that Docker's load fails on the incomplete tarball instead of
+/// completing with the rest of the upload.
+fn counted_body(
+    mut body: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    sent: Arc<AtomicU64>,
+    cancel: &CancellationToken,
+) -> ByteStream {
+    use std::future::Future;
+    use std::task::Poll;
+    let mut cancelled = Box::pin(cancel.clone().cancelled_owned());
+    let mut broken = false;
+    Box::pin(stream::poll_fn(move |cx| {
+        if broken {
+            return Poll::Ready(None);
+        }
+        if cancelled.as_mut().poll(cx).is_ready() {
+            broken = true;
+            return Poll::Ready(Some(Err(std::io::Error::other("cancelled"))));
+        }
+        let next = body.poll_recv(cx);
+        if let Poll::Ready(Some(Ok(b))) = &next {
+            sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        next
+    }))
+}
+
+/// The image ids and references Docker has: what an import finds there is never its to
+/// remove when it rolls back.
+async fn known_images(engine: &dyn ContainerEngine) -> CoreResult<HashSet<String>> {
+    let mut known = HashSet::new();
+    for image in engine.list_images().await? {
+        known.extend(image.repo_tags.into_iter().filter(|t| t != "<none>:<none>"));
+        known.insert(image.id);
+    }
+    Ok(known)
+}
+
+/// After a load: the references and the image ids behind them, noted for the rollback
+/// (the references first: a rollback untags what the import tagged, even when the image
+/// itself was there before).
 async fn record_image(
     engine: &dyn ContainerEngine,
     loaded: &SharedLoaded,
@@ -399,6 +435,7 @@ async fn record_image(
     progress: ProgressFn<'_>,
 ) -> CoreResult<ImageRecord> {
     let mut image_id = String::new();
+    lock(loaded).add(&references)?;
     for r in &references {
         if let Ok(inspect) = engine.inspect_image(r).await {
             image_id = inspect.id.unwrap_or_default();
@@ -414,6 +451,65 @@ async fn record_image(
         id: image_id,
         references,
     })
+}
+
+/// The bundle's compose project as the app's compose engine will read it from `app_dir` (a
+/// template's: the compose file of the instances it makes), its `.env` interpolated, checked
+/// against `settings.policy` (the isolation policy).
+pub fn compose_project(
+    bundle: &Bundle,
+    app_dir: &Path,
+    settings: &ImportSettings,
+) -> CoreResult<ComposeProject> {
+    let id = bundle.id();
+    let instance;
+    let text = match settings.kind {
+        BundleKind::App => bundle.compose_yaml(),
+        BundleKind::Template => {
+            let spec = crate::core::templates::spec::BuildSpec::parse(bundle.compose_yaml(), &id)?;
+            spec.check_files(|f| bundle.contains_file(f))?;
+            instance = spec.instance_compose;
+            &instance
+        }
+    };
+    let vars: HashMap<String, String> = match bundle.env_file() {
+        Some(text) => interpolate::parse_env_file(text, &HashMap::new(), true)
+            .map_err(|e| CoreError::Invalid(format!(".env: {e}")))?
+            .into_iter()
+            .collect(),
+        None => HashMap::new(),
+    };
+    ComposeProject::from_text(
+        app_dir,
+        &app_dir.join(bundle.compose_name()),
+        text,
+        &id.slug(),
+        id.as_str(),
+        &vars,
+        &settings.policy,
+    )
+    .map_err(|e| CoreError::Invalid(format!("{}: {e}", bundle.compose_name())))
+}
+
+/// [`compose_project`], then checked against Docker for volumes and networks another app (or
+/// none) owns: refused now, not only at start.
+async fn plan_compose(
+    engine: &dyn ContainerEngine,
+    bundle: &Bundle,
+    app_dir: &Path,
+    settings: &ImportSettings,
+) -> CoreResult<ComposeProject> {
+    let project = compose_project(bundle, app_dir, settings)?;
+    project
+        .check_owners(engine)
+        .await
+        .map_err(|e| match e.kind() {
+            crate::core::ErrorKind::Invalid => {
+                CoreError::Invalid(format!("{}: {e}", bundle.compose_name()))
+            }
+            _ => CoreError::from(e),
+        })?;
+    Ok(project)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -457,8 +553,11 @@ async fn run(
     step_done(ImportStep::ParseConfig, format!("app {id}"));
 
     *current = ImportStep::ParseCompose;
-    let services = check_compose(&bundle, &store.app_dir(&id), settings)?;
-    step_done(ImportStep::ParseCompose, format!("{services} services"));
+    let project = plan_compose(engine, &bundle, &store.app_dir(&id), settings).await?;
+    step_done(
+        ImportStep::ParseCompose,
+        format!("{} services", project.services().len()),
+    );
 
     // A failure while streaming, now that the bundle itself is known good.
     if let Some((step, e)) = pre.error {
@@ -492,13 +591,7 @@ async fn run(
         .map(|e| (e.name.clone(), e.size))
         .collect();
     if !files.is_empty() && lock(loaded).before.is_none() {
-        let before: HashSet<String> = engine
-            .list_images()
-            .await?
-            .into_iter()
-            .map(|i| i.id)
-            .collect();
-        lock(loaded).before = Some(before);
+        lock(loaded).before = Some(known_images(engine).await?);
     }
     let bundle = Arc::new(Mutex::new(bundle));
     for (file, size) in files {
@@ -536,45 +629,6 @@ async fn run(
     lock(loaded).ids.clear();
     step_done(ImportStep::StoreInstance, "Successfully stored App".into());
     Ok(stored)
-}
-
-/// Checks the bundle's compose file as the app's compose engine will read it from `app_dir`
-/// (a template's: the compose file of the instances it makes); returns its service count.
-pub fn check_compose(
-    bundle: &Bundle,
-    app_dir: &Path,
-    settings: &ImportSettings,
-) -> CoreResult<usize> {
-    let id = bundle.id();
-    let instance;
-    let text = match settings.kind {
-        BundleKind::App => bundle.compose_yaml(),
-        BundleKind::Template => {
-            let spec = crate::core::templates::spec::BuildSpec::parse(bundle.compose_yaml(), &id)?;
-            spec.check_files(|f| bundle.contains_file(f))?;
-            instance = spec.instance_compose;
-            &instance
-        }
-    };
-    let vars: HashMap<String, String> = bundle
-        .env_file()
-        .map(|text| {
-            interpolate::parse_env_file(text, &HashMap::new(), true)
-                .into_iter()
-                .collect()
-        })
-        .unwrap_or_default();
-    let project = ComposeProject::from_text(
-        app_dir,
-        &app_dir.join(bundle.compose_name()),
-        text,
-        &id.slug(),
-        id.as_str(),
-        &vars,
-        &settings.policy,
-    )
-    .map_err(|e| CoreError::Invalid(format!("{}: {e}", bundle.compose_name())))?;
-    Ok(project.services().len())
 }
 
 /// An in-flight import's list of the images it loaded: `<dir>/<random>.json`, rewritten
@@ -639,16 +693,21 @@ pub async fn recover_journals(
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
-        let images: Vec<String> = std::fs::read(&path)
+        let mut images: Vec<String> = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        for id in images.iter().rev() {
+        // References first, then image ids, newest first (as the rollback does).
+        images.reverse();
+        images.sort_by_key(|id| id.starts_with("sha256:"));
+        for id in &images {
             if in_use.contains(id) {
                 continue;
             }
             match engine.remove_image(id, false).await {
                 Ok(_) => removed.push(id.clone()),
+                // Untagging its last reference removed it already.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => {
                     tracing::warn!(image = %id, error = %e, "cannot remove an image of an interrupted import")
                 }
@@ -1156,7 +1215,13 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(noted.len(), 1, "the journal never named the image");
+        let image_id = noted.iter().find(|n| n.starts_with("sha256:")).cloned();
+        assert!(
+            noted.contains(&reference),
+            "the journal never named {reference}: {noted:?}"
+        );
+        let image_id = image_id.expect("the journal never named the image id");
+        assert_eq!(noted.len(), 2, "{noted:?}");
         assert!(
             !image_exists(&host, &reference),
             "Docker has the image although its tarball is incomplete"
@@ -1173,7 +1238,7 @@ mod tests {
         sender.finish(Ok(()));
         let stored = task.await.unwrap().expect("import");
         assert_eq!(
-            stored.record.images[0].id, noted[0],
+            stored.record.images[0].id, image_id,
             "the journal named another id"
         );
         assert!(image_exists(&host, &reference));
@@ -1181,8 +1246,9 @@ mod tests {
 
         // Had gantry died after Docker created the image: the recovery removes it.
         let removed = recover_journals(eng.as_ref(), crash.path(), &HashSet::new()).await;
-        assert_eq!(removed, noted);
+        assert_eq!(removed.first(), Some(&reference), "{removed:?}");
         assert!(!image_exists(&host, &reference));
+        assert!(!image_exists(&host, &image_id));
     }
 
     #[test]

@@ -4,13 +4,16 @@
 //! `spawn_blocking`.
 
 pub mod bundle;
+pub mod console;
 pub mod files;
 pub mod import;
 pub mod lifecycle;
+pub mod maintain;
 pub mod recognize;
+pub mod snapshots;
 pub mod store;
 pub mod stream;
-pub mod watch;
+pub mod update;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -78,18 +81,10 @@ impl AppId {
         &self.0
     }
 
-    /// The compose project name: lowercase, every char outside `[a-z0-9_-]` dropped, as
-    /// docker-compose 1.29 normalises `-p`. Leading `_`/`-` are dropped too, because
-    /// container names (`<project>-<service>-1`) must start with a letter or digit.
-    /// May be empty; a bundle whose id slugs to nothing is refused.
+    /// The compose project name (see [`crate::core::compose::project_slug`]; may be empty,
+    /// and a bundle whose id slugs to nothing is refused).
     pub fn slug(&self) -> String {
-        let slug: String = self
-            .0
-            .to_lowercase()
-            .chars()
-            .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
-            .collect();
-        slug.trim_start_matches(['_', '-']).to_string()
+        crate::core::compose::project_slug(&self.0)
     }
 
     /// The store's directory name: the id percent-encoded (`NON_ALPHANUMERIC`), so it can
@@ -121,13 +116,13 @@ impl fmt::Display for AppId {
 #[derive(Debug, Default)]
 pub struct Claims(Mutex<HashMap<AppId, &'static str>>);
 
-/// Marks an app busy until dropped.
-pub struct BusyGuard<'a> {
+/// Marks an id (an app's, a template's) busy in its [`Claims`] until dropped.
+pub struct ClaimGuard<'a> {
     claims: &'a Claims,
     id: AppId,
 }
 
-impl Drop for BusyGuard<'_> {
+impl Drop for ClaimGuard<'_> {
     fn drop(&mut self) {
         self.claims.map().remove(&self.id);
     }
@@ -139,13 +134,13 @@ impl Claims {
     }
 
     /// Claims `id` for the operation `what`; while another one runs, `Err` names that one.
-    pub fn claim(&self, id: &AppId, what: &'static str) -> Result<BusyGuard<'_>, &'static str> {
+    pub fn claim(&self, id: &AppId, what: &'static str) -> Result<ClaimGuard<'_>, &'static str> {
         let mut map = self.map();
         if let Some(other) = map.get(id) {
             return Err(other);
         }
         map.insert(id.clone(), what);
-        Ok(BusyGuard {
+        Ok(ClaimGuard {
             claims: self,
             id: id.clone(),
         })

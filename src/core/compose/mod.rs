@@ -5,9 +5,6 @@
 //! Pipeline: [`parse`] (YAML, the allowed-keys check of [`validate`], [`interpolate`]) ->
 //! [`plan`] (create bodies, labels) -> [`apply`] (up / down / status).
 
-// Wired into the apps lifecycle (src/core/apps) by the import/start/stop work of issue 5.
-#![allow(dead_code)]
-
 mod apply;
 pub mod interpolate;
 mod parse;
@@ -24,7 +21,7 @@ use std::time::Duration;
 use super::engine::{ContainerEngine, EngineError};
 use super::ErrorKind;
 
-#[allow(unused_imports)] // ContainerStatus is for callers reading ServiceStatus
+pub(crate) use apply::port_mappings;
 pub use apply::{ContainerStatus, DownOptions, DownResult, ServiceStatus, UpResult};
 
 /// The compose files gantry looks for, in this order (first match wins).
@@ -46,9 +43,9 @@ pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(180);
 /// concurrently up to this bound; dependency order is kept regardless.
 pub const DEFAULT_PARALLEL_LIMIT: usize = 8;
 
-/// How long `up` lets one image pull take, by default (the engine's own timeout only
-/// covers the wait for the response headers, not a stalled download).
-pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How long `up` lets one image pull take (the engine's own timeout only covers the wait
+/// for the response headers, not a stalled download).
+pub const PULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// What the gateway's configuration allows apps to ask for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,6 +56,50 @@ pub struct ComposePolicy {
     pub allow_capabilities: bool,
     /// Host paths (besides the app's own directory) bind mounts may use.
     pub allowed_bind_paths: Vec<PathBuf>,
+    /// Volume `driver` (other than `local`) and `driver_opts` (which can mount any host
+    /// path: `type: none, o: bind, device: /`).
+    pub allow_volume_drivers: bool,
+    /// The host's namespaces: `network_mode: host`, `pid: host`, `ipc: host`, a network
+    /// named `host` or with the `host` driver.
+    pub allow_host_namespaces: bool,
+    /// What other apps own or no app owns: external (or explicitly named) volumes and
+    /// networks without this project's label, `network_mode: bridge` (Docker's default
+    /// network, shared by every container on it) and `network_mode: container:` outside
+    /// the app.
+    pub allow_shared_resources: bool,
+    /// Network drivers other than `bridge`, network `driver_opts` and `ipam`.
+    pub allow_network_options: bool,
+    /// `logging.driver` other than `local`, `json-file` and `journald`.
+    pub allow_logging_drivers: bool,
+    /// Host ports published ports may use (inclusive ranges); empty: any.
+    pub allowed_host_ports: Vec<(u16, u16)>,
+    /// Host addresses published ports may bind; empty: any.
+    pub allowed_host_ips: Vec<std::net::IpAddr>,
+    /// gantry's own listeners: a published TCP port that would collide with one is refused.
+    pub reserved: Vec<std::net::SocketAddr>,
+    /// Plan without reading env files or checking bind sources on disk.
+    pub skip_host_files: bool,
+}
+
+impl ComposePolicy {
+    /// What stopping, removing or reading the state of an app needs: its plan whatever the
+    /// policy says now (it may have changed since the import) and whatever its containers
+    /// did to its directory. Nothing is created with it.
+    pub fn teardown() -> ComposePolicy {
+        ComposePolicy {
+            allow_privileged: true,
+            allow_devices: true,
+            allow_capabilities: true,
+            allowed_bind_paths: vec![PathBuf::from("/")],
+            allow_volume_drivers: true,
+            allow_host_namespaces: true,
+            allow_shared_resources: true,
+            allow_network_options: true,
+            allow_logging_drivers: true,
+            skip_host_files: true,
+            ..ComposePolicy::default()
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,25 +183,28 @@ impl ComposeError {
     }
 }
 
-/// The compose project name for an app id, as docker-compose 1.29 normalises `-p`:
-/// lowercase, every character outside `[a-z0-9_-]` dropped. Fails when nothing is left.
-pub fn project_slug(app_id: &str) -> Result<String, ComposeError> {
+/// The compose project name of an app id: the id lowercased, every character outside
+/// `[a-z0-9_-]` dropped (as docker-compose 1.29 normalises `-p`), then leading `_` and `-`
+/// dropped too, because a project name (and so a container name, `<project>_<service>_1`)
+/// must start with a letter or a digit. Empty when nothing is left (such an app is refused
+/// at import).
+///
+/// The one place this rule lives ([`crate::core::apps::AppId::slug`] calls it). Existing
+/// containers, networks and volumes carry the name it gave in `com.docker.compose.project`
+/// (the id itself is in `io.gantry.app-id`): a different rule would orphan them.
+pub fn project_slug(app_id: &str) -> String {
     let slug: String = app_id
         .to_lowercase()
         .chars()
         .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
         .collect();
-    if slug.is_empty() {
-        return Err(ComposeError::Invalid {
-            scope: format!("app \"{app_id}\""),
-            message: "the id gives an empty compose project name".into(),
-        });
-    }
-    Ok(slug)
+    slug.trim_start_matches(['_', '-']).to_string()
 }
 
+/// What [`project_slug`] gives for a non-empty result: `[a-z0-9_-]`, starting with a
+/// letter or a digit.
 fn valid_project_name(name: &str) -> bool {
-    !name.is_empty()
+    name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
@@ -170,14 +214,13 @@ fn valid_project_name(name: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct ComposeProject {
     name: String,
-    app_id: String,
-    dir: PathBuf,
     compose_file: PathBuf,
     plan: plan::Plan,
     warnings: Vec<String>,
     wait_timeout: Duration,
-    pull_timeout: Duration,
     parallel_limit: usize,
+    /// `apps.allow_shared_resources`: volumes and networks of other apps (or of none).
+    allow_shared: bool,
 }
 
 impl ComposeProject {
@@ -191,19 +234,16 @@ impl ComposeProject {
         env: &HashMap<String, String>,
         policy: &ComposePolicy,
     ) -> Result<ComposeProject, ComposeError> {
-        let file = COMPOSE_FILE_NAMES
-            .iter()
-            .map(|n| dir.join(n))
-            .find(|p| p.is_file())
-            .ok_or_else(|| ComposeError::NoComposeFile {
-                dir: dir.to_path_buf(),
-            })?;
-        let text = read_limited(&file)?;
-        let env_path = dir.join(".env");
+        let (file, text) = read_compose_file(dir)?;
         let mut vars: HashMap<String, String> = HashMap::new();
-        if env_path.is_file() {
-            let env_text = read_limited(&env_path)?;
-            vars.extend(interpolate::parse_env_file(&env_text, env, true));
+        if let Some(env_text) = read_app_file(dir, ".env")? {
+            let parsed = interpolate::parse_env_file(&env_text, env, true).map_err(|e| {
+                ComposeError::Invalid {
+                    scope: ".env".into(),
+                    message: e.to_string(),
+                }
+            })?;
+            vars.extend(parsed);
         }
         vars.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
         Self::from_text(dir, &file, &text, project_name, app_id, &vars, policy)
@@ -222,7 +262,9 @@ impl ComposeProject {
         if !valid_project_name(project_name) {
             return Err(ComposeError::Invalid {
                 scope: format!("project \"{project_name}\""),
-                message: "a project name must be non-empty and use only [a-z0-9_-]".into(),
+                message:
+                    "a project name must use only [a-z0-9_-] and start with a letter or a digit"
+                        .into(),
             });
         }
         let dir = absolute(dir)?;
@@ -244,27 +286,17 @@ impl ComposeProject {
         let plan = plan::plan(&model, &ctx)?;
         Ok(ComposeProject {
             name: project_name.to_string(),
-            app_id: app_id.to_string(),
-            dir,
             compose_file,
             plan,
             warnings,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
-            pull_timeout: DEFAULT_PULL_TIMEOUT,
             parallel_limit: DEFAULT_PARALLEL_LIMIT,
+            allow_shared: policy.allow_shared_resources,
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    pub fn app_id(&self) -> &str {
-        &self.app_id
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     pub fn compose_file(&self) -> &Path {
@@ -274,15 +306,6 @@ impl ComposeProject {
     /// Service names in file order.
     pub fn services(&self) -> Vec<&str> {
         self.plan.services.iter().map(|s| s.name.as_str()).collect()
-    }
-
-    /// The container name each service gets, in file order.
-    pub fn container_names(&self) -> Vec<(&str, &str)> {
-        self.plan
-            .services
-            .iter()
-            .map(|s| (s.name.as_str(), s.container_name.as_str()))
-            .collect()
     }
 
     /// Distinct image references, in file order.
@@ -304,18 +327,16 @@ impl ComposeProject {
 
     /// Bounds each wait for a dependency's health or completion (default
     /// [`DEFAULT_WAIT_TIMEOUT`]).
+    #[cfg(test)]
     pub fn set_wait_timeout(&mut self, timeout: Duration) {
         self.wait_timeout = timeout;
     }
 
-    /// Bounds each image pull (default [`DEFAULT_PULL_TIMEOUT`]).
-    /// Bounds how many engine operations run at once (at least 1).
+    /// Bounds how many engine operations run at once (default [`DEFAULT_PARALLEL_LIMIT`],
+    /// at least 1).
+    #[cfg(test)]
     pub fn set_parallel_limit(&mut self, limit: usize) {
         self.parallel_limit = limit.max(1);
-    }
-
-    pub fn set_pull_timeout(&mut self, timeout: Duration) {
-        self.pull_timeout = timeout;
     }
 
     pub(crate) fn plan(&self) -> &plan::Plan {
@@ -344,6 +365,12 @@ impl ComposeProject {
         apply::down(self, engine, options, on_line).await
     }
 
+    /// Refuses the volumes and networks that exist in Docker and belong to another app or to
+    /// none, unless the policy allows sharing (the import's check; `up` checks again).
+    pub async fn check_owners(&self, engine: &dyn ContainerEngine) -> Result<(), ComposeError> {
+        apply::check_owners(self, engine).await
+    }
+
     /// The state of each service's containers (services without one have none).
     pub async fn status(
         &self,
@@ -353,18 +380,30 @@ impl ComposeProject {
     }
 }
 
-fn read_limited(path: &Path) -> Result<String, ComposeError> {
-    let err = |message: String| ComposeError::Read {
-        path: path.to_path_buf(),
-        message,
-    };
-    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-    if meta.len() > MAX_COMPOSE_FILE_BYTES {
-        return Err(err(format!(
-            "the file is larger than {MAX_COMPOSE_FILE_BYTES} bytes"
-        )));
+/// The first compose file of [`COMPOSE_FILE_NAMES`] in `dir`: its path and text.
+fn read_compose_file(dir: &Path) -> Result<(PathBuf, String), ComposeError> {
+    for name in COMPOSE_FILE_NAMES {
+        if let Some(text) = read_app_file(dir, name)? {
+            return Ok((dir.join(name), text));
+        }
     }
-    std::fs::read_to_string(path).map_err(|e| err(e.to_string()))
+    Err(ComposeError::NoComposeFile {
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// The file `name` of the app directory `dir` (None when absent), read without following a
+/// symlink and at most [`MAX_COMPOSE_FILE_BYTES`]: a service that bind-mounts the app
+/// directory could otherwise point it anywhere between two starts.
+fn read_app_file(dir: &Path, name: &str) -> Result<Option<String>, ComposeError> {
+    match crate::core::safe_fs::read_text(dir, Path::new(name), MAX_COMPOSE_FILE_BYTES) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(ComposeError::Read {
+            path: dir.join(name),
+            message: e.to_string(),
+        }),
+    }
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, ComposeError> {
@@ -380,18 +419,24 @@ mod unit_tests {
 
     #[test]
     fn slugs() {
-        assert_eq!(
-            project_slug("Simple Webserver:1.0.0").unwrap(),
-            "simplewebserver100"
-        );
-        assert_eq!(
-            project_slug("ScaleIT node-red:2.2.2").unwrap(),
-            "scaleitnode-red222"
-        );
-        assert_eq!(project_slug("My_App:1-rc.2").unwrap(), "my_app1-rc2");
-        assert_eq!(project_slug("Ünïcode:1").unwrap(), "ncode1");
-        assert!(project_slug(":.+ ").is_err());
-        assert!(project_slug("").is_err());
+        for (id, slug) in [
+            ("Simple Webserver:1.0.0", "simplewebserver100"),
+            ("ScaleIT node-red:2.2.2", "scaleitnode-red222"),
+            ("My_App:1-rc.2", "my_app1-rc2"),
+            ("Ünïcode:1", "ncode1"),
+            // A project name starts with a letter or a digit.
+            ("--_Über:1", "ber1"),
+            ("_x-:1", "x-1"),
+            ("0_-:-", "0_--"),
+            (":.+ ", ""),
+            ("-_", ""),
+        ] {
+            assert_eq!(project_slug(id), slug, "{id}");
+            assert_eq!(valid_project_name(slug), !slug.is_empty(), "{id}");
+        }
+        for bad in ["_x", "-x", "X", "a.b", "a b", "ä"] {
+            assert!(!valid_project_name(bad), "{bad}");
+        }
     }
 
     #[test]
@@ -431,6 +476,41 @@ mod unit_tests {
         let p = load();
         assert_eq!(p.services(), vec!["other"]);
         assert!(p.compose_file().ends_with("compose.yaml"));
+    }
+
+    /// A service that bind-mounts its app directory may replace `.env` or the compose file
+    /// with a symlink to a host file between two starts: the next load refuses it, unread.
+    #[test]
+    fn load_follows_no_symlink() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let host_file = outside.path().join("secret");
+        std::fs::write(&host_file, "SECRET=1\n").unwrap();
+        let (pol, env) = (ComposePolicy::default(), HashMap::new());
+        let load = || ComposeProject::load(dir.path(), "demo", "d", &env, &pol);
+        std::fs::write(
+            dir.path().join("compose.yaml"),
+            "services: {web: {image: a}}",
+        )
+        .unwrap();
+        load().unwrap();
+        symlink(&host_file, dir.path().join(".env")).unwrap();
+        let e = load().unwrap_err();
+        assert!(matches!(e, ComposeError::Read { .. }), "{e:?}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        std::fs::remove_file(dir.path().join(".env")).unwrap();
+        std::fs::rename(
+            dir.path().join("compose.yaml"),
+            outside.path().join("c.yaml"),
+        )
+        .unwrap();
+        symlink(
+            outside.path().join("c.yaml"),
+            dir.path().join("compose.yaml"),
+        )
+        .unwrap();
+        assert!(load().unwrap_err().to_string().contains("symbolic link"));
     }
 
     #[test]

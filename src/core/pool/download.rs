@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::registry::{IndexEntry, Registry};
 use super::{hex, read_json, write_json, Origin, Pool, BUNDLE_FILE, ORIGIN_FILE};
 use crate::core::apps::bundle::{Bundle, ByteSize};
-use crate::core::apps::import::{check_compose, free_space};
+use crate::core::apps::import::{compose_project, free_space};
 use crate::core::apps::store::StoredApp;
 use crate::core::apps::AppId;
 use crate::core::{CoreError, CoreResult, ErrorKind};
@@ -217,7 +217,8 @@ impl Pool {
         Ok(())
     }
 
-    /// Runs the import's checks on the bundle and moves it into the pool's storage.
+    /// Runs the import's checks on the bundle (ZIP safety, config, the compose file under the
+    /// isolation policy) and moves it into the pool's storage.
     async fn store_download(&self, intent: &Intent, part: &Path) -> CoreResult<StoredApp> {
         let (apps, settings) = (self.apps.clone(), self.check.clone());
         let id = intent.id.clone();
@@ -231,7 +232,7 @@ impl Pool {
                     bundle.id()
                 )));
             }
-            check_compose(&bundle, &apps.app_dir(&intent.id), &settings)?;
+            compose_project(&bundle, &apps.app_dir(&intent.id), &settings)?;
             let mut staged = apps.stage(bundle.config().clone())?;
             let origin = Origin {
                 repository: intent.repository.clone(),

@@ -119,8 +119,15 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> CoreResult<Option
 }
 
 impl Pool {
-    /// Opens the pool's state in `<state_dir>/pool`; bundles are checked with `check`.
-    pub fn open(config: &PoolConfig, state_dir: &Path, check: ImportSettings) -> CoreResult<Self> {
+    /// Opens the pool's state in `<state_dir>/pool`; bundles are checked with `check` (the
+    /// apps' isolation policy, but for the ports of this gantry's own listeners: the apps are
+    /// for the servers, which check theirs when they import them).
+    pub fn open(
+        config: &PoolConfig,
+        state_dir: &Path,
+        mut check: ImportSettings,
+    ) -> CoreResult<Self> {
+        check.policy.reserved.clear();
         let dir = state_dir.join("pool");
         let mkdir = |d: &Path| {
             std::fs::create_dir_all(d)

@@ -22,7 +22,7 @@ use crate::core::apps::bundle::{BundleKind, BUILD_FILE};
 use crate::core::apps::files::{lookup_blocking, FileLookup};
 use crate::core::apps::import::{self, ImportOptions, ImportSettings, ProgressFn, Upload};
 use crate::core::apps::store::{AppStore, StoredApp};
-use crate::core::apps::{AppId, BusyGuard, Claims};
+use crate::core::apps::{AppId, ClaimGuard, Claims};
 use crate::core::engine::ContainerEngine;
 use crate::core::{CoreError, CoreResult, ErrorKind};
 use build::{BuildFn, Built};
@@ -95,7 +95,7 @@ impl Templates {
     }
 
     /// Claims a template for an operation; `Conflict` while another one runs on it.
-    pub fn claim(&self, id: &AppId, what: &'static str) -> CoreResult<BusyGuard<'_>> {
+    pub fn claim(&self, id: &AppId, what: &'static str) -> CoreResult<ClaimGuard<'_>> {
         self.busy.claim(id, what).map_err(|other| {
             CoreError::Conflict(format!(
                 "template {id} is being {other}; try again when that has finished"
