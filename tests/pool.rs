@@ -334,6 +334,23 @@ fn a_fleet_of_servers_gets_its_apps_from_the_pool() {
         assert_eq!(v["Status"], "Online", "{v}");
         server_ids.push(v["Id"].as_str().unwrap().to_string());
     }
+    // A web page cannot drive the pool: a foreign Origin or Host is refused before a pool
+    // route runs, and nothing is deployed.
+    let body = json!({"Server": server_ids[0], "App": id}).to_string();
+    for foreign in [
+        ("Origin", "http://evil.example"),
+        ("Host", "pool.evil.example"),
+    ] {
+        let headers = [foreign, ("Content-Type", "application/json")];
+        let r = pool.request(
+            "POST",
+            "/api/1/deployments",
+            &headers,
+            Some(body.clone().into()),
+        );
+        assert_eq!(r.status, 403, "{foreign:?}: {r}");
+    }
+    pool.get("/api/1/deployments").expect_empty(204);
     let deployments: Vec<String> = server_ids.iter().map(|s| deploy(&pool, s, &id)).collect();
     wait_status(&pool, &deployments, "Stopped", Duration::from_secs(120));
     for d in &deployments {

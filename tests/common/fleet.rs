@@ -222,6 +222,9 @@ impl Fleet {
                 "token_file = {:?}",
                 s.token_file.display().to_string()
             ))
+            // A token in clear off loopback must be allowed in so many words: the fleet's
+            // links are veth pairs between the test's namespaces.
+            .listener("allow_plain_http = true")
             .start()
             .with_token(&s.token)
     }
