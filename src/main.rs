@@ -288,7 +288,8 @@ fn with_templates_and_pool(
     engine: Arc<dyn ContainerEngine>,
     settings: &ImportSettings,
 ) -> Result<Core, ExitCode> {
-    let templates = Templates::open(engine, &config.state_dir, settings).map_err(|e| {
+    let view = core.view.clone();
+    let templates = Templates::open(engine, view, &config.state_dir, settings).map_err(|e| {
         tracing::error!(error = %e, "cannot open the template store");
         ExitCode::from(EXIT_FAILURE)
     })?;

@@ -464,6 +464,25 @@ impl Apps {
         .map_err(|e| CoreError::from(e).context(app.id().to_string()))
     }
 
+    /// Checks an app whose files are staged in `dir` and not stored yet, as its import and
+    /// every start do: the isolation policy, then who owns what of it exists in Docker.
+    pub(crate) async fn check_staged(&self, id: &AppId, dir: &Path) -> CoreResult<()> {
+        let context =
+            |e: crate::core::compose::ComposeError| CoreError::from(e).context(id.to_string());
+        let project = ComposeProject::load(
+            dir,
+            &id.slug(),
+            id.as_str(),
+            &HashMap::new(),
+            &self.settings.policy,
+        )
+        .map_err(context)?;
+        project
+            .check_owners(self.engine.as_ref())
+            .await
+            .map_err(context)
+    }
+
     /// Every stored app with its live state, from the view (status Unknown while Docker
     /// cannot be followed).
     pub async fn list(&self) -> CoreResult<Vec<AppView>> {

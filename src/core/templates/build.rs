@@ -2,6 +2,7 @@
 //! template into Docker's build API (classic builder), its output reported line by line. A
 //! failed or cancelled build removes every image it created, so nothing dangles.
 
+use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -11,6 +12,7 @@ use super::spec::{BuildService, BuildSpec};
 use crate::core::apps::lifecycle::list_files;
 use crate::core::apps::stream::write_stream;
 use crate::core::engine::{BuildJob, BuildOptions, ByteStream, ContainerEngine, EngineError};
+use crate::core::safe_fs;
 use crate::core::{CoreError, CoreResult, ErrorKind};
 
 /// What a build reports.
@@ -72,7 +74,8 @@ impl StepIds {
 }
 
 /// The context of `b` as a tar stream: every file of the stored template under its context
-/// directory (gantry's own record excepted), with fixed owners and times.
+/// directory (gantry's own record excepted), with fixed owners and times; no symlink is
+/// followed.
 fn context_tar(dir: &Path, b: &BuildService) -> CoreResult<ByteStream> {
     let prefix = if b.context.is_empty() {
         String::new()
@@ -88,7 +91,8 @@ fn context_tar(dir: &Path, b: &BuildService) -> CoreResult<ByteStream> {
         let mut tar = tar::Builder::new(out);
         tar.mode(tar::HeaderMode::Deterministic);
         for rel in files {
-            tar.append_path_with_name(root.join(&rel), &rel[prefix.len()..])?;
+            let mut f = safe_fs::open_file(&root, Path::new(&rel)).map_err(io::Error::from)?;
+            tar.append_file(&rel[prefix.len()..], &mut f)?;
         }
         let mut out = tar.into_inner()?;
         std::io::Write::flush(&mut out)

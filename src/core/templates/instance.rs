@@ -6,15 +6,16 @@ use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
-use super::build::{self, BuildFn};
+use super::build::BuildFn;
 use super::spec::BuildSpec;
 use super::Templates;
 use crate::core::apps::bundle::{BUILD_FILE, COMPOSE_FILES, CONFIG_FILE};
 use crate::core::apps::import::ImportOptions;
 use crate::core::apps::lifecycle::{list_files, Apps};
-use crate::core::apps::store::{AppStore, ImageRecord, StoredApp};
+use crate::core::apps::store::{AppStore, ImageRecord, StagedApp, StoredApp};
 use crate::core::apps::{AppConfig, AppId};
-use crate::core::{CoreError, CoreResult};
+use crate::core::compose::MAX_COMPOSE_FILE_BYTES;
+use crate::core::{safe_fs, CoreError, CoreResult};
 
 /// The instance's version: the template's without a trailing `-tpl` (the convention the
 /// App ID section suggests: `1.0.0-tpl` makes `1.0.0`); otherwise the same.
@@ -48,8 +49,8 @@ impl Templates {
                 config.id()
             )));
         }
-        if !self.view(template.clone()).await?.built() {
-            build::build_all(self.engine.as_ref(), &template.dir, &spec, cancel, progress).await?;
+        if !self.get(id).await?.built() {
+            self.build_all(&template, &spec, cancel, progress).await?;
         }
         if cancel.is_cancelled() {
             return Err(CoreError::Cancelled(format!(
@@ -57,12 +58,15 @@ impl Templates {
             )));
         }
         let images = self.image_records(&spec).await?;
+        let app = config.id();
         let store = apps.store().clone();
-        let stored = tokio::task::spawn_blocking(move || {
-            store_instance(&store, &template, &spec, config, images, options.replace)
-        })
-        .await
-        .map_err(|e| CoreError::Failed(format!("instantiation worker failed: {e}")))??;
+        let staged =
+            blocking(move || stage_instance(&store, &template, &spec, config, images)).await?;
+        // The instance passes the checks an import of it would: the isolation policy, and
+        // the volumes and networks of it that exist in Docker are its own.
+        apps.check_staged(&app, staged.dir()).await?;
+        let store = apps.store().clone();
+        let stored = blocking(move || Ok(store.insert(staged, options.replace)?)).await?;
         apps.publish_import(&stored).await;
         Ok(stored)
     }
@@ -84,15 +88,22 @@ impl Templates {
     }
 }
 
-/// Stages the instance's files in the app store and moves them into place (blocking).
-fn store_instance(
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> CoreResult<T> + Send + 'static,
+) -> CoreResult<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| CoreError::Failed(format!("instantiation worker failed: {e}")))?
+}
+
+/// Stages the instance's files in the app store (blocking); not stored yet.
+fn stage_instance(
     store: &AppStore,
     template: &StoredApp,
     spec: &BuildSpec,
     config: AppConfig,
     images: Vec<ImageRecord>,
-    replace: bool,
-) -> CoreResult<StoredApp> {
+) -> CoreResult<StagedApp> {
     let version = config.version.clone();
     let mut staged = store.stage(config)?;
     copy_files(&template.dir, staged.dir())?;
@@ -104,10 +115,11 @@ fn store_instance(
     write(CONFIG_FILE, &instance_config(&template.dir, &version)?)?;
     write(COMPOSE_FILES[0], &spec.instance_compose)?;
     staged.images = images;
-    Ok(store.insert(staged, replace)?)
+    Ok(staged)
 }
 
-/// Copies the template's files, except its config, build and compose files (written anew).
+/// Copies the template's files, except its config, build and compose files (written anew);
+/// no symlink is followed, modes are kept.
 fn copy_files(from: &Path, to: &Path) -> CoreResult<()> {
     let skip = |rel: &str| rel == BUILD_FILE || rel == CONFIG_FILE || COMPOSE_FILES.contains(&rel);
     for rel in list_files(from)? {
@@ -118,17 +130,24 @@ fn copy_files(from: &Path, to: &Path) -> CoreResult<()> {
         let copied = dest
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::copy(from.join(&rel), &dest));
+            .and_then(|()| copy_file(from, &rel, &dest));
         copied.map_err(|e| CoreError::io(format!("cannot copy {rel} into the instance"), e))?;
     }
     Ok(())
 }
 
+fn copy_file(from: &Path, rel: &str, dest: &Path) -> std::io::Result<()> {
+    let mut src = safe_fs::open_file(from, Path::new(rel))?;
+    let mut out = std::fs::File::create(dest)?;
+    std::io::copy(&mut src, &mut out)?;
+    out.set_permissions(src.metadata()?.permissions())
+}
+
 /// The template's `config.yml` with `Version` set to the instance's (other keys kept).
 fn instance_config(template_dir: &Path, version: &str) -> CoreResult<String> {
     let path = template_dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| CoreError::io(format!("cannot read {}", path.display()), e))?;
+    let text = safe_fs::read_text(template_dir, Path::new(CONFIG_FILE), MAX_COMPOSE_FILE_BYTES)
+        .map_err(|e| CoreError::io(format!("cannot read {}", path.display()), e.into()))?;
     let mut doc: serde_norway::Value = serde_norway::from_str(&text)
         .map_err(|e| CoreError::Failed(format!("{}: {e}", path.display())))?;
     let map = doc

@@ -23,7 +23,10 @@ use crate::core::apps::files::{lookup_blocking, FileLookup};
 use crate::core::apps::import::{self, ImportOptions, ImportSettings, ProgressFn, Upload};
 use crate::core::apps::store::{AppStore, StoredApp};
 use crate::core::apps::{AppId, ClaimGuard, Claims};
+use crate::core::compose::MAX_COMPOSE_FILE_BYTES;
 use crate::core::engine::ContainerEngine;
+use crate::core::safe_fs;
+use crate::core::view::{fetch, LiveView, Snapshot};
 use crate::core::{CoreError, CoreResult, ErrorKind};
 use build::{BuildFn, Built};
 use spec::BuildSpec;
@@ -53,6 +56,9 @@ impl TemplateView {
 
 pub struct Templates {
     engine: Arc<dyn ContainerEngine>,
+    /// Where listings read which images Docker has, and where operations read back the
+    /// images they made or removed.
+    view: Arc<LiveView>,
     store: Arc<AppStore>,
     settings: ImportSettings,
     /// Templates being built, instantiated or removed.
@@ -64,6 +70,7 @@ impl Templates {
     /// do (`apps`), with their journal in `<state_dir>/import-journal`.
     pub fn open(
         engine: Arc<dyn ContainerEngine>,
+        view: Arc<LiveView>,
         state: &Path,
         apps: &ImportSettings,
     ) -> CoreResult<Self> {
@@ -73,6 +80,7 @@ impl Templates {
         settings.journal_dir = Some(state.join("import-journal"));
         Ok(Self {
             engine,
+            view,
             store,
             settings,
             busy: Claims::default(),
@@ -113,10 +121,18 @@ impl Templates {
         progress: ProgressFn<'_>,
     ) -> CoreResult<StoredApp> {
         let (engine, store, settings) = (self.engine.as_ref(), &self.store, &self.settings);
-        import::import(
+        let imported = import::import(
             engine, store, zip, upload, settings, options, cancel, progress,
         )
-        .await
+        .await;
+        // Base images in its `docker/` were loaded (or rolled back).
+        self.images_changed().await;
+        imported
+    }
+
+    /// The view reads Docker's images again, after an operation made or removed some.
+    async fn images_changed(&self) {
+        fetch::images_changed(&self.view, self.engine.as_ref()).await;
     }
 
     fn stored(&self, id: &AppId) -> CoreResult<StoredApp> {
@@ -139,29 +155,25 @@ impl Templates {
         Ok(())
     }
 
-    /// The template's build file, as stored.
+    /// The template's build file, as stored (not read through a symlink).
     pub fn spec(template: &StoredApp) -> CoreResult<BuildSpec> {
         let path = template.dir.join(BUILD_FILE);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| CoreError::io(format!("cannot read {}", path.display()), e))?;
+        let text = safe_fs::read_text(&template.dir, Path::new(BUILD_FILE), MAX_COMPOSE_FILE_BYTES)
+            .map_err(|e| CoreError::io(format!("cannot read {}", path.display()), e.into()))?;
         BuildSpec::parse(&text, template.id())
     }
 
-    async fn view(&self, template: StoredApp) -> CoreResult<TemplateView> {
-        let spec = Self::spec(&template)?;
-        let mut services = Vec::with_capacity(spec.builds.len());
-        for b in spec.builds {
-            let built = match self.engine.inspect_image(&b.image).await {
-                Ok(_) => true,
-                Err(e) if e.kind() == ErrorKind::NotFound => false,
-                Err(e) => return Err(e.into()),
-            };
-            services.push(ServiceImage {
+    /// The template with its services' images as the live view has them (no Docker call).
+    fn describe(&self, template: StoredApp, images: &Snapshot) -> CoreResult<TemplateView> {
+        let services = Self::spec(&template)?
+            .builds
+            .into_iter()
+            .map(|b| ServiceImage {
+                built: images.has_image(&b.image),
                 service: b.service,
                 image: b.image,
-                built,
-            });
-        }
+            })
+            .collect();
         let busy = self.busy.is_busy(template.id());
         Ok(TemplateView {
             template,
@@ -171,15 +183,31 @@ impl Templates {
     }
 
     pub async fn list(&self) -> CoreResult<Vec<TemplateView>> {
-        let mut out = Vec::new();
-        for t in self.store.list()? {
-            out.push(self.view(t).await?);
-        }
-        Ok(out)
+        let images = self.view.current().await?;
+        self.store
+            .list()?
+            .into_iter()
+            .map(|t| self.describe(t, &images))
+            .collect()
     }
 
     pub async fn get(&self, id: &AppId) -> CoreResult<TemplateView> {
-        self.view(self.stored(id)?).await
+        let template = self.stored(id)?;
+        self.describe(template, &*self.view.current().await?)
+    }
+
+    /// [`build::build_all`], then the view reads the images it made (or removed again).
+    async fn build_all(
+        &self,
+        template: &StoredApp,
+        spec: &BuildSpec,
+        cancel: &CancellationToken,
+        progress: BuildFn<'_>,
+    ) -> CoreResult<Vec<Built>> {
+        let built =
+            build::build_all(self.engine.as_ref(), &template.dir, spec, cancel, progress).await;
+        self.images_changed().await;
+        built
     }
 
     /// Builds every service of the template (images already there are rebuilt, from
@@ -193,7 +221,7 @@ impl Templates {
         let template = self.stored(id)?;
         let _claim = self.claim(id, "built")?;
         let spec = Self::spec(&template)?;
-        build::build_all(self.engine.as_ref(), &template.dir, &spec, cancel, progress).await
+        self.build_all(&template, &spec, cancel, progress).await
     }
 
     /// Removes a template and, with `remove_images`, the images it built or brought that no
@@ -215,7 +243,9 @@ impl Templates {
             for image in &template.record.images {
                 refs.extend(image.references.iter().cloned());
             }
-            self.remove_unused(&refs, in_use).await?;
+            let removed = self.remove_unused(&refs, in_use).await;
+            self.images_changed().await;
+            removed?;
         }
         Ok(self.store.remove(id)?)
     }
