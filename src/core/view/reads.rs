@@ -60,9 +60,7 @@ impl Snapshot {
             Some((_, tag)) if !tag.contains('/') => reference.to_string(),
             _ => format!("{reference}:latest"),
         };
-        self.images
-            .values()
-            .any(|i| i.repo_tags.contains(&tagged))
+        self.images.values().any(|i| i.repo_tags.contains(&tagged))
     }
 
     /// Every volume as `GET /volumes` lists it, by name.
