@@ -744,6 +744,17 @@ impl Env for ProcessEnv {
     }
 }
 
+/// No environment variable at all (tests).
+#[cfg(test)]
+pub(crate) struct NoEnv;
+
+#[cfg(test)]
+impl Env for NoEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
 impl Config {
     pub fn load(source: Source<'_>, env: &dyn Env) -> Result<Config, ConfigError> {
         let (text, origin) = match source {

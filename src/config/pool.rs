@@ -222,14 +222,8 @@ pub fn valid_namespace(ns: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::NoEnv;
     use super::*;
-
-    struct NoEnv;
-    impl Env for NoEnv {
-        fn var(&self, _: &str) -> Option<String> {
-            None
-        }
-    }
 
     fn parse(text: &str) -> Result<PoolConfig, ConfigError> {
         build(toml::from_str(text).unwrap(), &NoEnv)

@@ -70,7 +70,11 @@ impl Core {
             start,
             |core, reporter, cancel| async move {
                 let progress = move |p: PoolProgress| reporter.report(p);
-                let result = pool.install(&id, &Job::new(&cancel, &progress)).await;
+                let job = Job {
+                    cancel: &cancel,
+                    progress: &progress,
+                };
+                let result = pool.install(&id, &job).await;
                 let dropped = matches!(&result, Err(e) if e.is(ErrorKind::Cancelled));
                 if dropped && !core.tasks.is_shutting_down() {
                     pool.forget_download(&id);

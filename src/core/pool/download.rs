@@ -62,12 +62,6 @@ pub struct Job<'a> {
     pub progress: Progress<'a>,
 }
 
-impl<'a> Job<'a> {
-    pub fn new(cancel: &'a CancellationToken, progress: Progress<'a>) -> Self {
-        Self { cancel, progress }
-    }
-}
-
 /// One download: the blob of `intent` into `part`.
 struct Download<'a> {
     registry: &'a Registry,

@@ -164,11 +164,13 @@ fn build_args(v: &Value) -> Result<Vec<(String, String)>, String> {
     }
 }
 
+/// A string as it is; a number or boolean as YAML writes it.
 fn scalar(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(_) | Value::Bool(_) => serde_norway::to_string(v)
+            .ok()
+            .map(|text| text.trim_end().to_string()),
         _ => None,
     }
 }
