@@ -6,11 +6,11 @@ mod common;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::bundle::{fresh_big_image, import, saved_image, zip_of};
 use common::fleet::{Fleet, Proxy, Registry};
-use common::{enc, unique, wait_for, Gantry, GantryBuilder};
+use common::{enc, read_raw_response, unique, wait_for, write_all, Gantry, GantryBuilder};
 use serde_json::{json, Value};
 
 /// A pool gantry whose store is `registry_url`, probing its servers every second; the
@@ -494,4 +494,27 @@ fn server_away_mid_deploy(pool: &Gantry, fleet: &mut Fleet, server_ids: &[String
         .gantry()
         .get("/api/1/transfer/apps")
         .expect_empty(204);
+}
+
+/// The pool's JSON bodies are read as every request body is: one that stalls fails after
+/// `http.body_read_timeout_secs` instead of holding its connection.
+#[test]
+fn a_stalled_pool_body_times_out() {
+    let g = Gantry::builder().http("body_read_timeout_secs = 1").start();
+    let mut s = g.connect();
+    let head = format!(
+        "POST /api/1/servers HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"Server\": ",
+        g.addr
+    );
+    write_all(&mut s, head.as_bytes()).unwrap();
+    let started = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (status, text) = read_raw_response(&mut s);
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("body_read_timeout_secs"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the stalled body held on for {:?}",
+        started.elapsed()
+    );
 }

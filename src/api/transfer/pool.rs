@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use http_body_util::{BodyExt, Limited};
+use futures_util::StreamExt;
 use hyper::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -47,7 +47,8 @@ fn list_or_empty(items: Vec<Value>) -> Reply {
     Ok(http::json(StatusCode::OK, &items))
 }
 
-/// The request body as JSON of type `T`, at most `http.max_body_bytes`.
+/// The request body as JSON of type `T`, at most `http.max_body_bytes`; a body that sends
+/// nothing for `http.body_read_timeout_secs` fails.
 async fn body<T: DeserializeOwned>(c: Call) -> Result<T, Problem> {
     let limit = c.limits.max_body_bytes;
     let too_large = || {
@@ -59,11 +60,16 @@ async fn body<T: DeserializeOwned>(c: Call) -> Result<T, Problem> {
     if declared_too_large(c.req.headers(), limit) {
         return Err(too_large());
     }
-    let bytes = Limited::new(c.req.into_body(), limit as usize)
-        .collect()
-        .await
-        .map_err(|_| too_large())?
-        .to_bytes();
+    let stall = c.limits.body_read_timeout;
+    let (mut chunks, exceeded) = http::upload_stream(c.req.into_body(), limit, stall);
+    let mut bytes = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        match chunk {
+            Ok(chunk) => bytes.extend_from_slice(&chunk),
+            Err(_) if exceeded.load(std::sync::atomic::Ordering::SeqCst) => return Err(too_large()),
+            Err(e) => return Err(Problem::bad_request(format!("cannot read the body: {e}"))),
+        }
+    }
     serde_json::from_slice(&bytes).map_err(|e| Problem::bad_request(format!("bad JSON body: {e}")))
 }
 
