@@ -183,9 +183,12 @@ impl Templates {
     }
 
     pub async fn list(&self) -> CoreResult<Vec<TemplateView>> {
+        let templates = self.store.list()?;
+        if templates.is_empty() {
+            return Ok(Vec::new());
+        }
         let images = self.view.current().await?;
-        self.store
-            .list()?
+        templates
             .into_iter()
             .map(|t| self.describe(t, &images))
             .collect()
