@@ -25,6 +25,8 @@ use bollard::query_parameters::{
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::{StreamExt, TryStreamExt};
 
+mod upload;
+
 use super::engine::{
     Attached, BuildJob, ByteStream, ContainerEngine, CpuCounters, EngineError, EngineResult,
     EngineVersion, ExecSession, ExecState, Filter, LineStream, LoadedImages, LogLine,
@@ -44,6 +46,8 @@ struct Clients {
     docker: Docker,
     /// For image load/export, which legitimately take long before headers arrive.
     transfer: Docker,
+    /// For request bodies streamed into Docker (image import), as `transfer` otherwise.
+    upload: Docker,
 }
 
 impl DockerEngine {
@@ -72,8 +76,16 @@ impl DockerEngine {
             Docker::connect_with_http(&self.host, secs, API_DEFAULT_VERSION)
         }
         .map_err(map_error)?;
+        let transfer = docker.clone().with_timeout(self.transfer_timeout);
+        let upload = match self.host.strip_prefix("unix://") {
+            Some(path) => {
+                upload::connect(path, self.transfer_timeout.as_secs().max(1)).map_err(map_error)?
+            }
+            None => transfer.clone(),
+        };
         let c = Clients {
-            transfer: docker.clone().with_timeout(self.transfer_timeout),
+            transfer,
+            upload,
             docker,
         };
         *slot = Some(c.clone());
@@ -594,10 +606,14 @@ impl ContainerEngine for DockerEngine {
 
     async fn import_rootfs(&self, tar: ByteStream) -> EngineResult<String> {
         let opts = CreateImageOptionsBuilder::default().from_src("-").build();
-        let body = bollard::body_try_stream(coalesced(read_ahead(tar)));
+        // The body goes as it arrives: hyper reads the request in chunks of up to 400 KiB and
+        // the upload client hands them to writev as they are (no joining, no read-ahead task:
+        // the sockets' buffers are the read-ahead).
+        let (tar, _abandon) = failing_when_dropped(tar);
+        let body = bollard::body_try_stream(tar);
         let mut progress = self
             .clients()?
-            .transfer
+            .upload
             .create_image(Some(opts), Some(body), None);
         let mut id = None;
         while let Some(item) = progress.next().await {
@@ -726,44 +742,24 @@ fn engine_event(m: bollard::models::EventMessage) -> Option<super::engine::Engin
     })
 }
 
-/// Chunks that are ready together, joined (up to [`COALESCE_CHUNKS`] of them): a request
-/// body arrives in small frames, and each one passed on alone costs a task hop and a write to
-/// Docker's socket. Nothing waits for more data: what is ready goes out at once.
-fn coalesced(stream: ByteStream) -> ByteStream {
-    Box::pin(stream.ready_chunks(COALESCE_CHUNKS).map(|chunks| {
-        if chunks.len() == 1 {
-            return chunks.into_iter().next().unwrap_or(Ok(bytes::Bytes::new()));
+/// `stream`, failing once the guard is dropped: an import given up (its future dropped)
+/// must not go on streaming into Docker and end as a complete image; the failed body
+/// aborts the request instead, and Docker discards what it got.
+fn failing_when_dropped(mut stream: ByteStream) -> (ByteStream, tokio_util::sync::DropGuard) {
+    let token = tokio_util::sync::CancellationToken::new();
+    let mut dropped = Some(Box::pin(token.clone().cancelled_owned()));
+    let failing = futures_util::stream::poll_fn(move |cx| {
+        let Some(wait) = dropped.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        if std::future::Future::poll(wait.as_mut(), cx).is_ready() {
+            dropped = None;
+            let e = std::io::Error::other("the import was abandoned");
+            return std::task::Poll::Ready(Some(Err(e)));
         }
-        let mut joined = bytes::BytesMut::new();
-        for chunk in chunks {
-            joined.extend_from_slice(&chunk?);
-        }
-        Ok(joined.freeze())
-    }))
-}
-
-/// At most this many ready chunks are joined into one.
-const COALESCE_CHUNKS: usize = 8;
-
-/// Chunks read ahead of Docker.
-const READ_AHEAD: usize = 8;
-
-/// Reads `stream` ahead on a task of its own, up to [`READ_AHEAD`] chunks, so the request
-/// body keeps arriving while Docker takes the chunks before (a request body is otherwise read
-/// one chunk at a time, only when asked for). Dropping the result stops the reading.
-fn read_ahead(mut stream: ByteStream) -> ByteStream {
-    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
-    tokio::spawn(async move {
-        while let Some(chunk) = stream.next().await {
-            let failed = chunk.is_err();
-            if tx.send(chunk).await.is_err() || failed {
-                break;
-            }
-        }
+        stream.poll_next_unpin(cx)
     });
-    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (chunk, rx))
-    }))
+    (Box::pin(failing), token.drop_guard())
 }
 
 fn logs_options(tail: Option<u64>, follow: bool) -> bollard::query_parameters::LogsOptions {
@@ -927,24 +923,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn ready_chunks_are_joined_and_errors_kept() {
-        let parts: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
-            Ok("ab".into()),
-            Ok("c".into()),
-            Ok("".into()),
-            Ok("de".into()),
-        ];
-        let joined: Vec<_> = coalesced(Box::pin(futures_util::stream::iter(parts)))
-            .collect()
-            .await;
-        assert_eq!(joined.len(), 1);
-        assert_eq!(joined[0].as_ref().unwrap().as_ref(), b"abcde");
-        let failing: Vec<Result<bytes::Bytes, std::io::Error>> =
-            vec![Ok("ab".into()), Err(std::io::Error::other("cut"))];
-        let out: Vec<_> = coalesced(Box::pin(futures_util::stream::iter(failing)))
-            .collect()
-            .await;
-        assert!(out.last().unwrap().is_err());
+    async fn an_upload_fails_once_given_up() {
+        let parts: Vec<Result<bytes::Bytes, std::io::Error>> = vec![Ok("ab".into())];
+        let (stream, guard) = failing_when_dropped(Box::pin(futures_util::stream::iter(parts)));
+        let out: Vec<_> = stream.collect().await;
+        assert_eq!(out.len(), 1, "a whole stream ends as it is");
+        assert_eq!(out[0].as_ref().unwrap().as_ref(), b"ab");
+        drop(guard);
+
+        // "cd", then a body that waits for more.
+        let waiting = futures_util::stream::iter([Ok(bytes::Bytes::from("cd"))])
+            .chain(futures_util::stream::pending());
+        let (mut stream, guard) = failing_when_dropped(Box::pin(waiting));
+        assert!(stream.next().await.unwrap().is_ok());
+        drop(guard);
+        assert!(
+            stream.next().await.unwrap().is_err(),
+            "given up: an error, not an end"
+        );
+        assert!(stream.next().await.is_none());
     }
 
     #[test]

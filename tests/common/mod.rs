@@ -86,13 +86,21 @@ pub fn docker_host_or_skip(test: &str) -> Option<String> {
              not be skipped in CI (run them with `bash scripts/test.sh` as root)"
         );
     }
-    // Straight to the process's stderr: libtest captures eprintln! of passing tests.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!!!!!!!! SKIPPED {test}: GANTRY_TEST_DOCKER_HOST is not set; run \
-         `bash scripts/test.sh` as root to run the Docker-backed tests !!!!!!!!!!\n"
+    skip_loudly(
+        test,
+        "GANTRY_TEST_DOCKER_HOST is not set; run `bash scripts/test.sh` as root to run the \
+         Docker-backed tests",
     );
     None
+}
+
+/// Says on the process's own stderr that `test` was skipped and why: libtest captures
+/// `eprintln!` of passing tests, so a skip said that way would go unseen.
+pub fn skip_loudly(test: &str, why: &str) {
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!!!! SKIPPED {test}: {why} !!!!!!!!!!\n"
+    );
 }
 
 #[doc(hidden)]

@@ -32,7 +32,12 @@ macro_rules! require_python {
                     !$crate::common::in_ci(),
                     "GANTRY_TEST_PYTHON is not set: run scripts/test.sh"
                 );
-                eprintln!("skipped: GANTRY_TEST_PYTHON (python-socketio) is not set");
+                fn here() {}
+                let name = $crate::common::type_name_of(here);
+                $crate::common::skip_loudly(
+                    name.strip_suffix("::here").unwrap_or(name),
+                    "GANTRY_TEST_PYTHON (python-socketio) is not set; run `bash scripts/test.sh`",
+                );
                 return;
             }
         }
