@@ -280,7 +280,9 @@ struct RawConfig {
     intervirt: RawIntervirt,
     #[serde(default)]
     duxcore: RawDuxcore,
+    #[serde(default)]
     snapshots: distillery::RawSnapshots,
+    #[serde(default)]
     flowmanager: RawFlow,
 }
 
