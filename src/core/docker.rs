@@ -439,7 +439,7 @@ impl ContainerEngine for DockerEngine {
 
     async fn container_logs(&self, id: &str, tail: Option<u64>) -> EngineResult<Vec<LogLine>> {
         let opts = logs_options(tail, false);
-        output_lines(self.docker()?.logs(id, Some(opts)))
+        output_lines(self.docker()?.logs(id, Some(opts)), usize::MAX)
             .try_collect()
             .await
     }
@@ -462,7 +462,10 @@ impl ContainerEngine for DockerEngine {
 
     fn follow_logs(&self, id: &str, tail: Option<u64>) -> LineStream {
         match self.docker() {
-            Ok(d) => output_lines(d.logs(id, Some(logs_options(tail, true)))),
+            Ok(d) => output_lines(
+                d.logs(id, Some(logs_options(tail, true))),
+                FOLLOWED_LINE_MAX,
+            ),
             Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
         }
     }
@@ -481,7 +484,7 @@ impl ContainerEngine for DockerEngine {
         match docker.start_exec(&exec.id, None).await.map_err(map_error)? {
             StartExecResults::Attached { output, input } => Ok(ExecSession {
                 id: exec.id,
-                output: output_lines(output),
+                output: output_lines(output, usize::MAX),
                 input,
             }),
             StartExecResults::Detached => Err(EngineError::Failed(
@@ -678,10 +681,17 @@ fn logs_options(tail: Option<u64>, follow: bool) -> bollard::query_parameters::L
         .build()
 }
 
+/// The longest line a followed log holds back waiting for its end: a longer one comes in
+/// pieces of this size (Docker's own log drivers store a long line as 16 KiB messages), so
+/// a container writing without newlines does not grow its follower's memory.
+const FOLLOWED_LINE_MAX: usize = 16 * 1024;
+
 /// Docker's output frames being split into lines, per stream (stdout, stderr).
 struct Split<S> {
     frames: std::pin::Pin<Box<S>>,
     partial: [String; 2],
+    /// A line longer than this (bytes) is passed on in pieces.
+    max_line: usize,
     ready: std::collections::VecDeque<LogLine>,
     done: bool,
 }
@@ -689,14 +699,20 @@ struct Split<S> {
 impl<S> Split<S> {
     /// A frame need not end at a line end: the rest waits for the next frame of its stream.
     fn push(&mut self, stdout: bool, message: &[u8]) {
+        let max = self.max_line;
         let buf = &mut self.partial[usize::from(stdout)];
         buf.push_str(&String::from_utf8_lossy(message));
+        let mut emit = |text| self.ready.push_back(LogLine { stdout, text });
         while let Some(pos) = buf.find('\n') {
-            let line: String = buf.drain(..=pos).collect();
-            self.ready.push_back(LogLine {
-                stdout,
-                text: line.trim_end_matches(['\n', '\r']).to_string(),
-            });
+            let mut line: String = buf.drain(..=pos).collect();
+            line.truncate(line.trim_end_matches(['\n', '\r']).len());
+            while line.len() > max {
+                emit(cut_front(&mut line, max));
+            }
+            emit(line);
+        }
+        while buf.len() > max {
+            emit(cut_front(buf, max));
         }
     }
 
@@ -713,14 +729,29 @@ impl<S> Split<S> {
     }
 }
 
+/// Removes and returns the first `max` bytes of `text` (fewer, to end at a character).
+fn cut_front(text: &mut String, max: usize) -> String {
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    if cut == 0 {
+        cut = text.chars().next().map_or(0, char::len_utf8);
+    }
+    let rest = text.split_off(cut);
+    std::mem::replace(text, rest)
+}
+
 /// Docker's output frames as lines, per stream; an unterminated last line comes at the end.
-fn output_lines<S>(frames: S) -> LineStream
+/// A line longer than `max_line` bytes comes in pieces.
+fn output_lines<S>(frames: S, max_line: usize) -> LineStream
 where
     S: futures_util::Stream<Item = Result<LogOutput, BollardError>> + Send + 'static,
 {
     let split = Split {
         frames: Box::pin(frames),
         partial: Default::default(),
+        max_line,
         ready: Default::default(),
         done: false,
     };
@@ -827,7 +858,10 @@ mod tests {
             frame(false, "or\n"),
             frame(true, "last"),
         ]);
-        let lines: Vec<LogLine> = output_lines(frames).try_collect().await.unwrap();
+        let lines: Vec<LogLine> = output_lines(frames, usize::MAX)
+            .try_collect()
+            .await
+            .unwrap();
         let text: Vec<(bool, &str)> = lines.iter().map(|l| (l.stdout, l.text.as_str())).collect();
         assert_eq!(
             text,
@@ -839,6 +873,20 @@ mod tests {
                 (true, "last")
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_long_line_comes_in_pieces_at_character_boundaries() {
+        let text = format!("{}\n{}", "é".repeat(5), "x".repeat(9));
+        let frames = futures_util::stream::iter(vec![Ok(LogOutput::StdOut {
+            message: bytes::Bytes::from(text),
+        })]);
+        let lines: Vec<String> = output_lines(frames, 4)
+            .map_ok(|l| l.text)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(lines, ["éé", "éé", "é", "xxxx", "xxxx", "x"]);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod ops;
 mod sockets;
 pub mod spec;
 pub mod status;
+mod tails;
 mod update;
 
 use std::collections::HashMap;
