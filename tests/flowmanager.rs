@@ -696,19 +696,24 @@ fn burst(code: u8) -> String {
     )
 }
 
-/// Waits until gantry follows the logs of container `id` (its debug log says so), then lets
-/// the container's `burst` go.
-fn go_once_followed(fm: &Fm, id: &str) {
-    let followed = common::wait_for(T, Duration::from_millis(50), || {
+/// Waits until gantry keeps the last log lines of container `id` `how` (its debug log says
+/// so), then lets the container's `burst` go.
+fn go_once_kept(fm: &Fm, id: &str, how: &str) {
+    let kept = common::wait_for(T, Duration::from_millis(50), || {
         fm.log()
             .lines()
-            .any(|l| l.contains("following the logs for crash reports") && l.contains(id))
+            .any(|l| l.contains("keeping the last log lines for crash reports") && l.contains(id))
             .then_some(())
     });
     assert!(
-        followed.is_some(),
-        "gantry never followed {id}:\n{}",
+        kept.is_some(),
+        "gantry never kept {id}'s lines:\n{}",
         fm.log()
+    );
+    let log = fm.log();
+    assert!(
+        log.lines().any(|l| l.contains(id) && l.contains(how)),
+        "{id}: {how}?\n{log}"
     );
     docker_ok(&["exec", id, "touch", "/tmp/go"]);
 }
@@ -723,9 +728,10 @@ fn crash_lines(c: &mut Sio, id: &str, code: u8) -> Vec<String> {
     serde_json::from_value(crash["crash_details"]["log_lines"].clone()).unwrap()
 }
 
-/// The crash event carries the very last lines the container wrote before it exited, for a
-/// container followed since gantry found it running, one started through gantry, and one that
-/// exits at once.
+/// The crash event carries the very last lines the container wrote before it exited: for a
+/// container running before gantry started, whose log driver (`local`) gantry follows; one
+/// started through gantry with Docker's default `json-file` log, which gantry reads; and one
+/// that exits at once.
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn a_crash_carries_the_last_lines_written_before_the_exit() {
@@ -743,6 +749,8 @@ fn a_crash_carries_the_last_lines_written_before_the_exit() {
         &early,
         "--label",
         label,
+        "--log-driver",
+        "local",
         &image,
         "sh",
         "-c",
@@ -752,7 +760,7 @@ fn a_crash_carries_the_last_lines_written_before_the_exit() {
     let fm = Fm::start(&host, "crash_log_lines = 5");
     let mut c = fm.client(&py, None);
     let last_five: Vec<String> = (296..=300).map(|i| format!("line{i}")).collect();
-    go_once_followed(&fm, early_id);
+    go_once_kept(&fm, early_id, "following the logs");
     assert_eq!(crash_lines(&mut c, early_id, 4), last_five);
 
     let made = create(
@@ -768,7 +776,7 @@ fn a_crash_carries_the_last_lines_written_before_the_exit() {
         json!({"container_id": id}),
         "container_started",
     );
-    go_once_followed(&fm, &id);
+    go_once_kept(&fm, &id, "the log file");
     assert_eq!(crash_lines(&mut c, &id, 9), last_five);
 
     let quick = "echo quick1; echo quick2 >&2; exit 3";

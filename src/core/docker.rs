@@ -28,6 +28,7 @@ use super::engine::{
     Attached, ByteStream, ContainerEngine, CpuCounters, EngineError, EngineResult, EngineVersion,
     ExecSession, ExecState, Filter, LineStream, LoadedImages, LogLine, ResourceSample,
 };
+use super::loglines::{LineSplitter, LINE_PIECE_MAX};
 
 pub struct DockerEngine {
     host: String,
@@ -462,10 +463,7 @@ impl ContainerEngine for DockerEngine {
 
     fn follow_logs(&self, id: &str, tail: Option<u64>) -> LineStream {
         match self.docker() {
-            Ok(d) => output_lines(
-                d.logs(id, Some(logs_options(tail, true))),
-                FOLLOWED_LINE_MAX,
-            ),
+            Ok(d) => output_lines(d.logs(id, Some(logs_options(tail, true))), LINE_PIECE_MAX),
             Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
         }
     }
@@ -681,65 +679,11 @@ fn logs_options(tail: Option<u64>, follow: bool) -> bollard::query_parameters::L
         .build()
 }
 
-/// The longest line a followed log holds back waiting for its end: a longer one comes in
-/// pieces of this size (Docker's own log drivers store a long line as 16 KiB messages), so
-/// a container writing without newlines does not grow its follower's memory.
-const FOLLOWED_LINE_MAX: usize = 16 * 1024;
-
-/// Docker's output frames being split into lines, per stream (stdout, stderr).
+/// Docker's output frames being split into lines.
 struct Split<S> {
     frames: std::pin::Pin<Box<S>>,
-    partial: [String; 2],
-    /// A line longer than this (bytes) is passed on in pieces.
-    max_line: usize,
-    ready: std::collections::VecDeque<LogLine>,
+    lines: LineSplitter,
     done: bool,
-}
-
-impl<S> Split<S> {
-    /// A frame need not end at a line end: the rest waits for the next frame of its stream.
-    fn push(&mut self, stdout: bool, message: &[u8]) {
-        let max = self.max_line;
-        let buf = &mut self.partial[usize::from(stdout)];
-        buf.push_str(&String::from_utf8_lossy(message));
-        let mut emit = |text| self.ready.push_back(LogLine { stdout, text });
-        while let Some(pos) = buf.find('\n') {
-            let mut line: String = buf.drain(..=pos).collect();
-            line.truncate(line.trim_end_matches(['\n', '\r']).len());
-            while line.len() > max {
-                emit(cut_front(&mut line, max));
-            }
-            emit(line);
-        }
-        while buf.len() > max {
-            emit(cut_front(buf, max));
-        }
-    }
-
-    /// At the end: the unterminated last lines.
-    fn flush(&mut self) {
-        for (i, rest) in std::mem::take(&mut self.partial).into_iter().enumerate() {
-            if !rest.is_empty() {
-                self.ready.push_back(LogLine {
-                    stdout: i == 1,
-                    text: rest,
-                });
-            }
-        }
-    }
-}
-
-/// Removes and returns the first `max` bytes of `text` (fewer, to end at a character).
-fn cut_front(text: &mut String, max: usize) -> String {
-    let mut cut = max;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    if cut == 0 {
-        cut = text.chars().next().map_or(0, char::len_utf8);
-    }
-    let rest = text.split_off(cut);
-    std::mem::replace(text, rest)
 }
 
 /// Docker's output frames as lines, per stream; an unterminated last line comes at the end.
@@ -750,23 +694,21 @@ where
 {
     let split = Split {
         frames: Box::pin(frames),
-        partial: Default::default(),
-        max_line,
-        ready: Default::default(),
+        lines: LineSplitter::new(max_line),
         done: false,
     };
     Box::pin(futures_util::stream::unfold(split, |mut st| async move {
         loop {
-            if let Some(line) = st.ready.pop_front() {
+            if let Some(line) = st.lines.next_line() {
                 return Some((Ok(line), st));
             }
             if st.done {
                 return None;
             }
             match st.frames.next().await {
-                Some(Ok(LogOutput::StdErr { message })) => st.push(false, &message),
+                Some(Ok(LogOutput::StdErr { message })) => st.lines.push(false, &message),
                 Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
-                    st.push(true, &message)
+                    st.lines.push(true, &message)
                 }
                 Some(Ok(LogOutput::StdIn { .. })) => {}
                 Some(Err(e)) => {
@@ -775,7 +717,7 @@ where
                 }
                 None => {
                     st.done = true;
-                    st.flush();
+                    st.lines.flush();
                 }
             }
         }
@@ -873,20 +815,6 @@ mod tests {
                 (true, "last")
             ]
         );
-    }
-
-    #[tokio::test]
-    async fn a_long_line_comes_in_pieces_at_character_boundaries() {
-        let text = format!("{}\n{}", "é".repeat(5), "x".repeat(9));
-        let frames = futures_util::stream::iter(vec![Ok(LogOutput::StdOut {
-            message: bytes::Bytes::from(text),
-        })]);
-        let lines: Vec<String> = output_lines(frames, 4)
-            .map_ok(|l| l.text)
-            .try_collect()
-            .await
-            .unwrap();
-        assert_eq!(lines, ["éé", "éé", "é", "xxxx", "xxxx", "x"]);
     }
 
     #[test]

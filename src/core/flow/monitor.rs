@@ -7,8 +7,9 @@
 //! stop`, `docker kill` and gantry's own stop, restart and update all send a `kill` event
 //! first, which marks the exit as requested until the container starts again.
 //!
-//! A crash carries the container's last log lines, kept while it runs by a follow of its
-//! logs ([`super::tails`]) so that the crash goes out as soon as the `die` arrives.
+//! A crash carries the container's last log lines, read from its log file or kept from a
+//! follow of its logs ([`super::tails`]), so that the crash goes out as soon as the `die`
+//! arrives.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -95,7 +96,7 @@ impl FlowManager {
         }
         let (old, track) = self.track(event);
         match action {
-            "start" => self.follow_logs(&event.id),
+            "start" => self.keep_last_lines(&event.id),
             "die" => {
                 let tail = self.monitor.tails.take(&event.id);
                 let code: i64 = event
@@ -138,13 +139,13 @@ impl FlowManager {
     }
 
     /// Keeps the last lines of running container `id` from now on.
-    fn follow_logs(&self, id: &str) {
+    fn keep_last_lines(&self, id: &str) {
         let lines = self.settings.crash_log_lines;
-        self.monitor.tails.follow(&self.engine, id, lines);
+        self.monitor.tails.keep(&self.engine, id, lines);
     }
 
-    /// Publishes a crash with the container's last lines: from its follow once complete, or
-    /// Docker's logs request, whichever answers first.
+    /// Publishes a crash with the container's last lines: from its log file, or its follow
+    /// once complete, or Docker's logs request, whichever answers first.
     async fn crashed(
         self: Arc<Self>,
         event: ContainerEvent,
@@ -207,7 +208,7 @@ impl FlowManager {
         drop(all);
         self.monitor.tails.retain(&running);
         for id in &running {
-            self.follow_logs(id);
+            self.keep_last_lines(id);
         }
         Ok(())
     }

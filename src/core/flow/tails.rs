@@ -1,33 +1,42 @@
-//! The last log lines of every running Flow Manager container, kept from a follow of its
-//! logs so that a crash is published as soon as Docker reports the exit.
+//! The last log lines of every running Flow Manager container, kept so that a crash is
+//! published as soon as Docker reports the exit, with the very last lines in it.
 //!
-//! A logs request made right after a container's `die` is answered only once Docker has
-//! cleaned the container up (on Docker 20.10 some 50-190 ms later), while a follow of the
-//! same logs ends when Docker closes the log, which it does before it sends the `die` and
-//! after every line the container wrote reached the log. So each running container has one
-//! follow (from its last `crash_log_lines` lines on) feeding a ring of that many lines: once
-//! the follow has ended, the ring holds exactly the last lines. At a crash whose follow has
-//! not ended yet, the follow's end and a logs request race; the first complete answer wins.
+//! Docker closes a container's log after every line it wrote reached it and before it sends
+//! the `die`, then cleans the container up (unmounts, network) holding the container's lock:
+//! a logs or inspect request made right after the `die` waits for that, on Docker 20.10
+//! some 50-190 ms. So each running container is inspected once when it starts:
+//! - with the `json-file` log driver (Docker's default) its log file is noted, and at the exit
+//!   its last lines are read from the file's end: complete, without asking Docker;
+//! - with any other driver its logs are followed (from its last `crash_log_lines` lines on)
+//!   into a ring of that many lines. Docker ends the follow after it closed the log (on 20.10
+//!   some 3-40 ms after the `die`, once its file watch is torn down); from then on the ring
+//!   holds exactly the last lines. At a crash whose follow has not ended yet, the follow's end
+//!   and a logs request race; the first complete answer wins.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bollard::models::ContainerInspectResponse;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::core::engine::{ContainerEngine, EngineResult};
+use crate::core::engine::{ContainerEngine, EngineResult, LineStream};
+use crate::core::loglines::json_file_tail;
 
-/// The follows, by container id.
+/// What is kept, by container id.
 #[derive(Default)]
 pub struct Tails {
-    followed: Mutex<HashMap<String, Tail>>,
+    kept: Mutex<HashMap<String, Tail>>,
 }
 
-/// One container's follow and its ring of last lines; dropping it ends the follow.
+/// How one container's last lines are kept; dropping it ends a follow.
 pub struct Tail {
-    ring: watch::Receiver<Ring>,
+    kept: watch::Receiver<Kept>,
+    /// How many lines.
+    lines: usize,
     task: JoinHandle<()>,
 }
 
@@ -37,10 +46,29 @@ impl Drop for Tail {
     }
 }
 
-#[derive(Debug, Default)]
-struct Ring {
-    lines: VecDeque<String>,
-    end: Option<End>,
+#[derive(Debug)]
+enum Kept {
+    /// The container is being inspected.
+    Starting,
+    /// Its `json-file` log, read when it exits.
+    File(PathBuf),
+    /// A follow of its logs: the last lines so far, and how the follow ended.
+    Following {
+        lines: VecDeque<String>,
+        end: Option<End>,
+    },
+}
+
+impl Kept {
+    /// Whether the last lines are there to take (or never will be).
+    fn settled(&self) -> bool {
+        !matches!(self, Kept::Starting | Kept::Following { end: None, .. })
+    }
+
+    /// Whether a follow ended (the container stopped, or the stream failed).
+    fn ended(&self) -> bool {
+        matches!(self, Kept::Following { end: Some(_), .. })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,82 +83,127 @@ enum End {
 /// Where a crash's lines came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
+    LogFile,
     Follow,
     LogsRequest,
 }
 
 impl Tails {
     fn map(&self) -> MutexGuard<'_, HashMap<String, Tail>> {
-        self.followed.lock().unwrap_or_else(|p| p.into_inner())
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Follows the logs of running container `id`, keeping its last `lines` lines, unless a
-    /// follow of it is still going.
-    pub fn follow(&self, engine: &Arc<dyn ContainerEngine>, id: &str, lines: u32) {
+    /// Keeps the last `lines` lines of running container `id` from now on, unless they are
+    /// kept already.
+    pub fn keep(&self, engine: &Arc<dyn ContainerEngine>, id: &str, lines: u32) {
         let mut map = self.map();
-        if map.get(id).is_some_and(|t| t.ring.borrow().end.is_none()) {
+        if map.get(id).is_some_and(|t| !t.kept.borrow().ended()) {
             return;
         }
-        tracing::debug!(container = %id, "following the logs for crash reports");
-        let (tx, ring) = watch::channel(Ring::default());
-        let stream = engine.follow_logs(id, Some(u64::from(lines)));
-        let task = tokio::spawn(fill(stream, tx, lines as usize));
-        map.insert(id.to_string(), Tail { ring, task });
+        let (tx, kept) = watch::channel(Kept::Starting);
+        let lines = lines as usize;
+        let task = tokio::spawn(start(engine.clone(), id.to_string(), lines, tx));
+        map.insert(id.to_string(), Tail { kept, lines, task });
     }
 
-    /// The follow of `id`, no longer kept here.
+    /// How the last lines of `id` are kept, no longer kept here.
     pub fn take(&self, id: &str) -> Option<Tail> {
         self.map().remove(id)
     }
 
-    /// Ends the follows of the containers not in `running`.
+    /// Forgets the containers not in `running`.
     pub fn retain(&self, running: &HashSet<String>) {
         self.map().retain(|id, _| running.contains(id));
     }
 
-    /// Ends every follow.
+    /// Forgets every container (ending the follows).
     pub fn clear(&self) {
         self.map().clear();
     }
 }
 
+/// Inspects the container: notes its `json-file` log, or follows its logs.
+async fn start(engine: Arc<dyn ContainerEngine>, id: String, n: usize, tx: watch::Sender<Kept>) {
+    if let Some(path) = engine.inspect_container(&id).await.ok().and_then(json_log) {
+        tracing::debug!(container = %id, log = %path.display(), "keeping the last log lines for crash reports: the log file");
+        tx.send_replace(Kept::File(path));
+        return;
+    }
+    tracing::debug!(container = %id, "keeping the last log lines for crash reports: following the logs");
+    tx.send_replace(Kept::Following {
+        lines: VecDeque::new(),
+        end: None,
+    });
+    fill(engine.follow_logs(&id, Some(n as u64)), &tx, n).await;
+}
+
+/// The container's `json-file` log, when gantry sees it (Docker on this machine).
+fn json_log(c: ContainerInspectResponse) -> Option<PathBuf> {
+    let driver = c.host_config?.log_config?.typ?;
+    let path = PathBuf::from(c.log_path?);
+    (driver == "json-file" && path.is_absolute() && path.is_file()).then_some(path)
+}
+
 /// Feeds the ring from the followed lines until the stream ends.
-async fn fill(mut stream: crate::core::engine::LineStream, tx: watch::Sender<Ring>, keep: usize) {
+async fn fill(mut stream: LineStream, tx: &watch::Sender<Kept>, keep: usize) {
     let end = loop {
-        match stream.next().await {
-            Some(Ok(line)) => tx.send_modify(|r| {
-                if r.lines.len() == keep {
-                    r.lines.pop_front();
-                }
-                if keep > 0 {
-                    r.lines.push_back(line.text);
-                }
-            }),
+        let line = match stream.next().await {
+            Some(Ok(line)) => line,
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "following a Flow Manager container's logs failed");
                 break End::Failed;
             }
             None => break End::Complete,
-        }
+        };
+        tx.send_modify(|k| {
+            if let Kept::Following { lines, .. } = k {
+                if lines.len() == keep {
+                    lines.pop_front();
+                }
+                if keep > 0 {
+                    lines.push_back(line.text);
+                }
+            }
+        });
     };
-    tx.send_modify(|r| r.end = Some(end));
+    tx.send_modify(|k| {
+        if let Kept::Following { end: e, .. } = k {
+            *e = Some(end);
+        }
+    });
 }
 
 impl Tail {
-    /// The container's last lines once it exited: the ring as soon as its follow is complete,
-    /// or what `request` (Docker's logs request) answers if that comes first or the follow
-    /// failed.
+    /// The container's last lines once it exited: from its log file, or its follow once
+    /// complete; or what `request` (Docker's logs request) answers if that comes first or
+    /// neither can tell.
     pub async fn last_lines(
         mut self,
         request: impl Future<Output = EngineResult<Vec<String>>>,
     ) -> (EngineResult<Vec<String>>, Source) {
-        let complete = async {
-            let ring = self.ring.wait_for(|r| r.end.is_some()).await.ok()?;
-            (ring.end == Some(End::Complete)).then(|| ring.lines.iter().cloned().collect())
+        let n = self.lines;
+        let kept = async {
+            let settled = self.kept.wait_for(Kept::settled).await.ok()?;
+            match &*settled {
+                // A few KiB just written, from the page cache: read here.
+                Kept::File(path) => match json_file_tail(path, n) {
+                    Ok(Some(lines)) => Some((lines, Source::LogFile)),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::debug!(log = %path.display(), error = %e, "cannot read a container's log file");
+                        None
+                    }
+                },
+                Kept::Following {
+                    lines,
+                    end: Some(End::Complete),
+                } => Some((lines.iter().cloned().collect(), Source::Follow)),
+                _ => None,
+            }
         };
         tokio::select! {
             biased;
-            Some(lines) = complete => (Ok(lines), Source::Follow),
+            Some((lines, source)) = kept => (Ok(lines), source),
             answer = request => (answer, Source::LogsRequest),
         }
     }
@@ -154,30 +227,68 @@ mod tests {
     }
 
     fn tail_of(stream: LineStream, keep: usize) -> Tail {
-        let (tx, ring) = watch::channel(Ring::default());
-        let task = tokio::spawn(fill(stream, tx, keep));
-        Tail { ring, task }
+        let (tx, kept) = watch::channel(Kept::Following {
+            lines: VecDeque::new(),
+            end: None,
+        });
+        let task = tokio::spawn(async move { fill(stream, &tx, keep).await });
+        Tail {
+            kept,
+            lines: keep,
+            task,
+        }
     }
 
     async fn ended(tail: &Tail) {
-        let mut ring = tail.ring.clone();
-        ring.wait_for(|r| r.end.is_some()).await.unwrap();
+        let mut kept = tail.kept.clone();
+        kept.wait_for(Kept::ended).await.unwrap();
+    }
+
+    /// A request that must not be made.
+    async fn never() -> EngineResult<Vec<String>> {
+        panic!("Docker was asked")
+    }
+
+    #[tokio::test]
+    async fn a_json_file_log_answers_at_once_and_falls_back_when_it_cannot_tell() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c-json.log");
+        let records: String = ["a\n", "b\n", "c"]
+            .iter()
+            .map(|l| format!("{}\n", serde_json::json!({"log": l, "stream": "stdout"})))
+            .collect();
+        std::fs::write(&path, records).unwrap();
+        let file_tail = |path: PathBuf| {
+            let (_tx, kept) = watch::channel(Kept::File(path));
+            Tail {
+                kept,
+                lines: 2,
+                task: tokio::spawn(async {}),
+            }
+        };
+        let (got, source) = file_tail(path.clone()).last_lines(never()).await;
+        assert_eq!(
+            (got.unwrap(), source),
+            (vec!["b".into(), "c".into()], Source::LogFile)
+        );
+        std::fs::write(&path, "not json\n").unwrap();
+        let (got, source) = file_tail(path)
+            .last_lines(async { Ok(vec!["asked".to_string()]) })
+            .await;
+        assert_eq!(
+            (got.unwrap(), source),
+            (vec!["asked".into()], Source::LogsRequest)
+        );
     }
 
     #[tokio::test]
     async fn a_complete_follow_answers_its_last_lines_without_asking_docker() {
         let stream = futures_util::stream::iter(lines(&["a", "b", "c", "d"]));
         let tail = tail_of(Box::pin(stream), 3);
-        let asked = std::sync::atomic::AtomicBool::new(false);
-        let request = async {
-            asked.store(true, std::sync::atomic::Ordering::SeqCst);
-            Ok(vec!["from docker".to_string()])
-        };
         ended(&tail).await;
-        let (got, source) = tail.last_lines(request).await;
+        let (got, source) = tail.last_lines(never()).await;
         assert_eq!(got.unwrap(), ["b", "c", "d"]);
         assert_eq!(source, Source::Follow);
-        assert!(!asked.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     #[tokio::test]
