@@ -91,12 +91,12 @@ struct Record {
 
 /// The most of a log file's end read to find its last lines (a record holds at most 16 KiB
 /// of output, which JSON escaping can make a few times longer).
-const READ_MOST: u64 = 4 << 20;
+const READ_MOST: u64 = 1 << 20;
 
 /// The last `n` lines of a `json-file` log, read from the end of the file: the lines of its
 /// last `2 n` records (a long line takes several), the last `n` of them. `None` when the file
-/// cannot tell: a record does not parse, or the file holds fewer lines and an older (rotated)
-/// file may hold the rest.
+/// cannot tell: a record does not parse, the records are too long to read here, or the file
+/// holds fewer lines and an older (rotated) file may hold the rest.
 pub fn json_file_tail(path: &Path, n: usize) -> io::Result<Option<Vec<String>>> {
     if n == 0 {
         return Ok(Some(Vec::new()));
@@ -110,6 +110,8 @@ pub fn json_file_tail(path: &Path, n: usize) -> io::Result<Option<Vec<String>>> 
     }
     if records.len() > 2 * n {
         records.drain(..records.len() - 2 * n);
+    } else if !whole {
+        return Ok(None);
     }
     let mut lines = LineSplitter::new(LINE_PIECE_MAX);
     for r in records {
@@ -214,5 +216,14 @@ mod tests {
         std::fs::write(&other, "plain text\n").unwrap();
         assert_eq!(json_file_tail(&other, 1).unwrap(), None);
         assert!(json_file_tail(&dir.path().join("missing"), 1).is_err());
+        // Records longer than what is read here: it cannot tell.
+        let huge = dir.path().join("h-json.log");
+        let big = "x".repeat(600 * 1024);
+        std::fs::write(
+            &huge,
+            [&big, &big, &big].map(|b| record(b, "stdout")).concat(),
+        )
+        .unwrap();
+        assert_eq!(json_file_tail(&huge, 1).unwrap(), None);
     }
 }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::tails::{Source, Tail, Tails};
 use super::{FlowEvent, FlowManager, DIALECT, LABEL_DIALECT};
-use crate::core::engine::{ContainerEvent, CpuCounters, Filter, Resubscribe};
+use crate::core::engine::{ContainerEvent, CpuCounters, EngineResult, Filter, Resubscribe};
 
 /// What the monitor remembers of one container.
 #[derive(Debug, Clone, Default)]
@@ -95,6 +95,7 @@ impl FlowManager {
             return;
         }
         let (old, track) = self.track(event);
+        let mut crash = None;
         match action {
             "start" => self.keep_last_lines(&event.id),
             "die" => {
@@ -105,7 +106,7 @@ impl FlowManager {
                     .and_then(|c| c.parse().ok())
                     .unwrap_or(0);
                 if code != 0 && !track.killed {
-                    tokio::spawn(self.clone().crashed(event.clone(), code, track.oom, tail));
+                    crash = Some((code, track.oom, tail));
                 }
             }
             _ => {}
@@ -117,6 +118,28 @@ impl FlowManager {
                 old,
                 new: track.state,
             });
+        }
+        if let Some((code, oom, tail)) = crash {
+            self.on_crash(event, code, oom, tail);
+        }
+    }
+
+    /// Publishes a crash at once when its last lines are there (a log file, a complete
+    /// follow), else once they are.
+    fn on_crash(
+        self: &Arc<Self>,
+        event: &ContainerEvent,
+        code: i64,
+        oom: bool,
+        tail: Option<Tail>,
+    ) {
+        match tail.as_ref().and_then(Tail::lines_now) {
+            Some((lines, source)) => {
+                self.publish_crash(event.clone(), code, oom, Ok(lines), source)
+            }
+            None => {
+                tokio::spawn(self.clone().crashed(event.clone(), code, oom, tail));
+            }
         }
     }
 
@@ -162,6 +185,17 @@ impl FlowManager {
             Some(t) => t.last_lines(request).await,
             None => (request.await, Source::LogsRequest),
         };
+        self.publish_crash(event, exit_code, oom_killed, logs, source);
+    }
+
+    fn publish_crash(
+        &self,
+        event: ContainerEvent,
+        exit_code: i64,
+        oom_killed: bool,
+        logs: EngineResult<Vec<String>>,
+        source: Source,
+    ) {
         tracing::debug!(container = %event.name, source = ?source, "crash logs");
         let logs = logs.unwrap_or_else(|e| vec![format!("(logs unavailable: {e})")]);
         self.publish(FlowEvent::Crashed {

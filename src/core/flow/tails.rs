@@ -174,9 +174,16 @@ async fn fill(mut stream: LineStream, tx: &watch::Sender<Kept>, keep: usize) {
 }
 
 impl Tail {
-    /// The container's last lines once it exited: from its log file, or its follow once
-    /// complete; or what `request` (Docker's logs request) answers if that comes first or
-    /// neither can tell.
+    /// The container's last lines if they can be had now, its process having exited: from
+    /// its log file (a few KiB just written, from the page cache: read here), or its
+    /// follow once complete.
+    pub fn lines_now(&self) -> Option<(Vec<String>, Source)> {
+        lines_of(&self.kept.borrow(), self.lines)
+    }
+
+    /// The container's last lines once it exited: [`Tail::lines_now`] as soon as it can
+    /// tell, or what `request` (Docker's logs request) answers if that comes first or it
+    /// cannot.
     pub async fn last_lines(
         mut self,
         request: impl Future<Output = EngineResult<Vec<String>>>,
@@ -184,28 +191,30 @@ impl Tail {
         let n = self.lines;
         let kept = async {
             let settled = self.kept.wait_for(Kept::settled).await.ok()?;
-            match &*settled {
-                // A few KiB just written, from the page cache: read here.
-                Kept::File(path) => match json_file_tail(path, n) {
-                    Ok(Some(lines)) => Some((lines, Source::LogFile)),
-                    Ok(None) => None,
-                    Err(e) => {
-                        tracing::debug!(log = %path.display(), error = %e, "cannot read a container's log file");
-                        None
-                    }
-                },
-                Kept::Following {
-                    lines,
-                    end: Some(End::Complete),
-                } => Some((lines.iter().cloned().collect(), Source::Follow)),
-                _ => None,
-            }
+            lines_of(&settled, n)
         };
         tokio::select! {
             biased;
             Some((lines, source)) = kept => (Ok(lines), source),
             answer = request => (answer, Source::LogsRequest),
         }
+    }
+}
+
+fn lines_of(kept: &Kept, n: usize) -> Option<(Vec<String>, Source)> {
+    match kept {
+        Kept::File(path) => match json_file_tail(path, n) {
+            Ok(lines) => lines.map(|l| (l, Source::LogFile)),
+            Err(e) => {
+                tracing::debug!(log = %path.display(), error = %e, "cannot read a container's log file");
+                None
+            }
+        },
+        Kept::Following {
+            lines,
+            end: Some(End::Complete),
+        } => Some((lines.iter().cloned().collect(), Source::Follow)),
+        _ => None,
     }
 }
 
@@ -286,6 +295,11 @@ mod tests {
         let stream = futures_util::stream::iter(lines(&["a", "b", "c", "d"]));
         let tail = tail_of(Box::pin(stream), 3);
         ended(&tail).await;
+        let now = tail.lines_now().unwrap();
+        assert_eq!(
+            now,
+            (vec!["b".into(), "c".into(), "d".into()], Source::Follow)
+        );
         let (got, source) = tail.last_lines(never()).await;
         assert_eq!(got.unwrap(), ["b", "c", "d"]);
         assert_eq!(source, Source::Follow);
@@ -303,6 +317,7 @@ mod tests {
             l
         });
         let tail = tail_of(Box::pin(stream), 5);
+        assert_eq!(tail.lines_now(), None, "still following");
         let (got, source) = tail
             .last_lines(async { Ok(vec!["asked".to_string()]) })
             .await;
