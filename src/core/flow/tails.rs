@@ -253,6 +253,14 @@ mod tests {
         kept.wait_for(Kept::ended).await.unwrap();
     }
 
+    /// The lines of `tail` when Docker's logs request answers `asked` at once.
+    async fn asked(tail: Tail) -> (Vec<String>, Source) {
+        let (got, source) = tail
+            .last_lines(async { Ok(vec!["asked".to_string()]) })
+            .await;
+        (got.unwrap(), source)
+    }
+
     /// A request that must not be made.
     async fn never() -> EngineResult<Vec<String>> {
         panic!("Docker was asked")
@@ -281,11 +289,8 @@ mod tests {
             (vec!["b".into(), "c".into()], Source::LogFile)
         );
         std::fs::write(&path, "not json\n").unwrap();
-        let (got, source) = file_tail(path)
-            .last_lines(async { Ok(vec!["asked".to_string()]) })
-            .await;
         assert_eq!(
-            (got.unwrap(), source),
+            asked(file_tail(path)).await,
             (vec!["asked".into()], Source::LogsRequest)
         );
     }
@@ -318,12 +323,9 @@ mod tests {
         });
         let tail = tail_of(Box::pin(stream), 5);
         assert_eq!(tail.lines_now(), None, "still following");
-        let (got, source) = tail
-            .last_lines(async { Ok(vec!["asked".to_string()]) })
-            .await;
         assert_eq!(
-            (got.unwrap(), source),
-            (vec!["asked".to_string()], Source::LogsRequest)
+            asked(tail).await,
+            (vec!["asked".into()], Source::LogsRequest)
         );
         // The follow ends first: its lines win, the request is dropped.
         let stream = futures_util::stream::iter(lines(&["p", "q"])).then(|l| async {
@@ -348,12 +350,9 @@ mod tests {
         items.push(Err(EngineError::Unavailable("gone".into())));
         let tail = tail_of(Box::pin(futures_util::stream::iter(items)), 5);
         ended(&tail).await;
-        let (got, source) = tail
-            .last_lines(async { Ok(vec!["whole".to_string()]) })
-            .await;
         assert_eq!(
-            (got.unwrap(), source),
-            (vec!["whole".to_string()], Source::LogsRequest)
+            asked(tail).await,
+            (vec!["asked".into()], Source::LogsRequest)
         );
     }
 
