@@ -24,9 +24,11 @@ use bollard::query_parameters::{
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::{StreamExt, TryStreamExt};
 
+mod upload;
+
 use super::engine::{
     Attached, ByteStream, ContainerEngine, CpuCounters, EngineError, EngineResult, EngineVersion,
-    ExecSession, ExecState, Filter, LineStream, LoadedImages, LogLine, ResourceSample,
+    ExecSession, ExecState, Filter, LineStream, LoadedImages, ResourceSample, MAX_LOG_LINE_BYTES,
 };
 use super::loglines::{LineSplitter, LINE_PIECE_MAX};
 
@@ -43,6 +45,8 @@ struct Clients {
     docker: Docker,
     /// For image load/export, which legitimately take long before headers arrive.
     transfer: Docker,
+    /// For request bodies streamed into Docker (image import), as `transfer` otherwise.
+    upload: Docker,
 }
 
 impl DockerEngine {
@@ -71,8 +75,16 @@ impl DockerEngine {
             Docker::connect_with_http(&self.host, secs, API_DEFAULT_VERSION)
         }
         .map_err(map_error)?;
+        let transfer = docker.clone().with_timeout(self.transfer_timeout);
+        let upload = match self.host.strip_prefix("unix://") {
+            Some(path) => {
+                upload::connect(path, self.transfer_timeout.as_secs().max(1)).map_err(map_error)?
+            }
+            None => transfer.clone(),
+        };
         let c = Clients {
-            transfer: docker.clone().with_timeout(self.transfer_timeout),
+            transfer,
+            upload,
             docker,
         };
         *slot = Some(c.clone());
@@ -81,6 +93,21 @@ impl DockerEngine {
 
     fn docker(&self) -> EngineResult<Docker> {
         Ok(self.clients()?.docker)
+    }
+
+    /// A container's output lines from the last `tail` (all with None) on; with `follow`,
+    /// then as they are written. A followed log's long lines come in the 16 KiB pieces
+    /// Docker's log drivers store (what a follow keeps of its last lines stays small).
+    fn log_lines(&self, id: &str, tail: Option<u64>, follow: bool) -> LineStream {
+        let max_line = if follow {
+            LINE_PIECE_MAX
+        } else {
+            MAX_LOG_LINE_BYTES
+        };
+        match self.docker() {
+            Ok(d) => output_lines(d.logs(id, Some(logs_options(tail, follow))), max_line),
+            Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
+        }
     }
 }
 
@@ -438,11 +465,8 @@ impl ContainerEngine for DockerEngine {
         Ok(())
     }
 
-    async fn container_logs(&self, id: &str, tail: Option<u64>) -> EngineResult<Vec<LogLine>> {
-        let opts = logs_options(tail, false);
-        output_lines(self.docker()?.logs(id, Some(opts)), usize::MAX)
-            .try_collect()
-            .await
+    fn container_logs(&self, id: &str, tail: Option<u64>) -> LineStream {
+        self.log_lines(id, tail, false)
     }
 
     async fn tag_image(&self, image: &str, reference: &str) -> EngineResult<()> {
@@ -462,10 +486,7 @@ impl ContainerEngine for DockerEngine {
     }
 
     fn follow_logs(&self, id: &str, tail: Option<u64>) -> LineStream {
-        match self.docker() {
-            Ok(d) => output_lines(d.logs(id, Some(logs_options(tail, true))), LINE_PIECE_MAX),
-            Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
-        }
+        self.log_lines(id, tail, true)
     }
 
     async fn exec(&self, id: &str, cmd: &[String]) -> EngineResult<ExecSession> {
@@ -482,7 +503,7 @@ impl ContainerEngine for DockerEngine {
         match docker.start_exec(&exec.id, None).await.map_err(map_error)? {
             StartExecResults::Attached { output, input } => Ok(ExecSession {
                 id: exec.id,
-                output: output_lines(output, usize::MAX),
+                output: output_lines(output, MAX_LOG_LINE_BYTES),
                 input,
             }),
             StartExecResults::Detached => Err(EngineError::Failed(
@@ -551,10 +572,14 @@ impl ContainerEngine for DockerEngine {
 
     async fn import_rootfs(&self, tar: ByteStream) -> EngineResult<String> {
         let opts = CreateImageOptionsBuilder::default().from_src("-").build();
-        let body = bollard::body_try_stream(coalesced(read_ahead(tar)));
+        // The body goes as it arrives: hyper reads the request in chunks of up to 400 KiB and
+        // the upload client hands them to writev as they are (no joining, no read-ahead task:
+        // the sockets' buffers are the read-ahead).
+        let (tar, _abandon) = failing_when_dropped(tar);
+        let body = bollard::body_try_stream(tar);
         let mut progress = self
             .clients()?
-            .transfer
+            .upload
             .create_image(Some(opts), Some(body), None);
         let mut id = None;
         while let Some(item) = progress.next().await {
@@ -627,46 +652,80 @@ impl ContainerEngine for DockerEngine {
         });
         Box::pin(events)
     }
+
+    fn engine_events(&self, since: Option<i64>) -> super::engine::EngineEventStream {
+        let docker = match self.docker() {
+            Ok(d) => d,
+            Err(e) => return Box::pin(futures_util::stream::once(async move { Err(e) })),
+        };
+        let types = ["container", "image", "volume", "network"];
+        let f = HashMap::from([("type", types.to_vec())]);
+        let mut opts = bollard::query_parameters::EventsOptionsBuilder::default().filters(&f);
+        if let Some(ns) = since {
+            opts = opts.since(&since_parameter(ns));
+        }
+        let events = docker
+            .events(Some(opts.build()))
+            .filter_map(|item| async move {
+                match item {
+                    Ok(m) => engine_event(m).map(Ok),
+                    Err(e) => Some(Err(map_error(e))),
+                }
+            });
+        Box::pin(events)
+    }
 }
 
-/// Chunks that are ready together, joined (up to [`COALESCE_CHUNKS`] of them): a request
-/// body arrives in small frames, and each one passed on alone costs a task hop and a write to
-/// Docker's socket. Nothing waits for more data: what is ready goes out at once.
-fn coalesced(stream: ByteStream) -> ByteStream {
-    Box::pin(stream.ready_chunks(COALESCE_CHUNKS).map(|chunks| {
-        if chunks.len() == 1 {
-            return chunks.into_iter().next().unwrap_or(Ok(bytes::Bytes::new()));
-        }
-        let mut joined = bytes::BytesMut::new();
-        for chunk in chunks {
-            joined.extend_from_slice(&chunk?);
-        }
-        Ok(joined.freeze())
-    }))
+/// Docker's `since` parameter: `seconds.nanoseconds`.
+fn since_parameter(ns: i64) -> String {
+    format!(
+        "{}.{:09}",
+        ns.div_euclid(1_000_000_000),
+        ns.rem_euclid(1_000_000_000)
+    )
 }
 
-/// At most this many ready chunks are joined into one.
-const COALESCE_CHUNKS: usize = 8;
+fn engine_event(m: bollard::models::EventMessage) -> Option<super::engine::EngineEvent> {
+    use super::engine::EventObject;
+    use bollard::models::EventMessageTypeEnum as T;
+    let object = match m.typ? {
+        T::CONTAINER => EventObject::Container,
+        T::IMAGE => EventObject::Image,
+        T::VOLUME => EventObject::Volume,
+        T::NETWORK => EventObject::Network,
+        _ => EventObject::Other,
+    };
+    let actor = m.actor?;
+    Some(super::engine::EngineEvent {
+        object,
+        action: m.action?,
+        id: actor.id.unwrap_or_default(),
+        attributes: actor.attributes.unwrap_or_default().into_iter().collect(),
+        time_nano: m
+            .time_nano
+            .or_else(|| m.time.map(|s| s * 1_000_000_000))
+            .unwrap_or_default(),
+    })
+}
 
-/// Chunks read ahead of Docker.
-const READ_AHEAD: usize = 8;
-
-/// Reads `stream` ahead on a task of its own, up to [`READ_AHEAD`] chunks, so the request
-/// body keeps arriving while Docker takes the chunks before (a request body is otherwise read
-/// one chunk at a time, only when asked for). Dropping the result stops the reading.
-fn read_ahead(mut stream: ByteStream) -> ByteStream {
-    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
-    tokio::spawn(async move {
-        while let Some(chunk) = stream.next().await {
-            let failed = chunk.is_err();
-            if tx.send(chunk).await.is_err() || failed {
-                break;
-            }
+/// `stream`, failing once the guard is dropped: an import given up (its future dropped)
+/// must not go on streaming into Docker and end as a complete image; the failed body
+/// aborts the request instead, and Docker discards what it got.
+fn failing_when_dropped(mut stream: ByteStream) -> (ByteStream, tokio_util::sync::DropGuard) {
+    let token = tokio_util::sync::CancellationToken::new();
+    let mut dropped = Some(Box::pin(token.clone().cancelled_owned()));
+    let failing = futures_util::stream::poll_fn(move |cx| {
+        let Some(wait) = dropped.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        if std::future::Future::poll(wait.as_mut(), cx).is_ready() {
+            dropped = None;
+            let e = std::io::Error::other("the import was abandoned");
+            return std::task::Poll::Ready(Some(Err(e)));
         }
+        stream.poll_next_unpin(cx)
     });
-    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (chunk, rx))
-    }))
+    (Box::pin(failing), token.drop_guard())
 }
 
 fn logs_options(tail: Option<u64>, follow: bool) -> bollard::query_parameters::LogsOptions {
@@ -782,6 +841,7 @@ fn api_at_least(v: &str, major: u32, minor: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::engine::LogLine;
 
     #[tokio::test]
     async fn output_frames_become_lines_per_stream() {
@@ -840,24 +900,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn ready_chunks_are_joined_and_errors_kept() {
-        let parts: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
-            Ok("ab".into()),
-            Ok("c".into()),
-            Ok("".into()),
-            Ok("de".into()),
-        ];
-        let joined: Vec<_> = coalesced(Box::pin(futures_util::stream::iter(parts)))
-            .collect()
-            .await;
-        assert_eq!(joined.len(), 1);
-        assert_eq!(joined[0].as_ref().unwrap().as_ref(), b"abcde");
-        let failing: Vec<Result<bytes::Bytes, std::io::Error>> =
-            vec![Ok("ab".into()), Err(std::io::Error::other("cut"))];
-        let out: Vec<_> = coalesced(Box::pin(futures_util::stream::iter(failing)))
-            .collect()
-            .await;
-        assert!(out.last().unwrap().is_err());
+    async fn an_upload_fails_once_given_up() {
+        let parts: Vec<Result<bytes::Bytes, std::io::Error>> = vec![Ok("ab".into())];
+        let (stream, guard) = failing_when_dropped(Box::pin(futures_util::stream::iter(parts)));
+        let out: Vec<_> = stream.collect().await;
+        assert_eq!(out.len(), 1, "a whole stream ends as it is");
+        assert_eq!(out[0].as_ref().unwrap().as_ref(), b"ab");
+        drop(guard);
+
+        // "cd", then a body that waits for more.
+        let waiting = futures_util::stream::iter([Ok(bytes::Bytes::from("cd"))])
+            .chain(futures_util::stream::pending());
+        let (mut stream, guard) = failing_when_dropped(Box::pin(waiting));
+        assert!(stream.next().await.unwrap().is_ok());
+        drop(guard);
+        assert!(
+            stream.next().await.unwrap().is_err(),
+            "given up: an error, not an end"
+        );
+        assert!(stream.next().await.is_none());
+    }
+
+    #[test]
+    fn since_is_seconds_dot_nanoseconds() {
+        assert_eq!(
+            since_parameter(1_700_000_000_000_000_123),
+            "1700000000.000000123"
+        );
+        assert_eq!(since_parameter(5), "0.000000005");
     }
 
     #[test]
@@ -882,5 +952,41 @@ mod tests {
             map_error(BollardError::RequestTimeoutError),
             EngineError::Unavailable(_)
         ));
+    }
+
+    #[test]
+    fn log_frames_become_lines_and_long_lines_are_cut() {
+        let mut split = LineSplitter::new(MAX_LOG_LINE_BYTES);
+        let mut push = |stdout: bool, s: &str| {
+            split.push(stdout, s.as_bytes());
+            std::iter::from_fn(|| split.next_line()).collect::<Vec<LogLine>>()
+        };
+        assert!(push(true, "one ").is_empty());
+        assert!(push(false, "e1\ne").iter().all(|l| !l.stdout));
+        let lines = push(true, "line\r\ntwo\n");
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["one line", "two"]);
+        // A container that writes without newlines: cut at the cap, never held whole.
+        let mut cut = Vec::new();
+        for _ in 0..5 {
+            cut.extend(push(true, &"é".repeat(16 << 10)));
+        }
+        assert_eq!(cut.len(), 2, "160 KiB in 64 KiB parts");
+        assert!(cut
+            .iter()
+            .all(|l| l.text.len() <= MAX_LOG_LINE_BYTES && l.stdout));
+        // A terminated line over the cap is cut too.
+        let long = push(false, &format!("{}\n", "x".repeat(MAX_LOG_LINE_BYTES + 10)));
+        let sizes: Vec<usize> = long.iter().map(|l| l.text.len()).collect();
+        assert_eq!(
+            sizes,
+            [MAX_LOG_LINE_BYTES, 11],
+            "the pending \"e\", then 11 more"
+        );
+        split.flush();
+        let rest: Vec<(bool, usize)> = std::iter::from_fn(|| split.next_line())
+            .map(|l| (l.stdout, l.text.len()))
+            .collect();
+        assert_eq!(rest, [(true, (160 << 10) - cut[0].text.len() * 2)]);
     }
 }
