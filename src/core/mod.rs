@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod flow;
 pub mod health;
 pub mod intervirt;
+pub mod loglines;
 pub mod network;
 pub mod ops;
 #[cfg(feature = "pool")]

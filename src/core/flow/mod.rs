@@ -19,6 +19,7 @@ pub mod ops;
 mod sockets;
 pub mod spec;
 pub mod status;
+mod tails;
 mod update;
 
 use std::collections::HashMap;
@@ -51,7 +52,8 @@ pub const SOCKET_TARGET: &str = "/var/run/kawaflow.sock";
 /// Where the code directory appears inside the container (after an update).
 pub const CODE_TARGET: &str = "/app";
 
-/// Events the broadcast channel keeps for a slow receiver.
+/// Events the broadcast channel keeps for a slow receiver (each slot holds a pointer: the
+/// channel allocates every slot up front).
 const EVENT_QUEUE: usize = 1024;
 
 /// What happened to the Flow Manager's containers, for every client.
@@ -113,7 +115,7 @@ pub struct FlowManager {
     view: Arc<LiveView>,
     settings: FlowConfig,
     sockets: Arc<sockets::Hub>,
-    events: broadcast::Sender<FlowEvent>,
+    events: broadcast::Sender<Arc<FlowEvent>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     monitor: monitor::Tracker,
 }
@@ -150,12 +152,12 @@ impl FlowManager {
     }
 
     /// Events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<FlowEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FlowEvent>> {
         self.events.subscribe()
     }
 
     fn publish(&self, event: FlowEvent) {
-        let _ = self.events.send(event);
+        let _ = self.events.send(Arc::new(event));
     }
 
     /// Creates the socket directory, serves the sockets of the containers that exist, and
