@@ -268,14 +268,22 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         let tree = stopped_tree(root);
-        let states: Vec<String> = tree
-            .iter()
-            .filter_map(|p| stat_fields(*p)?.first().cloned())
-            .collect();
+        // A signal takes effect when its process next runs: on a loaded machine, a moment.
+        let states = || -> Vec<String> {
+            tree.iter()
+                .filter_map(|p| stat_fields(*p)?.first().cloned())
+                .collect()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while states().iter().any(|s| s != "T") && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let states = states();
         let parents: Vec<Option<i32>> = tree.iter().map(|p| parent_pid(*p)).collect();
         signal_all(&tree, nix::sys::signal::Signal::SIGTERM);
         signal_all(&tree, nix::sys::signal::Signal::SIGCONT);
         let _ = child.wait();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while tree.iter().any(|p| is_alive(*p)) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
