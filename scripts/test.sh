@@ -3,8 +3,8 @@
 #
 # As root on Debian 12 it:
 #   1. installs what is missing (docker.io, busybox-static, nftables, iproute2, curl,
-#      docker-compose, docker-registry), without letting the packages start their services on
-#      the host;
+#      docker-compose, docker-registry, apache2-utils, openssl), without letting the packages
+#      start their services on the host;
 #   2. builds everything, checks formatting and runs clippy (host network: cargo may fetch);
 #   3. creates a private network namespace and starts a private containerd + dockerd in it,
 #      with their own sockets, data and exec roots under a temp dir and addresses from
@@ -271,6 +271,9 @@ missing_packages() {
     command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
     # The App Pool tests' store: Debian's distribution 2.8 registry, started by the tests.
     command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+    # A private store's test: its htpasswd file (bcrypt, `htpasswd -B`) and its certificates.
+    command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     # schemathesis goes into a virtualenv (Debian's python3 is externally managed).
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)

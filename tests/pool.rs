@@ -9,8 +9,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::bundle::{fresh_big_image, import, saved_image, zip_of};
-use common::fleet::{Fleet, Proxy, Registry};
-use common::{enc, read_raw_response, unique, wait_for, write_all, Gantry, GantryBuilder};
+use common::fleet::{Fleet, Guard, Proxy, Registry};
+use common::pki::Pki;
+use common::{enc, read_raw_response, run_ok, unique, wait_for, write_all, Gantry, GantryBuilder};
 use serde_json::{json, Value};
 
 /// A pool gantry whose store is `registry_url`, probing its servers every second; the
@@ -517,4 +518,168 @@ fn a_stalled_pool_body_times_out() {
         "the stalled body held on for {:?}",
         started.elapsed()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A private store: TLS with a certificate of a private CA, and credentials
+
+/// The password the private store's htpasswd file holds (bcrypt) for the user `gantry`.
+const STORE_PASSWORD: &str = "pool-store-password-1";
+
+/// A registry on 127.0.0.1 behind TLS (its certificate signed by the test CA `ca` of `pki`)
+/// that wants the user `gantry` and [`STORE_PASSWORD`].
+fn private_store(pki: &Pki, dir: &Path) -> Registry {
+    pki.leaf("registry", "127.0.0.1", "ca", "server_ext", false);
+    let entry = run_ok("htpasswd", &["-Bbn", "gantry", STORE_PASSWORD]);
+    let htpasswd = dir.join("htpasswd");
+    std::fs::write(&htpasswd, format!("{entry}\n")).unwrap();
+    Registry::start_guarded(Guard {
+        tls: Some((pki.path("registry.pem"), pki.path("registry.key"))),
+        htpasswd: Some(htpasswd),
+    })
+}
+
+/// `[pool]` lines: `username` and `password_file` (a file in `dir` holding `password`)
+/// when a password is given, and `ca_file` when given.
+fn store_access(dir: &Path, password: Option<&str>, ca_file: Option<&Path>) -> String {
+    let mut lines = String::new();
+    if let Some(p) = password {
+        let file = dir.join(format!("password-{}", unique("p")));
+        std::fs::write(&file, format!("{p}\n")).unwrap();
+        lines += &format!("username = \"gantry\"\npassword_file = {:?}\n", file);
+    }
+    if let Some(ca) = ca_file {
+        lines += &format!("ca_file = {:?}\n", ca);
+    }
+    lines
+}
+
+#[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
+fn a_private_store_needs_its_ca_and_the_right_credentials() {
+    let host = require_docker!();
+    let pki = Pki::new();
+    let secrets = tempfile::tempdir().unwrap();
+    let registry = private_store(&pki, secrets.path());
+    let ns = unique("private");
+    let state = tempfile::tempdir().unwrap();
+    let ca = pki.path("ca.pem");
+    let pool = |access: String| {
+        pool_builder(&host, &registry.url(), &ns, secrets.path())
+            .config(&access)
+            .state_dir(state.path())
+            .start()
+    };
+
+    // The CA and the right credentials: publish and install work over https.
+    let g = pool(store_access(
+        secrets.path(),
+        Some(STORE_PASSWORD),
+        Some(&ca),
+    ));
+    let config = g.get("/api/1/configure").expect_json(200);
+    assert_eq!(config["Store"]["Registry"], registry.url(), "{config}");
+    assert_eq!(config["Store"]["Authenticated"], true, "{config}");
+    let name = unique("Private");
+    let id = format!("{name}:1.0");
+    let (reference, tar) = saved_image("private");
+    import_and_publish(&g, &web_app(&name, &reference, &tar, 0), &id);
+    let listed = g.put("/api/1/pool/refresh").expect_json(200);
+    assert!(listed.to_string().contains(&id), "{listed}");
+    let path = format!("/api/1/pool/apps/{}", enc(&id));
+    g.put(&path).expect_json(200);
+    assert_eq!(pool_app(&g, &id).unwrap()["Installed"], true);
+    g.delete(&path).expect_empty(200);
+    drop(g);
+    let stored = registry.repositories(&ns);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+
+    // Each refused access fails at once, names the store and why, and stores nothing.
+    let cases = [
+        (
+            store_access(secrets.path(), Some("a-wrong-password"), Some(&ca)),
+            "refused the pool's credentials (user \"gantry\"",
+        ),
+        (
+            store_access(secrets.path(), None, Some(&ca)),
+            "needs credentials and the pool has none",
+        ),
+        (
+            store_access(secrets.path(), Some(STORE_PASSWORD), None),
+            "presented a certificate the pool does not trust",
+        ),
+    ];
+    for (access, why) in cases {
+        let g = pool(access);
+        refused_everywhere(
+            &g,
+            &registry,
+            &state.path().join("pool/downloads"),
+            &id,
+            why,
+        );
+        assert_eq!(registry.repositories(&ns), stored);
+    }
+}
+
+/// With the pool `g`, an install of `id` (in its index from before), a refresh and a
+/// publication all fail at once with a 500 that names the store and says `why`, and
+/// nothing is stored on either side (the pool's `downloads` stays empty).
+fn refused_everywhere(g: &Gantry, registry: &Registry, downloads: &Path, id: &str, why: &str) {
+    let refused = |r: common::Resp, path: &str| {
+        let detail = r.expect_problem(500, path);
+        assert!(
+            detail.contains(&registry.url()) && detail.contains(why),
+            "{path}: {detail}"
+        );
+        if !why.contains("certificate") {
+            assert!(detail.contains("unauthorized"), "{path}: {detail}");
+        }
+    };
+    let path = format!("/api/1/pool/apps/{}", enc(id));
+    let started = Instant::now();
+    refused(g.put(&path), &path);
+    // The pool retries an unreachable store for download_retry_secs (60 s here).
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the refused install took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(pool_app(g, id).unwrap()["Installed"], false);
+    let left = std::fs::read_dir(downloads).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "{} holds files", downloads.display());
+    refused(g.put("/api/1/pool/refresh"), "/api/1/pool/refresh");
+
+    let name = unique("Refused");
+    let other = format!("{name}:1.0");
+    let (reference, tar) = saved_image("refused");
+    import(g, &web_app(&name, &reference, &tar, 0)).expect_json(200);
+    let publish = format!("/api/1/pool/publish/{}", enc(&other));
+    refused(g.put(&publish), &publish);
+    g.delete(&format!("/api/1/transfer/apps/{}", enc(&other)))
+        .expect_empty(200);
+}
+
+/// A `pool.ca_file` that is missing or holds no usable certificate stops the start with a
+/// configuration error that names the key.
+#[test]
+fn a_bad_ca_file_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    for ca in [dir.path().join("missing.pem"), not_pem] {
+        let config = dir.path().join("gantry.toml");
+        std::fs::write(
+            &config,
+            format!("[pool]\nregistry = \"https://127.0.0.1:5000\"\nca_file = {ca:?}\n"),
+        )
+        .unwrap();
+        let out = common::run_gantry(&["serve", "--config", config.to_str().unwrap()], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{stderr}");
+        assert!(
+            stderr.contains("pool.ca_file") && stderr.contains(ca.to_str().unwrap()),
+            "{stderr}"
+        );
+    }
 }

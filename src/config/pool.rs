@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 
 use super::{bad, ConfigError, Env};
@@ -31,6 +32,9 @@ pub struct PoolConfig {
     /// names a file in it), so that an API client cannot have the pool send any file it can
     /// read as a bearer token.
     pub token_dir: PathBuf,
+    /// Trust roots for the store's TLS besides the system's (`ca_file`: a private CA), for
+    /// whichever store is in effect.
+    pub ca: Vec<CertificateDer<'static>>,
 }
 
 /// The OCI registry the pool's apps come from: `registry` is `http://host:port` or
@@ -60,6 +64,7 @@ pub(super) struct RawPool {
     idle_timeout_secs: Option<u64>,
     download_retry_secs: Option<u64>,
     token_dir: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +123,12 @@ pub(super) fn build(raw: RawPool, env: &dyn Env) -> Result<PoolConfig, ConfigErr
     if !token_dir.is_absolute() {
         return Err(bad("pool.token_dir", "must be an absolute path"));
     }
+    let ca = match &raw.ca_file {
+        None => Vec::new(),
+        Some(path) => {
+            crate::server::tls::ca_certificates(path).map_err(|m| bad("pool.ca_file", m))?
+        }
+    };
     Ok(PoolConfig {
         store,
         servers,
@@ -128,6 +139,7 @@ pub(super) fn build(raw: RawPool, env: &dyn Env) -> Result<PoolConfig, ConfigErr
         idle_timeout: secs(env, "idle_timeout_secs", raw.idle_timeout_secs, 60)?,
         download_retry: secs(env, "download_retry_secs", raw.download_retry_secs, 600)?,
         token_dir,
+        ca,
     })
 }
 
@@ -269,6 +281,50 @@ mod tests {
             assert!(
                 matches!(&e, ConfigError::Value { key: k, .. } if k == key),
                 "{text}: {e}"
+            );
+        }
+    }
+
+    /// A self-signed CA certificate (a fixture: only its form is read, not its dates).
+    const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\n\
+MIIBhzCCAS2gAwIBAgIUediS63JESVe7MwjBmmLFptrcsk8wCgYIKoZIzj0EAwIw\n\
+GTEXMBUGA1UEAwwOZ2FudHJ5LXRlc3QtY2EwHhcNMjYxMjAzMTYwMzIyWhcNMjYx\n\
+MjA0MTYwMzIyWjAZMRcwFQYDVQQDDA5nYW50cnktdGVzdC1jYTBZMBMGByqGSM49\n\
+AgEGCCqGSM49AwEHA0IABJaLJ6pf77wtI3MbZYMakTyU0K3OHbWEBsL6W3Hn98Ob\n\
+dvUsheliI1M2Zsi5DGvU3HFy9BXseGD5tpdfjpDR68ajUzBRMB0GA1UdDgQWBBQY\n\
+FPIpHEU5TKs7nAJaSctKcdkpfjAfBgNVHSMEGDAWgBQYFPIpHEU5TKs7nAJaSctK\n\
+cdkpfjAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCIQCDeVBhPy5l\n\
+6fBT8cFju8CyoYr7mp8WvkTcJUZeDt9V6QIgTfpyZ6g/ML+XC1Tq+nx91HidfHmy\n\
+ATG/tV9KGhwJuc8=\n\
+-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn a_ca_file_holds_usable_certificates_or_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let one = file("one.pem", CA_PEM);
+        let two = file("two.pem", &format!("{CA_PEM}{CA_PEM}"));
+        for (path, n) in [(&one, 1), (&two, 2)] {
+            let c = parse(&format!("ca_file = {path:?}")).unwrap();
+            assert_eq!(c.ca.len(), n, "{path}");
+        }
+        assert!(parse("").unwrap().ca.is_empty());
+        let missing = dir.path().join("missing.pem").display().to_string();
+        let not_a_file = dir.path().display().to_string();
+        let no_pem = file("text.pem", "not a certificate\n");
+        let bad_der = file(
+            "bad.pem",
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+        );
+        for path in [&missing, &not_a_file, &no_pem, &bad_der] {
+            let e = parse(&format!("ca_file = {path:?}")).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::Value { key, message } if key == "pool.ca_file" && message.contains(path.as_str())),
+                "{path}: {e}"
             );
         }
     }

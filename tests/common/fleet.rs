@@ -346,19 +346,66 @@ pub struct Registry {
     pub dir: PathBuf,
     pub addr: SocketAddr,
     child: Option<Child>,
+    guard: Guard,
+}
+
+/// What a registry asks of its clients: TLS with a certificate and its key, and basic
+/// authentication against an htpasswd file (bcrypt entries).
+#[derive(Default)]
+pub struct Guard {
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub htpasswd: Option<PathBuf>,
 }
 
 impl Registry {
+    /// An anonymous registry over plain HTTP.
     pub fn start() -> Registry {
+        Registry::start_guarded(Guard::default())
+    }
+
+    pub fn start_guarded(guard: Guard) -> Registry {
         let dir = base_dir().join(unique("registry"));
         std::fs::create_dir_all(dir.join("storage")).unwrap();
         let mut r = Registry {
             dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             child: None,
+            guard,
         };
         r.run();
         r
+    }
+
+    /// Its base URL (`https://127.0.0.1:port` with TLS).
+    pub fn url(&self) -> String {
+        let scheme = if self.guard.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The registry's config file for `addr`.
+    fn config(&self, addr: SocketAddr) -> String {
+        let mut c = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            self.dir.join("storage").display()
+        );
+        if let Some((cert, key)) = &self.guard.tls {
+            c += &format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+        }
+        if let Some(file) = &self.guard.htpasswd {
+            c += &format!(
+                "auth:\n  htpasswd:\n    realm: gantry-tests\n    path: {}\n",
+                file.display()
+            );
+        }
+        c
     }
 
     /// Starts the registry on a port of the ephemeral range, another one on a collision.
@@ -370,11 +417,7 @@ impl Registry {
                 (20000 + rand_u32() % 30000) as u16
             };
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let config = format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                self.dir.join("storage").display()
-            );
-            std::fs::write(self.dir.join("config.yml"), config).unwrap();
+            std::fs::write(self.dir.join("config.yml"), self.config(addr)).unwrap();
             let log = std::fs::File::create(self.dir.join("registry.log")).unwrap();
             let mut child = Command::new("docker-registry")
                 .arg("serve")
@@ -420,6 +463,22 @@ impl Registry {
         self.run();
     }
 
+    /// The repositories the registry stores (below `namespace`), from its storage.
+    pub fn repositories(&self, namespace: &str) -> Vec<String> {
+        let dir = self
+            .dir
+            .join("storage/docker/registry/v2/repositories")
+            .join(namespace);
+        std::fs::read_dir(dir).map_or_else(
+            |_| Vec::new(),
+            |d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            },
+        )
+    }
+
     /// The file holding a blob's bytes in the registry's storage.
     pub fn blob_file(&self, digest: &str) -> PathBuf {
         let hex = digest.trim_start_matches("sha256:");
@@ -449,6 +508,8 @@ fn rand_u32() -> u32 {
     u32::from_le_bytes(b)
 }
 
+/// Whether the registry answers HTTP at `addr` (one behind TLS answers a plain request too,
+/// with a 400).
 fn registry_answers(addr: SocketAddr) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;

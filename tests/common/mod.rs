@@ -29,6 +29,7 @@ pub use nix::sys::signal::Signal;
 
 pub mod bundle;
 pub mod fleet;
+pub mod pki;
 pub mod proxy;
 pub mod ws;
 

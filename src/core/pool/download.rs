@@ -123,7 +123,15 @@ impl Pool {
         let part = self.file_of(&intent.digest, "part");
         self.check_space(&intent, &part)?;
         write_json(&self.file_of(&intent.digest, "json"), &intent)?;
-        self.fetch(&intent, &part, job).await?;
+        if let Err(e) = self.fetch(&intent, &part, job).await {
+            // An outage keeps the download for the next try or start, and a cancel leaves
+            // the choice to the caller; a store that refuses it (credentials, certificate)
+            // or sends something else keeps nothing of it.
+            if !e.is(ErrorKind::Unavailable) && !e.is(ErrorKind::Cancelled) {
+                self.forget_download(id);
+            }
+            return Err(e);
+        }
         (job.progress)(PoolProgress::Checking);
         if let Err(e) = self.verify(&intent, &part).await {
             self.forget_download(id);

@@ -175,11 +175,7 @@ impl Pool {
         let mut state = self.store.write().unwrap_or_else(|p| p.into_inner());
         state.registry = match &state.view.store {
             None => None,
-            Some(s) => Some(Arc::new(Registry::new(
-                s,
-                self.config.connect_timeout,
-                self.config.idle_timeout,
-            )?)),
+            Some(s) => Some(Arc::new(Registry::new(s, &self.config)?)),
         };
         Ok(())
     }

@@ -4,11 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{stream, StreamExt, TryStreamExt};
-use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
+use oci_client::client::{
+    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol,
+};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
@@ -16,7 +17,7 @@ use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 
 use super::names::{self, ARTIFACT_TYPE, BUNDLE_MEDIA_TYPE, CONFIG_MEDIA_TYPE, ID_ANNOTATION};
-use crate::config::StoreConfig;
+use crate::config::{PoolConfig, StoreConfig};
 use crate::core::apps::{AppConfig, AppId};
 use crate::core::engine::ByteStream;
 use crate::core::{CoreError, CoreResult};
@@ -48,39 +49,17 @@ const PUSH_CHUNK: usize = 4 << 20;
 
 pub struct Registry {
     client: Client,
+    /// The store as configured (`https://host:port`), as errors name it.
+    url: String,
     /// `host[:port]`, as references name it.
     host: String,
     namespace: String,
     auth: RegistryAuth,
 }
 
-/// What an oci-client error means to the pool. Unreachable, timed out, 5xx and 429 are
-/// `Unavailable` (retrying may work); unknown names and blobs `NotFound`.
-pub fn store_error(e: OciDistributionError) -> CoreError {
-    match e {
-        OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => {
-            CoreError::Unavailable(format!("the store cannot be reached: {e}"))
-        }
-        OciDistributionError::ServerError { code, .. } if code >= 500 || code == 429 => {
-            CoreError::Unavailable(format!("the store failed: {e}"))
-        }
-        ref e if store_error_is_not_found(e) => {
-            CoreError::NotFound(format!("the store has no such thing: {e}"))
-        }
-        OciDistributionError::RegistryError { ref envelope, .. }
-            if envelope
-                .errors
-                .iter()
-                .any(|x| x.code == OciErrorCode::Toomanyrequests) =>
-        {
-            CoreError::Unavailable(format!("the store is busy: {e}"))
-        }
-        e => CoreError::Failed(format!("the store: {e}")),
-    }
-}
-
 impl Registry {
-    pub fn new(store: &StoreConfig, connect: Duration, idle: Duration) -> CoreResult<Self> {
+    /// The client of `store`, with the pool's timeouts and extra trust roots.
+    pub fn new(store: &StoreConfig, pool: &PoolConfig) -> CoreResult<Self> {
         let (plain, host) = match store.registry.strip_prefix("http://") {
             Some(h) => (true, h),
             None => (false, store.registry.trim_start_matches("https://")),
@@ -92,16 +71,32 @@ impl Registry {
         };
         let config = ClientConfig {
             protocol,
-            connect_timeout: Some(connect),
-            read_timeout: Some(idle),
+            connect_timeout: Some(pool.connect_timeout),
+            read_timeout: Some(pool.idle_timeout),
+            extra_root_certificates: pool
+                .ca
+                .iter()
+                .map(|c| Certificate {
+                    encoding: CertificateEncoding::Der,
+                    data: c.to_vec(),
+                })
+                .collect(),
             ..Default::default()
         };
+        // Not `Client::new`: it falls back to a default client when this one cannot be made.
+        let client = Client::try_from(config).map_err(|e| {
+            CoreError::Failed(format!(
+                "cannot make a client of the store {}: {e}",
+                store.registry
+            ))
+        })?;
         let auth = match &store.credentials {
             Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
             None => RegistryAuth::Anonymous,
         };
         Ok(Self {
-            client: Client::new(config),
+            client,
+            url: store.registry.clone(),
             host: host.to_string(),
             namespace: store.namespace.clone(),
             auth,
@@ -146,7 +141,7 @@ impl Registry {
                 .client
                 .catalog(&probe, &self.auth, Some(100), last.as_deref())
                 .await
-                .map_err(store_error)?;
+                .map_err(|e| self.error(e))?;
             let n = page.repositories.len();
             last = page.repositories.last().cloned();
             out.extend(
@@ -173,7 +168,7 @@ impl Registry {
                 Ok(p) => p,
                 // A repository whose tags were all deleted.
                 Err(e) if store_error_is_not_found(&e) => return Ok(out),
-                Err(e) => return Err(store_error(e)),
+                Err(e) => return Err(self.error(e)),
             };
             let n = page.tags.len();
             last = page.tags.last().cloned();
@@ -190,7 +185,7 @@ impl Registry {
         let (manifest, _) = match self.client.pull_image_manifest(&r, &self.auth).await {
             Ok(m) => m,
             Err(e) if store_error_is_not_found(&e) => return Ok(None),
-            Err(e) => return Err(store_error(e)),
+            Err(e) => return Err(self.error(e)),
         };
         let Some(layer) = bundle_layer(&manifest) else {
             return Ok(None);
@@ -204,7 +199,7 @@ impl Registry {
         self.client
             .pull_blob(&r, &manifest.config, &mut bytes)
             .await
-            .map_err(store_error)?;
+            .map_err(|e| self.error(e))?;
         let Ok(config) = serde_json::from_slice::<AppConfig>(&bytes) else {
             tracing::warn!(
                 repository,
@@ -258,7 +253,7 @@ impl Registry {
             .client
             .pull_blob_stream_partial(&r, &layer, offset, None)
             .await
-            .map_err(store_error)?;
+            .map_err(|e| self.error(e))?;
         let (sized, restart) = match response {
             BlobResponse::Partial(s) => (s, false),
             BlobResponse::Full(s) => (s, offset > 0),
@@ -298,13 +293,13 @@ impl Registry {
             .client
             .push_blob_stream_chunked(&r, coalesce(bundle).map_err(OciDistributionError::from))
             .await
-            .map_err(store_error)?;
+            .map_err(|e| self.error(e))?;
         let config_json = serde_json::to_vec(config).expect("AppConfig serialises");
         let config_digest = names::sha256_digest(&super::hex_sha256(&config_json));
         self.client
             .push_blob(&r, config_json.clone(), &config_digest)
             .await
-            .map_err(store_error)?;
+            .map_err(|e| self.error(e))?;
         let manifest = manifest(
             config,
             &pushed.blob_digest,
@@ -315,7 +310,7 @@ impl Registry {
         self.client
             .push_manifest(&r, &OciManifest::Image(manifest))
             .await
-            .map_err(store_error)?;
+            .map_err(|e| self.error(e))?;
         Ok(IndexEntry {
             id,
             config: config.clone(),
@@ -325,6 +320,121 @@ impl Registry {
             size: pushed.size,
         })
     }
+}
+
+impl Registry {
+    /// What an oci-client error means to the pool, naming the store. Unreachable, timed out,
+    /// 5xx and 429 are `Unavailable` (retrying may work); unknown names and blobs `NotFound`;
+    /// refused credentials and a certificate the pool does not trust are `Failed`: retrying
+    /// cannot help before the configuration changes.
+    fn error(&self, e: OciDistributionError) -> CoreError {
+        let store = &self.url;
+        if let Some(status) = refused_access(&e) {
+            return CoreError::Failed(self.refusal(status, &e));
+        }
+        match tls_failure(&e) {
+            Some(tls @ rustls::Error::InvalidCertificate(_)) => {
+                return CoreError::Failed(format!(
+                    "the store {store} presented a certificate the pool does not trust \
+                     ({tls}); a store whose certificate a private CA signed needs that CA in \
+                     pool.ca_file"
+                ))
+            }
+            Some(tls) => {
+                return CoreError::Failed(format!(
+                    "the TLS handshake with the store {store} failed: {tls}"
+                ))
+            }
+            None => {}
+        }
+        match e {
+            OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => {
+                CoreError::Unavailable(format!("the store {store} cannot be reached: {e}"))
+            }
+            OciDistributionError::ServerError { code, .. } if code >= 500 || code == 429 => {
+                CoreError::Unavailable(format!("the store {store} failed: {e}"))
+            }
+            ref e if store_error_is_not_found(e) => {
+                CoreError::NotFound(format!("the store {store} has no such thing: {e}"))
+            }
+            OciDistributionError::RegistryError { ref envelope, .. }
+                if envelope
+                    .errors
+                    .iter()
+                    .any(|x| x.code == OciErrorCode::Toomanyrequests) =>
+            {
+                CoreError::Unavailable(format!("the store {store} is busy: {e}"))
+            }
+            e => CoreError::Failed(format!("the store {store}: {e}")),
+        }
+    }
+
+    /// The store answered `status` (401 or 403): what the pool sent it, and what to change.
+    fn refusal(&self, status: u16, e: &OciDistributionError) -> String {
+        let store = &self.url;
+        let settings = "pool.username and pool.password_file";
+        match (&self.auth, status) {
+            (RegistryAuth::Basic(user, _), 401) => format!(
+                "the store {store} answered unauthorized: it refused the pool's credentials \
+                 (user \"{user}\"; {settings}): {e}"
+            ),
+            (RegistryAuth::Basic(user, _), _) => format!(
+                "the store {store} denied the user \"{user}\" (pool.username) this access: {e}"
+            ),
+            (_, 401) => format!(
+                "the store {store} answered unauthorized: it needs credentials and the pool \
+                 has none ({settings}): {e}"
+            ),
+            _ => format!(
+                "the store {store} denied the pool this access without credentials \
+                 ({settings}): {e}"
+            ),
+        }
+    }
+}
+
+/// 401 when the store refused the pool's credentials (or their absence), 403 when it
+/// denied the access they give.
+fn refused_access(e: &OciDistributionError) -> Option<u16> {
+    match e {
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => Some(401),
+        OciDistributionError::ServerError { code, .. } if matches!(code, 401 | 403) => Some(*code),
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let has = |c: OciErrorCode| envelope.errors.iter().any(|x| x.code == c);
+            if has(OciErrorCode::Unauthorized) {
+                Some(401)
+            } else if has(OciErrorCode::Denied) {
+                Some(403)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The TLS failure (a rustls error) somewhere in the error's sources. An I/O error's
+/// `source()` skips the error it wraps (the connector wraps the handshake's I/O error,
+/// which wraps rustls's, in another), so the walk goes into that error instead.
+fn tls_failure(e: &OciDistributionError) -> Option<&rustls::Error> {
+    // `IoError` is transparent: its `source()` is the I/O error's, which skips it.
+    let mut next: Option<&(dyn std::error::Error + 'static)> = match e {
+        OciDistributionError::IoError(io) => Some(io),
+        e => Some(e),
+    };
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        next = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 fn store_error_is_not_found(e: &OciDistributionError) -> bool {
@@ -412,4 +522,36 @@ fn coalesce(input: ByteStream) -> impl futures_util::Stream<Item = std::io::Resu
         }
         Some((Ok(buf.freeze()), (input, false)))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_and_tls_failures_are_told_apart() {
+        let unauthorized = OciDistributionError::UnauthorizedError { url: "u".into() };
+        assert_eq!(refused_access(&unauthorized), Some(401));
+        let forbidden = OciDistributionError::ServerError {
+            code: 403,
+            url: "u".into(),
+            message: String::new(),
+        };
+        assert_eq!(refused_access(&forbidden), Some(403));
+        let gone = OciDistributionError::ServerError {
+            code: 503,
+            url: "u".into(),
+            message: String::new(),
+        };
+        assert_eq!(refused_access(&gone), None);
+
+        // The connector's I/O error around the handshake's I/O error around rustls's.
+        let bad = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let handshake = std::io::Error::new(std::io::ErrorKind::InvalidData, bad.clone());
+        let wrapped = OciDistributionError::IoError(std::io::Error::other(handshake));
+        assert_eq!(tls_failure(&wrapped), Some(&bad));
+        let refused = OciDistributionError::IoError(std::io::ErrorKind::ConnectionRefused.into());
+        assert_eq!(tls_failure(&refused), None);
+        assert_eq!(tls_failure(&unauthorized), None);
+    }
 }
