@@ -154,6 +154,20 @@ pub struct Listener {
     pub auth: Auth,
     /// Path prefix before `/api`, `/events` and `/apidoc` (transfer only; "" = none).
     pub prefix: String,
+    /// The token file of a token listener (for clients that report which file they read).
+    pub token_file: Option<PathBuf>,
+    /// Serve the dashboard at `[prefix]/ui/` (transfer only).
+    pub ui: bool,
+    /// Serve `GET /metrics` (Prometheus text format), behind the listener's auth.
+    pub metrics: bool,
+}
+
+/// How token files are read: the daemon needs every one; a client (the CLI) reads those it
+/// may and leaves the token of the others empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tokens {
+    Required,
+    IfReadable,
 }
 
 #[derive(Debug, Clone)]
@@ -371,6 +385,8 @@ struct RawListener {
     auth: Option<String>,
     token_file: Option<PathBuf>,
     prefix: Option<String>,
+    ui: Option<bool>,
+    metrics: Option<bool>,
 }
 
 /// Where the configuration comes from.
@@ -396,6 +412,14 @@ impl Env for ProcessEnv {
 
 impl Config {
     pub fn load(source: Source<'_>, env: &dyn Env) -> Result<Config, ConfigError> {
+        Self::load_with(source, env, Tokens::Required)
+    }
+
+    pub fn load_with(
+        source: Source<'_>,
+        env: &dyn Env,
+        tokens: Tokens,
+    ) -> Result<Config, ConfigError> {
         let (text, origin) = match source {
             Source::Explicit(path) => (
                 std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -417,18 +441,23 @@ impl Config {
                 }
             },
         };
-        Self::parse(&text, env).map_err(|e| ConfigError::In {
+        Self::parse_with(&text, env, tokens).map_err(|e| ConfigError::In {
             origin,
             source: Box::new(e),
         })
     }
 
+    #[cfg(test)]
     pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)?;
-        Self::from_raw(raw, env)
+        Self::parse_with(text, env, Tokens::Required)
     }
 
-    fn from_raw(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
+    fn parse_with(text: &str, env: &dyn Env, tokens: Tokens) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)?;
+        Self::from_raw(raw, env, tokens)
+    }
+
+    fn from_raw(raw: RawConfig, env: &dyn Env, tokens: Tokens) -> Result<Config, ConfigError> {
         let secs = |key: &str, file: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
             let var = format!("GANTRY_{}", key.to_uppercase());
             let v = match env.var(&var) {
@@ -498,7 +527,7 @@ impl Config {
             .into_iter()
             .enumerate()
             .map(|(index, l)| {
-                build_listener(l).map_err(|e| ConfigError::Listener {
+                build_listener(l, tokens).map_err(|e| ConfigError::Listener {
                     index,
                     source: Box::new(e),
                 })
@@ -590,7 +619,7 @@ fn apply_listener_env(raws: &mut Vec<RawListener>, env: &dyn Env) -> Result<(), 
     Ok(())
 }
 
-fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
+fn build_listener(raw: RawListener, tokens: Tokens) -> Result<Listener, ConfigError> {
     let dialect = Dialect::parse(&raw.dialect)?;
     let address = match &raw.address {
         Some(a) => a
@@ -614,14 +643,18 @@ fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
                 .token_file
                 .as_ref()
                 .ok_or_else(|| bad("auth", "\"token\" needs token_file"))?;
-            let token = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::TokenFile {
-                    path: path.clone(),
-                    source,
-                })?
-                .trim()
-                .to_string();
-            if token.len() < 16 {
+            let token = match std::fs::read_to_string(path) {
+                Ok(text) => text.trim().to_string(),
+                // A client that may not read the file leaves the token empty.
+                Err(_) if tokens == Tokens::IfReadable => String::new(),
+                Err(source) => {
+                    return Err(ConfigError::TokenFile {
+                        path: path.clone(),
+                        source,
+                    })
+                }
+            };
+            if token.len() < 16 && !(token.is_empty() && tokens == Tokens::IfReadable) {
                 return Err(bad(
                     "token_file",
                     format!(
@@ -653,11 +686,18 @@ fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
         Some(p) => validate_prefix(&p)?,
         None => String::new(),
     };
+    let ui = raw.ui.unwrap_or(false);
+    if ui && dialect != Dialect::Transfer {
+        return Err(bad("ui", "only transfer listeners serve the dashboard"));
+    }
     Ok(Listener {
         dialect,
         address,
         auth,
         prefix,
+        token_file: raw.token_file,
+        ui,
+        metrics: raw.metrics.unwrap_or(false),
     })
 }
 
