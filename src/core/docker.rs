@@ -79,6 +79,12 @@ impl DockerEngine {
     fn docker(&self) -> EngineResult<Docker> {
         Ok(self.clients()?.docker)
     }
+
+    /// Docker's data root (`DockerRootDir`), for disk-space checks.
+    pub async fn root_dir(&self) -> EngineResult<Option<String>> {
+        let info = self.docker()?.info().await.map_err(map_error)?;
+        Ok(info.docker_root_dir)
+    }
 }
 
 /// Maps bollard's errors onto what the core distinguishes.
@@ -436,41 +442,30 @@ impl ContainerEngine for DockerEngine {
     }
 
     async fn container_logs(&self, id: &str, tail: Option<u64>) -> EngineResult<Vec<LogLine>> {
-        let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
-        let opts = LogsOptionsBuilder::default()
-            .stdout(true)
-            .stderr(true)
-            .tail(&tail)
-            .build();
-        let mut stream = self.docker()?.logs(id, Some(opts));
+        let mut stream = self.docker()?.logs(id, Some(logs_options(tail, false)));
+        let mut lines = LogLines::default();
         let mut out = Vec::new();
-        let mut partial: [String; 2] = Default::default();
         while let Some(item) = stream.next().await {
-            let (stdout, message) = match item.map_err(map_error)? {
-                LogOutput::StdErr { message } => (false, message),
-                LogOutput::StdOut { message } | LogOutput::Console { message } => (true, message),
-                LogOutput::StdIn { .. } => continue,
-            };
-            // Frames need not end at line ends: keep the rest for the next frame.
-            let buf = &mut partial[usize::from(stdout)];
-            buf.push_str(&String::from_utf8_lossy(&message));
-            while let Some(pos) = buf.find('\n') {
-                let line: String = buf.drain(..=pos).collect();
-                out.push(LogLine {
-                    stdout,
-                    text: line.trim_end_matches(['\n', '\r']).to_string(),
-                });
-            }
+            out.extend(lines.push(item.map_err(map_error)?));
         }
-        for (i, rest) in partial.into_iter().enumerate() {
-            if !rest.is_empty() {
-                out.push(LogLine {
-                    stdout: i == 1,
-                    text: rest,
-                });
-            }
-        }
+        out.extend(lines.rest());
         Ok(out)
+    }
+
+    fn follow_container_logs(&self, id: &str, tail: Option<u64>) -> super::engine::LogStream {
+        let docker = match self.docker() {
+            Ok(d) => d,
+            Err(e) => return Box::pin(futures_util::stream::once(async move { Err(e) })),
+        };
+        let mut lines = LogLines::default();
+        let frames = docker.logs(id, Some(logs_options(tail, true)));
+        Box::pin(frames.flat_map(move |item| {
+            let out: Vec<EngineResult<LogLine>> = match item {
+                Ok(frame) => lines.push(frame).into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(map_error(e))],
+            };
+            futures_util::stream::iter(out)
+        }))
     }
 
     fn container_events(&self, filters: &[Filter]) -> super::engine::EventStream {
@@ -498,14 +493,71 @@ impl ContainerEngine for DockerEngine {
             let mut labels: std::collections::BTreeMap<String, String> =
                 actor.attributes.unwrap_or_default().into_iter().collect();
             let name = labels.remove("name").unwrap_or_default();
+            let time = message
+                .time_nano
+                .and_then(|n| u64::try_from(n).ok())
+                .map(|n| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(n));
             Some(Ok(super::engine::ContainerEvent {
                 id,
                 name: name.trim_start_matches('/').to_string(),
                 action,
                 labels,
+                time,
             }))
         });
         Box::pin(events)
+    }
+}
+
+fn logs_options(tail: Option<u64>, follow: bool) -> bollard::query_parameters::LogsOptions {
+    let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
+    LogsOptionsBuilder::default()
+        .stdout(true)
+        .stderr(true)
+        .follow(follow)
+        .tail(&tail)
+        .build()
+}
+
+/// Splits Docker's log frames into lines: a frame need not end at a line end, so the rest
+/// of each stream (stderr, stdout) waits for the next frame.
+#[derive(Default)]
+struct LogLines {
+    partial: [String; 2],
+}
+
+impl LogLines {
+    /// The lines `frame` completes (none for stdin).
+    fn push(&mut self, frame: LogOutput) -> Vec<LogLine> {
+        let (stdout, message) = match frame {
+            LogOutput::StdErr { message } => (false, message),
+            LogOutput::StdOut { message } | LogOutput::Console { message } => (true, message),
+            LogOutput::StdIn { .. } => return Vec::new(),
+        };
+        let buf = &mut self.partial[usize::from(stdout)];
+        buf.push_str(&String::from_utf8_lossy(&message));
+        let mut out = Vec::new();
+        while let Some(pos) = buf.find('\n') {
+            let line: String = buf.drain(..=pos).collect();
+            out.push(LogLine {
+                stdout,
+                text: line.trim_end_matches(['\n', '\r']).to_string(),
+            });
+        }
+        out
+    }
+
+    /// What is left when the stream ended: unterminated last lines.
+    fn rest(self) -> Vec<LogLine> {
+        self.partial
+            .into_iter()
+            .enumerate()
+            .filter(|(_, rest)| !rest.is_empty())
+            .map(|(i, text)| LogLine {
+                stdout: i == 1,
+                text,
+            })
+            .collect()
     }
 }
 

@@ -213,6 +213,14 @@ pub trait ContainerEngine: Send + Sync + 'static {
         unsupported("reading logs")
     }
 
+    /// The last `tail` lines (all with None) a container wrote, then every new line until
+    /// the container stops or the stream is dropped.
+    fn follow_container_logs(&self, _id: &str, _tail: Option<u64>) -> LogStream {
+        Box::pin(futures_util::stream::once(async {
+            unsupported("following logs")
+        }))
+    }
+
     // The Intervirt agent (src/core/intervirt) watches its containers through this.
 
     /// Container lifecycle events (`start`, `die`, `destroy`, ...) of the containers matching
@@ -235,7 +243,11 @@ pub struct ContainerEvent {
     pub action: String,
     /// The container's labels (Docker sends them with every container event).
     pub labels: std::collections::BTreeMap<String, String>,
+    /// When Docker sent it, by Docker's clock.
+    pub time: Option<std::time::SystemTime>,
 }
+
+pub type LogStream = Pin<Box<dyn Stream<Item = EngineResult<LogLine>> + Send>>;
 
 pub type EventStream = Pin<Box<dyn Stream<Item = EngineResult<ContainerEvent>> + Send>>;
 

@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod intervirt;
+pub mod metrics;
 pub mod network;
 pub mod ops;
 pub mod power;

@@ -35,4 +35,10 @@ pub trait Dialect: Send + Sync + 'static {
 
     /// An error answer in this dialect's format; `path` is the request's path.
     fn error(&self, status: StatusCode, message: &str, path: &str) -> Response;
+
+    /// Answers a request that needs no authentication (static dashboard assets), before
+    /// the listener's auth is checked; `None` for every other request.
+    fn public(&self, _req: &Request<Incoming>, _cx: &Cx) -> Option<Response> {
+        None
+    }
 }

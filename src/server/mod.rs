@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod dialect;
+pub mod metrics;
 pub mod systemd;
 pub mod ws;
 
@@ -59,6 +60,7 @@ pub async fn bind(listeners: &[Listener]) -> Result<Vec<Bound>, String> {
 struct ListenerCtx {
     dialect: Arc<dyn Dialect>,
     cx: Cx,
+    stats: Arc<metrics::ListenerStats>,
 }
 
 /// Serves one listener with `dialect` until `stop` fires, then lets open requests and
@@ -71,11 +73,13 @@ pub async fn serve(
     stop: CancellationToken,
     grace: Duration,
 ) {
+    let sessions = Sessions::new(limits.max_websocket_sessions, stop.clone());
     let ctx = Arc::new(ListenerCtx {
         dialect,
+        stats: metrics::register(bound.config.dialect.name(), sessions.clone()),
         cx: Cx {
             core,
-            sessions: Sessions::new(limits.max_websocket_sessions, stop.clone()),
+            sessions,
             limits: limits.clone(),
             listener: Arc::new(bound.config.clone()),
         },
@@ -133,6 +137,7 @@ fn connection(
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let abort = CancellationToken::new();
     let conn_abort = ConnectionAbort(abort.clone());
+    let open = ctx.stats.connection();
     let svc = service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(conn_abort.clone());
         dispatch(req, ctx.clone())
@@ -141,6 +146,7 @@ fn connection(
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
     async move {
+        let _open = open;
         let mut conn = std::pin::pin!(conn);
         let res = tokio::select! {
             r = conn.as_mut() => r,
@@ -172,15 +178,51 @@ async fn drain(tasks: &mut JoinSet<()>, deadline: tokio::time::Instant, what: &s
 }
 
 async fn dispatch(req: Request<Incoming>, ctx: Arc<ListenerCtx>) -> Result<Response, Infallible> {
-    if req.uri().path() == "/healthz" && matches!(*req.method(), Method::GET | Method::HEAD) {
+    let readable = matches!(*req.method(), Method::GET | Method::HEAD);
+    if req.uri().path() == "/healthz" && readable {
         return Ok(healthz(&ctx.cx.core.engine_health.current()));
+    }
+    if let Some(resp) = ctx.dialect.public(&req, &ctx.cx) {
+        return Ok(resp);
     }
     if let Auth::Token { token } = &ctx.cx.listener.auth {
         if !bearer_matches(&req, token) {
             return Ok(unauthorized(ctx.dialect.as_ref(), req.uri().path()));
         }
     }
+    if ctx.cx.listener.ui && !same_origin(&req) {
+        return Ok(ctx.dialect.error(
+            StatusCode::FORBIDDEN,
+            "cross-origin requests are refused on a listener that serves the dashboard",
+            req.uri().path(),
+        ));
+    }
+    if req.uri().path() == "/metrics" && readable && ctx.cx.listener.metrics {
+        let text = metrics::render(&ctx.cx.core).await;
+        return Ok(http::with_type(
+            StatusCode::OK,
+            metrics::CONTENT_TYPE,
+            http::full(text),
+        ));
+    }
     Ok(ctx.dialect.serve(req, ctx.cx.clone()).await)
+}
+
+/// No `Origin` (not a browser, or a same-origin GET), or one naming the host the request
+/// was sent to: a page of another site cannot drive a dashboard listener from the
+/// operator's browser.
+fn same_origin(req: &Request<Incoming>) -> bool {
+    let Some(origin) = req.headers().get(hyper::header::ORIGIN) else {
+        return true;
+    };
+    let host = req.headers().get(hyper::header::HOST);
+    match (origin.to_str(), host.and_then(|h| h.to_str().ok())) {
+        (Ok(o), Some(h)) => o
+            .strip_prefix("http://")
+            .or_else(|| o.strip_prefix("https://"))
+            .is_some_and(|rest| rest.eq_ignore_ascii_case(h)),
+        _ => false,
+    }
 }
 
 fn bearer_matches(req: &Request<Incoming>, token: &str) -> bool {

@@ -94,6 +94,11 @@ impl Sessions {
         }
     }
 
+    /// Sessions open now.
+    pub fn open(&self) -> usize {
+        self.cap - self.permits.available_permits()
+    }
+
     /// Fires when the server stops: sessions finish their work in flight and close.
     pub fn stopping(&self) -> &CancellationToken {
         &self.stop

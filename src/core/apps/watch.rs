@@ -64,6 +64,7 @@ where
             let mut ended = false;
             let mut changed: Vec<AppId> = Vec::new();
             let mut died: Vec<String> = Vec::new();
+            let mut sent = Vec::new();
             let mut next = next;
             let mut batch = 0;
             // Events already waiting are taken together: one re-read per app, not per event
@@ -73,6 +74,7 @@ where
                     Some(Ok(event)) => {
                         received = true;
                         if relevant(&event.action) {
+                            sent.push(event.time);
                             if let Some(id) = event.labels.get(LABEL_APP_ID) {
                                 tracing::debug!(app = %id, container = %event.name, action = %event.action, "app container event");
                                 let id = AppId::from(id.as_str());
@@ -118,6 +120,9 @@ where
                     _ = apps.publish_app(id, false) => {}
                 }
             }
+            // The lag: from Docker sending an event to its app's state being published.
+            sent.into_iter()
+                .for_each(crate::core::metrics::docker_event);
             if ended {
                 break;
             }
@@ -190,6 +195,7 @@ mod tests {
             name: "web1_main_1".into(),
             action: action.into(),
             labels,
+            time: None,
         })
     }
 

@@ -1,0 +1,432 @@
+//! `GET /metrics` in the Prometheus text exposition format (version 0.0.4), on listeners
+//! that opt in (`metrics = true`), behind the listener's auth. Names follow the Prometheus
+//! conventions: a `gantry_` prefix, base units (`_seconds`, `_bytes`), `_total` counters,
+//! and the `process_*` names every client library uses.
+//!
+//! Every figure is process-wide, whichever listener is asked: the core's counters
+//! (`core::metrics`), the tasks running, the apps by status (read from Docker at scrape
+//! time, bounded), Docker's reachability, and the connections and websocket sessions of
+//! every listener by dialect (registered here by the server).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::ws::Sessions;
+use crate::core::apps::lifecycle::AppStatus;
+use crate::core::health::EngineStatus;
+use crate::core::metrics::{self, Histogram};
+use crate::core::Core;
+
+/// How long a scrape waits for Docker to list the apps before it answers without them.
+const APPS_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// One listener's connections and websocket sessions.
+pub struct ListenerStats {
+    dialect: &'static str,
+    open: AtomicU64,
+    accepted: AtomicU64,
+    sessions: Sessions,
+}
+
+static LISTENERS: Mutex<Vec<Arc<ListenerStats>>> = Mutex::new(Vec::new());
+
+/// Registers a listener of `dialect` whose websocket sessions are `sessions`.
+pub fn register(dialect: &'static str, sessions: Sessions) -> Arc<ListenerStats> {
+    let stats = Arc::new(ListenerStats {
+        dialect,
+        open: AtomicU64::new(0),
+        accepted: AtomicU64::new(0),
+        sessions,
+    });
+    let mut all = LISTENERS.lock().unwrap_or_else(|p| p.into_inner());
+    // Listeners of servers that stopped (tests run several) are dropped here.
+    all.retain(|l| Arc::strong_count(l) > 1);
+    all.push(stats.clone());
+    stats
+}
+
+/// Counts one open connection until dropped.
+pub struct OpenConnection(Arc<ListenerStats>);
+
+impl ListenerStats {
+    pub fn connection(self: &Arc<Self>) -> OpenConnection {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The whole exposition.
+pub async fn render(core: &Core) -> String {
+    let apps = tokio::time::timeout(APPS_TIMEOUT, core.apps.list()).await;
+    let mut out = Exposition::default();
+    out.gauge("gantry_build_info", "The running gantry's version.")
+        .sample(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+    if let Ok(Ok(views)) = apps {
+        app_statuses(&mut out, views.iter().map(|v| v.status));
+    }
+    operations(&mut out, core);
+    docker(&mut out, &core.engine_health.current());
+    listeners(&mut out);
+    process(&mut out);
+    out.text
+}
+
+fn app_statuses(out: &mut Exposition, statuses: impl Iterator<Item = AppStatus>) {
+    let statuses: Vec<AppStatus> = statuses.collect();
+    let mut m = out.gauge("gantry_apps", "Stored apps by status (read from Docker).");
+    for (name, status) in [
+        ("running", AppStatus::Running),
+        ("partially_running", AppStatus::PartiallyRunning),
+        ("stopped", AppStatus::Stopped),
+        ("unknown", AppStatus::Unknown),
+    ] {
+        let n = statuses.iter().filter(|s| **s == status).count();
+        m.sample(&[("status", name)], n as f64);
+    }
+}
+
+fn operations(out: &mut Exposition, core: &Core) {
+    let ops = metrics::operations();
+    let mut m = out.counter(
+        "gantry_operations_total",
+        "Long operations (import, start, stop, load-image, refresh) that ended, by outcome.",
+    );
+    for (kind, outcome, h) in &ops {
+        m.sample(
+            &[("kind", kind), ("outcome", outcome.name())],
+            h.count as f64,
+        );
+    }
+    out.help(
+        "gantry_operation_duration_seconds",
+        "histogram",
+        "How long long operations took, by kind and outcome.",
+    );
+    for (kind, outcome, h) in &ops {
+        histogram(out, kind, outcome.name(), h);
+    }
+    let mut running: Vec<(&'static str, u32)> = Vec::new();
+    for t in core.tasks.list() {
+        match running.iter_mut().find(|(k, _)| *k == t.kind.name()) {
+            Some((_, n)) => *n += 1,
+            None => running.push((t.kind.name(), 1)),
+        }
+    }
+    let mut m = out.gauge("gantry_operations_running", "Long operations running now.");
+    for (kind, n) in running {
+        m.sample(&[("kind", kind)], f64::from(n));
+    }
+}
+
+fn histogram(out: &mut Exposition, kind: &str, outcome: &str, h: &Histogram) {
+    let name = "gantry_operation_duration_seconds";
+    for (bound, n) in h.cumulative() {
+        let le = bound.to_string();
+        out.line(
+            &format!("{name}_bucket"),
+            &[("kind", kind), ("outcome", outcome), ("le", &le)],
+            n as f64,
+        );
+    }
+    let labels = [("kind", kind), ("outcome", outcome)];
+    out.line(
+        &format!("{name}_bucket"),
+        &[("kind", kind), ("outcome", outcome), ("le", "+Inf")],
+        h.count as f64,
+    );
+    out.line(&format!("{name}_sum"), &labels, h.sum_seconds);
+    out.line(&format!("{name}_count"), &labels, h.count as f64);
+}
+
+fn docker(out: &mut Exposition, status: &EngineStatus) {
+    out.gauge(
+        "gantry_docker_up",
+        "Whether Docker answered gantry's last probe (1) or not (0).",
+    )
+    .sample(&[], if status.is_reachable() { 1.0 } else { 0.0 });
+    if let EngineStatus::Reachable(v) = status {
+        out.gauge("gantry_docker_info", "The version of the Docker engine.")
+            .sample(
+                &[("version", &v.version), ("api_version", &v.api_version)],
+                1.0,
+            );
+    }
+    let (events, lag) = metrics::docker_events();
+    out.counter(
+        "gantry_docker_events_total",
+        "Docker container events of apps that gantry acted on.",
+    )
+    .sample(&[], events as f64);
+    if let Some(lag) = lag {
+        out.gauge(
+            "gantry_docker_event_lag_seconds",
+            "Time from Docker sending the last app container event to gantry publishing the app's state.",
+        )
+        .sample(&[], lag.as_secs_f64());
+    }
+}
+
+fn listeners(out: &mut Exposition) {
+    // Several listeners may speak one dialect: their figures add up.
+    let mut by_dialect: Vec<(&'static str, [u64; 3])> = Vec::new();
+    for l in LISTENERS.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let figures = [
+            l.open.load(Ordering::Relaxed),
+            l.accepted.load(Ordering::Relaxed),
+            l.sessions.open() as u64,
+        ];
+        match by_dialect.iter_mut().find(|(d, _)| *d == l.dialect) {
+            Some((_, f)) => f.iter_mut().zip(figures).for_each(|(a, b)| *a += b),
+            None => by_dialect.push((l.dialect, figures)),
+        }
+    }
+    for (i, (name, kind, help)) in [
+        (
+            "gantry_http_connections",
+            "gauge",
+            "Open HTTP connections, by dialect.",
+        ),
+        (
+            "gantry_http_connections_total",
+            "counter",
+            "HTTP connections accepted, by dialect.",
+        ),
+        (
+            "gantry_websocket_sessions",
+            "gauge",
+            "Open websocket sessions, by dialect.",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        out.help(name, kind, help);
+        for (dialect, f) in &by_dialect {
+            out.line(name, &[("dialect", dialect)], f[i] as f64);
+        }
+    }
+}
+
+/// The standard `process_*` metrics, from /proc/self.
+fn process(out: &mut Exposition) {
+    let Some(p) = ProcStat::read() else {
+        return;
+    };
+    let rows: [(&str, &str, &str, f64); 5] = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            p.cpu_seconds,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            p.rss_bytes,
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            p.vsize_bytes,
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            p.start_time,
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            p.open_fds,
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        out.help(name, kind, help);
+        out.line(name, &[], value);
+    }
+}
+
+/// What /proc says about this process.
+struct ProcStat {
+    cpu_seconds: f64,
+    rss_bytes: f64,
+    vsize_bytes: f64,
+    start_time: f64,
+    open_fds: f64,
+}
+
+impl ProcStat {
+    fn read() -> Option<Self> {
+        use nix::unistd::{sysconf, SysconfVar};
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name (which may hold spaces and parentheses).
+        let f: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+        let num = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok());
+        let ticks = sysconf(SysconfVar::CLK_TCK).ok().flatten()? as f64;
+        let page = sysconf(SysconfVar::PAGE_SIZE).ok().flatten()? as f64;
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())?;
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as f64;
+        Some(ProcStat {
+            cpu_seconds: (num(14)? + num(15)?) / ticks,
+            vsize_bytes: num(23)?,
+            rss_bytes: num(24)? * page,
+            start_time: boot + num(22)? / ticks,
+            open_fds,
+        })
+    }
+}
+
+/// The text being written: `# HELP`/`# TYPE` once per family, then its samples.
+#[derive(Default)]
+struct Exposition {
+    text: String,
+}
+
+/// The samples of one family.
+struct Family<'a> {
+    out: &'a mut Exposition,
+    name: &'static str,
+}
+
+impl Family<'_> {
+    fn sample(&mut self, labels: &[(&str, &str)], value: f64) -> &mut Self {
+        self.out.line(self.name, labels, value);
+        self
+    }
+}
+
+impl Exposition {
+    fn help(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn gauge(&mut self, name: &'static str, help: &str) -> Family<'_> {
+        self.help(name, "gauge", help);
+        Family { out: self, name }
+    }
+
+    fn counter(&mut self, name: &'static str, help: &str) -> Family<'_> {
+        self.help(name, "counter", help);
+        Family { out: self, name }
+    }
+
+    fn line(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{k}=\"{}\"", escape(v));
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {}", number(value));
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn number(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        v.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_escape_labels_and_write_numbers_as_prometheus_reads_them() {
+        let mut out = Exposition::default();
+        out.gauge("x_info", "Help.")
+            .sample(&[("v", "a\"b\\c\nd")], 1.0)
+            .sample(&[], 0.25);
+        out.line("y", &[("le", "+Inf")], f64::INFINITY);
+        assert_eq!(
+            out.text,
+            "# HELP x_info Help.\n# TYPE x_info gauge\nx_info{v=\"a\\\"b\\\\c\\nd\"} 1\n\
+             x_info 0.25\ny{le=\"+Inf\"} +Inf\n"
+        );
+    }
+
+    #[test]
+    fn app_statuses_are_counted_for_every_status() {
+        let mut out = Exposition::default();
+        app_statuses(
+            &mut out,
+            [AppStatus::Running, AppStatus::Stopped, AppStatus::Running].into_iter(),
+        );
+        assert!(out.text.contains("gantry_apps{status=\"running\"} 2\n"));
+        assert!(out
+            .text
+            .contains("gantry_apps{status=\"partially_running\"} 0\n"));
+        assert!(out.text.contains("gantry_apps{status=\"stopped\"} 1\n"));
+        assert!(out.text.contains("gantry_apps{status=\"unknown\"} 0\n"));
+    }
+
+    #[test]
+    fn histograms_are_cumulative_and_end_with_inf_sum_and_count() {
+        metrics::operation_ended("hist-test", metrics::Outcome::Ok, Duration::from_millis(70));
+        let (_, _, h) = metrics::operations()
+            .into_iter()
+            .find(|(k, _, _)| *k == "hist-test")
+            .unwrap();
+        let mut out = Exposition::default();
+        histogram(&mut out, "hist-test", "ok", &h);
+        let t = &out.text;
+        assert!(
+            t.contains("{kind=\"hist-test\",outcome=\"ok\",le=\"0.05\"} 0\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("{kind=\"hist-test\",outcome=\"ok\",le=\"0.1\"} 1\n"),
+            "{t}"
+        );
+        assert!(t.contains("le=\"+Inf\"} 1\n"), "{t}");
+        assert!(t.contains(
+            "gantry_operation_duration_seconds_count{kind=\"hist-test\",outcome=\"ok\"} 1\n"
+        ));
+    }
+
+    #[test]
+    fn process_figures_come_from_proc() {
+        let p = ProcStat::read().expect("/proc/self is readable");
+        assert!(p.rss_bytes > 0.0 && p.vsize_bytes >= p.rss_bytes);
+        assert!(p.open_fds >= 3.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(p.start_time <= now + 1.0 && p.start_time > now - 86400.0 * 365.0);
+    }
+}
