@@ -595,6 +595,33 @@ impl Apps {
         Ok(out)
     }
 
+    /// The last `lines` lines of each of the app's containers, then their new lines as they
+    /// come, prefixed as [`Apps::logs`] does (`docker-compose logs -f`). It ends when every
+    /// container has stopped.
+    pub async fn follow_logs(
+        &self,
+        id: &AppId,
+        lines: Option<u64>,
+    ) -> CoreResult<crate::core::engine::LogStream> {
+        use futures_util::TryStreamExt;
+        let app = self.stored(id)?;
+        let streams: Vec<_> = self
+            .containers(&app)
+            .await?
+            .into_iter()
+            .map(|c| {
+                let name = c.name;
+                self.engine
+                    .follow_container_logs(&c.id, lines)
+                    .map_ok(move |l| LogLine {
+                        stdout: l.stdout,
+                        text: format!("{name} | {}", l.text),
+                    })
+            })
+            .collect();
+        Ok(Box::pin(futures_util::stream::select_all(streams)))
+    }
+
     /// `docker-compose down`, natively; images and volumes only when asked and unused.
     ///
     /// Cancelling rolls back to the state before: the stop of a container Docker is already
