@@ -10,6 +10,7 @@ mod openapi;
 mod settings;
 mod sse;
 mod system;
+mod ui;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -38,6 +39,10 @@ impl Dialect for Transfer {
 
     fn error(&self, status: StatusCode, message: &str, path: &str) -> Response {
         Problem::new(status, message).render(path)
+    }
+
+    fn public(&self, req: &Request<Incoming>, cx: &Cx) -> Option<Response> {
+        ui::serve(req, cx)
     }
 }
 
