@@ -283,7 +283,7 @@ fn checked_id(id: &str) -> Result<String, CoreError> {
 
 /// A random id in the UUID v4 layout (clients treat it as an opaque string). Reads the
 /// kernel's random source; falls back to std's randomly keyed hasher.
-fn new_id() -> String {
+pub fn new_id() -> String {
     let mut b = [0u8; 16];
     let ok = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
