@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 mod api;
+mod cli;
 mod config;
 mod core;
 mod server;
@@ -33,7 +34,7 @@ pub const EXIT_BAD_CONFIG: u8 = 78;
 const EXIT_FAILURE: u8 = 1;
 
 #[derive(Parser)]
-#[command(name = "gantry", version, about)]
+#[command(name = "gantry", version, about, after_long_help = cli::EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,6 +53,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Operator(cli::Operator),
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
@@ -68,6 +71,7 @@ fn load(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Operator(op) => cli::run(op),
         Command::CheckConfig { config } => match load(config.as_ref()) {
             Ok(c) => {
                 println!("configuration OK");
