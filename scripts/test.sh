@@ -257,6 +257,8 @@ missing_packages() {
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+    # promtool checks the /metrics exposition format (tests/metrics.rs).
+    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     # schemathesis goes into a virtualenv (Debian's python3 is externally managed).
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
