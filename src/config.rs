@@ -1079,6 +1079,39 @@ mod tests {
     }
 
     #[test]
+    fn dashboard_and_metrics_are_opt_in_per_listener() {
+        let l = |extra: &str| format!("[[listeners]]\ndialect = \"transfer\"\n{extra}");
+        let c = Config::parse(&l(""), &env(&[])).unwrap();
+        assert!(!c.listeners[0].ui && !c.listeners[0].metrics);
+        let c = Config::parse(&l("ui = true\nmetrics = true\n"), &env(&[])).unwrap();
+        assert!(c.listeners[0].ui && c.listeners[0].metrics);
+        let iv = "[[listeners]]\ndialect = \"intervirt\"\nauth = \"none\"\n";
+        assert_eq!(refused_key(&format!("{iv}ui = true\n"), &[]), "ui");
+        let c = Config::parse(&format!("{iv}metrics = true\n"), &env(&[])).unwrap();
+        assert!(c.listeners[0].metrics);
+    }
+
+    #[test]
+    fn clients_load_a_config_whose_token_file_they_cannot_read() {
+        let t = "[[listeners]]\ndialect = \"transfer\"\nauth = \"token\"\n\
+                 token_file = \"/nonexistent/gantry/token\"\n";
+        let e = Config::parse(t, &env(&[])).unwrap_err();
+        assert!(matches!(e.root(), ConfigError::TokenFile { .. }), "{e:?}");
+        let c = Config::parse_with(t, &env(&[]), Tokens::IfReadable).unwrap();
+        let l = &c.listeners[0];
+        assert_eq!(
+            l.auth,
+            Auth::Token {
+                token: String::new()
+            }
+        );
+        assert_eq!(
+            l.token_file.as_deref(),
+            Some(Path::new("/nonexistent/gantry/token"))
+        );
+    }
+
+    #[test]
     fn token_auth_reads_and_checks_the_key_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");

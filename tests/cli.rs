@@ -87,26 +87,47 @@ fn an_app_goes_through_its_life_from_the_command_line() {
     assert_eq!(out, format!("imported {id} (Stopped)\n"));
     let table = expect(&cli(&g, &["app", "ls"]), 0);
     assert!(table.starts_with("ID "), "{table}");
-    assert!(table.lines().any(|l| l.starts_with(&id) && l.contains("Stopped")), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("Stopped")),
+        "{table}"
+    );
 
     expect(&cli(&g, &["app", "start", &id]), 0);
     let shown = json_of(&cli(&g, &["app", "show", &id, "--json"]));
     assert_eq!(shown["Status"], "Running", "{shown}");
     let listed = json_of(&cli(&g, &["app", "ls", "--json"]));
-    assert!(listed.as_array().unwrap().iter().any(|a| a["Id"] == id.as_str()), "{listed}");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["Id"] == id.as_str()),
+        "{listed}"
+    );
     let human = expect(&cli(&g, &["app", "show", &id]), 0);
-    assert!(human.contains(&format!("Id:          {id}\n")) && human.contains("Containers:"), "{human}");
+    assert!(
+        human.contains(&format!("Id:          {id}\n")) && human.contains("Containers:"),
+        "{human}"
+    );
 
     let hello = wait_for(Duration::from_secs(20), Duration::from_millis(200), || {
         let logs = stdout(&cli(&g, &["app", "logs", &id, "-n", "-1"]));
         logs.contains(&format!("hello-from-{name}")).then_some(logs)
     });
-    assert!(hello.is_some_and(|l| l.contains("main_1 | ")), "no hello in the logs");
+    assert!(
+        hello.is_some_and(|l| l.contains("main_1 | ")),
+        "no hello in the logs"
+    );
 
     let export = dir.path().join("export.zip");
     let e = export.to_str().unwrap();
     let said = expect(&cli(&g, &["app", "export", &id, e]), 0);
-    assert!(said.starts_with(&format!("exported {id} to {e} (")), "{said}");
+    assert!(
+        said.starts_with(&format!("exported {id} to {e} (")),
+        "{said}"
+    );
     assert_eq!(&std::fs::read(&export).unwrap()[..2], b"PK");
     assert!(!Path::new(&format!("{e}.part")).exists());
 
@@ -117,7 +138,13 @@ fn an_app_goes_through_its_life_from_the_command_line() {
     let gone = cli(&g, &["app", "show", &id]);
     expect(&gone, 3);
     assert!(stderr(&gone).contains("no such app"), "{}", stderr(&gone));
-    expect(&cli(&g, &["task", "cancel", "0f8fad5b-d9cb-469f-a165-70867728950e"]), 3);
+    expect(
+        &cli(
+            &g,
+            &["task", "cancel", "0f8fad5b-d9cb-469f-a165-70867728950e"],
+        ),
+        3,
+    );
 }
 
 #[test]
@@ -178,7 +205,9 @@ fn ctrl_c_cancels_a_start_which_rolls_back() {
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
-    let app = g.get(&format!("/api/1/transfer/apps/{}", common::enc(&id))).expect_json(200);
+    let app = g
+        .get(&format!("/api/1/transfer/apps/{}", common::enc(&id)))
+        .expect_json(200);
     assert_eq!(app["Status"], "Stopped", "{app}");
     assert!(app_containers(&id, true).is_empty());
 }
@@ -212,7 +241,11 @@ fn logs_follow_new_lines_until_the_app_stops() {
     let status = wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
         child.try_wait().unwrap()
     });
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "follow did not end with the app");
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "follow did not end with the app"
+    );
     let unknown = cli(&g, &["app", "logs", "nope:1", "-f"]);
     expect(&unknown, 3);
 }
@@ -223,7 +256,11 @@ fn exit_codes_say_what_went_wrong() {
     // Nothing listens on port 1 (it needs root to bind, and nothing here does).
     let down = run_gantry(&["app", "ls", "--url", "http://127.0.0.1:1"], &[]);
     expect(&down, 69);
-    assert!(stderr(&down).contains("cannot reach the daemon"), "{}", stderr(&down));
+    assert!(
+        stderr(&down).contains("cannot reach the daemon"),
+        "{}",
+        stderr(&down)
+    );
     let bad = write(dir.path(), "bad.toml", b"bogus = 1\n");
     expect(&run_gantry(&["app", "ls", "--config", &bad], &[]), 78);
     expect(&run_gantry(&["app", "frobnicate"], &[]), 2);
@@ -248,7 +285,10 @@ fn exit_codes_say_what_went_wrong() {
         )
     };
     let cfg = write(dir.path(), "client.toml", client(&token).as_bytes());
-    let tasks = json_of(&run_gantry(&["task", "ls", "--json", "--config", &cfg], &[]));
+    let tasks = json_of(&run_gantry(
+        &["task", "ls", "--json", "--config", &cfg],
+        &[],
+    ));
     assert_eq!(tasks, serde_json::json!([]));
     let missing = dir.path().join("missing-token").display().to_string();
     let cfg = write(dir.path(), "client2.toml", client(&missing).as_bytes());
@@ -260,16 +300,27 @@ fn exit_codes_say_what_went_wrong() {
 #[test]
 fn completions_and_manual_pages_come_from_the_command_definitions() {
     let bash = expect(&run_gantry(&["completions", "bash"], &[]), 0);
-    assert!(bash.contains("_gantry()") && bash.contains("import"), "{bash}");
+    assert!(
+        bash.contains("_gantry()") && bash.contains("import"),
+        "{bash}"
+    );
     let zsh = expect(&run_gantry(&["completions", "zsh"], &[]), 0);
     assert!(zsh.starts_with("#compdef gantry"), "{zsh}");
     let man = expect(&run_gantry(&["manpage"], &[]), 0);
-    assert!(man.starts_with(".ie \\n(.g .ds Aq") || man.contains(".TH gantry"), "{man}");
+    assert!(
+        man.starts_with(".ie \\n(.g .ds Aq") || man.contains(".TH gantry"),
+        "{man}"
+    );
     assert!(man.contains("Exit status"), "{man}");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     expect(&run_gantry(&["manpage", "--dir", d], &[]), 0);
-    for page in ["gantry.1", "gantry-app.1", "gantry-app-import.1", "gantry-check.1"] {
+    for page in [
+        "gantry.1",
+        "gantry-app.1",
+        "gantry-app-import.1",
+        "gantry-check.1",
+    ] {
         let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
         assert!(text.contains(".TH"), "{page}");
     }
@@ -297,13 +348,21 @@ fn check_passes_beside_a_running_daemon_and_fails_without_one() {
             .cloned()
             .unwrap_or_else(|| panic!("no {name} check in {r}"))
     };
-    for name in ["configuration", "listener transfer", "docker", "disk: state", "disk: Docker", "clock"] {
+    for name in [
+        "configuration",
+        "listener transfer",
+        "docker",
+        "disk: state",
+        "disk: Docker",
+        "clock",
+    ] {
         assert_eq!(find(&report, name)["Status"], "ok", "{report}");
     }
     assert_eq!(code(&out), 0, "{report}");
 
     g.signal(nix::sys::signal::Signal::SIGTERM);
-    g.wait_exit(Duration::from_secs(10)).expect("gantry did not stop");
+    g.wait_exit(Duration::from_secs(10))
+        .expect("gantry did not stop");
     let out = run_gantry(&["check", "--config", &cfg], &[]);
     let text = expect(&out, 1);
     assert!(text.contains("ERROR    listener transfer"), "{text}");

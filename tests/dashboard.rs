@@ -73,12 +73,22 @@ fn requests_from_other_origins_are_refused_on_a_dashboard_listener() {
     let r = g.request("PUT", path, &[("Origin", "http://evil.example")], None);
     r.expect_problem(403, "/api/1/devicename");
     let own = format!("http://{}", g.addr);
-    let r = g.request("PUT", "/api/1/devicename?name=gw-1", &[("Origin", &own)], None);
+    let r = g.request(
+        "PUT",
+        "/api/1/devicename?name=gw-1",
+        &[("Origin", &own)],
+        None,
+    );
     assert_eq!(r.status, 200, "{r}");
     // Clients that send no Origin (curl, scripts, the CLI) are not affected.
     g.get("/api/1/devicename").expect_json(200);
     // Nor are listeners without the dashboard.
     let plain = Gantry::builder().start();
-    let r = plain.request("GET", "/api/1/versions", &[("Origin", "http://evil.example")], None);
+    let r = plain.request(
+        "GET",
+        "/api/1/versions",
+        &[("Origin", "http://evil.example")],
+        None,
+    );
     assert_eq!(r.status, 200, "{r}");
 }

@@ -38,13 +38,20 @@ fn promtool_accepts(text: &str) {
         eprintln!("promtool not installed: the exposition format was not checked");
         return;
     }
-    let out = run_with_input("/usr/bin/promtool", &["check", "metrics"], Some(text.as_bytes()));
+    let out = run_with_input(
+        "/usr/bin/promtool",
+        &["check", "metrics"],
+        Some(text.as_bytes()),
+    );
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}\n{text}");
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{text}"
+    );
 }
 
 #[test]
@@ -61,7 +68,10 @@ fn metrics_are_served_only_where_enabled_and_behind_the_listeners_auth() {
     let g = g.with_token(TOKEN);
     let text = scrape(&g);
     assert!(text.contains("gantry_build_info{version=\""), "{text}");
-    assert!(sample(&text, "process_resident_memory_bytes").unwrap() > 1e6, "{text}");
+    assert!(
+        sample(&text, "process_resident_memory_bytes").unwrap() > 1e6,
+        "{text}"
+    );
     assert!(sample(&text, "gantry_http_connections{dialect=\"transfer\"}").unwrap() >= 1.0);
     promtool_accepts(&text);
 
@@ -104,7 +114,11 @@ fn metrics_follow_operations_apps_and_websockets() {
     assert_eq!(sample(&text, &ok("start")), Some(1.0), "{text}");
     let count = "gantry_operation_duration_seconds_count{kind=\"start\",outcome=\"ok\"}";
     assert_eq!(sample(&text, count), Some(1.0), "{text}");
-    assert_eq!(sample(&text, "gantry_apps{status=\"running\"}"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "gantry_apps{status=\"running\"}"),
+        Some(1.0),
+        "{text}"
+    );
     assert_eq!(sample(&text, "gantry_docker_up"), Some(1.0), "{text}");
 
     // A websocket session (the app's logs followed) is counted while it is open.
@@ -125,8 +139,15 @@ fn metrics_follow_operations_apps_and_websockets() {
         (sample(&t, "gantry_docker_events_total").unwrap_or(0.0) > events).then_some(t)
     })
     .expect("no Docker event was counted");
-    assert!(sample(&text, "gantry_docker_event_lag_seconds").is_some(), "{text}");
+    assert!(
+        sample(&text, "gantry_docker_event_lag_seconds").is_some(),
+        "{text}"
+    );
     assert_eq!(sample(&text, &ok("stop")), Some(1.0), "{text}");
-    assert_eq!(sample(&text, "gantry_apps{status=\"stopped\"}"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "gantry_apps{status=\"stopped\"}"),
+        Some(1.0),
+        "{text}"
+    );
     promtool_accepts(&text);
 }
