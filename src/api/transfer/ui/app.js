@@ -96,6 +96,7 @@ function renderApp(app) {
   cells[1].textContent = app.Busy ? app.Status + ' (busy)' : app.Status;
   cells[1].className = 'status ' + statusClass(app.Status);
   row.dataset.status = app.Status;
+  row.dataset.busy = app.Busy ? 'true' : 'false';
   const cs = app.Containers || [];
   cells[2].textContent = cs.filter((c) => c.Running).length + ' of ' + cs.length + ' running';
   cells[3].textContent = (app.App && app.App.Imported) || '';
