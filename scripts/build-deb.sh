@@ -13,14 +13,13 @@ if [[ "$(cargo deb --version 2>/dev/null)" != *"$CARGO_DEB_VERSION"* ]]; then
     cargo install --locked --quiet cargo-deb --version "$CARGO_DEB_VERSION"
 fi
 
-# cargo-deb's asset paths name target/release: the default target directory.
-if [[ -n "${CARGO_TARGET_DIR:-}" && "$(realpath "$CARGO_TARGET_DIR")" != "$(realpath target)" ]]; then
-    echo "build-deb: CARGO_TARGET_DIR must be unset (cargo-deb's assets are under target/)" >&2
-    exit 1
-fi
 cargo build --release --locked
 
-bin=target/release/gantry
+# cargo-deb maps the asset path target/release/ onto the real target directory; the
+# generated assets are under target/deb-assets in the source tree either way.
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+bin="$target_dir/release/gantry"
 assets=target/deb-assets
 rm -rf "$assets"
 mkdir -p "$assets/man" "$assets/completions"
@@ -31,6 +30,6 @@ gzip -9n "$assets"/man/*.1
 "$bin" completions fish >"$assets/completions/gantry.fish"
 
 cargo deb --no-build --locked --quiet >/dev/null
-deb=$(ls -t target/debian/gantry_*.deb | head -n 1)
+deb=$(ls -t "$target_dir"/debian/gantry_*.deb | head -n 1)
 dpkg-deb --info "$deb" | sed 's/^/build-deb: /' >&2
 echo "$deb"
