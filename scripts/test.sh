@@ -536,38 +536,37 @@ test_command_in_netns() {
     )
 }
 
-# Bounded: schemathesis.sh limits schemathesis itself to 150 s; this is the outer bound.
-schemathesis_command_in_netns() {
-    mkdir -p "$TMPD/schemathesis"
-    ST_CMD=(
+# `env` with what the scripts run in the namespace are given: gantry, the test dockerd and
+# its image, and a work directory `$TMPD/$1` of their own.
+netns_env() {
+    mkdir -p "$TMPD/$1"
+    NETNS_ENV=(
         env
         GANTRY_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/gantry"
-        ST="$ST_VENV/bin/st"
         DOCKER_HOST_URI="unix://$DOCKER_SOCK"
         DOCKER_CLI="$DOCKER_CLI"
         DOCKER_CONFIG="$TMPD/docker-cli-config"
         IMAGE="$IMAGE"
-        WORKDIR="$TMPD/schemathesis"
-        timeout --kill-after=10 200
-        nsenter --net="/run/netns/$NETNS"
+        WORKDIR="$TMPD/$1"
+    )
+}
+
+# Bounded: schemathesis.sh limits schemathesis itself to 150 s; this is the outer bound.
+schemathesis_command_in_netns() {
+    netns_env schemathesis
+    ST_CMD=(
+        "${NETNS_ENV[@]}" ST="$ST_VENV/bin/st"
+        timeout --kill-after=10 200 nsenter --net="/run/netns/$NETNS"
         bash "$REPO/scripts/schemathesis.sh"
     )
 }
 
 # Bounded: the browser test waits at most 60 s per step.
 browser_command_in_netns() {
-    mkdir -p "$TMPD/browser"
+    netns_env browser
     BROWSER_CMD=(
-        env
-        GANTRY_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/gantry"
-        DOCKER_HOST_URI="unix://$DOCKER_SOCK"
-        DOCKER_CLI="$DOCKER_CLI"
-        DOCKER_CONFIG="$TMPD/docker-cli-config"
-        IMAGE="$IMAGE"
-        WORKDIR="$TMPD/browser"
-        HOME="$TMPD/browser"
-        timeout --kill-after=10 300
-        nsenter --net="/run/netns/$NETNS"
+        "${NETNS_ENV[@]}" HOME="$TMPD/browser"
+        timeout --kill-after=10 300 nsenter --net="/run/netns/$NETNS"
         "$SE_VENV/bin/python" "$REPO/scripts/browser-test.py"
     )
 }

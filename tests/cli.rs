@@ -67,6 +67,31 @@ fn ticking_app(name: &str) -> Vec<u8> {
     )
 }
 
+/// A daemon on the test dockerd, and a fresh app name with its id (`name:1`).
+fn daemon_and_app(host: &str, label: &str) -> (Gantry, String, String) {
+    let name = unique(label);
+    let id = format!("{name}:1");
+    (Gantry::builder().docker_host(host).start(), name, id)
+}
+
+/// A daemon on the test dockerd with the app `bundle(name)` imported; the app's id.
+fn daemon_with(host: &str, label: &str, bundle: fn(&str) -> Vec<u8>) -> (Gantry, String) {
+    let (g, name, id) = daemon_and_app(host, label);
+    common::bundle::import(&g, &bundle(&name)).expect_json(200);
+    (g, id)
+}
+
+/// `gantry <args> --url <the daemon>`, running, its output piped.
+fn spawn_cli(g: &Gantry, args: &[&str]) -> std::process::Child {
+    gantry_command()
+        .args(args)
+        .args(["--url", &url(g)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
@@ -77,10 +102,8 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn an_app_goes_through_its_life_from_the_command_line() {
     let host = require_docker!();
-    let g = Gantry::builder().docker_host(&host).start();
+    let (g, name, id) = daemon_and_app(&host, "cli");
     let dir = tempfile::tempdir().unwrap();
-    let name = unique("cli");
-    let id = format!("{name}:1");
     let zip = write(dir.path(), "app.zip", &ticking_app(&name));
 
     let out = expect(&cli(&g, &["app", "import", &zip]), 0);
@@ -174,18 +197,9 @@ fn images_load_with_progress_and_are_listed() {
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn ctrl_c_cancels_a_start_which_rolls_back() {
     let host = require_docker!();
-    let g = Gantry::builder().docker_host(&host).start();
-    let name = unique("clicancel");
-    let id = format!("{name}:1");
-    common::bundle::import(&g, &slow_app(&name)).expect_json(200);
+    let (g, id) = daemon_with(&host, "clicancel", slow_app);
 
-    let url = url(&g);
-    let mut child = gantry_command()
-        .args(["app", "start", &id, "--url", &url])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_cli(&g, &["app", "start", &id]);
     // The start is listed (its services wait ~3 s for the first to be healthy): interrupt.
     let listed = wait_for(Duration::from_secs(20), Duration::from_millis(20), || {
         let r = g.get("/api/1/tasks");
@@ -216,20 +230,11 @@ fn ctrl_c_cancels_a_start_which_rolls_back() {
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn logs_follow_new_lines_until_the_app_stops() {
     let host = require_docker!();
-    let g = Gantry::builder().docker_host(&host).start();
-    let name = unique("clifollow");
-    let id = format!("{name}:1");
-    common::bundle::import(&g, &ticking_app(&name)).expect_json(200);
+    let (g, id) = daemon_with(&host, "clifollow", ticking_app);
     g.put(&format!("/api/1/transfer/apps/{}/start", common::enc(&id)))
         .expect_json(200);
 
-    let url = url(&g);
-    let mut child = gantry_command()
-        .args(["app", "logs", &id, "-f", "-n", "1", "--url", &url])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_cli(&g, &["app", "logs", &id, "-f", "-n", "1"]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     // More lines than the one asked for from the past: these came while following.
     for _ in 0..4 {

@@ -59,11 +59,11 @@ fn metrics_are_served_only_where_enabled_and_behind_the_listeners_auth() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, TOKEN).unwrap();
-    let g = Gantry::builder()
-        .listener("auth = \"token\"")
-        .listener(&format!("token_file = \"{}\"", token.display()))
-        .listener("metrics = true")
-        .start();
+    let g = with_metrics(
+        Gantry::builder()
+            .listener("auth = \"token\"")
+            .listener(&format!("token_file = \"{}\"", token.display())),
+    );
     assert_eq!(g.get("/metrics").status, 401);
     let g = g.with_token(TOKEN);
     let text = scrape(&g);
@@ -94,18 +94,25 @@ fn put(g: &Gantry, path: &str) -> Resp {
     g.put(path)
 }
 
+fn with_metrics(b: common::GantryBuilder) -> Gantry {
+    b.listener("metrics = true").start()
+}
+
+/// A ticking app imported into `g`: its id and its REST path.
+fn imported_app(g: &Gantry) -> (String, String) {
+    let name = unique("metrics");
+    import(g, &ticking_app(&name)).expect_json(200);
+    let id = format!("{name}:1");
+    let app = format!("/api/1/transfer/apps/{}", enc(&id));
+    (id, app)
+}
+
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn metrics_follow_operations_apps_and_websockets() {
     let host = require_docker!();
-    let g = Gantry::builder()
-        .docker_host(&host)
-        .listener("metrics = true")
-        .start();
-    let name = unique("metrics");
-    let id = format!("{name}:1");
-    let app = format!("/api/1/transfer/apps/{}", enc(&id));
-    import(&g, &ticking_app(&name)).expect_json(200);
+    let g = with_metrics(Gantry::builder().docker_host(&host));
+    let (id, app) = imported_app(&g);
     put(&g, &format!("{app}/start")).expect_json(200);
 
     let text = scrape(&g);

@@ -7,9 +7,9 @@ use hyper::Method;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::client::{body_bytes, json_of, CliError, CliResult, Client};
+use super::client::{body_bytes, json_of, CliResult, Client};
 use super::operation::{self, Upload};
-use super::output::{json, print, table};
+use super::output::{self, json, parse, print, say, table};
 use super::progress::Progress;
 use super::{Exit, Opts};
 
@@ -102,7 +102,11 @@ pub async fn run(cmd: AppCmd, opts: &Opts) -> CliResult<Exit> {
             keep_images,
             volumes,
             force,
-        } => remove(&client, opts, &id, !keep_images, volumes, force).await,
+        } => {
+            let images = !keep_images;
+            let q = format!("?remove_images={images}&remove_volumes={volumes}&force={force}");
+            remove(&client, opts, &id, &q).await
+        }
     }
 }
 
@@ -150,19 +154,10 @@ struct Image {
     size: Option<u64>,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(v: &Value) -> CliResult<T> {
-    T::deserialize(v).map_err(|e| CliError::io("the daemon's answer is not the JSON expected", e))
-}
-
 async fn list(client: &Client, opts: &Opts) -> CliResult<Exit> {
-    let apps: Value = client
-        .get_json(&client.api("/transfer/apps"))
-        .await?
-        .unwrap_or(Value::Array(Vec::new()));
-    if opts.json {
-        json(&apps)?;
+    let Some(apps) = output::list(client, &client.api("/transfer/apps"), opts).await? else {
         return Ok(Exit::Ok);
-    }
+    };
     let apps: Vec<App> = parse(&apps)?;
     let rows: Vec<Vec<String>> = apps
         .iter()
@@ -209,34 +204,30 @@ fn describe(a: &App) -> String {
     if let Some(d) = a.app.description.as_deref().filter(|d| !d.is_empty()) {
         out.push_str(&format!("Description: {d}\n"));
     }
-    let containers: Vec<Vec<String>> = a
-        .containers
-        .iter()
-        .map(|c| {
-            vec![
-                c.name.clone(),
-                c.image_name.clone(),
-                c.status.clone(),
-                c.port_mappings.join(", "),
-            ]
-        })
-        .collect();
+    let row = |c: &Container| {
+        let ports = c.port_mappings.join(", ");
+        vec![
+            c.name.clone(),
+            c.image_name.clone(),
+            c.status.clone(),
+            ports,
+        ]
+    };
+    let containers: Vec<Vec<String>> = a.containers.iter().map(row).collect();
     out.push_str("\nContainers:\n");
     out.push_str(&indent(&table(
         &["NAME", "IMAGE", "STATUS", "PORTS"],
         &containers,
     )));
-    let images: Vec<Vec<String>> = a
-        .images
-        .iter()
-        .map(|i| {
-            vec![
-                i.name.clone(),
-                short_id(i.id.as_deref().unwrap_or("")),
-                i.size.map(super::progress::size).unwrap_or_default(),
-            ]
-        })
-        .collect();
+    let row = |i: &Image| {
+        let size = i.size.map(super::progress::size).unwrap_or_default();
+        vec![
+            i.name.clone(),
+            short_id(i.id.as_deref().unwrap_or("")),
+            size,
+        ]
+    };
+    let images: Vec<Vec<String>> = a.images.iter().map(row).collect();
     out.push_str("\nImages:\n");
     out.push_str(&indent(&table(&["NAME", "ID", "SIZE"], &images)));
     out
@@ -326,37 +317,28 @@ async fn export(
     let resp = client.call(Method::GET, &path).await?;
     let mut progress = Progress::new("export", None, opts.quiet || opts.json);
     let bytes = super::download::save(resp, file, &mut progress).await?;
-    if opts.json {
-        json(&serde_json::json!({ "File": file, "Bytes": bytes }))?;
-    } else {
-        print(&format!(
-            "exported {id} to {} ({})\n",
-            file.display(),
-            super::progress::size(bytes)
-        ))?;
-    }
+    let text = format!(
+        "exported {id} to {} ({})\n",
+        file.display(),
+        super::progress::size(bytes)
+    );
+    say(
+        opts,
+        &serde_json::json!({ "File": file, "Bytes": bytes }),
+        &text,
+    )?;
     Ok(Exit::Ok)
 }
 
-async fn remove(
-    client: &Client,
-    opts: &Opts,
-    id: &str,
-    images: bool,
-    volumes: bool,
-    force: bool,
-) -> CliResult<Exit> {
-    let path = client.api(&format!(
-        "/transfer/apps/{}?remove_images={images}&remove_volumes={volumes}&force={force}",
-        seg(id)
-    ));
+async fn remove(client: &Client, opts: &Opts, id: &str, query: &str) -> CliResult<Exit> {
+    let path = client.api(&format!("/transfer/apps/{}{query}", seg(id)));
     let resp = client.call(Method::DELETE, &path).await?;
     body_bytes(resp).await?;
-    if opts.json {
-        json(&serde_json::json!({ "Removed": id }))?;
-    } else {
-        print(&format!("removed {id}\n"))?;
-    }
+    say(
+        opts,
+        &serde_json::json!({ "Removed": id }),
+        &format!("removed {id}\n"),
+    )?;
     Ok(Exit::Ok)
 }
 

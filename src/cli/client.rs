@@ -18,43 +18,61 @@ use super::{Exit, Opts};
 use crate::api::http::{self, Body};
 use crate::config::{self, Auth, Config, ProcessEnv, Source, Tokens};
 
-/// Why a command failed; each kind has its exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    #[error("{0}")]
-    Config(String),
-    #[error("cannot reach the daemon at {addr}: {message} (is gantry running? `systemctl status gantry`)")]
-    Unreachable { addr: String, message: String },
-    #[error("{0}")]
-    NoPermission(String),
-    /// The daemon answered with an error status.
-    #[error("{detail}")]
-    Api { status: StatusCode, detail: String },
-    #[error("interrupted: {0}")]
-    Interrupted(String),
-    #[error("{0}")]
-    Failed(String),
+/// Why a command failed, with the exit code that says so.
+#[derive(Debug)]
+pub struct CliError {
+    pub exit: Exit,
+    pub message: String,
+    /// The daemon's status, when it answered with an error.
+    pub status: Option<StatusCode>,
 }
 
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliError {}
+
 impl CliError {
-    pub fn exit(&self) -> Exit {
-        match self {
-            CliError::Config(_) => Exit::Config,
-            CliError::Unreachable { .. } => Exit::Unavailable,
-            CliError::NoPermission(_) => Exit::NoPermission,
-            CliError::Interrupted(_) => Exit::Interrupted,
-            CliError::Failed(_) => Exit::Failed,
-            CliError::Api { status, .. } => match *status {
-                StatusCode::NOT_FOUND => Exit::NotFound,
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Exit::NoPermission,
-                StatusCode::SERVICE_UNAVAILABLE => Exit::Unavailable,
-                _ => Exit::Failed,
-            },
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        CliError {
+            exit,
+            message: message.into(),
+            status: None,
         }
     }
 
+    pub fn exit(&self) -> Exit {
+        self.exit
+    }
+
     pub fn io(what: &str, e: impl std::fmt::Display) -> Self {
-        CliError::Failed(format!("{what}: {e}"))
+        Self::new(Exit::Failed, format!("{what}: {e}"))
+    }
+
+    /// The daemon answered `status` with the problem detail `detail`.
+    pub fn api(status: StatusCode, detail: String) -> Self {
+        let exit = match status {
+            StatusCode::NOT_FOUND => Exit::NotFound,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Exit::NoPermission,
+            StatusCode::SERVICE_UNAVAILABLE => Exit::Unavailable,
+            _ => Exit::Failed,
+        };
+        CliError {
+            status: Some(status),
+            ..Self::new(exit, detail)
+        }
+    }
+
+    fn unreachable(addr: SocketAddr, e: impl std::fmt::Display) -> Self {
+        Self::new(
+            Exit::Unavailable,
+            format!(
+                "cannot reach the daemon at {addr}: {e} (is gantry running? `systemctl status gantry`)"
+            ),
+        )
     }
 }
 
@@ -85,19 +103,23 @@ fn pick_listener(config: &Config) -> CliResult<(SocketAddr, String, Option<Strin
         Auth::Token { .. } => 3,
     };
     let Some(l) = transfer.iter().min_by_key(|l| rank(l)) else {
-        return Err(CliError::Config(
-            "the configuration has no transfer listener: pass --url".into(),
+        return Err(CliError::new(
+            Exit::Config,
+            "the configuration has no transfer listener: pass --url",
         ));
     };
     let token = match &l.auth {
         Auth::Token { token } if token.is_empty() => {
             let file = l.token_file.as_deref().unwrap_or(Path::new("?"));
-            return Err(CliError::NoPermission(format!(
-                "the listener on {} needs the token in {}, which this user cannot read \
+            return Err(CliError::new(
+                Exit::NoPermission,
+                format!(
+                    "the listener on {} needs the token in {}, which this user cannot read \
                  (run as root, or pass --token-file)",
-                l.address,
-                file.display()
-            )));
+                    l.address,
+                    file.display()
+                ),
+            ));
         }
         Auth::Token { token } => Some(token.clone()),
         _ => None,
@@ -107,10 +129,13 @@ fn pick_listener(config: &Config) -> CliResult<(SocketAddr, String, Option<Strin
         addr.set_ip(loopback_of(addr.ip()));
     }
     if addr.port() == 0 {
-        return Err(CliError::Config(format!(
-            "the transfer listener has port 0 (chosen at start): pass --url http://{}:PORT",
-            addr.ip()
-        )));
+        return Err(CliError::new(
+            Exit::Config,
+            format!(
+                "the transfer listener has port 0 (chosen at start): pass --url http://{}:PORT",
+                addr.ip()
+            ),
+        ));
     }
     Ok((addr, l.prefix.clone(), token))
 }
@@ -124,7 +149,12 @@ fn loopback_of(ip: IpAddr) -> IpAddr {
 
 /// `http://HOST:PORT[/PREFIX]` split into its address and prefix.
 async fn parse_url(url: &str) -> CliResult<(SocketAddr, String, String)> {
-    let bad = || CliError::Config(format!("--url {url}: expected http://HOST:PORT[/PREFIX]"));
+    let bad = || {
+        CliError::new(
+            Exit::Config,
+            format!("--url {url}: expected http://HOST:PORT[/PREFIX]"),
+        )
+    };
     let rest = url.strip_prefix("http://").ok_or_else(bad)?;
     let (authority, prefix) = match rest.find('/') {
         Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
@@ -132,7 +162,7 @@ async fn parse_url(url: &str) -> CliResult<(SocketAddr, String, String)> {
     };
     let addr = tokio::net::lookup_host(authority)
         .await
-        .map_err(|e| CliError::Config(format!("--url {url}: {e}")))?
+        .map_err(|e| CliError::new(Exit::Config, format!("--url {url}: {e}")))?
         .next()
         .ok_or_else(bad)?;
     Ok((addr, authority.to_string(), prefix.to_string()))
@@ -140,10 +170,10 @@ async fn parse_url(url: &str) -> CliResult<(SocketAddr, String, String)> {
 
 fn read_token(path: &Path) -> CliResult<String> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        CliError::NoPermission(format!(
-            "cannot read the token file {}: {e}",
-            path.display()
-        ))
+        CliError::new(
+            Exit::NoPermission,
+            format!("cannot read the token file {}: {e}", path.display()),
+        )
     })?;
     Ok(text.trim().to_string())
 }
@@ -167,12 +197,14 @@ impl Client {
                     Some(p) => Source::Explicit(p),
                     None => Source::Default,
                 };
-                let config = Config::load_with(source, &ProcessEnv, Tokens::IfReadable)
-                    .map_err(|e| CliError::Config(format!("configuration error: {e}")))?;
+                let config =
+                    Config::load_with(source, &ProcessEnv, Tokens::IfReadable).map_err(|e| {
+                        CliError::new(Exit::Config, format!("configuration error: {e}"))
+                    })?;
                 let picked = pick_listener(&config);
                 // An explicit token file makes an unreadable configured one irrelevant.
                 let (addr, prefix, token) = match (picked, &opts.token_file) {
-                    (Err(CliError::NoPermission(_)), Some(_)) => {
+                    (Err(e), Some(_)) if e.exit == Exit::NoPermission => {
                         let l = first_transfer(&config)?;
                         (l.address, l.prefix.clone(), None)
                     }
@@ -227,10 +259,7 @@ impl Client {
     pub async fn connect(&self) -> CliResult<tokio::net::TcpStream> {
         let stream = tokio::net::TcpStream::connect(self.addr)
             .await
-            .map_err(|e| CliError::Unreachable {
-                addr: self.addr.to_string(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| CliError::unreachable(self.addr, e))?;
         let _ = stream.set_nodelay(true);
         Ok(stream)
     }
@@ -272,10 +301,7 @@ impl Client {
     }
 
     fn unreachable(&self, e: impl std::fmt::Display) -> CliError {
-        CliError::Unreachable {
-            addr: self.addr.to_string(),
-            message: e.to_string(),
-        }
+        CliError::unreachable(self.addr, e)
     }
 
     /// A request without a body whose answer must be a success.
@@ -297,7 +323,7 @@ fn first_transfer(config: &Config) -> CliResult<&config::Listener> {
         .listeners
         .iter()
         .find(|l| l.dialect == config::Dialect::Transfer)
-        .ok_or_else(|| CliError::Config("the configuration has no transfer listener".into()))
+        .ok_or_else(|| CliError::new(Exit::Config, "the configuration has no transfer listener"))
 }
 
 /// `resp` when it is a success, else its problem detail as an error.
@@ -316,7 +342,7 @@ pub async fn ok(resp: hyper::Response<Incoming>) -> CliResult<hyper::Response<In
     } else {
         detail
     };
-    Err(CliError::Api { status, detail })
+    Err(CliError::api(status, detail))
 }
 
 pub async fn body_bytes(resp: hyper::Response<Incoming>) -> CliResult<Bytes> {

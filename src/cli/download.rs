@@ -11,6 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::client::{CliError, CliResult};
 use super::progress::Progress;
+use super::Exit;
 
 /// Writes the body of `resp` to `file`; the number of bytes written.
 pub async fn save(
@@ -21,7 +22,7 @@ pub async fn save(
     let part = PathBuf::from(format!("{}.part", file.display()));
     let written = tokio::select! {
         r = write(resp, &part, progress) => r,
-        _ = tokio::signal::ctrl_c() => Err(CliError::Interrupted("the export was stopped".into())),
+        _ = tokio::signal::ctrl_c() => Err(CliError::new(Exit::Interrupted, "interrupted: the export was stopped")),
     };
     progress.finish();
     match written {

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use super::client::{ok, CliError, CliResult, Client};
 use super::progress::Progress;
+use super::Exit;
 use crate::api::http::{self, Body};
 
 /// A running operation as `GET /api/tasks` lists it.
@@ -144,9 +145,10 @@ async fn answer(
     interrupted: bool,
 ) -> CliResult<hyper::Response<Incoming>> {
     match ok(resp).await {
-        Err(CliError::Api { status, detail }) if interrupted && status == StatusCode::CONFLICT => {
-            Err(CliError::Interrupted(detail))
-        }
+        Err(e) if interrupted && e.status == Some(StatusCode::CONFLICT) => Err(CliError::new(
+            Exit::Interrupted,
+            format!("interrupted: {}", e.message),
+        )),
         other => other,
     }
 }
@@ -164,7 +166,7 @@ pub async fn cancel(client: &Client, id: &str) -> CliResult<()> {
         .await
     {
         Ok(_) => Ok(()),
-        Err(CliError::Api { status, .. }) if status == StatusCode::NOT_FOUND => Ok(()),
+        Err(e) if e.status == Some(StatusCode::NOT_FOUND) => Ok(()),
         Err(e) => Err(e),
     }
 }

@@ -2,7 +2,10 @@
 
 use std::io::Write;
 
-use super::client::{CliError, CliResult};
+use serde_json::Value;
+
+use super::client::{CliError, CliResult, Client};
+use super::Opts;
 
 /// Rows under a header, each column as wide as its widest cell; the last column is not
 /// padded.
@@ -57,29 +60,36 @@ pub fn when(unix_secs: u64) -> String {
             super::progress::duration((now - unix_secs) as f64)
         );
     }
-    let days = unix_secs / 86400;
-    let (y, m, d) = civil(days as i64);
-    let s = unix_secs % 86400;
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
-        s / 3600,
-        (s % 3600) / 60
-    )
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_secs);
+    crate::core::apps::store::rfc3339(t)[..16].replace('T', " ")
 }
 
-/// The calendar date of a day number (days since 1970-01-01), after Howard Hinnant's
-/// `civil_from_days`.
-fn civil(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+/// `v` as the model `T`.
+pub fn parse<T: serde::de::DeserializeOwned>(v: &Value) -> CliResult<T> {
+    T::deserialize(v).map_err(|e| CliError::io("the daemon's answer is not the JSON expected", e))
+}
+
+/// The JSON list at `path` (`[]` for 204 No Content); with `--json` it is printed as it is
+/// and `None` returned.
+pub async fn list(client: &Client, path: &str, opts: &Opts) -> CliResult<Option<Value>> {
+    let value: Value = client
+        .get_json(path)
+        .await?
+        .unwrap_or(Value::Array(Vec::new()));
+    if opts.json {
+        json(&value)?;
+        return Ok(None);
+    }
+    Ok(Some(value))
+}
+
+/// What a command did: `value` with `--json`, else `text`.
+pub fn say(opts: &Opts, value: &Value, text: &str) -> CliResult<()> {
+    if opts.json {
+        json(value)
+    } else {
+        print(text)
+    }
 }
 
 #[cfg(test)]
@@ -102,10 +112,7 @@ mod tests {
     }
 
     #[test]
-    fn dates_are_civil_utc() {
-        assert_eq!(civil(0), (1970, 1, 1));
-        assert_eq!(civil(19_723), (2024, 1, 1));
-        assert_eq!(civil(20_513), (2026, 3, 1));
+    fn old_times_are_utc_dates() {
         assert_eq!(when(1_700_000_000), "2023-11-14 22:13");
     }
 }

@@ -8,9 +8,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::apps::short_id;
-use super::client::{body_bytes, json_of, CliError, CliResult, Client};
+use super::client::{body_bytes, json_of, CliResult, Client};
 use super::operation::{self, Upload};
-use super::output::{json, print, table, when};
+use super::output::{self, parse, print, say, table, when};
 use super::progress::{size, Progress};
 use super::{Exit, Opts};
 
@@ -54,32 +54,26 @@ pub async fn run_image(cmd: ImageCmd, opts: &Opts) -> CliResult<Exit> {
             let resp =
                 operation::run(&client, Method::POST, &path, Some(upload), &mut progress).await?;
             let value: Value = json_of(resp).await?.unwrap_or(Value::Null);
-            if opts.json {
-                json(&value)?;
-            } else {
-                let refs: Vec<&str> = value["Loaded"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
-                let id = short_id(value["Id"].as_str().unwrap_or(""));
-                print(&format!("loaded {} ({id})\n", refs.join(", ")))?;
-            }
+            let refs: Vec<&str> = value["Loaded"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let id = short_id(value["Id"].as_str().unwrap_or(""));
+            say(
+                opts,
+                &value,
+                &format!("loaded {} ({id})\n", refs.join(", ")),
+            )?;
             Ok(Exit::Ok)
         }
     }
 }
 
 async fn list_images(client: &Client, opts: &Opts) -> CliResult<Exit> {
-    let value: Value = client
-        .get_json(&client.api("/system/images"))
-        .await?
-        .unwrap_or(Value::Array(Vec::new()));
-    if opts.json {
-        json(&value)?;
+    let Some(value) = output::list(client, &client.api("/system/images"), opts).await? else {
         return Ok(Exit::Ok);
-    }
-    let images: Vec<ImageSummary> = serde_json::from_value(value)
-        .map_err(|e| CliError::io("the daemon's answer is not the JSON expected", e))?;
+    };
+    let images: Vec<ImageSummary> = parse(&value)?;
     let mut rows = Vec::new();
     for i in &images {
         let tags = if i.repo_tags.is_empty() {
@@ -110,16 +104,10 @@ pub async fn run_task(cmd: TaskCmd, opts: &Opts) -> CliResult<Exit> {
     let client = Client::new(opts).await?;
     match cmd {
         TaskCmd::Ls => {
-            let value: Value = client
-                .get_json(&client.api("/tasks"))
-                .await?
-                .unwrap_or(Value::Array(Vec::new()));
-            if opts.json {
-                json(&value)?;
+            let Some(value) = output::list(&client, &client.api("/tasks"), opts).await? else {
                 return Ok(Exit::Ok);
-            }
-            let tasks: Vec<Task> = serde_json::from_value(value)
-                .map_err(|e| CliError::io("the daemon's answer is not the JSON expected", e))?;
+            };
+            let tasks: Vec<Task> = parse(&value)?;
             print(&table(
                 &["ID", "KIND", "APP", "STARTED", "PROGRESS", "STEP"],
                 &tasks.iter().map(task_row).collect::<Vec<_>>(),
@@ -129,11 +117,8 @@ pub async fn run_task(cmd: TaskCmd, opts: &Opts) -> CliResult<Exit> {
         TaskCmd::Cancel { id } => {
             let path = client.api(&format!("/cancel/{}", super::apps::seg(&id)));
             body_bytes(client.call(Method::PUT, &path).await?).await?;
-            if opts.json {
-                json(&serde_json::json!({ "Cancelled": id }))?;
-            } else {
-                print(&format!("cancel requested for {id}\n"))?;
-            }
+            let text = format!("cancel requested for {id}\n");
+            say(opts, &serde_json::json!({ "Cancelled": id }), &text)?;
             Ok(Exit::Ok)
         }
     }
