@@ -1025,59 +1025,22 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use bollard::models::ContainerSummary;
-    use tokio::sync::Notify;
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::core::engine::{EngineResult, Filter};
-    use crate::testutil::{store_web_app, web_app_container};
+    use crate::testutil::{store_web_app, web_app_container, FakeEngine};
 
-    /// Docker with one app container `web1_main_1`: a stop with a grace period is held
-    /// (as for a container ignoring SIGTERM) until a stop without one comes; listing is
-    /// held while `hold_list` is set. Whatever else is asked fails.
-    #[derive(Default)]
-    struct Fake {
-        running: Mutex<bool>,
-        hold_list: Mutex<bool>,
-        log: Mutex<Vec<String>>,
-        called: Notify,
+    /// Docker with one app container `web1_main_1` (running or not) and no images (so `up`
+    /// fails). compose's stop of it (by id, with its ten-minute grace period) is held, as
+    /// for a container ignoring SIGTERM; a stop by name goes through.
+    fn fake_with_one_app(running: bool) -> Arc<FakeEngine> {
+        let fake = FakeEngine::default();
+        fake.add_container(web_app_container(running));
+        fake.hold("stop_container_with_timeout c1");
+        Arc::new(fake)
     }
 
-    crate::testutil::fake_engine! {
-        impl ContainerEngine for Fake;
-        not_faked: version, list_images, inspect_image, load_images, export_image, remove_image,
-            prune_images, list_containers, inspect_container, start_container, stop_container,
-            restart_container, prune_containers, list_volumes, inspect_volume, remove_volume,
-            prune_volumes;
-        async fn remove_container(&self, id: &str, _: bool, _: bool) -> EngineResult<()> {
-            self.log.lock().unwrap().push(format!("remove {id}"));
-            Ok(())
-        }
-        async fn list_containers_filtered(
-            &self,
-            _: &[Filter],
-        ) -> EngineResult<Vec<ContainerSummary>> {
-            if *self.hold_list.lock().unwrap() {
-                self.called.notify_one();
-                std::future::pending::<()>().await;
-            }
-            let running = *self.running.lock().unwrap();
-            let project = [("com.docker.compose.project", "web1")];
-            Ok(vec![web_app_container(running, &project)])
-        }
-        async fn stop_container_with_timeout(&self, id: &str, t: u32) -> EngineResult<()> {
-            self.log.lock().unwrap().push(format!("stop {id} {t}"));
-            if t == 0 {
-                *self.running.lock().unwrap() = false;
-                return Ok(());
-            }
-            self.called.notify_one();
-            std::future::pending().await
-        }
-    }
-
-    fn apps_with_one_app(state: &Path, fake: Arc<Fake>) -> Arc<Apps> {
+    fn apps_with_one_app(state: &Path, fake: Arc<FakeEngine>) -> Arc<Apps> {
         store_web_app(
             state,
             "services:\n  main:\n    image: busybox\n    stop_grace_period: 10m\n",
@@ -1091,8 +1054,7 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_stop_finishes_dockers_stop_and_never_leaves_the_app_busy() {
         let state = tempfile::tempdir().unwrap();
-        let fake = Arc::new(Fake::default());
-        *fake.running.lock().unwrap() = true;
+        let fake = fake_with_one_app(true);
         let apps = apps_with_one_app(state.path(), fake.clone());
         let id = AppId::from("web:1");
         let cancel = CancellationToken::new();
@@ -1107,7 +1069,7 @@ mod tests {
             })
         };
         // Held in the stop of the container (its grace period is ten minutes).
-        tokio::time::timeout(GUARD, fake.called.notified())
+        tokio::time::timeout(GUARD, fake.reached("stop_container_with_timeout c1"))
             .await
             .expect("the stop never reached the container");
         assert!(apps.is_busy(&id));
@@ -1125,8 +1087,15 @@ mod tests {
         let result = tokio::time::timeout(GUARD, op).await.unwrap().unwrap();
         // The stop Docker had begun is finished at once, so it cannot kill the container
         // after the rollback; `up` then fails in this fake, which is reported, not hidden.
-        let log = fake.log.lock().unwrap().clone();
-        assert_eq!(log, ["stop c1 600", "stop web1_main_1 0"], "{log:?}");
+        let log = fake.calls_to(&["stop_container_with_timeout", "remove_container"]);
+        assert_eq!(
+            log,
+            [
+                "stop_container_with_timeout c1 600",
+                "stop_container_with_timeout web1_main_1 0"
+            ],
+            "{log:?}"
+        );
         let lines = lines.lock().unwrap().clone();
         assert!(
             lines.contains(&"Cancelled: starting again what was stopped".to_string()),
@@ -1146,7 +1115,7 @@ mod tests {
     #[tokio::test]
     async fn a_stop_of_a_stopped_app_cancelled_restarts_nothing() {
         let state = tempfile::tempdir().unwrap();
-        let fake = Arc::new(Fake::default());
+        let fake = fake_with_one_app(false);
         let apps = apps_with_one_app(state.path(), fake.clone());
         let id = AppId::from("web:1");
         let cancel = CancellationToken::new();
@@ -1165,19 +1134,16 @@ mod tests {
             ["Cancelled: the app was not running before"]
         );
         assert!(!apps.is_busy(&id));
-        assert!(!fake
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.starts_with("stop")));
+        assert!(fake
+            .calls_to(&["stop_container_with_timeout", "stop_container"])
+            .is_empty());
     }
 
     #[tokio::test]
     async fn a_cancelled_refresh_of_all_apps_ends_with_refresh_false_and_frees_the_slot() {
         let state = tempfile::tempdir().unwrap();
-        let fake = Arc::new(Fake::default());
-        *fake.hold_list.lock().unwrap() = true;
+        let fake = fake_with_one_app(false);
+        fake.hold("list_containers_filtered");
         let apps = apps_with_one_app(state.path(), fake.clone());
         let mut events = apps.events().subscribe(CancellationToken::new());
         assert!(apps.begin_refresh_all());
@@ -1191,7 +1157,7 @@ mod tests {
             tokio::spawn(async move { apps.refresh_all(&cancel).await })
         };
         // Held reading the app's containers.
-        tokio::time::timeout(GUARD, fake.called.notified())
+        tokio::time::timeout(GUARD, fake.reached("list_containers_filtered"))
             .await
             .expect("the refresh never asked Docker");
         assert!(apps.is_refreshing_all());

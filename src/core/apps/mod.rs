@@ -76,18 +76,10 @@ impl AppId {
         &self.0
     }
 
-    /// The compose project name: lowercase, every char outside `[a-z0-9_-]` dropped, as
-    /// docker-compose 1.29 normalises `-p`. Leading `_`/`-` are dropped too, because
-    /// container names (`<project>-<service>-1`) must start with a letter or digit.
-    /// May be empty; a bundle whose id slugs to nothing is refused.
+    /// The compose project name (see [`crate::core::compose::project_slug`]; may be empty,
+    /// and a bundle whose id slugs to nothing is refused).
     pub fn slug(&self) -> String {
-        let slug: String = self
-            .0
-            .to_lowercase()
-            .chars()
-            .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
-            .collect();
-        slug.trim_start_matches(['_', '-']).to_string()
+        crate::core::compose::project_slug(&self.0)
     }
 
     /// The store's directory name: the id percent-encoded (`NON_ALPHANUMERIC`), so it can

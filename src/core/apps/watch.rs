@@ -136,54 +136,17 @@ where
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::Duration;
 
-    use bollard::models::{ContainerInspectResponse, ContainerSummary};
-    use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::core::apps::import::ImportSettings;
     use crate::core::apps::lifecycle::AppStatus;
-    use crate::core::engine::{ContainerEvent, EngineError, EngineResult, EventStream};
+    use crate::core::engine::{ContainerEvent, EngineError, EngineResult};
     use crate::core::events::AppEvent;
-    use crate::testutil::{store_web_app, web_app_container};
-
-    /// Docker as far as the watcher sees it: one app container whose state the test sets,
-    /// and event streams the test feeds (one per subscription).
-    #[derive(Default)]
-    struct FakeDocker {
-        running: Mutex<bool>,
-        streams: Mutex<Vec<mpsc::UnboundedReceiver<EngineResult<ContainerEvent>>>>,
-        subscriptions: Mutex<usize>,
-    }
-
-    crate::testutil::fake_engine! {
-        impl ContainerEngine for FakeDocker;
-        not_faked: version, list_images, inspect_image, load_images, export_image, remove_image,
-            prune_images, list_containers, start_container, stop_container, restart_container,
-            remove_container, prune_containers, list_volumes, inspect_volume, remove_volume,
-            prune_volumes;
-        async fn inspect_container(&self, _: &str) -> EngineResult<ContainerInspectResponse> {
-            Ok(ContainerInspectResponse::default())
-        }
-        async fn list_containers_filtered(
-            &self,
-            _: &[Filter],
-        ) -> EngineResult<Vec<ContainerSummary>> {
-            Ok(vec![web_app_container(*self.running.lock().unwrap(), &[])])
-        }
-
-        fn container_events(&self, filters: &[Filter]) -> EventStream {
-            assert_eq!(filters, &[Filter::Label(LABEL_APP_ID.to_string())]);
-            *self.subscriptions.lock().unwrap() += 1;
-            match self.streams.lock().unwrap().pop() {
-                Some(mut rx) => Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))),
-                None => Box::pin(futures_util::stream::pending()),
-            }
-        }
-    }
+    use crate::testutil::{store_web_app, web_app_container, FakeEngine};
 
     fn event(action: &str, app: Option<&str>) -> EngineResult<ContainerEvent> {
         let mut labels = BTreeMap::new();
@@ -224,12 +187,10 @@ mod tests {
         // One stored app with one service.
         store_web_app(state.path(), "services:\n  main:\n    image: busybox\n");
 
-        let docker = Arc::new(FakeDocker::default());
-        *docker.running.lock().unwrap() = true;
-        let (first_tx, first_rx) = mpsc::unbounded_channel();
-        let (second_tx, second_rx) = mpsc::unbounded_channel();
-        // Popped from the end: the first subscription gets `first_rx`.
-        docker.streams.lock().unwrap().extend([second_rx, first_rx]);
+        // Docker as far as the watcher sees it: the app's container, whose state the test
+        // sets, and the event streams the test feeds.
+        let docker = Arc::new(FakeEngine::default());
+        docker.add_container(web_app_container(true));
         let apps =
             Arc::new(Apps::open(docker.clone(), state.path(), ImportSettings::default()).unwrap());
         let mut sub = apps.events().subscribe(CancellationToken::new());
@@ -243,34 +204,33 @@ mod tests {
         assert_eq!(next_status(&mut sub).await, AppStatus::Running);
 
         // Stopped behind gantry's back.
-        *docker.running.lock().unwrap() = false;
-        first_tx.send(event("die", Some("web:1"))).unwrap();
+        docker.set_running("c1", false);
+        docker.emit(event("die", Some("web:1")));
         assert_eq!(next_status(&mut sub).await, AppStatus::Stopped);
 
         // The stream breaks while the container starts again, unseen: the resync after the
         // resubscription publishes it.
-        *docker.running.lock().unwrap() = true;
-        first_tx
-            .send(Err(EngineError::Unavailable("dockerd went away".into())))
-            .unwrap();
+        docker.set_running("c1", true);
+        docker.emit(Err(EngineError::Unavailable("dockerd went away".into())));
         assert_eq!(next_status(&mut sub).await, AppStatus::Running);
-        assert_eq!(*docker.subscriptions.lock().unwrap(), 2);
+        let app_label = vec![Filter::Label(LABEL_APP_ID.to_string())];
+        assert_eq!(docker.subscriptions(), [app_label.clone(), app_label]);
 
         // On the second stream: a stop (kill, die, stop) gives one App event; events of other
         // containers and events that change nothing give none, so the next event is the
         // start after them.
-        *docker.running.lock().unwrap() = false;
+        docker.set_running("c1", false);
         for a in ["kill", "die", "stop"] {
-            second_tx.send(event(a, Some("web:1"))).unwrap();
+            docker.emit(event(a, Some("web:1")));
         }
         assert_eq!(next_status(&mut sub).await, AppStatus::Stopped);
-        second_tx.send(event("die", None)).unwrap();
-        second_tx.send(event("stop", Some("web:1"))).unwrap();
-        second_tx.send(event("destroy", Some("web:1"))).unwrap();
+        docker.emit(event("die", None));
+        docker.emit(event("stop", Some("web:1")));
+        docker.emit(event("destroy", Some("web:1")));
         // Let those be handled before the state changes.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        *docker.running.lock().unwrap() = true;
-        second_tx.send(event("start", Some("web:1"))).unwrap();
+        docker.set_running("c1", true);
+        docker.emit(event("start", Some("web:1")));
         assert_eq!(next_status(&mut sub).await, AppStatus::Running);
 
         // Stop ends the watcher promptly, even while it waits for events.
@@ -279,6 +239,5 @@ mod tests {
             .await
             .expect("the watcher did not stop")
             .unwrap();
-        drop(first_tx);
     }
 }

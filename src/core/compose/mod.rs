@@ -5,9 +5,6 @@
 //! Pipeline: [`parse`] (YAML, the allowed-keys check of [`validate`], [`interpolate`]) ->
 //! [`plan`] (create bodies, labels) -> [`apply`] (up / down / status).
 
-// Wired into the apps lifecycle (src/core/apps) by the import/start/stop work of issue 5.
-#![allow(dead_code)]
-
 mod apply;
 pub mod interpolate;
 mod parse;
@@ -24,7 +21,6 @@ use std::time::Duration;
 use super::engine::{ContainerEngine, EngineError};
 use super::ErrorKind;
 
-#[allow(unused_imports)] // ContainerStatus is for callers reading ServiceStatus
 pub use apply::{ContainerStatus, DownOptions, DownResult, ServiceStatus, UpResult};
 
 /// The compose files gantry looks for, in this order (first match wins).
@@ -46,9 +42,9 @@ pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(180);
 /// concurrently up to this bound; dependency order is kept regardless.
 pub const DEFAULT_PARALLEL_LIMIT: usize = 8;
 
-/// How long `up` lets one image pull take, by default (the engine's own timeout only
-/// covers the wait for the response headers, not a stalled download).
-pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How long `up` lets one image pull take (the engine's own timeout only covers the wait
+/// for the response headers, not a stalled download).
+pub const PULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// What the gateway's configuration allows apps to ask for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -142,25 +138,28 @@ impl ComposeError {
     }
 }
 
-/// The compose project name for an app id, as docker-compose 1.29 normalises `-p`:
-/// lowercase, every character outside `[a-z0-9_-]` dropped. Fails when nothing is left.
-pub fn project_slug(app_id: &str) -> Result<String, ComposeError> {
+/// The compose project name of an app id: the id lowercased, every character outside
+/// `[a-z0-9_-]` dropped (as docker-compose 1.29 normalises `-p`), then leading `_` and `-`
+/// dropped too, because a project name (and so a container name, `<project>_<service>_1`)
+/// must start with a letter or a digit. Empty when nothing is left (such an app is refused
+/// at import).
+///
+/// The one place this rule lives ([`crate::core::apps::AppId::slug`] calls it). Existing
+/// containers, networks and volumes carry the name it gave in `com.docker.compose.project`
+/// (the id itself is in `io.gantry.app-id`): a different rule would orphan them.
+pub fn project_slug(app_id: &str) -> String {
     let slug: String = app_id
         .to_lowercase()
         .chars()
         .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
         .collect();
-    if slug.is_empty() {
-        return Err(ComposeError::Invalid {
-            scope: format!("app \"{app_id}\""),
-            message: "the id gives an empty compose project name".into(),
-        });
-    }
-    Ok(slug)
+    slug.trim_start_matches(['_', '-']).to_string()
 }
 
+/// What [`project_slug`] gives for a non-empty result: `[a-z0-9_-]`, starting with a
+/// letter or a digit.
 fn valid_project_name(name: &str) -> bool {
-    !name.is_empty()
+    name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
@@ -170,13 +169,10 @@ fn valid_project_name(name: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct ComposeProject {
     name: String,
-    app_id: String,
-    dir: PathBuf,
     compose_file: PathBuf,
     plan: plan::Plan,
     warnings: Vec<String>,
     wait_timeout: Duration,
-    pull_timeout: Duration,
     parallel_limit: usize,
 }
 
@@ -222,7 +218,9 @@ impl ComposeProject {
         if !valid_project_name(project_name) {
             return Err(ComposeError::Invalid {
                 scope: format!("project \"{project_name}\""),
-                message: "a project name must be non-empty and use only [a-z0-9_-]".into(),
+                message:
+                    "a project name must use only [a-z0-9_-] and start with a letter or a digit"
+                        .into(),
             });
         }
         let dir = absolute(dir)?;
@@ -244,27 +242,16 @@ impl ComposeProject {
         let plan = plan::plan(&model, &ctx)?;
         Ok(ComposeProject {
             name: project_name.to_string(),
-            app_id: app_id.to_string(),
-            dir,
             compose_file,
             plan,
             warnings,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
-            pull_timeout: DEFAULT_PULL_TIMEOUT,
             parallel_limit: DEFAULT_PARALLEL_LIMIT,
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    pub fn app_id(&self) -> &str {
-        &self.app_id
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     pub fn compose_file(&self) -> &Path {
@@ -274,15 +261,6 @@ impl ComposeProject {
     /// Service names in file order.
     pub fn services(&self) -> Vec<&str> {
         self.plan.services.iter().map(|s| s.name.as_str()).collect()
-    }
-
-    /// The container name each service gets, in file order.
-    pub fn container_names(&self) -> Vec<(&str, &str)> {
-        self.plan
-            .services
-            .iter()
-            .map(|s| (s.name.as_str(), s.container_name.as_str()))
-            .collect()
     }
 
     /// Distinct image references, in file order.
@@ -304,18 +282,16 @@ impl ComposeProject {
 
     /// Bounds each wait for a dependency's health or completion (default
     /// [`DEFAULT_WAIT_TIMEOUT`]).
+    #[cfg(test)]
     pub fn set_wait_timeout(&mut self, timeout: Duration) {
         self.wait_timeout = timeout;
     }
 
-    /// Bounds each image pull (default [`DEFAULT_PULL_TIMEOUT`]).
-    /// Bounds how many engine operations run at once (at least 1).
+    /// Bounds how many engine operations run at once (default [`DEFAULT_PARALLEL_LIMIT`],
+    /// at least 1).
+    #[cfg(test)]
     pub fn set_parallel_limit(&mut self, limit: usize) {
         self.parallel_limit = limit.max(1);
-    }
-
-    pub fn set_pull_timeout(&mut self, timeout: Duration) {
-        self.pull_timeout = timeout;
     }
 
     pub(crate) fn plan(&self) -> &plan::Plan {
@@ -380,18 +356,24 @@ mod unit_tests {
 
     #[test]
     fn slugs() {
-        assert_eq!(
-            project_slug("Simple Webserver:1.0.0").unwrap(),
-            "simplewebserver100"
-        );
-        assert_eq!(
-            project_slug("ScaleIT node-red:2.2.2").unwrap(),
-            "scaleitnode-red222"
-        );
-        assert_eq!(project_slug("My_App:1-rc.2").unwrap(), "my_app1-rc2");
-        assert_eq!(project_slug("Ünïcode:1").unwrap(), "ncode1");
-        assert!(project_slug(":.+ ").is_err());
-        assert!(project_slug("").is_err());
+        for (id, slug) in [
+            ("Simple Webserver:1.0.0", "simplewebserver100"),
+            ("ScaleIT node-red:2.2.2", "scaleitnode-red222"),
+            ("My_App:1-rc.2", "my_app1-rc2"),
+            ("Ünïcode:1", "ncode1"),
+            // A project name starts with a letter or a digit.
+            ("--_Über:1", "ber1"),
+            ("_x-:1", "x-1"),
+            ("0_-:-", "0_--"),
+            (":.+ ", ""),
+            ("-_", ""),
+        ] {
+            assert_eq!(project_slug(id), slug, "{id}");
+            assert_eq!(valid_project_name(slug), !slug.is_empty(), "{id}");
+        }
+        for bad in ["_x", "-x", "X", "a.b", "a b", "ä"] {
+            assert!(!valid_project_name(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -255,8 +255,53 @@ fn map_values_to_str(v: &mut Value, null_as_empty: bool) {
     }
 }
 
+/// Converts a service's values to what docker-compose-types reads, as compose 1.29 does
+/// after interpolating, and takes out what it cannot hold.
 fn normalize_service(scope: &str, svc: &mut Mapping) -> Result<ServiceExtras, ComposeError> {
-    let mut extras = ServiceExtras::default();
+    normalize_scalars(scope, svc)?;
+    if let Some(Value::Mapping(hc)) = svc.get_mut("healthcheck") {
+        normalize_healthcheck(scope, hc)?;
+    }
+    if let Some(Value::Mapping(limits)) = get_path(svc, &["deploy", "resources", "limits"]) {
+        for key in ["cpus", "memory"] {
+            if let Some(v) = limits.get_mut(key) {
+                to_str(v);
+            }
+        }
+    }
+    if let Some(Value::Mapping(ulimits)) = svc.get_mut("ulimits") {
+        normalize_ulimits(scope, ulimits)?;
+    }
+    if let Some(Value::Sequence(vols)) = svc.get_mut("volumes") {
+        for v in vols.iter_mut() {
+            if let Value::Mapping(m) = v {
+                normalize_long_volume(scope, m)?;
+            }
+        }
+    }
+    if let Some(Value::Mapping(nets)) = svc.get_mut("networks") {
+        for (_, n) in nets.iter_mut() {
+            if let Some(a) = n.get_mut("aliases") {
+                list_items_to_str(a);
+            }
+        }
+    }
+    take_extras(scope, svc)
+}
+
+/// The mapping at `path` below `m`, each step a mapping.
+fn get_path<'m>(m: &'m mut Mapping, path: &[&str]) -> Option<&'m mut Value> {
+    let (first, rest) = path.split_first()?;
+    let v = m.get_mut(*first)?;
+    match (rest.is_empty(), v) {
+        (true, v) => Some(v),
+        (false, Value::Mapping(inner)) => get_path(inner, rest),
+        _ => None,
+    }
+}
+
+/// Booleans, strings and lists of strings where compose 1.29 converts them.
+fn normalize_scalars(scope: &str, svc: &mut Mapping) -> Result<(), ComposeError> {
     for key in ["read_only", "init", "tty", "stdin_open", "privileged"] {
         if let Some(v) = svc.get_mut(key) {
             to_bool(scope, key, v)?;
@@ -297,112 +342,96 @@ fn normalize_service(scope: &str, svc: &mut Mapping) -> Result<ServiceExtras, Co
     if let Some(v) = svc.get_mut("environment") {
         map_values_to_str(v, false);
     }
-    if let Some(v) = svc.get_mut("labels") {
-        map_values_to_str(v, true);
+    for key in ["labels", "sysctls"] {
+        if let Some(v) = svc.get_mut(key) {
+            map_values_to_str(v, true);
+        }
     }
-    if let Some(v) = svc.get_mut("sysctls") {
-        map_values_to_str(v, true);
+    extra_hosts_as_list(svc);
+    if let Some(opts) = get_path(svc, &["logging", "options"]) {
+        map_values_to_str(opts, true);
     }
-    let hosts_map = match svc.get("extra_hosts") {
-        Some(Value::Mapping(m)) => Some(
-            m.iter()
-                .map(|(k, v)| {
-                    Value::String(format!(
-                        "{}:{}",
-                        scalar_string(k).unwrap_or_default(),
-                        scalar_string(v).unwrap_or_default()
-                    ))
-                })
-                .collect(),
-        ),
-        _ => None,
+    Ok(())
+}
+
+/// `extra_hosts` as a mapping becomes the list `host:address`.
+fn extra_hosts_as_list(svc: &mut Mapping) {
+    let Some(Value::Mapping(m)) = svc.get("extra_hosts") else {
+        return;
     };
-    if let Some(list) = hosts_map {
-        svc.insert("extra_hosts".into(), Value::Sequence(list));
+    let list = m
+        .iter()
+        .map(|(k, v)| {
+            Value::String(format!(
+                "{}:{}",
+                scalar_string(k).unwrap_or_default(),
+                scalar_string(v).unwrap_or_default()
+            ))
+        })
+        .collect();
+    svc.insert("extra_hosts".into(), Value::Sequence(list));
+}
+
+fn normalize_healthcheck(scope: &str, hc: &mut Mapping) -> Result<(), ComposeError> {
+    if let Some(v) = hc.get_mut("retries") {
+        to_int(scope, "healthcheck.retries", v)?;
     }
-    if let Some(Value::Mapping(logging)) = svc.get_mut("logging") {
-        if let Some(opts) = logging.get_mut("options") {
-            map_values_to_str(opts, true);
+    if let Some(v) = hc.get_mut("disable") {
+        to_bool(scope, "healthcheck.disable", v)?;
+    }
+    if let Some(v) = hc.get_mut("test") {
+        list_items_to_str(v);
+    }
+    for key in ["interval", "timeout", "start_period"] {
+        if let Some(v) = hc.get_mut(key) {
+            to_str(v);
         }
     }
-    if let Some(Value::Mapping(hc)) = svc.get_mut("healthcheck") {
-        if let Some(v) = hc.get_mut("retries") {
-            to_int(scope, "healthcheck.retries", v)?;
-        }
-        if let Some(v) = hc.get_mut("disable") {
-            to_bool(scope, "healthcheck.disable", v)?;
-        }
-        if let Some(v) = hc.get_mut("test") {
-            list_items_to_str(v);
-        }
-        for key in ["interval", "timeout", "start_period"] {
-            if let Some(v) = hc.get_mut(key) {
-                to_str(v);
-            }
-        }
-    }
-    if let Some(Value::Mapping(deploy)) = svc.get_mut("deploy") {
-        if let Some(Value::Mapping(res)) = deploy.get_mut("resources") {
-            if let Some(Value::Mapping(limits)) = res.get_mut("limits") {
-                for key in ["cpus", "memory"] {
-                    if let Some(v) = limits.get_mut(key) {
-                        to_str(v);
+    Ok(())
+}
+
+fn normalize_ulimits(scope: &str, ulimits: &mut Mapping) -> Result<(), ComposeError> {
+    for (name, u) in ulimits.iter_mut() {
+        let name = name.as_str().unwrap_or_default().to_string();
+        match u {
+            Value::Mapping(m) => {
+                for key in ["soft", "hard"] {
+                    if let Some(v) = m.get_mut(key) {
+                        to_int(scope, &format!("ulimits.{name}.{key}"), v)?;
                     }
                 }
             }
+            other => to_int(scope, &format!("ulimits.{name}"), other)?,
         }
     }
-    if let Some(Value::Mapping(ulimits)) = svc.get_mut("ulimits") {
-        for (name, u) in ulimits.iter_mut() {
-            let name = name.as_str().unwrap_or_default().to_string();
-            match u {
-                Value::Mapping(m) => {
-                    for key in ["soft", "hard"] {
-                        if let Some(v) = m.get_mut(key) {
-                            to_int(scope, &format!("ulimits.{name}.{key}"), v)?;
-                        }
-                    }
-                }
-                other => to_int(scope, &format!("ulimits.{name}"), other)?,
-            }
+    Ok(())
+}
+
+/// A long-syntax volume: its booleans, and its tmpfs size in bytes.
+fn normalize_long_volume(scope: &str, m: &mut Mapping) -> Result<(), ComposeError> {
+    if let Some(ro) = m.get_mut("read_only") {
+        to_bool(scope, "volumes.read_only", ro)?;
+    }
+    if let Some(nc) = get_path(m, &["volume", "nocopy"]) {
+        to_bool(scope, "volumes.volume.nocopy", nc)?;
+    }
+    if let Some(size) = get_path(m, &["tmpfs", "size"]) {
+        if let Value::String(s) = size {
+            let n = super::plan::parse_bytes(s).ok_or_else(|| {
+                invalid(
+                    scope,
+                    format!("\"volumes.tmpfs.size\": \"{s}\" is not a size"),
+                )
+            })?;
+            *size = Value::Number(n.into());
         }
     }
-    if let Some(Value::Sequence(vols)) = svc.get_mut("volumes") {
-        for v in vols.iter_mut() {
-            if let Value::Mapping(m) = v {
-                if let Some(ro) = m.get_mut("read_only") {
-                    to_bool(scope, "volumes.read_only", ro)?;
-                }
-                if let Some(Value::Mapping(vo)) = m.get_mut("volume") {
-                    if let Some(nc) = vo.get_mut("nocopy") {
-                        to_bool(scope, "volumes.volume.nocopy", nc)?;
-                    }
-                }
-                if let Some(Value::Mapping(t)) = m.get_mut("tmpfs") {
-                    if let Some(size) = t.get_mut("size") {
-                        if let Value::String(s) = size {
-                            let n = super::plan::parse_bytes(s).ok_or_else(|| {
-                                invalid(
-                                    scope,
-                                    format!("\"volumes.tmpfs.size\": \"{s}\" is not a size"),
-                                )
-                            })?;
-                            *size = Value::Number(n.into());
-                        }
-                    }
-                }
-            }
-        }
-    }
-    if let Some(Value::Mapping(nets)) = svc.get_mut("networks") {
-        for (_, n) in nets.iter_mut() {
-            if let Value::Mapping(n) = n {
-                if let Some(a) = n.get_mut("aliases") {
-                    list_items_to_str(a);
-                }
-            }
-        }
-    }
+    Ok(())
+}
+
+/// Takes out `cpus` and `ports`, which docker-compose-types cannot hold.
+fn take_extras(scope: &str, svc: &mut Mapping) -> Result<ServiceExtras, ComposeError> {
+    let mut extras = ServiceExtras::default();
     if let Some(v) = svc.shift_remove("cpus") {
         let cpus = match &v {
             Value::Number(n) => n.as_f64(),

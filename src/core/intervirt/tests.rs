@@ -1,209 +1,26 @@
 //! The agent's request logic against a fake engine and the dataplane's kernel fakes.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-
-use bollard::models::{
-    ContainerConfig, ContainerState, ContainerSummary, ImageInspect, ImageSummary,
-};
-
 use super::*;
-use crate::core::engine::{EngineResult, EngineVersion};
 use crate::core::network::netlink::fake::FakeNetlink;
 use crate::core::network::netlink::{Netlink, Netns};
 use crate::core::network::nft::fake::FakeFirewall;
 use crate::core::network::nft::Firewall;
 use crate::core::power::RecordingPower;
+use crate::testutil::FakeEngine;
 
-#[derive(Clone, Debug)]
-struct FakeContainer {
-    image: String,
-    labels: HashMap<String, String>,
-    pid: Option<u32>,
-    /// Starting fails with this message.
-    broken: bool,
-}
-
-/// Containers in memory; a started container gets a fresh pid that the netlink fake knows.
-struct FakeEngine {
-    containers: Mutex<BTreeMap<String, FakeContainer>>,
-    images: Vec<String>,
-    next_pid: Mutex<u32>,
-    netlink: FakeNetlink,
-    calls: Mutex<Vec<String>>,
-}
-
-impl FakeEngine {
-    fn new(netlink: FakeNetlink) -> Self {
-        Self {
-            containers: Mutex::new(BTreeMap::new()),
-            images: vec!["debian/13".into(), "broken".into()],
-            next_pid: Mutex::new(100),
-            netlink,
-            calls: Mutex::new(Vec::new()),
-        }
-    }
-    fn pid(&self, name: &str) -> Option<u32> {
-        self.containers.lock().unwrap().get(name)?.pid
-    }
-    fn log(&self, call: String) {
-        self.calls.lock().unwrap().push(call);
-    }
-    fn stopped(&self, name: &str) {
-        let pid = self
-            .containers
-            .lock()
-            .unwrap()
-            .get_mut(name)
-            .and_then(|c| c.pid.take());
-        if let Some(pid) = pid {
-            self.netlink.kill_pid(pid);
-        }
-    }
-}
-
-fn missing(name: &str) -> EngineError {
-    EngineError::NotFound(format!("No such container: {name}"))
-}
-
-crate::testutil::fake_engine! {
-    impl ContainerEngine for FakeEngine;
-    not_faked: load_images, export_image, remove_image, prune_images, prune_containers,
-        list_volumes, inspect_volume, remove_volume, prune_volumes;
-    async fn version(&self) -> EngineResult<EngineVersion> {
-        Ok(EngineVersion {
-            version: "fake".into(),
-            api_version: "1.45".into(),
-        })
-    }
-    async fn list_images(&self) -> EngineResult<Vec<ImageSummary>> {
-        Ok(Vec::new())
-    }
-    async fn inspect_image(&self, id: &str) -> EngineResult<ImageInspect> {
-        if self.images.iter().any(|i| i == id) {
-            Ok(ImageInspect {
-                id: Some(format!("sha256:{id}")),
-                ..Default::default()
-            })
+/// Docker with the image `debian/13`; a started container's pid is one the netlink fake
+/// knows (until the container stops).
+fn fake_engine(netlink: &FakeNetlink) -> FakeEngine {
+    let engine = FakeEngine::with_images(&["debian/13"]);
+    let netlink = netlink.clone();
+    engine.on_process(move |pid, alive| {
+        if alive {
+            netlink.live_pids.lock().unwrap().insert(pid);
         } else {
-            Err(EngineError::NotFound(format!("No such image: {id}")))
+            netlink.kill_pid(pid);
         }
-    }
-    async fn list_containers(&self) -> EngineResult<Vec<ContainerSummary>> {
-        self.list_containers_filtered(&[]).await
-    }
-    async fn inspect_container(&self, id: &str) -> EngineResult<ContainerInspectResponse> {
-        let all = self.containers.lock().unwrap();
-        let c = all.get(id).ok_or_else(|| missing(id))?;
-        Ok(ContainerInspectResponse {
-            name: Some(format!("/{id}")),
-            image: Some(format!("sha256:{}", c.image)),
-            config: Some(ContainerConfig {
-                image: Some(c.image.clone()),
-                labels: Some(c.labels.clone()),
-                ..Default::default()
-            }),
-            state: Some(ContainerState {
-                running: Some(c.pid.is_some()),
-                pid: Some(i64::from(c.pid.unwrap_or(0))),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-    }
-    async fn start_container(&self, id: &str) -> EngineResult<()> {
-        self.log(format!("start {id}"));
-        let mut all = self.containers.lock().unwrap();
-        let c = all.get_mut(id).ok_or_else(|| missing(id))?;
-        if c.broken {
-            return Err(EngineError::Rejected(
-                "exec: \"/nonexistent\": no such file or directory".into(),
-            ));
-        }
-        if c.pid.is_none() {
-            let mut next = self.next_pid.lock().unwrap();
-            *next += 1;
-            c.pid = Some(*next);
-            self.netlink.live_pids.lock().unwrap().insert(*next);
-        }
-        Ok(())
-    }
-    async fn stop_container(&self, id: &str) -> EngineResult<()> {
-        self.stop_container_with_timeout(id, 10).await
-    }
-    async fn restart_container(&self, id: &str) -> EngineResult<()> {
-        self.stopped(id);
-        self.start_container(id).await
-    }
-    async fn remove_container(&self, id: &str, _force: bool, _v: bool) -> EngineResult<()> {
-        self.log(format!("remove {id}"));
-        self.stopped(id);
-        self.containers
-            .lock()
-            .unwrap()
-            .remove(id)
-            .map(|_| ())
-            .ok_or_else(|| missing(id))
-    }
-    async fn list_containers_filtered(
-        &self,
-        filters: &[Filter],
-    ) -> EngineResult<Vec<ContainerSummary>> {
-        let all = self.containers.lock().unwrap();
-        Ok(all
-            .iter()
-            .filter(|(_, c)| {
-                filters.iter().all(|f| match f {
-                    Filter::Label(l) => {
-                        let (k, v) = l.split_once('=').unwrap_or((l, ""));
-                        c.labels.get(k).is_some_and(|x| v.is_empty() || x == v)
-                    }
-                    _ => true,
-                })
-            })
-            .map(|(n, _)| ContainerSummary {
-                names: Some(vec![format!("/{n}")]),
-                ..Default::default()
-            })
-            .collect())
-    }
-    async fn create_container(
-        &self,
-        name: &str,
-        body: ContainerCreateBody,
-    ) -> EngineResult<String> {
-        self.log(format!("create {name}"));
-        let host = body.host_config.unwrap();
-        assert_eq!(host.network_mode.as_deref(), Some("none"));
-        let mut all = self.containers.lock().unwrap();
-        if all.contains_key(name) {
-            return Err(EngineError::Conflict(format!("name {name} is in use")));
-        }
-        let image = body.image.unwrap();
-        all.insert(
-            name.into(),
-            FakeContainer {
-                broken: image == "broken",
-                image,
-                labels: body.labels.unwrap(),
-                pid: None,
-            },
-        );
-        Ok(format!("id-{name}"))
-    }
-    async fn stop_container_with_timeout(&self, id: &str, _t: u32) -> EngineResult<()> {
-        self.log(format!("stop {id}"));
-        if !self.containers.lock().unwrap().contains_key(id) {
-            return Err(missing(id));
-        }
-        self.stopped(id);
-        Ok(())
-    }
-    async fn pull_image(&self, reference: &str) -> EngineResult<()> {
-        Err(EngineError::Unavailable(format!(
-            "no registry for {reference}"
-        )))
-    }
+    });
+    engine
 }
 
 struct Rig {
@@ -218,7 +35,7 @@ fn rig_with(upgrade: UpgradeCommand) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let netlink = FakeNetlink::default();
     let firewall = FakeFirewall::default();
-    let engine = Arc::new(FakeEngine::new(netlink.clone()));
+    let engine = Arc::new(fake_engine(&netlink));
     let (nl, fw) = (netlink.clone(), firewall.clone());
     let net = DataplaneHandle::start_with(
         DataplaneConfig {
@@ -271,7 +88,25 @@ fn spec(name: &str, n: u8) -> NewContainer {
     }
 }
 
+/// Every container the agent created has no Docker networking: gantry's dataplane is its
+/// network.
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        for (name, body) in self.engine.create_requests() {
+            let mode = body.host_config.and_then(|h| h.network_mode);
+            assert_eq!(mode.as_deref(), Some("none"), "{name}");
+        }
+    }
+}
+
 impl Rig {
+    fn pid(&self, name: &str) -> Option<u32> {
+        self.engine.container(name)?.pid
+    }
+
     fn host_link(&self, name: &str) -> bool {
         let link = self
             .agent
@@ -299,7 +134,7 @@ impl Rig {
 async fn add_start_stop_remove_keep_docker_and_network_in_step() {
     let r = rig();
     r.agent.add_container(spec("a", 2)).await.unwrap();
-    let pid = r.engine.pid("a").unwrap();
+    let pid = r.pid("a").unwrap();
     assert_eq!(r.attached_pid("a").await, Some(pid));
     assert!(r.host_link("a"));
 
@@ -316,10 +151,7 @@ async fn add_start_stop_remove_keep_docker_and_network_in_step() {
         kind_of(&same_addr) == Some(ErrorKind::Conflict),
         "{same_addr:?}"
     );
-    assert!(
-        r.engine.pid("b").is_none(),
-        "nothing created for a refused add"
-    );
+    assert!(r.pid("b").is_none(), "nothing created for a refused add");
 
     assert!(kind_of(&r.agent.start_container("a").await) == Some(ErrorKind::Conflict));
     r.agent.stop_container("a").await.unwrap();
@@ -327,7 +159,7 @@ async fn add_start_stop_remove_keep_docker_and_network_in_step() {
     assert!(!r.host_link("a"));
     assert!(kind_of(&r.agent.stop_container("a").await) == Some(ErrorKind::Conflict));
     r.agent.start_container("a").await.unwrap();
-    let pid2 = r.engine.pid("a").unwrap();
+    let pid2 = r.pid("a").unwrap();
     assert_ne!(pid, pid2);
     assert_eq!(r.attached_pid("a").await, Some(pid2));
     assert!(kind_of(&r.agent.start_container("zz").await) == Some(ErrorKind::NotFound));
@@ -342,7 +174,7 @@ async fn add_start_stop_remove_keep_docker_and_network_in_step() {
         steps.push(p.text);
     }
     assert_eq!(steps.len(), 3, "{steps:?}");
-    assert!(r.engine.containers.lock().unwrap().is_empty());
+    assert!(r.engine.containers().is_empty());
     assert!(!r.agent.known("a").await.unwrap());
     let gone = r.agent.remove_container("a", ProgressSink::default()).await;
     assert!(kind_of(&gone) == Some(ErrorKind::NotFound));
@@ -351,14 +183,16 @@ async fn add_start_stop_remove_keep_docker_and_network_in_step() {
 #[tokio::test]
 async fn failed_add_is_rolled_back_and_reports_the_reason() {
     let r = rig();
-    let mut broken = spec("x", 4);
-    broken.image = "broken".into();
-    let e = r.agent.add_container(broken).await.unwrap_err();
+    // The image's command does not exist: the start fails.
+    let exec = "exec: \"/nonexistent\": no such file or directory";
+    let broken = EngineError::Rejected(exec.into());
+    r.engine.fail_next("start_container x", broken);
+    let e = r.agent.add_container(spec("x", 4)).await.unwrap_err();
     assert!(
         matches!(&e, AgentError::Guest(m) if m.contains("nonexistent")),
         "{e:?}"
     );
-    assert!(r.engine.containers.lock().unwrap().is_empty());
+    assert!(r.engine.containers().is_empty());
     assert!(!r.agent.known("x").await.unwrap());
 
     let mut missing = spec("y", 5);
@@ -396,7 +230,7 @@ async fn reconcile_follows_docker() {
     r.agent.add_container(spec("a", 2)).await.unwrap();
     // Docker restarts it behind the agent's back: a new pid, then a reconcile re-attaches.
     r.engine.restart_container("a").await.unwrap();
-    let pid = r.engine.pid("a").unwrap();
+    let pid = r.pid("a").unwrap();
     assert_ne!(r.attached_pid("a").await, Some(pid));
     r.agent.reconcile("a").await.unwrap();
     assert_eq!(r.attached_pid("a").await, Some(pid));
@@ -416,7 +250,7 @@ async fn power_stops_containers_answers_first_and_resumes_them_at_start() {
     r.agent.add_container(spec("b", 3)).await.unwrap();
     r.agent.stop_container("b").await.unwrap();
     let order = r.agent.prepare_power(PowerAction::Reboot).await.unwrap();
-    assert!(r.engine.pid("a").is_none());
+    assert!(r.pid("a").is_none());
     assert!(
         !r.dir.path().join("power.log").exists(),
         "nothing before execute"
@@ -428,9 +262,9 @@ async fn power_stops_containers_answers_first_and_resumes_them_at_start() {
     );
     // The next start brings back what was running (a), not what the client stopped (b).
     r.agent.start_up(CancellationToken::new()).await;
-    assert!(r.engine.pid("a").is_some());
-    assert!(r.engine.pid("b").is_none());
-    assert_eq!(r.attached_pid("a").await, r.engine.pid("a"));
+    assert!(r.pid("a").is_some());
+    assert!(r.pid("b").is_none());
+    assert_eq!(r.attached_pid("a").await, r.pid("a"));
     assert!(!r.dir.path().join("intervirt").join(RESUME_FILE).exists());
 }
 
@@ -445,7 +279,7 @@ async fn wipe_and_update() {
     r.agent.add_container(spec("b", 3)).await.unwrap();
     r.agent.connect("a", "b").await.unwrap();
     r.agent.stop_container("b").await.unwrap();
-    let pid = r.engine.pid("a").unwrap();
+    let pid = r.pid("a").unwrap();
 
     let (tx, mut rx) = mpsc::channel(64);
     r.agent.update(ProgressSink::new(tx)).await.unwrap();
@@ -461,10 +295,10 @@ async fn wipe_and_update() {
         "{lines:?}"
     );
     // Running containers restart with their network; stopped ones stay stopped.
-    let new_pid = r.engine.pid("a").unwrap();
+    let new_pid = r.pid("a").unwrap();
     assert_ne!(pid, new_pid);
     assert_eq!(r.attached_pid("a").await, Some(new_pid));
-    assert!(r.engine.pid("b").is_none());
+    assert!(r.pid("b").is_none());
 
     let (tx, mut rx) = mpsc::channel(64);
     r.agent.wipe(ProgressSink::new(tx)).await.unwrap();
@@ -480,7 +314,7 @@ async fn wipe_and_update() {
             "Removing the network configuration"
         ]
     );
-    assert!(r.engine.containers.lock().unwrap().is_empty());
+    assert!(r.engine.containers().is_empty());
     assert!(!r.agent.known("a").await.unwrap());
 }
 
