@@ -135,9 +135,20 @@ def sign_in(d, addr):
     d.find_element(By.CSS_SELECTOR, "#login-form button").click()
     wait(d, "the dashboard", lambda: d.find_element(By.ID, "main").is_displayed())
     wait(d, "live updates", lambda: d.find_element(By.ID, "live").text == "live")
+    wait(d, "the versions", lambda: "Docker " in d.find_element(By.ID, "versions").text)
     versions = d.find_element(By.ID, "versions").text
-    assert "gantry " in versions and "Docker " in versions, versions
+    assert "gantry " in versions, versions
     log(f"signed in; header says {versions!r}")
+    # Everything the first load transferred (page, script, style, API answers), a fresh
+    # profile having no cache.
+    moved = d.execute_script(
+        "const nav = performance.getEntriesByType('navigation')[0];"
+        "let total = nav ? nav.transferSize : 0;"
+        "for (const r of performance.getEntriesByType('resource')) total += r.transferSize;"
+        "return total;"
+    )
+    assert 0 < moved < 100 * 1024, moved
+    log(f"first load transferred {moved} bytes")
 
 
 def import_bundle(d, path):

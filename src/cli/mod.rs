@@ -22,7 +22,9 @@ use clap::{Args, Subcommand};
 
 /// The exit statuses, for `--help` and the manual page.
 pub const EXIT_CODES: &str = "\
-Exit status:
+Exit status of gantry serve: 0 after a normal stop, 1 a runtime failure, 78 a bad configuration.
+
+Exit status of the other commands:
   0   success
   1   the daemon refused the request or the operation failed (gantry check: a check failed)
   2   the command line is wrong
