@@ -4,7 +4,8 @@
 Started by scripts/test.sh inside its network namespace (loopback only, next to the test
 dockerd). It starts gantry on a token listener with the dashboard, then in the page: signs in
 with the token, imports a bundle (with an image tarball) through the file form and watches the
-progress, sees the app appear, starts it, stops it, starts it again and sees the status change
+progress (the upload slowed down to a few seconds by Chromium's network emulation: the bar
+moves with bytes, rate and ETA, and a step the daemon reports arrives), sees the app appear, starts it, stops it, starts it again and sees the status change
 when its container is stopped behind gantry's back (`docker stop`), then reads its logs.
 
 Environment: GANTRY_BIN, DOCKER_HOST_URI, DOCKER_CLI, IMAGE, WORKDIR (an empty directory).
@@ -34,6 +35,8 @@ WORK = os.environ["WORKDIR"]
 TOKEN = "browser-test-token-0123456789abcdef"
 APP = "browser:1"
 TIMEOUT = 60
+# The bundle is about 2 MiB: about 4 s of upload.
+UPLOAD_BYTES_PER_SEC = 512 * 1024
 
 
 def log(msg):
@@ -152,17 +155,39 @@ def sign_in(d, addr):
 
 
 def import_bundle(d, path):
+    # The upload is slowed down (Chromium's own network emulation) so that it lasts a few
+    # seconds: long enough to watch the bar move and the daemon's steps arrive.
+    d.execute_cdp_cmd("Network.enable", {})
+    d.execute_cdp_cmd("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1,
+        "uploadThroughput": UPLOAD_BYTES_PER_SEC,
+    })
     d.find_element(By.ID, "import-file").send_keys(path)
     d.find_element(By.ID, "import-button").click()
-    wait(d, "the import's end", lambda: d.find_element(By.ID, "import-result").text)
+    seen = []  # (bar, text) as they changed
+    deadline = time.time() + TIMEOUT
+    while not d.find_element(By.ID, "import-result").text:
+        now = (float(d.find_element(By.ID, "import-bar").get_attribute("value")),
+               d.find_element(By.ID, "import-text").text)
+        if not seen or seen[-1] != now:
+            seen.append(now)
+        if time.time() > deadline:
+            raise SystemExit(f"the import did not end within {TIMEOUT} s; progress seen: {seen}")
+        time.sleep(0.1)
+    d.execute_cdp_cmd("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1,
+    })
     result = d.find_element(By.ID, "import-result").text
     assert result == f"Imported {APP}.", result
     steps = [li.text for li in d.find_elements(By.CSS_SELECTOR, "#import-steps li")]
-    progress = d.find_element(By.ID, "import-text").text
     assert "upload complete" in steps and steps[-1] == "imported", steps
-    assert " of " in progress, progress
+    # A step the daemon reported while it ran (GET /api/tasks), not only the page's own two.
+    assert len(steps) > 2, steps
+    # The bar moved through the upload, with bytes, rate and ETA.
+    moving = [t for bar, t in seen if 0 < bar < 1 and "ETA" in t]
+    assert len(moving) >= 2, seen
     assert float(d.find_element(By.ID, "import-bar").get_attribute("value")) == 1.0
-    log(f"imported with progress {progress!r}, steps {steps}")
+    log(f"imported; progress on the way {moving[0]!r} .. {moving[-1]!r}, steps {steps}")
 
 
 def lifecycle(d):
