@@ -42,6 +42,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Daemon(Daemon),
+    #[command(flatten)]
+    Operator(cli::Operator),
+}
+
+/// The daemon's own commands, parsed alone when one of them is asked for: the daemon then
+/// never builds the operator commands' definitions (which would stay in its heap).
+#[derive(Parser)]
+#[command(name = "gantry", version, about)]
+struct DaemonCli {
+    #[command(subcommand)]
+    command: Daemon,
+}
+
+#[derive(Subcommand)]
+enum Daemon {
     /// Run the daemon.
     Serve {
         /// Configuration file (default: /etc/gantry/gantry.toml when it exists).
@@ -53,8 +70,6 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    #[command(flatten)]
-    Operator(cli::Operator),
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
@@ -69,10 +84,16 @@ fn load(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Operator(op) => cli::run(op),
-        Command::CheckConfig { config } => match load(config.as_ref()) {
+    let first = std::env::args_os().nth(1);
+    let command = match first.as_ref().and_then(|a| a.to_str()) {
+        Some("serve" | "check-config") => DaemonCli::parse().command,
+        _ => match Cli::parse().command {
+            Command::Daemon(d) => d,
+            Command::Operator(op) => return cli::run(op),
+        },
+    };
+    match command {
+        Daemon::CheckConfig { config } => match load(config.as_ref()) {
             Ok(c) => {
                 println!("configuration OK");
                 println!("state_dir = {}", c.state_dir.display());
@@ -101,7 +122,7 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Serve { config } => {
+        Daemon::Serve { config } => {
             let config = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(code) => return code,
