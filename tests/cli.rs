@@ -172,7 +172,7 @@ fn an_app_goes_through_its_life_from_the_command_line() {
 
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
-fn images_load_with_progress_and_are_listed() {
+fn images_are_loaded_and_listed() {
     let host = require_docker!();
     let g = Gantry::builder().docker_host(&host).start();
     let dir = tempfile::tempdir().unwrap();
@@ -191,6 +191,55 @@ fn images_load_with_progress_and_are_listed() {
     let table = expect(&cli(&g, &["image", "ls"]), 0);
     assert!(table.lines().any(|l| l.starts_with(&reference)), "{table}");
     docker_ok(&["rmi", &reference]);
+}
+
+/// `gantry <args> --url <the daemon>` on a pseudo-terminal (util-linux `script`), 200
+/// columns wide: its exit code and what the terminal showed.
+fn on_terminal(g: &Gantry, args: &[&str]) -> (i32, String) {
+    let url = url(g);
+    let words: Vec<String> = [common::gantry_bin()]
+        .iter()
+        .chain(args)
+        .chain(&["--url", url.as_str()])
+        .map(|a| format!("'{a}'"))
+        .collect();
+    let line = format!("COLUMNS=200 {}", words.join(" "));
+    let out = common::run("script", &["-qefc", &line, "/dev/null"]);
+    (code(&out), stdout(&out))
+}
+
+#[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
+fn progress_is_drawn_on_a_terminal() {
+    let host = require_docker!();
+    let (g, name, id) = daemon_and_app(&host, "clipty");
+    let dir = tempfile::tempdir().unwrap();
+    // One line, redrawn in place: the bar, the bytes sent of the total, then the result.
+    let zip = write(dir.path(), "app.zip", &slow_app(&name));
+    let (status, screen) = on_terminal(&g, &["app", "import", &zip]);
+    assert_eq!(status, 0, "{screen:?}");
+    let full = "[####################] 100% ";
+    assert!(screen.contains(&format!("\rimport {full}")), "{screen:?}");
+    assert!(screen.contains("\x1b[K"), "{screen:?}");
+    assert!(
+        screen.ends_with(&format!("\r\nimported {id} (Stopped)\r\n")),
+        "{screen:?}"
+    );
+
+    let (reference, tar) = saved_image("clipty");
+    let file = write(dir.path(), "image.tar", &tar);
+    let (status, screen) = on_terminal(&g, &["image", "load", &file]);
+    assert_eq!(status, 0, "{screen:?}");
+    assert!(screen.contains(&format!("\rload {full}")), "{screen:?}");
+    assert!(screen.contains(" MiB/"), "{screen:?}");
+    docker_ok(&["rmi", &reference]);
+
+    // A start lasts a few seconds (its web service waits for db to be healthy): the daemon's
+    // steps show as they come, and compose's output is printed when it ends.
+    let (status, screen) = on_terminal(&g, &["app", "start", &id]);
+    assert_eq!(status, 0, "{screen:?}");
+    assert!(screen.contains("\rstart | Creating "), "{screen:?}");
+    assert!(screen.contains("_web_1 ... done\r\n"), "{screen:?}");
 }
 
 #[test]

@@ -97,13 +97,13 @@ impl Progress {
     }
 
     fn line(&self, elapsed: Duration, width: usize) -> String {
-        let mut out = format!("{} ", self.label);
+        let mut out = self.label.clone();
         if let Some(total) = self.total.filter(|t| *t > 0) {
             let f = (self.done as f64 / total as f64).clamp(0.0, 1.0);
-            out.push_str(&format!("{} {:>3.0}% ", bar(f, 20), f * 100.0));
+            out.push_str(&format!(" {} {:>3.0}% ", bar(f, 20), f * 100.0));
             out.push_str(&format!("{}/{}", size(self.done), size(total)));
         } else if self.done > 0 {
-            out.push_str(&size(self.done));
+            out.push_str(&format!(" {}", size(self.done)));
         }
         let secs = elapsed.as_secs_f64();
         if self.done > 0 && secs > 0.2 {
@@ -213,6 +213,12 @@ mod tests {
         assert!(
             line.contains(" 5.0 MiB/s ETA 15s | 50% loading docker/web.tar"),
             "{line}"
+        );
+        let mut p = Progress::new("start", None, true);
+        p.step = "Creating web_1 ...".into();
+        assert_eq!(
+            p.line(Duration::from_secs(1), 200),
+            "start | Creating web_1 ..."
         );
         assert_eq!(truncate("abcdef", 4), "abc…");
         assert_eq!(bar(1.0, 4), "[####]");
