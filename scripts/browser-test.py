@@ -3,10 +3,11 @@
 
 Started by scripts/test.sh inside its network namespace (loopback only, next to the test
 dockerd). It starts gantry on a token listener with the dashboard, then in the page: signs in
-with the token, imports a bundle (with an image tarball) through the file form and watches the
-progress (the upload slowed down to a few seconds by Chromium's network emulation: the bar
-moves with bytes, rate and ETA, and a step the daemon reports arrives), sees the app appear, starts it, stops it, starts it again and sees the status change
-when its container is stopped behind gantry's back (`docker stop`), then reads its logs.
+with the token, renames the device, imports a bundle (with an image tarball) through the file
+form and watches the progress (the upload slowed down to a few seconds by Chromium's network
+emulation: the bar moves with bytes, rate and ETA, and a step the daemon reports arrives),
+sees the app appear, starts it, stops it, starts it again and sees the status change when its
+container is stopped behind gantry's back (`docker stop`), then reads its logs.
 
 Environment: GANTRY_BIN, DOCKER_HOST_URI, DOCKER_CLI, IMAGE, WORKDIR (an empty directory).
 Exit status 0 when every step passed.
@@ -93,10 +94,11 @@ def start_gantry():
 
 
 def api(addr, method, path):
+    """The status and the body of an API call."""
     req = urllib.request.Request(f"http://{addr}/api{path}", method=method)
     req.add_header("Authorization", f"Bearer {TOKEN}")
     with urllib.request.urlopen(req, timeout=60) as r:
-        return r.status
+        return r.status, r.read()
 
 
 def browser():
@@ -152,6 +154,19 @@ def sign_in(d, addr):
     )
     assert 0 < moved < 100 * 1024, moved
     log(f"first load transferred {moved} bytes")
+
+
+def rename(d, addr):
+    """The device name in the header, changed through the page's prompt."""
+    wait(d, "the device name", lambda: d.find_element(By.ID, "device").text)
+    d.find_element(By.ID, "rename").click()
+    alert = WebDriverWait(d, TIMEOUT).until(lambda _: d.switch_to.alert)
+    alert.send_keys("browser-gateway")
+    alert.accept()
+    wait(d, "the new name", lambda: d.find_element(By.ID, "device").text == "browser-gateway")
+    status, body = api(addr, "GET", "/devicename")
+    assert status == 200 and json.loads(body) == "browser-gateway", (status, body)
+    log("renamed the device from the page")
 
 
 def import_bundle(d, path):
@@ -216,6 +231,7 @@ def main():
     try:
         d = browser()
         sign_in(d, addr)
+        rename(d, addr)
         import_bundle(d, path)
         lifecycle(d)
         api(addr, "DELETE", "/transfer/apps/" + urllib.parse.quote(APP, safe=""))
