@@ -81,6 +81,19 @@ fn daemon_with(host: &str, label: &str, bundle: fn(&str) -> Vec<u8>) -> (Gantry,
     (g, id)
 }
 
+/// A daemon on the test dockerd and the bundle `bundle(name)` of a fresh app, not imported:
+/// the app's id, and the bundle's path in a temp dir.
+fn daemon_and_bundle(
+    host: &str,
+    label: &str,
+    bundle: fn(&str) -> Vec<u8>,
+) -> (Gantry, String, tempfile::TempDir, String) {
+    let (g, name, id) = daemon_and_app(host, label);
+    let dir = tempfile::tempdir().unwrap();
+    let zip = write(dir.path(), "app.zip", &bundle(&name));
+    (g, id, dir, zip)
+}
+
 /// `gantry <args> --url <the daemon>`, running, its output piped.
 fn spawn_cli(g: &Gantry, args: &[&str]) -> std::process::Child {
     gantry_command()
@@ -102,9 +115,8 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn an_app_goes_through_its_life_from_the_command_line() {
     let host = require_docker!();
-    let (g, name, id) = daemon_and_app(&host, "cli");
-    let dir = tempfile::tempdir().unwrap();
-    let zip = write(dir.path(), "app.zip", &ticking_app(&name));
+    let (g, id, dir, zip) = daemon_and_bundle(&host, "cli", ticking_app);
+    let name = id.strip_suffix(":1").unwrap();
 
     let out = expect(&cli(&g, &["app", "import", &zip]), 0);
     assert_eq!(out, format!("imported {id} (Stopped)\n"));
@@ -212,10 +224,8 @@ fn on_terminal(g: &Gantry, args: &[&str]) -> (i32, String) {
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn progress_is_drawn_on_a_terminal() {
     let host = require_docker!();
-    let (g, name, id) = daemon_and_app(&host, "clipty");
-    let dir = tempfile::tempdir().unwrap();
+    let (g, id, dir, zip) = daemon_and_bundle(&host, "clipty", slow_app);
     // One line, redrawn in place: the bar, the bytes sent of the total, then the result.
-    let zip = write(dir.path(), "app.zip", &slow_app(&name));
     let (status, screen) = on_terminal(&g, &["app", "import", &zip]);
     assert_eq!(status, 0, "{screen:?}");
     let full = "[####################] 100% ";
