@@ -60,6 +60,9 @@ SCHEMATHESIS_VERSION=4.32.5
 ST_VENV="${GANTRY_TEST_VENV_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gantry-test}/schemathesis-$SCHEMATHESIS_VERSION"
 SELENIUM_VERSION=4.51.0
 SE_VENV="${GANTRY_TEST_VENV_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gantry-test}/selenium-$SELENIUM_VERSION"
+# python-socketio: the real Socket.IO client of the flowmanager tests (tests/flowmanager.rs).
+SOCKETIO_VERSION=5.14.1
+SIO_VENV="${GANTRY_TEST_VENV_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gantry-test}/socketio-$SOCKETIO_VERSION"
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 warn() { printf 'test.sh: WARNING: %s\n' "$*" >&2; }
@@ -331,15 +334,21 @@ fi
 # schemathesis, pinned, in its own virtualenv (host network namespace: pip needs PyPI).
 want_schemathesis() { wanted "${GANTRY_TEST_SCHEMATHESIS:-}"; }
 
+# A new virtualenv at $1 with the pip requirements $2...
+fresh_venv() {
+    local venv=$1
+    shift
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")" &&
+        python3 -m venv "$venv" &&
+        "$venv/bin/pip" install -q --disable-pip-version-check "$@"
+}
+
 install_schemathesis() {
     if [[ "$("$ST_VENV/bin/st" --version 2>/dev/null)" == *" $SCHEMATHESIS_VERSION" ]]; then
         return 0
     fi
-    rm -rf "$ST_VENV"
-    mkdir -p "$(dirname "$ST_VENV")" &&
-        python3 -m venv "$ST_VENV" &&
-        "$ST_VENV/bin/pip" install -q --disable-pip-version-check \
-            "schemathesis==$SCHEMATHESIS_VERSION" &&
+    fresh_venv "$ST_VENV" "schemathesis==$SCHEMATHESIS_VERSION" &&
         "$ST_VENV/bin/st" --version >/dev/null
 }
 
@@ -348,10 +357,7 @@ install_selenium() {
     if "$SE_VENV/bin/python" -c "import selenium, sys; sys.exit(selenium.__version__ != '$SELENIUM_VERSION')" 2>/dev/null; then
         return 0
     fi
-    rm -rf "$SE_VENV"
-    mkdir -p "$(dirname "$SE_VENV")" &&
-        python3 -m venv "$SE_VENV" &&
-        "$SE_VENV/bin/pip" install -q --disable-pip-version-check "selenium==$SELENIUM_VERSION"
+    fresh_venv "$SE_VENV" "selenium==$SELENIUM_VERSION"
 }
 
 SE_OK=0
@@ -372,6 +378,26 @@ if want_schemathesis; then
     else
         FAILED+=("install schemathesis $SCHEMATHESIS_VERSION (pip)")
     fi
+fi
+
+# python-socketio (with its polling and websocket client transports), pinned, in its own
+# virtualenv; the tests get its python as GANTRY_TEST_PYTHON.
+install_socketio() {
+    local check=(-c "import socketio, websocket, requests")
+    if [[ "$("$SIO_VENV/bin/pip" show python-socketio 2>/dev/null)" == *"Version: $SOCKETIO_VERSION"* ]] &&
+        "$SIO_VENV/bin/python" "${check[@]}" 2>/dev/null; then
+        return 0
+    fi
+    fresh_venv "$SIO_VENV" "python-socketio[client]==$SOCKETIO_VERSION" &&
+        "$SIO_VENV/bin/python" "${check[@]}"
+}
+
+SIO_PYTHON=""
+log "python-socketio $SOCKETIO_VERSION (virtualenv $SIO_VENV)"
+if install_socketio; then
+    SIO_PYTHON="$SIO_VENV/bin/python"
+else
+    FAILED+=("install python-socketio $SOCKETIO_VERSION (pip)")
 fi
 
 # 2. Build, format, lint (host network namespace: cargo may need the registry)
@@ -527,6 +553,7 @@ test_command_in_netns() {
         GANTRY_TEST_DOCKER_HOST="unix://$DOCKER_SOCK"
         GANTRY_TEST_IMAGE="$IMAGE"
         GANTRY_TEST_DOCKER_CLI="$DOCKER_CLI"
+        GANTRY_TEST_PYTHON="$SIO_PYTHON"
         DOCKER_CONFIG="$TMPD/docker-cli-config"
         CARGO_NET_OFFLINE=true
         RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod distillery;
+pub use distillery::{NamedToken, SnapshotsConfig};
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gantry/gantry.toml";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 /// Websocket sessions per listener when `http.max_websocket_sessions` is not set.
@@ -34,10 +37,10 @@ pub enum ConfigError {
     /// An environment override that cannot be used.
     #[error("{var}: {message}")]
     Env { var: String, message: String },
-    #[error("unknown dialect \"{0}\" (known: transfer, intervirt)")]
+    #[error(
+        "unknown dialect \"{0}\" (known: transfer, intervirt, flowmanager, duxcore, distillery)"
+    )]
     UnknownDialect(String),
-    #[error("dialect \"{0}\" is not available in this build of gantry")]
-    UnavailableDialect(String),
     /// A listener anyone on the network could use without credentials.
     #[error(
         "{0} is not a loopback address and no auth is set: set auth = \"token\" with a \
@@ -46,6 +49,13 @@ pub enum ConfigError {
     NoAuth(SocketAddr),
     #[error("token_file {}: {source}", path.display())]
     TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The duxcore core key file cannot be read (or is empty).
+    #[error("duxcore.corekey_file {}: {source}", path.display())]
+    CoreKeyFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -99,6 +109,9 @@ fn bad(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub enum Dialect {
     Transfer,
     Intervirt,
+    Duxcore,
+    Distillery,
+    FlowManager,
 }
 
 impl Dialect {
@@ -106,9 +119,9 @@ impl Dialect {
         match s {
             "transfer" => Ok(Dialect::Transfer),
             "intervirt" => Ok(Dialect::Intervirt),
-            "flowmanager" | "duxcore" | "distillery" => {
-                Err(ConfigError::UnavailableDialect(s.to_string()))
-            }
+            "duxcore" => Ok(Dialect::Duxcore),
+            "distillery" => Ok(Dialect::Distillery),
+            "flowmanager" => Ok(Dialect::FlowManager),
             other => Err(ConfigError::UnknownDialect(other.to_string())),
         }
     }
@@ -117,6 +130,9 @@ impl Dialect {
         match self {
             Dialect::Transfer => "transfer",
             Dialect::Intervirt => "intervirt",
+            Dialect::Duxcore => "duxcore",
+            Dialect::Distillery => "distillery",
+            Dialect::FlowManager => "flowmanager",
         }
     }
 
@@ -126,6 +142,11 @@ impl Dialect {
             // The guest's port that the Intervirt host forwards to: all interfaces, so its
             // listener needs an explicit auth setting (the client sends no credentials).
             Dialect::Intervirt => SocketAddr::from(([0, 0, 0, 0], 55436)),
+            // The original daemon's port, on loopback unless the config says otherwise.
+            Dialect::Duxcore => SocketAddr::from(([127, 0, 0, 1], 8000)),
+            Dialect::Distillery => SocketAddr::from(([127, 0, 0, 1], 54171)),
+            // kawaflow's flow-manager port.
+            Dialect::FlowManager => SocketAddr::from(([127, 0, 0, 1], 8000)),
         }
     }
 }
@@ -145,6 +166,8 @@ pub enum Auth {
     Token { token: String },
     /// Explicit opt-out for networks where the client cannot authenticate.
     None,
+    /// `Authorization: Bearer <token>`, one of several named tokens from a key file.
+    Tokens { tokens: Vec<NamedToken> },
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +219,8 @@ pub struct AppsPolicy {
     pub max_bundle_bytes: Option<u64>,
     /// Disk space that must stay free after an import (None: the default).
     pub reserve_bytes: Option<u64>,
+    /// How long an update waits for a recreated service to become healthy.
+    pub health_timeout: Duration,
 }
 
 /// Which power backend the Intervirt shutdown and reboot commands use.
@@ -244,6 +269,9 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub apps: AppsPolicy,
     pub intervirt: IntervirtConfig,
+    pub duxcore: DuxcoreConfig,
+    pub snapshots: SnapshotsConfig,
+    pub flow: FlowConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,6 +292,12 @@ struct RawConfig {
     apps: RawApps,
     #[serde(default)]
     intervirt: RawIntervirt,
+    #[serde(default)]
+    duxcore: RawDuxcore,
+    #[serde(default)]
+    snapshots: distillery::RawSnapshots,
+    #[serde(default)]
+    flowmanager: RawFlow,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -279,6 +313,7 @@ struct RawApps {
     allowed_bind_paths: Vec<PathBuf>,
     max_bundle_bytes: Option<u64>,
     reserve_bytes: Option<u64>,
+    health_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -299,6 +334,79 @@ struct RawIntervirt {
 enum RawUpgrade {
     Preset(String),
     Argv(Vec<String>),
+}
+
+/// The Flow Manager dialect (`[flowmanager]`).
+#[derive(Debug, Clone)]
+pub struct FlowConfig {
+    /// Host directory of the containers' unix sockets (`<name>.sock`) and code (`<name>_code`).
+    pub socket_dir: PathBuf,
+    /// Period of `container_status_update` broadcasts.
+    pub status_interval: Duration,
+    /// Largest frame, either way, on a container's socket.
+    pub max_frame_bytes: u32,
+    /// How long a frame may take to reach a container (and a started frame to arrive).
+    pub socket_timeout: Duration,
+    /// Log lines a `container_crashed` event carries.
+    pub crash_log_lines: u32,
+    pub stop_timeout_secs: u32,
+    /// Pull an image that is missing locally at create.
+    pub pull_missing_images: bool,
+    /// How long an updated container must keep running before the update counts (0: no check).
+    pub update_settle: Duration,
+    /// Socket.IO clients one listener serves at once.
+    pub max_clients: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlow {
+    socket_dir: Option<PathBuf>,
+    status_interval_secs: Option<u64>,
+    max_frame_bytes: Option<u32>,
+    socket_timeout_secs: Option<u64>,
+    crash_log_lines: Option<u32>,
+    stop_timeout_secs: Option<u32>,
+    pull_missing_images: Option<bool>,
+    update_settle_secs: Option<u64>,
+    max_clients: Option<usize>,
+}
+
+fn build_flow(raw: RawFlow) -> Result<FlowConfig, ConfigError> {
+    let socket_dir = raw
+        .socket_dir
+        .unwrap_or_else(|| PathBuf::from("/tmp/kawaflow/sockets"));
+    if !socket_dir.is_absolute() {
+        return Err(bad(
+            "flowmanager.socket_dir",
+            format!("\"{}\" is not an absolute path", socket_dir.display()),
+        ));
+    }
+    let at_least_one = |key: &str, v: u64| match v {
+        0 => Err(bad(format!("flowmanager.{key}"), "must be at least 1")),
+        v => Ok(v),
+    };
+    let interval = at_least_one(
+        "status_interval_secs",
+        raw.status_interval_secs.unwrap_or(30),
+    )?;
+    let timeout = at_least_one("socket_timeout_secs", raw.socket_timeout_secs.unwrap_or(5))?;
+    let frame = at_least_one(
+        "max_frame_bytes",
+        raw.max_frame_bytes.unwrap_or(1 << 20).into(),
+    )?;
+    let clients = at_least_one("max_clients", raw.max_clients.unwrap_or(512) as u64)?;
+    Ok(FlowConfig {
+        socket_dir,
+        status_interval: Duration::from_secs(interval),
+        max_frame_bytes: frame as u32,
+        socket_timeout: Duration::from_secs(timeout),
+        crash_log_lines: raw.crash_log_lines.unwrap_or(20),
+        stop_timeout_secs: raw.stop_timeout_secs.unwrap_or(10),
+        pull_missing_images: raw.pull_missing_images.unwrap_or(true),
+        update_settle: Duration::from_secs(raw.update_settle_secs.unwrap_or(1)),
+        max_clients: clients as usize,
+    })
 }
 
 fn build_intervirt(raw: RawIntervirt, env: &dyn Env) -> Result<IntervirtConfig, ConfigError> {
@@ -364,6 +472,107 @@ fn build_intervirt(raw: RawIntervirt, env: &dyn Env) -> Result<IntervirtConfig, 
         stop_timeout_secs: raw.stop_timeout_secs.unwrap_or(10),
         netns: raw.netns,
     })
+}
+
+/// The duxcore daemon dialect (`[duxcore]`): its core key and the limits of what clients send.
+#[derive(Debug, Clone)]
+pub struct DuxcoreConfig {
+    /// The core key file (`X-Duxcore-CoreKey` is its bytes in standard base64).
+    pub corekey_file: PathBuf,
+    /// The key as read at start; None when no duxcore listener is configured.
+    pub corekey: Option<Vec<u8>>,
+    /// Largest raw root filesystem tar `POST /docker/image` accepts.
+    pub max_image_bytes: u64,
+    /// Largest `bind_contents` archive (compressed, as downloaded).
+    pub bind_contents_max_bytes: u64,
+    /// Largest `bind_contents` archive once unpacked (all files together).
+    pub bind_contents_max_unpacked_bytes: u64,
+    /// Entries a `bind_contents` archive may hold.
+    pub bind_contents_max_entries: usize,
+    /// How long fetching a `bind_contents` archive may take, all of it.
+    pub bind_contents_timeout: Duration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDuxcore {
+    corekey_file: Option<PathBuf>,
+    max_image_bytes: Option<u64>,
+    bind_contents_max_bytes: Option<u64>,
+    bind_contents_max_unpacked_bytes: Option<u64>,
+    bind_contents_max_entries: Option<usize>,
+    bind_contents_timeout_secs: Option<u64>,
+}
+
+/// Reads the core key when a duxcore listener needs it: a missing, unreadable or empty key
+/// file is a configuration error, so gantry does not start with no way to authenticate.
+fn build_duxcore(
+    raw: RawDuxcore,
+    env: &dyn Env,
+    state_dir: &Path,
+    listeners: &[Listener],
+    tokens: Tokens,
+) -> Result<DuxcoreConfig, ConfigError> {
+    let corekey_file = env
+        .var("GANTRY_DUXCORE_COREKEY_FILE")
+        .map(PathBuf::from)
+        .or(raw.corekey_file)
+        .unwrap_or_else(|| state_dir.join("corekey.bin"));
+    let corekey = if !listeners.iter().any(|l| l.dialect == Dialect::Duxcore) {
+        None
+    } else if tokens == Tokens::IfReadable {
+        // A client (the CLI) never uses the key; `gantry check` reads the file itself.
+        read_corekey(&corekey_file).ok()
+    } else {
+        Some(read_corekey(&corekey_file)?)
+    };
+    let positive = |key: &str, v: Option<u64>, default: u64| match v {
+        Some(0) => Err(bad(format!("duxcore.{key}"), "must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    Ok(DuxcoreConfig {
+        corekey_file,
+        corekey,
+        max_image_bytes: positive("max_image_bytes", raw.max_image_bytes, 4 << 30)?,
+        bind_contents_max_bytes: positive(
+            "bind_contents_max_bytes",
+            raw.bind_contents_max_bytes,
+            1 << 30,
+        )?,
+        bind_contents_max_unpacked_bytes: positive(
+            "bind_contents_max_unpacked_bytes",
+            raw.bind_contents_max_unpacked_bytes,
+            4 << 30,
+        )?,
+        bind_contents_max_entries: positive(
+            "bind_contents_max_entries",
+            raw.bind_contents_max_entries.map(|n| n as u64),
+            100_000,
+        )? as usize,
+        bind_contents_timeout: Duration::from_secs(positive(
+            "bind_contents_timeout_secs",
+            raw.bind_contents_timeout_secs,
+            600,
+        )?),
+    })
+}
+
+/// The core key's bytes; an empty file is refused (an empty key would let an empty header in).
+pub fn read_corekey(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let key = std::fs::read(path).map_err(|source| ConfigError::CoreKeyFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if key.is_empty() {
+        return Err(ConfigError::CoreKeyFile {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(
+                "the file is empty: the core key needs at least one byte",
+            ),
+        });
+    }
+    Ok(key)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -533,12 +742,15 @@ impl Config {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Port 0 asks the kernel for a free port: several listeners may ask.
         for (i, a) in listeners.iter().enumerate() {
-            if listeners[..i].iter().any(|b| b.address == a.address) {
+            if a.address.port() != 0 && listeners[..i].iter().any(|b| b.address == a.address) {
                 return Err(ConfigError::DuplicateAddress(a.address));
             }
         }
 
+        let duxcore = build_duxcore(raw.duxcore, env, &state_dir, &listeners, tokens)?;
+        let snapshots = distillery::build_snapshots(raw.snapshots, &state_dir)?;
         Ok(Config {
             state_dir,
             docker_host,
@@ -572,9 +784,18 @@ impl Config {
                     allowed_bind_paths: a.allowed_bind_paths,
                     max_bundle_bytes: a.max_bundle_bytes,
                     reserve_bytes: a.reserve_bytes,
+                    health_timeout: match a.health_timeout_secs {
+                        Some(0) => {
+                            return Err(bad("apps.health_timeout_secs", "must be at least 1"))
+                        }
+                        n => Duration::from_secs(n.unwrap_or(300)),
+                    },
                 }
             },
             intervirt: build_intervirt(raw.intervirt, env)?,
+            duxcore,
+            snapshots,
+            flow: build_flow(raw.flowmanager)?,
         })
     }
 }
@@ -582,7 +803,13 @@ impl Config {
 /// `GANTRY_<DIALECT>_{ADDRESS,AUTH,TOKEN_FILE}` apply to every listener of that dialect,
 /// creating one when the file has none.
 fn apply_listener_env(raws: &mut Vec<RawListener>, env: &dyn Env) -> Result<(), ConfigError> {
-    for dialect in ["transfer", "intervirt"] {
+    for dialect in [
+        "transfer",
+        "intervirt",
+        "flowmanager",
+        "duxcore",
+        "distillery",
+    ] {
         let prefix = format!("GANTRY_{}_", dialect.to_uppercase());
         let address = env.var(&format!("{prefix}ADDRESS"));
         let auth = env.var(&format!("{prefix}AUTH"));
@@ -628,7 +855,18 @@ fn build_listener(raw: RawListener, tokens: Tokens) -> Result<Listener, ConfigEr
         None => dialect.default_address(),
     };
     let loopback = address.ip().is_loopback();
-    let auth = match raw.auth.as_deref() {
+    // A distillery client always authenticates with one of the named tokens.
+    let auth_name = match (dialect, raw.auth.as_deref()) {
+        (Dialect::Distillery, None | Some("tokens")) => Some("tokens"),
+        (Dialect::Distillery, Some(other)) => {
+            return Err(bad(
+                "auth",
+                format!("\"{other}\": a distillery listener takes auth = \"tokens\""),
+            ))
+        }
+        (_, a) => a,
+    };
+    let auth = match auth_name {
         None if loopback => Auth::Loopback,
         None => return Err(ConfigError::NoAuth(address)),
         Some("loopback") if loopback => Auth::Loopback,
@@ -665,16 +903,31 @@ fn build_listener(raw: RawListener, tokens: Tokens) -> Result<Listener, ConfigEr
             }
             Auth::Token { token }
         }
+        Some("tokens") => {
+            let path = raw
+                .token_file
+                .as_ref()
+                .ok_or_else(|| bad("auth", "\"tokens\" needs token_file"))?;
+            let named = match distillery::read_tokens(path) {
+                // A client that may not read the file knows no token of it.
+                Err(ConfigError::TokenFile { .. }) if tokens == Tokens::IfReadable => Vec::new(),
+                read => read?,
+            };
+            Auth::Tokens { tokens: named }
+        }
         Some("none") => Auth::None,
         Some(other) => {
             return Err(bad(
                 "auth",
-                format!("unknown auth \"{other}\" (loopback, token or none)"),
+                format!("unknown auth \"{other}\" (loopback, token, tokens or none)"),
             ))
         }
     };
-    if raw.token_file.is_some() && !matches!(auth, Auth::Token { .. }) {
-        return Err(bad("token_file", "is set but auth is not \"token\""));
+    if raw.token_file.is_some() && !matches!(auth, Auth::Token { .. } | Auth::Tokens { .. }) {
+        return Err(bad(
+            "token_file",
+            "is set but auth is not \"token\" or \"tokens\"",
+        ));
     }
     let prefix = match raw.prefix {
         Some(p) if dialect != Dialect::Transfer => {
@@ -916,11 +1169,6 @@ mod tests {
         let e = Config::parse("[[listeners]]\ndialect = \"gopher\"\n", &env(&[])).unwrap_err();
         assert!(e.to_string().contains("unknown dialect"));
         assert!(matches!(e.root(), ConfigError::UnknownDialect(d) if d == "gopher"));
-        let e = Config::parse("[[listeners]]\ndialect = \"duxcore\"\n", &env(&[])).unwrap_err();
-        assert!(
-            matches!(e.root(), ConfigError::UnavailableDialect(_)),
-            "{e:?}"
-        );
         let e = Config::parse("shutdown_timeout_secs = 0", &env(&[])).unwrap_err();
         assert!(e.to_string().contains("at least 1"));
         assert_eq!(
@@ -935,6 +1183,14 @@ mod tests {
         let t = "[[listeners]]\ndialect = \"transfer\"\n";
         let e = Config::parse(&format!("{t}{t}"), &env(&[])).unwrap_err();
         assert!(matches!(e, ConfigError::DuplicateAddress(_)), "{e:?}");
+        let t = "[[listeners]]\ndialect = \"transfer\"\naddress = \"127.0.0.1:0\"\n";
+        assert_eq!(
+            Config::parse(&format!("{t}{t}"), &env(&[]))
+                .unwrap()
+                .listeners
+                .len(),
+            2
+        );
     }
 
     #[test]
@@ -1009,6 +1265,46 @@ mod tests {
             .listeners
             .iter()
             .any(|l| l.dialect == Dialect::Intervirt && l.auth == Auth::Loopback));
+    }
+
+    #[test]
+    fn flowmanager_listener_and_section() {
+        let c = Config::parse("[[listeners]]\ndialect = \"flowmanager\"\n", &env(&[])).unwrap();
+        assert_eq!(c.listeners[0].dialect, Dialect::FlowManager);
+        assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.listeners[0].auth, Auth::Loopback);
+        assert_eq!(c.flow.socket_dir, PathBuf::from("/tmp/kawaflow/sockets"));
+        assert_eq!(c.flow.status_interval, Duration::from_secs(30));
+        assert_eq!(c.flow.max_frame_bytes, 1 << 20);
+        let c = Config::parse(
+            "[flowmanager]\nsocket_dir = \"/srv/k\"\nstatus_interval_secs = 2\nmax_clients = 9\n",
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.flow.socket_dir, PathBuf::from("/srv/k"));
+        assert_eq!(c.flow.status_interval, Duration::from_secs(2));
+        assert_eq!(c.flow.max_clients, 9);
+        for (text, key) in [
+            (
+                "[flowmanager]\nsocket_dir = \"rel\"\n",
+                "flowmanager.socket_dir",
+            ),
+            (
+                "[flowmanager]\nstatus_interval_secs = 0\n",
+                "flowmanager.status_interval_secs",
+            ),
+            (
+                "[flowmanager]\nmax_frame_bytes = 0\n",
+                "flowmanager.max_frame_bytes",
+            ),
+        ] {
+            assert_eq!(refused_key(text, &[]), key, "{text}");
+        }
+        let c = Config::parse("", &env(&[("GANTRY_FLOWMANAGER_ADDRESS", "127.0.0.1:0")])).unwrap();
+        assert!(c
+            .listeners
+            .iter()
+            .any(|l| l.dialect == Dialect::FlowManager));
     }
 
     #[test]
@@ -1108,6 +1404,43 @@ mod tests {
         assert_eq!(
             l.token_file.as_deref(),
             Some(Path::new("/nonexistent/gantry/token"))
+        );
+    }
+
+    #[test]
+    fn duxcore_listener_reads_its_core_key_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().display().to_string();
+        let t = format!("state_dir = {state:?}\n[[listeners]]\ndialect = \"duxcore\"\n");
+        // The default key file (state dir) is missing: a configuration error.
+        let e = Config::parse(&t, &env(&[])).unwrap_err();
+        assert!(matches!(e, ConfigError::CoreKeyFile { .. }), "{e:?}");
+        assert!(e.to_string().contains("corekey.bin"), "{e}");
+        std::fs::write(dir.path().join("corekey.bin"), [0u8, 1, 2]).unwrap();
+        let c = Config::parse(&t, &env(&[])).unwrap();
+        assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.duxcore.corekey.as_deref(), Some(&[0u8, 1, 2][..]));
+        assert_eq!(c.duxcore.max_image_bytes, 4 << 30);
+        // Another file, named in the section or the environment; an empty one is refused.
+        let other = dir.path().join("other.key");
+        std::fs::write(&other, b"").unwrap();
+        let named = format!(
+            "{t}[duxcore]\ncorekey_file = {:?}\n",
+            other.display().to_string()
+        );
+        assert!(matches!(
+            Config::parse(&named, &env(&[])).unwrap_err(),
+            ConfigError::CoreKeyFile { .. }
+        ));
+        let o = other.display().to_string();
+        let e = Config::parse(&t, &env(&[("GANTRY_DUXCORE_COREKEY_FILE", &o)])).unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
+        // Without a duxcore listener nothing is read.
+        let c = Config::parse(&format!("state_dir = {state:?}\n"), &env(&[])).unwrap();
+        assert_eq!(c.duxcore.corekey, None);
+        assert_eq!(
+            refused_key(&format!("{t}[duxcore]\nmax_image_bytes = 0\n"), &[]),
+            "duxcore.max_image_bytes"
         );
     }
 

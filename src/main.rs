@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, PowerBackend, ProcessEnv, Source};
 use crate::core::apps::import::ImportSettings;
 use crate::core::apps::lifecycle::Apps;
+use crate::core::apps::snapshots::Snapshots;
 use crate::core::docker::DockerEngine;
 use crate::core::engine::ContainerEngine;
 use crate::core::health::EngineHealth;
@@ -118,6 +119,10 @@ fn main() -> ExitCode {
                         c.intervirt.power, c.intervirt.upgrade_command, c.intervirt.strict_client
                     );
                 }
+                if let Some(key) = &c.duxcore.corekey {
+                    let file = c.duxcore.corekey_file.display();
+                    println!("duxcore: core key {file} ({} bytes)", key.len());
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -153,6 +158,7 @@ fn auth_name(auth: &config::Auth) -> &'static str {
         config::Auth::Loopback => "loopback",
         config::Auth::Token { .. } => "token",
         config::Auth::None => "none",
+        config::Auth::Tokens { .. } => "tokens",
     }
 }
 
@@ -182,7 +188,9 @@ async fn serve(config: Config) -> ExitCode {
     let stop = CancellationToken::new();
     let health = EngineHealth::spawn(engine.clone(), config.docker_probe_interval, stop.clone());
     let apps = match Apps::open(engine.clone(), &config.state_dir, import_settings(&config)) {
-        Ok(a) => a.with_events(gantry_events(&config)),
+        Ok(a) => a
+            .with_events(gantry_events(&config))
+            .with_health_timeout(config.apps.health_timeout),
         Err(e) => {
             tracing::error!(error = %e, "cannot open the app store");
             return ExitCode::from(EXIT_FAILURE);
@@ -199,12 +207,25 @@ async fn serve(config: Config) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
+    let services = duxcore_services(&config, engine.clone());
+    let snapshots = match Snapshots::open(&config.snapshots.dir, config.snapshots.keep_backups) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the snapshots directory");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     let watch_engine = engine.clone();
+    let flow = start_flow(&config, engine.clone(), stop.clone()).await;
     let core = Arc::new(
         Core::new(engine, health.clone(), apps)
             .with_intervirt(intervirt)
-            .with_prefs(prefs),
+            .with_prefs(prefs)
+            .with_services(services)
+            .with_snapshots(snapshots)
+            .with_flow(flow),
     );
+    spawn_reload_on_hangup(core.clone());
     {
         // App status changes made outside gantry reach the event bus through Docker's events.
         let apps = crate::core::apps::watch::CoreApps(core.clone());
@@ -243,6 +264,8 @@ async fn serve(config: Config) -> ExitCode {
         ));
     }
     server::systemd::notify_ready(&listening);
+    // Start-up code ran once; what stays resident from now on is what the daemon uses.
+    server::memory::trim_own_code();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), docker = %config.docker_host, state = %config.state_dir.display(), "gantry ready");
     server::systemd::spawn_status_updates(health.subscribe(), listening, stop.clone());
     server::systemd::spawn_watchdog(addrs, stop.clone());
@@ -312,6 +335,74 @@ async fn start_intervirt(
     agent.start_up(stop).await;
     tracing::info!(power = ?c.power, "Intervirt agent ready");
     Ok(Some(agent))
+}
+
+/// The duxcore services, when a listener speaks that dialect (its core key was read with the
+/// configuration).
+fn duxcore_services(
+    config: &Config,
+    engine: Arc<dyn ContainerEngine>,
+) -> Option<Arc<crate::core::services::Services>> {
+    use crate::core::services::{CoreKey, FetchLimits, ServiceSettings, Services, UnpackLimits};
+    let d = &config.duxcore;
+    let key = CoreKey::new(&d.corekey_file, d.corekey.clone()?);
+    let bundle = crate::core::apps::bundle::BundleLimits::default();
+    let settings = ServiceSettings {
+        dir: config.state_dir.join("duxcore"),
+        fetch: FetchLimits {
+            max_bytes: d.bind_contents_max_bytes,
+            timeout: d.bind_contents_timeout,
+        },
+        unpack: UnpackLimits {
+            max_bytes: d.bind_contents_max_unpacked_bytes,
+            max_entries: d.bind_contents_max_entries,
+            max_ratio: bundle.max_ratio,
+            ratio_min_bytes: bundle.ratio_min_bytes,
+        },
+        max_image_bytes: d.max_image_bytes,
+    };
+    Some(Arc::new(Services::new(engine, settings, key)))
+}
+
+/// SIGHUP reads the duxcore core key file again (a failure keeps the key in use).
+fn spawn_reload_on_hangup(core: Arc<Core>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let Some(services) = &core.services else {
+                continue;
+            };
+            let path = services.key().path().display().to_string();
+            match services.key().reload() {
+                Ok(()) => tracing::info!(file = %path, "core key read again"),
+                Err(e) => tracing::error!(error = %e, "core key kept: cannot read it again"),
+            }
+        }
+    });
+}
+
+/// The Flow Manager, when a listener speaks its dialect: its containers' sockets are served
+/// again (kept across a restart under systemd) before anything is served.
+async fn start_flow(
+    config: &Config,
+    engine: Arc<dyn ContainerEngine>,
+    stop: CancellationToken,
+) -> Option<Arc<crate::core::flow::FlowManager>> {
+    if !config
+        .listeners
+        .iter()
+        .any(|l| l.dialect == config::Dialect::FlowManager)
+    {
+        return None;
+    }
+    let flow = crate::core::flow::FlowManager::new(engine, config.flow.clone(), stop.clone());
+    flow.start_up(stop).await;
+    tracing::info!(socket_dir = %config.flow.socket_dir.display(), "Flow Manager ready");
+    Some(flow)
 }
 
 fn import_settings(config: &Config) -> ImportSettings {

@@ -109,9 +109,15 @@ fn a_rest_import_is_listed_and_cancelled_by_the_id_its_client_chose() {
     assert!(text.to_lowercase().contains("cancel"), "{text}");
     g.get(&app_path(&format!("{name}:1")))
         .expect_problem(404, &app_path(&format!("{name}:1")));
+    let test_image_kept = docker_exists("image", &test_image());
+    let ref_kept = docker_exists("image", &reference);
     assert!(
-        !docker_exists("image", &reference),
-        "the cancelled import kept its image"
+        test_image_kept,
+        "the rollback removed an image that was there before"
+    );
+    assert!(
+        !ref_kept,
+        "the cancelled import kept the reference it loaded"
     );
     wait_unlisted(&g, &id);
     // The id is free again, and a malformed one is refused before anything starts.

@@ -2,6 +2,9 @@
 //! onto core calls and implementing the server's [`Dialect`] seam. Shared HTTP plumbing
 //! lives in `http` (bodies, responses, queries) and `router` (the route table).
 
+pub mod distillery;
+pub mod duxcore;
+pub mod flowmanager;
 pub mod http;
 pub mod intervirt;
 pub mod router;
@@ -17,6 +20,9 @@ pub fn dialect(kind: config::Dialect) -> Arc<dyn Dialect> {
     match kind {
         config::Dialect::Transfer => Arc::new(transfer::Transfer),
         config::Dialect::Intervirt => Arc::new(intervirt::Intervirt),
+        config::Dialect::Duxcore => Arc::new(duxcore::Duxcore),
+        config::Dialect::Distillery => Arc::new(distillery::Distillery),
+        config::Dialect::FlowManager => Arc::new(flowmanager::FlowManager::default()),
     }
 }
 

@@ -87,6 +87,17 @@ pub struct Client {
     token: Option<String>,
 }
 
+/// The token the CLI sends to a token listener: the token (of a `tokens` listener, its file's
+/// first); None when there is none or the user may not read the file.
+fn listener_token(l: &config::Listener) -> Option<&str> {
+    match &l.auth {
+        Auth::Token { token } => Some(token.as_str()),
+        Auth::Tokens { tokens } => tokens.first().map(|t| t.token.as_str()),
+        Auth::Loopback | Auth::None => None,
+    }
+    .filter(|t| !t.is_empty())
+}
+
 /// The first transfer listener the user can use: loopback ones first, then those whose
 /// token is readable, then unauthenticated ones; a wildcard address is reached over
 /// loopback.
@@ -96,11 +107,11 @@ fn pick_listener(config: &Config) -> CliResult<(SocketAddr, String, Option<Strin
         .iter()
         .filter(|l| l.dialect == config::Dialect::Transfer)
         .collect();
-    let rank = |l: &config::Listener| match &l.auth {
-        Auth::Loopback => 0,
-        Auth::Token { token } if !token.is_empty() => 1,
-        Auth::None => 2,
-        Auth::Token { .. } => 3,
+    let rank = |l: &config::Listener| match (&l.auth, listener_token(l)) {
+        (Auth::Loopback, _) => 0,
+        (_, Some(_)) => 1,
+        (Auth::None, _) => 2,
+        _ => 3,
     };
     let Some(l) = transfer.iter().min_by_key(|l| rank(l)) else {
         return Err(CliError::new(
@@ -109,7 +120,7 @@ fn pick_listener(config: &Config) -> CliResult<(SocketAddr, String, Option<Strin
         ));
     };
     let token = match &l.auth {
-        Auth::Token { token } if token.is_empty() => {
+        Auth::Token { .. } | Auth::Tokens { .. } if listener_token(l).is_none() => {
             let file = l.token_file.as_deref().unwrap_or(Path::new("?"));
             return Err(CliError::new(
                 Exit::NoPermission,
@@ -121,8 +132,7 @@ fn pick_listener(config: &Config) -> CliResult<(SocketAddr, String, Option<Strin
                 ),
             ));
         }
-        Auth::Token { token } => Some(token.clone()),
-        _ => None,
+        _ => listener_token(l).map(str::to_string),
     };
     let mut addr = l.address;
     if addr.ip().is_unspecified() {

@@ -7,24 +7,26 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerSummary, EndpointSettings,
     ImageDeleteResponseItem, ImageInspect, ImageSummary, Network, NetworkConnectRequest,
     NetworkCreateRequest, Volume, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ImportImageOptionsBuilder,
-    ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
-    ListVolumesOptionsBuilder, LogsOptionsBuilder, PruneContainersOptionsBuilder,
-    PruneImagesOptionsBuilder, PruneVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveImageOptionsBuilder, RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    ImportImageOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
+    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
+    PruneContainersOptionsBuilder, PruneImagesOptionsBuilder, PruneVolumesOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RemoveVolumeOptionsBuilder,
+    StatsOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::engine::{
-    ByteStream, ContainerEngine, EngineError, EngineResult, EngineVersion, Filter, LoadedImages,
-    LogLine,
+    Attached, ByteStream, ContainerEngine, CpuCounters, EngineError, EngineResult, EngineVersion,
+    ExecSession, ExecState, Filter, LineStream, LoadedImages, LogLine, ResourceSample,
 };
 
 pub struct DockerEngine {
@@ -442,30 +444,158 @@ impl ContainerEngine for DockerEngine {
     }
 
     async fn container_logs(&self, id: &str, tail: Option<u64>) -> EngineResult<Vec<LogLine>> {
-        let mut stream = self.docker()?.logs(id, Some(logs_options(tail, false)));
-        let mut lines = LogLines::default();
-        let mut out = Vec::new();
-        while let Some(item) = stream.next().await {
-            out.extend(lines.push(item.map_err(map_error)?));
-        }
-        out.extend(lines.rest());
-        Ok(out)
+        let opts = logs_options(tail, false);
+        output_lines(self.docker()?.logs(id, Some(opts)))
+            .try_collect()
+            .await
     }
 
-    fn follow_container_logs(&self, id: &str, tail: Option<u64>) -> super::engine::LogStream {
+    async fn tag_image(&self, image: &str, reference: &str) -> EngineResult<()> {
+        let reference = with_default_tag(reference);
+        let (repo, tag) = match reference.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => (r, t),
+            _ => (reference.as_str(), "latest"),
+        };
+        let opts = TagImageOptionsBuilder::default()
+            .repo(repo)
+            .tag(tag)
+            .build();
+        self.docker()?
+            .tag_image(image, Some(opts))
+            .await
+            .map_err(map_error)
+    }
+
+    fn follow_logs(&self, id: &str, tail: Option<u64>) -> LineStream {
+        match self.docker() {
+            Ok(d) => output_lines(d.logs(id, Some(logs_options(tail, true)))),
+            Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
+        }
+    }
+
+    async fn exec(&self, id: &str, cmd: &[String]) -> EngineResult<ExecSession> {
+        let docker = self.docker()?;
+        let config = CreateExecOptions {
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            cmd: Some(cmd.to_vec()),
+            ..Default::default()
+        };
+        let exec = docker.create_exec(id, config).await.map_err(map_error)?;
+        match docker.start_exec(&exec.id, None).await.map_err(map_error)? {
+            StartExecResults::Attached { output, input } => Ok(ExecSession {
+                id: exec.id,
+                output: output_lines(output),
+                input,
+            }),
+            StartExecResults::Detached => Err(EngineError::Failed(
+                "Docker started the command detached".into(),
+            )),
+        }
+    }
+
+    async fn exec_state(&self, exec_id: &str) -> EngineResult<ExecState> {
+        let info = self
+            .docker()?
+            .inspect_exec(exec_id)
+            .await
+            .map_err(map_error)?;
+        Ok(match (info.running, info.exit_code) {
+            (Some(false), Some(code)) => ExecState::Exited(code),
+            _ => ExecState::Running {
+                pid: info
+                    .pid
+                    .and_then(|p| i32::try_from(p).ok())
+                    .filter(|p| *p > 0),
+            },
+        })
+    }
+
+    async fn kill_container(&self, id: &str) -> EngineResult<()> {
+        self.docker()?
+            .kill_container(id, None)
+            .await
+            .map_err(map_error)
+    }
+
+    fn container_stats(&self, id: &str, stream: bool) -> super::engine::StatsStream {
         let docker = match self.docker() {
             Ok(d) => d,
             Err(e) => return Box::pin(futures_util::stream::once(async move { Err(e) })),
         };
-        let mut lines = LogLines::default();
-        let frames = docker.logs(id, Some(logs_options(tail, true)));
-        Box::pin(frames.flat_map(move |item| {
-            let out: Vec<EngineResult<LogLine>> = match item {
-                Ok(frame) => lines.push(frame).into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(map_error(e))],
-            };
-            futures_util::stream::iter(out)
-        }))
+        let opts = StatsOptionsBuilder::default().stream(stream).build();
+        Box::pin(docker.stats(id, Some(opts)).map_err(map_error))
+    }
+
+    async fn attach_container(&self, id: &str, logs: bool) -> EngineResult<Attached> {
+        let opts = AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .logs(logs)
+            .build();
+        // The attach stays open as long as the client does: no timeout beyond the upgrade.
+        let res = self
+            .clients()?
+            .transfer
+            .attach_container(id, Some(opts))
+            .await
+            .map_err(map_error)?;
+        let output = res.output.map(|item| match item {
+            Ok(out) => Ok(out.into_bytes()),
+            Err(e) => Err(io_error(e)),
+        });
+        Ok(Attached {
+            output: Box::pin(output),
+            input: res.input,
+        })
+    }
+
+    async fn import_rootfs(&self, tar: ByteStream) -> EngineResult<String> {
+        let opts = CreateImageOptionsBuilder::default().from_src("-").build();
+        let body = bollard::body_try_stream(coalesced(read_ahead(tar)));
+        let mut progress = self
+            .clients()?
+            .transfer
+            .create_image(Some(opts), Some(body), None);
+        let mut id = None;
+        while let Some(item) = progress.next().await {
+            let info = item.map_err(map_error)?;
+            if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                return Err(EngineError::Rejected(e));
+            }
+            // The import's last message carries the new image's id as its status.
+            if let Some(s) = info.status.filter(|s| s.starts_with("sha256:")) {
+                id = Some(s.trim().to_string());
+            }
+        }
+        id.ok_or_else(|| EngineError::Failed("Docker named no imported image".to_string()))
+    }
+
+    async fn resource_usage(&self, id: &str, one_shot: bool) -> EngineResult<ResourceSample> {
+        let opts = bollard::query_parameters::StatsOptionsBuilder::default()
+            .stream(false)
+            .one_shot(one_shot)
+            .build();
+        let mut stream = self.docker()?.stats(id, Some(opts));
+        match stream.next().await {
+            Some(Ok(s)) => Ok(resource_sample(&s)),
+            Some(Err(e)) => Err(map_error(e)),
+            None => Err(EngineError::Failed("Docker sent no stats".into())),
+        }
+    }
+
+    async fn rename_container(&self, id: &str, name: &str) -> EngineResult<()> {
+        let opts = bollard::query_parameters::RenameContainerOptionsBuilder::default()
+            .name(name)
+            .build();
+        self.docker()?
+            .rename_container(id, opts)
+            .await
+            .map_err(map_error)
     }
 
     fn container_events(&self, filters: &[Filter]) -> super::engine::EventStream {
@@ -509,6 +639,46 @@ impl ContainerEngine for DockerEngine {
     }
 }
 
+/// Chunks that are ready together, joined (up to [`COALESCE_CHUNKS`] of them): a request
+/// body arrives in small frames, and each one passed on alone costs a task hop and a write to
+/// Docker's socket. Nothing waits for more data: what is ready goes out at once.
+fn coalesced(stream: ByteStream) -> ByteStream {
+    Box::pin(stream.ready_chunks(COALESCE_CHUNKS).map(|chunks| {
+        if chunks.len() == 1 {
+            return chunks.into_iter().next().unwrap_or(Ok(bytes::Bytes::new()));
+        }
+        let mut joined = bytes::BytesMut::new();
+        for chunk in chunks {
+            joined.extend_from_slice(&chunk?);
+        }
+        Ok(joined.freeze())
+    }))
+}
+
+/// At most this many ready chunks are joined into one.
+const COALESCE_CHUNKS: usize = 8;
+
+/// Chunks read ahead of Docker.
+const READ_AHEAD: usize = 8;
+
+/// Reads `stream` ahead on a task of its own, up to [`READ_AHEAD`] chunks, so the request
+/// body keeps arriving while Docker takes the chunks before (a request body is otherwise read
+/// one chunk at a time, only when asked for). Dropping the result stops the reading.
+fn read_ahead(mut stream: ByteStream) -> ByteStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        while let Some(chunk) = stream.next().await {
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    }))
+}
+
 fn logs_options(tail: Option<u64>, follow: bool) -> bollard::query_parameters::LogsOptions {
     let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
     LogsOptionsBuilder::default()
@@ -519,45 +689,125 @@ fn logs_options(tail: Option<u64>, follow: bool) -> bollard::query_parameters::L
         .build()
 }
 
-/// Splits Docker's log frames into lines: a frame need not end at a line end, so the rest
-/// of each stream (stderr, stdout) waits for the next frame.
-#[derive(Default)]
-struct LogLines {
+/// Docker's output frames being split into lines, per stream (stdout, stderr).
+struct Split<S> {
+    frames: std::pin::Pin<Box<S>>,
     partial: [String; 2],
+    ready: std::collections::VecDeque<LogLine>,
+    done: bool,
 }
 
-impl LogLines {
-    /// The lines `frame` completes (none for stdin).
-    fn push(&mut self, frame: LogOutput) -> Vec<LogLine> {
-        let (stdout, message) = match frame {
-            LogOutput::StdErr { message } => (false, message),
-            LogOutput::StdOut { message } | LogOutput::Console { message } => (true, message),
-            LogOutput::StdIn { .. } => return Vec::new(),
-        };
+impl<S> Split<S> {
+    /// A frame need not end at a line end: the rest waits for the next frame of its stream.
+    fn push(&mut self, stdout: bool, message: &[u8]) {
         let buf = &mut self.partial[usize::from(stdout)];
-        buf.push_str(&String::from_utf8_lossy(&message));
-        let mut out = Vec::new();
+        buf.push_str(&String::from_utf8_lossy(message));
         while let Some(pos) = buf.find('\n') {
             let line: String = buf.drain(..=pos).collect();
-            out.push(LogLine {
+            self.ready.push_back(LogLine {
                 stdout,
                 text: line.trim_end_matches(['\n', '\r']).to_string(),
             });
         }
-        out
     }
 
-    /// What is left when the stream ended: unterminated last lines.
-    fn rest(self) -> Vec<LogLine> {
-        self.partial
-            .into_iter()
-            .enumerate()
-            .filter(|(_, rest)| !rest.is_empty())
-            .map(|(i, text)| LogLine {
-                stdout: i == 1,
-                text,
-            })
-            .collect()
+    /// At the end: the unterminated last lines.
+    fn flush(&mut self) {
+        for (i, rest) in std::mem::take(&mut self.partial).into_iter().enumerate() {
+            if !rest.is_empty() {
+                self.ready.push_back(LogLine {
+                    stdout: i == 1,
+                    text: rest,
+                });
+            }
+        }
+    }
+}
+
+/// Docker's output frames as lines, per stream; an unterminated last line comes at the end.
+fn output_lines<S>(frames: S) -> LineStream
+where
+    S: futures_util::Stream<Item = Result<LogOutput, BollardError>> + Send + 'static,
+{
+    let split = Split {
+        frames: Box::pin(frames),
+        partial: Default::default(),
+        ready: Default::default(),
+        done: false,
+    };
+    Box::pin(futures_util::stream::unfold(split, |mut st| async move {
+        loop {
+            if let Some(line) = st.ready.pop_front() {
+                return Some((Ok(line), st));
+            }
+            if st.done {
+                return None;
+            }
+            match st.frames.next().await {
+                Some(Ok(LogOutput::StdErr { message })) => st.push(false, &message),
+                Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
+                    st.push(true, &message)
+                }
+                Some(Ok(LogOutput::StdIn { .. })) => {}
+                Some(Err(e)) => {
+                    st.done = true;
+                    return Some((Err(map_error(e)), st));
+                }
+                None => {
+                    st.done = true;
+                    st.flush();
+                }
+            }
+        }
+    }))
+}
+
+fn cpu_counters(c: Option<&bollard::models::ContainerCpuStats>) -> Option<CpuCounters> {
+    let c = c?;
+    Some(CpuCounters {
+        container: c.cpu_usage.as_ref()?.total_usage?,
+        system: c.system_cpu_usage?,
+    })
+}
+
+/// Docker's stats, summed as `docker stats` does (memory without the inactive page cache).
+fn resource_sample(s: &bollard::models::ContainerStatsResponse) -> ResourceSample {
+    let mem = s.memory_stats.as_ref();
+    let usage = mem.and_then(|m| m.usage).unwrap_or(0);
+    let inactive = mem
+        .and_then(|m| m.stats.as_ref())
+        .and_then(|st| {
+            st.get("inactive_file")
+                .or_else(|| st.get("total_inactive_file"))
+        })
+        .copied()
+        .unwrap_or(0);
+    let nets = s.networks.iter().flat_map(|n| n.values());
+    let (net_rx, net_tx) = nets.fold((0, 0), |(r, t), n| {
+        (r + n.rx_bytes.unwrap_or(0), t + n.tx_bytes.unwrap_or(0))
+    });
+    let blk = s
+        .blkio_stats
+        .as_ref()
+        .and_then(|b| b.io_service_bytes_recursive.as_ref());
+    let disk = |op: &str| -> u64 {
+        blk.iter()
+            .flat_map(|v| v.iter())
+            .filter(|e| e.op.as_deref().is_some_and(|o| o.eq_ignore_ascii_case(op)))
+            .map(|e| e.value.unwrap_or(0))
+            .sum()
+    };
+    let cpu = s.cpu_stats.as_ref();
+    ResourceSample {
+        cpu: cpu_counters(cpu).unwrap_or_default(),
+        previous_cpu: cpu_counters(s.precpu_stats.as_ref()).filter(|c| c.system > 0),
+        online_cpus: cpu.and_then(|c| c.online_cpus).unwrap_or(1).max(1),
+        memory_usage: usage.saturating_sub(inactive),
+        memory_limit: mem.and_then(|m| m.limit).unwrap_or(0),
+        net_rx,
+        net_tx,
+        disk_read: disk("read"),
+        disk_write: disk("write"),
     }
 }
 
@@ -570,6 +820,37 @@ fn api_at_least(v: &str, major: u32, minor: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn output_frames_become_lines_per_stream() {
+        let frame = |stdout: bool, text: &str| {
+            let message = bytes::Bytes::from(text.to_string());
+            Ok(if stdout {
+                LogOutput::StdOut { message }
+            } else {
+                LogOutput::StdErr { message }
+            })
+        };
+        let frames = futures_util::stream::iter(vec![
+            frame(true, "one\ntw"),
+            frame(false, "err"),
+            frame(true, "o\r\nthree\n"),
+            frame(false, "or\n"),
+            frame(true, "last"),
+        ]);
+        let lines: Vec<LogLine> = output_lines(frames).try_collect().await.unwrap();
+        let text: Vec<(bool, &str)> = lines.iter().map(|l| (l.stdout, l.text.as_str())).collect();
+        assert_eq!(
+            text,
+            [
+                (true, "one"),
+                (true, "two"),
+                (true, "three"),
+                (false, "error"),
+                (true, "last")
+            ]
+        );
+    }
 
     #[test]
     fn pull_reference_gets_a_tag() {
@@ -591,6 +872,27 @@ mod tests {
         ]);
         assert_eq!(m["label"], vec!["a=b", "c"]);
         assert_eq!(m["name"], vec!["x"]);
+    }
+
+    #[tokio::test]
+    async fn ready_chunks_are_joined_and_errors_kept() {
+        let parts: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
+            Ok("ab".into()),
+            Ok("c".into()),
+            Ok("".into()),
+            Ok("de".into()),
+        ];
+        let joined: Vec<_> = coalesced(Box::pin(futures_util::stream::iter(parts)))
+            .collect()
+            .await;
+        assert_eq!(joined.len(), 1);
+        assert_eq!(joined[0].as_ref().unwrap().as_ref(), b"abcde");
+        let failing: Vec<Result<bytes::Bytes, std::io::Error>> =
+            vec![Ok("ab".into()), Err(std::io::Error::other("cut"))];
+        let out: Vec<_> = coalesced(Box::pin(futures_util::stream::iter(failing)))
+            .collect()
+            .await;
+        assert!(out.last().unwrap().is_err());
     }
 
     #[test]

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, EndpointSettings,
-    ImageDeleteResponseItem, ImageInspect, ImageSummary, Network, NetworkCreateRequest, Volume,
-    VolumeCreateRequest,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStatsResponse, ContainerSummary,
+    EndpointSettings, ImageDeleteResponseItem, ImageInspect, ImageSummary, Network,
+    NetworkCreateRequest, Volume, VolumeCreateRequest,
 };
 use bytes::Bytes;
 use futures_util::Stream;
@@ -213,12 +213,65 @@ pub trait ContainerEngine: Send + Sync + 'static {
         unsupported("reading logs")
     }
 
-    /// The last `tail` lines (all with None) a container wrote, then every new line until
-    /// the container stops or the stream is dropped.
-    fn follow_container_logs(&self, _id: &str, _tail: Option<u64>) -> LogStream {
+    // The duxcore services (src/core/services) use the calls below.
+
+    /// Sends SIGKILL to a running container.
+    async fn kill_container(&self, _id: &str) -> EngineResult<()> {
+        unsupported("killing containers")
+    }
+
+    /// A container's resource usage: one sample, or (with `stream`) a sample about every
+    /// second until the container is gone or the stream is dropped.
+    fn container_stats(&self, _id: &str, _stream: bool) -> StatsStream {
+        Box::pin(futures_util::stream::once(async {
+            unsupported("reading container stats")
+        }))
+    }
+
+    /// Connects to a container's stdin, stdout and stderr (its tty when it has one); with
+    /// `logs`, what it wrote before comes first.
+    async fn attach_container(&self, _id: &str, _logs: bool) -> EngineResult<Attached> {
+        unsupported("attaching to containers")
+    }
+
+    /// Creates an image from a tarball of a root filesystem (`docker import`), streaming it
+    /// to the engine; returns the new image's id.
+    async fn import_rootfs(&self, _tar: ByteStream) -> EngineResult<String> {
+        unsupported("importing root filesystems")
+    }
+
+    /// Tags the image `image` (id or reference) as `reference` (`name:tag`).
+    async fn tag_image(&self, _image: &str, _reference: &str) -> EngineResult<()> {
+        unsupported("tagging images")
+    }
+
+    /// A container's output lines from the last `tail` (all with None) on, then as they are
+    /// written, until the container stops or the stream is dropped.
+    fn follow_logs(&self, _id: &str, _tail: Option<u64>) -> LineStream {
         Box::pin(futures_util::stream::once(async {
             unsupported("following logs")
         }))
+    }
+
+    /// Runs `cmd` in the running container `id`, attached: its output and its stdin.
+    async fn exec(&self, _id: &str, _cmd: &[String]) -> EngineResult<ExecSession> {
+        unsupported("running commands in containers")
+    }
+
+    /// The state of a command [`ContainerEngine::exec`] started.
+    async fn exec_state(&self, _exec_id: &str) -> EngineResult<ExecState> {
+        unsupported("running commands in containers")
+    }
+
+    // The Flow Manager (src/core/flow) uses these too.
+
+    /// A container's resource counters: one sample (`one_shot`), or Docker's pair of samples
+    /// a second apart (the previous one in [`ResourceSample::previous_cpu`]).
+    async fn resource_usage(&self, _id: &str, _one_shot: bool) -> EngineResult<ResourceSample> {
+        unsupported("reading container stats")
+    }
+    async fn rename_container(&self, _id: &str, _name: &str) -> EngineResult<()> {
+        unsupported("renaming containers")
     }
 
     // The Intervirt agent (src/core/intervirt) watches its containers through this.
@@ -231,6 +284,49 @@ pub trait ContainerEngine: Send + Sync + 'static {
             unsupported("watching container events")
         }))
     }
+}
+
+/// Output lines as they come (logs followed, a command's output).
+pub type LineStream = Pin<Box<dyn Stream<Item = EngineResult<LogLine>> + Send>>;
+
+/// A command running in a container ([`ContainerEngine::exec`]).
+pub struct ExecSession {
+    /// The exec's id, for [`ContainerEngine::exec_state`].
+    pub id: String,
+    /// Its stdout and stderr, line by line; ends when the command exits.
+    pub output: LineStream,
+    /// Its stdin.
+    pub input: Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+}
+
+/// A command's state: running (with its host pid), or ended with its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecState {
+    Running { pid: Option<i32> },
+    Exited(i64),
+}
+
+/// One sample of a container's resource counters (Docker's stats, summed over devices).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourceSample {
+    /// CPU time the container used, and the host's, in nanoseconds.
+    pub cpu: CpuCounters,
+    /// Docker's sample a second before, when it took one.
+    pub previous_cpu: Option<CpuCounters>,
+    pub online_cpus: u32,
+    /// Memory in use (without the inactive page cache, as `docker stats` shows it).
+    pub memory_usage: u64,
+    pub memory_limit: u64,
+    pub net_rx: u64,
+    pub net_tx: u64,
+    pub disk_read: u64,
+    pub disk_write: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuCounters {
+    pub container: u64,
+    pub system: u64,
 }
 
 /// One container lifecycle event.
@@ -247,7 +343,15 @@ pub struct ContainerEvent {
     pub time: Option<std::time::SystemTime>,
 }
 
-pub type LogStream = Pin<Box<dyn Stream<Item = EngineResult<LogLine>> + Send>>;
+pub type StatsStream = Pin<Box<dyn Stream<Item = EngineResult<ContainerStatsResponse>> + Send>>;
+
+/// A connection to a container's standard streams.
+pub struct Attached {
+    /// What the container writes (stdout and stderr; its tty's bytes when it has one).
+    pub output: ByteStream,
+    /// The container's stdin.
+    pub input: Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+}
 
 pub type EventStream = Pin<Box<dyn Stream<Item = EngineResult<ContainerEvent>> + Send>>;
 

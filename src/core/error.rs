@@ -8,6 +8,7 @@ use super::apps::bundle::BundleError;
 use super::apps::store::StoreError;
 use super::compose::ComposeError;
 use super::engine::EngineError;
+use super::flow::FlowError;
 use super::network::NetworkError;
 
 /// What kind of failure an error is, as far as a client can act on it.
@@ -57,6 +58,9 @@ pub enum CoreError {
     Bundle(#[from] BundleError),
     #[error(transparent)]
     Network(#[from] NetworkError),
+    /// The Flow Manager's own failures (missing image or container, container sockets).
+    #[error(transparent)]
+    Flow(#[from] FlowError),
     /// A file or directory operation failed; `context` says which.
     #[error("{context}: {source}")]
     Io {
@@ -87,6 +91,7 @@ impl CoreError {
             CoreError::Store(e) => e.kind(),
             CoreError::Bundle(e) => e.kind(),
             CoreError::Network(e) => e.kind(),
+            CoreError::Flow(e) => e.kind(),
             CoreError::Context { source, .. } => source.kind(),
         }
     }
@@ -104,6 +109,14 @@ impl CoreError {
         CoreError::Context {
             context: context.into(),
             source: Box::new(self),
+        }
+    }
+
+    /// The error below any context.
+    pub fn root(&self) -> &CoreError {
+        match self {
+            CoreError::Context { source, .. } => source.root(),
+            e => e,
         }
     }
 

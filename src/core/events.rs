@@ -31,6 +31,12 @@ pub enum AppEvent {
 /// Default number of events the ring keeps (and a subscriber may fall behind by).
 pub const DEFAULT_CAPACITY: usize = 256;
 
+/// Events kept for [`EventBus::recent`] (the Distillery dialect's news).
+pub const RECENT_EVENTS: usize = 64;
+
+/// An event as [`EventBus::recent`] keeps it: when it was published, and the event.
+pub type Recorded = (std::time::SystemTime, Arc<AppEvent>);
+
 /// Why a subscription ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
@@ -51,6 +57,8 @@ struct Shared {
     published: AtomicU64,
     subscribers: Mutex<Vec<Weak<SubState>>>,
     capacity: u64,
+    /// The last [`RECENT_EVENTS`] events, oldest first.
+    recent: Mutex<std::collections::VecDeque<Recorded>>,
 }
 
 #[derive(Clone)]
@@ -75,6 +83,7 @@ impl EventBus {
                 published: AtomicU64::new(0),
                 subscribers: Mutex::new(Vec::new()),
                 capacity: capacity as u64,
+                recent: Mutex::new(std::collections::VecDeque::new()),
             }),
         }
     }
@@ -92,7 +101,9 @@ impl EventBus {
         // The lock orders sequence numbers with the ring's order.
         let mut subs = self.subscribers();
         let seq = self.shared.published.fetch_add(1, Ordering::SeqCst) + 1;
-        let _ = self.tx.send((seq, Arc::new(event)));
+        let event = Arc::new(event);
+        self.record(event.clone());
+        let _ = self.tx.send((seq, event));
         subs.retain(|w| {
             let Some(s) = w.upgrade() else {
                 return false;
@@ -104,6 +115,20 @@ impl EventBus {
             }
             true
         });
+    }
+
+    fn record(&self, event: Arc<AppEvent>) {
+        let mut recent = self.shared.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_EVENTS {
+            recent.pop_front();
+        }
+        recent.push_back((std::time::SystemTime::now(), event));
+    }
+
+    /// The last events published (at most [`RECENT_EVENTS`]), oldest first.
+    pub fn recent(&self) -> Vec<Recorded> {
+        let recent = self.shared.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().cloned().collect()
     }
 
     /// A subscription to events published from now on. `on_drop` fires when the bus drops
@@ -210,6 +235,20 @@ mod tests {
         }
         // tokio's broadcast keeps at most `capacity` values, whoever lags.
         assert!(bus.tx.len() <= 4);
+    }
+
+    #[test]
+    fn the_last_events_are_kept_for_late_readers() {
+        let bus = EventBus::new(4);
+        assert!(bus.recent().is_empty());
+        for i in 0..RECENT_EVENTS + 3 {
+            bus.publish(AppEvent::Refresh(i % 2 == 0));
+        }
+        let recent = bus.recent();
+        assert_eq!(recent.len(), RECENT_EVENTS);
+        // The three oldest went: the first kept is the fourth published (odd: false).
+        assert!(matches!(*recent[0].1, AppEvent::Refresh(false)));
+        assert!(recent.windows(2).all(|w| w[0].0 <= w[1].0));
     }
 
     #[tokio::test]

@@ -6,6 +6,8 @@ pub mod docker;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod fetch;
+pub mod flow;
 pub mod health;
 pub mod intervirt;
 pub mod metrics;
@@ -13,6 +15,7 @@ pub mod network;
 pub mod ops;
 pub mod power;
 pub mod prefs;
+pub mod services;
 pub mod system;
 pub mod tasks;
 
@@ -32,6 +35,12 @@ pub struct Core {
     pub tasks: tasks::TaskRegistry,
     /// The device name and key/value settings (persisted in the state directory).
     pub prefs: prefs::Prefs,
+    /// Services of the duxcore dialect, when a duxcore listener is configured.
+    pub services: Option<Arc<services::Services>>,
+    /// Where snapshots and backups of apps go, when configured.
+    pub snapshots: Option<Arc<apps::snapshots::Snapshots>>,
+    /// The Flow Manager, when a flowmanager listener is configured.
+    pub flow: Option<Arc<flow::FlowManager>>,
 }
 
 impl Core {
@@ -47,11 +56,36 @@ impl Core {
             intervirt: None,
             tasks: tasks::TaskRegistry::default(),
             prefs: prefs::Prefs::in_memory(),
+            services: None,
+            snapshots: None,
+            flow: None,
         }
     }
 
     pub fn with_prefs(mut self, prefs: prefs::Prefs) -> Self {
         self.prefs = prefs;
+        self
+    }
+
+    pub fn with_services(mut self, services: Option<Arc<services::Services>>) -> Self {
+        self.services = services;
+        self
+    }
+
+    /// The duxcore services, or why there are none.
+    pub fn services(&self) -> CoreResult<&Arc<services::Services>> {
+        self.services.as_ref().ok_or_else(|| {
+            CoreError::Failed("no duxcore listener is configured, so services are off".into())
+        })
+    }
+
+    pub fn with_snapshots(mut self, snapshots: apps::snapshots::Snapshots) -> Self {
+        self.snapshots = Some(Arc::new(snapshots));
+        self
+    }
+
+    pub fn with_flow(mut self, flow: Option<Arc<flow::FlowManager>>) -> Self {
+        self.flow = flow;
         self
     }
 

@@ -26,6 +26,30 @@ pub enum TaskKind {
     LoadImage,
     Stop,
     Refresh,
+    /// Creating a service (pull, container, bind contents).
+    CreateService,
+    /// Importing a root filesystem tar as an image.
+    ImportImage,
+    /// An app's containers recreated from its stored definition.
+    Rebuild,
+    /// Newer images pulled, changed services recreated, rolled back when unhealthy.
+    Update,
+    /// An app exported with its images into the snapshots directory.
+    Snapshot,
+    /// An app stopped and deleted with its images and volumes.
+    Purge,
+    /// An app bundle fetched, imported and started.
+    Provision,
+    /// A snapshot of every app.
+    Backup,
+    /// An app's logs followed.
+    Logs,
+    /// A command run in a service's container.
+    Exec,
+    /// Flow Manager container operations.
+    FlowCreate,
+    FlowUpdate,
+    FlowDelete,
 }
 
 /// What an operation does when its client goes away or the server stops.
@@ -46,15 +70,48 @@ impl TaskKind {
             TaskKind::LoadImage => "load-image",
             TaskKind::Stop => "stop",
             TaskKind::Refresh => "refresh",
+            TaskKind::CreateService => "create-service",
+            TaskKind::ImportImage => "import-image",
+            TaskKind::Rebuild => "rebuild",
+            TaskKind::Update => "update",
+            TaskKind::Snapshot => "snapshot",
+            TaskKind::Purge => "purge",
+            TaskKind::Provision => "provision",
+            TaskKind::Backup => "backup",
+            TaskKind::Logs => "logs",
+            TaskKind::Exec => "exec",
+            TaskKind::FlowCreate => "flow-create",
+            TaskKind::FlowUpdate => "flow-update",
+            TaskKind::FlowDelete => "flow-delete",
         }
     }
 
-    /// An upload (import, image load) is worthless without its client and is rolled back; a
-    /// start or stop completes, so that the app never stays half started or half stopped.
+    /// An upload (import, image load, a provision's import) is worthless without its client
+    /// and is rolled back, as is a service whose creator left and what only streams to the
+    /// client (logs, a command's output); a start, stop, rebuild, update or purge completes,
+    /// so that the app never stays half done, and a snapshot or backup is worth having
+    /// without its client. A Flow Manager create, update or delete completes too: its outcome
+    /// shows in the container list and the broadcasts every client gets.
     pub fn on_client_gone(self) -> Policy {
         match self {
-            TaskKind::Import | TaskKind::LoadImage => Policy::Cancel,
-            TaskKind::Start | TaskKind::Stop | TaskKind::Refresh => Policy::Finish,
+            TaskKind::Import
+            | TaskKind::LoadImage
+            | TaskKind::CreateService
+            | TaskKind::ImportImage
+            | TaskKind::Provision
+            | TaskKind::Logs
+            | TaskKind::Exec => Policy::Cancel,
+            TaskKind::Start
+            | TaskKind::Stop
+            | TaskKind::Refresh
+            | TaskKind::Rebuild
+            | TaskKind::Update
+            | TaskKind::Purge
+            | TaskKind::Snapshot
+            | TaskKind::Backup
+            | TaskKind::FlowCreate
+            | TaskKind::FlowUpdate
+            | TaskKind::FlowDelete => Policy::Finish,
         }
     }
 
@@ -62,12 +119,29 @@ impl TaskKind {
     /// operation may finish within the shutdown grace period. One still running after it has
     /// lost its client (the server drops what is left), so the client-gone policy applies:
     /// an upload rolls back, and the daemon waits for that before it exits.
+    ///
+    /// Following logs, a command, and writing snapshots (a temp file that is then removed)
+    /// stop at once too: none of them leaves anything half done.
     pub fn on_shutdown(self) -> Policy {
         match self {
-            TaskKind::Refresh => Policy::Cancel,
-            TaskKind::Import | TaskKind::LoadImage | TaskKind::Start | TaskKind::Stop => {
-                Policy::Finish
-            }
+            TaskKind::Refresh
+            | TaskKind::Logs
+            | TaskKind::Exec
+            | TaskKind::Snapshot
+            | TaskKind::Backup => Policy::Cancel,
+            TaskKind::Import
+            | TaskKind::LoadImage
+            | TaskKind::Start
+            | TaskKind::Stop
+            | TaskKind::CreateService
+            | TaskKind::ImportImage
+            | TaskKind::Rebuild
+            | TaskKind::Update
+            | TaskKind::Purge
+            | TaskKind::Provision
+            | TaskKind::FlowCreate
+            | TaskKind::FlowUpdate
+            | TaskKind::FlowDelete => Policy::Finish,
         }
     }
 }

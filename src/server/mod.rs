@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod dialect;
+pub mod memory;
 pub mod metrics;
 pub mod systemd;
 pub mod ws;
@@ -26,7 +27,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::http::{self, Response};
-use crate::config::{Auth, HttpLimits, Listener};
+use crate::config::{Auth, HttpLimits, Listener, NamedToken};
 use crate::core::health::EngineStatus;
 use crate::core::Core;
 use conn::ConnectionAbort;
@@ -177,7 +178,15 @@ async fn drain(tasks: &mut JoinSet<()>, deadline: tokio::time::Instant, what: &s
     tasks.shutdown().await;
 }
 
-async fn dispatch(req: Request<Incoming>, ctx: Arc<ListenerCtx>) -> Result<Response, Infallible> {
+/// The name of the token a request of a `tokens` listener authenticated with, in the
+/// request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenName(pub String);
+
+async fn dispatch(
+    mut req: Request<Incoming>,
+    ctx: Arc<ListenerCtx>,
+) -> Result<Response, Infallible> {
     let readable = matches!(*req.method(), Method::GET | Method::HEAD);
     if req.uri().path() == "/healthz" && readable {
         return Ok(healthz(&ctx.cx.core.engine_health.current()));
@@ -185,10 +194,17 @@ async fn dispatch(req: Request<Incoming>, ctx: Arc<ListenerCtx>) -> Result<Respo
     if let Some(resp) = ctx.dialect.public(&req, &ctx.cx) {
         return Ok(resp);
     }
-    if let Auth::Token { token } = &ctx.cx.listener.auth {
-        if !bearer_matches(&req, token) {
+    match &ctx.cx.listener.auth {
+        Auth::Token { token } if !bearer_matches(&req, token) => {
             return Ok(unauthorized(ctx.dialect.as_ref(), req.uri().path()));
         }
+        Auth::Tokens { tokens } => match named_bearer(&req, tokens) {
+            Some(name) => {
+                req.extensions_mut().insert(TokenName(name));
+            }
+            None => return Ok(unauthorized(ctx.dialect.as_ref(), req.uri().path())),
+        },
+        _ => {}
     }
     if ctx.cx.listener.ui && !same_origin(&req) {
         return Ok(ctx.dialect.error(
@@ -225,16 +241,29 @@ fn same_origin(req: &Request<Incoming>) -> bool {
     }
 }
 
-fn bearer_matches(req: &Request<Incoming>, token: &str) -> bool {
-    let Some(given) = req
-        .headers()
+fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    req.headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    given.trim().as_bytes().ct_eq(token.as_bytes()).into()
+        .map(str::trim)
+}
+
+fn bearer_matches(req: &Request<Incoming>, token: &str) -> bool {
+    bearer(req).is_some_and(|given| given.as_bytes().ct_eq(token.as_bytes()).into())
+}
+
+/// The name of the token the request carries; every token is compared (in constant time
+/// each), so the time taken does not tell which one came close.
+fn named_bearer(req: &Request<Incoming>, tokens: &[NamedToken]) -> Option<String> {
+    let given = bearer(req)?;
+    let mut found = None;
+    for t in tokens {
+        if bool::from(given.as_bytes().ct_eq(t.token.as_bytes())) {
+            found = Some(t.name.clone());
+        }
+    }
+    found
 }
 
 fn unauthorized(dialect: &dyn Dialect, path: &str) -> Response {

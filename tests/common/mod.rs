@@ -152,6 +152,9 @@ const SCRUBBED_ENV: &[&str] = &[
     "GANTRY_TRANSFER_AUTH",
     "GANTRY_TRANSFER_TOKEN_FILE",
     "GANTRY_TRANSFER_PREFIX",
+    "GANTRY_DISTILLERY_ADDRESS",
+    "GANTRY_DISTILLERY_AUTH",
+    "GANTRY_DISTILLERY_TOKEN_FILE",
     "GANTRY_DOCKER_TIMEOUT_SECS",
     "GANTRY_DOCKER_TRANSFER_TIMEOUT_SECS",
     "GANTRY_DOCKER_PROBE_INTERVAL_SECS",
@@ -281,6 +284,9 @@ pub struct GantryBuilder {
     listener: Vec<String>,
     env: Vec<(String, String)>,
     address: String,
+    dialect: String,
+    state_dir: Option<PathBuf>,
+    extra: Vec<String>,
 }
 
 impl GantryBuilder {
@@ -316,6 +322,22 @@ impl GantryBuilder {
         self.env.push((key.to_string(), value.to_string()));
         self
     }
+    /// The listener's dialect (default `transfer`).
+    pub fn dialect(mut self, dialect: &str) -> Self {
+        self.dialect = dialect.to_string();
+        self
+    }
+    /// The state directory (default: `state` in the daemon's own temp dir), e.g. one that
+    /// an earlier daemon used.
+    pub fn state_dir(mut self, dir: &Path) -> Self {
+        self.state_dir = Some(dir.to_path_buf());
+        self
+    }
+    /// Another `[[listeners]]` table after the transfer one (its lines, without the header).
+    pub fn extra_listener(mut self, lines: &str) -> Self {
+        self.extra.push(lines.to_string());
+        self
+    }
     /// The listener's address in the config file (default `127.0.0.1:0`: the kernel picks a
     /// free port and gantry reports it).
     pub fn address(mut self, address: &str) -> Self {
@@ -342,10 +364,15 @@ impl GantryBuilder {
             t += l;
             t += "\n";
         }
-        t += "\n[[listeners]]\ndialect = \"transfer\"\n";
+        t += &format!("\n[[listeners]]\ndialect = {:?}\n", self.dialect);
         t += &format!("address = {:?}\n", self.address);
         for l in &self.listener {
             t += l;
+            t += "\n";
+        }
+        for x in &self.extra {
+            t += "\n[[listeners]]\n";
+            t += x;
             t += "\n";
         }
         t
@@ -368,7 +395,7 @@ impl GantryBuilder {
                     g.stderr()
                 );
             }
-            if let Some(addr) = listening_address(&g.stderr()) {
+            if let Some(addr) = listening_address_of(&g.stderr(), &self.dialect) {
                 g.addr = addr;
                 if g.try_get("/healthz").is_ok_and(|r| r.status == 200) {
                     return g;
@@ -386,7 +413,7 @@ impl GantryBuilder {
     }
 
     fn spawn_in(&self, dir: &Path) -> Gantry {
-        let state_dir = dir.join("state");
+        let state_dir = self.state_dir.clone().unwrap_or_else(|| dir.join("state"));
         let config_path = dir.join("gantry.toml");
         let config = self.config_text(&state_dir);
         fs::write(&config_path, &config).expect("cannot write the config");
@@ -419,8 +446,14 @@ impl GantryBuilder {
 /// The address of the transfer listener, from gantry's log line
 /// `... INFO listening dialect=transfer address=127.0.0.1:41234`.
 pub fn listening_address(log: &str) -> Option<SocketAddr> {
+    listening_address_of(log, "transfer")
+}
+
+/// The address of the listener of `dialect`, from gantry's log line.
+pub fn listening_address_of(log: &str, dialect: &str) -> Option<SocketAddr> {
+    let want = format!("dialect={dialect} ");
     log.lines()
-        .filter(|l| l.contains(" listening ") && l.contains("dialect=transfer"))
+        .filter(|l| l.contains(" listening ") && l.contains(&want))
         .find_map(|l| {
             let rest = &l[l.find("address=")? + "address=".len()..];
             rest.split_whitespace().next()?.parse().ok()
@@ -455,6 +488,9 @@ impl Gantry {
             listener: Vec::new(),
             env: Vec::new(),
             address: "127.0.0.1:0".to_string(),
+            dialect: "transfer".to_string(),
+            state_dir: None,
+            extra: Vec::new(),
         }
     }
 

@@ -581,7 +581,7 @@ fn at(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
 }
 
 /// Checks an entry name and returns it normalised, or why it is refused.
-pub(super) fn check_name(raw: &str) -> Result<String, &'static str> {
+pub(crate) fn check_name(raw: &str) -> Result<String, &'static str> {
     let bytes = raw.as_bytes();
     if raw.contains('\0') {
         return Err("has a NUL byte in its name");

@@ -168,8 +168,11 @@ async fn finish(
             step: current,
             message: e.to_string(),
         });
-        let ids = lock(loaded).ids.clone();
-        for id in ids.iter().rev() {
+        let mut ids = lock(loaded).ids.clone();
+        // References first (untagging what this import tagged), then image ids, newest first.
+        ids.reverse();
+        ids.sort_by_key(|id| id.starts_with("sha256:"));
+        for id in &ids {
             match engine.remove_image(id, false).await {
                 Ok(_) => {}
                 // Named by a manifest but never created (the load did not get that far).
@@ -265,13 +268,7 @@ async fn stream_images(
     progress: ProgressFn<'_>,
     loaded: &SharedLoaded,
 ) -> CoreResult<(Preloaded, Result<(), String>)> {
-    let before: HashSet<String> = engine
-        .list_images()
-        .await?
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
-    lock(loaded).before = Some(before);
+    lock(loaded).before = Some(known_images(engine).await?);
     let (found_tx, mut found_rx) = tokio::sync::mpsc::channel::<FoundImage>(1);
     let follower = {
         let limits = settings.limits.clone();
@@ -387,7 +384,20 @@ async fn stream_images(
     Ok((pre, upload))
 }
 
-/// After a load: the image ids behind the references, noted for the rollback.
+/// The image ids and references Docker has: what an import finds there is never its to
+/// remove when it rolls back.
+async fn known_images(engine: &dyn ContainerEngine) -> CoreResult<HashSet<String>> {
+    let mut known = HashSet::new();
+    for image in engine.list_images().await? {
+        known.extend(image.repo_tags.into_iter().filter(|t| t != "<none>:<none>"));
+        known.insert(image.id);
+    }
+    Ok(known)
+}
+
+/// After a load: the references and the image ids behind them, noted for the rollback
+/// (the references first: a rollback untags what the import tagged, even when the image
+/// itself was there before).
 async fn record_image(
     engine: &dyn ContainerEngine,
     loaded: &SharedLoaded,
@@ -396,6 +406,7 @@ async fn record_image(
     progress: ProgressFn<'_>,
 ) -> CoreResult<ImageRecord> {
     let mut image_id = String::new();
+    lock(loaded).add(&references)?;
     for r in &references {
         if let Ok(inspect) = engine.inspect_image(r).await {
             image_id = inspect.id.unwrap_or_default();
@@ -509,13 +520,7 @@ async fn run(
         .map(|e| (e.name.clone(), e.size))
         .collect();
     if !files.is_empty() && lock(loaded).before.is_none() {
-        let before: HashSet<String> = engine
-            .list_images()
-            .await?
-            .into_iter()
-            .map(|i| i.id)
-            .collect();
-        lock(loaded).before = Some(before);
+        lock(loaded).before = Some(known_images(engine).await?);
     }
     let bundle = Arc::new(Mutex::new(bundle));
     for (file, size) in files {
@@ -617,16 +622,21 @@ pub async fn recover_journals(
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
-        let images: Vec<String> = std::fs::read(&path)
+        let mut images: Vec<String> = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        for id in images.iter().rev() {
+        // References first, then image ids, newest first (as the rollback does).
+        images.reverse();
+        images.sort_by_key(|id| id.starts_with("sha256:"));
+        for id in &images {
             if in_use.contains(id) {
                 continue;
             }
             match engine.remove_image(id, false).await {
                 Ok(_) => removed.push(id.clone()),
+                // Untagging its last reference removed it already.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => {
                     tracing::warn!(image = %id, error = %e, "cannot remove an image of an interrupted import")
                 }
@@ -1134,7 +1144,13 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(noted.len(), 1, "the journal never named the image");
+        let image_id = noted.iter().find(|n| n.starts_with("sha256:")).cloned();
+        assert!(
+            noted.contains(&reference),
+            "the journal never named {reference}: {noted:?}"
+        );
+        let image_id = image_id.expect("the journal never named the image id");
+        assert_eq!(noted.len(), 2, "{noted:?}");
         assert!(
             !image_exists(&host, &reference),
             "Docker has the image although its tarball is incomplete"
@@ -1151,7 +1167,7 @@ mod tests {
         sender.finish(Ok(()));
         let stored = task.await.unwrap().expect("import");
         assert_eq!(
-            stored.record.images[0].id, noted[0],
+            stored.record.images[0].id, image_id,
             "the journal named another id"
         );
         assert!(image_exists(&host, &reference));
@@ -1159,8 +1175,9 @@ mod tests {
 
         // Had gantry died after Docker created the image: the recovery removes it.
         let removed = recover_journals(eng.as_ref(), crash.path(), &HashSet::new()).await;
-        assert_eq!(removed, noted);
+        assert_eq!(removed.first(), Some(&reference), "{removed:?}");
         assert!(!image_exists(&host, &reference));
+        assert!(!image_exists(&host, &image_id));
     }
 
     #[test]

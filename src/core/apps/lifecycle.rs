@@ -72,6 +72,17 @@ pub struct RemoveOptions {
     pub remove_volumes: bool,
 }
 
+impl RemoveOptions {
+    /// Stopped first if running, with its images and volumes.
+    pub fn everything() -> Self {
+        Self {
+            force: true,
+            remove_images: true,
+            remove_volumes: true,
+        }
+    }
+}
+
 pub struct Apps {
     engine: Arc<dyn ContainerEngine>,
     store: Arc<AppStore>,
@@ -87,6 +98,8 @@ pub struct Apps {
     /// The async lock also orders concurrent publishers, so a stale view never follows a
     /// newer one.
     published: tokio::sync::Mutex<HashMap<AppId, Fingerprint>>,
+    /// How long an update waits for a recreated service to become healthy.
+    pub(super) health_timeout: Duration,
 }
 
 /// The part of an app's state whose change is an App event: not e.g. Docker's "Up 3
@@ -128,6 +141,19 @@ impl Drop for BusyGuard<'_> {
 
 pub type LineFn<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
+/// How an operation runs: the token that cancels it and where its output lines go.
+#[derive(Clone, Copy)]
+pub struct Run<'a> {
+    pub cancel: &'a CancellationToken,
+    pub out: LineFn<'a>,
+}
+
+impl<'a> Run<'a> {
+    pub fn new(cancel: &'a CancellationToken, out: LineFn<'a>) -> Self {
+        Self { cancel, out }
+    }
+}
+
 impl Apps {
     /// Opens the store under `state_dir/apps` and the upload area `state_dir/uploads`
     /// (emptied: uploads of a previous run are never resumed).
@@ -152,7 +178,14 @@ impl Apps {
             refreshing: std::sync::atomic::AtomicBool::new(false),
             events: EventBus::default(),
             published: tokio::sync::Mutex::new(HashMap::new()),
+            health_timeout: Duration::from_secs(300),
         })
+    }
+
+    /// Sets how long an update waits for a recreated service to become healthy.
+    pub fn with_health_timeout(mut self, timeout: Duration) -> Self {
+        self.health_timeout = timeout;
+        self
     }
 
     /// Replaces the event bus (before anything subscribed), e.g. with a configured capacity.
@@ -278,7 +311,8 @@ impl Apps {
             .store
             .list()?
             .into_iter()
-            .flat_map(|a| a.record.images.into_iter().map(|i| i.id))
+            .flat_map(|a| a.record.images)
+            .flat_map(|i| std::iter::once(i.id).chain(i.references))
             .collect();
         import::recover_journals(self.engine.as_ref(), dir, &in_use).await;
         Ok(())
@@ -393,11 +427,11 @@ impl Apps {
         Ok(stored)
     }
 
-    fn stored(&self, id: &AppId) -> CoreResult<StoredApp> {
+    pub(super) fn stored(&self, id: &AppId) -> CoreResult<StoredApp> {
         Ok(self.store.get(id)?)
     }
 
-    fn project(&self, app: &StoredApp) -> CoreResult<ComposeProject> {
+    pub(super) fn project(&self, app: &StoredApp) -> CoreResult<ComposeProject> {
         ComposeProject::load(
             &app.dir,
             &app.id().slug(),
@@ -477,7 +511,7 @@ impl Apps {
         }
     }
 
-    async fn containers(&self, app: &StoredApp) -> CoreResult<Vec<ContainerStatus>> {
+    pub(super) async fn containers(&self, app: &StoredApp) -> CoreResult<Vec<ContainerStatus>> {
         let project = self.project(app)?;
         let services = project.status(self.engine.as_ref()).await?;
         Ok(services.into_iter().flat_map(|s| s.containers).collect())
@@ -563,7 +597,7 @@ impl Apps {
     /// After a cancelled `up`: `down` until no container of the app is left. A create request
     /// dropped mid-flight may still complete in Docker after the first `down` listed the
     /// containers, hence a few (bounded) rounds.
-    async fn undo_start(&self, app: &StoredApp, on_line: LineFn<'_>) -> CoreResult<()> {
+    pub(super) async fn undo_start(&self, app: &StoredApp, on_line: LineFn<'_>) -> CoreResult<()> {
         for round in 0..3 {
             if round > 0 {
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -595,33 +629,6 @@ impl Apps {
         Ok(out)
     }
 
-    /// The last `lines` lines of each of the app's containers, then their new lines as they
-    /// come, prefixed as [`Apps::logs`] does (`docker-compose logs -f`). It ends when every
-    /// container has stopped.
-    pub async fn follow_logs(
-        &self,
-        id: &AppId,
-        lines: Option<u64>,
-    ) -> CoreResult<crate::core::engine::LogStream> {
-        use futures_util::TryStreamExt;
-        let app = self.stored(id)?;
-        let streams: Vec<_> = self
-            .containers(&app)
-            .await?
-            .into_iter()
-            .map(|c| {
-                let name = c.name;
-                self.engine
-                    .follow_container_logs(&c.id, lines)
-                    .map_ok(move |l| LogLine {
-                        stdout: l.stdout,
-                        text: format!("{name} | {}", l.text),
-                    })
-            })
-            .collect();
-        Ok(Box::pin(futures_util::stream::select_all(streams)))
-    }
-
     /// `docker-compose down`, natively; images and volumes only when asked and unused.
     ///
     /// Cancelling rolls back to the state before: the stop of a container Docker is already
@@ -636,17 +643,31 @@ impl Apps {
         cancel: &CancellationToken,
         on_line: LineFn<'_>,
     ) -> CoreResult<ProcessOutcome> {
+        self.claimed(id, "stopped", async |app| {
+            self.stop_claimed(app, options, cancel, on_line).await
+        })
+        .await
+    }
+
+    /// Runs `work` on the stored app `id` claimed as `what` (Busy while another operation
+    /// runs on it), its state published before and after.
+    pub(super) async fn claimed<T>(
+        &self,
+        id: &AppId,
+        what: &'static str,
+        work: impl AsyncFnOnce(&StoredApp) -> CoreResult<T>,
+    ) -> CoreResult<T> {
         let app = self.stored(id)?;
         let result = {
-            let _busy = self.claim(id, "stopped")?;
+            let _busy = self.claim(id, what)?;
             self.publish_app(id, false).await;
-            self.stop_claimed(&app, options, cancel, on_line).await
+            work(&app).await
         };
         self.publish_app(id, false).await;
         result
     }
 
-    async fn stop_claimed(
+    pub(super) async fn stop_claimed(
         &self,
         app: &StoredApp,
         options: StopOptions,
@@ -694,7 +715,7 @@ impl Apps {
     /// After a cancelled `down`: finishes the stops Docker already performs, then `up` when
     /// the app ran before, until its services run again (a removal Docker still completes
     /// may race the first `up`, hence a few bounded rounds).
-    async fn undo_stop(
+    pub(super) async fn undo_stop(
         &self,
         app: &StoredApp,
         was_running: bool,
@@ -716,6 +737,18 @@ impl Apps {
         if !was_running {
             return Ok(());
         }
+        self.up_until_running(app, "the cancelled stop", on_line)
+            .await
+    }
+
+    /// `up` until every service of the app runs: a removal Docker still completes may race
+    /// the first `up`, hence a few bounded rounds. `after` says what is being undone.
+    pub(super) async fn up_until_running(
+        &self,
+        app: &StoredApp,
+        after: &str,
+        on_line: LineFn<'_>,
+    ) -> CoreResult<()> {
         let project = self.project(app)?;
         let expected = project.services().len();
         let mut last = String::new();
@@ -739,12 +772,12 @@ impl Apps {
             }
         }
         Err(CoreError::Failed(format!(
-            "{} could not be started again after the cancelled stop: {last}",
+            "{} could not be started again after {after}: {last}",
             app.id()
         )))
     }
 
-    async fn down(
+    pub(super) async fn down(
         &self,
         app: &StoredApp,
         remove_images: bool,
@@ -801,6 +834,12 @@ impl Apps {
     /// Removes an app: refuses while it runs unless forced (then stops it first).
     pub async fn remove(&self, id: &AppId, options: RemoveOptions) -> CoreResult<()> {
         let result = self.remove_claimed(id, options).await;
+        self.removed(id, result).await
+    }
+
+    /// Publishes the end of a removal: Remove with the app's last view, or App when the app
+    /// is still there.
+    pub(super) async fn removed(&self, id: &AppId, result: CoreResult<AppView>) -> CoreResult<()> {
         match result {
             Ok(last) => {
                 self.published.lock().await.remove(id);
@@ -829,6 +868,18 @@ impl Apps {
         }
         self.down(&app, false, options.remove_volumes, &|_| {})
             .await?;
+        self.remove_stopped(app, options).await
+    }
+
+    /// Removes a stopped app (claimed by the caller): the images its bundle brought when
+    /// asked (unless other apps need them), then its store entry; answers its last view.
+    pub(super) async fn remove_stopped(
+        &self,
+        app: StoredApp,
+        options: RemoveOptions,
+    ) -> CoreResult<AppView> {
+        let id = app.id().clone();
+        let id = &id;
         if options.remove_images {
             let protected = self.images_of_other_apps(id)?;
             for image in &app.record.images {
@@ -861,6 +912,11 @@ impl Apps {
     /// The store, for the Files API (`files.rs`).
     pub(super) fn store(&self) -> &Arc<AppStore> {
         &self.store
+    }
+
+    /// The engine, for the app operations in sibling modules.
+    pub(super) fn engine(&self) -> &dyn ContainerEngine {
+        self.engine.as_ref()
     }
 
     pub fn icon(&self, id: &AppId) -> CoreResult<Option<PathBuf>> {

@@ -4,12 +4,16 @@
 //! `spawn_blocking`.
 
 pub mod bundle;
+pub mod console;
 pub mod files;
 pub mod import;
 pub mod lifecycle;
+pub mod maintain;
 pub mod recognize;
+pub mod snapshots;
 pub mod store;
 pub mod stream;
+pub mod update;
 pub mod watch;
 
 use std::fmt;

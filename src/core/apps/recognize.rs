@@ -8,7 +8,7 @@ use bollard::models::ContainerSummary;
 use super::lifecycle::Apps;
 use crate::core::CoreResult;
 
-const PROJECT_LABEL: &str = "com.docker.compose.project";
+use crate::core::compose::plan::LABEL_PROJECT as PROJECT_LABEL;
 const SERVICE_LABEL: &str = "com.docker.compose.service";
 
 /// A container playing a part of a recognised app.

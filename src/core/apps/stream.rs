@@ -656,23 +656,32 @@ fn tar_size(field: &[u8]) -> Option<u64> {
 
 /// The image ids of a `docker save` manifest: `[{"Config": "<hex>.json" or
 /// "blobs/sha256/<hex>", ...}]` -> `sha256:<hex>`.
+/// The image ids (`sha256:...`) and references (`RepoTags`) a `manifest.json` names.
 fn manifest_ids(bytes: &[u8]) -> Vec<String> {
     #[derive(serde::Deserialize)]
     struct Item {
         #[serde(rename = "Config")]
         config: String,
+        #[serde(rename = "RepoTags", default)]
+        repo_tags: Option<Vec<String>>,
     }
     let Ok(items) = serde_json::from_slice::<Vec<Item>>(bytes) else {
         return Vec::new();
     };
-    items
-        .into_iter()
-        .filter_map(|i| {
-            let base = i.config.rsplit('/').next()?.trim_end_matches(".json");
-            (base.len() == 64 && base.bytes().all(|b| b.is_ascii_hexdigit()))
-                .then(|| format!("sha256:{}", base.to_ascii_lowercase()))
-        })
-        .collect()
+    let mut out = Vec::new();
+    for i in items {
+        let base = i
+            .config
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches(".json");
+        if base.len() == 64 && base.bytes().all(|b| b.is_ascii_hexdigit()) {
+            out.push(format!("sha256:{}", base.to_ascii_lowercase()));
+        }
+        out.extend(i.repo_tags.unwrap_or_default());
+    }
+    out
 }
 
 #[cfg(test)]
@@ -724,6 +733,7 @@ mod tests {
                 got.unwrap(),
                 vec![
                     format!("sha256:{HEX}"),
+                    "a:1".to_string(),
                     format!("sha256:{}", HEX.replace('0', "f"))
                 ],
                 "chunk {chunk}"

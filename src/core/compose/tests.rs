@@ -160,6 +160,7 @@ fn published_port(container: &Value, port: &str) -> u16 {
 /// web's port is published without a host port (`127.0.0.1::80`): Docker picks a free one,
 /// read back from inspect, so no port chosen here can be taken by another test meanwhile.
 #[tokio::test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 async fn up_is_idempotent_recreates_changes_and_down_cleans() {
     let Some(host) = docker_host("compose::up_is_idempotent_recreates_changes_and_down_cleans")
     else {
@@ -422,6 +423,7 @@ fn from_yaml(dir: &Path, yaml: &str, project: &str) -> ComposeProject {
 }
 
 #[tokio::test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 async fn failures_are_clear_and_bounded() {
     let Some(host) = docker_host("compose::failures_are_clear_and_bounded") else {
         return;
@@ -868,6 +870,7 @@ fn differential_dir() -> tempfile::TempDir {
 /// containers, networks and volumes must match. web publishes a fixed port (chosen anew when
 /// Docker says it is taken), besides two that Docker picks.
 #[tokio::test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
 async fn matches_docker_compose_1_29() {
     let Some(host) = docker_host("compose::matches_docker_compose_1_29") else {
         return;

@@ -10,7 +10,7 @@
 //! Disconnect take both names, in order); wipe, update and the power commands take the agent
 //! exclusively. The Docker event watcher ([`watch`]) reconciles under the same locks.
 
-mod locks;
+pub(crate) mod locks;
 mod upgrade;
 mod watch;
 

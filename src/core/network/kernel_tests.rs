@@ -472,6 +472,251 @@ fn assert_only_connected(
     }
 }
 
+/// Three real containers on the dataplane, a server on the "internet" side, and the agent:
+/// the scene `dataplane_with_real_containers` plays its phases in.
+struct Scene {
+    world: World,
+    ca: TestContainer,
+    cb: TestContainer,
+    cc: TestContainer,
+    wan: WanServer,
+}
+
+type Row<'a> = (&'static str, &'a TestContainer, IpAddr, IpAddr);
+
+impl Scene {
+    fn new(host: &str) -> Self {
+        let world = World::new(true);
+        let wan = WanServer::start(
+            &world.wan.path(),
+            &[
+                SocketAddr::from((WAN4, 9000)),
+                SocketAddr::from((WAN6, 9000)),
+            ],
+        );
+        Scene {
+            ca: TestContainer::start(host, "a"),
+            cb: TestContainer::start(host, "b"),
+            cc: TestContainer::start(host, "c"),
+            world,
+            wan,
+        }
+    }
+
+    /// The containers with the addresses they have (b's last bytes given).
+    fn table(&self, b4: u8, b6: u16) -> Vec<Row<'_>> {
+        vec![
+            ("a", &self.ca, IpAddr::V4(a4(2)), IpAddr::V6(a6(2))),
+            ("b", &self.cb, IpAddr::V4(a4(b4)), IpAddr::V6(a6(b6))),
+            ("c", &self.cc, IpAddr::V4(a4(4)), IpAddr::V6(a6(4))),
+        ]
+    }
+
+    fn all(&self) -> [(&'static str, &TestContainer); 3] {
+        [("a", &self.ca), ("b", &self.cb), ("c", &self.cc)]
+    }
+
+    fn via_wan(&self, addr: IpAddr) -> Option<String> {
+        fetch_from(&self.world.wan.path(), SocketAddr::from((addr, 8080)))
+    }
+}
+
+/// Runs `f` on the dataplane and asserts it succeeded.
+fn apply<T: Send + 'static>(
+    agent: &DataplaneHandle,
+    f: impl FnOnce(&mut super::Dataplane) -> Result<T, NetworkError> + Send + 'static,
+) -> T {
+    agent.run_blocking(f).unwrap().unwrap()
+}
+
+fn attach_all(s: &Scene, agent: &DataplaneHandle) {
+    let pids = [("a", s.ca.pid()), ("b", s.cb.pid()), ("c", s.cc.pid())];
+    apply(agent, move |d| {
+        d.reapply()?;
+        for (i, (name, pid)) in pids.iter().enumerate() {
+            d.add_container(spec(name, 2 + i as u8))?;
+            d.attach(name, *pid)?;
+        }
+        Ok(())
+    });
+    for (n, c) in s.all() {
+        c.serve(n);
+    }
+    assert_eq!(
+        s.ca.eth0_addresses(),
+        BTreeSet::from([
+            "inet 198.18.0.2/32".to_string(),
+            "inet6 2001:db8:1::2/128".to_string()
+        ])
+    );
+    let mac = s.ca.exec(&["cat", "/sys/class/net/eth0/address"]);
+    assert_eq!(
+        String::from_utf8_lossy(&mac.stdout).trim(),
+        "02:42:c6:12:00:02"
+    );
+}
+
+/// Isolated by default; then exactly the connected pairs talk.
+fn connections(s: &Scene, agent: &DataplaneHandle) {
+    assert_only_connected(&s.table(3, 3), &[]);
+    apply(agent, |d| d.connect("a", "b"));
+    assert_only_connected(&s.table(3, 3), &[("a", "b")]);
+    apply(agent, |d| d.connect("b", "c"));
+    apply(agent, |d| d.disconnect("a", "b"));
+    assert_only_connected(&s.table(3, 3), &[("b", "c")]);
+    apply(agent, |d| d.connect("a", "b"));
+}
+
+/// Internet on and off, masqueraded behind the guest's uplink address.
+fn internet(s: &Scene, agent: &DataplaneHandle) {
+    let (ca, cb) = (&s.ca, &s.cb);
+    assert_eq!(ca.fetch(IpAddr::V4(WAN4), 9000), None);
+    assert!(ca.blocked(IpAddr::V6(WAN6)));
+    apply(agent, |d| d.set_internet("a", true));
+    assert_eq!(ca.fetch(IpAddr::V4(WAN4), 9000).as_deref(), Some("wan"));
+    assert_eq!(s.wan.last_peer(), Some(IpAddr::V4(GUEST4)));
+    assert_eq!(ca.fetch(IpAddr::V6(WAN6), 9000).as_deref(), Some("wan"));
+    assert_eq!(s.wan.last_peer(), Some(IpAddr::V6(GUEST6)));
+    assert!(ca.reaches(IpAddr::V6(WAN6)));
+    assert_eq!(cb.fetch(IpAddr::V4(WAN4), 9000), None, "b has no internet");
+    apply(agent, |d| d.set_internet("a", false));
+    assert_eq!(ca.fetch(IpAddr::V4(WAN4), 9000), None);
+    assert!(ca.blocked(IpAddr::V4(WAN4)));
+}
+
+/// Port forward: from wan (both families), from the guest itself, duplicate refused.
+fn forwards(s: &Scene, agent: &DataplaneHandle) {
+    let forward = PortForward {
+        external_port: 8080,
+        protocol: Protocol::Tcp,
+        container: "b".into(),
+        internal_port: SERVER_PORT,
+    };
+    let f = forward.clone();
+    apply(agent, move |d| d.add_forward(f));
+    assert_eq!(s.via_wan(IpAddr::V4(GUEST4)).as_deref(), Some("b"));
+    assert_eq!(s.via_wan(IpAddr::V6(GUEST6)).as_deref(), Some("b"));
+    let from_guest = fetch_from(&s.world.guest.path(), SocketAddr::from((GUEST4, 8080)));
+    assert_eq!(from_guest.as_deref(), Some("b"));
+    let dup = PortForward {
+        container: "c".into(),
+        ..forward
+    };
+    assert!(matches!(
+        agent.run_blocking(move |d| d.add_forward(dup)).unwrap(),
+        Err(NetworkError::AlreadyExists(_))
+    ));
+    assert_eq!(
+        fetch_from(&s.world.wan.path(), SocketAddr::from((GUEST4, 8081))),
+        None
+    );
+}
+
+/// A changed address works, the old one does not, and connections and forwards follow.
+fn readdress(s: &Scene, agent: &DataplaneHandle) {
+    let ca = &s.ca;
+    apply(agent, |d| d.set_ipv4("b", a4(30)));
+    apply(agent, |d| d.set_ipv6("b", a6(0x30)));
+    assert!(ca.reaches(IpAddr::V4(a4(30))));
+    assert!(ca.reaches(IpAddr::V6(a6(0x30))));
+    assert!(ca.blocked(IpAddr::V4(a4(3))));
+    assert!(ca.blocked(IpAddr::V6(a6(3))));
+    assert_eq!(
+        s.cb.eth0_addresses(),
+        BTreeSet::from([
+            "inet 198.18.0.30/32".to_string(),
+            "inet6 2001:db8:1::30/128".to_string()
+        ])
+    );
+    assert_eq!(s.via_wan(IpAddr::V4(GUEST4)).as_deref(), Some("b"));
+    assert_eq!(s.via_wan(IpAddr::V6(GUEST6)).as_deref(), Some("b"));
+    assert_only_connected(&s.table(30, 0x30), &[("a", "b"), ("b", "c")]);
+}
+
+/// Stop and start: the container comes back with a new namespace and gets its network.
+fn container_restart(s: &Scene, agent: &DataplaneHandle) {
+    let ca = &s.ca;
+    assert!(ca.docker(&["stop", "-t", "1", &ca.name]).status.success());
+    apply(agent, |d| d.detach("a"));
+    assert!(ca.docker(&["start", &ca.name]).status.success());
+    let pid = ca.pid();
+    apply(agent, move |d| d.attach("a", pid));
+    ca.serve("a");
+    assert_only_connected(&s.table(30, 0x30), &[("a", "b"), ("b", "c")]);
+}
+
+/// What the kernel holds of gantry's dataplane.
+#[derive(Debug, PartialEq)]
+struct Kernel {
+    ruleset: serde_json::Value,
+    links: Vec<String>,
+    routes: Vec<String>,
+    rules: Vec<String>,
+}
+
+impl Kernel {
+    fn of(world: &World) -> Self {
+        Kernel {
+            ruleset: world.ruleset(),
+            links: world.gantry_links(),
+            routes: world.gantry_routes(),
+            rules: world.iptables_rules(),
+        }
+    }
+}
+
+/// Restarting the agent (twice) re-applies to an identical ruleset and topology.
+fn agent_restarts(s: &Scene, agent: DataplaneHandle) -> Kernel {
+    let before = Kernel::of(&s.world);
+    assert_eq!(before.links, vec!["gv-1", "gv-2", "gv-3"]);
+    assert_eq!(before.rules.len(), 4, "{:?}", before.rules);
+    agent.stop();
+    for _ in 0..2 {
+        s.world.boot(&s.all()).stop();
+        assert_eq!(Kernel::of(&s.world), before);
+        assert_eq!(s.ca.eth0_addresses().len(), 2);
+    }
+    assert_only_connected(&s.table(30, 0x30), &[("a", "b"), ("b", "c")]);
+    assert_eq!(s.via_wan(IpAddr::V4(GUEST4)).as_deref(), Some("b"));
+    before
+}
+
+/// A simulated reboot: links, table and FORWARD rules gone; re-applying restores all.
+fn reboot(s: &Scene, before: &Kernel) -> DataplaneHandle {
+    let guest = &s.world.guest;
+    for link in &before.links {
+        guest.ok(&["ip", "link", "del", link]);
+    }
+    guest.ok(&["nft", "delete", "table", "inet", "gantry"]);
+    for tool in ["iptables", "ip6tables"] {
+        guest.ok(&[tool, "-F", "DOCKER-USER"]);
+        guest.ok(&[tool, "-A", "DOCKER-USER", "-j", "RETURN"]);
+    }
+    assert!(s.ca.blocked(IpAddr::V4(a4(30))));
+    let agent = s.world.boot(&s.all());
+    let after = Kernel::of(&s.world);
+    assert_eq!(
+        (&after.ruleset, &after.links, &after.routes),
+        (&before.ruleset, &before.links, &before.routes)
+    );
+    assert_only_connected(&s.table(30, 0x30), &[("a", "b"), ("b", "c")]);
+    assert_eq!(s.via_wan(IpAddr::V4(GUEST4)).as_deref(), Some("b"));
+    agent
+}
+
+/// Wipe leaves nothing behind.
+fn wipe(s: &Scene, agent: &DataplaneHandle) {
+    apply(agent, |d| d.wipe());
+    assert!(s.world.gantry_links().is_empty());
+    assert!(s.world.gantry_routes().is_empty());
+    assert!(!s.world.table_exists());
+    assert!(s.world.iptables_rules().is_empty());
+    assert!(!s.ca.exec(&["ip", "link", "show", "eth0"]).status.success());
+    assert!(agent
+        .run_blocking(|d| d.state().containers.is_empty())
+        .unwrap());
+}
+
 #[test]
 #[ignore = "needs root, network namespaces and the test dockerd (run scripts/test.sh)"]
 fn dataplane_with_real_containers() {
@@ -480,212 +725,17 @@ fn dataplane_with_real_containers() {
     else {
         return;
     };
-    let world = World::new(true);
-    let ca = TestContainer::start(&host, "a");
-    let cb = TestContainer::start(&host, "b");
-    let cc = TestContainer::start(&host, "c");
-    let wan = WanServer::start(
-        &world.wan.path(),
-        &[
-            SocketAddr::from((WAN4, 9000)),
-            SocketAddr::from((WAN6, 9000)),
-        ],
-    );
-
-    let agent = world.agent();
-    let pids = [("a", ca.pid()), ("b", cb.pid()), ("c", cc.pid())];
-    agent
-        .run_blocking(move |d| {
-            d.reapply()?;
-            for (i, (name, pid)) in pids.iter().enumerate() {
-                d.add_container(spec(name, 2 + i as u8))?;
-                d.attach(name, *pid)?;
-            }
-            Ok::<_, NetworkError>(())
-        })
-        .unwrap()
-        .unwrap();
-    for (c, n) in [(&ca, "a"), (&cb, "b"), (&cc, "c")] {
-        c.serve(n);
-    }
-    assert_eq!(
-        ca.eth0_addresses(),
-        BTreeSet::from([
-            "inet 198.18.0.2/32".to_string(),
-            "inet6 2001:db8:1::2/128".to_string()
-        ])
-    );
-    let mac = ca.exec(&["cat", "/sys/class/net/eth0/address"]);
-    assert_eq!(
-        String::from_utf8_lossy(&mac.stdout).trim(),
-        "02:42:c6:12:00:02"
-    );
-
-    let table = |b4: u8, b6: u16| {
-        vec![
-            ("a", &ca, IpAddr::V4(a4(2)), IpAddr::V6(a6(2))),
-            ("b", &cb, IpAddr::V4(a4(b4)), IpAddr::V6(a6(b6))),
-            ("c", &cc, IpAddr::V4(a4(4)), IpAddr::V6(a6(4))),
-        ]
-    };
-
-    // Isolated by default; then exactly the connected pair talks.
-    assert_only_connected(&table(3, 3), &[]);
-    agent
-        .run_blocking(|d| d.connect("a", "b"))
-        .unwrap()
-        .unwrap();
-    assert_only_connected(&table(3, 3), &[("a", "b")]);
-    agent
-        .run_blocking(|d| d.connect("b", "c"))
-        .unwrap()
-        .unwrap();
-    agent
-        .run_blocking(|d| d.disconnect("a", "b"))
-        .unwrap()
-        .unwrap();
-    assert_only_connected(&table(3, 3), &[("b", "c")]);
-    agent
-        .run_blocking(|d| d.connect("a", "b"))
-        .unwrap()
-        .unwrap();
-
-    // Internet on and off, masqueraded behind the guest's uplink address.
-    assert_eq!(ca.fetch(IpAddr::V4(WAN4), 9000), None);
-    assert!(ca.blocked(IpAddr::V6(WAN6)));
-    agent
-        .run_blocking(|d| d.set_internet("a", true))
-        .unwrap()
-        .unwrap();
-    assert_eq!(ca.fetch(IpAddr::V4(WAN4), 9000).as_deref(), Some("wan"));
-    assert_eq!(wan.last_peer(), Some(IpAddr::V4(GUEST4)));
-    assert_eq!(ca.fetch(IpAddr::V6(WAN6), 9000).as_deref(), Some("wan"));
-    assert_eq!(wan.last_peer(), Some(IpAddr::V6(GUEST6)));
-    assert!(ca.reaches(IpAddr::V6(WAN6)));
-    assert_eq!(cb.fetch(IpAddr::V4(WAN4), 9000), None, "b has no internet");
-    agent
-        .run_blocking(|d| d.set_internet("a", false))
-        .unwrap()
-        .unwrap();
-    assert_eq!(ca.fetch(IpAddr::V4(WAN4), 9000), None);
-    assert!(ca.blocked(IpAddr::V4(WAN4)));
-
-    // Port forward: from wan (both families), from the guest itself, duplicate refused.
-    let forward = PortForward {
-        external_port: 8080,
-        protocol: Protocol::Tcp,
-        container: "b".into(),
-        internal_port: SERVER_PORT,
-    };
-    let f = forward.clone();
-    agent
-        .run_blocking(move |d| d.add_forward(f))
-        .unwrap()
-        .unwrap();
-    let from_wan4 = || fetch_from(&world.wan.path(), SocketAddr::from((GUEST4, 8080)));
-    let from_wan6 = || fetch_from(&world.wan.path(), SocketAddr::from((GUEST6, 8080)));
-    let from_guest = || fetch_from(&world.guest.path(), SocketAddr::from((GUEST4, 8080)));
-    assert_eq!(from_wan4().as_deref(), Some("b"));
-    assert_eq!(from_wan6().as_deref(), Some("b"));
-    assert_eq!(from_guest().as_deref(), Some("b"));
-    let dup = PortForward {
-        container: "c".into(),
-        ..forward.clone()
-    };
-    assert!(matches!(
-        agent.run_blocking(move |d| d.add_forward(dup)).unwrap(),
-        Err(NetworkError::AlreadyExists(_))
-    ));
-    assert_eq!(
-        fetch_from(&world.wan.path(), SocketAddr::from((GUEST4, 8081))),
-        None
-    );
-
-    // A changed address works, the old one does not, and connections and forwards follow.
-    agent
-        .run_blocking(|d| d.set_ipv4("b", a4(30)))
-        .unwrap()
-        .unwrap();
-    agent
-        .run_blocking(|d| d.set_ipv6("b", a6(0x30)))
-        .unwrap()
-        .unwrap();
-    assert!(ca.reaches(IpAddr::V4(a4(30))));
-    assert!(ca.reaches(IpAddr::V6(a6(0x30))));
-    assert!(ca.blocked(IpAddr::V4(a4(3))));
-    assert!(ca.blocked(IpAddr::V6(a6(3))));
-    assert_eq!(
-        cb.eth0_addresses(),
-        BTreeSet::from([
-            "inet 198.18.0.30/32".to_string(),
-            "inet6 2001:db8:1::30/128".to_string()
-        ])
-    );
-    assert_eq!(from_wan4().as_deref(), Some("b"));
-    assert_eq!(from_wan6().as_deref(), Some("b"));
-    assert_only_connected(&table(30, 0x30), &[("a", "b"), ("b", "c")]);
-
-    // Stop and start: the container comes back with a new namespace and gets its network.
-    assert!(ca.docker(&["stop", "-t", "1", &ca.name]).status.success());
-    agent.run_blocking(|d| d.detach("a")).unwrap().unwrap();
-    assert!(ca.docker(&["start", &ca.name]).status.success());
-    let pid = ca.pid();
-    agent
-        .run_blocking(move |d| d.attach("a", pid))
-        .unwrap()
-        .unwrap();
-    ca.serve("a");
-    assert_only_connected(&table(30, 0x30), &[("a", "b"), ("b", "c")]);
-
-    // Restarting the agent (twice) re-applies to an identical ruleset and topology.
-    let ruleset = world.ruleset();
-    let links = world.gantry_links();
-    let routes = world.gantry_routes();
-    let rules = world.iptables_rules();
-    assert_eq!(links, vec!["gv-1", "gv-2", "gv-3"]);
-    assert_eq!(rules.len(), 4, "{rules:?}");
-    agent.stop();
-    let all = [("a", &ca), ("b", &cb), ("c", &cc)];
-    for _ in 0..2 {
-        world.boot(&all).stop();
-        assert_eq!(world.ruleset(), ruleset);
-        assert_eq!(world.gantry_links(), links);
-        assert_eq!(world.gantry_routes(), routes);
-        assert_eq!(world.iptables_rules(), rules);
-        assert_eq!(ca.eth0_addresses().len(), 2);
-    }
-    assert_only_connected(&table(30, 0x30), &[("a", "b"), ("b", "c")]);
-    assert_eq!(from_wan4().as_deref(), Some("b"));
-
-    // A simulated reboot: links, table and FORWARD rules gone; re-applying restores all.
-    for link in &links {
-        world.guest.ok(&["ip", "link", "del", link]);
-    }
-    world
-        .guest
-        .ok(&["nft", "delete", "table", "inet", "gantry"]);
-    for tool in ["iptables", "ip6tables"] {
-        world.guest.ok(&[tool, "-F", "DOCKER-USER"]);
-        world.guest.ok(&[tool, "-A", "DOCKER-USER", "-j", "RETURN"]);
-    }
-    assert!(ca.blocked(IpAddr::V4(a4(30))));
-    let agent = world.boot(&all);
-    assert_eq!(world.ruleset(), ruleset);
-    assert_eq!(world.gantry_links(), links);
-    assert_eq!(world.gantry_routes(), routes);
-    assert_only_connected(&table(30, 0x30), &[("a", "b"), ("b", "c")]);
-    assert_eq!(from_wan4().as_deref(), Some("b"));
-
-    // Wipe leaves nothing behind.
-    agent.run_blocking(|d| d.wipe()).unwrap().unwrap();
-    assert!(world.gantry_links().is_empty());
-    assert!(world.gantry_routes().is_empty());
-    assert!(!world.table_exists());
-    assert!(world.iptables_rules().is_empty());
-    assert!(!ca.exec(&["ip", "link", "show", "eth0"]).status.success());
-    assert!(agent
-        .run_blocking(|d| d.state().containers.is_empty())
-        .unwrap());
+    let scene = Scene::new(&host);
+    let agent = scene.world.agent();
+    attach_all(&scene, &agent);
+    connections(&scene, &agent);
+    internet(&scene, &agent);
+    forwards(&scene, &agent);
+    readdress(&scene, &agent);
+    container_restart(&scene, &agent);
+    let before = agent_restarts(&scene, agent);
+    let agent = reboot(&scene, &before);
+    wipe(&scene, &agent);
     agent.stop();
 }
 

@@ -188,7 +188,7 @@ impl Core {
 }
 
 /// Reports each output line of a start or stop.
-fn lines(reporter: Reporter<OutputLine>) -> impl Fn(&str) + Send + Sync {
+pub(super) fn lines(reporter: Reporter<OutputLine>) -> impl Fn(&str) + Send + Sync {
     move |l: &str| reporter.report(OutputLine(l.to_string()))
 }
 

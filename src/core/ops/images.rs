@@ -88,32 +88,48 @@ impl Core {
         reporter: &Reporter<LoadProgress>,
         cancel: &CancellationToken,
     ) -> CoreResult<LoadedImage> {
-        let sent = Arc::new(AtomicU64::new(0));
-        let counter = sent.clone();
-        let counted: ByteStream = Box::pin(stream.map(move |chunk| {
-            if let Ok(c) = &chunk {
-                counter.fetch_add(c.len() as u64, Ordering::Relaxed);
-            }
-            chunk
-        }));
-        reporter.report(LoadProgress { done: 0, total });
-        let load = self.system.load_image(counted);
-        tokio::pin!(load);
-        let mut tick = tokio::time::interval(REPORT_EVERY);
-        let mut last = 0;
-        loop {
-            tokio::select! {
-                r = &mut load => return r,
-                // Dropping the load aborts the request: Docker discards the partial image.
-                _ = cancel.cancelled() => {
-                    return Err(CoreError::Cancelled("the image load was cancelled".into()))
-                }
-                _ = tick.tick() => {
-                    let done = sent.load(Ordering::Relaxed);
-                    if done != last && total.is_none_or(|t| done < t) {
-                        last = done;
-                        reporter.report(LoadProgress { done, total });
-                    }
+        let what = "the image load was cancelled";
+        let load = |counted| self.system.load_image(counted);
+        stream_counted(stream, total, reporter, cancel, what, load).await
+    }
+}
+
+/// Hands `stream` to `consume` (a transfer into Docker), reporting the bytes taken every
+/// [`REPORT_EVERY`]. Cancelled, the transfer is dropped: Docker discards what it got.
+pub(super) async fn stream_counted<T, F, Fut>(
+    stream: ByteStream,
+    total: Option<u64>,
+    reporter: &Reporter<LoadProgress>,
+    cancel: &CancellationToken,
+    cancelled: &str,
+    consume: F,
+) -> CoreResult<T>
+where
+    F: FnOnce(ByteStream) -> Fut,
+    Fut: std::future::Future<Output = CoreResult<T>>,
+{
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    let counted: ByteStream = Box::pin(stream.map(move |chunk| {
+        if let Ok(c) = &chunk {
+            counter.fetch_add(c.len() as u64, Ordering::Relaxed);
+        }
+        chunk
+    }));
+    reporter.report(LoadProgress { done: 0, total });
+    let transfer = consume(counted);
+    tokio::pin!(transfer);
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    let mut last = 0;
+    loop {
+        tokio::select! {
+            r = &mut transfer => return r,
+            _ = cancel.cancelled() => return Err(CoreError::Cancelled(cancelled.into())),
+            _ = tick.tick() => {
+                let done = sent.load(Ordering::Relaxed);
+                if done != last && total.is_none_or(|t| done < t) {
+                    last = done;
+                    reporter.report(LoadProgress { done, total });
                 }
             }
         }

@@ -7,6 +7,8 @@
 
 pub mod apps;
 pub mod images;
+pub mod instances;
+pub mod services;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -75,11 +77,12 @@ impl<P, T> Operation<P, T> {
     }
 
     /// The next report: progress until the operation ends, then its result (once).
+    /// Cancel-safe: dropped before it answered (in a `select!`), nothing is lost.
     pub async fn next(&mut self) -> Event<P, T> {
         if let Some(p) = self.progress.recv().await {
             return Event::Progress(p);
         }
-        let result = match self.result.take() {
+        let result = match self.result.as_mut() {
             Some(rx) => rx.await.unwrap_or_else(|_| {
                 Err(CoreError::Failed(
                     "the operation ended without a result".into(),
@@ -87,6 +90,7 @@ impl<P, T> Operation<P, T> {
             }),
             None => Err(CoreError::Failed("the operation's result was taken".into())),
         };
+        self.result = None;
         Event::Done(result)
     }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::super::apps::lines_param;
 use super::super::{Call, Problem, Reply};
 use crate::core::apps::AppId;
-use crate::core::engine::LogStream;
+use crate::core::engine::LineStream;
 use crate::server::ws::{self, WsConfig, WsSession};
 
 /// A log line is small; nothing the client sends is read beyond close frames.
@@ -30,7 +30,7 @@ pub async fn ws_logs(mut c: Call) -> Reply {
     let id = AppId::from(id);
     let lines = lines_param(&c)?;
     // An unknown app is a 404 before the upgrade, as for start and stop.
-    let stream = c.core.apps.follow_logs(&id, lines).await?;
+    let stream = c.core.apps.log_stream(&id, lines).await?;
     let config = WsConfig {
         max_message: MAX_MESSAGE_BYTES,
         idle: None,
@@ -40,7 +40,7 @@ pub async fn ws_logs(mut c: Call) -> Reply {
     })?)
 }
 
-async fn session(mut ws: WsSession, mut lines: LogStream) {
+async fn session(mut ws: WsSession, mut lines: LineStream) {
     let stopping = ws.rx.stopping().clone();
     loop {
         let next = tokio::select! {

@@ -1,0 +1,248 @@
+//! The Flow Manager dialect: Socket.IO v5 over Engine.IO v4 (long-polling, websocket and the
+//! upgrade between them) at `/socket.io/`, served by socketioxide inside gantry's own HTTP
+//! stack: `serve` hands those requests to socketioxide's service. `GET /health` answers on
+//! the same port. CORS is open (`*`, or the caller's origin), as kawaflow's server.
+//!
+//! The Socket.IO server is built on the listener's first request (it needs the core): from
+//! then on the core's Flow Manager events are broadcast to every client, and when the server
+//! stops every client is disconnected.
+
+mod events;
+mod wire;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderMap, HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
+    ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_REQUEST_HEADERS,
+    ORIGIN,
+};
+use hyper::service::Service;
+use hyper::{Method, Request, StatusCode};
+use serde_json::{json, Value};
+use socketioxide::extract::{Event, SocketRef, TryData};
+use socketioxide::service::SocketIoService;
+use socketioxide::SocketIo;
+use tokio_util::sync::CancellationToken;
+
+use super::http::{self, Response};
+use crate::core::flow::FlowManager as Flow;
+use crate::core::Core;
+use crate::server::{Cx, Dialect};
+use events::Ctx;
+
+/// Largest Socket.IO packet a client may send (python-socketio's default buffer, 1 MB).
+const MAX_PAYLOAD: u64 = 1_000_000;
+/// Packets queued for one client before further ones are dropped for it.
+const CLIENT_BUFFER: usize = 4096;
+
+/// The Flow Manager dialect; errors are `{"detail": ...}` JSON, as FastAPI answers.
+#[derive(Default)]
+pub struct FlowManager {
+    stack: OnceLock<Stack>,
+}
+
+struct Stack {
+    svc: SocketIoService<Unrouted>,
+    clients: Arc<AtomicUsize>,
+    max_clients: usize,
+}
+
+/// What socketioxide answers for paths outside `/socket.io/` (never asked: `serve` routes).
+#[derive(Clone)]
+struct Unrouted;
+
+impl Service<Request<Incoming>> for Unrouted {
+    type Response = hyper::Response<http_body_util::Empty<bytes::Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn call(&self, _: Request<Incoming>) -> Self::Future {
+        let mut r = hyper::Response::new(http_body_util::Empty::new());
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        std::future::ready(Ok(r))
+    }
+}
+
+impl Stack {
+    fn new(core: Arc<Core>, flow: Arc<Flow>, stopping: CancellationToken) -> Self {
+        let (svc, io) = SocketIo::builder()
+            .max_payload(MAX_PAYLOAD)
+            .max_buffer_size(CLIENT_BUFFER)
+            .ws_max_message_size(MAX_PAYLOAD as usize)
+            .ws_max_frame_size(MAX_PAYLOAD as usize)
+            .build_with_inner_svc(Unrouted);
+        let clients = Arc::new(AtomicUsize::new(0));
+        let ctx = Arc::new(Ctx {
+            core,
+            flow: flow.clone(),
+            io: io.clone(),
+        });
+        let counted = clients.clone();
+        io.ns("/", move |s: SocketRef| {
+            on_connect(ctx.clone(), counted.clone(), s)
+        });
+        tokio::spawn(forward_events(flow.clone(), io.clone(), stopping.clone()));
+        tokio::spawn(async move {
+            stopping.cancelled().await;
+            io.close().await;
+        });
+        Stack {
+            svc,
+            clients,
+            max_clients: flow.settings().max_clients,
+        }
+    }
+}
+
+async fn on_connect(ctx: Arc<Ctx>, clients: Arc<AtomicUsize>, s: SocketRef) {
+    clients.fetch_add(1, Ordering::SeqCst);
+    s.on_disconnect(move || {
+        let clients = clients.clone();
+        async move {
+            clients.fetch_sub(1, Ordering::SeqCst);
+        }
+    });
+    s.on_fallback(
+        move |s: SocketRef, Event(event), TryData(data): TryData<Value>| {
+            let ctx = ctx.clone();
+            // Data that is not JSON is answered as missing data.
+            events::handle(ctx, s, event, data.unwrap_or(Value::Null))
+        },
+    );
+    let _ = s.emit(
+        "connected",
+        &json!({"message": "Connected to flow-manager"}),
+    );
+}
+
+/// Broadcasts the core's events (and their activity logs) to every client.
+async fn forward_events(flow: Arc<Flow>, io: SocketIo, stop: CancellationToken) {
+    let mut rx = flow.subscribe();
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            e = rx.recv() => e,
+        };
+        match event {
+            Ok(e) => {
+                for (name, payload) in wire::broadcast(&e) {
+                    let _ = io.emit(name, &payload).await;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(dropped = n, "flowmanager broadcasts fell behind");
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// CORS as python-engineio with `cors_allowed_origins="*"`: the caller's origin (or `*`).
+fn cors(req: &HeaderMap, resp: &mut HeaderMap) {
+    match req.get(ORIGIN) {
+        Some(o) => {
+            resp.insert(ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
+            resp.insert(
+                ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        None => {
+            resp.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        }
+    }
+}
+
+fn preflight(req: &HeaderMap) -> Response {
+    let mut resp = http::empty(StatusCode::NO_CONTENT);
+    let h = resp.headers_mut();
+    cors(req, h);
+    h.insert(
+        ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("OPTIONS, GET, POST"),
+    );
+    if let Some(asked) = req.get(ACCESS_CONTROL_REQUEST_HEADERS) {
+        h.insert(ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+    }
+    resp
+}
+
+/// An Engine.IO handshake: a request without a session id.
+fn is_handshake(req: &Request<Incoming>) -> bool {
+    http::Query::parse(req.uri().query())
+        .get("sid")
+        .is_none_or(str::is_empty)
+}
+
+fn health(cx: &Cx) -> Response {
+    let docker = cx.core.engine_health.current();
+    let body = json!({
+        "status": if docker.is_reachable() { "healthy" } else { "degraded" },
+        "service": "flow-manager",
+        "socket_dir": cx.core.flow.as_ref().map(|f| f.settings().socket_dir.display().to_string()),
+        "docker": { "reachable": docker.is_reachable() },
+        "components": { "container_manager": "active", "socket_handler": "active", "event_handler": "active" },
+    });
+    http::json(StatusCode::OK, &body)
+}
+
+impl FlowManager {
+    async fn socket_io(&self, req: Request<Incoming>, cx: &Cx) -> Response {
+        let Some(flow) = cx.core.flow.clone() else {
+            return self.error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the Flow Manager is not running",
+                "",
+            );
+        };
+        let stack = self
+            .stack
+            .get_or_init(|| Stack::new(cx.core.clone(), flow, cx.sessions.stopping().clone()));
+        if is_handshake(&req) && stack.clients.load(Ordering::SeqCst) >= stack.max_clients {
+            let m = format!(
+                "this listener already serves {} clients (flowmanager.max_clients)",
+                stack.max_clients
+            );
+            return self.error(StatusCode::SERVICE_UNAVAILABLE, &m, req.uri().path());
+        }
+        let headers = req.headers().clone();
+        let resp = match stack.svc.call(req).await {
+            Ok(r) => r,
+            Err(e) => match e {},
+        };
+        let mut resp = resp.map(|b| b.map_err(|e| match e {}).boxed_unsync());
+        cors(&headers, resp.headers_mut());
+        resp
+    }
+}
+
+#[async_trait]
+impl Dialect for FlowManager {
+    async fn serve(&self, req: Request<Incoming>, cx: Cx) -> Response {
+        let path = req.uri().path().to_string();
+        if req.method() == Method::OPTIONS {
+            return preflight(req.headers());
+        }
+        if path == "/socket.io" || path.starts_with("/socket.io/") {
+            return self.socket_io(req, &cx).await;
+        }
+        let mut resp = match (req.method(), path.as_str()) {
+            (&Method::GET | &Method::HEAD, "/health") => health(&cx),
+            (_, "/health") => {
+                self.error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed", &path)
+            }
+            _ => self.error(StatusCode::NOT_FOUND, "Not Found", &path),
+        };
+        cors(req.headers(), resp.headers_mut());
+        resp
+    }
+
+    fn error(&self, status: StatusCode, message: &str, _path: &str) -> Response {
+        http::json(status, &json!({ "detail": message }))
+    }
+}
