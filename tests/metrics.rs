@@ -9,15 +9,11 @@ use std::time::Duration;
 
 use common::bundle::{app_zip, import};
 use common::ws::Ws;
-use common::{enc, in_ci, run_with_input, test_image, unique, wait_for, Gantry, Resp};
+use common::{
+    enc, in_ci, metric as sample, run_with_input, test_image, unique, wait_for, Gantry, Resp,
+};
 
 const TOKEN: &str = "metrics-test-token-0123456789ab";
-
-/// The value of the sample `series` (name and labels exactly as written), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
 
 fn scrape(g: &Gantry) -> String {
     let r = g.get("/metrics");

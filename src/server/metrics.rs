@@ -10,13 +10,15 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use super::dialect::{Dialect, LiveClients};
 use super::ws::Sessions;
 use crate::core::apps::lifecycle::AppStatus;
 use crate::core::health::EngineStatus;
 use crate::core::metrics::{self, Histogram};
+use crate::core::tasks::{TaskInfo, TaskKind};
 use crate::core::Core;
 
 /// How long a scrape waits for Docker to list the apps before it answers without them.
@@ -30,17 +32,25 @@ pub struct ListenerStats {
     open: AtomicU64,
     accepted: AtomicU64,
     sessions: Sessions,
+    /// The listener's dialect, asked for the clients of its own session layer.
+    served_by: Weak<dyn Dialect>,
 }
 
 static LISTENERS: Mutex<Vec<Arc<ListenerStats>>> = Mutex::new(Vec::new());
 
-/// Registers a listener of `dialect` whose websocket sessions are `sessions`.
-pub fn register(dialect: &'static str, sessions: Sessions) -> Arc<ListenerStats> {
+/// Registers a listener of `dialect` (served by `served_by`) whose websocket sessions are
+/// `sessions`.
+pub fn register(
+    dialect: &'static str,
+    sessions: Sessions,
+    served_by: Weak<dyn Dialect>,
+) -> Arc<ListenerStats> {
     let stats = Arc::new(ListenerStats {
         dialect,
         open: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
         sessions,
+        served_by,
     });
     let mut all = LISTENERS.lock().unwrap_or_else(|p| p.into_inner());
     // Listeners of servers that stopped (tests run several) are dropped here.
@@ -100,7 +110,7 @@ fn operations(out: &mut Exposition, core: &Core) {
     let ops = metrics::operations();
     let mut m = out.counter(
         "gantry_operations_total",
-        "Long operations (import, start, stop, load-image, refresh) that ended, by outcome.",
+        "Long operations that ended, by kind (as in GET /api/tasks) and outcome.",
     );
     for (kind, outcome, h) in &ops {
         m.sample(
@@ -116,16 +126,15 @@ fn operations(out: &mut Exposition, core: &Core) {
     for (kind, outcome, h) in &ops {
         histogram(out, kind, outcome.name(), h);
     }
-    let mut running: Vec<(&'static str, u32)> = Vec::new();
-    for t in core.tasks.list() {
-        match running.iter_mut().find(|(k, _)| *k == t.kind.name()) {
-            Some((_, n)) => *n += 1,
-            None => running.push((t.kind.name(), 1)),
-        }
-    }
+    running(out, &core.tasks.list());
+}
+
+/// Every kind, 0 when none runs: a series that vanishes reads as "unknown", not "none".
+fn running(out: &mut Exposition, tasks: &[TaskInfo]) {
     let mut m = out.gauge("gantry_operations_running", "Long operations running now.");
-    for (kind, n) in running {
-        m.sample(&[("kind", kind)], f64::from(n));
+    for kind in TaskKind::ALL {
+        let n = tasks.iter().filter(|t| t.kind == kind).count();
+        m.sample(&[("kind", kind.name())], n as f64);
     }
 }
 
@@ -177,43 +186,89 @@ fn docker(out: &mut Exposition, status: &EngineStatus) {
     }
 }
 
-fn listeners(out: &mut Exposition) {
-    // Several listeners may speak one dialect: their figures add up.
-    let mut by_dialect: Vec<(&'static str, [u64; 3])> = Vec::new();
-    for l in LISTENERS.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        let figures = [
-            l.open.load(Ordering::Relaxed),
-            l.accepted.load(Ordering::Relaxed),
-            l.sessions.open() as u64,
-        ];
-        match by_dialect.iter_mut().find(|(d, _)| *d == l.dialect) {
-            Some((_, f)) => f.iter_mut().zip(figures).for_each(|(a, b)| *a += b),
-            None => by_dialect.push((l.dialect, figures)),
+/// One dialect's figures, summed over its listeners.
+#[derive(Default)]
+struct DialectFigures {
+    open: u64,
+    accepted: u64,
+    /// Websocket sessions, Socket.IO clients on a websocket included.
+    websockets: u64,
+    socketio: Option<LiveClients>,
+}
+
+impl DialectFigures {
+    fn add(&mut self, l: &ListenerStats) {
+        let live = l.served_by.upgrade().and_then(|d| d.live_clients());
+        self.open += l.open.load(Ordering::Relaxed);
+        self.accepted += l.accepted.load(Ordering::Relaxed);
+        self.websockets += l.sessions.open() as u64;
+        if let Some(c) = live {
+            self.websockets += c.websocket as u64;
+            let sum = self.socketio.get_or_insert_with(LiveClients::default);
+            sum.polling += c.polling;
+            sum.websocket += c.websocket;
         }
     }
-    for (i, (name, kind, help)) in [
+}
+
+fn listeners(out: &mut Exposition) {
+    // Several listeners may speak one dialect: their figures add up.
+    let mut by_dialect: Vec<(&'static str, DialectFigures)> = Vec::new();
+    for l in LISTENERS.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        match by_dialect.iter_mut().find(|(d, _)| *d == l.dialect) {
+            Some((_, f)) => f.add(l),
+            None => {
+                let mut f = DialectFigures::default();
+                f.add(l);
+                by_dialect.push((l.dialect, f));
+            }
+        }
+    }
+    type Figure = fn(&DialectFigures) -> u64;
+    let families: [(&str, &str, &str, Figure); 3] = [
         (
             "gantry_http_connections",
             "gauge",
             "Open HTTP connections, by dialect.",
+            |f| f.open,
         ),
         (
             "gantry_http_connections_total",
             "counter",
             "HTTP connections accepted, by dialect.",
+            |f| f.accepted,
         ),
         (
             "gantry_websocket_sessions",
             "gauge",
-            "Open websocket sessions, by dialect.",
+            "Open websocket sessions, by dialect (Socket.IO clients on a websocket included).",
+            |f| f.websockets,
         ),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    ];
+    for (name, kind, help, figure) in families {
         out.help(name, kind, help);
         for (dialect, f) in &by_dialect {
-            out.line(name, &[("dialect", dialect)], f[i] as f64);
+            out.line(name, &[("dialect", dialect)], figure(f) as f64);
+        }
+    }
+    let socketio: Vec<_> = by_dialect
+        .iter()
+        .filter_map(|(d, f)| Some((*d, f.socketio?)))
+        .collect();
+    if !socketio.is_empty() {
+        let mut m = out.gauge(
+            "gantry_socketio_clients",
+            "Connected Socket.IO clients, by dialect and transport.",
+        );
+        for (dialect, c) in socketio {
+            m.sample(
+                &[("dialect", dialect), ("transport", "polling")],
+                c.polling as f64,
+            )
+            .sample(
+                &[("dialect", dialect), ("transport", "websocket")],
+                c.websocket as f64,
+            );
         }
     }
 }
@@ -416,6 +471,68 @@ mod tests {
         assert!(t.contains(
             "gantry_operation_duration_seconds_count{kind=\"hist-test\",outcome=\"ok\"} 1\n"
         ));
+    }
+
+    /// A dialect with Socket.IO clients of its own: two polling, one on a websocket.
+    struct SocketIoLike;
+
+    #[async_trait::async_trait]
+    impl Dialect for SocketIoLike {
+        async fn serve(
+            &self,
+            _req: hyper::Request<hyper::body::Incoming>,
+            _cx: super::super::Cx,
+        ) -> crate::api::http::Response {
+            unreachable!("never asked")
+        }
+        fn error(&self, status: hyper::StatusCode, _: &str, _: &str) -> crate::api::http::Response {
+            crate::api::http::empty(status)
+        }
+        fn live_clients(&self) -> Option<LiveClients> {
+            Some(LiveClients {
+                polling: 2,
+                websocket: 1,
+            })
+        }
+    }
+
+    #[test]
+    fn socketio_clients_are_counted_by_transport_and_websockets_among_the_sessions() {
+        let dialect: Arc<dyn Dialect> = Arc::new(SocketIoLike);
+        let sessions = Sessions::new(4, tokio_util::sync::CancellationToken::new());
+        let stats = register("metrics-test-sio", sessions, Arc::downgrade(&dialect));
+        let open = stats.connection();
+        let _also = stats.connection();
+        drop(open);
+        let mut out = Exposition::default();
+        listeners(&mut out);
+        let t = &out.text;
+        for line in [
+            "gantry_http_connections{dialect=\"metrics-test-sio\"} 1\n",
+            "gantry_http_connections_total{dialect=\"metrics-test-sio\"} 2\n",
+            "gantry_websocket_sessions{dialect=\"metrics-test-sio\"} 1\n",
+            "gantry_socketio_clients{dialect=\"metrics-test-sio\",transport=\"polling\"} 2\n",
+            "gantry_socketio_clients{dialect=\"metrics-test-sio\",transport=\"websocket\"} 1\n",
+        ] {
+            assert!(t.contains(line), "{line} not in\n{t}");
+        }
+        // Once the dialect is gone (its server stopped), it has no clients.
+        drop(dialect);
+        let mut out = Exposition::default();
+        listeners(&mut out);
+        let gone = "gantry_socketio_clients{dialect=\"metrics-test-sio\"";
+        assert!(!out.text.contains(gone), "{}", out.text);
+        drop(stats);
+    }
+
+    #[test]
+    fn every_kind_has_a_running_gauge() {
+        let mut out = Exposition::default();
+        running(&mut out, &[]);
+        for kind in TaskKind::ALL {
+            let line = format!("gantry_operations_running{{kind=\"{}\"}} 0\n", kind.name());
+            assert!(out.text.contains(&line), "{line} not in\n{}", out.text);
+        }
     }
 
     #[test]

@@ -75,9 +75,14 @@ pub async fn serve(
     grace: Duration,
 ) {
     let sessions = Sessions::new(limits.max_websocket_sessions, stop.clone());
+    let stats = metrics::register(
+        bound.config.dialect.name(),
+        sessions.clone(),
+        Arc::downgrade(&dialect),
+    );
     let ctx = Arc::new(ListenerCtx {
         dialect,
-        stats: metrics::register(bound.config.dialect.name(), sessions.clone()),
+        stats,
         cx: Cx {
             core,
             sessions,
@@ -214,6 +219,13 @@ async fn dispatch(
         ));
     }
     if req.uri().path() == "/metrics" && readable && ctx.cx.listener.metrics {
+        if !ctx.dialect.admits(&req, &ctx.cx) {
+            return Ok(ctx.dialect.error(
+                StatusCode::UNAUTHORIZED,
+                "/metrics needs the credentials this listener's dialect asks of its clients",
+                req.uri().path(),
+            ));
+        }
         let text = metrics::render(&ctx.cx.core).await;
         return Ok(http::with_type(
             StatusCode::OK,

@@ -1114,3 +1114,10 @@ pub fn tar_entries(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
     }
     out
 }
+
+/// The value of the sample `series` (name and labels exactly as written) in a `/metrics`
+/// text, if present.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}

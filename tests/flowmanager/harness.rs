@@ -50,7 +50,12 @@ pub struct Fm {
 impl Fm {
     /// Starts gantry; `flow` are extra lines of its `[flowmanager]` table.
     pub fn start(docker_host: &str, flow: &str) -> Fm {
-        let mut fm = Fm::prepare(docker_host, flow);
+        Fm::start_with(docker_host, "", flow)
+    }
+
+    /// Starts gantry with `listener` as extra lines of the flowmanager listener's table.
+    pub fn start_with(docker_host: &str, listener: &str, flow: &str) -> Fm {
+        let mut fm = Fm::prepare_with(docker_host, listener, flow);
         let c = fm.command();
         fm.spawn(c);
         fm
@@ -65,6 +70,10 @@ impl Fm {
 
     /// The config and directories, nothing started.
     pub fn prepare(docker_host: &str, flow: &str) -> Fm {
+        Fm::prepare_with(docker_host, "", flow)
+    }
+
+    fn prepare_with(docker_host: &str, listener: &str, flow: &str) -> Fm {
         let dir = tempfile::Builder::new()
             .prefix("gantry-fm-")
             .tempdir()
@@ -73,7 +82,7 @@ impl Fm {
         let text = format!(
             "state_dir = {:?}\ndocker_host = {docker_host:?}\nlog_level = \"debug\"\n\
              shutdown_timeout_secs = 2\n\n[[listeners]]\ndialect = \"flowmanager\"\n\
-             address = \"127.0.0.1:0\"\n\n[flowmanager]\nsocket_dir = {:?}\n\
+             address = \"127.0.0.1:0\"\n{listener}\n\n[flowmanager]\nsocket_dir = {:?}\n\
              stop_timeout_secs = 2\n{flow}\n",
             dir.path().join("state").display().to_string(),
             dir.path().join("sockets").display().to_string(),
@@ -272,6 +281,12 @@ impl Sio {
                 self.pending.push_back(v);
             }
         }
+    }
+
+    /// Disconnects the client, and waits until it is.
+    pub fn disconnect(&mut self) {
+        self.command(json!({"op": "disconnect"}));
+        self.expect("_disconnected", Duration::from_secs(15));
     }
 
     pub fn transport(&mut self) -> String {
