@@ -25,7 +25,8 @@ pub enum ImageCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum TaskCmd {
-    /// List the running operations (import, start, stop, image load, refresh)
+    /// List the running operations of every dialect (imports, starts, stops, image loads,
+    /// services, app updates and snapshots, Flow Manager containers, ...)
     #[command(visible_alias = "list")]
     Ls,
     /// Cancel a running operation; it rolls back what it did
