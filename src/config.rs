@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod distillery;
-pub use distillery::{NamedToken, SnapshotsConfig};
+pub use distillery::{read_tokens, NamedToken, SnapshotsConfig};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gantry/gantry.toml";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -1405,6 +1405,24 @@ mod tests {
             l.token_file.as_deref(),
             Some(Path::new("/nonexistent/gantry/token"))
         );
+    }
+
+    #[test]
+    fn clients_load_a_config_whose_core_key_or_tokens_file_they_cannot_read() {
+        let t = "state_dir = \"/nonexistent/gantry\"\n\
+                 [[listeners]]\ndialect = \"duxcore\"\n\
+                 [[listeners]]\ndialect = \"distillery\"\n\
+                 token_file = \"/nonexistent/gantry/tokens\"\n";
+        assert!(Config::parse(t, &env(&[])).is_err());
+        let c = Config::parse_with(t, &env(&[]), Tokens::IfReadable).unwrap();
+        assert_eq!(c.duxcore.corekey, None);
+        assert_eq!(c.listeners[1].auth, Auth::Tokens { tokens: Vec::new() });
+        // A file that is there but wrong is still refused.
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("tokens");
+        std::fs::write(&bad, "admin short\n").unwrap();
+        let t = t.replace("/nonexistent/gantry/tokens", &bad.display().to_string());
+        assert!(Config::parse_with(&t, &env(&[]), Tokens::IfReadable).is_err());
     }
 
     #[test]

@@ -432,3 +432,97 @@ fn check_passes_beside_a_running_daemon_and_fails_without_one() {
     assert!(text.contains("ERROR    listener transfer"), "{text}");
     assert!(text.contains("hint: start gantry"), "{text}");
 }
+
+/// The findings of a `gantry check --json` report whose check starts with `name`.
+fn findings<'a>(report: &'a Value, name: &str) -> Vec<&'a Value> {
+    let all = report.as_array().expect("a JSON array");
+    all.iter()
+        .filter(|f| f["Check"].as_str().is_some_and(|c| c.starts_with(name)))
+        .collect()
+}
+
+/// Asserts the report has one finding `name`, at `status`, saying `said`; its hint.
+fn the_finding(report: &Value, name: &str, status: &str, said: &str) -> String {
+    let found = findings(report, name);
+    assert_eq!(found.len(), 1, "{name}: {report}");
+    assert_eq!(found[0]["Status"], status, "{name}: {report}");
+    let message = found[0]["Message"].as_str().unwrap_or_default();
+    assert!(message.contains(said), "{name}: {report}");
+    found[0]["Hint"].as_str().unwrap_or_default().to_string()
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn check_judges_the_files_and_directories_the_dialects_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, tokens, sockets) = (
+        dir.path().join("corekey.bin"),
+        dir.path().join("tokens"),
+        dir.path().join("sockets"),
+    );
+    std::fs::write(&tokens, "admin 0123456789abcdef-admin\n").unwrap();
+    chmod(&tokens, 0o644);
+    std::fs::create_dir(&sockets).unwrap();
+    chmod(&sockets, 0o755);
+    let listener =
+        |d: &str| format!("[[listeners]]\ndialect = \"{d}\"\naddress = \"127.0.0.1:0\"\n");
+    let cfg = format!(
+        "state_dir = \"{}\"\ndocker_host = \"unix:///nonexistent/docker.sock\"\n\
+         [duxcore]\ncorekey_file = \"{}\"\n[flowmanager]\nsocket_dir = \"{}\"\n{}{}\
+         token_file = \"{}\"\n{}",
+        dir.path().join("state").display(),
+        key.display(),
+        sockets.display(),
+        listener("duxcore"),
+        listener("distillery"),
+        tokens.display(),
+        listener("flowmanager"),
+    );
+    let cfg = write(dir.path(), "check.toml", cfg.as_bytes());
+    let check = || {
+        let out = run_gantry(&["check", "--json", "--config", &cfg], &[]);
+        // Docker is not there: an error either way.
+        assert_eq!(code(&out), 1, "{}", stderr(&out));
+        json_of(&out)
+    };
+
+    let report = check();
+    the_finding(&report, "configuration", "ok", "valid");
+    let hint = the_finding(&report, "duxcore core key file", "error", "missing");
+    assert!(hint.contains("/dev/urandom"), "{hint}");
+    the_finding(
+        &report,
+        "distillery tokens file",
+        "warning",
+        "readable by every user",
+    );
+    let dir_checks = findings(&report, "flowmanager socket_dir");
+    let chmod_hint = format!("`chmod 700 {}`", sockets.display());
+    assert!(
+        dir_checks
+            .iter()
+            .any(|f| f["Status"] == "warning" && f["Hint"] == chmod_hint.as_str()),
+        "{report}"
+    );
+
+    std::fs::write(&key, [9u8; 64]).unwrap();
+    chmod(&key, 0o600);
+    chmod(&tokens, 0o600);
+    chmod(&sockets, 0o700);
+    let report = check();
+    the_finding(&report, "duxcore core key file", "ok", "a key of 64 bytes");
+    the_finding(&report, "distillery tokens file", "ok", "1 token(s): admin");
+    // Where the test's temp dir lives (under /tmp, a long path) may still warn; nothing fails.
+    let dir_checks = findings(&report, "flowmanager socket_dir");
+    assert!(!dir_checks.is_empty(), "{report}");
+    assert!(
+        dir_checks
+            .iter()
+            .all(|f| f["Status"] != "error" && f["Hint"] != chmod_hint.as_str()),
+        "{report}"
+    );
+}

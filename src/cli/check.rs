@@ -13,11 +13,13 @@ use super::client::Client;
 use super::output::{json, print};
 use super::progress::size;
 use super::Exit;
-use crate::config::{self, Config, ProcessEnv, Source};
+use crate::config::{self, Config, ProcessEnv, Source, Tokens};
 use crate::core::docker::DockerEngine;
 use crate::core::engine::ContainerEngine;
 use crate::core::network::consistency;
 use crate::core::network::DataplaneConfig;
+
+mod dialects;
 
 /// How long a check waits for the daemon or Docker.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -78,10 +80,16 @@ pub async fn run(config: Option<&Path>, as_json: bool) -> Exit {
                 reserve,
             );
         }
-        let intervirt = c
-            .listeners
-            .iter()
-            .any(|l| l.dialect == config::Dialect::Intervirt);
+        let has = |d: config::Dialect| c.listeners.iter().any(|l| l.dialect == d);
+        if has(config::Dialect::Distillery) {
+            snapshots_disk(&mut report, &c, reserve);
+        }
+        dialects::secrets(&mut report, &c);
+        if has(config::Dialect::FlowManager) {
+            let unit = dialects::UnitSandbox::of_gantry();
+            dialects::flow_socket_dir(&mut report, &c.flow.socket_dir, unit.as_ref());
+        }
+        let intervirt = has(config::Dialect::Intervirt);
         nftables(&mut report, intervirt);
         if intervirt {
             dataplane(&mut report, &c).await;
@@ -141,7 +149,8 @@ fn configuration(report: &mut Report, path: Option<&Path>) -> Option<Config> {
         },
         |p| p.display().to_string(),
     );
-    match Config::load(source, &ProcessEnv) {
+    // Files this user may not read are the secret checks' to report (as warnings).
+    match Config::load_with(source, &ProcessEnv, Tokens::IfReadable) {
         Ok(c) => {
             let n = c.listeners.len();
             report.ok("configuration", format!("{origin}: valid, {n} listener(s)"));
@@ -293,6 +302,20 @@ fn disk(report: &mut Report, name: &str, path: &Path, reserve: u64) {
         report.warn(name, msg, hint);
     } else {
         report.ok(name, msg);
+    }
+}
+
+/// Free space for snapshots and backups, when they go to another file system than the
+/// state directory (checked above).
+fn snapshots_disk(report: &mut Report, c: &Config, reserve: u64) {
+    use std::os::unix::fs::MetadataExt;
+    let device = |p: &Path| {
+        p.ancestors()
+            .find_map(|a| std::fs::metadata(a).ok())
+            .map(|m| m.dev())
+    };
+    if device(&c.snapshots.dir) != device(&c.state_dir) {
+        disk(report, "disk: snapshots", &c.snapshots.dir, reserve);
     }
 }
 
