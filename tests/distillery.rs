@@ -739,6 +739,8 @@ fn a_followed_log_shows_in_metrics_and_in_the_task_list() {
 
     ws.cancel();
     assert_eq!(ws.rest().1, json!({"success": true}));
+    // The session is counted until the connection is closed.
+    drop(ws);
     let ended = "gantry_operations_total{kind=\"logs\",outcome=\"ok\"}";
     let done = wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
         let t = scrape();

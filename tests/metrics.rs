@@ -4,14 +4,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::bundle::{app_zip, import};
 use common::ws::Ws;
-use common::{
-    enc, in_ci, metric as sample, run_with_input, test_image, unique, wait_for, Gantry, Resp,
-};
+use common::{enc, metric as sample, promtool_accepts, test_image, unique, wait_for, Gantry, Resp};
 
 const TOKEN: &str = "metrics-test-token-0123456789ab";
 
@@ -24,30 +21,6 @@ fn scrape(g: &Gantry) -> String {
         "{r}"
     );
     r.text()
-}
-
-/// `promtool check metrics` on `text`: exit 0 and no lint complaint. Without promtool the
-/// check is skipped, loudly (a failure in CI, where scripts/test.sh installs it).
-fn promtool_accepts(text: &str) {
-    if !Path::new("/usr/bin/promtool").exists() {
-        assert!(!in_ci(), "promtool is missing (Debian package prometheus)");
-        eprintln!("promtool not installed: the exposition format was not checked");
-        return;
-    }
-    let out = run_with_input(
-        "/usr/bin/promtool",
-        &["check", "metrics"],
-        Some(text.as_bytes()),
-    );
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "promtool: {said}\n{text}"
-    );
 }
 
 #[test]
