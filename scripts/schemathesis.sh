@@ -66,7 +66,7 @@ up=0
 for _ in $(seq 1 150); do
     [[ -n "$ADDR" ]] ||
         ADDR=$(sed -n 's/.* listening dialect=transfer address=\([^ ]*\).*/\1/p' "$WORKDIR/gantry.log" | head -n 1)
-    if [[ -n "$ADDR" ]] && curl -fsS "http://$ADDR/healthz" 2>/dev/null | grep -q '"reachable":true'; then
+    if [[ -n "$ADDR" ]] && curl -fsS "http://$ADDR/gantry/status" 2>/dev/null | grep -q '"reachable":true'; then
         up=1
         break
     fi

@@ -12,6 +12,10 @@ use serde::Deserialize;
 
 mod distillery;
 pub use distillery::{read_tokens, NamedToken, SnapshotsConfig};
+mod security;
+#[cfg(test)]
+pub use security::Cidr;
+pub use security::{Access, TlsFiles};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gantry/gantry.toml";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -95,6 +99,15 @@ impl ConfigError {
     }
 }
 
+/// `value` (or `default`), refused when 0.
+fn at_least_one(key: &str, value: Option<usize>, default: usize) -> Result<usize, ConfigError> {
+    match value {
+        Some(0) => Err(bad(key, "must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    }
+}
+
 /// A malformed or out-of-range value of the key `key`.
 fn bad(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Value {
@@ -168,6 +181,8 @@ pub enum Auth {
     None,
     /// `Authorization: Bearer <token>`, one of several named tokens from a key file.
     Tokens { tokens: Vec<NamedToken> },
+    /// A client certificate signed by the listener's `client_ca_file` (TLS only).
+    ClientCert,
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +192,10 @@ pub struct Listener {
     pub auth: Auth,
     /// Path prefix before `/api`, `/events` and `/apidoc` (transfer only; "" = none).
     pub prefix: String,
+    /// Which origins, hosts and peers it serves.
+    pub access: Access,
+    /// TLS, when configured.
+    pub tls: Option<TlsFiles>,
     /// The token file of a token listener (for clients that report which file they read).
     pub token_file: Option<PathBuf>,
     /// Serve the dashboard at `[prefix]/ui/` (transfer only).
@@ -205,16 +224,21 @@ pub struct HttpLimits {
     pub sse_queue_events: usize,
     /// Websocket sessions one listener serves at once; more are refused with 503.
     pub max_websocket_sessions: usize,
+    /// Connections one listener keeps open; at the cap the oldest idle one is closed.
+    pub max_connections: usize,
+    /// How long a request body may send nothing before the request fails.
+    pub body_read_timeout: Duration,
+    /// How long a websocket may stay silent (pings are answered by live clients).
+    pub websocket_idle_timeout: Duration,
+    /// Uploads (app imports, image loads) one listener receives at once; more get 503.
+    pub max_concurrent_uploads: usize,
 }
 
 /// What apps may ask for, and how large bundles may be (`[apps]`).
 #[derive(Debug, Clone, Default)]
 pub struct AppsPolicy {
-    pub allow_privileged: bool,
-    pub allow_devices: bool,
-    pub allow_capabilities: bool,
-    /// Host paths bind mounts may use besides the app's own directory.
-    pub allowed_bind_paths: Vec<PathBuf>,
+    /// The compose keys an app may use (its `reserved` listeners are filled in at start).
+    pub compose: crate::core::compose::ComposePolicy,
     /// Largest app ZIP accepted (None: the bundle checker's default).
     pub max_bundle_bytes: Option<u64>,
     /// Disk space that must stay free after an import (None: the default).
@@ -314,6 +338,91 @@ struct RawApps {
     max_bundle_bytes: Option<u64>,
     reserve_bytes: Option<u64>,
     health_timeout_secs: Option<u64>,
+    #[serde(default)]
+    allow_volume_drivers: bool,
+    #[serde(default)]
+    allow_host_namespaces: bool,
+    #[serde(default)]
+    allow_shared_resources: bool,
+    #[serde(default)]
+    allow_network_options: bool,
+    #[serde(default)]
+    allow_logging_drivers: bool,
+    #[serde(default)]
+    allowed_host_ports: Vec<RawPorts>,
+    #[serde(default)]
+    allowed_host_ips: Vec<String>,
+}
+
+/// A host port (`8080`) or an inclusive range (`"8000-8099"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawPorts {
+    One(u16),
+    Range(String),
+}
+
+fn build_apps(a: RawApps) -> Result<AppsPolicy, ConfigError> {
+    if let Some(p) = a.allowed_bind_paths.iter().find(|p| !p.is_absolute()) {
+        return Err(bad(
+            "apps.allowed_bind_paths",
+            format!("\"{}\" is not an absolute path", p.display()),
+        ));
+    }
+    let ports = a
+        .allowed_host_ports
+        .iter()
+        .map(|p| match p {
+            RawPorts::One(n) => Ok((*n, *n)),
+            RawPorts::Range(r) => parse_port_range(r).ok_or_else(|| {
+                bad(
+                    "apps.allowed_host_ports",
+                    format!("\"{r}\" is neither a port nor a range such as \"8000-8099\""),
+                )
+            }),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let ips = a
+        .allowed_host_ips
+        .iter()
+        .map(|ip| {
+            ip.parse::<std::net::IpAddr>().map_err(|_| {
+                bad(
+                    "apps.allowed_host_ips",
+                    format!("\"{ip}\" is not an IP address"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let compose = crate::core::compose::ComposePolicy {
+        allow_privileged: a.allow_privileged,
+        allow_devices: a.allow_devices,
+        allow_capabilities: a.allow_capabilities,
+        allowed_bind_paths: a.allowed_bind_paths,
+        allow_volume_drivers: a.allow_volume_drivers,
+        allow_host_namespaces: a.allow_host_namespaces,
+        allow_shared_resources: a.allow_shared_resources,
+        allow_network_options: a.allow_network_options,
+        allow_logging_drivers: a.allow_logging_drivers,
+        allowed_host_ports: ports,
+        allowed_host_ips: ips,
+        ..Default::default()
+    };
+    Ok(AppsPolicy {
+        compose,
+        max_bundle_bytes: a.max_bundle_bytes,
+        reserve_bytes: a.reserve_bytes,
+        health_timeout: match a.health_timeout_secs {
+            Some(0) => return Err(bad("apps.health_timeout_secs", "must be at least 1")),
+            n => Duration::from_secs(n.unwrap_or(300)),
+        },
+    })
+}
+
+fn parse_port_range(r: &str) -> Option<(u16, u16)> {
+    let (a, b) = r.split_once('-').unwrap_or((r, r));
+    let (a, b) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
+    (a <= b).then_some((a, b))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -584,6 +693,10 @@ struct RawHttp {
     sse_keepalive_secs: Option<u64>,
     sse_queue_events: Option<usize>,
     max_websocket_sessions: Option<usize>,
+    max_connections: Option<usize>,
+    body_read_timeout_secs: Option<u64>,
+    websocket_idle_timeout_secs: Option<u64>,
+    max_concurrent_uploads: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -596,6 +709,17 @@ struct RawListener {
     prefix: Option<String>,
     ui: Option<bool>,
     metrics: Option<bool>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    #[serde(default)]
+    allowed_peers: Vec<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    client_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    allow_plain_http: bool,
 }
 
 /// Where the configuration comes from.
@@ -722,6 +846,22 @@ impl Config {
                 Some(n) => n,
                 None => DEFAULT_MAX_WEBSOCKET_SESSIONS,
             },
+            max_connections: at_least_one("http.max_connections", raw.http.max_connections, 512)?,
+            body_read_timeout: secs(
+                "body_read_timeout_secs",
+                raw.http.body_read_timeout_secs,
+                30,
+            )?,
+            websocket_idle_timeout: secs(
+                "websocket_idle_timeout_secs",
+                raw.http.websocket_idle_timeout_secs,
+                120,
+            )?,
+            max_concurrent_uploads: at_least_one(
+                "http.max_concurrent_uploads",
+                raw.http.max_concurrent_uploads,
+                4,
+            )?,
         };
 
         let mut raws = raw.listeners;
@@ -769,29 +909,7 @@ impl Config {
             )?,
             http,
             listeners,
-            apps: {
-                let a = raw.apps;
-                if let Some(p) = a.allowed_bind_paths.iter().find(|p| !p.is_absolute()) {
-                    return Err(bad(
-                        "apps.allowed_bind_paths",
-                        format!("\"{}\" is not an absolute path", p.display()),
-                    ));
-                }
-                AppsPolicy {
-                    allow_privileged: a.allow_privileged,
-                    allow_devices: a.allow_devices,
-                    allow_capabilities: a.allow_capabilities,
-                    allowed_bind_paths: a.allowed_bind_paths,
-                    max_bundle_bytes: a.max_bundle_bytes,
-                    reserve_bytes: a.reserve_bytes,
-                    health_timeout: match a.health_timeout_secs {
-                        Some(0) => {
-                            return Err(bad("apps.health_timeout_secs", "must be at least 1"))
-                        }
-                        n => Duration::from_secs(n.unwrap_or(300)),
-                    },
-                }
-            },
+            apps: build_apps(raw.apps)?,
             intervirt: build_intervirt(raw.intervirt, env)?,
             duxcore,
             snapshots,
@@ -916,10 +1034,11 @@ fn build_listener(raw: RawListener, tokens: Tokens) -> Result<Listener, ConfigEr
             Auth::Tokens { tokens: named }
         }
         Some("none") => Auth::None,
+        Some("client-cert") => Auth::ClientCert,
         Some(other) => {
             return Err(bad(
                 "auth",
-                format!("unknown auth \"{other}\" (loopback, token, tokens or none)"),
+                format!("unknown auth \"{other}\" (loopback, token, tokens, client-cert or none)"),
             ))
         }
     };
@@ -943,6 +1062,16 @@ fn build_listener(raw: RawListener, tokens: Tokens) -> Result<Listener, ConfigEr
     if ui && dialect != Dialect::Transfer {
         return Err(bad("ui", "only transfer listeners serve the dashboard"));
     }
+    let security = security::RawSecurity {
+        allowed_origins: raw.allowed_origins,
+        allowed_hosts: raw.allowed_hosts,
+        allowed_peers: raw.allowed_peers,
+        tls_cert_file: raw.tls_cert_file,
+        tls_key_file: raw.tls_key_file,
+        client_ca_file: raw.client_ca_file,
+        allow_plain_http: raw.allow_plain_http,
+    };
+    let (access, tls) = security::build(security, address, &auth)?;
     Ok(Listener {
         dialect,
         address,
@@ -951,6 +1080,8 @@ fn build_listener(raw: RawListener, tokens: Tokens) -> Result<Listener, ConfigEr
         token_file: raw.token_file,
         ui,
         metrics: raw.metrics.unwrap_or(false),
+        access,
+        tls,
     })
 }
 
@@ -1144,17 +1275,28 @@ mod tests {
     #[test]
     fn apps_policy() {
         let c = Config::parse(
-            "[apps]\nallow_privileged = true\nallowed_bind_paths = [\"/srv/data\"]\nmax_bundle_bytes = 1000\n",
+            "[apps]\nallow_privileged = true\nallowed_bind_paths = [\"/srv/data\"]\nmax_bundle_bytes = 1000\n\
+             allow_host_namespaces = true\nallowed_host_ports = [8080, \"9000-9099\"]\nallowed_host_ips = [\"127.0.0.1\"]\n",
             &env(&[]),
         )
         .unwrap();
-        assert!(c.apps.allow_privileged && !c.apps.allow_devices);
-        assert_eq!(c.apps.allowed_bind_paths, vec![PathBuf::from("/srv/data")]);
-        assert_eq!(c.apps.max_bundle_bytes, Some(1000));
+        let p = &c.apps.compose;
+        assert!(p.allow_privileged && !p.allow_devices);
+        assert!(p.allow_host_namespaces && !p.allow_volume_drivers);
+        assert_eq!(p.allowed_bind_paths, vec![PathBuf::from("/srv/data")]);
+        assert_eq!(p.allowed_host_ports, vec![(8080, 8080), (9000, 9099)]);
         assert_eq!(
-            refused_key("[apps]\nallowed_bind_paths = [\"rel\"]\n", &[]),
-            "apps.allowed_bind_paths"
+            p.allowed_host_ips,
+            vec![std::net::IpAddr::from([127, 0, 0, 1])]
         );
+        assert_eq!(c.apps.max_bundle_bytes, Some(1000));
+        for (text, key) in [
+            ("allowed_bind_paths = [\"rel\"]", "apps.allowed_bind_paths"),
+            ("allowed_host_ports = [\"9-1\"]", "apps.allowed_host_ports"),
+            ("allowed_host_ips = [\"x\"]", "apps.allowed_host_ips"),
+        ] {
+            assert_eq!(refused_key(&format!("[apps]\n{text}\n"), &[]), key);
+        }
         assert!(matches!(
             Config::parse("[apps]\nbogus = 1\n", &env(&[])),
             Err(ConfigError::Syntax(_))
@@ -1315,11 +1457,11 @@ mod tests {
         assert_eq!(c.listeners[0].dialect, Dialect::Intervirt);
         assert_eq!(c.listeners[0].address.to_string(), "0.0.0.0:55436");
         assert_eq!(c.listeners[0].auth, Auth::None);
-        assert_eq!(c.intervirt.power, PowerBackend::Logind);
-        assert!(matches!(
-            Config::parse(text, &env(&[(FORBID_POWER_ENV, "1")])),
-            Err(ConfigError::PowerForbidden(_))
-        ));
+        // Only the Intervirt host's port forward may connect; power stays off unless opted in.
+        let peers = &c.listeners[0].access.peers;
+        assert_eq!(peers, &vec![Cidr::parse("10.0.2.2/32").unwrap()]);
+        assert_eq!(c.intervirt.power, PowerBackend::None);
+        assert!(Config::parse(text, &env(&[(FORBID_POWER_ENV, "1")])).is_ok());
     }
 
     #[test]
@@ -1471,6 +1613,9 @@ mod tests {
             "[[listeners]]\ndialect = \"transfer\"\naddress = \"0.0.0.0:1\"\nauth = \"token\"\ntoken_file = \"{}\"\n",
             path.display()
         );
+        // A token in clear on the network is refused unless said explicitly (or TLS).
+        assert_eq!(refused_key(&t, &[]), "tls_cert_file");
+        let t = format!("{t}allow_plain_http = true\n");
         let c = Config::parse(&t, &env(&[])).unwrap();
         assert_eq!(
             c.listeners[0].auth,
@@ -1483,5 +1628,48 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let e = Config::parse(&t, &env(&[])).unwrap_err();
         assert!(matches!(e.root(), ConfigError::TokenFile { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn listener_security_keys() {
+        let t = "[[listeners]]\ndialect = \"transfer\"\n";
+        let c = Config::parse(
+            &format!("{t}allowed_origins = [\"https://UI.example/\", \"*\"]\nallowed_hosts = [\"GW.local\"]\nallowed_peers = [\"198.18.0.0/15\", \"::1\"]\n"),
+            &env(&[]),
+        )
+        .unwrap();
+        let a = &c.listeners[0].access;
+        assert_eq!(a.origins, vec!["https://ui.example"]);
+        assert!(a.any_origin);
+        assert_eq!(a.hosts, vec!["gw.local"]);
+        assert_eq!(a.peers.len(), 2);
+        for (line, key) in [
+            ("allowed_origins = [\"ui.example\"]", "allowed_origins"),
+            ("allowed_hosts = [\"a/b\"]", "allowed_hosts"),
+            ("allowed_peers = [\"10.0.0.0/40\"]", "allowed_peers"),
+            ("tls_cert_file = \"/c.pem\"", "tls_cert_file"),
+            ("auth = \"client-cert\"", "client_ca_file"),
+            (
+                "tls_cert_file = \"/c\"\ntls_key_file = \"/k\"\nclient_ca_file = \"/ca\"",
+                "client_ca_file",
+            ),
+            ("[http]\nmax_connections = 0", "http.max_connections"),
+        ] {
+            assert_eq!(refused_key(&format!("{t}{line}\n"), &[]), key, "{line}");
+        }
+        let c = Config::parse(
+            &format!("{t}address = \"0.0.0.0:1\"\nauth = \"client-cert\"\ntls_cert_file = \"/c\"\ntls_key_file = \"/k\"\nclient_ca_file = \"/ca\"\n"),
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.listeners[0].auth, Auth::ClientCert);
+        assert_eq!(
+            c.listeners[0].tls.as_ref().unwrap().client_ca,
+            Some(PathBuf::from("/ca"))
+        );
+        // Defaults of the connection limits.
+        assert_eq!(c.http.max_connections, 512);
+        assert_eq!(c.http.max_concurrent_uploads, 4);
+        assert_eq!(c.http.body_read_timeout, Duration::from_secs(30));
     }
 }

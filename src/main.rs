@@ -28,6 +28,7 @@ use crate::core::engine::ContainerEngine;
 use crate::core::health::EngineHealth;
 use crate::core::intervirt::{AgentSettings, IntervirtAgent};
 use crate::core::power::{LogindPower, NoPower, Power, RecordingPower, SyscallPower};
+use crate::core::view::LiveView;
 use crate::core::Core;
 
 /// Exit code for a configuration error; the unit's RestartPreventExitStatus= names it.
@@ -133,6 +134,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             server::systemd::init_logging(config.log_level);
+            server::limits::raise_nofile();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .max_blocking_threads(16)
@@ -159,6 +161,7 @@ fn auth_name(auth: &config::Auth) -> &'static str {
         config::Auth::Token { .. } => "token",
         config::Auth::None => "none",
         config::Auth::Tokens { .. } => "tokens",
+        config::Auth::ClientCert => "client-cert",
     }
 }
 
@@ -180,6 +183,20 @@ async fn serve(config: Config) -> ExitCode {
         tracing::error!(dir = %config.state_dir.display(), error = %e, "cannot create the state directory");
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
+    // Bound first: the app policy refuses published ports on gantry's own listeners.
+    let bound = match server::bind(&config.listeners).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let addrs: Vec<_> = bound.iter().map(|b| b.local_addr).collect();
+    let probes: Vec<_> = bound
+        .iter()
+        .map(|b| (b.local_addr, b.tls.is_some()))
+        .collect();
+    let tls: Vec<_> = bound.iter().filter_map(|b| b.tls.clone()).collect();
     let engine: Arc<dyn ContainerEngine> = Arc::new(DockerEngine::new(
         &config.docker_host,
         config.docker_timeout,
@@ -187,7 +204,11 @@ async fn serve(config: Config) -> ExitCode {
     ));
     let stop = CancellationToken::new();
     let health = EngineHealth::spawn(engine.clone(), config.docker_probe_interval, stop.clone());
-    let apps = match Apps::open(engine.clone(), &config.state_dir, import_settings(&config)) {
+    let apps = match Apps::open(
+        engine.clone(),
+        &config.state_dir,
+        import_settings(&config, &addrs),
+    ) {
         Ok(a) => a
             .with_events(gantry_events(&config))
             .with_health_timeout(config.apps.health_timeout),
@@ -207,7 +228,8 @@ async fn serve(config: Config) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let services = duxcore_services(&config, engine.clone());
+    let apps_view = apps.view().clone();
+    let services = duxcore_services(&config, engine.clone(), apps_view.clone());
     let snapshots = match Snapshots::open(&config.snapshots.dir, config.snapshots.keep_backups) {
         Ok(s) => s,
         Err(e) => {
@@ -216,7 +238,7 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     let watch_engine = engine.clone();
-    let flow = start_flow(&config, engine.clone(), stop.clone()).await;
+    let flow = start_flow(&config, engine.clone(), apps_view, stop.clone()).await;
     let core = Arc::new(
         Core::new(engine, health.clone(), apps)
             .with_intervirt(intervirt)
@@ -226,23 +248,14 @@ async fn serve(config: Config) -> ExitCode {
             .with_flow(flow),
     );
     spawn_reload_on_hangup(core.clone());
-    {
-        // App status changes made outside gantry reach the event bus through Docker's events.
-        let apps = crate::core::apps::watch::CoreApps(core.clone());
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            crate::core::apps::watch::run(apps, watch_engine.as_ref(), stop).await;
-        });
-    }
+    // The live view follows Docker's events (and with them, changes made outside gantry).
+    tokio::spawn(crate::core::view::sync::run(
+        core.view.clone(),
+        watch_engine,
+        Some(health.subscribe()),
+        stop.clone(),
+    ));
 
-    let bound = match server::bind(&config.listeners).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    let addrs: Vec<_> = bound.iter().map(|b| b.local_addr).collect();
     let listening = format!(
         "serving {}",
         bound
@@ -268,7 +281,8 @@ async fn serve(config: Config) -> ExitCode {
     server::memory::trim_own_code();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), docker = %config.docker_host, state = %config.state_dir.display(), "gantry ready");
     server::systemd::spawn_status_updates(health.subscribe(), listening, stop.clone());
-    server::systemd::spawn_watchdog(addrs, stop.clone());
+    server::systemd::spawn_watchdog(probes, stop.clone());
+    server::tls::spawn_reload(tls, stop.clone());
 
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -342,6 +356,7 @@ async fn start_intervirt(
 fn duxcore_services(
     config: &Config,
     engine: Arc<dyn ContainerEngine>,
+    view: Arc<LiveView>,
 ) -> Option<Arc<crate::core::services::Services>> {
     use crate::core::services::{CoreKey, FetchLimits, ServiceSettings, Services, UnpackLimits};
     let d = &config.duxcore;
@@ -361,7 +376,7 @@ fn duxcore_services(
         },
         max_image_bytes: d.max_image_bytes,
     };
-    Some(Arc::new(Services::new(engine, settings, key)))
+    Some(Arc::new(Services::new(engine, view, settings, key)))
 }
 
 /// SIGHUP reads the duxcore core key file again (a failure keeps the key in use).
@@ -390,6 +405,7 @@ fn spawn_reload_on_hangup(core: Arc<Core>) {
 async fn start_flow(
     config: &Config,
     engine: Arc<dyn ContainerEngine>,
+    view: Arc<LiveView>,
     stop: CancellationToken,
 ) -> Option<Arc<crate::core::flow::FlowManager>> {
     if !config
@@ -399,21 +415,18 @@ async fn start_flow(
     {
         return None;
     }
-    let flow = crate::core::flow::FlowManager::new(engine, config.flow.clone(), stop.clone());
+    let flow = crate::core::flow::FlowManager::new(engine, view, config.flow.clone(), stop.clone());
     flow.start_up(stop).await;
     tracing::info!(socket_dir = %config.flow.socket_dir.display(), "Flow Manager ready");
     Some(flow)
 }
 
-fn import_settings(config: &Config) -> ImportSettings {
+fn import_settings(config: &Config, listeners: &[std::net::SocketAddr]) -> ImportSettings {
     let mut s = ImportSettings::default();
     let a = &config.apps;
-    s.policy.allow_privileged = a.allow_privileged;
-    s.policy.allow_devices = a.allow_devices;
-    s.policy.allow_capabilities = a.allow_capabilities;
-    s.policy
-        .allowed_bind_paths
-        .clone_from(&a.allowed_bind_paths);
+    s.policy = a.compose.clone();
+    // gantry's own listeners, as bound (a port 0 is known only now).
+    s.policy.reserved = listeners.to_vec();
     if let Some(n) = a.max_bundle_bytes {
         s.limits.max_zip_bytes = n;
     }

@@ -422,6 +422,10 @@ fn check_passes_beside_a_running_daemon_and_fails_without_one() {
     ] {
         assert_eq!(find(&report, name)["Status"], "ok", "{report}");
     }
+    // /healthz says only ok; the version comes from /gantry/status (a loopback listener).
+    let said = find(&report, "listener transfer")["Message"].clone();
+    let ours = format!("gantry {}", env!("CARGO_PKG_VERSION"));
+    assert!(said.as_str().is_some_and(|m| m.contains(&ours)), "{said}");
     assert_eq!(code(&out), 0, "{report}");
 
     g.signal(nix::sys::signal::Signal::SIGTERM);

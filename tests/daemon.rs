@@ -91,6 +91,7 @@ dialect = "transfer"
 address = "0.0.0.0:54998"
 auth = "token"
 token_file = "{token}"
+allow_plain_http = true
 "#,
             state = dir.path().join("state").display()
         ),
@@ -223,8 +224,8 @@ fn environment_overrides_the_listener_address() {
 // ---------------------------------------------------------------------------------------------
 // HTTP basics
 
-/// Polls /healthz (up to `limit`) until its `docker.reachable` is `reachable`; returns that
-/// document.
+/// Polls the status route (up to `limit`) until its `docker.reachable` is `reachable`;
+/// returns that document.
 fn wait_docker_reachable(
     g: &Gantry,
     reachable: bool,
@@ -239,8 +240,14 @@ fn wait_docker_reachable(
 #[test]
 fn healthz_reports_gantry_and_docker() {
     let g = Gantry::start();
-    let r = g.get("/healthz");
+    // /healthz, without auth, says only ok or degraded: no versions, no error texts.
+    let h = g.get("/healthz").expect_json(200);
+    let keys: Vec<&String> = h.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["status"], "{h}");
+    assert!(h["status"] == "ok" || h["status"] == "degraded", "{h}");
+    let r = g.get(STATUS_PATH);
     let v = r.expect_json(200);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"), "{v}");
     let reachable = v["docker"]["reachable"]
         .as_bool()
         .unwrap_or_else(|| panic!("docker.reachable missing: {v}"));
@@ -375,9 +382,13 @@ fn token_auth_accepts_the_right_token_and_healthz_needs_none() {
 
     let h = g.get("/healthz");
     let v = h.expect_json(200);
-    assert_eq!(v["docker"]["reachable"], false, "{v}");
-
+    assert_eq!(v, serde_json::json!({"status": "degraded"}), "{v}");
+    // The details are behind the token.
+    assert_eq!(g.get(STATUS_PATH).status, 401);
     let auth = format!("Bearer {TOKEN}");
+    let r = g.request("GET", STATUS_PATH, &[("Authorization", &auth)], None);
+    assert_eq!(r.expect_json(200)["docker"]["reachable"], false, "{r}");
+
     let r = g.request("GET", path, &[("Authorization", &auth)], None);
     // Past authentication; Docker is down in this test, so the route answers 503.
     r.expect_problem(503, path);

@@ -1,10 +1,11 @@
 //! The dashboard at `[prefix]/ui/`: served only where enabled, without auth for its static
-//! files (the API keeps its auth), small, and on its listener cross-origin requests are
-//! refused. The browser test in scripts/test.sh drives it in Chromium.
+//! files (the API keeps its auth), small, under the Origin and Host rules every listener has,
+//! on `token` and `tokens` listeners alike. The browser test in scripts/test.sh drives it in
+//! Chromium.
 
 mod common;
 
-use common::Gantry;
+use common::{read_raw_response, write_all, Gantry};
 
 const TOKEN: &str = "dashboard-token-0123456789abcdef";
 
@@ -66,12 +67,19 @@ fn the_dashboard_lives_under_the_prefix_and_only_where_enabled() {
 }
 
 #[test]
-fn requests_from_other_origins_are_refused_on_a_dashboard_listener() {
+fn the_dashboard_obeys_the_listeners_origin_and_host_rules() {
     let dir = tempfile::tempdir().unwrap();
-    let g = token_gantry(dir.path(), &[]).with_token(TOKEN);
+    let g = token_gantry(dir.path(), &["allowed_origins = [\"https://ops.example\"]"]);
+    let g = g.with_token(TOKEN);
     let path = "/api/1/devicename?name=evil";
     let r = g.request("PUT", path, &[("Origin", "http://evil.example")], None);
     r.expect_problem(403, "/api/1/devicename");
+    // The page itself is refused under a DNS-rebinding name, as the API is.
+    let mut s = g.connect();
+    let head = "GET /ui/ HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n";
+    write_all(&mut s, head.as_bytes()).unwrap();
+    let (status, text) = read_raw_response(&mut s);
+    assert_eq!(status, 403, "{text}");
     let own = format!("http://{}", g.addr);
     let r = g.request(
         "PUT",
@@ -80,15 +88,44 @@ fn requests_from_other_origins_are_refused_on_a_dashboard_listener() {
         None,
     );
     assert_eq!(r.status, 200, "{r}");
-    // Clients that send no Origin (curl, scripts, the CLI) are not affected.
-    g.get("/api/1/devicename").expect_json(200);
-    // Nor are listeners without the dashboard.
-    let plain = Gantry::builder().start();
-    let r = plain.request(
+    // An origin the listener names is served, with CORS.
+    let r = g.request(
         "GET",
-        "/api/1/versions",
-        &[("Origin", "http://evil.example")],
+        "/api/1/devicename",
+        &[("Origin", "https://ops.example")],
         None,
     );
     assert_eq!(r.status, 200, "{r}");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://ops.example")
+    );
+    // Clients that send no Origin (curl, scripts, the CLI) are not affected.
+    g.get("/api/1/devicename").expect_json(200);
+}
+
+#[test]
+fn the_dashboard_signs_in_with_any_named_token_of_a_tokens_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let ops = "ops-0123456789abcdef-token";
+    std::fs::write(&tokens, format!("admin {TOKEN}\nops {ops}\n")).unwrap();
+    let g = Gantry::builder()
+        .listener("auth = \"tokens\"")
+        .listener(&format!("token_file = \"{}\"", tokens.display()))
+        .listener("ui = true")
+        .start();
+    assert_eq!(g.get("/ui/").status, 200);
+    assert_eq!(g.get("/api/1/transfer/apps").status, 401);
+    for t in [TOKEN, ops] {
+        let value = format!("Bearer {t}");
+        let bearer = [("Authorization", value.as_str())];
+        g.request("GET", "/api/1/transfer/apps", &bearer, None)
+            .expect_json(200);
+        // The header's versions come from the authenticated status route.
+        let status = g
+            .request("GET", "/gantry/status", &bearer, None)
+            .expect_json(200);
+        assert_eq!(status["version"], env!("CARGO_PKG_VERSION"), "{status}");
+    }
 }

@@ -175,7 +175,10 @@ fn every_route_wants_the_core_key_and_sighup_reads_it_again() {
                 Some(""),
             ] {
                 let r = d.with_key(key, method, &path, Some(b"{}".to_vec()));
-                assert_unauthorized(&r, &format!("{method} {path} with {key:?}"));
+                let what = format!("{method} {path} with {key:?}");
+                assert_unauthorized(&r, &what);
+                // The body may be unread: the connection is not reused after the refusal.
+                assert_eq!(r.header("connection"), Some("close"), "{what}");
             }
         }
     }
@@ -785,13 +788,86 @@ fn image_import_of_a_busybox_root_filesystem() {
     // Over duxcore.max_image_bytes: refused before a byte is read.
     let mut s = d.g.connect();
     let req = format!(
-        "POST /v1/docker/image HTTP/1.1\r\nHost: x\r\nX-Duxcore-CoreKey: {}\r\n\
+        "POST /v1/docker/image HTTP/1.1\r\nHost: localhost\r\nX-Duxcore-CoreKey: {}\r\n\
          Content-Length: 67108865\r\n\r\n",
         d.key
     );
     write_all(&mut s, req.as_bytes()).unwrap();
     let (status, body) = read_raw_response(&mut s);
     assert_eq!(status, 413, "{body}");
+    drop(cleanup); // the imported image goes: what stays dangling afterwards came later
+    abandoned_and_oversized_imports_leave_no_image();
+}
+
+/// The tar header of a regular file `name` of `size` bytes.
+fn tar_header(name: &str, size: u64) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_path(name).unwrap();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+fn dangling_images() -> std::collections::BTreeSet<String> {
+    docker_ok(&["images", "-q", "--no-trunc", "--filter", "dangling=true"])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// An upload that stops (the client gone) or grows past `duxcore.max_image_bytes` (no
+/// Content-Length: chunked) leaves no image, although what went through to Docker up to
+/// there is a tar that could end cleanly: a complete file, then part of a second one.
+fn abandoned_and_oversized_imports_leave_no_image() {
+    let d = dux(&["max_image_bytes = 1048576"]);
+    let before = dangling_images();
+    let mut start = tar_header("first", 512);
+    start.extend(noise(512));
+    start.extend(tar_header("second", 4 << 20));
+    start.extend(noise(64 << 10));
+
+    // The client goes after the start of a 4 MiB upload.
+    let mut s = d.g.connect();
+    let head = format!(
+        "POST /v1/docker/image HTTP/1.1\r\nHost: localhost\r\nX-Duxcore-CoreKey: {}\r\n\
+         Content-Length: {}\r\n\r\n",
+        d.key,
+        start.len() + (4 << 20)
+    );
+    write_all(&mut s, head.as_bytes()).unwrap();
+    write_all(&mut s, &start).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(s);
+
+    // Chunked past the limit (the rest of `second`, 1 MiB and more): 413.
+    let mut s = d.g.connect();
+    let head = format!(
+        "POST /v1/docker/image HTTP/1.1\r\nHost: localhost\r\nX-Duxcore-CoreKey: {}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n",
+        d.key
+    );
+    write_all(&mut s, head.as_bytes()).unwrap();
+    let body = [start, noise(1 << 20)].concat();
+    for part in body.chunks(128 << 10) {
+        let chunk = [format!("{:x}\r\n", part.len()).as_bytes(), part, b"\r\n"].concat();
+        // gantry may answer and close before it has read everything.
+        if write_all(&mut s, &chunk).is_err() {
+            break;
+        }
+    }
+    let _ = write_all(&mut s, b"0\r\n\r\n");
+    let (status, body) = read_raw_response(&mut s);
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("max_image_bytes"), "{body}");
+
+    // Had either upload reached Docker as a clean end, an image would come within moments.
+    for _ in 0..30 {
+        let new: Vec<_> = dangling_images().difference(&before).cloned().collect();
+        assert!(new.is_empty(), "an abandoned import left images {new:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -155,6 +155,17 @@ struct Agent {
 
 impl Agent {
     fn start(netns: &Netns, dir: &Path, docker: &str, intervirt: &str) -> Agent {
+        Self::start_with(netns, dir, docker, "", intervirt)
+    }
+
+    /// Like `start`, with `listener` lines added to the listener's table.
+    fn start_with(
+        netns: &Netns,
+        dir: &Path,
+        docker: &str,
+        listener: &str,
+        intervirt: &str,
+    ) -> Agent {
         let config = dir.join("gantry.toml");
         std::fs::write(
             &config,
@@ -162,7 +173,7 @@ impl Agent {
                 "state_dir = \"{}\"\ndocker_host = \"{docker}\"\nshutdown_timeout_secs = 3\n\
                  log_level = \"debug\"\n\n\
                  [[listeners]]\ndialect = \"intervirt\"\naddress = \"127.0.0.1:{PORT}\"\n\
-                 auth = \"none\"\n\n[intervirt]\n{intervirt}\n",
+                 auth = \"none\"\n{listener}\n\n[intervirt]\n{intervirt}\n",
                 dir.join("state").display()
             ),
         )
@@ -904,4 +915,152 @@ fn power_log_when(path: &std::path::Path, expected: &str) -> String {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// The agent accepts wipe, update and power only from its allowed peers: here the client
+/// connects from 127.0.0.1, outside `allowed_peers`, and is refused before the websocket
+/// upgrade; nothing reaches the power backend. `/healthz` still answers (for the watchdog).
+#[test]
+#[ignore = "needs root, network namespaces and the test dockerd (run scripts/test.sh)"]
+fn peers_outside_the_allow_list_cannot_command_the_agent() {
+    use std::io::{Read, Write};
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some((docker, dir, ns)) = setup("peers_outside_the_allow_list_cannot_command_the_agent")
+    else {
+        return;
+    };
+    let agent = Agent::start_with(
+        &ns,
+        dir.path(),
+        &docker.host,
+        "allowed_peers = [\"198.18.0.0/15\", \"2001:db8::/32\"]",
+        "power = \"record\"",
+    );
+    let ask = |head: &str| -> String {
+        let mut s = connect_in(&ns.path()).expect("connect to the agent");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let upgrade = format!(
+        "GET /containerManagement HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let refused = ask(&upgrade);
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert!(refused.contains("allowed_peers"), "{refused}");
+    let health = ask(&format!(
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(!agent.state("power-requests.log").exists());
+}
+
+/// A websocket client that answers nothing, not even the agent's ping, is closed after
+/// `http.websocket_idle_timeout_secs`; a client that answers pings stays connected however
+/// long it sends no request (the Intervirt host keeps one connection for hours).
+#[test]
+#[ignore = "needs root, network namespaces and the test dockerd (run scripts/test.sh)"]
+fn silent_websocket_clients_are_pinged_then_closed() {
+    use std::io::{Read, Write};
+    use std::time::Instant;
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some((docker, dir, ns)) = setup("silent_websocket_clients_are_pinged_then_closed") else {
+        return;
+    };
+    let agent = Agent::start(
+        &ns,
+        dir.path(),
+        &docker.host,
+        "power = \"none\"\n\n[http]\nwebsocket_idle_timeout_secs = 2",
+    );
+    let mut live = agent.client();
+    let mut silent = connect_in(&ns.path()).expect("connect to the agent");
+    silent
+        .write_all(
+            format!(
+                "GET /containerManagement HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                 Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let opened = Instant::now();
+    // The silent client reads (so that its socket buffer never fills) but answers nothing.
+    let silent_reader = std::thread::spawn(move || {
+        silent
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        loop {
+            match silent.read(&mut buf) {
+                Ok(0) | Err(_) => return (got, None),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            let opcodes = frame_opcodes(&got);
+            if opcodes.contains(&8) {
+                return (got, Some(opened.elapsed()));
+            }
+        }
+    });
+    // Meanwhile the live one reads for 5 s: tungstenite answers each ping with a pong.
+    live.ws
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut pings = 0;
+    while opened.elapsed() < Duration::from_secs(5) {
+        match live.ws.read() {
+            Ok(Message::Ping(_)) => pings += 1,
+            Ok(Message::Close(c)) => panic!("the live client was closed: {c:?}"),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("the live client lost its connection: {e}"),
+        }
+    }
+    assert!(pings >= 2, "the live client was pinged {pings} times");
+    let (got, closed_after) = silent_reader.join().unwrap();
+    let opcodes = frame_opcodes(&got);
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 101"),
+        "{got:?}"
+    );
+    assert_eq!(opcodes.first(), Some(&9), "pinged first: {opcodes:?}");
+    let closed_after = closed_after.expect("the silent client was never closed");
+    assert!(
+        closed_after >= Duration::from_millis(1500) && closed_after < Duration::from_secs(5),
+        "closed after {closed_after:?}"
+    );
+    live.ws
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(live.request(command("version"))["type"], "Version");
+}
+
+/// The opcodes of the (unmasked, short) frames after an HTTP response head in `bytes`.
+fn frame_opcodes(bytes: &[u8]) -> Vec<u8> {
+    let Some(head) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Vec::new();
+    };
+    let mut rest = &bytes[head + 4..];
+    let mut ops = Vec::new();
+    while rest.len() >= 2 {
+        let len = usize::from(rest[1] & 0x7f);
+        if len >= 126 || rest.len() < 2 + len {
+            break;
+        }
+        ops.push(rest[0] & 0x0f);
+        rest = &rest[2 + len..];
+    }
+    ops
 }

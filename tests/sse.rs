@@ -122,7 +122,7 @@ impl Sse {
     fn over(mut s: TcpStream, path: &str) -> Sse {
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: gantry\r\nAccept: text/event-stream\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n"
         )
         .unwrap();
         Self::resume(s)
@@ -356,7 +356,7 @@ fn a_client_that_never_reads_is_dropped_without_holding_others_up() {
     let mut laggard = small_window_connect(&g);
     write!(
         laggard,
-        "GET /api/events HTTP/1.1\r\nHost: gantry\r\nAccept: text/event-stream\r\n\r\n"
+        "GET /api/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n"
     )
     .unwrap();
     let mut reader = Sse::connect(&g, "/api/events");

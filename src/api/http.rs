@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, BodyStream, Empty, Full, StreamBody};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{HeaderMap, StatusCode};
@@ -82,6 +82,30 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {
     }
 }
 
+/// A JSON list, as bytes to keep (e.g. in the live view's memo): empty for an empty list.
+pub fn json_list<T: Serialize>(items: &[T]) -> Bytes {
+    if items.is_empty() {
+        return Bytes::new();
+    }
+    match serde_json::to_vec(items) {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialise a response");
+            Bytes::new()
+        }
+    }
+}
+
+/// 200 with a JSON list made by [`json_list`], or 204 for an empty one (the Transfer
+/// dialect's rule for collections).
+pub fn list_response(body: Bytes) -> Response {
+    if body.is_empty() {
+        empty(StatusCode::NO_CONTENT)
+    } else {
+        with_type(StatusCode::OK, "application/json", full(body))
+    }
+}
+
 /// Decoded query parameters of a request.
 #[derive(Debug, Default)]
 pub struct Query(Vec<(String, String)>);
@@ -132,23 +156,26 @@ pub fn declared_too_large(headers: &HeaderMap, limit: u64) -> bool {
         .is_some_and(|n| n > limit)
 }
 
-/// Turns a request body into a byte stream that fails once more than `limit` bytes arrived.
-/// The flag tells the handler afterwards that the failure was the size limit.
-pub fn upload_stream(body: Incoming, limit: u64) -> (ByteStream, Arc<AtomicBool>) {
+/// Turns a request body into a byte stream that fails once more than `limit` bytes arrived,
+/// or when nothing arrived for `stall`. The flag tells the handler afterwards that the
+/// failure was the size limit.
+pub fn upload_stream(
+    body: Incoming,
+    limit: u64,
+    stall: std::time::Duration,
+) -> (ByteStream, Arc<AtomicBool>) {
     let exceeded = Arc::new(AtomicBool::new(false));
     let flag = exceeded.clone();
     let mut seen: u64 = 0;
-    let stream = TryStreamExt::map_err(BodyStream::new(body), |e| io::Error::other(e.to_string()))
-        .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) })
-        .map(move |chunk| {
-            let chunk = chunk?;
-            seen += chunk.len() as u64;
-            if seen > limit {
-                flag.store(true, Ordering::SeqCst);
-                return Err(io::Error::other(BodyError::TooLarge(limit)));
-            }
-            Ok(chunk)
-        });
+    let stream = crate::server::limits::timed_body(body, stall).map(move |chunk| {
+        let chunk = chunk?;
+        seen += chunk.len() as u64;
+        if seen > limit {
+            flag.store(true, Ordering::SeqCst);
+            return Err(io::Error::other(BodyError::TooLarge(limit)));
+        }
+        Ok(chunk)
+    });
     (Box::pin(stream), exceeded)
 }
 

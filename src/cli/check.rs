@@ -85,6 +85,7 @@ pub async fn run(config: Option<&Path>, as_json: bool) -> Exit {
             snapshots_disk(&mut report, &c, reserve);
         }
         dialects::secrets(&mut report, &c);
+        dialects::tls(&mut report, &c);
         if has(config::Dialect::FlowManager) {
             let unit = dialects::UnitSandbox::of_gantry();
             dialects::flow_socket_dir(&mut report, &c.flow.socket_dir, unit.as_ref());
@@ -173,8 +174,8 @@ async fn listeners(report: &mut Report, c: &Config) {
             report.warn(&name, why, "set a fixed port to check this listener");
             continue;
         }
-        match healthz(l).await {
-            Ok(h) => listener_answer(report, &name, h),
+        match probe(l).await {
+            Ok(answer) => listener_answer(report, &name, answer),
             Err(e) => report.error(
                 &name,
                 format!("not answering: {e}"),
@@ -184,43 +185,75 @@ async fn listeners(report: &mut Report, c: &Config) {
     }
 }
 
+/// What a listener said: `/healthz`'s status, and the version from `/gantry/status` when
+/// the CLI has the listener's credentials.
+enum Answer {
+    Http {
+        status: String,
+        version: Option<String>,
+    },
+    /// A TLS listener accepts connections (the CLI has no TLS client to ask it more).
+    Tls,
+}
+
 #[derive(serde::Deserialize)]
 struct Health {
     status: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Status {
     version: String,
 }
 
-async fn healthz(l: &config::Listener) -> Result<Health, String> {
-    let client = Client::at(l.address, String::new(), None);
+async fn probe(l: &config::Listener) -> Result<Answer, String> {
+    let token = super::client::listener_token(l).map(str::to_string);
+    let client = Client::at(l.address, String::new(), token);
     let call = async {
+        if l.tls.is_some() {
+            client.connect().await?;
+            return Ok(Answer::Tls);
+        }
         let resp = client.call(Method::GET, "/healthz").await?;
-        super::client::json_of::<Health>(resp).await
+        let health = super::client::json_of::<Health>(resp).await?;
+        let status = health.map_or_else(|| "empty answer".into(), |h| h.status);
+        // Behind the listener's auth: without its credentials the version stays unknown.
+        let version = match client.call(Method::GET, crate::server::STATUS_PATH).await {
+            Ok(resp) => super::client::json_of::<Status>(resp)
+                .await
+                .ok()
+                .flatten()
+                .map(|s| s.version),
+            Err(_) => None,
+        };
+        Ok::<_, super::client::CliError>(Answer::Http { status, version })
     };
     match tokio::time::timeout(TIMEOUT, call).await {
-        Ok(Ok(Some(h))) => Ok(h),
-        Ok(Ok(None)) => Err("empty /healthz answer".into()),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err(format!("no answer within {}s", TIMEOUT.as_secs())),
     }
 }
 
-fn listener_answer(report: &mut Report, name: &str, h: Health) {
+fn listener_answer(report: &mut Report, name: &str, answer: Answer) {
     let ours = env!("CARGO_PKG_VERSION");
-    if h.version != ours {
-        let msg = format!(
-            "answers, but runs gantry {} (this binary is {ours})",
-            h.version
-        );
-        report.warn(
+    let (status, version) = match answer {
+        Answer::Tls => {
+            let msg = "accepts connections (TLS: not asked over HTTP)".to_string();
+            return report.ok(name, msg);
+        }
+        Answer::Http { status, version } => (status, version),
+    };
+    match version {
+        Some(v) if v != ours => report.warn(
             name,
-            msg,
+            format!("answers, but runs gantry {v} (this binary is {ours})"),
             "restart gantry after an upgrade: `systemctl restart gantry`",
-        );
-    } else {
-        report.ok(
+        ),
+        Some(v) => report.ok(name, format!("answers (gantry {v}, {status})")),
+        None => report.ok(
             name,
-            format!("answers (gantry {}, {})", h.version, h.status),
-        );
+            format!("answers ({status}; its version is behind credentials this user lacks)"),
+        ),
     }
 }
 

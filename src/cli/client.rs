@@ -89,18 +89,36 @@ pub struct Client {
 
 /// The token the CLI sends to a token listener: the token (of a `tokens` listener, its file's
 /// first); None when there is none or the user may not read the file.
-fn listener_token(l: &config::Listener) -> Option<&str> {
+pub(super) fn listener_token(l: &config::Listener) -> Option<&str> {
     match &l.auth {
         Auth::Token { token } => Some(token.as_str()),
         Auth::Tokens { tokens } => tokens.first().map(|t| t.token.as_str()),
-        Auth::Loopback | Auth::None => None,
+        Auth::Loopback | Auth::None | Auth::ClientCert => None,
     }
     .filter(|t| !t.is_empty())
 }
 
+/// The address the CLI connects to for a listener: a wildcard one over loopback.
+fn local_address(l: &config::Listener) -> SocketAddr {
+    let mut addr = l.address;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(loopback_of(addr.ip()));
+    }
+    addr
+}
+
+/// Whether the CLI can talk to `l` at all: plain HTTP (it has no TLS client), and its
+/// `allowed_peers` admit the address the CLI's connection comes from (on this host, the
+/// listener's own address).
+fn speaks_to(l: &config::Listener) -> bool {
+    let from = local_address(l).ip();
+    l.tls.is_none()
+        && (l.access.peers.is_empty() || l.access.peers.iter().any(|c| c.contains(from)))
+}
+
 /// The first transfer listener the user can use: loopback ones first, then those whose
 /// token is readable, then unauthenticated ones; a wildcard address is reached over
-/// loopback.
+/// loopback. Listeners with TLS, or whose peer list leaves out this host, are not used.
 fn pick_listener(config: &Config) -> CliResult<(SocketAddr, String, Option<String>)> {
     let transfer: Vec<&config::Listener> = config
         .listeners
@@ -113,11 +131,16 @@ fn pick_listener(config: &Config) -> CliResult<(SocketAddr, String, Option<Strin
         (Auth::None, _) => 2,
         _ => 3,
     };
-    let Some(l) = transfer.iter().min_by_key(|l| rank(l)) else {
-        return Err(CliError::new(
-            Exit::Config,
-            "the configuration has no transfer listener: pass --url",
-        ));
+    let usable = transfer.iter().filter(|l| speaks_to(l));
+    let Some(l) = usable.min_by_key(|l| rank(l)) else {
+        let why = match transfer.is_empty() {
+            true => "the configuration has no transfer listener: pass --url",
+            false => {
+                "no transfer listener the CLI can use: it speaks plain HTTP only, from \
+                      this host's address (add a loopback transfer listener, or pass --url)"
+            }
+        };
+        return Err(CliError::new(Exit::Config, why));
     };
     let token = match &l.auth {
         Auth::Token { .. } | Auth::Tokens { .. } if listener_token(l).is_none() => {
@@ -134,10 +157,7 @@ fn pick_listener(config: &Config) -> CliResult<(SocketAddr, String, Option<Strin
         }
         _ => listener_token(l).map(str::to_string),
     };
-    let mut addr = l.address;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(loopback_of(addr.ip()));
-    }
+    let addr = local_address(l);
     if addr.port() == 0 {
         return Err(CliError::new(
             Exit::Config,
@@ -157,7 +177,10 @@ fn loopback_of(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// `http://HOST:PORT[/PREFIX]` split into its address and prefix.
+/// `http://HOST:PORT[/PREFIX]` split into its address, the `Host` to send and its prefix.
+/// The `Host` is the address resolved (an IP literal, which every listener's Host rule
+/// accepts): the rule is against pages in a browser, and a name the listener does not list in
+/// `allowed_hosts` would be refused.
 async fn parse_url(url: &str) -> CliResult<(SocketAddr, String, String)> {
     let bad = || {
         CliError::new(
@@ -175,7 +198,7 @@ async fn parse_url(url: &str) -> CliResult<(SocketAddr, String, String)> {
         .map_err(|e| CliError::new(Exit::Config, format!("--url {url}: {e}")))?
         .next()
         .ok_or_else(bad)?;
-    Ok((addr, authority.to_string(), prefix.to_string()))
+    Ok((addr, addr.to_string(), prefix.to_string()))
 }
 
 fn read_token(path: &Path) -> CliResult<String> {
@@ -378,14 +401,27 @@ pub async fn json_of<T: DeserializeOwned>(resp: hyper::Response<Incoming>) -> Cl
 mod tests {
     use super::*;
 
+    /// No environment overrides.
+    struct NoEnv;
+
+    impl config::Env for NoEnv {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
     #[tokio::test]
     async fn urls_name_an_address_and_a_prefix() {
         let (addr, host, prefix) = parse_url("http://127.0.0.1:9/gw/").await.unwrap();
         assert_eq!(addr.to_string(), "127.0.0.1:9");
         assert_eq!(host, "127.0.0.1:9");
         assert_eq!(prefix, "/gw");
-        let (_, _, prefix) = parse_url("http://[::1]:80").await.unwrap();
-        assert_eq!(prefix, "");
+        let (_, host, prefix) = parse_url("http://[::1]:80").await.unwrap();
+        assert_eq!((host.as_str(), prefix.as_str()), ("[::1]:80", ""));
+        // A name is sent as the address it resolves to, which the Host rule accepts.
+        let (addr, host, _) = parse_url("http://localhost:9").await.unwrap();
+        assert!(addr.ip().is_loopback());
+        assert_eq!(host, addr.to_string());
         for bad in ["https://127.0.0.1:9", "127.0.0.1:9", "http://127.0.0.1"] {
             assert!(parse_url(bad).await.is_err(), "{bad}");
         }
@@ -393,16 +429,9 @@ mod tests {
 
     #[test]
     fn listeners_are_picked_loopback_first_and_wildcards_reached_over_loopback() {
-        let env = |_: &str| None;
-        struct NoEnv<F>(F);
-        impl<F: Fn(&str) -> Option<String>> config::Env for NoEnv<F> {
-            fn var(&self, key: &str) -> Option<String> {
-                (self.0)(key)
-            }
-        }
         let text = "[[listeners]]\ndialect = \"transfer\"\naddress = \"0.0.0.0:7\"\nauth = \"none\"\n\
                     [[listeners]]\ndialect = \"transfer\"\naddress = \"127.0.0.1:8\"\nprefix = \"/p\"\n";
-        let c = Config::parse(text, &NoEnv(env)).unwrap();
+        let c = Config::parse(text, &NoEnv).unwrap();
         let (addr, prefix, token) = pick_listener(&c).unwrap();
         assert_eq!(
             (addr.to_string().as_str(), prefix.as_str()),
@@ -411,8 +440,25 @@ mod tests {
         assert!(token.is_none());
         let text =
             "[[listeners]]\ndialect = \"transfer\"\naddress = \"0.0.0.0:7\"\nauth = \"none\"\n";
-        let (addr, _, _) = pick_listener(&Config::parse(text, &NoEnv(env)).unwrap()).unwrap();
+        let (addr, _, _) = pick_listener(&Config::parse(text, &NoEnv).unwrap()).unwrap();
         assert_eq!(addr.to_string(), "127.0.0.1:7");
+    }
+
+    #[test]
+    fn listeners_with_tls_or_without_this_host_among_their_peers_are_not_used() {
+        let tls = "[[listeners]]\ndialect = \"transfer\"\naddress = \"127.0.0.1:7\"\n\
+                   tls_cert_file = \"/c.pem\"\ntls_key_file = \"/k.pem\"\n";
+        let far = "[[listeners]]\ndialect = \"transfer\"\naddress = \"127.0.0.1:8\"\n\
+                   allowed_peers = [\"198.18.0.0/15\"]\n";
+        let near = "[[listeners]]\ndialect = \"transfer\"\naddress = \"0.0.0.0:9\"\n\
+                    auth = \"none\"\nallowed_peers = [\"127.0.0.0/8\"]\n";
+        let c = Config::parse(&format!("{tls}{far}{near}"), &NoEnv).unwrap();
+        let (addr, _, _) = pick_listener(&c).unwrap();
+        assert_eq!(addr.to_string(), "127.0.0.1:9");
+        let c = Config::parse(&format!("{tls}{far}"), &NoEnv).unwrap();
+        let e = pick_listener(&c).unwrap_err();
+        assert_eq!(e.exit(), Exit::Config);
+        assert!(e.to_string().contains("plain HTTP"), "{e}");
     }
 
     #[test]

@@ -34,11 +34,8 @@ pub async fn run(
     follow: bool,
     tail: i64,
 ) -> CliResult<Exit> {
-    let query = if tail < 0 {
-        String::new()
-    } else {
-        format!("?lines={}", tail.max(1))
-    };
+    // -1 is all the lines; the daemon's default is not.
+    let query = format!("?lines={}", if tail < 0 { -1 } else { tail.max(1) });
     if follow {
         return follow_logs(client, opts, id, &query).await;
     }

@@ -185,6 +185,12 @@ mod tests {
         // Only named tokens authenticate a distillery client.
         let e = Config::parse(&listener("auth = \"token\"\n"), &NoEnv).unwrap_err();
         assert!(e.to_string().contains("tokens"), "{e}");
+        // Named tokens are bearer tokens too: not in clear on the network unless said.
+        let open = "address = \"0.0.0.0:54171\"\n";
+        let e = Config::parse(&listener(open), &NoEnv).unwrap_err();
+        assert!(e.to_string().contains("allow_plain_http"), "{e}");
+        let plain = format!("{open}allow_plain_http = true\n");
+        assert!(Config::parse(&listener(&plain), &NoEnv).is_ok());
         let e = Config::parse("[[listeners]]\ndialect = \"distillery\"\n", &NoEnv).unwrap_err();
         assert!(e.to_string().contains("token_file"), "{e}");
         for (text, key) in [

@@ -1,6 +1,6 @@
 //! [`ContainerEngine`] over Docker's HTTP API on the local socket, through bollard.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -24,9 +24,12 @@ use bollard::query_parameters::{
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::{StreamExt, TryStreamExt};
 
+mod upload;
+
 use super::engine::{
     Attached, ByteStream, ContainerEngine, CpuCounters, EngineError, EngineResult, EngineVersion,
     ExecSession, ExecState, Filter, LineStream, LoadedImages, LogLine, ResourceSample,
+    MAX_LOG_LINE_BYTES,
 };
 
 pub struct DockerEngine {
@@ -42,6 +45,8 @@ struct Clients {
     docker: Docker,
     /// For image load/export, which legitimately take long before headers arrive.
     transfer: Docker,
+    /// For request bodies streamed into Docker (image import), as `transfer` otherwise.
+    upload: Docker,
 }
 
 impl DockerEngine {
@@ -70,8 +75,16 @@ impl DockerEngine {
             Docker::connect_with_http(&self.host, secs, API_DEFAULT_VERSION)
         }
         .map_err(map_error)?;
+        let transfer = docker.clone().with_timeout(self.transfer_timeout);
+        let upload = match self.host.strip_prefix("unix://") {
+            Some(path) => {
+                upload::connect(path, self.transfer_timeout.as_secs().max(1)).map_err(map_error)?
+            }
+            None => transfer.clone(),
+        };
         let c = Clients {
-            transfer: docker.clone().with_timeout(self.transfer_timeout),
+            transfer,
+            upload,
             docker,
         };
         *slot = Some(c.clone());
@@ -86,6 +99,15 @@ impl DockerEngine {
     pub async fn root_dir(&self) -> EngineResult<Option<String>> {
         let info = self.docker()?.info().await.map_err(map_error)?;
         Ok(info.docker_root_dir)
+    }
+
+    /// A container's output lines from the last `tail` (all with None) on; with `follow`,
+    /// then as they are written.
+    fn log_lines(&self, id: &str, tail: Option<u64>, follow: bool) -> LineStream {
+        match self.docker() {
+            Ok(d) => output_lines(d.logs(id, Some(logs_options(tail, follow)))),
+            Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
+        }
     }
 }
 
@@ -443,11 +465,8 @@ impl ContainerEngine for DockerEngine {
         Ok(())
     }
 
-    async fn container_logs(&self, id: &str, tail: Option<u64>) -> EngineResult<Vec<LogLine>> {
-        let opts = logs_options(tail, false);
-        output_lines(self.docker()?.logs(id, Some(opts)))
-            .try_collect()
-            .await
+    fn container_logs(&self, id: &str, tail: Option<u64>) -> LineStream {
+        self.log_lines(id, tail, false)
     }
 
     async fn tag_image(&self, image: &str, reference: &str) -> EngineResult<()> {
@@ -467,10 +486,7 @@ impl ContainerEngine for DockerEngine {
     }
 
     fn follow_logs(&self, id: &str, tail: Option<u64>) -> LineStream {
-        match self.docker() {
-            Ok(d) => output_lines(d.logs(id, Some(logs_options(tail, true)))),
-            Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
-        }
+        self.log_lines(id, tail, true)
     }
 
     async fn exec(&self, id: &str, cmd: &[String]) -> EngineResult<ExecSession> {
@@ -556,10 +572,14 @@ impl ContainerEngine for DockerEngine {
 
     async fn import_rootfs(&self, tar: ByteStream) -> EngineResult<String> {
         let opts = CreateImageOptionsBuilder::default().from_src("-").build();
-        let body = bollard::body_try_stream(coalesced(read_ahead(tar)));
+        // The body goes as it arrives: hyper reads the request in chunks of up to 400 KiB and
+        // the upload client hands them to writev as they are (no joining, no read-ahead task:
+        // the sockets' buffers are the read-ahead).
+        let (tar, _abandon) = failing_when_dropped(tar);
+        let body = bollard::body_try_stream(tar);
         let mut progress = self
             .clients()?
-            .transfer
+            .upload
             .create_image(Some(opts), Some(body), None);
         let mut id = None;
         while let Some(item) = progress.next().await {
@@ -623,60 +643,89 @@ impl ContainerEngine for DockerEngine {
             let mut labels: std::collections::BTreeMap<String, String> =
                 actor.attributes.unwrap_or_default().into_iter().collect();
             let name = labels.remove("name").unwrap_or_default();
-            let time = message
-                .time_nano
-                .and_then(|n| u64::try_from(n).ok())
-                .map(|n| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(n));
             Some(Ok(super::engine::ContainerEvent {
                 id,
                 name: name.trim_start_matches('/').to_string(),
                 action,
                 labels,
-                time,
             }))
         });
         Box::pin(events)
     }
+
+    fn engine_events(&self, since: Option<i64>) -> super::engine::EngineEventStream {
+        let docker = match self.docker() {
+            Ok(d) => d,
+            Err(e) => return Box::pin(futures_util::stream::once(async move { Err(e) })),
+        };
+        let types = ["container", "image", "volume", "network"];
+        let f = HashMap::from([("type", types.to_vec())]);
+        let mut opts = bollard::query_parameters::EventsOptionsBuilder::default().filters(&f);
+        if let Some(ns) = since {
+            opts = opts.since(&since_parameter(ns));
+        }
+        let events = docker
+            .events(Some(opts.build()))
+            .filter_map(|item| async move {
+                match item {
+                    Ok(m) => engine_event(m).map(Ok),
+                    Err(e) => Some(Err(map_error(e))),
+                }
+            });
+        Box::pin(events)
+    }
 }
 
-/// Chunks that are ready together, joined (up to [`COALESCE_CHUNKS`] of them): a request
-/// body arrives in small frames, and each one passed on alone costs a task hop and a write to
-/// Docker's socket. Nothing waits for more data: what is ready goes out at once.
-fn coalesced(stream: ByteStream) -> ByteStream {
-    Box::pin(stream.ready_chunks(COALESCE_CHUNKS).map(|chunks| {
-        if chunks.len() == 1 {
-            return chunks.into_iter().next().unwrap_or(Ok(bytes::Bytes::new()));
-        }
-        let mut joined = bytes::BytesMut::new();
-        for chunk in chunks {
-            joined.extend_from_slice(&chunk?);
-        }
-        Ok(joined.freeze())
-    }))
+/// Docker's `since` parameter: `seconds.nanoseconds`.
+fn since_parameter(ns: i64) -> String {
+    format!(
+        "{}.{:09}",
+        ns.div_euclid(1_000_000_000),
+        ns.rem_euclid(1_000_000_000)
+    )
 }
 
-/// At most this many ready chunks are joined into one.
-const COALESCE_CHUNKS: usize = 8;
+fn engine_event(m: bollard::models::EventMessage) -> Option<super::engine::EngineEvent> {
+    use super::engine::EventObject;
+    use bollard::models::EventMessageTypeEnum as T;
+    let object = match m.typ? {
+        T::CONTAINER => EventObject::Container,
+        T::IMAGE => EventObject::Image,
+        T::VOLUME => EventObject::Volume,
+        T::NETWORK => EventObject::Network,
+        _ => EventObject::Other,
+    };
+    let actor = m.actor?;
+    Some(super::engine::EngineEvent {
+        object,
+        action: m.action?,
+        id: actor.id.unwrap_or_default(),
+        attributes: actor.attributes.unwrap_or_default().into_iter().collect(),
+        time_nano: m
+            .time_nano
+            .or_else(|| m.time.map(|s| s * 1_000_000_000))
+            .unwrap_or_default(),
+    })
+}
 
-/// Chunks read ahead of Docker.
-const READ_AHEAD: usize = 8;
-
-/// Reads `stream` ahead on a task of its own, up to [`READ_AHEAD`] chunks, so the request
-/// body keeps arriving while Docker takes the chunks before (a request body is otherwise read
-/// one chunk at a time, only when asked for). Dropping the result stops the reading.
-fn read_ahead(mut stream: ByteStream) -> ByteStream {
-    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
-    tokio::spawn(async move {
-        while let Some(chunk) = stream.next().await {
-            let failed = chunk.is_err();
-            if tx.send(chunk).await.is_err() || failed {
-                break;
-            }
+/// `stream`, failing once the guard is dropped: an import given up (its future dropped)
+/// must not go on streaming into Docker and end as a complete image; the failed body
+/// aborts the request instead, and Docker discards what it got.
+fn failing_when_dropped(mut stream: ByteStream) -> (ByteStream, tokio_util::sync::DropGuard) {
+    let token = tokio_util::sync::CancellationToken::new();
+    let mut dropped = Some(Box::pin(token.clone().cancelled_owned()));
+    let failing = futures_util::stream::poll_fn(move |cx| {
+        let Some(wait) = dropped.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        if std::future::Future::poll(wait.as_mut(), cx).is_ready() {
+            dropped = None;
+            let e = std::io::Error::other("the import was abandoned");
+            return std::task::Poll::Ready(Some(Err(e)));
         }
+        stream.poll_next_unpin(cx)
     });
-    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (chunk, rx))
-    }))
+    (Box::pin(failing), token.drop_guard())
 }
 
 fn logs_options(tail: Option<u64>, follow: bool) -> bollard::query_parameters::LogsOptions {
@@ -689,77 +738,42 @@ fn logs_options(tail: Option<u64>, follow: bool) -> bollard::query_parameters::L
         .build()
 }
 
-/// Docker's output frames being split into lines, per stream (stdout, stderr).
-struct Split<S> {
-    frames: std::pin::Pin<Box<S>>,
-    partial: [String; 2],
-    ready: std::collections::VecDeque<LogLine>,
-    done: bool,
-}
-
-impl<S> Split<S> {
-    /// A frame need not end at a line end: the rest waits for the next frame of its stream.
-    fn push(&mut self, stdout: bool, message: &[u8]) {
-        let buf = &mut self.partial[usize::from(stdout)];
-        buf.push_str(&String::from_utf8_lossy(message));
-        while let Some(pos) = buf.find('\n') {
-            let line: String = buf.drain(..=pos).collect();
-            self.ready.push_back(LogLine {
-                stdout,
-                text: line.trim_end_matches(['\n', '\r']).to_string(),
-            });
-        }
-    }
-
-    /// At the end: the unterminated last lines.
-    fn flush(&mut self) {
-        for (i, rest) in std::mem::take(&mut self.partial).into_iter().enumerate() {
-            if !rest.is_empty() {
-                self.ready.push_back(LogLine {
-                    stdout: i == 1,
-                    text: rest,
-                });
-            }
-        }
-    }
-}
-
-/// Docker's output frames as lines, per stream; an unterminated last line comes at the end.
+/// Docker's output frames as lines, per stream (a line over [`MAX_LOG_LINE_BYTES`] in parts);
+/// an unterminated last line comes at the end.
 fn output_lines<S>(frames: S) -> LineStream
 where
     S: futures_util::Stream<Item = Result<LogOutput, BollardError>> + Send + 'static,
 {
-    let split = Split {
-        frames: Box::pin(frames),
-        partial: Default::default(),
-        ready: Default::default(),
-        done: false,
-    };
-    Box::pin(futures_util::stream::unfold(split, |mut st| async move {
-        loop {
-            if let Some(line) = st.ready.pop_front() {
-                return Some((Ok(line), st));
-            }
-            if st.done {
-                return None;
-            }
-            match st.frames.next().await {
-                Some(Ok(LogOutput::StdErr { message })) => st.push(false, &message),
-                Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
-                    st.push(true, &message)
+    let state = (
+        Box::pin(frames),
+        LineSplitter::default(),
+        VecDeque::new(),
+        false,
+    );
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |(mut frames, mut split, mut queue, mut done)| async move {
+            loop {
+                if let Some(item) = queue.pop_front() {
+                    return Some((item, (frames, split, queue, done)));
                 }
-                Some(Ok(LogOutput::StdIn { .. })) => {}
-                Some(Err(e)) => {
-                    st.done = true;
-                    return Some((Err(map_error(e)), st));
+                if done {
+                    return None;
                 }
-                None => {
-                    st.done = true;
-                    st.flush();
+                match frames.next().await {
+                    Some(Ok(f)) => queue.extend(split.push(f).into_iter().map(Ok)),
+                    Some(Err(e)) => {
+                        queue.push_back(Err(map_error(e)));
+                        done = true;
+                    }
+                    None => {
+                        queue.extend(split.finish().into_iter().map(Ok));
+                        done = true;
+                    }
                 }
             }
-        }
-    }))
+        },
+    ))
 }
 
 fn cpu_counters(c: Option<&bollard::models::ContainerCpuStats>) -> Option<CpuCounters> {
@@ -875,24 +889,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn ready_chunks_are_joined_and_errors_kept() {
-        let parts: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
-            Ok("ab".into()),
-            Ok("c".into()),
-            Ok("".into()),
-            Ok("de".into()),
-        ];
-        let joined: Vec<_> = coalesced(Box::pin(futures_util::stream::iter(parts)))
-            .collect()
-            .await;
-        assert_eq!(joined.len(), 1);
-        assert_eq!(joined[0].as_ref().unwrap().as_ref(), b"abcde");
-        let failing: Vec<Result<bytes::Bytes, std::io::Error>> =
-            vec![Ok("ab".into()), Err(std::io::Error::other("cut"))];
-        let out: Vec<_> = coalesced(Box::pin(futures_util::stream::iter(failing)))
-            .collect()
-            .await;
-        assert!(out.last().unwrap().is_err());
+    async fn an_upload_fails_once_given_up() {
+        let parts: Vec<Result<bytes::Bytes, std::io::Error>> = vec![Ok("ab".into())];
+        let (stream, guard) = failing_when_dropped(Box::pin(futures_util::stream::iter(parts)));
+        let out: Vec<_> = stream.collect().await;
+        assert_eq!(out.len(), 1, "a whole stream ends as it is");
+        assert_eq!(out[0].as_ref().unwrap().as_ref(), b"ab");
+        drop(guard);
+
+        // "cd", then a body that waits for more.
+        let waiting = futures_util::stream::iter([Ok(bytes::Bytes::from("cd"))])
+            .chain(futures_util::stream::pending());
+        let (mut stream, guard) = failing_when_dropped(Box::pin(waiting));
+        assert!(stream.next().await.unwrap().is_ok());
+        drop(guard);
+        assert!(
+            stream.next().await.unwrap().is_err(),
+            "given up: an error, not an end"
+        );
+        assert!(stream.next().await.is_none());
+    }
+
+    #[test]
+    fn since_is_seconds_dot_nanoseconds() {
+        assert_eq!(
+            since_parameter(1_700_000_000_000_000_123),
+            "1700000000.000000123"
+        );
+        assert_eq!(since_parameter(5), "0.000000005");
     }
 
     #[test]
@@ -917,5 +941,90 @@ mod tests {
             map_error(BollardError::RequestTimeoutError),
             EngineError::Unavailable(_)
         ));
+    }
+
+    #[test]
+    fn log_frames_become_lines_and_long_lines_are_cut() {
+        let out = |s: &str| LogOutput::StdOut {
+            message: s.as_bytes().to_vec().into(),
+        };
+        let err = |s: &str| LogOutput::StdErr {
+            message: s.as_bytes().to_vec().into(),
+        };
+        let mut split = LineSplitter::default();
+        assert!(split.push(out("one ")).is_empty());
+        assert!(split.push(err("e1\ne")).iter().all(|l| !l.stdout));
+        let lines = split.push(out("line\r\ntwo\n"));
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["one line", "two"]);
+        // A container that writes without newlines: cut at the cap, never held whole.
+        let mut cut = Vec::new();
+        for _ in 0..5 {
+            cut.extend(split.push(out(&"é".repeat(16 << 10))));
+        }
+        assert_eq!(cut.len(), 2, "160 KiB in 64 KiB parts");
+        assert!(cut
+            .iter()
+            .all(|l| l.text.len() <= MAX_LOG_LINE_BYTES && l.stdout));
+        // A terminated line over the cap is cut too.
+        let long = split.push(err(&format!("{}\n", "x".repeat(MAX_LOG_LINE_BYTES + 10))));
+        let sizes: Vec<usize> = long.iter().map(|l| l.text.len()).collect();
+        assert_eq!(
+            sizes,
+            [MAX_LOG_LINE_BYTES, 11],
+            "the pending \"e\", then 11 more"
+        );
+        let rest = split.finish();
+        let texts: Vec<(bool, usize)> = rest.iter().map(|l| (l.stdout, l.text.len())).collect();
+        assert_eq!(texts, [(true, (160 << 10) - cut[0].text.len() * 2)]);
+    }
+}
+
+/// Docker's log frames into lines: frames need not end at line ends (the rest waits for the
+/// next frame of that stream), and a line longer than [`MAX_LOG_LINE_BYTES`] is cut.
+#[derive(Default)]
+struct LineSplitter {
+    /// stderr, stdout.
+    partial: [String; 2],
+}
+
+impl LineSplitter {
+    fn push(&mut self, frame: LogOutput) -> Vec<LogLine> {
+        let (stdout, message) = match frame {
+            LogOutput::StdErr { message } => (false, message),
+            LogOutput::StdOut { message } | LogOutput::Console { message } => (true, message),
+            LogOutput::StdIn { .. } => return Vec::new(),
+        };
+        let buf = &mut self.partial[usize::from(stdout)];
+        buf.push_str(&String::from_utf8_lossy(&message));
+        let mut out = Vec::new();
+        let mut start = 0;
+        loop {
+            let rest = &buf.as_bytes()[start..];
+            let window = &rest[..rest.len().min(MAX_LOG_LINE_BYTES + 1)];
+            let (end, next) = match window.iter().position(|b| *b == b'\n') {
+                Some(pos) => (start + pos, start + pos + 1),
+                None if rest.len() > MAX_LOG_LINE_BYTES => {
+                    let cut = buf.floor_char_boundary(start + MAX_LOG_LINE_BYTES);
+                    (cut, cut)
+                }
+                None => break,
+            };
+            let text = buf[start..end].trim_end_matches('\r').to_string();
+            out.push(LogLine { stdout, text });
+            start = next;
+        }
+        buf.drain(..start);
+        out
+    }
+
+    /// What is left when the stream ends.
+    fn finish(&mut self) -> Vec<LogLine> {
+        let [err, out] = std::mem::take(&mut self.partial);
+        [(false, err), (true, out)]
+            .into_iter()
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(stdout, text)| LogLine { stdout, text })
+            .collect()
     }
 }

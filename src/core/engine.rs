@@ -95,6 +95,8 @@ pub enum Filter {
     Volume(String),
     /// Containers created from this image (or a descendant).
     Ancestor(String),
+    /// The container with this id (Docker matches id prefixes; gantry passes full ids).
+    Id(String),
 }
 
 impl Filter {
@@ -104,12 +106,17 @@ impl Filter {
             Filter::Name(_) => "name",
             Filter::Volume(_) => "volume",
             Filter::Ancestor(_) => "ancestor",
+            Filter::Id(_) => "id",
         }
     }
 
     pub fn value(&self) -> &str {
         match self {
-            Filter::Label(v) | Filter::Name(v) | Filter::Volume(v) | Filter::Ancestor(v) => v,
+            Filter::Label(v)
+            | Filter::Name(v)
+            | Filter::Volume(v)
+            | Filter::Ancestor(v)
+            | Filter::Id(v) => v,
         }
     }
 }
@@ -208,9 +215,11 @@ pub trait ContainerEngine: Send + Sync + 'static {
         unsupported("pulling images")
     }
 
-    /// The last `tail` lines (all with None) a container wrote, in order.
-    async fn container_logs(&self, _id: &str, _tail: Option<u64>) -> EngineResult<Vec<LogLine>> {
-        unsupported("reading logs")
+    /// The last `tail` lines (all with None) a container wrote, in order, as they arrive.
+    fn container_logs(&self, _id: &str, _tail: Option<u64>) -> LineStream {
+        Box::pin(futures_util::stream::once(async {
+            unsupported("reading logs")
+        }))
     }
 
     // The duxcore services (src/core/services) use the calls below.
@@ -284,9 +293,48 @@ pub trait ContainerEngine: Send + Sync + 'static {
             unsupported("watching container events")
         }))
     }
+
+    // The live view (src/core/view) follows everything it serves through this.
+
+    /// Every container, image, volume and network event from `since` (Unix nanoseconds; the
+    /// engine replays what it still holds from then on), or from now on with None. The
+    /// stream ends when the engine closes it.
+    fn engine_events(&self, _since: Option<i64>) -> EngineEventStream {
+        Box::pin(futures_util::stream::once(async {
+            unsupported("watching engine events")
+        }))
+    }
 }
 
-/// Output lines as they come (logs followed, a command's output).
+/// What kind of object an [`EngineEvent`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventObject {
+    Container,
+    Image,
+    Volume,
+    Network,
+    Other,
+}
+
+/// One engine event, as Docker's event stream has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineEvent {
+    pub object: EventObject,
+    /// Docker's action: `create`, `start`, `die`, `health_status: healthy`, `tag`, ...
+    pub action: String,
+    /// The actor: a container or image id, a volume name, a network id.
+    pub id: String,
+    /// The actor's attributes: a container's labels, `name`, `image`, `exitCode`; a network
+    /// event's `container`; ...
+    pub attributes: std::collections::BTreeMap<String, String>,
+    /// When the engine recorded it, Unix nanoseconds (the host's clock).
+    pub time_nano: i64,
+}
+
+pub type EngineEventStream = Pin<Box<dyn Stream<Item = EngineResult<EngineEvent>> + Send>>;
+
+/// Output lines as they come (logs, followed or not, a command's output); a line longer than
+/// [`MAX_LOG_LINE_BYTES`] comes in parts.
 pub type LineStream = Pin<Box<dyn Stream<Item = EngineResult<LogLine>> + Send>>;
 
 /// A command running in a container ([`ContainerEngine::exec`]).
@@ -339,8 +387,6 @@ pub struct ContainerEvent {
     pub action: String,
     /// The container's labels (Docker sends them with every container event).
     pub labels: std::collections::BTreeMap<String, String>,
-    /// When Docker sent it, by Docker's clock.
-    pub time: Option<std::time::SystemTime>,
 }
 
 pub type StatsStream = Pin<Box<dyn Stream<Item = EngineResult<ContainerStatsResponse>> + Send>>;
@@ -354,6 +400,10 @@ pub struct Attached {
 }
 
 pub type EventStream = Pin<Box<dyn Stream<Item = EngineResult<ContainerEvent>> + Send>>;
+
+/// Log lines longer than this are cut into parts (a container writing without newlines
+/// must not make gantry hold its whole output).
+pub const MAX_LOG_LINE_BYTES: usize = 64 << 10;
 
 /// The pause of a watcher of [`ContainerEngine::container_events`] before it subscribes
 /// again: short after a stream that worked, doubled after each round that did not (a

@@ -1,5 +1,5 @@
 //! Process-wide counters the core keeps for `GET /metrics`: operations by kind and outcome
-//! with their durations, and the Docker events the app watcher followed. Like a Prometheus
+//! with their durations, and the Docker events the live view applied. Like a Prometheus
 //! client library's default registry they are statics: there is one process, and its
 //! figures are the same whichever listener is asked. Rendering them is the server's job
 //! (`src/server/metrics.rs`); nothing here knows the text format.
@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::{CoreResult, ErrorKind};
 
@@ -92,18 +92,29 @@ pub fn operations() -> Vec<(&'static str, Outcome, Histogram)> {
     ops.iter().map(|((k, o), h)| (*k, *o, h.clone())).collect()
 }
 
-/// Notes a Docker event the app watcher acted on; `sent` is Docker's time stamp of it.
-pub fn docker_event(sent: Option<SystemTime>) {
-    DOCKER_EVENTS.fetch_add(1, Ordering::Relaxed);
-    if let Some(sent) = sent {
-        // A clock step backwards makes the lag negative: count it as none.
-        let lag = SystemTime::now().duration_since(sent).unwrap_or_default();
-        let micros = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX - 1);
-        EVENT_LAG_MICROS.store(micros.saturating_add(1), Ordering::Relaxed);
+/// Notes Docker events the live view applied, `now_ns` (Unix nanoseconds); each event's
+/// time stamp is its `time_nano` (0: none).
+pub fn docker_events_applied(sent_ns: impl IntoIterator<Item = i64>, now_ns: i64) {
+    let mut last = None;
+    for sent in sent_ns {
+        DOCKER_EVENTS.fetch_add(1, Ordering::Relaxed);
+        if sent > 0 {
+            last = Some(sent);
+        }
+    }
+    if let Some(sent) = last {
+        EVENT_LAG_MICROS.store(lag_micros(sent, now_ns) + 1, Ordering::Relaxed);
     }
 }
 
-/// Docker events acted on so far, and the lag of the last one (None before the first).
+/// Microseconds from `sent` to `now` (nanoseconds); a clock step backwards counts as none.
+fn lag_micros(sent: i64, now: i64) -> u64 {
+    u64::try_from(now.saturating_sub(sent) / 1000)
+        .unwrap_or(0)
+        .min(u64::MAX - 1)
+}
+
+/// Docker events applied so far, and the lag of the last one (None before the first).
 pub fn docker_events() -> (u64, Option<Duration>) {
     let lag = match EVENT_LAG_MICROS.load(Ordering::Relaxed) {
         0 => None,
@@ -140,6 +151,12 @@ mod tests {
         assert_eq!(Outcome::of(&cancelled), Outcome::Cancelled);
         let failed: CoreResult<()> = Err(CoreError::Invalid("x".into()));
         assert_eq!(Outcome::of(&failed), Outcome::Failed);
+    }
+
+    #[test]
+    fn event_lag_is_from_dockers_stamp_to_now() {
+        assert_eq!(lag_micros(1_000_000_000, 3_500_000_000), 2_500_000);
+        assert_eq!(lag_micros(3_500_000_000, 1_000_000_000), 0);
     }
 
     #[test]

@@ -15,9 +15,11 @@ pub mod network;
 pub mod ops;
 pub mod power;
 pub mod prefs;
+pub mod safe_fs;
 pub mod services;
 pub mod system;
 pub mod tasks;
+pub mod view;
 
 use std::sync::Arc;
 
@@ -35,6 +37,9 @@ pub struct Core {
     pub tasks: tasks::TaskRegistry,
     /// The device name and key/value settings (persisted in the state directory).
     pub prefs: prefs::Prefs,
+    /// What every read is served from: apps, containers, images, volumes, kept current from
+    /// Docker's events (`view::sync::run` follows them).
+    pub view: Arc<view::LiveView>,
     /// Services of the duxcore dialect, when a duxcore listener is configured.
     pub services: Option<Arc<services::Services>>,
     /// Where snapshots and backups of apps go, when configured.
@@ -49,8 +54,11 @@ impl Core {
         engine_health: health::EngineHealth,
         apps: apps::lifecycle::Apps,
     ) -> Self {
+        let view = apps.view().clone();
+        view.follow_health(engine_health.subscribe());
         Self {
-            system: system::SystemModule::new(engine),
+            system: system::SystemModule::new(engine, view.clone()),
+            view,
             apps,
             engine_health,
             intervirt: None,
@@ -90,6 +98,9 @@ impl Core {
     }
 
     pub fn with_intervirt(mut self, agent: Option<Arc<intervirt::IntervirtAgent>>) -> Self {
+        if let Some(a) = &agent {
+            a.follow_view(self.view.clone());
+        }
         self.intervirt = agent;
         self
     }

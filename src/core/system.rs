@@ -2,14 +2,12 @@
 
 use std::sync::Arc;
 
-use bollard::models::{
-    ContainerInspectResponse, ContainerSummary, ImageDeleteResponseItem, ImageInspect,
-    ImageSummary, Volume,
-};
+use bollard::models::{ContainerInspectResponse, ImageDeleteResponseItem, ImageInspect, Volume};
 use bytes::{Bytes, BytesMut};
 use futures_util::{stream, StreamExt};
 
 use super::engine::{ByteStream, ContainerEngine, Effect};
+use super::view::{fetch, now_ns, LiveView};
 use super::{CoreError, CoreResult, ErrorKind};
 
 /// A `docker save` archive after loading.
@@ -20,8 +18,11 @@ pub struct LoadedImage {
     pub references: Vec<String>,
 }
 
+/// Lists are read from the live view; every change is read back into the view before it
+/// answers (so a read after it shows it).
 pub struct SystemModule {
     engine: Arc<dyn ContainerEngine>,
+    view: Arc<LiveView>,
 }
 
 /// What kind of object an id names, for validation messages.
@@ -103,12 +104,26 @@ fn is_tar_header(block: &[u8]) -> bool {
 }
 
 impl SystemModule {
-    pub fn new(engine: Arc<dyn ContainerEngine>) -> Self {
-        Self { engine }
+    pub fn new(engine: Arc<dyn ContainerEngine>, view: Arc<LiveView>) -> Self {
+        Self { engine, view }
     }
 
-    pub async fn images(&self) -> CoreResult<Vec<ImageSummary>> {
-        Ok(self.engine.list_images().await?)
+    /// After a change of images: the view reads them again. A failure here is Docker
+    /// going away, which the view's follower notices too.
+    async fn images_changed(&self) {
+        fetch::images_changed(&self.view, self.engine.as_ref()).await;
+    }
+
+    async fn volumes_changed(&self) {
+        if let Err(e) = fetch::volumes(&self.view, self.engine.as_ref()).await {
+            tracing::debug!(error = %e, "cannot read the volumes after a change");
+        }
+    }
+
+    async fn container_changed(&self, id: &str) {
+        if let Err(e) = fetch::container(&self.view, self.engine.as_ref(), id, false).await {
+            tracing::debug!(container = %id, error = %e, "cannot read a container after a change");
+        }
     }
 
     pub async fn image(&self, id: &str) -> CoreResult<ImageInspect> {
@@ -143,7 +158,9 @@ impl SystemModule {
         }
         let head: Bytes = head.freeze();
         let body: ByteStream = Box::pin(stream::once(async move { Ok(head) }).chain(tar));
-        let loaded = self.engine.load_images(body).await?;
+        let loaded = self.engine.load_images(body).await;
+        self.images_changed().await;
+        let loaded = loaded?;
         let id = match (loaded.references.first(), loaded.ids.first()) {
             (Some(reference), _) => self
                 .engine
@@ -175,19 +192,17 @@ impl SystemModule {
         force: bool,
     ) -> CoreResult<Vec<ImageDeleteResponseItem>> {
         check_id(Kind::Image, id)?;
-        self.engine
-            .remove_image(id, force)
-            .await
+        let removed = self.engine.remove_image(id, force).await;
+        self.images_changed().await;
+        removed
             .map_err(CoreError::from)
             .map_err(not_found(Kind::Image, id))
     }
 
     pub async fn prune_images(&self, all: bool) -> CoreResult<Vec<String>> {
-        Ok(self.engine.prune_images(all).await?)
-    }
-
-    pub async fn containers(&self) -> CoreResult<Vec<ContainerSummary>> {
-        Ok(self.engine.list_containers().await?)
+        let pruned = self.engine.prune_images(all).await;
+        self.images_changed().await;
+        Ok(pruned?)
     }
 
     pub async fn container(&self, id: &str) -> CoreResult<ContainerInspectResponse> {
@@ -212,9 +227,9 @@ impl SystemModule {
         if Self::is_running(&before) {
             return Ok((Effect::NoEffect, before));
         }
-        self.engine
-            .start_container(id)
-            .await
+        let started = self.engine.start_container(id).await;
+        self.container_changed(id).await;
+        started
             .map_err(CoreError::from)
             .map_err(not_found(Kind::Container, id))?;
         Ok((Effect::Changed, self.container(id).await?))
@@ -226,9 +241,9 @@ impl SystemModule {
         if !Self::is_running(&before) {
             return Ok((Effect::NoEffect, before));
         }
-        self.engine
-            .stop_container(id)
-            .await
+        let stopped = self.engine.stop_container(id).await;
+        self.container_changed(id).await;
+        stopped
             .map_err(CoreError::from)
             .map_err(not_found(Kind::Container, id))?;
         Ok((Effect::Changed, self.container(id).await?))
@@ -236,9 +251,9 @@ impl SystemModule {
 
     pub async fn restart_container(&self, id: &str) -> CoreResult<ContainerInspectResponse> {
         self.container(id).await?;
-        self.engine
-            .restart_container(id)
-            .await
+        let restarted = self.engine.restart_container(id).await;
+        self.container_changed(id).await;
+        restarted
             .map_err(CoreError::from)
             .map_err(not_found(Kind::Container, id))?;
         self.container(id).await
@@ -246,19 +261,26 @@ impl SystemModule {
 
     pub async fn remove_container(&self, id: &str, force: bool, volumes: bool) -> CoreResult<()> {
         check_id(Kind::Container, id)?;
-        self.engine
-            .remove_container(id, force, volumes)
-            .await
+        let key = self.view.snapshot().container(id).map(|c| c.id.clone());
+        let removed = self.engine.remove_container(id, force, volumes).await;
+        self.container_changed(key.as_deref().unwrap_or(id)).await;
+        if volumes {
+            self.volumes_changed().await;
+        }
+        removed
             .map_err(CoreError::from)
             .map_err(not_found(Kind::Container, id))
     }
 
     pub async fn prune_containers(&self) -> CoreResult<Vec<String>> {
-        Ok(self.engine.prune_containers().await?)
-    }
-
-    pub async fn volumes(&self) -> CoreResult<Vec<Volume>> {
-        Ok(self.engine.list_volumes().await?)
+        let pruned = self.engine.prune_containers().await?;
+        let at = now_ns();
+        self.view.update(|s| {
+            for id in &pruned {
+                s.apply_fetched(id, None, at);
+            }
+        });
+        Ok(pruned)
     }
 
     pub async fn volume(&self, name: &str) -> CoreResult<Volume> {
@@ -272,15 +294,17 @@ impl SystemModule {
 
     pub async fn remove_volume(&self, name: &str, force: bool) -> CoreResult<()> {
         check_id(Kind::Volume, name)?;
-        self.engine
-            .remove_volume(name, force)
-            .await
+        let removed = self.engine.remove_volume(name, force).await;
+        self.volumes_changed().await;
+        removed
             .map_err(CoreError::from)
             .map_err(not_found(Kind::Volume, name))
     }
 
     pub async fn prune_volumes(&self) -> CoreResult<Vec<String>> {
-        Ok(self.engine.prune_volumes().await?)
+        let pruned = self.engine.prune_volumes().await;
+        self.volumes_changed().await;
+        Ok(pruned?)
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Cx {
     pub listener: Arc<Listener>,
     /// The listener's websocket sessions (capped, tracked for shutdown).
     pub sessions: Sessions,
+    /// The listener's uploads in flight (capped: `http.max_concurrent_uploads`).
+    pub uploads: super::limits::Uploads,
 }
 
 /// One API dialect: its routes, its error format and its websocket sessions.

@@ -4,7 +4,7 @@
 //! and the `process_*` names every client library uses.
 //!
 //! Every figure is process-wide, whichever listener is asked: the core's counters
-//! (`core::metrics`), the tasks running, the apps by status (read from Docker at scrape
+//! (`core::metrics`), the tasks running, the apps by status (from the live view at scrape
 //! time, bounded), Docker's reachability, and the connections and websocket sessions of
 //! every listener by dialect (registered here by the server).
 
@@ -21,7 +21,8 @@ use crate::core::metrics::{self, Histogram};
 use crate::core::tasks::{TaskInfo, TaskKind};
 use crate::core::Core;
 
-/// How long a scrape waits for Docker to list the apps before it answers without them.
+/// How long a scrape waits for the live view (rebuilt after a reconnect to Docker) to list
+/// the apps before it answers without them.
 const APPS_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -94,7 +95,10 @@ pub async fn render(core: &Core) -> String {
 
 fn app_statuses(out: &mut Exposition, statuses: impl Iterator<Item = AppStatus>) {
     let statuses: Vec<AppStatus> = statuses.collect();
-    let mut m = out.gauge("gantry_apps", "Stored apps by status (read from Docker).");
+    let mut m = out.gauge(
+        "gantry_apps",
+        "Stored apps by status (from the live view of Docker).",
+    );
     for (name, status) in [
         ("running", AppStatus::Running),
         ("partially_running", AppStatus::PartiallyRunning),
@@ -174,13 +178,13 @@ fn docker(out: &mut Exposition, status: &EngineStatus) {
     let (events, lag) = metrics::docker_events();
     out.counter(
         "gantry_docker_events_total",
-        "Docker container events of apps that gantry acted on.",
+        "Docker events applied to gantry's live view.",
     )
     .sample(&[], events as f64);
     if let Some(lag) = lag {
         out.gauge(
             "gantry_docker_event_lag_seconds",
-            "Time from Docker sending the last app container event to gantry publishing the app's state.",
+            "Time from Docker recording the last event to gantry's live view applying it.",
         )
         .sample(&[], lag.as_secs_f64());
     }

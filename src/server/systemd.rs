@@ -75,7 +75,8 @@ pub fn spawn_status_updates(
 /// When systemd enabled the watchdog, pings at half its period, but only after every
 /// listener answered its own `/healthz` over loopback: a wedged accept loop or HTTP stack
 /// stops the pings, and systemd restarts us.
-pub fn spawn_watchdog(addrs: Vec<SocketAddr>, stop: CancellationToken) {
+/// A TLS listener is probed by connecting only (the probe speaks no TLS).
+pub fn spawn_watchdog(addrs: Vec<(SocketAddr, bool)>, stop: CancellationToken) {
     let Some(period) = sd_notify::watchdog_enabled() else {
         return;
     };
@@ -90,8 +91,8 @@ pub fn spawn_watchdog(addrs: Vec<SocketAddr>, stop: CancellationToken) {
                 _ = tick.tick() => {}
             }
             let mut healthy = true;
-            for addr in &addrs {
-                if let Err(e) = self_probe(*addr, probe_timeout).await {
+            for (addr, tls) in &addrs {
+                if let Err(e) = self_probe(*addr, *tls, probe_timeout).await {
                     tracing::warn!(%addr, error = %e, "health self-check failed; withholding watchdog ping");
                     healthy = false;
                 }
@@ -104,7 +105,7 @@ pub fn spawn_watchdog(addrs: Vec<SocketAddr>, stop: CancellationToken) {
 }
 
 /// A minimal HTTP/1.1 GET of `/healthz` against our own listener.
-async fn self_probe(addr: SocketAddr, limit: Duration) -> Result<(), String> {
+async fn self_probe(addr: SocketAddr, tls: bool, limit: Duration) -> Result<(), String> {
     let target = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
@@ -118,7 +119,10 @@ async fn self_probe(addr: SocketAddr, limit: Duration) -> Result<(), String> {
         let mut s = TcpStream::connect(target)
             .await
             .map_err(|e| e.to_string())?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: gantry\r\nConnection: close\r\n\r\n")
+        if tls {
+            return Ok(());
+        }
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .await
             .map_err(|e| e.to_string())?;
         let mut head = [0u8; 12];

@@ -48,6 +48,9 @@ const CLOSE_WAIT_STOPPING: Duration = Duration::from_secs(1);
 /// How long a closing session waits for the client's close frame otherwise.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
+/// `http.websocket_idle_timeout_secs` when not configured otherwise.
+const DEFAULT_IDLE: Duration = Duration::from_secs(120);
+
 /// What a dialect asks of a session.
 #[derive(Debug, Clone, Copy)]
 pub struct WsConfig {
@@ -82,6 +85,8 @@ pub struct Sessions {
     permits: Arc<Semaphore>,
     cap: usize,
     stop: CancellationToken,
+    /// How long a session that waits for the client may hear nothing (pings included).
+    idle: Duration,
 }
 
 impl Sessions {
@@ -91,12 +96,19 @@ impl Sessions {
             permits: Arc::new(Semaphore::new(cap)),
             cap,
             stop,
+            idle: DEFAULT_IDLE,
         }
     }
 
     /// Sessions open now.
     pub fn open(&self) -> usize {
         self.cap - self.permits.available_permits()
+    }
+
+    /// Sessions whose client sends nothing (not even a pong) for `idle` end.
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = idle.max(Duration::from_secs(1));
+        self
     }
 
     /// Fires when the server stops: sessions finish their work in flight and close.
@@ -183,6 +195,7 @@ where
     let permit = sessions.reserve()?;
     let on_upgrade = hyper::upgrade::on(req);
     let stop = sessions.stop.clone();
+    let quiet = sessions.idle;
     sessions.spawn(async move {
         let _slot = permit;
         let upgraded = match on_upgrade.await {
@@ -192,7 +205,7 @@ where
                 return;
             }
         };
-        session(WsSession::open(upgraded, config, stop).await).await;
+        session(WsSession::open(upgraded, config, quiet, stop).await).await;
     });
     let mut resp = http::empty(StatusCode::SWITCHING_PROTOCOLS);
     let h = resp.headers_mut();
@@ -264,9 +277,11 @@ pub struct WsSession {
     pub rx: WsReceiver,
 }
 
+type Sink = Arc<tokio::sync::Mutex<SplitSink<Ws, Message>>>;
+
 /// The sending half; a client that stops reading counts as gone and hears nothing more.
 pub struct WsSender {
-    sink: SplitSink<Ws, Message>,
+    sink: Sink,
     gone: Arc<AtomicBool>,
 }
 
@@ -275,6 +290,10 @@ pub struct WsReceiver {
     stream: SplitStream<Ws>,
     last_read: Arc<Mutex<Instant>>,
     idle: Option<Duration>,
+    /// Without `idle`: the client is pinged after half of this, and gone after all of it.
+    quiet: Duration,
+    /// To ping the client.
+    sink: Sink,
     gone: Arc<AtomicBool>,
     stop: CancellationToken,
 }
@@ -283,6 +302,7 @@ impl WsSession {
     async fn open(
         upgraded: hyper::upgrade::Upgraded,
         config: WsConfig,
+        quiet: Duration,
         stop: CancellationToken,
     ) -> Self {
         let last_read = Arc::new(Mutex::new(Instant::now()));
@@ -296,16 +316,19 @@ impl WsSession {
             .max_frame_size(Some(config.max_message));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
         let (sink, stream) = ws.split();
+        let sink = Arc::new(tokio::sync::Mutex::new(sink));
         let gone = Arc::new(AtomicBool::new(false));
         WsSession {
             tx: WsSender {
-                sink,
+                sink: sink.clone(),
                 gone: gone.clone(),
             },
             rx: WsReceiver {
                 stream,
                 last_read,
                 idle: config.idle,
+                quiet,
+                sink,
                 gone,
                 stop,
             },
@@ -350,7 +373,9 @@ impl WsSender {
         if self.is_gone() {
             return false;
         }
-        let sent = tokio::time::timeout(SEND_GUARD, self.sink.send(msg)).await;
+        let sent =
+            tokio::time::timeout(SEND_GUARD, async { self.sink.lock().await.send(msg).await })
+                .await;
         if !matches!(sent, Ok(Ok(()))) {
             self.gone.store(true, Ordering::Relaxed);
             return false;
@@ -374,7 +399,14 @@ impl WsSender {
             code,
             reason: reason.chars().take(120).collect::<String>().into(),
         };
-        let closed = tokio::time::timeout(SEND_GUARD, self.sink.send(Message::Close(Some(frame))))
+        let closing = async {
+            self.sink
+                .lock()
+                .await
+                .send(Message::Close(Some(frame)))
+                .await
+        };
+        let closed = tokio::time::timeout(SEND_GUARD, closing)
             .await
             .is_ok_and(|r| r.is_ok());
         self.gone.store(!closed, Ordering::Relaxed);
@@ -401,15 +433,16 @@ impl WsReceiver {
     }
 
     /// The next text or binary message, or why none comes: the client left, `cancelled`
-    /// resolved, the server stops, or (with an idle time) the client sent nothing for too long.
+    /// resolved, the server stops, or the client sent nothing for too long (with an idle
+    /// time, bytes; without, not even a pong to the ping sent after half the listener's
+    /// websocket idle timeout).
     pub async fn next(&mut self, cancelled: impl Future<Output = ()>) -> Incoming {
         if self.gone.load(Ordering::Relaxed) {
             return Incoming::Gone;
         }
-        let tick = self.idle.map_or(Duration::from_secs(3600), |i| {
-            (i / 4).max(Duration::from_millis(100))
-        });
-        let mut ticker = tokio::time::interval(tick);
+        let limit = self.idle.unwrap_or(self.quiet);
+        let mut ticker = tokio::time::interval((limit / 4).max(Duration::from_millis(100)));
+        let mut pinged = false;
         tokio::pin!(cancelled);
         loop {
             let msg = tokio::select! {
@@ -417,12 +450,17 @@ impl WsReceiver {
                 _ = self.stop.cancelled() => return Incoming::Stopping,
                 m = self.stream.next() => m,
                 _ = ticker.tick() => {
-                    if self.idle.is_some_and(|idle| self.idle_for() >= idle) {
+                    let quiet_for = self.idle_for();
+                    if quiet_for >= limit {
                         return Incoming::Stalled;
+                    }
+                    if self.idle.is_none() && quiet_for >= limit / 2 && !pinged {
+                        pinged = self.ping().await;
                     }
                     continue;
                 }
             };
+            pinged = false;
             if let Some(incoming) = self.classify(msg) {
                 return incoming;
             }
@@ -447,6 +485,18 @@ impl WsReceiver {
                 Some(self.left())
             }
         }
+    }
+
+    /// Pings the client (a live one answers with a pong, which counts as activity).
+    async fn ping(&self) -> bool {
+        let ping = async {
+            self.sink
+                .lock()
+                .await
+                .send(Message::Ping(Vec::new().into()))
+                .await
+        };
+        matches!(tokio::time::timeout(SEND_GUARD, ping).await, Ok(Ok(())))
     }
 
     fn left(&mut self) -> Incoming {

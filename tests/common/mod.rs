@@ -28,9 +28,13 @@ use serde_json::Value;
 pub use nix::sys::signal::Signal;
 
 pub mod bundle;
+pub mod proxy;
 pub mod ws;
 
 pub const DEFAULT_TEST_IMAGE: &str = "gantry-test/busybox:latest";
+
+/// The authenticated status route of every listener.
+pub const STATUS_PATH: &str = "/gantry/status";
 
 // ---------------------------------------------------------------------------------------------
 // Environment and skipping
@@ -81,13 +85,21 @@ pub fn docker_host_or_skip(test: &str) -> Option<String> {
              not be skipped in CI (run them with `bash scripts/test.sh` as root)"
         );
     }
-    // Straight to the process's stderr: libtest captures eprintln! of passing tests.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!!!!!!!! SKIPPED {test}: GANTRY_TEST_DOCKER_HOST is not set; run \
-         `bash scripts/test.sh` as root to run the Docker-backed tests !!!!!!!!!!\n"
+    skip_loudly(
+        test,
+        "GANTRY_TEST_DOCKER_HOST is not set; run `bash scripts/test.sh` as root to run the \
+         Docker-backed tests",
     );
     None
+}
+
+/// Says on the process's own stderr that `test` was skipped and why: libtest captures
+/// `eprintln!` of passing tests, so a skip said that way would go unseen.
+pub fn skip_loudly(test: &str, why: &str) {
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!!!! SKIPPED {test}: {why} !!!!!!!!!!\n"
+    );
 }
 
 #[doc(hidden)]
@@ -381,6 +393,16 @@ impl GantryBuilder {
     /// Starts gantry and waits (up to 15 s) until it reports the address it listens on and
     /// `/healthz` answers 200 there.
     pub fn start(self) -> Gantry {
+        self.start_with(true)
+    }
+
+    /// Starts gantry and waits (up to 15 s) until it reports the address it listens on,
+    /// without asking `/healthz` (for listeners this harness cannot speak to: TLS).
+    pub fn start_unprobed(self) -> Gantry {
+        self.start_with(false)
+    }
+
+    fn start_with(self, probe: bool) -> Gantry {
         let dir = tempfile::Builder::new()
             .prefix("gantry-it-")
             .tempdir()
@@ -397,7 +419,7 @@ impl GantryBuilder {
             }
             if let Some(addr) = listening_address_of(&g.stderr(), &self.dialect) {
                 g.addr = addr;
-                if g.try_get("/healthz").is_ok_and(|r| r.status == 200) {
+                if !probe || g.try_get("/healthz").is_ok_and(|r| r.status == 200) {
                     return g;
                 }
             }
@@ -625,10 +647,11 @@ impl Gantry {
         }
     }
 
-    /// The parsed `/healthz` document.
+    /// The parsed status document (`/gantry/status`, behind the listener's auth: gantry's
+    /// version and Docker's reachability, version or error).
     pub fn health(&self) -> Value {
-        let r = self.get("/healthz");
-        assert_eq!(r.status, 200, "/healthz: {r}");
+        let r = self.get(STATUS_PATH);
+        assert_eq!(r.status, 200, "{STATUS_PATH}: {r}");
         r.json()
     }
 
@@ -1127,7 +1150,10 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 pub fn promtool_accepts(text: &str) {
     if !std::path::Path::new("/usr/bin/promtool").exists() {
         assert!(!in_ci(), "promtool is missing (Debian package prometheus)");
-        eprintln!("promtool not installed: the exposition format was not checked");
+        skip_loudly(
+            "promtool check metrics",
+            "promtool is not installed: the exposition format was not checked",
+        );
         return;
     }
     let out = run_with_input(

@@ -78,7 +78,7 @@ impl Sse {
     pub fn connect(addr: SocketAddr, path: &str) -> Sse {
         let mut s = TcpStream::connect(addr).unwrap();
         let req =
-            format!("GET {path} HTTP/1.1\r\nHost: gantry\r\nAccept: text/event-stream\r\n\r\n");
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n");
         s.write_all(req.as_bytes()).unwrap();
         let text = Arc::new(Mutex::new(String::new()));
         let sink = text.clone();

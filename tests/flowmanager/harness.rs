@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{docker_ok, gantry_command, wait_for};
+use crate::common::{docker_ok, gantry_command, listening_address_of, wait_for};
 
 /// The python of the virtualenv with python-socketio (`scripts/test.sh` sets it).
 pub fn python() -> Option<String> {
@@ -32,7 +32,12 @@ macro_rules! require_python {
                     !$crate::common::in_ci(),
                     "GANTRY_TEST_PYTHON is not set: run scripts/test.sh"
                 );
-                eprintln!("skipped: GANTRY_TEST_PYTHON (python-socketio) is not set");
+                fn here() {}
+                let name = $crate::common::type_name_of(here);
+                $crate::common::skip_loudly(
+                    name.strip_suffix("::here").unwrap_or(name),
+                    "GANTRY_TEST_PYTHON (python-socketio) is not set; run `bash scripts/test.sh`",
+                );
                 return;
             }
         }
@@ -53,7 +58,7 @@ impl Fm {
         Fm::start_with(docker_host, "", flow)
     }
 
-    /// Starts gantry with `listener` as extra lines of the flowmanager listener's table.
+    /// Starts gantry with extra lines of its listener's table too.
     pub fn start_with(docker_host: &str, listener: &str, flow: &str) -> Fm {
         let mut fm = Fm::prepare_with(docker_host, listener, flow);
         let c = fm.command();
@@ -82,7 +87,7 @@ impl Fm {
         let text = format!(
             "state_dir = {:?}\ndocker_host = {docker_host:?}\nlog_level = \"debug\"\n\
              shutdown_timeout_secs = 2\n\n[[listeners]]\ndialect = \"flowmanager\"\n\
-             address = \"127.0.0.1:0\"\n{listener}\n\n[flowmanager]\nsocket_dir = {:?}\n\
+             address = \"127.0.0.1:0\"\n{listener}\n[flowmanager]\nsocket_dir = {:?}\n\
              stop_timeout_secs = 2\n{flow}\n",
             dir.path().join("state").display().to_string(),
             dir.path().join("sockets").display().to_string(),
@@ -119,10 +124,7 @@ impl Fm {
                 panic!("gantry exited at start ({st}):\n{}", self.log());
             }
             let log = self.log();
-            let line = log[before..]
-                .lines()
-                .find(|l| l.contains("listening dialect=flowmanager"))?;
-            line.rsplit(':').next()?.trim().parse::<u16>().ok()
+            listening_address_of(&log[before..], "flowmanager").map(|a| a.port())
         });
         self.port = port.unwrap_or_else(|| panic!("gantry did not listen:\n{}", self.log()));
     }

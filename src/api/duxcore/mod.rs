@@ -42,6 +42,8 @@ pub struct Call {
     pub id: String,
     pub limits: HttpLimits,
     pub sessions: Sessions,
+    /// The listener's uploads in flight (image imports count).
+    pub uploads: crate::server::limits::Uploads,
 }
 
 /// An error answer: a status and what went wrong.
@@ -194,6 +196,7 @@ impl Dialect for Duxcore {
             id: id.unwrap_or_default(),
             limits: cx.limits,
             sessions: cx.sessions,
+            uploads: cx.uploads,
         };
         (handler.handler)(call)
             .await

@@ -3,9 +3,10 @@
 //! of the original daemon, mapped onto the core's services.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use bollard::models::{PortBinding, PortMap};
-use http_body_util::{BodyExt, Limited};
+use futures_util::TryStreamExt;
 use hyper::header::CONTENT_LENGTH;
 use hyper::{Method, StatusCode};
 use indexmap::IndexMap;
@@ -34,7 +35,8 @@ pub fn register(r: &mut Routes<Route>) {
     });
 }
 
-/// The JSON body of a request, at most `http.max_body_bytes`.
+/// The JSON body of a request, at most `http.max_body_bytes`, failing when it stalls for
+/// `http.body_read_timeout_secs`.
 async fn body_json<T: DeserializeOwned>(c: Call, what: &str) -> Result<T, Failure> {
     let limit = c.limits.max_body_bytes;
     let too_large = || Failure {
@@ -44,10 +46,14 @@ async fn body_json<T: DeserializeOwned>(c: Call, what: &str) -> Result<T, Failur
     if declared_too_large(c.req.headers(), limit) {
         return Err(too_large());
     }
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let bytes = match Limited::new(c.req.into_body(), limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+    let (body, exceeded) = upload_stream(c.req.into_body(), limit, c.limits.body_read_timeout);
+    let read = body.try_fold(Vec::new(), |mut all, chunk| async move {
+        all.extend_from_slice(&chunk);
+        Ok(all)
+    });
+    let bytes = match read.await {
+        Ok(b) => b,
+        Err(_) if exceeded.load(Ordering::SeqCst) => return Err(too_large()),
         Err(e) => return Err(Failure::bad_request(format!("cannot read the body: {e}"))),
     };
     serde_json::from_slice(&bytes)
@@ -273,11 +279,15 @@ async fn import_image(c: Call) -> Reply {
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok());
-    let (stream, exceeded) = upload_stream(c.req.into_body(), limit);
+    let _upload = c.uploads.begin().map_err(|message| Failure {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message,
+    })?;
+    let (stream, exceeded) = upload_stream(c.req.into_body(), limit, c.limits.body_read_timeout);
     let op = c.core.import_rootfs(stream, total, &Start::default())?;
     match op.finish().await {
         Ok(image_id) => Ok(http::json(StatusCode::OK, &json!({ "image_id": image_id }))),
-        Err(_) if exceeded.load(std::sync::atomic::Ordering::SeqCst) => Err(too_large()),
+        Err(_) if exceeded.load(Ordering::SeqCst) => Err(too_large()),
         Err(e) => Err(e.into()),
     }
 }

@@ -1,7 +1,9 @@
 //! The Flow Manager dialect: Socket.IO v5 over Engine.IO v4 (long-polling, websocket and the
 //! upgrade between them) at `/socket.io/`, served by socketioxide inside gantry's own HTTP
 //! stack: `serve` hands those requests to socketioxide's service. `GET /health` answers on
-//! the same port. CORS is open (`*`, or the caller's origin), as kawaflow's server.
+//! the same port. kawaflow's server answers CORS for any origin; here the server layer's
+//! Origin rule and CORS answers apply as on every listener (`allowed_origins = ["*"]` is
+//! the original's openness, written out), before this dialect sees a request.
 //!
 //! The Socket.IO server is built on the listener's first request (it needs the core): from
 //! then on the core's Flow Manager events are broadcast to every client, and when the server
@@ -16,11 +18,6 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{
-    HeaderMap, HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
-    ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_REQUEST_HEADERS,
-    ORIGIN,
-};
 use hyper::service::Service;
 use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Value};
@@ -146,36 +143,6 @@ async fn forward_events(flow: Arc<Flow>, io: SocketIo, stop: CancellationToken) 
     }
 }
 
-/// CORS as python-engineio with `cors_allowed_origins="*"`: the caller's origin (or `*`).
-fn cors(req: &HeaderMap, resp: &mut HeaderMap) {
-    match req.get(ORIGIN) {
-        Some(o) => {
-            resp.insert(ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
-            resp.insert(
-                ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                HeaderValue::from_static("true"),
-            );
-        }
-        None => {
-            resp.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-        }
-    }
-}
-
-fn preflight(req: &HeaderMap) -> Response {
-    let mut resp = http::empty(StatusCode::NO_CONTENT);
-    let h = resp.headers_mut();
-    cors(req, h);
-    h.insert(
-        ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("OPTIONS, GET, POST"),
-    );
-    if let Some(asked) = req.get(ACCESS_CONTROL_REQUEST_HEADERS) {
-        h.insert(ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
-    }
-    resp
-}
-
 /// An Engine.IO handshake: a request without a session id.
 fn is_handshake(req: &Request<Incoming>) -> bool {
     http::Query::parse(req.uri().query())
@@ -214,14 +181,11 @@ impl FlowManager {
             );
             return self.error(StatusCode::SERVICE_UNAVAILABLE, &m, req.uri().path());
         }
-        let headers = req.headers().clone();
         let resp = match stack.svc.call(req).await {
             Ok(r) => r,
             Err(e) => match e {},
         };
-        let mut resp = resp.map(|b| b.map_err(|e| match e {}).boxed_unsync());
-        cors(&headers, resp.headers_mut());
-        resp
+        resp.map(|b| b.map_err(|e| match e {}).boxed_unsync())
     }
 }
 
@@ -229,21 +193,16 @@ impl FlowManager {
 impl Dialect for FlowManager {
     async fn serve(&self, req: Request<Incoming>, cx: Cx) -> Response {
         let path = req.uri().path().to_string();
-        if req.method() == Method::OPTIONS {
-            return preflight(req.headers());
-        }
         if path == "/socket.io" || path.starts_with("/socket.io/") {
             return self.socket_io(req, &cx).await;
         }
-        let mut resp = match (req.method(), path.as_str()) {
+        match (req.method(), path.as_str()) {
             (&Method::GET | &Method::HEAD, "/health") => health(&cx),
             (_, "/health") => {
                 self.error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed", &path)
             }
             _ => self.error(StatusCode::NOT_FOUND, "Not Found", &path),
-        };
-        cors(req.headers(), resp.headers_mut());
-        resp
+        }
     }
 
     fn error(&self, status: StatusCode, message: &str, _path: &str) -> Response {

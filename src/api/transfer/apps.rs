@@ -1,8 +1,6 @@
 //! "Transfer Technology - Main Transfer API": importing, listing, starting, stopping and
 //! removing app instances. PascalCase JSON per COMPAT-NOTES section 1.
 
-use bytes::Bytes;
-use futures_util::StreamExt;
 use hyper::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, StatusCode};
 use serde::Serialize;
@@ -19,7 +17,8 @@ use crate::core::apps::{AppConfig, AppId};
 use crate::core::ops::apps::ImportSource;
 use crate::core::ops::Start;
 use crate::core::tasks::TaskKind;
-use crate::core::{CoreError, ErrorKind};
+use crate::core::view::now_ns;
+use crate::core::ErrorKind;
 
 pub fn register(r: &mut Routes<Handler>) {
     r.add(Method::POST, "/transfer/import", |c| Box::pin(import(c)))
@@ -236,13 +235,21 @@ fn app_id(c: &Call) -> Result<AppId, Problem> {
     Ok(AppId::from(id))
 }
 
+/// From the live view: rendered once per change of the view (and second of status texts),
+/// then the same bytes for every read.
 async fn list(c: Call) -> Reply {
-    let views = c.core.apps.list().await?;
-    if views.is_empty() {
-        return Ok(http::empty(StatusCode::NO_CONTENT));
-    }
-    let body: Vec<_> = views.iter().map(instance).collect();
-    Ok(http::json(StatusCode::OK, &body))
+    let view = &c.core.view;
+    let Ok(snap) = view.current().await else {
+        // Docker cannot be followed: the stored apps, status Unknown.
+        let views = c.core.apps.list().await?;
+        let body: Vec<_> = views.iter().map(instance).collect();
+        return Ok(http::list_response(http::json_list(&body)));
+    };
+    let body = view.memo("transfer.apps", &snap, || {
+        let views = snap.app_list(true, now_ns());
+        http::json_list(&views.iter().map(instance).collect::<Vec<_>>())
+    });
+    Ok(http::list_response(body))
 }
 
 async fn get(c: Call) -> Reply {
@@ -287,6 +294,7 @@ async fn import(c: Call) -> Reply {
     // The import reads the upload as it arrives: image tarballs load into Docker while the
     // rest still comes (docs/DESIGN-apps.md, stream.rs). Should this handler be dropped
     // midway (the client went away), the pipe tells the import, which rolls back.
+    let _upload = c.begin_upload()?;
     let (file, sender, reader) = c.core.apps.upload_pipe()?;
     let source = ImportSource::Streaming {
         file,
@@ -297,7 +305,8 @@ async fn import(c: Call) -> Reply {
         .core
         .import_app(source, ImportOptions { replace }, &start)?;
     let task = op.id().to_string();
-    let received = receive_app(c.req.into_body(), boundary, limit, &sender).await;
+    let stall = c.limits.body_read_timeout;
+    let received = receive_app(c.req.into_body(), stall, boundary, limit, &sender).await;
     sender.finish(match &received {
         Ok(()) => Ok(()),
         Err(p) => Err(format!("{p:?}")),
@@ -318,6 +327,7 @@ async fn import(c: Call) -> Reply {
 /// dropped, so that the client hears the answer after its upload, as before.
 async fn receive_app(
     body: hyper::body::Incoming,
+    stall: std::time::Duration,
     boundary: String,
     limit: u64,
     sender: &UploadSender,
@@ -325,12 +335,7 @@ async fn receive_app(
     // Other fields are skipped unread (multer discards them), so no field allow-list.
     let constraints = multer::Constraints::new()
         .size_limit(multer::SizeLimit::new().whole_stream(limit.saturating_add(64 << 10)));
-    let body = http_body_util::BodyStream::new(body).filter_map(|frame| async {
-        match frame {
-            Ok(f) => f.into_data().ok().map(Ok::<Bytes, hyper::Error>),
-            Err(e) => Some(Err(e)),
-        }
-    });
+    let body = crate::server::limits::timed_body(body, stall);
     let mut multipart = multer::Multipart::with_constraints(body, boundary, constraints);
     let mut found = false;
     let mut received: u64 = 0;
@@ -414,12 +419,7 @@ async fn icon(c: Call) -> Reply {
 }
 
 async fn read_file(path: &std::path::Path) -> Result<Vec<u8>, Problem> {
-    tokio::fs::read(path).await.map_err(|e| {
-        Problem::from(CoreError::Failed(format!(
-            "cannot read {}: {e}",
-            path.display()
-        )))
-    })
+    Ok(crate::core::apps::lifecycle::Apps::read_small_file(path.to_path_buf()).await?)
 }
 
 /// The readme as text/plain, or as a JSON string when the client asks for
@@ -497,10 +497,11 @@ pub(super) async fn stop_app(c: &Call, id: AppId, options: StopOptions) -> Reply
     ))
 }
 
-/// `?lines=N` (default -1 = all); 0 and values below -1 are 400.
+/// `?lines=N` per container (default [`super::logs::DEFAULT_LINES`], -1 = all); 0 and
+/// values below -1 are 400.
 pub(super) fn lines_param(c: &Call) -> Result<Option<u64>, Problem> {
     match c.query.get("lines") {
-        None => Ok(None),
+        None => Ok(Some(super::logs::DEFAULT_LINES)),
         Some(v) => match v.parse::<i64>() {
             Ok(-1) => Ok(None),
             Ok(n) if n > 0 => Ok(Some(n as u64)),
@@ -511,29 +512,13 @@ pub(super) fn lines_param(c: &Call) -> Result<Option<u64>, Problem> {
     }
 }
 
+/// The app's logs as a ProcessResult, streamed as the lines arrive.
 async fn logs(c: Call) -> Reply {
     let id = app_id(&c)?;
     let lines = lines_param(&c)?;
     let started = std::time::Instant::now();
     let log = c.core.apps.logs(&id, lines).await?;
-    let texts: Vec<String> = log.iter().map(|l| l.text.clone()).collect();
-    let result = ProcessResult {
-        exit_code: 0,
-        command: "docker-compose logs",
-        lines: log
-            .iter()
-            .map(|l| ProcessLine {
-                line: &l.text,
-                raw_line: &l.text,
-                is_stdout: l.stdout,
-                is_stderr: !l.stdout,
-            })
-            .collect(),
-        success_estimate: true,
-        duration_ms: started.elapsed().as_millis(),
-        raw_output: texts.join("\n"),
-    };
-    Ok(http::json(StatusCode::OK, &result))
+    Ok(super::logs::process_result(log, started))
 }
 
 /// `GET /transfer/export/{id}?with_images=bool`: the bundle as a streamed ZIP.
@@ -587,8 +572,5 @@ async fn refresh(c: Call) -> Reply {
 /// Containers of compose projects on the host (Docker's ContainerSummary); 204 when none.
 async fn recognize(c: Call) -> Reply {
     let containers = c.core.apps.recognize().await?;
-    if containers.is_empty() {
-        return Ok(http::empty(StatusCode::NO_CONTENT));
-    }
-    Ok(http::json(StatusCode::OK, &containers))
+    Ok(http::list_response(http::json_list(&containers)))
 }

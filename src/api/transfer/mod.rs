@@ -6,6 +6,7 @@ mod files;
 mod general;
 mod legacy;
 mod live;
+mod logs;
 mod openapi;
 mod settings;
 mod sse;
@@ -57,6 +58,17 @@ pub struct Call {
     pub prefix: String,
     /// The listener's websocket sessions, and its stop signal.
     pub sessions: Sessions,
+    /// The listener's uploads in flight (capped).
+    pub uploads: crate::server::limits::Uploads,
+}
+
+impl Call {
+    /// A place for one more upload, or 503 naming `http.max_concurrent_uploads`.
+    pub fn begin_upload(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Problem> {
+        self.uploads
+            .begin()
+            .map_err(|m| Problem::new(StatusCode::SERVICE_UNAVAILABLE, m))
+    }
 }
 
 impl Call {
@@ -268,6 +280,7 @@ async fn handle(req: Request<Incoming>, cx: Cx) -> Response {
         params,
         limits: cx.limits,
         sessions: cx.sessions,
+        uploads: cx.uploads,
     };
     handler(call).await.unwrap_or_else(|p| p.render(&path))
 }

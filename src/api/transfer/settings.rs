@@ -51,7 +51,13 @@ async fn put(c: Call) -> Reply {
     }
     let mut body = c.req.into_body();
     let mut buf = Vec::new();
-    while let Some(frame) = body.frame().await {
+    let stall = c.limits.body_read_timeout;
+    while let Some(frame) = tokio::time::timeout(stall, body.frame())
+        .await
+        .map_err(|_| {
+            Problem::bad_request("the request body stalled (http.body_read_timeout_secs)")
+        })?
+    {
         let frame = frame
             .map_err(|e| Problem::bad_request(format!("cannot read the request body: {e}")))?;
         if let Some(data) = frame.data_ref() {

@@ -13,6 +13,7 @@ use crate::api::http::{self, declared_too_large, upload_stream, Response};
 use crate::api::router::Routes;
 use crate::core::engine::Effect;
 use crate::core::ops::images::LoadSource;
+use crate::core::view::{now_ns, Snapshot};
 use crate::core::{CoreError, ErrorKind};
 
 pub fn register(r: &mut Routes<Handler>) {
@@ -67,15 +68,6 @@ pub fn register(r: &mut Routes<Handler>) {
         });
 }
 
-/// Lists answer 204 when empty (the spec's rule for collections).
-fn list<T: Serialize>(items: Vec<T>) -> Response {
-    if items.is_empty() {
-        http::empty(StatusCode::NO_CONTENT)
-    } else {
-        http::json(StatusCode::OK, &items)
-    }
-}
-
 /// Prunes answer 304 when nothing was removed.
 fn pruned(ids: Vec<String>) -> Response {
     if ids.is_empty() {
@@ -100,8 +92,20 @@ fn effect(effect: Effect, body: Response) -> Response {
     }
 }
 
+/// A list from the live view, rendered once per change of the view (and second).
+async fn memo_list<T: Serialize>(
+    c: &Call,
+    key: &'static str,
+    items: impl FnOnce(&Snapshot) -> Vec<T>,
+) -> Reply {
+    let view = &c.core.view;
+    let snap = view.current().await?;
+    let body = view.memo(key, &snap, || http::json_list(&items(&snap)));
+    Ok(http::list_response(body))
+}
+
 async fn list_images(c: Call) -> Reply {
-    Ok(list(c.core.system.images().await?))
+    memo_list(&c, "transfer.images", |s| s.images_newest_first()).await
 }
 
 async fn get_image(c: Call) -> Reply {
@@ -122,7 +126,8 @@ async fn upload_image(c: Call) -> Reply {
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok());
     let start = super::apps::op_start(&c);
-    let (stream, exceeded) = upload_stream(c.req.into_body(), limit);
+    let _upload = c.begin_upload()?;
+    let (stream, exceeded) = upload_stream(c.req.into_body(), limit, c.limits.body_read_timeout);
     let op = c
         .core
         .load_image(LoadSource::Stream { stream, total }, &start)?;
@@ -186,7 +191,10 @@ async fn prune_images(c: Call) -> Reply {
 }
 
 async fn list_containers(c: Call) -> Reply {
-    Ok(list(c.core.system.containers().await?))
+    memo_list(&c, "transfer.containers", |s| {
+        s.containers_newest_first(now_ns())
+    })
+    .await
 }
 
 async fn get_container(c: Call) -> Reply {
@@ -228,7 +236,7 @@ async fn prune_containers(c: Call) -> Reply {
 }
 
 async fn list_volumes(c: Call) -> Reply {
-    Ok(list(c.core.system.volumes().await?))
+    memo_list(&c, "transfer.volumes", |s| s.volumes_by_name()).await
 }
 
 async fn get_volume(c: Call) -> Reply {

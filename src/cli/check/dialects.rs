@@ -92,7 +92,7 @@ pub(super) fn secrets(report: &mut Report, c: &Config) {
         let kind = match l.auth {
             Auth::Token { .. } => Secret::Token,
             Auth::Tokens { .. } => Secret::Tokens,
-            Auth::Loopback | Auth::None => continue,
+            Auth::Loopback | Auth::None | Auth::ClientCert => continue,
         };
         if let Some(p) = &l.token_file {
             files.push((l.dialect, p, kind));
@@ -140,6 +140,58 @@ fn secret(report: &mut Report, check: &str, path: &Path, kind: Secret) {
         ),
         Ok(what) => report.ok(check, format!("{shown}: {what}")),
     }
+}
+
+/// Each listener's TLS files, once per certificate and key: they load as the daemon loads
+/// them (chain, key, client CA), and the key is not readable by every user.
+pub(super) fn tls(report: &mut Report, c: &Config) {
+    let mut seen: Vec<&config::TlsFiles> = Vec::new();
+    for l in &c.listeners {
+        let Some(files) = &l.tls else { continue };
+        if !seen.contains(&files) {
+            seen.push(files);
+            tls_files(report, &format!("{} TLS", l.dialect), files);
+        }
+    }
+}
+
+fn tls_files(report: &mut Report, check: &str, files: &config::TlsFiles) {
+    let key = files.key.display();
+    let paths = [
+        Some(&files.cert),
+        Some(&files.key),
+        files.client_ca.as_ref(),
+    ];
+    for p in paths.into_iter().flatten() {
+        if let Err(e) = std::fs::File::open(p) {
+            if e.kind() == ErrorKind::PermissionDenied && !is_root() {
+                let msg = format!("{}: this user may not read it", p.display());
+                return report.warn(check, msg, AS_ROOT);
+            }
+        }
+    }
+    let hint = "tls_cert_file: the PEM certificate chain, tls_key_file: its PEM private key \
+                (client_ca_file: the PEM CA of client certificates); gantry does not start \
+                without them";
+    if let Err(e) = crate::server::tls::Tls::load(files) {
+        return report.error(check, e, hint);
+    }
+    let mode = std::fs::metadata(&files.key).map_or(0, |m| m.permissions().mode());
+    if mode & 0o004 != 0 {
+        let msg = format!(
+            "the key {key} is readable by every user (mode {:o})",
+            mode & 0o7777
+        );
+        return report.warn(check, msg, &format!("`chmod o-rwx {key}`"));
+    }
+    let ca = match &files.client_ca {
+        Some(ca) => format!(", client CA {}", ca.display()),
+        None => String::new(),
+    };
+    report.ok(
+        check,
+        format!("{} and {key} load{ca}", files.cert.display()),
+    );
 }
 
 /// What gantry's systemd unit lets it see and write, as `systemctl show` tells.
@@ -347,6 +399,42 @@ fn sandbox(dir: &Path, unit: Option<&UnitSandbox>, problems: &mut Problems) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_files_must_load_and_keep_the_key_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let files = config::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: None,
+        };
+        let judged = |files: &config::TlsFiles| {
+            let mut r = Report::default();
+            tls_files(&mut r, "transfer TLS", files);
+            let f = r.0.pop().unwrap();
+            (f.status, f.message)
+        };
+        assert_eq!(judged(&files).0, Level::Error, "missing files");
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=gw", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(judged(&files).0, Level::Ok, "{:?}", judged(&files));
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (level, msg) = judged(&files);
+        assert_eq!(level, Level::Warning);
+        assert!(msg.contains("mode 644"), "{msg}");
+        std::fs::write(&cert, "not a certificate").unwrap();
+        assert_eq!(judged(&files).0, Level::Error);
+    }
 
     fn levels(r: &Report) -> Vec<(Level, &str)> {
         r.0.iter().map(|f| (f.status, f.message.as_str())).collect()

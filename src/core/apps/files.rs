@@ -9,13 +9,14 @@
 //! were loaded into Docker and are not kept, and gantry's own `gantry-app.json` is hidden.
 //! All functions block: async callers use `spawn_blocking`.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 
 use super::store::{AppStore, RECORD_FILE};
 use super::AppId;
+use crate::core::safe_fs;
 use crate::core::{CoreError, CoreResult};
 
 /// Separates the app id from the path inside its bundle.
@@ -109,76 +110,49 @@ pub fn path_parts(path: &str) -> CoreResult<Vec<&str>> {
     Ok(parts)
 }
 
-/// Follows `parts` from `root` without following symlinks: `Invalid` for a symlink on the
-/// way, `NotFound` for a missing part or gantry's own record file.
-fn resolve(root: &Path, parts: &[&str], display: &str) -> CoreResult<(PathBuf, fs::Metadata)> {
-    let not_found = || CoreError::NotFound(format!("no such file: {display}"));
-    if parts.first() == Some(&RECORD_FILE) {
-        return Err(not_found());
-    }
-    let mut path = root.to_path_buf();
-    let mut meta = fs::symlink_metadata(&path).map_err(|_| not_found())?;
-    for (i, part) in parts.iter().enumerate() {
-        if !meta.is_dir() {
-            return Err(not_found());
-        }
-        path.push(part);
-        meta = match fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found()),
-            Err(e) => return Err(CoreError::io(format!("cannot read {display}"), e)),
-        };
-        if meta.file_type().is_symlink() {
-            let at = parts[..=i].join("/");
-            return Err(CoreError::Invalid(format!(
-                "invalid file path \"{display}\": {at} is a symbolic link"
-            )));
-        }
-    }
-    Ok((path, meta))
-}
-
-/// The entries of `dir`, recursively, sorted by name. Symlinks and special files are left
-/// out; so is gantry's record at the root.
-fn list(dir: &Path, id_prefix: &str, root: bool, depth: usize) -> io::Result<Vec<FileNode>> {
+/// The entries of the open directory `dir`, recursively, sorted by name. Symlinks and
+/// special files are left out; so is gantry's record at the root.
+fn list(dir: &OwnedFd, id_prefix: &str, root: bool, depth: usize) -> io::Result<Vec<FileNode>> {
     let mut nodes = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let Ok(name) = entry.file_name().into_string() else {
+    for (name, kind) in safe_fs::entries(dir)? {
+        let Ok(name) = name.into_string() else {
             continue; // not UTF-8: not from a ZIP the bundle check accepted
         };
         if root && name == RECORD_FILE {
             continue;
         }
-        let kind = entry.file_type()?;
         let id = if root {
             format!("{id_prefix}{SEPARATOR}{name}")
         } else {
             format!("{id_prefix}/{name}")
         };
-        if kind.is_dir() {
-            let entries = if depth < MAX_DEPTH {
-                list(&entry.path(), &id, false, depth + 1)?
-            } else {
-                Vec::new()
-            };
-            nodes.push(FileNode::Dir { name, id, entries });
-        } else if kind.is_file() {
-            let size = entry.metadata()?.len();
-            let mime = mime_type(&name);
-            nodes.push(FileNode::File {
-                name,
-                id,
-                mime,
-                size,
-            });
+        match kind {
+            safe_fs::Kind::Dir => {
+                let entries = match safe_fs::open_subdir(dir, &name) {
+                    Ok(sub) if depth < MAX_DEPTH => list(&sub, &id, false, depth + 1)?,
+                    // Too deep, or swapped for a symlink since it was listed.
+                    _ => Vec::new(),
+                };
+                nodes.push(FileNode::Dir { name, id, entries });
+            }
+            safe_fs::Kind::File { size } => {
+                let mime = mime_type(&name);
+                nodes.push(FileNode::File {
+                    name,
+                    id,
+                    mime,
+                    size,
+                });
+            }
+            safe_fs::Kind::Other => {}
         }
     }
     nodes.sort_by(|a, b| a.name().cmp(b.name()));
     Ok(nodes)
 }
 
-/// Looks up `{appid}` or `{appid}//{path}` (decoded) in the store.
+/// Looks up `{appid}` or `{appid}//{path}` (decoded) in the store. No symlink is followed
+/// on the way (each part is opened below the one before with `O_NOFOLLOW`).
 pub fn lookup(store: &AppStore, id: &str) -> CoreResult<FileLookup> {
     if id.is_empty() {
         return Err(CoreError::Invalid("file id not given".into()));
@@ -186,32 +160,49 @@ pub fn lookup(store: &AppStore, id: &str) -> CoreResult<FileLookup> {
     let (app, path) = split_id(id, |a| store.contains(a));
     let parts = path_parts(path.unwrap_or(""))?;
     let stored = store.get(&app)?;
-    let (full, meta) = resolve(&stored.dir, &parts, id)?;
-    let failed = |e: io::Error| CoreError::io(format!("cannot read {id}"), e);
-    if meta.is_dir() {
-        let prefix = if parts.is_empty() {
-            app.as_str().to_string()
-        } else {
-            format!("{app}{SEPARATOR}{}", parts.join("/"))
-        };
-        return Ok(FileLookup::Dir(
-            list(&full, &prefix, parts.is_empty(), 0).map_err(failed)?,
-        ));
-    }
-    if !meta.is_file() {
+    if parts.first() == Some(&RECORD_FILE) {
         return Err(CoreError::NotFound(format!("no such file: {id}")));
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&full)
-        .map_err(failed)?;
-    let size = file.metadata().map_err(failed)?.len();
-    Ok(FileLookup::File {
-        file,
-        mime: mime_type(parts.last().copied().unwrap_or("")),
-        size,
-    })
+    let rel: PathBuf = parts.iter().collect();
+    let failed = |e: safe_fs::SafeFsError| match e {
+        e if e.is_not_found() => CoreError::NotFound(format!("no such file: {id}")),
+        e if matches!(e, safe_fs::SafeFsError::NotAFile(_)) || is_not_a_dir(&e) => {
+            CoreError::NotFound(format!("no such file: {id}"))
+        }
+        e @ safe_fs::SafeFsError::Symlink(_) => {
+            CoreError::Invalid(format!("invalid file path \"{id}\": {e}"))
+        }
+        e => CoreError::Failed(format!("cannot read {id}: {e}")),
+    };
+    match safe_fs::open_dir(&stored.dir, &rel) {
+        Ok(fd) => {
+            let prefix = if parts.is_empty() {
+                app.as_str().to_string()
+            } else {
+                format!("{app}{SEPARATOR}{}", parts.join("/"))
+            };
+            let nodes = list(&fd, &prefix, parts.is_empty(), 0)
+                .map_err(|e| CoreError::io(format!("cannot read {id}"), e))?;
+            Ok(FileLookup::Dir(nodes))
+        }
+        Err(e) if !is_not_a_dir(&e) => Err(failed(e)),
+        Err(_) => {
+            let file = safe_fs::open_file(&stored.dir, &rel).map_err(failed)?;
+            let size = file
+                .metadata()
+                .map_err(|e| CoreError::io(format!("cannot read {id}"), e))?
+                .len();
+            Ok(FileLookup::File {
+                file,
+                mime: mime_type(parts.last().copied().unwrap_or("")),
+                size,
+            })
+        }
+    }
+}
+
+fn is_not_a_dir(e: &safe_fs::SafeFsError) -> bool {
+    matches!(e, safe_fs::SafeFsError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOTDIR))
 }
 
 /// A MIME type by file extension (case-insensitive); `application/octet-stream` otherwise.
@@ -275,6 +266,7 @@ impl super::lifecycle::Apps {
 mod tests {
     use super::*;
     use crate::core::apps::AppConfig;
+    use std::fs;
 
     #[test]
     fn paths_that_could_escape_are_invalid() {

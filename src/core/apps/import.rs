@@ -336,19 +336,17 @@ async fn stream_images(
             file: name.clone(),
             size,
         });
-        let mut body = image.body;
         let sent = Arc::new(AtomicU64::new(0));
-        let counted = {
-            let sent = sent.clone();
-            Box::pin(stream::poll_fn(move |cx| {
-                let next = body.poll_recv(cx);
-                if let std::task::Poll::Ready(Some(Ok(b))) = &next {
-                    sent.fetch_add(b.len() as u64, Ordering::Relaxed);
-                }
-                next
-            }))
-        };
-        match load_body(engine, counted, &name, size, &sent, progress).await {
+        let counted = counted_body(image.body, sent.clone(), cancel);
+        let result = load_body(engine, counted, &name, size, &sent, progress).await;
+        if cancel.is_cancelled() && result.is_err() {
+            pre.error = Some((
+                ImportStep::LoadImages,
+                CoreError::Cancelled("the import was cancelled".into()),
+            ));
+            break;
+        }
+        match result {
             Ok(references) => {
                 match record_image(engine, loaded, name, references, progress).await {
                     Ok(record) => pre.records.push(record),
@@ -382,6 +380,34 @@ async fn stream_images(
         .filter(|e| pre.records.iter().any(|r| r.file == e.name))
         .collect();
     Ok((pre, upload))
+}
+
+/// An image's bytes as the walk streams them, counted into `sent`. A cancel breaks the body
+/// off with an error, so that Docker's load fails on the incomplete tarball instead of
+/// completing with the rest of the upload.
+fn counted_body(
+    mut body: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    sent: Arc<AtomicU64>,
+    cancel: &CancellationToken,
+) -> ByteStream {
+    use std::future::Future;
+    use std::task::Poll;
+    let mut cancelled = Box::pin(cancel.clone().cancelled_owned());
+    let mut broken = false;
+    Box::pin(stream::poll_fn(move |cx| {
+        if broken {
+            return Poll::Ready(None);
+        }
+        if cancelled.as_mut().poll(cx).is_ready() {
+            broken = true;
+            return Poll::Ready(Some(Err(std::io::Error::other("cancelled"))));
+        }
+        let next = body.poll_recv(cx);
+        if let Poll::Ready(Some(Ok(b))) = &next {
+            sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        next
+    }))
 }
 
 /// The image ids and references Docker has: what an import finds there is never its to
@@ -424,6 +450,45 @@ async fn record_image(
     })
 }
 
+/// The bundle's compose project (its `.env` interpolated), checked against the policy and,
+/// for volumes and networks another app (or none) owns, against Docker: refused now, not
+/// only at start.
+async fn plan_compose(
+    engine: &dyn ContainerEngine,
+    bundle: &Bundle,
+    app_dir: &Path,
+    policy: &crate::core::compose::ComposePolicy,
+) -> CoreResult<ComposeProject> {
+    let invalid =
+        |e: &dyn std::fmt::Display| CoreError::Invalid(format!("{}: {e}", bundle.compose_name()));
+    let vars: HashMap<String, String> = match bundle.env_file() {
+        Some(text) => interpolate::parse_env_file(text, &HashMap::new(), true)
+            .map_err(|e| CoreError::Invalid(format!(".env: {e}")))?
+            .into_iter()
+            .collect(),
+        None => HashMap::new(),
+    };
+    let id = bundle.id();
+    let project = ComposeProject::from_text(
+        app_dir,
+        &app_dir.join(bundle.compose_name()),
+        bundle.compose_yaml(),
+        &id.slug(),
+        id.as_str(),
+        &vars,
+        policy,
+    )
+    .map_err(|e| invalid(&e))?;
+    project
+        .check_owners(engine)
+        .await
+        .map_err(|e| match e.kind() {
+            crate::core::ErrorKind::Invalid => invalid(&e),
+            _ => CoreError::from(e),
+        })?;
+    Ok(project)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run(
     engine: &dyn ContainerEngine,
@@ -464,25 +529,7 @@ async fn run(
     step_done(ImportStep::ParseConfig, format!("app {id}"));
 
     *current = ImportStep::ParseCompose;
-    let app_dir = store.app_dir(&id);
-    let vars: HashMap<String, String> = bundle
-        .env_file()
-        .map(|text| {
-            interpolate::parse_env_file(text, &HashMap::new(), true)
-                .into_iter()
-                .collect()
-        })
-        .unwrap_or_default();
-    let project = ComposeProject::from_text(
-        &app_dir,
-        &app_dir.join(bundle.compose_name()),
-        bundle.compose_yaml(),
-        &id.slug(),
-        id.as_str(),
-        &vars,
-        &settings.policy,
-    )
-    .map_err(|e| CoreError::Invalid(format!("{}: {e}", bundle.compose_name())))?;
+    let project = plan_compose(engine, &bundle, &store.app_dir(&id), &settings.policy).await?;
     step_done(
         ImportStep::ParseCompose,
         format!("{} services", project.services().len()),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::import::{self, ImportOptions, ImportSettings, ProgressFn};
@@ -15,6 +16,8 @@ use super::AppId;
 use crate::core::compose::{ComposeProject, ContainerStatus, DownOptions};
 use crate::core::engine::{ContainerEngine, LogLine};
 use crate::core::events::{AppEvent, EventBus};
+use crate::core::view::state::AppEntry;
+use crate::core::view::{fetch, now_ns, LiveView, Snapshot};
 use crate::core::{CoreError, CoreResult, ErrorKind};
 
 /// An app's overall state, from its containers.
@@ -88,43 +91,18 @@ pub struct Apps {
     store: Arc<AppStore>,
     uploads: PathBuf,
     settings: ImportSettings,
-    /// Apps with an operation in flight, and which.
-    busy: Mutex<HashMap<AppId, &'static str>>,
     /// A refresh of all apps is running.
     refreshing: std::sync::atomic::AtomicBool,
-    /// Where app events go (the SSE stream).
+    /// Where app events go (the SSE stream); the view publishes App events on it.
     events: EventBus,
-    /// What each app looked like when last published, to publish App only on a change.
-    /// The async lock also orders concurrent publishers, so a stale view never follows a
-    /// newer one.
-    published: tokio::sync::Mutex<HashMap<AppId, Fingerprint>>,
+    /// What reads are served from: the apps with their busy marks and Docker's state.
+    view: Arc<LiveView>,
     /// How long an update waits for a recreated service to become healthy.
     pub(super) health_timeout: Duration,
 }
 
-/// The part of an app's state whose change is an App event: not e.g. Docker's "Up 3
-/// seconds" text, which changes all the time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint {
-    status: AppStatus,
-    busy: bool,
-    containers: Vec<(String, bool)>,
-}
-
-impl Fingerprint {
-    fn of(v: &AppView) -> Self {
-        let mut containers: Vec<_> = v
-            .containers
-            .iter()
-            .map(|c| (c.id.clone(), c.running))
-            .collect();
-        containers.sort();
-        Self {
-            status: v.status,
-            busy: v.busy,
-            containers,
-        }
-    }
+fn not_stored(id: &AppId) -> CoreError {
+    CoreError::NotFound(format!("no such app: {id}"))
 }
 
 /// Marks an app busy until dropped.
@@ -135,7 +113,7 @@ pub struct BusyGuard<'a> {
 
 impl Drop for BusyGuard<'_> {
     fn drop(&mut self) {
-        self.apps.busy_map().remove(&self.id);
+        self.apps.view.update(|s| s.busy.remove(&self.id));
     }
 }
 
@@ -154,6 +132,9 @@ impl<'a> Run<'a> {
     }
 }
 
+/// An app's log lines, streamed.
+pub type LogLines = std::pin::Pin<Box<dyn futures_util::Stream<Item = CoreResult<LogLine>> + Send>>;
+
 impl Apps {
     /// Opens the store under `state_dir/apps` and the upload area `state_dir/uploads`
     /// (emptied: uploads of a previous run are never resumed).
@@ -169,17 +150,29 @@ impl Apps {
             .map_err(|e| CoreError::io(format!("cannot create {}", uploads.display()), e))?;
         let mut settings = settings;
         settings.journal_dir = Some(state_dir.join("import-journal"));
-        Ok(Self {
+        let events = EventBus::default();
+        let apps = Self {
             engine,
             store,
             uploads,
             settings,
-            busy: Mutex::new(HashMap::new()),
             refreshing: std::sync::atomic::AtomicBool::new(false),
-            events: EventBus::default(),
-            published: tokio::sync::Mutex::new(HashMap::new()),
+            view: Arc::new(LiveView::new(events.clone())),
+            events,
             health_timeout: Duration::from_secs(300),
-        })
+        };
+        let entries: Vec<AppEntry> = apps
+            .store
+            .list()?
+            .into_iter()
+            .map(|a| apps.entry(a))
+            .collect();
+        apps.view.update(|s| {
+            for e in entries {
+                s.apps.insert(e.app.id().clone(), Arc::new(e));
+            }
+        });
+        Ok(apps)
     }
 
     /// Sets how long an update waits for a recreated service to become healthy.
@@ -190,39 +183,42 @@ impl Apps {
 
     /// Replaces the event bus (before anything subscribed), e.g. with a configured capacity.
     pub fn with_events(mut self, events: EventBus) -> Self {
+        self.view.set_events(events.clone());
         self.events = events;
         self
+    }
+
+    /// The live view the apps' reads are served from (and every other read of the core).
+    pub fn view(&self) -> &Arc<LiveView> {
+        &self.view
+    }
+
+    /// A stored app as the view keeps it: with its compose project and services (read as a
+    /// stop would read them: no host file, no policy check, so a switch turned off later
+    /// does not hide the app's services).
+    fn entry(&self, app: StoredApp) -> AppEntry {
+        let project = app.id().slug();
+        let services = self
+            .teardown_project(&app)
+            .ok()
+            .map(|p| p.services().into_iter().map(str::to_string).collect());
+        AppEntry {
+            app,
+            project,
+            services,
+        }
+    }
+
+    /// Reads the app's containers from Docker into the view (after an operation on it, and
+    /// for a refresh), so that every later read shows what the operation did.
+    async fn fetch(&self, id: &AppId) -> CoreResult<()> {
+        fetch::project(&self.view, self.engine.as_ref(), &id.slug()).await?;
+        Ok(())
     }
 
     /// App events: status changes, imports, removals, refreshes.
     pub fn events(&self) -> &EventBus {
         &self.events
-    }
-
-    /// Re-reads an app and publishes an App event when its state differs from the last one
-    /// published (always with `force`). A removed app is forgotten quietly.
-    pub async fn publish_app(&self, id: &AppId, force: bool) {
-        let mut published = self.published.lock().await;
-        let Ok(app) = self.stored(id) else {
-            published.remove(id);
-            return;
-        };
-        let view = self.view(app).await;
-        let print = Fingerprint::of(&view);
-        if force || published.get(id) != Some(&print) {
-            tracing::debug!(app = %id, status = ?view.status, busy = view.busy, "app event");
-            published.insert(id.clone(), print);
-            self.events.publish(AppEvent::App(view));
-        }
-    }
-
-    /// Publishes App for every app whose state changed since it was last published (after
-    /// the Docker event stream was (re)connected, when events in between are lost).
-    pub async fn publish_changes(&self) -> CoreResult<()> {
-        for app in self.store.list()? {
-            self.publish_app(app.id(), false).await;
-        }
-        Ok(())
     }
 
     /// Claims the "refresh all" slot; false when a refresh already runs.
@@ -251,7 +247,12 @@ impl Apps {
                     break;
                 }
                 tokio::select! {
-                    _ = self.publish_app(app.id(), true) => {}
+                    r = self.fetch(app.id()) => {
+                        if let Err(e) = r {
+                            tracing::debug!(app = %app.id(), error = %e, "cannot refresh an app");
+                        }
+                        self.view.publish_app(app.id());
+                    }
                     _ = cancel.cancelled() => break,
                 }
             }
@@ -274,27 +275,26 @@ impl Apps {
     /// only reads).
     pub async fn refresh(&self, id: &AppId, cancel: &CancellationToken) -> CoreResult<AppView> {
         let app = self.stored(id)?;
-        let view = {
+        {
             let _busy = self.claim(id, "refreshed")?;
-            self.project(&app)?;
+            let entry = self.entry(self.project(&app).map(|_| app)?);
+            self.view
+                .update(|s| s.apps.insert(id.clone(), Arc::new(entry)));
             tokio::select! {
-                v = self.view(app) => v,
+                r = self.fetch(id) => r?,
                 _ = cancel.cancelled() => {
                     return Err(CoreError::Cancelled(format!("the refresh of {id} was cancelled")))
                 }
             }
-        };
-        self.publish_app(id, false).await;
-        Ok(view)
+        }
+        self.get(id).await
     }
 
-    /// Compose projects whose containers exist on this host, gantry's or not.
+    /// The containers of every compose project on this host, gantry's or not (from the
+    /// view).
     pub async fn recognize(&self) -> CoreResult<Vec<bollard::models::ContainerSummary>> {
-        use crate::core::engine::Filter;
-        Ok(self
-            .engine
-            .list_containers_filtered(&[Filter::Label("com.docker.compose.project".into())])
-            .await?)
+        let snap = self.view.current().await?;
+        Ok(snap.compose_containers(now_ns()))
     }
 
     /// Start-up reconciliation: images loaded by imports that a crash interrupted are
@@ -318,27 +318,27 @@ impl Apps {
         Ok(())
     }
 
-    fn busy_map(&self) -> std::sync::MutexGuard<'_, HashMap<AppId, &'static str>> {
-        self.busy.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Claims an app for an operation; `Busy` when another one runs.
+    /// Claims an app for an operation; `Busy` when another one runs. The mark is in the
+    /// view, so reads and App events show it at once.
     pub fn claim(&self, id: &AppId, what: &'static str) -> CoreResult<BusyGuard<'_>> {
-        let mut busy = self.busy_map();
-        if let Some(other) = busy.get(id) {
-            return Err(CoreError::Busy(format!(
+        self.view.update(|s| match s.busy.get(id) {
+            Some(other) => Err(CoreError::Busy(format!(
                 "app is busy: {id} is being {other}"
-            )));
-        }
-        busy.insert(id.clone(), what);
+            ))),
+            None => {
+                s.busy.insert(id.clone(), what);
+                Ok(())
+            }
+        })?;
         Ok(BusyGuard {
             apps: self,
             id: id.clone(),
         })
     }
 
+    #[cfg(test)]
     pub fn is_busy(&self, id: &AppId) -> bool {
-        self.busy_map().contains_key(id)
+        self.view.snapshot().busy.contains_key(id)
     }
 
     /// A fresh temp file in the upload area, deleted when dropped.
@@ -376,12 +376,20 @@ impl Apps {
         self.import_zip(zip, None, options, cancel, progress).await
     }
 
-    /// Tells subscribers of a new app, whichever import path stored it.
+    /// Puts a new app into the view and tells subscribers, whichever import path stored it.
     async fn publish_import(&self, stored: &StoredApp) {
-        let mut published = self.published.lock().await;
-        let view = self.view(stored.clone()).await;
-        published.insert(stored.id().clone(), Fingerprint::of(&view));
-        self.events.publish(AppEvent::Import(view));
+        if let Err(e) = fetch::images(&self.view, self.engine.as_ref(), &[stored]).await {
+            tracing::debug!(error = %e, "cannot read the images after an import");
+        }
+        let _ = self.fetch(stored.id()).await;
+        let entry = Arc::new(self.entry(stored.clone()));
+        let id = stored.id().clone();
+        self.view.update_and_publish(
+            |s| {
+                s.apps.insert(id.clone(), entry);
+            },
+            |s, known| AppEvent::Import(s.app(&id, known, now_ns()).expect("just inserted")),
+        );
     }
 
     /// Imports an upload that is still arriving (see [`import::import`]): the caller
@@ -431,88 +439,54 @@ impl Apps {
         Ok(self.store.get(id)?)
     }
 
+    /// The app's project to start: every check of the policy, and its files read again.
     pub(super) fn project(&self, app: &StoredApp) -> CoreResult<ComposeProject> {
+        Self::load(app, &self.settings.policy)
+    }
+
+    /// The app's project to stop, remove or read the state of (see
+    /// [`crate::core::compose::ComposePolicy::teardown`]).
+    pub(super) fn teardown_project(&self, app: &StoredApp) -> CoreResult<ComposeProject> {
+        Self::load(app, &crate::core::compose::ComposePolicy::teardown())
+    }
+
+    fn load(
+        app: &StoredApp,
+        policy: &crate::core::compose::ComposePolicy,
+    ) -> CoreResult<ComposeProject> {
         ComposeProject::load(
             &app.dir,
             &app.id().slug(),
             app.id().as_str(),
             &HashMap::new(),
-            &self.settings.policy,
+            policy,
         )
         .map_err(|e| CoreError::from(e).context(app.id().to_string()))
     }
 
+    /// Every stored app with its live state, from the view (status Unknown while Docker
+    /// cannot be followed).
     pub async fn list(&self) -> CoreResult<Vec<AppView>> {
-        let apps = self.store.list()?;
-        let mut out = Vec::with_capacity(apps.len());
-        for app in apps {
-            out.push(self.view(app).await);
-        }
-        Ok(out)
+        let (snap, known) = self.snapshot().await;
+        Ok(snap.app_list(known, now_ns()))
     }
 
     pub async fn get(&self, id: &AppId) -> CoreResult<AppView> {
-        let app = self.stored(id)?;
-        Ok(self.view(app).await)
+        let (snap, known) = self.snapshot().await;
+        snap.app(id, known, now_ns())
+            .ok_or_else(|| self.stored(id).err().unwrap_or_else(|| not_stored(id)))
     }
 
-    /// The app with its live state; Docker being unreachable gives status Unknown.
-    async fn view(&self, app: StoredApp) -> AppView {
-        let busy = self.is_busy(app.id());
-        let (status, containers) = match self.containers(&app).await {
-            Ok(containers) => {
-                let running = containers.iter().filter(|c| c.running).count();
-                let expected = self
-                    .project(&app)
-                    .map(|p| p.services().len())
-                    .unwrap_or(containers.len());
-                let status = if running == 0 {
-                    AppStatus::Stopped
-                } else if running >= expected {
-                    AppStatus::Running
-                } else {
-                    AppStatus::PartiallyRunning
-                };
-                (status, containers)
-            }
-            Err(_) => (AppStatus::Unknown, Vec::new()),
-        };
-        let mut images = Vec::new();
-        for record in &app.record.images {
-            let name = record
-                .references
-                .first()
-                .cloned()
-                .unwrap_or_else(|| record.id.clone());
-            let inspect = self.engine.inspect_image(&name).await.ok();
-            images.push(AppImage {
-                name,
-                id: inspect
-                    .as_ref()
-                    .and_then(|i| i.id.clone())
-                    .or(Some(record.id.clone())),
-                created: inspect.as_ref().and_then(|i| i.created.clone()),
-                platform: inspect.as_ref().map(|i| {
-                    format!(
-                        "{}-{}",
-                        i.os.clone().unwrap_or_default(),
-                        i.architecture.clone().unwrap_or_default()
-                    )
-                }),
-                size: inspect.as_ref().and_then(|i| i.size),
-            });
-        }
-        AppView {
-            app,
-            status,
-            busy,
-            containers,
-            images,
+    /// The view's snapshot and whether it is current (else apps read as Unknown).
+    async fn snapshot(&self) -> (Arc<Snapshot>, bool) {
+        match self.view.current().await {
+            Ok(s) => (s, true),
+            Err(_) => (self.view.snapshot(), false),
         }
     }
 
     pub(super) async fn containers(&self, app: &StoredApp) -> CoreResult<Vec<ContainerStatus>> {
-        let project = self.project(app)?;
+        let project = self.teardown_project(app)?;
         let services = project.status(self.engine.as_ref()).await?;
         Ok(services.into_iter().flat_map(|s| s.containers).collect())
     }
@@ -529,23 +503,40 @@ impl Apps {
         cancel: &CancellationToken,
         on_line: LineFn<'_>,
     ) -> CoreResult<ProcessOutcome> {
-        let result = self.start_claimed(id, cancel, on_line).await;
-        if !matches!(&result, Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Busy)) {
-            self.publish_app(id, false).await;
+        self.claimed(id, "started", false, async |app| {
+            self.start_claimed(app, cancel, on_line).await
+        })
+        .await
+    }
+
+    /// After an operation on the app, before it answers (and while it is still busy):
+    /// its containers (and with `lists`, the images and volumes) as Docker has them now.
+    async fn fetch_after(&self, id: &AppId, lists: bool) {
+        let engine = self.engine.as_ref();
+        let result = if lists {
+            let (a, b, c) = tokio::join!(
+                self.fetch(id),
+                fetch::images(&self.view, engine, &[]),
+                fetch::volumes(&self.view, engine)
+            );
+            a.and(b.map_err(CoreError::from))
+                .and(c.map_err(CoreError::from))
+        } else {
+            self.fetch(id).await
+        };
+        if let Err(e) = result {
+            tracing::debug!(app = %id, error = %e, "cannot read the app's state after an operation");
         }
-        result
     }
 
     async fn start_claimed(
         &self,
-        id: &AppId,
+        app: &StoredApp,
         cancel: &CancellationToken,
         on_line: LineFn<'_>,
     ) -> CoreResult<ProcessOutcome> {
-        let app = self.stored(id)?;
-        let _busy = self.claim(id, "started")?;
-        self.publish_app(id, false).await;
-        let project = self.project(&app)?;
+        let id = app.id();
+        let project = self.project(app)?;
         let started = Instant::now();
         let command = format!(
             "docker-compose -p {} -f {} up -d",
@@ -565,7 +556,7 @@ impl Apps {
         };
         let Some(result) = result else {
             collect("Cancelled: stopping what was started");
-            self.undo_start(&app, &collect).await?;
+            self.undo_start(app, &collect).await?;
             return Err(CoreError::Cancelled(format!(
                 "the start of {id} was cancelled; the app was stopped"
             )));
@@ -614,19 +605,23 @@ impl Apps {
     }
 
     /// The last `lines` lines (all with None) of each of the app's containers, prefixed
-    /// `name | ` as `docker-compose logs` does.
-    pub async fn logs(&self, id: &AppId, lines: Option<u64>) -> CoreResult<Vec<LogLine>> {
+    /// `name | ` as `docker-compose logs` does, as Docker sends them (nothing is held whole).
+    /// An unknown app or an unreachable Docker fail here, before the first line.
+    pub async fn logs(&self, id: &AppId, lines: Option<u64>) -> CoreResult<LogLines> {
         let app = self.stored(id)?;
-        let mut out = Vec::new();
-        for c in self.containers(&app).await? {
-            for l in self.engine.container_logs(&c.id, lines).await? {
-                out.push(LogLine {
+        let containers = self.containers(&app).await?;
+        let engine = self.engine.clone();
+        let per_container = futures_util::stream::iter(containers).flat_map(move |c| {
+            let name = c.name.clone();
+            engine.container_logs(&c.id, lines).map(move |l| {
+                l.map(|l| LogLine {
                     stdout: l.stdout,
-                    text: format!("{} | {}", c.name, l.text),
-                });
-            }
-        }
-        Ok(out)
+                    text: format!("{name} | {}", l.text),
+                })
+                .map_err(CoreError::from)
+            })
+        });
+        Ok(Box::pin(per_container))
     }
 
     /// `docker-compose down`, natively; images and volumes only when asked and unused.
@@ -643,27 +638,28 @@ impl Apps {
         cancel: &CancellationToken,
         on_line: LineFn<'_>,
     ) -> CoreResult<ProcessOutcome> {
-        self.claimed(id, "stopped", async |app| {
+        let lists = options.remove_images || options.remove_volumes;
+        self.claimed(id, "stopped", lists, async |app| {
             self.stop_claimed(app, options, cancel, on_line).await
         })
         .await
     }
 
     /// Runs `work` on the stored app `id` claimed as `what` (Busy while another operation
-    /// runs on it), its state published before and after.
+    /// runs on it). Before the claim ends, what it did is read back into the view (the
+    /// app's containers; with `lists` the images and volumes too), so every read that starts
+    /// after the answer sees it, and the App event with the result comes before Busy false.
     pub(super) async fn claimed<T>(
         &self,
         id: &AppId,
         what: &'static str,
+        lists: bool,
         work: impl AsyncFnOnce(&StoredApp) -> CoreResult<T>,
     ) -> CoreResult<T> {
         let app = self.stored(id)?;
-        let result = {
-            let _busy = self.claim(id, what)?;
-            self.publish_app(id, false).await;
-            work(&app).await
-        };
-        self.publish_app(id, false).await;
+        let _busy = self.claim(id, what)?;
+        let result = work(&app).await;
+        self.fetch_after(id, lists).await;
         result
     }
 
@@ -784,7 +780,7 @@ impl Apps {
         remove_volumes: bool,
         on_line: LineFn<'_>,
     ) -> CoreResult<ProcessOutcome> {
-        let project = self.project(app)?;
+        let project = self.teardown_project(app)?;
         let started = Instant::now();
         let mut command = format!(
             "docker-compose -p {} -f {} down",
@@ -833,53 +829,56 @@ impl Apps {
 
     /// Removes an app: refuses while it runs unless forced (then stops it first).
     pub async fn remove(&self, id: &AppId, options: RemoveOptions) -> CoreResult<()> {
-        let result = self.remove_claimed(id, options).await;
+        let app = self.stored(id)?;
+        let _busy = self.claim(id, "removed")?;
+        let result = self.remove_claimed(&app, options).await;
         self.removed(id, result).await
     }
 
-    /// Publishes the end of a removal: Remove with the app's last view, or App when the app
-    /// is still there.
-    pub(super) async fn removed(&self, id: &AppId, result: CoreResult<AppView>) -> CoreResult<()> {
-        match result {
-            Ok(last) => {
-                self.published.lock().await.remove(id);
-                self.events.publish(AppEvent::Remove(last));
-                Ok(())
-            }
-            Err(e) => {
-                if !matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Busy) {
-                    self.publish_app(id, false).await;
-                }
-                Err(e)
-            }
-        }
+    /// The end of a removal (the app still claimed): Docker's state read back into the view,
+    /// then, when it succeeded, the app leaves the store and the view with a Remove event
+    /// carrying its last state.
+    pub(super) async fn removed(&self, id: &AppId, result: CoreResult<()>) -> CoreResult<()> {
+        self.fetch_after(id, true).await;
+        result?;
+        let (snap, known) = self.snapshot().await;
+        let mut last = snap
+            .app(id, known, now_ns())
+            .ok_or_else(|| not_stored(id))?;
+        last.busy = false;
+        self.store.remove(id)?;
+        self.view.update_and_publish(
+            |s| {
+                s.apps.remove(id);
+                s.busy.remove(id);
+            },
+            |_, _| AppEvent::Remove(last),
+        );
+        Ok(())
     }
 
-    /// Removes the app; answers its last view (not busy, stopped) for the Remove event.
-    async fn remove_claimed(&self, id: &AppId, options: RemoveOptions) -> CoreResult<AppView> {
-        let app = self.stored(id)?;
-        let _busy = self.claim(id, "removed")?;
-        self.publish_app(id, false).await;
-        let containers = self.containers(&app).await?;
+    /// Stops and removes the app's containers (and images when asked).
+    async fn remove_claimed(&self, app: &StoredApp, options: RemoveOptions) -> CoreResult<()> {
+        let id = app.id();
+        let containers = self.containers(app).await?;
         if containers.iter().any(|c| c.running) && !options.force {
             return Err(CoreError::Conflict(format!(
                 "app {id} is running; stop it first or remove with force=true"
             )));
         }
-        self.down(&app, false, options.remove_volumes, &|_| {})
+        self.down(app, false, options.remove_volumes, &|_| {})
             .await?;
         self.remove_stopped(app, options).await
     }
 
-    /// Removes a stopped app (claimed by the caller): the images its bundle brought when
-    /// asked (unless other apps need them), then its store entry; answers its last view.
+    /// Removes the images a stopped app's bundle brought (claimed by the caller), when
+    /// asked and unless other apps need them; [`Apps::removed`] then drops the app.
     pub(super) async fn remove_stopped(
         &self,
-        app: StoredApp,
+        app: &StoredApp,
         options: RemoveOptions,
-    ) -> CoreResult<AppView> {
-        let id = app.id().clone();
-        let id = &id;
+    ) -> CoreResult<()> {
+        let id = app.id();
         if options.remove_images {
             let protected = self.images_of_other_apps(id)?;
             for image in &app.record.images {
@@ -903,10 +902,7 @@ impl Apps {
                 }
             }
         }
-        let mut last = self.view(app).await;
-        last.busy = false;
-        self.store.remove(id)?;
-        Ok(last)
+        Ok(())
     }
 
     /// The store, for the Files API (`files.rs`).
@@ -926,7 +922,28 @@ impl Apps {
     pub fn readme(&self, id: &AppId) -> CoreResult<Option<PathBuf>> {
         Ok(self.stored(id)?.readme())
     }
+
+    /// A file directly in an app's directory (its icon, its readme), read whole: at most
+    /// [`MAX_SMALL_FILE_BYTES`], and not through a symlink planted since it was found.
+    pub async fn read_small_file(path: PathBuf) -> CoreResult<Vec<u8>> {
+        let read = move || {
+            let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+                return Err(CoreError::Invalid(format!(
+                    "{} is not a file",
+                    path.display()
+                )));
+            };
+            crate::core::safe_fs::read(dir, Path::new(name), MAX_SMALL_FILE_BYTES)
+                .map_err(|e| CoreError::Failed(format!("cannot read {}: {e}", path.display())))
+        };
+        tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|e| CoreError::Failed(format!("reading a file failed: {e}")))?
+    }
 }
+
+/// The largest icon or readme served.
+pub const MAX_SMALL_FILE_BYTES: u64 = 4 << 20;
 
 /// A `Write` that hands 64 KiB chunks to an async consumer through a bounded channel; used
 /// on a blocking thread, so the ZIP writer never holds more than a few chunks.
@@ -1022,7 +1039,8 @@ impl Apps {
                     .compression_method(zip::CompressionMethod::Deflated);
                 for rel in files {
                     zip.start_file(rel.as_str(), deflate)?;
-                    let mut f = std::fs::File::open(dir.join(&rel))?;
+                    let mut f = crate::core::safe_fs::open_file(&dir, Path::new(&rel))
+                        .map_err(std::io::Error::from)?;
                     std::io::copy(&mut f, &mut zip)?;
                 }
                 let stored = zip::write::SimpleFileOptions::default()
@@ -1049,30 +1067,12 @@ impl Apps {
     }
 }
 
-/// The app's files relative to its directory, sorted, without gantry's own metadata.
+/// The app's files relative to its directory, sorted, without gantry's own metadata; no
+/// symlink is followed (a container may have planted one in a directory it bind-mounts).
 fn list_files(dir: &Path) -> CoreResult<Vec<String>> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                walk(base, &path, out)?;
-            } else if kind.is_file() {
-                if let Ok(rel) = path.strip_prefix(base) {
-                    let rel = rel.to_string_lossy().into_owned();
-                    if rel != super::store::RECORD_FILE {
-                        out.push(rel);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out)
-        .map_err(|e| CoreError::io(format!("cannot read {}", dir.display()), e))?;
-    out.sort();
+    let mut out = crate::core::safe_fs::walk_files(dir)
+        .map_err(|e| CoreError::Failed(format!("cannot read {}: {e}", dir.display())))?;
+    out.retain(|rel| rel != super::store::RECORD_FILE);
     Ok(out)
 }
 
@@ -1106,6 +1106,26 @@ mod tests {
 
     /// A guard against a hang, not a timing assertion.
     const GUARD: Duration = Duration::from_secs(30);
+
+    /// Icons and readmes are read whole: capped, and never through a symlink a container
+    /// planted in its app directory.
+    #[tokio::test]
+    async fn small_files_are_capped_and_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("shadow"), "host secret").unwrap();
+        std::fs::write(dir.path().join("README.md"), "# hi").unwrap();
+        let read = |name: &str| Apps::read_small_file(dir.path().join(name));
+        assert_eq!(read("README.md").await.unwrap(), b"# hi");
+        std::os::unix::fs::symlink(outside.path().join("shadow"), dir.path().join("icon.svg"))
+            .unwrap();
+        let e = read("icon.svg").await.unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        let big = std::fs::File::create(dir.path().join("icon.png")).unwrap();
+        big.set_len(MAX_SMALL_FILE_BYTES + 1).unwrap();
+        let e = read("icon.png").await.unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
+    }
 
     #[tokio::test]
     async fn a_cancelled_stop_finishes_dockers_stop_and_never_leaves_the_app_busy() {

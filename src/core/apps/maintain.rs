@@ -57,7 +57,7 @@ impl Apps {
     /// start. Cancelled, the app returns to how it was: running again when it ran before,
     /// else without containers.
     pub async fn rebuild(&self, id: &AppId, run: Run<'_>) -> CoreResult<ProcessOutcome> {
-        self.claimed(id, "rebuilt", async |app| {
+        self.claimed(id, "rebuilt", false, async |app| {
             self.rebuild_claimed(app, run).await
         })
         .await
@@ -132,25 +132,20 @@ impl Apps {
     /// the stop is rolled back as any cancelled stop; once the app is stopped, the deletion
     /// is no longer cancellable and completes.
     pub async fn purge(&self, id: &AppId, run: Run<'_>) -> CoreResult<()> {
-        let result = self
-            .claimed(id, "purged", async |app| self.purge_claimed(app, run).await)
-            .await;
+        let app = self.stored(id)?;
+        let _busy = self.claim(id, "purged")?;
+        let result = self.purge_claimed(&app, run).await;
         self.removed(id, result).await
     }
 
-    async fn purge_claimed(
-        &self,
-        app: &StoredApp,
-        run: Run<'_>,
-    ) -> CoreResult<super::lifecycle::AppView> {
+    async fn purge_claimed(&self, app: &StoredApp, run: Run<'_>) -> CoreResult<()> {
         let stop = StopOptions {
             remove_images: true,
             remove_volumes: true,
         };
         self.stop_claimed(app, stop, run.cancel, run.out).await?;
         (run.out)(&format!("Deleting {}", app.id()));
-        self.remove_stopped(app.clone(), RemoveOptions::everything())
-            .await
+        self.remove_stopped(app, RemoveOptions::everything()).await
     }
 }
 

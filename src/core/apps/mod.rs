@@ -14,7 +14,6 @@ pub mod snapshots;
 pub mod store;
 pub mod stream;
 pub mod update;
-pub mod watch;
 
 use std::fmt;
 

@@ -404,7 +404,9 @@ fn valid_id(id: &AppId) -> bool {
 }
 
 fn read_record(dir: &Path) -> io::Result<AppRecord> {
-    let bytes = fs::read(dir.join(RECORD_FILE))?;
+    // A service that bind-mounts its app directory could swap the record for a symlink.
+    let bytes = crate::core::safe_fs::read(dir, Path::new(RECORD_FILE), 1 << 20)
+        .map_err(io::Error::from)?;
     serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 

@@ -32,7 +32,7 @@ impl Apps {
     /// Updates the app `id` (see the module's documentation). An app that is not running
     /// only gets its images pulled; the new ones are used at its next start.
     pub async fn update(&self, id: &AppId, run: Run<'_>) -> CoreResult<ProcessOutcome> {
-        self.claimed(id, "updated", async |app| {
+        self.claimed(id, "updated", true, async |app| {
             self.update_claimed(app, run).await
         })
         .await

@@ -8,6 +8,14 @@
 
 use std::collections::HashMap;
 
+/// The longest one interpolated value may become (a `.env` value, a compose string).
+pub const MAX_VALUE_BYTES: usize = 64 << 10;
+
+/// The most all interpolated values of one `.env` file, or of one compose document, may
+/// add up to. With [`MAX_VALUE_BYTES`] this bounds what a `.env` whose variables each repeat
+/// the one before can make: it is refused at the first value over the cap, in microseconds.
+pub const MAX_EXPANDED_BYTES: usize = 4 << 20;
+
 /// Why a string could not be interpolated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InterpolationError {
@@ -15,6 +23,17 @@ pub enum InterpolationError {
     Invalid,
     /// A `${VAR:?message}` / `${VAR?message}` variable was missing; carries the message.
     Required(String),
+    /// The value would exceed [`MAX_VALUE_BYTES`].
+    TooLarge,
+}
+
+/// Why a `.env`-style file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvFileError {
+    #[error("variable \"{0}\": its value would be longer than {MAX_VALUE_BYTES} bytes after interpolation")]
+    ValueTooLarge(String),
+    #[error("variable \"{0}\": the values would add up to more than {MAX_EXPANDED_BYTES} bytes after interpolation")]
+    TotalTooLarge(String),
 }
 
 fn is_name_start(c: char) -> bool {
@@ -32,9 +51,12 @@ pub fn interpolate(
     vars: &HashMap<String, String>,
     missing: &mut Vec<String>,
 ) -> Result<String, InterpolationError> {
-    let mut out = String::with_capacity(s.len());
+    let mut out = String::with_capacity(s.len().min(MAX_VALUE_BYTES));
     let mut rest = s;
     while let Some(pos) = rest.find('$') {
+        if out.len() > MAX_VALUE_BYTES {
+            return Err(InterpolationError::TooLarge);
+        }
         out.push_str(&rest[..pos]);
         let after = &rest[pos + 1..];
         let mut chars = after.chars();
@@ -62,6 +84,9 @@ pub fn interpolate(
         }
     }
     out.push_str(rest);
+    if out.len() > MAX_VALUE_BYTES {
+        return Err(InterpolationError::TooLarge);
+    }
     Ok(out)
 }
 
@@ -132,14 +157,17 @@ fn braced(
 /// values ending at ` #`. With `interpolate`, `${VAR}` forms in unquoted and double-quoted
 /// values are expanded from earlier lines and then `outer` (missing ones become "").
 /// A line without `=` sets nothing (dotenv gives it no value). Returns pairs in file order.
+/// A value longer than [`MAX_VALUE_BYTES`], or values adding up to more than
+/// [`MAX_EXPANDED_BYTES`], after interpolation, refuse the file.
 pub fn parse_env_file(
     text: &str,
     outer: &HashMap<String, String>,
     interpolate_values: bool,
-) -> Vec<(String, String)> {
+) -> Result<Vec<(String, String)>, EnvFileError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out: Vec<(String, String)> = Vec::new();
     let mut known: HashMap<String, String> = outer.clone();
+    let mut total = 0usize;
     for raw in text.lines() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -173,11 +201,24 @@ pub fn parse_env_file(
         };
         let value = if interpolate_values && expand {
             let mut ignored = Vec::new();
-            // dotenv leaves malformed templates as they are.
-            interpolate(&value, &known, &mut ignored).unwrap_or(value)
+            match interpolate(&value, &known, &mut ignored) {
+                Ok(v) => v,
+                Err(InterpolationError::TooLarge) => {
+                    return Err(EnvFileError::ValueTooLarge(key.to_string()))
+                }
+                // dotenv leaves malformed templates as they are.
+                Err(_) => value,
+            }
         } else {
             value
         };
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(EnvFileError::ValueTooLarge(key.to_string()));
+        }
+        total += value.len();
+        if total > MAX_EXPANDED_BYTES {
+            return Err(EnvFileError::TotalTooLarge(key.to_string()));
+        }
         known.insert(key.to_string(), value.clone());
         if let Some(slot) = out.iter_mut().find(|(k, _)| k == key) {
             slot.1 = value;
@@ -185,7 +226,7 @@ pub fn parse_env_file(
             out.push((key.to_string(), value));
         }
     }
-    out
+    Ok(out)
 }
 
 fn unescape_double_quoted(s: &str) -> String {
@@ -310,7 +351,7 @@ mod tests {
     #[test]
     fn env_file() {
         let text = "\u{feff}# comment\n\nA=1\nexport B = two \nC='lit $A'\nD=\"q\\n${A}\"\nE=x #c\nF=${A}${Z:-z}\nNOVALUE\nA=3\n";
-        let got = parse_env_file(text, &HashMap::new(), true);
+        let got = parse_env_file(text, &HashMap::new(), true).unwrap();
         let want: Vec<(String, String)> = [
             ("A", "3"),
             ("B", "two"),
@@ -323,7 +364,34 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         assert_eq!(got, want);
-        let raw = parse_env_file("F=${A}", &HashMap::new(), false);
+        let raw = parse_env_file("F=${A}", &HashMap::new(), false).unwrap();
         assert_eq!(raw[0].1, "${A}");
+    }
+
+    /// Each variable repeats the one before four times: without the caps, 40 lines would
+    /// ask for 4^40 bytes. Refused at the first value over the cap, at once.
+    #[test]
+    fn an_exponential_env_file_is_refused_quickly() {
+        let mut text = String::from("A0=xxxxxxxx\n");
+        for i in 1..40 {
+            let p = i - 1;
+            text += &format!("A{i}=${{A{p}}}${{A{p}}}${{A{p}}}${{A{p}}}\n");
+        }
+        let started = std::time::Instant::now();
+        let e = parse_env_file(&text, &HashMap::new(), true).unwrap_err();
+        assert!(
+            matches!(&e, EnvFileError::ValueTooLarge(k) if k == "A7"),
+            "{e}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_millis(500));
+        // Many values under the per-value cap still add up to the total cap.
+        let big = "y".repeat(MAX_VALUE_BYTES);
+        let many: String = (0..80).map(|i| format!("B{i}={big}\n")).collect();
+        assert!(matches!(
+            parse_env_file(&many, &HashMap::new(), true),
+            Err(EnvFileError::TotalTooLarge(_))
+        ));
+        let v = vars(&[("A", &big)]);
+        assert_eq!(run("$A$A", &v), Err(InterpolationError::TooLarge));
     }
 }

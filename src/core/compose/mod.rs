@@ -21,6 +21,7 @@ use std::time::Duration;
 use super::engine::{ContainerEngine, EngineError};
 use super::ErrorKind;
 
+pub(crate) use apply::port_mappings;
 pub use apply::{ContainerStatus, DownOptions, DownResult, ServiceStatus, UpResult};
 
 /// The compose files gantry looks for, in this order (first match wins).
@@ -55,6 +56,50 @@ pub struct ComposePolicy {
     pub allow_capabilities: bool,
     /// Host paths (besides the app's own directory) bind mounts may use.
     pub allowed_bind_paths: Vec<PathBuf>,
+    /// Volume `driver` (other than `local`) and `driver_opts` (which can mount any host
+    /// path: `type: none, o: bind, device: /`).
+    pub allow_volume_drivers: bool,
+    /// The host's namespaces: `network_mode: host`, `pid: host`, `ipc: host`, a network
+    /// named `host` or with the `host` driver.
+    pub allow_host_namespaces: bool,
+    /// What other apps own or no app owns: external (or explicitly named) volumes and
+    /// networks without this project's label, `network_mode: bridge` (Docker's default
+    /// network, shared by every container on it) and `network_mode: container:` outside
+    /// the app.
+    pub allow_shared_resources: bool,
+    /// Network drivers other than `bridge`, network `driver_opts` and `ipam`.
+    pub allow_network_options: bool,
+    /// `logging.driver` other than `local`, `json-file` and `journald`.
+    pub allow_logging_drivers: bool,
+    /// Host ports published ports may use (inclusive ranges); empty: any.
+    pub allowed_host_ports: Vec<(u16, u16)>,
+    /// Host addresses published ports may bind; empty: any.
+    pub allowed_host_ips: Vec<std::net::IpAddr>,
+    /// gantry's own listeners: a published TCP port that would collide with one is refused.
+    pub reserved: Vec<std::net::SocketAddr>,
+    /// Plan without reading env files or checking bind sources on disk.
+    pub skip_host_files: bool,
+}
+
+impl ComposePolicy {
+    /// What stopping, removing or reading the state of an app needs: its plan whatever the
+    /// policy says now (it may have changed since the import) and whatever its containers
+    /// did to its directory. Nothing is created with it.
+    pub fn teardown() -> ComposePolicy {
+        ComposePolicy {
+            allow_privileged: true,
+            allow_devices: true,
+            allow_capabilities: true,
+            allowed_bind_paths: vec![PathBuf::from("/")],
+            allow_volume_drivers: true,
+            allow_host_namespaces: true,
+            allow_shared_resources: true,
+            allow_network_options: true,
+            allow_logging_drivers: true,
+            skip_host_files: true,
+            ..ComposePolicy::default()
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +219,8 @@ pub struct ComposeProject {
     warnings: Vec<String>,
     wait_timeout: Duration,
     parallel_limit: usize,
+    /// `apps.allow_shared_resources`: volumes and networks of other apps (or of none).
+    allow_shared: bool,
 }
 
 impl ComposeProject {
@@ -187,19 +234,16 @@ impl ComposeProject {
         env: &HashMap<String, String>,
         policy: &ComposePolicy,
     ) -> Result<ComposeProject, ComposeError> {
-        let file = COMPOSE_FILE_NAMES
-            .iter()
-            .map(|n| dir.join(n))
-            .find(|p| p.is_file())
-            .ok_or_else(|| ComposeError::NoComposeFile {
-                dir: dir.to_path_buf(),
-            })?;
-        let text = read_limited(&file)?;
-        let env_path = dir.join(".env");
+        let (file, text) = read_compose_file(dir)?;
         let mut vars: HashMap<String, String> = HashMap::new();
-        if env_path.is_file() {
-            let env_text = read_limited(&env_path)?;
-            vars.extend(interpolate::parse_env_file(&env_text, env, true));
+        if let Some(env_text) = read_app_file(dir, ".env")? {
+            let parsed = interpolate::parse_env_file(&env_text, env, true).map_err(|e| {
+                ComposeError::Invalid {
+                    scope: ".env".into(),
+                    message: e.to_string(),
+                }
+            })?;
+            vars.extend(parsed);
         }
         vars.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
         Self::from_text(dir, &file, &text, project_name, app_id, &vars, policy)
@@ -247,6 +291,7 @@ impl ComposeProject {
             warnings,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
             parallel_limit: DEFAULT_PARALLEL_LIMIT,
+            allow_shared: policy.allow_shared_resources,
         })
     }
 
@@ -320,6 +365,12 @@ impl ComposeProject {
         apply::down(self, engine, options, on_line).await
     }
 
+    /// Refuses the volumes and networks that exist in Docker and belong to another app or to
+    /// none, unless the policy allows sharing (the import's check; `up` checks again).
+    pub async fn check_owners(&self, engine: &dyn ContainerEngine) -> Result<(), ComposeError> {
+        apply::check_owners(self, engine).await
+    }
+
     /// The state of each service's containers (services without one have none).
     pub async fn status(
         &self,
@@ -329,18 +380,30 @@ impl ComposeProject {
     }
 }
 
-fn read_limited(path: &Path) -> Result<String, ComposeError> {
-    let err = |message: String| ComposeError::Read {
-        path: path.to_path_buf(),
-        message,
-    };
-    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-    if meta.len() > MAX_COMPOSE_FILE_BYTES {
-        return Err(err(format!(
-            "the file is larger than {MAX_COMPOSE_FILE_BYTES} bytes"
-        )));
+/// The first compose file of [`COMPOSE_FILE_NAMES`] in `dir`: its path and text.
+fn read_compose_file(dir: &Path) -> Result<(PathBuf, String), ComposeError> {
+    for name in COMPOSE_FILE_NAMES {
+        if let Some(text) = read_app_file(dir, name)? {
+            return Ok((dir.join(name), text));
+        }
     }
-    std::fs::read_to_string(path).map_err(|e| err(e.to_string()))
+    Err(ComposeError::NoComposeFile {
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// The file `name` of the app directory `dir` (None when absent), read without following a
+/// symlink and at most [`MAX_COMPOSE_FILE_BYTES`]: a service that bind-mounts the app
+/// directory could otherwise point it anywhere between two starts.
+fn read_app_file(dir: &Path, name: &str) -> Result<Option<String>, ComposeError> {
+    match crate::core::safe_fs::read_text(dir, Path::new(name), MAX_COMPOSE_FILE_BYTES) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(ComposeError::Read {
+            path: dir.join(name),
+            message: e.to_string(),
+        }),
+    }
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, ComposeError> {
@@ -413,6 +476,41 @@ mod unit_tests {
         let p = load();
         assert_eq!(p.services(), vec!["other"]);
         assert!(p.compose_file().ends_with("compose.yaml"));
+    }
+
+    /// A service that bind-mounts its app directory may replace `.env` or the compose file
+    /// with a symlink to a host file between two starts: the next load refuses it, unread.
+    #[test]
+    fn load_follows_no_symlink() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let host_file = outside.path().join("secret");
+        std::fs::write(&host_file, "SECRET=1\n").unwrap();
+        let (pol, env) = (ComposePolicy::default(), HashMap::new());
+        let load = || ComposeProject::load(dir.path(), "demo", "d", &env, &pol);
+        std::fs::write(
+            dir.path().join("compose.yaml"),
+            "services: {web: {image: a}}",
+        )
+        .unwrap();
+        load().unwrap();
+        symlink(&host_file, dir.path().join(".env")).unwrap();
+        let e = load().unwrap_err();
+        assert!(matches!(e, ComposeError::Read { .. }), "{e:?}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        std::fs::remove_file(dir.path().join(".env")).unwrap();
+        std::fs::rename(
+            dir.path().join("compose.yaml"),
+            outside.path().join("c.yaml"),
+        )
+        .unwrap();
+        symlink(
+            outside.path().join("c.yaml"),
+            dir.path().join("compose.yaml"),
+        )
+        .unwrap();
+        assert!(load().unwrap_err().to_string().contains("symbolic link"));
     }
 
     #[test]

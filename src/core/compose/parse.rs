@@ -12,7 +12,7 @@ use docker_compose_types::{ComposeVolume, MapOrEmpty, NetworkSettings, Service};
 use indexmap::IndexMap;
 use serde_norway::{Mapping, Value};
 
-use super::interpolate::{interpolate, InterpolationError};
+use super::interpolate::{interpolate, InterpolationError, MAX_EXPANDED_BYTES, MAX_VALUE_BYTES};
 use super::{validate, ComposeError};
 
 /// The parsed compose file.
@@ -70,6 +70,8 @@ pub fn parse(text: &str, vars: &HashMap<String, String>) -> Result<ComposeModel,
     };
 
     let mut missing = Vec::new();
+    // What interpolation made so far: the whole document's values are capped together.
+    let mut expanded = 0usize;
     let mut model = ComposeModel {
         services: IndexMap::new(),
         networks: IndexMap::new(),
@@ -85,7 +87,7 @@ pub fn parse(text: &str, vars: &HashMap<String, String>) -> Result<ComposeModel,
                 unreachable!("validate::check accepts only mappings")
             };
             strip_extensions(&mut svc);
-            interpolate_entries(&scope, &mut svc, vars, &mut missing)?;
+            interpolate_entries(&scope, &mut svc, vars, &mut missing, &mut expanded)?;
             let extras = normalize_service(&scope, &mut svc)?;
             let spec: Service = serde_norway::from_value(Value::Mapping(svc))
                 .map_err(|e| invalid(&scope, e.to_string()))?;
@@ -103,7 +105,7 @@ pub fn parse(text: &str, vars: &HashMap<String, String>) -> Result<ComposeModel,
             let def = match def {
                 Value::Mapping(mut m) => {
                     strip_extensions(&mut m);
-                    interpolate_entries(&scope, &mut m, vars, &mut missing)?;
+                    interpolate_entries(&scope, &mut m, vars, &mut missing, &mut expanded)?;
                     normalize_resource(&scope, &mut m)?;
                     Some(m)
                 }
@@ -144,10 +146,20 @@ fn interpolate_entries(
     m: &mut Mapping,
     vars: &HashMap<String, String>,
     missing: &mut Vec<String>,
+    expanded: &mut usize,
 ) -> Result<(), ComposeError> {
     for (k, v) in m.iter_mut() {
         let key = k.as_str().unwrap_or_default();
-        interpolate_value(v, vars, missing).map_err(|(s, e)| match e {
+        interpolate_value(v, vars, missing, expanded).map_err(|(s, e)| match e {
+            InterpolationError::TooLarge => ComposeError::Interpolation {
+                scope: scope.to_string(),
+                key: key.to_string(),
+                message: format!(
+                    "interpolating \"{}\" would make a value over {MAX_VALUE_BYTES} bytes or \
+                     the compose file's values over {MAX_EXPANDED_BYTES} bytes",
+                    s.chars().take(64).collect::<String>()
+                ),
+            },
             InterpolationError::Invalid => ComposeError::Interpolation {
                 scope: scope.to_string(),
                 key: key.to_string(),
@@ -167,20 +179,25 @@ fn interpolate_value(
     v: &mut Value,
     vars: &HashMap<String, String>,
     missing: &mut Vec<String>,
+    expanded: &mut usize,
 ) -> Result<(), (String, InterpolationError)> {
     match v {
         Value::String(s) => {
             let out = interpolate(s, vars, missing).map_err(|e| (s.clone(), e))?;
+            *expanded += out.len();
+            if *expanded > MAX_EXPANDED_BYTES {
+                return Err((s.clone(), InterpolationError::TooLarge));
+            }
             *s = out;
         }
         Value::Sequence(items) => {
             for item in items {
-                interpolate_value(item, vars, missing)?;
+                interpolate_value(item, vars, missing, expanded)?;
             }
         }
         Value::Mapping(m) => {
             for (_, item) in m.iter_mut() {
-                interpolate_value(item, vars, missing)?;
+                interpolate_value(item, vars, missing, expanded)?;
             }
         }
         _ => {}
@@ -315,6 +332,8 @@ fn normalize_scalars(scope: &str, svc: &mut Mapping) -> Result<(), ComposeError>
         "container_name",
         "stop_signal",
         "network_mode",
+        "pid",
+        "ipc",
         "restart",
         "mem_limit",
         "shm_size",

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::FutureExt;
 use serde_json::Value;
 
-use super::plan::{LABEL_APP_ID, LABEL_CONFIG_HASH, LABEL_PROJECT, LABEL_SERVICE};
+use super::plan::labels::LABEL_APP_ID;
+use super::plan::{LABEL_CONFIG_HASH, LABEL_PROJECT, LABEL_SERVICE};
 use super::{ComposeError, ComposePolicy, ComposeProject, DownOptions};
 use crate::core::docker::DockerEngine;
 use crate::core::engine::{ContainerEngine, Filter};

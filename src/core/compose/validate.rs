@@ -45,6 +45,8 @@ pub const SERVICE_KEYS: &[&str] = &[
     "cap_drop",
     "privileged",
     "depends_on",
+    "pid",
+    "ipc",
 ];
 
 const HEALTHCHECK_KEYS: &[&str] = &[
@@ -90,6 +92,9 @@ fn unsupported(scope: &str, key: &str) -> ComposeError {
         "secrets" | "configs" => "; mount a file from the app directory instead",
         "profiles" | "extends" | "include" => "; this compose feature is not supported",
         "name" => "; the project name is derived from the app id",
+        "uts" | "userns_mode" | "cgroup" | "cgroup_parent" | "security_opt" => {
+            "; apps cannot change the host's namespaces or the container's confinement"
+        }
         _ => "",
     };
     ComposeError::UnsupportedKey {

@@ -6,6 +6,10 @@
 //! Creating, updating and deleting are long operations of the core ([`crate::core::ops`]);
 //! everything else is a direct call. What happens is published as [`FlowEvent`]s for the
 //! dialect to broadcast.
+//!
+//! Listings and the state part of a status (state, health, uptime) are read from the core's
+//! live view, with no Docker call; only the resource usage comes from Docker's stats. Every
+//! operation reads what it changed back into the view before it answers.
 
 mod code;
 pub mod error;
@@ -33,6 +37,8 @@ pub use status::{ContainerStatus, ResourceUsage};
 
 use crate::config::FlowConfig;
 use crate::core::engine::{ContainerEngine, EngineError, Filter};
+use crate::core::view::model::Container;
+use crate::core::view::{fetch, LiveView, Snapshot};
 use crate::core::{CoreError, CoreResult};
 
 /// The label every Flow Manager container carries, naming the dialect.
@@ -103,6 +109,8 @@ pub struct ContainerInfo {
 
 pub struct FlowManager {
     engine: Arc<dyn ContainerEngine>,
+    /// What listings and statuses are read from, and operations read their effect into.
+    view: Arc<LiveView>,
     settings: FlowConfig,
     sockets: Arc<sockets::Hub>,
     events: broadcast::Sender<FlowEvent>,
@@ -114,6 +122,7 @@ impl FlowManager {
     /// The service; nothing runs until [`FlowManager::start_up`].
     pub fn new(
         engine: Arc<dyn ContainerEngine>,
+        view: Arc<LiveView>,
         settings: FlowConfig,
         stop: CancellationToken,
     ) -> Arc<Self> {
@@ -127,6 +136,7 @@ impl FlowManager {
         ));
         Arc::new(Self {
             engine,
+            view,
             settings,
             sockets,
             events,
@@ -226,16 +236,27 @@ impl FlowManager {
         Ok(c)
     }
 
-    /// Every Flow Manager container.
+    /// The containers in `snap` this dialect created.
+    fn ours(snap: &Snapshot) -> impl Iterator<Item = &Arc<Container>> {
+        snap.containers
+            .values()
+            .filter(|c| c.label(LABEL_DIALECT) == Some(DIALECT))
+    }
+
+    /// Every Flow Manager container, from the live view.
     pub async fn list(&self) -> CoreResult<Vec<ContainerInfo>> {
-        let mut out: Vec<ContainerInfo> = self
-            .list_raw()
-            .await?
-            .into_iter()
-            .map(|c| status::summary_info(c, &self.sockets))
+        let snap = self.view.current().await?;
+        let now = crate::core::view::now_ns();
+        let mut out: Vec<ContainerInfo> = Self::ours(&snap)
+            .map(|c| status::summary_info(c.render(now), &self.sockets))
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// After an operation: the containers `keys` as Docker has them now, into the view.
+    async fn changed(&self, keys: &[&str]) {
+        fetch::changed(&self.view, self.engine.as_ref(), keys).await;
     }
 
     /// Starts a container (a running one stays running).
@@ -244,7 +265,9 @@ impl FlowManager {
         let lock = self.lock_of(&name_of(&c));
         let _held = lock.lock().await;
         if !status::is_running(&c) {
-            self.engine.start_container(&id_of(&c)).await?;
+            let started = self.engine.start_container(&id_of(&c)).await;
+            self.changed(&[&id_of(&c)]).await;
+            started?;
         }
         Ok(c)
     }
@@ -255,9 +278,12 @@ impl FlowManager {
         let lock = self.lock_of(&name_of(&c));
         let _held = lock.lock().await;
         let timeout = self.settings.stop_timeout_secs;
-        self.engine
+        let stopped = self
+            .engine
             .stop_container_with_timeout(&id_of(&c), timeout)
-            .await?;
+            .await;
+        self.changed(&[&id_of(&c)]).await;
+        stopped?;
         Ok(c)
     }
 
@@ -265,7 +291,9 @@ impl FlowManager {
         let c = self.resolve(id).await?;
         let lock = self.lock_of(&name_of(&c));
         let _held = lock.lock().await;
-        self.engine.restart_container(&id_of(&c)).await?;
+        let restarted = self.engine.restart_container(&id_of(&c)).await;
+        self.changed(&[&id_of(&c)]).await;
+        restarted?;
         Ok(c)
     }
 
@@ -299,6 +327,20 @@ impl FlowManager {
 /// The container's id.
 pub fn id_of(c: &ContainerInspectResponse) -> String {
     c.id.clone().unwrap_or_default()
+}
+
+/// The texts of the last `lines` lines the container wrote (long lines come in parts).
+async fn log_tail(
+    engine: &dyn ContainerEngine,
+    id: &str,
+    lines: u64,
+) -> crate::core::engine::EngineResult<Vec<String>> {
+    use futures_util::TryStreamExt;
+    engine
+        .container_logs(id, Some(lines))
+        .map_ok(|l| l.text)
+        .try_collect()
+        .await
 }
 
 /// The container's name, without Docker's leading `/`.

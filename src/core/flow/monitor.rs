@@ -1,7 +1,7 @@
 //! Watches the Flow Manager's containers through Docker's event stream (no per-container
 //! polling): state changes, crashes and health warnings as they happen, including those made
 //! behind gantry's back (`docker stop`), and a status update of every container each
-//! `status_interval`.
+//! `status_interval` (its state from the live view, its resource usage from Docker's stats).
 //!
 //! A crash is a `die` with a non-zero exit code that no stop or kill asked for: `docker
 //! stop`, `docker kill` and gantry's own stop, restart and update all send a `kill` event
@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{FlowEvent, FlowManager, DIALECT, LABEL_DIALECT};
+use super::{log_tail, FlowEvent, FlowManager, DIALECT, LABEL_DIALECT};
 use crate::core::engine::{ContainerEvent, CpuCounters, Filter, Resubscribe};
 
 /// What the monitor remembers of one container.
@@ -127,8 +127,8 @@ impl FlowManager {
 
     async fn crashed(self: Arc<Self>, event: ContainerEvent, exit_code: i64, oom_killed: bool) {
         let lines = u64::from(self.settings.crash_log_lines);
-        let logs = match self.engine.container_logs(&event.id, Some(lines)).await {
-            Ok(l) => l.into_iter().map(|l| l.text).collect(),
+        let logs = match log_tail(self.engine.as_ref(), &event.id, lines).await {
+            Ok(l) => l,
             Err(e) => vec![format!("(logs unavailable: {e})")],
         };
         self.publish(FlowEvent::Crashed {
@@ -216,10 +216,11 @@ pub async fn periodic(flow: Arc<FlowManager>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Ok(all) = flow.list_raw().await else {
+        // The containers and their state from the live view; only the stats ask Docker.
+        let Ok(snap) = flow.view.current().await else {
             continue;
         };
-        let ids: Vec<String> = all.into_iter().filter_map(|c| c.id).collect();
+        let ids: Vec<String> = FlowManager::ours(&snap).map(|c| c.id.clone()).collect();
         let statuses = futures_util::stream::iter(ids)
             .map(|id| {
                 let flow = flow.clone();

@@ -16,6 +16,7 @@ use super::{
 use crate::core::engine::EngineError;
 use crate::core::ops::{Operation, Reporter, Start, Summary};
 use crate::core::tasks::TaskKind;
+use crate::core::view::fetch;
 use crate::core::{Core, CoreError, CoreResult};
 
 /// What a Flow Manager operation is doing.
@@ -59,8 +60,13 @@ impl FlowManager {
         }
         r.report(FlowStep::PullingImage(image.to_string()));
         let pulled = tokio::select! {
-            p = self.engine.pull_image(image) => p,
-            _ = cancel.cancelled() => return Err(CoreError::Cancelled("the create was cancelled".into())),
+            p = self.engine.pull_image(image) => Some(p),
+            _ = cancel.cancelled() => None,
+        };
+        // Also a pull broken off may have brought the image.
+        fetch::images_changed(&self.view, self.engine.as_ref()).await;
+        let Some(pulled) = pulled else {
+            return Err(CoreError::Cancelled("the create was cancelled".into()));
         };
         pulled.map_err(|e| {
             FlowError::ImageNotFound(format!(
@@ -100,8 +106,10 @@ impl FlowManager {
             .await?;
         if let Err(e) = self.sockets.open(&name, &id, &path) {
             let _ = self.engine.remove_container(&id, true, true).await;
+            self.changed(&[&id]).await;
             return Err(e.into());
         }
+        self.changed(&[&id]).await;
         let c = self.engine.inspect_container(&id).await?;
         Ok(inspect_info(&c, path))
     }
@@ -111,7 +119,9 @@ impl FlowManager {
         let name = name_of(&c);
         let lock = self.lock_of(&name);
         let _held = lock.lock().await;
-        self.engine.remove_container(&id_of(&c), true, true).await?;
+        let removed = self.engine.remove_container(&id_of(&c), true, true).await;
+        self.changed(&[&id_of(&c)]).await;
+        removed?;
         self.sockets.close(&name);
         let dir = self.settings.socket_dir.clone();
         let n = name.clone();

@@ -1,5 +1,6 @@
-//! A container's status as the Flow Manager reports it: Docker's state and health, uptime,
-//! its socket, and resource usage computed from Docker's stats.
+//! A container's status as the Flow Manager reports it: Docker's state and health and the
+//! uptime (from the live view), its socket, and resource usage computed from Docker's stats
+//! (the one part asked of Docker).
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -7,8 +8,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bollard::models::{ContainerInspectResponse, ContainerSummary};
 
 use super::sockets::Hub;
-use super::{id_of, name_of, ContainerInfo, FlowManager, LABEL_SOCKET};
+use super::{
+    id_of, name_of, ContainerInfo, FlowError, FlowManager, DIALECT, LABEL_DIALECT, LABEL_SOCKET,
+};
 use crate::core::engine::{CpuCounters, ResourceSample};
+use crate::core::view::model::{Container, Health, RunState};
+use crate::core::view::now_ns;
 use crate::core::CoreResult;
 
 /// Resource usage of a running container.
@@ -52,41 +57,6 @@ pub fn state_of(c: &ContainerInspectResponse) -> String {
         .map_or_else(|| "dead".to_string(), |s| s.to_string())
 }
 
-fn health_of(c: &ContainerInspectResponse) -> String {
-    c.state
-        .as_ref()
-        .and_then(|s| s.health.as_ref())
-        .and_then(|h| h.status)
-        .map(|s| s.to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "none".to_string())
-}
-
-/// Seconds since the epoch of an RFC 3339 UTC time as Docker writes it
-/// (`2024-02-29T12:00:00.123456789Z`); None for Docker's zero time or anything else.
-pub fn parse_time(s: &str) -> Option<SystemTime> {
-    let (date, time) = s.strip_suffix('Z')?.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = hms.splitn(3, ':').map(|p| p.parse::<u64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    if y < 1970 || !(1..=12).contains(&m) {
-        return None;
-    }
-    // Howard Hinnant's days_from_civil.
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
-    let nanos: u32 = format!("{frac:0<9}")[..9].parse().ok()?;
-    let secs = days * 86_400 + hh * 3_600 + mm * 60 + ss;
-    Some(UNIX_EPOCH + Duration::new(secs, nanos))
-}
-
 /// Python's `str(timedelta)` without the fraction: `0:10:30`, `1 day, 2:03:04`.
 pub fn uptime_text(d: Duration) -> String {
     let s = d.as_secs();
@@ -99,16 +69,21 @@ pub fn uptime_text(d: Duration) -> String {
     }
 }
 
-fn uptime_of(c: &ContainerInspectResponse) -> Option<String> {
-    if !is_running(c) {
+/// Running as Docker's `State.Running` says it: also while paused or restarting.
+fn docker_running(run: RunState) -> bool {
+    matches!(
+        run,
+        RunState::Running | RunState::Paused | RunState::Restarting
+    )
+}
+
+/// The time since the container started, while it runs.
+fn uptime_of(c: &Container, now: i64) -> Option<String> {
+    if !docker_running(c.state.run) {
         return None;
     }
-    let started = parse_time(c.state.as_ref()?.started_at.as_deref()?)?;
-    Some(uptime_text(
-        SystemTime::now()
-            .duration_since(started)
-            .unwrap_or_default(),
-    ))
+    let up = u64::try_from(now - c.state.started_at?).unwrap_or(0);
+    Some(uptime_text(Duration::from_nanos(up)))
 }
 
 fn percent(part: f64, whole: f64) -> f64 {
@@ -220,57 +195,52 @@ pub fn inspect_info(c: &ContainerInspectResponse, socket_path: PathBuf) -> Conta
 }
 
 impl FlowManager {
-    /// The status of container `id`. `precise`: ask Docker for two samples a second apart
-    /// (an accurate CPU share); else one sample against the previous one seen.
+    /// The status of container `id` (an id, id prefix or name): its state, health and
+    /// uptime from the live view, its resource usage from Docker's stats. `precise`: ask
+    /// Docker for two samples a second apart (an accurate CPU share); else one sample
+    /// against the previous one seen.
     pub async fn status(&self, id: &str, precise: bool) -> CoreResult<ContainerStatus> {
-        let c = self.resolve(id).await?;
-        let (id, name) = (id_of(&c), name_of(&c));
+        let snap = self.view.current().await?;
+        let c = snap
+            .container(id)
+            .filter(|c| c.label(LABEL_DIALECT) == Some(DIALECT))
+            .ok_or_else(|| FlowError::ContainerNotFound(format!("container {id} not found")))?;
+        let (id, name, running) = (c.id.clone(), c.name.clone(), docker_running(c.state.run));
         let ep = self.sockets.get(&name);
-        let resources = if is_running(&c) {
-            match self.engine.resource_usage(&id, !precise).await {
-                Ok(sample) => {
-                    let previous = self.monitor.swap_cpu(&id, sample.cpu);
-                    Some(usage(&sample, previous))
-                }
-                Err(e) => {
-                    tracing::debug!(container = %name, error = %e, "no stats");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        Ok(ContainerStatus {
-            state: state_of(&c),
-            health: health_of(&c),
-            uptime: uptime_of(&c),
+        let mut status = ContainerStatus {
+            state: c.state.run.word().to_string(),
+            health: c.state.health.map_or("none", Health::word).to_string(),
+            uptime: uptime_of(c, now_ns()),
             socket_connected: ep.as_ref().is_some_and(|e| e.connected()),
             last_communication: ep.as_ref().and_then(|e| e.last_communication()),
-            resources,
+            resources: None,
             id,
             name,
-        })
+        };
+        if running {
+            status.resources = self.resources(&status.id, &status.name, precise).await;
+        }
+        Ok(status)
+    }
+
+    /// The container's resource usage from Docker's stats; None when Docker has none.
+    async fn resources(&self, id: &str, name: &str, precise: bool) -> Option<ResourceUsage> {
+        match self.engine.resource_usage(id, !precise).await {
+            Ok(sample) => {
+                let previous = self.monitor.swap_cpu(id, sample.cpu);
+                Some(usage(&sample, previous))
+            }
+            Err(e) => {
+                tracing::debug!(container = %name, error = %e, "no stats");
+                None
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn docker_times_parse() {
-        let t = parse_time("2024-02-29T12:00:01.5Z").unwrap();
-        assert_eq!(
-            t.duration_since(UNIX_EPOCH).unwrap(),
-            Duration::new(1_709_208_001, 500_000_000)
-        );
-        assert_eq!(
-            crate::core::apps::store::rfc3339(parse_time("1999-12-31T23:59:59Z").unwrap()),
-            "1999-12-31T23:59:59Z"
-        );
-        assert_eq!(parse_time("0001-01-01T00:00:00Z"), None);
-        assert_eq!(parse_time("yesterday"), None);
-    }
 
     #[test]
     fn uptime_reads_like_python() {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse};
 
 use super::status::is_running;
-use super::{code, id_of, name_of, FlowManager, CODE_TARGET};
+use super::{code, id_of, log_tail, name_of, FlowManager, CODE_TARGET};
 use crate::core::{CoreError, CoreResult};
 
 /// The outcome of an update.
@@ -103,7 +103,13 @@ impl FlowManager {
             .map_err(|e| {
                 CoreError::io(format!("cannot copy the code from {}", src.display()), e)
             })?;
-        match self.recreate(&c, swap.live()).await {
+        let recreated = self.recreate(&c, swap.live()).await;
+        // The old container (renamed, removed, or back under its name) and the new one.
+        match &recreated {
+            Ok(new_id) => self.changed(&[&id_of(&c), new_id]).await,
+            Err(_) => self.changed(&[&id_of(&c)]).await,
+        }
+        match recreated {
             Ok(new_id) => {
                 if let Err(e) = swap.commit() {
                     tracing::warn!(container = %name, error = %e, "cannot remove the old code");
@@ -123,6 +129,7 @@ impl FlowManager {
                     if let Err(e) = self.engine.start_container(&id_of(&c)).await {
                         tracing::error!(container = %name, error = %e, "rollback: cannot start the old container");
                     }
+                    self.changed(&[&id_of(&c)]).await;
                 }
                 Err(e.context(format!("updating {name} failed and was rolled back")))
             }
@@ -181,12 +188,9 @@ impl FlowManager {
                 return Ok(());
             }
             let code = c.state.as_ref().and_then(|s| s.exit_code).unwrap_or(0);
-            let logs = self
-                .engine
-                .container_logs(&new, Some(5))
+            let tail = log_tail(self.engine.as_ref(), &new, 5)
                 .await
                 .unwrap_or_default();
-            let tail: Vec<String> = logs.into_iter().map(|l| l.text).collect();
             let why = format!(
                 "the updated container exited with code {code} right after its start: {}",
                 tail.join(" | ")
@@ -196,6 +200,7 @@ impl FlowManager {
         .await;
         if result.is_err() {
             let _ = self.engine.remove_container(&new, true, false).await;
+            self.changed(&[&new]).await;
         }
         result.map(|()| new)
     }

@@ -32,6 +32,7 @@ use super::network::{
     Protocol,
 };
 use super::power::{Power, PowerAction, PowerError};
+use super::view::{fetch, LiveView};
 use super::ErrorKind;
 use locks::KeyedLocks;
 pub use upgrade::UpgradeCommand;
@@ -155,6 +156,9 @@ pub struct IntervirtAgent {
     /// Held shared by ordinary requests, exclusively by wipe, update and power commands.
     global: RwLock<()>,
     names: KeyedLocks,
+    /// The core's live view, told of every change a request made before it answers (so
+    /// reads of every dialect see it) and asked for the list of Intervirt containers.
+    view: std::sync::OnceLock<Arc<LiveView>>,
 }
 
 /// A power action that is ready to run once the client has its answer.
@@ -213,7 +217,27 @@ impl IntervirtAgent {
             power,
             global: RwLock::new(()),
             names: KeyedLocks::default(),
+            view: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Keeps `view` in step with what requests change (once, when the core is built).
+    pub fn follow_view(&self, view: Arc<LiveView>) {
+        let _ = self.view.set(view);
+    }
+
+    /// After a request: the containers it touched (None: possibly all of them), as Docker
+    /// has them now, into the view.
+    async fn view_changed(&self, name: Option<&str>) {
+        let Some(view) = self.view.get() else { return };
+        let engine = self.engine.as_ref();
+        let result = match name {
+            Some(n) => fetch::container(view, engine, n, true).await,
+            None => fetch::all(view, engine).await,
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "cannot read Docker's state after a request");
+        }
     }
 
     /// Brings the guest back to the stored topology: starts the containers a power command
@@ -276,7 +300,19 @@ impl IntervirtAgent {
         }
     }
 
+    /// The names of the Intervirt containers, from the view when it is current.
     async fn list(&self) -> AgentResult<Vec<String>> {
+        if let Some(view) = self.view.get().filter(|v| v.is_current()) {
+            let snap = view.snapshot();
+            let mut names: Vec<String> = snap
+                .containers
+                .values()
+                .filter(|c| c.label(LABEL) == Some("1"))
+                .map(|c| c.name.clone())
+                .collect();
+            names.sort();
+            return Ok(names);
+        }
         let all = self
             .engine
             .list_containers_filtered(&[Filter::Label(format!("{LABEL}=1"))])
@@ -293,6 +329,13 @@ impl IntervirtAgent {
     // --- requests ----------------------------------------------------------------------------
 
     pub async fn add_container(&self, spec: NewContainer) -> AgentResult<()> {
+        let name = spec.name.clone();
+        let result = self.add_container_in(spec).await;
+        self.view_changed(Some(&name)).await;
+        result
+    }
+
+    async fn add_container_in(&self, spec: NewContainer) -> AgentResult<()> {
         let _all = self.global.read().await;
         let _name = self.names.lock(&spec.name).await;
         let name = spec.name.clone();
@@ -401,6 +444,12 @@ impl IntervirtAgent {
     }
 
     pub async fn remove_container(&self, name: &str, progress: ProgressSink) -> AgentResult<()> {
+        let result = self.remove_container_in(name, progress).await;
+        self.view_changed(Some(name)).await;
+        result
+    }
+
+    async fn remove_container_in(&self, name: &str, progress: ProgressSink) -> AgentResult<()> {
         let _all = self.global.read().await;
         let _name = self.names.lock(name).await;
         let known = self.known(name).await?;
@@ -451,6 +500,12 @@ impl IntervirtAgent {
     }
 
     pub async fn start_container(&self, name: &str) -> AgentResult<()> {
+        let result = self.start_container_in(name).await;
+        self.view_changed(Some(name)).await;
+        result
+    }
+
+    async fn start_container_in(&self, name: &str) -> AgentResult<()> {
         let _all = self.global.read().await;
         let _name = self.names.lock(name).await;
         self.require_known(name).await?;
@@ -468,6 +523,12 @@ impl IntervirtAgent {
     }
 
     pub async fn stop_container(&self, name: &str) -> AgentResult<()> {
+        let result = self.stop_container_in(name).await;
+        self.view_changed(Some(name)).await;
+        result
+    }
+
+    async fn stop_container_in(&self, name: &str) -> AgentResult<()> {
         let _all = self.global.read().await;
         let _name = self.names.lock(name).await;
         self.require_known(name).await?;
@@ -547,6 +608,12 @@ impl IntervirtAgent {
     /// Removes every Intervirt container and all of the dataplane's state, one progress
     /// message per step. Goes on after a failed step and reports every failure at the end.
     pub async fn wipe(&self, progress: ProgressSink) -> AgentResult<()> {
+        let result = self.wipe_in(progress).await;
+        self.view_changed(None).await;
+        result
+    }
+
+    async fn wipe_in(&self, progress: ProgressSink) -> AgentResult<()> {
         let _all = self.global.write().await;
         let mut errors = Vec::new();
         let names = match self.list().await {
@@ -589,6 +656,12 @@ impl IntervirtAgent {
     /// again when a registry answers, the container recreated when the image changed, else
     /// restarted when it was running; each keeps its network.
     pub async fn update(&self, progress: ProgressSink) -> AgentResult<()> {
+        let result = self.update_in(progress).await;
+        self.view_changed(None).await;
+        result
+    }
+
+    async fn update_in(&self, progress: ProgressSink) -> AgentResult<()> {
         let _all = self.global.write().await;
         match self.settings.upgrade_command.resolve() {
             Some(argv) => {
@@ -712,6 +785,7 @@ impl IntervirtAgent {
             }
             let n = name.clone();
             let _ = self.net(move |d| d.detach(&n)).await;
+            self.view_changed(Some(name)).await;
         }
         Ok(PowerOrder {
             power: self.power.clone(),

@@ -343,6 +343,15 @@ fn rule(chain: &'static str, expr: Vec<Statement<'static>>) -> NfListObject<'sta
 
 /// The whole table: sets and maps filled with `elements`, the fixed chains and rules.
 fn table_objects(elements: &Elements) -> Vec<NfListObject<'static>> {
+    let mut objects = declarations(elements);
+    objects.extend(forward_rules().into_iter().map(|r| rule("forward", r)));
+    objects.extend(input_rules().into_iter().map(|r| rule("input", r)));
+    objects.extend(nat_rules());
+    objects
+}
+
+/// The sets and maps, filled with `elements`, and the chains.
+fn declarations(elements: &Elements) -> Vec<NfListObject<'static>> {
     let mut by_set: BTreeMap<&'static str, Vec<Expression<'static>>> = BTreeMap::new();
     for e in elements {
         by_set
@@ -352,7 +361,7 @@ fn table_objects(elements: &Elements) -> Vec<NfListObject<'static>> {
     }
     let mut take = |name: &'static str| by_set.remove(name).unwrap_or_default();
     use SetType::*;
-    let mut objects = vec![
+    vec![
         set("links4", &[Ipv4Addr, Ipv4Addr], take("links4")),
         set("links6", &[Ipv6Addr, Ipv6Addr], take("links6")),
         set("src4", &[Ifname, Ipv4Addr], take("src4")),
@@ -368,10 +377,23 @@ fn table_objects(elements: &Elements) -> Vec<NfListObject<'static>> {
         chain("prerouting", NfChainType::NAT, NfHook::Prerouting, -100),
         chain("output", NfChainType::NAT, NfHook::Output, -100),
         chain("postrouting", NfChainType::NAT, NfHook::Postrouting, 100),
-    ];
+    ]
+}
+
+/// `ct state { established, related }`: answers to a flow already let through.
+fn established() -> Statement<'static> {
+    matches(
+        Operator::IN,
+        ct("state"),
+        Expression::List(vec![string("established"), string("related")]),
+    )
+}
+
+/// The forward chain's rules, in order.
+fn forward_rules() -> Vec<Vec<Statement<'static>>> {
     let addr4 = || concat(vec![field("ip", "saddr"), field("ip", "daddr")]);
     let addr6 = || concat(vec![field("ip6", "saddr"), field("ip6", "daddr")]);
-    let forward = [
+    vec![
         // A container sends only from its own addresses.
         vec![
             iif_gantry(),
@@ -429,41 +451,32 @@ fn table_objects(elements: &Elements) -> Vec<NfListObject<'static>> {
             accept(),
         ],
         vec![iif_gantry(), drop_()],
-        vec![
-            oif_gantry(),
-            matches(
-                Operator::IN,
-                ct("state"),
-                Expression::List(vec![string("established"), string("related")]),
-            ),
-            accept(),
-        ],
+        vec![oif_gantry(), established(), accept()],
         vec![oif_gantry(), drop_()],
-    ];
-    objects.extend(forward.into_iter().map(|r| rule("forward", r)));
-    // The guest itself is not reachable from containers, except for answers.
-    objects.push(rule(
-        "input",
-        vec![
-            iif_gantry(),
-            matches(
-                Operator::IN,
-                ct("state"),
-                Expression::List(vec![string("established"), string("related")]),
-            ),
-            accept(),
-        ],
-    ));
-    objects.push(rule("input", vec![iif_gantry(), drop_()]));
+    ]
+}
+
+/// The guest itself is not reachable from containers, except for answers.
+fn input_rules() -> Vec<Vec<Statement<'static>>> {
+    vec![
+        vec![iif_gantry(), established(), accept()],
+        vec![iif_gantry(), drop_()],
+    ]
+}
+
+/// Port forwards (DNAT) and masquerading to the uplink.
+fn nat_rules() -> Vec<NfListObject<'static>> {
     // Port forwards on the guest's own addresses, from outside and from containers.
-    objects.push(rule(
-        "prerouting",
-        vec![local_destination(), dnat(NATFamily::IP, "fwd4")],
-    ));
-    objects.push(rule(
-        "prerouting",
-        vec![local_destination(), dnat(NATFamily::IP6, "fwd6")],
-    ));
+    let mut objects = vec![
+        rule(
+            "prerouting",
+            vec![local_destination(), dnat(NATFamily::IP, "fwd4")],
+        ),
+        rule(
+            "prerouting",
+            vec![local_destination(), dnat(NATFamily::IP6, "fwd6")],
+        ),
+    ];
     // ... and from the guest itself (loopback excluded: it cannot be routed to a container).
     let not_loopback4 = matches(
         Operator::NEQ,
@@ -490,22 +503,16 @@ fn table_objects(elements: &Elements) -> Vec<NfListObject<'static>> {
             dnat(NATFamily::IP6, "fwd6"),
         ],
     ));
-    objects.push(rule(
-        "postrouting",
-        vec![
-            matches(Operator::NEQ, meta(MetaKey::Oifname), string(LINKS)),
-            eq(field("ip", "saddr"), set_ref("inet4")),
-            Statement::Masquerade(None),
-        ],
-    ));
-    objects.push(rule(
-        "postrouting",
-        vec![
-            matches(Operator::NEQ, meta(MetaKey::Oifname), string(LINKS)),
-            eq(field("ip6", "saddr"), set_ref("inet6")),
-            Statement::Masquerade(None),
-        ],
-    ));
+    for (family, inet) in [("ip", "inet4"), ("ip6", "inet6")] {
+        objects.push(rule(
+            "postrouting",
+            vec![
+                matches(Operator::NEQ, meta(MetaKey::Oifname), string(LINKS)),
+                eq(field(family, "saddr"), set_ref(inet)),
+                Statement::Masquerade(None),
+            ],
+        ));
+    }
     objects
 }
 

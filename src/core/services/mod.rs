@@ -3,6 +3,11 @@
 //! A service is a container named by its id and labelled with the dialect, plus its directory
 //! under `<state>/duxcore/services/` (see [`store`]). Every call finds the service from those
 //! two, so services survive restarts of gantry. Calls on one service run one at a time.
+//!
+//! Docker's inspect and stats JSON are what `GET /service/{id}` and `.../stats` answer, so
+//! they are asked of Docker; whether the service exists before its stats are read comes
+//! from the live view. Every call that changes a container or an image reads the change back
+//! into the view before it answers.
 
 pub mod corekey;
 mod fetch;
@@ -19,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::{Attached, ContainerEngine, EngineError, StatsStream};
 use super::intervirt::locks::KeyedLocks;
+use super::view::{fetch as view_fetch, LiveView};
 use super::{CoreError, CoreResult};
 pub use corekey::CoreKey;
 pub use fetch::FetchLimits;
@@ -68,6 +74,7 @@ pub struct Created {
 
 pub struct Services {
     engine: Arc<dyn ContainerEngine>,
+    view: Arc<LiveView>,
     settings: ServiceSettings,
     key: CoreKey,
     locks: KeyedLocks,
@@ -85,9 +92,15 @@ fn is_running(c: &ContainerInspectResponse) -> bool {
 }
 
 impl Services {
-    pub fn new(engine: Arc<dyn ContainerEngine>, settings: ServiceSettings, key: CoreKey) -> Self {
+    pub fn new(
+        engine: Arc<dyn ContainerEngine>,
+        view: Arc<LiveView>,
+        settings: ServiceSettings,
+        key: CoreKey,
+    ) -> Self {
         Self {
             engine,
+            view,
             settings,
             key,
             locks: KeyedLocks::default(),
@@ -139,9 +152,37 @@ impl Services {
         self.container(id).await
     }
 
+    /// The service exists (as the live view has it, without asking Docker).
+    async fn exists(&self, id: &str) -> CoreResult<()> {
+        check_id(id)?;
+        let snap = self.view.current().await?;
+        let c = snap
+            .container(id)
+            .ok_or_else(|| CoreError::NotFound(format!("no service {id}")))?;
+        if c.label(LABEL_SERVICE) != Some(id) {
+            return Err(not_a_service(id));
+        }
+        Ok(())
+    }
+
+    /// After a call that changed the service's container: the container the view had under
+    /// its name (`before`, which a new one may have replaced) and the one Docker has now.
+    async fn changed(&self, id: &str, before: Option<String>) {
+        let engine = self.engine.as_ref();
+        match before {
+            Some(old) => view_fetch::changed(&self.view, engine, &[&old, id]).await,
+            None => view_fetch::changed(&self.view, engine, &[id]).await,
+        }
+    }
+
+    /// The id of the container the view has under the name `id`.
+    fn in_view(&self, id: &str) -> Option<String> {
+        Some(self.view.snapshot().container(id)?.id.clone())
+    }
+
     /// One resource usage sample.
     pub async fn stats(&self, id: &str) -> CoreResult<ContainerStatsResponse> {
-        self.container(id).await?;
+        self.exists(id).await?;
         let mut samples = self.engine.container_stats(id, false);
         match samples.next().await {
             Some(sample) => Ok(sample?),
@@ -151,13 +192,20 @@ impl Services {
 
     /// Resource usage samples as Docker sends them (about one a second).
     pub async fn stats_stream(&self, id: &str) -> CoreResult<StatsStream> {
-        self.container(id).await?;
+        self.exists(id).await?;
         Ok(self.engine.container_stats(id, true))
     }
 
     pub async fn ctl(&self, id: &str, op: CtlOp) -> CoreResult<()> {
         check_id(id)?;
         let _one = self.locks.lock(id).await;
+        let before = self.in_view(id);
+        let result = self.ctl_locked(id, op).await;
+        self.changed(id, before).await;
+        result
+    }
+
+    async fn ctl_locked(&self, id: &str, op: CtlOp) -> CoreResult<()> {
         match op {
             CtlOp::Start => self.start(id).await,
             CtlOp::Stop => self.stop(id).await,
@@ -260,7 +308,11 @@ impl Services {
         let _one = self.locks.lock(id).await;
         let dir = self.dir(id);
         match self.lookup(id).await? {
-            Some(_) => self.engine.remove_container(id, true, false).await?,
+            Some(c) => {
+                let removed = self.engine.remove_container(id, true, false).await;
+                self.changed(id, c.id).await;
+                removed?
+            }
             None if dir.exists() => {}
             None => return Err(CoreError::NotFound(format!("no service {id}"))),
         }
@@ -274,6 +326,13 @@ impl Services {
     pub async fn attach(&self, id: &str, logs: bool) -> CoreResult<Attached> {
         check_id(id)?;
         let _one = self.locks.lock(id).await;
+        let before = self.in_view(id);
+        let result = self.attach_locked(id, logs).await;
+        self.changed(id, before).await;
+        result
+    }
+
+    async fn attach_locked(&self, id: &str, logs: bool) -> CoreResult<Attached> {
         let running = self.prepare_start(id).await?;
         let attached = self.engine.attach_container(id, logs).await?;
         if !running {
@@ -318,9 +377,11 @@ impl Services {
             .await;
         if let Err(e) = filled {
             let _ = self.engine.remove_container(&spec.id, true, false).await;
+            self.changed(&container_id, None).await;
             dir.remove()?;
             return Err(e);
         }
+        self.changed(&container_id, None).await;
         Ok(Created {
             id: spec.id,
             container_id,
@@ -334,7 +395,9 @@ impl Services {
             Err(EngineError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        self.engine.pull_image(image).await.map_err(|e| {
+        let pulled = self.engine.pull_image(image).await;
+        view_fetch::images_changed(&self.view, self.engine.as_ref()).await;
+        pulled.map_err(|e| {
             CoreError::Invalid(format!(
                 "image {image} is not on this device and could not be pulled: {e}"
             ))
@@ -378,7 +441,9 @@ impl Services {
 
     /// Imports a raw root filesystem tar as an image (`docker import`); its id.
     pub async fn import_image(&self, tar: super::engine::ByteStream) -> CoreResult<String> {
-        Ok(self.engine.import_rootfs(tar).await?)
+        let imported = self.engine.import_rootfs(tar).await;
+        view_fetch::images_changed(&self.view, self.engine.as_ref()).await;
+        Ok(imported?)
     }
 }
 

@@ -13,8 +13,8 @@ use bollard::models::{
 use super::calls::{listing, CallLog};
 use super::FakeEngine;
 use crate::core::engine::{
-    ByteStream, ContainerEngine, EngineError, EngineResult, EngineVersion, EventStream, Filter,
-    LoadedImages,
+    ByteStream, ContainerEngine, EngineError, EngineEventStream, EngineResult, EngineVersion,
+    EventStream, Filter, LoadedImages,
 };
 
 /// A call in flight: its end is recorded when it is dropped (also when its caller gives up).
@@ -245,10 +245,15 @@ impl ContainerEngine for FakeEngine {
         )))
     }
 
-    fn container_events(&self, filters: &[Filter]) -> EventStream {
+    fn container_events(&self, _filters: &[Filter]) -> EventStream {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        self.subscriptions.lock().unwrap().push(filters.to_vec());
         self.streams.lock().unwrap().push(tx);
+        Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    }
+
+    fn engine_events(&self, _since: Option<i64>) -> EngineEventStream {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        self.engine_streams.lock().unwrap().push(tx);
         Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
     }
 }

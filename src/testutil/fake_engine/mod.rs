@@ -3,7 +3,7 @@
 //! order, with its start and end) and lets a test shape the calls: a delay, a gate (calls
 //! that wait until all of them are in flight together), a hold (a call that never returns)
 //! or a failure of the next matching call. The container event stream is the test's to
-//! drive ([`FakeEngine::emit`]).
+//! drive ([`FakeEngine::emit`]: the live view's engine events and the container events).
 //!
 //! Calls are named by patterns (see [`calls::Call::is`]): `start_container` (or
 //! `start_container *`) for every start, `start_container web_1` for the start of one
@@ -23,7 +23,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 pub use world::FakeContainer;
 
-use crate::core::engine::{ContainerEvent, EngineError, EngineResult, Filter};
+use crate::core::engine::{ContainerEvent, EngineError, EngineEvent, EngineResult, EventObject};
 use calls::{CallLog, Rules};
 use world::World;
 
@@ -36,9 +36,10 @@ pub struct FakeEngine {
     log: CallLog,
     rules: Mutex<Rules>,
     on_process: Mutex<Option<ProcessHook>>,
-    /// Every subscription's filters, and the senders of those still open.
-    subscriptions: Mutex<Vec<Vec<Filter>>>,
+    /// The senders of the open container event streams (the Intervirt watcher's).
     streams: Mutex<Vec<UnboundedSender<EngineResult<ContainerEvent>>>>,
+    /// The senders of the open engine event streams (the live view's).
+    engine_streams: Mutex<Vec<UnboundedSender<EngineResult<EngineEvent>>>>,
 }
 
 impl FakeEngine {
@@ -173,18 +174,37 @@ impl FakeEngine {
 
     // --- events ------------------------------------------------------------------------------
 
-    /// Sends `event` to every open event subscription, unfiltered (so a test can also send
-    /// what Docker would have filtered out); an error ends those subscriptions.
-    pub fn emit(&self, event: EngineResult<ContainerEvent>) {
-        let mut streams = self.streams.lock().unwrap();
+    /// Sends `event` to every open event stream, unfiltered (so a test can also send what
+    /// Docker would have filtered out): engine streams get it as it is, container streams
+    /// the container events; an error ends them all.
+    pub fn emit(&self, event: EngineResult<EngineEvent>) {
+        let mut streams = self.engine_streams.lock().unwrap();
         streams.retain(|tx| tx.send(event.clone()).is_ok());
+        let container = match &event {
+            Ok(e) if e.object != EventObject::Container => None,
+            Ok(e) => Some(Ok(container_event(e))),
+            Err(e) => Some(Err(e.clone())),
+        };
+        let mut old = self.streams.lock().unwrap();
+        if let Some(c) = container {
+            old.retain(|tx| tx.send(c.clone()).is_ok());
+        }
         if event.is_err() {
             streams.clear();
+            old.clear();
         }
     }
+}
 
-    /// The filters of every subscription made so far.
-    pub fn subscriptions(&self) -> Vec<Vec<Filter>> {
-        self.subscriptions.lock().unwrap().clone()
+/// A container event as the container event stream carries it.
+fn container_event(e: &EngineEvent) -> ContainerEvent {
+    let mut labels = e.attributes.clone();
+    let name = labels.remove("name").unwrap_or_default();
+    labels.remove("image");
+    ContainerEvent {
+        id: e.id.clone(),
+        name,
+        action: e.action.clone(),
+        labels,
     }
 }

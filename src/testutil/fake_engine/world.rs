@@ -93,6 +93,7 @@ impl FakeContainer {
             Filter::Name(n) => self.name.contains(n.as_str()),
             Filter::Volume(v) => volume(v),
             Filter::Ancestor(i) => self.image == *i,
+            Filter::Id(i) => self.id == *i,
             Filter::Label(_) => true,
         })
     }

@@ -192,7 +192,11 @@ async fn open_upload<P, T>(
 async fn ws_import(c: Call) -> Reply {
     let replace = c.bool("replace", false)?;
     let limit = import_limit(&c);
-    upgrade(c, move |core, ws| import_session(core, ws, limit, replace))
+    let upload = c.begin_upload()?;
+    upgrade(c, move |core, ws| async move {
+        let _upload = upload;
+        import_session(core, ws, limit, replace).await
+    })
 }
 
 async fn import_session(core: Arc<Core>, ws: WsSession, limit: u64, replace: bool) {
@@ -399,7 +403,11 @@ async fn app_session(mut ws: WsSession, op: Result<AppOperation, CoreError>, act
 
 async fn ws_load_image(c: Call) -> Reply {
     let limit = c.limits.max_upload_bytes;
-    upgrade(c, move |core, ws| load_image_session(core, ws, limit))
+    let upload = c.begin_upload()?;
+    upgrade(c, move |core, ws| async move {
+        let _upload = upload;
+        load_image_session(core, ws, limit).await
+    })
 }
 
 async fn load_image_session(core: Arc<Core>, ws: WsSession, limit: u64) {

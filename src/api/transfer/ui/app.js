@@ -12,9 +12,10 @@ let logsOf = null;
 
 class Unauthorized extends Error {}
 
+const auth = () => (token ? { Authorization: 'Bearer ' + token } : {});
+
 async function call(method, path, body) {
-  const headers = token ? { Authorization: 'Bearer ' + token } : {};
-  const r = await fetch(api + path, { method, headers, body, cache: 'no-store' });
+  const r = await fetch(api + path, { method, headers: auth(), body, cache: 'no-store' });
   if (r.status === 401) {
     showLogin(token ? 'The token was refused.' : '');
     throw new Unauthorized('unauthorized');
@@ -335,7 +336,8 @@ async function loadHeader() {
   $('rename').hidden = false;
   const parts = [];
   try {
-    const h = await (await fetch('/healthz', { cache: 'no-store' })).json();
+    // /healthz says only ok or degraded; the versions are behind the listener's auth.
+    const h = await (await fetch('/gantry/status', { headers: auth(), cache: 'no-store' })).json();
     parts.push('gantry ' + h.version);
     parts.push(h.docker.reachable ? 'Docker ' + h.docker.version : 'Docker unreachable');
   } catch (_) {}

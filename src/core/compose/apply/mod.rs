@@ -26,6 +26,8 @@ use super::{ComposeError, ComposeProject};
 use crate::core::engine::{ContainerEngine, EngineError, Filter};
 
 pub use down::down;
+pub(super) use prepare::check_owners;
+pub(crate) use status::port_mappings;
 pub use status::status;
 pub use up::up;
 

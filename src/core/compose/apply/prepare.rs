@@ -38,7 +38,10 @@ pub(super) async fn prepare(
         .networks
         .iter()
         .map(|n| check_network(p, engine, n).boxed());
-    let volumes = plan.volumes.iter().map(|v| check_volume(engine, v).boxed());
+    let volumes = plan
+        .volumes
+        .iter()
+        .map(|v| check_volume(p, engine, v).boxed());
     let (images, networks, volumes, existing) = tokio::join!(
         ensure_images(p, engine, out),
         bounded(limit, networks.collect()),
@@ -207,7 +210,9 @@ async fn check_network(
         .find(|x| x.name.as_deref() == Some(n.name.as_str()));
     if n.external {
         return match existing {
-            Some(_) => Ok(false),
+            Some(x) => {
+                owner_allows(p, "network", &n.key, &n.name, x.labels.as_ref()).map(|()| false)
+            }
             None => Err(external_missing("network", &n.key, &n.name)),
         };
     }
@@ -234,7 +239,11 @@ async fn check_network(
 
 /// Checks the volume `v`: true when it has to be created; an error when it is external and
 /// missing.
-async fn check_volume(engine: &dyn ContainerEngine, v: &VolumePlan) -> Result<bool, ComposeError> {
+async fn check_volume(
+    p: &ComposeProject,
+    engine: &dyn ContainerEngine,
+    v: &VolumePlan,
+) -> Result<bool, ComposeError> {
     let found = engine
         .list_volumes_filtered(&[Filter::Name(v.name.clone())])
         .await
@@ -242,15 +251,72 @@ async fn check_volume(engine: &dyn ContainerEngine, v: &VolumePlan) -> Result<bo
             "looking up volume {}",
             v.name
         )))?;
-    let exists = found.iter().any(|x| x.name == v.name);
-    if v.external {
-        if exists {
-            return Ok(false);
-        }
-        return Err(external_missing("volume", &v.key, &v.name));
+    match found.iter().find(|x| x.name == v.name) {
+        // An existing volume keeps its data: it must be this app's (or sharing allowed).
+        Some(x) => owner_allows(p, "volume", &v.key, &v.name, Some(&x.labels)).map(|()| false),
+        None if v.external => Err(external_missing("volume", &v.key, &v.name)),
+        None => Ok(true),
     }
-    // An existing volume keeps its data, whoever created it (compose does the same).
-    Ok(!exists)
+}
+
+/// Refuses a volume or network (`kind`; `key` in the file, `name` in Docker) whose compose
+/// project label is not this project's, unless the policy allows sharing.
+fn owner_allows(
+    p: &ComposeProject,
+    kind: &str,
+    key: &str,
+    name: &str,
+    labels: Option<&HashMap<String, String>>,
+) -> Result<(), ComposeError> {
+    let owner = labels.and_then(|l| l.get(LABEL_PROJECT));
+    if p.allow_shared || owner.map(String::as_str) == Some(p.name()) {
+        return Ok(());
+    }
+    let whose = match owner {
+        Some(o) => format!("belongs to another app (compose project \"{o}\")"),
+        None => "belongs to no app".to_string(),
+    };
+    Err(ComposeError::Policy {
+        scope: format!("{kind} \"{key}\""),
+        message: format!(
+            "{kind} \"{name}\" {whose}: using it is not allowed by this gateway's policy \
+             (apps.allow_shared_resources = true allows it)"
+        ),
+    })
+}
+
+/// The import's ownership check: every planned volume and external network that exists
+/// already must be this project's (or sharing allowed); missing ones are left for `up`.
+pub(in crate::core::compose) async fn check_owners(
+    p: &ComposeProject,
+    engine: &dyn ContainerEngine,
+) -> Result<(), ComposeError> {
+    for n in p.plan().networks.iter().filter(|n| n.external) {
+        let found = engine.list_networks(&[Filter::Name(n.name.clone())]).await;
+        let found = found.map_err(ComposeError::engine(format!(
+            "looking up network {}",
+            n.name
+        )))?;
+        if let Some(x) = found
+            .iter()
+            .find(|x| x.name.as_deref() == Some(n.name.as_str()))
+        {
+            owner_allows(p, "network", &n.key, &n.name, x.labels.as_ref())?;
+        }
+    }
+    for v in &p.plan().volumes {
+        let found = engine
+            .list_volumes_filtered(&[Filter::Name(v.name.clone())])
+            .await;
+        let found = found.map_err(ComposeError::engine(format!(
+            "looking up volume {}",
+            v.name
+        )))?;
+        if let Some(x) = found.iter().find(|x| x.name == v.name) {
+            owner_allows(p, "volume", &v.key, &v.name, Some(&x.labels))?;
+        }
+    }
+    Ok(())
 }
 
 /// An external network or volume (`kind`) that does not exist: `key` in the file, `name`

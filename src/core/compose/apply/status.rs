@@ -60,7 +60,7 @@ pub async fn status(
     Ok(out)
 }
 
-fn port_mappings(c: &ContainerSummary) -> Vec<String> {
+pub(crate) fn port_mappings(c: &ContainerSummary) -> Vec<String> {
     let mut out: Vec<String> = c
         .ports
         .iter()

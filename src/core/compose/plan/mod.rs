@@ -29,9 +29,7 @@ use indexmap::IndexMap;
 use super::parse::ComposeModel;
 use super::{ComposeError, ComposePolicy};
 
-pub use labels::{
-    config_hash, LABEL_APP_ID, LABEL_CONFIG_HASH, LABEL_ONEOFF, LABEL_PROJECT, LABEL_SERVICE,
-};
+pub use labels::{config_hash, LABEL_CONFIG_HASH, LABEL_ONEOFF, LABEL_PROJECT, LABEL_SERVICE};
 pub use resources::parse_bytes;
 
 /// docker-compose's default stop timeout.
@@ -172,7 +170,7 @@ fn refused(scope: &str, message: impl Into<String>) -> ComposeError {
 
 pub fn plan(model: &ComposeModel, ctx: &PlanContext<'_>) -> Result<Plan, ComposeError> {
     let networks = networks::plan_networks(model, ctx)?;
-    let volumes = mounts::plan_volumes(model, ctx);
+    let volumes = mounts::plan_volumes(model, ctx)?;
     let mut services = Vec::new();
     for (name, svc) in &model.services {
         let s = service::plan_service(name, svc, model, &networks, &volumes, ctx)?;

@@ -15,13 +15,22 @@ use super::labels::{object_labels, LABEL_VOLUME};
 use super::{invalid, opts_map, refused, PlanContext, VolumePlan};
 use crate::core::compose::parse::ComposeModel;
 use crate::core::compose::ComposeError;
+use crate::core::safe_fs;
 
 /// Every declared volume (compose creates them all, used or not).
-pub(super) fn plan_volumes(model: &ComposeModel, ctx: &PlanContext<'_>) -> Vec<VolumePlan> {
+pub(super) fn plan_volumes(
+    model: &ComposeModel,
+    ctx: &PlanContext<'_>,
+) -> Result<Vec<VolumePlan>, ComposeError> {
     model
         .volumes
         .iter()
-        .map(|(key, def)| volume_plan(key, def.as_ref(), ctx))
+        .map(|(key, def)| {
+            if let Some(d) = def {
+                super::policy::volume(&format!("volume \"{key}\""), d, ctx.policy)?;
+            }
+            Ok(volume_plan(key, def.as_ref(), ctx))
+        })
         .collect()
 }
 
@@ -278,10 +287,31 @@ fn normalize(path: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-/// Resolves a bind source (relative to the app directory) and checks it stays inside the
-/// app directory or one of the allowed paths.
+/// Resolves a bind source (relative to the app directory), checks it stays inside the app
+/// directory or one of the allowed paths, and that no part of it that exists is a symlink
+/// (a container may have planted one in a directory it has bind-mounted).
 fn resolve_bind(scope: &str, source: &str, ctx: &PlanContext<'_>) -> Result<PathBuf, ComposeError> {
-    resolve_host_path(scope, "bind mount source", source, ctx)
+    let r = resolve_host_path(scope, "bind mount source", source, ctx)?;
+    if ctx.policy.skip_host_files {
+        return Ok(r.full);
+    }
+    match safe_fs::check_no_symlink(&r.base, &r.rel) {
+        Ok(()) => Ok(r.full),
+        // The app directory does not exist yet while an import plans it.
+        Err(e) if e.is_not_found() => Ok(r.full),
+        Err(e) => Err(refused(
+            scope,
+            format!("bind mount source \"{source}\": {e}"),
+        )),
+    }
+}
+
+/// A host path an app may use: `full`, which is `rel` below `base` (the app directory or
+/// one of the allowed paths).
+pub(super) struct HostPath {
+    pub full: PathBuf,
+    pub base: PathBuf,
+    pub rel: PathBuf,
 }
 
 /// `what` names the path in errors ("bind mount source", "env file").
@@ -290,7 +320,7 @@ pub(super) fn resolve_host_path(
     what: &str,
     source: &str,
     ctx: &PlanContext<'_>,
-) -> Result<PathBuf, ComposeError> {
+) -> Result<HostPath, ComposeError> {
     if source.starts_with('~') {
         return Err(refused(
             scope,
@@ -308,16 +338,23 @@ pub(super) fn resolve_host_path(
             format!("{what} \"{source}\" leaves the file system root"),
         )
     })?;
-    let inside = |base: &Path| normalize(base).is_some_and(|b| resolved.starts_with(b));
-    if inside(ctx.dir) || ctx.policy.allowed_bind_paths.iter().any(|p| inside(p)) {
-        Ok(resolved)
-    } else {
-        Err(refused(
-            scope,
-            format!(
-                "{what} \"{source}\" ({}) is outside the app directory and the allowed paths",
-                resolved.display()
-            ),
-        ))
+    let bases =
+        std::iter::once(ctx.dir).chain(ctx.policy.allowed_bind_paths.iter().map(PathBuf::as_path));
+    for base in bases.filter_map(normalize) {
+        if let Ok(rel) = resolved.strip_prefix(&base) {
+            let rel = rel.to_path_buf();
+            return Ok(HostPath {
+                full: resolved,
+                base,
+                rel,
+            });
+        }
     }
+    Err(refused(
+        scope,
+        format!(
+            "{what} \"{source}\" ({}) is outside the app directory and the allowed paths",
+            resolved.display()
+        ),
+    ))
 }

@@ -82,12 +82,11 @@ fn network_plan(
         (None, None) if external => key.clone(),
         (None, None) => format!("{}_{key}", ctx.project),
     };
+    let scope = format!("network \"{key}\"");
     if name.is_empty() {
-        return Err(invalid(
-            &format!("network \"{key}\""),
-            "the network name is empty",
-        ));
+        return Err(invalid(&scope, "the network name is empty"));
     }
+    super::policy::network(&scope, &def, &name, external, ctx.policy)?;
     let ipam = def.ipam.as_ref().map(|i| Ipam {
         driver: i.driver.clone(),
         config: Some(
@@ -140,9 +139,10 @@ pub(super) fn service_networks(
     s: &docker_compose_types::Service,
     model: &ComposeModel,
     networks: &[NetworkPlan],
+    ctx: &PlanContext<'_>,
 ) -> Result<ServiceNetworks, ComposeError> {
     match &s.network_mode {
-        Some(mode) => network_mode(scope, mode, s, model),
+        Some(mode) => network_mode(scope, mode, s, model, ctx),
         None => joined_networks(scope, name, &s.networks, networks),
     }
 }
@@ -152,6 +152,7 @@ fn network_mode(
     mode: &str,
     s: &docker_compose_types::Service,
     model: &ComposeModel,
+    ctx: &PlanContext<'_>,
 ) -> Result<ServiceNetworks, ComposeError> {
     if !s.networks.is_empty() {
         return Err(invalid(
@@ -171,7 +172,21 @@ fn network_mode(
             ..Default::default()
         });
     }
-    if matches!(mode, "host" | "none" | "bridge") {
+    // A container of this app is its service's network; any other container's only with
+    // the sharing switch.
+    if let Some(target) = mode.strip_prefix("container:") {
+        if let Some(own) = service_of_container(model, ctx.project, target) {
+            return Ok(ServiceNetworks {
+                network_of: Some(own.to_string()),
+                ..Default::default()
+            });
+        }
+        if !ctx.policy.allow_shared_resources {
+            let what = format!("\"network_mode: {mode}\" (a container outside the app)");
+            return Err(super::policy::gated(scope, &what, "allow_shared_resources"));
+        }
+    }
+    if mode.starts_with("container:") || matches!(mode, "host" | "none" | "bridge") {
         return Ok(ServiceNetworks {
             network_mode: Some(mode.to_string()),
             ..Default::default()
@@ -179,8 +194,25 @@ fn network_mode(
     }
     Err(invalid(
         scope,
-        format!("unsupported network_mode \"{mode}\" (use host, none, bridge or service:<name>)"),
+        format!("unsupported network_mode \"{mode}\" (use host, none, bridge, service:<name> or container:<name>)"),
     ))
+}
+
+/// The service of this app whose container is `container` (its `container_name`, or
+/// compose's default name).
+fn service_of_container<'a>(
+    model: &'a ComposeModel,
+    project: &str,
+    container: &str,
+) -> Option<&'a str> {
+    model
+        .services
+        .iter()
+        .find(|(name, svc)| match &svc.spec.container_name {
+            Some(n) => n == container,
+            None => super::service::default_container_name(project, name) == container,
+        })
+        .map(|(name, _)| name.as_str())
 }
 
 /// The service's networks; compose 1.29 picks the primary one by name order.

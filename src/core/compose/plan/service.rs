@@ -14,12 +14,13 @@ use super::mounts::{resolve_host_path, service_mounts, tmpfs};
 use super::networks::service_networks;
 use super::resources::{bytes, resources};
 use super::{
-    invalid, policy, Condition, Dependency, NetworkPlan, PlanContext, ServicePlan, VolumePlan,
-    DEFAULT_STOP_TIMEOUT,
+    invalid, policy, refused, Condition, Dependency, NetworkPlan, PlanContext, ServicePlan,
+    VolumePlan, DEFAULT_STOP_TIMEOUT,
 };
 use crate::core::compose::interpolate::parse_env_file;
 use crate::core::compose::parse::{ComposeModel, ParsedService, PortSpec};
 use crate::core::compose::ComposeError;
+use crate::core::safe_fs;
 
 /// The parts are planned in a fixed order, so that of several mistakes in a service the
 /// same one is reported first every time; the policy comes first of all.
@@ -36,10 +37,10 @@ pub(super) fn plan_service(
     let image = s.image.clone().filter(|i| !i.trim().is_empty());
     let image = image.ok_or_else(|| invalid(scope, "no image is given"))?;
     let container_name = container_name(scope, name, s, ctx)?;
-    policy::check(scope, s, ctx.policy)?;
+    policy::check(scope, parsed, ctx.policy)?;
     let env = environment(scope, s, ctx)?;
     let mounts = service_mounts(scope, &s.volumes, volumes, ctx)?;
-    let net = service_networks(scope, name, s, model, networks)?;
+    let net = service_networks(scope, name, s, model, networks, ctx)?;
     let mut res = resources(scope, parsed)?;
     let devices = policy::devices(scope, s)?;
     let depends_on = depends_on(scope, name, &s.depends_on)?;
@@ -52,6 +53,8 @@ pub(super) fn plan_service(
         // compose 1.29 always sends PortBindings, empty when nothing is published.
         port_bindings: Some(port_bindings),
         network_mode: net.network_mode,
+        pid_mode: s.pid.clone(),
+        ipc_mode: s.ipc.clone(),
         privileged: s.privileged.then_some(true),
         readonly_rootfs: s.read_only.then_some(true),
         init: s.init.then_some(true),
@@ -91,6 +94,11 @@ fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
     (!v.is_empty()).then_some(v)
 }
 
+/// Compose's name for a service's (first) container: `<project>_<service>_1`.
+pub(super) fn default_container_name(project: &str, service: &str) -> String {
+    format!("{project}_{service}_1")
+}
+
 /// `container_name`, or compose's `<project>_<service>_1`.
 fn container_name(
     scope: &str,
@@ -99,7 +107,7 @@ fn container_name(
     ctx: &PlanContext<'_>,
 ) -> Result<String, ComposeError> {
     let Some(n) = &s.container_name else {
-        return Ok(format!("{}_{service}_1", ctx.project));
+        return Ok(default_container_name(ctx.project, service));
     };
     let ok = n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && n.chars()
@@ -204,10 +212,12 @@ fn environment(
         Some(StringOrList::List(v)) => v.clone(),
     };
     for f in files {
-        let path = resolve_host_path(scope, "env file", &relative(&f), ctx)?;
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| invalid(scope, format!("cannot read env file \"{f}\": {e}")))?;
-        for (k, v) in parse_env_file(&text, ctx.vars, true) {
+        let Some(text) = env_file(scope, &f, ctx)? else {
+            continue;
+        };
+        let pairs = parse_env_file(&text, ctx.vars, true)
+            .map_err(|e| invalid(scope, format!("env file \"{f}\": {e}")))?;
+        for (k, v) in pairs {
             env.insert(k, Some(v));
         }
     }
@@ -234,6 +244,27 @@ fn environment(
         })
         .collect())
 }
+
+/// An env file's text, read without following a symlink (a container may have planted one
+/// in a directory it has bind-mounted) and at most [`MAX_ENV_FILE_BYTES`]. None while an
+/// import plans the app (its directory is not there yet; the start reads the file).
+fn env_file(scope: &str, f: &str, ctx: &PlanContext<'_>) -> Result<Option<String>, ComposeError> {
+    let path = resolve_host_path(scope, "env file", &relative(f), ctx)?;
+    if ctx.policy.skip_host_files || !ctx.dir.exists() {
+        return Ok(None);
+    }
+    safe_fs::read_text(&path.base, &path.rel, MAX_ENV_FILE_BYTES)
+        .map(Some)
+        .map_err(|e| match e {
+            e @ safe_fs::SafeFsError::Symlink(_) => {
+                refused(scope, format!("env file \"{f}\": {e}"))
+            }
+            e => invalid(scope, format!("cannot read env file \"{f}\": {e}")),
+        })
+}
+
+/// The largest env file read.
+const MAX_ENV_FILE_BYTES: u64 = 1 << 20;
 
 /// env_file entries are relative to the project directory even without `./`.
 fn relative(p: &str) -> String {

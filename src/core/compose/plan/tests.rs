@@ -41,6 +41,18 @@ fn plan_yaml(yaml: &str) -> Plan {
     plan_with(yaml, &ComposePolicy::default()).unwrap()
 }
 
+/// Every switch of the policy on.
+fn permissive() -> ComposePolicy {
+    ComposePolicy {
+        allow_host_namespaces: true,
+        allow_network_options: true,
+        allow_shared_resources: true,
+        allow_volume_drivers: true,
+        allow_logging_drivers: true,
+        ..Default::default()
+    }
+}
+
 fn host(p: &Plan, svc: &str) -> HostConfig {
     p.service(svc).unwrap().body.host_config.clone().unwrap()
 }
@@ -396,7 +408,7 @@ volumes:
 
 #[test]
 fn project_networks_and_volumes() {
-    let p = plan_yaml(NETWORKS_AND_VOLUMES);
+    let p = plan_with(NETWORKS_AND_VOLUMES, &permissive()).unwrap();
     let names: Vec<(&str, &str, bool)> = p
         .networks
         .iter()
@@ -438,7 +450,7 @@ fn project_networks_and_volumes() {
 
 #[test]
 fn service_networks_binds_and_mounts() {
-    let p = plan_yaml(NETWORKS_AND_VOLUMES);
+    let p = plan_with(NETWORKS_AND_VOLUMES, &permissive()).unwrap();
     let web = p.service("web").unwrap();
     let h = host(&p, "web");
     // Primary network: first by name (demo_back < demo_front).
@@ -641,4 +653,87 @@ fn hash_is_stable_and_order_independent() {
         }
         format!("{h:016x}")
     });
+}
+
+/// What each isolation switch gates: refused by default naming the key and the switch,
+/// planned once the switch is on.
+#[test]
+fn isolation_switches() {
+    let cases = [
+        ("services: {a: {image: x, network_mode: host}}", "allow_host_namespaces"),
+        ("services: {a: {image: x, pid: host}}", "allow_host_namespaces"),
+        ("services: {a: {image: x, ipc: host}}", "allow_host_namespaces"),
+        ("services: {a: {image: x, networks: [h]}}\nnetworks: {h: {external: {name: host}}}", "allow_host_namespaces"),
+        ("services: {a: {image: x, network_mode: bridge}}", "allow_shared_resources"),
+        ("services: {a: {image: x, network_mode: \"container:other\"}}", "allow_shared_resources"),
+        ("services: {a: {image: x}}\nvolumes: {v: {driver_opts: {type: none, o: bind, device: /}}}", "allow_volume_drivers"),
+        ("services: {a: {image: x}}\nvolumes: {v: {driver: sshfs}}", "allow_volume_drivers"),
+        ("services: {a: {image: x, networks: [n]}}\nnetworks: {n: {driver: macvlan}}", "allow_network_options"),
+        ("services: {a: {image: x, networks: [n]}}\nnetworks: {n: {driver_opts: {com.docker.network.bridge.name: eth0}}}", "allow_network_options"),
+        ("services: {a: {image: x, networks: [n]}}\nnetworks: {n: {ipam: {config: [{subnet: 198.18.9.0/24}]}}}", "allow_network_options"),
+        ("services: {a: {image: x, logging: {driver: syslog, options: {syslog-address: \"udp://198.18.0.1:514\"}}}}", "allow_logging_drivers"),
+    ];
+    for (yaml, switch) in cases {
+        let e = plan_with(yaml, &ComposePolicy::default()).unwrap_err();
+        assert!(matches!(e, ComposeError::Policy { .. }), "{yaml}: {e:?}");
+        assert!(
+            e.to_string().contains(&format!("apps.{switch}")),
+            "{yaml}: {e}"
+        );
+        plan_with(yaml, &permissive()).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+    }
+    // A container of the app itself is its service's network.
+    let own = "services: {a: {image: x}, b: {image: x, network_mode: \"container:demo_a_1\"}}";
+    let p = plan_with(own, &ComposePolicy::default()).unwrap();
+    assert_eq!(p.service("b").unwrap().network_of.as_deref(), Some("a"));
+    // Local logging and plain bridge networks need no switch.
+    plan_with("services: {a: {image: x, logging: {driver: journald}, networks: [n]}}\nnetworks: {n: {driver: bridge, internal: true}}\nvolumes: {v: {driver: local}}", &ComposePolicy::default()).unwrap();
+}
+
+#[test]
+fn gantry_labels_and_ports() {
+    for yaml in [
+        "services: {a: {image: x, labels: {io.gantry.app-id: \"Other:1\"}}}",
+        "services: {a: {image: x, networks: [n]}}\nnetworks: {n: {labels: [io.gantry.x=1]}}",
+        "services: {a: {image: x}}\nvolumes: {v: {labels: {io.gantry.y: z}}}",
+    ] {
+        let e = plan_with(yaml, &permissive()).unwrap_err();
+        assert!(e.to_string().contains("io.gantry."), "{yaml}: {e}");
+    }
+    let mut pol = ComposePolicy {
+        reserved: vec![
+            "127.0.0.1:54169".parse().unwrap(),
+            "0.0.0.0:55436".parse().unwrap(),
+        ],
+        ..Default::default()
+    };
+    for bad in [
+        "54169:80",
+        "127.0.0.1:54169:80",
+        "198.18.0.9:55436:80",
+        "54000-55000:80",
+    ] {
+        let y = format!("services: {{a: {{image: x, ports: [\"{bad}\"]}}}}");
+        let e = plan_with(&y, &pol).unwrap_err();
+        assert!(
+            e.to_string().contains("gantry's own listener"),
+            "{bad}: {e}"
+        );
+    }
+    for ok in ["198.18.0.9:54169:80", "54169:80/udp", "8080:80", "80"] {
+        let y = format!("services: {{a: {{image: x, ports: [\"{ok}\"]}}}}");
+        plan_with(&y, &pol).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    pol.allowed_host_ports = vec![(8000, 8099)];
+    pol.allowed_host_ips = vec!["127.0.0.1".parse().unwrap()];
+    let y = |p: &str| format!("services: {{a: {{image: x, ports: [\"{p}\"]}}}}");
+    plan_with(&y("127.0.0.1:8080:80"), &pol).unwrap();
+    for (bad, key) in [
+        ("127.0.0.1:9000:80", "allowed_host_ports"),
+        ("8080:80", "allowed_host_ips"),
+        ("127.0.0.1::80", "allowed_host_ports"),
+    ] {
+        let e = plan_with(&y(bad), &pol).unwrap_err();
+        assert!(e.to_string().contains(key), "{bad}: {e}");
+    }
 }
