@@ -116,11 +116,11 @@ fn the_dashboard_signs_in_with_any_named_token_of_a_tokens_listener() {
         .listener("ui = true")
         .start();
     assert_eq!(g.get("/ui/").status, 200);
-    assert_eq!(g.get("/api/1/transfer/apps").status, 401);
+    assert_eq!(g.get("/api/1/versions").status, 401);
     for t in [TOKEN, ops] {
         let value = format!("Bearer {t}");
         let bearer = [("Authorization", value.as_str())];
-        g.request("GET", "/api/1/transfer/apps", &bearer, None)
+        g.request("GET", "/api/1/versions", &bearer, None)
             .expect_json(200);
         // The header's versions come from the authenticated status route.
         let status = g
