@@ -252,7 +252,10 @@ fn listener_answer(report: &mut Report, name: &str, answer: Answer) {
         Some(v) => report.ok(name, format!("answers (gantry {v}, {status})")),
         None => report.ok(
             name,
-            format!("answers ({status}; its version is behind credentials this user lacks)"),
+            format!(
+                "answers ({status}); its version is not known: /gantry/status did not \
+                 answer this user (the listener's credentials, or its allowed_peers)"
+            ),
         ),
     }
 }
@@ -497,6 +500,30 @@ mod tests {
             "{text}"
         );
         assert!(api_below("1.40", 1, 41) && !api_below("1.41", 1, 41) && !api_below("2.0", 1, 41));
+    }
+
+    #[test]
+    fn a_listeners_version_is_judged_when_it_is_known() {
+        let ours = env!("CARGO_PKG_VERSION");
+        let http = |v: Option<&str>| Answer::Http {
+            status: "ok".into(),
+            version: v.map(str::to_string),
+        };
+        let mut r = Report::default();
+        for answer in [
+            http(Some(ours)),
+            http(Some("0.0.0-old")),
+            http(None),
+            Answer::Tls,
+        ] {
+            listener_answer(&mut r, "listener", answer);
+        }
+        let levels: Vec<Level> = r.0.iter().map(|f| f.status).collect();
+        let ok = Level::Ok;
+        assert_eq!(levels, [ok, Level::Warning, ok, ok]);
+        assert!(r.0[0].message.contains(&format!("gantry {ours}")));
+        assert!(r.0[2].message.contains("not known"), "{}", r.0[2].message);
+        assert!(r.0[3].message.contains("TLS"), "{}", r.0[3].message);
     }
 
     #[test]
