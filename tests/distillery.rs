@@ -484,11 +484,11 @@ fn exec_runs_a_command_with_stdin_and_judges_its_exit_code() {
         "no service \"nope\"",
     );
 
-    // Cancelled, the command is ended.
+    // Cancelled, the command is ended, with the processes it started.
     let mut ws = d.ws();
     ws.call(
         "exec",
-        &[&slug, "web", "sh", "-c", "echo started; sleep 300"],
+        &[&slug, "web", "sh", "-c", "sleep 300 & echo started; wait"],
     );
     ws.until(|l| l == "started");
     ws.cancel();
