@@ -7,6 +7,7 @@
 #![cfg_attr(not(feature = "pool"), allow(dead_code, unused_imports))]
 
 mod api;
+mod cli;
 mod config;
 mod core;
 mod server;
@@ -38,7 +39,7 @@ pub const EXIT_BAD_CONFIG: u8 = 78;
 const EXIT_FAILURE: u8 = 1;
 
 #[derive(Parser)]
-#[command(name = "gantry", version, about)]
+#[command(name = "gantry", version, about, after_long_help = cli::EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,6 +47,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Daemon(Daemon),
+    #[command(flatten)]
+    Operator(cli::Operator),
+}
+
+/// The daemon's own commands, parsed alone when one of them is asked for: the daemon then
+/// never builds the operator commands' definitions (which would stay in its heap).
+#[derive(Parser)]
+#[command(name = "gantry", version, about)]
+struct DaemonCli {
+    #[command(subcommand)]
+    command: Daemon,
+}
+
+#[derive(Subcommand)]
+enum Daemon {
     /// Run the daemon.
     Serve {
         /// Configuration file (default: /etc/gantry/gantry.toml when it exists).
@@ -71,9 +89,16 @@ fn load(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::CheckConfig { config } => match load(config.as_ref()) {
+    let first = std::env::args_os().nth(1);
+    let command = match first.as_ref().and_then(|a| a.to_str()) {
+        Some("serve" | "check-config") => DaemonCli::parse().command,
+        _ => match Cli::parse().command {
+            Command::Daemon(d) => d,
+            Command::Operator(op) => return cli::run(op),
+        },
+    };
+    match command {
+        Daemon::CheckConfig { config } => match load(config.as_ref()) {
             Ok(c) => {
                 println!("configuration OK");
                 println!("state_dir = {}", c.state_dir.display());
@@ -106,7 +131,7 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Serve { config } => {
+        Daemon::Serve { config } => {
             let config = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(code) => return code,

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{docker, docker_ok, read_raw_response, test_image, unique, write_all, Cleanup};
+use common::{
+    docker, docker_ok, metric, read_raw_response, test_image, unique, write_all, Cleanup,
+};
 use harness::{in_container, short, FdStore, Fm, Peer, Sio};
 
 const T: Duration = Duration::from_secs(30);
@@ -992,4 +994,57 @@ fn container_sockets_survive_a_restart_through_systemds_descriptor_store() {
         !store.fds.iter().any(|(n, _)| *n == key),
         "removed from the store"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The operator's view: /metrics on a flowmanager listener
+
+fn scrape(fm: &Fm) -> String {
+    let mut r = common::agent()
+        .get(&format!("{}/metrics", fm.url()))
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.body_mut().read_to_string().unwrap()
+}
+
+#[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
+fn metrics_count_socketio_clients_by_transport_and_flow_operations() {
+    let host = require_docker!();
+    let py = require_python!();
+    let fm = Fm::start_with(&host, "metrics = true", "");
+    let mut cleanup = Cleanup::new();
+    let mut polling = fm.client(&py, Some(&["polling"]));
+    let mut ws = fm.client(&py, Some(&["websocket"]));
+    polling.expect("connected", T);
+    ws.expect("connected", T);
+    let clients =
+        |t: &str| format!("gantry_socketio_clients{{dialect=\"flowmanager\",transport=\"{t}\"}}");
+    let sessions = "gantry_websocket_sessions{dialect=\"flowmanager\"}";
+    let counted = |text: &str, p: f64, w: f64| {
+        metric(text, &clients("polling")) == Some(p)
+            && metric(text, &clients("websocket")) == Some(w)
+            && metric(text, sessions) == Some(w)
+    };
+    let text = common::wait_for(T, Duration::from_millis(100), || {
+        let t = scrape(&fm);
+        counted(&t, 1.0, 1.0).then_some(t)
+    });
+    common::promtool_accepts(&text.unwrap_or_else(|| panic!("{}", scrape(&fm))));
+
+    // A create is a flow-create operation, counted when it ended.
+    create(&mut ws, &mut cleanup, "fm-metrics", json!({}));
+    let created = "gantry_operations_total{kind=\"flow-create\",outcome=\"ok\"}";
+    let done = common::wait_for(T, Duration::from_millis(100), || {
+        (metric(&scrape(&fm), created) == Some(1.0)).then_some(())
+    });
+    assert!(done.is_some(), "{}", scrape(&fm));
+
+    polling.disconnect();
+    ws.disconnect();
+    let gone = common::wait_for(T, Duration::from_millis(100), || {
+        counted(&scrape(&fm), 0.0, 0.0).then_some(())
+    });
+    assert!(gone.is_some(), "{}", scrape(&fm));
 }

@@ -97,6 +97,12 @@ impl DockerEngine {
         Ok(self.clients()?.docker)
     }
 
+    /// Docker's data root (`DockerRootDir`), for disk-space checks.
+    pub async fn root_dir(&self) -> EngineResult<Option<String>> {
+        let info = self.docker()?.info().await.map_err(map_error)?;
+        Ok(info.docker_root_dir)
+    }
+
     /// A container's output lines from the last `tail` (all with None) on; with `follow`,
     /// then as they are written. A followed log's long lines come in the 16 KiB pieces
     /// Docker's log drivers store (what a follow keeps of its last lines stays small).

@@ -11,6 +11,7 @@ pub mod flow;
 pub mod health;
 pub mod intervirt;
 pub mod loglines;
+pub mod metrics;
 pub mod network;
 pub mod ops;
 #[cfg(feature = "pool")]

@@ -1,8 +1,9 @@
-//! Long operations (import, start, stop, image load, refresh) as tasks: each has an id that a
-//! client can cancel it by, a cancel token the operation watches, and its latest progress for
-//! listings. A task is listed from [`TaskRegistry::begin`] until its [`TaskHandle`] is
-//! dropped, i.e. until the operation ended either way, so an id names only operations still
-//! running.
+//! Long operations (app imports, starts and stops, image loads, refreshes, and the kinds the
+//! other dialects add: services, app maintenance and snapshots, Flow Manager containers) as
+//! tasks: each has an id that a client can cancel it by, a cancel token the operation
+//! watches, and its latest progress for listings. A task is listed from
+//! [`TaskRegistry::begin`] until its [`TaskHandle`] is dropped, i.e. until the operation
+//! ended either way, so an id names only operations still running.
 //!
 //! What happens to an operation when its client goes away or the server stops is decided
 //! here, per kind ([`TaskKind::on_client_gone`], [`TaskKind::on_shutdown`]), not by the
@@ -74,6 +75,28 @@ pub enum Policy {
 }
 
 impl TaskKind {
+    /// Every kind, in the order listings document them.
+    pub const ALL: [TaskKind; 18] = [
+        TaskKind::Import,
+        TaskKind::Start,
+        TaskKind::Stop,
+        TaskKind::LoadImage,
+        TaskKind::Refresh,
+        TaskKind::CreateService,
+        TaskKind::ImportImage,
+        TaskKind::Rebuild,
+        TaskKind::Update,
+        TaskKind::Snapshot,
+        TaskKind::Purge,
+        TaskKind::Provision,
+        TaskKind::Backup,
+        TaskKind::Logs,
+        TaskKind::Exec,
+        TaskKind::FlowCreate,
+        TaskKind::FlowUpdate,
+        TaskKind::FlowDelete,
+    ];
+
     /// The name listings use.
     pub fn name(self) -> &'static str {
         match self {
@@ -397,7 +420,7 @@ fn checked_id(id: &str) -> Result<String, CoreError> {
 
 /// A random id in the UUID v4 layout (clients treat it as an opaque string). Reads the
 /// kernel's random source; falls back to std's randomly keyed hasher.
-pub(crate) fn new_id() -> String {
+pub fn new_id() -> String {
     let mut b = [0u8; 16];
     let ok = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
@@ -432,6 +455,29 @@ pub(crate) fn new_id() -> String {
 mod tests {
     use super::*;
     use crate::core::ErrorKind;
+
+    /// The kinds the Transfer API documents for `GET /api/tasks` are all of them, once each
+    /// (`/metrics` lists every kind from [`TaskKind::ALL`]).
+    #[test]
+    fn every_kind_is_listed_once_as_the_task_listing_documents_them() {
+        let doc = include_str!("../api/transfer/openapi.yaml");
+        let line = doc
+            .lines()
+            .find(|l| l.trim_start().starts_with("enum: [import, start,"))
+            .expect("the Task.Kind enum");
+        let documented: Vec<&str> = line
+            .split_once('[')
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map(|(names, _)| names.split(',').map(str::trim).collect())
+            .unwrap();
+        let mut names: Vec<&str> = TaskKind::ALL.iter().map(|k| k.name()).collect();
+        let mut want = documented.clone();
+        names.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(names, want);
+        names.dedup();
+        assert_eq!(names.len(), TaskKind::ALL.len());
+    }
 
     #[test]
     fn tasks_are_listed_until_dropped_and_cancellable_meanwhile() {

@@ -1217,3 +1217,37 @@ pub fn tar_entries(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
     }
     out
 }
+
+/// The value of the sample `series` (name and labels exactly as written) in a `/metrics`
+/// text, if present.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `promtool check metrics` on `text`: exit 0 and no lint complaint. Without promtool the
+/// check is skipped, loudly (a failure in CI, where scripts/test.sh installs it).
+pub fn promtool_accepts(text: &str) {
+    if !std::path::Path::new("/usr/bin/promtool").exists() {
+        assert!(!in_ci(), "promtool is missing (Debian package prometheus)");
+        skip_loudly(
+            "promtool check metrics",
+            "promtool is not installed: the exposition format was not checked",
+        );
+        return;
+    }
+    let out = run_with_input(
+        "/usr/bin/promtool",
+        &["check", "metrics"],
+        Some(text.as_bytes()),
+    );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{text}"
+    );
+}

@@ -521,21 +521,24 @@ pub(super) async fn stop_app(c: &Call, id: AppId, options: StopOptions) -> Reply
 }
 
 /// `?lines=N` per container (default [`super::logs::DEFAULT_LINES`], -1 = all); 0 and
-/// values below -1 are 400. The ProcessResult is streamed as the lines arrive.
+/// values below -1 are 400.
+pub(super) fn lines_param(c: &Call) -> Result<Option<u64>, Problem> {
+    match c.query.get("lines") {
+        None => Ok(Some(super::logs::DEFAULT_LINES)),
+        Some(v) => match v.parse::<i64>() {
+            Ok(-1) => Ok(None),
+            Ok(n) if n > 0 => Ok(Some(n as u64)),
+            _ => Err(Problem::bad_request(format!(
+                "query parameter 'lines' must be -1 or a positive number, not \"{v}\""
+            ))),
+        },
+    }
+}
+
+/// The app's logs as a ProcessResult, streamed as the lines arrive.
 async fn logs(c: Call) -> Reply {
     let id = app_id(&c)?;
-    let lines = match c.query.get("lines") {
-        None => Some(super::logs::DEFAULT_LINES),
-        Some(v) => match v.parse::<i64>() {
-            Ok(-1) => None,
-            Ok(n) if n > 0 => Some(n as u64),
-            _ => {
-                return Err(Problem::bad_request(format!(
-                    "query parameter 'lines' must be -1 or a positive number, not \"{v}\""
-                )))
-            }
-        },
-    };
+    let lines = lines_param(&c)?;
     let started = std::time::Instant::now();
     let log = c.core.apps.logs(&id, lines).await?;
     Ok(super::logs::process_result(log, started))

@@ -14,6 +14,7 @@ mod settings;
 mod sse;
 mod system;
 mod templates;
+mod ui;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,6 +43,10 @@ impl Dialect for Transfer {
 
     fn error(&self, status: StatusCode, message: &str, path: &str) -> Response {
         Problem::new(status, message).render(path)
+    }
+
+    fn public(&self, req: &Request<Incoming>, cx: &Cx) -> Option<Response> {
+        ui::serve(req, cx)
     }
 }
 

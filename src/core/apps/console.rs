@@ -31,20 +31,7 @@ impl Apps {
                 "{id} has no containers: start it first"
             )));
         }
-        let streams: Vec<LineStream> = containers
-            .iter()
-            .map(|c| {
-                let name = c.name.clone();
-                let lines = self.engine().follow_logs(&c.id, Some(LOG_TAIL));
-                Box::pin(lines.map(move |l| {
-                    l.map(|mut l| {
-                        l.text = format!("{name} | {}", l.text);
-                        l
-                    })
-                })) as LineStream
-            })
-            .collect();
-        let mut merged = stream::select_all(streams);
+        let mut merged = self.prefixed_lines(containers, Some(LOG_TAIL));
         loop {
             tokio::select! {
                 _ = run.cancel.cancelled() => return Ok(()),
@@ -55,6 +42,33 @@ impl Apps {
                 },
             }
         }
+    }
+
+    /// The last `lines` lines (all with None) of each of the app's containers, then their new
+    /// lines as they come, prefixed as [`Apps::logs`] does (`docker-compose logs -f`). The
+    /// stream ends when every container has stopped (at once when the app has none).
+    pub async fn log_stream(&self, id: &AppId, lines: Option<u64>) -> CoreResult<LineStream> {
+        let app = self.stored(id)?;
+        let containers = self.containers(&app).await?;
+        Ok(self.prefixed_lines(containers, lines))
+    }
+
+    /// The containers' output lines, merged, each prefixed `name | `.
+    fn prefixed_lines(&self, containers: Vec<ContainerStatus>, tail: Option<u64>) -> LineStream {
+        let streams: Vec<LineStream> = containers
+            .into_iter()
+            .map(|c| {
+                let name = c.name;
+                let lines = self.engine().follow_logs(&c.id, tail);
+                Box::pin(lines.map(move |l| {
+                    l.map(|mut l| {
+                        l.text = format!("{name} | {}", l.text);
+                        l
+                    })
+                })) as LineStream
+            })
+            .collect();
+        Box::pin(stream::select_all(streams))
     }
 
     /// Runs `cmd` in the running container of `service` of the app: the lines from `stdin`

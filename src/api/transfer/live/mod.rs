@@ -7,6 +7,7 @@
 //! client is gone (the core decides what that does to the operation). See
 //! docs/DECISIONS.md ("Live operations") for the step mapping.
 
+mod logs;
 mod steps;
 mod upload;
 
@@ -58,6 +59,9 @@ pub fn register_ws(r: &mut Routes<Handler>) {
         })
         .add(Method::GET, "/system/loadimage", |c| {
             Box::pin(ws_load_image(c))
+        })
+        .add(Method::GET, "/transfer/apps/{id}/logs", |c| {
+            Box::pin(logs::ws_logs(c))
         });
 }
 
