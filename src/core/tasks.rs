@@ -76,12 +76,18 @@ pub enum Policy {
 
 impl TaskKind {
     /// Every kind, in the order listings document them.
-    pub const ALL: [TaskKind; 18] = [
+    pub const ALL: [TaskKind; 24] = [
         TaskKind::Import,
         TaskKind::Start,
         TaskKind::Stop,
         TaskKind::LoadImage,
         TaskKind::Refresh,
+        TaskKind::Build,
+        TaskKind::Instantiate,
+        TaskKind::PoolInstall,
+        TaskKind::Publish,
+        TaskKind::Deploy,
+        TaskKind::Undeploy,
         TaskKind::CreateService,
         TaskKind::ImportImage,
         TaskKind::Rebuild,
