@@ -22,6 +22,10 @@ IMAGE = os.environ.get("GANTRY_BENCH_IMAGE", "gantry-test/busybox:latest")
 CLIENTS = int(os.environ.get("GANTRY_BENCH_CLIENTS", "200"))
 ROUNDS = int(os.environ.get("GANTRY_BENCH_ROUNDS", "10"))
 MESSAGES = int(os.environ.get("GANTRY_BENCH_MESSAGES", "1000"))
+FOLLOWED = int(os.environ.get("GANTRY_BENCH_FOLLOWED", "20"))
+IDLE_RUNS = int(os.environ.get("GANTRY_BENCH_IDLE_RUNS", "3"))
+# gantry pages its code out at READY and again this long after (src/server/memory.rs), plus 1 s.
+SETTLE_SECS = 11
 BIN = os.environ["GANTRY_BENCH_BIN"]
 DOCKER = [os.environ.get("DOCKER_CLI", "docker"), "-H", HOST]
 TMP = tempfile.mkdtemp(prefix="gantry-bench-fm.")
@@ -48,13 +52,16 @@ def pct(xs, p):
 
 
 class Gantry:
-    def __init__(self, name, listeners):
+    def __init__(self, name, listeners, port_of="flowmanager"):
         d = os.path.join(TMP, name)
         os.makedirs(d)
         self.dir = d
+        with open(f"{d}/corekey.bin", "wb") as f:
+            f.write(os.urandom(64))
         text = (f'state_dir = "{d}/state"\ndocker_host = "{HOST}"\nlog_level = "warn"\n'
                 f'[flowmanager]\nsocket_dir = "{d}/sockets"\nstop_timeout_secs = 1\n'
                 'status_interval_secs = 3600\nmax_clients = 4096\n'
+                f'[duxcore]\ncorekey_file = "{d}/corekey.bin"\n'
                 '[intervirt]\npower = "none"\nupgrade_command = "none"\n' + listeners)
         with open(f"{d}/gantry.toml", "w") as f:
             f.write(text)
@@ -66,7 +73,7 @@ class Gantry:
         self.port = None
         for _ in range(300):
             self.log.seek(0)
-            m = re.search(r"listening dialect=flowmanager address=127\.0\.0\.1:(\d+)", self.log.read())
+            m = re.search(rf"listening dialect={port_of} address=127\.0\.0\.\d+:(\d+)", self.log.read())
             if m:
                 self.port = int(m.group(1))
                 break
@@ -165,7 +172,8 @@ def crash_latency(g, c):
     say(f"(a) crash latency over {ROUNDS} rounds, from dockerd's die: docker events median {md:.1f} ms, "
         f"container_crashed median {mg:.1f} ms; ratio {mg / md:.2f}, difference {mg - md:.1f} ms "
         f"(goal: at most 1.2x + 5 ms = {1.2 * md + 5:.1f} ms); the same die as status_changed "
-        f"(sent before the logs are read) median {statistics.median(s_lat):.1f} ms")
+        f"median {statistics.median(s_lat):.1f} ms; fastest rounds: docker events {min(d_lat):.1f} ms, "
+        f"container_crashed {min(g_lat):.1f} ms, status_changed {min(s_lat):.1f} ms")
 
 
 def memory():
@@ -181,13 +189,100 @@ def memory():
         c.sio.disconnect()
     g.stop()
     # One loopback address each: two listeners may not share an address, port 0 included.
-    listeners = LISTENER.format("transfer", 2) + LISTENER.format("flowmanager", 1) + \
-        LISTENER.format("intervirt", 3) + 'auth = "none"\n'
-    g = Gantry("all-listeners", listeners)
+    every = LISTENER.format("transfer", 2) + LISTENER.format("flowmanager", 1) + \
+        LISTENER.format("intervirt", 3) + 'auth = "none"\n' + LISTENER.format("duxcore", 4) + \
+        LISTENER.format("distillery", 5) + f'token_file = "{TMP}/distillery-tokens"\n'
+    with open(f"{TMP}/distillery-tokens", "w") as f:
+        f.write("bench " + os.urandom(24).hex() + "\n")
+    os.chmod(f"{TMP}/distillery-tokens", 0o600)
+    alone, full, settled, parts = [], [], [], []
+    for i in range(IDLE_RUNS):
+        for label, listeners, port_of, out in (
+                ("transfer", LISTENER.format("transfer", 2), "transfer", alone),
+                ("all", every, "flowmanager", full)):
+            g = Gantry(f"idle-{label}-{i}", listeners, port_of)
+            time.sleep(3)
+            out.append(rss_mib(g.proc.pid))
+            if label == "all":
+                # gantry pages its code out again once the start-up work in the background ran.
+                time.sleep(SETTLE_SECS)
+                settled.append(rss_mib(g.proc.pid))
+                parts.append(rss_parts(g.proc.pid))
+            g.stop()
+    fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)
+    say(f"(b) idle RSS, {IDLE_RUNS} alternating starts, 3 s after start (after the page-out at "
+        f"READY): transfer only {fmt(alone)} MiB (median {statistics.median(alone):.2f}); every "
+        f"listener (transfer, intervirt, flowmanager, duxcore, distillery) {fmt(full)} MiB (median "
+        f"{statistics.median(full):.2f}; goal <= 6 MiB)")
+    say(f"(b) every listener, {3 + SETTLE_SECS} s after start (after the second page-out): "
+        f"{fmt(settled)} MiB (median {statistics.median(settled):.2f}; goal <= 6 MiB)")
+    last = parts[-1]
+    say("(b) where it is, last start (MiB): " + ", ".join(f"{k} {v:.2f}" for k, v in last.items()))
+
+
+def rss_parts(pid):
+    """The resident set by kind of mapping, and the proportional set size (shared pages
+    divided among the processes that map them)."""
+    exe = os.readlink(f"/proc/{pid}/exe")
+    out = {"own code and data (the binary)": 0, "shared libraries": 0, "heap, stacks, other": 0,
+           "PSS": 0}
+    kind = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split()
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                path = head[5] if len(head) > 5 else ""
+                kind = ("own code and data (the binary)" if path == exe else
+                        "shared libraries" if ".so" in path else "heap, stacks, other")
+            elif head[0] == "Rss:":
+                out[kind] += int(head[1]) / 1024
+            elif head[0] == "Pss:":
+                out["PSS"] += int(head[1]) / 1024
+    return out
+
+
+def socket_fds(pid):
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return n
+
+
+def dockerd_pid():
+    sock = HOST.removeprefix("unix://")
+    for p in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"dockerd") and f"unix://{sock}".encode() in argv:
+            return int(p)
+    return None
+
+
+def followed(g, c):
+    """What the running containers cost: gantry's RSS and sockets, dockerd's RSS."""
+    dpid = dockerd_pid()
+    dmem = lambda: f"{rss_mib(dpid):.1f} MiB" if dpid else "?"
+    time.sleep(1)
+    before = (rss_mib(g.proc.pid), socket_fds(g.proc.pid), dmem())
+    names = [f"bench-run-{os.getpid()}-{i}" for i in range(FOLLOWED)]
+    for n in names:
+        c.request("create_container", {"image": IMAGE, "name": n, "command": ["sh", "-c", STOPPABLE]},
+                  "container_created")
+        c.request("start_container", {"container_id": n}, "container_started")
     time.sleep(3)
-    say(f"(b) idle RSS with every listener configured (transfer, intervirt, flowmanager): "
-        f"{rss_mib(g.proc.pid):.2f} MiB (goal <= 6 MiB)")
-    g.stop()
+    after = (rss_mib(g.proc.pid), socket_fds(g.proc.pid), dmem())
+    say(f"(d) {FOLLOWED} running containers: gantry RSS {before[0]:.2f} -> {after[0]:.2f} MiB "
+        f"({(after[0] - before[0]) * 1024 / FOLLOWED:.1f} KiB each), gantry sockets {before[1]} -> "
+        f"{after[1]} ({(after[1] - before[1]) / FOLLOWED:.1f} each: its listening socket, and the "
+        f"follow of its logs), dockerd RSS {before[2]} -> {after[2]}")
+    for n in names:
+        c.request("delete_container", {"container_id": n}, "container_deleted")
 
 
 def round_trips(c, target, label):
@@ -254,8 +349,8 @@ def messages(g, c):
 
 def main():
     say(f"dockerd {HOST}, image {IMAGE}, binary {BIN}, temp {TMP}")
-    phases = os.environ.get("GANTRY_BENCH_PHASES", "crash,messages,memory").split(",")
-    if "crash" in phases or "messages" in phases:
+    phases = os.environ.get("GANTRY_BENCH_PHASES", "crash,messages,followed,memory").split(",")
+    if "crash" in phases or "messages" in phases or "followed" in phases:
         g = Gantry("main", LISTENER.format("flowmanager", 1))
         c = Client(g.url)
         try:
@@ -263,6 +358,8 @@ def main():
                 crash_latency(g, c)
             if "messages" in phases:
                 messages(g, c)
+            if "followed" in phases:
+                followed(g, c)
         finally:
             c.sio.disconnect()
             g.stop()

@@ -9,8 +9,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 command -v curl >/dev/null 2>&1 || { echo "size-report: curl is required" >&2; exit 1; }
 
-echo "size-report: cargo build --release --locked"
-cargo build --release --locked
+# GANTRY_SIZE_CARGO_ARGS: more cargo build arguments, e.g. "--no-default-features" (a
+# gateway without the App Pool role).
+read -r -a extra <<<"${GANTRY_SIZE_CARGO_ARGS:-}"
+echo "size-report: cargo build --release --locked ${extra[*]}"
+cargo build --release --locked "${extra[@]}"
 
 target_dir=$(cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
@@ -36,16 +39,17 @@ awk -v s="$size" -v a="$(uname -m)" \
 
 # --- idle RSS and start-up time -----------------------------------------
 # Measured on the stripped copy: that is what packages and Yocto images install.
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# Port 0: gantry binds it and logs the address it got (`listening ... address=...`, at
+# info), which is read back here; no port is picked for it and released.
 mkdir -p "$tmp/state"
 cat > "$tmp/gantry.toml" <<TOML
 state_dir = "$tmp/state"
 docker_host = "unix://$tmp/no-docker.sock"
-log_level = "warn"
+log_level = "info"
 
 [[listeners]]
 dialect = "transfer"
-address = "127.0.0.1:$port"
+address = "127.0.0.1:0"
 TOML
 
 # No GANTRY_* overrides or systemd notify/watchdog from the caller's
@@ -59,9 +63,17 @@ env -u GANTRY_STATE_DIR -u GANTRY_DOCKER_HOST -u GANTRY_LOG_LEVEL \
 pid=$!
 
 ready_ns=
+addr=
 deadline=$((start_ns + 30 * 1000000000))
 while :; do
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/healthz" || true)
+    if [ -z "$addr" ]; then
+        addr=$(grep -m1 ' listening .*dialect=transfer' "$tmp/gantry.log" |
+            grep -o 'address=[^ ]*' | cut -d= -f2 || true)
+    fi
+    code=
+    if [ -n "$addr" ]; then
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://$addr/healthz" || true)
+    fi
     now=$(date +%s%N)
     if [ "$code" = 200 ]; then
         ready_ns=$now
@@ -73,7 +85,7 @@ while :; do
         exit 1
     fi
     if [ "$now" -gt "$deadline" ]; then
-        echo "size-report: no 200 from /healthz within 30 s; gantry output:" >&2
+        echo "size-report: no listening address and 200 from /healthz within 30 s; gantry output:" >&2
         cat "$tmp/gantry.log" >&2
         exit 1
     fi
@@ -89,7 +101,7 @@ threads=$(awk '/^Threads:/ { print $2 }' "/proc/$pid/status")
 awk -v r="$rss_kb" -v h="$hwm_kb" -v t="$threads" 'BEGIN {
     printf "size-report: idle VmRSS after 2 s: %d kB (%.2f MiB); peak VmHWM %d kB; %d threads\n", r, r / 1024, h, t
 }'
-echo "size-report: /healthz said: $(curl -s --max-time 1 "http://127.0.0.1:$port/healthz")"
+echo "size-report: /healthz said: $(curl -s --max-time 1 "http://$addr/healthz")"
 
 # --- start to READY=1 (sd_notify) ------------------------------------------
 # A second start, this time with a notify socket of our own, the way systemd runs the unit

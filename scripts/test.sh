@@ -3,7 +3,8 @@
 #
 # As root on Debian 12 it:
 #   1. installs what is missing (docker.io, busybox-static, nftables, iproute2, curl,
-#      docker-compose), without letting the packages start their services on the host;
+#      docker-compose, docker-registry, apache2-utils, openssl), without letting the packages
+#      start their services on the host;
 #   2. builds everything, checks formatting and runs clippy (host network: cargo may fetch);
 #   3. creates a private network namespace and starts a private containerd + dockerd in it,
 #      with their own sockets, data and exec roots under a temp dir and addresses from
@@ -13,15 +14,19 @@
 #      GANTRY_TEST_DOCKER_HOST and GANTRY_TEST_IMAGE pointing at the private daemon, then
 #      scripts/schemathesis.sh there: schemathesis (PyPI, pinned, installed into a virtualenv
 #      under ~/.cache/gantry-test) against the OpenAPI document the real gantry serves;
-#   6. tears the daemon and namespace down (also on failure or a signal), then runs
-#      scripts/check-yocto.sh and scripts/cross-aarch64.sh when they exist.
+#      then scripts/browser-test.py there: the dashboard in Debian's headless Chromium, driven
+#      by selenium (PyPI, pinned, in its own virtualenv);
+#   6. tears the daemon and namespace down (also on failure or a signal), then builds the
+#      Debian package and installs it into a fresh Debian root (scripts/test-deb.sh), then
+#      runs scripts/check-yocto.sh and scripts/cross-aarch64.sh when they exist.
 # Exit status: 0 only if every step passed.
 #
 # Arguments are passed on to `cargo test` (e.g. `bash scripts/test.sh --test apps_api`), and
 # GANTRY_TEST_QUICK=1 skips fmt, clippy and the Yocto/cross checks: both are for developers'
 # inner loop; `.ci/run` passes neither. GANTRY_TEST_DOCKERD=/path/to/dockerd runs the suite
 # against another dockerd than Debian's (a compatibility check; CI uses Debian's). The schemathesis run happens when no arguments are
-# given, or when GANTRY_TEST_SCHEMATHESIS=1 (GANTRY_TEST_SCHEMATHESIS=0 skips it).
+# given, or when GANTRY_TEST_SCHEMATHESIS=1 (GANTRY_TEST_SCHEMATHESIS=0 skips it); so do the
+# browser test (GANTRY_TEST_BROWSER=0|1) and the Debian package test (GANTRY_TEST_DEB=0|1).
 #
 # The tests that need the dockerd (or root and network namespaces) are #[ignore]d, so a plain
 # `cargo test` lists them as ignored; with the private dockerd up, this runs them too
@@ -34,6 +39,17 @@ set -uo pipefail
 
 CARGO_TEST_ARGS=("$@")
 quick() { [[ "${GANTRY_TEST_QUICK:-}" == 1 ]]; }
+# An optional part runs when its variable says 1, never when it says 0, and otherwise when
+# cargo test got no arguments (a full run, as in CI).
+wanted() {
+    case "${1:-}" in
+    1) return 0 ;;
+    0) return 1 ;;
+    esac
+    [[ ${#CARGO_TEST_ARGS[@]} -eq 0 ]]
+}
+want_browser() { wanted "${GANTRY_TEST_BROWSER:-}"; }
+want_deb() { ! quick && wanted "${GANTRY_TEST_DEB:-}"; }
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO" || exit 1
@@ -43,6 +59,8 @@ DOCKERD_WAIT_SECS=30
 IMAGE="gantry-test/busybox:latest"
 SCHEMATHESIS_VERSION=4.32.5
 ST_VENV="${GANTRY_TEST_VENV_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gantry-test}/schemathesis-$SCHEMATHESIS_VERSION"
+SELENIUM_VERSION=4.51.0
+SE_VENV="${GANTRY_TEST_VENV_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gantry-test}/selenium-$SELENIUM_VERSION"
 # python-socketio: the real Socket.IO client of the flowmanager tests (tests/flowmanager.rs).
 SOCKETIO_VERSION=5.14.1
 SIO_VENV="${GANTRY_TEST_VENV_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gantry-test}/socketio-$SOCKETIO_VERSION"
@@ -181,6 +199,14 @@ teardown() {
     TMPD=""
     DOCKER_SOCK=""
     if [[ -n "$NETNS" ]]; then
+        # The App Pool tests' fleet: a namespace per server, named after ours.
+        local ns
+        for ns in $(ip netns list 2>/dev/null | awk '{ print $1 }' | grep -F "$NETNS-"); do
+            for pid in $(ip netns pids "$ns" 2>/dev/null); do
+                kill -KILL "$pid" 2>/dev/null
+            done
+            ip netns del "$ns" 2>/dev/null || warn "cannot delete network namespace $ns"
+        done
         ip netns del "$NETNS" 2>/dev/null || warn "cannot delete network namespace $NETNS"
         NETNS=""
     fi
@@ -260,9 +286,23 @@ missing_packages() {
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+    # The App Pool tests' store: Debian's distribution 2.8 registry, started by the tests.
+    command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+    # A private store's test: its htpasswd file (bcrypt, `htpasswd -B`) and its certificates.
+    command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    # promtool checks the /metrics exposition format (tests/metrics.rs).
+    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     # schemathesis goes into a virtualenv (Debian's python3 is externally managed).
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+    if want_browser; then
+        command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+        command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+    fi
+    if want_deb; then
+        command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+    fi
     echo "${missing[@]}"
 }
 
@@ -306,13 +346,7 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 
 # schemathesis, pinned, in its own virtualenv (host network namespace: pip needs PyPI).
-want_schemathesis() {
-    case "${GANTRY_TEST_SCHEMATHESIS:-}" in
-    1) return 0 ;;
-    0) return 1 ;;
-    esac
-    [[ ${#CARGO_TEST_ARGS[@]} -eq 0 ]]
-}
+want_schemathesis() { wanted "${GANTRY_TEST_SCHEMATHESIS:-}"; }
 
 # A new virtualenv at $1 with the pip requirements $2...
 fresh_venv() {
@@ -331,6 +365,24 @@ install_schemathesis() {
     fresh_venv "$ST_VENV" "schemathesis==$SCHEMATHESIS_VERSION" &&
         "$ST_VENV/bin/st" --version >/dev/null
 }
+
+# selenium, pinned, in its own virtualenv; it drives Debian's chromium through chromedriver.
+install_selenium() {
+    if "$SE_VENV/bin/python" -c "import selenium, sys; sys.exit(selenium.__version__ != '$SELENIUM_VERSION')" 2>/dev/null; then
+        return 0
+    fi
+    fresh_venv "$SE_VENV" "selenium==$SELENIUM_VERSION"
+}
+
+SE_OK=0
+if want_browser; then
+    log "selenium $SELENIUM_VERSION (virtualenv $SE_VENV)"
+    if install_selenium; then
+        SE_OK=1
+    else
+        FAILED+=("install selenium $SELENIUM_VERSION (pip)")
+    fi
+fi
 
 ST_OK=0
 if want_schemathesis; then
@@ -525,21 +577,38 @@ test_command_in_netns() {
     )
 }
 
-# Bounded: schemathesis.sh limits schemathesis itself to 150 s; this is the outer bound.
-schemathesis_command_in_netns() {
-    mkdir -p "$TMPD/schemathesis"
-    ST_CMD=(
+# `env` with what the scripts run in the namespace are given: gantry, the test dockerd and
+# its image, and a work directory `$TMPD/$1` of their own.
+netns_env() {
+    mkdir -p "$TMPD/$1"
+    NETNS_ENV=(
         env
         GANTRY_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/gantry"
-        ST="$ST_VENV/bin/st"
         DOCKER_HOST_URI="unix://$DOCKER_SOCK"
         DOCKER_CLI="$DOCKER_CLI"
         DOCKER_CONFIG="$TMPD/docker-cli-config"
         IMAGE="$IMAGE"
-        WORKDIR="$TMPD/schemathesis"
-        timeout --kill-after=10 200
-        nsenter --net="/run/netns/$NETNS"
+        WORKDIR="$TMPD/$1"
+    )
+}
+
+# Bounded: schemathesis.sh limits schemathesis itself to 150 s; this is the outer bound.
+schemathesis_command_in_netns() {
+    netns_env schemathesis
+    ST_CMD=(
+        "${NETNS_ENV[@]}" ST="$ST_VENV/bin/st"
+        timeout --kill-after=10 200 nsenter --net="/run/netns/$NETNS"
         bash "$REPO/scripts/schemathesis.sh"
+    )
+}
+
+# Bounded: the browser test waits at most 60 s per step.
+browser_command_in_netns() {
+    netns_env browser
+    BROWSER_CMD=(
+        "${NETNS_ENV[@]}" HOME="$TMPD/browser"
+        timeout --kill-after=10 300 nsenter --net="/run/netns/$NETNS"
+        "$SE_VENV/bin/python" "$REPO/scripts/browser-test.py"
     )
 }
 
@@ -568,6 +637,14 @@ elif is_root && command -v dockerd >/dev/null 2>&1; then
         else
             warn "schemathesis run skipped (cargo test arguments given; GANTRY_TEST_SCHEMATHESIS=1 runs it)"
         fi
+        if [[ $SE_OK -eq 1 ]]; then
+            browser_command_in_netns
+            if ! step "the dashboard in headless Chromium (in $NETNS)" "${BROWSER_CMD[@]}"; then
+                tail -n 20 "$TMPD/browser/gantry.log" >&2
+            fi
+        elif ! want_browser; then
+            warn "browser test skipped (cargo test arguments given; GANTRY_TEST_BROWSER=1 runs it)"
+        fi
     else
         FAILED+=("private dockerd / test image")
     fi
@@ -585,7 +662,20 @@ else
     step "cargo test (without Docker)" env -u GANTRY_TEST_DOCKER_HOST cargo test --locked --no-fail-fast "${CARGO_TEST_ARGS[@]}" || true
 fi
 
-# 6. Yocto and cross checks (the other scripts own them)
+# 6. The Debian package, installed into a fresh Debian root (host network: debootstrap and
+#    cargo install may download, the first time)
+
+if [[ $BUILD_OK -eq 1 ]] && want_deb; then
+    if is_root; then
+        step "Debian package: build, install into a fresh Debian root" bash "$REPO/scripts/test-deb.sh" || true
+    elif in_ci; then
+        FAILED+=("Debian package test (needs root)")
+    else
+        warn "not root: the Debian package test (chroot) skipped"
+    fi
+fi
+
+# 7. Yocto and cross checks (the other scripts own them)
 
 for s in check-yocto.sh cross-aarch64.sh; do
     if quick; then

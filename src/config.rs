@@ -11,7 +11,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod distillery;
-pub use distillery::{NamedToken, SnapshotsConfig};
+pub use distillery::{read_tokens, NamedToken, SnapshotsConfig};
+pub mod pool;
+pub use pool::{PoolConfig, ServerConfig, StoreConfig};
 mod security;
 #[cfg(test)]
 pub use security::Cidr;
@@ -97,6 +99,22 @@ impl ConfigError {
             e => e,
         }
     }
+}
+
+/// A `*_secs` value: the environment variable `var` wins over `value` (the file's or the
+/// default); at least 1.
+fn secs_value(env: &dyn Env, key: &str, var: String, value: u64) -> Result<Duration, ConfigError> {
+    let v = match env.var(&var) {
+        Some(s) => s.parse::<u64>().map_err(|_| ConfigError::Env {
+            var,
+            message: format!("not a number: {s}"),
+        })?,
+        None => value,
+    };
+    if v == 0 {
+        return Err(bad(key, "must be at least 1"));
+    }
+    Ok(Duration::from_secs(v))
 }
 
 /// `value` (or `default`), refused when 0.
@@ -196,6 +214,20 @@ pub struct Listener {
     pub access: Access,
     /// TLS, when configured.
     pub tls: Option<TlsFiles>,
+    /// The token file of a token listener (for clients that report which file they read).
+    pub token_file: Option<PathBuf>,
+    /// Serve the dashboard at `[prefix]/ui/` (transfer only).
+    pub ui: bool,
+    /// Serve `GET /metrics` (Prometheus text format), behind the listener's auth.
+    pub metrics: bool,
+}
+
+/// How token files are read: the daemon needs every one; a client (the CLI) reads those it
+/// may and leaves the token of the others empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tokens {
+    Required,
+    IfReadable,
 }
 
 #[derive(Debug, Clone)]
@@ -282,6 +314,7 @@ pub struct Config {
     pub duxcore: DuxcoreConfig,
     pub snapshots: SnapshotsConfig,
     pub flow: FlowConfig,
+    pub pool: PoolConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -308,6 +341,8 @@ struct RawConfig {
     snapshots: distillery::RawSnapshots,
     #[serde(default)]
     flowmanager: RawFlow,
+    #[serde(default)]
+    pool: pool::RawPool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -606,16 +641,20 @@ fn build_duxcore(
     env: &dyn Env,
     state_dir: &Path,
     listeners: &[Listener],
+    tokens: Tokens,
 ) -> Result<DuxcoreConfig, ConfigError> {
     let corekey_file = env
         .var("GANTRY_DUXCORE_COREKEY_FILE")
         .map(PathBuf::from)
         .or(raw.corekey_file)
         .unwrap_or_else(|| state_dir.join("corekey.bin"));
-    let corekey = if listeners.iter().any(|l| l.dialect == Dialect::Duxcore) {
-        Some(read_corekey(&corekey_file)?)
-    } else {
+    let corekey = if !listeners.iter().any(|l| l.dialect == Dialect::Duxcore) {
         None
+    } else if tokens == Tokens::IfReadable {
+        // A client (the CLI) never uses the key; `gantry check` reads the file itself.
+        read_corekey(&corekey_file).ok()
+    } else {
+        Some(read_corekey(&corekey_file)?)
     };
     let positive = |key: &str, v: Option<u64>, default: u64| match v {
         Some(0) => Err(bad(format!("duxcore.{key}"), "must be at least 1")),
@@ -689,6 +728,8 @@ struct RawListener {
     auth: Option<String>,
     token_file: Option<PathBuf>,
     prefix: Option<String>,
+    ui: Option<bool>,
+    metrics: Option<bool>,
     #[serde(default)]
     allowed_origins: Vec<String>,
     #[serde(default)]
@@ -723,8 +764,27 @@ impl Env for ProcessEnv {
     }
 }
 
+/// No environment variable at all (tests).
+#[cfg(test)]
+pub(crate) struct NoEnv;
+
+#[cfg(test)]
+impl Env for NoEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
 impl Config {
     pub fn load(source: Source<'_>, env: &dyn Env) -> Result<Config, ConfigError> {
+        Self::load_with(source, env, Tokens::Required)
+    }
+
+    pub fn load_with(
+        source: Source<'_>,
+        env: &dyn Env,
+        tokens: Tokens,
+    ) -> Result<Config, ConfigError> {
         let (text, origin) = match source {
             Source::Explicit(path) => (
                 std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -746,31 +806,26 @@ impl Config {
                 }
             },
         };
-        Self::parse(&text, env).map_err(|e| ConfigError::In {
+        Self::parse_with(&text, env, tokens).map_err(|e| ConfigError::In {
             origin,
             source: Box::new(e),
         })
     }
 
+    #[cfg(test)]
     pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)?;
-        Self::from_raw(raw, env)
+        Self::parse_with(text, env, Tokens::Required)
     }
 
-    fn from_raw(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
+    fn parse_with(text: &str, env: &dyn Env, tokens: Tokens) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)?;
+        Self::from_raw(raw, env, tokens)
+    }
+
+    fn from_raw(raw: RawConfig, env: &dyn Env, tokens: Tokens) -> Result<Config, ConfigError> {
         let secs = |key: &str, file: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
             let var = format!("GANTRY_{}", key.to_uppercase());
-            let v = match env.var(&var) {
-                Some(s) => s.parse::<u64>().map_err(|_| ConfigError::Env {
-                    var,
-                    message: format!("not a number: {s}"),
-                })?,
-                None => file.unwrap_or(default),
-            };
-            if v == 0 {
-                return Err(bad(key, "must be at least 1"));
-            }
-            Ok(Duration::from_secs(v))
+            secs_value(env, key, var, file.unwrap_or(default))
         };
 
         let state_dir = env
@@ -843,7 +898,7 @@ impl Config {
             .into_iter()
             .enumerate()
             .map(|(index, l)| {
-                build_listener(l).map_err(|e| ConfigError::Listener {
+                build_listener(l, tokens).map_err(|e| ConfigError::Listener {
                     index,
                     source: Box::new(e),
                 })
@@ -856,7 +911,7 @@ impl Config {
             }
         }
 
-        let duxcore = build_duxcore(raw.duxcore, env, &state_dir, &listeners)?;
+        let duxcore = build_duxcore(raw.duxcore, env, &state_dir, &listeners, tokens)?;
         let snapshots = distillery::build_snapshots(raw.snapshots, &state_dir)?;
         Ok(Config {
             state_dir,
@@ -881,6 +936,7 @@ impl Config {
             duxcore,
             snapshots,
             flow: build_flow(raw.flowmanager)?,
+            pool: pool::build(raw.pool, env)?,
         })
     }
 }
@@ -931,7 +987,7 @@ fn apply_listener_env(raws: &mut Vec<RawListener>, env: &dyn Env) -> Result<(), 
     Ok(())
 }
 
-fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
+fn build_listener(raw: RawListener, tokens: Tokens) -> Result<Listener, ConfigError> {
     let dialect = Dialect::parse(&raw.dialect)?;
     let address = match &raw.address {
         Some(a) => a
@@ -966,14 +1022,18 @@ fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
                 .token_file
                 .as_ref()
                 .ok_or_else(|| bad("auth", "\"token\" needs token_file"))?;
-            let token = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::TokenFile {
-                    path: path.clone(),
-                    source,
-                })?
-                .trim()
-                .to_string();
-            if token.len() < 16 {
+            let token = match std::fs::read_to_string(path) {
+                Ok(text) => text.trim().to_string(),
+                // A client that may not read the file leaves the token empty.
+                Err(_) if tokens == Tokens::IfReadable => String::new(),
+                Err(source) => {
+                    return Err(ConfigError::TokenFile {
+                        path: path.clone(),
+                        source,
+                    })
+                }
+            };
+            if token.len() < 16 && !(token.is_empty() && tokens == Tokens::IfReadable) {
                 return Err(bad(
                     "token_file",
                     format!(
@@ -989,9 +1049,12 @@ fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
                 .token_file
                 .as_ref()
                 .ok_or_else(|| bad("auth", "\"tokens\" needs token_file"))?;
-            Auth::Tokens {
-                tokens: distillery::read_tokens(path)?,
-            }
+            let named = match distillery::read_tokens(path) {
+                // A client that may not read the file knows no token of it.
+                Err(ConfigError::TokenFile { .. }) if tokens == Tokens::IfReadable => Vec::new(),
+                read => read?,
+            };
+            Auth::Tokens { tokens: named }
         }
         Some("none") => Auth::None,
         Some("client-cert") => Auth::ClientCert,
@@ -1018,6 +1081,10 @@ fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
         Some(p) => validate_prefix(&p)?,
         None => String::new(),
     };
+    let ui = raw.ui.unwrap_or(false);
+    if ui && dialect != Dialect::Transfer {
+        return Err(bad("ui", "only transfer listeners serve the dashboard"));
+    }
     let security = security::RawSecurity {
         allowed_origins: raw.allowed_origins,
         allowed_hosts: raw.allowed_hosts,
@@ -1033,6 +1100,9 @@ fn build_listener(raw: RawListener) -> Result<Listener, ConfigError> {
         address,
         auth,
         prefix,
+        token_file: raw.token_file,
+        ui,
+        metrics: raw.metrics.unwrap_or(false),
         access,
         tls,
     })
@@ -1467,6 +1537,57 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("only transfer"), "{e}");
+    }
+
+    #[test]
+    fn dashboard_and_metrics_are_opt_in_per_listener() {
+        let l = |extra: &str| format!("[[listeners]]\ndialect = \"transfer\"\n{extra}");
+        let c = Config::parse(&l(""), &env(&[])).unwrap();
+        assert!(!c.listeners[0].ui && !c.listeners[0].metrics);
+        let c = Config::parse(&l("ui = true\nmetrics = true\n"), &env(&[])).unwrap();
+        assert!(c.listeners[0].ui && c.listeners[0].metrics);
+        let iv = "[[listeners]]\ndialect = \"intervirt\"\nauth = \"none\"\n";
+        assert_eq!(refused_key(&format!("{iv}ui = true\n"), &[]), "ui");
+        let c = Config::parse(&format!("{iv}metrics = true\n"), &env(&[])).unwrap();
+        assert!(c.listeners[0].metrics);
+    }
+
+    #[test]
+    fn clients_load_a_config_whose_token_file_they_cannot_read() {
+        let t = "[[listeners]]\ndialect = \"transfer\"\nauth = \"token\"\n\
+                 token_file = \"/nonexistent/gantry/token\"\n";
+        let e = Config::parse(t, &env(&[])).unwrap_err();
+        assert!(matches!(e.root(), ConfigError::TokenFile { .. }), "{e:?}");
+        let c = Config::parse_with(t, &env(&[]), Tokens::IfReadable).unwrap();
+        let l = &c.listeners[0];
+        assert_eq!(
+            l.auth,
+            Auth::Token {
+                token: String::new()
+            }
+        );
+        assert_eq!(
+            l.token_file.as_deref(),
+            Some(Path::new("/nonexistent/gantry/token"))
+        );
+    }
+
+    #[test]
+    fn clients_load_a_config_whose_core_key_or_tokens_file_they_cannot_read() {
+        let t = "state_dir = \"/nonexistent/gantry\"\n\
+                 [[listeners]]\ndialect = \"duxcore\"\n\
+                 [[listeners]]\ndialect = \"distillery\"\n\
+                 token_file = \"/nonexistent/gantry/tokens\"\n";
+        assert!(Config::parse(t, &env(&[])).is_err());
+        let c = Config::parse_with(t, &env(&[]), Tokens::IfReadable).unwrap();
+        assert_eq!(c.duxcore.corekey, None);
+        assert_eq!(c.listeners[1].auth, Auth::Tokens { tokens: Vec::new() });
+        // A file that is there but wrong is still refused.
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("tokens");
+        std::fs::write(&bad, "admin short\n").unwrap();
+        let t = t.replace("/nonexistent/gantry/tokens", &bad.display().to_string());
+        assert!(Config::parse_with(&t, &env(&[]), Tokens::IfReadable).is_err());
     }
 
     #[test]

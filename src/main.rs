@@ -3,8 +3,11 @@
 // System calls go through nix's safe wrappers. A call nix does not wrap needs a local
 // `#[allow(unsafe_code)]` and a `// SAFETY:` comment saying why it is sound.
 #![deny(unsafe_code)]
+// Built without the App Pool role, the parts of the core only the pool uses lie idle.
+#![cfg_attr(not(feature = "pool"), allow(dead_code, unused_imports))]
 
 mod api;
+mod cli;
 mod config;
 mod core;
 mod server;
@@ -27,6 +30,7 @@ use crate::core::engine::ContainerEngine;
 use crate::core::health::EngineHealth;
 use crate::core::intervirt::{AgentSettings, IntervirtAgent};
 use crate::core::power::{LogindPower, NoPower, Power, RecordingPower, SyscallPower};
+use crate::core::templates::Templates;
 use crate::core::view::LiveView;
 use crate::core::Core;
 
@@ -35,7 +39,7 @@ pub const EXIT_BAD_CONFIG: u8 = 78;
 const EXIT_FAILURE: u8 = 1;
 
 #[derive(Parser)]
-#[command(name = "gantry", version, about)]
+#[command(name = "gantry", version, about, after_long_help = cli::EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,6 +47,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Daemon(Daemon),
+    #[command(flatten)]
+    Operator(cli::Operator),
+}
+
+/// The daemon's own commands, parsed alone when one of them is asked for: the daemon then
+/// never builds the operator commands' definitions (which would stay in its heap).
+#[derive(Parser)]
+#[command(name = "gantry", version, about)]
+struct DaemonCli {
+    #[command(subcommand)]
+    command: Daemon,
+}
+
+#[derive(Subcommand)]
+enum Daemon {
     /// Run the daemon.
     Serve {
         /// Configuration file (default: /etc/gantry/gantry.toml when it exists).
@@ -68,9 +89,16 @@ fn load(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::CheckConfig { config } => match load(config.as_ref()) {
+    let first = std::env::args_os().nth(1);
+    let command = match first.as_ref().and_then(|a| a.to_str()) {
+        Some("serve" | "check-config") => DaemonCli::parse().command,
+        _ => match Cli::parse().command {
+            Command::Daemon(d) => d,
+            Command::Operator(op) => return cli::run(op),
+        },
+    };
+    match command {
+        Daemon::CheckConfig { config } => match load(config.as_ref()) {
             Ok(c) => {
                 println!("configuration OK");
                 println!("state_dir = {}", c.state_dir.display());
@@ -103,7 +131,7 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Serve { config } => {
+        Daemon::Serve { config } => {
             let config = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -179,11 +207,8 @@ async fn serve(config: Config) -> ExitCode {
     ));
     let stop = CancellationToken::new();
     let health = EngineHealth::spawn(engine.clone(), config.docker_probe_interval, stop.clone());
-    let apps = match Apps::open(
-        engine.clone(),
-        &config.state_dir,
-        import_settings(&config, &addrs),
-    ) {
+    let settings = import_settings(&config, &addrs);
+    let apps = match Apps::open(engine.clone(), &config.state_dir, settings.clone()) {
         Ok(a) => a
             .with_events(gantry_events(&config))
             .with_health_timeout(config.apps.health_timeout),
@@ -220,14 +245,18 @@ async fn serve(config: Config) -> ExitCode {
         Ok(f) => f,
         Err(code) => return code,
     };
-    let core = Arc::new(
-        Core::new(engine, health.clone(), apps)
-            .with_intervirt(intervirt)
-            .with_prefs(prefs)
-            .with_services(services)
-            .with_snapshots(snapshots)
-            .with_flow(flow),
-    );
+    let core = Core::new(engine.clone(), health.clone(), apps)
+        .with_intervirt(intervirt)
+        .with_prefs(prefs)
+        .with_services(services)
+        .with_snapshots(snapshots)
+        .with_flow(flow);
+    let core = match with_templates_and_pool(core, &config, engine, &settings) {
+        Ok(c) => Arc::new(c),
+        Err(code) => return code,
+    };
+    #[cfg(feature = "pool")]
+    core.run_pool(stop.clone());
     spawn_reload_on_hangup(core.clone());
     // Operations left unsettled (Docker down at start or midway) are resolved once it answers.
     tokio::spawn(crate::core::recovery::resolve_pending(
@@ -265,7 +294,7 @@ async fn serve(config: Config) -> ExitCode {
     }
     server::systemd::notify_ready(&listening);
     // Start-up code ran once; what stays resident from now on is what the daemon uses.
-    server::memory::trim_own_code();
+    server::memory::trim_code_after_start(stop.clone());
     tracing::info!(version = env!("CARGO_PKG_VERSION"), docker = %config.docker_host, state = %config.state_dir.display(), "gantry ready");
     server::systemd::spawn_status_updates(health.subscribe(), listening, stop.clone());
     server::systemd::spawn_watchdog(probes, stop.clone());
@@ -286,6 +315,50 @@ async fn serve(config: Config) -> ExitCode {
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// The template store and (with the `pool` feature) the App Pool; both check bundles as the
+/// apps' imports do (`settings`).
+fn with_templates_and_pool(
+    core: Core,
+    config: &Config,
+    engine: Arc<dyn ContainerEngine>,
+    settings: &ImportSettings,
+) -> Result<Core, ExitCode> {
+    let view = core.view.clone();
+    // Template imports record their intents where the apps' do (recovered with them).
+    let with_intents = ImportSettings {
+        intents: Some(core.apps.intents().clone()),
+        ..settings.clone()
+    };
+    let templates = Templates::open(engine, view, &config.state_dir, &with_intents);
+    let templates = templates.map_err(|e| {
+        tracing::error!(error = %e, "cannot open the template store");
+        ExitCode::from(EXIT_FAILURE)
+    })?;
+    with_pool(core.with_templates(templates), config, settings)
+}
+
+/// The App Pool's state in `<state_dir>/pool` (builds with the `pool` feature).
+#[cfg(feature = "pool")]
+fn with_pool(core: Core, config: &Config, settings: &ImportSettings) -> Result<Core, ExitCode> {
+    // reqwest's rustls needs a process-wide crypto provider; ring is the one built in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match crate::core::pool::Pool::open(&config.pool, &config.state_dir, settings.clone()) {
+        Ok(pool) => Ok(core.with_pool(pool)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the app pool");
+            Err(ExitCode::from(EXIT_FAILURE))
+        }
+    }
+}
+
+#[cfg(not(feature = "pool"))]
+fn with_pool(core: Core, config: &Config, _settings: &ImportSettings) -> Result<Core, ExitCode> {
+    if config.pool.store.is_some() || !config.pool.servers.is_empty() {
+        tracing::warn!("[pool] is configured but this gantry was built without the pool feature");
+    }
+    Ok(core)
 }
 
 /// The apps event bus, sized by `http.sse_queue_events`.

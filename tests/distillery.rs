@@ -16,8 +16,8 @@ use std::time::Duration;
 use client::{assert_failed, assert_success, Dist, Dws, CI_TOKEN, TOKEN};
 use common::bundle::{app_zip, fresh_big_image, import, saved_image, slow_app, zip_of};
 use common::{
-    app_containers, docker_exists, docker_id, docker_ok, enc, test_image, unique, unique_image,
-    wait_for, Cleanup, Gantry,
+    app_containers, docker_exists, docker_id, docker_ok, enc, metric, run_gantry, test_image,
+    unique, unique_image, wait_for, Cleanup, Gantry,
 };
 use serde_json::{json, Value};
 
@@ -484,11 +484,11 @@ fn exec_runs_a_command_with_stdin_and_judges_its_exit_code() {
         "no service \"nope\"",
     );
 
-    // Cancelled, the command is ended.
+    // Cancelled, the command is ended, with the processes it started.
     let mut ws = d.ws();
     ws.call(
         "exec",
-        &[&slug, "web", "sh", "-c", "echo started; sleep 300"],
+        &[&slug, "web", "sh", "-c", "sleep 300 & echo started; wait"],
     );
     ws.until(|l| l == "started");
     ws.cancel();
@@ -497,13 +497,15 @@ fn exec_runs_a_command_with_stdin_and_judges_its_exit_code() {
     assert!(!top.contains("sleep 300"), "{top}");
 }
 
+/// A service that says `tick N` every second.
+const TICKING: &str = "[\"sh\", \"-c\", \"trap 'exit 0' TERM; i=0; while true; do echo tick $$i; i=$$((i+1)); sleep 1; done & wait\"]";
+
 #[test]
 #[ignore = "needs the test dockerd (run scripts/test.sh)"]
 fn logs_follow_the_app_until_cancelled() {
     let host = require_docker!();
     let d = Dist::start(&host);
-    let ticking = "[\"sh\", \"-c\", \"trap 'exit 0' TERM; i=0; while true; do echo tick $$i; i=$$((i+1)); sleep 1; done & wait\"]";
-    let (id, slug) = import_compose(&d, "dist-logs", &web_compose(&test_image(), ticking));
+    let (id, slug) = import_compose(&d, "dist-logs", &web_compose(&test_image(), TICKING));
     assert_success(&d.call("start", &[&slug]).1, &[]);
     let container = app_containers(&id, false)[0].clone();
     let mut ws = d.ws();
@@ -682,4 +684,68 @@ fn docker_save(reference: &str) -> Vec<u8> {
     let file = tempfile::NamedTempFile::new().unwrap();
     docker_ok(&["save", "-o", file.path().to_str().unwrap(), reference]);
     std::fs::read(file.path()).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// The operator's view: /metrics and `gantry task ls`
+
+#[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
+fn a_followed_log_shows_in_metrics_and_in_the_task_list() {
+    let host = require_docker!();
+    let d = Dist::with(Gantry::builder().docker_host(&host), "metrics = true");
+    let (id, slug) = import_compose(&d, "dist-ops", &web_compose(&test_image(), TICKING));
+    assert_success(&d.call("start", &[&slug]).1, &[]);
+    let mut ws = d.ws();
+    ws.call("logs", &[&slug]);
+    ws.until(|l| l.contains("tick"));
+
+    // /metrics on the distillery listener is behind its named tokens.
+    assert_eq!(d.get("/metrics", None).0, 401);
+    let scrape = || {
+        let (status, body) = d.get("/metrics", Some(CI_TOKEN));
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let sessions = "gantry_websocket_sessions{dialect=\"distillery\"}";
+    let running = "gantry_operations_running{kind=\"logs\"}";
+    // The start's session may still be closing.
+    let text = wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+        let t = scrape();
+        (metric(&t, sessions) == Some(1.0)).then_some(t)
+    })
+    .expect("the logs session is not counted");
+    assert_eq!(metric(&text, running), Some(1.0), "{text}");
+    let started = "gantry_operations_total{kind=\"start\",outcome=\"ok\"}";
+    assert_eq!(metric(&text, started), Some(1.0), "{text}");
+
+    // The operator's CLI lists it, through the transfer listener.
+    let url = format!("http://{}", d.g.addr);
+    let out = run_gantry(&["task", "ls", "--url", &url], &[]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("logs"))
+        .unwrap_or_else(|| panic!("no logs task in\n{table}"));
+    assert!(row.contains(&id), "{table}");
+    let out = run_gantry(&["task", "ls", "--json", "--url", &url], &[]);
+    let tasks: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let task = tasks
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["Kind"] == "logs"))
+        .unwrap_or_else(|| panic!("{tasks}"));
+    assert_eq!(task["App"], id.as_str(), "{task}");
+
+    ws.cancel();
+    assert_eq!(ws.rest().1, json!({"success": true}));
+    // The session is counted until the connection is closed.
+    drop(ws);
+    let ended = "gantry_operations_total{kind=\"logs\",outcome=\"ok\"}";
+    let done = wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+        let t = scrape();
+        let over = metric(&t, ended) == Some(1.0) && metric(&t, running) == Some(0.0);
+        (over && metric(&t, sessions) == Some(0.0)).then_some(())
+    });
+    assert!(done.is_some(), "{}", scrape());
 }

@@ -41,6 +41,11 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 fn dux_in(state: Option<&Path>, extra: &[&str]) -> Dux {
+    dux_on(Gantry::builder(), state, extra)
+}
+
+/// A duxcore daemon from `b` (its listener's other keys set there).
+fn dux_on(b: GantryBuilder, state: Option<&Path>, extra: &[&str]) -> Dux {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("corekey.bin");
     std::fs::write(&key_file, key_bytes(1)).unwrap();
@@ -52,7 +57,7 @@ fn dux_in(state: Option<&Path>, extra: &[&str]) -> Dux {
         section += "\n";
         section += l;
     }
-    let mut b = Gantry::builder().dialect("duxcore").config(&section);
+    let mut b = b.dialect("duxcore").config(&section);
     if let Some(s) = state {
         b = b.state_dir(s);
     }
@@ -114,6 +119,12 @@ impl Dux {
 /// A daemon and one service of the test image made by `POST /v1/service` with `params`.
 fn with_service(label: &str, params: Value) -> (Dux, Cleanup, String) {
     let d = dux(&[]);
+    let (cleanup, id) = service_of(&d, label, params);
+    (d, cleanup, id)
+}
+
+/// One service of the test image made on `d` by `POST /v1/service` with `params`.
+fn service_of(d: &Dux, label: &str, params: Value) -> (Cleanup, String) {
     let mut cleanup = Cleanup::new();
     let mut p = json!({"image": test_image(), "bind_dir": "data"});
     p.as_object_mut()
@@ -121,7 +132,7 @@ fn with_service(label: &str, params: Value) -> (Dux, Cleanup, String) {
         .extend(params.as_object().unwrap().clone());
     let (id, r) = d.create(&mut cleanup, label, p);
     assert_eq!(r.status, 200, "{r}");
-    (d, cleanup, id)
+    (cleanup, id)
 }
 
 fn inspect(name: &str) -> Value {
@@ -928,4 +939,49 @@ fn attach_and_stats_over_the_websocket() {
     let (code, reason) = ws.closed();
     assert_eq!(code, 1011, "{reason}");
     assert!(reason.contains("no-such-svc"), "{reason}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The operator's view: /metrics on a duxcore listener
+
+#[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
+fn metrics_need_the_core_key_and_count_services_and_websockets() {
+    let _host = require_docker!();
+    let d = dux_on(Gantry::builder().listener("metrics = true"), None, &[]);
+    let scrape = || {
+        let r = d.with_key(Some(&d.key), "GET", "/metrics", None);
+        assert_eq!(r.status, 200, "{r}");
+        r.text()
+    };
+    // The listener is loopback: the core key is what a client proves itself with.
+    let r = d.g.get("/metrics");
+    assert_eq!(r.status, 401, "{r}");
+    assert_eq!(r.json()["error"]["code"], 401, "{r}");
+    let wrong = b64(&key_bytes(2));
+    assert_eq!(
+        d.with_key(Some(&wrong), "GET", "/metrics", None).status,
+        401
+    );
+
+    let (_cleanup, id) = service_of(&d, "dux-metrics", json!({"cmd": ["sh"]}));
+    let created = "gantry_operations_total{kind=\"create-service\",outcome=\"ok\"}";
+    assert_eq!(metric(&scrape(), created), Some(1.0));
+    let idle = "gantry_operations_running{kind=\"create-service\"}";
+    assert_eq!(metric(&scrape(), idle), Some(0.0));
+
+    // A stats session is a websocket of this dialect while it lasts.
+    let mut ws = WsClient::connect(d.g.addr, "/v1/ws");
+    let init = json!({"corekey": d.key, "type": "stats", "data": id});
+    ws.send(Message::text(init.to_string()));
+    assert!(matches!(ws.next(Duration::from_secs(30)), Got::Text(_)));
+    let sessions = "gantry_websocket_sessions{dialect=\"duxcore\"}";
+    assert_eq!(metric(&scrape(), sessions), Some(1.0));
+    let connections = "gantry_http_connections_total{dialect=\"duxcore\"}";
+    assert!(metric(&scrape(), connections).unwrap() >= 2.0);
+    drop(ws);
+    let closed = wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+        (metric(&scrape(), sessions) == Some(0.0)).then_some(())
+    });
+    assert!(closed.is_some(), "the session stayed counted");
 }

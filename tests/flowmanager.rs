@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{docker, docker_ok, read_raw_response, test_image, unique, write_all, Cleanup};
+use common::{
+    docker, docker_ok, metric, read_raw_response, test_image, unique, write_all, Cleanup,
+};
 use harness::{in_container, short, FdStore, Fm, Peer, Sio};
 
 const T: Duration = Duration::from_secs(30);
@@ -807,6 +809,125 @@ fn crashes_health_outside_stops_and_periodic_status_are_broadcast() {
     assert!(crash.is_none(), "a kill is not a crash: {crash:?}");
 }
 
+/// A container command that waits for `/tmp/go`, then writes `first`, 300 numbered lines and
+/// exits with `code` at once.
+fn burst(code: u8) -> String {
+    format!(
+        "echo first; until [ -f /tmp/go ]; do sleep 0.05; done; \
+         i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo line$i; done; exit {code}"
+    )
+}
+
+/// Waits until gantry keeps the last log lines of container `id` `how` (its debug log says
+/// so), then lets the container's `burst` go.
+fn go_once_kept(fm: &Fm, id: &str, how: &str) {
+    let kept = common::wait_for(T, Duration::from_millis(50), || {
+        fm.log()
+            .lines()
+            .any(|l| l.contains("keeping the last log lines for crash reports") && l.contains(id))
+            .then_some(())
+    });
+    assert!(
+        kept.is_some(),
+        "gantry never kept {id}'s lines:\n{}",
+        fm.log()
+    );
+    let log = fm.log();
+    assert!(
+        log.lines().any(|l| l.contains(id) && l.contains(how)),
+        "{id}: {how}?\n{log}"
+    );
+    docker_ok(&["exec", id, "touch", "/tmp/go"]);
+}
+
+fn name_of(made: &Value) -> &str {
+    made["name"].as_str().unwrap()
+}
+
+fn crash_lines(c: &mut Sio, id: &str, code: u8) -> Vec<String> {
+    let crash = c.expect_where("container_crashed", T, |x| x["container_id"] == id);
+    assert_eq!(crash["exit_code"], code, "{crash}");
+    serde_json::from_value(crash["crash_details"]["log_lines"].clone()).unwrap()
+}
+
+/// The crash event carries the very last lines the container wrote before it exited: for a
+/// container running before gantry started, whose log driver (`local`) gantry follows; one
+/// started through gantry with Docker's default `json-file` log, which gantry reads; and one
+/// that exits at once.
+#[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
+fn a_crash_carries_the_last_lines_written_before_the_exit() {
+    let host = require_docker!();
+    let py = require_python!();
+    let mut cleanup = Cleanup::new();
+    let early = unique("fm-early");
+    cleanup.container(&early);
+    let label = "io.gantry.dialect=flowmanager";
+    let image = test_image();
+    let early_id = docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &early,
+        "--label",
+        label,
+        "--log-driver",
+        "local",
+        &image,
+        "sh",
+        "-c",
+        &burst(4),
+    ]);
+    let early_id = early_id.trim();
+    let fm = Fm::start(&host, "crash_log_lines = 5");
+    let mut c = fm.client(&py, None);
+    let last_five: Vec<String> = (296..=300).map(|i| format!("line{i}")).collect();
+    go_once_kept(&fm, early_id, "following the logs");
+    assert_eq!(crash_lines(&mut c, early_id, 4), last_five);
+
+    let made = create(
+        &mut c,
+        &mut cleanup,
+        "fm-burst",
+        json!({"command": ["sh", "-c", burst(9)]}),
+    );
+    let burst_name = name_of(&made).to_string();
+    let id = made["container_id"].as_str().unwrap().to_string();
+    c.request(
+        "start_container",
+        json!({"container_id": id}),
+        "container_started",
+    );
+    go_once_kept(&fm, &id, "the log file");
+    assert_eq!(crash_lines(&mut c, &id, 9), last_five);
+
+    let quick = "echo quick1; echo quick2 >&2; exit 3";
+    let made = create(
+        &mut c,
+        &mut cleanup,
+        "fm-quick",
+        json!({"command": ["sh", "-c", quick]}),
+    );
+    let qid = made["container_id"].as_str().unwrap().to_string();
+    c.request(
+        "start_container",
+        json!({"container_id": qid}),
+        "container_started",
+    );
+    let mut lines = crash_lines(&mut c, &qid, 3);
+    lines.sort();
+    assert_eq!(lines, ["quick1", "quick2"]);
+    // Each crash says where its lines came from (the follow or a logs request).
+    let log = fm.log();
+    for name in [early.as_str(), &burst_name, name_of(&made)] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("crash logs") && l.contains(name)),
+            "{name}:\n{log}"
+        );
+    }
+}
+
 /// Under systemd, the containers' listening sockets go to its descriptor store and come back
 /// at the next start: a running container reaches the restarted gantry through the very
 /// socket file it has mounted (a new socket at the same path would be a new inode, out of
@@ -873,4 +994,57 @@ fn container_sockets_survive_a_restart_through_systemds_descriptor_store() {
         !store.fds.iter().any(|(n, _)| *n == key),
         "removed from the store"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The operator's view: /metrics on a flowmanager listener
+
+fn scrape(fm: &Fm) -> String {
+    let mut r = common::agent()
+        .get(&format!("{}/metrics", fm.url()))
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.body_mut().read_to_string().unwrap()
+}
+
+#[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
+fn metrics_count_socketio_clients_by_transport_and_flow_operations() {
+    let host = require_docker!();
+    let py = require_python!();
+    let fm = Fm::start_with(&host, "metrics = true", "");
+    let mut cleanup = Cleanup::new();
+    let mut polling = fm.client(&py, Some(&["polling"]));
+    let mut ws = fm.client(&py, Some(&["websocket"]));
+    polling.expect("connected", T);
+    ws.expect("connected", T);
+    let clients =
+        |t: &str| format!("gantry_socketio_clients{{dialect=\"flowmanager\",transport=\"{t}\"}}");
+    let sessions = "gantry_websocket_sessions{dialect=\"flowmanager\"}";
+    let counted = |text: &str, p: f64, w: f64| {
+        metric(text, &clients("polling")) == Some(p)
+            && metric(text, &clients("websocket")) == Some(w)
+            && metric(text, sessions) == Some(w)
+    };
+    let text = common::wait_for(T, Duration::from_millis(100), || {
+        let t = scrape(&fm);
+        counted(&t, 1.0, 1.0).then_some(t)
+    });
+    common::promtool_accepts(&text.unwrap_or_else(|| panic!("{}", scrape(&fm))));
+
+    // A create is a flow-create operation, counted when it ended.
+    create(&mut ws, &mut cleanup, "fm-metrics", json!({}));
+    let created = "gantry_operations_total{kind=\"flow-create\",outcome=\"ok\"}";
+    let done = common::wait_for(T, Duration::from_millis(100), || {
+        (metric(&scrape(&fm), created) == Some(1.0)).then_some(())
+    });
+    assert!(done.is_some(), "{}", scrape(&fm));
+
+    polling.disconnect();
+    ws.disconnect();
+    let gone = common::wait_for(T, Duration::from_millis(100), || {
+        counted(&scrape(&fm), 0.0, 0.0).then_some(())
+    });
+    assert!(gone.is_some(), "{}", scrape(&fm));
 }

@@ -114,15 +114,8 @@ pub(super) fn build_snapshots(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Auth, Config, Dialect, Env};
+    use super::super::{Auth, Config, Dialect, NoEnv};
     use super::*;
-
-    struct NoEnv;
-    impl Env for NoEnv {
-        fn var(&self, _: &str) -> Option<String> {
-            None
-        }
-    }
 
     #[test]
     fn tokens_files_name_each_token() {

@@ -1,6 +1,6 @@
 //! [`ContainerEngine`] over Docker's HTTP API on the local socket, through bollard.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -14,12 +14,13 @@ use bollard::models::{
     NetworkCreateRequest, Volume, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    ImportImageOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
-    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
-    PruneContainersOptionsBuilder, PruneImagesOptionsBuilder, PruneVolumesOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RemoveVolumeOptionsBuilder,
-    StatsOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder,
+    AttachContainerOptionsBuilder, BuildImageOptionsBuilder, CreateContainerOptionsBuilder,
+    CreateImageOptionsBuilder, ImportImageOptionsBuilder, ListContainersOptionsBuilder,
+    ListImagesOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
+    LogsOptionsBuilder, PruneContainersOptionsBuilder, PruneImagesOptionsBuilder,
+    PruneVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    RemoveVolumeOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
+    TagImageOptionsBuilder,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::{StreamExt, TryStreamExt};
@@ -27,10 +28,11 @@ use futures_util::{StreamExt, TryStreamExt};
 mod upload;
 
 use super::engine::{
-    Attached, ByteStream, ContainerEngine, CpuCounters, EngineError, EngineResult, EngineVersion,
-    ExecSession, ExecState, Filter, LineStream, LoadedImages, LogLine, ResourceSample,
+    Attached, BuildJob, ByteStream, ContainerEngine, CpuCounters, EngineError, EngineResult,
+    EngineVersion, ExecSession, ExecState, Filter, LineStream, LoadedImages, ResourceSample,
     MAX_LOG_LINE_BYTES,
 };
+use super::loglines::{LineSplitter, LINE_PIECE_MAX};
 
 pub struct DockerEngine {
     host: String,
@@ -95,11 +97,23 @@ impl DockerEngine {
         Ok(self.clients()?.docker)
     }
 
+    /// Docker's data root (`DockerRootDir`), for disk-space checks.
+    pub async fn root_dir(&self) -> EngineResult<Option<String>> {
+        let info = self.docker()?.info().await.map_err(map_error)?;
+        Ok(info.docker_root_dir)
+    }
+
     /// A container's output lines from the last `tail` (all with None) on; with `follow`,
-    /// then as they are written.
+    /// then as they are written. A followed log's long lines come in the 16 KiB pieces
+    /// Docker's log drivers store (what a follow keeps of its last lines stays small).
     fn log_lines(&self, id: &str, tail: Option<u64>, follow: bool) -> LineStream {
+        let max_line = if follow {
+            LINE_PIECE_MAX
+        } else {
+            MAX_LOG_LINE_BYTES
+        };
         match self.docker() {
-            Ok(d) => output_lines(d.logs(id, Some(logs_options(tail, follow)))),
+            Ok(d) => output_lines(d.logs(id, Some(logs_options(tail, follow))), max_line),
             Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
         }
     }
@@ -464,6 +478,45 @@ impl ContainerEngine for DockerEngine {
         Ok(())
     }
 
+    async fn build_image(&self, job: BuildJob<'_>) -> EngineResult<String> {
+        let BuildJob {
+            context,
+            options,
+            on_line,
+        } = job;
+        let args: HashMap<String, String> = options.args.iter().cloned().collect();
+        let dockerfile = match options.dockerfile.as_str() {
+            "" => "Dockerfile",
+            d => d,
+        };
+        // The classic builder (version 1, the API's default): intermediate containers go
+        // also when a step fails.
+        let opts = BuildImageOptionsBuilder::default()
+            .t(&options.tag)
+            .dockerfile(dockerfile)
+            .buildargs(&args)
+            .rm(true)
+            .forcerm(true)
+            .build();
+        let body = bollard::body_try_stream(context);
+        let docker = self.clients()?.transfer;
+        let mut progress = docker.build_image(opts, None, Some(body));
+        let mut id = None;
+        while let Some(item) = progress.next().await {
+            let info = item.map_err(map_error)?;
+            for line in info.stream.as_deref().unwrap_or("").lines() {
+                if let Some(short) = line.strip_prefix("Successfully built ") {
+                    id.get_or_insert_with(|| short.trim().to_string());
+                }
+                on_line(line);
+            }
+            if let Some(full) = info.aux.and_then(|a| a.id) {
+                id = Some(full);
+            }
+        }
+        id.ok_or_else(|| EngineError::Failed("the build reported no image id".into()))
+    }
+
     fn container_logs(&self, id: &str, tail: Option<u64>) -> LineStream {
         self.log_lines(id, tail, false)
     }
@@ -502,7 +555,7 @@ impl ContainerEngine for DockerEngine {
         match docker.start_exec(&exec.id, None).await.map_err(map_error)? {
             StartExecResults::Attached { output, input } => Ok(ExecSession {
                 id: exec.id,
-                output: output_lines(output),
+                output: output_lines(output, MAX_LOG_LINE_BYTES),
                 input,
             }),
             StartExecResults::Detached => Err(EngineError::Failed(
@@ -740,42 +793,49 @@ fn logs_options(tail: Option<u64>, follow: bool) -> bollard::query_parameters::L
         .build()
 }
 
-/// Docker's output frames as lines, per stream (a line over [`MAX_LOG_LINE_BYTES`] in parts);
-/// an unterminated last line comes at the end.
-fn output_lines<S>(frames: S) -> LineStream
+/// Docker's output frames being split into lines.
+struct Split<S> {
+    frames: std::pin::Pin<Box<S>>,
+    lines: LineSplitter,
+    done: bool,
+}
+
+/// Docker's output frames as lines, per stream; an unterminated last line comes at the end.
+/// A line longer than `max_line` bytes comes in pieces.
+fn output_lines<S>(frames: S, max_line: usize) -> LineStream
 where
     S: futures_util::Stream<Item = Result<LogOutput, BollardError>> + Send + 'static,
 {
-    let state = (
-        Box::pin(frames),
-        LineSplitter::default(),
-        VecDeque::new(),
-        false,
-    );
-    Box::pin(futures_util::stream::unfold(
-        state,
-        |(mut frames, mut split, mut queue, mut done)| async move {
-            loop {
-                if let Some(item) = queue.pop_front() {
-                    return Some((item, (frames, split, queue, done)));
+    let split = Split {
+        frames: Box::pin(frames),
+        lines: LineSplitter::new(max_line),
+        done: false,
+    };
+    Box::pin(futures_util::stream::unfold(split, |mut st| async move {
+        loop {
+            if let Some(line) = st.lines.next_line() {
+                return Some((Ok(line), st));
+            }
+            if st.done {
+                return None;
+            }
+            match st.frames.next().await {
+                Some(Ok(LogOutput::StdErr { message })) => st.lines.push(false, &message),
+                Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
+                    st.lines.push(true, &message)
                 }
-                if done {
-                    return None;
+                Some(Ok(LogOutput::StdIn { .. })) => {}
+                Some(Err(e)) => {
+                    st.done = true;
+                    return Some((Err(map_error(e)), st));
                 }
-                match frames.next().await {
-                    Some(Ok(f)) => queue.extend(split.push(f).into_iter().map(Ok)),
-                    Some(Err(e)) => {
-                        queue.push_back(Err(map_error(e)));
-                        done = true;
-                    }
-                    None => {
-                        queue.extend(split.finish().into_iter().map(Ok));
-                        done = true;
-                    }
+                None => {
+                    st.done = true;
+                    st.lines.flush();
                 }
             }
-        },
-    ))
+        }
+    }))
 }
 
 fn cpu_counters(c: Option<&bollard::models::ContainerCpuStats>) -> Option<CpuCounters> {
@@ -836,6 +896,7 @@ fn api_at_least(v: &str, major: u32, minor: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::engine::LogLine;
 
     #[tokio::test]
     async fn output_frames_become_lines_per_stream() {
@@ -854,7 +915,10 @@ mod tests {
             frame(false, "or\n"),
             frame(true, "last"),
         ]);
-        let lines: Vec<LogLine> = output_lines(frames).try_collect().await.unwrap();
+        let lines: Vec<LogLine> = output_lines(frames, usize::MAX)
+            .try_collect()
+            .await
+            .unwrap();
         let text: Vec<(bool, &str)> = lines.iter().map(|l| (l.stdout, l.text.as_str())).collect();
         assert_eq!(
             text,
@@ -947,86 +1011,37 @@ mod tests {
 
     #[test]
     fn log_frames_become_lines_and_long_lines_are_cut() {
-        let out = |s: &str| LogOutput::StdOut {
-            message: s.as_bytes().to_vec().into(),
+        let mut split = LineSplitter::new(MAX_LOG_LINE_BYTES);
+        let mut push = |stdout: bool, s: &str| {
+            split.push(stdout, s.as_bytes());
+            std::iter::from_fn(|| split.next_line()).collect::<Vec<LogLine>>()
         };
-        let err = |s: &str| LogOutput::StdErr {
-            message: s.as_bytes().to_vec().into(),
-        };
-        let mut split = LineSplitter::default();
-        assert!(split.push(out("one ")).is_empty());
-        assert!(split.push(err("e1\ne")).iter().all(|l| !l.stdout));
-        let lines = split.push(out("line\r\ntwo\n"));
+        assert!(push(true, "one ").is_empty());
+        assert!(push(false, "e1\ne").iter().all(|l| !l.stdout));
+        let lines = push(true, "line\r\ntwo\n");
         let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
         assert_eq!(texts, ["one line", "two"]);
         // A container that writes without newlines: cut at the cap, never held whole.
         let mut cut = Vec::new();
         for _ in 0..5 {
-            cut.extend(split.push(out(&"é".repeat(16 << 10))));
+            cut.extend(push(true, &"é".repeat(16 << 10)));
         }
         assert_eq!(cut.len(), 2, "160 KiB in 64 KiB parts");
         assert!(cut
             .iter()
             .all(|l| l.text.len() <= MAX_LOG_LINE_BYTES && l.stdout));
         // A terminated line over the cap is cut too.
-        let long = split.push(err(&format!("{}\n", "x".repeat(MAX_LOG_LINE_BYTES + 10))));
+        let long = push(false, &format!("{}\n", "x".repeat(MAX_LOG_LINE_BYTES + 10)));
         let sizes: Vec<usize> = long.iter().map(|l| l.text.len()).collect();
         assert_eq!(
             sizes,
             [MAX_LOG_LINE_BYTES, 11],
             "the pending \"e\", then 11 more"
         );
-        let rest = split.finish();
-        let texts: Vec<(bool, usize)> = rest.iter().map(|l| (l.stdout, l.text.len())).collect();
-        assert_eq!(texts, [(true, (160 << 10) - cut[0].text.len() * 2)]);
-    }
-}
-
-/// Docker's log frames into lines: frames need not end at line ends (the rest waits for the
-/// next frame of that stream), and a line longer than [`MAX_LOG_LINE_BYTES`] is cut.
-#[derive(Default)]
-struct LineSplitter {
-    /// stderr, stdout.
-    partial: [String; 2],
-}
-
-impl LineSplitter {
-    fn push(&mut self, frame: LogOutput) -> Vec<LogLine> {
-        let (stdout, message) = match frame {
-            LogOutput::StdErr { message } => (false, message),
-            LogOutput::StdOut { message } | LogOutput::Console { message } => (true, message),
-            LogOutput::StdIn { .. } => return Vec::new(),
-        };
-        let buf = &mut self.partial[usize::from(stdout)];
-        buf.push_str(&String::from_utf8_lossy(&message));
-        let mut out = Vec::new();
-        let mut start = 0;
-        loop {
-            let rest = &buf.as_bytes()[start..];
-            let window = &rest[..rest.len().min(MAX_LOG_LINE_BYTES + 1)];
-            let (end, next) = match window.iter().position(|b| *b == b'\n') {
-                Some(pos) => (start + pos, start + pos + 1),
-                None if rest.len() > MAX_LOG_LINE_BYTES => {
-                    let cut = buf.floor_char_boundary(start + MAX_LOG_LINE_BYTES);
-                    (cut, cut)
-                }
-                None => break,
-            };
-            let text = buf[start..end].trim_end_matches('\r').to_string();
-            out.push(LogLine { stdout, text });
-            start = next;
-        }
-        buf.drain(..start);
-        out
-    }
-
-    /// What is left when the stream ends.
-    fn finish(&mut self) -> Vec<LogLine> {
-        let [err, out] = std::mem::take(&mut self.partial);
-        [(false, err), (true, out)]
-            .into_iter()
-            .filter(|(_, t)| !t.is_empty())
-            .map(|(stdout, text)| LogLine { stdout, text })
-            .collect()
+        split.flush();
+        let rest: Vec<(bool, usize)> = std::iter::from_fn(|| split.next_line())
+            .map(|l| (l.stdout, l.text.len()))
+            .collect();
+        assert_eq!(rest, [(true, (160 << 10) - cut[0].text.len() * 2)]);
     }
 }

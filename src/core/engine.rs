@@ -83,6 +83,27 @@ pub struct LoadedImages {
     pub ids: Vec<String>,
 }
 
+/// Where a build's output lines go as they arrive.
+pub type OnLine<'a> = &'a (dyn for<'l> Fn(&'l str) + Send + Sync);
+
+/// What [`ContainerEngine::build_image`] builds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// `name:tag` of the result.
+    pub tag: String,
+    /// The Dockerfile's path inside the context (`Dockerfile` when empty).
+    pub dockerfile: String,
+    /// `--build-arg` pairs.
+    pub args: Vec<(String, String)>,
+}
+
+/// One build: its context (a tar stream), what to build, where its output lines go.
+pub struct BuildJob<'a> {
+    pub context: ByteStream,
+    pub options: BuildOptions,
+    pub on_line: OnLine<'a>,
+}
+
 /// One filter of a list call, as Docker's `filters` query parameter spells it. Label filters
 /// must all match; several filters of another kind match any of their values.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +234,14 @@ pub trait ContainerEngine: Send + Sync + 'static {
     /// Pulls `reference` (`name[:tag]` or `name@digest`) from its registry.
     async fn pull_image(&self, _reference: &str) -> EngineResult<()> {
         unsupported("pulling images")
+    }
+
+    /// Builds an image from a build context (a tar stream) with the classic builder, tagging
+    /// it `job.options.tag`; every output line goes to `job.on_line` as it arrives. Returns
+    /// the new image's id. A failing step is `Rejected` (the context's fault), with Docker's
+    /// message.
+    async fn build_image(&self, _job: BuildJob<'_>) -> EngineResult<String> {
+        unsupported("building images")
     }
 
     /// The last `tail` lines (all with None) a container wrote, in order, as they arrive.

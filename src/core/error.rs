@@ -48,6 +48,9 @@ pub enum CoreError {
     Busy(String),
     #[error("{0}")]
     Cancelled(String),
+    /// A remote service (the pool's store, a server) cannot be reached right now.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error(transparent)]
@@ -86,6 +89,7 @@ impl CoreError {
             CoreError::Failed(_) | CoreError::Io { .. } => ErrorKind::Failed,
             CoreError::Busy(_) => ErrorKind::Busy,
             CoreError::Cancelled(_) => ErrorKind::Cancelled,
+            CoreError::Unavailable(_) => ErrorKind::Unavailable,
             CoreError::Engine(e) => e.kind(),
             CoreError::Compose(e) => e.kind(),
             CoreError::Store(e) => e.kind(),

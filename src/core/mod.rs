@@ -10,8 +10,12 @@ pub mod fetch;
 pub mod flow;
 pub mod health;
 pub mod intervirt;
+pub mod loglines;
+pub mod metrics;
 pub mod network;
 pub mod ops;
+#[cfg(feature = "pool")]
+pub mod pool;
 pub mod power;
 pub mod prefs;
 pub mod recovery;
@@ -19,6 +23,7 @@ pub mod safe_fs;
 pub mod services;
 pub mod system;
 pub mod tasks;
+pub mod templates;
 pub mod view;
 
 use std::sync::Arc;
@@ -37,6 +42,11 @@ pub struct Core {
     pub tasks: tasks::TaskRegistry,
     /// The device name and key/value settings (persisted in the state directory).
     pub prefs: prefs::Prefs,
+    /// App templates, built on the device (none when not opened).
+    pub templates: Option<Arc<templates::Templates>>,
+    /// The App Pool (none when not opened).
+    #[cfg(feature = "pool")]
+    pub pool: Option<Arc<pool::Pool>>,
     /// What every read is served from: apps, containers, images, volumes, kept current from
     /// Docker's events (`view::sync::run` follows them).
     pub view: Arc<view::LiveView>,
@@ -46,6 +56,12 @@ pub struct Core {
     pub snapshots: Option<Arc<apps::snapshots::Snapshots>>,
     /// The Flow Manager, when a flowmanager listener is configured.
     pub flow: Option<Arc<flow::FlowManager>>,
+}
+
+/// A part of the core that may be missing (not configured, or not in this build).
+pub fn part<'a, T>(slot: &'a Option<Arc<T>>, missing: &str) -> CoreResult<&'a Arc<T>> {
+    slot.as_ref()
+        .ok_or_else(|| CoreError::NotFound(missing.to_string()))
 }
 
 impl Core {
@@ -64,6 +80,9 @@ impl Core {
             intervirt: None,
             tasks: tasks::TaskRegistry::default(),
             prefs: prefs::Prefs::in_memory(),
+            templates: None,
+            #[cfg(feature = "pool")]
+            pool: None,
             services: None,
             snapshots: None,
             flow: None,
@@ -72,6 +91,28 @@ impl Core {
 
     pub fn with_prefs(mut self, prefs: prefs::Prefs) -> Self {
         self.prefs = prefs;
+        self
+    }
+
+    /// The templates, when this gantry keeps them.
+    pub fn templates(&self) -> CoreResult<&Arc<templates::Templates>> {
+        part(&self.templates, "this gantry keeps no templates")
+    }
+
+    /// The App Pool.
+    #[cfg(feature = "pool")]
+    pub fn pool(&self) -> CoreResult<&Arc<pool::Pool>> {
+        part(&self.pool, "this gantry runs no app pool")
+    }
+
+    pub fn with_templates(mut self, templates: templates::Templates) -> Self {
+        self.templates = Some(Arc::new(templates));
+        self
+    }
+
+    #[cfg(feature = "pool")]
+    pub fn with_pool(mut self, pool: pool::Pool) -> Self {
+        self.pool = Some(Arc::new(pool));
         self
     }
 

@@ -1,8 +1,9 @@
-//! Long operations (import, start, stop, image load, refresh) as tasks: each has an id that a
-//! client can cancel it by, a cancel token the operation watches, and its latest progress for
-//! listings. A task is listed from [`TaskRegistry::begin`] until its [`TaskHandle`] is
-//! dropped, i.e. until the operation ended either way, so an id names only operations still
-//! running.
+//! Long operations (app imports, starts and stops, image loads, refreshes, and the kinds the
+//! other dialects add: services, app maintenance and snapshots, Flow Manager containers) as
+//! tasks: each has an id that a client can cancel it by, a cancel token the operation
+//! watches, and its latest progress for listings. A task is listed from
+//! [`TaskRegistry::begin`] until its [`TaskHandle`] is dropped, i.e. until the operation
+//! ended either way, so an id names only operations still running.
 //!
 //! What happens to an operation when its client goes away or the server stops is decided
 //! here, per kind ([`TaskKind::on_client_gone`], [`TaskKind::on_shutdown`]), not by the
@@ -26,6 +27,18 @@ pub enum TaskKind {
     LoadImage,
     Stop,
     Refresh,
+    /// Building a template's images.
+    Build,
+    /// Making an app of a template.
+    Instantiate,
+    /// Downloading an app from the pool's store.
+    PoolInstall,
+    /// Publishing a stored app to the pool's store.
+    Publish,
+    /// Transferring an app from the pool to one of its servers.
+    Deploy,
+    /// Removing a deployed app from its server.
+    Undeploy,
     /// Creating a service (pull, container, bind contents).
     CreateService,
     /// Importing a root filesystem tar as an image.
@@ -62,6 +75,34 @@ pub enum Policy {
 }
 
 impl TaskKind {
+    /// Every kind, in the order listings document them.
+    pub const ALL: [TaskKind; 24] = [
+        TaskKind::Import,
+        TaskKind::Start,
+        TaskKind::Stop,
+        TaskKind::LoadImage,
+        TaskKind::Refresh,
+        TaskKind::Build,
+        TaskKind::Instantiate,
+        TaskKind::PoolInstall,
+        TaskKind::Publish,
+        TaskKind::Deploy,
+        TaskKind::Undeploy,
+        TaskKind::CreateService,
+        TaskKind::ImportImage,
+        TaskKind::Rebuild,
+        TaskKind::Update,
+        TaskKind::Snapshot,
+        TaskKind::Purge,
+        TaskKind::Provision,
+        TaskKind::Backup,
+        TaskKind::Logs,
+        TaskKind::Exec,
+        TaskKind::FlowCreate,
+        TaskKind::FlowUpdate,
+        TaskKind::FlowDelete,
+    ];
+
     /// The name listings use.
     pub fn name(self) -> &'static str {
         match self {
@@ -70,6 +111,12 @@ impl TaskKind {
             TaskKind::LoadImage => "load-image",
             TaskKind::Stop => "stop",
             TaskKind::Refresh => "refresh",
+            TaskKind::Build => "build",
+            TaskKind::Instantiate => "instantiate",
+            TaskKind::PoolInstall => "pool-install",
+            TaskKind::Publish => "publish",
+            TaskKind::Deploy => "deploy",
+            TaskKind::Undeploy => "undeploy",
             TaskKind::CreateService => "create-service",
             TaskKind::ImportImage => "import-image",
             TaskKind::Rebuild => "rebuild",
@@ -91,7 +138,8 @@ impl TaskKind {
     /// client (logs, a command's output); a start, stop, rebuild, update or purge completes,
     /// so that the app never stays half done, and a snapshot or backup is worth having
     /// without its client. A Flow Manager create, update or delete completes too: its outcome
-    /// shows in the container list and the broadcasts every client gets.
+    /// shows in the container list and the broadcasts every client gets. Builds and the
+    /// pool's transfers complete too: what they make is useful without the client that asked.
     pub fn on_client_gone(self) -> Policy {
         match self {
             TaskKind::Import
@@ -111,7 +159,13 @@ impl TaskKind {
             | TaskKind::Backup
             | TaskKind::FlowCreate
             | TaskKind::FlowUpdate
-            | TaskKind::FlowDelete => Policy::Finish,
+            | TaskKind::FlowDelete
+            | TaskKind::Build
+            | TaskKind::Instantiate
+            | TaskKind::PoolInstall
+            | TaskKind::Publish
+            | TaskKind::Deploy
+            | TaskKind::Undeploy => Policy::Finish,
         }
     }
 
@@ -121,14 +175,23 @@ impl TaskKind {
     /// an upload rolls back, and the daemon waits for that before it exits.
     ///
     /// Following logs, a command, and writing snapshots (a temp file that is then removed)
-    /// stop at once too: none of them leaves anything half done.
+    /// stop at once too: none of them leaves anything half done. Builds stop at once and
+    /// remove what they created (they may run for minutes); the pool's transfers stop at once
+    /// and resume at the next start (downloads from where they were, deployments from the
+    /// beginning).
     pub fn on_shutdown(self) -> Policy {
         match self {
             TaskKind::Refresh
             | TaskKind::Logs
             | TaskKind::Exec
             | TaskKind::Snapshot
-            | TaskKind::Backup => Policy::Cancel,
+            | TaskKind::Backup
+            | TaskKind::Build
+            | TaskKind::Instantiate
+            | TaskKind::PoolInstall
+            | TaskKind::Publish
+            | TaskKind::Deploy
+            | TaskKind::Undeploy => Policy::Cancel,
             TaskKind::Import
             | TaskKind::LoadImage
             | TaskKind::Start
@@ -312,6 +375,12 @@ impl TaskRegistry {
         out
     }
 
+    /// Whether the server is stopping (a cancelled operation may keep what it did for the
+    /// next start instead of rolling back).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
     /// The server stops: cancels every task (running or started later) whose kind cancels on
     /// shutdown.
     pub fn shut_down(&self) {
@@ -357,7 +426,7 @@ fn checked_id(id: &str) -> Result<String, CoreError> {
 
 /// A random id in the UUID v4 layout (clients treat it as an opaque string). Reads the
 /// kernel's random source; falls back to std's randomly keyed hasher.
-fn new_id() -> String {
+pub fn new_id() -> String {
     let mut b = [0u8; 16];
     let ok = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
@@ -392,6 +461,29 @@ fn new_id() -> String {
 mod tests {
     use super::*;
     use crate::core::ErrorKind;
+
+    /// The kinds the Transfer API documents for `GET /api/tasks` are all of them, once each
+    /// (`/metrics` lists every kind from [`TaskKind::ALL`]).
+    #[test]
+    fn every_kind_is_listed_once_as_the_task_listing_documents_them() {
+        let doc = include_str!("../api/transfer/openapi.yaml");
+        let line = doc
+            .lines()
+            .find(|l| l.trim_start().starts_with("enum: [import, start,"))
+            .expect("the Task.Kind enum");
+        let documented: Vec<&str> = line
+            .split_once('[')
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map(|(names, _)| names.split(',').map(str::trim).collect())
+            .unwrap();
+        let mut names: Vec<&str> = TaskKind::ALL.iter().map(|k| k.name()).collect();
+        let mut want = documented.clone();
+        names.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(names, want);
+        names.dedup();
+        assert_eq!(names.len(), TaskKind::ALL.len());
+    }
 
     #[test]
     fn tasks_are_listed_until_dropped_and_cancellable_meanwhile() {

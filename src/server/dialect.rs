@@ -37,4 +37,32 @@ pub trait Dialect: Send + Sync + 'static {
 
     /// An error answer in this dialect's format; `path` is the request's path.
     fn error(&self, status: StatusCode, message: &str, path: &str) -> Response;
+
+    /// Answers a request that needs no authentication (static dashboard assets), before
+    /// the listener's auth is checked; `None` for every other request.
+    fn public(&self, _req: &Request<Incoming>, _cx: &Cx) -> Option<Response> {
+        None
+    }
+
+    /// Whether a request that passed the listener's auth also carries the credentials this
+    /// dialect asks of its own clients (a key header), for what the server answers itself
+    /// beside the dialect's routes (`/metrics`).
+    fn admits(&self, _req: &Request<Incoming>, _cx: &Cx) -> bool {
+        true
+    }
+
+    /// The clients this dialect serves outside the websocket layer (Socket.IO), by
+    /// transport, for `/metrics`; None when it has no clients of its own.
+    fn live_clients(&self) -> Option<LiveClients> {
+        None
+    }
+}
+
+/// Connected clients of a dialect's own session layer, by transport.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LiveClients {
+    /// Clients on HTTP long-polling.
+    pub polling: usize,
+    /// Clients on a websocket (counted among the websocket sessions too).
+    pub websocket: usize,
 }

@@ -3,12 +3,20 @@
 //! much code resident that never runs again (config parsing, route tables, the first Docker
 //! probe). Once the daemon is up, its executable's pages are handed back to the kernel
 //! (`MADV_PAGEOUT`): they stay in the page cache, and the code that does run is faulted in
-//! again at once; what remains resident is the idle working set.
+//! again at once; what remains resident is the idle working set. The start-up work that goes
+//! on in the background once the daemon is up (the watchers' first resynchronisation, the
+//! live view's first fetch, the first Docker probes) leaves its code resident too, so the
+//! pages are handed back once more when it has run.
 
 use std::ffi::c_void;
 use std::ptr::NonNull;
+use std::time::Duration;
 
 use nix::sys::mman::{madvise, MmapAdvise};
+use tokio_util::sync::CancellationToken;
+
+/// How long after start-up the code is handed back a second time.
+const SETTLE: Duration = Duration::from_secs(10);
 
 /// The address ranges of the running executable's read-only and executable file mappings.
 fn own_mappings() -> Vec<(usize, usize)> {
@@ -35,7 +43,7 @@ fn own_mappings() -> Vec<(usize, usize)> {
 
 /// Hands the executable's resident pages back to the kernel (see the module comment).
 /// Best effort: a failure (an older kernel) only costs memory.
-pub fn trim_own_code() {
+fn trim_own_code() {
     for (start, len) in own_mappings() {
         let Some(addr) = NonNull::new(start as *mut c_void) else {
             continue;
@@ -51,4 +59,16 @@ pub fn trim_own_code() {
             tracing::debug!(error = %e, "madvise(MADV_PAGEOUT) on the executable failed");
         }
     }
+}
+
+/// Hands the code back now (start-up is done) and once more when the start-up work that goes
+/// on in the background has run (unless the daemon stops first).
+pub fn trim_code_after_start(stop: CancellationToken) {
+    trim_own_code();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(SETTLE) => trim_own_code(),
+        }
+    });
 }

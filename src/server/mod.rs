@@ -7,6 +7,7 @@ pub mod dialect;
 pub mod guard;
 pub mod limits;
 pub mod memory;
+pub mod metrics;
 pub mod systemd;
 pub mod tls;
 pub mod ws;
@@ -81,6 +82,7 @@ pub async fn bind(listeners: &[Listener]) -> Result<Vec<Bound>, String> {
 struct ListenerCtx {
     dialect: Arc<dyn Dialect>,
     cx: Cx,
+    stats: Arc<metrics::ListenerStats>,
     conns: Arc<ConnTable>,
     tls: Option<Arc<Tls>>,
 }
@@ -104,12 +106,19 @@ pub async fn serve(
     stop: CancellationToken,
     grace: Duration,
 ) {
+    let sessions = Sessions::new(limits.max_websocket_sessions, stop.clone())
+        .with_idle_timeout(limits.websocket_idle_timeout);
+    let stats = metrics::register(
+        bound.config.dialect.name(),
+        sessions.clone(),
+        Arc::downgrade(&dialect),
+    );
     let ctx = Arc::new(ListenerCtx {
         dialect,
+        stats,
         cx: Cx {
             core,
-            sessions: Sessions::new(limits.max_websocket_sessions, stop.clone())
-                .with_idle_timeout(limits.websocket_idle_timeout),
+            sessions,
             limits: limits.clone(),
             listener: Arc::new(bound.config.clone()),
             uploads: Uploads::new(limits.max_concurrent_uploads),
@@ -224,6 +233,7 @@ async fn serve_io<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let conn_abort = ConnectionAbort(abort.clone());
+    let _open = ctx.stats.connection();
     let info = Arc::new(info);
     let svc = service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(conn_abort.clone());
@@ -332,11 +342,18 @@ async fn admit(mut req: Request<Incoming>, ctx: &ListenerCtx, info: &ConnInfo) -
     if health {
         return healthz(&ctx.cx.core.engine_health.current());
     }
+    if let Some(resp) = ctx.dialect.public(&req, &ctx.cx) {
+        return resp;
+    }
     if let Some(refused) = authenticate(&mut req, ctx, info) {
         return refused;
     }
-    if path == STATUS_PATH && matches!(*req.method(), Method::GET | Method::HEAD) {
+    let readable = matches!(*req.method(), Method::GET | Method::HEAD);
+    if path == STATUS_PATH && readable {
         return status(&ctx.cx.core.engine_health.current());
+    }
+    if path == "/metrics" && readable && listener.metrics {
+        return metrics_page(&req, ctx).await;
     }
     if let (Auth::ClientCert, Some(who)) = (&listener.auth, &info.identity) {
         if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
@@ -346,6 +363,20 @@ async fn admit(mut req: Request<Incoming>, ctx: &ListenerCtx, info: &ConnInfo) -
     let mut resp = ctx.dialect.serve(req, ctx.cx.clone()).await;
     guard::allow_origin(&mut resp, cors);
     resp
+}
+
+/// `/metrics`, once the listener's auth passed: also behind the dialect's own credentials
+/// (the duxcore core key), for a listener whose auth is `none`.
+async fn metrics_page(req: &Request<Incoming>, ctx: &ListenerCtx) -> Response {
+    if !ctx.dialect.admits(req, &ctx.cx) {
+        return ctx.dialect.error(
+            StatusCode::UNAUTHORIZED,
+            "/metrics needs the credentials this listener's dialect asks of its clients",
+            req.uri().path(),
+        );
+    }
+    let text = metrics::render(&ctx.cx.core).await;
+    http::with_type(StatusCode::OK, metrics::CONTENT_TYPE, http::full(text))
 }
 
 /// The listener's authentication: None when the request may pass (a `tokens` listener's

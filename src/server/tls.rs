@@ -60,6 +60,19 @@ fn certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String>
     Ok(certs)
 }
 
+/// The certificates of a CA file (PEM, one or more), each checked to be usable as a trust
+/// root; an error names the file and what is wrong with it.
+pub fn ca_certificates(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = certs(path)?;
+    let mut roots = RootCertStore::empty();
+    for c in &certs {
+        roots
+            .add(c.clone())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(certs)
+}
+
 fn server_config(files: &TlsFiles) -> Result<ServerConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certs(&files.cert)?;
@@ -71,9 +84,7 @@ fn server_config(files: &TlsFiles) -> Result<ServerConfig, String> {
     let builder = match &files.client_ca {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
-            for c in certs(ca)? {
-                roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
-            }
+            roots.add_parsable_certificates(ca_certificates(ca)?);
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .allow_unauthenticated()
                 .build()

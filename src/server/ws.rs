@@ -100,6 +100,11 @@ impl Sessions {
         }
     }
 
+    /// Sessions open now.
+    pub fn open(&self) -> usize {
+        self.cap - self.permits.available_permits()
+    }
+
     /// Sessions whose client sends nothing (not even a pong) for `idle` end.
     pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
         self.idle = idle.max(Duration::from_secs(1));

@@ -56,6 +56,17 @@ pub fn upload_bundle(g: &Gantry, path: &str, zip: &[u8]) -> Resp {
     g.post(path, &content_type, body)
 }
 
+/// The image names of a template's services (its `GET /transfer/templates/{id}` answer).
+pub fn template_images(template: &serde_json::Value) -> Vec<String> {
+    let services = template["Services"]
+        .as_array()
+        .expect("a template's Services");
+    services
+        .iter()
+        .map(|s| s["Image"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Imports `zip` through [`IMPORT`].
 pub fn import(g: &Gantry, zip: &[u8]) -> Resp {
     upload_bundle(g, IMPORT, zip)

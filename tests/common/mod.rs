@@ -28,6 +28,8 @@ use serde_json::Value;
 pub use nix::sys::signal::Signal;
 
 pub mod bundle;
+pub mod fleet;
+pub mod pki;
 pub mod proxy;
 pub mod ws;
 
@@ -171,6 +173,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "GANTRY_DOCKER_TRANSFER_TIMEOUT_SECS",
     "GANTRY_DOCKER_PROBE_INTERVAL_SECS",
     "GANTRY_HEADER_READ_TIMEOUT_SECS",
+    "GANTRY_POOL_REGISTRY",
     "DOCKER_HOST",
     "STATE_DIRECTORY",
     "NOTIFY_SOCKET",
@@ -296,6 +299,7 @@ pub struct GantryBuilder {
     listener: Vec<String>,
     env: Vec<(String, String)>,
     address: String,
+    netns: Option<String>,
     dialect: String,
     state_dir: Option<PathBuf>,
     extra: Vec<String>,
@@ -356,6 +360,11 @@ impl GantryBuilder {
         self.address = address.to_string();
         self
     }
+    /// Runs gantry in the network namespace `/run/netns/<name>` (through nsenter).
+    pub fn netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_string());
+        self
+    }
 
     fn config_text(&self, state_dir: &Path) -> String {
         let mut t = String::new();
@@ -409,6 +418,17 @@ impl GantryBuilder {
             .expect("cannot create a temp dir");
         let mut g = self.spawn_in(dir.path());
         g.dir = Some(dir);
+        g.netns = self.netns.clone();
+        g.wait_ready(&self.dialect, probe);
+        g
+    }
+}
+
+impl Gantry {
+    /// Waits (up to 15 s) until gantry reports the address its `dialect` listener listens on
+    /// and (with `probe`) `/healthz` answers 200 there.
+    fn wait_ready(&mut self, dialect: &str, probe: bool) {
+        let g = self;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = g.try_wait() {
@@ -417,10 +437,10 @@ impl GantryBuilder {
                     g.stderr()
                 );
             }
-            if let Some(addr) = listening_address_of(&g.stderr(), &self.dialect) {
+            if let Some(addr) = listening_address_of(&g.stderr(), dialect) {
                 g.addr = addr;
                 if !probe || g.try_get("/healthz").is_ok_and(|r| r.status == 200) {
-                    return g;
+                    return;
                 }
             }
             if Instant::now() >= deadline {
@@ -434,6 +454,57 @@ impl GantryBuilder {
         }
     }
 
+    /// Kills the daemon and starts it again on the address it had (its state kept): for
+    /// gantrys in a namespace of their own, where nothing else can take that port meanwhile.
+    pub fn restart_same_address(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let old = self
+            .config
+            .lines()
+            .find(|l| l.starts_with("address = "))
+            .unwrap()
+            .to_string();
+        self.config = self
+            .config
+            .replace(&old, &format!("address = {:?}", self.addr.to_string()));
+        fs::write(&self.config_path, &self.config).expect("cannot write the config");
+        // Older output stays in the file (its listening line names the same address).
+        let out = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.stderr_path)
+            .expect("cannot open the stderr file");
+        let err = out.try_clone().unwrap();
+        let mut c = spawn_command(self.netns.as_deref());
+        c.arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdout(out)
+            .stderr(err);
+        self.child = Some(c.spawn().expect("cannot spawn the gantry binary"));
+        self.wait_ready("transfer", true);
+    }
+}
+
+/// gantry's command, in the namespace `netns` when given.
+fn spawn_command(netns: Option<&str>) -> Command {
+    match netns {
+        None => gantry_command(),
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg(gantry_bin());
+            for k in SCRUBBED_ENV {
+                c.env_remove(k);
+            }
+            c.stdin(Stdio::null());
+            c
+        }
+    }
+}
+
+impl GantryBuilder {
     fn spawn_in(&self, dir: &Path) -> Gantry {
         let state_dir = self.state_dir.clone().unwrap_or_else(|| dir.join("state"));
         let config_path = dir.join("gantry.toml");
@@ -442,7 +513,7 @@ impl GantryBuilder {
         let stderr_path = dir.join("gantry.stderr");
         let stderr = fs::File::create(&stderr_path).expect("cannot create the stderr file");
         let stdout = stderr.try_clone().expect("cannot clone a file handle");
-        let mut c = gantry_command();
+        let mut c = spawn_command(self.netns.as_deref());
         c.arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -461,6 +532,7 @@ impl GantryBuilder {
             dir: None,
             token: None,
             agent: agent(),
+            netns: None,
         }
     }
 }
@@ -493,6 +565,8 @@ pub struct Gantry {
     /// Sent as `Authorization: Bearer` with every request when set.
     pub token: Option<String>,
     agent: ureq::Agent,
+    /// The network namespace it runs in, if not the test's.
+    netns: Option<String>,
 }
 
 impl Gantry {
@@ -510,6 +584,7 @@ impl Gantry {
             listener: Vec::new(),
             env: Vec::new(),
             address: "127.0.0.1:0".to_string(),
+            netns: None,
             dialect: "transfer".to_string(),
             state_dir: None,
             extra: Vec::new(),
@@ -626,6 +701,11 @@ impl Gantry {
     }
     pub fn post(&self, path: &str, content_type: &str, body: Vec<u8>) -> Resp {
         self.request("POST", path, &[("Content-Type", content_type)], Some(body))
+    }
+    /// `method` with `body` as JSON.
+    pub fn send_json(&self, method: &str, path: &str, body: &Value) -> Resp {
+        let body = Some(body.to_string().into_bytes());
+        self.request(method, path, &[("Content-Type", "application/json")], body)
     }
 
     /// GET `path` and stream the body into `file`; returns the response without its body.
@@ -1136,4 +1216,38 @@ pub fn tar_entries(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
         off = data_start + size.div_ceil(512) * 512;
     }
     out
+}
+
+/// The value of the sample `series` (name and labels exactly as written) in a `/metrics`
+/// text, if present.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `promtool check metrics` on `text`: exit 0 and no lint complaint. Without promtool the
+/// check is skipped, loudly (a failure in CI, where scripts/test.sh installs it).
+pub fn promtool_accepts(text: &str) {
+    if !std::path::Path::new("/usr/bin/promtool").exists() {
+        assert!(!in_ci(), "promtool is missing (Debian package prometheus)");
+        skip_loudly(
+            "promtool check metrics",
+            "promtool is not installed: the exposition format was not checked",
+        );
+        return;
+    }
+    let out = run_with_input(
+        "/usr/bin/promtool",
+        &["check", "metrics"],
+        Some(text.as_bytes()),
+    );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{text}"
+    );
 }

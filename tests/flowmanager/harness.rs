@@ -285,6 +285,12 @@ impl Sio {
         }
     }
 
+    /// Disconnects the client, and waits until it is.
+    pub fn disconnect(&mut self) {
+        self.command(json!({"op": "disconnect"}));
+        self.expect("_disconnected", Duration::from_secs(15));
+    }
+
     pub fn transport(&mut self) -> String {
         self.command(json!({"op": "transport"}));
         self.expect("_transport", Duration::from_secs(5))

@@ -206,6 +206,12 @@ impl Dialect for Duxcore {
     fn error(&self, status: StatusCode, message: &str, _path: &str) -> Response {
         error(status, message)
     }
+
+    /// The core key, as on every keyed route.
+    fn admits(&self, req: &Request<Incoming>, cx: &Cx) -> bool {
+        let key = req.headers().get(COREKEY_HEADER).map(|v| v.as_bytes());
+        cx.core.services().is_ok_and(|s| s.key().matches(key))
+    }
 }
 
 /// Every route of this dialect (method, pattern), for tests.

@@ -23,12 +23,13 @@ use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Value};
 use socketioxide::extract::{Event, SocketRef, TryData};
 use socketioxide::service::SocketIoService;
-use socketioxide::SocketIo;
+use socketioxide::{SocketIo, TransportType};
 use tokio_util::sync::CancellationToken;
 
 use super::http::{self, Response};
 use crate::core::flow::FlowManager as Flow;
 use crate::core::Core;
+use crate::server::dialect::LiveClients;
 use crate::server::{Cx, Dialect};
 use events::Ctx;
 
@@ -45,6 +46,7 @@ pub struct FlowManager {
 
 struct Stack {
     svc: SocketIoService<Unrouted>,
+    io: SocketIo,
     clients: Arc<AtomicUsize>,
     max_clients: usize,
 }
@@ -84,12 +86,14 @@ impl Stack {
             on_connect(ctx.clone(), counted.clone(), s)
         });
         tokio::spawn(forward_events(flow.clone(), io.clone(), stopping.clone()));
+        let closing = io.clone();
         tokio::spawn(async move {
             stopping.cancelled().await;
-            io.close().await;
+            closing.close().await;
         });
         Stack {
             svc,
+            io,
             clients,
             max_clients: flow.settings().max_clients,
         }
@@ -203,5 +207,17 @@ impl Dialect for FlowManager {
 
     fn error(&self, status: StatusCode, message: &str, _path: &str) -> Response {
         http::json(status, &json!({ "detail": message }))
+    }
+
+    fn live_clients(&self) -> Option<LiveClients> {
+        let mut clients = LiveClients::default();
+        // Before the first request there is no Socket.IO server, and no client.
+        for s in self.stack.get().map(|s| s.io.sockets()).unwrap_or_default() {
+            match s.transport_type() {
+                TransportType::Polling => clients.polling += 1,
+                TransportType::Websocket => clients.websocket += 1,
+            }
+        }
+        Some(clients)
     }
 }

@@ -1,6 +1,8 @@
 //! "Transfer Technology - Main Transfer API": importing, listing, starting, stopping and
 //! removing app instances. PascalCase JSON per COMPAT-NOTES section 1.
 
+use std::sync::Arc;
+
 use hyper::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, StatusCode};
 use serde::Serialize;
@@ -8,17 +10,19 @@ use serde::Serialize;
 use super::{Call, Handler, Problem, Reply};
 use crate::api::http::{self, declared_too_large, Response};
 use crate::api::router::Routes;
+use crate::core::apps::bundle::BundleKind;
 use crate::core::apps::import::ImportOptions;
 use crate::core::apps::lifecycle::{
     AppStatus, AppView, ProcessOutcome, RemoveOptions, StopOptions,
 };
+use crate::core::apps::store::StoredApp;
 use crate::core::apps::stream::UploadSender;
 use crate::core::apps::{AppConfig, AppId};
-use crate::core::ops::apps::ImportSource;
+use crate::core::ops::apps::{ImportOperation, ImportSource};
 use crate::core::ops::Start;
 use crate::core::tasks::TaskKind;
 use crate::core::view::now_ns;
-use crate::core::ErrorKind;
+use crate::core::{Core, CoreResult, ErrorKind};
 
 pub fn register(r: &mut Routes<Handler>) {
     r.add(Method::POST, "/transfer/import", |c| Box::pin(import(c)))
@@ -75,10 +79,19 @@ pub(super) struct AppInstance<'a> {
 /// AppConfig plus the import time, which older clients read as `Imported`.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct AppJson<'a> {
+pub(super) struct AppJson<'a> {
     #[serde(flatten)]
     config: &'a AppConfig,
     imported: &'a str,
+}
+
+impl<'a> AppJson<'a> {
+    pub(super) fn of(app: &'a StoredApp) -> Self {
+        AppJson {
+            config: app.config(),
+            imported: &app.record.imported,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -122,10 +135,7 @@ fn status_word(s: AppStatus) -> &'static str {
 pub(super) fn instance(v: &AppView) -> AppInstance<'_> {
     AppInstance {
         id: v.app.id().as_str(),
-        app: AppJson {
-            config: v.app.config(),
-            imported: &v.app.record.imported,
-        },
+        app: AppJson::of(&v.app),
         instance_number: 1,
         busy: v.busy,
         status: status_word(v.status),
@@ -228,9 +238,14 @@ impl<'a> UpResult<'a> {
 }
 
 fn app_id(c: &Call) -> Result<AppId, Problem> {
+    id_param(c, "app")
+}
+
+/// The path parameter `id`, an app's or template's (`what`) id.
+pub(super) fn id_param(c: &Call, what: &str) -> Result<AppId, Problem> {
     let id = c.param("id");
     if id.trim().is_empty() {
-        return Err(Problem::bad_request("app id not given"));
+        return Err(Problem::bad_request(format!("{what} id not given")));
     }
     Ok(AppId::from(id))
 }
@@ -268,6 +283,23 @@ pub(super) fn import_limit(c: &Call) -> u64 {
 }
 
 async fn import(c: Call) -> Reply {
+    let (core, stored, task) = upload_import(c, |core, source, options, start| {
+        core.import_bundle(BundleKind::App, source, options, start)
+    })
+    .await?;
+    let view = core.apps.get(stored.id()).await?;
+    Ok(with_task(
+        http::json(StatusCode::OK, &instance(&view)),
+        &task,
+    ))
+}
+
+/// Starts an import operation (`begin`: of an app or a template) and feeds it the multipart
+/// upload as it arrives; answers the stored bundle and the operation's id.
+pub(super) async fn upload_import(
+    c: Call,
+    begin: fn(&Arc<Core>, ImportSource, ImportOptions, &Start) -> CoreResult<ImportOperation>,
+) -> Result<(Arc<Core>, StoredApp, String), Problem> {
     let replace = c.bool("replace", false)?;
     let limit = import_limit(&c);
     if declared_too_large(c.req.headers(), limit) {
@@ -280,9 +312,7 @@ async fn import(c: Call) -> Reply {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let boundary = multer::parse_boundary(content_type).map_err(|_| {
-        Problem::bad_request(
-            "expected multipart/form-data with the app ZIP in the form field \"app\"",
-        )
+        Problem::bad_request("expected multipart/form-data with the ZIP in the form field \"app\"")
     })?;
     let expected = c
         .req
@@ -301,9 +331,7 @@ async fn import(c: Call) -> Reply {
         reader,
         expected,
     };
-    let op = c
-        .core
-        .import_app(source, ImportOptions { replace }, &start)?;
+    let op = begin(&c.core, source, ImportOptions { replace }, &start)?;
     let task = op.id().to_string();
     let stall = c.limits.body_read_timeout;
     let received = receive_app(c.req.into_body(), stall, boundary, limit, &sender).await;
@@ -314,12 +342,7 @@ async fn import(c: Call) -> Reply {
     // The import rolls back by itself when the upload failed; answer once it has.
     let imported = op.finish().await;
     received?;
-    let stored = imported?;
-    let view = c.core.apps.get(stored.id()).await?;
-    Ok(with_task(
-        http::json(StatusCode::OK, &instance(&view)),
-        &task,
-    ))
+    Ok((c.core, imported?, task))
 }
 
 /// Receives the form field `app` of a multipart body into the import's pipe. When the import
@@ -498,21 +521,24 @@ pub(super) async fn stop_app(c: &Call, id: AppId, options: StopOptions) -> Reply
 }
 
 /// `?lines=N` per container (default [`super::logs::DEFAULT_LINES`], -1 = all); 0 and
-/// values below -1 are 400. The ProcessResult is streamed as the lines arrive.
+/// values below -1 are 400.
+pub(super) fn lines_param(c: &Call) -> Result<Option<u64>, Problem> {
+    match c.query.get("lines") {
+        None => Ok(Some(super::logs::DEFAULT_LINES)),
+        Some(v) => match v.parse::<i64>() {
+            Ok(-1) => Ok(None),
+            Ok(n) if n > 0 => Ok(Some(n as u64)),
+            _ => Err(Problem::bad_request(format!(
+                "query parameter 'lines' must be -1 or a positive number, not \"{v}\""
+            ))),
+        },
+    }
+}
+
+/// The app's logs as a ProcessResult, streamed as the lines arrive.
 async fn logs(c: Call) -> Reply {
     let id = app_id(&c)?;
-    let lines = match c.query.get("lines") {
-        None => Some(super::logs::DEFAULT_LINES),
-        Some(v) => match v.parse::<i64>() {
-            Ok(-1) => None,
-            Ok(n) if n > 0 => Some(n as u64),
-            _ => {
-                return Err(Problem::bad_request(format!(
-                    "query parameter 'lines' must be -1 or a positive number, not \"{v}\""
-                )))
-            }
-        },
-    };
+    let lines = lines_param(&c)?;
     let started = std::time::Instant::now();
     let log = c.core.apps.logs(&id, lines).await?;
     Ok(super::logs::process_result(log, started))

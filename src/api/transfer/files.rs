@@ -12,6 +12,7 @@ use super::{Call, Handler, Problem, Reply};
 use crate::api::http;
 use crate::api::router::Routes;
 use crate::core::apps::files::{FileLookup, FileNode};
+use crate::core::ErrorKind;
 
 pub fn register(r: &mut Routes<Handler>) {
     r.add(Method::GET, "/files", |c| Box::pin(roots(c)))
@@ -86,17 +87,13 @@ fn node(n: FileNode) -> NodeJson {
     }
 }
 
-/// `GET /files?category=instances|templates`: one directory node per app (without
-/// entries); gantry keeps no templates, so `templates` is always empty. Empty is 204.
+/// `GET /files?category=instances|templates`: one directory node per app or template
+/// (without entries). Empty is 204.
 async fn roots(c: Call) -> Reply {
     let ids = match c.query.get("category") {
         Some("instances") => c.core.apps.instance_ids()?,
-        Some("templates") => Vec::new(),
-        Some(other) => {
-            return Err(Problem::bad_request(format!(
-                "query parameter 'category' must be \"instances\" or \"templates\", not \"{other}\""
-            )))
-        }
+        Some("templates") => c.core.templates()?.ids()?,
+        Some(other) => return Err(bad_category(other)),
         None => {
             return Err(Problem::bad_request(
                 "query parameter 'category' (\"instances\" or \"templates\") not given",
@@ -121,13 +118,27 @@ async fn roots(c: Call) -> Reply {
 }
 
 /// `GET /files/{id}`: `{appid}` or `{appid}//{dir}` lists (recursively), `{appid}//{file}`
-/// downloads with the MIME type of its extension.
+/// downloads with the MIME type of its extension. `?category=templates` looks among the
+/// templates, `instances` among the apps; without it an app is looked for first, then a
+/// template.
 async fn file(c: Call) -> Reply {
     let id = c.param("id");
     if id.is_empty() {
         return Err(Problem::bad_request("file id not given"));
     }
-    match c.core.apps.file(id).await? {
+    let found = match c.query.get("category") {
+        Some("templates") => c.core.templates()?.file(id).await,
+        Some("instances") => c.core.apps.file(id).await,
+        None => match c.core.apps.file(id).await {
+            Err(e) if e.is(ErrorKind::NotFound) => match c.core.templates() {
+                Ok(t) => t.file(id).await.map_err(|_| e),
+                Err(_) => Err(e),
+            },
+            other => other,
+        },
+        Some(other) => return Err(bad_category(other)),
+    };
+    match found? {
         FileLookup::Dir(nodes) => {
             let body: Vec<NodeJson> = nodes.into_iter().map(node).collect();
             Ok(http::json(StatusCode::OK, &body))
@@ -141,6 +152,12 @@ async fn file(c: Call) -> Reply {
             Ok(resp)
         }
     }
+}
+
+fn bad_category(other: &str) -> Problem {
+    Problem::bad_request(format!(
+        "query parameter 'category' must be \"instances\" or \"templates\", not \"{other}\""
+    ))
 }
 
 #[cfg(test)]

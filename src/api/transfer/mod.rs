@@ -8,9 +8,13 @@ mod legacy;
 mod live;
 mod logs;
 mod openapi;
+#[cfg(feature = "pool")]
+mod pool;
 mod settings;
 mod sse;
 mod system;
+mod templates;
+mod ui;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,6 +43,10 @@ impl Dialect for Transfer {
 
     fn error(&self, status: StatusCode, message: &str, path: &str) -> Response {
         Problem::new(status, message).render(path)
+    }
+
+    fn public(&self, req: &Request<Incoming>, cx: &Cx) -> Option<Response> {
+        ui::serve(req, cx)
     }
 }
 
@@ -81,6 +89,14 @@ impl Call {
 }
 
 pub type Reply = Result<Response, Problem>;
+
+/// Registers handlers, a path a line: `route_table!(r; "/x/{id}" => GET get, DELETE remove;)`.
+macro_rules! route_table {
+    ($r:expr; $($path:literal => $($method:ident $handler:ident),+;)*) => {
+        $($($r.add(hyper::Method::$method, $path, |c| Box::pin($handler(c)));)+)*
+    };
+}
+pub(crate) use route_table;
 pub type Handler = fn(Call) -> Pin<Box<dyn Future<Output = Reply> + Send>>;
 
 /// An error answer; rendered as `application/problem+json` with the request path as instance.
@@ -161,6 +177,9 @@ fn routes() -> &'static Routes<Handler> {
         settings::register(&mut r);
         sse::register(&mut r);
         general::register(&mut r);
+        templates::register(&mut r);
+        #[cfg(feature = "pool")]
+        pool::register(&mut r);
         r
     })
 }

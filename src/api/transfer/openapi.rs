@@ -11,8 +11,29 @@ fn base() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
     DOC.get_or_init(|| {
         // The file is compiled in and parsed by the unit tests, so this cannot fail at run time.
-        serde_norway::from_str(SOURCE).expect("src/api/transfer/openapi.yaml is valid YAML")
+        let mut doc: Value =
+            serde_norway::from_str(SOURCE).expect("src/api/transfer/openapi.yaml is valid YAML");
+        if !cfg!(feature = "pool") {
+            drop_tagged(&mut doc, "pool");
+        }
+        doc
     })
+}
+
+/// Removes the paths whose operations carry `tag` (a build without that feature).
+fn drop_tagged(doc: &mut Value, tag: &str) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    paths.retain(|_, item| {
+        !item.as_object().is_some_and(|ops| {
+            ops.values().any(|op| {
+                op["tags"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|x| x == tag))
+            })
+        })
+    });
 }
 
 /// The document for `version` (already resolved, e.g. "1.0") on a listener with `prefix`.
@@ -79,6 +100,17 @@ mod tests {
             Value::Array(a) => a.iter().for_each(|x| walk(x, refs)),
             _ => {}
         }
+    }
+
+    #[test]
+    fn paths_of_a_feature_can_be_left_out() {
+        let mut doc = json!({"paths": {
+            "/a": {"get": {"tags": ["pool"]}},
+            "/b": {"parameters": [], "get": {"tags": ["transfer"]}}
+        }});
+        drop_tagged(&mut doc, "pool");
+        assert_eq!(doc["paths"].as_object().unwrap().len(), 1);
+        assert!(doc["paths"]["/b"].is_object());
     }
 
     #[test]

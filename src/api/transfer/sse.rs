@@ -43,7 +43,7 @@ struct Status {
     refreshing: Option<bool>,
 }
 
-fn frame(channel: &str, data: &[u8]) -> Bytes {
+pub(super) fn frame(channel: &str, data: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(channel.len() + data.len() + 16);
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(channel.as_bytes());

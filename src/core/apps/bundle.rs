@@ -34,6 +34,34 @@ pub const COMPOSE_FILES: [&str; 4] = [
     "docker-compose.yaml",
 ];
 pub const ENV_FILE: &str = ".env";
+/// A template's compose file: its services have a `build:` context.
+pub const BUILD_FILE: &str = "docker-compose-build.yml";
+
+/// What a bundle holds: an app instance, or a template whose images are built on the device
+/// from the build contexts it carries ([`BUILD_FILE`] instead of a compose file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BundleKind {
+    #[default]
+    App,
+    Template,
+}
+
+impl BundleKind {
+    /// The compose file names the bundle is looked up by, first match wins.
+    fn compose_files(self) -> &'static [&'static str] {
+        match self {
+            BundleKind::App => &COMPOSE_FILES,
+            BundleKind::Template => &[BUILD_FILE],
+        }
+    }
+
+    fn missing_compose(self) -> BundleError {
+        match self {
+            BundleKind::App => BundleError::MissingCompose,
+            BundleKind::Template => BundleError::MissingBuildFile,
+        }
+    }
+}
 /// Image tarballs live here; nothing under it is extracted into the store.
 const IMAGE_DIR: &str = "docker";
 const IMAGE_SUFFIXES: [&str; 3] = [".tar", ".tgz", ".tar.gz"];
@@ -139,6 +167,8 @@ pub enum BundleError {
     ConfigMissing(&'static str),
     #[error("the bundle has no compose file at its top level (compose.yaml, compose.yml, docker-compose.yml or docker-compose.yaml)")]
     MissingCompose,
+    #[error("the template has no {BUILD_FILE} at its top level (the compose file whose services have a build context)")]
+    MissingBuildFile,
     #[error("{name} is {}; at most {} is allowed", ByteSize(*size), ByteSize(*max))]
     TextTooLarge { name: String, size: u64, max: u64 },
     #[error("{0} is not UTF-8 text")]
@@ -220,8 +250,18 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// Opens and checks the ZIP at `path` (blocking: call it from `spawn_blocking`).
+    /// Opens and checks the app ZIP at `path` (blocking: call it from `spawn_blocking`).
+    #[cfg_attr(not(feature = "pool"), allow(dead_code))]
     pub fn open(path: &Path, limits: &BundleLimits) -> Result<Bundle, BundleError> {
+        Self::open_kind(path, limits, BundleKind::App)
+    }
+
+    /// Opens and checks the ZIP at `path`, an app or a template (blocking).
+    pub fn open_kind(
+        path: &Path,
+        limits: &BundleLimits,
+        kind: BundleKind,
+    ) -> Result<Bundle, BundleError> {
         let mut file = File::open(path)?;
         let size = file.metadata()?.len();
         if size > limits.max_zip_bytes {
@@ -278,10 +318,12 @@ impl Bundle {
         }
 
         bundle.config = bundle.read_config(limits)?;
-        let compose_name = COMPOSE_FILES
-            .into_iter()
+        let compose_name = kind
+            .compose_files()
+            .iter()
+            .copied()
             .find(|name| bundle.file_index(name).is_some())
-            .ok_or(BundleError::MissingCompose)?;
+            .ok_or_else(|| kind.missing_compose())?;
         bundle.compose_name = compose_name;
         bundle.compose = bundle
             .read_text(compose_name, limits)?
@@ -308,7 +350,12 @@ impl Bundle {
         self.config.id()
     }
 
-    /// Which of [`COMPOSE_FILES`] the bundle uses.
+    /// Whether the bundle holds the file `name` (a path inside it, `/`-separated).
+    pub fn contains_file(&self, name: &str) -> bool {
+        self.file_index(name).is_some()
+    }
+
+    /// Which of [`COMPOSE_FILES`] (or [`BUILD_FILE`]) the bundle uses.
     pub fn compose_name(&self) -> &'static str {
         self.compose_name
     }

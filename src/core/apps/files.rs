@@ -254,12 +254,16 @@ impl super::lifecycle::Apps {
 
     /// [`lookup`] on a blocking thread.
     pub async fn file(&self, id: &str) -> CoreResult<FileLookup> {
-        let store = self.store().clone();
-        let id = id.to_string();
-        tokio::task::spawn_blocking(move || lookup(&store, &id))
-            .await
-            .map_err(|e| CoreError::Failed(format!("file lookup failed: {e}")))?
+        lookup_blocking(self.store().clone(), id).await
     }
+}
+
+/// [`lookup`] in `store` on a blocking thread.
+pub async fn lookup_blocking(store: std::sync::Arc<AppStore>, id: &str) -> CoreResult<FileLookup> {
+    let id = id.to_string();
+    tokio::task::spawn_blocking(move || lookup(&store, &id))
+        .await
+        .map_err(|e| CoreError::Failed(format!("file lookup failed: {e}")))?
 }
 
 #[cfg(test)]

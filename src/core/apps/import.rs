@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_util::stream;
 use tokio_util::sync::CancellationToken;
 
-use super::bundle::{Bundle, BundleError, BundleLimits, ByteSize};
+use super::bundle::{Bundle, BundleError, BundleKind, BundleLimits, ByteSize};
 use super::recover::{AppIntent, AppIntents, AppOp};
 use super::store::{AppStore, ImageRecord, StoredApp};
 use super::stream::{follow, FoundImage, LocalEntry, TarWatch, UploadReader, WalkEnd};
@@ -66,6 +66,8 @@ pub struct ImportSettings {
     /// an import killed midway (power cut, SIGKILL) are removed at the next start. None: no
     /// record (the unit tests).
     pub intents: Option<AppIntents>,
+    /// Apps or templates.
+    pub kind: BundleKind,
 }
 
 impl Default for ImportSettings {
@@ -75,6 +77,7 @@ impl Default for ImportSettings {
             policy: ComposePolicy::default(),
             reserve_bytes: 256 << 20,
             intents: None,
+            kind: BundleKind::App,
         }
     }
 }
@@ -481,17 +484,25 @@ async fn record_image(
     })
 }
 
-/// The bundle's compose project (its `.env` interpolated), checked against the policy and,
-/// for volumes and networks another app (or none) owns, against Docker: refused now, not
-/// only at start.
-async fn plan_compose(
-    engine: &dyn ContainerEngine,
+/// The bundle's compose project as the app's compose engine will read it from `app_dir` (a
+/// template's: the compose file of the instances it makes), its `.env` interpolated, checked
+/// against `settings.policy` (the isolation policy).
+pub fn compose_project(
     bundle: &Bundle,
     app_dir: &Path,
-    policy: &crate::core::compose::ComposePolicy,
+    settings: &ImportSettings,
 ) -> CoreResult<ComposeProject> {
-    let invalid =
-        |e: &dyn std::fmt::Display| CoreError::Invalid(format!("{}: {e}", bundle.compose_name()));
+    let id = bundle.id();
+    let instance;
+    let text = match settings.kind {
+        BundleKind::App => bundle.compose_yaml(),
+        BundleKind::Template => {
+            let spec = crate::core::templates::spec::BuildSpec::parse(bundle.compose_yaml(), &id)?;
+            spec.check_files(|f| bundle.contains_file(f))?;
+            instance = spec.instance_compose;
+            &instance
+        }
+    };
     let vars: HashMap<String, String> = match bundle.env_file() {
         Some(text) => interpolate::parse_env_file(text, &HashMap::new(), true)
             .map_err(|e| CoreError::Invalid(format!(".env: {e}")))?
@@ -499,22 +510,34 @@ async fn plan_compose(
             .collect(),
         None => HashMap::new(),
     };
-    let id = bundle.id();
-    let project = ComposeProject::from_text(
+    ComposeProject::from_text(
         app_dir,
         &app_dir.join(bundle.compose_name()),
-        bundle.compose_yaml(),
+        text,
         &id.slug(),
         id.as_str(),
         &vars,
-        policy,
+        &settings.policy,
     )
-    .map_err(|e| invalid(&e))?;
+    .map_err(|e| CoreError::Invalid(format!("{}: {e}", bundle.compose_name())))
+}
+
+/// [`compose_project`], then checked against Docker for volumes and networks another app (or
+/// none) owns: refused now, not only at start.
+async fn plan_compose(
+    engine: &dyn ContainerEngine,
+    bundle: &Bundle,
+    app_dir: &Path,
+    settings: &ImportSettings,
+) -> CoreResult<ComposeProject> {
+    let project = compose_project(bundle, app_dir, settings)?;
     project
         .check_owners(engine)
         .await
         .map_err(|e| match e.kind() {
-            crate::core::ErrorKind::Invalid => invalid(&e),
+            crate::core::ErrorKind::Invalid => {
+                CoreError::Invalid(format!("{}: {e}", bundle.compose_name()))
+            }
             _ => CoreError::from(e),
         })?;
     Ok(project)
@@ -540,8 +563,9 @@ async fn run(
     let path = zip.to_path_buf();
     let limits = settings.limits.clone();
     let streamed = pre.streamed;
+    let kind = settings.kind;
     let bundle = blocking(move || -> Result<Bundle, BundleError> {
-        let mut bundle = Bundle::open(&path, &limits)?;
+        let mut bundle = Bundle::open_kind(&path, &limits, kind)?;
         for entry in &streamed {
             bundle.verify_streamed(entry)?;
         }
@@ -560,7 +584,7 @@ async fn run(
     step_done(ImportStep::ParseConfig, format!("app {id}"));
 
     *current = ImportStep::ParseCompose;
-    let project = plan_compose(engine, &bundle, &store.app_dir(&id), &settings.policy).await?;
+    let project = plan_compose(engine, &bundle, &store.app_dir(&id), settings).await?;
     step_done(
         ImportStep::ParseCompose,
         format!("{} services", project.services().len()),
@@ -817,7 +841,7 @@ fn space_needed(bundle: &Bundle, done: &HashSet<String>, reserve: u64) -> u64 {
         .saturating_add(reserve)
 }
 
-fn free_space(dir: &Path) -> CoreResult<u64> {
+pub(crate) fn free_space(dir: &Path) -> CoreResult<u64> {
     let st = nix::sys::statvfs::statvfs(dir).map_err(|e| {
         // As std::io::Error: the same text as every other system error gantry reports.
         let e = std::io::Error::from(e);

@@ -102,6 +102,9 @@ pub struct Apps {
     pub(super) intents: AppIntents,
     /// Where an earlier version kept its import journals (resolved at start, then unused).
     pub(super) legacy_journals: PathBuf,
+    /// The template store (`state_dir/templates`): template imports record their intents in
+    /// this log too, and its templates' images are never an interrupted import's to remove.
+    pub(super) template_store: PathBuf,
     /// The recovery's watches for images Docker may still create; imports wait for them.
     pub(super) cleanups: super::recover::Cleanups,
     /// What reads are served from: the apps with their busy marks and Docker's state.
@@ -178,6 +181,7 @@ impl Apps {
             settings,
             intents,
             legacy_journals: state_dir.join("import-journal"),
+            template_store: state_dir.join("templates"),
             cleanups: Default::default(),
             refreshing: std::sync::atomic::AtomicBool::new(false),
             view: Arc::new(LiveView::new(events.clone())),
@@ -434,7 +438,7 @@ impl Apps {
     }
 
     /// Puts a new app into the view and tells subscribers, whichever import path stored it.
-    async fn publish_import(&self, stored: &StoredApp) {
+    pub(crate) async fn publish_import(&self, stored: &StoredApp) {
         if let Err(e) = fetch::images(&self.view, self.engine.as_ref(), &[stored]).await {
             tracing::debug!(error = %e, "cannot read the images after an import");
         }
@@ -469,7 +473,7 @@ impl Apps {
     }
 
     /// Imports `zip` (still arriving through `upload`, if any) and publishes the new app.
-    async fn import_zip(
+    pub(crate) async fn import_zip(
         &self,
         zip: &Path,
         upload: Option<import::Upload>,
@@ -520,6 +524,25 @@ impl Apps {
             policy,
         )
         .map_err(|e| CoreError::from(e).context(app.id().to_string()))
+    }
+
+    /// Checks an app whose files are staged in `dir` and not stored yet, as its import and
+    /// every start do: the isolation policy, then who owns what of it exists in Docker.
+    pub(crate) async fn check_staged(&self, id: &AppId, dir: &Path) -> CoreResult<()> {
+        let context =
+            |e: crate::core::compose::ComposeError| CoreError::from(e).context(id.to_string());
+        let project = ComposeProject::load(
+            dir,
+            &id.slug(),
+            id.as_str(),
+            &HashMap::new(),
+            &self.settings.policy,
+        )
+        .map_err(context)?;
+        project
+            .check_owners(self.engine.as_ref())
+            .await
+            .map_err(context)
     }
 
     /// Every stored app with its live state, from the view (status Unknown while Docker
@@ -921,11 +944,20 @@ impl Apps {
 
     /// Image references other stored apps brought along; never removed with this app.
     fn images_of_other_apps(&self, id: &AppId) -> CoreResult<Vec<String>> {
+        self.images_of(|a| a != id)
+    }
+
+    /// The image ids and references every stored app brought (templates keep these).
+    pub fn images_in_use(&self) -> CoreResult<std::collections::HashSet<String>> {
+        Ok(self.images_of(|_| true)?.into_iter().collect())
+    }
+
+    fn images_of(&self, include: impl Fn(&AppId) -> bool) -> CoreResult<Vec<String>> {
         Ok(self
             .store
             .list()?
             .into_iter()
-            .filter(|a| a.id() != id)
+            .filter(|a| include(a.id()))
             .flat_map(|a| {
                 a.record
                     .images
@@ -1071,7 +1103,7 @@ impl Apps {
     }
 
     /// The store, for the Files API (`files.rs`).
-    pub(super) fn store(&self) -> &Arc<AppStore> {
+    pub(crate) fn store(&self) -> &Arc<AppStore> {
         &self.store
     }
 
@@ -1109,44 +1141,6 @@ impl Apps {
 
 /// The largest icon or readme served.
 pub const MAX_SMALL_FILE_BYTES: u64 = 4 << 20;
-
-/// A `Write` that hands 64 KiB chunks to an async consumer through a bounded channel; used
-/// on a blocking thread, so the ZIP writer never holds more than a few chunks.
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
-    buf: Vec<u8>,
-}
-
-const EXPORT_CHUNK: usize = 64 * 1024;
-
-impl ChannelWriter {
-    fn send(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = bytes::Bytes::from(std::mem::replace(
-            &mut self.buf,
-            Vec::with_capacity(EXPORT_CHUNK),
-        ));
-        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
-        })
-    }
-}
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= EXPORT_CHUNK {
-            self.send()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.send()
-    }
-}
 
 impl Apps {
     /// The app as a ZIP bundle, streamed: its files as imported and, with `with_images`,
@@ -1189,52 +1183,36 @@ impl Apps {
             }
         }
         let files = list_files(&app.dir)?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
         let handle = tokio::runtime::Handle::current();
         let dir = app.dir.clone();
-        let err_tx = tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = (|| -> std::io::Result<()> {
-                let out = ChannelWriter {
-                    tx,
-                    buf: Vec::with_capacity(EXPORT_CHUNK),
-                };
-                let mut zip = zip::ZipWriter::new_stream(out).set_auto_large_file();
-                let deflate = zip::write::SimpleFileOptions::default()
-                    .compression_method(zip::CompressionMethod::Deflated);
-                for rel in files {
-                    zip.start_file(rel.as_str(), deflate)?;
-                    let mut f = crate::core::safe_fs::open_file(&dir, Path::new(&rel))
-                        .map_err(std::io::Error::from)?;
-                    std::io::copy(&mut f, &mut zip)?;
-                }
-                let stored = zip::write::SimpleFileOptions::default()
-                    .compression_method(zip::CompressionMethod::Stored)
-                    .large_file(true);
-                for (name, mut stream) in images {
-                    zip.start_file(name.as_str(), stored)?;
-                    while let Some(chunk) = handle.block_on(stream.next()) {
-                        std::io::Write::write_all(&mut zip, &chunk?)?;
-                    }
-                }
-                let mut out = zip.finish()?.into_inner();
-                std::io::Write::flush(&mut out)
-            })();
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "export aborted");
-                // The client sees a broken transfer rather than a short, valid-looking ZIP.
-                let _ = err_tx.blocking_send(Err(e));
+        Ok(super::stream::write_stream("export", move |out| {
+            let mut zip = zip::ZipWriter::new_stream(out).set_auto_large_file();
+            let deflate = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated);
+            for rel in files {
+                zip.start_file(rel.as_str(), deflate)?;
+                let mut f = crate::core::safe_fs::open_file(&dir, Path::new(&rel))
+                    .map_err(std::io::Error::from)?;
+                std::io::copy(&mut f, &mut zip)?;
             }
-        });
-        Ok(Box::pin(futures_util::stream::poll_fn(move |cx| {
-            rx.poll_recv(cx)
-        })))
+            let stored = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored)
+                .large_file(true);
+            for (name, mut stream) in images {
+                zip.start_file(name.as_str(), stored)?;
+                while let Some(chunk) = handle.block_on(stream.next()) {
+                    std::io::Write::write_all(&mut zip, &chunk?)?;
+                }
+            }
+            let mut out = zip.finish()?.into_inner();
+            std::io::Write::flush(&mut out)
+        }))
     }
 }
 
 /// The app's files relative to its directory, sorted, without gantry's own metadata; no
 /// symlink is followed (a container may have planted one in a directory it bind-mounts).
-fn list_files(dir: &Path) -> CoreResult<Vec<String>> {
+pub(crate) fn list_files(dir: &Path) -> CoreResult<Vec<String>> {
     let mut out = crate::core::safe_fs::walk_files(dir)
         .map_err(|e| CoreError::Failed(format!("cannot read {}: {e}", dir.display())))?;
     out.retain(|rel| rel != super::store::RECORD_FILE);

@@ -16,7 +16,9 @@ pub mod store;
 pub mod stream;
 pub mod update;
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
 
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
@@ -108,6 +110,45 @@ impl From<String> for AppId {
 impl fmt::Display for AppId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// Which apps (or templates) have an operation in flight, and which operation.
+#[derive(Debug, Default)]
+pub struct Claims(Mutex<HashMap<AppId, &'static str>>);
+
+/// Marks an id (an app's, a template's) busy in its [`Claims`] until dropped.
+pub struct ClaimGuard<'a> {
+    claims: &'a Claims,
+    id: AppId,
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        self.claims.map().remove(&self.id);
+    }
+}
+
+impl Claims {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<AppId, &'static str>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims `id` for the operation `what`; while another one runs, `Err` names that one.
+    pub fn claim(&self, id: &AppId, what: &'static str) -> Result<ClaimGuard<'_>, &'static str> {
+        let mut map = self.map();
+        if let Some(other) = map.get(id) {
+            return Err(other);
+        }
+        map.insert(id.clone(), what);
+        Ok(ClaimGuard {
+            claims: self,
+            id: id.clone(),
+        })
+    }
+
+    pub fn is_busy(&self, id: &AppId) -> bool {
+        self.map().contains_key(id)
     }
 }
 

@@ -101,10 +101,11 @@ impl Apps {
         match outcome {
             Ok(Outcome::Watch(ids)) => {
                 let (engine, store) = (self.engine.clone(), self.store().clone());
+                let templates = self.template_store.clone();
                 let intents = self.intents.clone();
                 let watching = self.cleanups.begin();
                 tokio::spawn(async move {
-                    watch_loads(engine.as_ref(), &store, ids).await;
+                    watch_loads(engine.as_ref(), (&store, &templates), ids).await;
                     intents.release(p, true);
                     drop(watching);
                 });
@@ -248,7 +249,7 @@ impl Apps {
     /// Images not there (yet) are watched: Docker may still be loading them.
     async fn remove_noted_images(&self, r: &Record<AppOp>) -> CoreResult<Outcome> {
         let ids: Vec<String> = r.get("images").unwrap_or_default();
-        let in_use = images_in_use(self.store())?;
+        let in_use = images_in_use(self.store(), &self.template_store)?;
         let mut missing = Vec::new();
         let ids = super::import::removal_order(&ids);
         // What the removals so far untagged or deleted (an image goes with its last tag).
@@ -291,7 +292,7 @@ impl Apps {
     /// Images of imports interrupted under an earlier version (`import-journal/`).
     async fn recover_legacy_journals(&self) -> CoreResult<()> {
         if self.legacy_journals.exists() {
-            let in_use = images_in_use(self.store())?;
+            let in_use = images_in_use(self.store(), &self.template_store)?;
             super::import::recover_journals(self.engine.as_ref(), &self.legacy_journals, &in_use)
                 .await;
             let _ = std::fs::remove_dir(&self.legacy_journals);
@@ -300,9 +301,12 @@ impl Apps {
     }
 }
 
-/// Every image id and reference a stored app recorded.
-fn images_in_use(store: &AppStore) -> CoreResult<HashSet<String>> {
-    let apps = store.list()?;
+/// Every image id and reference a stored app or template recorded.
+fn images_in_use(store: &AppStore, templates: &Path) -> CoreResult<HashSet<String>> {
+    let mut apps = store.list()?;
+    if let Some(templates) = AppStore::existing(templates) {
+        apps.extend(templates.list()?);
+    }
     Ok(apps
         .into_iter()
         .flat_map(|a| a.record.images)
@@ -361,7 +365,7 @@ const WATCH_BLIND: Duration = Duration::from_secs(60);
 /// most [`WATCH_LIMIT`], or [`WATCH_BLIND`] when they cannot be seen.
 pub(super) async fn watch_loads(
     engine: &dyn ContainerEngine,
-    store: &AppStore,
+    (store, templates): (&AppStore, &Path),
     mut ids: Vec<String>,
 ) {
     let tmp = engine
@@ -376,7 +380,7 @@ pub(super) async fn watch_loads(
     let mut quiet = 0;
     while !ids.is_empty() && quiet < 2 {
         tokio::time::sleep(WATCH_EVERY).await;
-        let in_use = images_in_use(store).unwrap_or_default();
+        let in_use = images_in_use(store, templates).unwrap_or_default();
         ids.retain(|id| !in_use.contains(id));
         remove_present(engine, &mut ids).await;
         match tmp.as_deref().and_then(loads_in_flight) {

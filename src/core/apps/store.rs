@@ -179,6 +179,15 @@ impl AppStore {
         Ok(store)
     }
 
+    /// The store at `root` as it is, for reading only (no clean-up: another part of the
+    /// daemon owns it); None when it does not exist.
+    pub fn existing(root: &Path) -> Option<AppStore> {
+        root.is_dir().then(|| AppStore {
+            root: root.to_path_buf(),
+            lock: Mutex::new(()),
+        })
+    }
+
     /// A `.old-*` directory that still holds its record was moved away by a replace or
     /// removal that a crash interrupted: if nothing took its place, put it back (the app is
     /// whole; the operation did not happen). Otherwise finish the job and delete it.

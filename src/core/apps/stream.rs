@@ -684,6 +684,66 @@ fn manifest_ids(bytes: &[u8]) -> Vec<String> {
     out
 }
 
+/// A `Write` that hands 64 KiB chunks to an async consumer through a bounded channel; used
+/// on a blocking thread, so a writer (ZIP, tar) never holds more than a few chunks.
+pub struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+const WRITE_CHUNK: usize = 64 * 1024;
+
+impl ChannelWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(WRITE_CHUNK),
+        ));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the reader went away"))
+    }
+}
+
+impl io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= WRITE_CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+/// The bytes `produce` writes on a blocking thread, as a stream. `produce` must flush at
+/// its end. A failure (`what` names the producer in the log) ends the stream with its
+/// error, so the reader sees a broken transfer rather than a short, valid-looking one.
+pub fn write_stream(
+    what: &'static str,
+    produce: impl FnOnce(ChannelWriter) -> io::Result<()> + Send + 'static,
+) -> crate::core::engine::ByteStream {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
+    let err_tx = tx.clone();
+    tokio::task::spawn_blocking(move || {
+        let out = ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(WRITE_CHUNK),
+        };
+        if let Err(e) = produce(out) {
+            tracing::warn!(error = %e, "{what} aborted");
+            let _ = err_tx.blocking_send(Err(e));
+        }
+    });
+    Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,7 @@ mod recover;
 mod sockets;
 pub mod spec;
 pub mod status;
+mod tails;
 mod update;
 
 use std::collections::HashMap;
@@ -52,7 +53,8 @@ pub const SOCKET_TARGET: &str = "/var/run/kawaflow.sock";
 /// Where the code directory appears inside the container (after an update).
 pub const CODE_TARGET: &str = "/app";
 
-/// Events the broadcast channel keeps for a slow receiver.
+/// Events the broadcast channel keeps for a slow receiver (each slot holds a pointer: the
+/// channel allocates every slot up front).
 const EVENT_QUEUE: usize = 1024;
 
 /// What happened to the Flow Manager's containers, for every client.
@@ -114,7 +116,7 @@ pub struct FlowManager {
     view: Arc<LiveView>,
     settings: FlowConfig,
     sockets: Arc<sockets::Hub>,
-    events: broadcast::Sender<FlowEvent>,
+    events: broadcast::Sender<Arc<FlowEvent>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     monitor: monitor::Tracker,
     /// The intents of creates, updates and deletes in flight, resolved after a crash.
@@ -164,12 +166,12 @@ impl FlowManager {
     }
 
     /// Events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<FlowEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FlowEvent>> {
         self.events.subscribe()
     }
 
     fn publish(&self, event: FlowEvent) {
-        let _ = self.events.send(event);
+        let _ = self.events.send(Arc::new(event));
     }
 
     /// Creates the socket directory, resolves the operations a crash interrupted, serves the

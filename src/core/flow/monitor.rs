@@ -6,6 +6,10 @@
 //! A crash is a `die` with a non-zero exit code that no stop or kill asked for: `docker
 //! stop`, `docker kill` and gantry's own stop, restart and update all send a `kill` event
 //! first, which marks the exit as requested until the container starts again.
+//!
+//! A crash carries the container's last log lines, read from its log file or kept from a
+//! follow of its logs ([`super::tails`]), so that the crash goes out as soon as the `die`
+//! arrives.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,8 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use super::tails::{Source, Tail, Tails};
 use super::{log_tail, FlowEvent, FlowManager, DIALECT, LABEL_DIALECT};
-use crate::core::engine::{ContainerEvent, CpuCounters, Filter, Resubscribe};
+use crate::core::engine::{ContainerEvent, CpuCounters, EngineResult, Filter, Resubscribe};
 
 /// What the monitor remembers of one container.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +37,8 @@ pub struct Tracker {
     containers: Mutex<HashMap<String, Track>>,
     /// The last CPU counters seen per container (CPU share between two samples).
     cpu: Mutex<HashMap<String, CpuCounters>>,
+    /// The last log lines of each running container.
+    tails: Tails,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,18 +91,25 @@ impl FlowManager {
         if action == "destroy" {
             lock(&self.monitor.containers).remove(&event.id);
             lock(&self.monitor.cpu).remove(&event.id);
+            self.monitor.tails.take(&event.id);
             return;
         }
         let (old, track) = self.track(event);
-        if action == "die" {
-            let code: i64 = event
-                .labels
-                .get("exitCode")
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            if code != 0 && !track.killed {
-                tokio::spawn(self.clone().crashed(event.clone(), code, track.oom));
+        let mut crash = None;
+        match action {
+            "start" => self.keep_last_lines(&event.id),
+            "die" => {
+                let tail = self.monitor.tails.take(&event.id);
+                let code: i64 = event
+                    .labels
+                    .get("exitCode")
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                if code != 0 && !track.killed {
+                    crash = Some((code, track.oom, tail));
+                }
             }
+            _ => {}
         }
         if let Some(old) = old.filter(|o| *o != track.state) {
             self.publish(FlowEvent::StatusChanged {
@@ -104,6 +118,28 @@ impl FlowManager {
                 old,
                 new: track.state,
             });
+        }
+        if let Some((code, oom, tail)) = crash {
+            self.on_crash(event, code, oom, tail);
+        }
+    }
+
+    /// Publishes a crash at once when its last lines are there (a log file, a complete
+    /// follow), else once they are.
+    fn on_crash(
+        self: &Arc<Self>,
+        event: &ContainerEvent,
+        code: i64,
+        oom: bool,
+        tail: Option<Tail>,
+    ) {
+        match tail.as_ref().and_then(Tail::lines_now) {
+            Some((lines, source)) => {
+                self.publish_crash(event.clone(), code, oom, Ok(lines), source)
+            }
+            None => {
+                tokio::spawn(self.clone().crashed(event.clone(), code, oom, tail));
+            }
         }
     }
 
@@ -125,12 +161,40 @@ impl FlowManager {
         (old, t.clone())
     }
 
-    async fn crashed(self: Arc<Self>, event: ContainerEvent, exit_code: i64, oom_killed: bool) {
+    /// Keeps the last lines of running container `id` from now on.
+    fn keep_last_lines(&self, id: &str) {
+        let lines = self.settings.crash_log_lines;
+        self.monitor.tails.keep(&self.engine, id, lines);
+    }
+
+    /// Publishes a crash with the container's last lines: from its log file, or its follow
+    /// once complete, or Docker's logs request, whichever answers first.
+    async fn crashed(
+        self: Arc<Self>,
+        event: ContainerEvent,
+        exit_code: i64,
+        oom_killed: bool,
+        tail: Option<Tail>,
+    ) {
         let lines = u64::from(self.settings.crash_log_lines);
-        let logs = match log_tail(self.engine.as_ref(), &event.id, lines).await {
-            Ok(l) => l,
-            Err(e) => vec![format!("(logs unavailable: {e})")],
+        let request = log_tail(self.engine.as_ref(), &event.id, lines);
+        let (logs, source) = match tail {
+            Some(t) => t.last_lines(request).await,
+            None => (request.await, Source::LogsRequest),
         };
+        self.publish_crash(event, exit_code, oom_killed, logs, source);
+    }
+
+    fn publish_crash(
+        &self,
+        event: ContainerEvent,
+        exit_code: i64,
+        oom_killed: bool,
+        logs: EngineResult<Vec<String>>,
+        source: Source,
+    ) {
+        tracing::debug!(container = %event.name, source = ?source, "crash logs");
+        let logs = logs.unwrap_or_else(|e| vec![format!("(logs unavailable: {e})")]);
         self.publish(FlowEvent::Crashed {
             id: event.id,
             name: event.name,
@@ -166,13 +230,29 @@ impl FlowManager {
             }
             seen.insert(id, t);
         }
+        let running: std::collections::HashSet<String> = seen
+            .iter()
+            .filter(|(_, t)| matches!(t.state.as_str(), "running" | "paused"))
+            .map(|(id, _)| id.clone())
+            .collect();
         *all = seen;
+        drop(all);
+        self.monitor.tails.retain(&running);
+        for id in &running {
+            self.keep_last_lines(id);
+        }
         Ok(())
     }
 }
 
-/// Follows Docker's events of the Flow Manager's containers until `stop`.
+/// Follows Docker's events of the Flow Manager's containers until `stop`; then the follows of
+/// their logs end too.
 pub async fn watch(flow: Arc<FlowManager>, stop: CancellationToken) {
+    follow_events(&flow, &stop).await;
+    flow.monitor.tails.clear();
+}
+
+async fn follow_events(flow: &Arc<FlowManager>, stop: &CancellationToken) {
     let mut resubscribe = Resubscribe::default();
     let filter = [Filter::Label(format!("{LABEL_DIALECT}={DIALECT}"))];
     while !stop.is_cancelled() {
@@ -200,7 +280,7 @@ pub async fn watch(flow: Arc<FlowManager>, stop: CancellationToken) {
                 None => break,
             }
         }
-        if !resubscribe.wait(received && resynced.is_ok(), &stop).await {
+        if !resubscribe.wait(received && resynced.is_ok(), stop).await {
             return;
         }
     }

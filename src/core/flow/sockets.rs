@@ -35,7 +35,7 @@ pub struct Hub {
     pub dir: PathBuf,
     max_frame: u32,
     timeout: Duration,
-    events: broadcast::Sender<FlowEvent>,
+    events: broadcast::Sender<Arc<FlowEvent>>,
     endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
     /// Listening sockets systemd passed at start, not yet claimed by a container.
     inherited: Mutex<HashMap<String, OwnedFd>>,
@@ -101,7 +101,7 @@ impl Hub {
         dir: PathBuf,
         max_frame: u32,
         timeout: Duration,
-        events: broadcast::Sender<FlowEvent>,
+        events: broadcast::Sender<Arc<FlowEvent>>,
         stop: CancellationToken,
     ) -> Self {
         Self {
@@ -190,11 +190,11 @@ impl Hub {
 
     fn fail(&self, ep: &Endpoint, failure: SocketFailure, message: String) {
         tracing::info!(container = %ep.name, %message, "container socket: frame refused");
-        let _ = self.events.send(FlowEvent::SocketFailed {
+        let _ = self.events.send(Arc::new(FlowEvent::SocketFailed {
             id: ep.container_id(),
             name: ep.name.clone(),
             error: FlowError::socket(failure, message),
-        });
+        }));
     }
 }
 
@@ -360,12 +360,12 @@ async fn read_frames(hub: &Hub, ep: &Endpoint, mut rd: OwnedReadHalf, reset: &Ca
 
 fn deliver(hub: &Hub, ep: &Endpoint, message: Value) {
     ep.touch();
-    let _ = hub.events.send(FlowEvent::MessageReceived {
+    let _ = hub.events.send(Arc::new(FlowEvent::MessageReceived {
         id: ep.container_id(),
         name: ep.name.clone(),
         message,
         at: SystemTime::now(),
-    });
+    }));
 }
 
 /// Writes queued frames, each within `timeout`; a frame that cannot be written in time or at
@@ -411,7 +411,7 @@ fn drain(rx: &mut mpsc::Receiver<Outgoing>, failure: SocketFailure) {
 mod tests {
     use super::*;
 
-    async fn hub(dir: &Path) -> (Arc<Hub>, broadcast::Receiver<FlowEvent>) {
+    async fn hub(dir: &Path) -> (Arc<Hub>, broadcast::Receiver<Arc<FlowEvent>>) {
         let (tx, rx) = broadcast::channel(16);
         let hub = Hub::new(
             dir.to_path_buf(),
@@ -462,15 +462,15 @@ mod tests {
         peer.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"\0\0\0\x07{\"a\":1}");
         peer.write_all(&frame(b"[1,2]")).await.unwrap();
-        match events.recv().await.unwrap() {
+        match &*events.recv().await.unwrap() {
             FlowEvent::MessageReceived { id, message, .. } => {
-                assert_eq!((id.as_str(), message), ("id1", serde_json::json!([1, 2])));
+                assert_eq!((id.as_str(), message), ("id1", &serde_json::json!([1, 2])));
             }
             other => panic!("{other:?}"),
         }
         // Over the limit: refused, the connection reset.
         peer.write_all(&1000u32.to_be_bytes()).await.unwrap();
-        match events.recv().await.unwrap() {
+        match &*events.recv().await.unwrap() {
             FlowEvent::SocketFailed { error, .. } => {
                 assert!(error.to_string().contains("over the limit"), "{error}")
             }
@@ -482,7 +482,7 @@ mod tests {
             let mut peer = connected(&ep, &path).await;
             peer.write_all(bad).await.unwrap();
             assert!(matches!(
-                events.recv().await.unwrap(),
+                *events.recv().await.unwrap(),
                 FlowEvent::SocketFailed { .. }
             ));
             assert_eq!(peer.read(&mut got).await.unwrap(), 0, "reset");

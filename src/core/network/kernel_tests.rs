@@ -773,3 +773,94 @@ fn forward_policy_drop_without_docker_user() {
     assert!(world.iptables_rules().is_empty());
     assert!(!world.table_exists());
 }
+
+/// Every file under `dir` with its contents, to show that a reader changed nothing.
+fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    files.sort();
+    files
+}
+
+/// `gantry check`'s comparison against the kernel: the table as the journal says while the
+/// dataplane runs, then a set flushed and the table deleted behind gantry's back; the state
+/// directory is read, never changed.
+#[test]
+#[ignore = "needs root, network namespaces and the test dockerd (run scripts/test.sh)"]
+fn the_consistency_check_sees_the_table_changed_behind_gantrys_back() {
+    if crate::testutil::docker_host(
+        "network::kernel_tests::the_consistency_check_sees_the_table_changed_behind_gantrys_back",
+    )
+    .is_none()
+    {
+        return;
+    }
+    let world = World::new(true);
+    let agent = world.agent();
+    let forward = PortForward {
+        external_port: 8080,
+        protocol: Protocol::Tcp,
+        container: "b".into(),
+        internal_port: SERVER_PORT,
+    };
+    agent
+        .run_blocking(move |d| {
+            d.add_container(spec("a", 2))?;
+            d.add_container(spec("b", 3))?;
+            d.connect("a", "b")?;
+            d.add_forward(forward)
+        })
+        .unwrap()
+        .unwrap();
+    let config = DataplaneConfig {
+        state_dir: world.state_dir.path().into(),
+        netns: Some(world.guest.path()),
+    };
+    let stored = files_under(world.state_dir.path());
+
+    let c = consistency::check(&config).unwrap();
+    assert_eq!(c.containers, 2);
+    assert!(c.kernel.is_some());
+    assert!(c.differences().is_empty(), "{:?}", c.differences());
+    assert!(c.stored.values().sum::<usize>() >= 5, "{:?}", c.stored);
+    assert_eq!(files_under(world.state_dir.path()), stored);
+    agent.stop();
+    let stored = files_under(world.state_dir.path());
+
+    // A set that holds elements, emptied with nft.
+    let ruleset = world.ruleset();
+    let set = ruleset["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|o| {
+            let s = o.get("set")?;
+            s["elem"].as_array().filter(|e| !e.is_empty())?;
+            s["name"].as_str().map(str::to_string)
+        })
+        .expect("a set with elements");
+    world
+        .guest
+        .ok(&["nft", "flush", "set", "inet", "gantry", &set]);
+    let c = consistency::check(&config).unwrap();
+    assert_eq!(
+        c.differences(),
+        vec![format!("{set}: stored {}, kernel 0", c.stored[&set])]
+    );
+
+    world
+        .guest
+        .ok(&["nft", "delete", "table", "inet", "gantry"]);
+    let c = consistency::check(&config).unwrap();
+    assert_eq!(c.kernel, None);
+    assert_eq!(c.containers, 2);
+    assert!(!c.differences().is_empty());
+    assert_eq!(files_under(world.state_dir.path()), stored);
+}

@@ -11,6 +11,7 @@
 //! network namespace of the thread that runs it. [`DataplaneHandle`] runs one on a dedicated
 //! thread (optionally entered into a given namespace) for async callers.
 
+pub mod consistency;
 pub mod netlink;
 pub mod nft;
 pub mod state;

@@ -91,7 +91,7 @@ pub enum Element {
 }
 
 impl Element {
-    fn set_name(&self) -> &'static str {
+    pub(super) fn set_name(&self) -> &'static str {
         match self {
             Element::Link4(..) => "links4",
             Element::Link6(..) => "links6",

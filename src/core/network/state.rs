@@ -439,27 +439,31 @@ impl StateStore {
     /// Reads the snapshot and replays the journal; cuts a torn tail off the journal so that
     /// later appends start on a fresh line.
     pub fn load(&mut self) -> io::Result<State> {
-        let (mut state, snapshot_seq) = match std::fs::read(self.path()) {
-            Ok(bytes) => {
-                self.snapshot_bytes = bytes.len() as u64;
-                let stored: StoredState = serde_json::from_slice(&bytes).map_err(|e| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{}: {e}", self.path().display()),
-                    )
-                })?;
-                let seq = stored.seq;
-                (State::from(stored), seq)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (
-                State {
-                    next_link: 1,
-                    ..State::default()
-                },
-                0,
-            ),
-            Err(e) => return Err(e),
-        };
+        let (state, good, len) = self.replay()?;
+        std::fs::create_dir_all(&self.dir)?;
+        let journal = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.journal_path())?;
+        if good < len {
+            journal.set_len(good as u64)?;
+            journal.sync_all()?;
+        }
+        self.journal_bytes = good as u64;
+        self.journal = Some(journal);
+        Ok(state)
+    }
+
+    /// The stored state (snapshot and journal) as the daemon would load it, changing no
+    /// file: for `gantry check` beside a running daemon.
+    pub fn read(dir: impl Into<PathBuf>) -> io::Result<State> {
+        Self::new(dir).replay().map(|(state, _, _)| state)
+    }
+
+    /// The snapshot with the journal's newer records applied; also the length of the
+    /// journal's good part and of the whole journal.
+    fn replay(&mut self) -> io::Result<(State, usize, usize)> {
+        let (mut state, snapshot_seq) = self.read_snapshot()?;
         self.seq = snapshot_seq;
         let bytes = match std::fs::read(self.journal_path()) {
             Ok(b) => b,
@@ -489,18 +493,31 @@ impl StateStore {
                 self.seq = record.seq;
             }
         }
-        std::fs::create_dir_all(&self.dir)?;
-        let journal = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.journal_path())?;
-        if good < bytes.len() {
-            journal.set_len(good as u64)?;
-            journal.sync_all()?;
+        Ok((state, good, bytes.len()))
+    }
+
+    fn read_snapshot(&mut self) -> io::Result<(State, u64)> {
+        match std::fs::read(self.path()) {
+            Ok(bytes) => {
+                self.snapshot_bytes = bytes.len() as u64;
+                let stored: StoredState = serde_json::from_slice(&bytes).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: {e}", self.path().display()),
+                    )
+                })?;
+                let seq = stored.seq;
+                Ok((State::from(stored), seq))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((
+                State {
+                    next_link: 1,
+                    ..State::default()
+                },
+                0,
+            )),
+            Err(e) => Err(e),
         }
-        self.journal_bytes = good as u64;
-        self.journal = Some(journal);
-        Ok(state)
     }
 
     /// Makes `change` durable; `after` is the state with it applied (for compaction).

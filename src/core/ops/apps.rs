@@ -6,7 +6,8 @@ use std::sync::Arc;
 use tempfile::NamedTempFile;
 
 use super::{Operation, Reporter, Start, Summary};
-use crate::core::apps::import::{ImportOptions, ImportProgress, ImportStep};
+use crate::core::apps::bundle::BundleKind;
+use crate::core::apps::import::{ImportOptions, ImportProgress, ImportStep, Upload};
 use crate::core::apps::lifecycle::{ProcessOutcome, StopOptions};
 use crate::core::apps::store::StoredApp;
 use crate::core::apps::stream::UploadReader;
@@ -82,47 +83,59 @@ pub enum ImportSource {
     },
 }
 
+impl ImportSource {
+    /// The upload file and, for a streaming import, the upload still arriving into it; a
+    /// buffered upload is waited for here.
+    pub async fn arrive(
+        self,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> CoreResult<(NamedTempFile, Option<Upload>)> {
+        match self {
+            ImportSource::Streaming {
+                file,
+                reader,
+                expected,
+            } => Ok((file, Some(Upload { reader, expected }))),
+            ImportSource::Buffered { file, reader } => {
+                drain_upload(reader, cancel, "import").await?;
+                Ok((file, None))
+            }
+        }
+    }
+}
+
 pub type ImportOperation = Operation<ImportProgress, StoredApp>;
 pub type AppOperation = Operation<OutputLine, ProcessOutcome>;
 
 impl Core {
-    /// Imports an app bundle. Cancelled (by a client, or by its client going away) it rolls
-    /// back: nothing of the app stays, no image it loaded stays.
-    pub fn import_app(
+    /// Imports an app or a template bundle. Cancelled (by a client, or by its client going
+    /// away) it rolls back: nothing of the bundle stays, no image it loaded stays.
+    pub fn import_bundle(
         self: &Arc<Self>,
+        kind: BundleKind,
         source: ImportSource,
         options: ImportOptions,
         start: &Start,
     ) -> CoreResult<ImportOperation> {
+        let templates = match kind {
+            BundleKind::App => None,
+            BundleKind::Template => Some(self.templates()?.clone()),
+        };
         self.operation(
             TaskKind::Import,
             None,
             start,
             |core, reporter, cancel| async move {
                 let progress = move |p: ImportProgress| reporter.report(p);
-                match source {
-                    ImportSource::Streaming {
-                        file,
-                        reader,
-                        expected,
-                    } => {
+                let (file, upload) = source.arrive(&cancel).await?;
+                let zip = file.path();
+                match templates {
+                    None => {
                         core.apps
-                            .import_upload(
-                                file.path(),
-                                reader,
-                                expected,
-                                options,
-                                &cancel,
-                                &progress,
-                            )
+                            .import_zip(zip, upload, options, &cancel, &progress)
                             .await
                     }
-                    ImportSource::Buffered { file, reader } => {
-                        drain_upload(reader, &cancel, "import").await?;
-                        core.apps
-                            .import(file.path(), options, &cancel, &progress)
-                            .await
-                    }
+                    Some(t) => t.import(zip, upload, options, &cancel, &progress).await,
                 }
             },
         )

@@ -162,7 +162,7 @@ impl Core {
         intent: &AppIntent,
         run: Run<'_>,
     ) -> CoreResult<AppId> {
-        let id = self.import_bundle(bundle, intent, run).await?.id().clone();
+        let id = self.fetch_and_import(bundle, intent, run).await?.id().clone();
         crash_point("provision.imported");
         if id.as_str() != slug && id.slug() != slug {
             self.unprovision(&id, run.out).await;
@@ -199,7 +199,7 @@ impl Core {
     /// downloads).
     /// The import names the app in the provision's intent as soon as it knows it (and knows
     /// it is new: the import refuses an app that exists).
-    async fn import_bundle(
+    async fn fetch_and_import(
         &self,
         bundle: &str,
         intent: &AppIntent,

@@ -8,8 +8,11 @@
 pub mod apps;
 pub mod images;
 pub mod instances;
+#[cfg(feature = "pool")]
+pub mod pool;
 mod recorded;
 pub mod services;
+pub mod templates;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::Outcome;
 use super::tasks::{Policy, TaskHandle, TaskKind};
 use super::{Core, CoreError, CoreResult};
 
@@ -138,6 +142,7 @@ where
     let (result_tx, result) = oneshot::channel();
     let (id, kind, cancel) = (task.id.clone(), task.kind, task.cancel.clone());
     let task = Arc::new(task);
+    let began = std::time::Instant::now();
     let fut = run(
         Reporter {
             tx,
@@ -147,6 +152,7 @@ where
     );
     tokio::spawn(async move {
         let r = fut.await;
+        super::metrics::operation_ended(kind.name(), Outcome::of(&r), began.elapsed());
         // Unlisted before the answer goes out: a cancel after the answer finds nothing.
         drop(task);
         let _ = result_tx.send(r);

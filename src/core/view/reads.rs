@@ -54,6 +54,15 @@ impl Snapshot {
         all
     }
 
+    /// Whether Docker has an image tagged `reference` (`name:tag`; `name` is `name:latest`).
+    pub fn has_image(&self, reference: &str) -> bool {
+        let tagged = match reference.rsplit_once(':') {
+            Some((_, tag)) if !tag.contains('/') => reference.to_string(),
+            _ => format!("{reference}:latest"),
+        };
+        self.images.values().any(|i| i.repo_tags.contains(&tagged))
+    }
+
     /// Every volume as `GET /volumes` lists it, by name.
     pub fn volumes_by_name(&self) -> Vec<Volume> {
         let mut all: Vec<Volume> = self.volumes.values().map(|v| (**v).clone()).collect();

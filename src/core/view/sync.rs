@@ -138,6 +138,7 @@ async fn follow(
         }
         received |= !batch.is_empty();
         let followups = view.update(|s| batch.iter().map(|e| s.apply_event(e)).collect::<Vec<_>>());
+        crate::core::metrics::docker_events_applied(batch.iter().map(|e| e.time_nano), now_ns());
         for f in followups {
             fetcher.start(f);
         }

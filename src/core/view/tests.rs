@@ -304,3 +304,24 @@ async fn the_follower_resyncs_serves_reads_without_calls_and_rebuilds_after_a_dr
         .unwrap()
         .unwrap();
 }
+
+#[test]
+fn images_are_found_by_their_tags() {
+    let mut s = Snapshot::default();
+    let image = bollard::models::ImageSummary {
+        id: "sha256:1".into(),
+        repo_tags: vec!["web-app:latest".into(), "reg:5000/x:1".into()],
+        ..Default::default()
+    };
+    s.images.insert(image.id.clone(), Arc::new(image));
+    for (reference, found) in [
+        ("web-app:latest", true),
+        ("web-app", true),
+        ("web-app:2", false),
+        ("reg:5000/x:1", true),
+        ("reg:5000/x", false),
+        ("other", false),
+    ] {
+        assert_eq!(s.has_image(reference), found, "{reference}");
+    }
+}

@@ -7,6 +7,7 @@
 //! client is gone (the core decides what that does to the operation). See
 //! docs/DECISIONS.md ("Live operations") for the step mapping.
 
+mod logs;
 mod steps;
 mod upload;
 
@@ -22,6 +23,7 @@ use super::apps::{import_limit, process_result, UpResult};
 use super::{Call, Handler, Problem, Reply};
 use crate::api::http;
 use crate::api::router::Routes;
+use crate::core::apps::bundle::BundleKind;
 use crate::core::apps::import::{ImportOptions, ImportProgress};
 use crate::core::apps::lifecycle::{ProcessOutcome, StopOptions};
 use crate::core::apps::stream::UploadReader;
@@ -57,6 +59,9 @@ pub fn register_ws(r: &mut Routes<Handler>) {
         })
         .add(Method::GET, "/system/loadimage", |c| {
             Box::pin(ws_load_image(c))
+        })
+        .add(Method::GET, "/transfer/apps/{id}/logs", |c| {
+            Box::pin(logs::ws_logs(c))
         });
 }
 
@@ -198,7 +203,12 @@ async fn ws_import(c: Call) -> Reply {
 async fn import_session(core: Arc<Core>, ws: WsSession, limit: u64, replace: bool) {
     let opened = open_upload(&core, ws, limit, "import", |file, reader| {
         let source = ImportSource::Buffered { file, reader };
-        core.import_app(source, ImportOptions { replace }, &Start::default())
+        core.import_bundle(
+            BundleKind::App,
+            source,
+            ImportOptions { replace },
+            &Start::default(),
+        )
     });
     let Some((mut ws, mut op)) = opened.await else {
         return;
