@@ -87,7 +87,7 @@ fn soak() -> bool {
 }
 
 /// The operations whose crash points each group runs (groups run in worlds side by side).
-const GROUPS: [&[&str]; 7] = [
+const GROUPS: [&[&str]; 8] = [
     &["start"],
     &["stop", "delete"],
     &["import", "load-image", "refresh"],
@@ -100,6 +100,7 @@ const GROUPS: [&[&str]; 7] = [
         "import-image",
     ],
     &["flow-create", "flow-update", "flow-delete"],
+    &["template-import", "build", "instantiate", "pool-install"],
     &[
         "intervirt-add",
         "intervirt-remove",

@@ -255,6 +255,15 @@ impl Daemon {
         }
     }
 
+    /// The templates, as `GET /api/1/transfer/templates` lists them.
+    pub fn templates(&self) -> Vec<Value> {
+        match self.get("/api/1/transfer/templates") {
+            (204, _) => Vec::new(),
+            (200, Value::Array(a)) => a,
+            other => panic!("listing templates: {other:?}\n{}", self.log()),
+        }
+    }
+
     // --- the Intervirt dialect -----------------------------------------------------------
 
     /// A websocket to the Intervirt listener.

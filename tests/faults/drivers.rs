@@ -36,6 +36,10 @@ pub struct Made {
     pub flow: Vec<String>,
     /// The id of the Flow Manager container an update works on, before it.
     pub flow_old: Option<String>,
+    /// Templates (by id) the run may have made.
+    pub templates: Vec<String>,
+    /// Apps (by id) the run may have installed into the App Pool.
+    pub pool: Vec<String>,
 }
 
 /// The label of the Flow Manager's containers, naming the dialect.
@@ -201,6 +205,66 @@ fn provision_param(world: &World, d: &Daemon, names: &mut Names, made: &mut Made
     json!({"Slug": format!("{name}:1"), "Bundle": file.display().to_string()}).to_string()
 }
 
+/// A template of two services (`web`, `greeter`) built from the test image, each with a file
+/// of the run's own (so that no step comes from Docker's cache: every step creates an image).
+pub fn template_zip(name: &str) -> Vec<u8> {
+    let config = format!("Name: {name}\nVersion: 1.0-tpl\n");
+    let build = "services:\n  web:\n    build: ./web\n    stop_grace_period: 1s\n  \
+                 greeter:\n    build: ./greeter\n    stop_grace_period: 1s\n";
+    let dockerfile = format!("FROM {IMAGE_ALIAS}\nCOPY marker /marker\nCMD {IDLE}\n");
+    let marker = |service: &str| format!("{name} {service}\n");
+    let (web, greeter) = (marker("web"), marker("greeter"));
+    stored_zip(&[
+        ("config.yml", config.as_bytes()),
+        ("docker-compose-build.yml", build.as_bytes()),
+        ("web/Dockerfile", dockerfile.as_bytes()),
+        ("web/marker", web.as_bytes()),
+        ("greeter/Dockerfile", dockerfile.as_bytes()),
+        ("greeter/marker", greeter.as_bytes()),
+    ])
+}
+
+pub const TEMPLATES: &str = "/api/1/transfer/templates";
+
+/// A new template of the run, imported; its id.
+fn import_template(d: &Daemon, names: &mut Names, made: &mut Made) -> String {
+    let name = names.next("tpl");
+    let (ct, body) = multipart("app", &template_zip(&name));
+    let (status, body) = d.request("POST", TEMPLATES, Some((&ct, body)));
+    assert_eq!(status, 200, "setup template import: {body}");
+    made.templates.push(format!("{name}:1.0-tpl"));
+    format!("{name}:1.0-tpl")
+}
+
+/// The chain app published to a store of the run's own (a namespace of the world's
+/// registry) and removed again: the pool can install it from there.
+fn published_app(world: &World, d: &Daemon, names: &mut Names, made: &mut Made) {
+    let store =
+        json!({"Store": {"Registry": world.registry_url(), "Namespace": names.next("store")}});
+    let body = Some(("application/json", store.to_string().into_bytes()));
+    let (status, answer) = d.request("PUT", "/api/1/configure", body);
+    assert_eq!(status, 200, "setup store: {answer}");
+    let name = names.next("App");
+    let id = format!("{name}:1");
+    let (status, body) = import(d, &chain_bundle(world, &name));
+    assert_eq!(status, 200, "setup import: {body}");
+    let (status, body) = d.put(&format!("/api/1/pool/publish/{}", enc(&id)));
+    assert_eq!(status, 200, "setup publish: {body}");
+    let (status, body) = d.request("DELETE", &app_path(&id), None);
+    assert_eq!(status, 200, "setup delete: {body}");
+    let (status, body) = d.put("/api/1/pool/refresh");
+    assert_eq!(status, 200, "setup refresh: {body}");
+    made.pool.push(id);
+}
+
+/// Whether the App Pool lists `id` as installed.
+pub fn pool_installed(d: &Daemon, id: &str) -> bool {
+    match d.get("/api/1/pool/apps") {
+        (200, Value::Array(apps)) => apps.iter().any(|a| a["Id"] == id && a["Installed"] == true),
+        _ => false,
+    }
+}
+
 /// A Flow Manager container of the test image that runs until stopped.
 fn flow_spec(name: &str) -> Value {
     json!({"name": name, "image": IMAGE_ALIAS,
@@ -265,7 +329,15 @@ pub fn setup(op: &str, world: &World, d: &Daemon, names: &mut Names) -> Made {
             import_app(world, d, &names.next("App"), &mut made);
             distillery_ok(d, "backup", &[]);
         }
-        "provision" | "service-create" | "import-image" | "flow-create" => {}
+        "provision" | "service-create" | "import-image" | "flow-create" | "template-import" => {}
+        "build" => {
+            import_template(d, names, &mut made);
+        }
+        "pool-install" => published_app(world, d, names, &mut made),
+        "instantiate" => {
+            let id = import_template(d, names, &mut made);
+            made.apps.push(id.replace(":1.0-tpl", ":1.0"));
+        }
         "flow-update" | "flow-delete" => flow_container(d, names, &mut made),
         "intervirt-remove" | "intervirt-update" | "intervirt-wipe" => {
             add_container(d, &mut made, names)
@@ -364,6 +436,24 @@ pub fn trigger(
         "provision" => {
             let param = provision_param(world, d, names, made);
             Request::Distillery("provision".into(), vec![param])
+        }
+        "template-import" => {
+            let name = names.next("tpl");
+            made.templates.push(format!("{name}:1.0-tpl"));
+            let (ct, body) = multipart("app", &template_zip(&name));
+            Request::Http("POST", TEMPLATES.into(), Some((ct, body)))
+        }
+        "build" => {
+            let path = format!("{TEMPLATES}/{}/build", enc(&made.templates[0]));
+            Request::Http("GET", path, None)
+        }
+        "instantiate" => {
+            let path = format!("{TEMPLATES}/{}/instantiate", enc(&made.templates[0]));
+            Request::Http("POST", path, None)
+        }
+        "pool-install" => {
+            let path = format!("/api/1/pool/apps/{}", enc(&made.pool[0]));
+            Request::Http("PUT", path, None)
         }
         "intervirt-update" => Request::Intervirt(json!({"type": "Command", "command": "update"})),
         "intervirt-wipe" => Request::Intervirt(json!({"type": "Command", "command": "wipe"})),
@@ -475,6 +565,24 @@ pub fn next_and_clean(
             ));
         }
     }
+    for template in d.templates() {
+        let id = template["Id"].as_str().unwrap_or_default();
+        let path = format!("{TEMPLATES}/{}?remove_images=true", enc(id));
+        let (status, body) = d.request("DELETE", &path, None);
+        if status != 200 && status != 204 {
+            problems.push(format!(
+                "removing the template {id} after the recovery: {status} {body}"
+            ));
+        }
+    }
+    if !made.pool.is_empty() {
+        let (status, body) = d.put("/api/1/pool/clear");
+        if status != 200 {
+            problems.push(format!(
+                "clearing the pool after the recovery: {status} {body}"
+            ));
+        }
+    }
     for image in made.loaded.iter().chain(&made.extra) {
         let (status, body) = d.request(
             "DELETE",
@@ -566,6 +674,28 @@ pub fn expected(op: &str, point: &str, world: &World, d: &Daemon, made: &Made) -
     }
     if op.starts_with("flow-") {
         return flow_expected(op, point, world, d, made);
+    }
+    if op == "pool-install" {
+        // Resumed at start whatever the point: installed, no download left.
+        let id = &made.pool[0];
+        let left = std::fs::read_dir(d.state().join("pool/downloads"));
+        let left: Vec<_> = left
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        let mut problems = Vec::new();
+        if !pool_installed(d, id) {
+            problems.push(format!("{id} is not installed after the restart ({point})"));
+        }
+        if !left.is_empty() {
+            problems.push(format!("downloads left after the restart: {left:?}"));
+        }
+        return problems;
+    }
+    if ["template-import", "build", "instantiate"].contains(&op) {
+        return template_expected(op, point, d, made);
     }
     let Some(app) = made.apps.first() else {
         return Vec::new();
@@ -660,6 +790,39 @@ fn flow_expected(op: &str, point: &str, world: &World, d: &Daemon, made: &Made) 
             }
         }
         _ => {}
+    }
+    problems
+}
+
+/// A template import is kept once stored (rolled back before); a build is undone (the
+/// template not built); an instantiation is kept once its app is stored, undone before.
+fn template_expected(op: &str, point: &str, d: &Daemon, made: &Made) -> Vec<String> {
+    let id = &made.templates[0];
+    let template = d.templates().into_iter().find(|t| t["Id"] == id.as_str());
+    let built = template.as_ref().is_some_and(|t| t["Built"] == true);
+    let instance = made.apps.first();
+    let listed = instance.is_some_and(|a| d.apps().iter().any(|x| x["Id"] == a.as_str()));
+    let mut problems = Vec::new();
+    let stored = point == "import.stored";
+    if op == "template-import" && template.is_some() != stored {
+        problems.push(format!(
+            "{id} listed: {}, after {point}",
+            template.is_some()
+        ));
+    }
+    if op == "build" && built {
+        problems.push(format!(
+            "{id} is built after an interrupted build ({point})"
+        ));
+    }
+    if op == "instantiate" {
+        let kept = point == "instantiate.stored";
+        if listed != kept {
+            problems.push(format!("{instance:?} listed: {listed}, after {point}"));
+        }
+        if built != kept {
+            problems.push(format!("{id} built: {built}, after {point}"));
+        }
     }
     problems
 }

@@ -164,6 +164,7 @@ fn check_images(world: &World, apps: &[Value], loaded: &[String]) -> Vec<String>
     }
     let fmt = "{{.ID}} {{.Repository}}:{{.Tag}}";
     let lines = world.docker_lines(&["images", "-a", "--no-trunc", "--format", fmt]);
+    with_ancestors(world, &lines, &mut allowed);
     lines
         .into_iter()
         .filter(|l| !allowed.contains(l.split(' ').next().unwrap_or_default()))
@@ -174,6 +175,35 @@ fn check_images(world: &World, apps: &[Value], loaded: &[String]) -> Vec<String>
         })
         .map(|l| format!("image {l} that no listed app brought"))
         .collect()
+}
+
+/// Adds to `allowed` the images an allowed one is built on (a built image's earlier steps,
+/// which `docker images -a` lists untagged).
+fn with_ancestors(world: &World, lines: &[String], allowed: &mut BTreeSet<String>) {
+    let ids: Vec<&str> = lines.iter().filter_map(|l| l.split(' ').next()).collect();
+    if ids.is_empty() {
+        return;
+    }
+    let mut args = vec!["image", "inspect", "-f", "{{.Id}} {{.Parent}}"];
+    args.extend(&ids);
+    // Not `docker_lines`: an image may go between the listing and this.
+    let out = world.docker(&args);
+    let parents: std::collections::BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (id, parent) = l.split_once(' ')?;
+            Some((id.to_string(), parent.trim().to_string()))
+        })
+        .filter(|(_, parent)| !parent.is_empty())
+        .collect();
+    let mut todo: Vec<String> = allowed.iter().cloned().collect();
+    while let Some(id) = todo.pop() {
+        if let Some(parent) = parents.get(&id) {
+            if allowed.insert(parent.clone()) {
+                todo.push(parent.clone());
+            }
+        }
+    }
 }
 
 fn check_intervirt(world: &World, d: &Daemon, names: &[String]) -> Vec<String> {
@@ -300,14 +330,16 @@ fn check_flow(world: &World, sockets: &Path) -> Vec<String> {
 /// No staged or moved-away app, no upload, no unreadable intent left in the state directory.
 fn check_state_dir(state: &Path) -> Vec<String> {
     let mut problems = Vec::new();
-    for e in std::fs::read_dir(state.join("apps"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            problems.push(format!("store leftover {name}"));
+    for store in ["apps", "templates", "pool/apps"] {
+        for e in std::fs::read_dir(state.join(store))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                problems.push(format!("{store} store leftover {name}"));
+            }
         }
     }
     for e in std::fs::read_dir(state.join("uploads"))

@@ -33,6 +33,9 @@ pub struct World {
     base_id: std::sync::OnceLock<String>,
     /// Containers Docker could not remove (each reported once, by the run that left it).
     stuck: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The App Pool's store (a local registry in the world's namespace), started by the
+    /// first run that needs it.
+    registry: std::sync::OnceLock<crate::common::fleet::Registry>,
 }
 
 impl World {
@@ -56,6 +59,7 @@ impl World {
             contents: std::sync::OnceLock::new(),
             base_id: std::sync::OnceLock::new(),
             stuck: Default::default(),
+            registry: std::sync::OnceLock::new(),
         };
         w.ip(&["link", "set", "lo", "up"]);
         w.start_containerd();
@@ -269,6 +273,14 @@ impl World {
             .map(String::from)
             .collect();
         errors[errors.len().saturating_sub(10)..].to_vec()
+    }
+
+    /// The base URL of the App Pool's store (a registry on the world's loopback; the
+    /// calling thread must be in the world's namespace, as the tests' are).
+    pub fn registry_url(&self) -> String {
+        self.registry
+            .get_or_init(crate::common::fleet::Registry::start)
+            .url()
     }
 
     /// The id of the test image (also tagged [`IMAGE_ALIAS`]).

@@ -1,12 +1,16 @@
 //! Interrupted app operations: the intents the apps service records (import, image load,
-//! start, stop, delete, refresh of all apps) and the rule that resolves each one left by a
-//! crash, or by an operation that Docker's going away kept from settling.
+//! start, stop, delete, refresh of all apps, the app instances' operations, and the
+//! templates' imports, builds and instantiations) and the rule that resolves each one left
+//! by a crash, or by an operation that Docker's going away kept from settling.
 //!
 //! The rules (docs/DECISIONS.md, "Interrupted operations"): a crash counts as the client
 //! leaving for good, so each kind ends as its client-gone policy says. An import or image
-//! load is rolled back (the images it noted are removed unless a stored app uses them,
-//! including any that Docker finishes loading after the restart); a start, stop or delete is
-//! finished (one that was being cancelled is undone instead); a refresh only read.
+//! load is rolled back (the images it noted are removed unless a stored app or template uses
+//! them, including any that Docker finishes loading after the restart); a start, stop or
+//! delete is finished (one that was being cancelled is undone instead); a refresh only read.
+//! A template's build or instantiation cannot be carried on (Docker stopped the build with
+//! its connection): it ends as a cancelled one, the images it created removed, unless the
+//! instance was stored (then they are the stored app's).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -39,6 +43,10 @@ pub enum AppOp {
     Snapshot,
     Backup,
     Provision,
+    /// A template's build (the images it created are noted).
+    Build,
+    /// A template's instantiation (its build's images noted; the instance is the app).
+    Instantiate,
 }
 
 impl IntentKind for AppOp {}
@@ -78,7 +86,9 @@ impl Apps {
 
     async fn resolve_intent(&self, r: &Record<AppOp>) -> CoreResult<Outcome> {
         match r.kind {
-            AppOp::Import | AppOp::LoadImage => self.remove_noted_images(r).await,
+            AppOp::Import | AppOp::LoadImage | AppOp::Build | AppOp::Instantiate => {
+                self.remove_noted_images(r).await
+            }
             AppOp::Start => self.finish_start(r).await,
             AppOp::Stop => self.finish_stop(r).await,
             AppOp::Delete | AppOp::Purge | AppOp::Provision => self.finish_removal(r).await,
@@ -254,7 +264,7 @@ impl Apps {
         let ids = super::import::removal_order(&ids);
         // What the removals so far untagged or deleted (an image goes with its last tag).
         let mut gone = HashSet::new();
-        for id in ids.iter().filter(|id| !in_use.contains(*id)) {
+        for id in ids.iter().filter(|id| !used(&in_use, id)) {
             match self.engine.remove_image(id, false).await {
                 Ok(items) => {
                     tracing::info!(image = %id, "removed an image of an interrupted operation");
@@ -312,6 +322,17 @@ fn images_in_use(store: &AppStore, templates: &Path) -> CoreResult<HashSet<Strin
         .flat_map(|a| a.record.images)
         .flat_map(|i| std::iter::once(i.id).chain(i.references))
         .collect())
+}
+
+/// Whether a stored app or template uses the image `id`: a full id or reference, or the
+/// short id a build reports (a stored instance records its images' full ids).
+fn used(in_use: &HashSet<String>, id: &str) -> bool {
+    in_use.contains(id)
+        || (!id.contains(':')
+            && in_use
+                .iter()
+                .filter_map(|u| u.strip_prefix("sha256:"))
+                .any(|full| full.starts_with(id)))
 }
 
 /// Whether the operation was being undone (cancelled) when it was interrupted, and whether
@@ -381,7 +402,7 @@ pub(super) async fn watch_loads(
     while !ids.is_empty() && quiet < 2 {
         tokio::time::sleep(WATCH_EVERY).await;
         let in_use = images_in_use(store, templates).unwrap_or_default();
-        ids.retain(|id| !in_use.contains(id));
+        ids.retain(|id| !used(&in_use, id));
         remove_present(engine, &mut ids).await;
         match tmp.as_deref().and_then(loads_in_flight) {
             Some(false) => quiet += 1,
@@ -570,6 +591,17 @@ mod tests {
         data.insert("committed".into(), true.into());
         let (_, fake, _state) = recovered(AppOp::Update, data, false).await;
         assert!(running(&fake).is_empty(), "a complete update is kept");
+    }
+
+    #[test]
+    fn a_builds_short_image_id_is_used_by_the_full_id_a_stored_instance_records() {
+        let in_use: HashSet<String> = ["sha256:0123abcd4567".to_string(), "web:1".to_string()]
+            .into_iter()
+            .collect();
+        assert!(used(&in_use, "0123abcd"));
+        assert!(used(&in_use, "web:1"));
+        assert!(!used(&in_use, "4567"));
+        assert!(!used(&in_use, "web:2"));
     }
 
     #[tokio::test]

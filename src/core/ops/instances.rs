@@ -162,7 +162,11 @@ impl Core {
         intent: &AppIntent,
         run: Run<'_>,
     ) -> CoreResult<AppId> {
-        let id = self.fetch_and_import(bundle, intent, run).await?.id().clone();
+        let id = self
+            .fetch_and_import(bundle, intent, run)
+            .await?
+            .id()
+            .clone();
         crash_point("provision.imported");
         if id.as_str() != slug && id.slug() != slug {
             self.unprovision(&id, run.out).await;

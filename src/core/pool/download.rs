@@ -18,6 +18,7 @@ use crate::core::apps::bundle::{Bundle, ByteSize};
 use crate::core::apps::import::{compose_project, free_space};
 use crate::core::apps::store::StoredApp;
 use crate::core::apps::AppId;
+use crate::core::recovery::crash_point;
 use crate::core::{CoreError, CoreResult, ErrorKind};
 
 /// What an install reports.
@@ -110,6 +111,8 @@ impl Pool {
             .claim(id, "installed")
             .map_err(|w| CoreError::Conflict(format!("{id} is being {w} already")))?;
         if let Ok(app) = self.apps.get(id) {
+            // A crash between storing it and removing its record left the record.
+            self.forget_download(id);
             return Ok(app);
         }
         let intent = match self.intents().into_iter().find(|i| &i.id == id) {
@@ -123,6 +126,7 @@ impl Pool {
         let part = self.file_of(&intent.digest, "part");
         self.check_space(&intent, &part)?;
         write_json(&self.file_of(&intent.digest, "json"), &intent)?;
+        crash_point("pool-install.intent-written");
         if let Err(e) = self.fetch(&intent, &part, job).await {
             // An outage keeps the download for the next try or start, and a cancel leaves
             // the choice to the caller; a store that refuses it (credentials, certificate)
@@ -132,6 +136,7 @@ impl Pool {
             }
             return Err(e);
         }
+        crash_point("pool-install.downloaded");
         (job.progress)(PoolProgress::Checking);
         if let Err(e) = self.verify(&intent, &part).await {
             self.forget_download(id);
@@ -139,6 +144,7 @@ impl Pool {
         }
         (job.progress)(PoolProgress::Storing);
         let stored = self.store_download(&intent, &part).await;
+        crash_point("pool-install.stored");
         let _ = std::fs::remove_file(self.file_of(&intent.digest, "json"));
         stored
     }
@@ -245,6 +251,7 @@ impl Pool {
             write_json(&staged.dir().join(ORIGIN_FILE), &origin)?;
             std::fs::rename(&part, staged.dir().join(BUNDLE_FILE))
                 .map_err(|e| CoreError::io("cannot move the download into place", e))?;
+            crash_point("pool-install.staged");
             staged.images = Vec::new();
             Ok(apps.insert(staged, false)?)
         })

@@ -119,6 +119,22 @@ pub const POINTS: &[Point] = &[
     exit("provision.imported", "provision"),
     nth("compose.up.service-started", "provision", 1),
     exit("provision.done", "provision"),
+    // templates (a template of two services built from the test image; no images of its own)
+    nth("import.intent-written", "template-import", 1),
+    nth("import.staged", "template-import", 1),
+    nth("import.stored", "template-import", 1),
+    exit("build.intent-written", "build"),
+    exit("build.image-noted", "build"),
+    nth("build.image-noted", "build", 3),
+    exit("build.done", "build"),
+    exit("instantiate.intent-written", "instantiate"),
+    nth("build.image-noted", "instantiate", 2),
+    exit("instantiate.stored", "instantiate"),
+    // App Pool: installing an app from the store (a download into the pool's storage)
+    exit("pool-install.intent-written", "pool-install"),
+    exit("pool-install.downloaded", "pool-install"),
+    exit("pool-install.staged", "pool-install"),
+    exit("pool-install.stored", "pool-install"),
     // duxcore services
     exit("service-create.intent-written", "service-create"),
     exit("service-create.created", "service-create"),

@@ -1,17 +1,21 @@
 //! Building a template's images: each service's context streams as a tar from the stored
 //! template into Docker's build API (classic builder), its output reported line by line. A
-//! failed or cancelled build removes every image it created, so nothing dangles.
+//! failed or cancelled build removes every image it created, so nothing dangles. The images
+//! it creates are noted in its intent as they appear, so that those of a build a crash
+//! interrupted are removed at the next start (`apps::recover`).
 
 use std::io;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use tokio_util::sync::CancellationToken;
 
 use super::spec::{BuildService, BuildSpec};
 use crate::core::apps::lifecycle::list_files;
+use crate::core::apps::recover::AppIntent;
 use crate::core::apps::stream::write_stream;
 use crate::core::engine::{BuildJob, BuildOptions, ByteStream, ContainerEngine, EngineError};
+use crate::core::recovery::crash_point;
 use crate::core::safe_fs;
 use crate::core::{CoreError, CoreResult, ErrorKind};
 
@@ -100,18 +104,21 @@ fn context_tar(dir: &Path, b: &BuildService) -> CoreResult<ByteStream> {
 }
 
 /// Builds every service of `spec` from the template stored in `dir`, in order. On failure
-/// or cancel, the images this build created are removed and the error returned.
+/// or cancel, the images this build created are removed and the error returned. The images
+/// it creates are noted in `intent` as they appear.
 pub async fn build_all(
     engine: &dyn ContainerEngine,
     dir: &Path,
     spec: &BuildSpec,
+    intent: Option<&AppIntent>,
     cancel: &CancellationToken,
     progress: BuildFn<'_>,
 ) -> CoreResult<Vec<Built>> {
-    let ids = Arc::new(Mutex::new(StepIds::default()));
+    let ids = Mutex::new(StepIds::default());
     let mut built = Vec::new();
     for b in &spec.builds {
-        match build_one(engine, dir, b, &ids, cancel, progress).await {
+        let steps = Steps { ids: &ids, intent };
+        match build_one(engine, dir, b, steps, cancel, progress).await {
             Ok(id) => {
                 progress(BuildProgress::Built {
                     service: b.service.clone(),
@@ -138,11 +145,33 @@ fn lock(m: &Mutex<StepIds>) -> std::sync::MutexGuard<'_, StepIds> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Where a build's output lines go: the ids of the images it created, noted in its intent.
+#[derive(Clone, Copy)]
+struct Steps<'a> {
+    ids: &'a Mutex<StepIds>,
+    intent: Option<&'a AppIntent>,
+}
+
+impl Steps<'_> {
+    fn feed(&self, line: &str) {
+        let mut ids = lock(self.ids);
+        let before = ids.created.len();
+        ids.feed(line);
+        let (Some(intent), true) = (self.intent, ids.created.len() > before) else {
+            return;
+        };
+        match intent.note("images", &ids.created) {
+            Ok(()) => crash_point("build.image-noted"),
+            Err(e) => tracing::warn!(error = %e, "build intent: cannot note an image it created"),
+        }
+    }
+}
+
 async fn build_one(
     engine: &dyn ContainerEngine,
     dir: &Path,
     b: &BuildService,
-    ids: &Arc<Mutex<StepIds>>,
+    steps: Steps<'_>,
     cancel: &CancellationToken,
     progress: BuildFn<'_>,
 ) -> CoreResult<String> {
@@ -156,7 +185,7 @@ async fn build_one(
         args: b.args.clone(),
     };
     let on_line = |line: &str| {
-        lock(ids).feed(line);
+        steps.feed(line);
         progress(BuildProgress::Line {
             service: b.service.clone(),
             line: line.to_string(),

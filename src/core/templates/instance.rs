@@ -8,13 +8,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::build::BuildFn;
 use super::spec::BuildSpec;
-use super::Templates;
+use super::{settle, Templates};
 use crate::core::apps::bundle::{BUILD_FILE, COMPOSE_FILES, CONFIG_FILE};
 use crate::core::apps::import::ImportOptions;
 use crate::core::apps::lifecycle::{list_files, Apps};
+use crate::core::apps::recover::{AppIntent, AppOp};
 use crate::core::apps::store::{AppStore, ImageRecord, StagedApp, StoredApp};
 use crate::core::apps::{AppConfig, AppId};
 use crate::core::compose::MAX_COMPOSE_FILE_BYTES;
+use crate::core::recovery::crash_point;
 use crate::core::{safe_fs, CoreError, CoreResult};
 
 /// The instance's version: the template's without a trailing `-tpl` (the convention the
@@ -49,8 +51,31 @@ impl Templates {
                 config.id()
             )));
         }
-        if !self.get(id).await?.built() {
-            self.build_all(&template, &spec, cancel, progress).await?;
+        let app = config.id();
+        let intent = self.intent(AppOp::Instantiate, id, Some(app.as_str()))?;
+        crash_point("instantiate.intent-written");
+        let made = (template, spec, config);
+        let result = self
+            .instantiate_recorded(apps, made, intent.as_ref(), options, cancel, progress)
+            .await;
+        settle(intent.as_ref(), &result);
+        result
+    }
+
+    /// [`Self::instantiate`] with its intent (which the build notes its images in).
+    async fn instantiate_recorded(
+        &self,
+        apps: &Apps,
+        (template, spec, config): (StoredApp, BuildSpec, AppConfig),
+        intent: Option<&AppIntent>,
+        options: ImportOptions,
+        cancel: &CancellationToken,
+        progress: BuildFn<'_>,
+    ) -> CoreResult<StoredApp> {
+        let id = template.id().clone();
+        if !self.get(&id).await?.built() {
+            self.build_all(&template, (&spec, intent), cancel, progress)
+                .await?;
         }
         if cancel.is_cancelled() {
             return Err(CoreError::Cancelled(format!(
@@ -67,6 +92,7 @@ impl Templates {
         apps.check_staged(&app, staged.dir()).await?;
         let store = apps.store().clone();
         let stored = blocking(move || Ok(store.insert(staged, options.replace)?)).await?;
+        crash_point("instantiate.stored");
         apps.publish_import(&stored).await;
         Ok(stored)
     }

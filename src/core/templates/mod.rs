@@ -21,14 +21,26 @@ use tokio_util::sync::CancellationToken;
 use crate::core::apps::bundle::{BundleKind, BUILD_FILE};
 use crate::core::apps::files::{lookup_blocking, FileLookup};
 use crate::core::apps::import::{self, ImportOptions, ImportSettings, ProgressFn, Upload};
+use crate::core::apps::recover::{AppIntent, AppOp};
 use crate::core::apps::store::{AppStore, StoredApp};
 use crate::core::apps::{AppId, ClaimGuard, Claims};
 use crate::core::compose::MAX_COMPOSE_FILE_BYTES;
 use crate::core::engine::ContainerEngine;
+use crate::core::recovery::{self, crash_point};
 use crate::core::safe_fs;
 use crate::core::view::{fetch, LiveView, Snapshot};
 use crate::core::{CoreError, CoreResult, ErrorKind};
 use build::{BuildFn, Built};
+
+/// A template operation's intent (None: the settings have no intent log, as in unit tests).
+type Intent = Option<AppIntent>;
+
+/// Ends an operation's intent, if it has one, by its result (see [`recovery::settle`]).
+fn settle<T>(intent: Option<&AppIntent>, result: &CoreResult<T>) {
+    if let Some(intent) = intent {
+        recovery::settle(intent, result);
+    }
+}
 use spec::BuildSpec;
 
 /// A built service of a template, as listings show it.
@@ -203,18 +215,29 @@ impl Templates {
     async fn build_all(
         &self,
         template: &StoredApp,
-        spec: &BuildSpec,
+        (spec, intent): (&BuildSpec, Option<&AppIntent>),
         cancel: &CancellationToken,
         progress: BuildFn<'_>,
     ) -> CoreResult<Vec<Built>> {
-        let built =
-            build::build_all(self.engine.as_ref(), &template.dir, spec, cancel, progress).await;
+        let engine = self.engine.as_ref();
+        let built = build::build_all(engine, &template.dir, spec, intent, cancel, progress).await;
         self.images_changed().await;
         built
     }
 
+    /// Records the intent of an operation on a template (in the apps' log, when the settings
+    /// have it): `app` is the app it makes, if any.
+    fn intent(&self, op: AppOp, template: &AppId, app: Option<&str>) -> CoreResult<Intent> {
+        let Some(log) = &self.settings.intents else {
+            return Ok(None);
+        };
+        let data = recovery::noted("template", template.as_str());
+        Ok(Some(log.begin(op, app, data)?))
+    }
+
     /// Builds every service of the template (images already there are rebuilt, from
-    /// Docker's cache when nothing changed).
+    /// Docker's cache when nothing changed). Its intent notes the images it creates: a
+    /// build a crash interrupted is undone at the next start as a cancelled one is.
     pub async fn build(
         &self,
         id: &AppId,
@@ -224,7 +247,13 @@ impl Templates {
         let template = self.stored(id)?;
         let _claim = self.claim(id, "built")?;
         let spec = Self::spec(&template)?;
-        self.build_all(&template, &spec, cancel, progress).await
+        let intent = self.intent(AppOp::Build, id, None)?;
+        crash_point("build.intent-written");
+        let built = (&spec, intent.as_ref());
+        let result = self.build_all(&template, built, cancel, progress).await;
+        crash_point("build.done");
+        settle(intent.as_ref(), &result);
+        result
     }
 
     /// Removes a template and, with `remove_images`, the images it built or brought that no
