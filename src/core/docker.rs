@@ -196,6 +196,13 @@ impl ContainerEngine for DockerEngine {
         self.docker()?.inspect_image(id).await.map_err(map_error)
     }
 
+    async fn image_parents(&self) -> EngineResult<Vec<(String, String)>> {
+        let opts = ListImagesOptionsBuilder::default().all(true).build();
+        let images = self.docker()?.list_images(Some(opts)).await;
+        let images = images.map_err(map_error)?;
+        Ok(images.into_iter().map(|i| (i.id, i.parent_id)).collect())
+    }
+
     async fn data_root(&self) -> EngineResult<Option<std::path::PathBuf>> {
         let info = self.docker()?.info().await.map_err(map_error)?;
         Ok(info.docker_root_dir.map(std::path::PathBuf::from))

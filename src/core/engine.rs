@@ -319,6 +319,13 @@ pub trait ContainerEngine: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Every image's id with its parent's (intermediate images of classic builds included);
+    /// the recovery of an interrupted build finds what Docker built on after the crash.
+    async fn image_parents(&self) -> EngineResult<Vec<(String, String)>> {
+        let images = self.list_images().await?;
+        Ok(images.into_iter().map(|i| (i.id, i.parent_id)).collect())
+    }
+
     // The Intervirt agent (src/core/intervirt) watches its containers through this.
 
     /// Container lifecycle events (`start`, `die`, `destroy`, ...) of the containers matching

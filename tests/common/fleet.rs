@@ -52,7 +52,8 @@ fn own_netns() -> String {
     name
 }
 
-fn stop_child(child: &mut Child, grace: Duration) {
+/// SIGTERM, then SIGKILL after `grace`; waits for it.
+pub fn stop_child(child: &mut Child, grace: Duration) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

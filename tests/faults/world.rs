@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::fleet::stop_child;
 use crate::common::{self, run, run_ok, run_with_input, test_image};
 
 /// How long a daemon of the world may take to come up.
@@ -414,21 +415,6 @@ impl HeldLoad {
         drop(self.stdin.take());
         let _ = self.child.wait();
     }
-}
-
-/// SIGTERM, then SIGKILL after `grace`.
-pub fn stop_child(c: &mut Child, grace: Duration) {
-    let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if c.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = c.kill();
-    let _ = c.wait();
 }
 
 impl Drop for World {

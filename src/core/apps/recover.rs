@@ -86,9 +86,8 @@ impl Apps {
 
     async fn resolve_intent(&self, r: &Record<AppOp>) -> CoreResult<Outcome> {
         match r.kind {
-            AppOp::Import | AppOp::LoadImage | AppOp::Build | AppOp::Instantiate => {
-                self.remove_noted_images(r).await
-            }
+            AppOp::Import | AppOp::LoadImage => self.remove_noted_images(r).await,
+            AppOp::Build | AppOp::Instantiate => self.undo_build(r).await,
             AppOp::Start => self.finish_start(r).await,
             AppOp::Stop => self.finish_stop(r).await,
             AppOp::Delete | AppOp::Purge | AppOp::Provision => self.finish_removal(r).await,
@@ -253,6 +252,17 @@ impl Apps {
         self.down(app, stop.remove_images, stop.remove_volumes, &log)
             .await?;
         self.remove_stopped(app, RemoveOptions::everything()).await
+    }
+
+    /// A template's build or instantiation: undone as a cancelled build, with what Docker
+    /// built on after the crash, unless a stored app (the instance) uses what it built.
+    async fn undo_build(&self, r: &Record<AppOp>) -> CoreResult<Outcome> {
+        let noted: Vec<String> = r.get("images").unwrap_or_default();
+        let in_use = images_in_use(self.store(), &self.template_store)?;
+        if !noted.iter().any(|id| used(&in_use, id)) {
+            crate::core::templates::build::undo_interrupted(self.engine.as_ref(), &noted).await?;
+        }
+        Ok(Outcome::Resolved)
     }
 
     /// An import or image load: the images it noted, except those a stored app uses.

@@ -4,9 +4,11 @@
 //! it creates are noted in its intent as they appear, so that those of a build a crash
 //! interrupted are removed at the next start (`apps::recover`).
 
+use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -223,6 +225,76 @@ pub async fn remove_created(engine: &dyn ContainerEngine, ids: &[String]) {
             }
         }
     }
+}
+
+/// How long the recovery of an interrupted build waits for Docker to end it, and how often
+/// it looks.
+const SETTLE_LIMIT: Duration = Duration::from_secs(30);
+const SETTLE_EVERY: Duration = Duration::from_millis(250);
+
+/// Undoes a build a crash interrupted: the images it noted (`noted`, short ids) and every
+/// image Docker built on them since (the build goes on inside Docker for a moment after its
+/// connection closed: a step's container is committed, the next step started), children
+/// first, until two looks in a row find none of them, at most [`SETTLE_LIMIT`]. An image
+/// still in use (the step's container of a build Docker has not ended yet) is tried again
+/// at the next look.
+pub async fn undo_interrupted(engine: &dyn ContainerEngine, noted: &[String]) -> CoreResult<()> {
+    if noted.is_empty() {
+        return Ok(()); // Killed before Docker created anything of it.
+    }
+    let started = Instant::now();
+    let mut quiet = 0;
+    while quiet < 2 {
+        let family = built_on(engine, noted).await?;
+        quiet = if family.is_empty() { quiet + 1 } else { 0 };
+        for id in &family {
+            match engine.remove_image(id, false).await {
+                Ok(_) => tracing::info!(image = %id, "removed an image of an interrupted build"),
+                Err(e @ EngineError::Unavailable(_)) => return Err(e.into()),
+                Err(_) => {} // Still used by the build Docker carries on: the next look.
+            }
+        }
+        if started.elapsed() > SETTLE_LIMIT {
+            tracing::warn!(images = ?family, "stopped waiting for an interrupted build to end");
+            return Ok(());
+        }
+        if quiet < 2 {
+            tokio::time::sleep(SETTLE_EVERY).await;
+        }
+    }
+    Ok(())
+}
+
+/// The images of `noted` (short ids) and those built on them, children first.
+async fn built_on(engine: &dyn ContainerEngine, noted: &[String]) -> CoreResult<Vec<String>> {
+    let images = engine.image_parents().await?;
+    let is_noted = |id: &str| {
+        let hex = id.strip_prefix("sha256:").unwrap_or(id);
+        noted
+            .iter()
+            .any(|n| !n.is_empty() && hex.starts_with(n.as_str()))
+    };
+    let mut depth: HashMap<&str, usize> = images
+        .iter()
+        .filter(|(id, _)| is_noted(id))
+        .map(|(id, _)| (id.as_str(), 0))
+        .collect();
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for (id, parent) in &images {
+            if depth.contains_key(id.as_str()) {
+                continue;
+            }
+            if let Some(&d) = depth.get(parent.as_str()) {
+                depth.insert(id, d + 1);
+                grew = true;
+            }
+        }
+    }
+    let mut family: Vec<(&str, usize)> = depth.into_iter().collect();
+    family.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    Ok(family.into_iter().map(|(id, _)| id.to_string()).collect())
 }
 
 #[cfg(test)]
