@@ -70,7 +70,7 @@ pub fn stop_child(child: &mut Child, grace: Duration) {
 }
 
 /// Unmounts everything below `dir` (deepest first) and removes it.
-fn remove_tree(dir: &Path) {
+pub fn remove_tree(dir: &Path) {
     let prefix = format!("{}/", dir.display());
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut mounts: Vec<&str> = info
@@ -80,7 +80,11 @@ fn remove_tree(dir: &Path) {
         .collect();
     mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
     for m in mounts {
-        let _ = Command::new("umount").args(["-l", m]).status();
+        // As written: a mount a restarted dockerd covered is not found through a
+        // canonical path.
+        let _ = Command::new("umount")
+            .args(["-l", "--no-canonicalize", m])
+            .status();
     }
     let _ = std::fs::remove_dir_all(dir);
 }

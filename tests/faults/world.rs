@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::common::fleet::stop_child;
+use crate::common::fleet::{remove_tree, stop_child};
 use crate::common::{self, run, run_ok, run_with_input, test_image};
 
 /// How long a daemon of the world may take to come up.
@@ -436,20 +436,7 @@ impl Drop for World {
         for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
             let _ = run("kill", &["-KILL", pid]);
         }
-        let dir = format!("{}/", self.dir.display());
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut under: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&dir))
-            .collect();
-        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in under {
-            // As written: a mount a restarted dockerd covered is not found through a
-            // canonical path.
-            let _ = run("umount", &["-l", "--no-canonicalize", m]);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        remove_tree(&self.dir);
         let _ = run("ip", &["netns", "del", &self.netns]);
     }
 }
