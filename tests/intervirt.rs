@@ -466,7 +466,22 @@ fn every_request_kind_and_error_code() {
     );
     let (a, b) = (unique("a"), unique("b"));
     let mut c = agent.client();
+    requests_and_their_errors(&mut c, &docker, &a, &b);
+    network_requests_and_their_errors(&mut c, &docker, &a, &b);
+    overlapping_requests(&mut c, &docker, &a, &b);
+    let other = garbage_spares_other_clients(&mut c, &agent, &a, &b);
+    update_remove_and_power(&mut c, &docker, &agent, &a, &b);
+    wipe_leaves_nothing(&mut c, &docker, &ns, &a, &b);
+    // Every message had the client's shape (plus "status" on progress in this mode).
+    for v in c.seen.iter().chain(other.seen.iter()) {
+        for k in v.as_object().unwrap().keys() {
+            assert!(STRICT_KEYS.contains(&k.as_str()) || k == "status", "{v}");
+        }
+    }
+}
 
+/// version, add, start and stop, with the errors each can give; leaves `a` and `b` running.
+fn requests_and_their_errors(c: &mut Client, docker: &Docker, a: &str, b: &str) {
     // version
     let v = c.request(command("version"));
     assert_eq!(v["type"], "Version");
@@ -474,12 +489,7 @@ fn every_request_kind_and_error_code() {
     assert_eq!(v.as_object().unwrap().len(), 3, "{v}");
 
     // AddContainer: created without Docker networking, running, plumbed.
-    let r = c.request(add(
-        &a,
-        "198.19.40.2",
-        "2001:db8:40::2",
-        "02:00:5e:28:00:02",
-    ));
+    let r = c.request(add(a, "198.19.40.2", "2001:db8:40::2", "02:00:5e:28:00:02"));
     assert_eq!(
         r,
         json!({"type": "General", "refID": r["refID"], "code": 0})
@@ -489,30 +499,25 @@ fn every_request_kind_and_error_code() {
             "inspect",
             "-f",
             "{{.HostConfig.NetworkMode}} {{.State.Running}}",
-            &a
+            a
         ]),
         "none true"
     );
     assert_eq!(
-        docker.ok(&["exec", &a, "cat", "/sys/class/net/eth0/address"]),
+        docker.ok(&["exec", a, "cat", "/sys/class/net/eth0/address"]),
         "02:00:5e:28:00:02"
     );
     assert_error(
-        &c.request(add(&a, "198.19.40.9", "", "02:00:5e:28:00:09")),
+        &c.request(add(a, "198.19.40.9", "", "02:00:5e:28:00:09")),
         3,
     );
     // An address another container has: already taken.
     assert_error(
-        &c.request(add(&b, "198.19.40.2", "", "02:00:5e:28:00:03")),
+        &c.request(add(b, "198.19.40.2", "", "02:00:5e:28:00:03")),
         3,
     );
     assert_eq!(
-        c.code(add(
-            &b,
-            "198.19.40.3",
-            "2001:db8:40::3",
-            "02:00:5e:28:00:03"
-        )),
+        c.code(add(b, "198.19.40.3", "2001:db8:40::3", "02:00:5e:28:00:03")),
         0
     );
     // Invalid arguments.
@@ -567,50 +572,51 @@ fn every_request_kind_and_error_code() {
     docker.ok(&["rmi", &broken]);
 
     // Start / stop.
-    assert_error(&c.request(id("StartContainer", &a)), 3);
-    assert_eq!(c.code(id("StopContainer", &a)), 0);
-    assert!(!docker.running(&a));
-    assert_error(&c.request(id("StopContainer", &a)), 3);
-    assert_eq!(c.code(id("StartContainer", &a)), 0);
-    assert!(docker.running(&a));
+    assert_error(&c.request(id("StartContainer", a)), 3);
+    assert_eq!(c.code(id("StopContainer", a)), 0);
+    assert!(!docker.running(a));
+    assert_error(&c.request(id("StopContainer", a)), 3);
+    assert_eq!(c.code(id("StartContainer", a)), 0);
+    assert!(docker.running(a));
     assert_error(&c.request(id("StartContainer", "ghost")), 6);
     assert_error(&c.request(id("StopContainer", "ghost")), 6);
+}
 
+/// Addresses, links, internet access, port forwards and garbage, with their errors.
+fn network_requests_and_their_errors(c: &mut Client, docker: &Docker, a: &str, b: &str) {
     // Addresses: the client's key and the document's.
     let set4 =
         |key: &str, addr: &str, name: &str| json!({"type": "IDWithNewIpv4", "id": name, key: addr});
     let set6 =
         |key: &str, addr: &str, name: &str| json!({"type": "IDWithNewIpv6", "id": name, key: addr});
-    assert_eq!(c.code(set4("newIpv4", "198.19.40.30", &b)), 0);
-    assert_eq!(c.code(set4("newIP", "198.19.40.31", &b)), 0);
-    assert_eq!(c.code(set6("newIpv6", "2001:db8:40::30", &b)), 0);
-    assert_eq!(c.code(set6("newIP", "2001:db8:40::31", &b)), 0);
-    let addrs = docker.ok(&["exec", &b, "ip", "-o", "addr", "show", "dev", "eth0"]);
+    assert_eq!(c.code(set4("newIpv4", "198.19.40.30", b)), 0);
+    assert_eq!(c.code(set4("newIP", "198.19.40.31", b)), 0);
+    assert_eq!(c.code(set6("newIpv6", "2001:db8:40::30", b)), 0);
+    assert_eq!(c.code(set6("newIP", "2001:db8:40::31", b)), 0);
+    let addrs = docker.ok(&["exec", b, "ip", "-o", "addr", "show", "dev", "eth0"]);
     assert!(
         addrs.contains("198.19.40.31/32") && addrs.contains("2001:db8:40::31/128"),
         "{addrs}"
     );
-    assert_error(&c.request(set4("newIpv4", "2001:db8::1", &b)), 8);
-    assert_error(&c.request(set6("newIP", "198.19.40.7", &b)), 8);
+    assert_error(&c.request(set4("newIpv4", "2001:db8::1", b)), 8);
+    assert_error(&c.request(set6("newIP", "198.19.40.7", b)), 8);
     assert_error(&c.request(set4("newIpv4", "198.19.40.8", "ghost")), 6);
-    assert_error(&c.request(set4("newIpv4", "198.19.40.2", &b)), 3);
+    assert_error(&c.request(set4("newIpv4", "198.19.40.2", b)), 3);
 
     // Connect / Disconnect.
-    assert_eq!(c.code(pair("Connect", &a, &b)), 0);
-    assert_error(&c.request(pair("Connect", &b, &a)), 3);
-    assert_error(&c.request(pair("Connect", &a, "ghost")), 6);
+    assert_eq!(c.code(pair("Connect", a, b)), 0);
+    assert_error(&c.request(pair("Connect", b, a)), 3);
+    assert_error(&c.request(pair("Connect", a, "ghost")), 6);
     assert_error(&c.request(pair("Connect", "ghost", "ghost2")), 6);
-    assert_error(&c.request(pair("Connect", &a, &a)), 8);
-    assert!(docker.reaches(&a, "198.19.40.31"));
-    assert_eq!(c.code(pair("Disconnect", &a, &b)), 0);
-    assert_error(&c.request(pair("Disconnect", &a, &b)), 3);
-    assert_error(&c.request(pair("Disconnect", &a, "ghost")), 6);
+    assert_error(&c.request(pair("Connect", a, a)), 8);
+    assert!(docker.reaches(a, "198.19.40.31"));
+    assert_eq!(c.code(pair("Disconnect", a, b)), 0);
+    assert_error(&c.request(pair("Disconnect", a, b)), 3);
+    assert_error(&c.request(pair("Disconnect", a, "ghost")), 6);
 
     // Internet access.
-    let inet =
-        |name: &str, on: bool| json!({"type": "SetInternetAccess", "id": name, "enabled": on});
-    assert_eq!(c.code(inet(&a, true)), 0);
-    assert_eq!(c.code(inet(&a, false)), 0);
+    assert_eq!(c.code(inet(a, true)), 0);
+    assert_eq!(c.code(inet(a, false)), 0);
     assert_error(&c.request(inet("ghost", true)), 6);
     assert_error(
         &c.request(json!({"type": "SetInternetAccess", "id": &a, "enabled": "yes"})),
@@ -623,12 +629,12 @@ fn every_request_kind_and_error_code() {
         "internalPort": 80, "externalPort": ext, "protocol": proto})
     };
     let unfwd = |ext: Value, proto: &str| json!({"type": "RemovePortForwarding", "externalPort": ext, "protocol": proto});
-    assert_eq!(c.code(fwd(&a, json!(8080), "tcp")), 0);
-    assert_eq!(c.code(fwd(&a, json!(8080), "udp")), 0);
-    assert_error(&c.request(fwd(&b, json!(8080), "tcp")), 3);
-    assert_error(&c.request(fwd(&a, json!(8081), "sctp")), 8);
-    assert_error(&c.request(fwd(&a, json!(70000), "tcp")), 8);
-    assert_error(&c.request(fwd(&a, json!(0), "tcp")), 8);
+    assert_eq!(c.code(fwd(a, json!(8080), "tcp")), 0);
+    assert_eq!(c.code(fwd(a, json!(8080), "udp")), 0);
+    assert_error(&c.request(fwd(b, json!(8080), "tcp")), 3);
+    assert_error(&c.request(fwd(a, json!(8081), "sctp")), 8);
+    assert_error(&c.request(fwd(a, json!(70000), "tcp")), 8);
+    assert_error(&c.request(fwd(a, json!(0), "tcp")), 8);
     assert_error(&c.request(fwd("ghost", json!(8082), "tcp")), 6);
     assert_eq!(c.code(unfwd(json!(8080), "tcp")), 0);
     assert_error(&c.request(unfwd(json!(8080), "tcp")), 6);
@@ -641,15 +647,17 @@ fn every_request_kind_and_error_code() {
     c.send_raw("{this is not json");
     let v = c.reply_to("");
     assert_error(&v, 8);
+}
 
-    // Overlapping requests on one socket, each answered once, matched by refID.
+/// Overlapping requests on one socket, each answered once, matched by refID.
+fn overlapping_requests(c: &mut Client, docker: &Docker, a: &str, b: &str) {
     let batch = vec![
-        c.send(id("StopContainer", &a)),
-        c.send(id("StopContainer", &b)),
+        c.send(id("StopContainer", a)),
+        c.send(id("StopContainer", b)),
         c.send(command("version")),
-        c.send(pair("Connect", &a, &b)),
+        c.send(pair("Connect", a, b)),
         c.send(id("StartContainer", "ghost")),
-        c.send(inet(&b, true)),
+        c.send(inet(b, true)),
     ];
     let replies: Vec<Value> = batch.iter().map(|u| c.reply_to(u)).collect();
     assert_eq!(replies[0]["code"], 0);
@@ -660,30 +668,36 @@ fn every_request_kind_and_error_code() {
     assert_eq!(replies[5]["code"], 0);
     c.assert_no_more(&batch);
     let batch = vec![
-        c.send(id("StartContainer", &a)),
-        c.send(id("StartContainer", &b)),
+        c.send(id("StartContainer", a)),
+        c.send(id("StartContainer", b)),
     ];
     for u in &batch {
         assert_eq!(c.reply_to(u)["code"], 0);
     }
     c.assert_no_more(&batch);
     assert!(
-        docker.reaches(&a, "198.19.40.31"),
+        docker.reaches(a, "198.19.40.31"),
         "connected while both were stopped"
     );
+}
 
-    // A second client is unaffected by the first one's garbage.
+/// A second client is unaffected by the first one's garbage.
+fn garbage_spares_other_clients(c: &mut Client, agent: &Agent, a: &str, b: &str) -> Client {
     let mut other = agent.client();
     c.send_raw("][");
     c.ws.send(Message::binary(vec![0xff, 0x00, 0x13])).unwrap();
     c.send_raw(&"x".repeat(100_000));
     assert_eq!(other.request(command("version"))["type"], "Version");
-    assert_eq!(other.code(pair("Disconnect", &a, &b)), 0);
+    assert_eq!(other.code(pair("Disconnect", a, b)), 0);
     for _ in 0..3 {
         assert_error(&c.reply_to(""), 8);
     }
-    assert_eq!(c.code(pair("Connect", &a, &b)), 0);
+    assert_eq!(c.code(pair("Connect", a, b)), 0);
+    other
+}
 
+/// update, RemoveContainer, shutdown and reboot.
+fn update_remove_and_power(c: &mut Client, docker: &Docker, agent: &Agent, a: &str, b: &str) {
     // update: the upgrade command's lines stream, then the containers restart (the image
     // cannot be pulled here: kept) with their network.
     let (progress, done) = c.stream(command("update"));
@@ -706,34 +720,36 @@ fn every_request_kind_and_error_code() {
         let f = p["progress"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&f));
     }
-    assert!(docker.running(&a) && docker.running(&b));
-    assert!(docker.reaches(&a, "198.19.40.31"));
+    assert!(docker.running(a) && docker.running(b));
+    assert!(docker.reaches(a, "198.19.40.31"));
 
     // RemoveContainer streams, then answers.
-    let (progress, done) = c.stream(id("RemoveContainer", &b));
+    let (progress, done) = c.stream(id("RemoveContainer", b));
     assert_eq!(done["code"], 0, "{done}");
     assert!(!progress.is_empty());
-    assert!(!docker.exists(&b));
-    let (progress, done) = c.stream(id("RemoveContainer", &b));
+    assert!(!docker.exists(b));
+    let (progress, done) = c.stream(id("RemoveContainer", b));
     assert!(progress.is_empty());
     assert_error(&done, 6);
 
     // shutdown and reboot: containers stopped, the request recorded, nothing executed.
     assert_eq!(c.code(command("shutdown")), 0);
-    assert!(!docker.running(&a));
+    assert!(!docker.running(a));
     assert_eq!(
         power_log_when(&agent.state("power-requests.log"), "poweroff\n"),
         "poweroff\n"
     );
-    assert_eq!(c.code(id("StartContainer", &a)), 0);
+    assert_eq!(c.code(id("StartContainer", a)), 0);
     assert_eq!(c.code(command("reboot")), 0);
     assert_eq!(
         power_log_when(&agent.state("power-requests.log"), "poweroff\nreboot\n"),
         "poweroff\nreboot\n"
     );
+}
 
-    // wipe: one progress message per step, then nothing of gantry is left.
-    assert_eq!(c.code(add(&b, "198.19.40.3", "", "02:00:5e:28:00:03")), 0);
+/// wipe: one progress message per step, then nothing of gantry is left.
+fn wipe_leaves_nothing(c: &mut Client, docker: &Docker, ns: &Netns, a: &str, b: &str) {
+    assert_eq!(c.code(add(b, "198.19.40.3", "", "02:00:5e:28:00:03")), 0);
     let (progress, done) = c.stream(command("wipe"));
     assert_eq!(done["code"], 0, "{done}");
     let steps = outputs(&progress);
@@ -748,14 +764,11 @@ fn every_request_kind_and_error_code() {
     assert!(docker.intervirt_containers().is_empty());
     assert!(ns.gantry_links().is_empty());
     assert!(!ns.table_exists());
-    assert_error(&c.request(id("StartContainer", &a)), 6);
+    assert_error(&c.request(id("StartContainer", a)), 6);
+}
 
-    // Every message had the client's shape (plus "status" on progress in this mode).
-    for v in c.seen.iter().chain(other.seen.iter()) {
-        for k in v.as_object().unwrap().keys() {
-            assert!(STRICT_KEYS.contains(&k.as_str()) || k == "status", "{v}");
-        }
-    }
+fn inet(name: &str, on: bool) -> Value {
+    json!({"type": "SetInternetAccess", "id": name, "enabled": on})
 }
 
 #[test]

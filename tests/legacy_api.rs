@@ -161,8 +161,13 @@ fn files_api_browses_and_downloads_an_imported_bundle() {
     assert_eq!(r.status, 200, "{r}");
     assert_eq!(r.text(), compose);
 
-    // Escapes: `..` plain and encoded, absolute paths, `.` parts -> 400.
-    let app = enc_uri(&id);
+    paths_outside_the_bundle_are_refused(&g, &id);
+}
+
+/// `..` plain and encoded, absolute paths, `.` parts -> 400; unknown app, unknown path,
+/// gantry's record, the tarball that was not kept -> 404.
+fn paths_outside_the_bundle_are_refused(g: &Gantry, id: &str) {
+    let app = enc_uri(id);
     for bad in [
         format!("{app}%2F%2F..%2Fx"),
         format!("{app}%2F%2F%2e%2e%2F%2e%2e%2Fetc%2Fpasswd"),

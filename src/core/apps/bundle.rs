@@ -686,67 +686,15 @@ fn check_entries(
         let file = archive
             .by_index_raw(index)
             .map_err(|e| BundleError::NotZip(e.to_string()))?;
-        let raw_name = file.name().map(|n| n.into_owned()).unwrap_or_default();
-        let name = check_name(&raw_name).map_err(|reason| BundleError::UnsafeName {
-            name: raw_name.clone(),
-            reason,
-        })?;
-        // Belt and braces: the crate's own judgement must agree.
-        if file.enclosed_name().is_none() {
-            return Err(BundleError::UnsafeName {
-                name: raw_name,
-                reason: "escapes the bundle",
-            });
-        }
-        let mode = file.unix_mode().unwrap_or(0);
-        match mode & S_IFMT {
-            0 | S_IFREG | S_IFDIR => {}
-            S_IFLNK => return Err(BundleError::Symlink(name)),
-            _ => return Err(BundleError::SpecialFile(name)),
-        }
-        if file.encrypted() {
-            return Err(BundleError::Encrypted(name));
-        }
-        let method = file.compression();
-        if !matches!(
-            method,
-            CompressionMethod::Stored | CompressionMethod::Deflated
-        ) {
-            return Err(BundleError::Unsupported {
-                name,
-                method: method.to_string(),
-            });
-        }
-
+        let (name, mode) = check_kind(&file)?;
         let size = file.size();
-        let compressed = file.compressed_size();
-        if size > limits.max_entry_bytes {
-            return Err(BundleError::EntryTooLarge {
-                name,
-                size,
-                max: limits.max_entry_bytes,
-            });
-        }
         total = total.saturating_add(size);
-        if total > limits.max_total_bytes {
-            return Err(BundleError::TotalTooLarge {
-                size: total,
-                max: limits.max_total_bytes,
-            });
-        }
-        if size > limits.ratio_min_bytes && size > compressed.saturating_mul(limits.max_ratio) {
-            return Err(BundleError::Ratio {
-                name,
-                ratio: size / compressed.max(1),
-                max: limits.max_ratio,
-            });
-        }
-
+        check_sizes(&name, size, file.compressed_size(), total, limits)?;
         let data_start = file.data_start().ok_or_else(|| BundleError::Corrupt {
             name: name.clone(),
             detail: "its local header cannot be read".into(),
         })?;
-        let data_end = data_start.saturating_add(compressed);
+        let data_end = data_start.saturating_add(file.compressed_size());
         if data_end > dir_start {
             return Err(BundleError::Corrupt {
                 name,
@@ -755,7 +703,6 @@ fn check_entries(
             });
         }
         ranges.push((file.header_start(), data_end, name.clone()));
-
         if !seen.insert(name.clone()) {
             return Err(BundleError::Duplicate(name));
         }
@@ -767,22 +714,99 @@ fn check_entries(
             size,
         });
     }
+    check_overlaps(ranges)?;
+    check_file_as_dir(&entries)?;
+    Ok(entries)
+}
 
-    ranges.sort_unstable();
-    if let Some(w) = ranges.windows(2).find(|w| w[0].1 > w[1].0) {
-        return Err(BundleError::Overlap {
-            first: w[0].2.clone(),
-            second: w[1].2.clone(),
+/// The entry's normalised name and unix mode, when its name is safe and it is a plain file
+/// or directory, unencrypted, stored or deflated.
+fn check_kind(file: &zip::read::ZipFile<'_, File>) -> Result<(String, u32), BundleError> {
+    let raw_name = file.name().map(|n| n.into_owned()).unwrap_or_default();
+    let name = check_name(&raw_name).map_err(|reason| BundleError::UnsafeName {
+        name: raw_name.clone(),
+        reason,
+    })?;
+    // Belt and braces: the crate's own judgement must agree.
+    if file.enclosed_name().is_none() {
+        return Err(BundleError::UnsafeName {
+            name: raw_name,
+            reason: "escapes the bundle",
         });
     }
+    let mode = file.unix_mode().unwrap_or(0);
+    match mode & S_IFMT {
+        0 | S_IFREG | S_IFDIR => {}
+        S_IFLNK => return Err(BundleError::Symlink(name)),
+        _ => return Err(BundleError::SpecialFile(name)),
+    }
+    if file.encrypted() {
+        return Err(BundleError::Encrypted(name));
+    }
+    let method = file.compression();
+    if !matches!(
+        method,
+        CompressionMethod::Stored | CompressionMethod::Deflated
+    ) {
+        return Err(BundleError::Unsupported {
+            name,
+            method: method.to_string(),
+        });
+    }
+    Ok((name, mode))
+}
 
-    // A file cannot also be a directory: `a` and `a/b` cannot both be extracted.
+/// The entry's size, the running total and the compression ratio within the limits.
+fn check_sizes(
+    name: &str,
+    size: u64,
+    compressed: u64,
+    total: u64,
+    limits: &BundleLimits,
+) -> Result<(), BundleError> {
+    if size > limits.max_entry_bytes {
+        return Err(BundleError::EntryTooLarge {
+            name: name.to_string(),
+            size,
+            max: limits.max_entry_bytes,
+        });
+    }
+    if total > limits.max_total_bytes {
+        return Err(BundleError::TotalTooLarge {
+            size: total,
+            max: limits.max_total_bytes,
+        });
+    }
+    if size > limits.ratio_min_bytes && size > compressed.saturating_mul(limits.max_ratio) {
+        return Err(BundleError::Ratio {
+            name: name.to_string(),
+            ratio: size / compressed.max(1),
+            max: limits.max_ratio,
+        });
+    }
+    Ok(())
+}
+
+/// No two entries share bytes: `ranges` are [local header start, data end) with the name.
+fn check_overlaps(mut ranges: Vec<(u64, u64, String)>) -> Result<(), BundleError> {
+    ranges.sort_unstable();
+    match ranges.windows(2).find(|w| w[0].1 > w[1].0) {
+        Some(w) => Err(BundleError::Overlap {
+            first: w[0].2.clone(),
+            second: w[1].2.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A file cannot also be a directory: `a` and `a/b` cannot both be extracted.
+fn check_file_as_dir(entries: &[Entry]) -> Result<(), BundleError> {
     let files: HashSet<&str> = entries
         .iter()
         .filter(|e| !e.is_dir)
         .map(|e| e.name.as_str())
         .collect();
-    for e in &entries {
+    for e in entries {
         let mut parent = e.name.as_str();
         while let Some((p, _)) = parent.rsplit_once('/') {
             if files.contains(p) {
@@ -794,7 +818,7 @@ fn check_entries(
             parent = p;
         }
     }
-    Ok(entries)
+    Ok(())
 }
 
 /// The largest entry count that any end-of-central-directory record in the last 64 KiB

@@ -220,143 +220,202 @@ pub fn follow(
     manifest: ManifestHook<'_>,
     config: ConfigHook<'_>,
 ) -> (Vec<LocalEntry>, WalkEnd) {
-    let mut streamed = Vec::new();
-    let mut total: u64 = 0;
-    let mut names = HashSet::new();
+    let mut walk = Walk {
+        streamed: Vec::new(),
+        total: 0,
+        names: HashSet::new(),
+    };
     for _ in 0..=limits.max_entries {
-        let header_start = reader.position();
-        let mut fixed = [0u8; 30];
-        match read_full(reader, &mut fixed) {
-            Ok(true) => {}
-            Ok(false) => return (streamed, WalkEnd::Complete),
-            Err(e) => return (streamed, WalkEnd::Stopped(e.to_string())),
+        if let Err(end) = walk.step(reader, limits, found, manifest, config) {
+            return (walk.streamed, end);
         }
-        let le16 = |at: usize| u16::from_le_bytes([fixed[at], fixed[at + 1]]);
-        let le32 = |at: usize| u32::from_le_bytes(fixed[at..at + 4].try_into().expect("4"));
-        if le32(0) != LOCAL_HEADER {
-            // The central directory, or something else: either way no more local entries.
-            return (streamed, WalkEnd::Complete);
-        }
-        let flags = le16(6);
-        let method = le16(8);
-        let crc = le32(14);
-        let mut compressed = u64::from(le32(18));
-        let mut size = u64::from(le32(22));
-        let mut var = vec![0u8; usize::from(le16(26)) + usize::from(le16(28))];
-        if let Err(e) = reader.read_exact(&mut var) {
-            return (streamed, WalkEnd::Stopped(e.to_string()));
-        }
-        let (raw_name, extra) = var.split_at(usize::from(le16(26)));
-        if compressed == u64::from(u32::MAX) || size == u64::from(u32::MAX) {
-            match zip64_sizes(extra, size, compressed) {
-                Some((s, c)) => (size, compressed) = (s, c),
-                None => {
-                    return (
-                        streamed,
-                        WalkEnd::Stopped("a ZIP64 entry without its sizes".into()),
-                    )
-                }
-            }
-        }
-        if flags & FLAG_DATA_DESCRIPTOR != 0 {
-            // Sizes follow the data: the end of a stored entry cannot be found in a stream.
-            return (
-                streamed,
-                WalkEnd::Stopped("an entry has its sizes after its data".into()),
-            );
-        }
-        let name = String::from_utf8_lossy(raw_name).into_owned();
+    }
+    (walk.streamed, WalkEnd::Stopped("too many entries".into()))
+}
+
+/// What the walk has streamed so far.
+struct Walk {
+    streamed: Vec<LocalEntry>,
+    total: u64,
+    names: HashSet<String>,
+}
+
+/// A local header as read from the stream (sizes from its ZIP64 extra field when set).
+struct LocalHeader {
+    start: u64,
+    raw_name: Vec<u8>,
+    flags: u16,
+    method: u16,
+    crc: u32,
+    compressed: u64,
+    size: u64,
+}
+
+impl LocalHeader {
+    fn readable(&self, compressed_cap: u64, size_cap: u64) -> bool {
+        self.flags & FLAG_ENCRYPTED == 0
+            && matches!(self.method, STORED | DEFLATED)
+            && self.compressed <= compressed_cap
+            && self.size <= size_cap
+    }
+}
+
+fn stopped(e: impl ToString) -> WalkEnd {
+    WalkEnd::Stopped(e.to_string())
+}
+
+impl Walk {
+    /// Reads one entry: the config peeked at, an image streamed, anything else skipped.
+    /// `Err` ends the walk.
+    fn step(
+        &mut self,
+        reader: &mut UploadReader,
+        limits: &BundleLimits,
+        found: &tokio::sync::mpsc::Sender<FoundImage>,
+        manifest: ManifestHook<'_>,
+        config: ConfigHook<'_>,
+    ) -> Result<(), WalkEnd> {
+        let header = read_local_header(reader)?;
+        let name = String::from_utf8_lossy(&header.raw_name).into_owned();
         if name == super::bundle::CONFIG_FILE
-            && flags & FLAG_ENCRYPTED == 0
-            && matches!(method, STORED | DEFLATED)
-            && compressed <= CONFIG_PEEK_BYTES
-            && size <= CONFIG_PEEK_BYTES
+            && header.readable(CONFIG_PEEK_BYTES, CONFIG_PEEK_BYTES)
         {
-            let mut data = vec![0u8; compressed as usize];
-            if let Err(e) = reader.read_exact(&mut data) {
-                return (streamed, WalkEnd::Stopped(e.to_string()));
-            }
-            let text = if method == DEFLATED {
-                let mut out = Vec::new();
-                let inflated = flate2::read::DeflateDecoder::new(&data[..])
-                    .take(CONFIG_PEEK_BYTES)
-                    .read_to_end(&mut out);
-                inflated.ok().map(|_| out)
-            } else {
-                Some(data)
-            };
-            if let Some(text) = text {
-                if !config(&text) {
-                    return (
-                        streamed,
-                        WalkEnd::Stopped("config.yml names an app that is already there".into()),
-                    );
-                }
-            }
-            continue;
+            return peek_config(reader, &header, config);
         }
-        let image = match check_name(&name) {
-            Ok(n) if is_image_path(&n) && !raw_name.ends_with(b"/") => Some(n),
-            _ => None,
+        let Some(name) = self.streamable(&name, &header, limits) else {
+            return reader.skip(header.compressed).map_err(stopped);
         };
-        let streamable = image.filter(|n| {
-            flags & FLAG_ENCRYPTED == 0
-                && matches!(method, STORED | DEFLATED)
-                && size <= limits.max_entry_bytes
-                && total.saturating_add(size) <= limits.max_total_bytes
-                && !(size > limits.ratio_min_bytes
-                    && size > compressed.saturating_mul(limits.max_ratio))
-                && (method == DEFLATED || size == compressed)
-                && names.insert(n.clone())
-        });
-        let Some(name) = streamable else {
-            if let Err(e) = reader.skip(compressed) {
-                return (streamed, WalkEnd::Stopped(e.to_string()));
-            }
-            continue;
-        };
-        total = total.saturating_add(size);
+        self.total = self.total.saturating_add(header.size);
         let entry = LocalEntry {
             name,
-            header_start,
-            compressed,
-            size,
-            method,
-            crc,
+            header_start: header.start,
+            compressed: header.compressed,
+            size: header.size,
+            method: header.method,
+            crc: header.crc,
         };
-        let (tx, body) = tokio::sync::mpsc::channel(4);
-        if found
-            .blocking_send(FoundImage {
-                entry: entry.clone(),
-                body,
-            })
-            .is_err()
-        {
-            return (streamed, WalkEnd::Abandoned);
-        }
-        let start = reader.position();
-        match stream_entry(reader, &entry, &tx, manifest) {
-            Ok(true) => {}
-            Ok(false) => return (streamed, WalkEnd::Abandoned),
-            Err(e) => {
-                let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
-                return (streamed, WalkEnd::Damaged(e));
-            }
-        }
-        // Deflate ends by itself: skip whatever of the entry's data the decoder left.
-        let used = reader.position() - start;
-        if used > compressed {
-            return (
-                streamed,
-                WalkEnd::Stopped(format!("{}: read past its data", entry.name)),
-            );
-        }
-        if let Err(e) = reader.skip(compressed - used) {
-            return (streamed, WalkEnd::Stopped(e.to_string()));
-        }
-        streamed.push(entry);
+        stream_found(reader, &entry, found, manifest)?;
+        self.streamed.push(entry);
+        Ok(())
     }
-    (streamed, WalkEnd::Stopped("too many entries".into()))
+
+    /// The entry's checked name when it is an image tarball that can be streamed within the
+    /// limits (and was not met before).
+    fn streamable(
+        &mut self,
+        name: &str,
+        header: &LocalHeader,
+        limits: &BundleLimits,
+    ) -> Option<String> {
+        let image = match check_name(name) {
+            Ok(n) if is_image_path(&n) && !header.raw_name.ends_with(b"/") => n,
+            _ => return None,
+        };
+        let (size, compressed) = (header.size, header.compressed);
+        let fits = header.readable(u64::MAX, limits.max_entry_bytes)
+            && self.total.saturating_add(size) <= limits.max_total_bytes
+            && !(size > limits.ratio_min_bytes
+                && size > compressed.saturating_mul(limits.max_ratio))
+            && (header.method == DEFLATED || size == compressed);
+        (fits && self.names.insert(image.clone())).then_some(image)
+    }
+}
+
+/// Reads the next local header; `Err` when there is none (the central directory, the end of
+/// the data) or the walk cannot go on from it.
+fn read_local_header(reader: &mut UploadReader) -> Result<LocalHeader, WalkEnd> {
+    let start = reader.position();
+    let mut fixed = [0u8; 30];
+    match read_full(reader, &mut fixed) {
+        Ok(true) => {}
+        Ok(false) => return Err(WalkEnd::Complete),
+        Err(e) => return Err(stopped(e)),
+    }
+    let le16 = |at: usize| u16::from_le_bytes([fixed[at], fixed[at + 1]]);
+    let le32 = |at: usize| u32::from_le_bytes(fixed[at..at + 4].try_into().expect("4"));
+    if le32(0) != LOCAL_HEADER {
+        // The central directory, or something else: either way no more local entries.
+        return Err(WalkEnd::Complete);
+    }
+    let mut var = vec![0u8; usize::from(le16(26)) + usize::from(le16(28))];
+    reader.read_exact(&mut var).map_err(stopped)?;
+    let extra = var.split_off(usize::from(le16(26)));
+    let (mut size, mut compressed) = (u64::from(le32(22)), u64::from(le32(18)));
+    if compressed == u64::from(u32::MAX) || size == u64::from(u32::MAX) {
+        (size, compressed) = zip64_sizes(&extra, size, compressed)
+            .ok_or_else(|| stopped("a ZIP64 entry without its sizes"))?;
+    }
+    let flags = le16(6);
+    if flags & FLAG_DATA_DESCRIPTOR != 0 {
+        // Sizes follow the data: the end of a stored entry cannot be found in a stream.
+        return Err(stopped("an entry has its sizes after its data"));
+    }
+    Ok(LocalHeader {
+        start,
+        raw_name: var,
+        flags,
+        method: le16(8),
+        crc: le32(14),
+        compressed,
+        size,
+    })
+}
+
+/// Reads a small top-level `config.yml` and asks the hook whether to go on.
+fn peek_config(
+    reader: &mut UploadReader,
+    header: &LocalHeader,
+    config: ConfigHook<'_>,
+) -> Result<(), WalkEnd> {
+    let mut data = vec![0u8; header.compressed as usize];
+    reader.read_exact(&mut data).map_err(stopped)?;
+    let text = if header.method == DEFLATED {
+        let mut out = Vec::new();
+        let inflated = flate2::read::DeflateDecoder::new(&data[..])
+            .take(CONFIG_PEEK_BYTES)
+            .read_to_end(&mut out);
+        inflated.ok().map(|_| out)
+    } else {
+        Some(data)
+    };
+    match text {
+        Some(text) if !config(&text) => {
+            Err(stopped("config.yml names an app that is already there"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Hands an image entry to the import and streams its bytes, then skips whatever of the
+/// entry's data the decoder left (deflate ends by itself).
+fn stream_found(
+    reader: &mut UploadReader,
+    entry: &LocalEntry,
+    found: &tokio::sync::mpsc::Sender<FoundImage>,
+    manifest: ManifestHook<'_>,
+) -> Result<(), WalkEnd> {
+    let (tx, body) = tokio::sync::mpsc::channel(4);
+    let image = FoundImage {
+        entry: entry.clone(),
+        body,
+    };
+    if found.blocking_send(image).is_err() {
+        return Err(WalkEnd::Abandoned);
+    }
+    let start = reader.position();
+    match stream_entry(reader, entry, &tx, manifest) {
+        Ok(true) => {}
+        Ok(false) => return Err(WalkEnd::Abandoned),
+        Err(e) => {
+            let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+            return Err(WalkEnd::Damaged(e));
+        }
+    }
+    let used = reader.position() - start;
+    if used > entry.compressed {
+        return Err(stopped(format!("{}: read past its data", entry.name)));
+    }
+    reader.skip(entry.compressed - used).map_err(stopped)
 }
 
 /// Streams one entry's uncompressed bytes to `tx`; false when the receiver went away. The

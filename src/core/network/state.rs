@@ -117,124 +117,130 @@ impl State {
     /// to something missing (a connection to an unknown container) changes nothing, so
     /// replaying a journal can never fail half-way.
     pub fn apply(&mut self, change: &Change) -> Undo {
-        let mut undo = Undo {
-            next_link: self.next_link,
-            changes: Vec::new(),
-        };
-        match change {
-            Change::Put { name, net } => {
-                let old = self.containers.insert(name.clone(), net.clone());
-                self.next_link = self.next_link.max(net.link.saturating_add(1)).max(1);
-                undo.changes.push(match old {
-                    Some(old) => Change::Put {
-                        name: name.clone(),
-                        net: old,
-                    },
-                    None => Change::Remove { name: name.clone() },
-                });
-            }
-            Change::Remove { name } => {
-                let Some(old) = self.containers.remove(name) else {
-                    return undo;
-                };
-                undo.changes.push(Change::Put {
-                    name: name.clone(),
-                    net: old,
-                });
-                for peer in self.connections.remove(name).unwrap_or_default() {
-                    if let Some(p) = self.connections.get_mut(&peer) {
-                        p.remove(name);
-                        if p.is_empty() {
-                            self.connections.remove(&peer);
-                        }
-                    }
-                    undo.changes.push(Change::Connect {
-                        a: name.clone(),
-                        b: peer,
-                    });
-                }
-                let keys: Vec<(Protocol, u16)> = self
-                    .forwards
-                    .iter()
-                    .filter(|(_, t)| &t.container == name)
-                    .map(|(k, _)| *k)
-                    .collect();
-                for key in keys {
-                    let target = self.forwards.remove(&key).expect("listed above");
-                    undo.changes.push(Change::AddForward {
-                        forward: forward_of(key, target),
-                    });
-                }
-            }
-            Change::Connect { a, b } => {
-                let valid =
-                    a != b && self.containers.contains_key(a) && self.containers.contains_key(b);
-                if valid && !self.is_connected(a, b) {
-                    self.connections
-                        .entry(a.clone())
-                        .or_default()
-                        .insert(b.clone());
-                    self.connections
-                        .entry(b.clone())
-                        .or_default()
-                        .insert(a.clone());
-                    undo.changes.push(Change::Disconnect {
-                        a: a.clone(),
-                        b: b.clone(),
-                    });
-                }
-            }
-            Change::Disconnect { a, b } => {
-                if self.is_connected(a, b) {
-                    for (x, y) in [(a, b), (b, a)] {
-                        if let Some(peers) = self.connections.get_mut(x) {
-                            peers.remove(y);
-                            if peers.is_empty() {
-                                self.connections.remove(x);
-                            }
-                        }
-                    }
-                    undo.changes.push(Change::Connect {
-                        a: a.clone(),
-                        b: b.clone(),
-                    });
-                }
-            }
-            Change::AddForward { forward } => {
-                if !self.containers.contains_key(&forward.container) {
-                    return undo;
-                }
-                let key = (forward.protocol, forward.external_port);
-                let old = self.forwards.insert(
-                    key,
-                    ForwardTarget {
-                        container: forward.container.clone(),
-                        internal_port: forward.internal_port,
-                    },
-                );
-                undo.changes.push(match old {
-                    Some(old) => Change::AddForward {
-                        forward: forward_of(key, old),
-                    },
-                    None => Change::RemoveForward {
-                        protocol: key.0,
-                        external_port: key.1,
-                    },
-                });
-            }
+        let next_link = self.next_link;
+        let changes = match change {
+            Change::Put { name, net } => self.put(name, net),
+            Change::Remove { name } => self.remove(name),
+            Change::Connect { a, b } => self.connect(a, b),
+            Change::Disconnect { a, b } => self.disconnect(a, b),
+            Change::AddForward { forward } => self.add_forward(forward),
             Change::RemoveForward {
                 protocol,
                 external_port,
-            } => {
-                let key = (*protocol, *external_port);
-                if let Some(old) = self.forwards.remove(&key) {
-                    undo.changes.push(Change::AddForward {
-                        forward: forward_of(key, old),
-                    });
+            } => self.remove_forward((*protocol, *external_port)),
+        };
+        Undo { next_link, changes }
+    }
+
+    fn put(&mut self, name: &str, net: &ContainerNet) -> Vec<Change> {
+        let old = self.containers.insert(name.to_string(), net.clone());
+        self.next_link = self.next_link.max(net.link.saturating_add(1)).max(1);
+        vec![match old {
+            Some(old) => Change::Put {
+                name: name.to_string(),
+                net: old,
+            },
+            None => Change::Remove {
+                name: name.to_string(),
+            },
+        }]
+    }
+
+    /// Removes a container with its connections and forwards.
+    fn remove(&mut self, name: &str) -> Vec<Change> {
+        let Some(old) = self.containers.remove(name) else {
+            return Vec::new();
+        };
+        let mut undo = vec![Change::Put {
+            name: name.to_string(),
+            net: old,
+        }];
+        for peer in self.connections.remove(name).unwrap_or_default() {
+            if let Some(p) = self.connections.get_mut(&peer) {
+                p.remove(name);
+                if p.is_empty() {
+                    self.connections.remove(&peer);
+                }
+            }
+            undo.push(Change::Connect {
+                a: name.to_string(),
+                b: peer,
+            });
+        }
+        let keys: Vec<(Protocol, u16)> = self
+            .forwards
+            .iter()
+            .filter(|(_, t)| t.container == name)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            undo.extend(self.remove_forward(key));
+        }
+        undo
+    }
+
+    fn connect(&mut self, a: &str, b: &str) -> Vec<Change> {
+        let valid = a != b && self.containers.contains_key(a) && self.containers.contains_key(b);
+        if !valid || self.is_connected(a, b) {
+            return Vec::new();
+        }
+        for (x, y) in [(a, b), (b, a)] {
+            self.connections
+                .entry(x.to_string())
+                .or_default()
+                .insert(y.to_string());
+        }
+        vec![Change::Disconnect {
+            a: a.to_string(),
+            b: b.to_string(),
+        }]
+    }
+
+    fn disconnect(&mut self, a: &str, b: &str) -> Vec<Change> {
+        if !self.is_connected(a, b) {
+            return Vec::new();
+        }
+        for (x, y) in [(a, b), (b, a)] {
+            if let Some(peers) = self.connections.get_mut(x) {
+                peers.remove(y);
+                if peers.is_empty() {
+                    self.connections.remove(x);
                 }
             }
         }
-        undo
+        vec![Change::Connect {
+            a: a.to_string(),
+            b: b.to_string(),
+        }]
+    }
+
+    fn add_forward(&mut self, forward: &PortForward) -> Vec<Change> {
+        if !self.containers.contains_key(&forward.container) {
+            return Vec::new();
+        }
+        let key = (forward.protocol, forward.external_port);
+        let target = ForwardTarget {
+            container: forward.container.clone(),
+            internal_port: forward.internal_port,
+        };
+        vec![match self.forwards.insert(key, target) {
+            Some(old) => Change::AddForward {
+                forward: forward_of(key, old),
+            },
+            None => Change::RemoveForward {
+                protocol: key.0,
+                external_port: key.1,
+            },
+        }]
+    }
+
+    fn remove_forward(&mut self, key: (Protocol, u16)) -> Vec<Change> {
+        match self.forwards.remove(&key) {
+            Some(old) => vec![Change::AddForward {
+                forward: forward_of(key, old),
+            }],
+            None => Vec::new(),
+        }
     }
 
     /// Puts back what [`State::apply`] changed.
