@@ -823,10 +823,7 @@ impl Config {
     }
 
     fn from_raw(raw: RawConfig, env: &dyn Env, tokens: Tokens) -> Result<Config, ConfigError> {
-        let secs = |key: &str, file: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
-            let var = format!("GANTRY_{}", key.to_uppercase());
-            secs_value(env, key, var, file.unwrap_or(default))
-        };
+        let secs = |key: &str, file: Option<u64>, default: u64| env_secs(env, key, file, default);
 
         let state_dir = env
             .var("GANTRY_STATE_DIR")
@@ -849,68 +846,8 @@ impl Config {
             .parse::<tracing::Level>()
             .map_err(|_| bad("log_level", format!("unknown level \"{level}\"")))?;
 
-        let http = HttpLimits {
-            header_read_timeout: secs(
-                "header_read_timeout_secs",
-                raw.http.header_read_timeout_secs,
-                10,
-            )?,
-            max_body_bytes: raw.http.max_body_bytes.unwrap_or(1 << 20),
-            max_upload_bytes: raw.http.max_upload_bytes.unwrap_or(16 << 30),
-            sse_keepalive: secs("sse_keepalive_secs", raw.http.sse_keepalive_secs, 15)?,
-            sse_queue_events: match raw.http.sse_queue_events {
-                Some(0) => return Err(bad("http.sse_queue_events", "must be at least 1")),
-                Some(n) => n,
-                None => crate::core::events::DEFAULT_CAPACITY,
-            },
-            max_websocket_sessions: match raw.http.max_websocket_sessions {
-                Some(0) => return Err(bad("http.max_websocket_sessions", "must be at least 1")),
-                Some(n) => n,
-                None => DEFAULT_MAX_WEBSOCKET_SESSIONS,
-            },
-            max_connections: at_least_one("http.max_connections", raw.http.max_connections, 512)?,
-            body_read_timeout: secs(
-                "body_read_timeout_secs",
-                raw.http.body_read_timeout_secs,
-                30,
-            )?,
-            websocket_idle_timeout: secs(
-                "websocket_idle_timeout_secs",
-                raw.http.websocket_idle_timeout_secs,
-                120,
-            )?,
-            max_concurrent_uploads: at_least_one(
-                "http.max_concurrent_uploads",
-                raw.http.max_concurrent_uploads,
-                4,
-            )?,
-        };
-
-        let mut raws = raw.listeners;
-        apply_listener_env(&mut raws, env)?;
-        if raws.is_empty() {
-            raws.push(RawListener {
-                dialect: "transfer".into(),
-                ..RawListener::default()
-            });
-        }
-        let listeners = raws
-            .into_iter()
-            .enumerate()
-            .map(|(index, l)| {
-                build_listener(l, tokens).map_err(|e| ConfigError::Listener {
-                    index,
-                    source: Box::new(e),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        // Port 0 asks the kernel for a free port: several listeners may ask.
-        for (i, a) in listeners.iter().enumerate() {
-            if a.address.port() != 0 && listeners[..i].iter().any(|b| b.address == a.address) {
-                return Err(ConfigError::DuplicateAddress(a.address));
-            }
-        }
-
+        let http = build_http(&raw.http, env)?;
+        let listeners = build_listeners(raw.listeners, env, tokens)?;
         let duxcore = build_duxcore(raw.duxcore, env, &state_dir, &listeners, tokens)?;
         let snapshots = distillery::build_snapshots(raw.snapshots, &state_dir)?;
         Ok(Config {
@@ -939,6 +876,83 @@ impl Config {
             pool: pool::build(raw.pool, env)?,
         })
     }
+}
+
+/// A duration in seconds: `GANTRY_<KEY>`, else the file's value, else the default.
+fn env_secs(
+    env: &dyn Env,
+    key: &str,
+    file: Option<u64>,
+    default: u64,
+) -> Result<Duration, ConfigError> {
+    let var = format!("GANTRY_{}", key.to_uppercase());
+    secs_value(env, key, var, file.unwrap_or(default))
+}
+
+/// The `[http]` limits, each with its default.
+fn build_http(raw: &RawHttp, env: &dyn Env) -> Result<HttpLimits, ConfigError> {
+    let secs = |key: &str, file: Option<u64>, default: u64| env_secs(env, key, file, default);
+    Ok(HttpLimits {
+        header_read_timeout: secs("header_read_timeout_secs", raw.header_read_timeout_secs, 10)?,
+        max_body_bytes: raw.max_body_bytes.unwrap_or(1 << 20),
+        max_upload_bytes: raw.max_upload_bytes.unwrap_or(16 << 30),
+        sse_keepalive: secs("sse_keepalive_secs", raw.sse_keepalive_secs, 15)?,
+        sse_queue_events: match raw.sse_queue_events {
+            Some(0) => return Err(bad("http.sse_queue_events", "must be at least 1")),
+            Some(n) => n,
+            None => crate::core::events::DEFAULT_CAPACITY,
+        },
+        max_websocket_sessions: match raw.max_websocket_sessions {
+            Some(0) => return Err(bad("http.max_websocket_sessions", "must be at least 1")),
+            Some(n) => n,
+            None => DEFAULT_MAX_WEBSOCKET_SESSIONS,
+        },
+        max_connections: at_least_one("http.max_connections", raw.max_connections, 512)?,
+        body_read_timeout: secs("body_read_timeout_secs", raw.body_read_timeout_secs, 30)?,
+        websocket_idle_timeout: secs(
+            "websocket_idle_timeout_secs",
+            raw.websocket_idle_timeout_secs,
+            120,
+        )?,
+        max_concurrent_uploads: at_least_one(
+            "http.max_concurrent_uploads",
+            raw.max_concurrent_uploads,
+            4,
+        )?,
+    })
+}
+
+/// The listeners of the file and the environment (a transfer listener when none), each
+/// checked, with no two on one address.
+fn build_listeners(
+    mut raws: Vec<RawListener>,
+    env: &dyn Env,
+    tokens: Tokens,
+) -> Result<Vec<Listener>, ConfigError> {
+    apply_listener_env(&mut raws, env)?;
+    if raws.is_empty() {
+        raws.push(RawListener {
+            dialect: "transfer".into(),
+            ..RawListener::default()
+        });
+    }
+    let listeners = raws
+        .into_iter()
+        .enumerate()
+        .map(|(index, l)| {
+            build_listener(l, tokens).map_err(|e| ConfigError::Listener {
+                index,
+                source: Box::new(e),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // Port 0 asks the kernel for a free port: several listeners may ask.
+    for (i, a) in listeners.iter().enumerate() {
+        if a.address.port() != 0 && listeners[..i].iter().any(|b| b.address == a.address) {
+            return Err(ConfigError::DuplicateAddress(a.address));
+        }
+    }
+    Ok(listeners)
 }
 
 /// `GANTRY_<DIALECT>_{ADDRESS,AUTH,TOKEN_FILE}` apply to every listener of that dialect,
@@ -995,76 +1009,7 @@ fn build_listener(raw: RawListener, tokens: Tokens) -> Result<Listener, ConfigEr
             .map_err(|_| bad("address", format!("\"{a}\" is not IP:PORT")))?,
         None => dialect.default_address(),
     };
-    let loopback = address.ip().is_loopback();
-    // A distillery client always authenticates with one of the named tokens.
-    let auth_name = match (dialect, raw.auth.as_deref()) {
-        (Dialect::Distillery, None | Some("tokens")) => Some("tokens"),
-        (Dialect::Distillery, Some(other)) => {
-            return Err(bad(
-                "auth",
-                format!("\"{other}\": a distillery listener takes auth = \"tokens\""),
-            ))
-        }
-        (_, a) => a,
-    };
-    let auth = match auth_name {
-        None if loopback => Auth::Loopback,
-        None => return Err(ConfigError::NoAuth(address)),
-        Some("loopback") if loopback => Auth::Loopback,
-        Some("loopback") => {
-            return Err(bad(
-                "auth",
-                format!("\"loopback\" needs a loopback address, not {address}"),
-            ))
-        }
-        Some("token") => {
-            let path = raw
-                .token_file
-                .as_ref()
-                .ok_or_else(|| bad("auth", "\"token\" needs token_file"))?;
-            let token = match std::fs::read_to_string(path) {
-                Ok(text) => text.trim().to_string(),
-                // A client that may not read the file leaves the token empty.
-                Err(_) if tokens == Tokens::IfReadable => String::new(),
-                Err(source) => {
-                    return Err(ConfigError::TokenFile {
-                        path: path.clone(),
-                        source,
-                    })
-                }
-            };
-            if token.len() < 16 && !(token.is_empty() && tokens == Tokens::IfReadable) {
-                return Err(bad(
-                    "token_file",
-                    format!(
-                        "{}: the token must be at least 16 characters",
-                        path.display()
-                    ),
-                ));
-            }
-            Auth::Token { token }
-        }
-        Some("tokens") => {
-            let path = raw
-                .token_file
-                .as_ref()
-                .ok_or_else(|| bad("auth", "\"tokens\" needs token_file"))?;
-            let named = match distillery::read_tokens(path) {
-                // A client that may not read the file knows no token of it.
-                Err(ConfigError::TokenFile { .. }) if tokens == Tokens::IfReadable => Vec::new(),
-                read => read?,
-            };
-            Auth::Tokens { tokens: named }
-        }
-        Some("none") => Auth::None,
-        Some("client-cert") => Auth::ClientCert,
-        Some(other) => {
-            return Err(bad(
-                "auth",
-                format!("unknown auth \"{other}\" (loopback, token, tokens, client-cert or none)"),
-            ))
-        }
-    };
+    let auth = build_auth(dialect, &raw, address, tokens)?;
     if raw.token_file.is_some() && !matches!(auth, Auth::Token { .. } | Auth::Tokens { .. }) {
         return Err(bad(
             "token_file",
@@ -1106,6 +1051,82 @@ fn build_listener(raw: RawListener, tokens: Tokens) -> Result<Listener, ConfigEr
         access,
         tls,
     })
+}
+
+/// The listener's `auth` (with its token file): loopback by default on a loopback address,
+/// named tokens always for a distillery listener.
+fn build_auth(
+    dialect: Dialect,
+    raw: &RawListener,
+    address: SocketAddr,
+    tokens: Tokens,
+) -> Result<Auth, ConfigError> {
+    let loopback = address.ip().is_loopback();
+    // A distillery client always authenticates with one of the named tokens.
+    let auth_name = match (dialect, raw.auth.as_deref()) {
+        (Dialect::Distillery, None | Some("tokens")) => Some("tokens"),
+        (Dialect::Distillery, Some(other)) => {
+            return Err(bad(
+                "auth",
+                format!("\"{other}\": a distillery listener takes auth = \"tokens\""),
+            ))
+        }
+        (_, a) => a,
+    };
+    match auth_name {
+        None if loopback => Ok(Auth::Loopback),
+        None => Err(ConfigError::NoAuth(address)),
+        Some("loopback") if loopback => Ok(Auth::Loopback),
+        Some("loopback") => Err(bad(
+            "auth",
+            format!("\"loopback\" needs a loopback address, not {address}"),
+        )),
+        Some("token") => {
+            let path = raw
+                .token_file
+                .as_ref()
+                .ok_or_else(|| bad("auth", "\"token\" needs token_file"))?;
+            let token = match std::fs::read_to_string(path) {
+                Ok(text) => text.trim().to_string(),
+                // A client that may not read the file leaves the token empty.
+                Err(_) if tokens == Tokens::IfReadable => String::new(),
+                Err(source) => {
+                    return Err(ConfigError::TokenFile {
+                        path: path.clone(),
+                        source,
+                    })
+                }
+            };
+            if token.len() < 16 && !(token.is_empty() && tokens == Tokens::IfReadable) {
+                return Err(bad(
+                    "token_file",
+                    format!(
+                        "{}: the token must be at least 16 characters",
+                        path.display()
+                    ),
+                ));
+            }
+            Ok(Auth::Token { token })
+        }
+        Some("tokens") => {
+            let path = raw
+                .token_file
+                .as_ref()
+                .ok_or_else(|| bad("auth", "\"tokens\" needs token_file"))?;
+            let named = match distillery::read_tokens(path) {
+                // A client that may not read the file knows no token of it.
+                Err(ConfigError::TokenFile { .. }) if tokens == Tokens::IfReadable => Vec::new(),
+                read => read?,
+            };
+            Ok(Auth::Tokens { tokens: named })
+        }
+        Some("none") => Ok(Auth::None),
+        Some("client-cert") => Ok(Auth::ClientCert),
+        Some(other) => Err(bad(
+            "auth",
+            format!("unknown auth \"{other}\" (loopback, token, tokens, client-cert or none)"),
+        )),
+    }
 }
 
 /// A path prefix such as `/scaleit` or `/gw/apps`: absolute, no trailing `/`, segments of
