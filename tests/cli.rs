@@ -250,6 +250,9 @@ fn progress_is_drawn_on_a_terminal() {
     assert_eq!(status, 0, "{screen:?}");
     assert!(screen.contains("\rstart | Creating "), "{screen:?}");
     assert!(screen.contains("_web_1 ... done\r\n"), "{screen:?}");
+    // Leave no running container behind (a later test checks the engine is empty).
+    expect(&cli(&g, &["app", "stop", &id]), 0);
+    expect(&cli(&g, &["app", "rm", &id]), 0);
 }
 
 #[test]
