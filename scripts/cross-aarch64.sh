@@ -56,7 +56,7 @@ fi
 gcc_ld="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/gcc-ld"
 link_args=()
 if [ -x "$gcc_ld/ld.lld" ]; then
-    link_args=(-C link-arg=-fuse-ld=lld -C "link-arg=-B$gcc_ld")
+    link_args=(-C link-arg=-fuse-ld=lld -C "link-arg=-B$gcc_ld" -C link-arg=-Wl,-z,pack-relative-relocs)
 else
     echo "cross-aarch64: WARNING: no rust-lld in $gcc_ld: linking with GNU ld (DT_RELR only with binutils >= 2.41)" >&2
 fi
