@@ -49,9 +49,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # --- build ---------------------------------------------------------------
-# The linker comes from .cargo/config.toml ([target.aarch64-unknown-linux-gnu]).
-echo "cross-aarch64: cargo build --release --locked --target $TARGET"
-if ! cargo build --release --locked --target "$TARGET"; then
+# The linker driver and `-z pack-relative-relocs` come from .cargo/config.toml
+# ([target.aarch64-unknown-linux-gnu]). GNU ld before 2.41 (Debian 12 has 2.40) ignores that
+# flag on aarch64, so the final link uses rustc's own LLD through the gcc driver; only the
+# binary's link changes (`cargo rustc` passes these to it alone), not the dependencies.
+gcc_ld="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/gcc-ld"
+link_args=()
+if [ -x "$gcc_ld/ld.lld" ]; then
+    link_args=(-C link-arg=-fuse-ld=lld -C "link-arg=-B$gcc_ld" -C link-arg=-Wl,-z,pack-relative-relocs)
+else
+    echo "cross-aarch64: WARNING: no rust-lld in $gcc_ld: linking with GNU ld (DT_RELR only with binutils >= 2.41)" >&2
+fi
+echo "cross-aarch64: cargo rustc --release --locked --target $TARGET --bin gantry -- ${link_args[*]}"
+if ! cargo rustc --release --locked --target "$TARGET" --bin gantry -- "${link_args[@]}"; then
     echo "cross-aarch64: FAILED: the aarch64 build did not succeed" >&2
     exit 1
 fi
@@ -74,6 +84,11 @@ if [ "$out" != "gantry $version" ]; then
     exit 1
 fi
 file "$bin" 2>/dev/null | sed 's/^/cross-aarch64: /' || true
+if readelf -d "$bin" | grep -q '(RELR)'; then
+    echo "cross-aarch64: packed relative relocations (DT_RELR): yes"
+else
+    echo "cross-aarch64: WARNING: no DT_RELR in the binary (the linker ignored -z pack-relative-relocs)" >&2
+fi
 
 # --- size ----------------------------------------------------------------
 tmp=$(mktemp -d)

@@ -10,6 +10,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use common::bundle::{app_zip, saved_image, slow_app};
+use common::pki::Pki;
 use common::{
     app_containers, docker_ok, gantry_command, run_gantry, test_image, unique, wait_for, Gantry,
 };
@@ -438,6 +439,81 @@ fn check_passes_beside_a_running_daemon_and_fails_without_one() {
     let text = expect(&out, 1);
     assert!(text.contains("ERROR    listener transfer"), "{text}");
     assert!(text.contains("hint: start gantry"), "{text}");
+}
+
+/// `gantry <args>` run to completion.
+fn gantry(args: &[&str]) -> Output {
+    run_gantry(args, &[])
+}
+
+#[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
+fn the_cli_speaks_tls_to_a_tls_only_listener() {
+    let host = require_docker!();
+    let pki = Pki::new();
+    pki.leaf("server", "gantry tls", "ca", "server_ext", false);
+    let (cert, key) = (
+        pki.path("server.pem").display().to_string(),
+        pki.path("server.key").display().to_string(),
+    );
+    let g = Gantry::builder()
+        .docker_host(&host)
+        .listener(&format!("tls_cert_file = {cert:?}"))
+        .listener(&format!("tls_key_file = {key:?}"))
+        .start_unprobed();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "docker_host = \"{host}\"\n[[listeners]]\ndialect = \"transfer\"\naddress = \"{}\"\n\
+         tls_cert_file = {cert:?}\ntls_key_file = {key:?}\n",
+        g.addr
+    );
+    let cfg = write(dir.path(), "tls.toml", cfg.as_bytes());
+    let name = unique("tls");
+    let id = format!("{name}:1");
+    let zip = write(dir.path(), "app.zip", &ticking_app(&name));
+    let listed = |o: &Output| {
+        expect(o, 0);
+        let all = json_of(o);
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["Id"] == id.as_str())
+    };
+
+    // The configured listener, trusting its own certificate (tls_cert_file): a streamed
+    // upload and a listing.
+    let out = expect(&gantry(&["app", "import", &zip, "--config", &cfg]), 0);
+    assert_eq!(out, format!("imported {id} (Stopped)\n"));
+    assert!(listed(&gantry(&["app", "ls", "--json", "--config", &cfg])));
+
+    // The CA that signed it, for the listener's address; another CA is refused.
+    let ca = pki.path("ca.pem").display().to_string();
+    let with_ca = gantry(&["app", "ls", "--json", "--config", &cfg, "--ca-file", &ca]);
+    assert!(listed(&with_ca));
+    let other = pki.path("other-ca.pem").display().to_string();
+    let refused = gantry(&["app", "ls", "--config", &cfg, "--ca-file", &other]);
+    expect(&refused, 69);
+    assert!(stderr(&refused).contains("TLS"), "{}", stderr(&refused));
+
+    // An https --url needs the CA; plain HTTP gets no answer from a TLS listener.
+    let https = format!("https://{}", g.addr);
+    assert!(listed(&gantry(&[
+        "app",
+        "ls",
+        "--json",
+        "--url",
+        &https,
+        "--ca-file",
+        &ca
+    ])));
+    expect(&gantry(&["app", "ls", "--url", &https]), 78);
+    let plain = gantry(&["app", "ls", "--url", &url(&g)]);
+    assert_ne!(code(&plain), 0, "{}", stdout(&plain));
+
+    expect(&gantry(&["app", "rm", &id, "--config", &cfg]), 0);
+    let gone = gantry(&["app", "ls", "--json", "--config", &cfg]);
+    expect(&gone, 0);
+    assert!(!stdout(&gone).contains(id.as_str()), "{}", stdout(&gone));
 }
 
 /// The findings of a `gantry check --json` report whose check starts with `name`.

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::client::Client;
 use super::output::{json, print};
 use super::progress::size;
+use super::tls::TlsClient;
 use super::Exit;
 use crate::config::{self, Config, ProcessEnv, Source, Tokens};
 use crate::core::docker::DockerEngine;
@@ -192,7 +193,8 @@ enum Answer {
         status: String,
         version: Option<String>,
     },
-    /// A TLS listener accepts connections (the CLI has no TLS client to ask it more).
+    /// A TLS listener accepts connections (its certificate file cannot be read, so the CLI
+    /// cannot ask it more).
     Tls,
 }
 
@@ -209,8 +211,18 @@ struct Status {
 async fn probe(l: &config::Listener) -> Result<Answer, String> {
     let token = super::client::listener_token(l).map(str::to_string);
     let client = Client::at(l.address, String::new(), token);
+    // A TLS listener is asked over TLS, trusting its own certificate, when that is readable.
+    let tls = l
+        .tls
+        .as_ref()
+        .map(|t| TlsClient::pinned(&t.cert, client.addr).ok());
+    let accept_only = matches!(tls, Some(None));
+    let client = match tls.flatten() {
+        Some(tls) => client.with_tls(tls),
+        None => client,
+    };
     let call = async {
-        if l.tls.is_some() {
+        if accept_only {
             client.connect().await?;
             return Ok(Answer::Tls);
         }
@@ -238,7 +250,9 @@ fn listener_answer(report: &mut Report, name: &str, answer: Answer) {
     let ours = env!("CARGO_PKG_VERSION");
     let (status, version) = match answer {
         Answer::Tls => {
-            let msg = "accepts connections (TLS: not asked over HTTP)".to_string();
+            let msg = "accepts connections (TLS: its certificate file is not readable, so \
+                       not asked over HTTP)"
+                .to_string();
             return report.ok(name, msg);
         }
         Answer::Http { status, version } => (status, version),

@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use super::tls::TlsClient;
 use super::{Exit, Opts};
 use crate::api::http::{self, Body};
 use crate::config::{self, Auth, Config, ProcessEnv, Source, Tokens};
@@ -85,7 +86,14 @@ pub struct Client {
     host: String,
     prefix: String,
     token: Option<String>,
+    /// TLS to a listener that has it.
+    tls: Option<TlsClient>,
 }
+
+/// A connection to the daemon: plain TCP, or TLS over it.
+pub trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Conn for T {}
 
 /// The token the CLI sends to a token listener: the token (of a `tokens` listener, its file's
 /// first); None when there is none or the user may not read the file.
@@ -107,19 +115,30 @@ fn local_address(l: &config::Listener) -> SocketAddr {
     addr
 }
 
-/// Whether the CLI can talk to `l` at all: plain HTTP (it has no TLS client), and its
-/// `allowed_peers` admit the address the CLI's connection comes from (on this host, the
-/// listener's own address).
+/// Whether the CLI can talk to `l` at all: not one that wants a client certificate (the CLI
+/// has none), and its `allowed_peers` admit the address the CLI's connection comes from (on
+/// this host, the listener's own address).
 fn speaks_to(l: &config::Listener) -> bool {
     let from = local_address(l).ip();
-    l.tls.is_none()
+    !matches!(l.auth, Auth::ClientCert)
         && (l.access.peers.is_empty() || l.access.peers.iter().any(|c| c.contains(from)))
 }
 
+/// The listener the CLI uses: where, its prefix, the token, and its certificate file when it
+/// has TLS.
+#[derive(Debug)]
+struct Picked {
+    addr: SocketAddr,
+    prefix: String,
+    token: Option<String>,
+    cert: Option<std::path::PathBuf>,
+}
+
 /// The first transfer listener the user can use: loopback ones first, then those whose
-/// token is readable, then unauthenticated ones; a wildcard address is reached over
-/// loopback. Listeners with TLS, or whose peer list leaves out this host, are not used.
-fn pick_listener(config: &Config) -> CliResult<(SocketAddr, String, Option<String>)> {
+/// token is readable, then unauthenticated ones, plain HTTP before TLS among equals; a
+/// wildcard address is reached over loopback. Listeners that want a client certificate, or
+/// whose peer list leaves out this host, are not used.
+fn pick_listener(config: &Config) -> CliResult<Picked> {
     let transfer: Vec<&config::Listener> = config
         .listeners
         .iter()
@@ -132,12 +151,13 @@ fn pick_listener(config: &Config) -> CliResult<(SocketAddr, String, Option<Strin
         _ => 3,
     };
     let usable = transfer.iter().filter(|l| speaks_to(l));
-    let Some(l) = usable.min_by_key(|l| rank(l)) else {
+    let Some(l) = usable.min_by_key(|l| (rank(l), l.tls.is_some())) else {
         let why = match transfer.is_empty() {
             true => "the configuration has no transfer listener: pass --url",
             false => {
-                "no transfer listener the CLI can use: it speaks plain HTTP only, from \
-                      this host's address (add a loopback transfer listener, or pass --url)"
+                "no transfer listener the CLI can use: it has no client certificate and \
+                 connects from this host's address (add a loopback transfer listener, or \
+                 pass --url)"
             }
         };
         return Err(CliError::new(Exit::Config, why));
@@ -167,7 +187,12 @@ fn pick_listener(config: &Config) -> CliResult<(SocketAddr, String, Option<Strin
             ),
         ));
     }
-    Ok((addr, l.prefix.clone(), token))
+    Ok(Picked {
+        addr,
+        prefix: l.prefix.clone(),
+        token,
+        cert: l.tls.as_ref().map(|t| t.cert.clone()),
+    })
 }
 
 fn loopback_of(ip: IpAddr) -> IpAddr {
@@ -177,18 +202,33 @@ fn loopback_of(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// `http://HOST:PORT[/PREFIX]` split into its address, the `Host` to send and its prefix.
+/// `--url` split: the address, the `Host` to send, the prefix, and for `https://` the name
+/// the listener's certificate is checked for.
+#[derive(Debug)]
+struct Url {
+    addr: SocketAddr,
+    host: String,
+    prefix: String,
+    tls_name: Option<String>,
+}
+
+/// `http[s]://HOST:PORT[/PREFIX]` split into its address, the `Host` to send and its prefix.
 /// The `Host` is the address resolved (an IP literal, which every listener's Host rule
 /// accepts): the rule is against pages in a browser, and a name the listener does not list in
-/// `allowed_hosts` would be refused.
-async fn parse_url(url: &str) -> CliResult<(SocketAddr, String, String)> {
+/// `allowed_hosts` would be refused. With `https://` the certificate is checked for HOST as
+/// written.
+async fn parse_url(url: &str) -> CliResult<Url> {
     let bad = || {
         CliError::new(
             Exit::Config,
-            format!("--url {url}: expected http://HOST:PORT[/PREFIX]"),
+            format!("--url {url}: expected http[s]://HOST:PORT[/PREFIX]"),
         )
     };
-    let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+    let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => return Err(bad()),
+    };
     let (authority, prefix) = match rest.find('/') {
         Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
         None => (rest, ""),
@@ -198,7 +238,17 @@ async fn parse_url(url: &str) -> CliResult<(SocketAddr, String, String)> {
         .map_err(|e| CliError::new(Exit::Config, format!("--url {url}: {e}")))?
         .next()
         .ok_or_else(bad)?;
-    Ok((addr, addr.to_string(), prefix.to_string()))
+    let name = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    Ok(Url {
+        addr,
+        host: addr.to_string(),
+        prefix: prefix.to_string(),
+        tls_name: tls.then(|| {
+            name.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        }),
+    })
 }
 
 fn read_token(path: &Path) -> CliResult<String> {
@@ -220,40 +270,72 @@ struct ProblemBody {
 impl Client {
     /// The client `opts` describe: `--url`, else the configured listener.
     pub async fn new(opts: &Opts) -> CliResult<Self> {
-        let (addr, host, prefix, mut token) = match &opts.url {
-            Some(url) => {
-                let (addr, host, prefix) = parse_url(url).await?;
-                (addr, host, prefix, None)
-            }
-            None => {
-                let source = match &opts.config {
-                    Some(p) => Source::Explicit(p),
-                    None => Source::Default,
-                };
-                let config =
-                    Config::load_with(source, &ProcessEnv, Tokens::IfReadable).map_err(|e| {
-                        CliError::new(Exit::Config, format!("configuration error: {e}"))
-                    })?;
-                let picked = pick_listener(&config);
-                // An explicit token file makes an unreadable configured one irrelevant.
-                let (addr, prefix, token) = match (picked, &opts.token_file) {
-                    (Err(e), Some(_)) if e.exit == Exit::NoPermission => {
-                        let l = first_transfer(&config)?;
-                        (l.address, l.prefix.clone(), None)
-                    }
-                    (picked, _) => picked?,
-                };
-                (addr, addr.to_string(), prefix, token)
-            }
+        let mut client = match &opts.url {
+            Some(url) => Self::of_url(url, opts).await?,
+            None => Self::of_config(opts)?,
         };
         if let Some(file) = &opts.token_file {
-            token = Some(read_token(file)?);
+            client.token = Some(read_token(file)?);
         }
+        Ok(client)
+    }
+
+    /// The client of `--url`; `https://` needs `--ca-file`.
+    async fn of_url(url: &str, opts: &Opts) -> CliResult<Self> {
+        let u = parse_url(url).await?;
+        let tls = match (&u.tls_name, &opts.ca_file) {
+            (None, _) => None,
+            (Some(name), Some(ca)) => Some(TlsClient::with_ca(ca, name)?),
+            (Some(_), None) => {
+                return Err(CliError::new(
+                    Exit::Config,
+                    format!("--url {url}: https needs --ca-file, the CA that signed the listener's certificate"),
+                ))
+            }
+        };
         Ok(Client {
-            addr,
-            host,
-            prefix,
-            token,
+            addr: u.addr,
+            host: u.host,
+            prefix: u.prefix,
+            token: None,
+            tls,
+        })
+    }
+
+    /// The client of the configured listener the CLI can use ([`pick_listener`]). A TLS
+    /// listener's certificate is trusted as its `tls_cert_file`, or with `--ca-file` as that
+    /// CA signed it for the listener's address.
+    fn of_config(opts: &Opts) -> CliResult<Self> {
+        let source = match &opts.config {
+            Some(p) => Source::Explicit(p),
+            None => Source::Default,
+        };
+        let config = Config::load_with(source, &ProcessEnv, Tokens::IfReadable)
+            .map_err(|e| CliError::new(Exit::Config, format!("configuration error: {e}")))?;
+        // An explicit token file makes an unreadable configured one irrelevant.
+        let picked = match (pick_listener(&config), &opts.token_file) {
+            (Err(e), Some(_)) if e.exit == Exit::NoPermission => {
+                let l = first_transfer(&config)?;
+                Picked {
+                    addr: local_address(l),
+                    prefix: l.prefix.clone(),
+                    token: None,
+                    cert: l.tls.as_ref().map(|t| t.cert.clone()),
+                }
+            }
+            (picked, _) => picked?,
+        };
+        let tls = match (&picked.cert, &opts.ca_file) {
+            (None, _) => None,
+            (Some(_), Some(ca)) => Some(TlsClient::with_ca(ca, &picked.addr.ip().to_string())?),
+            (Some(cert), None) => Some(TlsClient::pinned(cert, picked.addr)?),
+        };
+        Ok(Client {
+            addr: picked.addr,
+            host: picked.addr.to_string(),
+            prefix: picked.prefix,
+            token: picked.token,
+            tls,
         })
     }
 
@@ -268,6 +350,15 @@ impl Client {
             host: addr.to_string(),
             prefix,
             token,
+            tls: None,
+        }
+    }
+
+    /// The same client over TLS.
+    pub fn with_tls(self, tls: TlsClient) -> Self {
+        Client {
+            tls: Some(tls),
+            ..self
         }
     }
 
@@ -289,12 +380,22 @@ impl Client {
         self.token.as_deref()
     }
 
-    pub async fn connect(&self) -> CliResult<tokio::net::TcpStream> {
+    /// A connection to the daemon; over TLS when the listener has it.
+    pub async fn connect(&self) -> CliResult<Box<dyn Conn>> {
         let stream = tokio::net::TcpStream::connect(self.addr)
             .await
             .map_err(|e| CliError::unreachable(self.addr, e))?;
         let _ = stream.set_nodelay(true);
-        Ok(stream)
+        match &self.tls {
+            None => Ok(Box::new(stream)),
+            Some(tls) => match tls.connect(stream).await {
+                Ok(s) => Ok(Box::new(s)),
+                Err(e) => Err(CliError::new(
+                    Exit::Unavailable,
+                    format!("TLS with the daemon at {} failed: {e}", self.addr),
+                )),
+            },
+        }
     }
 
     /// Sends one request on a new connection; any status is returned.
@@ -412,17 +513,24 @@ mod tests {
 
     #[tokio::test]
     async fn urls_name_an_address_and_a_prefix() {
-        let (addr, host, prefix) = parse_url("http://127.0.0.1:9/gw/").await.unwrap();
-        assert_eq!(addr.to_string(), "127.0.0.1:9");
-        assert_eq!(host, "127.0.0.1:9");
-        assert_eq!(prefix, "/gw");
-        let (_, host, prefix) = parse_url("http://[::1]:80").await.unwrap();
-        assert_eq!((host.as_str(), prefix.as_str()), ("[::1]:80", ""));
+        let u = parse_url("http://127.0.0.1:9/gw/").await.unwrap();
+        assert_eq!(u.addr.to_string(), "127.0.0.1:9");
+        assert_eq!(u.host, "127.0.0.1:9");
+        assert_eq!(u.prefix, "/gw");
+        assert!(u.tls_name.is_none());
+        let u = parse_url("http://[::1]:80").await.unwrap();
+        assert_eq!((u.host.as_str(), u.prefix.as_str()), ("[::1]:80", ""));
         // A name is sent as the address it resolves to, which the Host rule accepts.
-        let (addr, host, _) = parse_url("http://localhost:9").await.unwrap();
-        assert!(addr.ip().is_loopback());
-        assert_eq!(host, addr.to_string());
-        for bad in ["https://127.0.0.1:9", "127.0.0.1:9", "http://127.0.0.1"] {
+        let u = parse_url("http://localhost:9").await.unwrap();
+        assert!(u.addr.ip().is_loopback());
+        assert_eq!(u.host, u.addr.to_string());
+        // With https the certificate is checked for the host as written.
+        let u = parse_url("https://localhost:9/p").await.unwrap();
+        assert_eq!(u.tls_name.as_deref(), Some("localhost"));
+        assert_eq!(u.prefix, "/p");
+        let u = parse_url("https://[::1]:9").await.unwrap();
+        assert_eq!(u.tls_name.as_deref(), Some("::1"));
+        for bad in ["ftp://127.0.0.1:9", "127.0.0.1:9", "http://127.0.0.1"] {
             assert!(parse_url(bad).await.is_err(), "{bad}");
         }
     }
@@ -432,33 +540,40 @@ mod tests {
         let text = "[[listeners]]\ndialect = \"transfer\"\naddress = \"0.0.0.0:7\"\nauth = \"none\"\n\
                     [[listeners]]\ndialect = \"transfer\"\naddress = \"127.0.0.1:8\"\nprefix = \"/p\"\n";
         let c = Config::parse(text, &NoEnv).unwrap();
-        let (addr, prefix, token) = pick_listener(&c).unwrap();
+        let p = pick_listener(&c).unwrap();
         assert_eq!(
-            (addr.to_string().as_str(), prefix.as_str()),
+            (p.addr.to_string().as_str(), p.prefix.as_str()),
             ("127.0.0.1:8", "/p")
         );
-        assert!(token.is_none());
+        assert!(p.token.is_none() && p.cert.is_none());
         let text =
             "[[listeners]]\ndialect = \"transfer\"\naddress = \"0.0.0.0:7\"\nauth = \"none\"\n";
-        let (addr, _, _) = pick_listener(&Config::parse(text, &NoEnv).unwrap()).unwrap();
-        assert_eq!(addr.to_string(), "127.0.0.1:7");
+        let p = pick_listener(&Config::parse(text, &NoEnv).unwrap()).unwrap();
+        assert_eq!(p.addr.to_string(), "127.0.0.1:7");
     }
 
     #[test]
-    fn listeners_with_tls_or_without_this_host_among_their_peers_are_not_used() {
+    fn tls_listeners_come_after_plain_ones_and_client_cert_or_far_ones_are_not_used() {
         let tls = "[[listeners]]\ndialect = \"transfer\"\naddress = \"127.0.0.1:7\"\n\
                    tls_cert_file = \"/c.pem\"\ntls_key_file = \"/k.pem\"\n";
         let far = "[[listeners]]\ndialect = \"transfer\"\naddress = \"127.0.0.1:8\"\n\
                    allowed_peers = [\"198.18.0.0/15\"]\n";
-        let near = "[[listeners]]\ndialect = \"transfer\"\naddress = \"0.0.0.0:9\"\n\
-                    auth = \"none\"\nallowed_peers = [\"127.0.0.0/8\"]\n";
+        let near = "[[listeners]]\ndialect = \"transfer\"\naddress = \"127.0.0.1:9\"\n";
         let c = Config::parse(&format!("{tls}{far}{near}"), &NoEnv).unwrap();
-        let (addr, _, _) = pick_listener(&c).unwrap();
-        assert_eq!(addr.to_string(), "127.0.0.1:9");
+        let p = pick_listener(&c).unwrap();
+        assert_eq!(p.addr.to_string(), "127.0.0.1:9");
+        // Without a plain one, the TLS listener, with its certificate file.
         let c = Config::parse(&format!("{tls}{far}"), &NoEnv).unwrap();
+        let p = pick_listener(&c).unwrap();
+        assert_eq!(p.addr.to_string(), "127.0.0.1:7");
+        assert_eq!(p.cert.as_deref(), Some(Path::new("/c.pem")));
+        let client_cert = "[[listeners]]\ndialect = \"transfer\"\naddress = \"127.0.0.1:6\"\n\
+                   auth = \"client-cert\"\ntls_cert_file = \"/c\"\ntls_key_file = \"/k\"\n\
+                   client_ca_file = \"/ca\"\n";
+        let c = Config::parse(&format!("{client_cert}{far}"), &NoEnv).unwrap();
         let e = pick_listener(&c).unwrap_err();
         assert_eq!(e.exit(), Exit::Config);
-        assert!(e.to_string().contains("plain HTTP"), "{e}");
+        assert!(e.to_string().contains("client certificate"), "{e}");
     }
 
     #[test]

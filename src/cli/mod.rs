@@ -14,6 +14,7 @@ mod operation;
 mod output;
 mod progress;
 mod system;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,9 +66,14 @@ pub struct Opts {
     /// exists]
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// The daemon's address instead of the configured listener: http://HOST:PORT[/PREFIX]
+    /// The daemon's address instead of the configured listener: http[s]://HOST:PORT[/PREFIX]
     #[arg(long, global = true, value_name = "URL")]
     pub url: Option<String>,
+    /// For a TLS listener: trust the certificates this CA (PEM) signed, checked for the
+    /// listener's address (or the host of an https --url) [default: trust exactly the
+    /// listener's tls_cert_file]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
     /// A file holding the bearer token [default: the listener's token_file]
     #[arg(long, global = true, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
