@@ -27,6 +27,7 @@ IDLE_RUNS = int(os.environ.get("GANTRY_BENCH_IDLE_RUNS", "3"))
 # gantry pages its code out at READY and again this long after (src/server/memory.rs), plus 1 s.
 SETTLE_SECS = 11
 BIN = os.environ["GANTRY_BENCH_BIN"]
+BASE_BIN = os.environ.get("GANTRY_BENCH_BASE_BIN")
 DOCKER = [os.environ.get("DOCKER_CLI", "docker"), "-H", HOST]
 TMP = tempfile.mkdtemp(prefix="gantry-bench-fm.")
 STOPPABLE = "trap 'exit 0' TERM; sleep 3600 & wait"
@@ -52,7 +53,7 @@ def pct(xs, p):
 
 
 class Gantry:
-    def __init__(self, name, listeners, port_of="flowmanager"):
+    def __init__(self, name, listeners, port_of="flowmanager", binary=None):
         d = os.path.join(TMP, name)
         os.makedirs(d)
         self.dir = d
@@ -68,7 +69,7 @@ class Gantry:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GANTRY_", "NOTIFY_", "LISTEN_"))}
         env["GANTRY_LOG_LEVEL"] = "info"
         self.log = open(f"{d}/gantry.log", "w+")
-        self.proc = subprocess.Popen([BIN, "serve", "--config", f"{d}/gantry.toml"], stdout=self.log,
+        self.proc = subprocess.Popen([binary or BIN, "serve", "--config", f"{d}/gantry.toml"], stdout=self.log,
                                      stderr=self.log, env=env)
         self.port = None
         for _ in range(300):
@@ -188,6 +189,25 @@ def memory():
     for c in clients:
         c.sio.disconnect()
     g.stop()
+
+
+def first_request_ms(g):
+    """After idle: the first client's connection (websocket) and its first two requests, in
+    ms; the code they run comes back from the binary's file."""
+    t0 = time.monotonic()
+    c = Client(g.url)
+    t1 = time.monotonic()
+    c.request("list_containers", {}, "container_list")
+    t2 = time.monotonic()
+    c.request("list_containers", {}, "container_list")
+    t3 = time.monotonic()
+    c.sio.disconnect()
+    return (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000
+
+
+def idle():
+    """Idle RSS with every listener against transfer only, alternating starts; with
+    GANTRY_BENCH_BASE_BIN, the every-listener daemon of that binary too (a before/after)."""
     # One loopback address each: two listeners may not share an address, port 0 included.
     every = LISTENER.format("transfer", 2) + LISTENER.format("flowmanager", 1) + \
         LISTENER.format("intervirt", 3) + 'auth = "none"\n' + LISTENER.format("duxcore", 4) + \
@@ -195,29 +215,48 @@ def memory():
     with open(f"{TMP}/distillery-tokens", "w") as f:
         f.write("bench " + os.urandom(24).hex() + "\n")
     os.chmod(f"{TMP}/distillery-tokens", 0o600)
-    alone, full, settled, parts = [], [], [], []
+    kinds = [("transfer", LISTENER.format("transfer", 2), "transfer", BIN),
+             ("all", every, "flowmanager", BIN)]
+    if BASE_BIN:
+        kinds.append(("all-base", every, "flowmanager", BASE_BIN))
+    early = {k[0]: [] for k in kinds}
+    settled = {k[0]: [] for k in kinds if k[0] != "transfer"}
+    parts = {k: [] for k in settled}
+    firsts = {k: [] for k in settled}
     for i in range(IDLE_RUNS):
-        for label, listeners, port_of, out in (
-                ("transfer", LISTENER.format("transfer", 2), "transfer", alone),
-                ("all", every, "flowmanager", full)):
-            g = Gantry(f"idle-{label}-{i}", listeners, port_of)
+        for label, listeners, port_of, binary in kinds:
+            g = Gantry(f"idle-{label}-{i}", listeners, port_of, binary)
             time.sleep(3)
-            out.append(rss_mib(g.proc.pid))
-            if label == "all":
+            early[label].append(rss_mib(g.proc.pid))
+            if label != "transfer":
                 # gantry pages its code out again once the start-up work in the background ran.
                 time.sleep(SETTLE_SECS)
-                settled.append(rss_mib(g.proc.pid))
-                parts.append(rss_parts(g.proc.pid))
+                settled[label].append(rss_mib(g.proc.pid))
+                parts[label].append(rss_parts(g.proc.pid))
+                firsts[label].append(first_request_ms(g))
             g.stop()
     fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)
-    say(f"(b) idle RSS, {IDLE_RUNS} alternating starts, 3 s after start (after the page-out at "
-        f"READY): transfer only {fmt(alone)} MiB (median {statistics.median(alone):.2f}); every "
-        f"listener (transfer, intervirt, flowmanager, duxcore, distillery) {fmt(full)} MiB (median "
-        f"{statistics.median(full):.2f}; goal <= 6 MiB)")
-    say(f"(b) every listener, {3 + SETTLE_SECS} s after start (after the second page-out): "
-        f"{fmt(settled)} MiB (median {statistics.median(settled):.2f}; goal <= 6 MiB)")
-    last = parts[-1]
-    say("(b) where it is, last start (MiB): " + ", ".join(f"{k} {v:.2f}" for k, v in last.items()))
+    med = statistics.median
+    names = {"transfer": "transfer only", "all": "every listener",
+             "all-base": f"every listener, {BASE_BIN}"}
+    say(f"(b) idle RSS, {IDLE_RUNS} alternating starts, 3 s after start (after the page-out at READY); "
+        "every listener = transfer, intervirt, flowmanager, duxcore, distillery; goal <= 6 MiB")
+    for k, xs in early.items():
+        say(f"(b)   {names[k]}: {fmt(xs)} MiB (median {med(xs):.2f})")
+    say(f"(b) {3 + SETTLE_SECS} s after start (after the second page-out):")
+    for k, xs in settled.items():
+        pss = [p["PSS"] for p in parts[k]]
+        say(f"(b)   {names[k]}: RSS {fmt(xs)} MiB (median {med(xs):.2f}); PSS {fmt(pss)} MiB "
+            f"(median {med(pss):.2f})")
+        say(f"(b)   {names[k]}, where it is, last start (MiB): " +
+            ", ".join(f"{n} {v:.2f}" for n, v in parts[k][-1].items()))
+        f = firsts[k]
+        say(f"(b)   {names[k]}, then a first client (ms, median): connect {med(x[0] for x in f):.1f}, "
+            f"first list_containers {med(x[1] for x in f):.1f}, second {med(x[2] for x in f):.1f}")
+    if BASE_BIN:
+        r = med(settled["all"]) / med(settled["all-base"])
+        p = med(x["PSS"] for x in parts["all"]) / med(x["PSS"] for x in parts["all-base"])
+        say(f"(b) ratios {BIN} / {BASE_BIN} at {3 + SETTLE_SECS} s: RSS {r:.2f}, PSS {p:.2f}")
 
 
 def rss_parts(pid):
@@ -365,6 +404,8 @@ def main():
             g.stop()
     if "memory" in phases:
         memory()
+    if "memory" in phases or "idle" in phases:
+        idle()
 
 
 main()

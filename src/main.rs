@@ -295,6 +295,7 @@ async fn serve(config: Config) -> ExitCode {
     server::systemd::notify_ready(&listening);
     // Start-up code ran once; what stays resident from now on is what the daemon uses.
     server::memory::trim_code_after_start(stop.clone());
+    server::memory::trim_heap_after_bursts(stop.clone());
     tracing::info!(version = env!("CARGO_PKG_VERSION"), docker = %config.docker_host, state = %config.state_dir.display(), "gantry ready");
     server::systemd::spawn_status_updates(health.subscribe(), listening, stop.clone());
     server::systemd::spawn_watchdog(probes, stop.clone());

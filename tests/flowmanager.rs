@@ -107,6 +107,70 @@ fn clients_connect_over_polling_websocket_and_the_upgrade() {
     assert_eq!(r.status(), 404);
 }
 
+/// A raw Socket.IO client on the websocket transport alone: it joins the namespace and sends
+/// `list_containers` the moment the CONNECT acknowledgement arrives, as a fast client does.
+/// `Err` says what came instead of `container_list` within `wait`.
+async fn request_at_connect(port: u16, wait: Duration) -> Result<(), String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut seen = Vec::new();
+    loop {
+        let text = match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => t.as_str().to_string(),
+            Ok(Some(Ok(_))) => continue,
+            Ok(end) => return Err(format!("the connection ended ({end:?}) after {seen:?}")),
+            Err(_) => return Err(format!("no container_list within {wait:?}; got {seen:?}")),
+        };
+        // The Engine.IO open packet, the namespace's acknowledgement, a ping, the reply.
+        let answer = match text.as_str() {
+            t if t.starts_with("0{") => Some("40"),
+            t if t.starts_with("40") => Some(r#"42["list_containers",{}]"#),
+            "2" => Some("3"),
+            t if t.starts_with(r#"42["container_list","#) => {
+                let _ = ws.close(None).await;
+                return Ok(());
+            }
+            _ => None,
+        };
+        if let Some(a) = answer {
+            ws.send(Message::text(a)).await.map_err(|e| e.to_string())?;
+        }
+        seen.push(text);
+    }
+}
+
+#[test]
+#[ignore = "needs the test dockerd (run scripts/test.sh)"]
+fn a_request_sent_right_after_the_connect_acknowledgement_is_answered() {
+    let host = require_docker!();
+    let fm = Fm::start(&host, "");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Connections one after the other, bounded in number and time; each must be answered.
+    let (rounds, until) = (200, Instant::now() + Duration::from_secs(60));
+    let mut answered = 0;
+    while answered < rounds && Instant::now() < until {
+        if let Err(e) = rt.block_on(request_at_connect(fm.port, Duration::from_secs(10))) {
+            panic!("connection {} of {rounds}: {e}", answered + 1);
+        }
+        answered += 1;
+    }
+    assert!(
+        answered >= 50,
+        "only {answered} connections were made in the time allowed"
+    );
+}
+
 /// A raw request to the listener as a browser page would send it (`head` without the blank
 /// line); the status and the response (its head only after a 101).
 fn raw(fm: &Fm, head: &str) -> (u16, String) {

@@ -6,7 +6,8 @@
 //! again at once; what remains resident is the idle working set. The start-up work that goes
 //! on in the background once the daemon is up (the watchers' first resynchronisation, the
 //! live view's first fetch, the first Docker probes) leaves its code resident too, so the
-//! pages are handed back once more when it has run.
+//! pages are handed back once more when it has run. The heap is trimmed after bursts
+//! (`trim_heap_after_bursts`).
 
 use std::ffi::c_void;
 use std::ptr::NonNull;
@@ -69,6 +70,64 @@ pub fn trim_code_after_start(stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => {}
             _ = tokio::time::sleep(SETTLE) => trim_own_code(),
+        }
+    });
+}
+
+/// How often the heap is looked at (its anonymous resident size, from /proc).
+const HEAP_LOOK: Duration = Duration::from_secs(10);
+/// Growth of the anonymous resident set since the last trim that makes a quiet heap trimmed.
+const HEAP_GROWTH_KB: u64 = 2048;
+
+/// The anonymous resident set (`RssAnon`) in KiB: the heap, stacks and other private memory.
+fn anon_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Returns the free memory of every malloc arena to the kernel (`malloc_trim(0)`).
+#[cfg(target_env = "gnu")]
+fn release_free_heap() {
+    // SAFETY: malloc_trim only gives free memory inside glibc's arenas back to the kernel
+    // (madvise on whole free pages, shrinking the top); it takes each arena's lock and
+    // touches no memory the program holds. It has no preconditions.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Other C libraries have no `malloc_trim`.
+#[cfg(not(target_env = "gnu"))]
+fn release_free_heap() {}
+
+/// glibc keeps an arena per thread that allocated (each tokio worker has one), and what a
+/// burst of work freed stays in them: it goes back to the kernel only from an arena's top,
+/// and a few live allocations further up hold it all (measured: 1 MiB in use, 26 MiB held,
+/// after 2000 Flow Manager messages). Every `HEAP_LOOK` the anonymous resident set is read;
+/// when it grew by `HEAP_GROWTH_KB` since the last trim and has stopped growing (the burst is
+/// over), the free memory is handed back. Idle, this is one small /proc read per look.
+pub fn trim_heap_after_bursts(stop: CancellationToken) {
+    tokio::spawn(async move {
+        let Some(mut floor) = anon_rss_kb() else {
+            return;
+        };
+        let mut last = floor;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(HEAP_LOOK) => {}
+            }
+            let Some(now) = anon_rss_kb() else { return };
+            if now >= floor + HEAP_GROWTH_KB && now <= last {
+                release_free_heap();
+                let after = anon_rss_kb().unwrap_or(now);
+                tracing::debug!(before_kb = now, after_kb = after, "free heap handed back");
+                floor = after;
+            }
+            floor = floor.min(now);
+            last = now;
         }
     });
 }

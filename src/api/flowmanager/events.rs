@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use socketioxide::extract::SocketRef;
@@ -47,6 +48,7 @@ pub async fn handle(ctx: Arc<Ctx>, s: SocketRef, event: String, data: Value) {
         "list_containers" => list(&ctx).await,
         _ => return,
     };
+    until_connected(&s).await;
     match result {
         Ok(reply) => {
             let _ = s.emit(reply.event, &reply.payload);
@@ -58,6 +60,22 @@ pub async fn handle(ctx: Arc<Ctx>, s: SocketRef, event: String, data: Value) {
             }
         }
         Err(e) => fail(&ctx, &s, &event, container_id.as_deref(), &data, &e).await,
+    }
+}
+
+/// How long an answer waits for its socket to be marked connected.
+const CONNECT_WAIT: Duration = Duration::from_secs(1);
+
+/// socketioxide sends a client's CONNECT acknowledgement just before it marks the socket
+/// connected (the next statement of the same task), and `emit` refuses a socket that is not
+/// marked. A request the client sends at once after the acknowledgement can be answered in
+/// between when the thread connecting the socket was preempted there, and the answer would be
+/// lost: it waits for the mark. A socket that is gone is not waited for longer than
+/// `CONNECT_WAIT`.
+async fn until_connected(s: &SocketRef) {
+    let until = Instant::now() + CONNECT_WAIT;
+    while !s.connected() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

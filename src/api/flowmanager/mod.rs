@@ -22,6 +22,7 @@ use hyper::service::Service;
 use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Value};
 use socketioxide::extract::{Event, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
 use socketioxide::service::SocketIoService;
 use socketioxide::{SocketIo, TransportType};
 use tokio_util::sync::CancellationToken;
@@ -82,9 +83,14 @@ impl Stack {
             io: io.clone(),
         });
         let counted = clients.clone();
-        io.ns("/", move |s: SocketRef| {
-            on_connect(ctx.clone(), counted.clone(), s)
-        });
+        // The handlers are registered by a middleware, which socketioxide runs to the end
+        // before it acknowledges the CONNECT; the connect handler itself runs in a task of
+        // its own after the acknowledgement, which a fast client's first request can beat.
+        let register = move |s: SocketRef| {
+            register(ctx.clone(), &counted, &s);
+            std::future::ready(Ok::<(), std::convert::Infallible>(()))
+        };
+        io.ns("/", greet.with(register));
         tokio::spawn(forward_events(flow.clone(), io.clone(), stopping.clone()));
         let closing = io.clone();
         tokio::spawn(async move {
@@ -100,13 +106,24 @@ impl Stack {
     }
 }
 
-async fn on_connect(ctx: Arc<Ctx>, clients: Arc<AtomicUsize>, s: SocketRef) {
+/// One client in the listener's count, for as long as its socket's disconnect handler is
+/// alive: until the handler has run, or, when the socket never got connected (its
+/// acknowledgement could not be sent), until the socket is dropped.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts the client and registers its handlers; runs before the CONNECT is acknowledged.
+fn register(ctx: Arc<Ctx>, clients: &Arc<AtomicUsize>, s: &SocketRef) {
     clients.fetch_add(1, Ordering::SeqCst);
+    let counted = Arc::new(Counted(clients.clone()));
     s.on_disconnect(move || {
-        let clients = clients.clone();
-        async move {
-            clients.fetch_sub(1, Ordering::SeqCst);
-        }
+        let counted = counted.clone();
+        async move { drop(counted) }
     });
     s.on_fallback(
         move |s: SocketRef, Event(event), TryData(data): TryData<Value>| {
@@ -115,6 +132,10 @@ async fn on_connect(ctx: Arc<Ctx>, clients: Arc<AtomicUsize>, s: SocketRef) {
             events::handle(ctx, s, event, data.unwrap_or(Value::Null))
         },
     );
+}
+
+/// The connect handler: the greeting, once the CONNECT is acknowledged.
+async fn greet(s: SocketRef) {
     let _ = s.emit(
         "connected",
         &json!({"message": "Connected to flow-manager"}),
