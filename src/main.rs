@@ -207,52 +207,8 @@ async fn serve(config: Config) -> ExitCode {
     ));
     let stop = CancellationToken::new();
     let health = EngineHealth::spawn(engine.clone(), config.docker_probe_interval, stop.clone());
-    let settings = import_settings(&config, &addrs);
-    let apps = match Apps::open(engine.clone(), &config.state_dir, settings.clone()) {
-        Ok(a) => a
-            .with_events(gantry_events(&config))
-            .with_health_timeout(config.apps.health_timeout),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open the app store");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    if let Err(e) = apps.recover().await {
-        tracing::warn!(error = %e, "cannot clean up after interrupted imports");
-    }
-    let intervirt = match start_intervirt(&config, engine.clone(), stop.clone()).await {
-        Ok(a) => a,
-        Err(code) => return code,
-    };
-    let prefs = match gantry_prefs(&config) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let apps_view = apps.view().clone();
-    let services = match duxcore_services(&config, engine.clone(), apps_view.clone()).await {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let snapshots = match Snapshots::open(&config.snapshots.dir, config.snapshots.keep_backups) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open the snapshots directory");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    let watch_engine = engine.clone();
-    let flow = match start_flow(&config, engine.clone(), apps_view, stop.clone()).await {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
-    let core = Core::new(engine.clone(), health.clone(), apps)
-        .with_intervirt(intervirt)
-        .with_prefs(prefs)
-        .with_services(services)
-        .with_snapshots(snapshots)
-        .with_flow(flow);
-    let core = match with_templates_and_pool(core, &config, engine, &settings) {
-        Ok(c) => Arc::new(c),
+    let core = match build_core(&config, engine.clone(), health.clone(), &addrs, &stop).await {
+        Ok(c) => c,
         Err(code) => return code,
     };
     #[cfg(feature = "pool")]
@@ -267,7 +223,7 @@ async fn serve(config: Config) -> ExitCode {
     // The live view follows Docker's events (and with them, changes made outside gantry).
     tokio::spawn(crate::core::view::sync::run(
         core.view.clone(),
-        watch_engine,
+        engine,
         Some(health.subscribe()),
         stop.clone(),
     ));
@@ -302,6 +258,56 @@ async fn serve(config: Config) -> ExitCode {
     server::tls::spawn_reload(tls, stop.clone());
 
     wait_for_signal().await;
+    shut_down(&core, servers, &stop).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// Opens the app store and every part of the core, recovering interrupted operations before
+/// anything is served.
+async fn build_core(
+    config: &Config,
+    engine: Arc<dyn ContainerEngine>,
+    health: EngineHealth,
+    addrs: &[std::net::SocketAddr],
+    stop: &CancellationToken,
+) -> Result<Arc<Core>, ExitCode> {
+    let settings = import_settings(config, addrs);
+    let apps = match Apps::open(engine.clone(), &config.state_dir, settings.clone()) {
+        Ok(a) => a
+            .with_events(gantry_events(config))
+            .with_health_timeout(config.apps.health_timeout),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the app store");
+            return Err(ExitCode::from(EXIT_FAILURE));
+        }
+    };
+    if let Err(e) = apps.recover().await {
+        tracing::warn!(error = %e, "cannot clean up after interrupted imports");
+    }
+    let intervirt = start_intervirt(config, engine.clone(), stop.clone()).await?;
+    let prefs = gantry_prefs(config)?;
+    let apps_view = apps.view().clone();
+    let services = duxcore_services(config, engine.clone(), apps_view.clone()).await?;
+    let snapshots = match Snapshots::open(&config.snapshots.dir, config.snapshots.keep_backups) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the snapshots directory");
+            return Err(ExitCode::from(EXIT_FAILURE));
+        }
+    };
+    let flow = start_flow(config, engine.clone(), apps_view, stop.clone()).await?;
+    let core = Core::new(engine.clone(), health.clone(), apps)
+        .with_intervirt(intervirt)
+        .with_prefs(prefs)
+        .with_services(services)
+        .with_snapshots(snapshots)
+        .with_flow(flow);
+    with_templates_and_pool(core, config, engine, &settings).map(Arc::new)
+}
+
+/// Ends the servers (the shutdown grace period), then waits a little for rollbacks.
+async fn shut_down(core: &Core, mut servers: tokio::task::JoinSet<()>, stop: &CancellationToken) {
     tracing::info!("shutting down");
     server::systemd::notify_stopping();
     stop.cancel();
@@ -314,8 +320,6 @@ async fn serve(config: Config) -> ExitCode {
             "operations still rolling back at exit"
         );
     }
-    tracing::info!("stopped");
-    ExitCode::SUCCESS
 }
 
 /// The template store and (with the `pool` feature) the App Pool; both check bundles as the
