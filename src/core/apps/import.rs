@@ -803,7 +803,7 @@ async fn load_body(
             }),
         }
     };
-    answered.store(true, Ordering::SeqCst);
+    crate::core::recovery::crash_when_answered("import.load-in-flight", &answered);
     let loaded = loaded.map_err(|e| match e.kind() {
         ErrorKind::Invalid => CoreError::from(e).context(format!("{file}: Docker cannot load it")),
         _ => CoreError::from(e),

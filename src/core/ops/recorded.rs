@@ -4,7 +4,7 @@
 //! the archive; the recovery removes them (docs/DECISIONS.md, "Interrupted operations").
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
@@ -103,7 +103,7 @@ impl Core {
             answered.clone(),
         );
         let result = self.load_counted(body, total, reporter, cancel).await;
-        answered.store(true, Ordering::SeqCst);
+        crate::core::recovery::crash_when_answered("load-image.load-in-flight", &answered);
         crash_point("load-image.loaded");
         let noted = !noted.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
         if result.is_err() && noted {

@@ -36,9 +36,11 @@ pub fn crash_point_unsynced(name: &'static str, file: &Path, durable: u64) {
 const AFTER_SENT: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// `body`, an archive going to Docker, unchanged in a release build. In a debug build the
-/// crash point `name` is reached [`AFTER_SENT`] after the body ended, unless Docker has
-/// answered by then (`answered`): the moment Docker has the whole archive and registers
-/// its images, and the killed client can no longer stop it.
+/// crash point `name` is reached [`AFTER_SENT`] after the body ended: the moment Docker has
+/// the whole archive and registers its images, and the killed client can no longer stop
+/// it. When Docker answers sooner, the point is reached then instead
+/// ([`crash_when_answered`]): Docker has done the work and gantry has not noted the answer.
+/// Either way it is reached once per archive, so a fault test arming it always crashes.
 pub fn crash_when_sent(
     name: &'static str,
     body: crate::core::engine::ByteStream,
@@ -51,7 +53,7 @@ pub fn crash_when_sent(
         let end = futures_util::stream::once(async move {
             tokio::spawn(async move {
                 tokio::time::sleep(AFTER_SENT).await;
-                if !answered.load(Ordering::SeqCst) {
+                if !answered.swap(true, Ordering::SeqCst) {
                     crash_point(name);
                 }
             });
@@ -63,6 +65,14 @@ pub fn crash_when_sent(
     {
         let _ = (name, answered);
         body
+    }
+}
+
+/// Docker answered the archive that [`crash_when_sent`] wrapped with the same `name` and
+/// `answered`: its crash point is reached now unless it was already.
+pub fn crash_when_answered(name: &'static str, answered: &std::sync::atomic::AtomicBool) {
+    if !answered.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        crash_point(name);
     }
 }
 

@@ -16,7 +16,7 @@ pub mod intents;
 #[cfg_attr(not(debug_assertions), allow(dead_code))]
 pub mod points;
 
-pub use crash::{crash_point, crash_point_unsynced, crash_when_sent};
+pub use crash::{crash_point, crash_point_unsynced, crash_when_answered, crash_when_sent};
 pub use intents::{Intent, IntentKind, IntentLog, Pending, Record};
 
 use std::sync::Arc;

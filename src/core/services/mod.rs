@@ -499,7 +499,7 @@ impl Services {
         let body = noting_sent(tar, intent.clone());
         let body = crash_when_sent("import-image.in-flight", body, answered.clone());
         let imported = self.engine.import_rootfs(body, &[change]).await;
-        answered.store(true, std::sync::atomic::Ordering::SeqCst);
+        crate::core::recovery::crash_when_answered("import-image.in-flight", &answered);
         crash_point("import-image.imported");
         view_fetch::images_changed(&self.view, self.engine.as_ref()).await;
         match &imported {
